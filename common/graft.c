@@ -1,0 +1,65 @@
+/* graft.c — error names, logging and the allocation helpers of graft.h. */
+#define _POSIX_C_SOURCE 200809L
+#include "graft.h"
+
+#include <stdarg.h>
+#include <string.h>
+#include <time.h>
+
+graft_log_level_t graft_log_level = GRAFT_LOG_INFO;
+
+const char *graft_strerror(int err) {
+    switch (err) {
+    case GRAFT_OK: return "success";
+    case GRAFT_EIO: return "input/output error";
+    case GRAFT_EFORMAT: return "malformed input";
+    case GRAFT_ENOMEM: return "out of memory";
+    case GRAFT_EINVAL: return "invalid argument";
+    case GRAFT_ESHAPE: return "tensor shape mismatch";
+    case GRAFT_ETIMEOUT: return "deadline passed";
+    case GRAFT_EPEER: return "peer error";
+    case GRAFT_ESTATE: return "unexpected in this state";
+    default: return "unknown error";
+    }
+}
+
+void graft_log_write(graft_log_level_t level, const char *fmt, ...) {
+    static const char *names[] = {"debug", "info", "warn", "error"};
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    localtime_r(&ts.tv_sec, &tm);
+    char stamp[32];
+    strftime(stamp, sizeof stamp, "%H:%M:%S", &tm);
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    /* One fprintf per line so that lines from several processes do not interleave. */
+    fprintf(stderr, "%s.%03ld %-5s %s\n", stamp, ts.tv_nsec / 1000000, names[level], msg);
+}
+
+void *graft_xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "graft: out of memory allocating %zu bytes\n", n);
+        abort();
+    }
+    return p;
+}
+
+void *graft_xcalloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) {
+        fprintf(stderr, "graft: out of memory allocating %zu x %zu bytes\n", count, size);
+        abort();
+    }
+    return p;
+}
+
+double graft_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
