@@ -1,0 +1,13 @@
+/* commands.h — the subcommands of the `graft` front end. Each takes the
+ * arguments after its own name (argv[0] is the subcommand) and returns the
+ * process exit status. */
+#ifndef GRAFT_CLI_COMMANDS_H
+#define GRAFT_CLI_COMMANDS_H
+
+int cmd_pretrain(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+/* Sets OpenBLAS and OpenMP to n threads (n <= 0: all cores); returns n used. */
+int cli_set_threads(int n);
+
+#endif

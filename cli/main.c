@@ -1,0 +1,45 @@
+/* main.c — the `graft` front end: dispatches to subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+#include "graft.h"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command_t;
+
+static const command_t commands[] = {
+    {"pretrain", cmd_pretrain, "pretrain a trunk on a text corpus (single process)"},
+    {"bench", cmd_bench, "benchmarks: `graft bench step` (training step throughput)"},
+};
+#define NUM_COMMANDS (sizeof commands / sizeof commands[0])
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "graft %s — multi-task and federated parameter-efficient fine-tuning\n\n"
+            "usage: graft COMMAND [options]   (graft COMMAND --help for its options)\n\n"
+            "commands:\n",
+            GRAFT_VERSION);
+    for (size_t i = 0; i < NUM_COMMANDS; i++)
+        fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+        !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("graft %s\n", GRAFT_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < NUM_COMMANDS; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "graft: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,28 @@
+/* pretrain.c — `graft pretrain`: the front end of common/pretrain.c. */
+#include <stdio.h>
+
+#include "commands.h"
+#include "graft.h"
+#include "pretrain.h"
+
+int cmd_pretrain(int argc, char **argv) {
+    graft_pretrain_config_t cfg;
+    int rc = graft_options_parse(graft_pretrain_options, &cfg, argc, argv,
+                                 "usage: graft pretrain [--config FILE] [options]\n\n"
+                                 "Pretrains a trunk with next-token prediction on a text corpus,\n"
+                                 "evaluates on a held-out slice and writes safetensors checkpoints.\n"
+                                 "Prints eval_loss=<x> on stdout at the end.");
+    if (rc == GRAFT_OPTS_HELP) return 0;
+    if (rc) return 2;
+    cli_set_threads(cfg.threads);
+    graft_pretrain_result_t res;
+    rc = graft_pretrain_run(&cfg, &res);
+    if (rc) {
+        fprintf(stderr, "graft pretrain: failed: %s\n", graft_strerror(rc));
+        return 1;
+    }
+    printf("steps=%d train_loss=%.4f initial_eval_loss=%.4f eval_loss=%.4f tokens_per_s=%.0f\n",
+           res.steps_done, res.final_train_loss, res.first_eval_loss, res.final_eval_loss,
+           res.tokens_per_s);
+    return 0;
+}

@@ -1,0 +1,41 @@
+/* adamw.h — the optimiser: AdamW with decoupled weight decay, a warmup plus
+ * cosine learning-rate schedule, and global-norm gradient clipping.
+ *
+ * The optimiser works on spans: a parameter block, its gradient block and
+ * its state block (m then v, 2n floats, one allocation owned by the caller),
+ * so that a whole scope is updated with one call per decay class.
+ */
+#ifndef GRAFT_ADAMW_H
+#define GRAFT_ADAMW_H
+
+#include <stddef.h>
+
+typedef struct {
+    float lr;           /* peak learning rate */
+    float min_lr_frac;  /* cosine decays to lr * min_lr_frac */
+    int warmup_steps;   /* linear warmup from lr / warmup_steps */
+    int total_steps;    /* end of the cosine */
+    float beta1, beta2, eps;
+    float weight_decay; /* applied to spans flagged for decay */
+    float grad_clip;    /* max global L2 norm; <= 0 disables clipping */
+} graft_adamw_config_t;
+
+/* Sensible defaults for small transformers. */
+graft_adamw_config_t graft_adamw_defaults(void);
+
+/* Learning rate at step (0-based): linear warmup, then cosine to the floor. */
+float graft_lr_at(const graft_adamw_config_t *cfg, int step);
+
+/* Global L2 norm of grads[0..n) accumulated into *sumsq (double, in order). */
+void graft_grad_sumsq(const float *grads, size_t n, double *sumsq);
+/* Multiplier that brings a global norm down to cfg->grad_clip (1 if below). */
+float graft_clip_scale(const graft_adamw_config_t *cfg, double sumsq);
+
+/* One AdamW update of params[0..n) in place with moments m, v (n each);
+ * t is the 1-based step count for bias correction; grad_scale multiplies
+ * every gradient (clipping); decay selects weight decay. */
+void graft_adamw_update(const graft_adamw_config_t *cfg, float *params, const float *grads,
+                        float *m, float *v, size_t n, float lr, int t, float grad_scale,
+                        int decay);
+
+#endif

@@ -1,0 +1,450 @@
+/* gpt2.c — the trunk: parameter layout, forward, backward, checkpoints. */
+#include "gpt2.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "ops.h"
+#include "tokenizer.h"
+
+int graft_gpt2_preset(const char *name, graft_gpt2_config_t *cfg) {
+    static const struct {
+        const char *name;
+        graft_gpt2_config_t cfg;
+    } presets[] = {
+        {"tiny", {GRAFT_BYTE_VOCAB, 32, 2, 2, 32}},
+        {"small", {GRAFT_BYTE_VOCAB, 128, 4, 4, 192}},
+        {"base", {GRAFT_BYTE_VOCAB, 256, 6, 6, 384}},
+    };
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
+        if (strcmp(name, presets[i].name) == 0) {
+            *cfg = presets[i].cfg;
+            return GRAFT_OK;
+        }
+    }
+    return GRAFT_EINVAL;
+}
+
+/* ---- layout ------------------------------------------------------------- */
+
+static void fill_param_sizes(size_t *sizes, const graft_gpt2_config_t *c) {
+    size_t V = c->V, T = c->T, L = c->L, C = c->C;
+    size_t s[GRAFT_GPT2_NUM_TENSORS] = {
+        V * C,      T * C,     L * C,     L * C,         /* wte wpe ln1w ln1b */
+        L * C * 3 * C, L * 3 * C, L * C * C, L * C,      /* qkvw qkvb attprojw attprojb */
+        L * C,      L * C,                               /* ln2w ln2b */
+        L * C * 4 * C, L * 4 * C, L * 4 * C * C, L * C,  /* fcw fcb fcprojw fcprojb */
+        C,          C,                                   /* lnfw lnfb */
+    };
+    memcpy(sizes, s, sizeof s);
+}
+
+/* Points the float* fields of a struct of n pointers into one block. */
+static void point_views(float **views, float *memory, const size_t *sizes, int n) {
+    for (int i = 0; i < n; i++) {
+        views[i] = memory;
+        memory += sizes[i];
+    }
+}
+
+static size_t sum_sizes(const size_t *sizes, int n) {
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += sizes[i];
+    return total;
+}
+
+static void fill_act_sizes(size_t *sizes, const graft_gpt2_config_t *c, int B, int T) {
+    size_t BT = (size_t)B * T, L = c->L, C = c->C, NH = c->NH, V = c->V;
+    size_t s[GRAFT_GPT2_NUM_ACTS] = {
+        BT * C,                                          /* encoded */
+        L * BT * C, L * BT, L * BT,                      /* ln1 ln1_mean ln1_rstd */
+        L * BT * 3 * C, L * BT * C,                      /* qkv atty */
+        L * B * NH * (size_t)T * T,                      /* att */
+        L * BT * C, L * BT * C,                          /* attproj residual2 */
+        L * BT * C, L * BT, L * BT,                      /* ln2 ln2_mean ln2_rstd */
+        L * BT * 4 * C, L * BT * 4 * C,                  /* fch fch_gelu */
+        L * BT * C, L * BT * C,                          /* fcproj residual3 */
+        BT * C, BT, BT,                                  /* lnf lnf_mean lnf_rstd */
+        BT * V, BT * V, BT,                              /* logits probs losses */
+    };
+    memcpy(sizes, s, sizeof s);
+}
+
+_Static_assert(sizeof(graft_gpt2_params_t) == GRAFT_GPT2_NUM_TENSORS * sizeof(float *),
+               "params struct must hold exactly the tensor views");
+_Static_assert(sizeof(graft_gpt2_acts_t) == GRAFT_GPT2_NUM_ACTS * sizeof(float *),
+               "acts struct must hold exactly the activation views");
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+static void init_weights(graft_gpt2_t *m, uint64_t seed) {
+    const graft_gpt2_config_t *c = &m->cfg;
+    graft_rng_t rng;
+    graft_rng_seed(&rng, seed, 0x67707432u);
+    graft_gpt2_params_t *p = &m->params;
+    float std = 0.02f;
+    /* Residual projections scaled by 1/sqrt(2L) as in GPT-2. */
+    float proj_std = 0.02f / sqrtf(2.0f * c->L);
+    size_t L = c->L, C = c->C;
+    graft_rng_fill_normal(&rng, p->wte, (size_t)c->V * C, std);
+    graft_rng_fill_normal(&rng, p->wpe, (size_t)c->T * C, 0.01f);
+    for (size_t i = 0; i < L * C; i++) p->ln1w[i] = p->ln2w[i] = 1.0f;
+    for (size_t i = 0; i < C; i++) p->lnfw[i] = 1.0f;
+    graft_rng_fill_normal(&rng, p->qkvw, L * C * 3 * C, std);
+    graft_rng_fill_normal(&rng, p->attprojw, L * C * C, proj_std);
+    graft_rng_fill_normal(&rng, p->fcw, L * C * 4 * C, std);
+    graft_rng_fill_normal(&rng, p->fcprojw, L * 4 * C * C, proj_std);
+    /* biases and LayerNorm shifts stay zero (calloc) */
+}
+
+graft_gpt2_t *graft_gpt2_new(const graft_gpt2_config_t *cfg, uint64_t seed) {
+    GRAFT_ASSERT(cfg->C % cfg->NH == 0);
+    graft_gpt2_t *m = graft_xcalloc(1, sizeof *m);
+    m->cfg = *cfg;
+    fill_param_sizes(m->param_sizes, cfg);
+    m->num_params = sum_sizes(m->param_sizes, GRAFT_GPT2_NUM_TENSORS);
+    m->params_memory = graft_xcalloc(m->num_params, sizeof(float));
+    point_views((float **)&m->params, m->params_memory, m->param_sizes, GRAFT_GPT2_NUM_TENSORS);
+    init_weights(m, seed);
+    m->mean_loss = -1.0f;
+    return m;
+}
+
+void graft_gpt2_destroy(graft_gpt2_t **self_p) {
+    graft_gpt2_t *m = *self_p;
+    if (!m) return;
+    free(m->params_memory);
+    free(m->grads_memory);
+    free(m->acts_memory);
+    free(m->grads_acts_memory);
+    free(m->inputs);
+    free(m->targets);
+    free(m);
+    *self_p = NULL;
+}
+
+void graft_gpt2_enable_grads(graft_gpt2_t *m) {
+    if (m->grads_memory) return;
+    m->grads_memory = graft_xcalloc(m->num_params, sizeof(float));
+    point_views((float **)&m->grads, m->grads_memory, m->param_sizes, GRAFT_GPT2_NUM_TENSORS);
+}
+
+void graft_gpt2_reserve(graft_gpt2_t *m, int B, int T) {
+    GRAFT_ASSERT(T <= m->cfg.T);
+    if (m->acts_memory && B <= m->B && T == m->T) return;
+    free(m->acts_memory);
+    free(m->grads_acts_memory);
+    free(m->inputs);
+    free(m->targets);
+    m->B = B > m->B ? B : m->B;
+    m->T = T;
+    fill_act_sizes(m->act_sizes, &m->cfg, m->B, m->T);
+    m->num_acts = sum_sizes(m->act_sizes, GRAFT_GPT2_NUM_ACTS);
+    m->acts_memory = graft_xmalloc(m->num_acts * sizeof(float));
+    m->grads_acts_memory = graft_xcalloc(m->num_acts, sizeof(float));
+    point_views((float **)&m->acts, m->acts_memory, m->act_sizes, GRAFT_GPT2_NUM_ACTS);
+    point_views((float **)&m->grads_acts, m->grads_acts_memory, m->act_sizes,
+                GRAFT_GPT2_NUM_ACTS);
+    m->inputs = graft_xmalloc((size_t)m->B * m->T * sizeof(int32_t));
+    m->targets = graft_xmalloc((size_t)m->B * m->T * sizeof(int32_t));
+}
+
+/* ---- forward ------------------------------------------------------------ */
+
+float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *targets, int B,
+                         int T) {
+    graft_gpt2_reserve(m, B, T);
+    const graft_gpt2_config_t *c = &m->cfg;
+    int L = c->L, C = c->C, NH = c->NH, V = c->V;
+    /* Views are laid out for the allocated (m->B, m->T); a smaller batch uses
+     * the first rows of every per-layer slab, so strides use m->B * m->T. */
+    size_t BT = (size_t)B * T, slab = (size_t)m->B * m->T;
+    GRAFT_ASSERT(T == m->T);
+    for (size_t i = 0; i < BT; i++) GRAFT_ASSERT(inputs[i] >= 0 && inputs[i] < V);
+    memcpy(m->inputs, inputs, BT * sizeof(int32_t));
+    m->cur_B = B;
+    m->cur_T = T;
+
+    graft_gpt2_params_t p = m->params;
+    graft_gpt2_acts_t a = m->acts;
+    encoder_forward(a.encoded, inputs, p.wte, p.wpe, B, T, C);
+    for (int l = 0; l < L; l++) {
+        const float *residual = l == 0 ? a.encoded : a.residual3 + (l - 1) * slab * C;
+        float *ln1 = a.ln1 + l * slab * C;
+        float *ln1_mean = a.ln1_mean + l * slab, *ln1_rstd = a.ln1_rstd + l * slab;
+        float *qkv = a.qkv + l * slab * 3 * C;
+        float *atty = a.atty + l * slab * C;
+        float *att = a.att + l * (size_t)m->B * NH * T * T;
+        float *attproj = a.attproj + l * slab * C;
+        float *residual2 = a.residual2 + l * slab * C;
+        float *ln2 = a.ln2 + l * slab * C;
+        float *ln2_mean = a.ln2_mean + l * slab, *ln2_rstd = a.ln2_rstd + l * slab;
+        float *fch = a.fch + l * slab * 4 * C;
+        float *fch_gelu = a.fch_gelu + l * slab * 4 * C;
+        float *fcproj = a.fcproj + l * slab * C;
+        float *residual3 = a.residual3 + l * slab * C;
+
+        layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, p.ln1w + l * C, p.ln1b + l * C,
+                          BT, C);
+        matmul_forward(qkv, ln1, p.qkvw + (size_t)l * C * 3 * C, p.qkvb + l * 3 * C, BT, C,
+                       3 * C);
+        attention_forward(atty, att, qkv, B, T, C, NH);
+        matmul_forward(attproj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, BT, C,
+                       C);
+        residual_forward(residual2, residual, attproj, BT * C);
+        layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, p.ln2w + l * C, p.ln2b + l * C,
+                          BT, C);
+        matmul_forward(fch, ln2, p.fcw + (size_t)l * C * 4 * C, p.fcb + l * 4 * C, BT, C, 4 * C);
+        gelu_forward(fch_gelu, fch, BT * 4 * C);
+        matmul_forward(fcproj, fch_gelu, p.fcprojw + (size_t)l * 4 * C * C, p.fcprojb + l * C,
+                       BT, 4 * C, C);
+        residual_forward(residual3, residual2, fcproj, BT * C);
+    }
+    const float *last = a.residual3 + (L - 1) * slab * C;
+    layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p.lnfw, p.lnfb, BT, C);
+
+    m->mean_loss = -1.0f;
+    m->loss_count = 0;
+    if (!targets) return -1.0f;
+    memcpy(m->targets, targets, BT * sizeof(int32_t));
+    lmhead_forward(a.logits, a.lnf, p.wte, BT, C, V);
+    m->mean_loss = crossentropy_forward(a.losses, a.probs, a.logits, targets, BT, V,
+                                        &m->loss_count);
+    return m->mean_loss;
+}
+
+/* ---- backward ----------------------------------------------------------- */
+
+void graft_gpt2_zero_grad(graft_gpt2_t *m) {
+    if (m->grads_memory) memset(m->grads_memory, 0, m->num_params * sizeof(float));
+    if (m->grads_acts_memory) memset(m->grads_acts_memory, 0, m->num_acts * sizeof(float));
+}
+
+void graft_gpt2_backward(graft_gpt2_t *m) {
+    GRAFT_ASSERT(m->mean_loss >= 0.0f);
+    int B = m->cur_B, T = m->cur_T, C = m->cfg.C, V = m->cfg.V;
+    size_t BT = (size_t)B * T;
+    graft_gpt2_acts_t a = m->acts, g = m->grads_acts;
+    float scale = m->loss_count ? 1.0f / m->loss_count : 0.0f;
+    /* dlogits is written (not accumulated) into the logits-gradient slab. */
+    crossentropy_backward(g.logits, a.probs, m->targets, BT, V, scale);
+    lmhead_backward(g.lnf, m->grads_memory ? m->grads.wte : NULL, g.logits, a.lnf,
+                    m->params.wte, BT, C, V);
+    graft_gpt2_backward_from_lnf(m);
+}
+
+void graft_gpt2_backward_from_lnf(graft_gpt2_t *m) {
+    const graft_gpt2_config_t *c = &m->cfg;
+    int B = m->cur_B, T = m->cur_T, L = c->L, C = c->C, NH = c->NH;
+    size_t BT = (size_t)B * T, slab = (size_t)m->B * m->T;
+    graft_gpt2_params_t p = m->params;
+    /* With a frozen trunk every weight-gradient pointer is NULL. */
+    int trainable = m->grads_memory != NULL;
+    graft_gpt2_params_t d = trainable ? m->grads : (graft_gpt2_params_t){0};
+#define DW(field, off) (trainable ? d.field + (off) : NULL)
+    graft_gpt2_acts_t a = m->acts, g = m->grads_acts;
+
+    float *dlast = g.residual3 + (L - 1) * slab * C;
+    const float *last = a.residual3 + (L - 1) * slab * C;
+    layernorm_backward(dlast, DW(lnfw, 0), DW(lnfb, 0), g.lnf, last, p.lnfw, a.lnf_mean,
+                       a.lnf_rstd, BT, C);
+    for (int l = L - 1; l >= 0; l--) {
+        const float *residual = l == 0 ? a.encoded : a.residual3 + (l - 1) * slab * C;
+        float *dresidual = l == 0 ? g.encoded : g.residual3 + (l - 1) * slab * C;
+        size_t o1 = l * slab * C, o3 = l * slab * 3 * C, o4 = l * slab * 4 * C, os = l * slab;
+        float *att = a.att + l * (size_t)m->B * NH * T * T;
+        float *datt = g.att + l * (size_t)m->B * NH * T * T;
+
+        residual_backward(g.residual2 + o1, g.fcproj + o1, g.residual3 + o1, BT * C);
+        matmul_backward(g.fch_gelu + o4, DW(fcprojw, (size_t)l * 4 * C * C),
+                        DW(fcprojb, l * C), g.fcproj + o1, a.fch_gelu + o4,
+                        p.fcprojw + (size_t)l * 4 * C * C, BT, 4 * C, C);
+        gelu_backward(g.fch + o4, a.fch + o4, g.fch_gelu + o4, BT * 4 * C);
+        matmul_backward(g.ln2 + o1, DW(fcw, (size_t)l * C * 4 * C), DW(fcb, l * 4 * C),
+                        g.fch + o4, a.ln2 + o1, p.fcw + (size_t)l * C * 4 * C, BT, C, 4 * C);
+        layernorm_backward(g.residual2 + o1, DW(ln2w, l * C), DW(ln2b, l * C), g.ln2 + o1,
+                           a.residual2 + o1, p.ln2w + l * C, a.ln2_mean + os, a.ln2_rstd + os,
+                           BT, C);
+        residual_backward(dresidual, g.attproj + o1, g.residual2 + o1, BT * C);
+        matmul_backward(g.atty + o1, DW(attprojw, (size_t)l * C * C), DW(attprojb, l * C),
+                        g.attproj + o1, a.atty + o1, p.attprojw + (size_t)l * C * C, BT, C, C);
+        attention_backward(g.qkv + o3, datt, g.atty + o1, a.qkv + o3, att, B, T, C, NH);
+        matmul_backward(g.ln1 + o1, DW(qkvw, (size_t)l * C * 3 * C), DW(qkvb, l * 3 * C),
+                        g.qkv + o3, a.ln1 + o1, p.qkvw + (size_t)l * C * 3 * C, BT, C, 3 * C);
+        layernorm_backward(dresidual, DW(ln1w, l * C), DW(ln1b, l * C), g.ln1 + o1, residual,
+                           p.ln1w + l * C, a.ln1_mean + os, a.ln1_rstd + os, BT, C);
+    }
+    if (trainable) encoder_backward(d.wte, d.wpe, g.encoded, m->inputs, B, T, C);
+#undef DW
+}
+
+/* ---- naming and checkpoints --------------------------------------------- */
+
+int graft_gpt2_num_named(const graft_gpt2_config_t *cfg) { return 4 + 12 * cfg->L; }
+
+void graft_gpt2_named(const graft_gpt2_t *m, graft_gpt2_tensor_t *out) {
+    const graft_gpt2_config_t *c = &m->cfg;
+    size_t C = c->C;
+    /* Offsets of each stacked tensor in the block, in struct order. */
+    size_t base[GRAFT_GPT2_NUM_TENSORS];
+    size_t off = 0;
+    for (int i = 0; i < GRAFT_GPT2_NUM_TENSORS; i++) {
+        base[i] = off;
+        off += m->param_sizes[i];
+    }
+    int n = 0;
+#define ADD(nm, idx, layer_stride, r, cols)                                                     \
+    do {                                                                                        \
+        graft_gpt2_tensor_t *t = &out[n++];                                                     \
+        snprintf(t->name, sizeof t->name, "%s", nm);                                            \
+        t->ndim = (r) > 0 ? 2 : 1;                                                              \
+        t->shape[0] = (r) > 0 ? (int64_t)(r) : (int64_t)(cols);                                 \
+        t->shape[1] = (int64_t)(cols);                                                          \
+        t->numel = (r) > 0 ? (size_t)(r) * (cols) : (size_t)(cols);                             \
+        t->offset = base[idx] + (layer_stride);                                                 \
+        t->decay = (r) > 0;                                                                     \
+    } while (0)
+    ADD("wte.weight", 0, 0, c->V, C);
+    ADD("wpe.weight", 1, 0, c->T, C);
+    char nm[64];
+    for (int l = 0; l < c->L; l++) {
+#define LAYER(suffix, idx, r, cols)                                                             \
+    do {                                                                                        \
+        snprintf(nm, sizeof nm, "h.%d.%s", l, suffix);                                          \
+        size_t per = (r) > 0 ? (size_t)(r) * (cols) : (size_t)(cols);                           \
+        ADD(nm, idx, l * per, r, cols);                                                         \
+    } while (0)
+        LAYER("ln_1.weight", 2, 0, C);
+        LAYER("ln_1.bias", 3, 0, C);
+        LAYER("attn.c_attn.weight", 4, C, 3 * C);
+        LAYER("attn.c_attn.bias", 5, 0, 3 * C);
+        LAYER("attn.c_proj.weight", 6, C, C);
+        LAYER("attn.c_proj.bias", 7, 0, C);
+        LAYER("ln_2.weight", 8, 0, C);
+        LAYER("ln_2.bias", 9, 0, C);
+        LAYER("mlp.c_fc.weight", 10, C, 4 * C);
+        LAYER("mlp.c_fc.bias", 11, 0, 4 * C);
+        LAYER("mlp.c_proj.weight", 12, 4 * C, C);
+        LAYER("mlp.c_proj.bias", 13, 0, C);
+#undef LAYER
+    }
+    ADD("ln_f.weight", 14, 0, 0, C);
+    ADD("ln_f.bias", 15, 0, 0, C);
+#undef ADD
+    GRAFT_ASSERT(n == graft_gpt2_num_named(c));
+}
+
+int graft_gpt2_save(const graft_gpt2_t *m, const char *path, const graft_st_tensor_t *extra,
+                    int n_extra, const char *const *meta_keys, const char *const *meta_values,
+                    int n_meta) {
+    int n = graft_gpt2_num_named(&m->cfg);
+    graft_gpt2_tensor_t *named = graft_xmalloc((size_t)n * sizeof *named);
+    graft_gpt2_named(m, named);
+    graft_st_tensor_t *ts = graft_xmalloc((size_t)(n + n_extra) * sizeof *ts);
+    for (int i = 0; i < n; i++) {
+        ts[i] = (graft_st_tensor_t){.name = named[i].name, .ndim = named[i].ndim,
+                                    .data = m->params_memory + named[i].offset};
+        ts[i].shape[0] = named[i].shape[0];
+        ts[i].shape[1] = named[i].shape[1];
+    }
+    for (int i = 0; i < n_extra; i++) ts[n + i] = extra[i];
+
+    enum { OWN_META = 7 };
+    char vals[OWN_META][32];
+    const char *keys[OWN_META] = {"config.V", "config.T", "config.L", "config.NH", "config.C",
+                                  "tokenizer", "format"};
+    snprintf(vals[0], 32, "%d", m->cfg.V);
+    snprintf(vals[1], 32, "%d", m->cfg.T);
+    snprintf(vals[2], 32, "%d", m->cfg.L);
+    snprintf(vals[3], 32, "%d", m->cfg.NH);
+    snprintf(vals[4], 32, "%d", m->cfg.C);
+    snprintf(vals[5], 32, "%s", GRAFT_TOKENIZER_KIND);
+    snprintf(vals[6], 32, "graft-gpt2");
+    const char **mk = graft_xmalloc((size_t)(OWN_META + n_meta) * sizeof *mk);
+    const char **mv = graft_xmalloc((size_t)(OWN_META + n_meta) * sizeof *mv);
+    for (int i = 0; i < OWN_META; i++) {
+        mk[i] = keys[i];
+        mv[i] = vals[i];
+    }
+    for (int i = 0; i < n_meta; i++) {
+        mk[OWN_META + i] = meta_keys[i];
+        mv[OWN_META + i] = meta_values[i];
+    }
+    int rc = graft_st_write(path, ts, n + n_extra, mk, mv, OWN_META + n_meta);
+    free(mk);
+    free(mv);
+    free(ts);
+    free(named);
+    return rc;
+}
+
+static int meta_int(const graft_st_file_t *f, const char *key, int *out) {
+    const char *v = graft_st_meta(f, key);
+    if (!v) return GRAFT_EFORMAT;
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (*end || x <= 0 || x > 1 << 24) {
+        LOG_ERROR("%s: metadata %s = '%s' is not a positive integer", graft_st_path(f), key, v);
+        return GRAFT_EFORMAT;
+    }
+    *out = (int)x;
+    return GRAFT_OK;
+}
+
+int graft_gpt2_read_config(const graft_st_file_t *f, graft_gpt2_config_t *cfg) {
+    if (meta_int(f, "config.V", &cfg->V) || meta_int(f, "config.T", &cfg->T) ||
+        meta_int(f, "config.L", &cfg->L) || meta_int(f, "config.NH", &cfg->NH) ||
+        meta_int(f, "config.C", &cfg->C)) {
+        LOG_ERROR("%s: no complete graft model config in the metadata (config.V, config.T, "
+                  "config.L, config.NH, config.C)", graft_st_path(f));
+        return GRAFT_EFORMAT;
+    }
+    const char *tok = graft_st_meta(f, "tokenizer");
+    if (tok && strcmp(tok, GRAFT_TOKENIZER_KIND) != 0) {
+        LOG_ERROR("%s: tokenizer '%s' is not supported (this build has '%s')", graft_st_path(f),
+                  tok, GRAFT_TOKENIZER_KIND);
+        return GRAFT_EFORMAT;
+    }
+    if (cfg->C % cfg->NH != 0) {
+        LOG_ERROR("%s: width C=%d is not a multiple of the head count NH=%d", graft_st_path(f),
+                  cfg->C, cfg->NH);
+        return GRAFT_EFORMAT;
+    }
+    return GRAFT_OK;
+}
+
+int graft_gpt2_read_weights(graft_gpt2_t *m, const graft_st_file_t *f) {
+    int n = graft_gpt2_num_named(&m->cfg);
+    graft_gpt2_tensor_t *named = graft_xmalloc((size_t)n * sizeof *named);
+    graft_gpt2_named(m, named);
+    int rc = GRAFT_OK;
+    for (int i = 0; i < n && rc == GRAFT_OK; i++)
+        rc = graft_st_read(f, named[i].name, named[i].shape, named[i].ndim,
+                           m->params_memory + named[i].offset);
+    free(named);
+    return rc;
+}
+
+int graft_gpt2_load(const char *path, graft_gpt2_t **out) {
+    graft_st_file_t *f = NULL;
+    int rc = graft_st_open(path, &f);
+    if (rc) return rc;
+    graft_gpt2_config_t cfg;
+    rc = graft_gpt2_read_config(f, &cfg);
+    if (rc == GRAFT_OK) {
+        graft_gpt2_t *m = graft_gpt2_new(&cfg, 0);
+        rc = graft_gpt2_read_weights(m, f);
+        if (rc == GRAFT_OK)
+            *out = m;
+        else
+            graft_gpt2_destroy(&m);
+    }
+    graft_st_close(&f);
+    return rc;
+}
+
+double graft_gpt2_flops_per_token(const graft_gpt2_config_t *c, int T) {
+    double C = c->C;
+    double per_layer = 24.0 * C * C + 4.0 * T * C; /* projections + QK^T and PV */
+    return c->L * per_layer + 2.0 * C * c->V;
+}

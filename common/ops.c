@@ -1,0 +1,394 @@
+/* ops.c — the trunk's kernels (see ops.h for the conventions). */
+#include "ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#include "graft.h"
+
+/* ---- encoder ------------------------------------------------------------ */
+
+void encoder_forward(float *out, const int32_t *inp, const float *wte, const float *wpe, int B,
+                     int T, int C) {
+#pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            float *o = out + ((size_t)b * T + t) * C;
+            const float *we = wte + (size_t)inp[b * T + t] * C;
+            const float *pe = wpe + (size_t)t * C;
+            for (int c = 0; c < C; c++) o[c] = we[c] + pe[c];
+        }
+    }
+}
+
+void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *inp, int B,
+                      int T, int C) {
+    /* Rows of dwte may repeat within a batch, so the scatter runs serially
+     * (it is a tiny share of the step). */
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            const float *d = dout + ((size_t)b * T + t) * C;
+            if (dwte) {
+                float *dw = dwte + (size_t)inp[b * T + t] * C;
+                for (int c = 0; c < C; c++) dw[c] += d[c];
+            }
+            if (dwpe) {
+                float *dp = dwpe + (size_t)t * C;
+                for (int c = 0; c < C; c++) dp[c] += d[c];
+            }
+        }
+    }
+}
+
+/* ---- ordered column reductions ------------------------------------------ */
+
+/* Sums per-thread partials (nthreads, C) into acc (C) in thread order so the
+ * result does not depend on scheduling. */
+static void reduce_partials(float *acc, const float *partials, int nthreads, int C) {
+    for (int i = 0; i < nthreads; i++) {
+        const float *p = partials + (size_t)i * C;
+        for (int c = 0; c < C; c++) acc[c] += p[c];
+    }
+}
+
+/* ---- layernorm ---------------------------------------------------------- */
+
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                       const float *weight, const float *bias, int N, int C) {
+    const float eps = 1e-5f;
+#pragma omp parallel for
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * C;
+        float m = 0.0f;
+        for (int c = 0; c < C; c++) m += x[c];
+        m /= C;
+        float v = 0.0f;
+        for (int c = 0; c < C; c++) {
+            float d = x[c] - m;
+            v += d * d;
+        }
+        v /= C;
+        float s = 1.0f / sqrtf(v + eps);
+        float *o = out + (size_t)i * C;
+        for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * weight[c] + bias[c];
+        mean[i] = m;
+        rstd[i] = s;
+    }
+}
+
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                        const float *inp, const float *weight, const float *mean,
+                        const float *rstd, int N, int C) {
+    int nthreads = omp_get_max_threads();
+    int need_params = dweight || dbias;
+    float *partials = need_params ? graft_xcalloc((size_t)nthreads * 2 * C, sizeof(float)) : NULL;
+#pragma omp parallel num_threads(nthreads)
+    {
+        int tid = omp_get_thread_num();
+        float *pw = need_params ? partials + (size_t)tid * 2 * C : NULL;
+        float *pb = need_params ? pw + C : NULL;
+#pragma omp for schedule(static)
+        for (int i = 0; i < N; i++) {
+            const float *d = dout + (size_t)i * C;
+            const float *x = inp + (size_t)i * C;
+            float m = mean[i], s = rstd[i];
+            float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
+            for (int c = 0; c < C; c++) {
+                float norm = (x[c] - m) * s;
+                float dnorm = weight[c] * d[c];
+                dnorm_mean += dnorm;
+                dnorm_norm_mean += dnorm * norm;
+                if (pw) {
+                    pw[c] += norm * d[c];
+                    pb[c] += d[c];
+                }
+            }
+            dnorm_mean /= C;
+            dnorm_norm_mean /= C;
+            if (dinp) {
+                float *di = dinp + (size_t)i * C;
+                for (int c = 0; c < C; c++) {
+                    float norm = (x[c] - m) * s;
+                    float dnorm = weight[c] * d[c];
+                    di[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
+                }
+            }
+        }
+    }
+    if (need_params) {
+        for (int t = 0; t < nthreads; t++) {
+            const float *pw = partials + (size_t)t * 2 * C;
+            if (dweight) reduce_partials(dweight, pw, 1, C);
+            if (dbias) reduce_partials(dbias, pw + C, 1, C);
+        }
+        free(partials);
+    }
+}
+
+/* ---- matmul ------------------------------------------------------------- */
+
+void matmul_forward_naive(float *out, const float *inp, const float *weight, const float *bias,
+                          int N, int C, int OC) {
+    for (int i = 0; i < N; i++) {
+        for (int o = 0; o < OC; o++) {
+            double acc = bias ? bias[o] : 0.0;
+            for (int c = 0; c < C; c++) acc += (double)inp[(size_t)i * C + c] * weight[(size_t)c * OC + o];
+            out[(size_t)i * OC + o] = (float)acc;
+        }
+    }
+}
+
+/* out (N,OC) = bias broadcast over rows. */
+static void broadcast_rows(float *out, const float *bias, int N, int OC) {
+#pragma omp parallel for
+    for (int i = 0; i < N; i++) memcpy(out + (size_t)i * OC, bias, (size_t)OC * sizeof(float));
+}
+
+void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
+                    int C, int OC) {
+    float beta = 0.0f;
+    if (bias) {
+        broadcast_rows(out, bias, N, OC);
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, C, 1.0f, inp, C, weight, OC,
+                beta, out, OC);
+}
+
+/* dbias (OC) += column sums of dout (N,OC), in a fixed order. */
+static void column_sums(float *dbias, const float *dout, int N, int OC) {
+    int nthreads = omp_get_max_threads();
+    float *partials = graft_xcalloc((size_t)nthreads * OC, sizeof(float));
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *p = partials + (size_t)omp_get_thread_num() * OC;
+#pragma omp for schedule(static)
+        for (int i = 0; i < N; i++) {
+            const float *d = dout + (size_t)i * OC;
+            for (int o = 0; o < OC; o++) p[o] += d[o];
+        }
+    }
+    reduce_partials(dbias, partials, nthreads, OC);
+    free(partials);
+}
+
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                     const float *inp, const float *weight, int N, int C, int OC) {
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, C, OC, 1.0f, dout, OC, weight, OC,
+                    1.0f, dinp, C);
+    if (dweight)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, N, 1.0f, inp, C, dout, OC,
+                    1.0f, dweight, OC);
+    if (dbias) column_sums(dbias, dout, N, OC);
+}
+
+void lmhead_forward(float *logits, const float *inp, const float *wte, int N, int C, int V) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, V, C, 1.0f, inp, C, wte, C, 0.0f,
+                logits, V);
+}
+
+void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
+                     const float *wte, int N, int C, int V) {
+    if (dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, V, 1.0f, dlogits, V, wte, C,
+                    1.0f, dinp, C);
+    if (dwte)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, N, 1.0f, dlogits, V, inp, C,
+                    1.0f, dwte, C);
+}
+
+/* ---- attention ---------------------------------------------------------- */
+
+/* Per (b,h): S = scale Q K^T, P = causal softmax(S), O = P V, all through
+ * sgemm on strided views of the (B,T,3C) qkv buffer. The (b,h) pairs run in
+ * parallel; OpenBLAS runs single-threaded inside an OpenMP region. */
+void attention_forward(float *out, float *att, const float *inp, int B, int T, int C, int NH) {
+    int hs = C / NH;
+    int C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            const float *q = inp + (size_t)b * T * C3 + h * hs;
+            const float *k = q + C;
+            const float *v = q + 2 * C;
+            float *p = att + ((size_t)b * NH + h) * T * T;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, C3, k, C3,
+                        0.0f, p, T);
+            for (int t = 0; t < T; t++) {
+                float *row = p + (size_t)t * T;
+                float maxv = -INFINITY;
+                for (int j = 0; j <= t; j++) maxv = row[j] > maxv ? row[j] : maxv;
+                float sum = 0.0f;
+                for (int j = 0; j <= t; j++) {
+                    row[j] = expf(row[j] - maxv);
+                    sum += row[j];
+                }
+                float inv = 1.0f / sum;
+                for (int j = 0; j <= t; j++) row[j] *= inv;
+                for (int j = t + 1; j < T; j++) row[j] = 0.0f;
+            }
+            float *o = out + (size_t)b * T * C + h * hs;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, p, T, v, C3,
+                        0.0f, o, C);
+        }
+    }
+}
+
+void attention_backward(float *dinp, float *scratch, const float *dout, const float *inp,
+                        const float *att, int B, int T, int C, int NH) {
+    int hs = C / NH;
+    int C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            const float *q = inp + (size_t)b * T * C3 + h * hs;
+            const float *k = q + C;
+            const float *v = q + 2 * C;
+            float *dq = dinp + (size_t)b * T * C3 + h * hs;
+            float *dk = dq + C;
+            float *dv = dq + 2 * C;
+            const float *p = att + ((size_t)b * NH + h) * T * T;
+            float *ds = scratch + ((size_t)b * NH + h) * T * T;
+            const float *dO = dout + (size_t)b * T * C + h * hs;
+            /* dP = dO V^T ; dV += P^T dO */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dO, C, v, C3,
+                        0.0f, ds, T);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, p, T, dO, C,
+                        1.0f, dv, C3);
+            /* dS = scale * P (dP - rowsum(dP P)), zero above the diagonal */
+            for (int t = 0; t < T; t++) {
+                const float *prow = p + (size_t)t * T;
+                float *row = ds + (size_t)t * T;
+                float dot = 0.0f;
+                for (int j = 0; j <= t; j++) dot += prow[j] * row[j];
+                for (int j = 0; j <= t; j++) row[j] = scale * prow[j] * (row[j] - dot);
+                for (int j = t + 1; j < T; j++) row[j] = 0.0f;
+            }
+            /* dQ += dS K ; dK += dS^T Q */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, k, C3,
+                        1.0f, dq, C3);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, q, C3,
+                        1.0f, dk, C3);
+        }
+    }
+}
+
+/* ---- gelu --------------------------------------------------------------- */
+
+#define GELU_SCALING_FACTOR 0.7978845608028654f /* sqrt(2/pi) */
+
+void gelu_forward(float *out, const float *inp, size_t N) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < N; i++) {
+        float x = inp[i];
+        float cube = 0.044715f * x * x * x;
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALING_FACTOR * (x + cube)));
+    }
+}
+
+void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < N; i++) {
+        float x = inp[i];
+        float cube = 0.044715f * x * x * x;
+        float tanh_arg = GELU_SCALING_FACTOR * (x + cube);
+        float tanh_out = tanhf(tanh_arg);
+        float sech2 = 1.0f - tanh_out * tanh_out;
+        float local_grad = 0.5f * (1.0f + tanh_out) +
+                           x * 0.5f * sech2 * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] += local_grad * dout[i];
+    }
+}
+
+/* ---- residual ----------------------------------------------------------- */
+
+void residual_forward(float *out, const float *inp1, const float *inp2, size_t N) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < N; i++) out[i] = inp1[i] + inp2[i];
+}
+
+void residual_backward(float *dinp1, float *dinp2, const float *dout, size_t N) {
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < N; i++) {
+        dinp1[i] += dout[i];
+        dinp2[i] += dout[i];
+    }
+}
+
+/* ---- softmax / cross-entropy -------------------------------------------- */
+
+void softmax_rows(float *out, const float *inp, int N, int K) {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        const float *x = inp + (size_t)i * K;
+        float *y = out + (size_t)i * K;
+        float maxv = -INFINITY;
+        for (int k = 0; k < K; k++) maxv = x[k] > maxv ? x[k] : maxv;
+        float sum = 0.0f;
+        for (int k = 0; k < K; k++) {
+            y[k] = expf(x[k] - maxv);
+            sum += y[k];
+        }
+        float inv = 1.0f / sum;
+        for (int k = 0; k < K; k++) y[k] *= inv;
+    }
+}
+
+float crossentropy_forward(float *losses, float *probs, const float *logits,
+                           const int32_t *targets, int N, int V, int *count) {
+    softmax_rows(probs, logits, N, V);
+    double total = 0.0;
+    int n = 0;
+    for (int i = 0; i < N; i++) {
+        int32_t y = targets[i];
+        if (y < 0) {
+            losses[i] = 0.0f;
+            continue;
+        }
+        GRAFT_ASSERT(y < V);
+        losses[i] = -logf(fmaxf(probs[(size_t)i * V + y], 1e-30f));
+        total += losses[i];
+        n++;
+    }
+    if (count) *count = n;
+    return n ? (float)(total / n) : 0.0f;
+}
+
+void crossentropy_backward(float *dlogits, const float *probs, const int32_t *targets, int N,
+                           int V, float scale) {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        float *d = dlogits + (size_t)i * V;
+        const float *p = probs + (size_t)i * V;
+        int32_t y = targets[i];
+        if (y < 0) {
+            memset(d, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        for (int v = 0; v < V; v++) d[v] = p[v] * scale;
+        d[y] -= scale;
+    }
+}
+
+/* ---- pooling for the classification head -------------------------------- */
+
+void pool_forward(float *pooled, const float *hidden, const int32_t *pos, int B, int T, int C) {
+    for (int b = 0; b < B; b++) {
+        GRAFT_ASSERT(pos[b] >= 0 && pos[b] < T);
+        memcpy(pooled + (size_t)b * C, hidden + ((size_t)b * T + pos[b]) * C,
+               (size_t)C * sizeof(float));
+    }
+}
+
+void pool_backward(float *dhidden, const float *dpooled, const int32_t *pos, int B, int T, int C) {
+    for (int b = 0; b < B; b++) {
+        float *dh = dhidden + ((size_t)b * T + pos[b]) * C;
+        const float *dp = dpooled + (size_t)b * C;
+        for (int c = 0; c < C; c++) dh[c] += dp[c];
+    }
+}

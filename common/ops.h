@@ -1,0 +1,89 @@
+/* ops.h — the trunk's kernels: plain functions over float arrays, each
+ * forward beside its backward, shapes in the comments (B batch, T time,
+ * C channels, OC output channels, NH heads, V vocabulary).
+ *
+ * Conventions (as in llm.c):
+ *  - Forward kernels write their outputs; backward kernels ACCUMULATE (+=)
+ *    into every gradient they touch, so callers zero gradients once a step.
+ *  - A NULL gradient pointer means "not needed": frozen weights never get
+ *    their weight gradient computed.
+ *  - Linear weights are stored [in, out] (Hugging Face GPT-2 Conv1D layout),
+ *    so a linear layer is out = inp @ w + b.
+ *  - Kernels parallelise with OpenMP; reductions over rows are done in a
+ *    fixed order so that results are bit-identical run to run.
+ * No kernel allocates except where noted; the caller owns all buffers.
+ */
+#ifndef GRAFT_OPS_H
+#define GRAFT_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* out (B,T,C) = wte[inp] + wpe[t]; inp (B,T) token ids. */
+void encoder_forward(float *out, const int32_t *inp, const float *wte, const float *wpe, int B,
+                     int T, int C);
+void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t *inp, int B,
+                      int T, int C);
+
+/* out (N,C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) saved. */
+void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                       const float *weight, const float *bias, int N, int C);
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                        const float *inp, const float *weight, const float *mean,
+                        const float *rstd, int N, int C);
+
+/* out (N,OC) = inp (N,C) @ weight (C,OC) + bias (OC); bias may be NULL. */
+void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
+                    int C, int OC);
+/* The obviously-correct triple loop, kept to test matmul_forward against. */
+void matmul_forward_naive(float *out, const float *inp, const float *weight, const float *bias,
+                          int N, int C, int OC);
+/* dinp (N,C) += dout @ weight^T; dweight (C,OC) += inp^T @ dout; dbias (OC)
+ * += column sums of dout. Any of dinp, dweight, dbias may be NULL. */
+void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                     const float *inp, const float *weight, int N, int C, int OC);
+
+/* Causal multi-head self-attention.
+ * inp (B,T,3C) holds q,k,v; out (B,T,C); att (B,NH,T,T) keeps the softmax
+ * probabilities for the backward pass (zero above the diagonal). */
+void attention_forward(float *out, float *att, const float *inp, int B, int T, int C, int NH);
+/* dinp (B,T,3C) +=; scratch (B,NH,T,T) is overwritten. */
+void attention_backward(float *dinp, float *scratch, const float *dout, const float *inp,
+                        const float *att, int B, int T, int C, int NH);
+
+/* GELU, tanh approximation (GPT-2). out, inp (N). */
+void gelu_forward(float *out, const float *inp, size_t N);
+void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N);
+
+/* out (N) = inp1 + inp2. */
+void residual_forward(float *out, const float *inp1, const float *inp2, size_t N);
+/* dinp1 += dout; dinp2 += dout. */
+void residual_backward(float *dinp1, float *dinp2, const float *dout, size_t N);
+
+/* Tied language-model head: logits (N,V) = inp (N,C) @ wte (V,C)^T.
+ * Backward: dinp += dlogits @ wte; dwte += dlogits^T @ inp (either NULL). */
+void lmhead_forward(float *logits, const float *inp, const float *wte, int N, int C, int V);
+void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
+                     const float *wte, int N, int C, int V);
+
+/* Softmax cross-entropy: probs (N,V) = softmax(logits);
+ * losses (N) = -log probs[target]; targets < 0 are ignored (loss 0).
+ * Returns the mean loss over the non-ignored positions (0 if none) and
+ * stores their count in *count. */
+float crossentropy_forward(float *losses, float *probs, const float *logits,
+                           const int32_t *targets, int N, int V, int *count);
+/* dlogits (N,V) = (probs - onehot(target)) * scale for non-ignored rows,
+ * 0 elsewhere (written, not accumulated: dlogits is a scratch buffer). */
+void crossentropy_backward(float *dlogits, const float *probs, const int32_t *targets, int N,
+                           int V, float scale);
+
+/* Classification head on a pooled hidden state.
+ * pool: pooled (B,C) = hidden (B,T,C) at position pos[b] (the last real
+ * token of each row). */
+void pool_forward(float *pooled, const float *hidden, const int32_t *pos, int B, int T, int C);
+void pool_backward(float *dhidden, const float *dpooled, const int32_t *pos, int B, int T, int C);
+
+/* Row-wise softmax over K classes, in place safe (out may equal inp). */
+void softmax_rows(float *out, const float *inp, int N, int K);
+
+#endif

@@ -1,0 +1,61 @@
+/* options.h — one table of options drives a command's config file, its
+ * command-line flags, its --help and the dump of the effective config
+ * (the redis config.c pattern).
+ *
+ * A command declares a struct of settings and a table of graft_option_t
+ * describing each field (name, type, offset, default, bounds, help). Config
+ * files hold `name = value` lines (# starts a comment); flags are
+ * `--name value` or `--name=value`; booleans also take a bare `--name`.
+ * String fields are char[GRAFT_OPT_STR] arrays inside the struct, so the
+ * struct owns everything and needs no freeing.
+ */
+#ifndef GRAFT_OPTIONS_H
+#define GRAFT_OPTIONS_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#define GRAFT_OPT_STR 256
+
+typedef enum { GRAFT_OPT_INT, GRAFT_OPT_FLOAT, GRAFT_OPT_STRING, GRAFT_OPT_BOOL } graft_opt_type_t;
+
+typedef struct {
+    const char *name;
+    graft_opt_type_t type;
+    size_t offset;      /* offsetof(settings struct, field) */
+    const char *def;    /* default, as it would be written in a config file */
+    double min, max;    /* bounds for numbers (ignored when min > max) */
+    const char *help;
+} graft_option_t;
+
+#define GRAFT_OPT_END {NULL, 0, 0, NULL, 0, 0, NULL}
+
+/* Outcome of graft_options_parse. */
+enum { GRAFT_OPTS_OK = 0, GRAFT_OPTS_HELP = 1 };
+
+/* Fills target with defaults, then the file named by --config (if any),
+ * then the other flags. Returns GRAFT_OPTS_OK, GRAFT_OPTS_HELP after
+ * printing the usage to stdout, or a negative error after logging what is
+ * wrong and where (file:line or the flag). usage is the one-line synopsis
+ * and description printed above the option list. */
+int graft_options_parse(const graft_option_t *table, void *target, int argc, char **argv,
+                        const char *usage);
+
+/* Applies one `name = value` setting (used by the parsers; exposed for
+ * programs that build settings in code). `where` names the source for
+ * error messages. */
+int graft_options_set(const graft_option_t *table, void *target, const char *name,
+                      const char *value, const char *where);
+
+/* Reads a config file of `name = value` lines into target. */
+int graft_options_load_file(const graft_option_t *table, void *target, const char *path);
+
+void graft_options_usage(FILE *out, const graft_option_t *table, const char *usage);
+
+/* Writes the effective settings as a config file (so it can be reused). */
+void graft_options_dump(FILE *out, const graft_option_t *table, const void *target);
+
+/* FNV-1a digest of the effective settings, for run_start events. */
+unsigned long long graft_options_digest(const graft_option_t *table, const void *target);
+
+#endif

@@ -1,0 +1,52 @@
+/* pretrain.h — language-model pretraining of the trunk in one process:
+ * sample batches from a corpus, AdamW with warmup + cosine, gradient
+ * clipping, periodic held-out evaluation, atomic checkpoints that carry the
+ * optimiser state and the sampler's RNG so that a resumed run ends exactly
+ * where an uninterrupted one would.
+ *
+ * The settings struct is described by graft_pretrain_options (one table for
+ * the config file, the flags and --help). All memory is owned internally.
+ */
+#ifndef GRAFT_PRETRAIN_H
+#define GRAFT_PRETRAIN_H
+
+#include "options.h"
+
+typedef struct {
+    char preset[GRAFT_OPT_STR];
+    char data[GRAFT_OPT_STR];
+    char out[GRAFT_OPT_STR];
+    char resume[GRAFT_OPT_STR];
+    char init[GRAFT_OPT_STR];
+    int steps;
+    int batch;
+    int seq;
+    float lr;
+    float min_lr_frac;
+    int warmup;
+    float weight_decay;
+    float grad_clip;
+    int seed;
+    int threads;
+    float heldout;
+    int eval_every;
+    int eval_batches;
+    int checkpoint_every;
+    int log_every;
+    int stop_after; /* testing aid: stop (as if killed) after this many steps */
+} graft_pretrain_config_t;
+
+extern const graft_option_t graft_pretrain_options[];
+
+typedef struct {
+    int steps_done;
+    float final_train_loss;
+    float first_eval_loss; /* held-out loss before training (or at resume) */
+    float final_eval_loss;
+    double tokens_per_s;
+} graft_pretrain_result_t;
+
+/* Runs (or resumes) pretraining as configured; logs progress on stderr. */
+int graft_pretrain_run(const graft_pretrain_config_t *cfg, graft_pretrain_result_t *result);
+
+#endif
