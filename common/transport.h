@@ -1,0 +1,125 @@
+/* transport.h — moving opaque message bytes between the coordinator and its
+ * workers. One interface, a table of function pointers (like redis
+ * ConnectionType or a ggml backend), with three implementations chosen at
+ * run time: in-process queues for tests (transport_inproc.c), ZeroMQ for
+ * federated clients (transport_zmq.c) and MPI for clusters
+ * (transport_mpi.c). The bytes are graft_wire_encode() output; a transport
+ * never looks inside them.
+ *
+ * Peers are small integers. On a worker the coordinator is peer 0. On the
+ * coordinator each worker is a peer >= 1: its MPI rank, the order in which a
+ * new ZeroMQ identity first spoke, or its index for inproc.
+ *
+ * Ownership:
+ *  - send() copies or finishes with `buf` before returning; the caller keeps it.
+ *  - recv() hands back a malloc'd buffer in *buf that the caller must free().
+ *  - peer_name() returns a string owned by the transport, valid until destroy.
+ *  - graft_transport_destroy() frees the transport and sets the pointer NULL.
+ * A transport object is used from one thread at a time (ZeroMQ sockets are
+ * not thread-safe); inproc ends may each live on their own thread.
+ *
+ * Collectives (MPI only; the others return GRAFT_EINVAL). Aggregation can be
+ * carried by reductions instead of point-to-point updates:
+ *  - Group GRAFT_GROUP_WORLD (0) is every rank, coordinator included.
+ *  - graft_transport_mpi_split(t, color, &group) is collective over all ranks
+ *    (every rank calls it, in the same order): ranks passing the same
+ *    color >= 0 form one group, ordered by world rank; a rank passing
+ *    GRAFT_GROUP_NONE (-1) joins none and gets group -1. The k-th split
+ *    returns the same group id on every member, naming on each rank the group
+ *    of its own color. For per-task cohorts call it once per task with
+ *    color 0 on the coordinator and that task's workers and -1 elsewhere:
+ *    the coordinator, being world rank 0, is then rank 0 (the root) of every
+ *    task group.
+ *  - graft_transport_reduce_sum(t, x, n, group) sums x elementwise over the
+ *    group's members into x on the group root (the member with the lowest
+ *    world rank); graft_transport_allreduce_sum() leaves the sum on every
+ *    member. Every member of the group must call, with the same n.
+ *  - Shared modules: every rank reduces over GRAFT_GROUP_WORLD, the
+ *    coordinator contributing zeros (or its weighted copy) and dividing by the
+ *    summed weight; for a weighted FedAvg each worker scales its module by
+ *    its sample count and the weights are summed in a second, one-float
+ *    reduce. Task modules: the same over the task's group.
+ *  - Floating-point sums in MPI have an order fixed by the library's
+ *    algorithm and the group size, not by graft; with integer-valued or
+ *    exactly representable inputs the sum is exact.
+ */
+#ifndef GRAFT_TRANSPORT_H
+#define GRAFT_TRANSPORT_H
+
+#include "graft.h"
+#include "keys.h"
+
+#define GRAFT_GROUP_WORLD 0
+#define GRAFT_GROUP_NONE (-1)
+
+typedef struct graft_transport graft_transport_t;
+
+typedef struct {
+    const char *name; /* "inproc", "zmq", "mpi" */
+    /* GRAFT_OK, GRAFT_EINVAL (bad peer or size), GRAFT_EPEER (peer gone),
+     * GRAFT_ETIMEOUT (peer not draining), GRAFT_EIO. */
+    int (*send)(graft_transport_t *t, int peer, const void *buf, size_t len);
+    /* Waits up to timeout_ms (< 0: forever, 0: poll) for one message.
+     * GRAFT_OK with *peer, *buf (caller frees), *len; GRAFT_ETIMEOUT; or an error. */
+    int (*recv)(graft_transport_t *t, int *peer, uint8_t **buf, size_t *len, int timeout_ms);
+    const char *(*peer_name)(graft_transport_t *t, int peer);
+    /* NULL when unsupported. all != 0: every member gets the sum. */
+    int (*reduce_sum)(graft_transport_t *t, float *x, size_t n, int group, int all);
+    void (*destroy)(graft_transport_t *t);
+} graft_transport_ops_t;
+
+/* Backends embed this as their first member. */
+struct graft_transport {
+    const graft_transport_ops_t *ops;
+};
+
+int graft_transport_send(graft_transport_t *t, int peer, const void *buf, size_t len);
+int graft_transport_recv(graft_transport_t *t, int *peer, uint8_t **buf, size_t *len,
+                         int timeout_ms);
+/* "worker 3 (tcp://10.0.0.7:51234)", "rank 2", ...: for log lines. */
+const char *graft_transport_peer_name(graft_transport_t *t, int peer);
+int graft_transport_reduce_sum(graft_transport_t *t, float *x, size_t n, int group);
+int graft_transport_allreduce_sum(graft_transport_t *t, float *x, size_t n, int group);
+void graft_transport_destroy(graft_transport_t **t);
+
+/* ---- inproc: a coordinator end and nworkers worker ends ------------------
+ * ends[0] is the coordinator; ends[i] (1..nworkers) is worker i, whose peer 0
+ * is the coordinator. Each end is destroyed on its own; the shared queues go
+ * with the last one. Sending to a destroyed end gives GRAFT_EPEER. */
+int graft_transport_inproc_new(int nworkers, graft_transport_t **ends);
+
+/* ---- ZeroMQ -------------------------------------------------------------- */
+typedef struct {
+    const char *endpoint; /* server binds ("tcp://127.0.0.1:*" picks a port), client connects */
+    /* CurveZMQ: leave keys NULL for plain TCP. The server needs its keypair
+     * and a non-empty allow-list of client public keys; a client needs its
+     * keypair and the server's public key. */
+    const graft_keypair_t *keypair;
+    const graft_key_t *server_key;
+    const graft_key_t *allow;
+    size_t nallow;
+    /* Client: a stable routing identity (e.g. the worker name) so that a
+     * restarted worker takes over its old peer slot on the coordinator. */
+    const char *identity;
+    int reconnect_ivl_ms;     /* client: first retry after this (0: 100) */
+    int reconnect_ivl_max_ms; /* client: retries back off up to this (0: 5000) */
+    size_t max_msg_bytes;     /* larger messages drop the connection (0: 64 MiB + 64 KiB) */
+} graft_zmq_opts_t;
+
+/* The coordinator: binds a ROUTER. */
+int graft_transport_zmq_server(const graft_zmq_opts_t *opts, graft_transport_t **out);
+/* A worker: connects a DEALER; ZeroMQ reconnects by itself. */
+int graft_transport_zmq_client(const graft_zmq_opts_t *opts, graft_transport_t **out);
+/* The endpoint actually bound or connected (ZMQ_LAST_ENDPOINT), owned by t. */
+const char *graft_transport_zmq_endpoint(graft_transport_t *t);
+/* How many CurveZMQ handshakes the server refused so far (unknown keys). */
+uint64_t graft_transport_zmq_refused(graft_transport_t *t);
+
+/* ---- MPI -----------------------------------------------------------------
+ * The caller has called MPI_Init (MPI_THREAD_FUNNELED or better) and calls
+ * MPI_Finalize after destroying the transport. The transport works on a
+ * duplicate of MPI_COMM_WORLD; peer id = rank, rank 0 the coordinator. */
+int graft_transport_mpi_new(graft_transport_t **out);
+int graft_transport_mpi_split(graft_transport_t *t, int color, int *group);
+
+#endif

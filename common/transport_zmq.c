@@ -1,0 +1,373 @@
+/* transport_zmq.c — the ZeroMQ transport for federated deployments.
+ *
+ * The coordinator binds a ROUTER; each worker connects a DEALER and sends
+ * single-frame messages. The ROUTER sees [identity][payload]; each new
+ * identity becomes the next peer id (1, 2, ...). ZMQ_ROUTER_HANDOVER lets a
+ * restarted worker that reuses its identity take over its old slot, and
+ * ZMQ_ROUTER_MANDATORY turns a send to a vanished peer into GRAFT_EPEER
+ * instead of a silent drop. Workers reconnect on their own with backoff.
+ *
+ * With CurveZMQ the server runs a ZAP handler thread on
+ * inproc://zeromq.zap.01 in its own context: it accepts a handshake only if
+ * the client's public key is on the allow-list, and logs refused keys (z85)
+ * once each. The context is private to one transport because a context has
+ * one ZAP endpoint.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "transport.h"
+
+#define ZAP_ENDPOINT "inproc://zeromq.zap.01"
+#define LINGER_MS 1000
+#define SEND_TIMEOUT_MS 5000
+#define HEARTBEAT_IVL_MS 2000
+#define HEARTBEAT_TIMEOUT_MS 10000
+#define MAX_LOGGED_REFUSALS 64
+
+typedef struct {
+    uint8_t id[256];
+    size_t idlen;
+    char name[160];
+} zpeer_t;
+
+typedef struct {
+    graft_transport_t base;
+    void *ctx, *sock;
+    int server;
+    char endpoint[256];
+    char coordinator_name[300]; /* client: how peer 0 shows in logs */
+    zpeer_t *peers;             /* server: peer p is peers[p - 1] */
+    size_t npeers, cap;
+    /* CurveZMQ, server side; the ZAP thread alone touches zap and logged. */
+    void *zap;
+    pthread_t zap_thread;
+    int zap_running;
+    graft_key_t *allow;
+    size_t nallow;
+    graft_key_t logged[MAX_LOGGED_REFUSALS];
+    size_t nlogged;
+    atomic_uint_fast64_t refused;
+} zt_t;
+
+static const graft_transport_ops_t zmq_ops;
+
+/* ---- ZAP: who may connect ------------------------------------------------ */
+
+static int key_allowed(const zt_t *z, const char *key) {
+    for (size_t i = 0; i < z->nallow; i++)
+        if (strcmp(z->allow[i].z85, key) == 0) return 1;
+    return 0;
+}
+
+static void log_refusal(zt_t *z, const char *key, const char *addr) {
+    atomic_fetch_add(&z->refused, 1);
+    for (size_t i = 0; i < z->nlogged; i++)
+        if (strcmp(z->logged[i].z85, key) == 0) return; /* said so already */
+    if (z->nlogged < MAX_LOGGED_REFUSALS) memcpy(z->logged[z->nlogged++].z85, key, sizeof(graft_key_t));
+    LOG_WARN("zmq: refused CurveZMQ client key %s from %s: not on the allow-list (add its .pub "
+             "to the allow-list file to admit it)", key, addr);
+}
+
+static int frame_is(zmq_msg_t *f, const char *s) {
+    return zmq_msg_size(f) == strlen(s) && memcmp(zmq_msg_data(f), s, strlen(s)) == 0;
+}
+
+/* Answers one ZAP request (RFC 27): frames version, request id, domain,
+ * address, identity, mechanism, credentials. */
+static void zap_answer(zt_t *z, zmq_msg_t *f, int n) {
+    char key[GRAFT_KEY_Z85_LEN + 1] = "", addr[64] = "?";
+    const char *status = "400", *text = "unknown key";
+    if (n >= 7 && frame_is(&f[0], "1.0") && frame_is(&f[5], "CURVE") && zmq_msg_size(&f[6]) == 32) {
+        zmq_z85_encode(key, zmq_msg_data(&f[6]), 32);
+        size_t alen = zmq_msg_size(&f[3]) < sizeof addr - 1 ? zmq_msg_size(&f[3]) : sizeof addr - 1;
+        memcpy(addr, zmq_msg_data(&f[3]), alen);
+        addr[alen] = '\0';
+        if (key_allowed(z, key)) status = "200", text = "OK";
+        else log_refusal(z, key, addr);
+    } else {
+        status = "500", text = "malformed ZAP request";
+    }
+    int ok = status[0] == '2';
+    zmq_send(z->zap, "1.0", 3, ZMQ_SNDMORE);
+    zmq_send(z->zap, n > 1 ? zmq_msg_data(&f[1]) : "", n > 1 ? zmq_msg_size(&f[1]) : 0, ZMQ_SNDMORE);
+    zmq_send(z->zap, status, 3, ZMQ_SNDMORE);
+    zmq_send(z->zap, text, strlen(text), ZMQ_SNDMORE);
+    zmq_send(z->zap, ok ? key : "", ok ? strlen(key) : 0, ZMQ_SNDMORE); /* becomes User-Id */
+    zmq_send(z->zap, "", 0, 0);
+}
+
+static void *zap_main(void *arg) {
+    zt_t *z = arg;
+    for (;;) {
+        zmq_msg_t f[8];
+        int n = 0, more = 1;
+        while (more) {
+            zmq_msg_t *m = &f[n < 8 ? n : 7];
+            if (n >= 8) zmq_msg_close(m); /* too many frames: keep reading, drop */
+            zmq_msg_init(m);
+            if (zmq_msg_recv(m, z->zap, 0) < 0) {
+                zmq_msg_close(m);
+                for (int i = 0; i < (n < 8 ? n : 7); i++) zmq_msg_close(&f[i]);
+                if (errno == EINTR) break;
+                zmq_close(z->zap); /* ETERM: the transport is shutting down */
+                return NULL;
+            }
+            more = zmq_msg_more(m);
+            if (n < 8) n++;
+        }
+        if (more) continue; /* interrupted */
+        zap_answer(z, f, n);
+        for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
+    }
+}
+
+static int zap_start(zt_t *z, const graft_zmq_opts_t *o) {
+    z->allow = graft_xmalloc(o->nallow * sizeof *z->allow);
+    memcpy(z->allow, o->allow, o->nallow * sizeof *z->allow);
+    z->nallow = o->nallow;
+    z->zap = zmq_socket(z->ctx, ZMQ_REP);
+    if (!z->zap || zmq_bind(z->zap, ZAP_ENDPOINT) != 0) {
+        LOG_ERROR("zmq: cannot start the CurveZMQ authenticator: %s", zmq_strerror(errno));
+        if (z->zap) zmq_close(z->zap);
+        return GRAFT_EIO;
+    }
+    if (pthread_create(&z->zap_thread, NULL, zap_main, z) != 0) {
+        zmq_close(z->zap);
+        return GRAFT_EIO;
+    }
+    z->zap_running = 1;
+    return GRAFT_OK;
+}
+
+/* ---- sockets --------------------------------------------------------------- */
+
+static int set_int(void *s, int opt, int v) { return zmq_setsockopt(s, opt, &v, sizeof v); }
+
+static int common_opts(zt_t *z, const graft_zmq_opts_t *o) {
+    int64_t max = o->max_msg_bytes ? (int64_t)o->max_msg_bytes : (64 << 20) + (64 << 10);
+    int rc = set_int(z->sock, ZMQ_LINGER, LINGER_MS);
+    rc |= set_int(z->sock, ZMQ_SNDTIMEO, SEND_TIMEOUT_MS);
+    rc |= zmq_setsockopt(z->sock, ZMQ_MAXMSGSIZE, &max, sizeof max);
+    rc |= set_int(z->sock, ZMQ_HEARTBEAT_IVL, HEARTBEAT_IVL_MS);
+    rc |= set_int(z->sock, ZMQ_HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS);
+    return rc;
+}
+
+static int server_opts(zt_t *z, const graft_zmq_opts_t *o) {
+    int rc = common_opts(z, o);
+    rc |= set_int(z->sock, ZMQ_ROUTER_HANDOVER, 1);
+    rc |= set_int(z->sock, ZMQ_ROUTER_MANDATORY, 1);
+    if (o->keypair) {
+        rc |= set_int(z->sock, ZMQ_CURVE_SERVER, 1);
+        rc |= zmq_setsockopt(z->sock, ZMQ_CURVE_SECRETKEY, o->keypair->secret_key.z85, 41);
+        rc |= zmq_setsockopt(z->sock, ZMQ_ZAP_DOMAIN, "graft", 5);
+    }
+    return rc;
+}
+
+static int client_opts(zt_t *z, const graft_zmq_opts_t *o) {
+    int rc = common_opts(z, o);
+    rc |= set_int(z->sock, ZMQ_RECONNECT_IVL, o->reconnect_ivl_ms ? o->reconnect_ivl_ms : 100);
+    rc |= set_int(z->sock, ZMQ_RECONNECT_IVL_MAX,
+                  o->reconnect_ivl_max_ms ? o->reconnect_ivl_max_ms : 5000);
+    if (o->identity) rc |= zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, o->identity, strlen(o->identity));
+    if (o->keypair) {
+        rc |= zmq_setsockopt(z->sock, ZMQ_CURVE_SERVERKEY, o->server_key->z85, 41);
+        rc |= zmq_setsockopt(z->sock, ZMQ_CURVE_PUBLICKEY, o->keypair->public_key.z85, 41);
+        rc |= zmq_setsockopt(z->sock, ZMQ_CURVE_SECRETKEY, o->keypair->secret_key.z85, 41);
+    }
+    return rc;
+}
+
+static void zt_free(zt_t *z) {
+    if (z->sock) zmq_close(z->sock);
+    if (z->zap_running) {
+        zmq_ctx_shutdown(z->ctx); /* wakes the ZAP thread with ETERM */
+        pthread_join(z->zap_thread, NULL);
+    }
+    if (z->ctx) zmq_ctx_term(z->ctx);
+    free(z->peers);
+    free(z->allow);
+    free(z);
+}
+
+static void zmq_destroy(graft_transport_t *t) { zt_free((zt_t *)t); }
+
+static int check_opts(const graft_zmq_opts_t *o, int server) {
+    if (!o->endpoint) return GRAFT_EINVAL;
+    if (o->identity && (o->identity[0] == '\0' || strlen(o->identity) > 255)) {
+        LOG_ERROR("zmq: identity must be 1..255 bytes");
+        return GRAFT_EINVAL;
+    }
+    if (!o->keypair) return GRAFT_OK;
+    if (server && (!o->allow || o->nallow == 0)) {
+        LOG_ERROR("zmq: a CurveZMQ server needs an allow-list of client public keys "
+                  "(graft keygen writes NAME.pub; list one per line)");
+        return GRAFT_EINVAL;
+    }
+    if (!server && !o->server_key) {
+        LOG_ERROR("zmq: a CurveZMQ client needs the coordinator's public key");
+        return GRAFT_EINVAL;
+    }
+    return GRAFT_OK;
+}
+
+static int zt_open(const graft_zmq_opts_t *o, int server, graft_transport_t **out) {
+    *out = NULL;
+    int rc = check_opts(o, server);
+    if (rc) return rc;
+    zt_t *z = graft_xcalloc(1, sizeof *z);
+    z->base.ops = &zmq_ops;
+    z->server = server;
+    z->ctx = zmq_ctx_new();
+    if (server && o->keypair && (rc = zap_start(z, o)) != GRAFT_OK) goto fail;
+    z->sock = zmq_socket(z->ctx, server ? ZMQ_ROUTER : ZMQ_DEALER);
+    rc = GRAFT_EIO;
+    if (!z->sock || (server ? server_opts(z, o) : client_opts(z, o)) != 0) {
+        LOG_ERROR("zmq: cannot set up a socket for %s: %s", o->endpoint, zmq_strerror(errno));
+        goto fail;
+    }
+    if ((server ? zmq_bind(z->sock, o->endpoint) : zmq_connect(z->sock, o->endpoint)) != 0) {
+        LOG_ERROR("zmq: cannot %s %s: %s", server ? "bind" : "connect to", o->endpoint,
+                  zmq_strerror(errno));
+        goto fail;
+    }
+    size_t n = sizeof z->endpoint;
+    if (zmq_getsockopt(z->sock, ZMQ_LAST_ENDPOINT, z->endpoint, &n) != 0)
+        snprintf(z->endpoint, sizeof z->endpoint, "%s", o->endpoint);
+    snprintf(z->coordinator_name, sizeof z->coordinator_name, "coordinator (%s)", z->endpoint);
+    *out = &z->base;
+    return GRAFT_OK;
+fail:
+    zt_free(z);
+    return rc;
+}
+
+int graft_transport_zmq_server(const graft_zmq_opts_t *opts, graft_transport_t **out) {
+    return zt_open(opts, 1, out);
+}
+
+int graft_transport_zmq_client(const graft_zmq_opts_t *opts, graft_transport_t **out) {
+    return zt_open(opts, 0, out);
+}
+
+const char *graft_transport_zmq_endpoint(graft_transport_t *t) {
+    GRAFT_ASSERT(t->ops == &zmq_ops);
+    return ((zt_t *)t)->endpoint;
+}
+
+uint64_t graft_transport_zmq_refused(graft_transport_t *t) {
+    GRAFT_ASSERT(t->ops == &zmq_ops);
+    return atomic_load(&((zt_t *)t)->refused);
+}
+
+/* ---- messages ------------------------------------------------------------ */
+
+static int send_errno(zt_t *z, int peer) {
+    int e = errno;
+    if (e == EHOSTUNREACH) return GRAFT_EPEER;
+    if (e == EAGAIN) return GRAFT_ETIMEOUT;
+    LOG_ERROR("zmq: send to peer %d on %s failed: %s", peer, z->endpoint, zmq_strerror(e));
+    return GRAFT_EIO;
+}
+
+static int zt_send(graft_transport_t *t, int peer, const void *buf, size_t len) {
+    zt_t *z = (zt_t *)t;
+    if (!z->server) {
+        if (peer != 0) return GRAFT_EINVAL;
+        return zmq_send(z->sock, buf, len, 0) < 0 ? send_errno(z, peer) : GRAFT_OK;
+    }
+    if (peer < 1 || (size_t)peer > z->npeers) return GRAFT_EINVAL;
+    zpeer_t *p = &z->peers[peer - 1];
+    if (zmq_send(z->sock, p->id, p->idlen, ZMQ_SNDMORE) < 0) return send_errno(z, peer);
+    return zmq_send(z->sock, buf, len, 0) < 0 ? send_errno(z, peer) : GRAFT_OK;
+}
+
+/* The peer id of a ROUTER identity, adding a peer for a new one. */
+static int peer_of(zt_t *z, zmq_msg_t *id, zmq_msg_t *body) {
+    size_t n = zmq_msg_size(id);
+    size_t i = 0;
+    while (i < z->npeers && !(z->peers[i].idlen == n && memcmp(z->peers[i].id, zmq_msg_data(id), n) == 0))
+        i++;
+    if (i == z->npeers) {
+        if (z->npeers == z->cap) {
+            z->cap = z->cap ? 2 * z->cap : 8;
+            z->peers = realloc(z->peers, z->cap * sizeof *z->peers);
+            GRAFT_ASSERT(z->peers);
+        }
+        memcpy(z->peers[i].id, zmq_msg_data(id), n);
+        z->peers[i].idlen = n;
+        z->npeers++;
+    }
+    /* Refreshed on every message: a worker that rejoins may come from elsewhere. */
+    const char *addr = zmq_msg_gets(body, "Peer-Address");
+    const char *user = zmq_msg_gets(body, "User-Id");
+    snprintf(z->peers[i].name, sizeof z->peers[i].name, "worker %zu (%s%s%.8s)", i + 1,
+             addr ? addr : "?", user && *user ? ", key " : "", user ? user : "");
+    return (int)i + 1;
+}
+
+/* Reads one message (all its frames); returns the number of frames, or -1. */
+static int recv_frames(void *sock, zmq_msg_t *f, int max) {
+    int n = 0, more = 1;
+    while (more) {
+        zmq_msg_t *m = &f[n < max ? n : max - 1];
+        if (n >= max) zmq_msg_close(m);
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(m);
+            for (int i = 0; i < (n < max ? n : max - 1); i++) zmq_msg_close(&f[i]);
+            return -1;
+        }
+        more = zmq_msg_more(m);
+        n++;
+    }
+    return n;
+}
+
+static int zt_recv(graft_transport_t *t, int *peer, uint8_t **buf, size_t *len, int timeout_ms) {
+    zt_t *z = (zt_t *)t;
+    double until = graft_now() + timeout_ms / 1000.0;
+    for (;;) {
+        int wait = timeout_ms < 0 ? -1 : (int)((until - graft_now()) * 1000.0);
+        zmq_pollitem_t it = {z->sock, 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(&it, 1, timeout_ms < 0 ? -1 : (wait > 0 ? wait : 0));
+        if (rc == 0 || (rc < 0 && errno == EINTR)) return GRAFT_ETIMEOUT;
+        if (rc < 0) return GRAFT_EIO;
+        zmq_msg_t f[2];
+        int want = z->server ? 2 : 1;
+        int n = recv_frames(z->sock, f, 2);
+        if (n < 0) continue; /* raced with nothing to read */
+        if (n == want) {
+            zmq_msg_t *body = &f[want - 1];
+            *peer = z->server ? peer_of(z, &f[0], body) : 0;
+            *len = zmq_msg_size(body);
+            *buf = graft_xmalloc(*len);
+            memcpy(*buf, zmq_msg_data(body), *len);
+        } else {
+            LOG_WARN("zmq: dropped a %d-frame message on %s (graft sends one frame)", n, z->endpoint);
+        }
+        for (int i = 0; i < (n < 2 ? n : 2); i++) zmq_msg_close(&f[i]);
+        if (n == want) return GRAFT_OK;
+    }
+}
+
+static const char *zt_peer_name(graft_transport_t *t, int peer) {
+    zt_t *z = (zt_t *)t;
+    if (!z->server) return peer == 0 ? z->coordinator_name : "unknown peer";
+    if (peer < 1 || (size_t)peer > z->npeers) return "unknown peer";
+    return z->peers[peer - 1].name;
+}
+
+static const graft_transport_ops_t zmq_ops = {
+    .name = "zmq",
+    .send = zt_send,
+    .recv = zt_recv,
+    .peer_name = zt_peer_name,
+    .reduce_sum = NULL,
+    .destroy = zmq_destroy,
+};

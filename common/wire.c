@@ -1,0 +1,772 @@
+/* wire.c — graft_msg_t <-> protobuf bytes, with full validation on decode.
+ *
+ * Encoding builds temporary protobuf-c structs that point into the caller's
+ * message (and into converted tensor buffers when needed), packs them and
+ * frees the temporaries. Decoding unpacks, converts into graft's own structs
+ * while checking each field, and frees the protobuf-c tree before returning,
+ * so no generated type ever leaves this file.
+ */
+#include "wire.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include "graft.pb-c.h"
+
+/* Sparse indices are uint32, so no tensor may exceed 2^32 elements. */
+#define MAX_NUMEL ((uint64_t)1 << 32)
+
+static int fail(char *why, size_t why_len, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int fail(char *why, size_t why_len, int code, const char *fmt, ...) {
+    if (why && why_len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, why_len, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+const char *graft_msg_type_name(graft_msg_type_t type) {
+    static const char *names[] = {"none",        "hello",       "assign",
+                                  "round_start", "update",      "eval_request",
+                                  "eval_result", "heartbeat",   "shutdown",
+                                  "error"};
+    if ((unsigned)type < sizeof names / sizeof names[0]) return names[type];
+    return "unknown";
+}
+
+/* ---- values ------------------------------------------------------------- */
+
+uint16_t graft_f32_to_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest, ties to even */
+    return (uint16_t)(u >> 16);
+}
+
+float graft_bf16_to_f32(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+static size_t dtype_size(int dtype) { return dtype == GRAFT_DTYPE_BF16 ? 2 : 4; }
+
+/* Writes n floats as little-endian dtype bytes. */
+static void put_values(const float *x, size_t n, int dtype, uint8_t *out) {
+    for (size_t i = 0; i < n; i++) {
+        if (dtype == GRAFT_DTYPE_BF16) {
+            uint16_t b = graft_f32_to_bf16(x[i]);
+            out[2 * i] = (uint8_t)b;
+            out[2 * i + 1] = (uint8_t)(b >> 8);
+        } else {
+            uint32_t u;
+            memcpy(&u, &x[i], 4);
+            for (int k = 0; k < 4; k++) out[4 * i + k] = (uint8_t)(u >> (8 * k));
+        }
+    }
+}
+
+/* Reads n little-endian dtype values; returns the index of the first value
+ * that is not finite, or n. */
+static size_t get_values(const uint8_t *in, size_t n, int dtype, float *x) {
+    for (size_t i = 0; i < n; i++) {
+        if (dtype == GRAFT_DTYPE_BF16) {
+            x[i] = graft_bf16_to_f32((uint16_t)(in[2 * i] | in[2 * i + 1] << 8));
+        } else {
+            const uint8_t *p = in + 4 * i;
+            uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                         (uint32_t)p[3] << 24;
+            memcpy(&x[i], &u, 4);
+        }
+        if (!isfinite(x[i])) return i;
+    }
+    return n;
+}
+
+void graft_wire_tensor_densify(const graft_wire_tensor_t *t, float *out) {
+    if (!t->sparse) {
+        memcpy(out, t->data, t->numel * sizeof(float));
+        return;
+    }
+    memset(out, 0, t->numel * sizeof(float));
+    for (size_t k = 0; k < t->nnz; k++) out[t->indices[k]] = t->data[k];
+}
+
+/* ---- encode ------------------------------------------------------------- */
+
+/* Every temporary an encoding needs; enc_free releases them all. */
+typedef struct {
+    Graft__Envelope env;
+    union {
+        Graft__Hello hello;
+        Graft__Assign assign;
+        Graft__RoundStart round_start;
+        Graft__Update update;
+        Graft__EvalRequest eval_request;
+        Graft__EvalResult eval_result;
+        Graft__Heartbeat heartbeat;
+        Graft__Shutdown shutdown;
+        Graft__Error error;
+    } body;
+    Graft__Hyper hyper;
+    Graft__Tensor *tensors;
+    Graft__Tensor **tensor_ptrs;
+    uint8_t **bufs; /* converted tensor bytes, one per tensor (or NULL) */
+    size_t ntensors;
+    void *items;      /* Graft__Shard or Graft__Metric array */
+    void **item_ptrs; /* pointers into items */
+} enc_t;
+
+static void enc_free(enc_t *e) {
+    for (size_t i = 0; i < e->ntensors; i++) free(e->bufs[i]);
+    free(e->bufs);
+    free(e->tensors);
+    free(e->tensor_ptrs);
+    free(e->items);
+    free(e->item_ptrs);
+}
+
+static char *str_or_empty(const char *s) { return (char *)(s ? s : ""); }
+
+static size_t shape_numel(int ndim, const int64_t *shape) {
+    size_t n = 1;
+    for (int d = 0; d < ndim; d++) n *= (size_t)shape[d];
+    return n;
+}
+
+static void enc_tensor(const graft_wire_tensor_t *t, int dtype, Graft__Tensor *pb,
+                       uint8_t **buf) {
+    GRAFT_ASSERT(t->name && t->ndim >= 1 && t->ndim <= GRAFT_WIRE_MAX_DIMS);
+    GRAFT_ASSERT(t->numel == shape_numel(t->ndim, t->shape));
+    GRAFT_ASSERT(!t->sparse || t->nnz <= t->numel);
+    size_t count = t->sparse ? t->nnz : t->numel;
+    graft__tensor__init(pb);
+    pb->name = (char *)t->name;
+    pb->n_shape = (size_t)t->ndim;
+    pb->shape = (int64_t *)t->shape;
+    pb->dtype = dtype == GRAFT_DTYPE_BF16 ? GRAFT__DTYPE__BF16 : GRAFT__DTYPE__F32;
+    pb->sparse = t->sparse ? 1 : 0;
+    if (t->sparse) {
+        pb->n_indices = t->nnz;
+        pb->indices = t->indices;
+    }
+    pb->data.len = count * dtype_size(dtype);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (dtype == GRAFT_DTYPE_F32) { /* already the wire layout: no copy */
+        pb->data.data = (uint8_t *)t->data;
+        *buf = NULL;
+        return;
+    }
+#endif
+    *buf = graft_xmalloc(pb->data.len);
+    put_values(t->data, count, dtype, *buf);
+    pb->data.data = *buf;
+}
+
+static Graft__Tensor **enc_tensors(enc_t *e, const graft_wire_tensor_t *ts, size_t n, int dtype) {
+    e->ntensors = n;
+    e->tensors = graft_xcalloc(n, sizeof *e->tensors);
+    e->tensor_ptrs = graft_xcalloc(n, sizeof *e->tensor_ptrs);
+    e->bufs = graft_xcalloc(n, sizeof *e->bufs);
+    for (size_t i = 0; i < n; i++) {
+        enc_tensor(&ts[i], dtype, &e->tensors[i], &e->bufs[i]);
+        e->tensor_ptrs[i] = &e->tensors[i];
+    }
+    return e->tensor_ptrs;
+}
+
+static void enc_hello(enc_t *e, const graft_wire_hello_t *m) {
+    Graft__Hello *h = &e->body.hello;
+    graft__hello__init(h);
+    h->version = str_or_empty(m->version);
+    h->name = str_or_empty(m->name);
+    Graft__Shard *shards = graft_xcalloc(m->nshards, sizeof *shards);
+    Graft__Shard **ptrs = graft_xcalloc(m->nshards, sizeof *ptrs);
+    for (size_t i = 0; i < m->nshards; i++) {
+        graft__shard__init(&shards[i]);
+        shards[i].task = str_or_empty(m->shards[i].task);
+        shards[i].kind = (Graft__TaskKind)m->shards[i].kind;
+        shards[i].train_examples = m->shards[i].train_examples;
+        shards[i].test_examples = m->shards[i].test_examples;
+        ptrs[i] = &shards[i];
+    }
+    e->items = shards;
+    e->item_ptrs = (void **)ptrs;
+    h->n_shards = m->nshards;
+    h->shards = ptrs;
+    e->env.body_case = GRAFT__ENVELOPE__BODY_HELLO;
+    e->env.hello = h;
+}
+
+static void enc_assign(enc_t *e, const graft_wire_assign_t *m) {
+    Graft__Assign *a = &e->body.assign;
+    graft__assign__init(a);
+    a->worker_id = m->worker_id;
+    char **tasks = graft_xcalloc(m->ntasks, sizeof *tasks);
+    for (size_t i = 0; i < m->ntasks; i++) tasks[i] = str_or_empty(m->tasks[i]);
+    e->item_ptrs = (void **)tasks;
+    a->n_tasks = m->ntasks;
+    a->tasks = tasks;
+    e->env.body_case = GRAFT__ENVELOPE__BODY_ASSIGN;
+    e->env.assign = a;
+}
+
+static void enc_round_start(enc_t *e, const graft_wire_round_start_t *m, int dtype) {
+    Graft__RoundStart *r = &e->body.round_start;
+    graft__round_start__init(r);
+    graft__hyper__init(&e->hyper);
+    e->hyper.learning_rate = m->hyper.learning_rate;
+    e->hyper.local_steps = m->hyper.local_steps;
+    e->hyper.batch_size = m->hyper.batch_size;
+    e->hyper.weight_decay = m->hyper.weight_decay;
+    e->hyper.fedprox_mu = m->hyper.fedprox_mu;
+    r->round = m->round;
+    r->n_tensors = m->ntensors;
+    r->tensors = enc_tensors(e, m->tensors, m->ntensors, dtype);
+    r->hyper = &e->hyper;
+    r->deadline_ms = m->deadline_ms;
+    e->env.body_case = GRAFT__ENVELOPE__BODY_ROUND_START;
+    e->env.round_start = r;
+}
+
+static void enc_update(enc_t *e, const graft_wire_update_t *m, int dtype) {
+    Graft__Update *u = &e->body.update;
+    graft__update__init(u);
+    u->round = m->round;
+    u->worker_id = m->worker_id;
+    u->n_tensors = m->ntensors;
+    u->tensors = enc_tensors(e, m->tensors, m->ntensors, dtype);
+    u->sample_count = m->sample_count;
+    u->train_loss = m->train_loss;
+    u->train_tokens = m->train_tokens;
+    u->train_seconds = m->train_seconds;
+    e->env.body_case = GRAFT__ENVELOPE__BODY_UPDATE;
+    e->env.update = u;
+}
+
+static void enc_eval_request(enc_t *e, const graft_wire_eval_request_t *m, int dtype) {
+    Graft__EvalRequest *r = &e->body.eval_request;
+    graft__eval_request__init(r);
+    r->round = m->round;
+    r->task = str_or_empty(m->task);
+    r->n_tensors = m->ntensors;
+    r->tensors = enc_tensors(e, m->tensors, m->ntensors, dtype);
+    e->env.body_case = GRAFT__ENVELOPE__BODY_EVAL_REQUEST;
+    e->env.eval_request = r;
+}
+
+static void enc_eval_result(enc_t *e, const graft_wire_eval_result_t *m) {
+    Graft__EvalResult *r = &e->body.eval_result;
+    graft__eval_result__init(r);
+    r->round = m->round;
+    r->task = str_or_empty(m->task);
+    r->examples = m->examples;
+    Graft__Metric *metrics = graft_xcalloc(m->nmetrics, sizeof *metrics);
+    Graft__Metric **ptrs = graft_xcalloc(m->nmetrics, sizeof *ptrs);
+    for (size_t i = 0; i < m->nmetrics; i++) {
+        graft__metric__init(&metrics[i]);
+        metrics[i].name = str_or_empty(m->metrics[i].name);
+        metrics[i].value = m->metrics[i].value;
+        ptrs[i] = &metrics[i];
+    }
+    e->items = metrics;
+    e->item_ptrs = (void **)ptrs;
+    r->n_metrics = m->nmetrics;
+    r->metrics = ptrs;
+    e->env.body_case = GRAFT__ENVELOPE__BODY_EVAL_RESULT;
+    e->env.eval_result = r;
+}
+
+static void enc_small(enc_t *e, const graft_msg_t *m) {
+    switch (m->type) {
+    case GRAFT_MSG_HEARTBEAT:
+        graft__heartbeat__init(&e->body.heartbeat);
+        e->body.heartbeat.worker_id = m->heartbeat.worker_id;
+        e->body.heartbeat.unix_ms = m->heartbeat.unix_ms;
+        e->env.body_case = GRAFT__ENVELOPE__BODY_HEARTBEAT;
+        e->env.heartbeat = &e->body.heartbeat;
+        break;
+    case GRAFT_MSG_SHUTDOWN:
+        graft__shutdown__init(&e->body.shutdown);
+        e->body.shutdown.reason = str_or_empty(m->shutdown.reason);
+        e->env.body_case = GRAFT__ENVELOPE__BODY_SHUTDOWN;
+        e->env.shutdown = &e->body.shutdown;
+        break;
+    case GRAFT_MSG_ERROR:
+        graft__error__init(&e->body.error);
+        e->body.error.code = m->error.code;
+        e->body.error.message = str_or_empty(m->error.message);
+        e->env.body_case = GRAFT__ENVELOPE__BODY_ERROR;
+        e->env.error = &e->body.error;
+        break;
+    default:
+        GRAFT_ASSERT(!"graft_wire_encode: message type not set");
+    }
+}
+
+int graft_wire_encode(const graft_msg_t *msg, graft_wire_dtype_t dtype, uint8_t **buf,
+                      size_t *len) {
+    GRAFT_ASSERT(dtype == GRAFT_DTYPE_F32 || dtype == GRAFT_DTYPE_BF16);
+    enc_t e;
+    memset(&e, 0, sizeof e);
+    graft__envelope__init(&e.env);
+    e.env.run_id = msg->run_id;
+    switch (msg->type) {
+    case GRAFT_MSG_HELLO: enc_hello(&e, &msg->hello); break;
+    case GRAFT_MSG_ASSIGN: enc_assign(&e, &msg->assign); break;
+    case GRAFT_MSG_ROUND_START: enc_round_start(&e, &msg->round_start, dtype); break;
+    case GRAFT_MSG_UPDATE: enc_update(&e, &msg->update, dtype); break;
+    case GRAFT_MSG_EVAL_REQUEST: enc_eval_request(&e, &msg->eval_request, dtype); break;
+    case GRAFT_MSG_EVAL_RESULT: enc_eval_result(&e, &msg->eval_result); break;
+    default: enc_small(&e, msg); break;
+    }
+    size_t n = graft__envelope__get_packed_size(&e.env);
+    *buf = graft_xmalloc(n);
+    *len = graft__envelope__pack(&e.env, *buf);
+    enc_free(&e);
+    if (*len != n) {
+        LOG_ERROR("wire: packing a %s message gave %zu bytes, expected %zu",
+                  graft_msg_type_name(msg->type), *len, n);
+        free(*buf);
+        *buf = NULL;
+        *len = 0;
+        return GRAFT_EINVAL;
+    }
+    return GRAFT_OK;
+}
+
+/* ---- decode: fields ----------------------------------------------------- */
+
+/* Identifiers must be present, short and printable so reasons can quote them. */
+static int check_ident(const char *s, const char *what, char *why, size_t why_len) {
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0) return fail(why, why_len, GRAFT_EFORMAT, "%s is missing or empty", what);
+    if (n > GRAFT_WIRE_MAX_NAME)
+        return fail(why, why_len, GRAFT_EFORMAT, "%s is %zu bytes long (limit %d)", what, n,
+                    GRAFT_WIRE_MAX_NAME);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f)
+            return fail(why, why_len, GRAFT_EFORMAT, "%s contains control byte 0x%02x", what, c);
+    }
+    return GRAFT_OK;
+}
+
+static int dup_ident(const char *s, const char *what, char **out, char *why, size_t why_len) {
+    int rc = check_ident(s, what, why, why_len);
+    if (rc == GRAFT_OK) *out = strdup(s);
+    return rc;
+}
+
+static int check_finite(double x, const char *what, char *why, size_t why_len) {
+    if (!isfinite(x)) return fail(why, why_len, GRAFT_EFORMAT, "%s is %g, not finite", what, x);
+    return GRAFT_OK;
+}
+
+static int check_nonneg(double x, const char *what, char *why, size_t why_len) {
+    int rc = check_finite(x, what, why, why_len);
+    if (rc == GRAFT_OK && x < 0)
+        rc = fail(why, why_len, GRAFT_EFORMAT, "%s is %g, must be >= 0", what, x);
+    return rc;
+}
+
+static void fmt_shape(char *out, size_t cap, int ndim, const int64_t *shape) {
+    size_t off = (size_t)snprintf(out, cap, "[");
+    for (int d = 0; d < ndim && off < cap; d++)
+        off += (size_t)snprintf(out + off, cap - off, d ? ",%" PRId64 : "%" PRId64, shape[d]);
+    if (off < cap) snprintf(out + off, cap - off, "]");
+}
+
+/* ---- decode: tensors ---------------------------------------------------- */
+
+/* ndim, dims and numel; the caller has checked the name. */
+static int tensor_shape(const Graft__Tensor *pb, const char *where, graft_wire_tensor_t *t,
+                        char *why, size_t why_len) {
+    if (pb->n_shape < 1 || pb->n_shape > GRAFT_WIRE_MAX_DIMS)
+        return fail(why, why_len, GRAFT_ESHAPE, "%s tensor '%s' has %zu dims (1..%d allowed)",
+                    where, pb->name, pb->n_shape, GRAFT_WIRE_MAX_DIMS);
+    uint64_t numel = 1;
+    for (size_t d = 0; d < pb->n_shape; d++) {
+        int64_t n = pb->shape[d];
+        if (n <= 0)
+            return fail(why, why_len, GRAFT_ESHAPE, "%s tensor '%s' dim %zu is %" PRId64
+                        " (must be > 0)", where, pb->name, d, n);
+        if ((uint64_t)n > MAX_NUMEL || numel * (uint64_t)n > MAX_NUMEL)
+            return fail(why, why_len, GRAFT_ESHAPE, "%s tensor '%s' has more than 2^32 elements",
+                        where, pb->name);
+        numel *= (uint64_t)n;
+        t->shape[d] = n;
+    }
+    t->ndim = (int)pb->n_shape;
+    t->numel = (size_t)numel;
+    return GRAFT_OK;
+}
+
+static int tensor_schema(const graft_wire_tensor_t *t, const char *where,
+                         const graft_wire_schema_t *schema, char *why, size_t why_len) {
+    if (!schema) return GRAFT_OK;
+    for (size_t i = 0; i < schema->n; i++) {
+        const graft_wire_schema_entry_t *s = &schema->entries[i];
+        if (strcmp(s->name, t->name) != 0) continue;
+        int same = s->ndim == t->ndim;
+        for (int d = 0; same && d < t->ndim; d++) same = s->shape[d] == t->shape[d];
+        if (same) return GRAFT_OK;
+        char got[96], want[96];
+        fmt_shape(got, sizeof got, t->ndim, t->shape);
+        fmt_shape(want, sizeof want, s->ndim, s->shape);
+        return fail(why, why_len, GRAFT_ESHAPE, "%s tensor '%s' has shape %s, expected %s", where,
+                    t->name, got, want);
+    }
+    return fail(why, why_len, GRAFT_ESHAPE, "%s tensor '%s' is not a known tensor", where,
+                t->name);
+}
+
+static int tensor_indices(const Graft__Tensor *pb, const char *where, graft_wire_tensor_t *t,
+                          char *why, size_t why_len) {
+    if (!pb->sparse) {
+        if (pb->n_indices)
+            return fail(why, why_len, GRAFT_EFORMAT, "%s tensor '%s' is dense but has %zu indices",
+                        where, pb->name, pb->n_indices);
+        return GRAFT_OK;
+    }
+    for (size_t k = 0; k < pb->n_indices; k++) {
+        uint32_t ix = pb->indices[k];
+        if (ix >= t->numel)
+            return fail(why, why_len, GRAFT_EFORMAT, "%s tensor '%s' index %zu is %" PRIu32
+                        ", out of range for %zu elements", where, pb->name, k, ix, t->numel);
+        if (k && ix <= pb->indices[k - 1])
+            return fail(why, why_len, GRAFT_EFORMAT, "%s tensor '%s' indices not strictly "
+                        "increasing at %zu (%" PRIu32 " after %" PRIu32 ")", where, pb->name, k,
+                        ix, pb->indices[k - 1]);
+    }
+    t->sparse = 1;
+    t->nnz = pb->n_indices;
+    t->indices = graft_xmalloc(t->nnz * sizeof *t->indices);
+    memcpy(t->indices, pb->indices, t->nnz * sizeof *t->indices);
+    return GRAFT_OK;
+}
+
+static int tensor_values(const Graft__Tensor *pb, const char *where, graft_wire_tensor_t *t,
+                         char *why, size_t why_len) {
+    if (pb->dtype != GRAFT__DTYPE__F32 && pb->dtype != GRAFT__DTYPE__BF16)
+        return fail(why, why_len, GRAFT_EFORMAT, "%s tensor '%s' has unknown dtype %d", where,
+                    pb->name, (int)pb->dtype);
+    int dtype = pb->dtype == GRAFT__DTYPE__BF16 ? GRAFT_DTYPE_BF16 : GRAFT_DTYPE_F32;
+    size_t count = t->sparse ? t->nnz : t->numel;
+    size_t want = count * dtype_size(dtype);
+    if (pb->data.len != want)
+        return fail(why, why_len, GRAFT_EFORMAT, "%s tensor '%s' has %zu data bytes, expected %zu"
+                    " (%zu %s values)", where, pb->name, pb->data.len, want, count,
+                    dtype == GRAFT_DTYPE_BF16 ? "bf16" : "f32");
+    t->data = graft_xmalloc(count * sizeof(float));
+    size_t bad = get_values(pb->data.data, count, dtype, t->data);
+    if (bad < count)
+        return fail(why, why_len, GRAFT_EFORMAT, "%s tensor '%s' value %zu is %s", where,
+                    pb->name, bad, isnan(t->data[bad]) ? "NaN" : "Inf");
+    return GRAFT_OK;
+}
+
+static int tensor_from_pb(const Graft__Tensor *pb, const char *where, size_t i,
+                          const graft_wire_schema_t *schema, graft_wire_tensor_t *t, char *why,
+                          size_t why_len) {
+    char what[80];
+    snprintf(what, sizeof what, "%s tensor #%zu name", where, i);
+    int rc = dup_ident(pb->name, what, &t->name, why, why_len);
+    if (rc == GRAFT_OK) rc = tensor_shape(pb, where, t, why, why_len);
+    if (rc == GRAFT_OK) rc = tensor_schema(t, where, schema, why, why_len);
+    if (rc == GRAFT_OK) rc = tensor_indices(pb, where, t, why, why_len);
+    if (rc == GRAFT_OK) rc = tensor_values(pb, where, t, why, why_len);
+    return rc;
+}
+
+static int tensors_from_pb(Graft__Tensor **pbs, size_t n, const char *where,
+                           const graft_wire_schema_t *schema, graft_wire_tensor_t **out,
+                           size_t *nout, char *why, size_t why_len) {
+    *out = graft_xcalloc(n, sizeof **out);
+    *nout = n; /* so that a partial result is freed whole */
+    for (size_t i = 0; i < n; i++) {
+        int rc = tensor_from_pb(pbs[i], where, i, schema, &(*out)[i], why, why_len);
+        if (rc) return rc;
+        for (size_t j = 0; j < i; j++)
+            if (strcmp((*out)[j].name, (*out)[i].name) == 0)
+                return fail(why, why_len, GRAFT_EFORMAT, "%s tensor '%s' appears twice", where,
+                            (*out)[i].name);
+    }
+    return GRAFT_OK;
+}
+
+static void tensors_free(graft_wire_tensor_t *ts, size_t n) {
+    for (size_t i = 0; ts && i < n; i++) {
+        free(ts[i].name);
+        free(ts[i].data);
+        free(ts[i].indices);
+    }
+    free(ts);
+}
+
+/* ---- decode: messages --------------------------------------------------- */
+
+static int dec_hello(const Graft__Hello *pb, graft_wire_hello_t *m, char *why, size_t why_len) {
+    int rc = dup_ident(pb->version, "hello.version", &m->version, why, why_len);
+    if (rc == GRAFT_OK) rc = dup_ident(pb->name, "hello.name", &m->name, why, why_len);
+    if (rc) return rc;
+    m->shards = graft_xcalloc(pb->n_shards, sizeof *m->shards);
+    m->nshards = pb->n_shards;
+    for (size_t i = 0; i < pb->n_shards; i++) {
+        const Graft__Shard *s = pb->shards[i];
+        char what[48];
+        snprintf(what, sizeof what, "hello.shards[%zu].task", i);
+        rc = dup_ident(s->task, what, &m->shards[i].task, why, why_len);
+        if (rc) return rc;
+        if (s->kind != GRAFT__TASK_KIND__CLASSIFICATION && s->kind != GRAFT__TASK_KIND__GENERATION)
+            return fail(why, why_len, GRAFT_EFORMAT, "hello shard '%s' has unknown kind %d",
+                        s->task, (int)s->kind);
+        m->shards[i].kind = (graft_wire_kind_t)s->kind;
+        m->shards[i].train_examples = s->train_examples;
+        m->shards[i].test_examples = s->test_examples;
+    }
+    return GRAFT_OK;
+}
+
+static int dec_assign(const Graft__Assign *pb, graft_wire_assign_t *m, char *why, size_t why_len) {
+    if (pb->worker_id == 0)
+        return fail(why, why_len, GRAFT_EFORMAT, "assign.worker_id is 0 (workers start at 1)");
+    m->worker_id = pb->worker_id;
+    m->tasks = graft_xcalloc(pb->n_tasks, sizeof *m->tasks);
+    m->ntasks = pb->n_tasks;
+    for (size_t i = 0; i < pb->n_tasks; i++) {
+        char what[48];
+        snprintf(what, sizeof what, "assign.tasks[%zu]", i);
+        int rc = dup_ident(pb->tasks[i], what, &m->tasks[i], why, why_len);
+        if (rc) return rc;
+    }
+    return GRAFT_OK;
+}
+
+static int dec_hyper(const Graft__Hyper *pb, graft_wire_hyper_t *h, char *why, size_t why_len) {
+    if (!pb) return fail(why, why_len, GRAFT_EFORMAT, "round_start.hyper is missing");
+    int rc = check_nonneg(pb->learning_rate, "round_start.hyper.learning_rate", why, why_len);
+    if (rc == GRAFT_OK)
+        rc = check_nonneg(pb->weight_decay, "round_start.hyper.weight_decay", why, why_len);
+    if (rc == GRAFT_OK)
+        rc = check_nonneg(pb->fedprox_mu, "round_start.hyper.fedprox_mu", why, why_len);
+    if (rc) return rc;
+    if (pb->local_steps == 0 || pb->batch_size == 0)
+        return fail(why, why_len, GRAFT_EFORMAT, "round_start.hyper has local_steps %" PRIu32
+                    " and batch_size %" PRIu32 " (both must be > 0)", pb->local_steps,
+                    pb->batch_size);
+    h->learning_rate = pb->learning_rate;
+    h->local_steps = pb->local_steps;
+    h->batch_size = pb->batch_size;
+    h->weight_decay = pb->weight_decay;
+    h->fedprox_mu = pb->fedprox_mu;
+    return GRAFT_OK;
+}
+
+static int dec_round_start(const Graft__RoundStart *pb, const graft_wire_opts_t *o,
+                           graft_wire_round_start_t *m, char *why, size_t why_len) {
+    m->round = pb->round;
+    m->deadline_ms = pb->deadline_ms;
+    if (pb->deadline_ms == 0)
+        return fail(why, why_len, GRAFT_EFORMAT, "round_start.deadline_ms is 0");
+    int rc = dec_hyper(pb->hyper, &m->hyper, why, why_len);
+    if (rc) return rc;
+    return tensors_from_pb(pb->tensors, pb->n_tensors, "round_start", o->schema, &m->tensors,
+                           &m->ntensors, why, why_len);
+}
+
+static int dec_update(const Graft__Update *pb, const graft_wire_opts_t *o, graft_wire_update_t *m,
+                      char *why, size_t why_len) {
+    if (pb->worker_id == 0)
+        return fail(why, why_len, GRAFT_EFORMAT, "update.worker_id is 0 (workers start at 1)");
+    if (pb->sample_count == 0)
+        return fail(why, why_len, GRAFT_EFORMAT, "update.sample_count is 0");
+    int rc = check_nonneg(pb->train_loss, "update.train_loss", why, why_len);
+    if (rc == GRAFT_OK) rc = check_nonneg(pb->train_seconds, "update.train_seconds", why, why_len);
+    if (rc) return rc;
+    m->round = pb->round;
+    m->worker_id = pb->worker_id;
+    m->sample_count = pb->sample_count;
+    m->train_loss = pb->train_loss;
+    m->train_tokens = pb->train_tokens;
+    m->train_seconds = pb->train_seconds;
+    return tensors_from_pb(pb->tensors, pb->n_tensors, "update", o->schema, &m->tensors,
+                           &m->ntensors, why, why_len);
+}
+
+static int dec_eval_request(const Graft__EvalRequest *pb, const graft_wire_opts_t *o,
+                            graft_wire_eval_request_t *m, char *why, size_t why_len) {
+    m->round = pb->round;
+    int rc = dup_ident(pb->task, "eval_request.task", &m->task, why, why_len);
+    if (rc) return rc;
+    return tensors_from_pb(pb->tensors, pb->n_tensors, "eval_request", o->schema, &m->tensors,
+                           &m->ntensors, why, why_len);
+}
+
+static int dec_eval_result(const Graft__EvalResult *pb, graft_wire_eval_result_t *m, char *why,
+                           size_t why_len) {
+    m->round = pb->round;
+    m->examples = pb->examples;
+    int rc = dup_ident(pb->task, "eval_result.task", &m->task, why, why_len);
+    if (rc) return rc;
+    m->metrics = graft_xcalloc(pb->n_metrics, sizeof *m->metrics);
+    m->nmetrics = pb->n_metrics;
+    for (size_t i = 0; i < pb->n_metrics; i++) {
+        char what[48];
+        snprintf(what, sizeof what, "eval_result.metrics[%zu].name", i);
+        rc = dup_ident(pb->metrics[i]->name, what, &m->metrics[i].name, why, why_len);
+        if (rc) return rc;
+        snprintf(what, sizeof what, "eval_result metric '%s'", m->metrics[i].name);
+        rc = check_finite(pb->metrics[i]->value, what, why, why_len);
+        if (rc) return rc;
+        m->metrics[i].value = pb->metrics[i]->value;
+    }
+    return GRAFT_OK;
+}
+
+static int dec_small(const Graft__Envelope *env, graft_msg_t *m, char *why, size_t why_len) {
+    switch (env->body_case) {
+    case GRAFT__ENVELOPE__BODY_HEARTBEAT:
+        if (env->heartbeat->worker_id == 0)
+            return fail(why, why_len, GRAFT_EFORMAT, "heartbeat.worker_id is 0");
+        m->heartbeat.worker_id = env->heartbeat->worker_id;
+        m->heartbeat.unix_ms = env->heartbeat->unix_ms;
+        return GRAFT_OK;
+    case GRAFT__ENVELOPE__BODY_SHUTDOWN:
+        m->shutdown.reason = strdup(env->shutdown->reason ? env->shutdown->reason : "");
+        return GRAFT_OK;
+    case GRAFT__ENVELOPE__BODY_ERROR:
+        m->error.code = env->error->code;
+        m->error.message = strdup(env->error->message ? env->error->message : "");
+        return GRAFT_OK;
+    default:
+        return fail(why, why_len, GRAFT_EFORMAT, "message has no body (field %d)",
+                    (int)env->body_case);
+    }
+}
+
+static graft_msg_type_t type_of(Graft__Envelope__BodyCase c) {
+    switch (c) {
+    case GRAFT__ENVELOPE__BODY_HELLO: return GRAFT_MSG_HELLO;
+    case GRAFT__ENVELOPE__BODY_ASSIGN: return GRAFT_MSG_ASSIGN;
+    case GRAFT__ENVELOPE__BODY_ROUND_START: return GRAFT_MSG_ROUND_START;
+    case GRAFT__ENVELOPE__BODY_UPDATE: return GRAFT_MSG_UPDATE;
+    case GRAFT__ENVELOPE__BODY_EVAL_REQUEST: return GRAFT_MSG_EVAL_REQUEST;
+    case GRAFT__ENVELOPE__BODY_EVAL_RESULT: return GRAFT_MSG_EVAL_RESULT;
+    case GRAFT__ENVELOPE__BODY_HEARTBEAT: return GRAFT_MSG_HEARTBEAT;
+    case GRAFT__ENVELOPE__BODY_SHUTDOWN: return GRAFT_MSG_SHUTDOWN;
+    case GRAFT__ENVELOPE__BODY_ERROR: return GRAFT_MSG_ERROR;
+    default: return GRAFT_MSG_NONE;
+    }
+}
+
+static int check_run(const Graft__Envelope *env, graft_msg_type_t type, uint64_t want, char *why,
+                     size_t why_len) {
+    if (want == 0 || env->run_id == want) return GRAFT_OK;
+    if (type == GRAFT_MSG_HELLO && env->run_id == 0) return GRAFT_OK; /* a worker joining */
+    return fail(why, why_len, GRAFT_ESTATE, "%s message is from run %016" PRIx64
+                ", this run is %016" PRIx64, graft_msg_type_name(type), env->run_id, want);
+}
+
+static int from_envelope(const Graft__Envelope *env, const graft_wire_opts_t *o, graft_msg_t *m,
+                         char *why, size_t why_len) {
+    m->type = type_of(env->body_case);
+    m->run_id = env->run_id;
+    if (m->type == GRAFT_MSG_NONE)
+        return fail(why, why_len, GRAFT_EFORMAT, "message has no body");
+    int rc = check_run(env, m->type, o->run_id, why, why_len);
+    if (rc) return rc;
+    switch (m->type) {
+    case GRAFT_MSG_HELLO: return dec_hello(env->hello, &m->hello, why, why_len);
+    case GRAFT_MSG_ASSIGN: return dec_assign(env->assign, &m->assign, why, why_len);
+    case GRAFT_MSG_ROUND_START:
+        return dec_round_start(env->round_start, o, &m->round_start, why, why_len);
+    case GRAFT_MSG_UPDATE: return dec_update(env->update, o, &m->update, why, why_len);
+    case GRAFT_MSG_EVAL_REQUEST:
+        return dec_eval_request(env->eval_request, o, &m->eval_request, why, why_len);
+    case GRAFT_MSG_EVAL_RESULT:
+        return dec_eval_result(env->eval_result, &m->eval_result, why, why_len);
+    default: return dec_small(env, m, why, why_len);
+    }
+}
+
+int graft_wire_decode(const uint8_t *buf, size_t len, const graft_wire_opts_t *opts,
+                      graft_msg_t *out, char *why, size_t why_len) {
+    static const graft_wire_opts_t defaults = {0, 0, NULL};
+    const graft_wire_opts_t *o = opts ? opts : &defaults;
+    size_t max = o->max_bytes ? o->max_bytes : GRAFT_WIRE_DEFAULT_MAX_BYTES;
+    memset(out, 0, sizeof *out);
+    if (why && why_len) why[0] = '\0';
+    if (len > max)
+        return fail(why, why_len, GRAFT_EFORMAT, "message of %zu bytes exceeds the limit of %zu",
+                    len, max);
+    Graft__Envelope *env = graft__envelope__unpack(NULL, len, buf);
+    if (!env)
+        return fail(why, why_len, GRAFT_EFORMAT, "not a graft message: %zu bytes that do not "
+                    "unpack (truncated or garbage)", len);
+    int rc = from_envelope(env, o, out, why, why_len);
+    graft__envelope__free_unpacked(env, NULL);
+    if (rc) graft_msg_free(out);
+    return rc;
+}
+
+/* ---- after decode ------------------------------------------------------- */
+
+void graft_msg_free(graft_msg_t *m) {
+    if (!m) return;
+    switch (m->type) {
+    case GRAFT_MSG_HELLO:
+        free(m->hello.version);
+        free(m->hello.name);
+        for (size_t i = 0; m->hello.shards && i < m->hello.nshards; i++)
+            free(m->hello.shards[i].task);
+        free(m->hello.shards);
+        break;
+    case GRAFT_MSG_ASSIGN:
+        for (size_t i = 0; m->assign.tasks && i < m->assign.ntasks; i++) free(m->assign.tasks[i]);
+        free(m->assign.tasks);
+        break;
+    case GRAFT_MSG_ROUND_START:
+        tensors_free(m->round_start.tensors, m->round_start.ntensors);
+        break;
+    case GRAFT_MSG_UPDATE: tensors_free(m->update.tensors, m->update.ntensors); break;
+    case GRAFT_MSG_EVAL_REQUEST:
+        free(m->eval_request.task);
+        tensors_free(m->eval_request.tensors, m->eval_request.ntensors);
+        break;
+    case GRAFT_MSG_EVAL_RESULT:
+        free(m->eval_result.task);
+        for (size_t i = 0; m->eval_result.metrics && i < m->eval_result.nmetrics; i++)
+            free(m->eval_result.metrics[i].name);
+        free(m->eval_result.metrics);
+        break;
+    case GRAFT_MSG_SHUTDOWN: free(m->shutdown.reason); break;
+    case GRAFT_MSG_ERROR: free(m->error.message); break;
+    default: break;
+    }
+    memset(m, 0, sizeof *m);
+}
+
+int graft_wire_expect_round(const graft_msg_t *m, uint64_t round, char *why, size_t why_len) {
+    uint64_t got;
+    switch (m->type) {
+    case GRAFT_MSG_ROUND_START: got = m->round_start.round; break;
+    case GRAFT_MSG_UPDATE: got = m->update.round; break;
+    case GRAFT_MSG_EVAL_REQUEST: got = m->eval_request.round; break;
+    case GRAFT_MSG_EVAL_RESULT: got = m->eval_result.round; break;
+    default:
+        return fail(why, why_len, GRAFT_EINVAL, "%s message carries no round",
+                    graft_msg_type_name(m->type));
+    }
+    if (got == round) return GRAFT_OK;
+    return fail(why, why_len, GRAFT_ESTATE, "%s message is for round %" PRIu64
+                ", the current round is %" PRIu64, graft_msg_type_name(m->type), got, round);
+}

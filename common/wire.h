@@ -1,0 +1,220 @@
+/* wire.h — graft's messages and their wire encoding (proto/graft.proto).
+ *
+ * This module is the only one that knows protobuf-c. Everything else builds
+ * and reads graft_msg_t, a tagged union of plain C structs, and moves opaque
+ * byte buffers through a transport (transport.h).
+ *
+ * Decoding is the trust boundary: graft_wire_decode() checks the size before
+ * unpacking, then every field (run id, required fields, dtypes, data lengths,
+ * shapes, sparse indices, finite values, and names and shapes against an
+ * optional schema) and refuses the whole message on the first problem, with a
+ * negative GRAFT_E* code and a one-line reason in the caller's `why` buffer
+ * naming the field or tensor. The caller logs the reason with the peer name.
+ * Codes: GRAFT_EFORMAT malformed bytes or fields, GRAFT_ESHAPE a shape that
+ * is out of range or disagrees with the schema, GRAFT_ESTATE a message from
+ * another run or round.
+ *
+ * Ownership:
+ *  - A decoded graft_msg_t owns every pointer inside it (strings, arrays,
+ *    tensor data and indices); release it with graft_msg_free().
+ *  - For encoding, the caller builds a graft_msg_t whose pointers may point at
+ *    its own memory (e.g. tensor data straight into a parameter block);
+ *    graft_wire_encode() only reads it. Call graft_msg_free() on such a
+ *    message only if every pointer in it came from malloc.
+ *  - graft_wire_encode() returns a malloc'd buffer the caller frees.
+ */
+#ifndef GRAFT_WIRE_H
+#define GRAFT_WIRE_H
+
+#include "graft.h"
+
+#define GRAFT_WIRE_MAX_DIMS 4
+#define GRAFT_WIRE_DEFAULT_MAX_BYTES ((size_t)64 << 20)
+/* Identifiers (tensor, task, worker, metric names) are at most this long and
+ * printable, so that a reason naming one is safe to log. */
+#define GRAFT_WIRE_MAX_NAME 255
+
+typedef enum {
+    GRAFT_MSG_NONE = 0,
+    GRAFT_MSG_HELLO,
+    GRAFT_MSG_ASSIGN,
+    GRAFT_MSG_ROUND_START,
+    GRAFT_MSG_UPDATE,
+    GRAFT_MSG_EVAL_REQUEST,
+    GRAFT_MSG_EVAL_RESULT,
+    GRAFT_MSG_HEARTBEAT,
+    GRAFT_MSG_SHUTDOWN,
+    GRAFT_MSG_ERROR,
+} graft_msg_type_t;
+
+/* Encoding of tensor values on the wire; decoded tensors are always fp32. */
+typedef enum { GRAFT_DTYPE_F32 = 1, GRAFT_DTYPE_BF16 = 2 } graft_wire_dtype_t;
+
+typedef enum { GRAFT_KIND_CLASSIFICATION = 1, GRAFT_KIND_GENERATION = 2 } graft_wire_kind_t;
+
+/* Dense: data holds numel values. Sparse: the dense tensor has numel
+ * elements; indices[0..nnz) are flat row-major positions, strictly
+ * increasing, and data[0..nnz) their values. */
+typedef struct {
+    char *name;
+    int ndim;
+    int64_t shape[GRAFT_WIRE_MAX_DIMS];
+    float *data;
+    size_t numel;
+    uint32_t *indices;
+    size_t nnz;
+    int sparse;
+} graft_wire_tensor_t;
+
+typedef struct {
+    char *task;
+    graft_wire_kind_t kind;
+    uint64_t train_examples;
+    uint64_t test_examples;
+} graft_wire_shard_t;
+
+typedef struct {
+    char *name;
+    double value;
+} graft_wire_metric_t;
+
+typedef struct {
+    char *version;
+    char *name;
+    graft_wire_shard_t *shards;
+    size_t nshards;
+} graft_wire_hello_t;
+
+typedef struct {
+    uint32_t worker_id; /* >= 1; peer 0 is the coordinator */
+    char **tasks;
+    size_t ntasks;
+} graft_wire_assign_t;
+
+typedef struct {
+    float learning_rate;
+    uint32_t local_steps;
+    uint32_t batch_size;
+    float weight_decay;
+    float fedprox_mu;
+} graft_wire_hyper_t;
+
+typedef struct {
+    uint64_t round;
+    graft_wire_tensor_t *tensors;
+    size_t ntensors;
+    graft_wire_hyper_t hyper;
+    uint32_t deadline_ms;
+} graft_wire_round_start_t;
+
+typedef struct {
+    uint64_t round;
+    uint32_t worker_id;
+    graft_wire_tensor_t *tensors;
+    size_t ntensors;
+    uint64_t sample_count;
+    double train_loss;
+    uint64_t train_tokens;
+    double train_seconds;
+} graft_wire_update_t;
+
+typedef struct {
+    uint64_t round;
+    char *task;
+    graft_wire_tensor_t *tensors;
+    size_t ntensors;
+} graft_wire_eval_request_t;
+
+typedef struct {
+    uint64_t round;
+    char *task;
+    graft_wire_metric_t *metrics;
+    size_t nmetrics;
+    uint64_t examples;
+} graft_wire_eval_result_t;
+
+typedef struct {
+    uint32_t worker_id;
+    uint64_t unix_ms;
+} graft_wire_heartbeat_t;
+
+typedef struct {
+    char *reason;
+} graft_wire_shutdown_t;
+
+typedef struct {
+    int32_t code; /* a GRAFT_E* code */
+    char *message;
+} graft_wire_error_t;
+
+/* One message. `type` says which union member is live. A worker that does
+ * not know the run yet sends its Hello with run_id 0. */
+typedef struct {
+    graft_msg_type_t type;
+    uint64_t run_id;
+    union {
+        graft_wire_hello_t hello;
+        graft_wire_assign_t assign;
+        graft_wire_round_start_t round_start;
+        graft_wire_update_t update;
+        graft_wire_eval_request_t eval_request;
+        graft_wire_eval_result_t eval_result;
+        graft_wire_heartbeat_t heartbeat;
+        graft_wire_shutdown_t shutdown;
+        graft_wire_error_t error;
+    };
+} graft_msg_t;
+
+/* The tensors a receiver expects: every received tensor's name must be in
+ * the table and its shape equal. Entries point at the caller's memory. */
+typedef struct {
+    const char *name;
+    int ndim;
+    int64_t shape[GRAFT_WIRE_MAX_DIMS];
+} graft_wire_schema_entry_t;
+
+typedef struct {
+    const graft_wire_schema_entry_t *entries;
+    size_t n;
+} graft_wire_schema_t;
+
+typedef struct {
+    uint64_t run_id;                   /* expected run; 0 accepts any */
+    size_t max_bytes;                  /* 0 means GRAFT_WIRE_DEFAULT_MAX_BYTES */
+    const graft_wire_schema_t *schema; /* NULL: names and shapes unchecked */
+} graft_wire_opts_t;
+
+/* "hello", "update", ... for logs. */
+const char *graft_msg_type_name(graft_msg_type_t type);
+
+/* Encodes msg into a new malloc'd buffer (*buf, *len). Tensor values go out
+ * as `dtype`: GRAFT_DTYPE_BF16 rounds to nearest even and halves the bytes.
+ * Returns GRAFT_OK, or GRAFT_EINVAL (logged) for a message that cannot be
+ * encoded. A malformed msg (bad type, ndim, numel) is a programmer error. */
+int graft_wire_encode(const graft_msg_t *msg, graft_wire_dtype_t dtype, uint8_t **buf,
+                      size_t *len);
+
+/* Decodes and validates len bytes into *out (zeroed first; on failure *out
+ * holds nothing to free). opts may be NULL for the defaults. Returns GRAFT_OK
+ * or a negative code with the reason in why[why_len]. Extra rule: when
+ * opts->run_id is set, a Hello with run_id 0 is accepted (a worker joining);
+ * any other mismatch is refused. */
+int graft_wire_decode(const uint8_t *buf, size_t len, const graft_wire_opts_t *opts,
+                      graft_msg_t *out, char *why, size_t why_len);
+
+/* Frees everything a decoded message owns and zeroes it. NULL-safe. */
+void graft_msg_free(graft_msg_t *msg);
+
+/* For messages that carry a round (round_start, update, eval_request,
+ * eval_result): GRAFT_OK if it is `round`, else GRAFT_ESTATE with a reason.
+ * GRAFT_EINVAL, with a reason, for a message type without a round. */
+int graft_wire_expect_round(const graft_msg_t *msg, uint64_t round, char *why, size_t why_len);
+
+/* Writes the dense form of t (numel floats) into out. */
+void graft_wire_tensor_densify(const graft_wire_tensor_t *t, float *out);
+
+/* Float <-> bfloat16 bits; round to nearest even, NaN stays NaN. */
+uint16_t graft_f32_to_bf16(float x);
+float graft_bf16_to_f32(uint16_t b);
+
+#endif
