@@ -1,0 +1,384 @@
+/* test_transport.c — the in-process and ZeroMQ transports with real threads
+ * and real sockets on loopback, CurveZMQ admission by allow-list, and the key
+ * files. (The MPI transport runs under mpirun: test_transport_mpi.c.) */
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "keys.h"
+#include "transport.h"
+
+#define NWORKERS 3
+
+/* What one worker thread saw; checked on the main thread (cmocka asserts are
+ * not for other threads). */
+typedef struct {
+    graft_transport_t *t; /* inproc: the worker's end */
+    const char *endpoint; /* zmq: where to connect */
+    const char *identity;
+    const graft_keypair_t *keypair;
+    const graft_key_t *server_key;
+    int idx, nsend, recv_timeout_ms;
+    int open_rc, send_rc, recv_rc, peer;
+    char got[64];
+} worker_t;
+
+/* Sends nsend "from IDX #k" messages to peer 0 and waits for one reply. */
+static void worker_exchange(worker_t *w) {
+    for (int k = 0; k < w->nsend; k++) {
+        char msg[32];
+        int n = snprintf(msg, sizeof msg, "from %d #%d", w->idx, k) + 1;
+        int rc = graft_transport_send(w->t, 0, msg, (size_t)n);
+        if (rc) w->send_rc = rc;
+    }
+    uint8_t *buf;
+    size_t len;
+    w->recv_rc = graft_transport_recv(w->t, &w->peer, &buf, &len, w->recv_timeout_ms);
+    if (w->recv_rc == GRAFT_OK) {
+        snprintf(w->got, sizeof w->got, "%.*s", (int)len, (const char *)buf);
+        free(buf);
+    }
+}
+
+static void *inproc_worker(void *p) {
+    worker_exchange(p);
+    return NULL;
+}
+
+static void *zmq_worker(void *p) {
+    worker_t *w = p;
+    graft_zmq_opts_t o = {.endpoint = w->endpoint, .identity = w->identity,
+                          .keypair = w->keypair, .server_key = w->server_key,
+                          .reconnect_ivl_ms = 50, .reconnect_ivl_max_ms = 500};
+    w->open_rc = graft_transport_zmq_client(&o, &w->t);
+    if (w->open_rc == GRAFT_OK) worker_exchange(w);
+    graft_transport_destroy(&w->t);
+    return NULL;
+}
+
+/* The coordinator's half: receives `expect` messages "from IDX #k", checks
+ * that each worker keeps one peer id, and answers every worker "to IDX" on the
+ * peer its messages came from. peer_of[idx] is filled in. */
+static void serve(graft_transport_t *t, int nworkers, int expect, int *peer_of) {
+    for (int i = 0; i < nworkers; i++) peer_of[i] = -1;
+    for (int m = 0; m < expect; m++) {
+        int peer, idx, k;
+        uint8_t *buf;
+        size_t len;
+        assert_int_equal(graft_transport_recv(t, &peer, &buf, &len, 10000), GRAFT_OK);
+        assert_int_equal(sscanf((const char *)buf, "from %d #%d", &idx, &k), 2);
+        assert_int_equal(strlen((const char *)buf) + 1, len);
+        free(buf);
+        assert_true(idx >= 0 && idx < nworkers && peer >= 1);
+        if (peer_of[idx] < 0) peer_of[idx] = peer;
+        assert_int_equal(peer_of[idx], peer);
+        assert_string_not_equal(graft_transport_peer_name(t, peer), "unknown peer");
+    }
+    for (int i = 0; i < nworkers; i++) {
+        assert_true(peer_of[i] >= 1);
+        for (int j = 0; j < i; j++) assert_int_not_equal(peer_of[i], peer_of[j]);
+        char msg[32];
+        int n = snprintf(msg, sizeof msg, "to %d", i) + 1;
+        assert_int_equal(graft_transport_send(t, peer_of[i], msg, (size_t)n), GRAFT_OK);
+    }
+}
+
+static void expect_delivered(const worker_t *w) {
+    char want[32];
+    snprintf(want, sizeof want, "to %d", w->idx);
+    assert_int_equal(w->open_rc, GRAFT_OK);
+    assert_int_equal(w->send_rc, GRAFT_OK);
+    assert_int_equal(w->recv_rc, GRAFT_OK);
+    assert_int_equal(w->peer, 0);
+    assert_string_equal(w->got, want);
+}
+
+/* ---- inproc ------------------------------------------------------------- */
+
+static void test_inproc(void **state) {
+    (void)state;
+    graft_transport_t *ends[NWORKERS + 1];
+    assert_int_equal(graft_transport_inproc_new(NWORKERS, ends), GRAFT_OK);
+    worker_t w[NWORKERS];
+    pthread_t th[NWORKERS];
+    for (int i = 0; i < NWORKERS; i++) {
+        w[i] = (worker_t){.t = ends[i + 1], .idx = i, .nsend = 3, .recv_timeout_ms = 10000};
+        pthread_create(&th[i], NULL, inproc_worker, &w[i]);
+    }
+    int peer_of[NWORKERS];
+    serve(ends[0], NWORKERS, 3 * NWORKERS, peer_of);
+    for (int i = 0; i < NWORKERS; i++) {
+        pthread_join(th[i], NULL);
+        expect_delivered(&w[i]);
+        assert_int_equal(peer_of[i], i + 1);
+    }
+    assert_string_equal(graft_transport_peer_name(ends[0], 2), "worker 2");
+    assert_string_equal(graft_transport_peer_name(ends[2], 0), "coordinator");
+
+    /* Timeouts, bad peers, no collectives, and a departed worker. */
+    int peer;
+    uint8_t *buf;
+    size_t len;
+    double t0 = graft_now();
+    assert_int_equal(graft_transport_recv(ends[0], &peer, &buf, &len, 50), GRAFT_ETIMEOUT);
+    assert_true(graft_now() - t0 >= 0.045);
+    assert_int_equal(graft_transport_recv(ends[1], &peer, &buf, &len, 0), GRAFT_ETIMEOUT);
+    assert_int_equal(graft_transport_send(ends[1], 2, "x", 1), GRAFT_EINVAL);
+    assert_int_equal(graft_transport_send(ends[0], NWORKERS + 1, "x", 1), GRAFT_EINVAL);
+    float x[2] = {1, 2};
+    assert_int_equal(graft_transport_allreduce_sum(ends[0], x, 2, GRAFT_GROUP_WORLD), GRAFT_EINVAL);
+    graft_transport_destroy(&ends[3]);
+    assert_null(ends[3]);
+    assert_int_equal(graft_transport_send(ends[0], 3, "x", 1), GRAFT_EPEER);
+    assert_int_equal(graft_transport_send(ends[1], 0, "late", 5), GRAFT_OK);
+    for (int i = 0; i < NWORKERS; i++) graft_transport_destroy(&ends[i]); /* frees queued "late" */
+}
+
+/* ---- ZeroMQ ------------------------------------------------------------- */
+
+static graft_transport_t *zmq_server(const graft_keypair_t *kp, const graft_key_t *allow,
+                                     size_t nallow) {
+    graft_zmq_opts_t o = {.endpoint = "tcp://127.0.0.1:*", .keypair = kp, .allow = allow,
+                          .nallow = nallow};
+    graft_transport_t *t = NULL;
+    assert_int_equal(graft_transport_zmq_server(&o, &t), GRAFT_OK);
+    assert_non_null(strstr(graft_transport_zmq_endpoint(t), "tcp://127.0.0.1:"));
+    return t;
+}
+
+static void start_workers(worker_t *w, pthread_t *th, int n, const char *endpoint) {
+    static const char *ids[] = {"alpha", "beta", "gamma"};
+    for (int i = 0; i < n; i++) {
+        w[i] = (worker_t){.endpoint = endpoint, .identity = ids[i], .idx = i, .nsend = 2,
+                          .recv_timeout_ms = 10000};
+        pthread_create(&th[i], NULL, zmq_worker, &w[i]);
+    }
+}
+
+static void test_zmq_router_dealers(void **state) {
+    (void)state;
+    graft_transport_t *srv = zmq_server(NULL, NULL, 0);
+    const char *ep = graft_transport_zmq_endpoint(srv);
+    worker_t w[NWORKERS];
+    pthread_t th[NWORKERS];
+    start_workers(w, th, NWORKERS, ep);
+    int peer_of[NWORKERS];
+    serve(srv, NWORKERS, 2 * NWORKERS, peer_of);
+    for (int i = 0; i < NWORKERS; i++) {
+        pthread_join(th[i], NULL);
+        expect_delivered(&w[i]);
+        assert_non_null(strstr(graft_transport_peer_name(srv, peer_of[i]), "127.0.0.1"));
+    }
+    /* A restarted worker with the same identity takes over its old peer id. */
+    worker_t again = {.endpoint = ep, .identity = "beta", .idx = 1, .nsend = 1,
+                      .recv_timeout_ms = 10000};
+    pthread_t tha;
+    pthread_create(&tha, NULL, zmq_worker, &again);
+    int peer;
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(graft_transport_recv(srv, &peer, &buf, &len, 10000), GRAFT_OK);
+    assert_string_equal((char *)buf, "from 1 #0");
+    free(buf);
+    assert_int_equal(peer, peer_of[1]);
+    assert_int_equal(graft_transport_send(srv, peer, "to 1", 5), GRAFT_OK);
+    pthread_join(tha, NULL);
+    expect_delivered(&again);
+
+    /* Gone workers: ROUTER_MANDATORY reports them instead of dropping silently. */
+    assert_int_equal(graft_transport_send(srv, 0, "x", 1), GRAFT_EINVAL);
+    assert_int_equal(graft_transport_send(srv, NWORKERS + 1, "x", 1), GRAFT_EINVAL);
+    int rc = GRAFT_OK;
+    for (int tries = 0; tries < 300 && rc == GRAFT_OK; tries++) {
+        rc = graft_transport_send(srv, peer_of[0], "x", 1);
+        if (rc == GRAFT_OK) usleep(10000);
+    }
+    assert_int_equal(rc, GRAFT_EPEER);
+    assert_int_equal(graft_transport_recv(srv, &peer, &buf, &len, 100), GRAFT_ETIMEOUT);
+    graft_transport_destroy(&srv);
+    assert_null(srv);
+}
+
+/* ---- CurveZMQ and key files ---------------------------------------------- */
+
+static char tmpdir[64];
+
+static void path_in(char *out, size_t cap, const char *name) {
+    snprintf(out, cap, "%s/%s", tmpdir, name);
+}
+
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    static char buf[65536];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static int setup_tmpdir(void **state) {
+    (void)state;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/graft_keys_XXXXXX");
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown_tmpdir(void **state) {
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void test_keys(void **state) {
+    (void)state;
+    char stem[128], path[160];
+    path_in(stem, sizeof stem, "node");
+    graft_keypair_t kp, back;
+    assert_int_equal(graft_keys_generate(stem, 0, &kp), GRAFT_OK);
+    assert_true(graft_key_valid(kp.public_key.z85) && graft_key_valid(kp.secret_key.z85));
+    snprintf(path, sizeof path, "%s.key", stem);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_non_null(strstr(read_text(path), kp.secret_key.z85));
+    assert_int_equal(graft_keys_load(stem, &back), GRAFT_OK);
+    assert_string_equal(back.secret_key.z85, kp.secret_key.z85);
+    assert_string_equal(back.public_key.z85, kp.public_key.z85);
+    snprintf(path, sizeof path, "%s.pub", stem);
+    graft_key_t pub;
+    assert_int_equal(graft_keys_read_file(path, &pub), GRAFT_OK);
+    assert_string_equal(pub.z85, kp.public_key.z85);
+
+    /* No silent replacement; overwriting tightens a loosened mode. */
+    assert_int_equal(graft_keys_generate(stem, 0, NULL), GRAFT_EIO);
+    snprintf(path, sizeof path, "%s.key", stem);
+    chmod(path, 0644);
+    assert_int_equal(graft_keys_generate(stem, 1, &back), GRAFT_OK);
+    assert_string_not_equal(back.secret_key.z85, kp.secret_key.z85);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+
+    /* A .pub that does not belong to the .key is caught. */
+    snprintf(path, sizeof path, "%s.pub", stem);
+    char text[128];
+    snprintf(text, sizeof text, "%s\n", kp.public_key.z85);
+    write_text(path, text);
+    assert_int_equal(graft_keys_load(stem, &back), GRAFT_EFORMAT);
+
+    /* Allow-lists: comments, blanks, trailing notes; bad lines; no file. */
+    char allow[160], list[512];
+    path_in(allow, sizeof allow, "allow.txt");
+    snprintf(list, sizeof list, "# clients\n\n  %s  hospital-1\n%s\n# end\n", kp.public_key.z85,
+             back.public_key.z85);
+    write_text(allow, list);
+    graft_key_t *keys;
+    size_t n;
+    assert_int_equal(graft_keys_read_allow(allow, &keys, &n), GRAFT_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(keys[0].z85, kp.public_key.z85);
+    assert_string_equal(keys[1].z85, back.public_key.z85);
+    free(keys);
+    write_text(allow, "# only a comment\n");
+    assert_int_equal(graft_keys_read_allow(allow, &keys, &n), GRAFT_EFORMAT);
+    write_text(allow, "not-a-key\n");
+    assert_int_equal(graft_keys_read_allow(allow, &keys, &n), GRAFT_EFORMAT);
+    assert_null(keys);
+    path_in(allow, sizeof allow, "missing.txt");
+    assert_int_equal(graft_keys_read_allow(allow, &keys, &n), GRAFT_EIO);
+}
+
+static void test_curve(void **state) {
+    (void)state;
+    char stem[128], allow_path[160];
+    graft_keypair_t server, good, bad;
+    path_in(stem, sizeof stem, "coordinator");
+    assert_int_equal(graft_keys_generate(stem, 1, &server), GRAFT_OK);
+    path_in(stem, sizeof stem, "good");
+    assert_int_equal(graft_keys_generate(stem, 1, &good), GRAFT_OK);
+    path_in(stem, sizeof stem, "bad");
+    assert_int_equal(graft_keys_generate(stem, 1, &bad), GRAFT_OK);
+    path_in(allow_path, sizeof allow_path, "clients.allow");
+    char text[128];
+    snprintf(text, sizeof text, "# admitted clients\n%s good\n", good.public_key.z85);
+    write_text(allow_path, text);
+    graft_key_t *allow;
+    size_t nallow;
+    assert_int_equal(graft_keys_read_allow(allow_path, &allow, &nallow), GRAFT_OK);
+
+    /* A server without an allow-list is refused outright. */
+    graft_zmq_opts_t open_opts = {.endpoint = "tcp://127.0.0.1:*", .keypair = &server};
+    graft_transport_t *t = NULL;
+    assert_int_equal(graft_transport_zmq_server(&open_opts, &t), GRAFT_EINVAL);
+
+    graft_transport_t *srv = zmq_server(&server, allow, nallow);
+    free(allow);
+    const char *ep = graft_transport_zmq_endpoint(srv);
+
+    worker_t w = {.endpoint = ep, .identity = "good", .keypair = &good,
+                  .server_key = &server.public_key, .idx = 0, .nsend = 1, .recv_timeout_ms = 10000};
+    pthread_t th;
+    pthread_create(&th, NULL, zmq_worker, &w);
+    int peer_of[1];
+    serve(srv, 1, 1, peer_of);
+    pthread_join(th, NULL);
+    expect_delivered(&w);
+    assert_non_null(strstr(graft_transport_peer_name(srv, peer_of[0]), "key "));
+    assert_int_equal(graft_transport_zmq_refused(srv), 0);
+
+    /* The unknown key: nothing gets through either way, and the log says why. */
+    char log_path[160];
+    path_in(log_path, sizeof log_path, "stderr.log");
+    fflush(stderr);
+    int saved = dup(2);
+    int fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dup2(fd, 2);
+    close(fd);
+    worker_t intruder = {.endpoint = ep, .identity = "mallory", .keypair = &bad,
+                         .server_key = &server.public_key, .idx = 0, .nsend = 1,
+                         .recv_timeout_ms = 1500};
+    pthread_create(&th, NULL, zmq_worker, &intruder);
+    int peer;
+    uint8_t *buf;
+    size_t len;
+    int rc = graft_transport_recv(srv, &peer, &buf, &len, 1500);
+    pthread_join(th, NULL);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    assert_int_equal(rc, GRAFT_ETIMEOUT);
+    assert_int_equal(intruder.open_rc, GRAFT_OK);
+    assert_int_equal(intruder.recv_rc, GRAFT_ETIMEOUT);
+    assert_true(graft_transport_zmq_refused(srv) >= 1);
+    const char *log = read_text(log_path);
+    fputs(log, stderr); /* keep it visible in the test output */
+    assert_non_null(strstr(log, "refused CurveZMQ client key"));
+    assert_non_null(strstr(log, bad.public_key.z85));
+    assert_null(strstr(log, good.public_key.z85));
+    graft_transport_destroy(&srv);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_inproc),
+        cmocka_unit_test(test_zmq_router_dealers),
+        cmocka_unit_test(test_keys),
+        cmocka_unit_test(test_curve),
+    };
+    return cmocka_run_group_tests(tests, setup_tmpdir, teardown_tmpdir);
+}
