@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ops.h"
+#include "peft.h"
 #include "tokenizer.h"
 
 int graft_gpt2_preset(const char *name, graft_gpt2_config_t *cfg) {
@@ -184,24 +185,35 @@ float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *
         float *fcproj = a.fcproj + l * slab * C;
         float *residual3 = a.residual3 + l * slab * C;
 
-        layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, p.ln1w + l * C, p.ln1b + l * C,
-                          BT, C);
+        const float *lnw, *lnb;
+        float *dlnw, *dlnb;
+        peft_ln_params(m, l, 1, &lnw, &lnb, &dlnw, &dlnb);
+        layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, lnw, lnb, BT, C);
         matmul_forward(qkv, ln1, p.qkvw + (size_t)l * C * 3 * C, p.qkvb + l * 3 * C, BT, C,
                        3 * C);
+        peft_linear_forward(m->peft, l, GRAFT_PROJ_QKV, qkv, ln1, BT);
         attention_forward(atty, att, qkv, B, T, C, NH);
         matmul_forward(attproj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, BT, C,
                        C);
+        peft_linear_forward(m->peft, l, GRAFT_PROJ_ATTN, attproj, atty, BT);
         residual_forward(residual2, residual, attproj, BT * C);
-        layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, p.ln2w + l * C, p.ln2b + l * C,
-                          BT, C);
+        peft_ln_params(m, l, 2, &lnw, &lnb, &dlnw, &dlnb);
+        layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, lnw, lnb, BT, C);
         matmul_forward(fch, ln2, p.fcw + (size_t)l * C * 4 * C, p.fcb + l * 4 * C, BT, C, 4 * C);
+        peft_linear_forward(m->peft, l, GRAFT_PROJ_FC, fch, ln2, BT);
         gelu_forward(fch_gelu, fch, BT * 4 * C);
         matmul_forward(fcproj, fch_gelu, p.fcprojw + (size_t)l * 4 * C * C, p.fcprojb + l * C,
                        BT, 4 * C, C);
+        peft_linear_forward(m->peft, l, GRAFT_PROJ_FCPROJ, fcproj, fch_gelu, BT);
+        peft_mlp_out_forward(m->peft, l, fcproj, fch_gelu, BT);
         residual_forward(residual3, residual2, fcproj, BT * C);
+        peft_block_out_forward(m->peft, l, residual3, BT);
     }
     const float *last = a.residual3 + (L - 1) * slab * C;
-    layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p.lnfw, p.lnfb, BT, C);
+    const float *lnfw, *lnfb;
+    float *dlnfw, *dlnfb;
+    peft_ln_params(m, -1, 0, &lnfw, &lnfb, &dlnfw, &dlnfb);
+    layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, lnfw, lnfb, BT, C);
 
     m->mean_loss = -1.0f;
     m->loss_count = 0;
@@ -246,8 +258,10 @@ void graft_gpt2_backward_from_lnf(graft_gpt2_t *m) {
 
     float *dlast = g.residual3 + (L - 1) * slab * C;
     const float *last = a.residual3 + (L - 1) * slab * C;
-    layernorm_backward(dlast, DW(lnfw, 0), DW(lnfb, 0), g.lnf, last, p.lnfw, a.lnf_mean,
-                       a.lnf_rstd, BT, C);
+    const float *lnw, *lnb;
+    float *dlnw, *dlnb;
+    peft_ln_params(m, -1, 0, &lnw, &lnb, &dlnw, &dlnb);
+    layernorm_backward(dlast, dlnw, dlnb, g.lnf, last, lnw, a.lnf_mean, a.lnf_rstd, BT, C);
     for (int l = L - 1; l >= 0; l--) {
         const float *residual = l == 0 ? a.encoded : a.residual3 + (l - 1) * slab * C;
         float *dresidual = l == 0 ? g.encoded : g.residual3 + (l - 1) * slab * C;
@@ -255,24 +269,33 @@ void graft_gpt2_backward_from_lnf(graft_gpt2_t *m) {
         float *att = a.att + l * (size_t)m->B * NH * T * T;
         float *datt = g.att + l * (size_t)m->B * NH * T * T;
 
+        peft_block_out_backward(m->peft, l, g.residual3 + o1, BT);
         residual_backward(g.residual2 + o1, g.fcproj + o1, g.residual3 + o1, BT * C);
+        peft_mlp_out_backward(m->peft, l, g.fcproj + o1, g.fch_gelu + o4, a.fch_gelu + o4, BT);
         matmul_backward(g.fch_gelu + o4, DW(fcprojw, (size_t)l * 4 * C * C),
                         DW(fcprojb, l * C), g.fcproj + o1, a.fch_gelu + o4,
                         p.fcprojw + (size_t)l * 4 * C * C, BT, 4 * C, C);
+        peft_linear_backward(m->peft, l, GRAFT_PROJ_FCPROJ, g.fch_gelu + o4, g.fcproj + o1,
+                             a.fch_gelu + o4, BT);
         gelu_backward(g.fch + o4, a.fch + o4, g.fch_gelu + o4, BT * 4 * C);
         matmul_backward(g.ln2 + o1, DW(fcw, (size_t)l * C * 4 * C), DW(fcb, l * 4 * C),
                         g.fch + o4, a.ln2 + o1, p.fcw + (size_t)l * C * 4 * C, BT, C, 4 * C);
-        layernorm_backward(g.residual2 + o1, DW(ln2w, l * C), DW(ln2b, l * C), g.ln2 + o1,
-                           a.residual2 + o1, p.ln2w + l * C, a.ln2_mean + os, a.ln2_rstd + os,
-                           BT, C);
+        peft_linear_backward(m->peft, l, GRAFT_PROJ_FC, g.ln2 + o1, g.fch + o4, a.ln2 + o1, BT);
+        peft_ln_params(m, l, 2, &lnw, &lnb, &dlnw, &dlnb);
+        layernorm_backward(g.residual2 + o1, dlnw, dlnb, g.ln2 + o1, a.residual2 + o1, lnw,
+                           a.ln2_mean + os, a.ln2_rstd + os, BT, C);
         residual_backward(dresidual, g.attproj + o1, g.residual2 + o1, BT * C);
         matmul_backward(g.atty + o1, DW(attprojw, (size_t)l * C * C), DW(attprojb, l * C),
                         g.attproj + o1, a.atty + o1, p.attprojw + (size_t)l * C * C, BT, C, C);
+        peft_linear_backward(m->peft, l, GRAFT_PROJ_ATTN, g.atty + o1, g.attproj + o1,
+                             a.atty + o1, BT);
         attention_backward(g.qkv + o3, datt, g.atty + o1, a.qkv + o3, att, B, T, C, NH);
         matmul_backward(g.ln1 + o1, DW(qkvw, (size_t)l * C * 3 * C), DW(qkvb, l * 3 * C),
                         g.qkv + o3, a.ln1 + o1, p.qkvw + (size_t)l * C * 3 * C, BT, C, 3 * C);
-        layernorm_backward(dresidual, DW(ln1w, l * C), DW(ln1b, l * C), g.ln1 + o1, residual,
-                           p.ln1w + l * C, a.ln1_mean + os, a.ln1_rstd + os, BT, C);
+        peft_linear_backward(m->peft, l, GRAFT_PROJ_QKV, g.ln1 + o1, g.qkv + o3, a.ln1 + o1, BT);
+        peft_ln_params(m, l, 1, &lnw, &lnb, &dlnw, &dlnb);
+        layernorm_backward(dresidual, dlnw, dlnb, g.ln1 + o1, residual, lnw, a.ln1_mean + os,
+                           a.ln1_rstd + os, BT, C);
     }
     if (trainable) encoder_backward(d.wte, d.wpe, g.encoded, m->inputs, B, T, C);
 #undef DW

@@ -82,8 +82,13 @@ typedef struct {
     float *losses;    /* (B, T) */
 } graft_gpt2_acts_t;
 
+struct graft_peft;
+
 typedef struct graft_gpt2 {
     graft_gpt2_config_t cfg;
+    /* Modules attached by peft.c (borrowed; NULL for the plain trunk). The
+     * forward and backward passes call its hooks at fixed points. */
+    struct graft_peft *peft;
     size_t param_sizes[GRAFT_GPT2_NUM_TENSORS];
     size_t num_params;
     float *params_memory;

@@ -4,6 +4,8 @@
 
 #include <stdarg.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include <time.h>
 
 graft_log_level_t graft_log_level = GRAFT_LOG_INFO;
@@ -62,4 +64,19 @@ double graft_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int graft_mkdirs_for(const char *path) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
+            LOG_ERROR("%s: cannot create directory %s: %s", path, buf, strerror(errno));
+            return GRAFT_EIO;
+        }
+        *p = '/';
+    }
+    return GRAFT_OK;
 }

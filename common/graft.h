@@ -65,6 +65,9 @@ void graft_log_write(graft_log_level_t level, const char *fmt, ...)
 void *graft_xmalloc(size_t n);
 void *graft_xcalloc(size_t count, size_t size);
 
+/* Creates the directories leading to path (like mkdir -p of its dirname). */
+int graft_mkdirs_for(const char *path);
+
 /* Monotonic wall clock in seconds. */
 double graft_now(void);
 

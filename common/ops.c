@@ -53,6 +53,34 @@ static void reduce_partials(float *acc, const float *partials, int nthreads, int
     }
 }
 
+/* Shared body of the two column reductions: y == NULL means plain sums. */
+static void colsum_impl(float *acc, const float *x, const float *y, int N, int C) {
+    int nthreads = omp_get_max_threads();
+    float *partials = graft_xcalloc((size_t)nthreads * C, sizeof(float));
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *p = partials + (size_t)omp_get_thread_num() * C;
+#pragma omp for schedule(static)
+        for (int i = 0; i < N; i++) {
+            const float *xr = x + (size_t)i * C;
+            if (y) {
+                const float *yr = y + (size_t)i * C;
+                for (int c = 0; c < C; c++) p[c] += xr[c] * yr[c];
+            } else {
+                for (int c = 0; c < C; c++) p[c] += xr[c];
+            }
+        }
+    }
+    reduce_partials(acc, partials, nthreads, C);
+    free(partials);
+}
+
+void colsum_accumulate(float *acc, const float *x, int N, int C) { colsum_impl(acc, x, NULL, N, C); }
+
+void colsum_product_accumulate(float *acc, const float *x, const float *y, int N, int C) {
+    colsum_impl(acc, x, y, N, C);
+}
+
 /* ---- layernorm ---------------------------------------------------------- */
 
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
@@ -157,23 +185,6 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
                 beta, out, OC);
 }
 
-/* dbias (OC) += column sums of dout (N,OC), in a fixed order. */
-static void column_sums(float *dbias, const float *dout, int N, int OC) {
-    int nthreads = omp_get_max_threads();
-    float *partials = graft_xcalloc((size_t)nthreads * OC, sizeof(float));
-#pragma omp parallel num_threads(nthreads)
-    {
-        float *p = partials + (size_t)omp_get_thread_num() * OC;
-#pragma omp for schedule(static)
-        for (int i = 0; i < N; i++) {
-            const float *d = dout + (size_t)i * OC;
-            for (int o = 0; o < OC; o++) p[o] += d[o];
-        }
-    }
-    reduce_partials(dbias, partials, nthreads, OC);
-    free(partials);
-}
-
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                      const float *inp, const float *weight, int N, int C, int OC) {
     if (dinp)
@@ -182,7 +193,7 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
     if (dweight)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, N, 1.0f, inp, C, dout, OC,
                     1.0f, dweight, OC);
-    if (dbias) column_sums(dbias, dout, N, OC);
+    if (dbias) colsum_accumulate(dbias, dout, N, OC);
 }
 
 void lmhead_forward(float *logits, const float *inp, const float *wte, int N, int C, int V) {

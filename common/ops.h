@@ -83,6 +83,11 @@ void crossentropy_backward(float *dlogits, const float *probs, const int32_t *ta
 void pool_forward(float *pooled, const float *hidden, const int32_t *pos, int B, int T, int C);
 void pool_backward(float *dhidden, const float *dpooled, const int32_t *pos, int B, int T, int C);
 
+/* Ordered column reductions (bit-identical whatever the thread count's
+ * scheduling): acc (C) += sum over rows of x (N,C), or of x * y. */
+void colsum_accumulate(float *acc, const float *x, int N, int C);
+void colsum_product_accumulate(float *acc, const float *x, const float *y, int N, int C);
+
 /* Row-wise softmax over K classes, in place safe (out may equal inp). */
 void softmax_rows(float *out, const float *inp, int N, int K);
 

@@ -103,7 +103,8 @@ static int save_checkpoint(trainer_t *tr, const char *path) {
     snprintf(seed, sizeof seed, "%d", tr->cfg->seed);
     const char *keys[] = {"train.step", "train.rng_state", "train.rng_inc", "train.seed"};
     const char *vals[] = {step, state, inc, seed};
-    int rc = graft_gpt2_save(tr->model, path, extra, 2, keys, vals, 4);
+    int rc = graft_mkdirs_for(path);
+    if (rc == GRAFT_OK) rc = graft_gpt2_save(tr->model, path, extra, 2, keys, vals, 4);
     if (rc == GRAFT_OK) LOG_INFO("checkpoint: step %d -> %s", tr->step, path);
     return rc;
 }

@@ -1,0 +1,181 @@
+/* peft.h — parameter-efficient modules on a frozen trunk, in scopes.
+ *
+ * A graft_peft_t binds one trunk to the trainable modules of a run:
+ *  - scope "shared": task-agnostic modules (the shared LoRA pair of MTLoRA,
+ *    or, for method `full`, the trunk weights themselves);
+ *  - scope "task.NAME" per task: the task's LoRA pair, adapter, RED vectors,
+ *    LayerNorm copies (lntune), channel deltas, and its classification head.
+ * Every scope is one contiguous span (scope.h), so a coordinator can send,
+ * average and checkpoint it whole.
+ *
+ * Methods (DESIGN §4), combined as a set ("lora,red"):
+ *   full     the trunk itself is trained (in the shared scope)
+ *   head     only the task heads (always present for classification tasks)
+ *   lora     W x + (alpha/r) B A x on chosen projections; shared and/or task
+ *            pairs with their own rank and alpha; B = 0 at start
+ *   adapter  per-task h + U relu(D LN(h)) after each block; U = 0 at start
+ *   red      per-task per-layer h <- s * h + b on the MLP output; s=1, b=0
+ *   lntune   per-task copies of every LayerNorm scale and shift
+ *   channels per-task deltas on the top-k MLP-output channels by Taylor
+ *            importance (two-stage, stage 2); indices saved with the task
+ * With every module at its initial value the outputs equal the trunk's.
+ *
+ * The trunk's forward/backward (gpt2.c) calls the peft_* hooks below at
+ * fixed points of each block; each hook is a no-op when nothing is
+ * attached, so the plain trunk pays nothing.
+ *
+ * Ownership: graft_peft_new() returns an owned object holding its scopes
+ * and module activations; the trunk is borrowed and must outlive it.
+ */
+#ifndef GRAFT_PEFT_H
+#define GRAFT_PEFT_H
+
+#include "gpt2.h"
+#include "scope.h"
+
+enum {
+    GRAFT_M_FULL = 1 << 0,
+    GRAFT_M_HEAD = 1 << 1,
+    GRAFT_M_LORA = 1 << 2,
+    GRAFT_M_ADAPTER = 1 << 3,
+    GRAFT_M_RED = 1 << 4,
+    GRAFT_M_LNTUNE = 1 << 5,
+    GRAFT_M_CHANNELS = 1 << 6,
+};
+
+/* The four adaptable projections of a block. */
+typedef enum { GRAFT_PROJ_QKV, GRAFT_PROJ_ATTN, GRAFT_PROJ_FC, GRAFT_PROJ_FCPROJ, GRAFT_NUM_PROJ } graft_proj_t;
+
+typedef struct {
+    int methods;            /* GRAFT_M_* set */
+    int lora_targets;       /* bit p set: adapt projection p */
+    int lora_shared_rank;   /* 0: no shared pair */
+    float lora_shared_alpha;
+    int lora_task_rank;     /* 0: no per-task pair */
+    float lora_task_alpha;
+    int adapter_dim;        /* bottleneck width m */
+    int channels_k;         /* channels kept per layer */
+    uint64_t seed;          /* for LoRA A initialisation */
+} graft_peft_config_t;
+
+/* Parses "lora,red" into a method set; GRAFT_EINVAL names the bad item. */
+int graft_peft_parse_methods(const char *list, int *methods);
+/* Parses "qkv,attn,fc,fcproj" (or "all") into a projection set. */
+int graft_peft_parse_targets(const char *list, int *targets);
+const char *graft_proj_name(graft_proj_t p);
+
+/* One LoRA pair on one projection: views into a scope. */
+typedef struct {
+    float *A, *dA; /* (in, r) */
+    float *B, *dB; /* (r, out) */
+    int r;
+    float scale;   /* alpha / r */
+} graft_lora_t;
+
+/* Per-task description handed to graft_peft_new. */
+typedef struct {
+    const char *name;
+    int num_labels; /* > 0: classification head with this many classes; 0: generation */
+} graft_peft_task_t;
+
+/* A task's modules: views into its scope (NULL when the method is off). */
+typedef struct {
+    char name[64];
+    int num_labels;
+    graft_scope_t *scope;
+    int *lora_idx;                     /* (L, proj, A/B) scope indices, -1: none; owned */
+    int head_w, head_b;                /* (C, K), (K) */
+    int red_s, red_b;                  /* (L, C) */
+    int ln1w, ln1b, ln2w, ln2b, lnfw, lnfb; /* (L, C) / (C) */
+    int ad_lnw, ad_lnb, ad_down, ad_downb, ad_up, ad_upb; /* (L,C) (L,C) (L,C,m) (L,m) (L,m,C) (L,C) */
+    int ch_w, ch_b;                    /* (L, 4C, k), (L, k) */
+    int32_t *channels;                 /* (L, k) chosen channel indices, owned */
+    float *channel_scores;             /* (L, C) accumulated Taylor importance, owned */
+} graft_peft_task_modules_t;
+
+typedef struct graft_peft {
+    graft_peft_config_t cfg;
+    graft_gpt2_t *trunk; /* borrowed */
+    graft_scope_t *shared;
+    int *shared_lora_idx; /* (L, proj, A/B) scope indices, -1: none; owned */
+    int n_tasks;
+    graft_peft_task_modules_t *tasks;
+    int active; /* task of the current batch, -1: none */
+
+    /* Module activations for the trunk's allocated (B, T), one block. */
+    int B, T;
+    float *acts;          /* owned */
+    float *grad_scratch;  /* owned: (B*T, max(r, m, k)) scratch */
+    float *lora_u[GRAFT_NUM_PROJ][2]; /* (L, BT, r) inp @ A for shared [0] and task [1] */
+    float *red_in;        /* (L, BT, C) MLP output before RED */
+    float *ad_in, *ad_ln, *ad_mean, *ad_rstd, *ad_h, *ad_a; /* adapter activations */
+    float *ch_gather;     /* (BT, k) */
+    /* Classification head activations. */
+    float *pooled, *dpooled, *head_logits, *head_probs, *head_dlogits, *head_losses;
+    int32_t *pos, *labels;
+} graft_peft_t;
+
+graft_peft_t *graft_peft_new(graft_gpt2_t *trunk, const graft_peft_config_t *cfg,
+                             const graft_peft_task_t *tasks, int n_tasks);
+void graft_peft_destroy(graft_peft_t **self_p);
+
+int graft_peft_find_task(const graft_peft_t *p, const char *name);
+
+/* Every trainable scope of task t: shared (when not empty) then the task's
+ * own; returns the count written into out (at most 2). */
+int graft_peft_scopes(const graft_peft_t *p, int task, graft_scope_t **out);
+
+/* ---- training and inference entry points -------------------------------- */
+
+/* Classification: loss of task t on a batch of token rows (B,T) pooled at
+ * pos (B) with labels (B); fills p->head_probs (B,K). With backward != 0
+ * the scopes' gradients are accumulated (the caller zeroes them). */
+float graft_peft_classify(graft_peft_t *p, int task, const int32_t *tokens, const int32_t *pos,
+                          const int32_t *labels, int B, int T, int backward);
+
+/* Generation: next-token loss of task t over targets >= 0. */
+float graft_peft_lm(graft_peft_t *p, int task, const int32_t *inputs, const int32_t *targets,
+                    int B, int T, int backward);
+
+/* Zero the gradients of every scope that task t trains (and the trunk's
+ * activation gradients). */
+void graft_peft_zero_grad(graft_peft_t *p, int task);
+
+/* ---- hooks called by the trunk (gpt2.c) ----------------------------------- */
+
+/* LayerNorm parameters for layer l (which = 1, 2) or the final one (l < 0). */
+void peft_ln_params(const graft_gpt2_t *m, int l, int which, const float **w, const float **b,
+                    float **dw, float **db);
+/* out (N, out) += LoRA(inp) for projection proj of layer l. */
+void peft_linear_forward(graft_peft_t *p, int l, graft_proj_t proj, float *out, const float *inp,
+                         int N);
+void peft_linear_backward(graft_peft_t *p, int l, graft_proj_t proj, float *dinp,
+                          const float *dout, const float *inp, int N);
+/* MLP output (N, C): RED then channel deltas, in place. fch_gelu (N, 4C). */
+void peft_mlp_out_forward(graft_peft_t *p, int l, float *out, const float *fch_gelu, int N);
+/* dout (N, C) in place to the gradient w.r.t. the matmul output; dfch_gelu +=. */
+void peft_mlp_out_backward(graft_peft_t *p, int l, float *dout, float *dfch_gelu,
+                           const float *fch_gelu, int N);
+/* Block output (N, C): the adapter, in place. */
+void peft_block_out_forward(graft_peft_t *p, int l, float *h, int N);
+void peft_block_out_backward(graft_peft_t *p, int l, float *dh, int N);
+
+/* ---- two-stage channel selection ------------------------------------------ */
+
+/* After a backward pass: adds |sum over tokens of dL/dh_c * h_c| per MLP
+ * output channel of every layer to task t's scores (first-order Taylor). */
+void graft_peft_accumulate_channel_scores(graft_peft_t *p, int task);
+/* Keeps the top cfg.channels_k channels per layer by score (ties: lower
+ * index first) as the task's channels; deltas restart at zero. */
+void graft_peft_select_channels(graft_peft_t *p, int task);
+
+/* ---- LoRA merge ----------------------------------------------------------- */
+
+/* W += scale * A B for every LoRA pair of task t (and shared) — and back. */
+void graft_peft_merge_lora(graft_peft_t *p, int task, int sign);
+
+/* Exact count of trainable parameters of a task (shared + own scope) and of
+ * the shared scope alone. */
+size_t graft_peft_task_params(const graft_peft_t *p, int task);
+
+#endif
