@@ -55,6 +55,28 @@ typedef struct {
 
 static const graft_transport_ops_t zmq_ops;
 
+/* Reads one whole message into f[0..max); frames past max-1 overwrite the
+ * last slot. Returns the frame count (the caller closes min(n, max) frames),
+ * or -1 with errno set and nothing to close. */
+static int recv_frames(void *sock, zmq_msg_t *f, int max, int flags) {
+    int n = 0, more = 1;
+    while (more) {
+        zmq_msg_t *m = &f[n < max ? n : max - 1];
+        if (n >= max) zmq_msg_close(m);
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, sock, flags) < 0) {
+            int e = errno;
+            zmq_msg_close(m);
+            for (int i = 0; i < (n < max ? n : max - 1); i++) zmq_msg_close(&f[i]);
+            errno = e;
+            return -1;
+        }
+        more = zmq_msg_more(m);
+        n++;
+    }
+    return n;
+}
+
 /* ---- ZAP: who may connect ------------------------------------------------ */
 
 static int key_allowed(const zt_t *z, const char *key) {
@@ -104,25 +126,14 @@ static void *zap_main(void *arg) {
     zt_t *z = arg;
     for (;;) {
         zmq_msg_t f[8];
-        int n = 0, more = 1;
-        while (more) {
-            zmq_msg_t *m = &f[n < 8 ? n : 7];
-            if (n >= 8) zmq_msg_close(m); /* too many frames: keep reading, drop */
-            zmq_msg_init(m);
-            if (zmq_msg_recv(m, z->zap, 0) < 0) {
-                zmq_msg_close(m);
-                for (int i = 0; i < (n < 8 ? n : 7); i++) zmq_msg_close(&f[i]);
-                if (errno == EINTR) break;
-                zmq_close(z->zap); /* ETERM: the transport is shutting down */
-                return NULL;
-            }
-            more = zmq_msg_more(m);
-            if (n < 8) n++;
-        }
-        if (more) continue; /* interrupted */
-        zap_answer(z, f, n);
-        for (int i = 0; i < n; i++) zmq_msg_close(&f[i]);
+        int n = recv_frames(z->zap, f, 8, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) break; /* ETERM: the transport is shutting down */
+        zap_answer(z, f, n < 8 ? n : 8);
+        for (int i = 0; i < (n < 8 ? n : 8); i++) zmq_msg_close(&f[i]);
     }
+    zmq_close(z->zap);
+    return NULL;
 }
 
 static int zap_start(zt_t *z, const graft_zmq_opts_t *o) {
@@ -311,24 +322,6 @@ static int peer_of(zt_t *z, zmq_msg_t *id, zmq_msg_t *body) {
     return (int)i + 1;
 }
 
-/* Reads one message (all its frames); returns the number of frames, or -1. */
-static int recv_frames(void *sock, zmq_msg_t *f, int max) {
-    int n = 0, more = 1;
-    while (more) {
-        zmq_msg_t *m = &f[n < max ? n : max - 1];
-        if (n >= max) zmq_msg_close(m);
-        zmq_msg_init(m);
-        if (zmq_msg_recv(m, sock, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(m);
-            for (int i = 0; i < (n < max ? n : max - 1); i++) zmq_msg_close(&f[i]);
-            return -1;
-        }
-        more = zmq_msg_more(m);
-        n++;
-    }
-    return n;
-}
-
 static int zt_recv(graft_transport_t *t, int *peer, uint8_t **buf, size_t *len, int timeout_ms) {
     zt_t *z = (zt_t *)t;
     double until = graft_now() + timeout_ms / 1000.0;
@@ -340,7 +333,7 @@ static int zt_recv(graft_transport_t *t, int *peer, uint8_t **buf, size_t *len, 
         if (rc < 0) return GRAFT_EIO;
         zmq_msg_t f[2];
         int want = z->server ? 2 : 1;
-        int n = recv_frames(z->sock, f, 2);
+        int n = recv_frames(z->sock, f, 2, ZMQ_DONTWAIT);
         if (n < 0) continue; /* raced with nothing to read */
         if (n == want) {
             zmq_msg_t *body = &f[want - 1];

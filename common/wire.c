@@ -698,6 +698,30 @@ static int from_envelope(const Graft__Envelope *env, const graft_wire_opts_t *o,
     }
 }
 
+/* protobuf-c allocates per submessage, so a few bytes on the wire (an empty
+ * repeated message) can cost a hundred in memory. Unpacking gets a budget a
+ * legitimate message never needs (packed 1-byte indices become 4 bytes) and
+ * fails cleanly past it instead of letting a peer exhaust the coordinator. */
+typedef struct {
+    size_t used, budget;
+    int exhausted;
+} budget_t;
+
+static void *budget_alloc(void *data, size_t size) {
+    budget_t *b = data;
+    if (size > b->budget - b->used) {
+        b->exhausted = 1;
+        return NULL;
+    }
+    b->used += size;
+    return malloc(size);
+}
+
+static void budget_free(void *data, void *p) {
+    (void)data;
+    free(p);
+}
+
 int graft_wire_decode(const uint8_t *buf, size_t len, const graft_wire_opts_t *opts,
                       graft_msg_t *out, char *why, size_t why_len) {
     static const graft_wire_opts_t defaults = {0, 0, NULL};
@@ -708,12 +732,17 @@ int graft_wire_decode(const uint8_t *buf, size_t len, const graft_wire_opts_t *o
     if (len > max)
         return fail(why, why_len, GRAFT_EFORMAT, "message of %zu bytes exceeds the limit of %zu",
                     len, max);
-    Graft__Envelope *env = graft__envelope__unpack(NULL, len, buf);
+    budget_t budget = {0, 8 * len + (64 << 10), 0};
+    ProtobufCAllocator alloc = {budget_alloc, budget_free, &budget};
+    Graft__Envelope *env = graft__envelope__unpack(&alloc, len, buf);
+    if (!env && budget.exhausted)
+        return fail(why, why_len, GRAFT_EFORMAT, "message of %zu bytes needs more than %zu bytes "
+                    "to unpack (a flood of empty fields?)", len, budget.budget);
     if (!env)
         return fail(why, why_len, GRAFT_EFORMAT, "not a graft message: %zu bytes that do not "
                     "unpack (truncated or garbage)", len);
     int rc = from_envelope(env, o, out, why, why_len);
-    graft__envelope__free_unpacked(env, NULL);
+    graft__envelope__free_unpacked(env, &alloc);
     if (rc) graft_msg_free(out);
     return rc;
 }

@@ -444,6 +444,26 @@ static void test_sparse_indices(void **state) {
     encode_update(&t, 1, &buf, &len);
     expect_reject(buf, len, NULL, GRAFT_EFORMAT, "not strictly increasing at 1");
     free(buf);
+
+    /* A big, dense-packed sparse tensor in bf16 (the tightest legitimate
+     * wire-to-memory ratio) stays within the unpacking budget. */
+    enum { NNZ = 200000 };
+    float *vals = malloc(NNZ * sizeof *vals);
+    uint32_t *ix = malloc(NNZ * sizeof *ix);
+    for (uint32_t k = 0; k < NNZ; k++) vals[k] = (float)(k % 256), ix[k] = k;
+    graft_wire_tensor_t big = dense("g", 2, (int64_t[]){1024, 1024}, vals);
+    big.sparse = 1;
+    big.indices = ix;
+    big.nnz = NNZ;
+    graft_msg_t m = {.type = GRAFT_MSG_EVAL_REQUEST, .run_id = RUN,
+                     .eval_request = {.round = 1, .task = "t", .tensors = &big, .ntensors = 1}};
+    graft_msg_t d;
+    char why[256];
+    assert_int_equal(roundtrip(&m, GRAFT_DTYPE_BF16, NULL, &d, why, sizeof why), GRAFT_OK);
+    assert_tensor_equal(&d.eval_request.tensors[0], &big);
+    graft_msg_free(&d);
+    free(vals);
+    free(ix);
 }
 
 static void test_fields(void **state) {
@@ -578,6 +598,13 @@ static void test_handmade(void **state) {
     expect_reject(e.b, e.n, &o, GRAFT_EFORMAT, "has 12 data bytes, expected 8");
     e = envelope_with("", (int64_t[]){2, 3}, 2, 1, v, 24, NULL, 0, 0);
     expect_reject(e.b, e.n, &o, GRAFT_EFORMAT, "tensor #0 name is missing");
+    /* A flood of empty tensors: 2 bytes each on the wire, far more unpacked. */
+    static uint8_t flood[300000];
+    size_t n = 0, body = 2 * 100000;
+    flood[n++] = 5 << 3 | 2; /* Envelope.update */
+    for (size_t v = body; v; v >>= 7) flood[n++] = (uint8_t)((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+    for (int i = 0; i < 100000; i++) flood[n++] = 3 << 3 | 2, flood[n++] = 0;
+    expect_reject(flood, n, NULL, GRAFT_EFORMAT, "needs more than");
     /* An envelope without a body. */
     pbw_t bare = {.n = 0};
     pb_uint(&bare, 1, RUN);
