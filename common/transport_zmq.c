@@ -89,7 +89,8 @@ static void log_refusal(zt_t *z, const char *key, const char *addr) {
     atomic_fetch_add(&z->refused, 1);
     for (size_t i = 0; i < z->nlogged; i++)
         if (strcmp(z->logged[i].z85, key) == 0) return; /* said so already */
-    if (z->nlogged < MAX_LOGGED_REFUSALS) memcpy(z->logged[z->nlogged++].z85, key, sizeof(graft_key_t));
+    if (z->nlogged < MAX_LOGGED_REFUSALS)
+        memcpy(z->logged[z->nlogged++].z85, key, sizeof(graft_key_t));
     LOG_WARN("zmq: refused CurveZMQ client key %s from %s: not on the allow-list (add its .pub "
              "to the allow-list file to admit it)", key, addr);
 }
@@ -105,9 +106,7 @@ static void zap_answer(zt_t *z, zmq_msg_t *f, int n) {
     const char *status = "400", *text = "unknown key";
     if (n >= 7 && frame_is(&f[0], "1.0") && frame_is(&f[5], "CURVE") && zmq_msg_size(&f[6]) == 32) {
         zmq_z85_encode(key, zmq_msg_data(&f[6]), 32);
-        size_t alen = zmq_msg_size(&f[3]) < sizeof addr - 1 ? zmq_msg_size(&f[3]) : sizeof addr - 1;
-        memcpy(addr, zmq_msg_data(&f[3]), alen);
-        addr[alen] = '\0';
+        snprintf(addr, sizeof addr, "%.*s", (int)zmq_msg_size(&f[3]), (char *)zmq_msg_data(&f[3]));
         if (key_allowed(z, key)) status = "200", text = "OK";
         else log_refusal(z, key, addr);
     } else {
@@ -115,7 +114,8 @@ static void zap_answer(zt_t *z, zmq_msg_t *f, int n) {
     }
     int ok = status[0] == '2';
     zmq_send(z->zap, "1.0", 3, ZMQ_SNDMORE);
-    zmq_send(z->zap, n > 1 ? zmq_msg_data(&f[1]) : "", n > 1 ? zmq_msg_size(&f[1]) : 0, ZMQ_SNDMORE);
+    zmq_send(z->zap, n > 1 ? zmq_msg_data(&f[1]) : "", n > 1 ? zmq_msg_size(&f[1]) : 0,
+             ZMQ_SNDMORE);
     zmq_send(z->zap, status, 3, ZMQ_SNDMORE);
     zmq_send(z->zap, text, strlen(text), ZMQ_SNDMORE);
     zmq_send(z->zap, ok ? key : "", ok ? strlen(key) : 0, ZMQ_SNDMORE); /* becomes User-Id */
@@ -185,7 +185,8 @@ static int client_opts(zt_t *z, const graft_zmq_opts_t *o) {
     rc |= set_int(z->sock, ZMQ_RECONNECT_IVL, o->reconnect_ivl_ms ? o->reconnect_ivl_ms : 100);
     rc |= set_int(z->sock, ZMQ_RECONNECT_IVL_MAX,
                   o->reconnect_ivl_max_ms ? o->reconnect_ivl_max_ms : 5000);
-    if (o->identity) rc |= zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, o->identity, strlen(o->identity));
+    if (o->identity)
+        rc |= zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, o->identity, strlen(o->identity));
     if (o->keypair) {
         rc |= zmq_setsockopt(z->sock, ZMQ_CURVE_SERVERKEY, o->server_key->z85, 41);
         rc |= zmq_setsockopt(z->sock, ZMQ_CURVE_PUBLICKEY, o->keypair->public_key.z85, 41);
@@ -302,7 +303,8 @@ static int zt_send(graft_transport_t *t, int peer, const void *buf, size_t len) 
 static int peer_of(zt_t *z, zmq_msg_t *id, zmq_msg_t *body) {
     size_t n = zmq_msg_size(id);
     size_t i = 0;
-    while (i < z->npeers && !(z->peers[i].idlen == n && memcmp(z->peers[i].id, zmq_msg_data(id), n) == 0))
+    while (i < z->npeers &&
+           !(z->peers[i].idlen == n && memcmp(z->peers[i].id, zmq_msg_data(id), n) == 0))
         i++;
     if (i == z->npeers) {
         if (z->npeers == z->cap) {
@@ -342,7 +344,8 @@ static int zt_recv(graft_transport_t *t, int *peer, uint8_t **buf, size_t *len, 
             *buf = graft_xmalloc(*len);
             memcpy(*buf, zmq_msg_data(body), *len);
         } else {
-            LOG_WARN("zmq: dropped a %d-frame message on %s (graft sends one frame)", n, z->endpoint);
+            LOG_WARN("zmq: dropped a %d-frame message on %s (graft sends one frame)", n,
+                     z->endpoint);
         }
         for (int i = 0; i < (n < 2 ? n : 2); i++) zmq_msg_close(&f[i]);
         if (n == want) return GRAFT_OK;
