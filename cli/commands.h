@@ -6,6 +6,9 @@
 
 int cmd_pretrain(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
 
 /* Sets OpenBLAS and OpenMP to n threads (n <= 0: all cores); returns n used. */
 int cli_set_threads(int n);

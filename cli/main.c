@@ -13,6 +13,9 @@ typedef struct {
 
 static const command_t commands[] = {
     {"pretrain", cmd_pretrain, "pretrain a trunk on a text corpus (single process)"},
+    {"train", cmd_train, "centralized multi-task PEFT training on this machine"},
+    {"eval", cmd_eval, "evaluate saved modules on each task's test split"},
+    {"inspect", cmd_inspect, "count trainable parameters per scope, task and method"},
     {"bench", cmd_bench, "benchmarks: `graft bench step` (training step throughput)"},
 };
 #define NUM_COMMANDS (sizeof commands / sizeof commands[0])

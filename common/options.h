@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#define GRAFT_OPT_STR 256
+#define GRAFT_OPT_STR 1024
 
 typedef enum { GRAFT_OPT_INT, GRAFT_OPT_FLOAT, GRAFT_OPT_STRING, GRAFT_OPT_BOOL } graft_opt_type_t;
 

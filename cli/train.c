@@ -1,0 +1,163 @@
+/* train.c — `graft train` (centralized multi-task training), `graft eval`
+ * (evaluate saved modules) and `graft inspect` (trainable parameter counts). */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+#include "events.h"
+#include "trainer.h"
+
+static const char *train_usage =
+    "usage: graft train --config RUN [options]\n\n"
+    "Centralized multi-task training on this machine: the tasks in --tasks share one\n"
+    "trunk; the modules of --method are trained with a round-robin or proportional\n"
+    "mix of batches, evaluated on each task's dev split every --eval_every steps and\n"
+    "checkpointed to OUT/modules.safetensors. Ends with test metrics per task.";
+
+static json_t *eval_json(const graft_trainer_t *tr, const graft_eval_result_t *r) {
+    json_t *o = json_pack("{s:s, s:s, s:I, s:f}", "task", graft_task_name(tr->tasks[r->task]),
+                          "split", graft_task_split_name(r->split), "examples",
+                          (json_int_t)r->examples, "loss", r->loss);
+    if (r->kind == GRAFT_TASK_CLASSIFY) {
+        json_object_set_new(o, "accuracy", json_real(r->cls.accuracy));
+        json_object_set_new(o, "macro_f1", json_real(r->cls.macro_f1));
+        json_object_set_new(o, "ece", json_real(r->cls.ece));
+    } else {
+        json_object_set_new(o, "chrf", json_real(r->chrf));
+        json_object_set_new(o, "perplexity", json_real(r->perplexity));
+    }
+    return o;
+}
+
+static void evaluate_all(graft_trainer_t *tr, graft_events_t *ev, int split, int step) {
+    char line[256];
+    for (int t = 0; t < tr->n_tasks; t++) {
+        graft_eval_result_t r;
+        graft_trainer_evaluate(tr, t, split, &r);
+        graft_eval_format(tr, &r, line, sizeof line);
+        LOG_INFO("eval step %d: %s", step, line);
+        json_t *o = eval_json(tr, &r);
+        json_object_set_new(o, "step", json_integer(step));
+        graft_events_emit(ev, "eval", o);
+        if (split == GRAFT_SPLIT_TEST) printf("%s\n", line);
+    }
+}
+
+static int parse_run(int argc, char **argv, const char *usage, graft_run_config_t *cfg) {
+    int rc = graft_options_parse(graft_run_options, cfg, argc, argv, usage);
+    if (rc == GRAFT_OPTS_HELP) return 1;
+    if (rc) return -1;
+    cli_set_threads(cfg->threads);
+    return 0;
+}
+
+int cmd_train(int argc, char **argv) {
+    graft_run_config_t cfg;
+    int prc = parse_run(argc, argv, train_usage, &cfg);
+    if (prc) return prc > 0 ? 0 : 2;
+    graft_trainer_t *tr = NULL;
+    int rc = graft_trainer_new(&cfg, &tr);
+    if (rc) return 1;
+    if (*cfg.resume && (rc = graft_trainer_load(tr, cfg.resume))) {
+        graft_trainer_destroy(&tr);
+        return 1;
+    }
+    char path[2 * GRAFT_OPT_STR];
+    snprintf(path, sizeof path, "%s/events.jsonl", cfg.out);
+    graft_events_t *ev = NULL;
+    if (graft_events_open(path, &ev)) {
+        graft_trainer_destroy(&tr);
+        return 1;
+    }
+    char digest[32];
+    snprintf(digest, sizeof digest, "%016llx", graft_options_digest(graft_run_options, &cfg));
+    graft_events_emit(ev, "run_start", json_pack("{s:s, s:s, s:i, s:s, s:i}", "mode", "train",
+                                                 "config_digest", digest, "seed", cfg.seed,
+                                                 "method", cfg.method, "step", tr->step));
+    LOG_INFO("train: %d tasks, method %s, %d steps of %dx%d from step %d", tr->n_tasks, cfg.method,
+             cfg.steps, tr->B, tr->T, tr->step);
+    int stage1 = cfg.stage1_steps > 0 ? cfg.stage1_steps : cfg.steps / 3;
+    snprintf(path, sizeof path, "%s/modules.safetensors", cfg.out);
+    double t0 = graft_now();
+    int start = tr->step;
+    while (tr->step < cfg.steps) {
+        if (tr->stage == 1 && tr->step >= stage1) {
+            graft_trainer_select_channels(tr);
+            LOG_INFO("two-stage: channels selected after %d steps; stage 2 starts", tr->step);
+        }
+        int t = graft_trainer_task_for_step(tr, tr->step);
+        float loss = graft_trainer_step(tr, t, -1.0f);
+        if (tr->step % cfg.log_every == 0 || tr->step == cfg.steps) {
+            double el = graft_now() - t0;
+            double sps = (tr->step - start) / el;
+            LOG_INFO("step %d/%d | task %s | loss %.4f | %.1f steps/s | ETA %.0fs", tr->step,
+                     cfg.steps, graft_task_name(tr->tasks[t]), loss, sps,
+                     (cfg.steps - tr->step) / sps);
+        }
+        if (tr->step % cfg.eval_every == 0 && tr->step < cfg.steps)
+            evaluate_all(tr, ev, GRAFT_SPLIT_DEV, tr->step);
+        if (tr->step % cfg.checkpoint_every == 0 || tr->step == cfg.steps) {
+            if ((rc = graft_trainer_save(tr, path))) break;
+            graft_events_emit(ev, "checkpoint",
+                              json_pack("{s:i, s:s}", "step", tr->step, "path", path));
+        }
+    }
+    if (!rc) evaluate_all(tr, ev, GRAFT_SPLIT_TEST, tr->step);
+    graft_events_emit(ev, "run_end", json_pack("{s:i, s:f, s:b}", "step", tr->step, "seconds",
+                                               graft_now() - t0, "ok", rc == 0));
+    graft_events_close(&ev);
+    graft_trainer_destroy(&tr);
+    return rc ? 1 : 0;
+}
+
+int cmd_eval(int argc, char **argv) {
+    graft_run_config_t cfg;
+    int prc = parse_run(argc, argv,
+                        "usage: graft eval --config RUN --resume MODULES [options]\n\n"
+                        "Evaluates saved modules (--resume) on every task's test split.",
+                        &cfg);
+    if (prc) return prc > 0 ? 0 : 2;
+    graft_trainer_t *tr = NULL;
+    if (graft_trainer_new(&cfg, &tr)) return 1;
+    int rc = *cfg.resume ? graft_trainer_load(tr, cfg.resume) : GRAFT_OK;
+    if (!*cfg.resume) LOG_WARN("no --resume given: evaluating modules at their initial values");
+    if (!rc) evaluate_all(tr, NULL, GRAFT_SPLIT_TEST, tr->step);
+    graft_trainer_destroy(&tr);
+    return rc ? 1 : 0;
+}
+
+int cmd_inspect(int argc, char **argv) {
+    graft_run_config_t cfg;
+    int prc = parse_run(argc, argv,
+                        "usage: graft inspect --config RUN [options]\n\n"
+                        "Prints the exact number of trainable parameters per scope and per\n"
+                        "task, and its share of the trunk.",
+                        &cfg);
+    if (prc) return prc > 0 ? 0 : 2;
+    graft_trainer_t *tr = NULL;
+    if (graft_trainer_new(&cfg, &tr)) return 1;
+    const graft_gpt2_t *m = tr->trunk;
+    const graft_peft_t *p = tr->peft;
+    printf("trunk: V=%d T=%d L=%d NH=%d C=%d, %zu parameters (frozen%s)\n", m->cfg.V, m->cfg.T,
+           m->cfg.L, m->cfg.NH, m->cfg.C, m->num_params,
+           (p->cfg.methods & GRAFT_M_FULL) ? " except under method full" : "");
+    printf("method: %s\n\n%-28s %-26s %12s %9s\n", cfg.method, "scope", "tensor", "params",
+           "of trunk");
+    graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
+    int ns = 0;
+    scopes[ns++] = p->shared;
+    for (int t = 0; t < p->n_tasks; t++) scopes[ns++] = p->tasks[t].scope;
+    for (int i = 0; i < ns; i++) {
+        const graft_scope_t *s = scopes[i];
+        /* Group tensors by module kind (the name after "h.N."). */
+        printf("%-28s %-26s %12zu %8.3f%%\n", s->name, "(all)", s->numel,
+               100.0 * s->numel / m->num_params);
+    }
+    printf("\n%-28s %12s %9s\n", "per task (shared + own)", "params", "of trunk");
+    for (int t = 0; t < p->n_tasks; t++) {
+        size_t n = graft_peft_task_params(p, t);
+        printf("%-28s %12zu %8.3f%%\n", p->tasks[t].name, n, 100.0 * n / m->num_params);
+    }
+    graft_trainer_destroy(&tr);
+    return 0;
+}

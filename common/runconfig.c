@@ -1,0 +1,95 @@
+/* runconfig.c — the run option table and the task list parser. */
+#include "runconfig.h"
+
+#include <stddef.h>
+#include <string.h>
+
+#include "graft.h"
+
+#define OFF(field) offsetof(graft_run_config_t, field)
+const graft_option_t graft_run_options[] = {
+    {"trunk", GRAFT_OPT_STRING, OFF(trunk), "", 0, -1,
+     "pretrained trunk checkpoint (safetensors); empty: random init from --preset"},
+    {"preset", GRAFT_OPT_STRING, OFF(preset), "small", 0, -1, "trunk preset when --trunk is empty"},
+    {"tasks", GRAFT_OPT_STRING, OFF(tasks), "", 0, -1,
+     "comma list of NAME:KIND:PATH task files (KIND classification or generation)"},
+    {"seq", GRAFT_OPT_INT, OFF(seq), "0", 0, 65536, "tokens per example (0: the trunk's context)"},
+    {"method", GRAFT_OPT_STRING, OFF(method), "lora", 0, -1,
+     "trained modules: full, head, lora, adapter, red, lntune, channels (comma-combined)"},
+    {"lora_targets", GRAFT_OPT_STRING, OFF(lora_targets), "all", 0, -1,
+     "projections with LoRA: qkv, attn, fc, fcproj or all"},
+    {"lora_shared_rank", GRAFT_OPT_INT, OFF(lora_shared_rank), "8", 0, 1024,
+     "rank of the shared (task-agnostic) LoRA pair; 0: none"},
+    {"lora_shared_alpha", GRAFT_OPT_FLOAT, OFF(lora_shared_alpha), "16", 0, 1e6, "shared LoRA alpha"},
+    {"lora_task_rank", GRAFT_OPT_INT, OFF(lora_task_rank), "4", 0, 1024,
+     "rank of the per-task LoRA pair; 0: none"},
+    {"lora_task_alpha", GRAFT_OPT_FLOAT, OFF(lora_task_alpha), "8", 0, 1e6, "task LoRA alpha"},
+    {"adapter_dim", GRAFT_OPT_INT, OFF(adapter_dim), "16", 1, 65536, "adapter bottleneck width"},
+    {"channels_k", GRAFT_OPT_INT, OFF(channels_k), "16", 1, 65536,
+     "channels kept per layer by Taylor importance (channels)"},
+    {"stage1_steps", GRAFT_OPT_INT, OFF(stage1_steps), "0", 0, 1e9,
+     "channels: steps of stage 1 (lntune) that also score channels; 0: a third of --steps"},
+    {"steps", GRAFT_OPT_INT, OFF(steps), "300", 1, 1e9, "optimiser steps (centralized)"},
+    {"batch", GRAFT_OPT_INT, OFF(batch), "16", 1, 4096, "examples per step"},
+    {"lr", GRAFT_OPT_FLOAT, OFF(lr), "2e-3", 0, 10, "peak learning rate"},
+    {"weight_decay", GRAFT_OPT_FLOAT, OFF(weight_decay), "0", 0, 10, "AdamW decay on matrices"},
+    {"grad_clip", GRAFT_OPT_FLOAT, OFF(grad_clip), "1.0", 0, 1e9, "global gradient-norm clip (0: off)"},
+    {"warmup", GRAFT_OPT_INT, OFF(warmup), "20", 0, 1e9, "linear warmup steps"},
+    {"mix", GRAFT_OPT_STRING, OFF(mix), "roundrobin", 0, -1,
+     "task mix: roundrobin (one batch per task in turn) or proportional (by train size)"},
+    {"eval_every", GRAFT_OPT_INT, OFF(eval_every), "100", 1, 1e9, "evaluate every N steps"},
+    {"eval_max", GRAFT_OPT_INT, OFF(eval_max), "512", 0, 1e9,
+     "at most N examples per task and evaluation (0: the whole split)"},
+    {"gen_tokens", GRAFT_OPT_INT, OFF(gen_tokens), "48", 1, 4096,
+     "greedy-decoding budget for generation metrics (chrF)"},
+    {"out", GRAFT_OPT_STRING, OFF(out), "runs/train", 0, -1,
+     "run directory: modules.safetensors checkpoint and events.jsonl"},
+    {"resume", GRAFT_OPT_STRING, OFF(resume), "", 0, -1, "resume from this modules checkpoint"},
+    {"checkpoint_every", GRAFT_OPT_INT, OFF(checkpoint_every), "100", 1, 1e9,
+     "checkpoint every N steps"},
+    {"seed", GRAFT_OPT_INT, OFF(seed), "1", 0, 2147483647, "seed for modules and batches"},
+    {"threads", GRAFT_OPT_INT, OFF(threads), "0", 0, 1024, "OpenBLAS/OpenMP threads (0: all cores)"},
+    {"log_every", GRAFT_OPT_INT, OFF(log_every), "20", 1, 1e9, "progress line every N steps"},
+    {"rounds", GRAFT_OPT_INT, OFF(rounds), "10", 1, 1e9, "federated rounds"},
+    {"local_steps", GRAFT_OPT_INT, OFF(local_steps), "10", 1, 1e9, "worker steps per round"},
+    {"min_replies", GRAFT_OPT_INT, OFF(min_replies), "1", 1, 1e6,
+     "replies needed to close a round at its deadline"},
+    {"round_timeout_ms", GRAFT_OPT_INT, OFF(round_timeout_ms), "120000", 100, 1e9,
+     "round deadline in milliseconds"},
+    {"heartbeat_ms", GRAFT_OPT_INT, OFF(heartbeat_ms), "1000", 50, 1e7,
+     "worker heartbeat interval; 5 missed = lost"},
+    {"eval_every_rounds", GRAFT_OPT_INT, OFF(eval_every_rounds), "5", 1, 1e9,
+     "evaluate every N rounds"},
+    {"checkpoint_every_rounds", GRAFT_OPT_INT, OFF(checkpoint_every_rounds), "1", 1, 1e9,
+     "checkpoint every N rounds"},
+    {"aggregate", GRAFT_OPT_STRING, OFF(aggregate), "fedavg", 0, -1,
+     "aggregation of modules: fedavg (sample-weighted mean)"},
+    GRAFT_OPT_END,
+};
+#undef OFF
+
+int graft_run_task_specs(const graft_run_config_t *cfg, graft_task_spec_t *specs, int max) {
+    char buf[GRAFT_OPT_STR];
+    snprintf(buf, sizeof buf, "%s", cfg->tasks);
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ", ", &save); tok;
+         tok = strtok_r(NULL, ", ", &save)) {
+        if (n == max) {
+            LOG_ERROR("tasks: more than %d tasks", max);
+            return GRAFT_EINVAL;
+        }
+        char *c1 = strchr(tok, ':');
+        char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c1 || !c2 || c1 == tok || c2 == c1 + 1 || !c2[1]) {
+            LOG_ERROR("tasks: '%s' is not NAME:KIND:PATH", tok);
+            return GRAFT_EINVAL;
+        }
+        *c1 = *c2 = '\0';
+        graft_task_spec_t *s = &specs[n++];
+        snprintf(s->name, sizeof s->name, "%s", tok);
+        snprintf(s->kind, sizeof s->kind, "%s", c1 + 1);
+        snprintf(s->path, sizeof s->path, "%s", c2 + 1);
+    }
+    if (n == 0) LOG_ERROR("no tasks given (--tasks NAME:KIND:PATH,...)");
+    return n ? n : GRAFT_EINVAL;
+}

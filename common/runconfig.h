@@ -1,0 +1,72 @@
+/* runconfig.h — the settings of a fine-tuning run, shared by `graft train`
+ * (centralized), `graft eval`, `graft inspect`, and the distributed commands
+ * (`graft run`, `graft coordinator`, `graft worker`, `graft mpi`). One
+ * option table (graft_run_options) drives the config file, the flags,
+ * --help and the dump at start. The struct owns all its strings.
+ */
+#ifndef GRAFT_RUNCONFIG_H
+#define GRAFT_RUNCONFIG_H
+
+#include "options.h"
+
+#define GRAFT_MAX_TASKS 16
+
+typedef struct {
+    /* model and data */
+    char trunk[GRAFT_OPT_STR];
+    char preset[GRAFT_OPT_STR];
+    char tasks[GRAFT_OPT_STR];
+    int seq;
+    /* method */
+    char method[GRAFT_OPT_STR];
+    char lora_targets[GRAFT_OPT_STR];
+    int lora_shared_rank;
+    float lora_shared_alpha;
+    int lora_task_rank;
+    float lora_task_alpha;
+    int adapter_dim;
+    int channels_k;
+    int stage1_steps;
+    /* optimisation */
+    int steps;
+    int batch;
+    float lr;
+    float weight_decay;
+    float grad_clip;
+    int warmup;
+    char mix[GRAFT_OPT_STR];
+    /* evaluation, checkpoints, logs */
+    int eval_every;
+    int eval_max;
+    int gen_tokens;
+    char out[GRAFT_OPT_STR];
+    char resume[GRAFT_OPT_STR];
+    int checkpoint_every;
+    int seed;
+    int threads;
+    int log_every;
+    /* distributed */
+    int rounds;
+    int local_steps;
+    int min_replies;
+    int round_timeout_ms;
+    int heartbeat_ms;
+    int eval_every_rounds;
+    int checkpoint_every_rounds;
+    char aggregate[GRAFT_OPT_STR];
+} graft_run_config_t;
+
+extern const graft_option_t graft_run_options[];
+
+/* One entry of the `tasks` list: NAME:KIND:PATH. */
+typedef struct {
+    char name[64];
+    char kind[32];
+    char path[GRAFT_OPT_STR];
+} graft_task_spec_t;
+
+/* Parses cfg->tasks ("name:kind:path, ...") into specs; returns the count or
+ * a negative error naming the bad entry. */
+int graft_run_task_specs(const graft_run_config_t *cfg, graft_task_spec_t *specs, int max);
+
+#endif

@@ -1,0 +1,456 @@
+/* trainer.c — multi-task training and evaluation on one machine. */
+#include "trainer.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "ops.h"
+#include "tokenizer.h"
+
+/* Decoded prompts per generation evaluation (decoding is a forward per token). */
+#define GEN_EVAL_MAX 64
+
+static int build_peft_config(const graft_run_config_t *cfg, graft_peft_config_t *pc) {
+    memset(pc, 0, sizeof *pc);
+    int rc = graft_peft_parse_methods(cfg->method, &pc->methods);
+    if (!rc) rc = graft_peft_parse_targets(cfg->lora_targets, &pc->lora_targets);
+    if (rc) return rc;
+    pc->lora_shared_rank = cfg->lora_shared_rank;
+    pc->lora_shared_alpha = cfg->lora_shared_alpha;
+    pc->lora_task_rank = cfg->lora_task_rank;
+    pc->lora_task_alpha = cfg->lora_task_alpha;
+    pc->adapter_dim = cfg->adapter_dim;
+    pc->channels_k = cfg->channels_k;
+    pc->seed = (uint64_t)cfg->seed;
+    if ((pc->methods & GRAFT_M_LORA) && pc->lora_shared_rank == 0 && pc->lora_task_rank == 0) {
+        LOG_ERROR("method lora needs --lora_shared_rank or --lora_task_rank > 0");
+        return GRAFT_EINVAL;
+    }
+    if ((pc->methods & GRAFT_M_FULL) && pc->methods != GRAFT_M_FULL &&
+        pc->methods != (GRAFT_M_FULL | GRAFT_M_HEAD)) {
+        LOG_ERROR("method full trains the whole trunk and does not combine with other modules");
+        return GRAFT_EINVAL;
+    }
+    return GRAFT_OK;
+}
+
+static int load_trunk(const graft_run_config_t *cfg, graft_gpt2_t **out) {
+    if (*cfg->trunk) return graft_gpt2_load(cfg->trunk, out);
+    graft_gpt2_config_t mc;
+    if (graft_gpt2_preset(cfg->preset, &mc)) {
+        LOG_ERROR("unknown preset '%s' (tiny, small, base)", cfg->preset);
+        return GRAFT_EINVAL;
+    }
+    LOG_WARN("no --trunk given: using a randomly initialised %s trunk", cfg->preset);
+    *out = graft_gpt2_new(&mc, (uint64_t)cfg->seed);
+    return GRAFT_OK;
+}
+
+static int load_tasks(const graft_run_config_t *cfg, graft_task_t **tasks, int *n_tasks) {
+    graft_task_spec_t specs[GRAFT_MAX_TASKS];
+    int n = graft_run_task_specs(cfg, specs, GRAFT_MAX_TASKS);
+    if (n < 0) return n;
+    for (int i = 0; i < n; i++) {
+        graft_task_kind_t kind;
+        int rc = graft_task_kind_parse(specs[i].kind, &kind);
+        if (!rc) rc = graft_task_load(specs[i].name, kind, specs[i].path, &tasks[i]);
+        if (rc) {
+            for (int j = 0; j < i; j++) graft_task_destroy(&tasks[j]);
+            return rc;
+        }
+    }
+    *n_tasks = n;
+    return GRAFT_OK;
+}
+
+int graft_trainer_new(const graft_run_config_t *cfg, graft_trainer_t **out) {
+    graft_task_t *tasks[GRAFT_MAX_TASKS];
+    int n = 0;
+    int rc = load_tasks(cfg, tasks, &n);
+    if (rc) return rc;
+    return graft_trainer_new_with_tasks(cfg, tasks, n, out);
+}
+
+int graft_trainer_new_with_tasks(const graft_run_config_t *cfg, graft_task_t **tasks,
+                                 int n_tasks, graft_trainer_t **out) {
+    graft_trainer_t *tr = graft_xcalloc(1, sizeof *tr);
+    tr->cfg = *cfg;
+    tr->n_tasks = n_tasks;
+    for (int i = 0; i < n_tasks; i++) tr->tasks[i] = tasks[i];
+    graft_peft_config_t pc;
+    int rc = build_peft_config(cfg, &pc);
+    if (!rc) rc = load_trunk(cfg, &tr->trunk);
+    if (rc) {
+        graft_trainer_destroy(&tr);
+        return rc;
+    }
+    tr->T = cfg->seq > 0 && cfg->seq < tr->trunk->cfg.T ? cfg->seq : tr->trunk->cfg.T;
+    tr->B = cfg->batch;
+    graft_peft_task_t descs[GRAFT_MAX_TASKS];
+    for (int i = 0; i < n_tasks; i++) {
+        descs[i].name = graft_task_name(tasks[i]);
+        descs[i].num_labels = graft_task_kind(tasks[i]) == GRAFT_TASK_CLASSIFY
+                                  ? graft_task_num_labels(tasks[i]) : 0;
+    }
+    tr->peft = graft_peft_new(tr->trunk, &pc, descs, n_tasks);
+    tr->opt = graft_adamw_defaults();
+    tr->opt.lr = cfg->lr;
+    tr->opt.warmup_steps = cfg->warmup;
+    tr->opt.total_steps = cfg->steps;
+    tr->opt.weight_decay = cfg->weight_decay;
+    tr->opt.grad_clip = cfg->grad_clip;
+    tr->stage = (pc.methods & GRAFT_M_CHANNELS) ? 1 : 2;
+    graft_rng_seed(&tr->rng, (uint64_t)cfg->seed, 0x7472616eu);
+    size_t BT = (size_t)tr->B * tr->T;
+    tr->inputs = graft_xmalloc(BT * sizeof(int32_t));
+    tr->targets = graft_xmalloc(BT * sizeof(int32_t));
+    tr->pos = graft_xmalloc((size_t)tr->B * sizeof(int32_t));
+    tr->labels = graft_xmalloc((size_t)tr->B * sizeof(int32_t));
+    tr->indices = graft_xmalloc((size_t)tr->B * sizeof(size_t));
+    *out = tr;
+    return GRAFT_OK;
+}
+
+void graft_trainer_destroy(graft_trainer_t **self_p) {
+    graft_trainer_t *tr = *self_p;
+    if (!tr) return;
+    graft_peft_destroy(&tr->peft);
+    graft_gpt2_destroy(&tr->trunk);
+    for (int i = 0; i < tr->n_tasks; i++) graft_task_destroy(&tr->tasks[i]);
+    free(tr->inputs);
+    free(tr->targets);
+    free(tr->pos);
+    free(tr->labels);
+    free(tr->indices);
+    free(tr);
+    *self_p = NULL;
+}
+
+int graft_trainer_task_for_step(const graft_trainer_t *tr, int step) {
+    if (strcmp(tr->cfg.mix, "proportional") != 0) return step % tr->n_tasks;
+    /* Deterministic proportional mix: the task whose share of steps so far
+     * lags its share of training examples the most (smooth weighted
+     * round-robin), computed from the step number alone. */
+    size_t total = 0;
+    for (int t = 0; t < tr->n_tasks; t++) total += graft_task_count(tr->tasks[t], GRAFT_SPLIT_TRAIN);
+    double best = -1e300;
+    int pick = 0;
+    for (int t = 0; t < tr->n_tasks; t++) {
+        double share = (double)graft_task_count(tr->tasks[t], GRAFT_SPLIT_TRAIN) / (double)total;
+        double frac = (step + 1) * share - floor(step * share);
+        if (frac > best + 1e-12) {
+            best = frac;
+            pick = t;
+        }
+    }
+    return pick;
+}
+
+/* ---- training ----------------------------------------------------------- */
+
+static float forward_backward(graft_trainer_t *tr, int t, int split, int backward) {
+    graft_task_t *task = tr->tasks[t];
+    if (graft_task_kind(task) == GRAFT_TASK_CLASSIFY) {
+        graft_task_batch(task, split, tr->indices, tr->B, tr->T, tr->inputs, NULL, tr->pos,
+                         tr->labels);
+        return graft_peft_classify(tr->peft, t, tr->inputs, tr->pos, tr->labels, tr->B, tr->T,
+                                   backward);
+    }
+    graft_task_batch(task, split, tr->indices, tr->B, tr->T, tr->inputs, tr->targets, NULL, NULL);
+    return graft_peft_lm(tr->peft, t, tr->inputs, tr->targets, tr->B, tr->T, backward);
+}
+
+float graft_trainer_step(graft_trainer_t *tr, int t, float lr) {
+    graft_peft_t *p = tr->peft;
+    graft_task_sample_indices(tr->tasks[t], GRAFT_SPLIT_TRAIN, &tr->rng, tr->B, tr->indices);
+    graft_peft_zero_grad(p, t);
+    float loss = forward_backward(tr, t, GRAFT_SPLIT_TRAIN, 1);
+    graft_peft_task_modules_t *tm = &p->tasks[t];
+    if (tr->stage == 1 && tm->ch_w >= 0) {
+        /* Stage 1 scores channels; their deltas are not trained yet. */
+        graft_peft_accumulate_channel_scores(p, t);
+        memset(graft_scope_grad(tm->scope, tm->ch_w), 0,
+               tm->scope->tensors[tm->ch_w].numel * sizeof(float));
+        memset(graft_scope_grad(tm->scope, tm->ch_b), 0,
+               tm->scope->tensors[tm->ch_b].numel * sizeof(float));
+    }
+    graft_scope_t *scopes[2];
+    int n = graft_peft_scopes(p, t, scopes);
+    double sumsq = 0.0;
+    for (int i = 0; i < n; i++) graft_scope_grad_sumsq(scopes[i], &sumsq);
+    float scale = graft_clip_scale(&tr->opt, sumsq);
+    if (lr < 0) lr = graft_lr_at(&tr->opt, tr->step);
+    for (int i = 0; i < n; i++) graft_scope_adamw(scopes[i], &tr->opt, lr, scale);
+    tr->step++;
+    return loss;
+}
+
+void graft_trainer_select_channels(graft_trainer_t *tr) {
+    for (int t = 0; t < tr->n_tasks; t++)
+        if (tr->peft->tasks[t].ch_w >= 0) graft_peft_select_channels(tr->peft, t);
+    tr->stage = 2;
+}
+
+/* ---- evaluation --------------------------------------------------------- */
+
+/* Greedy decoding of rows [0,B) from their prompts; writes each row's
+ * generated bytes (up to EOS) into out[b] (cap bytes). */
+static void greedy_decode(graft_trainer_t *tr, int B, int32_t *tokens, int32_t *cur, char **out,
+                          size_t cap) {
+    graft_gpt2_t *m = tr->trunk;
+    int T = tr->T, C = m->cfg.C, V = m->cfg.V;
+    float *logits = graft_xmalloc((size_t)V * sizeof(float));
+    int32_t *gen = graft_xmalloc((size_t)tr->cfg.gen_tokens * sizeof(int32_t));
+    int *done = graft_xcalloc((size_t)B, sizeof(int));
+    size_t *len = graft_xcalloc((size_t)B, sizeof(size_t));
+    for (int s = 0; s < tr->cfg.gen_tokens; s++) {
+        int active = 0;
+        for (int b = 0; b < B; b++) active += !done[b];
+        if (!active) break;
+        graft_gpt2_forward(m, tokens, NULL, B, T);
+        for (int b = 0; b < B; b++) {
+            if (done[b]) continue;
+            const float *h = m->acts.lnf + ((size_t)b * T + cur[b] - 1) * C;
+            lmhead_forward(logits, h, m->params.wte, 1, C, V);
+            int best = GRAFT_TOK_EOS;
+            for (int v = 0; v < 256; v++)
+                if (logits[v] > logits[best]) best = v;
+            if (best == GRAFT_TOK_EOS || cur[b] >= T) {
+                done[b] = 1;
+                continue;
+            }
+            tokens[(size_t)b * T + cur[b]++] = best;
+            if (len[b] + 1 < cap) out[b][len[b]++] = (char)best;
+            if (cur[b] >= T) done[b] = 1;
+        }
+    }
+    for (int b = 0; b < B; b++) out[b][len[b]] = '\0';
+    free(logits);
+    free(gen);
+    free(done);
+    free(len);
+}
+
+static void evaluate_generation(graft_trainer_t *tr, int t, int split, size_t n,
+                                graft_eval_result_t *res) {
+    graft_task_t *task = tr->tasks[t];
+    graft_lm_metrics_t lm;
+    graft_lm_metrics_init(&lm);
+    for (size_t i = 0; i < n; i += (size_t)tr->B) {
+        for (int b = 0; b < tr->B; b++) tr->indices[b] = (i + (size_t)b) % n;
+        int rows = (size_t)tr->B < n - i ? tr->B : (int)(n - i);
+        float loss = forward_backward(tr, t, split, 0);
+        /* Rows past the end repeat earlier examples; count only the real ones
+         * by re-weighting with their share of target tokens. */
+        int64_t count = 0, real = 0;
+        for (int b = 0; b < tr->B; b++)
+            for (int j = 0; j < tr->T; j++)
+                if (tr->targets[(size_t)b * tr->T + j] >= 0) {
+                    count++;
+                    real += b < rows;
+                }
+        if (count > 0) graft_lm_metrics_add(&lm, loss, real);
+    }
+    res->loss = graft_lm_metrics_loss(&lm);
+    res->perplexity = graft_lm_metrics_perplexity(&lm);
+
+    graft_chrf_t chrf;
+    graft_chrf_init(&chrf);
+    size_t n_dec = n < GEN_EVAL_MAX ? n : GEN_EVAL_MAX;
+    int room = tr->cfg.gen_tokens < tr->T - 3 ? tr->cfg.gen_tokens : tr->T - 3;
+    char **outs = graft_xmalloc((size_t)tr->B * sizeof(char *));
+    for (int b = 0; b < tr->B; b++) outs[b] = graft_xmalloc(4096);
+    for (size_t i = 0; i < n_dec; i += (size_t)tr->B) {
+        int rows = (size_t)tr->B < n_dec - i ? tr->B : (int)(n_dec - i);
+        for (int b = 0; b < tr->B; b++)
+            graft_task_encode_prompt(task, split, (i + (size_t)(b < rows ? b : 0)), tr->T, room,
+                                     tr->inputs + (size_t)b * tr->T, &tr->pos[b]);
+        greedy_decode(tr, tr->B, tr->inputs, tr->pos, outs, 4096);
+        for (int b = 0; b < rows; b++) {
+            const graft_example_t *ex = graft_task_example(task, split, i + (size_t)b);
+            graft_chrf_add(&chrf, outs[b], strlen(outs[b]), ex->label, ex->label_len);
+        }
+    }
+    for (int b = 0; b < tr->B; b++) free(outs[b]);
+    free(outs);
+    res->chrf = graft_chrf_score(&chrf);
+}
+
+static void evaluate_classification(graft_trainer_t *tr, int t, int split, size_t n,
+                                    graft_eval_result_t *res) {
+    int K = graft_task_num_labels(tr->tasks[t]);
+    graft_cls_metrics_t cm;
+    graft_cls_metrics_init(&cm, K);
+    double loss_sum = 0.0;
+    for (size_t i = 0; i < n; i += (size_t)tr->B) {
+        for (int b = 0; b < tr->B; b++) tr->indices[b] = (i + (size_t)b) % n;
+        int rows = (size_t)tr->B < n - i ? tr->B : (int)(n - i);
+        forward_backward(tr, t, split, 0);
+        for (int b = 0; b < rows; b++) {
+            const float *probs = tr->peft->head_probs + (size_t)b * K;
+            graft_cls_metrics_add(&cm, probs, tr->labels[b]);
+            loss_sum += -log(fmax(probs[tr->labels[b]], 1e-30));
+        }
+    }
+    graft_cls_metrics_finish(&cm, &res->cls);
+    res->loss = n ? loss_sum / (double)n : 0.0;
+    graft_cls_metrics_free(&cm);
+}
+
+void graft_trainer_evaluate(graft_trainer_t *tr, int t, int split, graft_eval_result_t *res) {
+    memset(res, 0, sizeof *res);
+    graft_task_t *task = tr->tasks[t];
+    size_t n = graft_task_count(task, split);
+    if (tr->cfg.eval_max > 0 && n > (size_t)tr->cfg.eval_max) n = (size_t)tr->cfg.eval_max;
+    res->task = t;
+    res->split = split;
+    res->examples = (int64_t)n;
+    res->kind = graft_task_kind(task);
+    if (n == 0) return;
+    if (res->kind == GRAFT_TASK_CLASSIFY)
+        evaluate_classification(tr, t, split, n, res);
+    else
+        evaluate_generation(tr, t, split, n, res);
+}
+
+void graft_eval_format(const graft_trainer_t *tr, const graft_eval_result_t *r, char *buf,
+                       size_t n) {
+    const char *name = graft_task_name(tr->tasks[r->task]);
+    if (r->kind == GRAFT_TASK_CLASSIFY)
+        snprintf(buf, n, "%-20s %-5s n=%-5lld acc %.4f  macro-F1 %.4f  ECE %.4f  loss %.4f",
+                 name, graft_task_split_name(r->split), (long long)r->examples, r->cls.accuracy,
+                 r->cls.macro_f1, r->cls.ece, r->loss);
+    else
+        snprintf(buf, n, "%-20s %-5s n=%-5lld chrF %.2f  loss %.4f  ppl %.2f", name,
+                 graft_task_split_name(r->split), (long long)r->examples, r->chrf, r->loss,
+                 r->perplexity);
+}
+
+/* ---- checkpoints -------------------------------------------------------- */
+
+/* All scopes of the run: shared first, then each task's. */
+static int all_scopes(const graft_trainer_t *tr, graft_scope_t **out) {
+    int n = 0;
+    out[n++] = tr->peft->shared;
+    for (int t = 0; t < tr->n_tasks; t++) out[n++] = tr->peft->tasks[t].scope;
+    return n;
+}
+
+int graft_trainer_save(graft_trainer_t *tr, const char *path) {
+    graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
+    int ns = all_scopes(tr, scopes);
+    int total = 0;
+    for (int i = 0; i < ns; i++) total += scopes[i]->n_tensors + 2;
+    total += tr->n_tasks; /* channel indices */
+    graft_st_tensor_t *ts = graft_xcalloc((size_t)total, sizeof *ts);
+    char *names = graft_xcalloc((size_t)total, 2 * GRAFT_SCOPE_NAME);
+    float **tmp = graft_xcalloc((size_t)tr->n_tasks, sizeof(float *));
+    int k = 0;
+    for (int i = 0; i < ns; i++) {
+        graft_scope_t *s = scopes[i];
+        if (s->numel == 0) continue;
+        k += graft_scope_st_entries(s, ts + k, names + (size_t)k * 2 * GRAFT_SCOPE_NAME);
+        for (int j = 0; j < 2; j++) {
+            char *nm = names + (size_t)k * 2 * GRAFT_SCOPE_NAME;
+            snprintf(nm, 2 * GRAFT_SCOPE_NAME, "optimizer.%s.%s", s->name, j ? "v" : "m");
+            ts[k] = (graft_st_tensor_t){.name = nm, .ndim = 1, .shape = {(int64_t)s->numel},
+                                        .data = s->state + (size_t)j * s->numel};
+            k++;
+        }
+    }
+    int L = tr->trunk->cfg.L, kc = tr->cfg.channels_k;
+    for (int t = 0; t < tr->n_tasks; t++) {
+        const graft_peft_task_modules_t *tm = &tr->peft->tasks[t];
+        if (!tm->channels) continue;
+        tmp[t] = graft_xmalloc((size_t)L * kc * sizeof(float));
+        for (int i = 0; i < L * kc; i++) tmp[t][i] = (float)tm->channels[i];
+        char *nm = names + (size_t)k * 2 * GRAFT_SCOPE_NAME;
+        snprintf(nm, 2 * GRAFT_SCOPE_NAME, "%s.channels.index", tm->scope->name);
+        ts[k++] = (graft_st_tensor_t){.name = nm, .ndim = 2, .shape = {L, kc}, .data = tmp[t]};
+    }
+    char step[32], stage[32], rs[32], ri[32], sstep[32];
+    snprintf(step, sizeof step, "%d", tr->step);
+    snprintf(stage, sizeof stage, "%d", tr->stage);
+    snprintf(rs, sizeof rs, "%llu", (unsigned long long)tr->rng.state);
+    snprintf(ri, sizeof ri, "%llu", (unsigned long long)tr->rng.inc);
+    snprintf(sstep, sizeof sstep, "%d", scopes[0]->step);
+    const char *keys[] = {"train.step", "train.stage", "train.rng_state", "train.rng_inc",
+                          "train.method", "format"};
+    const char *vals[] = {step, stage, rs, ri, tr->cfg.method, "graft-modules"};
+    int rc = graft_mkdirs_for(path);
+    if (!rc) rc = graft_st_write(path, ts, k, keys, vals, 6);
+    for (int t = 0; t < tr->n_tasks; t++) free(tmp[t]);
+    free(tmp);
+    free(names);
+    free(ts);
+    return rc;
+}
+
+static int meta_u64(const graft_st_file_t *f, const char *key, unsigned long long *out) {
+    const char *v = graft_st_meta(f, key);
+    char *end;
+    if (v && *v) {
+        *out = strtoull(v, &end, 10);
+        if (!*end) return GRAFT_OK;
+    }
+    LOG_ERROR("%s: metadata '%s' missing or not a number", graft_st_path(f), key);
+    return GRAFT_EFORMAT;
+}
+
+int graft_trainer_load(graft_trainer_t *tr, const char *path) {
+    graft_st_file_t *f = NULL;
+    int rc = graft_st_open(path, &f);
+    if (rc) return rc;
+    const char *method = graft_st_meta(f, "train.method");
+    if (!method || strcmp(method, tr->cfg.method) != 0) {
+        LOG_ERROR("%s: modules were trained with method '%s', this run uses '%s'", path,
+                  method ? method : "?", tr->cfg.method);
+        graft_st_close(&f);
+        return GRAFT_EFORMAT;
+    }
+    graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
+    int ns = all_scopes(tr, scopes);
+    char nm[2 * GRAFT_SCOPE_NAME];
+    for (int i = 0; i < ns && !rc; i++) {
+        graft_scope_t *s = scopes[i];
+        if (s->numel == 0) continue;
+        rc = graft_scope_st_read(s, f);
+        int64_t n = (int64_t)s->numel;
+        for (int j = 0; j < 2 && !rc; j++) {
+            snprintf(nm, sizeof nm, "optimizer.%s.%s", s->name, j ? "v" : "m");
+            if (graft_st_has(f, nm)) rc = graft_st_read(f, nm, &n, 1, s->state + (size_t)j * n);
+        }
+    }
+    int L = tr->trunk->cfg.L, kc = tr->cfg.channels_k;
+    float *idx = graft_xmalloc((size_t)L * kc * sizeof(float));
+    for (int t = 0; t < tr->n_tasks && !rc; t++) {
+        graft_peft_task_modules_t *tm = &tr->peft->tasks[t];
+        if (!tm->channels) continue;
+        snprintf(nm, sizeof nm, "%s.channels.index", tm->scope->name);
+        int64_t shape[2] = {L, kc};
+        rc = graft_st_read(f, nm, shape, 2, idx);
+        for (int i = 0; i < L * kc && !rc; i++) tm->channels[i] = (int32_t)idx[i];
+    }
+    free(idx);
+    unsigned long long step = 0, stage = 2, rs = 0, ri = 0;
+    if (!rc) rc = meta_u64(f, "train.step", &step);
+    if (!rc) rc = meta_u64(f, "train.stage", &stage);
+    if (!rc) rc = meta_u64(f, "train.rng_state", &rs);
+    if (!rc) rc = meta_u64(f, "train.rng_inc", &ri);
+    if (!rc) {
+        tr->step = (int)step;
+        tr->stage = (int)stage;
+        tr->rng.state = rs;
+        tr->rng.inc = ri;
+        /* Scope step counters drive AdamW bias correction: each scope was
+         * stepped once per step of its tasks; recount them. */
+        for (int i = 0; i < ns; i++) scopes[i]->step = 0;
+        for (int s = 0; s < tr->step; s++) {
+            int t = graft_trainer_task_for_step(tr, s);
+            tr->peft->shared->step++;
+            tr->peft->tasks[t].scope->step++;
+        }
+    }
+    graft_st_close(&f);
+    return rc;
+}

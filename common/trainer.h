@@ -1,0 +1,76 @@
+/* trainer.h — multi-task training on one machine: a trunk, the PEFT modules
+ * of a run (peft.h) and its tasks (task.h). `graft train` drives it for a
+ * centralized run; a worker drives the same steps on its shards for a
+ * federated round; `graft eval` uses its evaluation.
+ *
+ * Ownership: graft_trainer_new() returns an owned trainer that owns the
+ * trunk, the modules, the tasks and every buffer; graft_trainer_destroy()
+ * frees all of it. The config is copied.
+ */
+#ifndef GRAFT_TRAINER_H
+#define GRAFT_TRAINER_H
+
+#include "adamw.h"
+#include "metrics.h"
+#include "peft.h"
+#include "runconfig.h"
+#include "task.h"
+
+typedef struct {
+    int task;
+    int split;
+    int64_t examples;
+    graft_task_kind_t kind;
+    graft_cls_result_t cls; /* classification */
+    double loss;            /* mean loss (classification: cross-entropy; generation: target tokens) */
+    double perplexity;      /* generation */
+    double chrf;            /* generation, 0..100 */
+} graft_eval_result_t;
+
+typedef struct graft_trainer {
+    graft_run_config_t cfg;
+    graft_gpt2_t *trunk;
+    graft_peft_t *peft;
+    int n_tasks;
+    graft_task_t *tasks[GRAFT_MAX_TASKS];
+    graft_adamw_config_t opt;
+    graft_rng_t rng;
+    int step;     /* optimiser steps taken */
+    int stage;    /* two-stage channels: 1 while scoring, 2 after selection */
+    int B, T;
+    int32_t *inputs, *targets, *pos, *labels;
+    size_t *indices;
+} graft_trainer_t;
+
+/* Loads the trunk (or builds it from the preset) and the tasks, and
+ * attaches the modules the method asks for. */
+int graft_trainer_new(const graft_run_config_t *cfg, graft_trainer_t **out);
+/* Same, with tasks that the caller already loaded (ownership passes). */
+int graft_trainer_new_with_tasks(const graft_run_config_t *cfg, graft_task_t **tasks,
+                                 int n_tasks, graft_trainer_t **out);
+void graft_trainer_destroy(graft_trainer_t **self_p);
+
+/* The task of global step s under the configured mix. */
+int graft_trainer_task_for_step(const graft_trainer_t *tr, int step);
+
+/* One optimiser step on a fresh batch of task t's training split; returns
+ * the batch loss. lr < 0: the schedule's value for the current step. */
+float graft_trainer_step(graft_trainer_t *tr, int t, float lr);
+
+/* Evaluates task t on split (GRAFT_SPLIT_DEV/TEST) over at most
+ * cfg.eval_max examples. */
+void graft_trainer_evaluate(graft_trainer_t *tr, int t, int split, graft_eval_result_t *res);
+
+/* Ends stage 1 of the two-stage method: picks channels from the scores. */
+void graft_trainer_select_channels(graft_trainer_t *tr);
+
+/* Checkpoints every scope (and the trainer's progress) into one
+ * safetensors file, atomically; reading restores them exactly. */
+int graft_trainer_save(graft_trainer_t *tr, const char *path);
+int graft_trainer_load(graft_trainer_t *tr, const char *path);
+
+/* One-line human summary of an evaluation. */
+void graft_eval_format(const graft_trainer_t *tr, const graft_eval_result_t *r, char *buf,
+                       size_t n);
+
+#endif
