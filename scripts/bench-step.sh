@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Training-step throughput of graft next to PyTorch on the same model and
+# work: `graft bench step` and scripts/bench_torch.py (the reference trunk in
+# tests/pytorch/gpt2_ref.py), one after the other so they do not share cores,
+# both with batch 16 of random tokens, forward + backward + clip + AdamW.
+# Prints both programs' output, then as the last line
+#   graft_tokens_per_s=<N> pytorch_tokens_per_s=<N> ratio=<graft/pytorch>
+# Usage: scripts/bench-step.sh [--preset tiny|small|base] [--method full]
+#                              [--threads N] [--steps N]
+# Defaults: --preset small --method full --threads 2 --steps 10. Needs
+# build/graft (cmake --build build) and Debian's python3-torch.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PRESET=small
+METHOD=full
+THREADS=2
+STEPS=10
+BATCH=16
+PYTHON=/usr/bin/python3 # Debian's interpreter: python3-torch lives there
+
+die() { echo "bench-step: error: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --preset|--method|--threads|--steps)
+      [ $# -ge 2 ] || die "$1 needs a value"
+      case "$1" in
+        --preset) PRESET="$2" ;;
+        --method) METHOD="$2" ;;
+        --threads) THREADS="$2" ;;
+        --steps) STEPS="$2" ;;
+      esac
+      shift 2 ;;
+    -h|--help) sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+done
+[[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer, not '$THREADS'"
+[[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || die "--steps must be a positive integer, not '$STEPS'"
+
+GRAFT="$ROOT/build/graft"
+[ -x "$GRAFT" ] || die "$GRAFT not found: build it first (cmake -S . -B build && cmake --build build)"
+"$PYTHON" -c 'import torch' 2>/dev/null ||
+  die "$PYTHON cannot import torch: install python3-torch (scripts/install-deps.sh)"
+
+# The value of key=... on the last line that has it.
+field() { grep -o "$1=[0-9.]*" | tail -n 1 | cut -d= -f2; }
+
+echo "== graft"
+graft_out="$("$GRAFT" bench step --preset "$PRESET" --method "$METHOD" --threads "$THREADS" \
+  --batch "$BATCH" --steps "$STEPS")" || die "graft bench step failed"
+echo "$graft_out"
+graft_tps="$(echo "$graft_out" | field tokens_per_s)"
+[ -n "$graft_tps" ] || die "no tokens_per_s in graft's output"
+
+echo "== pytorch"
+torch_out="$(OMP_NUM_THREADS="$THREADS" "$PYTHON" "$ROOT/scripts/bench_torch.py" \
+  --preset "$PRESET" --method "$METHOD" --threads "$THREADS" --batch "$BATCH" \
+  --steps "$STEPS")" || die "the PyTorch benchmark failed (see above)"
+echo "$torch_out"
+torch_tps="$(echo "$torch_out" | field tokens_per_s)"
+[ -n "$torch_tps" ] || die "no tokens_per_s in the PyTorch benchmark's output"
+
+ratio="$(awk -v a="$graft_tps" -v b="$torch_tps" 'BEGIN { printf "%.3f", a / b }')"
+echo "graft_tokens_per_s=$graft_tps pytorch_tokens_per_s=$torch_tps ratio=$ratio"

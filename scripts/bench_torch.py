@@ -1,0 +1,81 @@
+#!/usr/bin/python3
+"""bench_torch.py — the PyTorch side of scripts/bench-step.sh: training-step
+throughput of the same GPT-2 trunk (tests/pytorch/gpt2_ref.py) that
+`graft bench step` times, on the same kind of work:
+
+  preset config (tiny, small, base as graft_gpt2_preset), batch of random
+  byte tokens (targets = inputs shifted by one), forward + backward + global
+  gradient-norm clip (1.0) + AdamW with graft_adamw_defaults (lr 3e-4,
+  betas 0.9/0.999, eps 1e-8, no weight decay), fp32, torch.set_num_threads(N);
+  untimed warm-up steps, then timed steps.
+
+Prints a line of settings, then `tokens_per_s=<N>` as the last line.
+
+Usage: /usr/bin/python3 scripts/bench_torch.py [--preset small] [--method full]
+       [--threads 2] [--batch 16] [--warmup 3] [--steps 10] [--seed 1]
+Methods: full. Others (lora) exit with status 2 and a message; see
+gpt2_ref.prepare_method for where LoRA goes.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "pytorch"))
+
+import torch  # noqa: E402
+
+import gpt2_ref  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="small", choices=sorted(gpt2_ref.PRESETS))
+    ap.add_argument("--method", default="full")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    if args.threads < 1 or args.batch < 1 or args.steps < 1 or args.warmup < 0:
+        ap.error("--threads, --batch and --steps must be >= 1, --warmup >= 0")
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = gpt2_ref.PRESETS[args.preset]
+    model = gpt2_ref.GPT2(**cfg).init_weights(args.seed)
+    try:
+        trainable = gpt2_ref.prepare_method(model, args.method)
+    except ValueError as e:
+        print(f"bench_torch.py: {e}", file=sys.stderr)
+        return 2
+    d = gpt2_ref.adamw_defaults()
+    opt = gpt2_ref.make_adamw(trainable, d["lr"], d["beta1"], d["beta2"], d["eps"],
+                              d["weight_decay"])
+
+    B, T = args.batch, cfg["T"]
+    g = torch.Generator().manual_seed(args.seed)
+    tokens = torch.randint(0, 256, (B * T + 1,), generator=g)
+    inputs, targets = tokens[:-1].view(B, T), tokens[1:].view(B, T)
+
+    for _ in range(args.warmup):
+        gpt2_ref.train_step(model, opt, inputs, targets, d["grad_clip"])
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        gpt2_ref.train_step(model, opt, inputs, targets, d["grad_clip"])
+    elapsed = time.perf_counter() - t0
+
+    tps = args.steps * B * T / elapsed
+    nparams = sum(p.numel() for p in model.parameters())
+    print(f"preset={args.preset} method={args.method} threads={torch.get_num_threads()} "
+          f"batch={B} seq={T} params={nparams} step_ms={1e3 * elapsed / args.steps:.1f} "
+          f"torch={torch.__version__}")
+    print(f"tokens_per_s={tps:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
