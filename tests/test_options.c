@@ -1,0 +1,404 @@
+/* test_options.c — the option table (common/options.c): defaults, config
+ * files (`name = value`, comments, blank lines, whitespace), command-line
+ * flags overriding the file, --name=value and bare boolean flags, and the
+ * refusals (out of range, malformed numbers, unknown options, bad config
+ * lines, over-long strings) with a negative code and an error that names
+ * where the problem is; a dump of the settings re-loads to the same digest.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "graft.h"
+#include "options.h"
+
+typedef struct {
+    int steps;   /* bounded */
+    float lr;    /* bounded */
+    char name[GRAFT_OPT_STR];
+    int verbose; /* boolean */
+    int seed;    /* unbounded */
+    float scale; /* unbounded */
+} settings_t;
+
+static const graft_option_t table[] = {
+    {"steps", GRAFT_OPT_INT, offsetof(settings_t, steps), "10", 1, 100, "training steps"},
+    {"lr", GRAFT_OPT_FLOAT, offsetof(settings_t, lr), "0.001", 0, 1, "learning rate"},
+    {"name", GRAFT_OPT_STRING, offsetof(settings_t, name), "run", 1, 0, "run name"},
+    {"verbose", GRAFT_OPT_BOOL, offsetof(settings_t, verbose), "false", 1, 0, "chatty logs"},
+    {"seed", GRAFT_OPT_INT, offsetof(settings_t, seed), "1234", 1, 0, "random seed"},
+    {"scale", GRAFT_OPT_FLOAT, offsetof(settings_t, scale), "0.5", 1, 0, "a factor"},
+    GRAFT_OPT_END,
+};
+
+#define USAGE "usage: test [options]\nA test program."
+#define PATH_LEN 512
+
+static char g_dir[64];
+
+static int group_setup(void **state) {
+    (void)state;
+    snprintf(g_dir, sizeof g_dir, "/tmp/graft_test_options_XXXXXX");
+    return mkdtemp(g_dir) ? 0 : -1;
+}
+
+static const char *const g_files[] = {"good.conf", "bad.conf", "dump.conf", "long.conf",
+                                      "stderr.log"};
+
+static int group_teardown(void **state) {
+    (void)state;
+    char path[PATH_LEN];
+    for (size_t i = 0; i < sizeof g_files / sizeof g_files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", g_dir, g_files[i]);
+        unlink(path);
+    }
+    return rmdir(g_dir);
+}
+
+static const char *tmp_path(char *buf, const char *name) {
+    snprintf(buf, PATH_LEN, "%s/%s", g_dir, name);
+    return buf;
+}
+
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fputs(text, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* Runs the parser on a NULL-terminated list of arguments (after argv[0]). */
+static int parse(settings_t *s, const char *const *args) {
+    char *argv[32] = {(char *)"test"};
+    int argc = 1;
+    while (args[argc - 1]) {
+        assert_true(argc < 32);
+        argv[argc] = (char *)args[argc - 1];
+        argc++;
+    }
+    memset(s, 0xA5, sizeof *s); /* every field must be set by the parser */
+    return graft_options_parse(table, s, argc, argv, USAGE);
+}
+#define PARSE(s, ...) parse((s), (const char *const[]){__VA_ARGS__, NULL})
+
+/* stderr capture, to check that errors say where the problem is */
+static int g_saved_stderr = -1;
+
+static void capture_begin(void) {
+    char path[PATH_LEN];
+    fflush(stderr);
+    g_saved_stderr = dup(2);
+    int fd = open(tmp_path(path, "stderr.log"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    assert_true(fd >= 0 && g_saved_stderr >= 0);
+    dup2(fd, 2);
+    close(fd);
+}
+
+/* Restores stderr and checks the captured text contains needle. */
+static void capture_end_expect(const char *needle) {
+    char path[PATH_LEN], text[4096] = {0};
+    fflush(stderr);
+    dup2(g_saved_stderr, 2);
+    close(g_saved_stderr);
+    FILE *f = fopen(tmp_path(path, "stderr.log"), "r");
+    assert_non_null(f);
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    fputs(text, stderr); /* keep the message visible in the test log */
+    if (!strstr(text, needle)) fail_msg("expected '%s' in the error log, got: %s", needle, text);
+}
+
+static void assert_defaults(const settings_t *s) {
+    assert_int_equal(s->steps, 10);
+    assert_true(s->lr == 0.001f);
+    assert_string_equal(s->name, "run");
+    assert_int_equal(s->verbose, 0);
+    assert_int_equal(s->seed, 1234);
+    assert_true(s->scale == 0.5f);
+}
+
+/* ---- accepted input ----------------------------------------------------- */
+
+static void test_defaults(void **state) {
+    (void)state;
+    settings_t s;
+    assert_int_equal(parse(&s, (const char *const[]){NULL}), GRAFT_OPTS_OK);
+    assert_defaults(&s);
+}
+
+static const char good_conf[] = "# a comment line\n"
+                                "\n"
+                                "steps = 42\n"
+                                "   \t\n"
+                                "  lr=0.25   # a trailing comment\n"
+                                "name =   my run  \n"
+                                "\tverbose\t=\tyes\n"
+                                "seed = -7\n";
+
+static void assert_good_conf(const settings_t *s) {
+    assert_int_equal(s->steps, 42);
+    assert_true(s->lr == 0.25f);
+    assert_string_equal(s->name, "my run");
+    assert_int_equal(s->verbose, 1);
+    assert_int_equal(s->seed, -7);
+    assert_true(s->scale == 0.5f); /* not in the file: the default */
+}
+
+static void test_config_file(void **state) {
+    (void)state;
+    char path[PATH_LEN];
+    write_text(tmp_path(path, "good.conf"), good_conf);
+    settings_t s;
+    assert_int_equal(PARSE(&s, "--config", path), GRAFT_OPTS_OK);
+    assert_good_conf(&s);
+    char flag[PATH_LEN + 16];
+    snprintf(flag, sizeof flag, "--config=%s", path);
+    assert_int_equal(PARSE(&s, flag), GRAFT_OPTS_OK);
+    assert_good_conf(&s);
+    /* and directly, on top of what is there */
+    assert_int_equal(PARSE(&s, "--scale", "2"), GRAFT_OPTS_OK);
+    assert_int_equal(graft_options_load_file(table, &s, path), GRAFT_OK);
+    assert_int_equal(s.steps, 42);
+    assert_true(s.scale == 2.0f);
+}
+
+static void test_flags_override_file(void **state) {
+    (void)state;
+    char path[PATH_LEN];
+    write_text(tmp_path(path, "good.conf"), good_conf);
+    settings_t s;
+    /* the file applies first wherever --config stands */
+    assert_int_equal(PARSE(&s, "--steps", "7", "--config", path, "--name=cli"), GRAFT_OPTS_OK);
+    assert_int_equal(s.steps, 7);
+    assert_string_equal(s.name, "cli");
+    assert_true(s.lr == 0.25f); /* from the file */
+    assert_int_equal(PARSE(&s, "--config", path, "--verbose=no", "--lr", "0.5"), GRAFT_OPTS_OK);
+    assert_int_equal(s.verbose, 0);
+    assert_true(s.lr == 0.5f);
+    assert_int_equal(s.steps, 42);
+    /* a later flag wins over an earlier one */
+    assert_int_equal(PARSE(&s, "--steps", "3", "--steps=4"), GRAFT_OPTS_OK);
+    assert_int_equal(s.steps, 4);
+}
+
+static void test_equals_form_and_bools(void **state) {
+    (void)state;
+    settings_t s;
+    assert_int_equal(PARSE(&s, "--steps=9", "--lr=0.125", "--name=a=b", "--seed=-1"),
+                     GRAFT_OPTS_OK);
+    assert_int_equal(s.steps, 9);
+    assert_true(s.lr == 0.125f);
+    assert_string_equal(s.name, "a=b"); /* split at the first '=' */
+    assert_int_equal(s.seed, -1);
+    assert_int_equal(PARSE(&s, "--name="), GRAFT_OPTS_OK); /* an empty string is a string */
+    assert_string_equal(s.name, "");
+
+    assert_int_equal(PARSE(&s, "--verbose"), GRAFT_OPTS_OK); /* bare, last */
+    assert_int_equal(s.verbose, 1);
+    assert_int_equal(PARSE(&s, "--verbose", "--steps", "3"), GRAFT_OPTS_OK); /* bare, then more */
+    assert_int_equal(s.verbose, 1);
+    assert_int_equal(s.steps, 3);
+    assert_int_equal(PARSE(&s, "--verbose", "false"), GRAFT_OPTS_OK);
+    assert_int_equal(s.verbose, 0);
+    static const char *const yes[] = {"1", "true", "yes", "on"};
+    static const char *const no[] = {"0", "false", "no", "off"};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(PARSE(&s, "--verbose", yes[i]), GRAFT_OPTS_OK);
+        assert_int_equal(s.verbose, 1);
+        assert_int_equal(PARSE(&s, "--verbose", no[i]), GRAFT_OPTS_OK);
+        assert_int_equal(s.verbose, 0);
+    }
+    assert_true(PARSE(&s, "--verbose=maybe") < 0);
+    assert_true(PARSE(&s, "--verbose", "2") < 0);
+    /* non-boolean options never go bare */
+    assert_true(PARSE(&s, "--steps") < 0);
+    assert_true(PARSE(&s, "--steps", "--verbose") < 0);
+}
+
+static void test_help(void **state) {
+    (void)state;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    graft_options_usage(f, table, USAGE);
+    fclose(f);
+    assert_non_null(strstr(text, "usage: test [options]"));
+    assert_non_null(strstr(text, "--steps N"));
+    assert_non_null(strstr(text, "training steps (default: 10; range 1..100)"));
+    assert_non_null(strstr(text, "--verbose [BOOL]"));
+    assert_non_null(strstr(text, "--config FILE"));
+    free(text);
+    /* --help stops parsing with its own outcome (usage on stdout) */
+    settings_t s;
+    assert_int_equal(PARSE(&s, "--steps", "5", "--help"), GRAFT_OPTS_HELP);
+}
+
+/* ---- refused input ------------------------------------------------------ */
+
+static void test_numbers_refused(void **state) {
+    (void)state;
+    settings_t s;
+    /* bounds are inclusive */
+    assert_int_equal(PARSE(&s, "--steps", "1", "--lr", "0"), GRAFT_OPTS_OK);
+    assert_int_equal(PARSE(&s, "--steps", "100", "--lr", "1"), GRAFT_OPTS_OK);
+    static const char *const bad_steps[] = {"0", "101", "-5", "12abc", "", " ", "1.5", "0x10",
+                                            "1e2", "ten", "99999999999999999999"};
+    for (size_t i = 0; i < sizeof bad_steps / sizeof bad_steps[0]; i++)
+        if (PARSE(&s, "--steps", bad_steps[i]) >= 0)
+            fail_msg("--steps '%s' accepted", bad_steps[i]);
+    static const char *const bad_lr[] = {"-0.1", "1.5", "nan", "inf", "-inf", "0.5x", "",
+                                         "1e400", "--"};
+    for (size_t i = 0; i < sizeof bad_lr / sizeof bad_lr[0]; i++)
+        if (PARSE(&s, "--lr", bad_lr[i]) >= 0) fail_msg("--lr '%s' accepted", bad_lr[i]);
+    /* unbounded numbers still have to be numbers, and finite */
+    assert_true(PARSE(&s, "--seed", "12x") < 0);
+    assert_true(PARSE(&s, "--scale", "nan") < 0);
+    assert_true(PARSE(&s, "--scale", "1e999") < 0);
+    assert_int_equal(PARSE(&s, "--seed", "-2147483648", "--scale", "-3.5e10"), GRAFT_OPTS_OK);
+    assert_int_equal(s.seed, -2147483648);
+    assert_true(s.scale == -3.5e10f);
+
+    capture_begin();
+    int rc = PARSE(&s, "--steps", "500");
+    capture_end_expect("command line --steps");
+    assert_int_equal(rc, GRAFT_EINVAL);
+}
+
+static void test_unknown_and_stray_refused(void **state) {
+    (void)state;
+    settings_t s;
+    capture_begin();
+    int rc = PARSE(&s, "--nope", "1");
+    capture_end_expect("unknown option 'nope'");
+    assert_int_equal(rc, GRAFT_EINVAL);
+    assert_true(PARSE(&s, "--nope=1") < 0);
+    assert_true(PARSE(&s, "--Steps", "3") < 0); /* names are case-sensitive */
+    assert_true(PARSE(&s, "stray") < 0);
+    assert_true(PARSE(&s, "-steps", "3") < 0);
+    assert_true(PARSE(&s, "--config") < 0);
+    char path[PATH_LEN];
+    assert_int_equal(PARSE(&s, "--config", tmp_path(path, "missing.conf")), GRAFT_EIO);
+}
+
+/* One bad line in a config file: its code, and an error naming file:line. */
+static void expect_bad_conf(const char *text, int code, const char *needle) {
+    char path[PATH_LEN], where[PATH_LEN + 32];
+    write_text(tmp_path(path, "bad.conf"), text);
+    snprintf(where, sizeof where, "%s:%s", path, needle);
+    settings_t s;
+    capture_begin();
+    int rc = PARSE(&s, "--config", path);
+    capture_end_expect(where);
+    assert_int_equal(rc, code);
+}
+
+static void test_bad_config_lines(void **state) {
+    (void)state;
+    expect_bad_conf("steps = 5\nsteps 6\n", GRAFT_EFORMAT, "2: expected 'name = value'");
+    expect_bad_conf("# fine\n\nbogus = 1\n", GRAFT_EINVAL, "3: unknown option 'bogus'");
+    expect_bad_conf("steps = 5\nlr = 0.1\nsteps = 1000\n", GRAFT_EINVAL, "3:");
+    expect_bad_conf("lr = fast\n", GRAFT_EINVAL, "1:");
+    expect_bad_conf("verbose = sometimes\n", GRAFT_EINVAL, "1:");
+    expect_bad_conf("= 5\n", GRAFT_EINVAL, "1:");
+    /* a bad file stops parsing even when the flags are fine */
+    char path[PATH_LEN];
+    write_text(tmp_path(path, "bad.conf"), "steps = zero\n");
+    settings_t s;
+    assert_true(PARSE(&s, "--steps", "5", "--config", path) < 0);
+    assert_int_equal(graft_options_load_file(table, &s, path), GRAFT_EINVAL);
+}
+
+static void test_string_length(void **state) {
+    (void)state;
+    char longest[GRAFT_OPT_STR], too_long[GRAFT_OPT_STR + 1];
+    memset(longest, 'x', sizeof longest - 1);
+    longest[sizeof longest - 1] = '\0'; /* GRAFT_OPT_STR - 1 characters: fits */
+    memset(too_long, 'y', sizeof too_long - 1);
+    too_long[sizeof too_long - 1] = '\0'; /* one more: does not */
+    settings_t s;
+    assert_int_equal(PARSE(&s, "--name", longest), GRAFT_OPTS_OK);
+    assert_string_equal(s.name, longest);
+    capture_begin();
+    int rc = PARSE(&s, "--name", too_long);
+    char needle[64];
+    snprintf(needle, sizeof needle, "longer than %d characters", GRAFT_OPT_STR - 1);
+    capture_end_expect(needle);
+    assert_int_equal(rc, GRAFT_EINVAL);
+    assert_string_equal(s.name, "run"); /* the default, not a truncated value */
+    assert_int_equal(graft_options_set(table, &s, "name", too_long, "code"), GRAFT_EINVAL);
+
+    char path[PATH_LEN], text[GRAFT_OPT_STR + 32];
+    snprintf(text, sizeof text, "name = %s\n", too_long);
+    write_text(tmp_path(path, "long.conf"), text);
+    assert_int_equal(PARSE(&s, "--config", path), GRAFT_EINVAL);
+}
+
+/* ---- dump --------------------------------------------------------------- */
+
+static void test_dump_reload_digest(void **state) {
+    (void)state;
+    settings_t s, back;
+    assert_int_equal(PARSE(&s, "--steps", "77", "--lr", "0.1", "--name", "runs/with space",
+                           "--verbose", "--seed", "-3", "--scale", "1e-7"),
+                     GRAFT_OPTS_OK);
+    unsigned long long digest = graft_options_digest(table, &s);
+
+    char path[PATH_LEN];
+    FILE *f = fopen(tmp_path(path, "dump.conf"), "w");
+    assert_non_null(f);
+    graft_options_dump(f, table, &s);
+    assert_int_equal(fclose(f), 0);
+
+    assert_int_equal(PARSE(&back, "--config", path), GRAFT_OPTS_OK);
+    assert_true(graft_options_digest(table, &back) == digest);
+    /* field by field: floats such as 0.1 survive the text exactly */
+    assert_int_equal(back.steps, 77);
+    assert_memory_equal(&back.lr, &s.lr, sizeof s.lr);
+    assert_memory_equal(&back.scale, &s.scale, sizeof s.scale);
+    assert_string_equal(back.name, "runs/with space");
+    assert_int_equal(back.verbose, 1);
+    assert_int_equal(back.seed, -3);
+
+    /* the digest sees every option */
+    settings_t d;
+    assert_int_equal(parse(&d, (const char *const[]){NULL}), GRAFT_OPTS_OK);
+    unsigned long long base = graft_options_digest(table, &d);
+    assert_true(base != digest);
+    static const char *const one_change[][2] = {{"steps", "11"}, {"lr", "0.002"}, {"name", "run2"},
+                                                {"verbose", "true"}, {"seed", "1235"},
+                                                {"scale", "0.25"}};
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(PARSE(&d, "--config", "/dev/null"), GRAFT_OPTS_OK);
+        assert_true(graft_options_digest(table, &d) == base);
+        assert_int_equal(graft_options_set(table, &d, one_change[i][0], one_change[i][1], "test"),
+                         GRAFT_OK);
+        if (graft_options_digest(table, &d) == base)
+            fail_msg("changing %s leaves the digest unchanged", one_change[i][0]);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_config_file),
+        cmocka_unit_test(test_flags_override_file),
+        cmocka_unit_test(test_equals_form_and_bools),
+        cmocka_unit_test(test_help),
+        cmocka_unit_test(test_numbers_refused),
+        cmocka_unit_test(test_unknown_and_stray_refused),
+        cmocka_unit_test(test_bad_config_lines),
+        cmocka_unit_test(test_string_length),
+        cmocka_unit_test(test_dump_reload_digest),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
