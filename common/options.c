@@ -3,6 +3,8 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,13 +34,17 @@ int graft_options_set(const graft_option_t *table, void *target, const char *nam
     switch (o->type) {
     case GRAFT_OPT_INT: {
         long x = strtol(value, &end, 10);
-        if (errno || end == value || *end || !in_bounds(o, (double)x)) goto bad;
+        if (errno || end == value || *end || x < INT_MIN || x > INT_MAX ||
+            !in_bounds(o, (double)x))
+            goto bad;
         *(int *)field = (int)x;
         return GRAFT_OK;
     }
     case GRAFT_OPT_FLOAT: {
         double x = strtod(value, &end);
-        if (errno || end == value || *end || !isfinite(x) || !in_bounds(o, x)) goto bad;
+        if (errno || end == value || *end || !isfinite(x) || fabs(x) > FLT_MAX ||
+            !in_bounds(o, x))
+            goto bad;
         *(float *)field = (float)x;
         return GRAFT_OK;
     }
