@@ -16,6 +16,10 @@ static const command_t commands[] = {
     {"train", cmd_train, "centralized multi-task PEFT training on this machine"},
     {"eval", cmd_eval, "evaluate saved modules on each task's test split"},
     {"inspect", cmd_inspect, "count trainable parameters per scope, task and method"},
+    {"run", cmd_run, "federated run on this machine: a coordinator and K workers (ZeroMQ)"},
+    {"coordinator", cmd_coordinator, "coordinate a federated run over ZeroMQ (binds)"},
+    {"worker", cmd_worker, "a federated worker: trains its shards for a coordinator"},
+    {"mpi", cmd_mpi, "federated run under mpirun: rank 0 coordinates, the rest work"},
     {"bench", cmd_bench, "benchmarks: `graft bench step` (training step throughput)"},
 };
 #define NUM_COMMANDS (sizeof commands / sizeof commands[0])

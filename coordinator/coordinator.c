@@ -1,0 +1,578 @@
+/* coordinator.c — the coordinator's event loop and round state machine
+ * (see coordinator.h). */
+#include "coordinator.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "aggregate.h"
+#include "events.h"
+#include "trainer.h"
+#include "wire.h"
+
+#define MAX_PEERS 1024
+#define LOST_AFTER_BEATS 5
+
+volatile sig_atomic_t graft_coordinator_stop = 0;
+
+typedef enum {
+    S_WAIT_WORKERS,
+    S_ROUND_OPEN,
+    S_AGGREGATE,
+    S_EVAL,
+    S_CHECKPOINT,
+    S_DONE,
+} round_state_t;
+
+static const char *state_name[] = {"wait_workers", "round_open", "aggregate",
+                                   "eval",         "checkpoint", "done"};
+
+typedef enum { W_NONE, W_ACTIVE, W_LOST } worker_state_t;
+
+typedef struct {
+    worker_state_t state;
+    char name[GRAFT_WIRE_MAX_NAME + 1];
+    uint64_t train[GRAFT_MAX_TASKS]; /* train examples the worker holds per run task */
+    int assigned[GRAFT_MAX_TASKS];   /* run task indices it trains */
+    int n_assigned;
+    double last_seen;
+    int in_round, replied;
+    graft_msg_t update; /* this round's decoded reply, held until aggregation */
+} worker_t;
+
+typedef struct {
+    graft_coordinator_opts_t o;
+    const graft_run_config_t *cfg;
+    graft_trainer_t *tr;
+    graft_events_t *ev;
+    uint64_t run_id;
+    round_state_t state;
+    int first_round, round;
+    double run_t0, round_t0, deadline;
+    uint64_t bytes_in, bytes_out;
+    int n_replies;
+    worker_t *w; /* indexed by peer id */
+    /* scopes[0] is shared, scopes[1 + t] task t's; schema names them. */
+    graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
+    graft_wire_schema_entry_t schema_entries[GRAFT_MAX_TASKS + 1];
+    graft_wire_schema_t schema;
+    char ckpt_path[2 * GRAFT_OPT_STR];
+} coord_t;
+
+uint64_t graft_run_id(const graft_run_config_t *cfg) {
+    graft_run_config_t c = *cfg;
+    c.resume[0] = '\0';
+    c.out[0] = '\0';
+    c.threads = 0;
+    uint64_t id = graft_options_digest(graft_run_options, &c);
+    return id ? id : 1;
+}
+
+static void set_state(coord_t *c, round_state_t s) {
+    LOG_DEBUG("coordinator: %s -> %s", state_name[c->state], state_name[s]);
+    c->state = s;
+}
+
+static int count_active(const coord_t *c) {
+    int n = 0;
+    for (int p = 0; p < MAX_PEERS; p++) n += c->w[p].state == W_ACTIVE;
+    return n;
+}
+
+/* ---- sending ------------------------------------------------------------ */
+
+static int send_msg(coord_t *c, int peer, graft_msg_t *m) {
+    m->run_id = c->run_id;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    int rc = graft_wire_encode(m, GRAFT_DTYPE_F32, &buf, &len);
+    if (!rc) rc = graft_transport_send(c->o.tp, peer, buf, len);
+    if (!rc) c->bytes_out += len;
+    else
+        LOG_WARN("coordinator: cannot send %s to %s: %s", graft_msg_type_name(m->type),
+                 graft_transport_peer_name(c->o.tp, peer), graft_strerror(rc));
+    free(buf);
+    return rc;
+}
+
+static void send_error(coord_t *c, int peer, int code, const char *text) {
+    graft_msg_t m = {.type = GRAFT_MSG_ERROR};
+    m.error.code = code;
+    m.error.message = (char *)text;
+    send_msg(c, peer, &m);
+}
+
+/* The scopes worker w trains: shared (if not empty) then its tasks'. */
+static int worker_scopes(const coord_t *c, const worker_t *w, graft_scope_t **out) {
+    int n = 0;
+    if (c->scopes[0]->numel) out[n++] = c->scopes[0];
+    for (int i = 0; i < w->n_assigned; i++)
+        if (c->scopes[1 + w->assigned[i]]->numel) out[n++] = c->scopes[1 + w->assigned[i]];
+    return n;
+}
+
+static void send_round_start(coord_t *c, int peer) {
+    worker_t *w = &c->w[peer];
+    graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
+    int n = worker_scopes(c, w, scopes);
+    graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
+    for (int i = 0; i < n; i++)
+        ts[i] = (graft_wire_tensor_t){.name = scopes[i]->name, .ndim = 1,
+                                      .shape = {(int64_t)scopes[i]->numel},
+                                      .data = scopes[i]->params, .numel = scopes[i]->numel};
+    graft_msg_t m = {.type = GRAFT_MSG_ROUND_START};
+    graft_wire_round_start_t *rs = &m.round_start;
+    rs->round = (uint64_t)c->round;
+    rs->tensors = ts;
+    rs->ntensors = (size_t)n;
+    rs->hyper.learning_rate = graft_lr_at(&c->tr->opt, (c->round - 1) * c->cfg->local_steps);
+    rs->hyper.local_steps = (uint32_t)c->cfg->local_steps;
+    rs->hyper.batch_size = (uint32_t)c->cfg->batch;
+    rs->hyper.weight_decay = c->cfg->weight_decay;
+    double left = (c->deadline - graft_now()) * 1000.0;
+    rs->deadline_ms = left > 0 ? (uint32_t)left : 0;
+    w->in_round = 1;
+    w->replied = 0;
+    send_msg(c, peer, &m);
+}
+
+static void start_round(coord_t *c) {
+    c->round_t0 = graft_now();
+    c->deadline = c->round_t0 + c->cfg->round_timeout_ms / 1000.0;
+    c->bytes_in = c->bytes_out = 0;
+    c->n_replies = 0;
+    int n = 0;
+    for (int p = 0; p < MAX_PEERS; p++)
+        if (c->w[p].state == W_ACTIVE) {
+            send_round_start(c, p);
+            n++;
+        }
+    LOG_INFO("round %d/%d: started with %d workers", c->round, c->cfg->rounds, n);
+    set_state(c, S_ROUND_OPEN);
+}
+
+/* ---- handlers ------------------------------------------------------------ */
+
+static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
+    worker_t *w = &c->w[peer];
+    const graft_wire_hello_t *h = &m->hello;
+    /* The same worker back under a new peer id replaces its old slot. */
+    for (int p = 0; p < MAX_PEERS; p++)
+        if (p != peer && c->w[p].state == W_ACTIVE && !strcmp(c->w[p].name, h->name)) {
+            LOG_WARN("coordinator: worker '%s' re-registered from %s; dropping its old slot",
+                     h->name, graft_transport_peer_name(c->o.tp, peer));
+            c->w[p].state = W_LOST;
+            c->w[p].in_round = 0;
+        }
+    graft_msg_free(&w->update);
+    memset(w, 0, sizeof *w);
+    snprintf(w->name, sizeof w->name, "%s", h->name);
+    char *names[GRAFT_MAX_TASKS];
+    json_t *tasks = json_array();
+    for (size_t i = 0; i < h->nshards; i++) {
+        const graft_wire_shard_t *s = &h->shards[i];
+        int t = graft_peft_find_task(c->tr->peft, s->task);
+        if (t < 0 || s->train_examples == 0 || w->train[t]) {
+            LOG_WARN("coordinator: %s holds shard '%s' that this run does not use; ignored",
+                     graft_transport_peer_name(c->o.tp, peer), s->task);
+            continue;
+        }
+        w->train[t] = s->train_examples;
+        w->assigned[w->n_assigned] = t;
+        names[w->n_assigned++] = (char *)graft_task_name(c->tr->tasks[t]);
+        json_array_append_new(tasks, json_string(graft_task_name(c->tr->tasks[t])));
+    }
+    if (w->n_assigned == 0) {
+        LOG_WARN("coordinator: %s ('%s') holds no task of this run; refused",
+                 graft_transport_peer_name(c->o.tp, peer), h->name);
+        send_error(c, peer, GRAFT_EINVAL, "none of your shards belongs to this run");
+        json_decref(tasks);
+        return;
+    }
+    w->state = W_ACTIVE;
+    w->last_seen = graft_now();
+    graft_msg_t a = {.type = GRAFT_MSG_ASSIGN};
+    a.assign.worker_id = (uint32_t)peer;
+    a.assign.tasks = names;
+    a.assign.ntasks = (size_t)w->n_assigned;
+    send_msg(c, peer, &a);
+    LOG_INFO("coordinator: worker %d '%s' joined from %s with %d tasks", peer, w->name,
+             graft_transport_peer_name(c->o.tp, peer), w->n_assigned);
+    graft_events_emit(c->ev, "worker_join",
+                      json_pack("{s:i, s:i, s:s, s:o}", "round", c->round, "worker", peer, "name",
+                                w->name, "tasks", tasks));
+    /* A worker joining (or coming back) mid-round takes part at once. */
+    if (c->state == S_ROUND_OPEN) send_round_start(c, peer);
+}
+
+/* Every tensor of an update must be one of the scopes the worker was sent,
+ * each exactly once. */
+static int check_update_tensors(coord_t *c, const worker_t *w, const graft_wire_update_t *u,
+                                char *why, size_t n) {
+    graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
+    int ns = worker_scopes(c, w, scopes);
+    int seen[GRAFT_MAX_TASKS + 1] = {0};
+    for (size_t i = 0; i < u->ntensors; i++) {
+        int k = 0;
+        while (k < ns && strcmp(scopes[k]->name, u->tensors[i].name)) k++;
+        if (k == ns || seen[k]++) {
+            snprintf(why, n, "tensor '%s' was not sent to this worker (or is repeated)",
+                     u->tensors[i].name);
+            return GRAFT_ESHAPE;
+        }
+    }
+    if ((int)u->ntensors != ns) {
+        snprintf(why, n, "%zu tensors, expected %d", u->ntensors, ns);
+        return GRAFT_ESHAPE;
+    }
+    if (u->sample_count == 0 || !isfinite(u->train_loss)) {
+        snprintf(why, n, "sample_count 0 or non-finite train_loss");
+        return GRAFT_EFORMAT;
+    }
+    return GRAFT_OK;
+}
+
+/* Returns 1 when the message was kept (moved into the worker's slot). */
+static int on_update(coord_t *c, int peer, graft_msg_t *m) {
+    worker_t *w = &c->w[peer];
+    char why[256];
+    const char *who = graft_transport_peer_name(c->o.tp, peer);
+    if (c->state != S_ROUND_OPEN || !w->in_round || w->replied) {
+        LOG_WARN("coordinator: dropping update from %s: not expected now (round %llu)", who,
+                 (unsigned long long)m->update.round);
+        return 0;
+    }
+    int rc = graft_wire_expect_round(m, (uint64_t)c->round, why, sizeof why);
+    if (!rc) rc = check_update_tensors(c, w, &m->update, why, sizeof why);
+    if (rc) {
+        LOG_WARN("coordinator: dropping update from %s: %s", who, why);
+        return 0;
+    }
+    w->update = *m;
+    w->replied = 1;
+    c->n_replies++;
+    LOG_DEBUG("coordinator: update from %s, loss %.4f", who, m->update.train_loss);
+    return 1;
+}
+
+static void handle(coord_t *c, int peer, const uint8_t *buf, size_t len) {
+    const char *who = graft_transport_peer_name(c->o.tp, peer);
+    c->bytes_in += len;
+    if (peer <= 0 || peer >= MAX_PEERS) {
+        LOG_WARN("coordinator: dropping a message from %s: peer id %d out of range", who, peer);
+        return;
+    }
+    graft_wire_opts_t opts = {.run_id = c->run_id, .schema = &c->schema};
+    graft_msg_t m;
+    char why[256];
+    int rc = graft_wire_decode(buf, len, &opts, &m, why, sizeof why);
+    if (rc) {
+        LOG_WARN("coordinator: dropping a message from %s: %s", who, why);
+        return;
+    }
+    worker_t *w = &c->w[peer];
+    if (m.type == GRAFT_MSG_HELLO) {
+        on_hello(c, peer, &m);
+    } else if (w->state != W_ACTIVE) {
+        LOG_WARN("coordinator: dropping %s from %s: not registered (asked to say hello)",
+                 graft_msg_type_name(m.type), who);
+        send_error(c, peer, GRAFT_ESTATE, "unknown worker: send hello");
+    } else {
+        w->last_seen = graft_now();
+        if (m.type == GRAFT_MSG_UPDATE) {
+            if (on_update(c, peer, &m)) return; /* the slot owns m now */
+        } else if (m.type == GRAFT_MSG_ERROR) {
+            LOG_WARN("coordinator: %s reports error %d: %s", who, m.error.code, m.error.message);
+        } else if (m.type != GRAFT_MSG_HEARTBEAT) {
+            LOG_WARN("coordinator: dropping %s from %s: not a worker message",
+                     graft_msg_type_name(m.type), who);
+        }
+    }
+    graft_msg_free(&m);
+}
+
+/* ---- timers -------------------------------------------------------------- */
+
+static void check_lost(coord_t *c) {
+    double now = graft_now(), limit = LOST_AFTER_BEATS * c->cfg->heartbeat_ms / 1000.0;
+    for (int p = 0; p < MAX_PEERS; p++) {
+        worker_t *w = &c->w[p];
+        if (w->state != W_ACTIVE || now - w->last_seen <= limit) continue;
+        w->state = W_LOST;
+        int skipped = w->in_round && !w->replied;
+        if (skipped) w->in_round = 0;
+        LOG_WARN("coordinator: worker %d '%s' lost (silent for %.1fs)%s", p, w->name,
+                 now - w->last_seen, skipped ? "; its shards are skipped this round" : "");
+        graft_events_emit(c->ev, "worker_lost",
+                          json_pack("{s:i, s:i, s:s, s:f, s:b}", "round", c->round, "worker", p,
+                                    "name", w->name, "silent_s", now - w->last_seen, "skipped",
+                                    skipped));
+    }
+}
+
+static int round_can_close(coord_t *c) {
+    int pending = 0;
+    for (int p = 0; p < MAX_PEERS; p++)
+        pending += c->w[p].state == W_ACTIVE && c->w[p].in_round && !c->w[p].replied;
+    int enough = c->n_replies >= c->cfg->min_replies;
+    if (enough && (pending == 0 || graft_now() >= c->deadline)) return 1;
+    if (graft_now() >= c->deadline) {
+        LOG_WARN("round %d: deadline passed with %d of %d replies needed; waiting %d ms more",
+                 c->round, c->n_replies, c->cfg->min_replies, c->cfg->round_timeout_ms);
+        c->deadline = graft_now() + c->cfg->round_timeout_ms / 1000.0;
+        for (int p = 0; p < MAX_PEERS; p++)
+            if (c->w[p].state == W_ACTIVE && !c->w[p].in_round) send_round_start(c, p);
+    }
+    return 0;
+}
+
+/* ---- aggregation, evaluation, checkpoints --------------------------------- */
+
+static const graft_wire_tensor_t *find_tensor(const graft_wire_update_t *u, const char *name) {
+    for (size_t i = 0; i < u->ntensors; i++)
+        if (!strcmp(u->tensors[i].name, name)) return &u->tensors[i];
+    return NULL;
+}
+
+/* FedAvg of scope k over the replies that carry it; task scopes weigh each
+ * worker by its shard of that task, the shared scope by its sample count. */
+static void aggregate_scope(coord_t *c, int k, graft_agg_input_t *in) {
+    graft_scope_t *s = c->scopes[k];
+    if (s->numel == 0) return;
+    int n = 0;
+    for (int p = 0; p < MAX_PEERS; p++) {
+        worker_t *w = &c->w[p];
+        if (!w->replied) continue;
+        const graft_wire_tensor_t *t = find_tensor(&w->update.update, s->name);
+        if (!t) continue;
+        double weight = k == 0 ? (double)w->update.update.sample_count : (double)w->train[k - 1];
+        in[n++] = (graft_agg_input_t){.key = w->name, .weight = weight, .values = t->data};
+    }
+    graft_aggregate_fedavg(in, n, s->params, s->numel);
+}
+
+static void aggregate(coord_t *c) {
+    double t0 = graft_now();
+    graft_agg_input_t *in = graft_xcalloc(MAX_PEERS, sizeof *in);
+    for (int k = 0; k <= c->tr->n_tasks; k++) aggregate_scope(c, k, in);
+    double agg_ms = (graft_now() - t0) * 1000.0;
+    /* The round's loss: the sample-weighted mean, also in name order. */
+    float *losses = graft_xcalloc(MAX_PEERS, sizeof *losses);
+    json_t *parts = json_array();
+    int n = 0;
+    for (int p = 0; p < MAX_PEERS; p++) {
+        worker_t *w = &c->w[p];
+        if (!w->replied) continue;
+        losses[n] = (float)w->update.update.train_loss;
+        in[n] = (graft_agg_input_t){.key = w->name,
+                                    .weight = (double)w->update.update.sample_count,
+                                    .values = &losses[n]};
+        n++;
+        json_array_append_new(parts, json_string(w->name));
+        graft_msg_free(&w->update);
+        w->replied = w->in_round = 0;
+    }
+    float loss = NAN;
+    graft_aggregate_fedavg(in, n, &loss, 1);
+    double round_ms = (graft_now() - c->round_t0) * 1000.0;
+    LOG_INFO("round %d/%d: %d replies | loss %.4f | in %.1f KiB out %.1f KiB | aggregate %.1f ms "
+             "| round %.0f ms", c->round, c->cfg->rounds, n, loss, c->bytes_in / 1024.0,
+             c->bytes_out / 1024.0, agg_ms, round_ms);
+    graft_events_emit(c->ev, "round_end",
+                      json_pack("{s:i, s:o, s:i, s:f, s:I, s:I, s:f, s:f}", "round", c->round,
+                                "participants", parts, "replies", n, "train_loss", (double)loss,
+                                "bytes_in", (json_int_t)c->bytes_in, "bytes_out",
+                                (json_int_t)c->bytes_out, "aggregate_ms", agg_ms, "round_ms",
+                                round_ms));
+    free(losses);
+    free(in);
+}
+
+static json_t *eval_json(const graft_trainer_t *tr, const graft_eval_result_t *r) {
+    json_t *o = json_pack("{s:s, s:s, s:I, s:f}", "task", graft_task_name(tr->tasks[r->task]),
+                          "split", graft_task_split_name(r->split), "examples",
+                          (json_int_t)r->examples, "loss", r->loss);
+    if (r->kind == GRAFT_TASK_CLASSIFY) {
+        json_object_set_new(o, "accuracy", json_real(r->cls.accuracy));
+        json_object_set_new(o, "macro_f1", json_real(r->cls.macro_f1));
+        json_object_set_new(o, "ece", json_real(r->cls.ece));
+    } else {
+        json_object_set_new(o, "chrf", json_real(r->chrf));
+        json_object_set_new(o, "perplexity", json_real(r->perplexity));
+    }
+    return o;
+}
+
+/* Dev split during the run; the test split after the last round, printed. */
+static void evaluate(coord_t *c, int split) {
+    char line[256];
+    for (int t = 0; t < c->tr->n_tasks; t++) {
+        graft_eval_result_t r;
+        graft_trainer_evaluate(c->tr, t, split, &r);
+        graft_eval_format(c->tr, &r, line, sizeof line);
+        LOG_INFO("eval round %d: %s", c->round, line);
+        json_t *o = eval_json(c->tr, &r);
+        json_object_set_new(o, "round", json_integer(c->round));
+        graft_events_emit(c->ev, "eval", o);
+        if (split == GRAFT_SPLIT_TEST) printf("%s\n", line);
+    }
+    fflush(stdout);
+}
+
+static int checkpoint(coord_t *c) {
+    c->tr->step = c->round; /* the trainer's step counts finished rounds here */
+    int rc = graft_trainer_save(c->tr, c->ckpt_path);
+    if (rc) {
+        LOG_ERROR("round %d: checkpoint to %s failed: %s", c->round, c->ckpt_path,
+                  graft_strerror(rc));
+        return rc;
+    }
+    LOG_INFO("round %d: checkpoint %s", c->round, c->ckpt_path);
+    graft_events_emit(c->ev, "checkpoint",
+                      json_pack("{s:i, s:s}", "round", c->round, "path", c->ckpt_path));
+    return GRAFT_OK;
+}
+
+/* ---- the state machine ---------------------------------------------------- */
+
+/* Moves through every transition that is ready; returns an error only for
+ * a failure that ends the run (a checkpoint that cannot be written). */
+static int advance(coord_t *c) {
+    for (;;) {
+        round_state_t before = c->state;
+        const graft_run_config_t *cfg = c->cfg;
+        switch (c->state) {
+        case S_WAIT_WORKERS: {
+            int need = c->round == c->first_round ? c->o.expected_workers : cfg->min_replies;
+            if (count_active(c) >= need) start_round(c);
+            break;
+        }
+        case S_ROUND_OPEN:
+            if (round_can_close(c)) set_state(c, S_AGGREGATE);
+            break;
+        case S_AGGREGATE:
+            aggregate(c);
+            set_state(c, S_EVAL);
+            break;
+        case S_EVAL:
+            if (c->round == cfg->rounds)
+                evaluate(c, GRAFT_SPLIT_TEST);
+            else if (c->round % cfg->eval_every_rounds == 0)
+                evaluate(c, GRAFT_SPLIT_DEV);
+            set_state(c, S_CHECKPOINT);
+            break;
+        case S_CHECKPOINT:
+            if (c->round % cfg->checkpoint_every_rounds == 0 || c->round == cfg->rounds) {
+                int rc = checkpoint(c);
+                if (rc) return rc;
+            }
+            if (c->round == cfg->rounds) {
+                set_state(c, S_DONE);
+            } else {
+                c->round++;
+                set_state(c, S_WAIT_WORKERS);
+            }
+            break;
+        case S_DONE:
+            return GRAFT_OK;
+        }
+        if (c->state == before) return GRAFT_OK;
+    }
+}
+
+static int next_timeout_ms(const coord_t *c) {
+    double ms = c->cfg->heartbeat_ms;
+    if (c->state == S_ROUND_OPEN) {
+        double left = (c->deadline - graft_now()) * 1000.0;
+        if (left < ms) ms = left;
+    }
+    return ms < 1 ? 1 : (int)ms;
+}
+
+static void shutdown_workers(coord_t *c, const char *reason) {
+    graft_msg_t m = {.type = GRAFT_MSG_SHUTDOWN};
+    m.shutdown.reason = (char *)reason;
+    for (int p = 0; p < MAX_PEERS; p++)
+        if (c->w[p].state == W_ACTIVE) send_msg(c, p, &m);
+}
+
+static int loop(coord_t *c) {
+    int rc = GRAFT_OK;
+    while (!rc && c->state != S_DONE && !graft_coordinator_stop) {
+        int peer = -1;
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        int r = graft_transport_recv(c->o.tp, &peer, &buf, &len, next_timeout_ms(c));
+        if (r == GRAFT_OK) {
+            handle(c, peer, buf, len);
+            free(buf);
+        } else if (r != GRAFT_ETIMEOUT) {
+            LOG_WARN("coordinator: receive failed: %s", graft_strerror(r));
+        }
+        check_lost(c);
+        rc = advance(c);
+    }
+    if (!rc && graft_coordinator_stop) {
+        LOG_WARN("coordinator: stopping on request in round %d", c->round);
+        rc = GRAFT_ESTATE;
+    }
+    return rc;
+}
+
+/* ---- setup ----------------------------------------------------------------- */
+
+static int setup(coord_t *c) {
+    int rc = graft_trainer_new(c->cfg, &c->tr);
+    if (rc) return rc;
+    c->tr->opt.total_steps = c->cfg->rounds * c->cfg->local_steps;
+    c->scopes[0] = c->tr->peft->shared;
+    for (int t = 0; t < c->tr->n_tasks; t++) c->scopes[1 + t] = c->tr->peft->tasks[t].scope;
+    for (int k = 0; k <= c->tr->n_tasks; k++)
+        c->schema_entries[k] = (graft_wire_schema_entry_t){
+            .name = c->scopes[k]->name, .ndim = 1, .shape = {(int64_t)c->scopes[k]->numel}};
+    c->schema = (graft_wire_schema_t){c->schema_entries, (size_t)c->tr->n_tasks + 1};
+    snprintf(c->ckpt_path, sizeof c->ckpt_path, "%s/modules.safetensors", c->cfg->out);
+    if (*c->cfg->resume) {
+        if ((rc = graft_trainer_load(c->tr, c->cfg->resume))) return rc;
+        LOG_INFO("coordinator: resumed from %s after round %d", c->cfg->resume, c->tr->step);
+    }
+    c->first_round = c->round = c->tr->step + 1;
+    char path[2 * GRAFT_OPT_STR];
+    snprintf(path, sizeof path, "%s/events.jsonl", c->cfg->out);
+    return graft_events_open(path, &c->ev);
+}
+
+int graft_coordinator_run(const graft_coordinator_opts_t *o) {
+    coord_t c = {.o = *o, .cfg = &o->cfg};
+    c.w = graft_xcalloc(MAX_PEERS, sizeof *c.w);
+    c.run_id = graft_run_id(&o->cfg);
+    c.run_t0 = graft_now();
+    int rc = setup(&c);
+    if (!rc && c.round > o->cfg.rounds) {
+        LOG_ERROR("coordinator: the checkpoint already holds %d rounds (--rounds %d)",
+                  c.round - 1, o->cfg.rounds);
+        rc = GRAFT_EINVAL;
+    }
+    if (!rc) {
+        char digest[32];
+        snprintf(digest, sizeof digest, "%016llx",
+                 graft_options_digest(graft_run_options, &o->cfg));
+        graft_events_emit(c.ev, "run_start",
+                          json_pack("{s:s, s:s, s:i, s:s, s:i, s:i, s:i}", "mode",
+                                    o->mode ? o->mode : "?", "config_digest", digest, "seed",
+                                    o->cfg.seed, "method", o->cfg.method, "round", c.round,
+                                    "rounds", o->cfg.rounds, "workers", o->expected_workers));
+        LOG_INFO("coordinator: %d tasks, method %s, rounds %d..%d, waiting for %d workers",
+                 c.tr->n_tasks, o->cfg.method, c.round, o->cfg.rounds, o->expected_workers);
+        rc = loop(&c);
+        shutdown_workers(&c, rc ? "coordinator stopped" : "run complete");
+        graft_events_emit(c.ev, "run_end",
+                          json_pack("{s:i, s:f, s:b}", "round", c.round, "seconds",
+                                    graft_now() - c.run_t0, "ok", rc == 0));
+    }
+    for (int p = 0; p < MAX_PEERS; p++) graft_msg_free(&c.w[p].update);
+    free(c.w);
+    graft_events_close(&c.ev);
+    graft_trainer_destroy(&c.tr);
+    return rc;
+}

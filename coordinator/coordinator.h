@@ -1,0 +1,55 @@
+/* coordinator.h — the coordinator of a federated multi-task run (DESIGN §5).
+ *
+ * A single-threaded event loop over one transport (ZeroMQ ROUTER, MPI rank
+ * 0 or inproc): it polls with a timeout equal to the next deadline,
+ * dispatches each message to a handler, fires timers (round deadline, lost
+ * workers) and checks a stop flag that a signal handler only sets. Rounds
+ * are an explicit state machine:
+ *
+ *   WAIT_WORKERS -> ROUND_OPEN -> AGGREGATE -> [EVAL] -> [CHECKPOINT]
+ *        ^                                                   |
+ *        +------------- next round (or DONE) <---------------+
+ *
+ * Workers say Hello with the shards they hold; each is assigned every run
+ * task it holds train data for. A round sends each worker the shared scope
+ * and its tasks' scopes (each scope travels as one flat tensor named after
+ * the scope), collects Updates until every live participant replied or the
+ * deadline passed with at least min_replies, and averages (aggregate.h):
+ * the shared scope over all replies weighted by sample count, each task
+ * scope over that task's cohort weighted by its shard size.
+ *
+ * The global modules live in a graft_trainer_t built from the run config
+ * with every task's files, which also evaluates them and checkpoints them
+ * (graft_trainer_save; the number of finished rounds is stored as the
+ * trainer's step).
+ *
+ * Ownership: the transport is borrowed; everything else is internal.
+ */
+#ifndef GRAFT_COORDINATOR_H
+#define GRAFT_COORDINATOR_H
+
+#include <signal.h>
+
+#include "runconfig.h"
+#include "transport.h"
+
+typedef struct {
+    graft_run_config_t cfg;
+    int expected_workers;  /* rounds start once this many have registered */
+    graft_transport_t *tp; /* borrowed */
+    const char *mode;      /* "zmq", "mpi", ... for the run_start event */
+} graft_coordinator_opts_t;
+
+/* Set by a signal handler: the loop stops at the next iteration. */
+extern volatile sig_atomic_t graft_coordinator_stop;
+
+/* Runs the whole job; prints per-task test metrics on stdout at the end.
+ * Returns GRAFT_OK or a negative error (logged). */
+int graft_coordinator_run(const graft_coordinator_opts_t *o);
+
+/* The run id every message of this run carries: a digest of the settings
+ * that define the job (not of --resume or --out), so a resumed coordinator
+ * keeps it. Never 0. */
+uint64_t graft_run_id(const graft_run_config_t *cfg);
+
+#endif
