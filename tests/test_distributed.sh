@@ -6,7 +6,9 @@
 #  2. `mpirun -np 4 graft mpi` on the same job gives bit-identical modules
 #     (same shards, same worker names -> same batches and summation order);
 #  3. a worker killed with SIGKILL mid-run is logged as worker_lost, the run
-#     completes, and the worker restarted under the same name rejoins.
+#     completes, and the worker restarted under the same name rejoins;
+#  4. the coordinator killed with SIGKILL and restarted with --resume from its
+#     checkpoint ends with the same modules as an uninterrupted run.
 # Workers run without `timeout` so that $! is the worker itself (SIGKILL
 # must hit it); the EXIT trap kills whatever is left.
 # usage: test_distributed.sh GRAFT_BINARY SOURCE_DIR
@@ -96,6 +98,11 @@ wait_for '"event":"round_end","round":2' 60
 kill -9 "$W1"
 wait_for '"event":"worker_lost"' 30
 grep -q '"event":"worker_lost".*"name":"shard-1-of-3"' "$EV" || fail "worker_lost names the wrong worker"
+# Restart only after a round closed without it, so that round is deterministic.
+n=0
+until sed -n '/"event":"worker_lost"/,$p' "$EV" | grep -q '"event":"round_end"'; do
+    n=$((n + 1)); [ $n -gt 300 ] && fail "no round closed after the loss"; sleep 0.1
+done
 "$GRAFT" worker --connect "$EP" --shard 1/3 $KILLCONF 2>"$T/w1b.err" &
 PIDS="$PIDS $!"
 wait "$COORD" || { tail -20 "$T/kill.err" >&2; fail "coordinator failed after a lost worker"; }
@@ -108,3 +115,32 @@ sed -n '/"event":"worker_lost"/,$p' "$EV" | grep '"event":"round_end"' | tail -1
     grep -q 'shard-1-of-3' || fail "the restarted worker did not take part again"
 grep -q 'lost' "$T/kill.err" || fail "no human log line about the lost worker"
 echo "ok 3 - SIGKILLed worker: worker_lost, run completes, restarted worker rejoins"
+
+# ---- 4. the coordinator killed and resumed from its checkpoint ---------------
+# Workers reseed their sampler from (seed, name, round) and reset their
+# optimiser every round, so a resumed run redoes exactly the rounds it lost.
+RESCONF="--config $T/run.conf --rounds 6 --local_steps 20 --checkpoint_every_rounds 1"
+timeout 120 "$GRAFT" run --workers 3 $RESCONF --out "$T/ref" >/dev/null 2>"$T/ref.err" ||
+    fail "reference run for the resume test failed"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+EP=tcp://127.0.0.1:$PORT
+"$GRAFT" coordinator --bind "$EP" --workers 3 $RESCONF --out "$T/res" \
+    >/dev/null 2>"$T/res1.err" &
+COORD=$!
+PIDS="$PIDS $COORD"
+for i in 0 1 2; do
+    "$GRAFT" worker --connect "$EP" --shard $i/3 $RESCONF 2>"$T/rw$i.err" &
+    PIDS="$PIDS $!"
+done
+EV=$T/res/events.jsonl
+wait_for '"event":"checkpoint","round":3' 60
+kill -9 "$COORD"
+wait "$COORD" 2>/dev/null || true
+cp "$T/res/modules.safetensors" "$T/res/round.safetensors"
+timeout 120 "$GRAFT" coordinator --bind "$EP" --workers 3 $RESCONF --out "$T/res" \
+    --resume "$T/res/round.safetensors" >/dev/null 2>"$T/res2.err" ||
+    { tail -20 "$T/res2.err" >&2; fail "resumed coordinator failed"; }
+grep -q 'resumed from' "$T/res2.err" || fail "the coordinator did not say it resumed"
+cmp "$T/ref/modules.safetensors" "$T/res/modules.safetensors" ||
+    fail "a resumed run ended with other modules than an uninterrupted one"
+echo "ok 4 - coordinator killed and resumed: modules identical to an uninterrupted run"
