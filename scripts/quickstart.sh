@@ -4,14 +4,17 @@
 #   2. prepares the pretraining corpus (Debian's perl-doc, ~9 MB of English)
 #      and pretrains the `small` trunk briefly, printing its held-out loss;
 #   3. fine-tunes that trunk on three synthetic tasks at once with MTLoRA
-#      (shared + task LoRA) and prints per-task test metrics.
+#      (shared + task LoRA) as a federated run on this machine: a coordinator
+#      and 3 worker processes over ZeroMQ, each worker holding a third of
+#      every task's data; prints per-task test metrics. The coordinator's
+#      JSON-lines events land in runs/quickstart/federated/events.jsonl.
 # Usage: scripts/quickstart.sh [--steps N]   (pretraining steps, default 300)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 STEPS=300
 if [ "${1:-}" = "--steps" ] && [ -n "${2:-}" ]; then STEPS="$2"; fi
-if [ "${1:-}" = "--help" ]; then sed -n '2,9p' "$0"; exit 0; fi
+if [ "${1:-}" = "--help" ]; then sed -n '2,12p' "$0"; exit 0; fi
 
 bash scripts/install-deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -23,6 +26,7 @@ build/graft pretrain --preset small --data data/corpus --steps "$STEPS" --warmup
   --eval_every 100 --log_every 25 --out runs/quickstart/trunk.safetensors
 
 python3 scripts/synthetic_tasks.py data/synthetic >/dev/null
-echo "quickstart: multi-task fine-tuning (MTLoRA) on the pretrained trunk"
-build/graft train --config examples/synthetic.conf --trunk runs/quickstart/trunk.safetensors \
-  --out runs/quickstart/synthetic
+echo "quickstart: federated multi-task fine-tuning (MTLoRA), coordinator + 3 workers"
+build/graft run --config examples/synthetic.conf --trunk runs/quickstart/trunk.safetensors \
+  --workers 3 --rounds 6 --local_steps 25 --eval_every_rounds 3 --threads 1 \
+  --out runs/quickstart/federated
