@@ -48,7 +48,7 @@ void graft_events_emit(graft_events_t *ev, const char *event, json_t *fields) {
     json_object_set_new(line, "event", json_string(event));
     json_object_update(line, fields);
     json_decref(fields);
-    char *text = json_dumps(line, JSON_COMPACT | JSON_REAL_PRECISION(10));
+    char *text = json_dumps(line, JSON_COMPACT | JSON_REAL_PRECISION(16));
     json_decref(line);
     if (text) {
         fprintf(ev->f, "%s\n", text);
