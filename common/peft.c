@@ -650,10 +650,15 @@ void graft_peft_accumulate_channel_scores(graft_peft_t *p, int task) {
     int C = m->cfg.C, N = m->cur_B * m->cur_T;
     size_t slab = (size_t)m->B * m->T;
     float *dot = graft_xcalloc((size_t)C, sizeof(float));
+    /* After the backward pass grads_acts.fcproj is the gradient w.r.t. the
+     * MLP output before RED (peft_mlp_out_backward scales it in place), so
+     * h must be that same pre-RED output: with RED it is saved in red_in,
+     * while acts.fcproj holds s * h + b. */
+    const float *h = tm->red_s >= 0 ? p->red_in : m->acts.fcproj;
     for (int l = 0; l < m->cfg.L; l++) {
         memset(dot, 0, (size_t)C * sizeof(float));
-        colsum_product_accumulate(dot, m->grads_acts.fcproj + l * slab * C,
-                                  m->acts.fcproj + l * slab * C, N, C);
+        colsum_product_accumulate(dot, m->grads_acts.fcproj + l * slab * C, h + l * slab * C,
+                                  N, C);
         for (int c = 0; c < C; c++) tm->channel_scores[(size_t)l * C + c] += fabsf(dot[c]);
     }
     free(dot);
