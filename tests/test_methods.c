@@ -1,0 +1,255 @@
+/* test_methods.c — every fine-tuning method learns the synthetic multi-task
+ * problem (scripts/synthetic_tasks.py) better than the `head` baseline, and
+ * the trainable-parameter counts equal their closed forms.
+ *
+ * The trunk is the `tiny` preset at random initialisation (no pretrained
+ * trunk exists in a test), trained centrally with graft_trainer_* exactly
+ * as `graft train` drives it (round-robin mix, warmup + cosine schedule,
+ * two-stage channel selection after a third of the steps), on the two
+ * classification tasks: `majority` (4 labels: the most frequent of 12
+ * letters) and `pairs` (2 labels: does the bigram "ab" occur).
+ *
+ * The comparison is controlled: each method runs with its own learning
+ * rate, and the head baseline it must beat is run with the SAME settings
+ * (learning rate, steps, batch, seed), as two `graft train` runs that differ
+ * only in --method. The trainer has one learning rate for the head and the
+ * modules, and the head alone wants a large one (a linear probe on LayerNorm
+ * outputs needs weights of several units) while the modules do not, so a
+ * single head run at one rate would either starve the head inside every
+ * method or make the modules diverge.
+ *
+ * Asserted per method: the mean dev accuracy over the two tasks beats the
+ * head baseline's by MARGIN and beats chance (each task's majority-label
+ * share of the dev split, averaged); a PEFT method leaves the trunk
+ * bit-identical to a fresh one; graft_peft_task_params equals the closed
+ * form for every task.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <ftw.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "graft.h"
+#include "trainer.h"
+
+/* Dev accuracy a method must add to head's (mean over the two tasks). The
+ * dev split has 100 examples per task, so one example is 1%; the margins
+ * measured below are several times this. */
+#define MARGIN 0.03
+
+typedef struct {
+    const char *method;
+    float lr;
+} method_t;
+
+#define STEPS 300
+
+/* Learning rates picked per method from a sweep over 1e-3..1e-1 (300
+ * steps, mean dev accuracy of the method / of head at the same rate):
+ *   lora      3e-3: 0.855 / 0.615   (1e-2: 0.840 / 0.630; 3e-2 diverges)
+ *   adapter   1e-3: 0.690 / 0.615   (3e-3: 0.675; >= 1e-2: 0.615 and less)
+ *   red       3e-3: 0.615 / 0.615   (1e-3 the same; >= 1e-2: 0.55 and less)
+ *   lntune    3e-2: 0.835 / 0.685   (1e-1: 0.840 / 0.790)
+ *   lntune,channels 1e-2: 0.700 / 0.630
+ *   full      3e-3: 0.800 / 0.615
+ * RED does not beat head at any rate tried (also 600 steps, batch 32 and
+ * 64): on this random trunk the residual stream has an rms of ~0.025, and
+ * Adam moves RED's bias by ~lr a step, so from 1e-2 up the bias swamps the
+ * residual stream (rms 0.33 after 300 steps at 3e-2) and the head's
+ * features with it, while below that s and b barely leave 1 and 0 and RED
+ * equals the head. The assertion is kept: red fails it. */
+static const method_t METHODS[] = {
+    {"lora", 3e-3f},   {"adapter", 1e-3f},         {"red", 3e-3f},
+    {"lntune", 3e-2f}, {"lntune,channels", 1e-2f}, {"full", 3e-3f},
+};
+#define N_METHODS (int)(sizeof METHODS / sizeof METHODS[0])
+
+static char g_dir[64];
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static int group_setup(void **state) {
+    (void)state;
+    snprintf(g_dir, sizeof g_dir, "/tmp/graft_test_methods_XXXXXX");
+    if (!mkdtemp(g_dir)) return -1;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "python3 %s/scripts/synthetic_tasks.py %s --train 600 --eval 100 >/dev/null",
+             GRAFT_SOURCE_DIR, g_dir);
+    int rc = system(cmd);
+    if (rc == -1 || !WIFEXITED(rc) || WEXITSTATUS(rc) != 0) {
+        fprintf(stderr, "test_methods: '%s' failed (status %d)\n", cmd, rc);
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    if (g_dir[0] && !getenv("GRAFT_KEEP_TMP")) nftw(g_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    return 0;
+}
+
+static void run_config(graft_run_config_t *cfg, const char *method, float lr) {
+    char *argv[] = {"test_methods", NULL};
+    assert_int_equal(graft_options_parse(graft_run_options, cfg, 1, argv, ""), GRAFT_OPTS_OK);
+    char tasks[512], num[32];
+    snprintf(tasks, sizeof tasks,
+             "majority:classification:%s/majority.tsv,pairs:classification:%s/pairs.tsv", g_dir,
+             g_dir);
+#define SET(k, v) assert_int_equal(graft_options_set(graft_run_options, cfg, k, v, "test"), 0)
+    SET("preset", "tiny");
+    SET("seq", "32");
+    SET("tasks", tasks);
+    SET("method", method);
+    SET("batch", "16");
+    SET("warmup", "20");
+    SET("eval_max", "0");
+    SET("seed", "1");
+    SET("lora_shared_rank", "4");
+    SET("lora_shared_alpha", "8");
+    SET("lora_task_rank", "2");
+    SET("lora_task_alpha", "4");
+    SET("adapter_dim", "8");
+    SET("channels_k", "8");
+    snprintf(num, sizeof num, "%d", STEPS);
+    SET("steps", num);
+    snprintf(num, sizeof num, "%.9g", lr);
+    SET("lr", num);
+#undef SET
+}
+
+/* Share of the most frequent label in task t's dev split. */
+static double chance(const graft_trainer_t *tr, int t) {
+    int K = graft_task_num_labels(tr->tasks[t]);
+    size_t n = graft_task_count(tr->tasks[t], GRAFT_SPLIT_DEV), counts[16] = {0}, best = 0;
+    assert_true(K <= 16);
+    for (size_t i = 0; i < n; i++) counts[graft_task_example(tr->tasks[t], GRAFT_SPLIT_DEV, i)->label_id]++;
+    for (int k = 0; k < K; k++)
+        if (counts[k] > best) best = counts[k];
+    return (double)best / (double)n;
+}
+
+/* Closed form of the trainable parameters of task t (shared + own). */
+static size_t closed_form(const graft_trainer_t *tr, int t) {
+    const graft_gpt2_config_t *c = &tr->trunk->cfg;
+    const graft_run_config_t *rc = &tr->cfg;
+    size_t L = c->L, C = c->C, K = graft_task_num_labels(tr->tasks[t]);
+    size_t n = C * K + K; /* the head */
+    int methods;
+    assert_int_equal(graft_peft_parse_methods(rc->method, &methods), GRAFT_OK);
+    if (methods & GRAFT_M_FULL) n += tr->trunk->num_params;
+    if (methods & GRAFT_M_LORA) {
+        /* r (in + out) per adapted matrix: qkv C->3C, attn C->C, fc C->4C,
+         * fcproj 4C->C, i.e. 16C per layer with all four, for each pair */
+        size_t in_out[4] = {C + 3 * C, C + C, C + 4 * C, 4 * C + C};
+        for (int p = 0; p < 4; p++)
+            n += L * (size_t)(rc->lora_shared_rank + rc->lora_task_rank) * in_out[p];
+    }
+    if (methods & GRAFT_M_RED) n += 2 * L * C;
+    if (methods & GRAFT_M_ADAPTER) {
+        size_t m = rc->adapter_dim;
+        n += L * (2 * C + C * m + m + m * C + C);
+    }
+    if (methods & GRAFT_M_LNTUNE) n += 2 * L * 2 * C + 2 * C;
+    if (methods & GRAFT_M_CHANNELS) {
+        size_t k = rc->channels_k;
+        n += L * (4 * C * k + k);
+    }
+    return n;
+}
+
+/* Trains `method` at lr and returns its mean dev accuracy over the tasks. */
+static double train_method(const char *method, float lr) {
+    graft_run_config_t cfg;
+    run_config(&cfg, method, lr);
+    graft_trainer_t *tr = NULL;
+    assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
+    assert_int_equal(tr->n_tasks, 2);
+
+    for (int t = 0; t < tr->n_tasks; t++) {
+        size_t got = graft_peft_task_params(tr->peft, t), want = closed_form(tr, t);
+        printf("  %-16s %-9s trainable %zu (closed form %zu)\n", method,
+               graft_task_name(tr->tasks[t]), got, want);
+        assert_int_equal(got, want);
+    }
+
+    int full = strcmp(method, "full") == 0;
+    double t0 = graft_now();
+    int stage1 = cfg.stage1_steps > 0 ? cfg.stage1_steps : cfg.steps / 3;
+    while (tr->step < cfg.steps) {
+        if (tr->stage == 1 && tr->step >= stage1) graft_trainer_select_channels(tr);
+        int t = graft_trainer_task_for_step(tr, tr->step);
+        graft_trainer_step(tr, t, -1.0f);
+    }
+    assert_int_equal(tr->stage, 2);
+    double seconds = graft_now() - t0;
+    double acc = 0.0, ch = 0.0;
+    char line[256];
+    for (int t = 0; t < tr->n_tasks; t++) {
+        graft_eval_result_t r;
+        graft_trainer_evaluate(tr, t, GRAFT_SPLIT_DEV, &r);
+        graft_eval_format(tr, &r, line, sizeof line);
+        printf("  %-16s %s (chance %.2f)\n", method, line, chance(tr, t));
+        acc += r.cls.accuracy / tr->n_tasks;
+        ch += chance(tr, t) / tr->n_tasks;
+    }
+    printf("  %-16s lr %.0e: mean dev accuracy %.4f (chance %.4f), %d steps in %.1fs\n", method,
+           (double)lr, acc, ch, tr->step, seconds);
+    assert_true(acc > ch);
+
+    /* A PEFT method leaves the trunk exactly as built from the seed. */
+    graft_gpt2_config_t mc;
+    assert_int_equal(graft_gpt2_preset("tiny", &mc), GRAFT_OK);
+    graft_gpt2_t *fresh = graft_gpt2_new(&mc, (uint64_t)cfg.seed);
+    int same = memcmp(fresh->params_memory, tr->trunk->params_memory,
+                      fresh->num_params * sizeof(float)) == 0;
+    assert_int_equal(same, !full);
+    if (!full) assert_null(tr->trunk->grads_memory);
+    graft_gpt2_destroy(&fresh);
+    graft_trainer_destroy(&tr);
+    return acc;
+}
+
+static void test_methods_beat_head(void **state) {
+    (void)state;
+    /* head baselines by learning rate, each trained once */
+    float head_lr[N_METHODS];
+    double head_acc[N_METHODS];
+    int n_head = 0, failures = 0;
+    for (int i = 0; i < N_METHODS; i++) {
+        const method_t *mt = &METHODS[i];
+        int h = 0;
+        while (h < n_head && head_lr[h] != mt->lr) h++;
+        if (h == n_head) {
+            head_lr[n_head] = mt->lr;
+            head_acc[n_head++] = train_method("head", mt->lr);
+        }
+        double acc = train_method(mt->method, mt->lr);
+        int ok = acc >= head_acc[h] + MARGIN;
+        printf("  %-16s %.4f vs head %.4f at lr %.0e: %s\n", mt->method, acc, head_acc[h],
+               (double)mt->lr, ok ? "beats head" : "DOES NOT beat head");
+        failures += !ok;
+    }
+    assert_int_equal(failures, 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_methods_beat_head),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
