@@ -5,10 +5,12 @@
 # both with batch 16 of random tokens, forward + backward + clip + AdamW.
 # Prints both programs' output, then as the last line
 #   graft_tokens_per_s=<N> pytorch_tokens_per_s=<N> ratio=<graft/pytorch>
+# With --repeat R the pair runs R times, alternating, and the best of each
+# side counts (on a shared machine the slowest runs measure the neighbours).
 # Usage: scripts/bench-step.sh [--preset tiny|small|base] [--method full]
-#                              [--threads N] [--steps N]
-# Defaults: --preset small --method full --threads 2 --steps 10. Needs
-# build/graft (cmake --build build) and Debian's python3-torch.
+#                              [--threads N] [--steps N] [--repeat R]
+# Defaults: --preset small --method full --threads 2 --steps 10 --repeat 1.
+# Needs build/graft (cmake --build build) and Debian's python3-torch.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,6 +18,7 @@ PRESET=small
 METHOD=full
 THREADS=2
 STEPS=10
+REPEAT=1
 BATCH=16
 PYTHON=/usr/bin/python3 # Debian's interpreter: python3-torch lives there
 
@@ -23,21 +26,23 @@ die() { echo "bench-step: error: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --preset|--method|--threads|--steps)
+    --preset|--method|--threads|--steps|--repeat)
       [ $# -ge 2 ] || die "$1 needs a value"
       case "$1" in
         --preset) PRESET="$2" ;;
         --method) METHOD="$2" ;;
         --threads) THREADS="$2" ;;
         --steps) STEPS="$2" ;;
+        --repeat) REPEAT="$2" ;;
       esac
       shift 2 ;;
-    -h|--help) sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
 [[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer, not '$THREADS'"
 [[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || die "--steps must be a positive integer, not '$STEPS'"
+[[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a positive integer, not '$REPEAT'"
 
 GRAFT="$ROOT/build/graft"
 [ -x "$GRAFT" ] || die "$GRAFT not found: build it first (cmake -S . -B build && cmake --build build)"
@@ -47,20 +52,29 @@ GRAFT="$ROOT/build/graft"
 # The value of key=... on the last line that has it.
 field() { grep -o "$1=[0-9.]*" | tail -n 1 | cut -d= -f2; }
 
-echo "== graft"
-graft_out="$("$GRAFT" bench step --preset "$PRESET" --method "$METHOD" --threads "$THREADS" \
-  --batch "$BATCH" --steps "$STEPS")" || die "graft bench step failed"
-echo "$graft_out"
-graft_tps="$(echo "$graft_out" | field tokens_per_s)"
-[ -n "$graft_tps" ] || die "no tokens_per_s in graft's output"
+# The larger of two numbers.
+best() { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a + 0 > b + 0) ? a : b }'; }
 
-echo "== pytorch"
-torch_out="$(OMP_NUM_THREADS="$THREADS" "$PYTHON" "$ROOT/scripts/bench_torch.py" \
-  --preset "$PRESET" --method "$METHOD" --threads "$THREADS" --batch "$BATCH" \
-  --steps "$STEPS")" || die "the PyTorch benchmark failed (see above)"
-echo "$torch_out"
-torch_tps="$(echo "$torch_out" | field tokens_per_s)"
-[ -n "$torch_tps" ] || die "no tokens_per_s in the PyTorch benchmark's output"
+graft_best=""
+torch_best=""
+for ((run = 1; run <= REPEAT; run++)); do
+  echo "== graft (run $run/$REPEAT)"
+  graft_out="$("$GRAFT" bench step --preset "$PRESET" --method "$METHOD" --threads "$THREADS" \
+    --batch "$BATCH" --steps "$STEPS")" || die "graft bench step failed"
+  echo "$graft_out"
+  graft_tps="$(echo "$graft_out" | field tokens_per_s)"
+  [ -n "$graft_tps" ] || die "no tokens_per_s in graft's output"
+  graft_best="$(best "$graft_tps" "$graft_best")"
 
-ratio="$(awk -v a="$graft_tps" -v b="$torch_tps" 'BEGIN { printf "%.3f", a / b }')"
-echo "graft_tokens_per_s=$graft_tps pytorch_tokens_per_s=$torch_tps ratio=$ratio"
+  echo "== pytorch (run $run/$REPEAT)"
+  torch_out="$(OMP_NUM_THREADS="$THREADS" "$PYTHON" "$ROOT/scripts/bench_torch.py" \
+    --preset "$PRESET" --method "$METHOD" --threads "$THREADS" --batch "$BATCH" \
+    --steps "$STEPS")" || die "the PyTorch benchmark failed (see above)"
+  echo "$torch_out"
+  torch_tps="$(echo "$torch_out" | field tokens_per_s)"
+  [ -n "$torch_tps" ] || die "no tokens_per_s in the PyTorch benchmark's output"
+  torch_best="$(best "$torch_tps" "$torch_best")"
+done
+
+ratio="$(awk -v a="$graft_best" -v b="$torch_best" 'BEGIN { printf "%.3f", a / b }')"
+echo "graft_tokens_per_s=$graft_best pytorch_tokens_per_s=$torch_best ratio=$ratio"
