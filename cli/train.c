@@ -14,21 +14,6 @@ static const char *train_usage =
     "mix of batches, evaluated on each task's dev split every --eval_every steps and\n"
     "checkpointed to OUT/modules.safetensors. Ends with test metrics per task.";
 
-static json_t *eval_json(const graft_trainer_t *tr, const graft_eval_result_t *r) {
-    json_t *o = json_pack("{s:s, s:s, s:I, s:f}", "task", graft_task_name(tr->tasks[r->task]),
-                          "split", graft_task_split_name(r->split), "examples",
-                          (json_int_t)r->examples, "loss", r->loss);
-    if (r->kind == GRAFT_TASK_CLASSIFY) {
-        json_object_set_new(o, "accuracy", json_real(r->cls.accuracy));
-        json_object_set_new(o, "macro_f1", json_real(r->cls.macro_f1));
-        json_object_set_new(o, "ece", json_real(r->cls.ece));
-    } else {
-        json_object_set_new(o, "chrf", json_real(r->chrf));
-        json_object_set_new(o, "perplexity", json_real(r->perplexity));
-    }
-    return o;
-}
-
 static void evaluate_all(graft_trainer_t *tr, graft_events_t *ev, int split, int step) {
     char line[256];
     for (int t = 0; t < tr->n_tasks; t++) {
@@ -36,7 +21,7 @@ static void evaluate_all(graft_trainer_t *tr, graft_events_t *ev, int split, int
         graft_trainer_evaluate(tr, t, split, &r);
         graft_eval_format(tr, &r, line, sizeof line);
         LOG_INFO("eval step %d: %s", step, line);
-        json_t *o = eval_json(tr, &r);
+        json_t *o = graft_eval_json(tr, &r);
         json_object_set_new(o, "step", json_integer(step));
         graft_events_emit(ev, "eval", o);
         if (split == GRAFT_SPLIT_TEST) printf("%s\n", line);

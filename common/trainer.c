@@ -326,6 +326,21 @@ void graft_eval_format(const graft_trainer_t *tr, const graft_eval_result_t *r, 
                  r->perplexity);
 }
 
+json_t *graft_eval_json(const graft_trainer_t *tr, const graft_eval_result_t *r) {
+    json_t *o = json_pack("{s:s, s:s, s:I, s:f}", "task", graft_task_name(tr->tasks[r->task]),
+                          "split", graft_task_split_name(r->split), "examples",
+                          (json_int_t)r->examples, "loss", r->loss);
+    if (r->kind == GRAFT_TASK_CLASSIFY) {
+        json_object_set_new(o, "accuracy", json_real(r->cls.accuracy));
+        json_object_set_new(o, "macro_f1", json_real(r->cls.macro_f1));
+        json_object_set_new(o, "ece", json_real(r->cls.ece));
+    } else {
+        json_object_set_new(o, "chrf", json_real(r->chrf));
+        json_object_set_new(o, "perplexity", json_real(r->perplexity));
+    }
+    return o;
+}
+
 /* ---- checkpoints -------------------------------------------------------- */
 
 /* All scopes of the run: shared first, then each task's. */

@@ -10,6 +10,8 @@
 #ifndef GRAFT_TRAINER_H
 #define GRAFT_TRAINER_H
 
+#include <jansson.h>
+
 #include "adamw.h"
 #include "metrics.h"
 #include "peft.h"
@@ -72,5 +74,9 @@ int graft_trainer_load(graft_trainer_t *tr, const char *path);
 /* One-line human summary of an evaluation. */
 void graft_eval_format(const graft_trainer_t *tr, const graft_eval_result_t *r, char *buf,
                        size_t n);
+
+/* The same as a JSON object for `eval` events (new reference, owned by the
+ * caller, e.g. handed to graft_events_emit). */
+json_t *graft_eval_json(const graft_trainer_t *tr, const graft_eval_result_t *r);
 
 #endif

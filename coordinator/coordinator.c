@@ -388,21 +388,6 @@ static void aggregate(coord_t *c) {
     free(in);
 }
 
-static json_t *eval_json(const graft_trainer_t *tr, const graft_eval_result_t *r) {
-    json_t *o = json_pack("{s:s, s:s, s:I, s:f}", "task", graft_task_name(tr->tasks[r->task]),
-                          "split", graft_task_split_name(r->split), "examples",
-                          (json_int_t)r->examples, "loss", r->loss);
-    if (r->kind == GRAFT_TASK_CLASSIFY) {
-        json_object_set_new(o, "accuracy", json_real(r->cls.accuracy));
-        json_object_set_new(o, "macro_f1", json_real(r->cls.macro_f1));
-        json_object_set_new(o, "ece", json_real(r->cls.ece));
-    } else {
-        json_object_set_new(o, "chrf", json_real(r->chrf));
-        json_object_set_new(o, "perplexity", json_real(r->perplexity));
-    }
-    return o;
-}
-
 /* Dev split during the run; the test split after the last round, printed. */
 static void evaluate(coord_t *c, int split) {
     char line[256];
@@ -411,7 +396,7 @@ static void evaluate(coord_t *c, int split) {
         graft_trainer_evaluate(c->tr, t, split, &r);
         graft_eval_format(c->tr, &r, line, sizeof line);
         LOG_INFO("eval round %d: %s", c->round, line);
-        json_t *o = eval_json(c->tr, &r);
+        json_t *o = graft_eval_json(c->tr, &r);
         json_object_set_new(o, "round", json_integer(c->round));
         graft_events_emit(c->ev, "eval", o);
         if (split == GRAFT_SPLIT_TEST) printf("%s\n", line);
