@@ -56,9 +56,10 @@ int cmd_train(int argc, char **argv) {
     }
     char digest[32];
     snprintf(digest, sizeof digest, "%016llx", graft_options_digest(graft_run_options, &cfg));
-    graft_events_emit(ev, "run_start", json_pack("{s:s, s:s, s:i, s:s, s:i}", "mode", "train",
-                                                 "config_digest", digest, "seed", cfg.seed,
-                                                 "method", cfg.method, "step", tr->step));
+    graft_events_emit(ev, "run_start",
+                      json_pack("{s:s, s:s, s:i, s:s, s:i, s:o}", "mode", "train", "config_digest",
+                                digest, "seed", cfg.seed, "method", cfg.method, "step", tr->step,
+                                "params", graft_trainer_params_json(tr)));
     LOG_INFO("train: %d tasks, method %s, %d steps of %dx%d from step %d", tr->n_tasks, cfg.method,
              cfg.steps, tr->B, tr->T, tr->step);
     int stage1 = cfg.stage1_steps > 0 ? cfg.stage1_steps : cfg.steps / 3;
@@ -78,6 +79,10 @@ int cmd_train(int argc, char **argv) {
             LOG_INFO("step %d/%d | task %s | loss %.4f | %.1f steps/s | ETA %.0fs", tr->step,
                      cfg.steps, graft_task_name(tr->tasks[t]), loss, sps,
                      (cfg.steps - tr->step) / sps);
+            graft_events_emit(ev, "train",
+                              json_pack("{s:i, s:s, s:f, s:f}", "step", tr->step, "task",
+                                        graft_task_name(tr->tasks[t]), "loss", (double)loss,
+                                        "seconds", el));
         }
         if (tr->step % cfg.eval_every == 0 && tr->step < cfg.steps)
             evaluate_all(tr, ev, GRAFT_SPLIT_DEV, tr->step);

@@ -469,3 +469,15 @@ int graft_trainer_load(graft_trainer_t *tr, const char *path) {
     graft_st_close(&f);
     return rc;
 }
+
+json_t *graft_trainer_params_json(const graft_trainer_t *tr) {
+    const graft_peft_t *p = tr->peft;
+    json_t *own = json_object(), *per_task = json_object();
+    for (int t = 0; t < p->n_tasks; t++) {
+        json_object_set_new(own, p->tasks[t].name, json_integer((json_int_t)p->tasks[t].scope->numel));
+        json_object_set_new(per_task, p->tasks[t].name,
+                            json_integer((json_int_t)graft_peft_task_params(p, t)));
+    }
+    return json_pack("{s:I, s:I, s:o, s:o}", "trunk", (json_int_t)tr->trunk->num_params, "shared",
+                     (json_int_t)p->shared->numel, "tasks", own, "per_task", per_task);
+}

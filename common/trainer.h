@@ -79,4 +79,8 @@ void graft_eval_format(const graft_trainer_t *tr, const graft_eval_result_t *r, 
  * caller, e.g. handed to graft_events_emit). */
 json_t *graft_eval_json(const graft_trainer_t *tr, const graft_eval_result_t *r);
 
+/* Trainable parameter counts for `run_start` events (new reference):
+ * {"trunk": N, "shared": n, "tasks": {NAME: own, ...}, "per_task": {NAME: shared + own}}. */
+json_t *graft_trainer_params_json(const graft_trainer_t *tr);
+
 #endif

@@ -543,10 +543,11 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
         snprintf(digest, sizeof digest, "%016llx",
                  graft_options_digest(graft_run_options, &o->cfg));
         graft_events_emit(c.ev, "run_start",
-                          json_pack("{s:s, s:s, s:i, s:s, s:i, s:i, s:i}", "mode",
+                          json_pack("{s:s, s:s, s:i, s:s, s:i, s:i, s:i, s:o}", "mode",
                                     o->mode ? o->mode : "?", "config_digest", digest, "seed",
                                     o->cfg.seed, "method", o->cfg.method, "round", c.round,
-                                    "rounds", o->cfg.rounds, "workers", o->expected_workers));
+                                    "rounds", o->cfg.rounds, "workers", o->expected_workers,
+                                    "params", graft_trainer_params_json(c.tr)));
         LOG_INFO("coordinator: %d tasks, method %s, rounds %d..%d, waiting for %d workers",
                  c.tr->n_tasks, o->cfg.method, c.round, o->cfg.rounds, o->expected_workers);
         rc = loop(&c);
