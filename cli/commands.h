@@ -14,6 +14,7 @@ int cmd_run(int argc, char **argv);
 int cmd_coordinator(int argc, char **argv);
 int cmd_worker(int argc, char **argv);
 int cmd_mpi(int argc, char **argv);
+int cmd_report(int argc, char **argv);
 
 /* Sets OpenBLAS and OpenMP to n threads (n <= 0: all cores); returns n used. */
 int cli_set_threads(int n);

@@ -21,6 +21,7 @@ static const command_t commands[] = {
     {"worker", cmd_worker, "a federated worker: trains its shards for a coordinator"},
     {"mpi", cmd_mpi, "federated run under mpirun: rank 0 coordinates, the rest work"},
     {"keygen", cmd_keygen, "write a CurveZMQ keypair for a coordinator or a worker"},
+    {"report", cmd_report, "summary table and PNG plots from runs' JSON-lines event logs"},
     {"bench", cmd_bench, "benchmarks: `graft bench step` (training step throughput)"},
 };
 #define NUM_COMMANDS (sizeof commands / sizeof commands[0])
