@@ -7,8 +7,8 @@
  *                         that carry "sparsity")
  *   OUT/overlap.png       the task-by-task mask overlap (a "mask_overlap"
  *                         event: {"tasks": [...], "jaccard": [[...]]})
- * Each plot's gnuplot script is kept next to it (NAME.gp) so it can be
- * tweaked and redrawn.
+ * Each plot's gnuplot script is kept next to it (NAME.gp, its messages in
+ * NAME.gp.log) so it can be tweaked and redrawn.
  *
  * The metric of a task is its accuracy (classification) or chrF
  * (generation), both in points (0..100); a run's average is over its tasks.
@@ -351,11 +351,12 @@ static int gnuplot(const char *out, const char *name, const char *script) {
     }
     fputs(script, f);
     fclose(f);
-    snprintf(cmd, sizeof cmd, "gnuplot '%s'", path);
+    /* gnuplot's chatter (empty-range warnings) goes to NAME.gp.log. */
+    snprintf(cmd, sizeof cmd, "gnuplot '%s' 2> '%s.log'", path, path);
     if (system(cmd) != 0) {
-        LOG_ERROR("report: gnuplot failed on %s (is gnuplot installed? scripts/install-deps.sh "
-                  "installs gnuplot-nox)",
-                  path);
+        LOG_ERROR("report: gnuplot failed on %s, see %s.log (is gnuplot installed? "
+                  "scripts/install-deps.sh installs gnuplot-nox)",
+                  path, path);
         return GRAFT_EIO;
     }
     LOG_INFO("report: wrote %s/%s.png", out, name);
@@ -418,12 +419,14 @@ static int plot_curves(const char *out, const run_t *r) {
         }
     }
     bprintf(&b, "EOD\n");
+    int has_dev[MAX_TASKS] = {0};
     for (int t = 0; t < nt; t++) {
         bprintf(&b, "$task%d << EOD\n", t);
         json_array_foreach(r->events, i, e) {
             if (!is_eval(e, "dev") || strcmp(str(e, "task", ""), tasks[t])) continue;
             if (!isnan(num(e, "sparsity", NAN))) continue;
             bprintf(&b, "%g %g\n", ev_x(e), ev_metric(e));
+            has_dev[t] = 1;
         }
         bprintf(&b, "EOD\n");
     }
@@ -435,11 +438,13 @@ static int plot_curves(const char *out, const run_t *r) {
     bprintf(&b, "set key bottom right\nset ylabel 'dev metric (accuracy %% or chrF)'\n");
     int any = 0;
     for (int t = 0; t < nt; t++) {
+        if (!has_dev[t]) continue;
         bprintf(&b, "%s $task%d using 1:2 with linespoints lw 1.5 title '%s'", any ? ", \\\n    " : "plot",
                 t, tasks[t]);
         any = 1;
     }
-    if (!any) bprintf(&b, "plot [0:1][0:1] -1 notitle");
+    if (!any)
+        bprintf(&b, "set label 2 'no dev evaluations' at graph 0.35,0.5\nplot [0:1][0:1] -1 notitle");
     bprintf(&b, "\nunset multiplot\n");
     int rc = gnuplot(out, name, b.s);
     free(b.s);
@@ -557,9 +562,12 @@ int cmd_report(int argc, char **argv) {
     if (!rc && graft_mkdirs_for(path)) rc = GRAFT_EIO;
     json_t *rows = json_array();
     for (int k = 0; k < nr && !rc; k++) {
-        json_array_append_new(rows, summary_row(&runs[k], NAN));
         double sp[64];
         int ns = run_sparsities(&runs[k], sp, 64);
+        json_t *row = summary_row(&runs[k], NAN);
+        /* A mask run's rows are its sparsities; an empty base row says nothing. */
+        if (ns && json_object_size(json_object_get(row, "tasks")) == 0) json_decref(row);
+        else json_array_append_new(rows, row);
         for (int s = 0; s < ns; s++) json_array_append_new(rows, summary_row(&runs[k], sp[s]));
     }
     if (!rc) {

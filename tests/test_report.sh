@@ -1,0 +1,74 @@
+#!/bin/sh
+# graft report on fabricated event logs with known numbers: the summary
+# table's values, summary.json, the plots (when gnuplot is installed), and
+# the refusal of a malformed log with its file and line.
+# Usage: test_report.sh GRAFT_BINARY
+set -eu
+GRAFT="$1"
+T="$(mktemp -d)"
+trap 'rm -rf "$T"' EXIT
+fail() { echo "test_report: FAIL: $*" >&2; exit 1; }
+
+mkdir -p "$T/central" "$T/fed" "$T/masks"
+cat > "$T/central/events.jsonl" <<'J'
+{"ts":1.0,"event":"run_start","mode":"train","method":"lora","step":0,"params":{"trunk":1000,"shared":40,"tasks":{"a":10,"b":30},"per_task":{"a":50,"b":70}}}
+{"ts":2.0,"event":"train","step":10,"task":"a","loss":2.0}
+{"ts":3.0,"event":"eval","task":"a","split":"dev","accuracy":0.5,"ece":0.2,"loss":1.0,"step":10}
+{"ts":4.0,"event":"eval","task":"a","split":"test","accuracy":0.75,"ece":0.1,"macro_f1":0.7,"loss":0.9,"step":20}
+{"ts":5.0,"event":"eval","task":"b","split":"test","chrf":40.0,"loss":2.5,"perplexity":12.2,"step":20}
+{"ts":6.0,"event":"run_end","step":20,"seconds":12.5,"ok":true}
+J
+cat > "$T/fed/events.jsonl" <<'J'
+{"ts":1.0,"event":"run_start","mode":"run","method":"lora","round":1,"params":{"trunk":1000,"shared":40,"tasks":{"a":10},"per_task":{"a":50}}}
+{"ts":2.0,"event":"round_end","round":1,"train_loss":2.0,"bytes_in":100,"bytes_out":300}
+{"ts":3.0,"event":"round_end","round":2,"train_loss":1.5,"bytes_in":200,"bytes_out":400}
+{"ts":4.0,"event":"eval","task":"a","split":"test","accuracy":0.6,"ece":0.3,"loss":1.1,"round":2}
+{"ts":5.0,"event":"run_end","round":2,"seconds":30.0,"ok":true}
+J
+cat > "$T/masks/events.jsonl" <<'J'
+{"ts":1.0,"event":"run_start","mode":"graft","method":"graft","step":0}
+{"ts":1.5,"event":"mask","trunk":1000,"eligible":800}
+{"ts":2.0,"event":"eval","task":"a","split":"test","accuracy":0.55,"ece":0.05,"loss":1.0,"sparsity":0.01}
+{"ts":2.0,"event":"eval","task":"a","split":"test","accuracy":0.65,"ece":0.04,"loss":0.9,"sparsity":0.1}
+{"ts":3.0,"event":"mask_overlap","tasks":["a","b"],"jaccard":[[1.0,0.25],[0.25,1.0]]}
+{"ts":4.0,"event":"run_end","seconds":3.0,"ok":true}
+J
+
+"$GRAFT" report --no-plots --out "$T/rep" "$T/central" "$T/fed/events.jsonl" "$T/masks" > "$T/table.txt" \
+  || fail "graft report exited $?"
+cat "$T/table.txt"
+grep -q '^central .* 75.00 .* 40.00 .* 57.50 .* 0.100 .* 60 .* 6.000% .* 12.5$' "$T/table.txt" \
+  || fail "central row"
+grep -q '^fed .* 60.00 .* 500 .* 30.0$' "$T/table.txt" || fail "federated row (bytes per round 500)"
+grep -q '^masks@1% .* 55.00 .* 8 ' "$T/table.txt" || fail "mask row at 1% (8 of 800 eligible)"
+grep -q '^masks@10% .* 65.00 ' "$T/table.txt" || fail "mask row at 10%"
+python3 - "$T/rep/summary.json" <<'P' || fail "summary.json"
+import json, sys
+s = json.load(open(sys.argv[1]))
+r = {x["run"] + ("@%g" % x["sparsity"] if "sparsity" in x else ""): x for x in s["runs"]}
+assert abs(r["central"]["avg"] - 57.5) < 1e-9, r["central"]
+assert r["central"]["tasks"]["b"]["metric_name"] == "chrf"
+assert abs(r["central"]["ece"] - 0.1) < 1e-9
+assert abs(r["central"]["params_per_task"] - 60) < 1e-9
+assert abs(r["fed"]["bytes_per_round"] - 500) < 1e-9 and r["fed"]["rounds"] == 2
+assert abs(r["masks@0.01"]["params_per_task"] - 8) < 1e-9
+assert s["mask_overlap"]["jaccard"][0][1] == 0.25
+P
+
+# Plots, when gnuplot is here (scripts/install-deps.sh installs it).
+if command -v gnuplot >/dev/null 2>&1; then
+  "$GRAFT" report --out "$T/rep" "$T/central" "$T/fed" "$T/masks" > /dev/null || fail "plots"
+  for f in central-curves fed-curves masks-curves sparsity overlap; do
+    [ -s "$T/rep/$f.png" ] || fail "no $f.png"
+    [ "$(head -c 4 "$T/rep/$f.png" | od -An -c | tr -d ' ')" = "211PNG" ] || fail "$f.png is not a PNG"
+  done
+fi
+
+# A malformed line names the file and the line; nothing is written.
+printf '{"event":"run_start"}\nnot json\n{"event":"run_end"}\n' > "$T/bad.jsonl"
+if "$GRAFT" report --no-plots --out "$T/rep2" "$T/bad.jsonl" 2> "$T/err.txt"; then
+  fail "a malformed log was accepted"
+fi
+grep -q 'bad.jsonl:2' "$T/err.txt" || { cat "$T/err.txt"; fail "error does not name file:line"; }
+[ ! -e "$T/rep2/summary.json" ] || fail "summary written for a malformed log"
+echo "test_report: OK"
