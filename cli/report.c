@@ -391,7 +391,7 @@ static void bprintf(buf_t *b, const char *fmt, ...) {
 
 static void plot_header(buf_t *b, const char *out, const char *name, int w, int h) {
     bprintf(b,
-            "set terminal pngcairo size %d,%d font 'Sans,10'\nset output '%s/%s.png'\n"
+            "set terminal pngcairo size %d,%d font 'Sans,10' noenhanced\nset output '%s/%s.png'\n"
             "set grid\nset key outside right top\n",
             w, h, out, name);
 }
@@ -505,14 +505,13 @@ static int plot_overlap(const char *out, const run_t *runs, int n) {
     buf_t b = {0};
     plot_header(&b, out, "overlap", 700, 600);
     bprintf(&b, "unset key\nunset grid\nset title 'mask overlap (Jaccard)'\nset cbrange [0:1]\n"
-                "set palette rgb 33,13,10\nset xtics rotate by -30 (");
+                "set palette defined (0 '#ffffff', 0.5 '#74a9cf', 1 '#0570b0')\nset xtics rotate by -30 (");
     for (size_t i = 0; i < nt; i++)
         bprintf(&b, "%s'%s' %zu", i ? ", " : "", json_string_value(json_array_get(tasks, i)), i);
     bprintf(&b, ")\nset ytics (");
     for (size_t i = 0; i < nt; i++)
         bprintf(&b, "%s'%s' %zu", i ? ", " : "", json_string_value(json_array_get(tasks, i)), i);
-    bprintf(&b, ")\nset xrange [-0.5:%zu.5]\nset yrange [-0.5:%zu.5] reverse\n$m << EOD\n", nt - 1,
-            nt - 1);
+    bprintf(&b, ")\nset xrange [-0.5:%zu.5]\nset yrange [%zu.5:-0.5]\n$m << EOD\n", nt - 1, nt - 1);
     for (size_t i = 0; i < nt; i++) {
         json_t *row = json_array_get(m, i);
         for (size_t j = 0; j < nt; j++)

@@ -1,0 +1,525 @@
+#!/usr/bin/env python3
+"""The five-task benchmark: every method, centralized and federated.
+
+Runs `graft train` (centralized, all tasks in one run) and `graft run`
+(federated, K non-IID clients from `graft data shard`) for each method on the
+tasks written by `graft data prepare`, plus single-task full fine-tuning, the
+`graft` sparse masks built from it at several sparsities, and the same MTLoRA
+run on a randomly initialised trunk. `graft report` turns the runs' JSON-lines
+logs into OUT/report/summary.json and the PNG plots; this script then writes
+the results page (docs/results.md by default) with the date, the machine, the
+command and the acceptance checks of issue 5.
+
+Every run writes OUT/NAME/events.jsonl and its log OUT/logs/NAME.log; a run
+whose log ends with a successful run_end is not repeated (use --force).
+
+    python3 scripts/bench_tasks.py                # the full benchmark (~1 h)
+    python3 scripts/bench_tasks.py --quick        # CI: tiny trunk, data slice
+
+--quick uses the random `tiny` trunk, the committed data slice
+tests/data/tasks-quick (or --data) and a few steps, and only asserts that
+every method runs end to end and beats chance on every task: uniform
+guessing (1/labels) for classification, and a target-token loss below a
+uniform guess over the vocabulary (ln V) for generation.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS = [  # name, kind
+    ("langid", "classification"),
+    ("wordnet_supersense", "classification"),
+    ("wordnet_gloss", "generation"),
+    ("spam", "classification"),
+    ("sotu_era", "classification"),
+]
+
+# Multi-task methods: name, what the table calls it, graft options.
+METHODS = [
+    ("head", "head (linear probe)", ["--method", "head", "--lr", "5e-3"]),
+    ("lora_shared", "lora shared only (r=8)",
+     ["--method", "lora", "--lora_shared_rank", "8", "--lora_task_rank", "0", "--lr", "3e-3"]),
+    ("lora_task", "lora task only (r=8)",
+     ["--method", "lora", "--lora_shared_rank", "0", "--lora_task_rank", "8", "--lr", "3e-3"]),
+    ("mtlora", "MTLoRA shared r=8 + task r=4",
+     ["--method", "lora", "--lora_shared_rank", "8", "--lora_task_rank", "4", "--lr", "3e-3"]),
+    ("adapter", "adapter (d=16)", ["--method", "adapter", "--adapter_dim", "16", "--lr", "3e-3"]),
+    ("red", "RED", ["--method", "red", "--lr", "1e-2"]),
+    ("lntune_channels", "lntune + channels (k=16)",
+     ["--method", "lntune,channels", "--channels_k", "16", "--lr", "5e-3"]),
+]
+FULL_OPTS = ["--method", "full", "--lr", "5e-4"]
+SPARSITIES = ["0.0001", "0.001", "0.01", "0.05"]
+
+
+def log(msg):
+    print(f"bench-tasks: {msg}", flush=True)
+
+
+def die(msg):
+    print(f"bench-tasks: error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        self.graft = os.path.join(ROOT, "build", "graft")
+        self.out = a.out
+        os.makedirs(os.path.join(self.out, "logs"), exist_ok=True)
+        self.runs = []  # run directories, in order, for graft report
+        self.n_done = 0
+
+    def task_list(self, names=None):
+        names = names or [t for t, _ in TASKS]
+        kinds = dict(TASKS)
+        return ",".join(f"{t}:{kinds[t]}:{os.path.join(self.a.data, t + '.tsv')}" for t in names)
+
+    def common(self):
+        a = self.a
+        o = ["--seq", str(a.seq), "--batch", str(a.batch), "--eval_max", str(a.eval_max),
+             "--gen_tokens", str(a.gen_tokens), "--threads", str(a.threads), "--seed", "1"]
+        o += ["--trunk", a.trunk] if a.trunk else ["--trunk", "", "--preset", a.preset]
+        return o
+
+    def finished(self, run_dir):
+        ev = os.path.join(run_dir, "events.jsonl")
+        if self.a.force or not os.path.exists(ev):
+            return False
+        with open(ev) as f:
+            lines = f.read().splitlines()
+        try:
+            last = json.loads(lines[-1]) if lines else {}
+        except json.JSONDecodeError:
+            return False
+        return last.get("event") == "run_end" and last.get("ok") is True
+
+    def run(self, name, argv):
+        """Runs one graft command writing its events to OUT/name."""
+        run_dir = os.path.join(self.out, name)
+        self.runs.append(run_dir)
+        if self.finished(run_dir):
+            log(f"{name}: already done (use --force to redo)")
+            return run_dir
+        logf = os.path.join(self.out, "logs", name + ".log")
+        cmd = [self.graft] + argv
+        log(f"{name}: {' '.join(shlex.quote(c) for c in cmd)}")
+        t0 = time.time()
+        with open(logf, "w") as f:
+            f.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+            f.flush()
+            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        if p.returncode != 0:
+            with open(logf) as f:
+                tail = f.read().splitlines()[-15:]
+            die(f"{name} failed (exit {p.returncode}); last lines of {logf}:\n  " + "\n  ".join(tail))
+        log(f"{name}: done in {time.time() - t0:.0f} s")
+        return run_dir
+
+    # -- the runs ---------------------------------------------------------
+
+    def centralized(self, name, opts, trunk_opts=None):
+        a = self.a
+        argv = ["train", "--tasks", self.task_list(), "--steps", str(a.steps),
+                "--eval_every", str(a.eval_every), "--checkpoint_every", str(a.steps),
+                "--out", os.path.join(self.out, name)] + self.common() + opts
+        if trunk_opts:
+            argv += trunk_opts
+        return self.run(name, argv)
+
+    def federated(self, name, opts):
+        a = self.a
+        argv = ["run", "--tasks", self.task_list(), "--shards", self.shards,
+                "--workers", str(a.clients), "--rounds", str(a.rounds),
+                "--local_steps", str(a.local_steps), "--eval_every_rounds",
+                str(max(1, a.rounds // 4)), "--out", os.path.join(self.out, name)]
+        argv += self.common() + opts
+        argv += ["--batch", str(a.fed_batch), "--threads", "1"]
+        return self.run(name, argv)
+
+    def single_task_full(self, task):
+        a = self.a
+        name = f"full-{task}"
+        argv = ["train", "--tasks", self.task_list([task]), "--steps", str(a.full_steps),
+                "--eval_every", str(a.full_steps), "--checkpoint_every", str(a.full_steps),
+                "--out", os.path.join(self.out, name)] + self.common() + FULL_OPTS
+        return self.run(name, argv)
+
+    def graft_masks(self, task, full_dir):
+        """The graft method on task's fine-tuned model at every sparsity."""
+        a = self.a
+        name = f"graft-{task}"
+        argv = ["train", "--method", "graft", "--tasks", self.task_list([task]),
+                "--finetuned", os.path.join(full_dir, "modules.safetensors"),
+                "--sparsity", ",".join(a.sparsities),
+                "--out", os.path.join(self.out, name)] + self.common()
+        return self.run(name, argv)
+
+    def shard(self):
+        a = self.a
+        self.shards = os.path.join(self.out, "shards")
+        argv = ["data", "shard", "--tasks", self.task_list(), "--clients", str(a.clients),
+                "--alpha", str(a.alpha), "--seed", "1", "--out", self.shards]
+        logf = os.path.join(self.out, "logs", "shard.log")
+        with open(logf, "w") as f:
+            p = subprocess.run([self.graft] + argv, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        if p.returncode != 0:
+            die(f"graft data shard failed; see {logf}")
+        log(f"sharded the train splits over {a.clients} clients: {self.shards} (table in {logf})")
+
+    def masks_overlap(self, graft_dirs):
+        """The task-by-task Jaccard matrix of the 1% masks, as an event log."""
+        a = self.a
+        sp = "0.01" if "0.01" in a.sparsities else a.sparsities[-1]
+        files = [os.path.join(d, f"mask-{sp}.safetensors") for d in graft_dirs]
+        name = "graft-overlap"
+        argv = ["mask", "overlap", "--out", os.path.join(self.out, name)] + files
+        return self.run(name, argv)
+
+    def report(self):
+        rep = os.path.join(self.out, "report")
+        argv = [self.graft, "report", "--out", rep] + (["--no-plots"] if self.a.no_plots else [])
+        argv += self.runs
+        p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+        sys.stdout.write(p.stdout)
+        if p.returncode != 0:
+            sys.stderr.write(p.stderr)
+            die("graft report failed")
+        with open(os.path.join(rep, "summary.json")) as f:
+            return json.load(f)
+
+
+# -- the results page -------------------------------------------------------
+
+def rows_by_run(summary):
+    out = {}
+    for r in summary["runs"]:
+        key = r["run"] if "sparsity" not in r else f"{r['run']}@{r['sparsity']}"
+        out[key] = r
+    return out
+
+
+def combine(rows, label, mode):
+    """One table row from single-task runs (one task each)."""
+    tasks, secs, ece, n_ece, params, trunk, bytes_ = {}, 0.0, 0.0, 0, [], None, None
+    for r in rows:
+        tasks.update(r["tasks"])
+        secs += r.get("seconds") or 0.0
+        for t in r["tasks"].values():
+            if t.get("ece") is not None:
+                ece += t["ece"]
+                n_ece += 1
+        if r.get("params_per_task") is not None:
+            params.append(r["params_per_task"])
+        trunk = r.get("trunk_params") or trunk
+    metrics = [t["metric"] for t in tasks.values()]
+    pp = sum(params) / len(params) if params else None
+    return {"label": label, "mode": mode, "tasks": tasks,
+            "avg": sum(metrics) / len(metrics) if metrics else None,
+            "ece": ece / n_ece if n_ece else None, "params_per_task": pp,
+            "share": pp / trunk if pp is not None and trunk else None,
+            "bytes_per_round": bytes_, "seconds": secs}
+
+
+def fmt(v, spec, dash="–"):
+    return dash if v is None else format(v, spec)
+
+
+def table(rows, task_names):
+    head = ["method", "mode"] + task_names + ["avg", "ECE", "params/task", "share",
+                                              "bytes/round", "wall s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["label"], r["mode"]]
+        for t in task_names:
+            m = r["tasks"].get(t, {}).get("metric")
+            cells.append(fmt(m, ".1f"))
+        cells += [fmt(r["avg"], ".2f"), fmt(r["ece"], ".3f"), fmt(r["params_per_task"], ",.0f"),
+                  fmt(None if r["share"] is None else 100 * r["share"], ".3f") +
+                  ("%" if r["share"] is not None else ""),
+                  fmt(r["bytes_per_round"], ",.0f"), fmt(r["seconds"], ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def as_row(r, label, mode):
+    return {"label": label, "mode": mode, "tasks": r["tasks"], "avg": r["avg"], "ece": r["ece"],
+            "params_per_task": r.get("params_per_task"), "share": r.get("share"),
+            "bytes_per_round": r.get("bytes_per_round"), "seconds": r.get("seconds")}
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}"
+
+
+def git_commit():
+    p = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                       text=True)
+    return p.stdout.strip() or "unknown"
+
+
+def check_quick(rows, task_labels):
+    """--quick: every method ran and beats chance on every task."""
+    bad = []
+    for r in rows:
+        for t, res in r["tasks"].items():
+            if res.get("metric_name") == "accuracy":
+                chance = 100.0 / task_labels[t]
+                if not res["metric"] > chance:
+                    bad.append(f"{r['label']} ({r['mode']}) {t}: accuracy {res['metric']:.1f} "
+                               f"<= chance {chance:.1f}")
+            else:
+                if not res["loss"] < math.log(260):
+                    bad.append(f"{r['label']} ({r['mode']}) {t}: target loss {res['loss']:.3f} "
+                               f">= ln V {math.log(260):.3f}")
+    return bad
+
+
+def count_labels(data):
+    labels = {}
+    for t, kind in TASKS:
+        if kind != "classification":
+            continue
+        s = set()
+        with open(os.path.join(data, t + ".tsv"), encoding="utf-8") as f:
+            for line in f:
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) == 4 and parts[0] == "train":
+                    s.add(parts[1])
+        labels[t] = len(s)
+    return labels
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--quick", action="store_true", help="CI variant (tiny trunk, data slice)")
+    p.add_argument("--data", help="task files folder (default data/tasks; quick: tests/data/tasks-quick)")
+    p.add_argument("--trunk", help="pretrained trunk (default models/small/trunk.safetensors)")
+    p.add_argument("--preset", default=None, help="preset of the random trunk (default small; quick: tiny)")
+    p.add_argument("--out", help="run folder (default runs/bench-tasks or runs/bench-quick)")
+    p.add_argument("--results", help="results page (default docs/results.md; quick: OUT/results.md)")
+    p.add_argument("--steps", type=int, help="centralized steps (default 600; quick 60)")
+    p.add_argument("--full_steps", type=int, help="single-task full fine-tuning steps (default 300)")
+    p.add_argument("--rounds", type=int, help="federated rounds (default 24; quick 3)")
+    p.add_argument("--local_steps", type=int, default=5, help="worker steps per round (default 5)")
+    p.add_argument("--clients", type=int, help="federated clients (default 12; quick 4)")
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew (default 0.5)")
+    p.add_argument("--batch", type=int, default=16, help="centralized batch (default 16)")
+    p.add_argument("--fed_batch", type=int, default=8, help="worker batch (default 8)")
+    p.add_argument("--seq", type=int, help="tokens per example (default 128; quick 64)")
+    p.add_argument("--eval_every", type=int, help="centralized dev evaluation interval")
+    p.add_argument("--eval_max", type=int, help="examples per task and evaluation (default 500)")
+    p.add_argument("--gen_tokens", type=int, default=48, help="greedy decoding budget")
+    p.add_argument("--threads", type=int, default=2, help="threads of centralized runs")
+    p.add_argument("--sparsities", default=",".join(SPARSITIES), help="graft mask sparsities")
+    p.add_argument("--only", help="comma list of method names to run (default: all)")
+    p.add_argument("--no-federated", dest="federated", action="store_false")
+    p.add_argument("--no-plots", dest="no_plots", action="store_true")
+    p.add_argument("--force", action="store_true", help="redo runs that already finished")
+    a = p.parse_args()
+    q = a.quick
+    a.data = a.data or os.path.join(ROOT, "tests/data/tasks-quick" if q else "data/tasks")
+    a.trunk = a.trunk if a.trunk is not None else ("" if q else os.path.join(ROOT, "models/small/trunk.safetensors"))
+    a.preset = a.preset or ("tiny" if q else "small")
+    a.out = a.out or os.path.join(ROOT, "runs", "bench-quick" if q else "bench-tasks")
+    a.results = a.results or (os.path.join(a.out, "results.md") if q else os.path.join(ROOT, "docs/results.md"))
+    a.steps = a.steps or (100 if q else 600)
+    a.full_steps = a.full_steps or (60 if q else 300)
+    a.rounds = a.rounds or (4 if q else 24)
+    a.clients = a.clients or (4 if q else 12)
+    a.seq = a.seq or (64 if q else 128)
+    a.eval_every = a.eval_every or max(1, a.steps // 4)
+    a.eval_max = a.eval_max or (100 if q else 500)
+    if q:
+        a.gen_tokens = min(a.gen_tokens, 16)
+    a.sparsities = a.sparsities.split(",")
+    only = set(a.only.split(",")) if a.only else None
+    for t, _ in TASKS:
+        if not os.path.exists(os.path.join(a.data, t + ".tsv")):
+            die(f"{a.data}/{t}.tsv is missing: run `build/graft data prepare` first")
+    if a.trunk and not os.path.exists(a.trunk):
+        die(f"trunk {a.trunk} is missing (see models/README.md for how it is made)")
+    if not os.path.exists(os.path.join(ROOT, "build", "graft")):
+        die("build/graft is missing: cmake -S . -B build && cmake --build build -j2")
+
+    b = Bench(a)
+    t0 = time.time()
+    if a.federated:
+        b.shard()
+    want = lambda n: only is None or n in only
+    for name, _, opts in METHODS:
+        if want(name):
+            b.centralized(name, opts)
+            if a.federated:
+                b.federated(f"{name}-fed", opts)
+    if want("random"):  # the same MTLoRA on a randomly initialised trunk
+        b.centralized("mtlora-random", dict((m[0], m[2]) for m in METHODS)["mtlora"],
+                      ["--trunk", "", "--preset", a.preset])
+    full_dirs, graft_dirs = {}, []
+    if want("full") or want("graft"):
+        for t, _ in TASKS:
+            full_dirs[t] = b.single_task_full(t)
+        if a.federated and want("full"):
+            b.federated("full-fed", FULL_OPTS)
+    if want("graft"):
+        for t, _ in TASKS:
+            graft_dirs.append(b.graft_masks(t, full_dirs[t]))
+        b.masks_overlap(graft_dirs)
+    summary = b.report()
+    write_results(a, summary, time.time() - t0)
+
+
+def write_results(a, summary, seconds):
+    runs = rows_by_run(summary)
+    names = [t for t, _ in TASKS]
+    rows = []
+    for name, label, _ in METHODS:
+        for suffix, mode in (("", "central"), ("-fed", "federated")):
+            if name + suffix in runs:
+                rows.append(as_row(runs[name + suffix], label, mode))
+    if "mtlora-random" in runs:
+        rows.append(as_row(runs["mtlora-random"], "MTLoRA, random trunk", "central"))
+    full_rows = [runs[f"full-{t}"] for t in names if f"full-{t}" in runs]
+    if full_rows:
+        rows.append(combine(full_rows, "full (single-task)", "central"))
+    if "full-fed" in runs:
+        rows.append(as_row(runs["full-fed"], "full (multi-task)", "federated"))
+    graft_rows = {}
+    for sp in a.sparsities:
+        g = [r for k, r in runs.items() if k.startswith("graft-") and r.get("sparsity") is not None
+             and abs(r["sparsity"] - float(sp)) < 1e-12]
+        if g:
+            graft_rows[sp] = combine(g, f"graft {100 * float(sp):g}%", "central")
+            rows.append(graft_rows[sp])
+
+    if a.quick:
+        bad = check_quick(rows, count_labels(a.data))
+        with open(a.results, "w") as f:
+            f.write(table(rows, names) + "\n")
+        print(table(rows, names))
+        if bad:
+            die("quick benchmark: below chance:\n  " + "\n  ".join(bad))
+        log(f"quick benchmark: {len(rows)} rows, every method beats chance on every task "
+            f"({seconds:.0f} s)")
+        return
+
+    by = {(r["label"], r["mode"]): r for r in rows}
+    checks = acceptance(by, graft_rows)
+    cmd = "python3 scripts/bench_tasks.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with open(a.results, "w") as f:
+        f.write(f"""# graft: the five-task benchmark
+
+Generated {now} by `{cmd.strip()}` (commit {git_commit()}) in {seconds / 60:.0f} minutes on
+{machine()}. Every number below comes from that run's JSON-lines logs
+(`{os.path.relpath(a.out, ROOT)}/*/events.jsonl`), summarised by `graft report`.
+
+Tasks (`graft data prepare`): {", ".join(names)}. Metric: test accuracy in % for the
+classification tasks, chrF (0-100) of greedy decodes for `wordnet_gloss`; avg is their mean;
+ECE is the mean expected calibration error (15 bins) of the classification tasks.
+Trunk: `{os.path.relpath(a.trunk, ROOT) if a.trunk else a.preset + " (random)"}`, sequence {a.seq} tokens.
+Centralized: `graft train`, all tasks in one run, {a.steps} steps of batch {a.batch}
+(round-robin). Federated: `graft run`, {a.clients} non-IID clients (`graft data shard`,
+Dirichlet alpha {a.alpha}), {a.rounds} rounds of {a.local_steps} local steps of batch {a.fed_batch}.
+Single-task full fine-tuning: one `graft train` per task, {a.full_steps} steps. `graft` masks
+are built from those fine-tuned models. params/task counts the trainable parameters one task
+uses (shared + its own); share is that over the trunk's parameters.
+
+## Results
+
+{table(rows, names)}
+
+## Acceptance checks (issue 5)
+
+""")
+        for ok, text in checks:
+            f.write(f"- {'**met**' if ok else '**NOT met**'}: {text}\n")
+        f.write("""
+## Plots
+
+Per-run training loss and dev metric curves: `runs/.../report/NAME-curves.png`.
+
+""")
+        rep = os.path.join(a.out, "report")
+        docs = os.path.dirname(a.results)
+        for png in ("sparsity.png", "overlap.png", "mtlora-curves.png", "mtlora-fed-curves.png"):
+            src = os.path.join(rep, png)
+            if os.path.exists(src):
+                dst = os.path.join(docs, "results-" + png)
+                with open(src, "rb") as s, open(dst, "wb") as d:
+                    d.write(s.read())
+                f.write(f"![{png}](results-{png})\n\n")
+        ov = summary.get("mask_overlap")
+        if ov:
+            f.write("## Mask overlap (Jaccard) of the graft masks\n\n| | " + " | ".join(ov["tasks"]) +
+                    " |\n|" + "---|" * (len(ov["tasks"]) + 1) + "\n")
+            for t, row in zip(ov["tasks"], ov["jaccard"]):
+                f.write(f"| {t} | " + " | ".join(f"{v:.3f}" for v in row) + " |\n")
+    log(f"wrote {a.results}")
+
+
+def acceptance(by, graft_rows):
+    out = []
+    head = by.get(("head (linear probe)", "central"))
+    full = by.get(("full (single-task)", "central"))
+    mt_c = by.get(("MTLoRA shared r=8 + task r=4", "central"))
+    mt_f = by.get(("MTLoRA shared r=8 + task r=4", "federated"))
+    rnd = by.get(("MTLoRA, random trunk", "central"))
+    red = by.get(("RED", "central"))
+    if mt_c and rnd:
+        worse = [t for t in mt_c["tasks"] if mt_c["tasks"][t]["metric"] <= rnd["tasks"].get(t, {}).get("metric", 1e9)]
+        out.append((not worse, "pretrained trunk beats the random trunk with MTLoRA on every task"
+                    + (f" (not on: {', '.join(worse)})" if worse else "")))
+    if mt_c and mt_f:
+        gap = mt_c["avg"] - mt_f["avg"]
+        out.append((gap <= 1.5, f"federated MTLoRA avg {mt_f['avg']:.2f} vs centralized "
+                    f"{mt_c['avg']:.2f}: gap {gap:.2f} points (target <= 1.5)"))
+    if mt_f and full:
+        gap = full["avg"] - mt_f["avg"]
+        share = mt_f["share"] or 0
+        out.append((gap <= 1.0 and share <= 0.10,
+                    f"federated MTLoRA avg {mt_f['avg']:.2f} vs single-task full {full['avg']:.2f}: "
+                    f"gap {gap:.2f} points (target <= 1), {100 * share:.2f}% of the trunk trainable "
+                    f"per task (target <= 10%)"))
+    if red and full and head:
+        gain_full = full["avg"] - head["avg"]
+        gain_red = red["avg"] - head["avg"]
+        frac = gain_red / gain_full if gain_full > 0 else float("nan")
+        share = red["share"] or 0
+        out.append((frac >= 0.9 and share < 0.005,
+                    f"RED gains {gain_red:.2f} over head vs full's {gain_full:.2f}: {100 * frac:.0f}% "
+                    f"(target >= 90%) with {100 * share:.3f}% of the trunk per task (target < 0.5%)"))
+    g = graft_rows.get("0.01")
+    if g and full and head:
+        gain_full = full["avg"] - head["avg"]
+        frac = (g["avg"] - head["avg"]) / gain_full if gain_full > 0 else float("nan")
+        out.append((frac >= 0.9, f"graft at 1% recovers {100 * frac:.0f}% of the fine-tuned gain "
+                    f"over head (target >= 90%)"))
+        if g["ece"] is not None and full["ece"] is not None:
+            out.append((g["ece"] < full["ece"], f"graft at 1% ECE {g['ece']:.3f} vs full "
+                        f"fine-tuning {full['ece']:.3f} (target: lower)"))
+    return out
+
+
+if __name__ == "__main__":
+    main()
