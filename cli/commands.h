@@ -15,6 +15,7 @@ int cmd_coordinator(int argc, char **argv);
 int cmd_worker(int argc, char **argv);
 int cmd_mpi(int argc, char **argv);
 int cmd_report(int argc, char **argv);
+int cmd_data(int argc, char **argv);
 
 /* Sets OpenBLAS and OpenMP to n threads (n <= 0: all cores); returns n used. */
 int cli_set_threads(int n);

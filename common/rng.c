@@ -1,8 +1,11 @@
-/* rng.c — PCG32 (O'Neill, pcg-random.org, "XSH RR" output). */
+/* rng.c — PCG32 (O'Neill, pcg-random.org, "XSH RR" output), and normal, Gamma and
+ * Dirichlet draws built on it. */
 #include <math.h>
 #include <stddef.h>
 
 #include "rng.h"
+
+#include "graft.h"
 
 static uint64_t splitmix64(uint64_t *x) {
     uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
@@ -43,4 +46,52 @@ float graft_rng_normal(graft_rng_t *rng) {
 
 void graft_rng_fill_normal(graft_rng_t *rng, float *x, size_t n, float std) {
     for (size_t i = 0; i < n; i++) x[i] = std * graft_rng_normal(rng);
+}
+
+/* Uniform in (0, 1), never 0 or 1 (logs of it are finite), 32 random bits. */
+static double uniform_open(graft_rng_t *rng) {
+    return ((double)graft_rng_u32(rng) + 0.5) * (1.0 / 4294967296.0);
+}
+
+static double normal_double(graft_rng_t *rng) {
+    double u1 = uniform_open(rng), u2 = uniform_open(rng);
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+/* Marsaglia and Tsang, "A simple method for generating gamma variables"
+ * (2000), for shape >= 1; a smaller shape draws Gamma(shape + 1) and
+ * multiplies by U^(1/shape) (their section 6). */
+double graft_rng_log_gamma(graft_rng_t *rng, double shape) {
+    GRAFT_ASSERT(shape > 0.0);
+    double boost = 0.0;
+    if (shape < 1.0) {
+        boost = log(uniform_open(rng)) / shape;
+        shape += 1.0;
+    }
+    double d = shape - 1.0 / 3.0, c = 1.0 / sqrt(9.0 * d);
+    for (;;) {
+        double x, v;
+        do {
+            x = normal_double(rng);
+            v = 1.0 + c * x;
+        } while (v <= 0.0);
+        v = v * v * v;
+        double u = uniform_open(rng);
+        if (log(u) < 0.5 * x * x + d - d * v + d * log(v)) return log(d * v) + boost;
+    }
+}
+
+double graft_rng_gamma(graft_rng_t *rng, double shape) {
+    return exp(graft_rng_log_gamma(rng, shape));
+}
+
+void graft_rng_dirichlet(graft_rng_t *rng, double alpha, double *p, int n) {
+    GRAFT_ASSERT(p && n >= 1);
+    double top = -INFINITY, sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        p[i] = graft_rng_log_gamma(rng, alpha);
+        if (p[i] > top) top = p[i];
+    }
+    for (int i = 0; i < n; i++) sum += (p[i] = exp(p[i] - top));
+    for (int i = 0; i < n; i++) p[i] /= sum;
 }

@@ -22,5 +22,12 @@ uint32_t graft_rng_below(graft_rng_t *rng, uint32_t n);
 float graft_rng_normal(graft_rng_t *rng);
 /* Fills x[0..n) with normal(0, std). */
 void graft_rng_fill_normal(graft_rng_t *rng, float *x, size_t n, float std);
+/* log of a Gamma(shape, 1) draw, shape > 0 (asserted). In logs because a
+ * draw for a small shape can be far below the smallest double. */
+double graft_rng_log_gamma(graft_rng_t *rng, double shape);
+/* A Gamma(shape, 1) draw (may underflow to 0 for shape << 1). */
+double graft_rng_gamma(graft_rng_t *rng, double shape);
+/* p[0..n) ~ Dirichlet(alpha, ..., alpha): non-negative, summing to 1. */
+void graft_rng_dirichlet(graft_rng_t *rng, double alpha, double *p, int n);
 
 #endif

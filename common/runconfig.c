@@ -69,8 +69,12 @@ const graft_option_t graft_run_options[] = {
 #undef OFF
 
 int graft_run_task_specs(const graft_run_config_t *cfg, graft_task_spec_t *specs, int max) {
+    return graft_task_specs_parse(cfg->tasks, specs, max);
+}
+
+int graft_task_specs_parse(const char *list, graft_task_spec_t *specs, int max) {
     char buf[GRAFT_OPT_STR];
-    snprintf(buf, sizeof buf, "%s", cfg->tasks);
+    snprintf(buf, sizeof buf, "%s", list);
     int n = 0;
     for (char *save = NULL, *tok = strtok_r(buf, ", ", &save); tok;
          tok = strtok_r(NULL, ", ", &save)) {
@@ -92,4 +96,22 @@ int graft_run_task_specs(const graft_run_config_t *cfg, graft_task_spec_t *specs
     }
     if (n == 0) LOG_ERROR("no tasks given (--tasks NAME:KIND:PATH,...)");
     return n ? n : GRAFT_EINVAL;
+}
+
+int graft_run_load_tasks(const char *list, graft_task_t **tasks, int max) {
+    graft_task_spec_t specs[GRAFT_MAX_TASKS];
+    int n = graft_task_specs_parse(list, specs, max < GRAFT_MAX_TASKS ? max : GRAFT_MAX_TASKS);
+    for (int i = 0; i < n; i++) {
+        graft_task_kind_t kind;
+        int rc = graft_task_kind_parse(specs[i].kind, &kind);
+        if (rc)
+            LOG_ERROR("tasks: '%s' has unknown kind '%s' (classification or generation)",
+                      specs[i].name, specs[i].kind);
+        if (!rc) rc = graft_task_load(specs[i].name, kind, specs[i].path, &tasks[i]);
+        if (rc) {
+            for (int j = 0; j < i; j++) graft_task_destroy(&tasks[j]);
+            return rc;
+        }
+    }
+    return n;
 }

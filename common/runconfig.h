@@ -8,6 +8,7 @@
 #define GRAFT_RUNCONFIG_H
 
 #include "options.h"
+#include "task.h"
 
 #define GRAFT_MAX_TASKS 16
 
@@ -68,5 +69,13 @@ typedef struct {
 /* Parses cfg->tasks ("name:kind:path, ...") into specs; returns the count or
  * a negative error naming the bad entry. */
 int graft_run_task_specs(const graft_run_config_t *cfg, graft_task_spec_t *specs, int max);
+
+/* The same for a list string (the value of a --tasks flag). */
+int graft_task_specs_parse(const char *list, graft_task_spec_t *specs, int max);
+
+/* Parses a --tasks list and loads every task file into tasks[0..n); returns
+ * n, or a negative error after logging which entry or file is bad (nothing
+ * is left loaded then). The caller owns the tasks. */
+int graft_run_load_tasks(const char *list, graft_task_t **tasks, int max);
 
 #endif

