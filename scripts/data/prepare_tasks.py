@@ -383,7 +383,8 @@ def word_chunks(text, n):
     words = text.split()
     chunks = [words[i:i + n] for i in range(0, len(words), n)]
     if len(chunks) > 1 and len(chunks[-1]) < n // 2:
-        chunks[-2] += chunks.pop()
+        tail = chunks.pop()
+        chunks[-1] += tail
     return [" ".join(c) for c in chunks]
 
 
