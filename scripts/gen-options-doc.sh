@@ -20,8 +20,12 @@ mkdir -p docs
     echo "## graft $cmd"
     echo
     echo '```'
-    if [ "$cmd" = bench ]; then build/graft bench --help; echo; build/graft bench step --help
-    else build/graft "$cmd" --help; fi
+    case "$cmd" in
+      bench) build/graft bench --help; echo; build/graft bench step --help ;;
+      data) build/graft data --help; echo; build/graft data prepare --help; echo
+            build/graft data shard --help ;;
+      *) build/graft "$cmd" --help ;;
+    esac
     echo '```'
   done
 } > "$out"
