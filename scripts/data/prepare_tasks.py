@@ -409,14 +409,14 @@ def sotu_rows(sotu_dir):
 
 # ---- quick slice, counts, output ----------------------------------------------
 
-def quick_slice(rows, generation):
+def quick_slice(rows, generation, caps=QUICK_CAPS):
     """At most QUICK_CAPS rows per split, picked by hash (deterministic); for
     classification every label of the split keeps some rows and the rest is
     shared out in proportion to the label's size. A subset of leak-free
     splits is leak-free."""
     out = []
     for split in SPLITS:
-        cap = QUICK_CAPS[split]
+        cap = caps[split]
         rs = sorted((r for r in rows if r[0] == split), key=lambda r: key_hash(r[2] + "\t" + r[3]))
         if generation or len(rs) <= cap:
             out += rs[:cap]
@@ -491,7 +491,7 @@ def fingerprint(args):
     h = hashlib.sha256()
     with open(os.path.abspath(__file__), "rb") as f:
         h.update(f.read())
-    h.update(b"quick" if args.quick else b"full")
+    h.update(("quick %s" % args.quick_rows).encode() if args.quick else b"full")
     for path in input_files(args):
         st = os.stat(path)
         h.update(("%s\t%d\t%d\n" % (path, st.st_size, st.st_mtime_ns)).encode())
@@ -548,6 +548,8 @@ def main(argv=None):
     ap.add_argument("--out", default="data/tasks", help="output folder (default data/tasks)")
     ap.add_argument("--quick", action="store_true",
                     help="write a small leak-free slice: at most 2000/200/200 rows per task")
+    ap.add_argument("--quick_rows", default="2000,200,200",
+                    help="with --quick: at most TRAIN,DEV,TEST rows per task (default 2000,200,200)")
     ap.add_argument("--fortunes", default="/usr/share/games/fortunes")
     ap.add_argument("--wordnet", default="/usr/share/wordnet")
     ap.add_argument("--npm_prefix", default="data/npm",
@@ -555,6 +557,15 @@ def main(argv=None):
     ap.add_argument("--spam", help="SpamAssassin data folder (default: under --npm_prefix)")
     ap.add_argument("--sotu", help="State of the Union data folder (default: under --npm_prefix)")
     args = ap.parse_args(argv)
+    try:
+        caps = [int(x) for x in args.quick_rows.split(",")]
+        if len(caps) != 3 or min(caps) < 1:
+            raise ValueError
+    except ValueError:
+        sys.stderr.write("prepare: error: --quick_rows '%s': expected TRAIN,DEV,TEST (positive)\n"
+                         % args.quick_rows)
+        return 2
+    quick_caps = dict(zip(SPLITS, caps))
     stdlib = os.path.join(args.npm_prefix, "node_modules", "@stdlib")
     args.spam = args.spam or os.path.join(stdlib, "datasets-spam-assassin", "data")
     args.sotu = args.sotu or os.path.join(stdlib, "datasets-sotu", "data")
@@ -579,7 +590,7 @@ def main(argv=None):
     manifest = {"fingerprint": digest, "quick": args.quick, "sotu_eras": eras, "tasks": {}}
     for task, (kind, rows) in tasks.items():
         if args.quick:
-            rows = quick_slice(rows, kind == "generation")
+            rows = quick_slice(rows, kind == "generation", quick_caps)
         path = os.path.join(args.out, task + ".tsv")
         write_tsv(path, rows)
         table = counts(rows, kind == "generation")
