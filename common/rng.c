@@ -7,6 +7,8 @@
 
 #include "graft.h"
 
+#define PCG_MULT 6364136223846793005ull
+
 static uint64_t splitmix64(uint64_t *x) {
     uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -22,10 +24,24 @@ void graft_rng_seed(graft_rng_t *rng, uint64_t seed, uint64_t stream) {
 
 uint32_t graft_rng_u32(graft_rng_t *rng) {
     uint64_t old = rng->state;
-    rng->state = old * 6364136223846793005ull + rng->inc;
+    rng->state = old * PCG_MULT + rng->inc;
     uint32_t xorshifted = (uint32_t)(((old >> 18u) ^ old) >> 27u);
     uint32_t rot = (uint32_t)(old >> 59u);
     return (xorshifted >> rot) | (xorshifted << ((-rot) & 31));
+}
+
+void graft_rng_advance(graft_rng_t *rng, uint64_t n) {
+    /* state_n = A state + C, with (A, C) built by squaring the one-step map. */
+    uint64_t mult = PCG_MULT, plus = rng->inc, acc_mult = 1, acc_plus = 0;
+    for (; n; n >>= 1) {
+        if (n & 1) {
+            acc_mult *= mult;
+            acc_plus = acc_plus * mult + plus;
+        }
+        plus = (mult + 1) * plus;
+        mult *= mult;
+    }
+    rng->state = acc_mult * rng->state + acc_plus;
 }
 
 float graft_rng_uniform(graft_rng_t *rng) {

@@ -14,6 +14,9 @@ typedef struct {
 
 void graft_rng_seed(graft_rng_t *rng, uint64_t seed, uint64_t stream);
 uint32_t graft_rng_u32(graft_rng_t *rng);
+/* Jumps ahead as if graft_rng_u32() had been called n times, in O(log n)
+ * (Brown, "Random number generation with arbitrary strides", 1994). */
+void graft_rng_advance(graft_rng_t *rng, uint64_t n);
 /* Uniform in [0, 1). */
 float graft_rng_uniform(graft_rng_t *rng);
 /* Uniform integer in [0, n). */

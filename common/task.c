@@ -16,8 +16,9 @@ struct graft_task {
     char *arena;
     graft_example_t *examples[GRAFT_SPLIT_COUNT];
     size_t count[GRAFT_SPLIT_COUNT];
-    const char **labels; /* strcmp-sorted, into arena; NULL for generation */
+    const char **labels; /* strcmp-sorted, into arena (or label_arena); NULL for generation */
     int num_labels;
+    char *label_arena;   /* the label strings after graft_task_relabel(), else NULL */
     const char **groups; /* strcmp-sorted, into arena */
     size_t num_groups;
 };
@@ -416,12 +417,62 @@ graft_task_t *graft_task_subset(const graft_task_t *t, const size_t *train_indic
     return u;
 }
 
+/* ---- relabelling ------------------------------------------------------- */
+
+int graft_task_relabel(graft_task_t *t, const char *const *labels, int n) {
+    GRAFT_ASSERT(t && n >= 0 && (labels || n == 0));
+    if (t->kind != GRAFT_TASK_CLASSIFY) {
+        if (n == 0) return GRAFT_OK;
+        LOG_ERROR("task %s: a generation task has no labels, %d given", t->name, n);
+        return GRAFT_EINVAL;
+    }
+    for (int l = 1; l < n; l++)
+        if (strcmp(labels[l - 1], labels[l]) >= 0) {
+            LOG_ERROR("task %s: label set is not sorted and distinct at \"%s\", \"%s\"", t->name,
+                      labels[l - 1], labels[l]);
+            return GRAFT_EINVAL;
+        }
+    size_t total = 0;
+    for (int s = 0; s < GRAFT_SPLIT_COUNT; s++) total += t->count[s];
+    int32_t *ids = graft_xmalloc((total ? total : 1) * sizeof *ids);
+    size_t k = 0;
+    for (int s = 0; s < GRAFT_SPLIT_COUNT; s++)
+        for (size_t i = 0; i < t->count[s]; i++, k++) {
+            const graft_example_t *ex = &t->examples[s][i];
+            ids[k] = table_find(labels, (size_t)n, ex->label);
+            if (ids[k] < 0) {
+                LOG_ERROR("%s:%zu: label \"%s\" of task %s is not one of the run's %d labels",
+                          t->path, ex->line, ex->label, t->name, n);
+                free(ids);
+                return GRAFT_EINVAL;
+            }
+        }
+    size_t bytes = 0;
+    for (int l = 0; l < n; l++) bytes += strlen(labels[l]) + 1;
+    char *arena = graft_xmalloc(bytes ? bytes : 1), *cursor = arena;
+    const char **table = copy_table(&cursor, labels, (size_t)n);
+    k = 0;
+    for (int s = 0; s < GRAFT_SPLIT_COUNT; s++)
+        for (size_t i = 0; i < t->count[s]; i++, k++) {
+            t->examples[s][i].label_id = ids[k];
+            t->examples[s][i].label = table[ids[k]];
+        }
+    free(ids);
+    free(t->labels);
+    free(t->label_arena);
+    t->labels = table;
+    t->label_arena = arena;
+    t->num_labels = n;
+    return GRAFT_OK;
+}
+
 void graft_task_destroy(graft_task_t **self_p) {
     GRAFT_ASSERT(self_p);
     graft_task_t *t = *self_p;
     if (!t) return;
     for (int s = 0; s < GRAFT_SPLIT_COUNT; s++) free(t->examples[s]);
     free(t->labels);
+    free(t->label_arena);
     free(t->groups);
     free(t->arena);
     free(t->name);

@@ -83,6 +83,16 @@ int graft_task_load(const char *name, graft_task_kind_t kind, const char *path,
  * NULL after logging if an index is out of range. */
 graft_task_t *graft_task_subset(const graft_task_t *t, const size_t *train_indices, size_t n);
 
+/* Renumbers the labels of classification task t against `labels`, n
+ * strcmp-sorted distinct class names (the run's label set, as the
+ * coordinator sends it): afterwards t's label set is exactly that list and
+ * every example's label_id indexes it. This is how a worker whose shard
+ * file lacks some classes agrees with the run on label ids and head size.
+ * Returns GRAFT_EINVAL after logging "path:line" of the first example whose
+ * label is not in the list, or when the list is not sorted and distinct;
+ * t is unchanged then. A generation task has no labels: n must be 0. */
+int graft_task_relabel(graft_task_t *t, const char *const *labels, int n);
+
 void graft_task_destroy(graft_task_t **self_p);
 
 const char *graft_task_name(const graft_task_t *t);

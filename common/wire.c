@@ -121,8 +121,9 @@ typedef struct {
     Graft__Tensor **tensor_ptrs;
     uint8_t **bufs; /* converted tensor bytes, one per tensor (or NULL) */
     size_t ntensors;
-    void *items;      /* Graft__Shard or Graft__Metric array */
+    void *items;      /* Graft__Shard, Graft__Metric or Graft__LabelSet array */
     void **item_ptrs; /* pointers into items */
+    char **names;     /* assign.tasks */
 } enc_t;
 
 static void enc_free(enc_t *e) {
@@ -132,6 +133,7 @@ static void enc_free(enc_t *e) {
     free(e->tensor_ptrs);
     free(e->items);
     free(e->item_ptrs);
+    free(e->names);
 }
 
 static char *str_or_empty(const char *s) { return (char *)(s ? s : ""); }
@@ -212,9 +214,22 @@ static void enc_assign(enc_t *e, const graft_wire_assign_t *m) {
     a->worker_id = m->worker_id;
     char **tasks = graft_xcalloc(m->ntasks, sizeof *tasks);
     for (size_t i = 0; i < m->ntasks; i++) tasks[i] = str_or_empty(m->tasks[i]);
-    e->item_ptrs = (void **)tasks;
+    e->names = tasks;
     a->n_tasks = m->ntasks;
     a->tasks = tasks;
+    Graft__LabelSet *sets = graft_xcalloc(m->nlabel_sets, sizeof *sets);
+    Graft__LabelSet **ptrs = graft_xcalloc(m->nlabel_sets, sizeof *ptrs);
+    for (size_t i = 0; i < m->nlabel_sets; i++) {
+        graft__label_set__init(&sets[i]);
+        sets[i].task = str_or_empty(m->label_sets[i].task);
+        sets[i].n_labels = m->label_sets[i].nlabels;
+        sets[i].labels = m->label_sets[i].labels;
+        ptrs[i] = &sets[i];
+    }
+    e->items = sets;
+    e->item_ptrs = (void **)ptrs;
+    a->n_label_sets = m->nlabel_sets;
+    a->label_sets = ptrs;
     e->env.body_case = GRAFT__ENVELOPE__BODY_ASSIGN;
     e->env.assign = a;
 }
@@ -228,6 +243,8 @@ static void enc_round_start(enc_t *e, const graft_wire_round_start_t *m, int dty
     e->hyper.batch_size = m->hyper.batch_size;
     e->hyper.weight_decay = m->hyper.weight_decay;
     e->hyper.fedprox_mu = m->hyper.fedprox_mu;
+    e->hyper.n_step_learning_rates = m->hyper.nstep_lr;
+    e->hyper.step_learning_rates = m->hyper.step_lr;
     r->round = m->round;
     r->n_tensors = m->ntensors;
     r->tensors = enc_tensors(e, m->tensors, m->ntensors, dtype);
@@ -536,6 +553,34 @@ static int dec_hello(const Graft__Hello *pb, graft_wire_hello_t *m, char *why, s
     return GRAFT_OK;
 }
 
+/* Label set i of an Assign: for one of its tasks, not repeated, labels
+ * strictly increasing in strcmp order. */
+static int dec_label_set(const Graft__LabelSet *pb, size_t i, graft_wire_assign_t *m,
+                         graft_wire_label_set_t *out, char *why, size_t why_len) {
+    char what[96];
+    snprintf(what, sizeof what, "assign.label_sets[%zu].task", i);
+    int rc = dup_ident(pb->task, what, &out->task, why, why_len);
+    if (rc) return rc;
+    size_t t = 0;
+    while (t < m->ntasks && strcmp(m->tasks[t], out->task)) t++;
+    if (t == m->ntasks)
+        return fail(why, why_len, GRAFT_EFORMAT, "assign has labels for '%s', not one of its tasks",
+                    out->task);
+    for (size_t k = 0; k < i; k++)
+        if (!strcmp(m->label_sets[k].task, out->task))
+            return fail(why, why_len, GRAFT_EFORMAT, "assign repeats the labels of '%s'", out->task);
+    out->labels = graft_xcalloc(pb->n_labels, sizeof *out->labels);
+    out->nlabels = pb->n_labels;
+    for (size_t l = 0; l < pb->n_labels; l++) {
+        snprintf(what, sizeof what, "assign.label_sets[%zu].labels[%zu]", i, l);
+        if ((rc = dup_ident(pb->labels[l], what, &out->labels[l], why, why_len))) return rc;
+        if (l > 0 && strcmp(out->labels[l - 1], out->labels[l]) >= 0)
+            return fail(why, why_len, GRAFT_EFORMAT, "%s is not after \"%s\" (labels must be "
+                        "sorted and distinct)", what, out->labels[l - 1]);
+    }
+    return GRAFT_OK;
+}
+
 static int dec_assign(const Graft__Assign *pb, graft_wire_assign_t *m, char *why, size_t why_len) {
     if (pb->worker_id == 0)
         return fail(why, why_len, GRAFT_EFORMAT, "assign.worker_id is 0 (workers start at 1)");
@@ -546,6 +591,12 @@ static int dec_assign(const Graft__Assign *pb, graft_wire_assign_t *m, char *why
         char what[48];
         snprintf(what, sizeof what, "assign.tasks[%zu]", i);
         int rc = dup_ident(pb->tasks[i], what, &m->tasks[i], why, why_len);
+        if (rc) return rc;
+    }
+    m->label_sets = graft_xcalloc(pb->n_label_sets, sizeof *m->label_sets);
+    m->nlabel_sets = pb->n_label_sets;
+    for (size_t i = 0; i < pb->n_label_sets; i++) {
+        int rc = dec_label_set(pb->label_sets[i], i, m, &m->label_sets[i], why, why_len);
         if (rc) return rc;
     }
     return GRAFT_OK;
@@ -563,6 +614,19 @@ static int dec_hyper(const Graft__Hyper *pb, graft_wire_hyper_t *h, char *why, s
         return fail(why, why_len, GRAFT_EFORMAT, "round_start.hyper has local_steps %" PRIu32
                     " and batch_size %" PRIu32 " (both must be > 0)", pb->local_steps,
                     pb->batch_size);
+    if (pb->n_step_learning_rates && pb->n_step_learning_rates != pb->local_steps)
+        return fail(why, why_len, GRAFT_EFORMAT, "round_start.hyper has %zu step learning rates "
+                    "for %" PRIu32 " local steps", pb->n_step_learning_rates, pb->local_steps);
+    for (size_t i = 0; i < pb->n_step_learning_rates; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "round_start.hyper.step_learning_rates[%zu]", i);
+        if ((rc = check_nonneg(pb->step_learning_rates[i], what, why, why_len))) return rc;
+    }
+    if (pb->n_step_learning_rates) {
+        h->step_lr = graft_xmalloc(pb->n_step_learning_rates * sizeof *h->step_lr);
+        memcpy(h->step_lr, pb->step_learning_rates, pb->n_step_learning_rates * sizeof(float));
+        h->nstep_lr = pb->n_step_learning_rates;
+    }
     h->learning_rate = pb->learning_rate;
     h->local_steps = pb->local_steps;
     h->batch_size = pb->batch_size;
@@ -762,9 +826,17 @@ void graft_msg_free(graft_msg_t *m) {
     case GRAFT_MSG_ASSIGN:
         for (size_t i = 0; m->assign.tasks && i < m->assign.ntasks; i++) free(m->assign.tasks[i]);
         free(m->assign.tasks);
+        for (size_t i = 0; m->assign.label_sets && i < m->assign.nlabel_sets; i++) {
+            graft_wire_label_set_t *ls = &m->assign.label_sets[i];
+            for (size_t l = 0; ls->labels && l < ls->nlabels; l++) free(ls->labels[l]);
+            free(ls->labels);
+            free(ls->task);
+        }
+        free(m->assign.label_sets);
         break;
     case GRAFT_MSG_ROUND_START:
         tensors_free(m->round_start.tensors, m->round_start.ntensors);
+        free(m->round_start.hyper.step_lr);
         break;
     case GRAFT_MSG_UPDATE: tensors_free(m->update.tensors, m->update.ntensors); break;
     case GRAFT_MSG_EVAL_REQUEST:

@@ -85,10 +85,20 @@ typedef struct {
     size_t nshards;
 } graft_wire_hello_t;
 
+/* A classification task's labels, strcmp-sorted and distinct (checked on
+ * decode); each label obeys the identifier rules. */
+typedef struct {
+    char *task;
+    char **labels;
+    size_t nlabels;
+} graft_wire_label_set_t;
+
 typedef struct {
     uint32_t worker_id; /* >= 1; peer 0 is the coordinator */
     char **tasks;
     size_t ntasks;
+    graft_wire_label_set_t *label_sets; /* for tasks of `tasks`, each at most once */
+    size_t nlabel_sets;
 } graft_wire_assign_t;
 
 typedef struct {
@@ -97,6 +107,8 @@ typedef struct {
     uint32_t batch_size;
     float weight_decay;
     float fedprox_mu;
+    float *step_lr;  /* nstep_lr == local_steps rates, one per local step, or NULL/0 */
+    size_t nstep_lr;
 } graft_wire_hyper_t;
 
 typedef struct {

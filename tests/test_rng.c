@@ -1,5 +1,6 @@
-/* test_rng.c — the seeded generator: reproducibility, and the moments of
- * the Gamma and Dirichlet draws that data sharding relies on. */
+/* test_rng.c — the seeded generator: reproducibility, jumping ahead (which
+ * the federated workers' batch sampler relies on), and the moments of the
+ * Gamma and Dirichlet draws that data sharding relies on. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -23,6 +24,28 @@ static void test_same_seed_same_stream(void **state) {
         differ += x != graft_rng_u32(&c);
     }
     assert_true(differ > 90);
+}
+
+/* Jumping ahead n draws lands exactly where n calls would. */
+static void test_advance(void **state) {
+    (void)state;
+    const uint64_t jumps[] = {0, 1, 2, 3, 17, 1000, 65537};
+    for (size_t j = 0; j < sizeof jumps / sizeof jumps[0]; j++) {
+        graft_rng_t walk, jump;
+        graft_rng_seed(&walk, 11, 0x7472616e);
+        jump = walk;
+        for (uint64_t i = 0; i < jumps[j]; i++) graft_rng_u32(&walk);
+        graft_rng_advance(&jump, jumps[j]);
+        assert_true(jump.state == walk.state && jump.inc == walk.inc);
+        assert_int_equal(graft_rng_u32(&jump), graft_rng_u32(&walk));
+    }
+    /* A full period (2^64 steps) comes back to the start. */
+    graft_rng_t r, start;
+    graft_rng_seed(&r, 5, 9);
+    start = r;
+    graft_rng_advance(&r, UINT64_MAX);
+    graft_rng_u32(&r);
+    assert_true(r.state == start.state);
 }
 
 /* Sample mean and variance of Gamma(k, 1) are k and k: checked to within
@@ -102,6 +125,7 @@ static void test_dirichlet_concentration(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_same_seed_same_stream),
+        cmocka_unit_test(test_advance),
         cmocka_unit_test(test_gamma_moments),
         cmocka_unit_test(test_tiny_shape_in_logs),
         cmocka_unit_test(test_dirichlet_concentration),

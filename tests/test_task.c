@@ -413,6 +413,45 @@ static void test_subset(void **state) {
     graft_task_destroy(&gs);
 }
 
+/* A client's shard file that lacks a class takes the run's label set: ids
+ * and the head size then agree with the coordinator's. */
+static void test_relabel(void **state) {
+    fixture_t *fx = *state;
+    static const char shard[] = "train\tspam\tc1\tBuy now\ntrain\tham\tc1\tlunch?\n";
+    const char *path = write_tsv(fx, "shard.tsv", shard, sizeof shard - 1);
+    graft_task_t *t = NULL;
+    assert_int_equal(graft_task_load("spam", GRAFT_TASK_CLASSIFY, path, &t), GRAFT_OK);
+    assert_int_equal(graft_task_num_labels(t), 2);
+    assert_int_equal(graft_task_example(t, GRAFT_SPLIT_TRAIN, 0)->label_id, 1);
+
+    const char *run[] = {"bacon", "ham", "spam"};
+    assert_int_equal(graft_task_relabel(t, run, 3), GRAFT_OK);
+    assert_int_equal(graft_task_num_labels(t), 3);
+    assert_string_equal(graft_task_label_name(t, 0), "bacon");
+    assert_int_equal(graft_task_label_id(t, "spam"), 2);
+    const graft_example_t *e = graft_task_example(t, GRAFT_SPLIT_TRAIN, 0);
+    assert_int_equal(e->label_id, 2);
+    assert_string_equal(e->label, "spam");
+    int32_t tok[8], pos, label;
+    graft_task_encode_classify(t, GRAFT_SPLIT_TRAIN, 1, 8, tok, &pos, &label);
+    assert_int_equal(label, 1);
+    /* A subset of a relabelled task keeps the run's set. */
+    size_t idx[1] = {0};
+    graft_task_t *sub = graft_task_subset(t, idx, 1);
+    assert_int_equal(graft_task_num_labels(sub), 3);
+    assert_int_equal(graft_task_example(sub, GRAFT_SPLIT_TRAIN, 0)->label_id, 2);
+    graft_task_destroy(&sub);
+
+    /* Refused, and t unchanged: a label outside the set; an unsorted set. */
+    const char *missing[] = {"bacon", "ham"};
+    const char *unsorted[] = {"spam", "ham", "bacon"};
+    assert_int_equal(graft_task_relabel(t, missing, 2), GRAFT_EINVAL);
+    assert_int_equal(graft_task_relabel(t, unsorted, 3), GRAFT_EINVAL);
+    assert_int_equal(graft_task_num_labels(t), 3);
+    assert_int_equal(graft_task_example(t, GRAFT_SPLIT_TRAIN, 0)->label_id, 2);
+    graft_task_destroy(&t);
+}
+
 /* ---- malformed files ---------------------------------------------------- */
 
 typedef struct {
@@ -486,6 +525,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_encode_prompt_and_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sample_indices, setup, teardown),
         cmocka_unit_test_setup_teardown(test_subset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_relabel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_files_are_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

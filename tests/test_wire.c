@@ -106,8 +106,11 @@ static void test_hello_roundtrip(void **state) {
 static void test_assign_roundtrip(void **state) {
     (void)state;
     char *tasks[] = {"spam", "sotu_era", "langid"};
+    char *spam_labels[] = {"ham", "spam"}, *era_labels[] = {"1790-1860", "1861-1932", "Ära"};
+    graft_wire_label_set_t sets[] = {{"sotu_era", era_labels, 3}, {"spam", spam_labels, 2}};
     graft_msg_t m = {.type = GRAFT_MSG_ASSIGN, .run_id = RUN,
-                     .assign = {.worker_id = 42, .tasks = tasks, .ntasks = 3}};
+                     .assign = {.worker_id = 42, .tasks = tasks, .ntasks = 3,
+                                .label_sets = sets, .nlabel_sets = 2}};
     graft_msg_t d;
     char why[256];
     assert_int_equal(roundtrip(&m, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
@@ -115,12 +118,34 @@ static void test_assign_roundtrip(void **state) {
     assert_int_equal(d.assign.worker_id, 42);
     assert_int_equal(d.assign.ntasks, 3);
     for (int i = 0; i < 3; i++) assert_string_equal(d.assign.tasks[i], tasks[i]);
+    assert_int_equal(d.assign.nlabel_sets, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_string_equal(d.assign.label_sets[i].task, sets[i].task);
+        assert_int_equal(d.assign.label_sets[i].nlabels, sets[i].nlabels);
+        for (size_t l = 0; l < sets[i].nlabels; l++)
+            assert_string_equal(d.assign.label_sets[i].labels[l], sets[i].labels[l]);
+    }
     graft_msg_free(&d);
+
+    /* Label sets must belong to an assigned task, once, sorted and distinct. */
+    sets[1].task = "nope";
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "labels for 'nope'");
+    sets[1].task = "sotu_era";
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "repeats the labels of 'sotu_era'");
+    sets[1].task = "spam";
+    char *unsorted[] = {"spam", "ham"}, *twice[] = {"ham", "ham"}, *empty[] = {"ham", ""};
+    sets[1].labels = unsorted;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "sorted and distinct");
+    sets[1].labels = twice;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "sorted and distinct");
+    sets[1].labels = empty;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "labels[1] is missing");
 }
 
 static float A[6] = {1.5f, -2.25f, 3.0e-8f, 1.0e30f, -0.0f, 7.0f};
 static float B[3] = {0.125f, -9.5f, 1.0f / 3.0f};
 static uint32_t BIDX[3] = {0, 7, 11};
+static float RATES[3] = {1e-4f, 2e-4f, 3e-4f};
 
 static void make_tensors(graft_wire_tensor_t t[2]) {
     t[0] = dense("shared.lora.A", 2, (int64_t[]){2, 3}, A);
@@ -136,9 +161,10 @@ static void test_round_start_roundtrip(void **state) {
     make_tensors(t);
     graft_msg_t m = {.type = GRAFT_MSG_ROUND_START, .run_id = RUN,
                      .round_start = {.round = 17, .tensors = t, .ntensors = 2,
-                                     .hyper = {.learning_rate = 3e-4f, .local_steps = 20,
+                                     .hyper = {.learning_rate = 3e-4f, .local_steps = 3,
                                                .batch_size = 16, .weight_decay = 0.01f,
-                                               .fedprox_mu = 0.5f},
+                                               .fedprox_mu = 0.5f, .step_lr = RATES,
+                                               .nstep_lr = 3},
                                      .deadline_ms = 30000}};
     graft_msg_t d;
     char why[256];
@@ -149,7 +175,9 @@ static void test_round_start_roundtrip(void **state) {
     assert_int_equal(r->deadline_ms, 30000);
     assert_true(r->hyper.learning_rate == 3e-4f && r->hyper.weight_decay == 0.01f);
     assert_true(r->hyper.fedprox_mu == 0.5f);
-    assert_int_equal(r->hyper.local_steps, 20);
+    assert_int_equal(r->hyper.local_steps, 3);
+    assert_int_equal(r->hyper.nstep_lr, 3);
+    assert_memory_equal(r->hyper.step_lr, RATES, sizeof RATES);
     assert_int_equal(r->hyper.batch_size, 16);
     assert_int_equal(r->ntensors, 2);
     assert_tensor_equal(&r->tensors[0], &t[0]);
@@ -493,6 +521,13 @@ static void test_fields(void **state) {
     r.round_start.hyper.local_steps = 1;
     r.round_start.hyper.learning_rate = -1;
     expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "learning_rate is -1");
+    r.round_start.hyper.learning_rate = 0.1f;
+    float rates[3] = {0.1f, NAN, 0.3f};
+    r.round_start.hyper.step_lr = rates;
+    r.round_start.hyper.nstep_lr = 3;
+    expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "3 step learning rates for 1");
+    r.round_start.hyper.local_steps = 3;
+    expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "step_learning_rates[1] is nan");
 
     graft_wire_metric_t met = {"ppl", INFINITY};
     graft_msg_t e = {.type = GRAFT_MSG_EVAL_RESULT, .run_id = RUN,
