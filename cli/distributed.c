@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -79,6 +80,28 @@ static int parse_shard(const char *s, int *i, int *n) {
     return GRAFT_OK;
 }
 
+/* ---- shard directories (graft data shard): DIR/client-000, client-001, ... */
+
+static void client_dir(const char *dir, int i, char *buf, size_t n) {
+    snprintf(buf, n, "%s/client-%03d", dir, i);
+}
+
+/* The number of client folders client-000 .. client-(K-1) in a shard
+ * directory, or -1 (logged) when it has none. */
+static int count_clients(const char *dir) {
+    char path[2 * GRAFT_OPT_STR];
+    struct stat st;
+    int k = 0;
+    for (;; k++) {
+        client_dir(dir, k, path, sizeof path);
+        if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) break;
+    }
+    if (k == 0)
+        LOG_ERROR("--shards %s: no client-000 folder there (a shard directory holds client-000, "
+                  "client-001, ... as written by `graft data shard`)", dir);
+    return k ? k : -1;
+}
+
 /* "server" or "server.key" -> the keypair NAME for graft_keys_load. */
 static int load_keypair(const char *arg, graft_keypair_t *kp) {
     char name[GRAFT_OPT_STR];
@@ -144,33 +167,39 @@ int cmd_coordinator(int argc, char **argv) {
 /* ---- graft worker ----------------------------------------------------------- */
 
 static const char *worker_usage =
-    "usage: graft worker --connect tcp://HOST:5555 --config RUN [--shard I/N] [--name NAME]\n"
-    "                    [--curve NAME.key --server-key SERVER.pub] [run options]\n\n"
-    "A federated worker: loads the tasks of --tasks (every N-th train example from\n"
-    "the I-th with --shard I/N), registers with the coordinator, trains the modules\n"
-    "it is sent each round and replies. --name is its stable identity (default\n"
-    "shard-I-of-N): a restarted worker with the same name takes its place again.";
+    "usage: graft worker --connect tcp://HOST:5555 --config RUN [--shard I/N | --data DIR]\n"
+    "                    [--name NAME] [--curve NAME.key --server-key SERVER.pub] [run options]\n\n"
+    "A federated worker: holds train data of the tasks of --tasks, registers with the\n"
+    "coordinator, trains the modules it is sent each round and replies.\n"
+    "--shard I/N: every N-th train example of each --tasks file from the I-th (IID).\n"
+    "--data DIR: a client folder of a shard directory (graft data shard): the train\n"
+    "rows of DIR/NAME.tsv are its data for task NAME; tasks without a file there are\n"
+    "not held (non-IID). The coordinator sends the label sets, so the --tasks files\n"
+    "of those tasks are not read. --name is its stable identity (default: the folder\n"
+    "name, or shard-I-of-N): a restarted worker with the same name takes its place.";
 
 int cmd_worker(int argc, char **argv) {
     int bad = 0;
     const char *connect = take_flag(&argc, argv, "connect", NULL, &bad);
-    const char *shard = take_flag(&argc, argv, "shard", "0/1", &bad);
+    const char *shard = take_flag(&argc, argv, "shard", NULL, &bad);
+    const char *data = take_flag(&argc, argv, "data", NULL, &bad);
     const char *name = take_flag(&argc, argv, "name", NULL, &bad);
     const char *curve = take_flag(&argc, argv, "curve", NULL, &bad);
     const char *server_pub = take_flag(&argc, argv, "server-key", NULL, &bad);
     graft_run_config_t cfg;
     int prc = parse_run(argc, argv, worker_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
-    graft_worker_opts_t wo = {.cfg = cfg, .name = name};
-    if (bad || !connect || parse_shard(shard, &wo.shard_index, &wo.shard_count) ||
-        (!curve != !server_pub)) {
+    graft_worker_opts_t wo = {.cfg = cfg, .name = name, .data_dir = data};
+    if (bad || !connect || parse_shard(shard ? shard : "0/1", &wo.shard_index, &wo.shard_count) ||
+        (!curve != !server_pub) || (shard && data)) {
         if (!connect) LOG_ERROR("--connect tcp://HOST:PORT is required");
         if (!curve != !server_pub) LOG_ERROR("--curve and --server-key go together");
+        if (shard && data) LOG_ERROR("--shard and --data exclude each other");
         return 2;
     }
     char ident[GRAFT_OPT_STR];
     if (name) snprintf(ident, sizeof ident, "%s", name);
-    else snprintf(ident, sizeof ident, "shard-%d-of-%d", wo.shard_index, wo.shard_count);
+    else graft_worker_default_name(&wo, ident, sizeof ident);
     graft_keypair_t kp;
     graft_key_t server_key;
     if (curve && (load_keypair(curve, &kp) || graft_keys_read_file(server_pub, &server_key)))
@@ -189,24 +218,38 @@ int cmd_worker(int argc, char **argv) {
 /* ---- graft run -------------------------------------------------------------- */
 
 static const char *run_usage =
-    "usage: graft run --config RUN [--workers K] [run options]\n\n"
+    "usage: graft run --config RUN [--workers K] [--shards DIR] [run options]\n\n"
     "A federated multi-task run on this machine with no other setup: a coordinator\n"
-    "(this process) and K worker processes over ZeroMQ on loopback; worker i holds\n"
-    "shard i/K of every task's train data. Prints per-task test metrics at the end.";
+    "(this process) and K worker processes over ZeroMQ on loopback. Worker i holds\n"
+    "shard i/K of every task's train data (IID; K defaults to 2), or with --shards\n"
+    "the client folder DIR/client-i of a shard directory (graft data shard; K\n"
+    "defaults to its number of client folders and may not exceed it). The\n"
+    "coordinator evaluates on the full dev/test splits of the --tasks files.\n"
+    "Prints per-task test metrics at the end; stops if a worker process dies.";
 
-/* Starts `graft worker --connect ep --shard i/k ARGS...` as a child that dies
- * with us. */
-static pid_t spawn_worker(const char *ep, int i, int k, int argc, char **argv) {
-    char shard[32];
+static volatile sig_atomic_t child_exited = 0;
+
+static void on_child(int sig) {
+    (void)sig;
+    child_exited = 1;
+    graft_coordinator_stop = 1;
+}
+
+/* Starts `graft worker --connect ep (--shard i/k | --data DIR/client-i)
+ * ARGS...` as a child that dies with us. */
+static pid_t spawn_worker(const char *ep, int i, int k, const char *shards, int argc,
+                          char **argv) {
+    char shard[32], data[2 * GRAFT_OPT_STR];
     snprintf(shard, sizeof shard, "%d/%d", i, k);
+    if (shards) client_dir(shards, i, data, sizeof data);
     char **av = graft_xcalloc((size_t)argc + 8, sizeof *av);
     int n = 0;
     av[n++] = "graft";
     av[n++] = "worker";
     av[n++] = "--connect";
     av[n++] = (char *)ep;
-    av[n++] = "--shard";
-    av[n++] = shard;
+    av[n++] = shards ? "--data" : "--shard";
+    av[n++] = shards ? data : shard;
     for (int j = 1; j < argc; j++) av[n++] = argv[j];
     fflush(NULL);
     pid_t pid = fork();
@@ -220,31 +263,53 @@ static pid_t spawn_worker(const char *ep, int i, int k, int argc, char **argv) {
     return pid;
 }
 
+/* K for graft run: --workers, or the shard directory's client count. */
+static int run_workers(const char *workers_s, const char *shards) {
+    int clients = shards ? count_clients(shards) : 0;
+    if (clients < 0) return -1;
+    int k = workers_s ? atoi(workers_s) : shards ? clients : 2;
+    if (k < 1 || k > 256) {
+        LOG_ERROR("--workers must be 1..256");
+        return -1;
+    }
+    if (shards && k > clients) {
+        LOG_ERROR("--workers %d but %s has only %d client folders (client-000 .. client-%03d)", k,
+                  shards, clients, clients - 1);
+        return -1;
+    }
+    return k;
+}
+
 int cmd_run(int argc, char **argv) {
     int bad = 0;
-    const char *workers_s = take_flag(&argc, argv, "workers", "2", &bad);
+    const char *workers_s = take_flag(&argc, argv, "workers", NULL, &bad);
+    const char *shards = take_flag(&argc, argv, "shards", NULL, &bad);
     graft_run_config_t cfg;
     int prc = parse_run(argc, argv, run_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
-    int k = atoi(workers_s);
-    if (bad || k < 1 || k > 256) {
-        LOG_ERROR("--workers must be 1..256");
-        return 2;
-    }
+    int k = bad ? -1 : run_workers(workers_s, shards);
+    if (k < 0) return 2;
     graft_zmq_opts_t zo = {.endpoint = "tcp://127.0.0.1:*"};
     graft_transport_t *tp = NULL;
     if (graft_transport_zmq_server(&zo, &tp)) return 1;
     char ep[256];
     snprintf(ep, sizeof ep, "%s", graft_transport_zmq_endpoint(tp));
-    LOG_INFO("run: coordinator on %s, starting %d workers", ep, k);
+    LOG_INFO("run: coordinator on %s, starting %d workers%s%s", ep, k, shards ? " on " : "",
+             shards ? shards : "");
+    install_signals();
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_child;
+    sa.sa_flags = SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, NULL);
     pid_t *pids = graft_xcalloc((size_t)k, sizeof *pids);
     int rc = GRAFT_OK;
     for (int i = 0; i < k && !rc; i++)
-        if ((pids[i] = spawn_worker(ep, i, k, argc, argv)) < 0) rc = GRAFT_EIO;
-    if (!rc) {
-        install_signals();
-        rc = run_coordinator(&cfg, tp, k, "run");
-    }
+        if ((pids[i] = spawn_worker(ep, i, k, shards, argc, argv)) < 0) rc = GRAFT_EIO;
+    if (!rc) rc = run_coordinator(&cfg, tp, k, "run");
+    if (rc && child_exited) LOG_ERROR("run: a worker process ended before the run did (its log "
+                                      "is above); stopped");
+    signal(SIGCHLD, SIG_DFL);
     graft_transport_destroy(&tp);
     for (int i = 0; i < k; i++) {
         if (pids[i] <= 0) continue;
@@ -261,18 +326,22 @@ int cmd_run(int argc, char **argv) {
 /* ---- graft mpi -------------------------------------------------------------- */
 
 static const char *mpi_usage =
-    "usage: mpirun -np N graft mpi --config RUN [run options]\n\n"
+    "usage: mpirun -np N graft mpi --config RUN [--shards DIR] [run options]\n\n"
     "A federated run over MPI: rank 0 coordinates, ranks 1..N-1 are workers holding\n"
-    "shard (rank-1)/(N-1) of every task's train data. Same protocol, aggregation and\n"
-    "events as the ZeroMQ commands, so the same seeded job gives the same modules.";
+    "shard (rank-1)/(N-1) of every task's train data, or with --shards the client\n"
+    "folder DIR/client-(rank-1) of a shard directory (N-1 may not exceed its client\n"
+    "folders). Same protocol, aggregation and events as the ZeroMQ commands, so the\n"
+    "same seeded job gives the same modules.";
 
 int cmd_mpi(int argc, char **argv) {
     if (has_help(argc, argv)) {
         graft_options_usage(stdout, graft_run_options, mpi_usage);
         return 0;
     }
+    int bad = 0;
+    const char *shards = take_flag(&argc, argv, "shards", NULL, &bad);
     graft_run_config_t cfg;
-    int prc = parse_run(argc, argv, mpi_usage, &cfg);
+    int prc = bad ? -1 : parse_run(argc, argv, mpi_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
     int provided = 0, rank = 0, size = 1;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
@@ -283,6 +352,15 @@ int cmd_mpi(int argc, char **argv) {
         LOG_ERROR("graft mpi needs at least 2 ranks (mpirun -np N, N >= 2)");
         rc = GRAFT_EINVAL;
     }
+    int clients = shards && !rc ? count_clients(shards) : 0;
+    if (clients < 0 || (shards && !rc && size - 1 > clients)) {
+        if (clients > 0 && rank == 0)
+            LOG_ERROR("--shards %s has %d client folders for %d worker ranks (mpirun -np %d)",
+                      shards, clients, size - 1, clients + 1);
+        rc = GRAFT_EINVAL;
+    }
+    char data[2 * GRAFT_OPT_STR];
+    if (shards && rank > 0) client_dir(shards, rank - 1, data, sizeof data);
     graft_transport_t *tp = NULL;
     if (!rc) rc = graft_transport_mpi_new(&tp);
     if (!rc) {
@@ -291,7 +369,8 @@ int cmd_mpi(int argc, char **argv) {
             rc = run_coordinator(&cfg, tp, size - 1, "mpi");
         } else {
             graft_worker_opts_t wo = {.cfg = cfg, .shard_index = rank - 1,
-                                      .shard_count = size - 1, .tp = tp};
+                                      .shard_count = size - 1, .tp = tp,
+                                      .data_dir = shards ? data : NULL};
             rc = graft_worker_run(&wo, &worker_stop);
         }
     }

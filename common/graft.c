@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <string.h>
 #include <errno.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -64,6 +65,18 @@ double graft_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+size_t graft_peak_rss_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t kib = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %zu kB", &kib) == 1) break;
+    if (f) fclose(f);
+    struct rusage ru;
+    if (!kib && getrusage(RUSAGE_SELF, &ru) == 0) kib = (size_t)ru.ru_maxrss; /* KiB on Linux */
+    return kib * 1024;
 }
 
 int graft_mkdirs_for(const char *path) {

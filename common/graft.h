@@ -71,4 +71,8 @@ int graft_mkdirs_for(const char *path);
 /* Monotonic wall clock in seconds. */
 double graft_now(void);
 
+/* This process's peak resident set size in bytes (VmHWM of
+ * /proc/self/status, else getrusage's ru_maxrss); 0 if neither works. */
+size_t graft_peak_rss_bytes(void);
+
 #endif

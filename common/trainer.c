@@ -7,6 +7,9 @@
 #include "ops.h"
 #include "tokenizer.h"
 
+/* The batch sampler's PCG stream ("tran"); workers offset it by their own. */
+#define SAMPLER_STREAM 0x7472616eull
+
 /* Decoded prompts per generation evaluation (decoding is a forward per token). */
 #define GEN_EVAL_MAX 64
 
@@ -90,7 +93,7 @@ int graft_trainer_new_with_tasks(const graft_run_config_t *cfg, graft_task_t **t
     tr->opt.weight_decay = cfg->weight_decay;
     tr->opt.grad_clip = cfg->grad_clip;
     tr->stage = (pc.methods & GRAFT_M_CHANNELS) ? 1 : 2;
-    graft_rng_seed(&tr->rng, (uint64_t)cfg->seed, 0x7472616eu);
+    graft_trainer_seek_sampler(tr, 0, 0);
     size_t BT = (size_t)tr->B * tr->T;
     tr->inputs = graft_xmalloc(BT * sizeof(int32_t));
     tr->targets = graft_xmalloc(BT * sizeof(int32_t));
@@ -173,6 +176,11 @@ float graft_trainer_step(graft_trainer_t *tr, int t, float lr) {
     for (int i = 0; i < n; i++) graft_scope_adamw(scopes[i], &tr->opt, lr, scale);
     tr->step++;
     return loss;
+}
+
+void graft_trainer_seek_sampler(graft_trainer_t *tr, uint64_t stream, int64_t steps) {
+    graft_rng_seed(&tr->rng, (uint64_t)tr->cfg.seed, SAMPLER_STREAM ^ (stream * 0x9E3779B97F4A7C15ull));
+    graft_rng_advance(&tr->rng, (uint64_t)steps * (uint64_t)tr->B);
 }
 
 void graft_trainer_select_channels(graft_trainer_t *tr) {

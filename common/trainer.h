@@ -59,6 +59,14 @@ int graft_trainer_task_for_step(const graft_trainer_t *tr, int step);
  * the batch loss. lr < 0: the schedule's value for the current step. */
 float graft_trainer_step(graft_trainer_t *tr, int t, float lr);
 
+/* Puts the batch sampler where it would be after `steps` steps of a run
+ * whose sampler was seeded on stream `stream` (0 is the stream a new
+ * trainer starts on, i.e. `graft train`'s): each step draws exactly B
+ * numbers, so the batches of step k depend only on (seed, stream, k).
+ * A federated worker seeks to its round's first step, which makes its
+ * batches independent of its history and of the transport. */
+void graft_trainer_seek_sampler(graft_trainer_t *tr, uint64_t stream, int64_t steps);
+
 /* Evaluates task t on split (GRAFT_SPLIT_DEV/TEST) over at most
  * cfg.eval_max examples. */
 void graft_trainer_evaluate(graft_trainer_t *tr, int t, int split, graft_eval_result_t *res);

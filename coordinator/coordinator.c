@@ -37,6 +37,7 @@ typedef struct {
     int n_assigned;
     double last_seen;
     int in_round, replied;
+    double replied_at;  /* graft_now() when this round's update was accepted */
     graft_msg_t update; /* this round's decoded reply, held until aggregation */
 } worker_t;
 
@@ -120,12 +121,18 @@ static void send_round_start(coord_t *c, int peer) {
         ts[i] = (graft_wire_tensor_t){.name = scopes[i]->name, .ndim = 1,
                                       .shape = {(int64_t)scopes[i]->numel},
                                       .data = scopes[i]->params, .numel = scopes[i]->numel};
+    /* The run's schedule over global steps, continued across rounds. */
+    int steps = c->cfg->local_steps, first = (c->round - 1) * steps;
+    float *rates = graft_xmalloc((size_t)steps * sizeof *rates);
+    for (int s = 0; s < steps; s++) rates[s] = graft_lr_at(&c->tr->opt, first + s);
     graft_msg_t m = {.type = GRAFT_MSG_ROUND_START};
     graft_wire_round_start_t *rs = &m.round_start;
     rs->round = (uint64_t)c->round;
     rs->tensors = ts;
     rs->ntensors = (size_t)n;
-    rs->hyper.learning_rate = graft_lr_at(&c->tr->opt, (c->round - 1) * c->cfg->local_steps);
+    rs->hyper.learning_rate = rates[0];
+    rs->hyper.step_lr = rates;
+    rs->hyper.nstep_lr = (size_t)steps;
     rs->hyper.local_steps = (uint32_t)c->cfg->local_steps;
     rs->hyper.batch_size = (uint32_t)c->cfg->batch;
     rs->hyper.weight_decay = c->cfg->weight_decay;
@@ -134,6 +141,32 @@ static void send_round_start(coord_t *c, int peer) {
     w->in_round = 1;
     w->replied = 0;
     send_msg(c, peer, &m);
+    free(rates);
+}
+
+/* Does worker w train run task t? */
+static int trains(const worker_t *w, int t) {
+    for (int i = 0; i < w->n_assigned; i++)
+        if (w->assigned[i] == t) return 1;
+    return 0;
+}
+
+/* The round's cohorts on the human log: each task's workers; a task with
+ * none keeps its modules this round. */
+static void log_cohorts(coord_t *c) {
+    for (int t = 0; t < c->tr->n_tasks; t++) {
+        char line[1024] = "";
+        size_t used = 0;
+        int n = 0;
+        for (int p = 0; p < MAX_PEERS && used < sizeof line; p++)
+            if (c->w[p].in_round && trains(&c->w[p], t))
+                used += (size_t)snprintf(line + used, sizeof line - used, "%s%s", n++ ? ", " : "",
+                                         c->w[p].name);
+        if (n) LOG_INFO("round %d: task %s: cohort of %d: %s", c->round,
+                        graft_task_name(c->tr->tasks[t]), n, line);
+        else LOG_WARN("round %d: task %s: no worker holds it this round; its modules stay as they "
+                      "are", c->round, graft_task_name(c->tr->tasks[t]));
+    }
 }
 
 static void start_round(coord_t *c) {
@@ -148,10 +181,54 @@ static void start_round(coord_t *c) {
             n++;
         }
     LOG_INFO("round %d/%d: started with %d workers", c->round, c->cfg->rounds, n);
+    log_cohorts(c);
     set_state(c, S_ROUND_OPEN);
 }
 
 /* ---- handlers ------------------------------------------------------------ */
+
+/* Assign: the worker's tasks and, for each classification task, the run's
+ * label set (the worker numbers its shard's labels by it). */
+static void send_assign(coord_t *c, int peer) {
+    worker_t *w = &c->w[peer];
+    char *names[GRAFT_MAX_TASKS];
+    graft_wire_label_set_t sets[GRAFT_MAX_TASKS];
+    int nsets = 0;
+    for (int i = 0; i < w->n_assigned; i++) {
+        const graft_task_t *task = c->tr->tasks[w->assigned[i]];
+        names[i] = (char *)graft_task_name(task);
+        if (graft_task_kind(task) != GRAFT_TASK_CLASSIFY) continue;
+        int nl = graft_task_num_labels(task);
+        char **labels = graft_xmalloc((size_t)nl * sizeof *labels);
+        for (int l = 0; l < nl; l++) labels[l] = (char *)graft_task_label_name(task, l);
+        sets[nsets++] = (graft_wire_label_set_t){names[i], labels, (size_t)nl};
+    }
+    graft_msg_t a = {.type = GRAFT_MSG_ASSIGN};
+    a.assign = (graft_wire_assign_t){.worker_id = (uint32_t)peer, .tasks = names,
+                                     .ntasks = (size_t)w->n_assigned, .label_sets = sets,
+                                     .nlabel_sets = (size_t)nsets};
+    send_msg(c, peer, &a);
+    for (int i = 0; i < nsets; i++) free(sets[i].labels);
+}
+
+/* Run task index of a hello shard the run can use, or -1 (logged). */
+static int usable_shard(coord_t *c, int peer, const worker_t *w, const graft_wire_shard_t *s) {
+    const char *who = graft_transport_peer_name(c->o.tp, peer);
+    int t = graft_peft_find_task(c->tr->peft, s->task);
+    if (t < 0 || s->train_examples == 0 || w->train[t]) {
+        LOG_WARN("coordinator: %s holds shard '%s' that this run does not use (unknown task, no "
+                 "train example or repeated); ignored", who, s->task);
+        return -1;
+    }
+    int cls = graft_task_kind(c->tr->tasks[t]) == GRAFT_TASK_CLASSIFY;
+    if ((s->kind == GRAFT_KIND_CLASSIFICATION) != cls) {
+        LOG_WARN("coordinator: %s holds '%s' as a %s task; this run has it as %s; ignored", who,
+                 s->task, s->kind == GRAFT_KIND_CLASSIFICATION ? "classification" : "generation",
+                 cls ? "classification" : "generation");
+        return -1;
+    }
+    return t;
+}
 
 static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
     worker_t *w = &c->w[peer];
@@ -167,40 +244,34 @@ static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
     graft_msg_free(&w->update);
     memset(w, 0, sizeof *w);
     snprintf(w->name, sizeof w->name, "%s", h->name);
-    char *names[GRAFT_MAX_TASKS];
-    json_t *tasks = json_array();
-    for (size_t i = 0; i < h->nshards; i++) {
-        const graft_wire_shard_t *s = &h->shards[i];
-        int t = graft_peft_find_task(c->tr->peft, s->task);
-        if (t < 0 || s->train_examples == 0 || w->train[t]) {
-            LOG_WARN("coordinator: %s holds shard '%s' that this run does not use; ignored",
-                     graft_transport_peer_name(c->o.tp, peer), s->task);
-            continue;
-        }
-        w->train[t] = s->train_examples;
-        w->assigned[w->n_assigned] = t;
-        names[w->n_assigned++] = (char *)graft_task_name(c->tr->tasks[t]);
+    json_t *tasks = json_array(), *counts = json_object();
+    for (size_t i = 0; i < h->nshards && i < GRAFT_MAX_TASKS; i++) {
+        int t = usable_shard(c, peer, w, &h->shards[i]);
+        if (t < 0) continue;
+        w->train[t] = h->shards[i].train_examples;
+        w->assigned[w->n_assigned++] = t;
         json_array_append_new(tasks, json_string(graft_task_name(c->tr->tasks[t])));
+        json_object_set_new(counts, graft_task_name(c->tr->tasks[t]),
+                            json_integer((json_int_t)w->train[t]));
     }
     if (w->n_assigned == 0) {
         LOG_WARN("coordinator: %s ('%s') holds no task of this run; refused",
                  graft_transport_peer_name(c->o.tp, peer), h->name);
         send_error(c, peer, GRAFT_EINVAL, "none of your shards belongs to this run");
         json_decref(tasks);
+        json_decref(counts);
         return;
     }
     w->state = W_ACTIVE;
     w->last_seen = graft_now();
-    graft_msg_t a = {.type = GRAFT_MSG_ASSIGN};
-    a.assign.worker_id = (uint32_t)peer;
-    a.assign.tasks = names;
-    a.assign.ntasks = (size_t)w->n_assigned;
-    send_msg(c, peer, &a);
-    LOG_INFO("coordinator: worker %d '%s' joined from %s with %d tasks", peer, w->name,
-             graft_transport_peer_name(c->o.tp, peer), w->n_assigned);
+    send_assign(c, peer);
+    char *list = json_dumps(counts, JSON_COMPACT);
+    LOG_INFO("coordinator: worker %d '%s' joined from %s; assigned every task it holds (train "
+             "examples): %s", peer, w->name, graft_transport_peer_name(c->o.tp, peer), list);
+    free(list);
     graft_events_emit(c->ev, "worker_join",
-                      json_pack("{s:i, s:i, s:s, s:o}", "round", c->round, "worker", peer, "name",
-                                w->name, "tasks", tasks));
+                      json_pack("{s:i, s:i, s:s, s:o, s:o}", "round", c->round, "worker", peer,
+                                "name", w->name, "tasks", tasks, "train_examples", counts));
     /* A worker joining (or coming back) mid-round takes part at once. */
     if (c->state == S_ROUND_OPEN) send_round_start(c, peer);
 }
@@ -250,6 +321,7 @@ static int on_update(coord_t *c, int peer, graft_msg_t *m) {
     }
     w->update = *m;
     w->replied = 1;
+    w->replied_at = graft_now();
     c->n_replies++;
     LOG_DEBUG("coordinator: update from %s, loss %.4f", who, m->update.train_loss);
     return 1;
@@ -351,12 +423,53 @@ static void aggregate_scope(coord_t *c, int k, graft_agg_input_t *in) {
     graft_aggregate_fedavg(in, n, s->params, s->numel);
 }
 
-static void aggregate(coord_t *c) {
-    double t0 = graft_now();
-    graft_agg_input_t *in = graft_xcalloc(MAX_PEERS, sizeof *in);
-    for (int k = 0; k <= c->tr->n_tasks; k++) aggregate_scope(c, k, in);
-    double agg_ms = (graft_now() - t0) * 1000.0;
+/* Where the round's time went. round_ms runs from the round start to the
+ * end of aggregation; along its critical path lie the last accepted reply's
+ * local training (its worker's train_seconds), the aggregation, and
+ * everything else: comm_ms = round_ms - that training - agg_ms (encoding
+ * and sending the round start, transfer both ways, the worker's import and
+ * encoding, decoding and validation here, and any wait for a deadline). */
+typedef struct {
+    double round_ms, agg_ms, comm_ms, train_ms_max, train_ms_mean, train_ms_last;
+} round_times_t;
+
+static round_times_t round_times(const coord_t *c, double agg_ms) {
+    round_times_t rt = {.round_ms = (graft_now() - c->round_t0) * 1000.0, .agg_ms = agg_ms};
+    double last = -1.0;
+    int n = 0;
+    for (int p = 0; p < MAX_PEERS; p++) {
+        const worker_t *w = &c->w[p];
+        if (!w->replied) continue;
+        double ms = w->update.update.train_seconds * 1000.0;
+        rt.train_ms_mean += ms;
+        if (ms > rt.train_ms_max) rt.train_ms_max = ms;
+        if (w->replied_at > last) last = w->replied_at, rt.train_ms_last = ms;
+        n++;
+    }
+    if (n) rt.train_ms_mean /= n;
+    rt.comm_ms = rt.round_ms - rt.train_ms_last - agg_ms;
+    return rt;
+}
+
+/* {task: [workers that replied with it]}: the round's aggregation cohorts. */
+static json_t *cohorts_json(const coord_t *c) {
+    json_t *o = json_object();
+    for (int t = 0; t < c->tr->n_tasks; t++) {
+        json_t *names = json_array();
+        for (int p = 0; p < MAX_PEERS; p++)
+            if (c->w[p].replied && trains(&c->w[p], t))
+                json_array_append_new(names, json_string(c->w[p].name));
+        json_object_set_new(o, graft_task_name(c->tr->tasks[t]), names);
+    }
+    return o;
+}
+
+/* Logs the round's end and releases the replies. */
+static void finish_round(coord_t *c, double agg_ms) {
+    round_times_t rt = round_times(c, agg_ms);
+    json_t *cohorts = cohorts_json(c);
     /* The round's loss: the sample-weighted mean, also in name order. */
+    graft_agg_input_t *in = graft_xcalloc(MAX_PEERS, sizeof *in);
     float *losses = graft_xcalloc(MAX_PEERS, sizeof *losses);
     json_t *parts = json_array();
     int n = 0;
@@ -374,18 +487,32 @@ static void aggregate(coord_t *c) {
     }
     float loss = NAN;
     graft_aggregate_fedavg(in, n, &loss, 1);
-    double round_ms = (graft_now() - c->round_t0) * 1000.0;
-    LOG_INFO("round %d/%d: %d replies | loss %.4f | in %.1f KiB out %.1f KiB | aggregate %.1f ms "
-             "| round %.0f ms", c->round, c->cfg->rounds, n, loss, c->bytes_in / 1024.0,
-             c->bytes_out / 1024.0, agg_ms, round_ms);
-    graft_events_emit(c->ev, "round_end",
-                      json_pack("{s:i, s:o, s:i, s:f, s:I, s:I, s:f, s:f}", "round", c->round,
-                                "participants", parts, "replies", n, "train_loss", (double)loss,
-                                "bytes_in", (json_int_t)c->bytes_in, "bytes_out",
-                                (json_int_t)c->bytes_out, "aggregate_ms", agg_ms, "round_ms",
-                                round_ms));
+    double peak = (double)graft_peak_rss_bytes() / (1 << 20);
+    LOG_INFO("round %d/%d: %d replies | loss %.4f | in %.1f KiB out %.1f KiB | round %.0f ms = "
+             "train %.0f (max %.0f, mean %.0f) + comm %.1f + aggregate %.1f | peak RSS %.1f MiB",
+             c->round, c->cfg->rounds, n, loss, c->bytes_in / 1024.0, c->bytes_out / 1024.0,
+             rt.round_ms, rt.train_ms_last, rt.train_ms_max, rt.train_ms_mean, rt.comm_ms,
+             rt.agg_ms, peak);
+    json_t *ev = json_pack("{s:i, s:o, s:o, s:i, s:f, s:I, s:I}", "round", c->round,
+                           "participants", parts, "cohorts", cohorts, "replies", n, "train_loss",
+                           (double)loss, "bytes_in", (json_int_t)c->bytes_in, "bytes_out",
+                           (json_int_t)c->bytes_out);
+    json_object_update_new(ev, json_pack("{s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "round_ms",
+                                         rt.round_ms, "train_ms_max", rt.train_ms_max,
+                                         "train_ms_mean", rt.train_ms_mean, "train_ms_last",
+                                         rt.train_ms_last, "comm_ms", rt.comm_ms, "agg_ms",
+                                         rt.agg_ms, "peak_rss_mib", peak));
+    graft_events_emit(c->ev, "round_end", ev);
     free(losses);
     free(in);
+}
+
+static void aggregate(coord_t *c) {
+    double t0 = graft_now();
+    graft_agg_input_t *in = graft_xcalloc(MAX_PEERS, sizeof *in);
+    for (int k = 0; k <= c->tr->n_tasks; k++) aggregate_scope(c, k, in);
+    free(in);
+    finish_round(c, (graft_now() - t0) * 1000.0);
 }
 
 /* Dev split during the run; the test split after the last round, printed. */
@@ -553,8 +680,9 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
         rc = loop(&c);
         shutdown_workers(&c, rc ? "coordinator stopped" : "run complete");
         graft_events_emit(c.ev, "run_end",
-                          json_pack("{s:i, s:f, s:b}", "round", c.round, "seconds",
-                                    graft_now() - c.run_t0, "ok", rc == 0));
+                          json_pack("{s:i, s:f, s:b, s:f}", "round", c.round, "seconds",
+                                    graft_now() - c.run_t0, "ok", rc == 0, "peak_rss_mib",
+                                    (double)graft_peak_rss_bytes() / (1 << 20)));
     }
     for (int p = 0; p < MAX_PEERS; p++) graft_msg_free(&c.w[p].update);
     free(c.w);

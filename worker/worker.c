@@ -1,23 +1,50 @@
 /* worker.c — the worker loop and its side of the protocol (see worker.h). */
 #include "worker.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "trainer.h"
 #include "wire.h"
 
 typedef struct {
     graft_worker_opts_t o;
-    graft_trainer_t *tr;
+    /* The shards held, in --tasks order, until the assignment hands the
+     * assigned ones to the trainer (held[i] NULL once handed over). */
+    graft_task_t *held[GRAFT_MAX_TASKS];
+    int n_held;
+    graft_trainer_t *tr; /* built at the first Assign, for exactly the assigned tasks */
     char name[GRAFT_WIRE_MAX_NAME + 1];
     uint64_t run_id; /* 0 until the coordinator assigns us */
     uint32_t id;
-    int tasks[GRAFT_MAX_TASKS]; /* trainer task indices assigned to us */
-    int n_tasks;
+    uint64_t stream; /* the batch sampler's stream */
+    int failed;      /* stopped because it cannot take part (refused, bad assignment) */
     double last_beat;
     graft_wire_schema_entry_t schema_entries[GRAFT_MAX_TASKS + 1];
     graft_wire_schema_t schema;
 } worker_t;
+
+static uint64_t name_hash(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    return h;
+}
+
+/* The last path component of a folder path ("a/client-007/" -> "client-007"). */
+static void folder_name(const char *dir, char *buf, size_t n) {
+    size_t len = strlen(dir);
+    while (len > 1 && dir[len - 1] == '/') len--;
+    size_t start = len;
+    while (start > 0 && dir[start - 1] != '/') start--;
+    snprintf(buf, n, "%.*s", (int)(len - start), dir + start);
+}
+
+void graft_worker_default_name(const graft_worker_opts_t *o, char *buf, size_t n) {
+    if (o->data_dir) folder_name(o->data_dir, buf, n);
+    else snprintf(buf, n, "shard-%d-of-%d", o->shard_index, o->shard_count);
+}
 
 /* ---- shards ---------------------------------------------------------------- */
 
@@ -39,25 +66,78 @@ static int take_shard(graft_task_t **t, int shard, int n) {
     return GRAFT_OK;
 }
 
-static int load_shards(worker_t *w) {
-    const graft_run_config_t *cfg = &w->o.cfg;
-    graft_task_spec_t specs[GRAFT_MAX_TASKS];
-    graft_task_t *tasks[GRAFT_MAX_TASKS];
-    int n = graft_run_task_specs(cfg, specs, GRAFT_MAX_TASKS), rc = GRAFT_OK, i;
-    if (n < 0) return n;
-    for (i = 0; i < n && !rc; i++) {
-        graft_task_kind_t kind;
-        rc = graft_task_kind_parse(specs[i].kind, &kind);
-        if (rc) LOG_ERROR("tasks: '%s' has unknown kind '%s'", specs[i].name, specs[i].kind);
-        if (!rc) rc = graft_task_load(specs[i].name, kind, specs[i].path, &tasks[i]);
-        if (!rc && (rc = take_shard(&tasks[i], w->o.shard_index, w->o.shard_count)))
-            graft_task_destroy(&tasks[i]);
+/* Loads the worker's data for one task into *out, or leaves it NULL when a
+ * client folder has no file for the task. */
+static int load_task(const worker_t *w, const graft_task_spec_t *spec, graft_task_t **out) {
+    graft_task_kind_t kind;
+    if (graft_task_kind_parse(spec->kind, &kind)) {
+        LOG_ERROR("tasks: '%s' has unknown kind '%s'", spec->name, spec->kind);
+        return GRAFT_EINVAL;
     }
-    if (rc) {
-        for (int j = 0; j < i - 1; j++) graft_task_destroy(&tasks[j]);
+    if (!w->o.data_dir) {
+        int rc = graft_task_load(spec->name, kind, spec->path, out);
+        if (!rc && (rc = take_shard(out, w->o.shard_index, w->o.shard_count)))
+            graft_task_destroy(out);
         return rc;
     }
-    return graft_trainer_new_with_tasks(cfg, tasks, n, &w->tr);
+    char path[2 * GRAFT_OPT_STR];
+    if (snprintf(path, sizeof path, "%s/%s.tsv", w->o.data_dir, spec->name) >= (int)sizeof path) {
+        LOG_ERROR("worker %s: --data path %s is too long", w->name, w->o.data_dir);
+        return GRAFT_EINVAL;
+    }
+    if (access(path, F_OK) != 0 && errno == ENOENT) {
+        LOG_INFO("worker %s: no %s: task '%s' not held", w->name, path, spec->name);
+        return GRAFT_OK;
+    }
+    return graft_task_load(spec->name, kind, path, out);
+}
+
+/* Files NAME.tsv in a client folder whose NAME is not a run task are
+ * probably a mistake (another run's config?): say so. */
+static void warn_unused_files(const worker_t *w, const graft_task_spec_t *specs, int n) {
+    DIR *d = opendir(w->o.data_dir);
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d));) {
+        size_t len = strlen(e->d_name);
+        if (len < 5 || strcmp(e->d_name + len - 4, ".tsv")) continue;
+        int used = 0;
+        for (int i = 0; i < n && !used; i++)
+            used = strlen(specs[i].name) == len - 4 && !strncmp(specs[i].name, e->d_name, len - 4);
+        if (!used)
+            LOG_WARN("worker %s: %s/%s is not a task of --tasks; ignored", w->name,
+                     w->o.data_dir, e->d_name);
+    }
+    closedir(d);
+}
+
+static int load_shards(worker_t *w) {
+    graft_task_spec_t specs[GRAFT_MAX_TASKS];
+    int n = graft_run_task_specs(&w->o.cfg, specs, GRAFT_MAX_TASKS), rc = GRAFT_OK;
+    if (n < 0) return n;
+    for (int i = 0; i < n && !rc; i++) {
+        graft_task_t *t = NULL;
+        rc = load_task(w, &specs[i], &t);
+        if (t) w->held[w->n_held++] = t;
+    }
+    if (rc) return rc;
+    if (w->o.data_dir) warn_unused_files(w, specs, n);
+    if (w->n_held == 0) {
+        LOG_ERROR("worker %s: %s holds none of the run's tasks (expected NAME.tsv for a NAME of "
+                  "--tasks)", w->name, w->o.data_dir);
+        return GRAFT_EINVAL;
+    }
+    return GRAFT_OK;
+}
+
+/* The tasks this worker holds: its shards before the assignment, the
+ * trainer's after. */
+static int held_tasks(worker_t *w, graft_task_t ***out) {
+    if (w->tr) {
+        *out = w->tr->tasks;
+        return w->tr->n_tasks;
+    }
+    *out = w->held;
+    return w->n_held;
 }
 
 /* ---- sending --------------------------------------------------------------- */
@@ -76,24 +156,30 @@ static int send_msg(worker_t *w, graft_msg_t *m) {
 }
 
 static int send_hello(worker_t *w) {
+    graft_task_t **tasks;
+    int n = held_tasks(w, &tasks);
     graft_wire_shard_t shards[GRAFT_MAX_TASKS];
-    for (int t = 0; t < w->tr->n_tasks; t++) {
-        const graft_task_t *task = w->tr->tasks[t];
+    for (int t = 0; t < n; t++)
         shards[t] = (graft_wire_shard_t){
-            .task = (char *)graft_task_name(task),
-            .kind = graft_task_kind(task) == GRAFT_TASK_CLASSIFY ? GRAFT_KIND_CLASSIFICATION
-                                                                 : GRAFT_KIND_GENERATION,
-            .train_examples = graft_task_count(task, GRAFT_SPLIT_TRAIN),
-            .test_examples = graft_task_count(task, GRAFT_SPLIT_TEST)};
-    }
+            .task = (char *)graft_task_name(tasks[t]),
+            .kind = graft_task_kind(tasks[t]) == GRAFT_TASK_CLASSIFY ? GRAFT_KIND_CLASSIFICATION
+                                                                     : GRAFT_KIND_GENERATION,
+            .train_examples = graft_task_count(tasks[t], GRAFT_SPLIT_TRAIN),
+            .test_examples = graft_task_count(tasks[t], GRAFT_SPLIT_TEST)};
     graft_msg_t m = {.type = GRAFT_MSG_HELLO};
     m.hello = (graft_wire_hello_t){.version = GRAFT_VERSION, .name = w->name, .shards = shards,
-                                   .nshards = (size_t)w->tr->n_tasks};
+                                   .nshards = (size_t)n};
     uint64_t run = w->run_id;
     w->run_id = 0; /* a Hello always says "new here" */
     int rc = send_msg(w, &m);
     w->run_id = run;
     return rc;
+}
+
+static void send_error(worker_t *w, int code, const char *text) {
+    graft_msg_t m = {.type = GRAFT_MSG_ERROR};
+    m.error = (graft_wire_error_t){.code = code, .message = (char *)text};
+    send_msg(w, &m);
 }
 
 static void heartbeat(worker_t *w) {
@@ -106,7 +192,113 @@ static void heartbeat(worker_t *w) {
     send_msg(w, &m);
 }
 
-/* ---- handlers -------------------------------------------------------------- */
+/* ---- the assignment -------------------------------------------------------- */
+
+static int assigned(const graft_wire_assign_t *a, const char *task) {
+    for (size_t i = 0; i < a->ntasks; i++)
+        if (!strcmp(a->tasks[i], task)) return 1;
+    return 0;
+}
+
+static const graft_wire_label_set_t *labels_of(const graft_wire_assign_t *a, const char *task) {
+    for (size_t i = 0; i < a->nlabel_sets; i++)
+        if (!strcmp(a->label_sets[i].task, task)) return &a->label_sets[i];
+    return NULL;
+}
+
+/* Gives each assigned shard the run's label set. */
+static int relabel_assigned(worker_t *w, const graft_wire_assign_t *a) {
+    for (int i = 0; i < w->n_held; i++) {
+        graft_task_t *t = w->held[i];
+        if (!assigned(a, graft_task_name(t))) continue;
+        const graft_wire_label_set_t *ls = labels_of(a, graft_task_name(t));
+        if (graft_task_kind(t) == GRAFT_TASK_CLASSIFY && !ls) {
+            LOG_ERROR("worker %s: the assignment has no label set for classification task '%s'",
+                      w->name, graft_task_name(t));
+            return GRAFT_EINVAL;
+        }
+        int rc = graft_task_relabel(t, ls ? (const char *const *)ls->labels : NULL,
+                                    ls ? (int)ls->nlabels : 0);
+        if (rc) return rc;
+    }
+    return GRAFT_OK;
+}
+
+static void build_schema(worker_t *w) {
+    graft_peft_t *p = w->tr->peft;
+    w->schema_entries[0] = (graft_wire_schema_entry_t){.name = p->shared->name, .ndim = 1,
+                                                      .shape = {(int64_t)p->shared->numel}};
+    for (int t = 0; t < p->n_tasks; t++)
+        w->schema_entries[1 + t] = (graft_wire_schema_entry_t){
+            .name = p->tasks[t].scope->name, .ndim = 1,
+            .shape = {(int64_t)p->tasks[t].scope->numel}};
+    w->schema = (graft_wire_schema_t){w->schema_entries, (size_t)p->n_tasks + 1};
+}
+
+/* Builds the trainer for the assigned tasks (in --tasks order); shards not
+ * assigned are dropped. */
+static int build_trainer(worker_t *w, const graft_wire_assign_t *a) {
+    int rc = relabel_assigned(w, a);
+    if (rc) return rc;
+    graft_task_t *tasks[GRAFT_MAX_TASKS];
+    char list[512] = "";
+    int n = 0;
+    for (int i = 0; i < w->n_held; i++) {
+        if (!assigned(a, graft_task_name(w->held[i]))) {
+            LOG_WARN("worker %s: task '%s' was not assigned; its shard is not used", w->name,
+                     graft_task_name(w->held[i]));
+            graft_task_destroy(&w->held[i]);
+            continue;
+        }
+        size_t used = strlen(list);
+        snprintf(list + used, sizeof list - used, "%s%s", n ? ", " : "", graft_task_name(w->held[i]));
+        tasks[n++] = w->held[i];
+        w->held[i] = NULL;
+    }
+    w->n_held = 0;
+    if (n == 0) {
+        LOG_ERROR("worker %s: assigned none of the tasks it holds", w->name);
+        return GRAFT_EINVAL;
+    }
+    if ((rc = graft_trainer_new_with_tasks(&w->o.cfg, tasks, n, &w->tr))) return rc;
+    build_schema(w);
+    LOG_INFO("worker %s: registered as worker %u; trains %s%s", w->name, w->id, list,
+             n > 1 ? " in turn, one task per local step" : "");
+    return GRAFT_OK;
+}
+
+/* The same tasks as the trainer was built for? */
+static int same_assignment(const worker_t *w, const graft_wire_assign_t *a) {
+    if ((int)a->ntasks != w->tr->n_tasks) return 0;
+    for (int t = 0; t < w->tr->n_tasks; t++)
+        if (!assigned(a, graft_task_name(w->tr->tasks[t]))) return 0;
+    return 1;
+}
+
+/* Returns 1 when the worker must stop. */
+static int on_assign(worker_t *w, const graft_msg_t *m) {
+    w->run_id = m->run_id;
+    w->id = m->assign.worker_id;
+    if (w->tr) {
+        if (same_assignment(w, &m->assign)) {
+            LOG_INFO("worker %s: registered again as worker %u", w->name, w->id);
+            return 0;
+        }
+        LOG_ERROR("worker %s: the coordinator now assigns other tasks than at the start; restart "
+                  "this worker", w->name);
+        send_error(w, GRAFT_ESTATE, "assignment changed; the worker stops");
+        w->failed = 1;
+        return 1;
+    }
+    if (build_trainer(w, &m->assign)) {
+        send_error(w, GRAFT_EINVAL, "the worker cannot train its assignment (see its log)");
+        w->failed = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- a round --------------------------------------------------------------- */
 
 static graft_scope_t *scope_named(worker_t *w, const char *name) {
     graft_peft_t *p = w->tr->peft;
@@ -114,24 +306,6 @@ static graft_scope_t *scope_named(worker_t *w, const char *name) {
     for (int t = 0; t < p->n_tasks; t++)
         if (!strcmp(name, p->tasks[t].scope->name)) return p->tasks[t].scope;
     return NULL;
-}
-
-static void on_assign(worker_t *w, const graft_msg_t *m) {
-    w->run_id = m->run_id;
-    w->id = m->assign.worker_id;
-    w->n_tasks = 0;
-    for (size_t i = 0; i < m->assign.ntasks && w->n_tasks < GRAFT_MAX_TASKS; i++) {
-        int t = graft_peft_find_task(w->tr->peft, m->assign.tasks[i]);
-        if (t >= 0) w->tasks[w->n_tasks++] = t;
-        else LOG_WARN("worker %s: assigned unknown task '%s'; ignored", w->name, m->assign.tasks[i]);
-    }
-    LOG_INFO("worker %s: registered as worker %u with %d tasks", w->name, w->id, w->n_tasks);
-}
-
-static uint64_t name_hash(const char *s) {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
-    return h;
 }
 
 static void on_round_start(worker_t *w, const graft_msg_t *m) {
@@ -155,17 +329,18 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
         graft_scope_reset_state(sent[i]);
     }
     graft_trainer_t *tr = w->tr;
-    graft_rng_seed(&tr->rng, (uint64_t)w->o.cfg.seed,
-                   name_hash(w->name) ^ (rs->round * 0x9E3779B97F4A7C15ull));
-    double t0 = graft_now(), loss = 0.0;
     uint32_t steps = rs->hyper.local_steps;
+    int64_t first = (int64_t)(rs->round - 1) * steps;
+    graft_trainer_seek_sampler(tr, w->stream, first);
+    double t0 = graft_now(), loss = 0.0;
     for (uint32_t s = 0; s < steps; s++) {
-        loss += graft_trainer_step(tr, w->tasks[s % (uint32_t)w->n_tasks], rs->hyper.learning_rate);
+        int t = graft_trainer_task_for_step(tr, (int)(first + s));
+        float lr = rs->hyper.nstep_lr ? rs->hyper.step_lr[s] : rs->hyper.learning_rate;
+        loss += graft_trainer_step(tr, t, lr);
         heartbeat(w);
     }
     uint64_t samples = 0;
-    for (int i = 0; i < w->n_tasks; i++)
-        samples += graft_task_count(tr->tasks[w->tasks[i]], GRAFT_SPLIT_TRAIN);
+    for (int t = 0; t < tr->n_tasks; t++) samples += graft_task_count(tr->tasks[t], GRAFT_SPLIT_TRAIN);
     graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
     for (size_t i = 0; i < n; i++)
         ts[i] = (graft_wire_tensor_t){.name = sent[i]->name, .ndim = 1,
@@ -184,7 +359,7 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
 
 /* Returns 1 when the worker should stop. */
 static int handle(worker_t *w, const uint8_t *buf, size_t len) {
-    graft_wire_opts_t opts = {.run_id = w->run_id, .schema = &w->schema};
+    graft_wire_opts_t opts = {.run_id = w->run_id, .schema = w->tr ? &w->schema : NULL};
     graft_msg_t m;
     char why[256];
     int rc = graft_wire_decode(buf, len, &opts, &m, why, sizeof why);
@@ -194,9 +369,9 @@ static int handle(worker_t *w, const uint8_t *buf, size_t len) {
     }
     int stop = 0;
     switch (m.type) {
-    case GRAFT_MSG_ASSIGN: on_assign(w, &m); break;
+    case GRAFT_MSG_ASSIGN: stop = on_assign(w, &m); break;
     case GRAFT_MSG_ROUND_START:
-        if (w->id && w->n_tasks) on_round_start(w, &m);
+        if (w->id && w->tr) on_round_start(w, &m);
         else LOG_WARN("worker %s: round_start before assignment; dropped", w->name);
         break;
     case GRAFT_MSG_SHUTDOWN:
@@ -208,6 +383,9 @@ static int handle(worker_t *w, const uint8_t *buf, size_t len) {
         if (m.error.code == GRAFT_ESTATE) {
             w->id = 0;
             send_hello(w);
+        } else if (!w->id && m.error.code == GRAFT_EINVAL) {
+            LOG_ERROR("worker %s: the coordinator refused this worker; stopping", w->name);
+            w->failed = stop = 1;
         }
         break;
     default:
@@ -220,21 +398,20 @@ static int handle(worker_t *w, const uint8_t *buf, size_t len) {
 int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop) {
     worker_t w = {.o = *o};
     if (o->name && *o->name) snprintf(w.name, sizeof w.name, "%s", o->name);
-    else snprintf(w.name, sizeof w.name, "shard-%d-of-%d", o->shard_index, o->shard_count);
+    else graft_worker_default_name(o, w.name, sizeof w.name);
+    char folder[GRAFT_WIRE_MAX_NAME + 1] = "";
+    if (o->data_dir) folder_name(o->data_dir, folder, sizeof folder);
+    w.stream = o->data_dir ? name_hash(folder) : (uint64_t)o->shard_index;
     int rc = load_shards(&w);
-    if (rc) return rc;
-    graft_peft_t *p = w.tr->peft;
-    w.schema_entries[0] = (graft_wire_schema_entry_t){.name = p->shared->name, .ndim = 1,
-                                                      .shape = {(int64_t)p->shared->numel}};
-    for (int t = 0; t < p->n_tasks; t++)
-        w.schema_entries[1 + t] = (graft_wire_schema_entry_t){
-            .name = p->tasks[t].scope->name, .ndim = 1, .shape = {(int64_t)p->tasks[t].scope->numel}};
-    w.schema = (graft_wire_schema_t){w.schema_entries, (size_t)p->n_tasks + 1};
-    LOG_INFO("worker %s: %d tasks (shard %d/%d), saying hello", w.name, w.tr->n_tasks,
-             o->shard_index, o->shard_count);
-    rc = send_hello(&w);
     int done = 0;
-    while (!done && !(stop && *stop)) {
+    if (!rc) {
+        if (o->data_dir) LOG_INFO("worker %s: %d tasks from %s, saying hello", w.name, w.n_held,
+                                  o->data_dir);
+        else LOG_INFO("worker %s: %d tasks (shard %d/%d), saying hello", w.name, w.n_held,
+                      o->shard_index, o->shard_count);
+        send_hello(&w);
+    }
+    while (!rc && !done && !(stop && *stop)) {
         int peer;
         uint8_t *buf = NULL;
         size_t len = 0;
@@ -247,6 +424,8 @@ int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop) 
         }
         heartbeat(&w);
     }
+    for (int i = 0; i < w.n_held; i++) graft_task_destroy(&w.held[i]);
     graft_trainer_destroy(&w.tr);
-    return done ? GRAFT_OK : GRAFT_ESTATE;
+    if (rc) return rc;
+    return done && !w.failed ? GRAFT_OK : GRAFT_ESTATE;
 }

@@ -2,20 +2,41 @@
  * run's tasks, registers with the coordinator, trains what each round sends
  * and replies with the trained modules.
  *
- * Protocol, from the worker's side: Hello (run id 0, the shards it holds)
- * -> Assign (its id and tasks, and the run id) -> for each RoundStart:
- * import the shared and task scopes, reset the optimiser state, run
- * local_steps steps round-robin over the tasks it was sent, reply Update
- * (the scopes, the sample count, the mean loss). Heartbeats go out every
- * heartbeat_ms, also between training steps. Shutdown ends the loop; an
- * Error "unknown worker" (a restarted coordinator) makes it say Hello
- * again. Reconnection and its backoff are the transport's (ZeroMQ).
+ * Data. Either IID shards of the --tasks files (every N-th train example
+ * from the I-th, --shard I/N), or a client folder of a shard directory
+ * (--data DIR, written by `graft data shard`): the train data of task NAME
+ * is the train rows of DIR/NAME.tsv (a shard file holds nothing else), and
+ * a task without a file there is not held. The worker never reads the
+ * --tasks file of a task it holds through --data; it takes the task's
+ * label set from the coordinator (Assign), so a shard that lacks some
+ * classes still numbers them, and sizes its head, as the run does.
  *
- * Each round reseeds the batch sampler from (seed, worker name, round), so
- * a worker's batches do not depend on its history or on the transport: the
- * same job over MPI and ZeroMQ trains on the same batches.
+ * Protocol, from the worker's side: Hello (run id 0, the shards it holds
+ * with their train example counts) -> Assign (its id, the tasks it trains,
+ * their label sets, the run id); the worker then builds its trainer for
+ * exactly those tasks -> for each RoundStart: import the shared and task
+ * scopes, reset the optimiser state, run local_steps steps at the rates the
+ * coordinator sends (the run's schedule), reply Update (the scopes, the
+ * sample count, the mean loss, the seconds spent training). A worker
+ * holding several tasks trains them in turn: local step s of round r is
+ * global step g = (r-1)*local_steps + s and trains the task that --mix
+ * picks for step g among its own tasks (round-robin: its tasks in run
+ * order, continuing across rounds). Heartbeats go out every heartbeat_ms,
+ * also between training steps. Shutdown ends the loop; an Error "unknown
+ * worker" (a restarted coordinator) makes it say Hello again; an Assign
+ * with other tasks than the first is an error (restart the worker).
+ * Reconnection and its backoff are the transport's (ZeroMQ).
  *
- * Ownership: the transport is borrowed; the worker owns its trainer.
+ * Batches: each round seeks the sampler to global step g0 = (r-1) *
+ * local_steps on the worker's sampler stream (graft_trainer_seek_sampler):
+ * the IID shard index I, or a hash of the --data folder's name. Batches
+ * therefore depend only on (seed, stream, step): not on the worker's
+ * history nor on the transport, so the same job over MPI and ZeroMQ, or a
+ * resumed one, trains on the same batches; and a single worker holding all
+ * the data (shard 0/1, stream 0) draws exactly the batches of `graft train`.
+ *
+ * Ownership: the transport is borrowed; the worker owns its shards and its
+ * trainer.
  */
 #ifndef GRAFT_WORKER_H
 #define GRAFT_WORKER_H
@@ -27,14 +48,18 @@
 
 typedef struct {
     graft_run_config_t cfg;
-    const char *name;    /* stable name; NULL: "shard-I-of-N" */
-    int shard_index;     /* this worker keeps train examples i, i+n, i+2n, ... */
-    int shard_count;     /* 1: all the data */
+    const char *name;     /* stable name; NULL: the --data folder's name, or "shard-I-of-N" */
+    const char *data_dir; /* a client folder (DIR/NAME.tsv per task held); NULL: IID shards */
+    int shard_index;      /* IID: this worker keeps train examples i, i+n, i+2n, ... */
+    int shard_count;      /* 1: all the data */
     graft_transport_t *tp; /* borrowed; peer 0 is the coordinator */
 } graft_worker_opts_t;
 
 /* Runs until Shutdown, a fatal error, or *stop (may be NULL) becomes set.
  * Returns GRAFT_OK after a Shutdown. */
 int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop);
+
+/* The default worker name for opts without one, into buf. */
+void graft_worker_default_name(const graft_worker_opts_t *o, char *buf, size_t n);
 
 #endif
