@@ -151,22 +151,40 @@ static int trains(const worker_t *w, int t) {
     return 0;
 }
 
+static int by_name(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Fills names (MAX_PEERS slots) with the workers of this round (those that
+ * replied, if `replied`) that train task t (any task for t < 0), sorted so
+ * that logs and events do not depend on the order in which workers joined.
+ * Returns the count. */
+static size_t worker_names(const coord_t *c, int t, int replied, const char **names) {
+    size_t n = 0;
+    for (int p = 0; p < MAX_PEERS; p++) {
+        const worker_t *w = &c->w[p];
+        if ((replied ? w->replied : w->in_round) && (t < 0 || trains(w, t))) names[n++] = w->name;
+    }
+    qsort(names, n, sizeof *names, by_name);
+    return n;
+}
+
 /* The round's cohorts on the human log: each task's workers; a task with
  * none keeps its modules this round. */
 static void log_cohorts(coord_t *c) {
+    const char **names = graft_xcalloc(MAX_PEERS, sizeof *names);
     for (int t = 0; t < c->tr->n_tasks; t++) {
         char line[1024] = "";
-        size_t used = 0;
-        int n = 0;
-        for (int p = 0; p < MAX_PEERS && used < sizeof line; p++)
-            if (c->w[p].in_round && trains(&c->w[p], t))
-                used += (size_t)snprintf(line + used, sizeof line - used, "%s%s", n++ ? ", " : "",
-                                         c->w[p].name);
-        if (n) LOG_INFO("round %d: task %s: cohort of %d: %s", c->round,
+        size_t used = 0, n = worker_names(c, t, 0, names);
+        for (size_t i = 0; i < n && used < sizeof line; i++)
+            used += (size_t)snprintf(line + used, sizeof line - used, "%s%s", i ? ", " : "",
+                                     names[i]);
+        if (n) LOG_INFO("round %d: task %s: cohort of %zu: %s", c->round,
                         graft_task_name(c->tr->tasks[t]), n, line);
         else LOG_WARN("round %d: task %s: no worker holds it this round; its modules stay as they "
                       "are", c->round, graft_task_name(c->tr->tasks[t]));
     }
+    free(names);
 }
 
 static void start_round(coord_t *c) {
@@ -451,27 +469,32 @@ static round_times_t round_times(const coord_t *c, double agg_ms) {
     return rt;
 }
 
+/* The names of the workers that replied this round and train task t (any
+ * task for t < 0), sorted, as a JSON array. */
+static json_t *replied_names(const coord_t *c, int t) {
+    const char **names = graft_xcalloc(MAX_PEERS, sizeof *names);
+    size_t n = worker_names(c, t, 1, names);
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++) json_array_append_new(a, json_string(names[i]));
+    free(names);
+    return a;
+}
+
 /* {task: [workers that replied with it]}: the round's aggregation cohorts. */
 static json_t *cohorts_json(const coord_t *c) {
     json_t *o = json_object();
-    for (int t = 0; t < c->tr->n_tasks; t++) {
-        json_t *names = json_array();
-        for (int p = 0; p < MAX_PEERS; p++)
-            if (c->w[p].replied && trains(&c->w[p], t))
-                json_array_append_new(names, json_string(c->w[p].name));
-        json_object_set_new(o, graft_task_name(c->tr->tasks[t]), names);
-    }
+    for (int t = 0; t < c->tr->n_tasks; t++)
+        json_object_set_new(o, graft_task_name(c->tr->tasks[t]), replied_names(c, t));
     return o;
 }
 
 /* Logs the round's end and releases the replies. */
 static void finish_round(coord_t *c, double agg_ms) {
     round_times_t rt = round_times(c, agg_ms);
-    json_t *cohorts = cohorts_json(c);
+    json_t *cohorts = cohorts_json(c), *parts = replied_names(c, -1);
     /* The round's loss: the sample-weighted mean, also in name order. */
     graft_agg_input_t *in = graft_xcalloc(MAX_PEERS, sizeof *in);
     float *losses = graft_xcalloc(MAX_PEERS, sizeof *losses);
-    json_t *parts = json_array();
     int n = 0;
     for (int p = 0; p < MAX_PEERS; p++) {
         worker_t *w = &c->w[p];
@@ -481,7 +504,6 @@ static void finish_round(coord_t *c, double agg_ms) {
                                     .weight = (double)w->update.update.sample_count,
                                     .values = &losses[n]};
         n++;
-        json_array_append_new(parts, json_string(w->name));
         graft_msg_free(&w->update);
         w->replied = w->in_round = 0;
     }

@@ -13,35 +13,10 @@
 # must hit it); the EXIT trap kills whatever is left.
 # usage: test_distributed.sh GRAFT_BINARY SOURCE_DIR
 set -eu
-GRAFT=$1
-SRC=$2
-T=$(mktemp -d /tmp/graft_test_distributed_XXXXXX)
-PIDS=""
-cleanup() {
-    for p in $PIDS; do kill -9 "$p" 2>/dev/null || true; done
-    [ -n "${KEEP:-}" ] || rm -rf "$T"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-python3 "$SRC/scripts/synthetic_tasks.py" "$T/data" --train 240 --eval 32 >/dev/null
-cat > "$T/run.conf" <<CONF
-preset = tiny
-tasks = majority:classification:$T/data/majority.tsv, pairs:classification:$T/data/pairs.tsv, shift:generation:$T/data/shift.tsv
-seq = 32
-method = lora
-batch = 8
-rounds = 4
-local_steps = 6
-eval_every_rounds = 2
-checkpoint_every_rounds = 2
-heartbeat_ms = 400
-round_timeout_ms = 20000
-eval_max = 32
-gen_tokens = 8
-threads = 1
-seed = 7
-CONF
+GRAFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+SRC=$(cd "$2" && pwd)
+NAME=distributed
+. "$SRC/tests/loopback.sh"
 
 # ---- 1. graft run over ZeroMQ ----------------------------------------------
 timeout 120 "$GRAFT" run --config "$T/run.conf" --workers 3 --out "$T/zmq" \
@@ -73,8 +48,7 @@ else
 fi
 
 # ---- 3. SIGKILL a worker mid-run; it is lost, restarted, and rejoins ---------
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-EP=tcp://127.0.0.1:$PORT
+EP=tcp://127.0.0.1:$(free_port)
 KILLCONF="--config $T/run.conf --rounds 14 --local_steps 20 --checkpoint_every_rounds 100"
 timeout 180 "$GRAFT" coordinator --bind "$EP" --workers 3 $KILLCONF --out "$T/kill" \
     >"$T/kill.out" 2>"$T/kill.err" &
@@ -122,8 +96,7 @@ echo "ok 3 - SIGKILLed worker: worker_lost, run completes, restarted worker rejo
 RESCONF="--config $T/run.conf --rounds 6 --local_steps 20 --checkpoint_every_rounds 1"
 timeout 120 "$GRAFT" run --workers 3 $RESCONF --out "$T/ref" >/dev/null 2>"$T/ref.err" ||
     fail "reference run for the resume test failed"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-EP=tcp://127.0.0.1:$PORT
+EP=tcp://127.0.0.1:$(free_port)
 "$GRAFT" coordinator --bind "$EP" --workers 3 $RESCONF --out "$T/res" \
     >/dev/null 2>"$T/res1.err" &
 COORD=$!

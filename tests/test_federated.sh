@@ -1,0 +1,146 @@
+#!/bin/sh
+# test_federated.sh — federated runs with real processes on loopback
+# (DESIGN §5, issue 4):
+#  1. CurveZMQ: a client whose key is not on the allow-list cannot join; the
+#     coordinator logs the refusal and the run with the allowed clients
+#     completes;
+#  2. one worker holding all the data ends with the same modules, bit for
+#     bit, and the same test metrics as `graft train` for the same steps;
+#  3. a shard directory whose clients hold different tasks (and a client
+#     whose shard lacks a class): `graft run --shards` completes, round_end
+#     events list the per-task cohorts, every task is evaluated on its full
+#     test split;
+#  4. a task no worker holds keeps its modules (empty cohort), and
+#     `mpirun graft mpi --shards` gives the same modules as `graft run
+#     --shards` with the same clients; too many workers for the clients is
+#     refused.
+# usage: test_federated.sh GRAFT_BINARY SOURCE_DIR
+set -eu
+GRAFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+SRC=$(cd "$2" && pwd)
+NAME=federated
+. "$SRC/tests/loopback.sh"
+compare() { python3 "$SRC/tests/compare_modules.py" "$@"; }
+# Three rounds of four local steps (later lines of a config file win).
+printf 'rounds = 3\nlocal_steps = 4\n' >> "$T/run.conf"
+
+# ---- 1. CurveZMQ: an unknown key is refused, the allowed clients finish ----
+cd "$T"
+for k in coordinator alice bob mallory; do "$GRAFT" keygen "$k" >/dev/null; done
+cat alice.pub bob.pub > allowed.txt
+EP=tcp://127.0.0.1:$(free_port)
+"$GRAFT" coordinator --bind "$EP" --workers 2 --curve-secret coordinator --allow allowed.txt \
+    --config run.conf --out "$T/curve" >"$T/curve.out" 2>"$T/curve.err" &
+COORD=$!
+PIDS="$COORD"
+# The intruder connects first, so that it would take a slot if it could.
+"$GRAFT" worker --connect "$EP" --config run.conf --name mallory --shard 0/2 \
+    --curve mallory --server-key coordinator.pub 2>"$T/mallory.err" &
+PIDS="$PIDS $!"
+sleep 1
+for w in alice bob; do
+    i=$([ $w = alice ] && echo 0 || echo 1)
+    "$GRAFT" worker --connect "$EP" --config run.conf --name $w --shard $i/2 \
+        --curve $w --server-key coordinator.pub 2>"$T/$w.err" &
+    PIDS="$PIDS $!"
+done
+n=0
+while kill -0 "$COORD" 2>/dev/null; do
+    n=$((n + 1)); [ $n -gt 900 ] && fail "CurveZMQ run did not finish in 90 s"; sleep 0.1
+done
+wait "$COORD" || { tail -20 "$T/curve.err" >&2; fail "CurveZMQ coordinator failed"; }
+EV=$T/curve/events.jsonl
+grep -q '"event":"run_end".*"ok":true' "$EV" || fail "CurveZMQ run_end not ok"
+grep -qF "refused CurveZMQ client key $(grep -v '^#' mallory.pub)" "$T/curve.err" ||
+    fail "the coordinator did not log the refused key"
+[ "$(grep -c '"event":"worker_join"' "$EV")" -eq 2 ] || fail "expected exactly 2 worker_join events"
+grep -q '"event":"worker_join".*"name":"mallory"' "$EV" && fail "the refused client joined"
+grep '"event":"round_end"' "$EV" | grep -q mallory && fail "the refused client took part in a round"
+[ "$(grep -c '"event":"round_end".*"participants":\["alice","bob"\]' "$EV")" -eq 3 ] ||
+    fail "not every round had alice and bob"
+echo "ok 1 - CurveZMQ: a key off the allow-list is refused and logged; the allowed run completes"
+
+# ---- 2. one worker with all the data = graft train, bit for bit --------------
+# Same seed, 12 steps either way: one round of 12 local steps. The worker's
+# sampler is graft train's (stream 0 at step 0), the coordinator sends the
+# schedule's rate for each step, and FedAvg of one reply is the reply.
+timeout 60 "$GRAFT" train --config run.conf --steps 12 --out "$T/central" >"$T/central.out" \
+    2>"$T/central.err" || fail "graft train failed"
+timeout 60 "$GRAFT" run --config run.conf --workers 1 --rounds 1 --local_steps 12 \
+    --out "$T/one" >"$T/one.out" 2>"$T/one.err" || fail "graft run --workers 1 failed"
+compare "$T/central/modules.safetensors" "$T/one/modules.safetensors" >"$T/cmp1.txt" ||
+    { cat "$T/cmp1.txt" >&2; fail "one worker's modules differ from graft train's"; }
+cmp "$T/central.out" "$T/one.out" || fail "one worker's test metrics differ from graft train's"
+# The comparison can fail: another seed gives other modules.
+timeout 60 "$GRAFT" train --config run.conf --steps 12 --seed 8 --out "$T/central8" \
+    >/dev/null 2>&1 || fail "graft train --seed 8 failed"
+compare "$T/central/modules.safetensors" "$T/central8/modules.safetensors" --expect-differ \
+    >/dev/null || fail "compare_modules.py does not see a different seed"
+echo "ok 2 - one worker holding all data: modules and test metrics identical to graft train"
+
+# ---- 3. a shard directory: clients hold different tasks ----------------------
+# client-000: majority (classes a and b only) + pairs; client-001: pairs;
+# client-002: majority + pairs; client-003: shift (and a file of no run task).
+python3 - "$T/data" "$T/shards" <<'PY'
+import os, sys
+data, out = sys.argv[1], sys.argv[2]
+rows = {t: [l for l in open(os.path.join(data, t + ".tsv")) if l.startswith("train\t")]
+        for t in ("majority", "pairs", "shift")}
+hold = {0: ["majority", "pairs"], 1: ["pairs"], 2: ["majority", "pairs"], 3: ["shift"]}
+for c, tasks in hold.items():
+    d = os.path.join(out, "client-%03d" % c)
+    os.makedirs(d)
+    for t in tasks:
+        r = rows[t][c::4]
+        if t == "majority" and c == 0:
+            r = [l for l in r if l.split("\t")[1] in ("a", "b")]
+        open(os.path.join(d, t + ".tsv"), "w").writelines(r)
+open(os.path.join(out, "client-003", "other.tsv"), "w").write("train\tx\t\ty\n")
+with open(os.path.join(out, "shards.tsv"), "w") as f:
+    for c, tasks in hold.items():
+        for t in tasks:
+            f.write("client-%03d\t%s\n" % (c, t))
+PY
+timeout 90 "$GRAFT" run --config run.conf --shards "$T/shards" --out "$T/sh4" >"$T/sh4.out" \
+    2>"$T/sh4.err" || { tail -20 "$T/sh4.err" >&2; fail "graft run --shards failed"; }
+EV=$T/sh4/events.jsonl
+grep -q '"event":"run_end".*"ok":true' "$EV" || fail "shard run_end not ok"
+[ "$(grep -c '"event":"worker_join"' "$EV")" -eq 4 ] || fail "expected 4 clients to join"
+COH='"cohorts":{"majority":\["client-000","client-002"\],"pairs":\["client-000","client-001","client-002"\],"shift":\["client-003"\]}'
+[ "$(grep '"event":"round_end"' "$EV" | grep -c "$COH")" -eq 3 ] ||
+    { grep '"event":"round_end"' "$EV" >&2; fail "round_end cohorts are not the clients' tasks"; }
+grep -q '"event":"worker_join".*"name":"client-000".*"train_examples":{"majority":[0-9]*,"pairs":60}' "$EV" ||
+    fail "worker_join does not list client-000's shard sizes"
+grep -q 'other.tsv is not a task of --tasks' "$T/sh4.err" || fail "no warning about other.tsv"
+grep -q 'cohort of 3: client-000, client-001, client-002' "$T/sh4.err" ||
+    fail "the human log does not show the cohorts"
+for task in majority pairs shift; do
+    grep -q "^$task .*test  n=32 " "$T/sh4.out" || fail "no full test-split metrics for $task"
+done
+echo "ok 3 - graft run --shards: clients with different tasks, cohorts in round_end, full test splits"
+
+# ---- 4. an empty cohort; MPI with the same clients; too many workers ---------
+timeout 90 "$GRAFT" run --config run.conf --shards "$T/shards" --workers 2 --out "$T/sh2" \
+    >"$T/sh2.out" 2>"$T/sh2.err" || { tail -20 "$T/sh2.err" >&2; fail "graft run --shards --workers 2 failed"; }
+EV=$T/sh2/events.jsonl
+[ "$(grep -c '"event":"round_end".*"shift":\[\]' "$EV")" -eq 3 ] || fail "shift's cohort is not empty"
+grep -q 'task shift: no worker holds it this round' "$T/sh2.err" || fail "no log line for the empty cohort"
+# Untrained shift modules are the initial ones in both runs without client-003 ...
+timeout 90 "$GRAFT" run --config run.conf --shards "$T/shards" --workers 3 --out "$T/sh3" \
+    >/dev/null 2>"$T/sh3.err" || fail "graft run --shards --workers 3 failed"
+compare "$T/sh2/modules.safetensors" "$T/sh3/modules.safetensors" --prefix task.shift. \
+    >"$T/cmp4.txt" || { cat "$T/cmp4.txt" >&2; fail "an untrained task's modules changed"; }
+# ... and differ from the run where client-003 trained them.
+compare "$T/sh2/modules.safetensors" "$T/sh4/modules.safetensors" --prefix task.shift. \
+    --expect-differ >/dev/null || fail "client-003 did not train the shift modules"
+if command -v mpirun >/dev/null 2>&1; then
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
+        mpirun -np 3 --oversubscribe "$GRAFT" mpi --config run.conf --shards "$T/shards" \
+        --out "$T/mpi" >"$T/mpi.out" 2>"$T/mpi.err" || { tail -20 "$T/mpi.err" >&2; fail "graft mpi --shards failed"; }
+    cmp "$T/sh2/modules.safetensors" "$T/mpi/modules.safetensors" ||
+        fail "graft mpi --shards and graft run --shards (same clients) ended with other modules"
+fi
+if "$GRAFT" run --config run.conf --shards "$T/shards" --workers 5 --out "$T/sh5" \
+    >/dev/null 2>"$T/sh5.err"; then fail "--workers 5 with 4 client folders was accepted"; fi
+grep -q 'only 4 client folders' "$T/sh5.err" || fail "no clear error for --workers 5"
+echo "ok 4 - empty cohort keeps its modules; MPI --shards = ZeroMQ --shards; too many workers refused"
