@@ -179,7 +179,8 @@ float graft_trainer_step(graft_trainer_t *tr, int t, float lr) {
 }
 
 void graft_trainer_seek_sampler(graft_trainer_t *tr, uint64_t stream, int64_t steps) {
-    graft_rng_seed(&tr->rng, (uint64_t)tr->cfg.seed, SAMPLER_STREAM ^ (stream * 0x9E3779B97F4A7C15ull));
+    uint64_t s = SAMPLER_STREAM ^ (stream * 0x9E3779B97F4A7C15ull);
+    graft_rng_seed(&tr->rng, (uint64_t)tr->cfg.seed, s);
     graft_rng_advance(&tr->rng, (uint64_t)steps * (uint64_t)tr->B);
 }
 

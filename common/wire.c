@@ -568,7 +568,8 @@ static int dec_label_set(const Graft__LabelSet *pb, size_t i, graft_wire_assign_
                     out->task);
     for (size_t k = 0; k < i; k++)
         if (!strcmp(m->label_sets[k].task, out->task))
-            return fail(why, why_len, GRAFT_EFORMAT, "assign repeats the labels of '%s'", out->task);
+            return fail(why, why_len, GRAFT_EFORMAT, "assign repeats the labels of '%s'",
+                        out->task);
     out->labels = graft_xcalloc(pb->n_labels, sizeof *out->labels);
     out->nlabels = pb->n_labels;
     for (size_t l = 0; l < pb->n_labels; l++) {

@@ -1,11 +1,18 @@
-/* test_coordinator.c — the coordinator under bad input, in one process over
- * the inproc transport: a real worker (graft_worker_run) on one thread, the
- * coordinator on another, and this thread playing a second worker that
- * answers every round with garbage, a truncated message, an oversized one,
- * a wrong round, a NaN value, an unknown tensor and a wrong shape before its
- * real update. Every bad message must be dropped with a logged reason naming
- * the peer, the run must complete with both workers in every round, and the
- * modules must stay finite. */
+/* test_coordinator.c — the coordinator in one process over the inproc
+ * transport, with real workers (graft_worker_run) on threads:
+ *  - bad input: this thread plays a second worker that answers every round
+ *    with garbage, a truncated message, an oversized one, a wrong round, a
+ *    NaN value, an unknown tensor, a wrong shape, a NaN loss, a negative
+ *    training time and another run's id before its real update, and replays
+ *    that update afterwards; a third end that never said hello sends an
+ *    update too. Every bad message must be dropped with a logged reason, the
+ *    run must complete with both workers in every round, and the modules
+ *    must stay finite;
+ *  - assignment: workers reading client folders (--data) that hold different
+ *    task subsets, one of them several tasks and a shard lacking a class,
+ *    and a task nobody holds: the cohorts in the events are the holders, the
+ *    unheld task's modules are exactly their initial values, the others
+ *    trained. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,12 +22,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "coordinator.h"
 #include "safetensors.h"
+#include "trainer.h"
 #include "wire.h"
 #include "worker.h"
 
@@ -112,11 +121,32 @@ static void answer_round(graft_transport_t *t, uint64_t run_id, graft_msg_t *rs)
     send_update(t, &u);
     r->tensors[0].shape[0] += 1;
     r->tensors[0].numel += 1;
+    u.update.train_loss = NAN;                          /* NaN loss */
+    send_update(t, &u);
+    u.update.train_loss = 0.5;
+    u.update.train_seconds = -1.0;                      /* negative training time */
+    send_update(t, &u);
+    u.update.train_seconds = 0.25;
+    u.run_id = run_id ^ 1;                              /* another run */
+    send_update(t, &u);
+    u.run_id = run_id;
     send_update(t, &u);                                 /* the real one */
+    send_update(t, &u);                                 /* replayed */
 }
 
-/* Plays worker 2: hello, then answers rounds until shutdown. */
-static int fake_worker(graft_transport_t *t) {
+/* A peer that never said hello sends an update. */
+static void stranger_update(graft_transport_t *t, uint64_t run_id, graft_msg_t *rs) {
+    graft_msg_t u = {.type = GRAFT_MSG_UPDATE, .run_id = run_id};
+    u.update = (graft_wire_update_t){.round = rs->round_start.round, .worker_id = 3,
+                                     .tensors = rs->round_start.tensors,
+                                     .ntensors = rs->round_start.ntensors, .sample_count = 32,
+                                     .train_loss = 0.5};
+    send_update(t, &u);
+}
+
+/* Plays worker 2: hello, then answers rounds until shutdown; in round 1
+ * the stranger end also sends an update. */
+static int fake_worker(graft_transport_t *t, graft_transport_t *stranger) {
     graft_wire_shard_t shard = {.task = "cls", .kind = GRAFT_KIND_CLASSIFICATION,
                                 .train_examples = 32, .test_examples = 8};
     graft_msg_t h = {.type = GRAFT_MSG_HELLO};
@@ -137,6 +167,7 @@ static int fake_worker(graft_transport_t *t) {
         free(buf);
         if (m.type == GRAFT_MSG_ASSIGN) run_id = m.run_id;
         if (m.type == GRAFT_MSG_ROUND_START) {
+            if (rounds == 0) stranger_update(stranger, run_id, &m);
             answer_round(t, run_id, &m);
             rounds++;
         }
@@ -146,24 +177,48 @@ static int fake_worker(graft_transport_t *t) {
     }
 }
 
+/* A small run on the tiny trunk with output in dir/out. */
+static void base_config(graft_run_config_t *cfg, const char *dir, const char *tasks) {
+    char *argv[] = {"test", NULL};
+    assert_int_equal(graft_options_parse(graft_run_options, cfg, 1, argv, ""), GRAFT_OPTS_OK);
+    snprintf(cfg->preset, sizeof cfg->preset, "tiny");
+    snprintf(cfg->tasks, sizeof cfg->tasks, "%s", tasks);
+    snprintf(cfg->out, sizeof cfg->out, "%s/out", dir);
+    cfg->seq = 16;
+    cfg->batch = 4;
+    cfg->rounds = ROUNDS;
+    cfg->local_steps = 2;
+    cfg->eval_max = 8;
+    cfg->heartbeat_ms = 10000; /* the fake worker sends no heartbeats */
+    cfg->round_timeout_ms = 30000;
+}
+
+/* How many lines of dir/file match the extended regex. */
+static int count_lines(const char *dir, const char *file, const char *pattern) {
+    char cmd[600], out[64];
+    snprintf(cmd, sizeof cmd, "grep -Eci '%s' %s/%s", pattern, dir, file);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    assert_non_null(fgets(out, sizeof out, p));
+    pclose(p);
+    return atoi(out);
+}
+
+static void remove_dir(const char *dir) {
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static void test_bad_messages_dropped(void **state) {
     (void)state;
     char dir[] = "/tmp/graft_test_coordinator_XXXXXX";
     assert_non_null(mkdtemp(dir));
     write_tasks(dir);
     graft_run_config_t cfg;
-    char *argv[] = {"test", NULL};
-    assert_int_equal(graft_options_parse(graft_run_options, &cfg, 1, argv, ""), GRAFT_OPTS_OK);
-    snprintf(cfg.preset, sizeof cfg.preset, "tiny");
-    snprintf(cfg.tasks, sizeof cfg.tasks, "cls:classification:%s/cls.tsv", dir);
-    snprintf(cfg.out, sizeof cfg.out, "%s/out", dir);
-    cfg.seq = 16;
-    cfg.batch = 4;
-    cfg.rounds = ROUNDS;
-    cfg.local_steps = 2;
-    cfg.eval_max = 8;
-    cfg.heartbeat_ms = 10000; /* the fake worker sends no heartbeats */
-    cfg.round_timeout_ms = 30000;
+    char tasks[300];
+    snprintf(tasks, sizeof tasks, "cls:classification:%s/cls.tsv", dir);
+    base_config(&cfg, dir, tasks);
 
     char log[300];
     snprintf(log, sizeof log, "%s/stderr.log", dir);
@@ -171,17 +226,17 @@ static void test_bad_messages_dropped(void **state) {
     int saved = dup(2);
     assert_non_null(freopen(log, "w", stderr));
 
-    graft_transport_t *ends[3];
-    assert_int_equal(graft_transport_inproc_new(2, ends), GRAFT_OK);
+    graft_transport_t *ends[4];
+    assert_int_equal(graft_transport_inproc_new(3, ends), GRAFT_OK);
     coord_arg_t ca = {.co = {.cfg = cfg, .expected_workers = 2, .tp = ends[0], .mode = "inproc"}};
     worker_arg_t wa = {.wo = {.cfg = cfg, .name = "real", .shard_count = 1, .tp = ends[1]}};
     pthread_t ct, wt;
     pthread_create(&ct, NULL, coord_main, &ca);
     pthread_create(&wt, NULL, worker_main, &wa);
-    int rounds = fake_worker(ends[2]);
+    int rounds = fake_worker(ends[2], ends[3]);
     pthread_join(ct, NULL);
     pthread_join(wt, NULL);
-    for (int i = 0; i < 3; i++) graft_transport_destroy(&ends[i]);
+    for (int i = 0; i < 4; i++) graft_transport_destroy(&ends[i]);
     fflush(stderr);
     dup2(saved, 2);
     close(saved);
@@ -190,21 +245,21 @@ static void test_bad_messages_dropped(void **state) {
     assert_int_equal(wa.rc, GRAFT_OK);
     assert_int_equal(rounds, ROUNDS);
     /* Every round ended with both workers; each bad message was logged. */
-    char cmd[600], out[64];
-    const char *greps[] = {"\"replies\":2", "dropping a message from", "wrong round|round 10|round 8|round 9",
-                           "NaN|not finite", "nope", "shape"};
+    const char *greps[] = {"\"replies\":2", "dropping a message from",
+                           "wrong round|round 10|round 8|round 9",
+                           "NaN|not finite", "nope", "shape", "train_loss is nan",
+                           "train_seconds is -1", "is from run", "not expected now|is for round",
+                           "not registered"};
     const char *files[] = {"out/events.jsonl", "stderr.log", "stderr.log", "stderr.log",
+                           "stderr.log", "stderr.log", "stderr.log", "stderr.log", "stderr.log",
                            "stderr.log", "stderr.log"};
-    int want[] = {ROUNDS, 3 * ROUNDS, 1, 1, 1, 1};
-    for (int i = 0; i < 6; i++) {
-        snprintf(cmd, sizeof cmd, "grep -Eci '%s' %s/%s", greps[i], dir, files[i]);
-        FILE *p = popen(cmd, "r");
-        assert_non_null(p);
-        assert_non_null(fgets(out, sizeof out, p));
-        pclose(p);
-        if (atoi(out) < want[i]) fprintf(stdout, "pattern '%s' in %s: %d < %d\n", greps[i],
-                                         files[i], atoi(out), want[i]);
-        assert_true(atoi(out) >= want[i]);
+    /* The replay of the last round's update may come after the run ended. */
+    int want[] = {ROUNDS, 3 * ROUNDS, 1, 1, 1, 1, ROUNDS, ROUNDS, ROUNDS, 2 * ROUNDS - 1, 1};
+    for (int i = 0; i < 11; i++) {
+        int got = count_lines(dir, files[i], greps[i]);
+        if (got < want[i])
+            fprintf(stdout, "pattern '%s' in %s: %d < %d\n", greps[i], files[i], got, want[i]);
+        assert_true(got >= want[i]);
     }
     /* The checkpoint of the aggregated modules was written and reads back. */
     char ckpt[300];
@@ -212,8 +267,112 @@ static void test_bad_messages_dropped(void **state) {
     graft_st_file_t *f = NULL;
     assert_int_equal(graft_st_open(ckpt, &f), GRAFT_OK);
     graft_st_close(&f);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    assert_int_equal(system(cmd), 0);
+    remove_dir(dir);
+}
+
+/* ---- assignment ------------------------------------------------------------ */
+
+/* dir/NAME.tsv: 36 train, 6 dev, 6 test rows, labels x y z in turn; with
+ * only_train, the train rows with a label before `last` only. */
+static void write_cls(const char *path, int only_train, char last) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 48; i++) {
+        char label = (char)('x' + i % 3);
+        const char *split = i < 36 ? "train" : i < 42 ? "dev" : "test";
+        if (only_train && (i >= 36 || label > last)) continue;
+        fprintf(f, "%s\t%c\t\tword%d %c%c\n", split, label, i, label, label);
+    }
+    fclose(f);
+}
+
+static void *data_worker_main(void *p) {
+    worker_arg_t *a = p;
+    a->rc = graft_worker_run(&a->wo, NULL);
+    return NULL;
+}
+
+/* client-000 holds a (without class z) and b, client-001 holds b, nobody
+ * holds c: the cohorts are a:[000], b:[000, 001], c:[]; c's modules are
+ * untouched, a's, b's and the shared ones trained. */
+static void test_assignment_by_holdings(void **state) {
+    (void)state;
+    char dir[] = "/tmp/graft_test_coordinator_XXXXXX", path[300], tasks[600];
+    assert_non_null(mkdtemp(dir));
+    const char *names[] = {"a", "b", "c"};
+    for (int t = 0; t < 3; t++) {
+        snprintf(path, sizeof path, "%s/%s.tsv", dir, names[t]);
+        write_cls(path, 0, 'z');
+    }
+    snprintf(path, sizeof path, "%s/client-000", dir);
+    assert_int_equal(mkdir(path, 0755), 0);
+    snprintf(path, sizeof path, "%s/client-001", dir);
+    assert_int_equal(mkdir(path, 0755), 0);
+    snprintf(path, sizeof path, "%s/client-000/a.tsv", dir);
+    write_cls(path, 1, 'y');
+    snprintf(path, sizeof path, "%s/client-000/b.tsv", dir);
+    write_cls(path, 1, 'z');
+    snprintf(path, sizeof path, "%s/client-001/b.tsv", dir);
+    write_cls(path, 1, 'z');
+    snprintf(tasks, sizeof tasks, "a:classification:%s/a.tsv, b:classification:%s/b.tsv, "
+             "c:classification:%s/c.tsv", dir, dir, dir);
+    graft_run_config_t cfg;
+    base_config(&cfg, dir, tasks);
+    cfg.heartbeat_ms = 500;
+
+    char log[300], data0[300], data1[300];
+    snprintf(log, sizeof log, "%s/stderr.log", dir);
+    snprintf(data0, sizeof data0, "%s/client-000", dir);
+    snprintf(data1, sizeof data1, "%s/client-001/", dir); /* a trailing slash is fine */
+    fflush(stderr);
+    int saved = dup(2);
+    assert_non_null(freopen(log, "w", stderr));
+    graft_transport_t *ends[3];
+    assert_int_equal(graft_transport_inproc_new(2, ends), GRAFT_OK);
+    coord_arg_t ca = {.co = {.cfg = cfg, .expected_workers = 2, .tp = ends[0], .mode = "inproc"}};
+    worker_arg_t wa[2] = {{.wo = {.cfg = cfg, .data_dir = data0, .shard_count = 1, .tp = ends[1]}},
+                          {.wo = {.cfg = cfg, .data_dir = data1, .shard_count = 1, .tp = ends[2]}}};
+    pthread_t ct, wt[2];
+    pthread_create(&ct, NULL, coord_main, &ca);
+    for (int i = 0; i < 2; i++) pthread_create(&wt[i], NULL, data_worker_main, &wa[i]);
+    pthread_join(ct, NULL);
+    for (int i = 0; i < 2; i++) pthread_join(wt[i], NULL);
+    for (int i = 0; i < 3; i++) graft_transport_destroy(&ends[i]);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+
+    assert_int_equal(ca.rc, GRAFT_OK);
+    assert_int_equal(wa[0].rc, GRAFT_OK);
+    assert_int_equal(wa[1].rc, GRAFT_OK);
+    assert_int_equal(count_lines(dir, "out/events.jsonl",
+                                 "\"cohorts\":\\{\"a\":\\[\"client-000\"\\],"
+                                 "\"b\":\\[\"client-000\",\"client-001\"\\],\"c\":\\[\\]\\}"),
+                     ROUNDS);
+    assert_int_equal(
+        count_lines(dir, "out/events.jsonl", "\"train_examples\":\\{\"a\":24,\"b\":36\\}"), 1);
+    assert_true(count_lines(dir, "stderr.log", "task c: no worker holds it") >= ROUNDS);
+
+    /* Modules: the checkpoint against a fresh (initial) set. */
+    graft_trainer_t *init = NULL, *fin = NULL;
+    assert_int_equal(graft_trainer_new(&cfg, &init), GRAFT_OK);
+    assert_int_equal(graft_trainer_new(&cfg, &fin), GRAFT_OK);
+    snprintf(path, sizeof path, "%s/out/modules.safetensors", dir);
+    assert_int_equal(graft_trainer_load(fin, path), GRAFT_OK);
+    graft_scope_t *before[4] = {init->peft->shared}, *after[4] = {fin->peft->shared};
+    for (int t = 0; t < 3; t++) {
+        before[1 + t] = init->peft->tasks[t].scope;
+        after[1 + t] = fin->peft->tasks[t].scope;
+    }
+    for (int k = 0; k < 4; k++) {
+        int same = !memcmp(before[k]->params, after[k]->params, before[k]->numel * sizeof(float));
+        if (same != (k == 3)) fprintf(stdout, "scope %s: %s\n", after[k]->name,
+                                      same ? "unchanged" : "changed");
+        assert_int_equal(same, k == 3);
+    }
+    graft_trainer_destroy(&init);
+    graft_trainer_destroy(&fin);
+    remove_dir(dir);
 }
 
 int main(void) {
@@ -223,6 +382,7 @@ int main(void) {
     setenv("OPENBLAS_NUM_THREADS", "1", 1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_messages_dropped),
+        cmocka_unit_test(test_assignment_by_holdings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

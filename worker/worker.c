@@ -251,7 +251,8 @@ static int build_trainer(worker_t *w, const graft_wire_assign_t *a) {
             continue;
         }
         size_t used = strlen(list);
-        snprintf(list + used, sizeof list - used, "%s%s", n ? ", " : "", graft_task_name(w->held[i]));
+        snprintf(list + used, sizeof list - used, "%s%s", n ? ", " : "",
+                 graft_task_name(w->held[i]));
         tasks[n++] = w->held[i];
         w->held[i] = NULL;
     }
@@ -340,7 +341,8 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
         heartbeat(w);
     }
     uint64_t samples = 0;
-    for (int t = 0; t < tr->n_tasks; t++) samples += graft_task_count(tr->tasks[t], GRAFT_SPLIT_TRAIN);
+    for (int t = 0; t < tr->n_tasks; t++)
+        samples += graft_task_count(tr->tasks[t], GRAFT_SPLIT_TRAIN);
     graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
     for (size_t i = 0; i < n; i++)
         ts[i] = (graft_wire_tensor_t){.name = sent[i]->name, .ndim = 1,
