@@ -193,6 +193,22 @@ static void base_config(graft_run_config_t *cfg, const char *dir, const char *ta
     cfg->round_timeout_ms = 30000;
 }
 
+/* Sends stderr (the logs) to dir/stderr.log; returns what to restore. */
+static int stderr_to_log(const char *dir) {
+    char log[300];
+    snprintf(log, sizeof log, "%s/stderr.log", dir);
+    fflush(stderr);
+    int saved = dup(2);
+    assert_non_null(freopen(log, "w", stderr));
+    return saved;
+}
+
+static void stderr_back(int saved) {
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+}
+
 /* How many lines of dir/file match the extended regex. */
 static int count_lines(const char *dir, const char *file, const char *pattern) {
     char cmd[600], out[64];
@@ -220,11 +236,7 @@ static void test_bad_messages_dropped(void **state) {
     snprintf(tasks, sizeof tasks, "cls:classification:%s/cls.tsv", dir);
     base_config(&cfg, dir, tasks);
 
-    char log[300];
-    snprintf(log, sizeof log, "%s/stderr.log", dir);
-    fflush(stderr);
-    int saved = dup(2);
-    assert_non_null(freopen(log, "w", stderr));
+    int saved = stderr_to_log(dir);
 
     graft_transport_t *ends[4];
     assert_int_equal(graft_transport_inproc_new(3, ends), GRAFT_OK);
@@ -237,9 +249,7 @@ static void test_bad_messages_dropped(void **state) {
     pthread_join(ct, NULL);
     pthread_join(wt, NULL);
     for (int i = 0; i < 4; i++) graft_transport_destroy(&ends[i]);
-    fflush(stderr);
-    dup2(saved, 2);
-    close(saved);
+    stderr_back(saved);
 
     assert_int_equal(ca.rc, GRAFT_OK);
     assert_int_equal(wa.rc, GRAFT_OK);
@@ -286,12 +296,6 @@ static void write_cls(const char *path, int only_train, char last) {
     fclose(f);
 }
 
-static void *data_worker_main(void *p) {
-    worker_arg_t *a = p;
-    a->rc = graft_worker_run(&a->wo, NULL);
-    return NULL;
-}
-
 /* client-000 holds a (without class z) and b, client-001 holds b, nobody
  * holds c: the cohorts are a:[000], b:[000, 001], c:[]; c's modules are
  * untouched, a's, b's and the shared ones trained. */
@@ -320,13 +324,10 @@ static void test_assignment_by_holdings(void **state) {
     base_config(&cfg, dir, tasks);
     cfg.heartbeat_ms = 500;
 
-    char log[300], data0[300], data1[300];
-    snprintf(log, sizeof log, "%s/stderr.log", dir);
+    char data0[300], data1[300];
     snprintf(data0, sizeof data0, "%s/client-000", dir);
     snprintf(data1, sizeof data1, "%s/client-001/", dir); /* a trailing slash is fine */
-    fflush(stderr);
-    int saved = dup(2);
-    assert_non_null(freopen(log, "w", stderr));
+    int saved = stderr_to_log(dir);
     graft_transport_t *ends[3];
     assert_int_equal(graft_transport_inproc_new(2, ends), GRAFT_OK);
     coord_arg_t ca = {.co = {.cfg = cfg, .expected_workers = 2, .tp = ends[0], .mode = "inproc"}};
@@ -334,13 +335,11 @@ static void test_assignment_by_holdings(void **state) {
                           {.wo = {.cfg = cfg, .data_dir = data1, .shard_count = 1, .tp = ends[2]}}};
     pthread_t ct, wt[2];
     pthread_create(&ct, NULL, coord_main, &ca);
-    for (int i = 0; i < 2; i++) pthread_create(&wt[i], NULL, data_worker_main, &wa[i]);
+    for (int i = 0; i < 2; i++) pthread_create(&wt[i], NULL, worker_main, &wa[i]);
     pthread_join(ct, NULL);
     for (int i = 0; i < 2; i++) pthread_join(wt[i], NULL);
     for (int i = 0; i < 3; i++) graft_transport_destroy(&ends[i]);
-    fflush(stderr);
-    dup2(saved, 2);
-    close(saved);
+    stderr_back(saved);
 
     assert_int_equal(ca.rc, GRAFT_OK);
     assert_int_equal(wa[0].rc, GRAFT_OK);
