@@ -28,5 +28,13 @@ mkdir -p docs
     esac
     echo '```'
   done
+  for script in bench-step.sh bench-round.sh; do
+    echo
+    echo "## scripts/$script"
+    echo
+    echo '```'
+    bash "scripts/$script" --help
+    echo '```'
+  done
 } > "$out"
 echo "wrote $out"
