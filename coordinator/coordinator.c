@@ -38,6 +38,7 @@ typedef struct {
     double last_seen;
     int in_round, replied;
     double replied_at;  /* graft_now() when this round's update was accepted */
+    double train_ms;    /* that update's local training time */
     graft_msg_t update; /* this round's decoded reply, held until aggregation */
 } worker_t;
 
@@ -340,6 +341,7 @@ static int on_update(coord_t *c, int peer, graft_msg_t *m) {
     w->update = *m;
     w->replied = 1;
     w->replied_at = graft_now();
+    w->train_ms = m->update.train_seconds * 1000.0;
     c->n_replies++;
     LOG_DEBUG("coordinator: update from %s, loss %.4f", who, m->update.train_loss);
     return 1;
@@ -458,7 +460,7 @@ static round_times_t round_times(const coord_t *c, double agg_ms) {
     for (int p = 0; p < MAX_PEERS; p++) {
         const worker_t *w = &c->w[p];
         if (!w->replied) continue;
-        double ms = w->update.update.train_seconds * 1000.0;
+        double ms = w->train_ms;
         rt.train_ms_mean += ms;
         if (ms > rt.train_ms_max) rt.train_ms_max = ms;
         if (w->replied_at > last) last = w->replied_at, rt.train_ms_last = ms;
