@@ -94,9 +94,9 @@ for k in $WORKERS; do
     OMP_NUM_THREADS=1 "$GRAFT" run --workers "$k" "${ARGS[@]}" --out "$out" \
       >"$out.out" 2>"$out.err" || { tail -20 "$out.err" >&2; die "K=$k: graft run failed"; }
   fi
-  python3 - "$out/events.jsonl" "$k" "$TARGET" <<'PY'
+  python3 - "$out/events.jsonl" "$k" "$TARGET" "$TMP/summary" <<'PY'
 import json, sys
-path, k, target = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+path, k, target, summary = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 ev = [json.loads(l) for l in open(path)]
 rounds = [e for e in ev if e["event"] == "round_end" and e["round"] >= 2]
 end = [e for e in ev if e["event"] == "run_end"][-1]
@@ -111,5 +111,17 @@ print("%3d %9.1f %9.1f %9.1f %9.1f %8.1f %7.2f %8.2f%% %10.1f %9.1f" %
        end["peak_rss_mib"]))
 print("K=%d round_ms=%.1f comm_ms=%.1f agg_ms=%.2f comm_agg_pct=%.2f coordinator_peak_mib=%.1f "
       "holds=%s" % (k, r, cm, ag, pct, end["peak_rss_mib"], "yes" if pct < target else "no"))
+with open(summary, "a") as f:
+    f.write("%d %f %f\n" % (k, end["peak_rss_mib"], upd))
 PY
 done
+# How the coordinator's peak memory grows with K, in updates (messages) per extra worker.
+python3 - "$TMP/summary" <<'PY'
+import sys
+rows = sorted(tuple(map(float, l.split())) for l in open(sys.argv[1]))
+if len(rows) >= 2:
+    (k0, m0, u), (k1, m1, _) = rows[0], rows[-1]
+    per = (m1 - m0) * 1024 / (k1 - k0)
+    print("coordinator peak RSS: %.1f MiB at K=%d, %.1f MiB at K=%d: +%.0f KiB per extra worker "
+          "= %.2f updates of %.0f KiB" % (m0, k0, m1, k1, per, per / u, u))
+PY

@@ -143,4 +143,12 @@ fi
 if "$GRAFT" run --config run.conf --shards "$T/shards" --workers 5 --out "$T/sh5" \
     >/dev/null 2>"$T/sh5.err"; then fail "--workers 5 with 4 client folders was accepted"; fi
 grep -q 'only 4 client folders' "$T/sh5.err" || fail "no clear error for --workers 5"
-echo "ok 4 - empty cohort keeps its modules; MPI --shards = ZeroMQ --shards; too many workers refused"
+# A client folder without any run task: its worker stops, and so does the run.
+mkdir -p "$T/bad/client-000" "$T/bad/client-001"
+cp "$T/shards/client-001/pairs.tsv" "$T/bad/client-000/"
+cp "$T/shards/client-003/other.tsv" "$T/bad/client-001/"
+if timeout 60 "$GRAFT" run --config run.conf --shards "$T/bad" --out "$T/bad/out" \
+    >/dev/null 2>"$T/bad.err"; then fail "a run with a useless client folder succeeded"; fi
+grep -q "client-001 holds none of the run's tasks" "$T/bad.err" || fail "no error naming the folder"
+grep -q 'a worker process ended before the run did' "$T/bad.err" || fail "graft run did not stop"
+echo "ok 4 - empty cohort keeps its modules; MPI --shards = ZeroMQ --shards; bad shard setups refused"
