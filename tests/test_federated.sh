@@ -12,8 +12,10 @@
 #     test split;
 #  4. a task no worker holds keeps its modules (empty cohort), and
 #     `mpirun graft mpi --shards` gives the same modules as `graft run
-#     --shards` with the same clients; too many workers for the clients is
-#     refused.
+#     --shards` with the same clients; too many workers for the clients, or
+#     a client folder without a run task, is refused;
+#  5. the shard directory `graft data shard` writes
+#     runs, with the cohorts its plan gives.
 # usage: test_federated.sh GRAFT_BINARY SOURCE_DIR
 set -eu
 GRAFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -152,3 +154,16 @@ if timeout 60 "$GRAFT" run --config run.conf --shards "$T/bad" --out "$T/bad/out
 grep -q "client-001 holds none of the run's tasks" "$T/bad.err" || fail "no error naming the folder"
 grep -q 'a worker process ended before the run did' "$T/bad.err" || fail "graft run did not stop"
 echo "ok 4 - empty cohort keeps its modules; MPI --shards = ZeroMQ --shards; bad shard setups refused"
+
+# ---- 5. what graft data shard writes ------------------------------------------
+# 4 clients, 2 tasks each: client c holds tasks (2c + j) mod 3.
+TASKS="majority:classification:$T/data/majority.tsv,pairs:classification:$T/data/pairs.tsv,shift:generation:$T/data/shift.tsv"
+"$GRAFT" data shard --tasks "$TASKS" --clients 4 --tasks_per_client 2 \
+    --out "$T/dshard" >"$T/dshard.out" 2>&1 || { cat "$T/dshard.out" >&2; fail "graft data shard failed"; }
+timeout 90 "$GRAFT" run --config run.conf --shards "$T/dshard" --out "$T/ds" >"$T/ds.out" \
+    2>"$T/ds.err" || { tail -20 "$T/ds.err" >&2; fail "graft run on graft data shard's output failed"; }
+EV=$T/ds/events.jsonl
+COH='"cohorts":{"majority":\["client-000","client-001","client-003"\],"pairs":\["client-000","client-002","client-003"\],"shift":\["client-001","client-002"\]}'
+[ "$(grep '"event":"round_end"' "$EV" | grep -c "$COH")" -eq 3 ] ||
+    { grep '"event":"round_end"' "$EV" >&2; fail "cohorts differ from graft data shard's plan"; }
+echo "ok 5 - graft run --shards on graft data shard's output: the plan's cohorts"
