@@ -10,13 +10,21 @@
  *        ^                                                   |
  *        +------------- next round (or DONE) <---------------+
  *
- * Workers say Hello with the shards they hold; each is assigned every run
- * task it holds train data for. A round sends each worker the shared scope
- * and its tasks' scopes (each scope travels as one flat tensor named after
- * the scope), collects Updates until every live participant replied or the
- * deadline passed with at least min_replies, and averages (aggregate.h):
- * the shared scope over all replies weighted by sample count, each task
- * scope over that task's cohort weighted by its shard size.
+ * Workers say Hello with the shards they hold (task, kind, train examples);
+ * each is assigned every run task it holds train data for, and the Assign
+ * carries each classification task's label set so that a shard lacking
+ * classes agrees on label ids. Workers hold different task subsets; a
+ * worker holding several trains them in turn (worker.h). A round sends each
+ * worker the shared scope and its tasks' scopes (each scope travels as one
+ * flat tensor named after the scope) with the schedule's learning rate for
+ * each local step, collects Updates until every live participant replied
+ * or the deadline passed with at least min_replies, and averages
+ * (aggregate.h): the shared scope over all replies weighted by sample
+ * count, each task scope over that task's cohort weighted by its shard
+ * size. A task whose cohort is empty keeps its modules. Each round logs the
+ * cohorts; round_end carries them (names sorted) and the round's time split
+ * (round_ms = train_ms_last + comm_ms + agg_ms, see finish_round) and the
+ * peak RSS; run_end the peak RSS.
  *
  * The global modules live in a graft_trainer_t built from the run config
  * with every task's files, which also evaluates them and checkpoints them
