@@ -97,7 +97,15 @@ typedef struct {
     uint32_t batch_size;
     float weight_decay;
     float fedprox_mu;
+    int freeze_lora_a;
 } graft_wire_hyper_t;
+
+/* How a round's modules come back (all zero: as tensors in the Update). */
+typedef struct {
+    int collective;    /* an Update without tensors, then MPI reductions */
+    float clip_norm;   /* > 0: clip each scope's delta */
+    int lora_products; /* contributions carry the LoRA products */
+} graft_wire_reduce_t;
 
 typedef struct {
     uint64_t round;
@@ -105,6 +113,7 @@ typedef struct {
     size_t ntensors;
     graft_wire_hyper_t hyper;
     uint32_t deadline_ms;
+    graft_wire_reduce_t reduce;
 } graft_wire_round_start_t;
 
 typedef struct {

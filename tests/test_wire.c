@@ -138,8 +138,10 @@ static void test_round_start_roundtrip(void **state) {
                      .round_start = {.round = 17, .tensors = t, .ntensors = 2,
                                      .hyper = {.learning_rate = 3e-4f, .local_steps = 20,
                                                .batch_size = 16, .weight_decay = 0.01f,
-                                               .fedprox_mu = 0.5f},
-                                     .deadline_ms = 30000}};
+                                               .fedprox_mu = 0.5f, .freeze_lora_a = 1},
+                                     .deadline_ms = 30000,
+                                     .reduce = {.collective = 1, .clip_norm = 2.5f,
+                                                .lora_products = 1}}};
     graft_msg_t d;
     char why[256];
     assert_int_equal(roundtrip(&m, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
@@ -149,6 +151,10 @@ static void test_round_start_roundtrip(void **state) {
     assert_int_equal(r->deadline_ms, 30000);
     assert_true(r->hyper.learning_rate == 3e-4f && r->hyper.weight_decay == 0.01f);
     assert_true(r->hyper.fedprox_mu == 0.5f);
+    assert_int_equal(r->hyper.freeze_lora_a, 1);
+    assert_int_equal(r->reduce.collective, 1);
+    assert_true(r->reduce.clip_norm == 2.5f);
+    assert_int_equal(r->reduce.lora_products, 1);
     assert_int_equal(r->hyper.local_steps, 20);
     assert_int_equal(r->hyper.batch_size, 16);
     assert_int_equal(r->ntensors, 2);
@@ -493,6 +499,9 @@ static void test_fields(void **state) {
     r.round_start.hyper.local_steps = 1;
     r.round_start.hyper.learning_rate = -1;
     expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "learning_rate is -1");
+    r.round_start.hyper.learning_rate = 0.1f;
+    r.round_start.reduce.clip_norm = -2;
+    expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "clip_norm is -2");
 
     graft_wire_metric_t met = {"ppl", INFINITY};
     graft_msg_t e = {.type = GRAFT_MSG_EVAL_RESULT, .run_id = RUN,

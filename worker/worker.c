@@ -3,6 +3,7 @@
 
 #include <string.h>
 
+#include "contribute.h"
 #include "trainer.h"
 #include "wire.h"
 
@@ -17,6 +18,12 @@ typedef struct {
     double last_beat;
     graft_wire_schema_entry_t schema_entries[GRAFT_MAX_TASKS + 1];
     graft_wire_schema_t schema;
+    /* The values each scope was sent this round (0: shared, 1 + t: task t):
+     * the FedProx anchor and the base of an MPI contribution. */
+    float *global[GRAFT_MAX_TASKS + 1];
+    graft_contributor_t *contrib; /* MPI reductions, made at first use */
+    volatile sig_atomic_t *stop;
+    int failed;                   /* an MPI reduction failed: the worker ends */
 } worker_t;
 
 /* ---- shards ---------------------------------------------------------------- */
@@ -134,26 +141,93 @@ static uint64_t name_hash(const char *s) {
     return h;
 }
 
+/* Scope slot (0: shared, 1 + t: trainer task t) of a scope of ours. */
+static int scope_slot(const worker_t *w, const graft_scope_t *s) {
+    graft_peft_t *p = w->tr->peft;
+    for (int t = 0; t < p->n_tasks; t++)
+        if (s == p->tasks[t].scope) return 1 + t;
+    return 0;
+}
+
+/* Imports the round's modules, keeps a copy of what was sent, and sets
+ * the round's FedProx anchor and LoRA A freezing. */
+static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_scope_t **sent,
+                         size_t n) {
+    graft_peft_t *p = w->tr->peft;
+    p->shared->prox_ref = NULL;
+    for (int t = 0; t < p->n_tasks; t++) p->tasks[t].scope->prox_ref = NULL;
+    for (size_t i = 0; i < n; i++) {
+        int k = scope_slot(w, sent[i]);
+        if (!w->global[k]) w->global[k] = graft_xmalloc((sent[i]->numel + 1) * sizeof(float));
+        memcpy(w->global[k], rs->tensors[i].data, sent[i]->numel * sizeof(float));
+        graft_scope_import(sent[i], w->global[k]);
+        graft_scope_reset_state(sent[i]);
+        sent[i]->prox_ref = w->global[k];
+    }
+    w->tr->prox_mu = rs->hyper.fedprox_mu;
+    graft_peft_freeze_lora_a(p, rs->hyper.freeze_lora_a);
+}
+
+static uint64_t task_examples(const worker_t *w, int t) {
+    return graft_task_count(w->tr->tasks[t], GRAFT_SPLIT_TRAIN);
+}
+
+static void tick(void *arg) {
+    heartbeat(arg);
+}
+
+/* MPI reductions: every scope this worker is assigned joins its reduction;
+ * one that was not trained (trained == 0) contributes nothing but still
+ * joins, so that no rank waits forever. */
+static void contribute(worker_t *w, const graft_wire_round_start_t *rs, int trained) {
+    graft_peft_t *p = w->tr->peft;
+    if (!w->contrib) w->contrib = graft_contributor_new(w->o.tp, p);
+    graft_contribution_t parts[GRAFT_MAX_TASKS + 1];
+    int assigned[GRAFT_MAX_TASKS] = {0}, n = 0;
+    uint64_t samples = 0;
+    for (int i = 0; i < w->n_tasks; i++) samples += task_examples(w, w->tasks[i]);
+    if (p->shared->numel)
+        parts[n++] = (graft_contribution_t){.task = -1, .global = trained ? w->global[0] : NULL,
+                                            .trained = p->shared->params, .weight = samples};
+    for (int i = 0; i < w->n_tasks; i++) {
+        int t = w->tasks[i];
+        assigned[t] = 1;
+        if (!p->tasks[t].scope->numel) continue;
+        parts[n++] = (graft_contribution_t){.task = t, .global = trained ? w->global[1 + t] : NULL,
+                                            .trained = p->tasks[t].scope->params,
+                                            .weight = task_examples(w, t)};
+    }
+    int rc = graft_contributor_run(w->contrib, &rs->reduce, rs->hyper.freeze_lora_a, assigned,
+                                   parts, n, tick, w, w->stop);
+    if (rc) {
+        LOG_ERROR("worker %s: round %llu: the MPI reduction failed: %s", w->name,
+                  (unsigned long long)rs->round, graft_strerror(rc));
+        w->failed = 1;
+    }
+}
+
 static void on_round_start(worker_t *w, const graft_msg_t *m) {
     const graft_wire_round_start_t *rs = &m->round_start;
     graft_scope_t *sent[GRAFT_MAX_TASKS + 1];
     size_t n = rs->ntensors;
+    const char *bad = NULL;
     if (n > GRAFT_MAX_TASKS + 1) {
         LOG_WARN("worker %s: dropping round_start: %zu tensors", w->name, n);
-        return;
+        bad = "too many tensors";
     }
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n && !bad; i++) {
         sent[i] = scope_named(w, rs->tensors[i].name);
         if (!sent[i] || sent[i]->numel != rs->tensors[i].numel || rs->tensors[i].sparse) {
             LOG_WARN("worker %s: dropping round_start %llu: tensor '%s' is not a scope of mine",
                      w->name, (unsigned long long)rs->round, rs->tensors[i].name);
-            return;
+            bad = "a tensor that is not a scope of this worker";
         }
     }
-    for (size_t i = 0; i < n; i++) {
-        graft_scope_import(sent[i], rs->tensors[i].data);
-        graft_scope_reset_state(sent[i]);
+    if (bad) {
+        if (rs->reduce.collective) contribute(w, rs, 0);
+        return;
     }
+    import_round(w, rs, sent, n);
     graft_trainer_t *tr = w->tr;
     graft_rng_seed(&tr->rng, (uint64_t)w->o.cfg.seed,
                    name_hash(w->name) ^ (rs->round * 0x9E3779B97F4A7C15ull));
@@ -164,22 +238,24 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
         heartbeat(w);
     }
     uint64_t samples = 0;
-    for (int i = 0; i < w->n_tasks; i++)
-        samples += graft_task_count(tr->tasks[w->tasks[i]], GRAFT_SPLIT_TRAIN);
+    for (int i = 0; i < w->n_tasks; i++) samples += task_examples(w, w->tasks[i]);
     graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
     for (size_t i = 0; i < n; i++)
         ts[i] = (graft_wire_tensor_t){.name = sent[i]->name, .ndim = 1,
                                       .shape = {(int64_t)sent[i]->numel},
                                       .data = sent[i]->params, .numel = sent[i]->numel};
     graft_msg_t u = {.type = GRAFT_MSG_UPDATE};
+    /* With reductions the modules travel through MPI, not in the Update. */
     u.update = (graft_wire_update_t){.round = rs->round, .worker_id = w->id, .tensors = ts,
-                                     .ntensors = n, .sample_count = samples,
+                                     .ntensors = rs->reduce.collective ? 0 : n,
+                                     .sample_count = samples,
                                      .train_loss = steps ? loss / steps : 0.0,
                                      .train_tokens = (uint64_t)steps * tr->B * tr->T,
                                      .train_seconds = graft_now() - t0};
     LOG_INFO("worker %s: round %llu: %u steps, loss %.4f, %.2fs", w->name,
              (unsigned long long)rs->round, steps, u.update.train_loss, u.update.train_seconds);
     send_msg(w, &u);
+    if (rs->reduce.collective) contribute(w, rs, 1);
 }
 
 /* Returns 1 when the worker should stop. */
@@ -218,7 +294,7 @@ static int handle(worker_t *w, const uint8_t *buf, size_t len) {
 }
 
 int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop) {
-    worker_t w = {.o = *o};
+    worker_t w = {.o = *o, .stop = stop};
     if (o->name && *o->name) snprintf(w.name, sizeof w.name, "%s", o->name);
     else snprintf(w.name, sizeof w.name, "shard-%d-of-%d", o->shard_index, o->shard_count);
     int rc = load_shards(&w);
@@ -234,7 +310,7 @@ int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop) 
              o->shard_index, o->shard_count);
     rc = send_hello(&w);
     int done = 0;
-    while (!done && !(stop && *stop)) {
+    while (!done && !w.failed && !(stop && *stop)) {
         int peer;
         uint8_t *buf = NULL;
         size_t len = 0;
@@ -247,6 +323,8 @@ int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop) 
         }
         heartbeat(&w);
     }
+    graft_contributor_destroy(&w.contrib);
+    for (int k = 0; k <= GRAFT_MAX_TASKS; k++) free(w.global[k]);
     graft_trainer_destroy(&w.tr);
-    return done ? GRAFT_OK : GRAFT_ESTATE;
+    return w.failed ? GRAFT_EIO : done ? GRAFT_OK : GRAFT_ESTATE;
 }
