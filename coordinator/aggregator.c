@@ -165,10 +165,11 @@ static int finish_scope(graft_aggregator_t *a, scope_agg_t *s, graft_agg_report_
 
 json_t *graft_aggregator_finish(graft_aggregator_t *a, int round) {
     json_t *out = json_object(), *gap = json_object(), *svd = json_object(), *over = json_array();
-    json_int_t rejected = 0;
+    json_int_t rejected = 0, reduced = 0;
     for (int k = 0; k < a->nscopes; k++) {
         scope_agg_t *s = &a->s[k];
         if (!s->scope->numel) continue;
+        reduced += (json_int_t)(s->plan.len * sizeof *s->sum);
         GRAFT_ASSERT(!s->req);
         graft_agg_report_t rep;
         finish_scope(a, s, &rep);
@@ -190,6 +191,7 @@ json_t *graft_aggregator_finish(graft_aggregator_t *a, int round) {
     if (json_object_size(svd)) json_object_set(out, "svd_residual", svd);
     if (json_array_size(over)) json_object_set(out, "overflow", over);
     if (rejected) json_object_set_new(out, "rejected", json_integer(rejected));
+    if (a->tp) json_object_set_new(out, "reduce_bytes", json_integer(reduced));
     json_decref(gap);
     json_decref(svd);
     json_decref(over);

@@ -82,7 +82,9 @@ int graft_aggregator_poll(graft_aggregator_t *a);
 
 /* Writes the round's new values into the scopes and returns the report for
  * round_end: {"lora_gap": {scope: x}, "svd_residual": {...},
- * "rejected": n, "overflow": [scope, ...]} (members only when they apply).
+ * "rejected": n, "overflow": [scope, ...], "reduce_bytes": n} (members only
+ * when they apply; reduce_bytes is the size of one rank's contribution to
+ * the round's reductions, summed over scopes).
  * Logs overflows and rejections. Call once per round, after poll said 1. */
 json_t *graft_aggregator_finish(graft_aggregator_t *a, int round);
 

@@ -13,7 +13,9 @@
 #  5. aggregation strategies: fedadam + fedprox + clip with LoRA svd summed by
 #     MPI reductions, and trimmed_mean (held replies, update messages under
 #     MPI), each bit-identical between ZeroMQ and MPI; freeze_a keeps every
-#     lora_A bit for bit (whatever the learning rate) and logs a gap of 0.
+#     lora_A bit for bit (whatever the learning rate) and logs a gap of 0;
+#  6. under MPI reductions a SIGKILLed rank ends the job (mpirun aborts it)
+#     instead of leaving the other ranks waiting in a reduction.
 # Workers run without `timeout` so that $! is the worker itself (SIGKILL
 # must hit it); the EXIT trap kills whatever is left.
 # usage: test_distributed.sh GRAFT_BINARY SOURCE_DIR
@@ -214,3 +216,24 @@ for line in open(sys.argv[1] + "/events.jsonl"):
         assert e["lora_gap"] and all(v == 0 for v in e["lora_gap"].values()), e["lora_gap"]
 PY
 echo "ok 7 - freeze_a: lora_A unchanged bit for bit, LoRA gap exactly 0"
+
+# ---- 6. a rank killed under MPI reductions ends the job ----------------------------
+if command -v mpirun >/dev/null 2>&1; then
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
+        mpirun -np 4 --oversubscribe "$GRAFT" mpi --config "$T/run.conf" --rounds 200 \
+        --local_steps 20 --out "$T/mpikill" >/dev/null 2>"$T/mpikill.err" &
+    MPIRUN=$!
+    PIDS="$PIDS $MPIRUN"
+    EV=$T/mpikill/events.jsonl
+    wait_for '"event":"round_end","round":2' 60
+    RANK=$(pgrep -f "graft mpi --config $T/run.conf --rounds 200" | tail -1)
+    [ -n "$RANK" ] || fail "no MPI rank to kill"
+    kill -9 "$RANK"
+    T0=$(date +%s)
+    if wait "$MPIRUN"; then fail "mpirun succeeded although a rank was killed"; fi
+    [ $(($(date +%s) - T0)) -lt 60 ] || fail "mpirun took a minute to notice the killed rank"
+    ! grep -q '"event":"run_end".*"ok":true' "$EV" || fail "the run claims to have ended normally"
+    echo "ok 8 - a SIGKILLed MPI rank ends the job instead of hanging a reduction"
+else
+    echo "ok 8 # SKIP mpirun not found"
+fi
