@@ -14,9 +14,13 @@
  * task it holds train data for. A round sends each worker the shared scope
  * and its tasks' scopes (each scope travels as one flat tensor named after
  * the scope), collects Updates until every live participant replied or the
- * deadline passed with at least min_replies, and averages (aggregate.h):
- * the shared scope over all replies weighted by sample count, each task
- * scope over that task's cohort weighted by its shard size.
+ * deadline passed with at least min_replies, and aggregates them
+ * (aggregator.h, strategies in aggregate.h): the shared scope over all
+ * replies weighted by sample count, each task scope over that task's cohort
+ * weighted by its shard size. Each Update is streamed into the aggregation
+ * when it arrives and freed; with MPI reductions the Updates carry only
+ * metrics and the round also waits for the reductions (no worker is
+ * declared lost then: under mpirun a dead rank aborts the job).
  *
  * The global modules live in a graft_trainer_t built from the run config
  * with every task's files, which also evaluates them and checkpoints them

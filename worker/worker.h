@@ -5,8 +5,12 @@
  * Protocol, from the worker's side: Hello (run id 0, the shards it holds)
  * -> Assign (its id and tasks, and the run id) -> for each RoundStart:
  * import the shared and task scopes, reset the optimiser state, run
- * local_steps steps round-robin over the tasks it was sent, reply Update
- * (the scopes, the sample count, the mean loss). Heartbeats go out every
+ * local_steps steps round-robin over the tasks it was sent (with the
+ * round's FedProx term toward the values it was sent, and LoRA A frozen
+ * when asked), reply Update (the scopes, the sample count, the mean loss).
+ * When the RoundStart asks for MPI reductions the Update carries no
+ * tensors and the worker then joins the reductions (contribute.h),
+ * heartbeating while it waits. Heartbeats go out every
  * heartbeat_ms, also between training steps. Shutdown ends the loop; an
  * Error "unknown worker" (a restarted coordinator) makes it say Hello
  * again. Reconnection and its backoff are the transport's (ZeroMQ).
