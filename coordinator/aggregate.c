@@ -104,7 +104,7 @@ void graft_agg_plan_init_pairs(graft_agg_plan_t *plan, size_t numel, const graft
     plan->numel = numel;
     plan->npairs = npairs;
     plan->pairs = graft_xcalloc((size_t)npairs + 1, sizeof *plan->pairs);
-    memcpy(plan->pairs, pairs, (size_t)npairs * sizeof *pairs);
+    if (npairs) memcpy(plan->pairs, pairs, (size_t)npairs * sizeof *pairs);
     plan->products = products && npairs > 0;
     plan->clip_norm = clip_norm;
     plan->freeze_a = freeze_a;
@@ -117,7 +117,6 @@ void graft_agg_plan_init_pairs(graft_agg_plan_t *plan, size_t numel, const graft
         if (fac > biggest) biggest = fac;
     }
     plan->len = numel + plan->nprod + GRAFT_AGG_TAIL;
-    plan->global_prod = graft_xcalloc(plan->nprod + 1, sizeof *plan->global_prod);
     plan->work = graft_xcalloc(numel + 2 * biggest + 1, sizeof *plan->work);
 }
 
@@ -147,7 +146,6 @@ void graft_agg_plan_init(graft_agg_plan_t *plan, const graft_agg_config_t *c,
 
 void graft_agg_plan_free(graft_agg_plan_t *plan) {
     free(plan->pairs);
-    free(plan->global_prod);
     free(plan->work);
     memset(plan, 0, sizeof *plan);
 }
@@ -160,14 +158,6 @@ static void pair_product(const graft_agg_plan_t *plan, int k, const double *v, d
 
 void graft_agg_plan_round(graft_agg_plan_t *plan, const float *global) {
     plan->global = global;
-    if (!plan->products) return;
-    double *g = plan->work;
-    for (size_t j = 0; j < plan->numel; j++) g[j] = global[j];
-    double *P = plan->global_prod;
-    for (int k = 0; k < plan->npairs; k++) {
-        pair_product(plan, k, g, P);
-        P += (size_t)plan->pairs[k].in * plan->pairs[k].out;
-    }
 }
 
 /* ---- contributions --------------------------------------------------------------- */
@@ -229,12 +219,12 @@ void graft_agg_contribution_empty(const graft_agg_plan_t *plan, int rejected, in
     out[plan->len - 1] = rejected ? 1 : 0;
 }
 
-/* The products of the clipped factors minus the global products. */
+/* The products of the clipped factors, whole (not as deltas: LoRA products
+ * are small, and the plan then needs no copy of the global products). */
 static int quantize_products(graft_agg_plan_t *plan, uint64_t w, int64_t *out, int64_t *peak,
                              char *why, size_t why_len) {
     const float *g = plan->global;
     double *d = plan->work, *P = plan->work + plan->numel;
-    const double *Pg = plan->global_prod;
     /* work[0, numel) holds the clipped delta; each pair's clipped factors
      * g + d go into scratch after P (the plan sized work for both). */
     for (int k = 0; k < plan->npairs; k++) {
@@ -245,11 +235,9 @@ static int quantize_products(graft_agg_plan_t *plan, uint64_t w, int64_t *out, i
         for (size_t j = 0; j < na; j++) fa[j] = (double)g[pr->a + j] + d[pr->a + j];
         for (size_t j = 0; j < nb; j++) fb[j] = (double)g[pr->b + j] + d[pr->b + j];
         graft_lora_product(fa, fb, pr->in, pr->r, pr->out, P);
-        for (size_t j = 0; j < np; j++) P[j] -= Pg[j];
         int rc = quantize(P, np, w, out, peak, why, why_len);
         if (rc) return rc;
         out += np;
-        Pg += np;
     }
     return GRAFT_OK;
 }
@@ -288,13 +276,12 @@ void graft_agg_add(int64_t *acc, const int64_t *c, size_t len) {
 static int merge_lora(const graft_agg_config_t *c, graft_agg_plan_t *plan, const int64_t *sum,
                       double inv, double *xbar, graft_agg_report_t *rep) {
     const int64_t *ps = sum + plan->numel;
-    const double *Pg = plan->global_prod;
     double gap = 0.0, norm = 0.0, dropped = 0.0;
     for (int k = 0; k < plan->npairs; k++) {
         const graft_agg_pair_t *pr = &plan->pairs[k];
         size_t np = (size_t)pr->in * pr->out;
         double *avgP = plan->work, *fac = avgP + np;
-        for (size_t j = 0; j < np; j++) avgP[j] = Pg[j] + (double)ps[j] * inv;
+        for (size_t j = 0; j < np; j++) avgP[j] = (double)ps[j] * inv;
         pair_product(plan, k, xbar, fac);
         graft_frobenius_gap(fac, avgP, np, &gap, &norm);
         if (c->lora == GRAFT_LORA_SVD) {
@@ -304,7 +291,6 @@ static int merge_lora(const graft_agg_config_t *c, graft_agg_plan_t *plan, const
             dropped += d;
         }
         ps += np;
-        Pg += np;
     }
     rep->lora_gap = norm > 0 ? sqrt(gap / norm) : 0.0;
     if (c->lora == GRAFT_LORA_SVD) rep->svd_residual = norm > 0 ? sqrt(dropped / norm) : 0.0;

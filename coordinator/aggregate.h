@@ -22,7 +22,8 @@
  * boundary. S = 36 leaves 27 bits of range: |x - g| * sum w < 2^27.
  *
  * Overflow. Each contribution checks its own terms: |x - g| * 2^S < 2^62
- * and w * |q| < 2^62, and records a bound b_i = ceil(max_j |c_ij| / 2^20).
+ * and w * |q| < 2^62 (the same for LoRA products, which enter whole rather
+ * than as deltas), and records a bound b_i = ceil(max_j |c_ij| / 2^20).
  * The bounds are summed with the values (exact integers too); as long as
  * sum b_i < 2^43, sum_i max_j |c_ij| < 2^63 and no element can have
  * wrapped. Otherwise the scope is left unchanged for the round and the
@@ -33,8 +34,9 @@
  *
  * Layout of a contribution (and of an accumulator): plan.len int64 —
  *   [0, numel)             the scope's values (deltas)
- *   [numel, numel + nprod) the product A B of every LoRA pair, when the
- *                          plan accumulates products (lora svd, or the gap)
+ *   [numel, numel + nprod) the product A B of every LoRA pair (whole, not
+ *                          a delta), when the plan accumulates products
+ *                          (lora svd, or the gap in factors mode)
  *   then three tail words: weight, overflow bound, rejected count.
  * The same function computes a contribution on the coordinator (ZeroMQ:
  * from the reply's tensors) and on an MPI worker (from its own modules, for
@@ -134,7 +136,6 @@ typedef struct {
     float clip_norm;         /* > 0: clip deltas to this L2 norm */
     int freeze_a;            /* reject replies whose A changed */
     const float *global;     /* borrowed: this round's global values */
-    double *global_prod;     /* owned (nprod): A_g B_g of every pair */
     double *work;            /* owned scratch: numel + 2 * max pair size */
 } graft_agg_plan_t;
 
@@ -149,8 +150,7 @@ void graft_agg_plan_init(graft_agg_plan_t *plan, const graft_agg_config_t *c,
 void graft_agg_plan_init_pairs(graft_agg_plan_t *plan, size_t numel, const graft_agg_pair_t *pairs,
                                int npairs, int products, float clip_norm, int freeze_a);
 void graft_agg_plan_free(graft_agg_plan_t *plan);
-/* Sets the round's global values (borrowed until the next call) and
- * computes their LoRA products. */
+/* Sets the round's global values (borrowed until the next call). */
 void graft_agg_plan_round(graft_agg_plan_t *plan, const float *global);
 
 /* ---- contributions ------------------------------------------------------------ */

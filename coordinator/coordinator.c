@@ -380,7 +380,7 @@ static int round_can_close(coord_t *c) {
         LOG_WARN("round %d: deadline passed with %d of %d replies needed; waiting %d ms more",
                  c->round, c->n_replies, c->cfg->min_replies, c->cfg->round_timeout_ms);
         c->deadline = graft_now() + c->cfg->round_timeout_ms / 1000.0;
-        for (int p = 0; p < MAX_PEERS; p++)
+        for (int p = 0; p < MAX_PEERS && !graft_aggregator_collective(c->agg); p++)
             if (c->w[p].state == W_ACTIVE && !c->w[p].in_round) send_round_start(c, p);
     }
     return 0;
