@@ -9,8 +9,6 @@
 #include "graft.h"
 #include "lora_merge.h"
 
-#define TERM_MAX ((int64_t)1 << 62)
-
 /* ---- strategy ------------------------------------------------------------------ */
 
 static const char *combiner_name[] = {"fedavg", "fedadam", "median", "trimmed_mean"};
@@ -192,25 +190,39 @@ static int clipped_delta(graft_agg_plan_t *plan, const float *x, char *why, size
     return GRAFT_OK;
 }
 
-/* out[j] = w * round(d[j] * 2^S), tracking the largest |out[j]| in *peak. */
+/* round(s), halves away from zero (llround), without a library call:
+ * truncation and the remainder are both exact for |s| < 2^63. */
+static inline int64_t round_half_away(double s) {
+    int64_t q = (int64_t)s;
+    double f = s - (double)q;
+    return q + (f >= 0.5) - (f <= -0.5);
+}
+
+/* out[j] = w * round(d[j] * 2^S), tracking the largest |out[j]| in *peak.
+ * A term is representable when |d| 2^S w < 2^62 (and w < 2^40), so that
+ * |out[j]| < 2^62 + w / 2 never overflows; the range check runs first, as
+ * one flag over the block, so that the conversion loop has no exits. */
 static int quantize(const double *d, size_t n, uint64_t w, int64_t *out, int64_t *peak, char *why,
                     size_t why_len) {
+    const double scale = 0x1p36, limit = 0x1p62 / (double)w;
+    _Static_assert(GRAFT_AGG_FRAC_BITS == 36, "scale is 2^GRAFT_AGG_FRAC_BITS");
+    int bad = w >= ((uint64_t)1 << 40);
+    for (size_t j = 0; j < n; j++) bad |= !(fabs(d[j] * scale) < limit);
+    if (bad) {
+        size_t j = 0;
+        while (j < n && fabs(d[j] * scale) < limit) j++;
+        snprintf(why, why_len, "delta %.3g at %zu times weight %llu is beyond the fixed-point "
+                 "range", j < n ? d[j] : 0.0, j, (unsigned long long)w);
+        return GRAFT_EINVAL;
+    }
+    int64_t top = *peak, iw = (int64_t)w;
     for (size_t j = 0; j < n; j++) {
-        double s = ldexp(d[j], GRAFT_AGG_FRAC_BITS);
-        if (!(fabs(s) < ldexp(1.0, 62))) {
-            snprintf(why, why_len, "delta %.3g at %zu is beyond the fixed-point range", d[j], j);
-            return GRAFT_EINVAL;
-        }
-        int64_t q = llround(s), c;
-        if (__builtin_mul_overflow(q, (int64_t)w, &c) || c >= TERM_MAX || c <= -TERM_MAX) {
-            snprintf(why, why_len, "delta %.3g at %zu times weight %llu is beyond the fixed-point "
-                     "range", d[j], j, (unsigned long long)w);
-            return GRAFT_EINVAL;
-        }
+        int64_t c = round_half_away(d[j] * scale) * iw;
         out[j] = c;
         int64_t a = c < 0 ? -c : c;
-        if (a > *peak) *peak = a;
+        top = a > top ? a : top;
     }
+    *peak = top;
     return GRAFT_OK;
 }
 

@@ -21,16 +21,16 @@
  * to float, or the float next to it when m lies within 2^-37 of a rounding
  * boundary. S = 36 leaves 27 bits of range: |x - g| * sum w < 2^27.
  *
- * Overflow. Each contribution checks its own terms: |x - g| * 2^S < 2^62
- * and w * |q| < 2^62 (the same for LoRA products, which enter whole rather
- * than as deltas), and records a bound b_i = ceil(max_j |c_ij| / 2^20).
- * The bounds are summed with the values (exact integers too); as long as
- * sum b_i < 2^43, sum_i max_j |c_ij| < 2^63 and no element can have
- * wrapped. Otherwise the scope is left unchanged for the round and the
- * report says overflow (the caller logs it as an error) — the decision
- * depends only on the set of replies, never on their order. With sample
- * counts up to 2^20 that takes a parameter moving by more than 128 in one
- * round.
+ * Overflow. Each contribution checks its own terms: |x - g| 2^S w < 2^62
+ * with w < 2^40 (the same for LoRA products, which enter whole rather than
+ * as deltas), so |c_ij| < 2^63, and records a bound
+ * b_i = ceil(max_j |c_ij| / 2^20) <= 2^43. The bounds are summed with the
+ * values (exact integers too); as long as sum b_i < 2^43,
+ * sum_i max_j |c_ij| < 2^63 and no element can have wrapped. Otherwise the
+ * scope is left unchanged for the round and the report says overflow (the
+ * caller logs it as an error) — the decision depends only on the set of
+ * replies, never on their order. With sample counts up to 2^20 that takes
+ * a parameter moving by more than 64 in one round.
  *
  * Layout of a contribution (and of an accumulator): plan.len int64 —
  *   [0, numel)             the scope's values (deltas)

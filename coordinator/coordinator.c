@@ -356,6 +356,13 @@ static void check_lost(coord_t *c) {
     }
 }
 
+static int pending_replies(const coord_t *c) {
+    int pending = 0;
+    for (int p = 0; p < MAX_PEERS; p++)
+        pending += c->w[p].state == W_ACTIVE && c->w[p].in_round && !c->w[p].replied;
+    return pending;
+}
+
 /* 1: the round can close; 0: not yet; < 0: an MPI reduction failed. */
 static int round_can_close(coord_t *c) {
     int reduced = graft_aggregator_poll(c->agg);
@@ -371,9 +378,7 @@ static int round_can_close(coord_t *c) {
         }
         return 0;
     }
-    int pending = 0;
-    for (int p = 0; p < MAX_PEERS; p++)
-        pending += c->w[p].state == W_ACTIVE && c->w[p].in_round && !c->w[p].replied;
+    int pending = pending_replies(c);
     int enough = c->n_replies >= c->cfg->min_replies;
     if (enough && (pending == 0 || graft_now() >= c->deadline)) return 1;
     if (graft_now() >= c->deadline) {
@@ -511,8 +516,11 @@ static int advance(coord_t *c) {
 
 static int next_timeout_ms(const coord_t *c) {
     double ms = c->cfg->heartbeat_ms;
-    /* Reductions complete without a message: poll them often. */
-    if (c->state == S_ROUND_OPEN && graft_aggregator_collective(c->agg) && ms > 2) ms = 2;
+    /* Reductions complete without a message: once every worker has sent its
+     * update (and so joined them), poll them often. */
+    if (c->state == S_ROUND_OPEN && graft_aggregator_collective(c->agg) && !pending_replies(c) &&
+        ms > 2)
+        ms = 2;
     if (c->state == S_ROUND_OPEN) {
         double left = (c->deadline - graft_now()) * 1000.0;
         if (left < ms) ms = left;

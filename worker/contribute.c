@@ -72,7 +72,9 @@ int graft_contributor_run(graft_contributor_t *c, const graft_wire_reduce_t *r, 
     }
     for (int i = 0; i < n; i++)
         if ((rc = start_one(c, r, freeze_a, &parts[i], i))) return rc;
-    struct timespec nap = {0, 200000};
+    /* Poll with naps that back off to 2 ms: a worker that finished early
+     * must not steal the cores the others still train on. */
+    struct timespec nap = {0, 20000};
     for (;;) {
         int pending = 0;
         for (int i = 0; i < n; i++) {
@@ -84,5 +86,6 @@ int graft_contributor_run(graft_contributor_t *c, const graft_wire_reduce_t *r, 
         if (stop && *stop) return GRAFT_ESTATE;
         if (tick) tick(arg);
         nanosleep(&nap, NULL);
+        if (nap.tv_nsec < 2000000) nap.tv_nsec *= 2;
     }
 }
