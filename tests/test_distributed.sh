@@ -9,7 +9,8 @@
 #  3. a worker killed with SIGKILL mid-run is logged as worker_lost, the run
 #     completes, and the worker restarted under the same name rejoins;
 #  4. the coordinator killed with SIGKILL and restarted with --resume from its
-#     checkpoint ends with the same modules as an uninterrupted run;
+#     checkpoint ends with the same modules as an uninterrupted run (under
+#     fedadam, whose server moments the checkpoint carries);
 #  5. aggregation strategies: fedadam + fedprox + clip with LoRA svd summed by
 #     MPI reductions, and trimmed_mean (held replies, update messages under
 #     MPI), each bit-identical between ZeroMQ and MPI; freeze_a keeps every
@@ -130,7 +131,9 @@ echo "ok 3 - SIGKILLed worker: worker_lost, run completes, restarted worker rejo
 # ---- 4. the coordinator killed and resumed from its checkpoint ---------------
 # Workers reseed their sampler from (seed, name, round) and reset their
 # optimiser every round, so a resumed run redoes exactly the rounds it lost.
-RESCONF="--config $T/run.conf --rounds 6 --local_steps 20 --checkpoint_every_rounds 1"
+# FedAdam, so that the resumed coordinator must also restore the server
+# optimizer's moments from the checkpoint.
+RESCONF="--config $T/run.conf --rounds 6 --local_steps 20 --checkpoint_every_rounds 1 --aggregate fedadam"
 timeout 120 "$GRAFT" run --workers 3 $RESCONF --out "$T/ref" >/dev/null 2>"$T/ref.err" ||
     fail "reference run for the resume test failed"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
