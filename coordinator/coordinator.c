@@ -236,6 +236,10 @@ static int check_update_tensors(coord_t *c, const worker_t *w, const graft_wire_
                      u->tensors[i].name);
             return GRAFT_ESHAPE;
         }
+        if (u->tensors[i].sparse) { /* a scope's values travel whole */
+            snprintf(why, n, "tensor '%s' is sparse; scopes are sent dense", u->tensors[i].name);
+            return GRAFT_ESHAPE;
+        }
     }
     if (graft_aggregator_collective(c->agg)) ns = 0; /* the modules come by MPI reductions */
     if ((int)u->ntensors != ns) {
@@ -263,11 +267,11 @@ static void accumulate(coord_t *c, const worker_t *w, const graft_wire_update_t 
     double t0 = graft_now();
     char why[256];
     for (size_t i = 0; i < u->ntensors; i++) {
-        int k = scope_index(c, u->tensors[i].name);
+        const graft_wire_tensor_t *t = &u->tensors[i];
+        int k = scope_index(c, t->name);
         uint64_t weight = k == 0 ? u->sample_count : w->train[k - 1];
-        if (graft_aggregator_add(c->agg, k, u->tensors[i].data, weight, why, sizeof why))
-            LOG_WARN("coordinator: update from %s: scope %s left out: %s", who,
-                     u->tensors[i].name, why);
+        if (graft_aggregator_add(c->agg, k, t->data, weight, why, sizeof why))
+            LOG_WARN("coordinator: update from %s: scope %s left out: %s", who, t->name, why);
     }
     c->agg_ms += (graft_now() - t0) * 1000.0;
 }

@@ -2,10 +2,10 @@
  * the inproc transport: a real worker (graft_worker_run) on one thread, the
  * coordinator on another, and this thread playing a second worker that
  * answers every round with garbage, a truncated message, an oversized one,
- * a wrong round, a NaN value, an unknown tensor and a wrong shape before its
- * real update. Every bad message must be dropped with a logged reason naming
- * the peer, the run must complete with both workers in every round, and the
- * modules must stay finite. */
+ * a wrong round, a NaN value, an unknown tensor, a wrong shape and a sparse
+ * scope before its real update. Every bad message must be dropped with a
+ * logged reason naming the peer, the run must complete with both workers in
+ * every round, and the modules must stay finite. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -112,6 +112,14 @@ static void answer_round(graft_transport_t *t, uint64_t run_id, graft_msg_t *rs)
     send_update(t, &u);
     r->tensors[0].shape[0] += 1;
     r->tensors[0].numel += 1;
+    uint32_t first = 0;                                 /* sparse */
+    r->tensors[0].sparse = 1;
+    r->tensors[0].indices = &first;
+    r->tensors[0].nnz = 1;
+    send_update(t, &u);
+    r->tensors[0].sparse = 0;
+    r->tensors[0].indices = NULL;
+    r->tensors[0].nnz = 0;
     send_update(t, &u);                                 /* the real one */
 }
 
@@ -192,11 +200,11 @@ static void test_bad_messages_dropped(void **state) {
     /* Every round ended with both workers; each bad message was logged. */
     char cmd[600], out[64];
     const char *greps[] = {"\"replies\":2", "dropping a message from", "wrong round|round 10|round 8|round 9",
-                           "NaN|not finite", "nope", "shape"};
+                           "NaN|not finite", "nope", "shape", "is sparse"};
     const char *files[] = {"out/events.jsonl", "stderr.log", "stderr.log", "stderr.log",
-                           "stderr.log", "stderr.log"};
-    int want[] = {ROUNDS, 3 * ROUNDS, 1, 1, 1, 1};
-    for (int i = 0; i < 6; i++) {
+                           "stderr.log", "stderr.log", "stderr.log"};
+    int want[] = {ROUNDS, 3 * ROUNDS, 1, 1, 1, 1, 1};
+    for (int i = 0; i < 7; i++) {
         snprintf(cmd, sizeof cmd, "grep -Eci '%s' %s/%s", greps[i], dir, files[i]);
         FILE *p = popen(cmd, "r");
         assert_non_null(p);
