@@ -81,8 +81,8 @@ const graft_option_t graft_run_options[] = {
     {"lora_aggregate", GRAFT_OPT_STRING, OFF(lora_aggregate), "factors", 0, -1,
      "LoRA pairs: factors (average A and B), svd (average the products B*A, truncate back to "
      "rank r), freeze_a (A stays at its initial value; only B is trained and averaged: exact)"},
-    {"lora_gap", GRAFT_OPT_BOOL, OFF(lora_gap), "true", 0, -1,
-     "factors: accumulate each reply's LoRA products to log the gap between avg(B)avg(A) and "
+    {"lora_gap", GRAFT_OPT_BOOL, OFF(lora_gap), "false", 0, -1,
+     "factors: when on, accumulate each reply's LoRA products to log the gap between avg(B)avg(A) and "
      "avg(BA) per round (costs in*out per pair per scope)"},
     {"mpi_collectives", GRAFT_OPT_BOOL, OFF(mpi_collectives), "true", 0, -1,
      "graft mpi: sum the modules with MPI reductions (exact int64) instead of update messages, "

@@ -48,6 +48,7 @@ round_timeout_ms = 20000
 eval_max = 32
 gen_tokens = 8
 threads = 1
+lora_gap = true
 seed = 7
 CONF
 
