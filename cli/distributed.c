@@ -118,10 +118,12 @@ static const char *coordinator_usage =
     "                         [--curve-secret NAME.key --allow FILE] [run options]\n\n"
     "Coordinates a federated run over ZeroMQ: binds a ROUTER socket, waits for N\n"
     "workers (graft worker), then runs --rounds rounds: sends each worker the shared\n"
-    "and task modules, averages the replies (FedAvg, order-independent), evaluates\n"
-    "every --eval_every_rounds, checkpoints to OUT/modules.safetensors, and logs\n"
-    "OUT/events.jsonl. --curve-secret turns on CurveZMQ with the keypair NAME.key /\n"
-    "NAME.pub; --allow lists the client public keys that may join.";
+    "and task modules, aggregates the replies as they arrive (--aggregate: exact\n"
+    "fixed-point sums, independent of arrival order; median and trimmed_mean hold\n"
+    "every reply until the round closes), evaluates every --eval_every_rounds,\n"
+    "checkpoints to OUT/modules.safetensors, and logs OUT/events.jsonl.\n"
+    "--curve-secret turns on CurveZMQ with the keypair NAME.key / NAME.pub; --allow\n"
+    "lists the client public keys that may join.";
 
 static int run_coordinator(const graft_run_config_t *cfg, graft_transport_t *tp, int workers,
                            const char *mode) {
@@ -331,7 +333,11 @@ static const char *mpi_usage =
     "shard (rank-1)/(N-1) of every task's train data, or with --shards the client\n"
     "folder DIR/client-(rank-1) of a shard directory (N-1 may not exceed its client\n"
     "folders). Same protocol, aggregation and events as the ZeroMQ commands, so the\n"
-    "same seeded job gives the same modules.";
+    "same seeded job gives the same modules.\n"
+    "With fedavg, fedprox and fedadam (and --mpi_collectives, the default) the modules\n"
+    "are summed by exact int64 MPI reductions: the shared ones over all ranks, each\n"
+    "task's over a communicator of its workers. A reduction waits for every rank;\n"
+    "if a rank dies, mpirun aborts the job.";
 
 int cmd_mpi(int argc, char **argv) {
     if (has_help(argc, argv)) {

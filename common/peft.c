@@ -717,3 +717,14 @@ void graft_peft_merge_lora(graft_peft_t *p, int task, int sign) {
         }
     p->active = saved;
 }
+
+static void freeze_a(graft_scope_t *s, const int *idx, int slots, int frozen) {
+    for (int i = 0; i < slots; i++)
+        if (idx[2 * i] >= 0) s->tensors[idx[2 * i]].frozen = frozen;
+}
+
+void graft_peft_freeze_lora_a(graft_peft_t *p, int frozen) {
+    int slots = p->trunk->cfg.L * GRAFT_NUM_PROJ;
+    freeze_a(p->shared, p->shared_lora_idx, slots, frozen);
+    for (int t = 0; t < p->n_tasks; t++) freeze_a(p->tasks[t].scope, p->tasks[t].lora_idx, slots, frozen);
+}

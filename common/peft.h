@@ -174,6 +174,10 @@ void graft_peft_select_channels(graft_peft_t *p, int task);
 /* W += scale * A B for every LoRA pair of task t (and shared) — and back. */
 void graft_peft_merge_lora(graft_peft_t *p, int task, int sign);
 
+/* Marks every LoRA A factor (shared and per task) frozen or trained again:
+ * with frozen A only B is trained (lora_aggregate freeze_a). */
+void graft_peft_freeze_lora_a(graft_peft_t *p, int frozen);
+
 /* Exact count of trainable parameters of a task (shared + own scope) and of
  * the shared scope alone. */
 size_t graft_peft_task_params(const graft_peft_t *p, int task);

@@ -55,6 +55,16 @@ typedef struct {
     int eval_every_rounds;
     int checkpoint_every_rounds;
     char aggregate[GRAFT_OPT_STR];
+    float fedprox_mu;
+    float clip_norm;
+    float server_lr;
+    float server_beta1;
+    float server_beta2;
+    float server_eps;
+    float trim_frac;
+    char lora_aggregate[GRAFT_OPT_STR];
+    int lora_gap;
+    int mpi_collectives;
 } graft_run_config_t;
 
 extern const graft_option_t graft_run_options[];

@@ -88,7 +88,16 @@ void graft_scope_zero_grad(graft_scope_t *s) {
 }
 
 void graft_scope_grad_sumsq(const graft_scope_t *s, double *sumsq) {
-    if (s->grads) graft_grad_sumsq(s->grads, s->numel, sumsq);
+    if (!s->grads) return;
+    int frozen = 0;
+    for (int i = 0; i < s->n_tensors; i++) frozen |= s->tensors[i].frozen;
+    if (!frozen) { /* one pass: the same bits as before freezing existed */
+        graft_grad_sumsq(s->grads, s->numel, sumsq);
+        return;
+    }
+    for (int i = 0; i < s->n_tensors; i++)
+        if (!s->tensors[i].frozen)
+            graft_grad_sumsq(s->grads + s->tensors[i].offset, s->tensors[i].numel, sumsq);
 }
 
 void graft_scope_adamw(graft_scope_t *s, const graft_adamw_config_t *cfg, float lr,
@@ -97,9 +106,21 @@ void graft_scope_adamw(graft_scope_t *s, const graft_adamw_config_t *cfg, float 
     s->step++;
     for (int i = 0; i < s->n_tensors; i++) {
         const graft_scope_tensor_t *t = &s->tensors[i];
+        if (t->frozen) continue;
         graft_adamw_update(cfg, s->params + t->offset, s->grads + t->offset,
                            s->state + t->offset, s->state + s->numel + t->offset, t->numel, lr,
                            s->step, grad_scale, t->decay);
+    }
+}
+
+void graft_scope_prox_grad(graft_scope_t *s, float mu) {
+    if (!s->prox_ref || mu == 0 || !s->grads) return;
+    for (int i = 0; i < s->n_tensors; i++) {
+        const graft_scope_tensor_t *t = &s->tensors[i];
+        if (t->frozen) continue;
+        float *g = s->grads + t->offset;
+        const float *w = s->params + t->offset, *ref = s->prox_ref + t->offset;
+        for (size_t j = 0; j < t->numel; j++) g[j] += mu * (w[j] - ref[j]);
     }
 }
 

@@ -31,6 +31,7 @@ typedef struct {
     size_t offset; /* floats from the start of the block */
     size_t numel;
     int decay;     /* AdamW weight decay applies */
+    int frozen;    /* not trained: AdamW and the gradient norm skip it */
 } graft_scope_tensor_t;
 
 typedef struct graft_scope {
@@ -44,6 +45,7 @@ typedef struct graft_scope {
     int owns_params;
     int owns_grads;
     int step;      /* optimiser steps taken */
+    const float *prox_ref; /* FedProx anchor (numel floats, borrowed), NULL: none */
 } graft_scope_t;
 
 graft_scope_t *graft_scope_new(const char *name);
@@ -66,11 +68,16 @@ float *graft_scope_grad(const graft_scope_t *s, int index);
 int graft_scope_find(const graft_scope_t *s, const char *name);
 
 void graft_scope_zero_grad(graft_scope_t *s);
-/* Adds this scope's squared gradient norm to *sumsq (for global clipping). */
+/* Adds this scope's squared gradient norm (frozen tensors left out) to
+ * *sumsq (for global clipping). */
 void graft_scope_grad_sumsq(const graft_scope_t *s, double *sumsq);
-/* One AdamW step over the whole scope, tensor by tensor (decay per tensor). */
+/* One AdamW step over the whole scope, tensor by tensor (decay per tensor;
+ * frozen tensors keep their values). */
 void graft_scope_adamw(graft_scope_t *s, const graft_adamw_config_t *cfg, float lr,
                        float grad_scale);
+/* FedProx: the gradient of mu/2 ||params - prox_ref||^2, added to every
+ * trained tensor's gradient (nothing when prox_ref is NULL or mu is 0). */
+void graft_scope_prox_grad(graft_scope_t *s, float mu);
 /* Resets the optimiser state (after a new value arrives from a coordinator). */
 void graft_scope_reset_state(graft_scope_t *s);
 

@@ -169,6 +169,7 @@ float graft_trainer_step(graft_trainer_t *tr, int t, float lr) {
     }
     graft_scope_t *scopes[2];
     int n = graft_peft_scopes(p, t, scopes);
+    for (int i = 0; i < n; i++) graft_scope_prox_grad(scopes[i], tr->prox_mu);
     double sumsq = 0.0;
     for (int i = 0; i < n; i++) graft_scope_grad_sumsq(scopes[i], &sumsq);
     float scale = graft_clip_scale(&tr->opt, sumsq);

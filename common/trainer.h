@@ -38,6 +38,7 @@ typedef struct graft_trainer {
     graft_adamw_config_t opt;
     graft_rng_t rng;
     int step;     /* optimiser steps taken */
+    float prox_mu; /* FedProx: > 0 adds mu/2 ||w - scope->prox_ref||^2 per scope */
     int stage;    /* two-stage channels: 1 while scoring, 2 after selection */
     int B, T;
     int32_t *inputs, *targets, *pos, *labels;
@@ -56,7 +57,8 @@ void graft_trainer_destroy(graft_trainer_t **self_p);
 int graft_trainer_task_for_step(const graft_trainer_t *tr, int step);
 
 /* One optimiser step on a fresh batch of task t's training split; returns
- * the batch loss. lr < 0: the schedule's value for the current step. */
+ * the batch loss (without the FedProx term). lr < 0: the schedule's value
+ * for the current step. */
 float graft_trainer_step(graft_trainer_t *tr, int t, float lr);
 
 /* Puts the batch sampler where it would be after `steps` steps of a run

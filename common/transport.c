@@ -17,14 +17,45 @@ const char *graft_transport_peer_name(graft_transport_t *t, int peer) {
     return t->ops->peer_name(t, peer);
 }
 
-int graft_transport_reduce_sum(graft_transport_t *t, float *x, size_t n, int group) {
-    if (!t->ops->reduce_sum) return GRAFT_EINVAL;
-    return t->ops->reduce_sum(t, x, n, group, 0);
+int graft_transport_has_collectives(const graft_transport_t *t) {
+    return t->ops->split && t->ops->ireduce_i64 && t->ops->reduce_test;
 }
 
-int graft_transport_allreduce_sum(graft_transport_t *t, float *x, size_t n, int group) {
-    if (!t->ops->reduce_sum) return GRAFT_EINVAL;
-    return t->ops->reduce_sum(t, x, n, group, 1);
+int graft_transport_split(graft_transport_t *t, int color, int *group) {
+    *group = GRAFT_GROUP_NONE;
+    if (!graft_transport_has_collectives(t)) return GRAFT_EINVAL;
+    return t->ops->split(t, color, group);
+}
+
+int graft_transport_ireduce_i64(graft_transport_t *t, int64_t *x, size_t n, int group,
+                                graft_reduce_t **req) {
+    *req = NULL;
+    if (!graft_transport_has_collectives(t)) return GRAFT_EINVAL;
+    return t->ops->ireduce_i64(t, x, n, group, 0, req);
+}
+
+int graft_transport_reduce_test(graft_transport_t *t, graft_reduce_t **req) {
+    if (!*req) return 1;
+    int done = 0;
+    int rc = t->ops->reduce_test(t, req, &done);
+    return rc ? rc : done;
+}
+
+static int reduce_blocking(graft_transport_t *t, int64_t *x, size_t n, int group, int all) {
+    if (!graft_transport_has_collectives(t)) return GRAFT_EINVAL;
+    graft_reduce_t *req = NULL;
+    int rc = t->ops->ireduce_i64(t, x, n, group, all, &req);
+    while (!rc && (rc = graft_transport_reduce_test(t, &req)) == 0) {
+    }
+    return rc < 0 ? rc : GRAFT_OK;
+}
+
+int graft_transport_reduce_i64(graft_transport_t *t, int64_t *x, size_t n, int group) {
+    return reduce_blocking(t, x, n, group, 0);
+}
+
+int graft_transport_allreduce_i64(graft_transport_t *t, int64_t *x, size_t n, int group) {
+    return reduce_blocking(t, x, n, group, 1);
 }
 
 void graft_transport_destroy(graft_transport_t **t) {

@@ -19,9 +19,9 @@
  * not thread-safe); inproc ends may each live on their own thread.
  *
  * Collectives (MPI only; the others return GRAFT_EINVAL). Aggregation can be
- * carried by reductions instead of point-to-point updates:
+ * carried by reductions instead of point-to-point updates (aggregate.h):
  *  - Group GRAFT_GROUP_WORLD (0) is every rank, coordinator included.
- *  - graft_transport_mpi_split(t, color, &group) is collective over all ranks
+ *  - graft_transport_split(t, color, &group) is collective over all ranks
  *    (every rank calls it, in the same order): ranks passing the same
  *    color >= 0 form one group, ordered by world rank; a rank passing
  *    GRAFT_GROUP_NONE (-1) joins none and gets group -1. The k-th split
@@ -30,20 +30,21 @@
  *    color 0 on the coordinator and that task's workers and -1 elsewhere:
  *    the coordinator, being world rank 0, is then rank 0 (the root) of every
  *    task group.
- *  - graft_transport_reduce_sum(t, x, n, group) sums x elementwise over the
- *    group's members into x on the group root (the member with the lowest
- *    world rank); graft_transport_allreduce_sum() leaves the sum on every
- *    member. Every member of the group must call, with the same n.
- *  - Shared modules: every rank reduces over GRAFT_GROUP_WORLD, the
- *    coordinator contributing zeros (or its weighted copy) and dividing by the
- *    summed weight; for a weighted FedAvg each worker scales its module by
- *    its sample count and the weights are summed in a second, one-float
- *    reduce. Task modules: the same over the task's group.
- *  - Floating-point sums in MPI have an order fixed by the library's
- *    algorithm and the group size, not by graft; with integer-valued or
- *    exactly representable inputs the sum is exact.
- */
-#ifndef GRAFT_TRANSPORT_H
+ *  - graft_transport_ireduce_i64(t, x, n, group, &req) starts summing x
+ *    (n int64) elementwise over the group's members into x on the group root
+ *    (the member with the lowest world rank); x must stay untouched until
+ *    graft_transport_reduce_test() says the reduction is done. The sum is
+ *    MPI_SUM on MPI_INT64_T: integer addition, exact and independent of the
+ *    order the library combines the members in. Every member of the group
+ *    must start the same reductions in the same order, with the same n.
+ *    Non-blocking, so the coordinator's event loop and the workers'
+ *    heartbeats keep running while a slow rank finishes its round.
+ *  - graft_transport_reduce_i64 / allreduce_i64: the blocking forms (the
+ *    allreduce leaves the sum on every member).
+ *  - A collective cannot be cancelled: if a member never joins, the others
+ *    wait. Under mpirun ranks do not vanish silently (a dead rank makes
+ *    mpirun abort the job), so the coordinator uses reductions only there.
+ */#ifndef GRAFT_TRANSPORT_H
 #define GRAFT_TRANSPORT_H
 
 #include "graft.h"
@@ -53,6 +54,7 @@
 #define GRAFT_GROUP_NONE (-1)
 
 typedef struct graft_transport graft_transport_t;
+typedef struct graft_reduce graft_reduce_t; /* a reduction in flight, owned by the backend */
 
 typedef struct {
     const char *name; /* "inproc", "zmq", "mpi" */
@@ -63,8 +65,13 @@ typedef struct {
      * GRAFT_OK with *peer, *buf (caller frees), *len; GRAFT_ETIMEOUT; or an error. */
     int (*recv)(graft_transport_t *t, int *peer, uint8_t **buf, size_t *len, int timeout_ms);
     const char *(*peer_name)(graft_transport_t *t, int peer);
-    /* NULL when unsupported. all != 0: every member gets the sum. */
-    int (*reduce_sum)(graft_transport_t *t, float *x, size_t n, int group, int all);
+    /* Collectives; NULL when unsupported. all != 0: every member gets the sum.
+     * *req is the backend's handle, finished by reduce_test. */
+    int (*split)(graft_transport_t *t, int color, int *group);
+    int (*ireduce_i64)(graft_transport_t *t, int64_t *x, size_t n, int group, int all,
+                       graft_reduce_t **req);
+    /* *done = 1 (and *req freed, set NULL) once complete; 0 while in flight. */
+    int (*reduce_test)(graft_transport_t *t, graft_reduce_t **req, int *done);
     void (*destroy)(graft_transport_t *t);
 } graft_transport_ops_t;
 
@@ -78,8 +85,15 @@ int graft_transport_recv(graft_transport_t *t, int *peer, uint8_t **buf, size_t 
                          int timeout_ms);
 /* "worker 3 (tcp://10.0.0.7:51234)", "rank 2", ...: for log lines. */
 const char *graft_transport_peer_name(graft_transport_t *t, int peer);
-int graft_transport_reduce_sum(graft_transport_t *t, float *x, size_t n, int group);
-int graft_transport_allreduce_sum(graft_transport_t *t, float *x, size_t n, int group);
+/* Collectives (see above); GRAFT_EINVAL on a transport without them. */
+int graft_transport_has_collectives(const graft_transport_t *t);
+int graft_transport_split(graft_transport_t *t, int color, int *group);
+int graft_transport_ireduce_i64(graft_transport_t *t, int64_t *x, size_t n, int group,
+                                graft_reduce_t **req);
+/* 1 when done (*req freed and NULL), 0 while in flight, or a negative error. */
+int graft_transport_reduce_test(graft_transport_t *t, graft_reduce_t **req);
+int graft_transport_reduce_i64(graft_transport_t *t, int64_t *x, size_t n, int group);
+int graft_transport_allreduce_i64(graft_transport_t *t, int64_t *x, size_t n, int group);
 void graft_transport_destroy(graft_transport_t **t);
 
 /* ---- inproc: a coordinator end and nworkers worker ends ------------------
@@ -120,6 +134,5 @@ uint64_t graft_transport_zmq_refused(graft_transport_t *t);
  * MPI_Finalize after destroying the transport. The transport works on a
  * duplicate of MPI_COMM_WORLD; peer id = rank, rank 0 the coordinator. */
 int graft_transport_mpi_new(graft_transport_t **out);
-int graft_transport_mpi_split(graft_transport_t *t, int color, int *group);
 
 #endif

@@ -150,7 +150,6 @@ static const graft_transport_ops_t inproc_ops = {
     .send = inproc_send,
     .recv = inproc_recv,
     .peer_name = inproc_peer_name,
-    .reduce_sum = NULL,
     .destroy = inproc_destroy,
 };
 

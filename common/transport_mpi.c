@@ -8,10 +8,12 @@
  * MPI_Improbe with short sleeps until the timeout, then MPI_Mrecv exactly the
  * probed message.
  *
- * Groups for the reduction hooks: group 0 is the whole communicator; each
- * graft_transport_mpi_split() appends one MPI_Comm_split of it (see
- * transport.h). The caller owns MPI_Init/MPI_Finalize; destroy the transport
- * on every rank before MPI_Finalize.
+ * Groups for the reductions: group 0 is the whole communicator; each
+ * graft_transport_split() appends one MPI_Comm_split of it (see
+ * transport.h). Reductions are MPI_Ireduce / MPI_Iallreduce of MPI_INT64_T
+ * with MPI_SUM, in chunks of at most REDUCE_CHUNK elements (counts are int),
+ * one request per chunk. The caller owns MPI_Init/MPI_Finalize; destroy the
+ * transport on every rank before MPI_Finalize.
  */
 #include <limits.h>
 #include <mpi.h>
@@ -124,20 +126,74 @@ static const char *mt_peer_name(graft_transport_t *t, int peer) {
     return m->names[peer];
 }
 
-static int mt_reduce_sum(graft_transport_t *t, float *x, size_t n, int group, int all) {
+static void add_group(mt_t *m, MPI_Comm c) {
+    if (m->ngroups == m->gcap) {
+        m->gcap = m->gcap ? 2 * m->gcap : 8;
+        m->groups = realloc(m->groups, (size_t)m->gcap * sizeof *m->groups);
+        GRAFT_ASSERT(m->groups);
+    }
+    m->groups[m->ngroups++] = c;
+}
+
+struct graft_reduce {
+    MPI_Request *reqs;
+    int n;
+};
+
+static int mt_ireduce_i64(graft_transport_t *t, int64_t *x, size_t n, int group, int all,
+                          graft_reduce_t **req) {
     mt_t *m = (mt_t *)t;
     if (group < 0 || group >= m->ngroups || m->groups[group] == MPI_COMM_NULL) return GRAFT_EINVAL;
     MPI_Comm c = m->groups[group];
     int grank;
     MPI_Comm_rank(c, &grank);
+    graft_reduce_t *r = graft_xcalloc(1, sizeof *r);
+    r->reqs = graft_xcalloc(n / REDUCE_CHUNK + 1, sizeof *r->reqs);
     for (size_t off = 0; off < n; off += REDUCE_CHUNK) {
         int cnt = (int)(n - off < REDUCE_CHUNK ? n - off : REDUCE_CHUNK);
+        MPI_Request *q = &r->reqs[r->n];
         int err;
-        if (all) err = MPI_Allreduce(MPI_IN_PLACE, x + off, cnt, MPI_FLOAT, MPI_SUM, c);
-        else if (grank == 0) err = MPI_Reduce(MPI_IN_PLACE, x + off, cnt, MPI_FLOAT, MPI_SUM, 0, c);
-        else err = MPI_Reduce(x + off, NULL, cnt, MPI_FLOAT, MPI_SUM, 0, c);
-        if (err != MPI_SUCCESS) return mpi_fail(all ? "MPI_Allreduce" : "MPI_Reduce", err);
+        if (all)
+            err = MPI_Iallreduce(MPI_IN_PLACE, x + off, cnt, MPI_INT64_T, MPI_SUM, c, q);
+        else if (grank == 0)
+            err = MPI_Ireduce(MPI_IN_PLACE, x + off, cnt, MPI_INT64_T, MPI_SUM, 0, c, q);
+        else
+            err = MPI_Ireduce(x + off, NULL, cnt, MPI_INT64_T, MPI_SUM, 0, c, q);
+        if (err != MPI_SUCCESS) {
+            /* Requests already started cannot be cancelled; let them finish. */
+            MPI_Waitall(r->n, r->reqs, MPI_STATUSES_IGNORE);
+            free(r->reqs);
+            free(r);
+            return mpi_fail(all ? "MPI_Iallreduce" : "MPI_Ireduce", err);
+        }
+        r->n++;
     }
+    *req = r;
+    return GRAFT_OK;
+}
+
+static int mt_reduce_test(graft_transport_t *t, graft_reduce_t **req, int *done) {
+    (void)t;
+    graft_reduce_t *r = *req;
+    *done = 0;
+    int err = MPI_Testall(r->n, r->reqs, done, MPI_STATUSES_IGNORE);
+    if (err != MPI_SUCCESS) return mpi_fail("MPI_Testall", err);
+    if (*done) {
+        free(r->reqs);
+        free(r);
+        *req = NULL;
+    }
+    return GRAFT_OK;
+}
+
+static int mt_split(graft_transport_t *t, int color, int *group) {
+    mt_t *m = (mt_t *)t;
+    MPI_Comm c = MPI_COMM_NULL;
+    int err = MPI_Comm_split(m->comm, color < 0 ? MPI_UNDEFINED : color, m->rank, &c);
+    if (err != MPI_SUCCESS) return mpi_fail("MPI_Comm_split", err);
+    if (c != MPI_COMM_NULL) MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN);
+    add_group(m, c); /* also when not a member, so ids agree across ranks */
+    if (c != MPI_COMM_NULL) *group = m->ngroups - 1;
     return GRAFT_OK;
 }
 
@@ -174,18 +230,11 @@ static const graft_transport_ops_t mpi_ops = {
     .send = mt_send,
     .recv = mt_recv,
     .peer_name = mt_peer_name,
-    .reduce_sum = mt_reduce_sum,
+    .split = mt_split,
+    .ireduce_i64 = mt_ireduce_i64,
+    .reduce_test = mt_reduce_test,
     .destroy = mt_destroy,
 };
-
-static void add_group(mt_t *m, MPI_Comm c) {
-    if (m->ngroups == m->gcap) {
-        m->gcap = m->gcap ? 2 * m->gcap : 8;
-        m->groups = realloc(m->groups, (size_t)m->gcap * sizeof *m->groups);
-        GRAFT_ASSERT(m->groups);
-    }
-    m->groups[m->ngroups++] = c;
-}
 
 int graft_transport_mpi_new(graft_transport_t **out) {
     *out = NULL;
@@ -211,18 +260,5 @@ int graft_transport_mpi_new(graft_transport_t **out) {
     for (int r = 1; r < m->size; r++) snprintf(m->names[r], sizeof m->names[r], "rank %d", r);
     add_group(m, m->comm);
     *out = &m->base;
-    return GRAFT_OK;
-}
-
-int graft_transport_mpi_split(graft_transport_t *t, int color, int *group) {
-    GRAFT_ASSERT(t->ops == &mpi_ops);
-    mt_t *m = (mt_t *)t;
-    *group = GRAFT_GROUP_NONE;
-    MPI_Comm c = MPI_COMM_NULL;
-    int err = MPI_Comm_split(m->comm, color < 0 ? MPI_UNDEFINED : color, m->rank, &c);
-    if (err != MPI_SUCCESS) return mpi_fail("MPI_Comm_split", err);
-    if (c != MPI_COMM_NULL) MPI_Comm_set_errhandler(c, MPI_ERRORS_RETURN);
-    add_group(m, c); /* also when not a member, so ids agree across ranks */
-    if (c != MPI_COMM_NULL) *group = m->ngroups - 1;
     return GRAFT_OK;
 }

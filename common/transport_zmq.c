@@ -364,6 +364,5 @@ static const graft_transport_ops_t zmq_ops = {
     .send = zt_send,
     .recv = zt_recv,
     .peer_name = zt_peer_name,
-    .reduce_sum = NULL,
     .destroy = zmq_destroy,
 };

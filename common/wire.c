@@ -117,6 +117,7 @@ typedef struct {
         Graft__Error error;
     } body;
     Graft__Hyper hyper;
+    Graft__Reduce reduce;
     Graft__Tensor *tensors;
     Graft__Tensor **tensor_ptrs;
     uint8_t **bufs; /* converted tensor bytes, one per tensor (or NULL) */
@@ -245,11 +246,19 @@ static void enc_round_start(enc_t *e, const graft_wire_round_start_t *m, int dty
     e->hyper.fedprox_mu = m->hyper.fedprox_mu;
     e->hyper.n_step_learning_rates = m->hyper.nstep_lr;
     e->hyper.step_learning_rates = m->hyper.step_lr;
+    e->hyper.freeze_lora_a = m->hyper.freeze_lora_a != 0;
     r->round = m->round;
     r->n_tensors = m->ntensors;
     r->tensors = enc_tensors(e, m->tensors, m->ntensors, dtype);
     r->hyper = &e->hyper;
     r->deadline_ms = m->deadline_ms;
+    if (m->reduce.collective || m->reduce.clip_norm != 0 || m->reduce.lora_products) {
+        graft__reduce__init(&e->reduce);
+        e->reduce.collective = m->reduce.collective != 0;
+        e->reduce.clip_norm = m->reduce.clip_norm;
+        e->reduce.lora_products = m->reduce.lora_products != 0;
+        r->reduce = &e->reduce;
+    }
     e->env.body_case = GRAFT__ENVELOPE__BODY_ROUND_START;
     e->env.round_start = r;
 }
@@ -633,6 +642,7 @@ static int dec_hyper(const Graft__Hyper *pb, graft_wire_hyper_t *h, char *why, s
     h->batch_size = pb->batch_size;
     h->weight_decay = pb->weight_decay;
     h->fedprox_mu = pb->fedprox_mu;
+    h->freeze_lora_a = pb->freeze_lora_a;
     return GRAFT_OK;
 }
 
@@ -644,6 +654,13 @@ static int dec_round_start(const Graft__RoundStart *pb, const graft_wire_opts_t 
         return fail(why, why_len, GRAFT_EFORMAT, "round_start.deadline_ms is 0");
     int rc = dec_hyper(pb->hyper, &m->hyper, why, why_len);
     if (rc) return rc;
+    if (pb->reduce) {
+        rc = check_nonneg(pb->reduce->clip_norm, "round_start.reduce.clip_norm", why, why_len);
+        if (rc) return rc;
+        m->reduce = (graft_wire_reduce_t){.collective = pb->reduce->collective,
+                                          .clip_norm = pb->reduce->clip_norm,
+                                          .lora_products = pb->reduce->lora_products};
+    }
     return tensors_from_pb(pb->tensors, pb->n_tensors, "round_start", o->schema, &m->tensors,
                            &m->ntensors, why, why_len);
 }

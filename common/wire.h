@@ -109,7 +109,15 @@ typedef struct {
     float fedprox_mu;
     float *step_lr;  /* nstep_lr == local_steps rates, one per local step, or NULL/0 */
     size_t nstep_lr;
+    int freeze_lora_a;
 } graft_wire_hyper_t;
+
+/* How a round's modules come back (all zero: as tensors in the Update). */
+typedef struct {
+    int collective;    /* an Update without tensors, then MPI reductions */
+    float clip_norm;   /* > 0: clip each scope's delta */
+    int lora_products; /* contributions carry the LoRA products */
+} graft_wire_reduce_t;
 
 typedef struct {
     uint64_t round;
@@ -117,6 +125,7 @@ typedef struct {
     size_t ntensors;
     graft_wire_hyper_t hyper;
     uint32_t deadline_ms;
+    graft_wire_reduce_t reduce;
 } graft_wire_round_start_t;
 
 typedef struct {

@@ -5,7 +5,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "aggregate.h"
+#include "aggregator.h"
 #include "events.h"
 #include "trainer.h"
 #include "wire.h"
@@ -37,9 +37,9 @@ typedef struct {
     int n_assigned;
     double last_seen;
     int in_round, replied;
-    double replied_at;  /* graft_now() when this round's update was accepted */
-    double train_ms;    /* that update's local training time */
-    graft_msg_t update; /* this round's decoded reply, held until aggregation */
+    double replied_at;         /* graft_now() when this round's update was accepted */
+    graft_wire_update_t reply; /* this round's reply: its metrics (the modules went
+                                  into the aggregator, tensors is NULL) */
 } worker_t;
 
 typedef struct {
@@ -59,6 +59,9 @@ typedef struct {
     graft_wire_schema_entry_t schema_entries[GRAFT_MAX_TASKS + 1];
     graft_wire_schema_t schema;
     char ckpt_path[2 * GRAFT_OPT_STR];
+    graft_agg_config_t agg_cfg;
+    graft_aggregator_t *agg;
+    double agg_ms; /* this round's time in aggregation (streaming and final) */
 } coord_t;
 
 uint64_t graft_run_id(const graft_run_config_t *cfg) {
@@ -137,6 +140,12 @@ static void send_round_start(coord_t *c, int peer) {
     rs->hyper.local_steps = (uint32_t)c->cfg->local_steps;
     rs->hyper.batch_size = (uint32_t)c->cfg->batch;
     rs->hyper.weight_decay = c->cfg->weight_decay;
+    rs->hyper.fedprox_mu = c->agg_cfg.fedprox ? c->agg_cfg.fedprox_mu : 0.0f;
+    rs->hyper.freeze_lora_a = c->agg_cfg.lora == GRAFT_LORA_FREEZE_A;
+    rs->reduce = (graft_wire_reduce_t){
+        .collective = graft_aggregator_collective(c->agg),
+        .clip_norm = c->agg_cfg.clip ? c->agg_cfg.clip_norm : 0.0f,
+        .lora_products = graft_agg_wants_products(&c->agg_cfg)};
     double left = (c->deadline - graft_now()) * 1000.0;
     rs->deadline_ms = left > 0 ? (uint32_t)left : 0;
     w->in_round = 1;
@@ -188,11 +197,14 @@ static void log_cohorts(coord_t *c) {
     free(names);
 }
 
-static void start_round(coord_t *c) {
+/* Sends every active worker the round, then opens the aggregation (with
+ * MPI reductions this joins them: the workers were sent the round first). */
+static int start_round(coord_t *c) {
     c->round_t0 = graft_now();
     c->deadline = c->round_t0 + c->cfg->round_timeout_ms / 1000.0;
     c->bytes_in = c->bytes_out = 0;
     c->n_replies = 0;
+    c->agg_ms = 0.0;
     int n = 0;
     for (int p = 0; p < MAX_PEERS; p++)
         if (c->w[p].state == W_ACTIVE) {
@@ -201,7 +213,10 @@ static void start_round(coord_t *c) {
         }
     LOG_INFO("round %d/%d: started with %d workers", c->round, c->cfg->rounds, n);
     log_cohorts(c);
+    int rc = graft_aggregator_begin(c->agg);
+    if (rc) LOG_ERROR("round %d: cannot start the MPI reductions: %s", c->round, graft_strerror(rc));
     set_state(c, S_ROUND_OPEN);
+    return rc;
 }
 
 /* ---- handlers ------------------------------------------------------------ */
@@ -260,7 +275,6 @@ static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
             c->w[p].state = W_LOST;
             c->w[p].in_round = 0;
         }
-    graft_msg_free(&w->update);
     memset(w, 0, sizeof *w);
     snprintf(w->name, sizeof w->name, "%s", h->name);
     json_t *tasks = json_array(), *counts = json_object();
@@ -291,8 +305,9 @@ static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
     graft_events_emit(c->ev, "worker_join",
                       json_pack("{s:i, s:i, s:s, s:o, s:o}", "round", c->round, "worker", peer,
                                 "name", w->name, "tasks", tasks, "train_examples", counts));
-    /* A worker joining (or coming back) mid-round takes part at once. */
-    if (c->state == S_ROUND_OPEN) send_round_start(c, peer);
+    /* A worker joining (or coming back) mid-round takes part at once —
+     * except under MPI reductions, which were sized when the round began. */
+    if (c->state == S_ROUND_OPEN && !graft_aggregator_collective(c->agg)) send_round_start(c, peer);
 }
 
 /* Every tensor of an update must be one of the scopes the worker was sent,
@@ -310,7 +325,12 @@ static int check_update_tensors(coord_t *c, const worker_t *w, const graft_wire_
                      u->tensors[i].name);
             return GRAFT_ESHAPE;
         }
+        if (u->tensors[i].sparse) { /* a scope's values travel whole */
+            snprintf(why, n, "tensor '%s' is sparse; scopes are sent dense", u->tensors[i].name);
+            return GRAFT_ESHAPE;
+        }
     }
+    if (graft_aggregator_collective(c->agg)) ns = 0; /* the modules come by MPI reductions */
     if ((int)u->ntensors != ns) {
         snprintf(why, n, "%zu tensors, expected %d", u->ntensors, ns);
         return GRAFT_ESHAPE;
@@ -322,29 +342,54 @@ static int check_update_tensors(coord_t *c, const worker_t *w, const graft_wire_
     return GRAFT_OK;
 }
 
-/* Returns 1 when the message was kept (moved into the worker's slot). */
-static int on_update(coord_t *c, int peer, graft_msg_t *m) {
+static int scope_index(const coord_t *c, const char *name) {
+    for (int k = 0; k <= c->tr->n_tasks; k++)
+        if (!strcmp(c->scopes[k]->name, name)) return k;
+    return -1;
+}
+
+/* Streams a valid reply's modules into the aggregator: the shared scope
+ * weighted by the reply's sample count, a task scope by the worker's shard
+ * of that task. */
+static void accumulate(coord_t *c, const worker_t *w, const graft_wire_update_t *u,
+                       const char *who) {
+    double t0 = graft_now();
+    char why[256];
+    for (size_t i = 0; i < u->ntensors; i++) {
+        const graft_wire_tensor_t *t = &u->tensors[i];
+        int k = scope_index(c, t->name);
+        uint64_t weight = k == 0 ? u->sample_count : w->train[k - 1];
+        if (graft_aggregator_add(c->agg, k, t->data, weight, why, sizeof why))
+            LOG_WARN("coordinator: update from %s: scope %s left out: %s", who, t->name, why);
+    }
+    c->agg_ms += (graft_now() - t0) * 1000.0;
+}
+
+/* Validates an update and streams it into the aggregator; the caller frees
+ * the message. */
+static void on_update(coord_t *c, int peer, graft_msg_t *m) {
     worker_t *w = &c->w[peer];
     char why[256];
     const char *who = graft_transport_peer_name(c->o.tp, peer);
     if (c->state != S_ROUND_OPEN || !w->in_round || w->replied) {
         LOG_WARN("coordinator: dropping update from %s: not expected now (round %llu)", who,
                  (unsigned long long)m->update.round);
-        return 0;
+        return;
     }
     int rc = graft_wire_expect_round(m, (uint64_t)c->round, why, sizeof why);
     if (!rc) rc = check_update_tensors(c, w, &m->update, why, sizeof why);
     if (rc) {
         LOG_WARN("coordinator: dropping update from %s: %s", who, why);
-        return 0;
+        return;
     }
-    w->update = *m;
+    accumulate(c, w, &m->update, who);
+    w->reply = m->update;
+    w->reply.tensors = NULL;
+    w->reply.ntensors = 0;
     w->replied = 1;
     w->replied_at = graft_now();
-    w->train_ms = m->update.train_seconds * 1000.0;
     c->n_replies++;
     LOG_DEBUG("coordinator: update from %s, loss %.4f", who, m->update.train_loss);
-    return 1;
 }
 
 static void handle(coord_t *c, int peer, const uint8_t *buf, size_t len) {
@@ -372,7 +417,7 @@ static void handle(coord_t *c, int peer, const uint8_t *buf, size_t len) {
     } else {
         w->last_seen = graft_now();
         if (m.type == GRAFT_MSG_UPDATE) {
-            if (on_update(c, peer, &m)) return; /* the slot owns m now */
+            on_update(c, peer, &m);
         } else if (m.type == GRAFT_MSG_ERROR) {
             LOG_WARN("coordinator: %s reports error %d: %s", who, m.error.code, m.error.message);
         } else if (m.type != GRAFT_MSG_HEARTBEAT) {
@@ -386,6 +431,9 @@ static void handle(coord_t *c, int peer, const uint8_t *buf, size_t len) {
 /* ---- timers -------------------------------------------------------------- */
 
 static void check_lost(coord_t *c) {
+    /* MPI ranks do not vanish silently (mpirun aborts the job), and a rank
+     * inside a reduction is waiting by design: no losses with reductions. */
+    if (graft_aggregator_collective(c->agg)) return;
     double now = graft_now(), limit = LOST_AFTER_BEATS * c->cfg->heartbeat_ms / 1000.0;
     for (int p = 0; p < MAX_PEERS; p++) {
         worker_t *w = &c->w[p];
@@ -402,17 +450,36 @@ static void check_lost(coord_t *c) {
     }
 }
 
-static int round_can_close(coord_t *c) {
+static int pending_replies(const coord_t *c) {
     int pending = 0;
     for (int p = 0; p < MAX_PEERS; p++)
         pending += c->w[p].state == W_ACTIVE && c->w[p].in_round && !c->w[p].replied;
+    return pending;
+}
+
+/* 1: the round can close; 0: not yet; < 0: an MPI reduction failed. */
+static int round_can_close(coord_t *c) {
+    int reduced = graft_aggregator_poll(c->agg);
+    if (reduced < 0) {
+        LOG_ERROR("round %d: an MPI reduction failed: %s", c->round, graft_strerror(reduced));
+        return reduced;
+    }
+    if (!reduced) {
+        if (graft_now() >= c->deadline) {
+            LOG_WARN("round %d: deadline passed while the MPI reductions wait for a rank; "
+                     "waiting on (ranks do not drop out of a reduction)", c->round);
+            c->deadline = graft_now() + c->cfg->round_timeout_ms / 1000.0;
+        }
+        return 0;
+    }
+    int pending = pending_replies(c);
     int enough = c->n_replies >= c->cfg->min_replies;
     if (enough && (pending == 0 || graft_now() >= c->deadline)) return 1;
     if (graft_now() >= c->deadline) {
         LOG_WARN("round %d: deadline passed with %d of %d replies needed; waiting %d ms more",
                  c->round, c->n_replies, c->cfg->min_replies, c->cfg->round_timeout_ms);
         c->deadline = graft_now() + c->cfg->round_timeout_ms / 1000.0;
-        for (int p = 0; p < MAX_PEERS; p++)
+        for (int p = 0; p < MAX_PEERS && !graft_aggregator_collective(c->agg); p++)
             if (c->w[p].state == W_ACTIVE && !c->w[p].in_round) send_round_start(c, p);
     }
     return 0;
@@ -420,35 +487,17 @@ static int round_can_close(coord_t *c) {
 
 /* ---- aggregation, evaluation, checkpoints --------------------------------- */
 
-static const graft_wire_tensor_t *find_tensor(const graft_wire_update_t *u, const char *name) {
-    for (size_t i = 0; i < u->ntensors; i++)
-        if (!strcmp(u->tensors[i].name, name)) return &u->tensors[i];
-    return NULL;
-}
-
-/* FedAvg of scope k over the replies that carry it; task scopes weigh each
- * worker by its shard of that task, the shared scope by its sample count. */
-static void aggregate_scope(coord_t *c, int k, graft_agg_input_t *in) {
-    graft_scope_t *s = c->scopes[k];
-    if (s->numel == 0) return;
-    int n = 0;
-    for (int p = 0; p < MAX_PEERS; p++) {
-        worker_t *w = &c->w[p];
-        if (!w->replied) continue;
-        const graft_wire_tensor_t *t = find_tensor(&w->update.update, s->name);
-        if (!t) continue;
-        double weight = k == 0 ? (double)w->update.update.sample_count : (double)w->train[k - 1];
-        in[n++] = (graft_agg_input_t){.key = w->name, .weight = weight, .values = t->data};
-    }
-    graft_aggregate_fedavg(in, n, s->params, s->numel);
-}
-
 /* Where the round's time went. round_ms runs from the round start to the
  * end of aggregation; along its critical path lie the last accepted reply's
  * local training (its worker's train_seconds), the aggregation, and
  * everything else: comm_ms = round_ms - that training - agg_ms (encoding
  * and sending the round start, transfer both ways, the worker's import and
- * encoding, decoding and validation here, and any wait for a deadline). */
+ * encoding, decoding and validation here, the MPI reductions, and any wait
+ * for a deadline). agg_ms is all of the round's aggregation work: each
+ * reply's accumulation as it arrived (streaming) plus the final step. The
+ * earlier replies' accumulation overlaps the last worker's training, so
+ * comm_ms is net of it; with MPI reductions the sums happen inside the
+ * reductions and agg_ms is the final step alone. */
 typedef struct {
     double round_ms, agg_ms, comm_ms, train_ms_max, train_ms_mean, train_ms_last;
 } round_times_t;
@@ -460,7 +509,7 @@ static round_times_t round_times(const coord_t *c, double agg_ms) {
     for (int p = 0; p < MAX_PEERS; p++) {
         const worker_t *w = &c->w[p];
         if (!w->replied) continue;
-        double ms = w->train_ms;
+        double ms = w->reply.train_seconds * 1000.0;
         rt.train_ms_mean += ms;
         if (ms > rt.train_ms_max) rt.train_ms_max = ms;
         if (w->replied_at > last) last = w->replied_at, rt.train_ms_last = ms;
@@ -490,23 +539,23 @@ static json_t *cohorts_json(const coord_t *c) {
     return o;
 }
 
-/* Logs the round's end and releases the replies. */
-static void finish_round(coord_t *c, double agg_ms) {
-    round_times_t rt = round_times(c, agg_ms);
+/* The new global modules from the round's aggregation, and round_end. */
+static void aggregate(coord_t *c) {
+    double t0 = graft_now();
+    json_t *report = graft_aggregator_finish(c->agg, c->round);
+    round_times_t rt = round_times(c, c->agg_ms + (graft_now() - t0) * 1000.0);
     json_t *cohorts = cohorts_json(c), *parts = replied_names(c, -1);
-    /* The round's loss: the sample-weighted mean, also in name order. */
+    /* The round's loss: the sample-weighted mean, in name order. */
     graft_agg_input_t *in = graft_xcalloc(MAX_PEERS, sizeof *in);
     float *losses = graft_xcalloc(MAX_PEERS, sizeof *losses);
     int n = 0;
     for (int p = 0; p < MAX_PEERS; p++) {
         worker_t *w = &c->w[p];
         if (!w->replied) continue;
-        losses[n] = (float)w->update.update.train_loss;
-        in[n] = (graft_agg_input_t){.key = w->name,
-                                    .weight = (double)w->update.update.sample_count,
+        losses[n] = (float)w->reply.train_loss;
+        in[n] = (graft_agg_input_t){.key = w->name, .weight = (double)w->reply.sample_count,
                                     .values = &losses[n]};
         n++;
-        graft_msg_free(&w->update);
         w->replied = w->in_round = 0;
     }
     float loss = NAN;
@@ -526,17 +575,11 @@ static void finish_round(coord_t *c, double agg_ms) {
                                          "train_ms_mean", rt.train_ms_mean, "train_ms_last",
                                          rt.train_ms_last, "comm_ms", rt.comm_ms, "agg_ms",
                                          rt.agg_ms, "peak_rss_mib", peak));
+    json_object_update(ev, report);
+    json_decref(report);
     graft_events_emit(c->ev, "round_end", ev);
     free(losses);
     free(in);
-}
-
-static void aggregate(coord_t *c) {
-    double t0 = graft_now();
-    graft_agg_input_t *in = graft_xcalloc(MAX_PEERS, sizeof *in);
-    for (int k = 0; k <= c->tr->n_tasks; k++) aggregate_scope(c, k, in);
-    free(in);
-    finish_round(c, (graft_now() - t0) * 1000.0);
 }
 
 /* Dev split during the run; the test split after the last round, printed. */
@@ -572,7 +615,8 @@ static int checkpoint(coord_t *c) {
 /* ---- the state machine ---------------------------------------------------- */
 
 /* Moves through every transition that is ready; returns an error only for
- * a failure that ends the run (a checkpoint that cannot be written). */
+ * a failure that ends the run (a checkpoint that cannot be written, an MPI
+ * reduction that fails). */
 static int advance(coord_t *c) {
     for (;;) {
         round_state_t before = c->state;
@@ -580,12 +624,18 @@ static int advance(coord_t *c) {
         switch (c->state) {
         case S_WAIT_WORKERS: {
             int need = c->round == c->first_round ? c->o.expected_workers : cfg->min_replies;
-            if (count_active(c) >= need) start_round(c);
+            if (count_active(c) >= need) {
+                int rc = start_round(c);
+                if (rc) return rc;
+            }
             break;
         }
-        case S_ROUND_OPEN:
-            if (round_can_close(c)) set_state(c, S_AGGREGATE);
+        case S_ROUND_OPEN: {
+            int ready = round_can_close(c);
+            if (ready < 0) return ready;
+            if (ready) set_state(c, S_AGGREGATE);
             break;
+        }
         case S_AGGREGATE:
             aggregate(c);
             set_state(c, S_EVAL);
@@ -618,6 +668,11 @@ static int advance(coord_t *c) {
 
 static int next_timeout_ms(const coord_t *c) {
     double ms = c->cfg->heartbeat_ms;
+    /* Reductions complete without a message: once every worker has sent its
+     * update (and so joined them), poll them often. */
+    if (c->state == S_ROUND_OPEN && graft_aggregator_collective(c->agg) && !pending_replies(c) &&
+        ms > 2)
+        ms = 2;
     if (c->state == S_ROUND_OPEN) {
         double left = (c->deadline - graft_now()) * 1000.0;
         if (left < ms) ms = left;
@@ -657,8 +712,26 @@ static int loop(coord_t *c) {
 
 /* ---- setup ----------------------------------------------------------------- */
 
+/* The aggregation strategy, with MPI reductions when the transport has
+ * them, the option allows, and the strategy streams. */
+static int setup_aggregation(coord_t *c) {
+    int rc = graft_agg_config_parse(c->cfg, &c->agg_cfg);
+    if (rc) return rc;
+    graft_transport_t *tp = NULL;
+    if (c->cfg->mpi_collectives && graft_transport_has_collectives(c->o.tp)) {
+        if (graft_agg_holds_replies(&c->agg_cfg))
+            LOG_INFO("coordinator: %s needs every reply: modules travel in update messages, "
+                     "not MPI reductions", c->cfg->aggregate);
+        else
+            tp = c->o.tp;
+    }
+    c->agg = graft_aggregator_new(&c->agg_cfg, c->tr->peft, tp);
+    return GRAFT_OK;
+}
+
 static int setup(coord_t *c) {
     int rc = graft_trainer_new(c->cfg, &c->tr);
+    if (!rc) rc = setup_aggregation(c);
     if (rc) return rc;
     c->tr->opt.total_steps = c->cfg->rounds * c->cfg->local_steps;
     c->scopes[0] = c->tr->peft->shared;
@@ -690,17 +763,21 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
         rc = GRAFT_EINVAL;
     }
     if (!rc) {
-        char digest[32];
+        char digest[32], strategy[128];
         snprintf(digest, sizeof digest, "%016llx",
                  graft_options_digest(graft_run_options, &o->cfg));
+        graft_agg_describe(&c.agg_cfg, strategy, sizeof strategy);
+        int reduce = graft_aggregator_collective(c.agg);
         graft_events_emit(c.ev, "run_start",
-                          json_pack("{s:s, s:s, s:i, s:s, s:i, s:i, s:i, s:o}", "mode",
-                                    o->mode ? o->mode : "?", "config_digest", digest, "seed",
-                                    o->cfg.seed, "method", o->cfg.method, "round", c.round,
-                                    "rounds", o->cfg.rounds, "workers", o->expected_workers,
-                                    "params", graft_trainer_params_json(c.tr)));
-        LOG_INFO("coordinator: %d tasks, method %s, rounds %d..%d, waiting for %d workers",
-                 c.tr->n_tasks, o->cfg.method, c.round, o->cfg.rounds, o->expected_workers);
+                          json_pack("{s:s, s:s, s:i, s:s, s:i, s:i, s:i, s:o, s:s, s:b}",
+                                    "mode", o->mode ? o->mode : "?", "config_digest", digest,
+                                    "seed", o->cfg.seed, "method", o->cfg.method, "round",
+                                    c.round, "rounds", o->cfg.rounds, "workers",
+                                    o->expected_workers, "params", graft_trainer_params_json(c.tr),
+                                    "aggregate", strategy, "mpi_reductions", reduce));
+        LOG_INFO("coordinator: %d tasks, method %s, aggregate %s%s, rounds %d..%d, waiting for "
+                 "%d workers", c.tr->n_tasks, o->cfg.method, strategy,
+                 reduce ? " (MPI reductions)" : "", c.round, o->cfg.rounds, o->expected_workers);
         rc = loop(&c);
         shutdown_workers(&c, rc ? "coordinator stopped" : "run complete");
         graft_events_emit(c.ev, "run_end",
@@ -708,8 +785,8 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
                                     graft_now() - c.run_t0, "ok", rc == 0, "peak_rss_mib",
                                     (double)graft_peak_rss_bytes() / (1 << 20)));
     }
-    for (int p = 0; p < MAX_PEERS; p++) graft_msg_free(&c.w[p].update);
     free(c.w);
+    graft_aggregator_destroy(&c.agg);
     graft_events_close(&c.ev);
     graft_trainer_destroy(&c.tr);
     return rc;

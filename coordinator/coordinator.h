@@ -18,13 +18,18 @@
  * worker the shared scope and its tasks' scopes (each scope travels as one
  * flat tensor named after the scope) with the schedule's learning rate for
  * each local step, collects Updates until every live participant replied
- * or the deadline passed with at least min_replies, and averages
- * (aggregate.h): the shared scope over all replies weighted by sample
- * count, each task scope over that task's cohort weighted by its shard
- * size. A task whose cohort is empty keeps its modules. Each round logs the
- * cohorts; round_end carries them (names sorted) and the round's time split
- * (round_ms = train_ms_last + comm_ms + agg_ms, see finish_round) and the
- * peak RSS; run_end the peak RSS.
+ * or the deadline passed with at least min_replies, and aggregates them
+ * (aggregator.h, strategies in aggregate.h): the shared scope over all
+ * replies weighted by sample count, each task scope over that task's cohort
+ * weighted by its shard size. A task whose cohort is empty keeps its
+ * modules. Each Update is streamed into the aggregation when it arrives and
+ * freed; with MPI reductions the Updates carry only metrics and the round
+ * also waits for the reductions (no worker is declared lost then: under
+ * mpirun a dead rank aborts the job). Each round logs the cohorts;
+ * round_end carries them (names sorted), the aggregation's report, the
+ * round's time split (round_ms = train_ms_last + comm_ms + agg_ms, agg_ms
+ * counting each reply's accumulation as it arrived; see round_times) and
+ * the peak RSS; run_end the peak RSS.
  *
  * The global modules live in a graft_trainer_t built from the run config
  * with every task's files, which also evaluates them and checkpoints them

@@ -10,7 +10,9 @@
 #           the workers' import of the modules, any wait
 #   agg     the coordinator's aggregation
 # averaged over rounds 2..R (round 1 also holds the workers' start-up), the
-# bytes of one update, and the coordinator's peak RSS (run_end). All K share
+# bytes of one update (metrics only under MPI reductions), the bytes one rank
+# contributes to the round's MPI reductions (reduce_KiB, 0 without them),
+# and the coordinator's peak RSS (run_end). All K share
 # this machine's cores: with more workers than cores each one trains slower,
 # which is real for the round time but makes train dominate.
 # The last line per K is `K=<k> round_ms=<..> comm_agg_pct=<..> holds=<yes|no>`
@@ -55,7 +57,7 @@ while [ $# -gt 0 ]; do
       esac
       shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
@@ -82,8 +84,8 @@ ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
 echo "bench-round: transport=$TRANSPORT preset=$PRESET method=$METHOD seq=$SEQ batch=$BATCH" \
      "local_steps=$LOCAL_STEPS rounds=$ROUNDS (mean of rounds 2..$ROUNDS) cores=$(nproc)" \
      "${EXTRA[*]+${EXTRA[*]}}"
-printf '%3s %9s %9s %9s %9s %8s %7s %9s %10s %9s\n' K round_ms train_ms train_max train_mean \
-       comm_ms agg_ms comm+agg% update_KiB coord_MiB
+printf '%3s %9s %9s %9s %9s %8s %7s %9s %10s %10s %9s\n' K round_ms train_ms train_max \
+       train_mean comm_ms agg_ms comm+agg% update_KiB reduce_KiB coord_MiB
 for k in $WORKERS; do
   out=$TMP/k$k
   if [ "$TRANSPORT" = mpi ]; then
@@ -106,8 +108,9 @@ mean = lambda key: sum(e[key] for e in rounds) / len(rounds)
 r, tr, ag, cm = mean("round_ms"), mean("train_ms_last"), mean("agg_ms"), mean("comm_ms")
 pct = 100.0 * (cm + ag) / r
 upd = mean("bytes_in") / max(1, mean("replies")) / 1024
-print("%3d %9.1f %9.1f %9.1f %9.1f %8.1f %7.2f %8.2f%% %10.1f %9.1f" %
-      (k, r, tr, mean("train_ms_max"), mean("train_ms_mean"), cm, ag, pct, upd,
+red = sum(e.get("reduce_bytes", 0) for e in rounds) / len(rounds) / 1024
+print("%3d %9.1f %9.1f %9.1f %9.1f %8.1f %7.2f %8.2f%% %10.1f %10.1f %9.1f" %
+      (k, r, tr, mean("train_ms_max"), mean("train_ms_mean"), cm, ag, pct, upd, red,
        end["peak_rss_mib"]))
 print("K=%d round_ms=%.1f comm_ms=%.1f agg_ms=%.2f comm_agg_pct=%.2f coordinator_peak_mib=%.1f "
       "holds=%s" % (k, r, cm, ag, pct, end["peak_rss_mib"], "yes" if pct < target else "no"))

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Compares the module tensors of two graft module checkpoints bit for bit.
+"""Compares the module tensors of two graft module checkpoints bit for bit
+(or, with --atol, up to an absolute tolerance).
 
 Optimizer moments (optimizer.*) and metadata are left out: a federated
 coordinator keeps no optimiser state of its own and counts rounds where
@@ -7,8 +8,10 @@ coordinator keeps no optimiser state of its own and counts rounds where
 largest absolute difference) and exits 1 if any does, or if the two files
 hold different tensor names or shapes.
 
-usage: compare_modules.py A.safetensors B.safetensors [--prefix P] [--expect-differ]
+usage: compare_modules.py A.safetensors B.safetensors [--prefix P] [--atol X] [--expect-differ]
   --prefix P       only tensors whose name starts with P
+  --atol X         a tensor whose values all differ by at most X counts as equal
+                   (each such tensor is still printed, with "within atol")
   --expect-differ  exit 0 only if some compared tensor differs
 """
 import json
@@ -34,6 +37,7 @@ def tensors(path, prefix):
 def main():
     args = sys.argv[1:]
     prefix = args[args.index("--prefix") + 1] if "--prefix" in args else ""
+    atol = float(args[args.index("--atol") + 1]) if "--atol" in args else 0.0
     a, b = tensors(args[0], prefix), tensors(args[1], prefix)
     if not a:
         print("no tensor named %s* in %s" % (prefix, args[0]))
@@ -50,8 +54,10 @@ def main():
         elif da != db:
             xa = struct.unpack("<%df" % (len(da) // 4), da)
             xb = struct.unpack("<%df" % (len(db) // 4), db)
-            print("%s: max |diff| %.3g" % (name, max(abs(p - q) for p, q in zip(xa, xb))))
-            bad += 1
+            diff = max(abs(p - q) for p, q in zip(xa, xb))
+            within = diff <= atol  # NaN never is
+            print("%s: max |diff| %.3g%s" % (name, diff, " (within atol)" if within else ""))
+            bad += not within
     print("%d tensors compared, %d differ" % (len(a), bad))
     if "--expect-differ" in args:
         return 0 if bad else 1

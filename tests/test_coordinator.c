@@ -2,12 +2,12 @@
  * transport, with real workers (graft_worker_run) on threads:
  *  - bad input: this thread plays a second worker that answers every round
  *    with garbage, a truncated message, an oversized one, a wrong round, a
- *    NaN value, an unknown tensor, a wrong shape, a NaN loss, a negative
- *    training time and another run's id before its real update, and replays
- *    that update afterwards; a third end that never said hello sends an
- *    update too. Every bad message must be dropped with a logged reason, the
- *    run must complete with both workers in every round, and the modules
- *    must stay finite;
+ *    NaN value, an unknown tensor, a wrong shape, a sparse scope, a NaN
+ *    loss, a negative training time and another run's id before its real
+ *    update, and replays that update afterwards; a third end that never
+ *    said hello sends an update too. Every bad message must be dropped with
+ *    a logged reason naming the peer, the run must complete with both
+ *    workers in every round, and the modules must stay finite;
  *  - assignment: workers reading client folders (--data) that hold different
  *    task subsets, one of them several tasks and a shard lacking a class,
  *    and a task nobody holds: the cohorts in the events are the holders, the
@@ -121,6 +121,14 @@ static void answer_round(graft_transport_t *t, uint64_t run_id, graft_msg_t *rs)
     send_update(t, &u);
     r->tensors[0].shape[0] += 1;
     r->tensors[0].numel += 1;
+    uint32_t first = 0;                                 /* sparse */
+    r->tensors[0].sparse = 1;
+    r->tensors[0].indices = &first;
+    r->tensors[0].nnz = 1;
+    send_update(t, &u);
+    r->tensors[0].sparse = 0;
+    r->tensors[0].indices = NULL;
+    r->tensors[0].nnz = 0;
     u.update.train_loss = NAN;                          /* NaN loss */
     send_update(t, &u);
     u.update.train_loss = 0.5;
@@ -259,13 +267,14 @@ static void test_bad_messages_dropped(void **state) {
                            "wrong round|round 10|round 8|round 9",
                            "NaN|not finite", "nope", "shape", "train_loss is nan",
                            "train_seconds is -1", "is from run", "not expected now|is for round",
-                           "not registered"};
+                           "not registered", "is sparse"};
     const char *files[] = {"out/events.jsonl", "stderr.log", "stderr.log", "stderr.log",
                            "stderr.log", "stderr.log", "stderr.log", "stderr.log", "stderr.log",
-                           "stderr.log", "stderr.log"};
+                           "stderr.log", "stderr.log", "stderr.log"};
     /* The replay of the last round's update may come after the run ended. */
-    int want[] = {ROUNDS, 3 * ROUNDS, 1, 1, 1, 1, ROUNDS, ROUNDS, ROUNDS, 2 * ROUNDS - 1, 1};
-    for (int i = 0; i < 11; i++) {
+    int want[] = {ROUNDS, 3 * ROUNDS, 1, 1, 1, 1, ROUNDS, ROUNDS, ROUNDS, 2 * ROUNDS - 1, 1,
+                  ROUNDS};
+    for (int i = 0; i < 12; i++) {
         int got = count_lines(dir, files[i], greps[i]);
         if (got < want[i])
             fprintf(stdout, "pattern '%s' in %s: %d < %d\n", greps[i], files[i], got, want[i]);

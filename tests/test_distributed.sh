@@ -4,11 +4,19 @@
 #  1. `graft run --workers 3` (ZeroMQ) completes and its event log has every
 #     event kind; per-task test metrics are printed;
 #  2. `mpirun -np 4 graft mpi` on the same job gives bit-identical modules
-#     (same shards, same worker names -> same batches and summation order);
+#     (same shards -> same batches; the modules summed by
+#     exact int64 MPI reductions, no update tensors on the wire);
 #  3. a worker killed with SIGKILL mid-run is logged as worker_lost, the run
 #     completes, and the worker restarted under the same name rejoins;
 #  4. the coordinator killed with SIGKILL and restarted with --resume from its
-#     checkpoint ends with the same modules as an uninterrupted run.
+#     checkpoint ends with the same modules as an uninterrupted run (under
+#     fedadam, whose server moments the checkpoint carries);
+#  5. aggregation strategies: fedadam + fedprox + clip with LoRA svd summed by
+#     MPI reductions, and trimmed_mean (held replies, update messages under
+#     MPI), each bit-identical between ZeroMQ and MPI; freeze_a keeps every
+#     lora_A bit for bit (whatever the learning rate) and logs a gap of 0;
+#  6. under MPI reductions a SIGKILLed rank ends the job (mpirun aborts it)
+#     instead of leaving the other ranks waiting in a reduction.
 # Workers run without `timeout` so that $! is the worker itself (SIGKILL
 # must hit it); the EXIT trap kills whatever is left.
 # usage: test_distributed.sh GRAFT_BINARY SOURCE_DIR
@@ -17,6 +25,8 @@ GRAFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 SRC=$(cd "$2" && pwd)
 NAME=distributed
 . "$SRC/tests/loopback.sh"
+# lora_gap is off by default (it costs memory and time); this test checks it.
+echo 'lora_gap = true' >> "$T/run.conf"
 
 # ---- 1. graft run over ZeroMQ ----------------------------------------------
 timeout 120 "$GRAFT" run --config "$T/run.conf" --workers 3 --out "$T/zmq" \
@@ -42,7 +52,11 @@ if command -v mpirun >/dev/null 2>&1; then
     cmp "$T/zmq/modules.safetensors" "$T/mpi/modules.safetensors" ||
         fail "MPI and ZeroMQ runs of the same job ended with different modules"
     cmp "$T/zmq.out" "$T/mpi.out" || fail "MPI and ZeroMQ test metrics differ"
-    echo "ok 2 - mpirun -np 4: modules bit-identical to the ZeroMQ run"
+    grep -q '"event":"run_start".*"mpi_reductions":true' "$T/mpi/events.jsonl" ||
+        fail "graft mpi did not use MPI reductions"
+    grep -q '"event":"round_end".*"lora_gap":{"shared":' "$T/zmq/events.jsonl" ||
+        fail "round_end does not log the LoRA gap"
+    echo "ok 2 - mpirun -np 4: modules bit-identical to the ZeroMQ run (MPI reductions)"
 else
     echo "ok 2 # SKIP mpirun not found"
 fi
@@ -91,9 +105,11 @@ grep -q 'lost' "$T/kill.err" || fail "no human log line about the lost worker"
 echo "ok 3 - SIGKILLed worker: worker_lost, run completes, restarted worker rejoins"
 
 # ---- 4. the coordinator killed and resumed from its checkpoint ---------------
-# Workers reseed their sampler from (seed, name, round) and reset their
+# Workers seek their sampler to the round's global step and reset their
 # optimiser every round, so a resumed run redoes exactly the rounds it lost.
-RESCONF="--config $T/run.conf --rounds 6 --local_steps 20 --checkpoint_every_rounds 1"
+# FedAdam, so that the resumed coordinator must also restore the server
+# optimizer's moments from the checkpoint.
+RESCONF="--config $T/run.conf --rounds 6 --local_steps 20 --checkpoint_every_rounds 1 --aggregate fedadam"
 timeout 120 "$GRAFT" run --workers 3 $RESCONF --out "$T/ref" >/dev/null 2>"$T/ref.err" ||
     fail "reference run for the resume test failed"
 EP=tcp://127.0.0.1:$(free_port)
@@ -117,3 +133,85 @@ grep -q 'resumed from' "$T/res2.err" || fail "the coordinator did not say it res
 cmp "$T/ref/modules.safetensors" "$T/res/modules.safetensors" ||
     fail "a resumed run ended with other modules than an uninterrupted one"
 echo "ok 4 - coordinator killed and resumed: modules identical to an uninterrupted run"
+
+# ---- 5. aggregation strategies -------------------------------------------------
+# run_pair NAME ARGS...: the same job over ZeroMQ and MPI; modules must match.
+run_pair() {
+    name=$1
+    shift
+    timeout 120 "$GRAFT" run --config "$T/run.conf" --workers 3 --out "$T/$name-zmq" "$@" \
+        >/dev/null 2>"$T/$name-zmq.err" || { tail -20 "$T/$name-zmq.err" >&2; fail "$name: graft run failed"; }
+    if command -v mpirun >/dev/null 2>&1; then
+        OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
+            mpirun -np 4 --oversubscribe "$GRAFT" mpi --config "$T/run.conf" \
+            --out "$T/$name-mpi" "$@" >/dev/null 2>"$T/$name-mpi.err" ||
+            { tail -20 "$T/$name-mpi.err" >&2; fail "$name: graft mpi failed"; }
+        cmp "$T/$name-zmq/modules.safetensors" "$T/$name-mpi/modules.safetensors" ||
+            fail "$name: MPI and ZeroMQ runs ended with different modules"
+    fi
+}
+run_pair adam --aggregate fedadam,fedprox,clip --clip_norm 0.05 --server_lr 0.003 \
+    --lora_aggregate svd
+grep -q '"mpi_reductions":true' "$T/adam-mpi/events.jsonl" 2>/dev/null ||
+    ! command -v mpirun >/dev/null 2>&1 || fail "fedadam: graft mpi did not use reductions"
+grep -q '"event":"round_end".*"svd_residual":{"shared":' "$T/adam-zmq/events.jsonl" ||
+    fail "lora svd: round_end has no svd_residual"
+echo "ok 5 - fedadam+fedprox+clip with LoRA svd: MPI reductions bit-identical to ZeroMQ"
+run_pair trim --aggregate trimmed_mean,clip --trim_frac 0.34 --clip_norm 0.05
+grep -q 'needs every reply' "$T/trim-mpi.err" 2>/dev/null ||
+    ! command -v mpirun >/dev/null 2>&1 || fail "trimmed_mean: graft mpi did not fall back to messages"
+echo "ok 6 - trimmed_mean+clip (held replies): MPI bit-identical to ZeroMQ"
+
+# freeze_a: two learning rates train different B but leave every A as it was
+# initialised; the gap avg(B)avg(A) vs avg(BA) is exactly 0 every round.
+for lr in 2e-3 8e-3; do
+    timeout 120 "$GRAFT" run --config "$T/run.conf" --workers 3 --out "$T/freeze-$lr" \
+        --lora_aggregate freeze_a --aggregate fedprox --fedprox_mu 0.1 --lr $lr \
+        >/dev/null 2>"$T/freeze-$lr.err" || { tail -20 "$T/freeze-$lr.err" >&2; fail "freeze_a run failed"; }
+done
+python3 - "$T/freeze-2e-3" "$T/freeze-8e-3" "$T/zmq" <<'PY' || fail "freeze_a: see above"
+import json, struct, sys
+
+def tensors(path):
+    with open(path + "/modules.safetensors", "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        head = json.loads(f.read(n))
+        data = f.read()
+    return {k: data[v["data_offsets"][0]:v["data_offsets"][1]]
+            for k, v in head.items() if k != "__metadata__"}
+
+a, b, trained = (tensors(p) for p in sys.argv[1:4])
+names_a = [k for k in a if k.endswith("lora_A") and not k.startswith("optimizer.")]
+names_b = [k for k in a if k.endswith("lora_B") and not k.startswith("optimizer.")]
+assert names_a and names_b, "no LoRA tensors in the checkpoint"
+for k in names_a:
+    assert a[k] == b[k], "freeze_a: %s differs between learning rates" % k
+    assert a[k] != trained[k], "%s: the default run should have trained A" % k
+assert any(a[k] != b[k] for k in names_b), "freeze_a: B did not train"
+for line in open(sys.argv[1] + "/events.jsonl"):
+    e = json.loads(line)
+    if e["event"] == "round_end":
+        assert e["lora_gap"] and all(v == 0 for v in e["lora_gap"].values()), e["lora_gap"]
+PY
+echo "ok 7 - freeze_a: lora_A unchanged bit for bit, LoRA gap exactly 0"
+
+# ---- 6. a rank killed under MPI reductions ends the job ----------------------------
+if command -v mpirun >/dev/null 2>&1; then
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
+        mpirun -np 4 --oversubscribe "$GRAFT" mpi --config "$T/run.conf" --rounds 200 \
+        --local_steps 20 --out "$T/mpikill" >/dev/null 2>"$T/mpikill.err" &
+    MPIRUN=$!
+    PIDS="$PIDS $MPIRUN"
+    EV=$T/mpikill/events.jsonl
+    wait_for '"event":"round_end","round":2' 60
+    RANK=$(pgrep -f "graft mpi --config $T/run.conf --rounds 200" | tail -1)
+    [ -n "$RANK" ] || fail "no MPI rank to kill"
+    kill -9 "$RANK"
+    T0=$(date +%s)
+    if wait "$MPIRUN"; then fail "mpirun succeeded although a rank was killed"; fi
+    [ $(($(date +%s) - T0)) -lt 60 ] || fail "mpirun took a minute to notice the killed rank"
+    ! grep -q '"event":"run_end".*"ok":true' "$EV" || fail "the run claims to have ended normally"
+    echo "ok 8 - a SIGKILLed MPI rank ends the job instead of hanging a reduction"
+else
+    echo "ok 8 # SKIP mpirun not found"
+fi

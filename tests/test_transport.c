@@ -133,8 +133,12 @@ static void test_inproc(void **state) {
     assert_int_equal(graft_transport_recv(ends[1], &peer, &buf, &len, 0), GRAFT_ETIMEOUT);
     assert_int_equal(graft_transport_send(ends[1], 2, "x", 1), GRAFT_EINVAL);
     assert_int_equal(graft_transport_send(ends[0], NWORKERS + 1, "x", 1), GRAFT_EINVAL);
-    float x[2] = {1, 2};
-    assert_int_equal(graft_transport_allreduce_sum(ends[0], x, 2, GRAFT_GROUP_WORLD), GRAFT_EINVAL);
+    int64_t x[2] = {1, 2};
+    int g = 5;
+    assert_false(graft_transport_has_collectives(ends[0]));
+    assert_int_equal(graft_transport_allreduce_i64(ends[0], x, 2, GRAFT_GROUP_WORLD), GRAFT_EINVAL);
+    assert_int_equal(graft_transport_split(ends[0], 0, &g), GRAFT_EINVAL);
+    assert_int_equal(g, GRAFT_GROUP_NONE);
     graft_transport_destroy(&ends[3]);
     assert_null(ends[3]);
     assert_int_equal(graft_transport_send(ends[0], 3, "x", 1), GRAFT_EPEER);

@@ -1,10 +1,12 @@
 /* test_transport_mpi.c — the MPI transport under a real `mpirun -np 3`.
  * Rank 0 (the coordinator) exchanges wire messages with ranks 1..N-1,
- * including large ones sent both ways at once, and the reduction hooks give
- * exact sums over the world and over split groups. A plain main() with
+ * including large ones sent both ways at once, and the int64 reductions give
+ * exact sums over the world and over split groups, also non-blocking while
+ * point-to-point messages flow. A plain main() with
  * checks: every rank counts its failures and the job fails if any rank did. */
 #include <mpi.h>
 #include <string.h>
+#include <time.h>
 
 #include "transport.h"
 #include "wire.h"
@@ -127,46 +129,84 @@ static void errors(graft_transport_t *t) {
     CHECK(graft_now() - t0 >= 0.09);
     CHECK(graft_transport_send(t, rank, "x", 1) == GRAFT_EINVAL);
     CHECK(graft_transport_send(t, nranks, "x", 1) == GRAFT_EINVAL);
-    float v = 1;
-    CHECK(graft_transport_allreduce_sum(t, &v, 1, 99) == GRAFT_EINVAL);
+    int64_t v = 1;
+    CHECK(graft_transport_allreduce_i64(t, &v, 1, 99) == GRAFT_EINVAL);
 }
 
 enum { N = 1000 };
 
 static void reductions(graft_transport_t *t) {
-    float x[N];
-    /* World: sum over r of (r * 1000 + i). */
-    for (int i = 0; i < N; i++) x[i] = (float)(rank * 1000 + i);
-    CHECK(graft_transport_allreduce_sum(t, x, N, GRAFT_GROUP_WORLD) == GRAFT_OK);
-    int rsum = nranks * (nranks - 1) / 2;
-    for (int i = 0; i < N; i++) CHECK(x[i] == (float)(rsum * 1000 + nranks * i));
+    int64_t x[N];
+    CHECK(graft_transport_has_collectives(t));
+    /* World: sum over r of (r * 2^40 + i - 500): beyond float and int32. */
+    for (int i = 0; i < N; i++) x[i] = ((int64_t)rank << 40) + i - 500;
+    CHECK(graft_transport_allreduce_i64(t, x, N, GRAFT_GROUP_WORLD) == GRAFT_OK);
+    int64_t rsum = (int64_t)nranks * (nranks - 1) / 2;
+    for (int i = 0; i < N; i++) CHECK(x[i] == (rsum << 40) + (int64_t)nranks * (i - 500));
 
     /* A "task cohort": the coordinator plus the even workers. */
     int g = -2;
-    CHECK(graft_transport_mpi_split(t, rank % 2 == 0 ? 0 : GRAFT_GROUP_NONE, &g) == GRAFT_OK);
-    int esum = 0, ecount = 0;
+    CHECK(graft_transport_split(t, rank % 2 == 0 ? 0 : GRAFT_GROUP_NONE, &g) == GRAFT_OK);
+    int64_t esum = 0, ecount = 0;
     for (int r = 0; r < nranks; r += 2) esum += r, ecount++;
     if (rank % 2 == 0) {
         CHECK(g == 1);
-        for (int i = 0; i < N; i++) x[i] = (float)(rank + 1) * 0.5f * (float)i;
-        CHECK(graft_transport_allreduce_sum(t, x, N, g) == GRAFT_OK);
-        for (int i = 0; i < N; i++) CHECK(x[i] == 0.5f * (float)i * (float)(esum + ecount));
+        for (int i = 0; i < N; i++) x[i] = (int64_t)(rank + 1) * i;
+        CHECK(graft_transport_allreduce_i64(t, x, N, g) == GRAFT_OK);
+        for (int i = 0; i < N; i++) CHECK(x[i] == (int64_t)i * (esum + ecount));
     } else {
         CHECK(g == GRAFT_GROUP_NONE);
-        CHECK(graft_transport_allreduce_sum(t, x, N, 1) == GRAFT_EINVAL);
+        CHECK(graft_transport_allreduce_i64(t, x, N, 1) == GRAFT_EINVAL);
     }
 
     /* Two groups from one split (color = rank parity); reduce to each root. */
-    CHECK(graft_transport_mpi_split(t, rank % 2, &g) == GRAFT_OK);
+    CHECK(graft_transport_split(t, rank % 2, &g) == GRAFT_OK);
     CHECK(g == 2);
-    for (int i = 0; i < N; i++) x[i] = (float)(rank * 10 + 1);
-    CHECK(graft_transport_reduce_sum(t, x, N, g) == GRAFT_OK);
-    int want = 0;
+    for (int i = 0; i < N; i++) x[i] = rank * 10 + 1;
+    CHECK(graft_transport_reduce_i64(t, x, N, g) == GRAFT_OK);
+    int64_t want = 0;
     for (int r = rank % 2; r < nranks; r += 2) want += r * 10 + 1;
     if (rank < 2) /* world ranks 0 and 1 are the roots of their groups */
-        for (int i = 0; i < N; i++) CHECK(x[i] == (float)want);
+        for (int i = 0; i < N; i++) CHECK(x[i] == want);
     else
-        for (int i = 0; i < N; i++) CHECK(x[i] == (float)(rank * 10 + 1)); /* untouched */
+        for (int i = 0; i < N; i++) CHECK(x[i] == rank * 10 + 1); /* untouched */
+}
+
+/* The coordinator starts a world reduction, then keeps receiving: each
+ * worker first sends a heartbeat, sleeps, and only then joins. The reduction
+ * stays in flight (not done) until the last rank joined, and the messages
+ * arrive meanwhile. */
+static void nonblocking(graft_transport_t *t) {
+    int64_t x[N];
+    for (int i = 0; i < N; i++) x[i] = rank == 0 ? 0 : (int64_t)rank * i;
+    graft_reduce_t *req = NULL;
+    if (rank == 0) {
+        CHECK(graft_transport_ireduce_i64(t, x, N, GRAFT_GROUP_WORLD, &req) == GRAFT_OK);
+        int seen = 0, done_early = 0;
+        while (seen < nranks - 1) {
+            graft_msg_t m;
+            if (recv_msg(t, &m) < 0) break;
+            CHECK(m.type == GRAFT_MSG_HEARTBEAT);
+            graft_msg_free(&m);
+            seen++;
+            if (graft_transport_reduce_test(t, &req) == 1) done_early = 1;
+        }
+        CHECK(!done_early);
+        double t0 = graft_now();
+        int rc;
+        while ((rc = graft_transport_reduce_test(t, &req)) == 0 && graft_now() - t0 < 20) {
+        }
+        CHECK(rc == 1 && req == NULL);
+        int64_t rsum = (int64_t)nranks * (nranks - 1) / 2;
+        for (int i = 0; i < N; i++) CHECK(x[i] == rsum * i);
+    } else {
+        graft_msg_t hb = {.type = GRAFT_MSG_HEARTBEAT, .run_id = RUN,
+                          .heartbeat = {.worker_id = (uint32_t)rank, .unix_ms = 2}};
+        send_msg(t, 0, &hb);
+        struct timespec nap = {0, 200 * 1000000L};
+        nanosleep(&nap, NULL);
+        CHECK(graft_transport_reduce_i64(t, x, N, GRAFT_GROUP_WORLD) == GRAFT_OK);
+    }
 }
 
 int main(int argc, char **argv) {
@@ -182,6 +222,7 @@ int main(int argc, char **argv) {
         ping(t);
         errors(t);
         reductions(t);
+        nonblocking(t);
     }
     graft_transport_destroy(&t);
     int total = 0;

@@ -164,8 +164,10 @@ static void test_round_start_roundtrip(void **state) {
                                      .hyper = {.learning_rate = 3e-4f, .local_steps = 3,
                                                .batch_size = 16, .weight_decay = 0.01f,
                                                .fedprox_mu = 0.5f, .step_lr = RATES,
-                                               .nstep_lr = 3},
-                                     .deadline_ms = 30000}};
+                                               .nstep_lr = 3, .freeze_lora_a = 1},
+                                     .deadline_ms = 30000,
+                                     .reduce = {.collective = 1, .clip_norm = 2.5f,
+                                                .lora_products = 1}}};
     graft_msg_t d;
     char why[256];
     assert_int_equal(roundtrip(&m, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
@@ -178,6 +180,10 @@ static void test_round_start_roundtrip(void **state) {
     assert_int_equal(r->hyper.local_steps, 3);
     assert_int_equal(r->hyper.nstep_lr, 3);
     assert_memory_equal(r->hyper.step_lr, RATES, sizeof RATES);
+    assert_int_equal(r->hyper.freeze_lora_a, 1);
+    assert_int_equal(r->reduce.collective, 1);
+    assert_true(r->reduce.clip_norm == 2.5f);
+    assert_int_equal(r->reduce.lora_products, 1);
     assert_int_equal(r->hyper.batch_size, 16);
     assert_int_equal(r->ntensors, 2);
     assert_tensor_equal(&r->tensors[0], &t[0]);
@@ -528,6 +534,9 @@ static void test_fields(void **state) {
     expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "3 step learning rates for 1");
     r.round_start.hyper.local_steps = 3;
     expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "step_learning_rates[1] is nan");
+    rates[1] = 0.2f;
+    r.round_start.reduce.clip_norm = -2;
+    expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "clip_norm is -2");
 
     graft_wire_metric_t met = {"ppl", INFINITY};
     graft_msg_t e = {.type = GRAFT_MSG_EVAL_RESULT, .run_id = RUN,

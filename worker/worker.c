@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "contribute.h"
 #include "trainer.h"
 #include "wire.h"
 
@@ -20,10 +21,22 @@ typedef struct {
     uint64_t run_id; /* 0 until the coordinator assigns us */
     uint32_t id;
     uint64_t stream; /* the batch sampler's stream */
-    int failed;      /* stopped because it cannot take part (refused, bad assignment) */
+    /* Each trainer task's index among the run's tasks (--tasks order): its
+     * MPI group. */
+    int run_task[GRAFT_MAX_TASKS];
+    int n_run_tasks;
     double last_beat;
     graft_wire_schema_entry_t schema_entries[GRAFT_MAX_TASKS + 1];
     graft_wire_schema_t schema;
+    /* The values each scope was sent this round (0: shared, 1 + t: task t):
+     * the FedProx anchor and the base of an MPI contribution. */
+    float *global[GRAFT_MAX_TASKS + 1];
+    graft_contributor_t *contrib; /* MPI reductions, made at first use */
+    volatile sig_atomic_t *stop;
+    /* The worker stops because it cannot take part: GRAFT_EINVAL (refused,
+     * cannot train its assignment), GRAFT_ESTATE (the assignment changed),
+     * GRAFT_EIO (an MPI reduction failed); 0 while it can. */
+    int failed;
 } worker_t;
 
 static uint64_t name_hash(const char *s) {
@@ -235,6 +248,19 @@ static void build_schema(worker_t *w) {
     w->schema = (graft_wire_schema_t){w->schema_entries, (size_t)p->n_tasks + 1};
 }
 
+/* Each trainer task's index among the run's tasks (the MPI groups are the
+ * run's, one per run task). */
+static void map_run_tasks(worker_t *w) {
+    graft_task_spec_t specs[GRAFT_MAX_TASKS];
+    w->n_run_tasks = graft_run_task_specs(&w->o.cfg, specs, GRAFT_MAX_TASKS);
+    for (int t = 0; t < w->tr->n_tasks; t++) {
+        int r = 0;
+        while (r < w->n_run_tasks && strcmp(specs[r].name, graft_task_name(w->tr->tasks[t]))) r++;
+        GRAFT_ASSERT(r < w->n_run_tasks); /* the shards were loaded from these specs */
+        w->run_task[t] = r;
+    }
+}
+
 /* Builds the trainer for the assigned tasks (in --tasks order); shards not
  * assigned are dropped. */
 static int build_trainer(worker_t *w, const graft_wire_assign_t *a) {
@@ -263,6 +289,7 @@ static int build_trainer(worker_t *w, const graft_wire_assign_t *a) {
     }
     if ((rc = graft_trainer_new_with_tasks(&w->o.cfg, tasks, n, &w->tr))) return rc;
     build_schema(w);
+    map_run_tasks(w);
     LOG_INFO("worker %s: registered as worker %u; trains %s%s", w->name, w->id, list,
              n > 1 ? " in turn, one task per local step" : "");
     return GRAFT_OK;
@@ -288,12 +315,12 @@ static int on_assign(worker_t *w, const graft_msg_t *m) {
         LOG_ERROR("worker %s: the coordinator now assigns other tasks than at the start; restart "
                   "this worker", w->name);
         send_error(w, GRAFT_ESTATE, "assignment changed; the worker stops");
-        w->failed = 1;
+        w->failed = GRAFT_ESTATE;
         return 1;
     }
     if (build_trainer(w, &m->assign)) {
         send_error(w, GRAFT_EINVAL, "the worker cannot train its assignment (see its log)");
-        w->failed = 1;
+        w->failed = GRAFT_EINVAL;
         return 1;
     }
     return 0;
@@ -309,26 +336,94 @@ static graft_scope_t *scope_named(worker_t *w, const char *name) {
     return NULL;
 }
 
+/* Scope slot (0: shared, 1 + t: trainer task t) of a scope of ours. */
+static int scope_slot(const worker_t *w, const graft_scope_t *s) {
+    graft_peft_t *p = w->tr->peft;
+    for (int t = 0; t < p->n_tasks; t++)
+        if (s == p->tasks[t].scope) return 1 + t;
+    return 0;
+}
+
+/* Imports the round's modules, keeps a copy of what was sent, and sets
+ * the round's FedProx anchor and LoRA A freezing. */
+static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_scope_t **sent,
+                         size_t n) {
+    graft_peft_t *p = w->tr->peft;
+    p->shared->prox_ref = NULL;
+    for (int t = 0; t < p->n_tasks; t++) p->tasks[t].scope->prox_ref = NULL;
+    for (size_t i = 0; i < n; i++) {
+        int k = scope_slot(w, sent[i]);
+        if (!w->global[k]) w->global[k] = graft_xmalloc((sent[i]->numel + 1) * sizeof(float));
+        memcpy(w->global[k], rs->tensors[i].data, sent[i]->numel * sizeof(float));
+        graft_scope_import(sent[i], w->global[k]);
+        graft_scope_reset_state(sent[i]);
+        sent[i]->prox_ref = w->global[k];
+    }
+    w->tr->prox_mu = rs->hyper.fedprox_mu;
+    graft_peft_freeze_lora_a(p, rs->hyper.freeze_lora_a);
+}
+
+static uint64_t task_examples(const worker_t *w, int t) {
+    return graft_task_count(w->tr->tasks[t], GRAFT_SPLIT_TRAIN);
+}
+
+static void tick(void *arg) {
+    heartbeat(arg);
+}
+
+/* MPI reductions: every scope this worker trains (its trainer holds exactly
+ * its assigned tasks) joins its reduction; one that was not trained
+ * (trained == 0) contributes nothing but still joins, so that no rank waits
+ * forever. */
+static void contribute(worker_t *w, const graft_wire_round_start_t *rs, int trained) {
+    graft_peft_t *p = w->tr->peft;
+    if (!w->contrib) w->contrib = graft_contributor_new(w->o.tp, p, w->n_run_tasks);
+    graft_contribution_t parts[GRAFT_MAX_TASKS + 1];
+    int assigned[GRAFT_MAX_TASKS] = {0}, n = 0;
+    uint64_t samples = 0;
+    for (int t = 0; t < w->tr->n_tasks; t++) samples += task_examples(w, t);
+    if (p->shared->numel)
+        parts[n++] = (graft_contribution_t){.task = -1, .global = trained ? w->global[0] : NULL,
+                                            .trained = p->shared->params, .weight = samples};
+    for (int t = 0; t < w->tr->n_tasks; t++) {
+        assigned[w->run_task[t]] = 1;
+        if (!p->tasks[t].scope->numel) continue;
+        parts[n++] = (graft_contribution_t){.task = t, .run_task = w->run_task[t],
+                                            .global = trained ? w->global[1 + t] : NULL,
+                                            .trained = p->tasks[t].scope->params,
+                                            .weight = task_examples(w, t)};
+    }
+    int rc = graft_contributor_run(w->contrib, &rs->reduce, rs->hyper.freeze_lora_a, assigned,
+                                   parts, n, tick, w, w->stop);
+    if (rc) {
+        LOG_ERROR("worker %s: round %llu: the MPI reduction failed: %s", w->name,
+                  (unsigned long long)rs->round, graft_strerror(rc));
+        w->failed = GRAFT_EIO;
+    }
+}
+
 static void on_round_start(worker_t *w, const graft_msg_t *m) {
     const graft_wire_round_start_t *rs = &m->round_start;
     graft_scope_t *sent[GRAFT_MAX_TASKS + 1];
     size_t n = rs->ntensors;
+    const char *bad = NULL;
     if (n > GRAFT_MAX_TASKS + 1) {
         LOG_WARN("worker %s: dropping round_start: %zu tensors", w->name, n);
-        return;
+        bad = "too many tensors";
     }
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n && !bad; i++) {
         sent[i] = scope_named(w, rs->tensors[i].name);
         if (!sent[i] || sent[i]->numel != rs->tensors[i].numel || rs->tensors[i].sparse) {
             LOG_WARN("worker %s: dropping round_start %llu: tensor '%s' is not a scope of mine",
                      w->name, (unsigned long long)rs->round, rs->tensors[i].name);
-            return;
+            bad = "a tensor that is not a scope of this worker";
         }
     }
-    for (size_t i = 0; i < n; i++) {
-        graft_scope_import(sent[i], rs->tensors[i].data);
-        graft_scope_reset_state(sent[i]);
+    if (bad) {
+        if (rs->reduce.collective) contribute(w, rs, 0);
+        return;
     }
+    import_round(w, rs, sent, n);
     graft_trainer_t *tr = w->tr;
     uint32_t steps = rs->hyper.local_steps;
     int64_t first = (int64_t)(rs->round - 1) * steps;
@@ -341,22 +436,24 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
         heartbeat(w);
     }
     uint64_t samples = 0;
-    for (int t = 0; t < tr->n_tasks; t++)
-        samples += graft_task_count(tr->tasks[t], GRAFT_SPLIT_TRAIN);
+    for (int t = 0; t < tr->n_tasks; t++) samples += task_examples(w, t);
     graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
     for (size_t i = 0; i < n; i++)
         ts[i] = (graft_wire_tensor_t){.name = sent[i]->name, .ndim = 1,
                                       .shape = {(int64_t)sent[i]->numel},
                                       .data = sent[i]->params, .numel = sent[i]->numel};
     graft_msg_t u = {.type = GRAFT_MSG_UPDATE};
+    /* With reductions the modules travel through MPI, not in the Update. */
     u.update = (graft_wire_update_t){.round = rs->round, .worker_id = w->id, .tensors = ts,
-                                     .ntensors = n, .sample_count = samples,
+                                     .ntensors = rs->reduce.collective ? 0 : n,
+                                     .sample_count = samples,
                                      .train_loss = steps ? loss / steps : 0.0,
                                      .train_tokens = (uint64_t)steps * tr->B * tr->T,
                                      .train_seconds = graft_now() - t0};
     LOG_INFO("worker %s: round %llu: %u steps, loss %.4f, %.2fs", w->name,
              (unsigned long long)rs->round, steps, u.update.train_loss, u.update.train_seconds);
     send_msg(w, &u);
+    if (rs->reduce.collective) contribute(w, rs, 1);
 }
 
 /* Returns 1 when the worker should stop. */
@@ -387,7 +484,8 @@ static int handle(worker_t *w, const uint8_t *buf, size_t len) {
             send_hello(w);
         } else if (!w->id && m.error.code == GRAFT_EINVAL) {
             LOG_ERROR("worker %s: the coordinator refused this worker; stopping", w->name);
-            w->failed = stop = 1;
+            w->failed = GRAFT_EINVAL;
+            stop = 1;
         }
         break;
     default:
@@ -398,7 +496,7 @@ static int handle(worker_t *w, const uint8_t *buf, size_t len) {
 }
 
 int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop) {
-    worker_t w = {.o = *o};
+    worker_t w = {.o = *o, .stop = stop};
     if (o->name && *o->name) snprintf(w.name, sizeof w.name, "%s", o->name);
     else graft_worker_default_name(o, w.name, sizeof w.name);
     char folder[GRAFT_WIRE_MAX_NAME + 1] = "";
@@ -413,7 +511,7 @@ int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop) 
                       o->shard_index, o->shard_count);
         send_hello(&w);
     }
-    while (!rc && !done && !(stop && *stop)) {
+    while (!rc && !done && !w.failed && !(stop && *stop)) {
         int peer;
         uint8_t *buf = NULL;
         size_t len = 0;
@@ -427,7 +525,10 @@ int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop) 
         heartbeat(&w);
     }
     for (int i = 0; i < w.n_held; i++) graft_task_destroy(&w.held[i]);
+    graft_contributor_destroy(&w.contrib);
+    for (int k = 0; k <= GRAFT_MAX_TASKS; k++) free(w.global[k]);
     graft_trainer_destroy(&w.tr);
     if (rc) return rc;
-    return done && !w.failed ? GRAFT_OK : GRAFT_ESTATE;
+    if (w.failed) return w.failed;
+    return done ? GRAFT_OK : GRAFT_ESTATE;
 }

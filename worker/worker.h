@@ -16,8 +16,13 @@
  * their label sets, the run id); the worker then builds its trainer for
  * exactly those tasks -> for each RoundStart: import the shared and task
  * scopes, reset the optimiser state, run local_steps steps at the rates the
- * coordinator sends (the run's schedule), reply Update (the scopes, the
- * sample count, the mean loss, the seconds spent training). A worker
+ * coordinator sends (the run's schedule; with the round's FedProx term
+ * toward the values it was sent, and LoRA A frozen when asked), reply
+ * Update (the scopes, the sample count, the mean loss, the seconds spent
+ * training). When the RoundStart asks for MPI reductions the Update carries
+ * no tensors and the worker then joins the reductions (contribute.h; the
+ * groups are the run's tasks, so the worker maps its trainer's tasks to
+ * their --tasks indices), heartbeating while it waits. A worker
  * holding several tasks trains them in turn: local step s of round r is
  * global step g = (r-1)*local_steps + s and trains the task that --mix
  * picks for step g among its own tasks (round-robin: its tasks in run
