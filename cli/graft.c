@@ -128,20 +128,18 @@ static int graft_one(task_run_t *run, double sparsity, graft_mask_t **out) {
     if (refined) {
         graft_refine_stats_t st;
         graft_mask_t *better = graft_grafting_refine(g, run->t, k, &st);
-        graft_eval_result_t before, after;
-        graft_grafting_use_mask(g, mask);
-        graft_trainer_evaluate(g->tr, run->t, GRAFT_SPLIT_TRAIN, &before);
-        graft_grafting_use_mask(g, better);
-        graft_trainer_evaluate(g->tr, run->t, GRAFT_SPLIT_TRAIN, &after);
-        LOG_INFO("%s sparsity %g: refined %d steps over %zu candidates (relaxed batch loss %.4f -> "
-                 "%.4f); %zu of k=%zu entries changed; train loss %.4f -> %.4f", task, sparsity,
-                 st.steps, st.candidates, st.first_loss, st.last_loss, st.changed, k, before.loss,
-                 after.loss);
+        LOG_INFO("%s sparsity %g: refined %d steps over %zu candidates (batch loss %.4f -> %.4f); "
+                 "train loss %.4f (top-k) vs %.4f (refined): %s, %zu of k=%zu entries changed",
+                 task, sparsity, st.steps, st.candidates, st.first_loss, st.last_loss,
+                 st.train_loss_topk, st.train_loss_refined,
+                 st.accepted ? "refined mask kept" : "top-k mask kept", st.changed, k);
         json_object_set_new(info, "refine_steps", json_integer(st.steps));
         json_object_set_new(info, "candidates", json_integer((json_int_t)st.candidates));
+        json_object_set_new(info, "train_loss_topk", json_real(st.train_loss_topk));
+        json_object_set_new(info, "train_loss_refined", json_real(st.train_loss_refined));
+        json_object_set_new(info, "accepted", json_boolean(st.accepted));
         json_object_set_new(info, "changed", json_integer((json_int_t)st.changed));
-        json_object_set_new(info, "train_loss_topk", json_real(before.loss));
-        json_object_set_new(info, "train_loss_refined", json_real(after.loss));
+        refined = st.accepted;
         graft_mask_destroy(&mask);
         mask = better;
     }

@@ -7,9 +7,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* Initial logits of the relaxed mask: sigmoid(3) = 0.953 for the top-k
- * entries, sigmoid(-3) = 0.047 for the other candidates. */
-#define REFINE_LOGIT 3.0f
+/* Initial refinement scores: the top-k entries lead the other candidates
+ * by 2 * 3, so that (Adam moving a score by about the learning rate a step)
+ * a swap takes consistent evidence over several batches. */
+#define REFINE_SCORE 3.0f
 
 int graft_grafting_new(const graft_run_config_t *cfg, graft_grafting_t **out) {
     *out = NULL;
@@ -155,33 +156,40 @@ graft_mask_t *graft_grafting_top_k(const graft_grafting_t *g, size_t k) {
 
 /* ---- refinement --------------------------------------------------------- */
 
-static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
-
 typedef struct {
-    const float *logit;
-} by_logit_t;
+    const float *score;
+} by_score_t;
 
-/* Larger logit first; equal logits by candidate rank (larger movement). */
-static int cmp_logit(const void *a, const void *b, void *ctx) {
-    const float *s = ((const by_logit_t *)ctx)->logit;
+/* Larger score first; equal scores by candidate rank (larger movement). */
+static int cmp_score(const void *a, const void *b, void *ctx) {
+    const float *s = ((const by_score_t *)ctx)->score;
     size_t i = *(const size_t *)a, j = *(const size_t *)b;
     if (s[i] != s[j]) return s[i] > s[j] ? -1 : 1;
     return (i > j) - (i < j);
 }
 
-/* The k candidates with the largest logits, as a mask. */
-static graft_mask_t *binarise(const graft_grafting_t *g, const int64_t *cand, const float *logit,
+/* The k candidates with the largest scores, as a mask. */
+static graft_mask_t *binarise(const graft_grafting_t *g, const int64_t *cand, const float *score,
                               size_t n, size_t k) {
-    size_t *pos = graft_xmalloc(n * sizeof *pos);
+    size_t *pos = graft_xmalloc((n ? n : 1) * sizeof *pos);
     for (size_t i = 0; i < n; i++) pos[i] = i;
-    by_logit_t ctx = {logit};
-    qsort_r(pos, n, sizeof *pos, cmp_logit, &ctx);
+    by_score_t ctx = {score};
+    qsort_r(pos, n, sizeof *pos, cmp_score, &ctx);
     int64_t *order = graft_xmalloc((k ? k : 1) * sizeof *order);
     for (size_t i = 0; i < k; i++) order[i] = cand[pos[i]];
     graft_mask_t *mask = graft_mask_from_order(order, k, g->ft);
     free(order);
     free(pos);
     return mask;
+}
+
+/* Mean loss of task t's training split (at most cfg.eval_max examples)
+ * with the graft of mask. */
+static double train_loss(graft_grafting_t *g, int t, const graft_mask_t *mask) {
+    graft_grafting_use_mask(g, mask);
+    graft_eval_result_t r;
+    graft_trainer_evaluate(g->tr, t, GRAFT_SPLIT_TRAIN, &r);
+    return r.loss;
 }
 
 graft_mask_t *graft_grafting_refine(graft_grafting_t *g, int t, size_t k,
@@ -191,41 +199,45 @@ graft_mask_t *graft_grafting_refine(graft_grafting_t *g, int t, size_t k,
     size_t n = (size_t)cfg->graft_candidates * k;
     if (n > g->layout.num_eligible) n = g->layout.num_eligible;
     const int64_t *cand = g->order; /* the top n by movement */
-    /* One block: logits, their gradients, Adam's m and v, and the movements. */
+    /* One block: scores, their gradients, Adam's m and v, and the movements. */
     float *block = graft_xcalloc(5 * (n ? n : 1), sizeof(float));
-    float *logit = block, *grad = block + n, *adam_m = block + 2 * n, *adam_v = block + 3 * n;
+    float *score = block, *grad = block + n, *adam_m = block + 2 * n, *adam_v = block + 3 * n;
     float *delta = block + 4 * n;
     for (size_t i = 0; i < n; i++) {
-        logit[i] = i < k ? REFINE_LOGIT : -REFINE_LOGIT;
+        score[i] = i < k ? REFINE_SCORE : -REFINE_SCORE;
         delta[i] = g->ft[cand[i]] - g->pre[cand[i]];
     }
     graft_adamw_config_t opt = graft_adamw_defaults();
     opt.weight_decay = 0.0f;
-    graft_gpt2_t *m = g->tr->trunk;
-    float *theta = m->params_memory;
-    const float *dtheta = m->grads_memory;
+    const float *dtheta = g->tr->trunk->grads_memory;
     memset(stats, 0, sizeof *stats);
     stats->steps = cfg->graft_refine_steps;
     stats->candidates = n;
-    graft_grafting_use_pretrained(g);
     for (int step = 1; step <= cfg->graft_refine_steps; step++) {
-        for (size_t i = 0; i < n; i++)
-            theta[cand[i]] = g->pre[cand[i]] + sigmoidf(logit[i]) * delta[i];
+        graft_mask_t *cur = binarise(g, cand, score, n, k);
+        graft_grafting_use_mask(g, cur);
+        graft_mask_destroy(&cur);
         double loss = graft_trainer_backward(g->tr, t);
         if (step == 1) stats->first_loss = loss;
         stats->last_loss = loss;
-        for (size_t i = 0; i < n; i++) {
-            float sg = sigmoidf(logit[i]);
-            grad[i] = dtheta[cand[i]] * delta[i] * sg * (1.0f - sg);
-        }
-        graft_adamw_update(&opt, logit, grad, adam_m, adam_v, n, cfg->graft_refine_lr, step,
+        /* Straight through the binarisation: d theta_i / d gamma_i = delta_i. */
+        for (size_t i = 0; i < n; i++) grad[i] = dtheta[cand[i]] * delta[i];
+        graft_adamw_update(&opt, score, grad, adam_m, adam_v, n, cfg->graft_refine_lr, step,
                            1.0f, 0);
     }
-    graft_grafting_use_pretrained(g);
-    graft_mask_t *mask = binarise(g, cand, logit, n, k);
+    graft_mask_t *mask = binarise(g, cand, score, n, k);
     graft_mask_t *top = graft_grafting_top_k(g, k);
+    stats->train_loss_topk = train_loss(g, t, top);
+    stats->train_loss_refined = train_loss(g, t, mask);
+    stats->accepted = stats->train_loss_refined < stats->train_loss_topk;
+    if (!stats->accepted) {
+        graft_mask_t *tmp = mask;
+        mask = top;
+        top = tmp;
+    }
     stats->changed = k - graft_mask_intersection(mask, top);
     graft_mask_destroy(&top);
+    graft_grafting_use_pretrained(g);
     free(block);
     return mask;
 }

@@ -40,10 +40,11 @@ const graft_option_t graft_run_options[] = {
      "graft: trunk tensors a mask may select: attn, mlp, ln, embed or all (the default leaves "
      "out the embeddings)"},
     {"graft_refine_steps", GRAFT_OPT_INT, OFF(graft_refine_steps), "0", 0, 1e9,
-     "graft: steps refining each mask as sigmoid(logits) on the task's training data before "
-     "re-binarising it to the same k; 0: plain top-k by |theta_ft - theta_pre|"},
-    {"graft_refine_lr", GRAFT_OPT_FLOAT, OFF(graft_refine_lr), "0.1", 0, 1e6,
-     "graft: Adam learning rate of the mask logits"},
+     "graft: steps refining each mask on the task's training data (scores per candidate, "
+     "straight-through gradient, same k; kept only if it lowers the training loss); 0: plain "
+     "top-k by |theta_ft - theta_pre|"},
+    {"graft_refine_lr", GRAFT_OPT_FLOAT, OFF(graft_refine_lr), "0.3", 0, 1e6,
+     "graft: Adam learning rate of the refinement scores (they start 6 apart)"},
     {"graft_candidates", GRAFT_OPT_INT, OFF(graft_candidates), "4", 1, 1e6,
      "graft: the refined mask chooses among the top N*k parameters by movement"},
     {"steps", GRAFT_OPT_INT, OFF(steps), "300", 1, 1e9, "optimiser steps (centralized)"},
