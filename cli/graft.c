@@ -217,6 +217,9 @@ int cli_train_graft(const graft_run_config_t *cfg) {
                                 "trunk_params", (json_int_t)lay->num_params));
     LOG_INFO("graft: %d tasks; masks over %s: %zu eligible of %zu trunk parameters; sparsities %s",
              n, groups, lay->num_eligible, lay->num_params, cfg->sparsity);
+    if (n > 1 && !strchr(cfg->finetuned, '=') && cfg->graft_refine_steps == 0)
+        LOG_INFO("graft: every task grafts from one fine-tuned checkpoint; without "
+                 "--graft_refine_steps their masks are the same top-k");
     graft_mask_t **masks = graft_xcalloc((size_t)nsp * n, sizeof *masks);
     graft_mask_t **each = graft_xcalloc((size_t)nsp, sizeof *each);
     double t0 = graft_now();

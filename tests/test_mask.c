@@ -719,6 +719,23 @@ static void test_commands(void **state) {
     graft_mask_destroy(&m[1]);
     graft_grafting_destroy(&g);
 
+    /* graft inspect --method graft: k = round(sparsity * eligible) per task. */
+    snprintf(base, sizeof base, common, "inspect");
+    snprintf(cmd, sizeof cmd, "%s --sparsity 0.01,0.001 >%s/inspect.out 2>&1", base, g_dir);
+    run(cmd);
+    snprintf(path, sizeof path, "%s/inspect.out", g_dir);
+    FILE *ip = fopen(path, "r");
+    assert_non_null(ip);
+    char text[8192];
+    text[fread(text, 1, sizeof text - 1, ip)] = '\0';
+    fclose(ip);
+    assert_contains(text, "masks over attn,mlp,ln: 25472 eligible parameters");
+    assert_contains(text, "0.01                  255");
+    assert_contains(text, "0.001                  25");
+    assert_contains(text, "task.majority                head                132");
+    /* majority at 0.01: 255 + 4 * 32 + 4 */
+    assert_contains(text, "majority                     0.01                  387");
+
     /* graft eval --method graft: the saved mask gives the train run's accuracy. */
     snprintf(base, sizeof base, common, "eval");
     snprintf(cmd, sizeof cmd, "%s --resume %s/mask.pairs.s0.05.safetensors >%s/eval.out 2>&1",
