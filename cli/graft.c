@@ -88,29 +88,38 @@ static double recovered(const task_run_t *run, const graft_eval_result_t *r) {
     return fabs(b - a) > 1e-12 ? (x - a) / (b - a) : NAN;
 }
 
+/* What a graft is (evaluate() takes NULL for the fine-tuned and pretrained models). */
+typedef struct {
+    double sparsity;
+    size_t k;
+    int refined;
+} graft_point_t;
+
 /* Evaluates the trunk as it stands on task t's test split; prints and logs
  * it under `model` (with the sparsity and k of a graft). */
-static void evaluate(task_run_t *run, const char *model, double sparsity, size_t k, int refined,
+static void evaluate(task_run_t *run, const char *model, const graft_point_t *gp,
                      graft_eval_result_t *r) {
     graft_trainer_t *tr = run->g->tr;
     graft_trainer_evaluate(tr, run->t, GRAFT_SPLIT_TEST, r);
     char line[256], label[64];
     graft_eval_format(tr, r, line, sizeof line);
-    if (k)
-        snprintf(label, sizeof label, "%s %g (k=%zu)", model, sparsity, k);
-    else
-        snprintf(label, sizeof label, "%s", model);
     json_t *o = graft_eval_json(tr, r);
     json_object_set_new(o, "model", json_string(model));
-    if (k) {
-        double rec = recovered(run, r);
-        json_object_set_new(o, "sparsity", json_real(sparsity));
-        json_object_set_new(o, "k", json_integer((json_int_t)k));
-        json_object_set_new(o, "refined", json_boolean(refined));
-        if (!isnan(rec)) json_object_set_new(o, "recovered", json_real(rec));
-        printf("%-28s %s  recovers %.1f%% of the fine-tuned gain\n", label, line, 100.0 * rec);
+    if (!gp) {
+        printf("%-28s %s\n", model, line);
+        graft_events_emit(run->ev, "eval", o);
+        return;
+    }
+    snprintf(label, sizeof label, "%s %g (k=%zu)", model, gp->sparsity, gp->k);
+    double rec = recovered(run, r);
+    json_object_set_new(o, "sparsity", json_real(gp->sparsity));
+    json_object_set_new(o, "k", json_integer((json_int_t)gp->k));
+    json_object_set_new(o, "refined", json_boolean(gp->refined));
+    if (isnan(rec)) {
+        printf("%-28s %s  (no fine-tuned gain to recover)\n", label, line);
     } else {
-        printf("%-28s %s\n", label, line);
+        json_object_set_new(o, "recovered", json_real(rec));
+        printf("%-28s %s  recovers %.1f%% of the fine-tuned gain\n", label, line, 100.0 * rec);
     }
     graft_events_emit(run->ev, "eval", o);
 }
@@ -145,7 +154,8 @@ static int graft_one(task_run_t *run, double sparsity, graft_mask_t **out) {
     }
     graft_grafting_use_mask(g, mask);
     graft_eval_result_t r;
-    evaluate(run, "graft", sparsity, k, refined, &r);
+    graft_point_t gp = {sparsity, k, refined};
+    evaluate(run, "graft", &gp, &r);
     char path[2 * GRAFT_OPT_STR];
     snprintf(path, sizeof path, "%s/mask.%s.s%g.safetensors", cfg->out, task, sparsity);
     int rc = graft_grafting_save(g, run->t, mask, sparsity, cfg->graft_refine_steps, path);
@@ -166,9 +176,9 @@ static int graft_task(task_run_t *run, const double *sp, int nsp, graft_mask_t *
     if (!rc) rc = graft_grafting_load_finetuned(g, run->t, path);
     if (rc) return rc;
     graft_grafting_use_finetuned(g);
-    evaluate(run, "finetuned", 0, 0, 0, &run->ft);
+    evaluate(run, "finetuned", NULL, &run->ft);
     graft_grafting_use_pretrained(g);
-    evaluate(run, "pretrained", 0, 0, 0, &run->pre);
+    evaluate(run, "pretrained", NULL, &run->pre);
     for (int s = 0; s < nsp && !rc; s++) rc = graft_one(run, sp[s], &masks[s]);
     graft_grafting_use_pretrained(g);
     return rc;
@@ -226,6 +236,7 @@ int cli_train_graft(const graft_run_config_t *cfg) {
     int rc = GRAFT_OK;
     for (int t = 0; t < n && !rc; t++) {
         task_run_t run = {.g = g, .ev = ev, .t = t};
+        memset(each, 0, (size_t)nsp * sizeof *each);
         rc = graft_task(&run, sp, nsp, each);
         for (int s = 0; s < nsp; s++) masks[(size_t)s * n + t] = each[s];
     }

@@ -86,7 +86,9 @@ int graft_grafting_finetuned_path(const graft_grafting_t *g, int t, char *out, s
 
 static int check_finetuned(const graft_grafting_t *g, const graft_st_file_t *f) {
     const char *path = graft_st_path(f), *method = graft_st_meta(f, "train.method");
-    if (!method || (strcmp(method, "full") != 0 && strcmp(method, "full,head") != 0)) {
+    int methods = 0;
+    if (!method || graft_peft_parse_methods(method, &methods) ||
+        (methods & ~GRAFT_M_HEAD) != GRAFT_M_FULL) {
         LOG_ERROR("%s: trained with method '%s'; grafting needs a full fine-tuning checkpoint "
                   "(graft train --method full)", path, method ? method : "?");
         return GRAFT_EFORMAT;
@@ -109,23 +111,22 @@ int graft_grafting_load_finetuned(graft_grafting_t *g, int t, const char *path) 
     size_t bytes = m->num_params * sizeof(float);
     graft_scope_t *head = g->tr->peft->tasks[t].scope;
     if (strcmp(path, g->ft_path) != 0) {
+        g->ft_path[0] = '\0';
+        free(g->order);
+        g->order = NULL;
         /* The shared scope of method full wraps the trunk's parameters. */
         rc = graft_scope_st_read(g->tr->peft->shared, f);
         if (!rc) rc = check_finetuned(g, f);
         if (!rc) {
             memcpy(g->ft, m->params_memory, bytes);
-            free(g->order);
             g->order = graft_mask_rank(&g->layout, g->pre, g->ft);
             snprintf(g->ft_path, sizeof g->ft_path, "%s", path);
-        } else {
-            g->ft_path[0] = '\0';
         }
         memcpy(m->params_memory, g->pre, bytes);
     }
-    if (!rc && head->numel > 0) rc = graft_scope_st_read(head, f);
-    if (rc)
-        LOG_ERROR("%s: cannot take task '%s' from it (the fine-tuning run must have had a task of "
-                  "that name)", path, graft_task_name(g->tr->tasks[t]));
+    if (!rc && head->numel > 0 && (rc = graft_scope_st_read(head, f)))
+        LOG_ERROR("%s: has no head for task '%s' (the fine-tuning run must have had a task of "
+                  "that name and kind)", path, graft_task_name(g->tr->tasks[t]));
     graft_st_close(&f);
     return rc;
 }
