@@ -15,58 +15,82 @@
 
 /* ---- overlap reports ------------------------------------------------------ */
 
-/* Prints the Jaccard matrix of n masks and, with a prefix, writes it as
- * PREFIX.tsv and PREFIX.json (labels, k, intersections, Jaccard). */
-static int report_overlap(graft_mask_t *const *masks, const char *const *labels, int n,
-                          const char *prefix) {
-    int w = 8;
-    for (int j = 0; j < n; j++) w = (int)strlen(labels[j]) > w ? (int)strlen(labels[j]) : w;
-    printf("%-*s", w + 2, "jaccard");
-    for (int j = 0; j < n; j++) printf(" %*s", w, labels[j]);
-    printf("\n");
+/* The overlap of n masks as JSON: tasks (labels), k, Jaccard and
+ * intersection matrices; sparsity when one applies (> 0). */
+static json_t *overlap_json(graft_mask_t *const *masks, const char *const *labels, int n,
+                            double sparsity) {
     json_t *jl = json_array(), *jk = json_array(), *jj = json_array(), *ji = json_array();
-    char path[GRAFT_OPT_STR + 16];
-    FILE *tsv = NULL;
-    if (prefix) {
-        snprintf(path, sizeof path, "%s.tsv", prefix);
-        if (graft_mkdirs_for(path) || !(tsv = fopen(path, "w"))) {
-            LOG_ERROR("%s: cannot write the overlap table", path);
-            json_decref(jl), json_decref(jk), json_decref(jj), json_decref(ji);
-            return GRAFT_EIO;
-        }
-        fprintf(tsv, "task");
-        for (int j = 0; j < n; j++) fprintf(tsv, "\t%s", labels[j]);
-        fprintf(tsv, "\n");
-    }
     for (int i = 0; i < n; i++) {
         json_t *row = json_array(), *irow = json_array();
-        printf("%-*s", w + 2, labels[i]);
-        if (tsv) fprintf(tsv, "%s", labels[i]);
         for (int j = 0; j < n; j++) {
-            double jac = graft_mask_jaccard(masks[i], masks[j]);
-            printf(" %*.4f", w, jac);
-            if (tsv) fprintf(tsv, "\t%.6f", jac);
-            json_array_append_new(row, json_real(jac));
-            json_array_append_new(irow, json_integer((json_int_t)graft_mask_intersection(masks[i], masks[j])));
+            json_array_append_new(row, json_real(graft_mask_jaccard(masks[i], masks[j])));
+            json_array_append_new(
+                irow, json_integer((json_int_t)graft_mask_intersection(masks[i], masks[j])));
         }
-        printf("\n");
-        if (tsv) fprintf(tsv, "\n");
         json_array_append_new(jl, json_string(labels[i]));
         json_array_append_new(jk, json_integer((json_int_t)masks[i]->k));
         json_array_append_new(jj, row);
         json_array_append_new(ji, irow);
     }
-    json_t *o = json_pack("{s:o, s:o, s:o, s:o}", "labels", jl, "k", jk, "jaccard", jj,
+    json_t *o = json_pack("{s:o, s:o, s:o, s:o}", "tasks", jl, "k", jk, "jaccard", jj,
                           "intersection", ji);
-    int rc = GRAFT_OK;
-    if (tsv && fclose(tsv) != 0) rc = GRAFT_EIO;
-    if (prefix) {
-        snprintf(path, sizeof path, "%s.json", prefix);
-        if (json_dump_file(o, path, JSON_INDENT(1) | JSON_PRESERVE_ORDER) != 0) rc = GRAFT_EIO;
-        if (rc) LOG_ERROR("%s: cannot write the overlap report", path);
-        else printf("wrote %s.tsv and %s.json\n", prefix, prefix);
+    if (sparsity > 0) json_object_set_new(o, "sparsity", json_real(sparsity));
+    return o;
+}
+
+static int write_overlap_tsv(const char *path, json_t *o) {
+    FILE *tsv = NULL;
+    if (graft_mkdirs_for(path) || !(tsv = fopen(path, "w"))) {
+        LOG_ERROR("%s: cannot write the overlap table", path);
+        return GRAFT_EIO;
     }
-    json_decref(o);
+    json_t *tasks = json_object_get(o, "tasks"), *jac = json_object_get(o, "jaccard");
+    size_t n = json_array_size(tasks);
+    fprintf(tsv, "task");
+    for (size_t j = 0; j < n; j++) fprintf(tsv, "\t%s", json_string_value(json_array_get(tasks, j)));
+    for (size_t i = 0; i < n; i++) {
+        fprintf(tsv, "\n%s", json_string_value(json_array_get(tasks, i)));
+        for (size_t j = 0; j < n; j++)
+            fprintf(tsv, "\t%.6f", json_real_value(json_array_get(json_array_get(jac, i), j)));
+    }
+    fprintf(tsv, "\n");
+    if (fclose(tsv) != 0) {
+        LOG_ERROR("%s: cannot write the overlap table", path);
+        return GRAFT_EIO;
+    }
+    return GRAFT_OK;
+}
+
+/* Prints the Jaccard matrix of n masks, writes it as PREFIX.tsv and
+ * PREFIX.json (prefix not NULL), and logs it as a `mask_overlap` event (for
+ * `graft report`) in ev (a no-op when NULL). */
+static int report_overlap(graft_mask_t *const *masks, const char *const *labels, int n,
+                          double sparsity, const char *prefix, graft_events_t *ev) {
+    json_t *o = overlap_json(masks, labels, n, sparsity);
+    json_t *jac = json_object_get(o, "jaccard");
+    int w = 8;
+    for (int j = 0; j < n; j++) w = (int)strlen(labels[j]) > w ? (int)strlen(labels[j]) : w;
+    printf("%-*s", w + 2, "jaccard");
+    for (int j = 0; j < n; j++) printf(" %*s", w, labels[j]);
+    for (int i = 0; i < n; i++) {
+        printf("\n%-*s", w + 2, labels[i]);
+        for (int j = 0; j < n; j++)
+            printf(" %*.4f", w, json_real_value(json_array_get(json_array_get(jac, (size_t)i), (size_t)j)));
+    }
+    printf("\n");
+    int rc = GRAFT_OK;
+    if (prefix) {
+        char path[GRAFT_OPT_STR + 64];
+        snprintf(path, sizeof path, "%s.tsv", prefix);
+        rc = write_overlap_tsv(path, o);
+        snprintf(path, sizeof path, "%s.json", prefix);
+        if (!rc && json_dump_file(o, path, JSON_INDENT(1) | JSON_PRESERVE_ORDER) != 0) {
+            LOG_ERROR("%s: cannot write the overlap report", path);
+            rc = GRAFT_EIO;
+        }
+        if (!rc) printf("wrote %s.tsv and %s.json\n", prefix, prefix);
+    }
+    graft_events_emit(ev, "mask_overlap", o);
     return rc;
 }
 
@@ -106,8 +130,9 @@ static void evaluate(task_run_t *run, const char *model, const graft_point_t *gp
     json_t *o = graft_eval_json(tr, r);
     json_object_set_new(o, "model", json_string(model));
     if (!gp) {
+        /* Not "eval": `graft report` reads a graft run's evals as its masks'. */
         printf("%-28s %s\n", model, line);
-        graft_events_emit(run->ev, "eval", o);
+        graft_events_emit(run->ev, "eval_reference", o);
         return;
     }
     snprintf(label, sizeof label, "%s %g (k=%zu)", model, gp->sparsity, gp->k);
@@ -132,8 +157,9 @@ static int graft_one(task_run_t *run, double sparsity, graft_mask_t **out) {
     size_t k = graft_grafting_k(g, sparsity);
     graft_mask_t *mask = graft_grafting_top_k(g, k);
     int refined = cfg->graft_refine_steps > 0;
-    json_t *info = json_pack("{s:s, s:f, s:I, s:I}", "task", task, "sparsity", sparsity, "k",
-                             (json_int_t)k, "eligible", (json_int_t)g->layout.num_eligible);
+    json_t *info = json_pack("{s:s, s:f, s:I, s:I, s:I}", "task", task, "sparsity", sparsity,
+                             "k", (json_int_t)k, "eligible", (json_int_t)g->layout.num_eligible,
+                             "trunk", (json_int_t)g->layout.num_params);
     if (refined) {
         graft_refine_stats_t st;
         graft_mask_t *better = graft_grafting_refine(g, run->t, k, &st);
@@ -184,7 +210,8 @@ static int graft_task(task_run_t *run, const double *sp, int nsp, graft_mask_t *
     return rc;
 }
 
-static int overlaps(const graft_grafting_t *g, const double *sp, int nsp, graft_mask_t **masks) {
+static int overlaps(const graft_grafting_t *g, const double *sp, int nsp, graft_mask_t **masks,
+                    graft_events_t *ev) {
     int n = g->tr->n_tasks, rc = GRAFT_OK;
     const char *labels[GRAFT_MAX_TASKS];
     for (int t = 0; t < n; t++) labels[t] = graft_task_name(g->tr->tasks[t]);
@@ -192,7 +219,7 @@ static int overlaps(const graft_grafting_t *g, const double *sp, int nsp, graft_
         char prefix[GRAFT_OPT_STR + 32];
         snprintf(prefix, sizeof prefix, "%s/overlap.s%g", g->tr->cfg.out, sp[s]);
         printf("\nmask overlap at sparsity %g (k=%zu):\n", sp[s], masks[s * n]->k);
-        rc = report_overlap(masks + (size_t)s * n, labels, n, prefix);
+        rc = report_overlap(masks + (size_t)s * n, labels, n, sp[s], prefix, ev);
     }
     return rc;
 }
@@ -240,7 +267,7 @@ int cli_train_graft(const graft_run_config_t *cfg) {
         rc = graft_task(&run, sp, nsp, each);
         for (int s = 0; s < nsp; s++) masks[(size_t)s * n + t] = each[s];
     }
-    if (!rc && n > 1) rc = overlaps(g, sp, nsp, masks);
+    if (!rc && n > 1) rc = overlaps(g, sp, nsp, masks, ev);
     graft_events_emit(ev, "run_end", json_pack("{s:f, s:b}", "seconds", graft_now() - t0, "ok",
                                                rc == 0));
     for (int i = 0; i < nsp * n; i++) graft_mask_destroy(&masks[i]);
@@ -290,12 +317,13 @@ typedef struct {
 
 static const graft_option_t mask_options[] = {
     {"out", GRAFT_OPT_STRING, offsetof(mask_opts_t, out), "", 0, -1,
-     "overlap: also write the matrix to OUT.tsv and OUT.json"},
+     "overlap: also write the matrix to OUT/overlap.tsv and OUT/overlap.json, and a "
+     "mask_overlap event to OUT/events.jsonl (for graft report)"},
     GRAFT_OPT_END,
 };
 
 static const char *mask_usage =
-    "usage: graft mask overlap [--out PREFIX] MASK MASK...\n"
+    "usage: graft mask overlap [--out DIR] MASK MASK...\n"
     "       graft mask show MASK...\n\n"
     "Reads mask files of `graft train --method graft` (no trunk needed: the layout\n"
     "comes from the trunk config they record). `overlap` prints the task-by-task\n"
@@ -365,7 +393,7 @@ static int mask_show(const char *path) {
     return GRAFT_OK;
 }
 
-static int mask_overlap(char **files, int n, const char *prefix) {
+static int mask_overlap(char **files, int n, const char *out) {
     mask_file_t *mf = graft_xcalloc((size_t)n, sizeof *mf);
     graft_mask_t **masks = graft_xcalloc((size_t)n, sizeof *masks);
     const char **labels = graft_xcalloc((size_t)n, sizeof *labels);
@@ -390,7 +418,22 @@ static int mask_overlap(char **files, int n, const char *prefix) {
                  mf[i].sparsity);
         labels[i] = mf[i].label;
     }
-    if (!rc) rc = report_overlap(masks, labels, n, *prefix ? prefix : NULL);
+    if (!rc && !*out) {
+        rc = report_overlap(masks, labels, n, 0, NULL, NULL);
+    } else if (!rc) {
+        char path[GRAFT_OPT_STR + 32];
+        snprintf(path, sizeof path, "%s/events.jsonl", out);
+        graft_events_t *ev = NULL;
+        rc = graft_events_open(path, &ev);
+        if (!rc) {
+            graft_events_emit(ev, "run_start", json_pack("{s:s, s:i}", "mode", "mask_overlap",
+                                                         "masks", n));
+            snprintf(path, sizeof path, "%s/overlap", out);
+            rc = report_overlap(masks, labels, n, 0, path, ev);
+            graft_events_emit(ev, "run_end", json_pack("{s:b}", "ok", rc == 0));
+        }
+        graft_events_close(&ev);
+    }
     for (int i = 0; i < read; i++) free_mask_file(&mf[i]);
     free(mf);
     free(masks);

@@ -702,10 +702,11 @@ static void test_commands(void **state) {
         assert_int_equal(graft_grafting_load_mask(g, path, &t, &m[i]), GRAFT_OK);
         assert_int_equal(t, i);
     }
-    snprintf(path, sizeof path, "%s/ov.json", g_dir);
+    snprintf(path, sizeof path, "%s/ov/overlap.json", g_dir);
     json_t *o = json_load_file(path, 0, NULL);
     assert_non_null(o);
     json_t *jac = json_object_get(o, "jaccard");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(o, "tasks"), 1)), "pairs");
     for (int i = 0; i < 2; i++)
         for (int j = 0; j < 2; j++) {
             double want = graft_mask_jaccard(m[i], m[j]);
@@ -718,6 +719,27 @@ static void test_commands(void **state) {
     graft_mask_destroy(&m[0]);
     graft_mask_destroy(&m[1]);
     graft_grafting_destroy(&g);
+
+    /* graft report reads the run: one row per sparsity (no base row), and
+     * the overlap matrix of the train run or of graft mask overlap. */
+    snprintf(cmd, sizeof cmd, "%s/graft report --no-plots --out %s/report %s %s/ov >/dev/null 2>&1",
+             GRAFT_BINARY_DIR, g_dir, out, g_dir);
+    run(cmd);
+    snprintf(path, sizeof path, "%s/report/summary.json", g_dir);
+    json_t *sum = json_load_file(path, 0, NULL);
+    assert_non_null(sum);
+    json_t *rows = json_object_get(sum, "runs");
+    int graft_rows = 0;
+    for (size_t i = 0; i < json_array_size(rows); i++) {
+        json_t *row = json_array_get(rows, i);
+        if (!strcmp(json_string_value(json_object_get(row, "method")), "graft")) {
+            assert_true(json_is_number(json_object_get(row, "sparsity")));
+            graft_rows++;
+        }
+    }
+    assert_int_equal(graft_rows, 2);
+    assert_non_null(json_object_get(json_object_get(sum, "mask_overlap"), "jaccard"));
+    json_decref(sum);
 
     /* graft inspect --method graft: k = round(sparsity * eligible) per task. */
     snprintf(base, sizeof base, common, "inspect");
