@@ -4,6 +4,8 @@
 #ifndef GRAFT_CLI_COMMANDS_H
 #define GRAFT_CLI_COMMANDS_H
 
+#include "runconfig.h"
+
 int cmd_pretrain(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_train(int argc, char **argv);
@@ -16,6 +18,11 @@ int cmd_worker(int argc, char **argv);
 int cmd_mpi(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_data(int argc, char **argv);
+int cmd_mask(int argc, char **argv);
+
+/* `graft train` and `graft eval` with --method graft (cli/graft.c). */
+int cli_train_graft(const graft_run_config_t *cfg);
+int cli_eval_graft(const graft_run_config_t *cfg);
 
 /* Sets OpenBLAS and OpenMP to n threads (n <= 0: all cores); returns n used. */
 int cli_set_threads(int n);

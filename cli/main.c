@@ -21,6 +21,7 @@ static const command_t commands[] = {
     {"worker", cmd_worker, "a federated worker: trains its shards for a coordinator"},
     {"mpi", cmd_mpi, "federated run under mpirun: rank 0 coordinates, the rest work"},
     {"data", cmd_data, "task data: `data prepare` (the real tasks), `data shard` (client shards)"},
+    {"mask", cmd_mask, "sparse grafting masks: `graft mask overlap` (Jaccard matrix), `show`"},
     {"keygen", cmd_keygen, "write a CurveZMQ keypair for a coordinator or a worker"},
     {"report", cmd_report, "summary table and PNG plots from runs' JSON-lines event logs"},
     {"bench", cmd_bench, "benchmarks: `graft bench step` (training step throughput)"},

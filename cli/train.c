@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "events.h"
+#include "grafting.h"
 #include "trainer.h"
 
 static const char *train_usage =
@@ -12,7 +13,15 @@ static const char *train_usage =
     "Centralized multi-task training on this machine: the tasks in --tasks share one\n"
     "trunk; the modules of --method are trained with a round-robin or proportional\n"
     "mix of batches, evaluated on each task's dev split every --eval_every steps and\n"
-    "checkpointed to OUT/modules.safetensors. Ends with test metrics per task.";
+    "checkpointed to OUT/modules.safetensors. Ends with test metrics per task.\n\n"
+    "--method graft trains nothing: for each task it grafts the top-k trunk parameters\n"
+    "by movement of a full fine-tuning run (--finetuned; its heads too) onto the trunk\n"
+    "for each --sparsity (k = round(sparsity * eligible); eligible: --graft_params,\n"
+    "by default every trunk matrix and vector but the embeddings), optionally refines\n"
+    "each mask on the task's training data (--graft_refine_steps), evaluates the\n"
+    "fine-tuned, pretrained and grafted models on the test split, writes\n"
+    "OUT/mask.TASK.sSPARSITY.safetensors (indices and values only) and, for several\n"
+    "tasks, the Jaccard overlap of their masks (OUT/overlap.sSPARSITY.tsv/.json).";
 
 static void evaluate_all(graft_trainer_t *tr, graft_events_t *ev, int split, int step) {
     char line[256];
@@ -36,10 +45,26 @@ static int parse_run(int argc, char **argv, const char *usage, graft_run_config_
     return 0;
 }
 
+/* 1 if --method is graft, 0 if another method, -1 (logged) if graft is
+ * combined with other methods or the list is bad. */
+static int method_graft(const graft_run_config_t *cfg) {
+    int methods;
+    if (graft_peft_parse_methods(cfg->method, &methods)) return -1;
+    if (!(methods & GRAFT_M_GRAFT)) return 0;
+    if (methods != GRAFT_M_GRAFT) {
+        LOG_ERROR("method graft grafts parameters of a fully fine-tuned trunk and combines "
+                  "with no other method (got '%s')", cfg->method);
+        return -1;
+    }
+    return 1;
+}
+
 int cmd_train(int argc, char **argv) {
     graft_run_config_t cfg;
     int prc = parse_run(argc, argv, train_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
+    int graft = method_graft(&cfg);
+    if (graft) return graft > 0 ? cli_train_graft(&cfg) : 2;
     graft_trainer_t *tr = NULL;
     int rc = graft_trainer_new(&cfg, &tr);
     if (rc) return 1;
@@ -104,9 +129,14 @@ int cmd_eval(int argc, char **argv) {
     graft_run_config_t cfg;
     int prc = parse_run(argc, argv,
                         "usage: graft eval --config RUN --resume MODULES [options]\n\n"
-                        "Evaluates saved modules (--resume) on every task's test split.",
+                        "Evaluates saved modules (--resume) on every task's test split.\n"
+                        "With --method graft, --resume takes mask files of `graft train\n"
+                        "--method graft` (comma list): each is applied to the trunk with its\n"
+                        "task's head and evaluated on that task.",
                         &cfg);
     if (prc) return prc > 0 ? 0 : 2;
+    int graft = method_graft(&cfg);
+    if (graft) return graft > 0 ? cli_eval_graft(&cfg) : 2;
     graft_trainer_t *tr = NULL;
     if (graft_trainer_new(&cfg, &tr)) return 1;
     int rc = *cfg.resume ? graft_trainer_load(tr, cfg.resume) : GRAFT_OK;
@@ -116,14 +146,108 @@ int cmd_eval(int argc, char **argv) {
     return rc ? 1 : 0;
 }
 
+/* The method a module tensor belongs to, from its name within its scope. */
+static const char *module_of(const graft_scope_t *s, const char *tensor) {
+    if (strstr(tensor, "lora_")) return "lora";
+    if (!strncmp(tensor, "head.", 5)) return "head";
+    if (!strncmp(tensor, "red.", 4)) return "red";
+    if (!strncmp(tensor, "adapter.", 8)) return "adapter";
+    if (!strncmp(tensor, "channels.", 9)) return "channels";
+    if (!strncmp(tensor, "ln_", 3) && !strncmp(s->name, "task.", 5)) return "lntune";
+    return "full"; /* the trunk's own tensors in the shared scope */
+}
+
+#define N_MODULES 7
+static const char *const module_names[N_MODULES] = {"full", "head", "lora", "adapter", "red",
+                                                    "lntune", "channels"};
+
+static int module_index(const char *name) {
+    for (int i = 0; i < N_MODULES; i++)
+        if (!strcmp(module_names[i], name)) return i;
+    GRAFT_ASSERT(!"unknown module");
+    return -1;
+}
+
+/* Rows "scope module params share" for every module of every scope, then
+ * the totals per method over all scopes. */
+static void print_modules(const graft_peft_t *p, size_t trunk) {
+    graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
+    int ns = 0;
+    scopes[ns++] = p->shared;
+    for (int t = 0; t < p->n_tasks; t++) scopes[ns++] = p->tasks[t].scope;
+    size_t per_method[N_MODULES] = {0};
+    printf("%-28s %-10s %12s %9s\n", "scope", "method", "params", "of trunk");
+    for (int i = 0; i < ns; i++) {
+        const graft_scope_t *s = scopes[i];
+        size_t per[N_MODULES] = {0};
+        for (int j = 0; j < s->n_tensors; j++)
+            per[module_index(module_of(s, s->tensors[j].name))] += s->tensors[j].numel;
+        for (int m = 0; m < N_MODULES; m++) {
+            if (!per[m]) continue;
+            printf("%-28s %-10s %12zu %8.3f%%\n", s->name, module_names[m], per[m],
+                   100.0 * per[m] / trunk);
+            per_method[m] += per[m];
+        }
+        printf("%-28s %-10s %12zu %8.3f%%\n", s->name, "(all)", s->numel, 100.0 * s->numel / trunk);
+    }
+    printf("\n%-28s %12s %9s\n", "per method (all scopes)", "params", "of trunk");
+    for (int m = 0; m < N_MODULES; m++)
+        if (per_method[m])
+            printf("%-28s %12zu %8.3f%%\n", module_names[m], per_method[m],
+                   100.0 * per_method[m] / trunk);
+}
+
+/* graft: no modules; per task a mask of k trunk parameters and the head. */
+static int inspect_graft(const graft_run_config_t *cfg) {
+    double sp[32];
+    int nsp = graft_parse_sparsities(cfg->sparsity, sp, 32), groups;
+    if (nsp < 0 || graft_mask_parse_groups(cfg->graft_params, &groups)) return 2;
+    graft_run_config_t heads = *cfg;
+    snprintf(heads.method, sizeof heads.method, "head");
+    graft_trainer_t *tr = NULL;
+    if (graft_trainer_new(&heads, &tr)) return 1;
+    const graft_gpt2_t *m = tr->trunk;
+    graft_mask_layout_t lay;
+    graft_mask_layout_init(&lay, m, groups);
+    char gs[64];
+    printf("trunk: V=%d T=%d L=%d NH=%d C=%d, %zu parameters (frozen; masks graft fine-tuned "
+           "values onto it)\n", m->cfg.V, m->cfg.T, m->cfg.L, m->cfg.NH, m->cfg.C, m->num_params);
+    printf("method: graft, masks over %s: %zu eligible parameters (%.3f%% of the trunk)\n\n",
+           graft_mask_groups_str(groups, gs, sizeof gs), lay.num_eligible,
+           100.0 * lay.num_eligible / m->num_params);
+    printf("%-12s %12s %9s %12s\n", "sparsity", "k per task", "of trunk", "of eligible");
+    for (int i = 0; i < nsp; i++) {
+        size_t k = graft_mask_k(sp[i], lay.num_eligible);
+        printf("%-12g %12zu %8.4f%% %11.4f%%\n", sp[i], k, 100.0 * k / m->num_params,
+               100.0 * k / lay.num_eligible);
+    }
+    printf("\n");
+    print_modules(tr->peft, m->num_params);
+    printf("\n%-28s %-12s %12s %9s\n", "per task (mask + head)", "sparsity", "params",
+           "of trunk");
+    for (int t = 0; t < tr->n_tasks; t++)
+        for (int i = 0; i < nsp; i++) {
+            size_t n = graft_mask_k(sp[i], lay.num_eligible) + graft_peft_task_params(tr->peft, t);
+            printf("%-28s %-12g %12zu %8.4f%%\n", tr->peft->tasks[t].name, sp[i], n,
+                   100.0 * n / m->num_params);
+        }
+    graft_mask_layout_free(&lay);
+    graft_trainer_destroy(&tr);
+    return 0;
+}
+
 int cmd_inspect(int argc, char **argv) {
     graft_run_config_t cfg;
     int prc = parse_run(argc, argv,
                         "usage: graft inspect --config RUN [options]\n\n"
                         "Prints the exact number of trainable parameters per scope and per\n"
-                        "task, and its share of the trunk.",
+                        "method, per task, and their share of the trunk. For --method graft:\n"
+                        "the eligible trunk parameters and k = round(sparsity * eligible)\n"
+                        "per task for each --sparsity, plus the heads.",
                         &cfg);
     if (prc) return prc > 0 ? 0 : 2;
+    int graft = method_graft(&cfg);
+    if (graft) return graft > 0 ? inspect_graft(&cfg) : 2;
     graft_trainer_t *tr = NULL;
     if (graft_trainer_new(&cfg, &tr)) return 1;
     const graft_gpt2_t *m = tr->trunk;
@@ -131,18 +255,8 @@ int cmd_inspect(int argc, char **argv) {
     printf("trunk: V=%d T=%d L=%d NH=%d C=%d, %zu parameters (frozen%s)\n", m->cfg.V, m->cfg.T,
            m->cfg.L, m->cfg.NH, m->cfg.C, m->num_params,
            (p->cfg.methods & GRAFT_M_FULL) ? " except under method full" : "");
-    printf("method: %s\n\n%-28s %-26s %12s %9s\n", cfg.method, "scope", "tensor", "params",
-           "of trunk");
-    graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
-    int ns = 0;
-    scopes[ns++] = p->shared;
-    for (int t = 0; t < p->n_tasks; t++) scopes[ns++] = p->tasks[t].scope;
-    for (int i = 0; i < ns; i++) {
-        const graft_scope_t *s = scopes[i];
-        /* Group tensors by module kind (the name after "h.N."). */
-        printf("%-28s %-26s %12zu %8.3f%%\n", s->name, "(all)", s->numel,
-               100.0 * s->numel / m->num_params);
-    }
+    printf("method: %s\n\n", cfg.method);
+    print_modules(p, m->num_params);
     printf("\n%-28s %12s %9s\n", "per task (shared + own)", "params", "of trunk");
     for (int t = 0; t < p->n_tasks; t++) {
         size_t n = graft_peft_task_params(p, t);

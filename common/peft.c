@@ -15,7 +15,7 @@ static const struct {
 } method_names[] = {
     {"full", GRAFT_M_FULL},       {"head", GRAFT_M_HEAD},     {"lora", GRAFT_M_LORA},
     {"adapter", GRAFT_M_ADAPTER}, {"red", GRAFT_M_RED},       {"lntune", GRAFT_M_LNTUNE},
-    {"channels", GRAFT_M_CHANNELS},
+    {"channels", GRAFT_M_CHANNELS}, {"graft", GRAFT_M_GRAFT},
 };
 
 static const char *proj_names[GRAFT_NUM_PROJ] = {"qkv", "attn", "fc", "fcproj"};
@@ -58,7 +58,7 @@ static int lookup_target(const char *s) {
 
 int graft_peft_parse_methods(const char *list, int *methods) {
     return parse_set(list, lookup_method, methods,
-                     "method (full, head, lora, adapter, red, lntune, channels)");
+                     "method (full, head, lora, adapter, red, lntune, channels, graft)");
 }
 
 int graft_peft_parse_targets(const char *list, int *targets) {

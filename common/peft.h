@@ -41,6 +41,9 @@ enum {
     GRAFT_M_RED = 1 << 4,
     GRAFT_M_LNTUNE = 1 << 5,
     GRAFT_M_CHANNELS = 1 << 6,
+    /* Sparse grafting masks (mask.h, grafting.h): built from fully fine-tuned
+     * checkpoints by `graft train --method graft`; attaches no modules. */
+    GRAFT_M_GRAFT = 1 << 7,
 };
 
 /* The four adaptable projections of a block. */

@@ -15,7 +15,8 @@ const graft_option_t graft_run_options[] = {
      "comma list of NAME:KIND:PATH task files (KIND classification or generation)"},
     {"seq", GRAFT_OPT_INT, OFF(seq), "0", 0, 65536, "tokens per example (0: the trunk's context)"},
     {"method", GRAFT_OPT_STRING, OFF(method), "lora", 0, -1,
-     "trained modules: full, head, lora, adapter, red, lntune, channels (comma-combined)"},
+     "trained modules: full, head, lora, adapter, red, lntune, channels (comma-combined); "
+     "or graft: sparse masks from --finetuned full fine-tuning runs"},
     {"lora_targets", GRAFT_OPT_STRING, OFF(lora_targets), "all", 0, -1,
      "projections with LoRA: qkv, attn, fc, fcproj or all"},
     {"lora_shared_rank", GRAFT_OPT_INT, OFF(lora_shared_rank), "8", 0, 1024,
@@ -29,6 +30,23 @@ const graft_option_t graft_run_options[] = {
      "channels kept per layer by Taylor importance (channels)"},
     {"stage1_steps", GRAFT_OPT_INT, OFF(stage1_steps), "0", 0, 1e9,
      "channels: steps of stage 1 (lntune) that also score channels; 0: a third of --steps"},
+    {"finetuned", GRAFT_OPT_STRING, OFF(finetuned), "", 0, -1,
+     "graft: `graft train --method full` run directory or checkpoint, one for every task or "
+     "NAME=PATH per task (comma list); heads come from it"},
+    {"sparsity", GRAFT_OPT_STRING, OFF(sparsity), "0.01", 0, -1,
+     "graft: fractions of the eligible trunk parameters a mask keeps, comma list "
+     "(k = round(sparsity * eligible))"},
+    {"graft_params", GRAFT_OPT_STRING, OFF(graft_params), "attn,mlp,ln", 0, -1,
+     "graft: trunk tensors a mask may select: attn, mlp, ln, embed or all (the default leaves "
+     "out the embeddings)"},
+    {"graft_refine_steps", GRAFT_OPT_INT, OFF(graft_refine_steps), "0", 0, 1e9,
+     "graft: steps refining each mask on the task's training data (scores per candidate, "
+     "straight-through gradient, same k; kept only if it lowers the training loss); 0: plain "
+     "top-k by |theta_ft - theta_pre|"},
+    {"graft_refine_lr", GRAFT_OPT_FLOAT, OFF(graft_refine_lr), "0.3", 0, 1e6,
+     "graft: Adam learning rate of the refinement scores (they start 6 apart)"},
+    {"graft_candidates", GRAFT_OPT_INT, OFF(graft_candidates), "4", 1, 1e6,
+     "graft: the refined mask chooses among the top N*k parameters by movement"},
     {"steps", GRAFT_OPT_INT, OFF(steps), "300", 1, 1e9, "optimiser steps (centralized)"},
     {"batch", GRAFT_OPT_INT, OFF(batch), "16", 1, 4096, "examples per step"},
     {"lr", GRAFT_OPT_FLOAT, OFF(lr), "2e-3", 0, 10, "peak learning rate"},

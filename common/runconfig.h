@@ -28,6 +28,13 @@ typedef struct {
     int adapter_dim;
     int channels_k;
     int stage1_steps;
+    /* method graft (grafting.h) */
+    char finetuned[GRAFT_OPT_STR];
+    char sparsity[GRAFT_OPT_STR];
+    char graft_params[GRAFT_OPT_STR];
+    int graft_refine_steps;
+    float graft_refine_lr;
+    int graft_candidates;
     /* optimisation */
     int steps;
     int batch;

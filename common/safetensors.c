@@ -26,16 +26,17 @@
 #define ST_MAX_HEADER_LEN (100u * 1000u * 1000u)
 #define ST_PREFIX "transformer."
 
-typedef enum { ST_F32, ST_F16, ST_BF16 } st_dtype_t;
-
 static const struct {
     const char *name;
     size_t size;
-} st_dtypes[] = {[ST_F32] = {"F32", 4}, [ST_F16] = {"F16", 2}, [ST_BF16] = {"BF16", 2}};
+    bool integer;
+} st_dtypes[] = {[GRAFT_ST_F32] = {"F32", 4, false},  [GRAFT_ST_F16] = {"F16", 2, false},
+                 [GRAFT_ST_BF16] = {"BF16", 2, false}, [GRAFT_ST_I32] = {"I32", 4, true},
+                 [GRAFT_ST_I64] = {"I64", 8, true}};
 
 typedef struct {
     const char *name; /* owned by the file's header JSON */
-    st_dtype_t dtype;
+    graft_st_dtype_t dtype;
     int ndim;
     int64_t shape[GRAFT_ST_MAX_DIMS];
     uint64_t begin, end; /* byte offsets into the data section */
@@ -110,10 +111,19 @@ static uint64_t tensor_numel(const graft_st_tensor_t *t) {
     return numel;
 }
 
+static size_t tensor_bytes(const graft_st_tensor_t *t) {
+    return (size_t)tensor_numel(t) * st_dtypes[t->dtype].size;
+}
+
 static int check_tensor(const char *path, const graft_st_tensor_t *t, int i, uint64_t *total) {
     uint64_t numel;
+    if (t->dtype != GRAFT_ST_F32 && t->dtype != GRAFT_ST_I32 && t->dtype != GRAFT_ST_I64) {
+        LOG_ERROR("%s: refusing to write tensor %d ('%s'): graft writes F32, I32 and I64 only",
+                  path, i, t->name ? t->name : "(null)");
+        return GRAFT_EINVAL;
+    }
     if (!t->name || t->ndim < 0 || t->ndim > GRAFT_ST_MAX_DIMS ||
-        !shape_numel(t->shape, t->ndim, &numel) || numel > (uint64_t)INT64_MAX / 4 - *total / 4 ||
+        !shape_numel(t->shape, t->ndim, &numel) || numel > (uint64_t)INT64_MAX / 8 - *total / 8 ||
         (numel && !t->data)) {
         LOG_ERROR("%s: refusing to write tensor %d ('%s'): bad name, shape or data", path, i,
                   t->name ? t->name : "(null)");
@@ -123,7 +133,7 @@ static int check_tensor(const char *path, const graft_st_tensor_t *t, int i, uin
         LOG_ERROR("%s: '__metadata__' is reserved and cannot name a tensor", path);
         return GRAFT_EINVAL;
     }
-    *total += numel * sizeof(float);
+    *total += numel * st_dtypes[t->dtype].size;
     return GRAFT_OK;
 }
 
@@ -157,11 +167,11 @@ static json_t *build_header(const graft_st_tensor_t *t, int n, const char *const
     }
     uint64_t offset = 0;
     for (int i = 0; i < n; i++) {
-        uint64_t numel = tensor_numel(&t[i]);
         json_t *shape = json_array();
         for (int d = 0; d < t[i].ndim; d++) json_array_append_new(shape, json_integer(t[i].shape[d]));
-        uint64_t end = offset + numel * sizeof(float);
-        json_t *entry = json_pack("{s:s, s:o, s:[I, I]}", "dtype", "F32", "shape", shape,
+        uint64_t end = offset + tensor_bytes(&t[i]);
+        json_t *entry = json_pack("{s:s, s:o, s:[I, I]}", "dtype", st_dtypes[t[i].dtype].name,
+                                  "shape", shape,
                                   "data_offsets", (json_int_t)offset, (json_int_t)end);
         bad |= json_object_set_new(root, t[i].name, entry) != 0;
         offset = end;
@@ -193,8 +203,8 @@ static int write_body(FILE *fp, const char *header, size_t header_len,
     if (fwrite(len_le, 1, 8, fp) != 8 || fwrite(header, 1, header_len, fp) != header_len)
         return -1;
     for (int i = 0; i < n; i++) {
-        uint64_t numel = tensor_numel(&t[i]);
-        if (numel && fwrite(t[i].data, sizeof(float), numel, fp) != numel) return -1;
+        size_t bytes = tensor_bytes(&t[i]);
+        if (bytes && fwrite(t[i].data, 1, bytes, fp) != bytes) return -1;
     }
     if (fflush(fp) != 0 || fsync(fileno(fp)) != 0) return -1;
     return 0;
@@ -273,7 +283,7 @@ out:
 }
 
 static int parse_dtype(const graft_st_file_t *f, const char *name, json_t *entry,
-                       st_dtype_t *out) {
+                       graft_st_dtype_t *out) {
     const char *dtype = json_string_value(json_object_get(entry, "dtype"));
     if (!dtype) {
         LOG_ERROR("%s: tensor '%s' has no \"dtype\" string", f->path, name);
@@ -281,12 +291,12 @@ static int parse_dtype(const graft_st_file_t *f, const char *name, json_t *entry
     }
     for (size_t i = 0; i < sizeof st_dtypes / sizeof st_dtypes[0]; i++) {
         if (strcmp(dtype, st_dtypes[i].name) == 0) {
-            *out = (st_dtype_t)i;
+            *out = (graft_st_dtype_t)i;
             return GRAFT_OK;
         }
     }
-    LOG_ERROR("%s: tensor '%s' has dtype %s; graft reads only F32, F16 and BF16", f->path, name,
-              dtype);
+    LOG_ERROR("%s: tensor '%s' has dtype %s; graft reads only F32, F16, BF16, I32 and I64",
+              f->path, name, dtype);
     return GRAFT_EFORMAT;
 }
 
@@ -514,34 +524,85 @@ static bool same_shape(const st_entry_t *e, const int64_t *shape, int ndim) {
     return true;
 }
 
-int graft_st_read(const graft_st_file_t *f, const char *name, const int64_t *shape, int ndim,
-                  float *dst) {
+/* The entry `name` if it exists, has the given shape and is of the wanted
+ * kind (integer or float); else logs why not and returns NULL with *rc set. */
+static const st_entry_t *checked_entry(const graft_st_file_t *f, const char *name,
+                                       const int64_t *shape, int ndim, bool integer, int *rc) {
     GRAFT_ASSERT(f && name && ndim >= 0 && (ndim == 0 || shape));
     const st_entry_t *e = find_entry(f, name);
+    *rc = GRAFT_ESHAPE;
     if (!e) {
         LOG_ERROR("%s: missing tensor '%s' (nor is there '" ST_PREFIX "%s')", f->path, name, name);
-        return GRAFT_ESHAPE;
+        return NULL;
     }
     if (!same_shape(e, shape, ndim)) {
         char have[128], want[128];
         LOG_ERROR("%s: tensor '%s' has shape %s but the model expects %s", f->path, e->name,
                   shape_str(e->shape, e->ndim, have, sizeof have),
                   shape_str(shape, ndim, want, sizeof want));
+        return NULL;
+    }
+    if (st_dtypes[e->dtype].integer != integer) {
+        LOG_ERROR("%s: tensor '%s' has dtype %s where %s are expected", f->path, e->name,
+                  st_dtypes[e->dtype].name, integer ? "integers (I32 or I64)" : "floats");
+        *rc = GRAFT_EFORMAT;
+        return NULL;
+    }
+    *rc = GRAFT_OK;
+    return e;
+}
+
+int graft_st_shape(const graft_st_file_t *f, const char *name, int64_t *shape, int *ndim) {
+    const st_entry_t *e = find_entry(f, name);
+    if (!e) {
+        LOG_ERROR("%s: missing tensor '%s' (nor is there '" ST_PREFIX "%s')", f->path, name, name);
         return GRAFT_ESHAPE;
     }
+    *ndim = e->ndim;
+    memcpy(shape, e->shape, sizeof e->shape);
+    return GRAFT_OK;
+}
+
+int graft_st_read_int(const graft_st_file_t *f, const char *name, const int64_t *shape, int ndim,
+                      int64_t *dst) {
+    int rc;
+    const st_entry_t *e = checked_entry(f, name, shape, ndim, true, &rc);
+    if (!e) return rc;
+    const uint8_t *src = f->data + e->begin;
+    size_t n = (size_t)(e->end - e->begin) / st_dtypes[e->dtype].size;
+    GRAFT_ASSERT(n == 0 || dst);
+    if (e->dtype == GRAFT_ST_I64) {
+        if (n) memcpy(dst, src, n * sizeof(int64_t));
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            int32_t v;
+            memcpy(&v, src + 4 * i, sizeof v);
+            dst[i] = v;
+        }
+    }
+    return GRAFT_OK;
+}
+
+int graft_st_read(const graft_st_file_t *f, const char *name, const int64_t *shape, int ndim,
+                  float *dst) {
+    int rc;
+    const st_entry_t *e = checked_entry(f, name, shape, ndim, false, &rc);
+    if (!e) return rc;
     const uint8_t *src = f->data + e->begin;
     size_t n = (size_t)(e->end - e->begin) / st_dtypes[e->dtype].size;
     GRAFT_ASSERT(n == 0 || dst);
     switch (e->dtype) {
-    case ST_F32:
+    case GRAFT_ST_F32:
         if (n) memcpy(dst, src, n * sizeof(float));
         break;
-    case ST_F16:
+    case GRAFT_ST_F16:
         for (size_t i = 0; i < n; i++) dst[i] = f16_to_float(load_u16(src + 2 * i));
         break;
-    case ST_BF16:
+    case GRAFT_ST_BF16:
         for (size_t i = 0; i < n; i++) dst[i] = bf16_to_float(load_u16(src + 2 * i));
         break;
+    default:
+        GRAFT_ASSERT(!"integer dtype reached the float reader");
     }
     return GRAFT_OK;
 }

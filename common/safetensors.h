@@ -5,7 +5,8 @@
  *    "__metadata__": {"key": "value", ...}}
  * then the raw little-endian tensor data (offsets relative to its start).
  *
- * graft writes F32 only and reads F32, F16 and BF16 (converted to float).
+ * graft writes F32 (parameters) and I32/I64 (indices, e.g. of sparse masks)
+ * and reads F32, F16 and BF16 (converted to float) and I32/I64 (as int64).
  * Writes are atomic: a temporary file beside the target is written, fsynced
  * and renamed over it, so a crash never leaves a half-written checkpoint.
  *
@@ -24,12 +25,16 @@
 
 #define GRAFT_ST_MAX_DIMS 4
 
-/* One tensor to write: fp32 data in row-major order, owned by the caller. */
+typedef enum { GRAFT_ST_F32, GRAFT_ST_F16, GRAFT_ST_BF16, GRAFT_ST_I32, GRAFT_ST_I64 } graft_st_dtype_t;
+
+/* One tensor to write: data in row-major order, owned by the caller; dtype
+ * F32 (the zero default), I32 or I64. */
 typedef struct {
     const char *name;
     int ndim;
     int64_t shape[GRAFT_ST_MAX_DIMS];
-    const float *data;
+    const void *data;
+    graft_st_dtype_t dtype;
 } graft_st_tensor_t;
 
 /* Writes tensors (in the given order) and string metadata pairs
@@ -58,6 +63,16 @@ int graft_st_has(const graft_st_file_t *f, const char *name);
  * the file path and tensor name. */
 int graft_st_read(const graft_st_file_t *f, const char *name, const int64_t *shape, int ndim,
                   float *dst);
+
+/* Copies an integer tensor (I32 or I64) into dst as int64 after checking
+ * its shape, as graft_st_read does for floats. A float tensor here, or an
+ * integer tensor given to graft_st_read, is refused (GRAFT_EFORMAT). */
+int graft_st_read_int(const graft_st_file_t *f, const char *name, const int64_t *shape, int ndim,
+                      int64_t *dst);
+
+/* Shape of tensor `name` into shape[GRAFT_ST_MAX_DIMS] and *ndim; missing
+ * tensor -> GRAFT_ESHAPE (logged). */
+int graft_st_shape(const graft_st_file_t *f, const char *name, int64_t *shape, int *ndim);
 
 /* Metadata value for key, or NULL if absent. */
 const char *graft_st_meta(const graft_st_file_t *f, const char *key);

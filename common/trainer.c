@@ -18,6 +18,13 @@ static int build_peft_config(const graft_run_config_t *cfg, graft_peft_config_t 
     int rc = graft_peft_parse_methods(cfg->method, &pc->methods);
     if (!rc) rc = graft_peft_parse_targets(cfg->lora_targets, &pc->lora_targets);
     if (rc) return rc;
+    if (pc->methods & GRAFT_M_GRAFT) {
+        LOG_ERROR("method graft trains no modules: it builds sparse masks from fully fine-tuned "
+                  "checkpoints with `graft train --method graft --finetuned RUN` (or evaluates "
+                  "them with `graft eval --method graft`) and does not combine with other "
+                  "methods or run distributed");
+        return GRAFT_EINVAL;
+    }
     pc->lora_shared_rank = cfg->lora_shared_rank;
     pc->lora_shared_alpha = cfg->lora_shared_alpha;
     pc->lora_task_rank = cfg->lora_task_rank;
@@ -153,11 +160,15 @@ static float forward_backward(graft_trainer_t *tr, int t, int split, int backwar
     return graft_peft_lm(tr->peft, t, tr->inputs, tr->targets, tr->B, tr->T, backward);
 }
 
+float graft_trainer_backward(graft_trainer_t *tr, int t) {
+    graft_task_sample_indices(tr->tasks[t], GRAFT_SPLIT_TRAIN, &tr->rng, tr->B, tr->indices);
+    graft_peft_zero_grad(tr->peft, t);
+    return forward_backward(tr, t, GRAFT_SPLIT_TRAIN, 1);
+}
+
 float graft_trainer_step(graft_trainer_t *tr, int t, float lr) {
     graft_peft_t *p = tr->peft;
-    graft_task_sample_indices(tr->tasks[t], GRAFT_SPLIT_TRAIN, &tr->rng, tr->B, tr->indices);
-    graft_peft_zero_grad(p, t);
-    float loss = forward_backward(tr, t, GRAFT_SPLIT_TRAIN, 1);
+    float loss = graft_trainer_backward(tr, t);
     graft_peft_task_modules_t *tm = &p->tasks[t];
     if (tr->stage == 1 && tm->ch_w >= 0) {
         /* Stage 1 scores channels; their deltas are not trained yet. */

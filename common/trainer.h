@@ -56,6 +56,11 @@ void graft_trainer_destroy(graft_trainer_t **self_p);
 /* The task of global step s under the configured mix. */
 int graft_trainer_task_for_step(const graft_trainer_t *tr, int step);
 
+/* Forward and backward on a fresh batch of task t's training split, with
+ * the gradients of every scope task t trains zeroed first; no update.
+ * Returns the batch loss. */
+float graft_trainer_backward(graft_trainer_t *tr, int t);
+
 /* One optimiser step on a fresh batch of task t's training split; returns
  * the batch loss (without the FedProx term). lr < 0: the schedule's value
  * for the current step. */

@@ -184,7 +184,9 @@ class Bench:
         """The task-by-task Jaccard matrix of the 1% masks, as an event log."""
         a = self.a
         sp = "0.01" if "0.01" in a.sparsities else a.sparsities[-1]
-        files = [os.path.join(d, f"mask-{sp}.safetensors") for d in graft_dirs]
+        # graft train --method graft names its masks mask.TASK.sS.safetensors (S as %g)
+        files = [os.path.join(d, f"mask.{t}.s{float(sp):g}.safetensors")
+                 for (t, _), d in zip(TASKS, graft_dirs)]
         name = "graft-overlap"
         argv = ["mask", "overlap", "--out", os.path.join(self.out, name)] + files
         return self.run(name, argv)

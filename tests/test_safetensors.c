@@ -70,6 +70,22 @@ static void write_bytes(const char *path, const void *bytes, size_t len) {
     assert_int_equal(fclose(fp), 0);
 }
 
+/* Reads the file into buf (cap bytes); returns its size. */
+static size_t read_bytes(const char *path, uint8_t *buf, size_t cap) {
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    size_t size = fread(buf, 1, cap, fp);
+    fclose(fp);
+    return size;
+}
+
+/* The little-endian header length at the start of a file's bytes. */
+static uint64_t header_len(const uint8_t *buf) {
+    uint64_t n = 0;
+    for (int i = 0; i < 8; i++) n |= (uint64_t)buf[i] << (8 * i);
+    return n;
+}
+
 /* A safetensors file from a header text and raw data (no padding, so that
  * odd header lengths are exercised too). */
 static void write_raw(const char *path, const char *header, const void *data, size_t data_len) {
@@ -175,11 +191,11 @@ static void test_roundtrip_bit_exact(void **state) {
     c[0] = -0.0f;
     fill_tricky(d, 12, 3);
     const graft_st_tensor_t t[] = {
-        {"wte.weight", 2, {3, 5}, a},
-        {"h.0.ln_1.bias", 1, {7}, b},
-        {"scalar", 0, {0}, c},
-        {"h.0.attn.c_attn.weight", 4, {2, 1, 3, 2}, d},
-        {"empty", 2, {0, 4}, NULL},
+        {"wte.weight", 2, {3, 5}, a, GRAFT_ST_F32},
+        {"h.0.ln_1.bias", 1, {7}, b, GRAFT_ST_F32},
+        {"scalar", 0, {0}, c, GRAFT_ST_F32},
+        {"h.0.attn.c_attn.weight", 4, {2, 1, 3, 2}, d, GRAFT_ST_F32},
+        {"empty", 2, {0, 4}, NULL, GRAFT_ST_F32},
     };
     char path[PATH_LEN];
     tmp_path(path, "rt.safetensors");
@@ -217,19 +233,15 @@ static void test_roundtrip_bit_exact(void **state) {
 static void test_file_layout(void **state) {
     (void)state;
     const float a[3] = {1, 2, 3}, b[2] = {4, 5};
-    const graft_st_tensor_t t[] = {{"zz", 1, {3}, a}, {"aa", 1, {2}, b}};
+    const graft_st_tensor_t t[] = {{"zz", 1, {3}, a, GRAFT_ST_F32}, {"aa", 1, {2}, b, GRAFT_ST_F32}};
     char path[PATH_LEN];
     tmp_path(path, "layout.safetensors");
     const char *key = "k", *val = "v";
     assert_int_equal(graft_st_write(path, t, 2, &key, &val, 1), GRAFT_OK);
 
-    FILE *fp = fopen(path, "rb");
-    assert_non_null(fp);
     uint8_t buf[1024];
-    size_t size = fread(buf, 1, sizeof buf, fp);
-    fclose(fp);
-    uint64_t n = 0;
-    for (int i = 0; i < 8; i++) n |= (uint64_t)buf[i] << (8 * i);
+    size_t size = read_bytes(path, buf, sizeof buf);
+    uint64_t n = header_len(buf);
     assert_int_equal(n % 8, 0);
     assert_int_equal(size, 8 + n + 5 * sizeof(float));
     assert_memory_equal(buf + 8 + n, a, sizeof a);
@@ -239,10 +251,83 @@ static void test_file_layout(void **state) {
     assert_non_null(memmem(buf + 8, n, "\"data_offsets\":[12,20]", 22));
 }
 
+/* Integer tensors (the indices of sparse masks) next to float ones: I32 and
+ * I64 round trip through graft_st_read_int, and each reader refuses the other
+ * kind with an error that names the tensor and its dtype. */
+static void test_integer_tensors(void **state) {
+    (void)state;
+    const int32_t i32[4] = {0, -1, INT32_MAX, INT32_MIN};
+    const int64_t i64[3] = {INT64_MAX, -7, (int64_t)1 << 40};
+    const float x[2] = {1.5f, -2.0f};
+    const graft_st_tensor_t t[] = {
+        {"idx32", 1, {4}, i32, GRAFT_ST_I32},
+        {"w", 1, {2}, x, GRAFT_ST_F32},
+        {"idx64", 2, {3, 1}, i64, GRAFT_ST_I64},
+    };
+    char path[PATH_LEN];
+    tmp_path(path, "ints.safetensors");
+    assert_int_equal(graft_st_write(path, t, 3, NULL, NULL, 0), GRAFT_OK);
+
+    uint8_t buf[1024];
+    size_t size = read_bytes(path, buf, sizeof buf);
+    uint64_t n = header_len(buf);
+    assert_int_equal(size, 8 + n + sizeof i32 + sizeof x + sizeof i64);
+    const char *e32 = "\"idx32\":{\"dtype\":\"I32\",\"shape\":[4],\"data_offsets\":[0,16]}";
+    const char *e64 = "\"idx64\":{\"dtype\":\"I64\",\"shape\":[3,1],\"data_offsets\":[24,48]}";
+    assert_non_null(memmem(buf + 8, n, e32, strlen(e32)));
+    assert_non_null(memmem(buf + 8, n, e64, strlen(e64)));
+
+    graft_st_file_t *f = NULL;
+    assert_int_equal(graft_st_open(path, &f), GRAFT_OK);
+    int64_t got[4], shape[GRAFT_ST_MAX_DIMS];
+    int ndim = -1;
+    assert_int_equal(graft_st_shape(f, "idx64", shape, &ndim), GRAFT_OK);
+    assert_int_equal(ndim, 2);
+    assert_int_equal(shape[0], 3);
+    assert_int_equal(shape[1], 1);
+    assert_int_equal(graft_st_read_int(f, "idx32", t[0].shape, 1, got), GRAFT_OK);
+    for (int i = 0; i < 4; i++) assert_int_equal(got[i], i32[i]);
+    assert_int_equal(graft_st_read_int(f, "idx64", t[2].shape, 2, got), GRAFT_OK);
+    assert_memory_equal(got, i64, sizeof i64);
+    float fx[2];
+    assert_int_equal(graft_st_read(f, "w", t[1].shape, 1, fx), GRAFT_OK);
+    assert_memory_equal(fx, x, sizeof x);
+
+    capture_begin();
+    int rc = graft_st_read(f, "idx32", t[0].shape, 1, fx);
+    char *log = capture_end();
+    assert_int_equal(rc, GRAFT_EFORMAT);
+    assert_contains(log, path);
+    assert_contains(log, "tensor 'idx32' has dtype I32 where floats are expected");
+    free(log);
+    capture_begin();
+    rc = graft_st_read_int(f, "w", t[1].shape, 1, got);
+    log = capture_end();
+    assert_int_equal(rc, GRAFT_EFORMAT);
+    assert_contains(log, "tensor 'w' has dtype F32 where integers (I32 or I64) are expected");
+    free(log);
+    capture_begin();
+    rc = graft_st_shape(f, "nope", shape, &ndim);
+    log = capture_end();
+    assert_int_equal(rc, GRAFT_ESHAPE);
+    assert_contains(log, "missing tensor 'nope'");
+    free(log);
+    graft_st_close(&f);
+
+    /* graft writes no half-precision tensors. */
+    const graft_st_tensor_t half = {"h", 1, {1}, x, GRAFT_ST_F16};
+    capture_begin();
+    rc = graft_st_write(path, &half, 1, NULL, NULL, 0);
+    log = capture_end();
+    assert_int_equal(rc, GRAFT_EINVAL);
+    assert_contains(log, "graft writes F32, I32 and I64 only");
+    free(log);
+}
+
 static void test_metadata_roundtrip(void **state) {
     (void)state;
     const float x[2] = {0.5f, -1.5f};
-    const graft_st_tensor_t t[] = {{"x", 1, {2}, x}};
+    const graft_st_tensor_t t[] = {{"x", 1, {2}, x, GRAFT_ST_F32}};
     const char *keys[] = {"format", "graft.preset", "note"};
     const char *vals[] = {"pt", "tiny", "quotes \" and \\ and ünïcode"};
     char path[PATH_LEN];
@@ -329,9 +414,9 @@ static void test_read_bf16(void **state) {
 static void test_transformer_prefix(void **state) {
     (void)state;
     const float w[4] = {1, 2, 3, 4}, other[4] = {9, 9, 9, 9};
-    const graft_st_tensor_t t[] = {{"transformer.wte.weight", 2, {2, 2}, w},
-                                   {"transformer.h.0.ln_1.weight", 1, {4}, other},
-                                   {"h.0.ln_1.weight", 1, {4}, w}};
+    const graft_st_tensor_t t[] = {{"transformer.wte.weight", 2, {2, 2}, w, GRAFT_ST_F32},
+                                   {"transformer.h.0.ln_1.weight", 1, {4}, other, GRAFT_ST_F32},
+                                   {"h.0.ln_1.weight", 1, {4}, w, GRAFT_ST_F32}};
     char path[PATH_LEN];
     tmp_path(path, "prefix.safetensors");
     assert_int_equal(graft_st_write(path, t, 3, NULL, NULL, 0), GRAFT_OK);
@@ -353,7 +438,7 @@ static void test_transformer_prefix(void **state) {
 static void test_missing_and_wrong_shape(void **state) {
     (void)state;
     const float x[6] = {1, 2, 3, 4, 5, 6};
-    const graft_st_tensor_t t[] = {{"h.0.ln_1.weight", 2, {2, 3}, x}};
+    const graft_st_tensor_t t[] = {{"h.0.ln_1.weight", 2, {2, 3}, x, GRAFT_ST_F32}};
     char path[PATH_LEN];
     tmp_path(path, "shape.safetensors");
     assert_int_equal(graft_st_write(path, t, 1, NULL, NULL, 0), GRAFT_OK);
@@ -502,15 +587,12 @@ static void test_refuse_truncated_checkpoint(void **state) {
     (void)state;
     float x[64];
     fill_tricky(x, 64, 7);
-    const graft_st_tensor_t t[] = {{"a", 1, {32}, x}, {"b", 2, {8, 4}, x + 32}};
+    const graft_st_tensor_t t[] = {{"a", 1, {32}, x, GRAFT_ST_F32}, {"b", 2, {8, 4}, x + 32, GRAFT_ST_F32}};
     char path[PATH_LEN];
     tmp_path(path, "trunc.safetensors");
     assert_int_equal(graft_st_write(path, t, 2, NULL, NULL, 0), GRAFT_OK);
-    FILE *fp = fopen(path, "rb");
-    assert_non_null(fp);
     uint8_t buf[2048];
-    size_t size = fread(buf, 1, sizeof buf, fp);
-    fclose(fp);
+    size_t size = read_bytes(path, buf, sizeof buf);
     write_bytes(path, buf, size - 1);
     expect_open_refused(path, GRAFT_EFORMAT, "tensor 'b' ends at byte 256");
 }
@@ -522,14 +604,14 @@ static void test_refuse_bad_writes(void **state) {
     char path[PATH_LEN];
     tmp_path(path, "w.safetensors");
     const float x[2] = {1, 2};
-    const graft_st_tensor_t dup[] = {{"a", 1, {2}, x}, {"a", 1, {2}, x}};
+    const graft_st_tensor_t dup[] = {{"a", 1, {2}, x, GRAFT_ST_F32}, {"a", 1, {2}, x, GRAFT_ST_F32}};
     assert_int_equal(graft_st_write(path, dup, 2, NULL, NULL, 0), GRAFT_EINVAL);
-    const graft_st_tensor_t neg[] = {{"a", 1, {-2}, x}};
+    const graft_st_tensor_t neg[] = {{"a", 1, {-2}, x, GRAFT_ST_F32}};
     assert_int_equal(graft_st_write(path, neg, 1, NULL, NULL, 0), GRAFT_EINVAL);
-    const graft_st_tensor_t nodata[] = {{"a", 1, {2}, NULL}};
+    const graft_st_tensor_t nodata[] = {{"a", 1, {2}, NULL, GRAFT_ST_F32}};
     assert_int_equal(graft_st_write(path, nodata, 1, NULL, NULL, 0), GRAFT_EINVAL);
     const char *key = "k", *bad_utf8 = "\xff\xfe";
-    const graft_st_tensor_t ok[] = {{"a", 1, {2}, x}};
+    const graft_st_tensor_t ok[] = {{"a", 1, {2}, x, GRAFT_ST_F32}};
     assert_int_equal(graft_st_write(path, ok, 1, &key, &bad_utf8, 1), GRAFT_EINVAL);
     assert_int_equal(count_files_with("w.safetensors"), 0);
 
@@ -548,6 +630,7 @@ int main(void) {
         cmocka_unit_test(test_roundtrip_bit_exact),
         cmocka_unit_test(test_file_layout),
         cmocka_unit_test(test_metadata_roundtrip),
+        cmocka_unit_test(test_integer_tensors),
         cmocka_unit_test(test_read_f16),
         cmocka_unit_test(test_read_bf16),
         cmocka_unit_test(test_transformer_prefix),
