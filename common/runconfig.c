@@ -57,7 +57,7 @@ const graft_option_t graft_run_options[] = {
      "task mix: roundrobin (one batch per task in turn) or proportional (by train size)"},
     {"eval_every", GRAFT_OPT_INT, OFF(eval_every), "100", 1, 1e9, "evaluate every N steps"},
     {"eval_max", GRAFT_OPT_INT, OFF(eval_max), "512", 0, 1e9,
-     "at most N examples per task and evaluation (0: the whole split)"},
+     "at most N examples per task and evaluation, evenly spread over the split (0: all)"},
     {"gen_tokens", GRAFT_OPT_INT, OFF(gen_tokens), "48", 1, 4096,
      "greedy-decoding budget for generation metrics (chrF)"},
     {"out", GRAFT_OPT_STRING, OFF(out), "runs/train", 0, -1,

@@ -242,13 +242,21 @@ static void greedy_decode(graft_trainer_t *tr, int B, int32_t *tokens, int32_t *
     free(len);
 }
 
+/* The j-th of n evaluated examples out of a split of `total`: evenly strided
+ * over the whole split, so that an --eval_max subset is not just the head of
+ * the file (task files are often ordered by source, hence by label). */
+static size_t eval_index(size_t j, size_t n, size_t total) {
+    return (size_t)((unsigned __int128)j * total / n);
+}
+
 static void evaluate_generation(graft_trainer_t *tr, int t, int split, size_t n,
                                 graft_eval_result_t *res) {
     graft_task_t *task = tr->tasks[t];
+    size_t total = graft_task_count(task, split);
     graft_lm_metrics_t lm;
     graft_lm_metrics_init(&lm);
     for (size_t i = 0; i < n; i += (size_t)tr->B) {
-        for (int b = 0; b < tr->B; b++) tr->indices[b] = (i + (size_t)b) % n;
+        for (int b = 0; b < tr->B; b++) tr->indices[b] = eval_index((i + (size_t)b) % n, n, total);
         int rows = (size_t)tr->B < n - i ? tr->B : (int)(n - i);
         float loss = forward_backward(tr, t, split, 0);
         /* Rows past the end repeat earlier examples; count only the real ones
@@ -274,11 +282,13 @@ static void evaluate_generation(graft_trainer_t *tr, int t, int split, size_t n,
     for (size_t i = 0; i < n_dec; i += (size_t)tr->B) {
         int rows = (size_t)tr->B < n_dec - i ? tr->B : (int)(n_dec - i);
         for (int b = 0; b < tr->B; b++)
-            graft_task_encode_prompt(task, split, (i + (size_t)(b < rows ? b : 0)), tr->T, room,
-                                     tr->inputs + (size_t)b * tr->T, &tr->pos[b]);
+            graft_task_encode_prompt(task, split,
+                                     eval_index(i + (size_t)(b < rows ? b : 0), n_dec, total),
+                                     tr->T, room, tr->inputs + (size_t)b * tr->T, &tr->pos[b]);
         greedy_decode(tr, tr->B, tr->inputs, tr->pos, outs, 4096);
         for (int b = 0; b < rows; b++) {
-            const graft_example_t *ex = graft_task_example(task, split, i + (size_t)b);
+            const graft_example_t *ex =
+                graft_task_example(task, split, eval_index(i + (size_t)b, n_dec, total));
             graft_chrf_add(&chrf, outs[b], strlen(outs[b]), ex->label, ex->label_len);
         }
     }
@@ -293,8 +303,9 @@ static void evaluate_classification(graft_trainer_t *tr, int t, int split, size_
     graft_cls_metrics_t cm;
     graft_cls_metrics_init(&cm, K);
     double loss_sum = 0.0;
+    size_t total = graft_task_count(tr->tasks[t], split);
     for (size_t i = 0; i < n; i += (size_t)tr->B) {
-        for (int b = 0; b < tr->B; b++) tr->indices[b] = (i + (size_t)b) % n;
+        for (int b = 0; b < tr->B; b++) tr->indices[b] = eval_index((i + (size_t)b) % n, n, total);
         int rows = (size_t)tr->B < n - i ? tr->B : (int)(n - i);
         forward_backward(tr, t, split, 0);
         for (int b = 0; b < rows; b++) {
