@@ -7,11 +7,12 @@
 # from the task data). One thread, so that it can run beside other work; it
 # takes about 45 minutes on an idle 2-core machine (more when shared).
 # Usage: scripts/pretrain-trunk.sh [OUT_DIR]   (default runs/trunk-small)
-# The log goes to OUT_DIR/pretrain.log; copy OUT_DIR/trunk.safetensors and
-# the log to models/small/ to replace the committed trunk.
+# The log goes to OUT_DIR/pretrain.log and the weights without the optimiser
+# state (scripts/strip_optimizer.py) to OUT_DIR/weights.safetensors; copy that
+# to models/small/trunk.safetensors, and the log, to replace the committed trunk.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-case "${1:-}" in -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 OUT="${1:-$ROOT/runs/trunk-small}"
 cd "$ROOT"
 bash scripts/prepare-corpus.sh --full data/corpus
@@ -21,3 +22,4 @@ OMP_WAIT_POLICY=PASSIVE build/graft pretrain --preset small --data data/corpus \
   --out "$OUT/trunk.safetensors" --steps 4000 --batch 16 --lr 2e-3 --warmup 200 \
   --threads 1 --eval_every 500 --checkpoint_every 500 --log_every 50 --seed 1337 \
   2>&1 | tee "$OUT/pretrain.log"
+python3 scripts/strip_optimizer.py "$OUT/trunk.safetensors" "$OUT/weights.safetensors"
