@@ -144,7 +144,7 @@ class Bench:
         argv = ["run", "--tasks", self.task_list(), "--shards", self.shards,
                 "--workers", str(a.clients), "--rounds", str(a.rounds),
                 "--local_steps", str(a.local_steps), "--eval_every_rounds",
-                str(max(1, a.rounds // 4)), "--out", os.path.join(self.out, name)]
+                str(max(1, a.rounds // 2)), "--out", os.path.join(self.out, name)]
         argv += self.common() + opts
         argv += ["--batch", str(a.fed_batch), "--threads", "1"]
         return self.run(name, argv)
