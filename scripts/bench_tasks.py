@@ -380,6 +380,7 @@ def main():
         die("build/graft is missing: cmake -S . -B build && cmake --build build -j2")
 
     b = Bench(a)
+    a.commit = git_commit()  # the code that ran, even if HEAD moves meanwhile
     t0 = time.time()
     if a.federated:
         b.shard()
@@ -447,7 +448,7 @@ def write_results(a, summary, seconds):
     with open(a.results, "w") as f:
         f.write(f"""# graft: the five-task benchmark
 
-Generated {now} by `{cmd.strip()}` (commit {git_commit()}) in {seconds / 60:.0f} minutes on
+Generated {now} by `{cmd.strip()}` (commit {a.commit}) in {seconds / 60:.0f} minutes on
 {machine()}. Every number below comes from that run's JSON-lines logs
 (`{os.path.relpath(a.out, ROOT)}/*/events.jsonl`), summarised by `graft report`.
 
