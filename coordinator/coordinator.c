@@ -701,7 +701,13 @@ static int loop(coord_t *c) {
             LOG_WARN("coordinator: receive failed: %s", graft_strerror(r));
         }
         check_lost(c);
+        /* While the loop works (aggregation, evaluation, a checkpoint) it
+         * reads no heartbeat: that deaf time is not the workers' silence. */
+        double t0 = graft_now();
         rc = advance(c);
+        double deaf = graft_now() - t0;
+        for (int p = 0; p < MAX_PEERS; p++)
+            if (c->w[p].state == W_ACTIVE) c->w[p].last_seen += deaf;
     }
     if (!rc && graft_coordinator_stop) {
         LOG_WARN("coordinator: stopping on request in round %d", c->round);
