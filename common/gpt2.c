@@ -6,6 +6,7 @@
 
 #include "ops.h"
 #include "peft.h"
+#include "profile.h"
 #include "tokenizer.h"
 
 int graft_gpt2_preset(const char *name, graft_gpt2_config_t *cfg) {
@@ -168,7 +169,9 @@ float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *
 
     graft_gpt2_params_t p = m->params;
     graft_gpt2_acts_t a = m->acts;
-    encoder_forward(a.encoded, inputs, p.wte, p.wpe, B, T, C);
+    /* 2 FLOPs per multiply-add of an (N,C) @ (C,OC) product */
+#define MMF(K, OC) (2.0 * BT * (K) * (OC))
+    GRAFT_PROF("fwd.encoder", 0, encoder_forward(a.encoded, inputs, p.wte, p.wpe, B, T, C));
     for (int l = 0; l < L; l++) {
         const float *residual = l == 0 ? a.encoded : a.residual3 + (l - 1) * slab * C;
         float *ln1 = a.ln1 + l * slab * C;
@@ -188,40 +191,48 @@ float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *
         const float *lnw, *lnb;
         float *dlnw, *dlnb;
         peft_ln_params(m, l, 1, &lnw, &lnb, &dlnw, &dlnb);
-        layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, lnw, lnb, BT, C);
-        matmul_forward(qkv, ln1, p.qkvw + (size_t)l * C * 3 * C, p.qkvb + l * 3 * C, BT, C,
-                       3 * C);
+        GRAFT_PROF("fwd.ln1", 0, layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, lnw, lnb, BT, C));
+        GRAFT_PROF("fwd.qkv", MMF(C, 3 * C),
+                   matmul_forward(qkv, ln1, p.qkvw + (size_t)l * C * 3 * C, p.qkvb + l * 3 * C,
+                                  BT, C, 3 * C));
         peft_linear_forward(m->peft, l, GRAFT_PROJ_QKV, qkv, ln1, BT);
-        attention_forward(atty, att, qkv, B, T, C, NH);
-        matmul_forward(attproj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, BT, C,
-                       C);
+        GRAFT_PROF("fwd.attention", 4.0 * BT * T * C,
+                   attention_forward(atty, att, qkv, B, T, C, NH));
+        GRAFT_PROF("fwd.attproj", MMF(C, C),
+                   matmul_forward(attproj, atty, p.attprojw + (size_t)l * C * C,
+                                  p.attprojb + l * C, BT, C, C));
         peft_linear_forward(m->peft, l, GRAFT_PROJ_ATTN, attproj, atty, BT);
-        residual_forward(residual2, residual, attproj, BT * C);
+        GRAFT_PROF("fwd.residual", 0, residual_forward(residual2, residual, attproj, BT * C));
         peft_ln_params(m, l, 2, &lnw, &lnb, &dlnw, &dlnb);
-        layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, lnw, lnb, BT, C);
-        matmul_forward(fch, ln2, p.fcw + (size_t)l * C * 4 * C, p.fcb + l * 4 * C, BT, C, 4 * C);
+        GRAFT_PROF("fwd.ln2", 0, layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, lnw, lnb, BT, C));
+        GRAFT_PROF("fwd.fc", MMF(C, 4 * C),
+                   matmul_forward(fch, ln2, p.fcw + (size_t)l * C * 4 * C, p.fcb + l * 4 * C, BT,
+                                  C, 4 * C));
         peft_linear_forward(m->peft, l, GRAFT_PROJ_FC, fch, ln2, BT);
-        gelu_forward(fch_gelu, fch, BT * 4 * C);
-        matmul_forward(fcproj, fch_gelu, p.fcprojw + (size_t)l * 4 * C * C, p.fcprojb + l * C,
-                       BT, 4 * C, C);
+        GRAFT_PROF("fwd.gelu", 0, gelu_forward(fch_gelu, fch, BT * 4 * C));
+        GRAFT_PROF("fwd.fcproj", MMF(4 * C, C),
+                   matmul_forward(fcproj, fch_gelu, p.fcprojw + (size_t)l * 4 * C * C,
+                                  p.fcprojb + l * C, BT, 4 * C, C));
         peft_linear_forward(m->peft, l, GRAFT_PROJ_FCPROJ, fcproj, fch_gelu, BT);
         peft_mlp_out_forward(m->peft, l, fcproj, fch_gelu, BT);
-        residual_forward(residual3, residual2, fcproj, BT * C);
+        GRAFT_PROF("fwd.residual", 0, residual_forward(residual3, residual2, fcproj, BT * C));
         peft_block_out_forward(m->peft, l, residual3, BT);
     }
     const float *last = a.residual3 + (L - 1) * slab * C;
     const float *lnfw, *lnfb;
     float *dlnfw, *dlnfb;
     peft_ln_params(m, -1, 0, &lnfw, &lnfb, &dlnfw, &dlnfb);
-    layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, lnfw, lnfb, BT, C);
+    GRAFT_PROF("fwd.lnf", 0, layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, lnfw, lnfb, BT, C));
 
     m->mean_loss = -1.0f;
     m->loss_count = 0;
     if (!targets) return -1.0f;
     memcpy(m->targets, targets, BT * sizeof(int32_t));
-    lmhead_forward(a.logits, a.lnf, p.wte, BT, C, V);
-    m->mean_loss = crossentropy_forward(a.losses, a.probs, a.logits, targets, BT, V,
-                                        &m->loss_count);
+    GRAFT_PROF("fwd.lmhead", MMF(C, V), lmhead_forward(a.logits, a.lnf, p.wte, BT, C, V));
+    GRAFT_PROF("fwd.crossentropy", 0,
+               m->mean_loss = crossentropy_forward(a.losses, a.probs, a.logits, targets, BT, V,
+                                                   &m->loss_count));
+#undef MMF
     return m->mean_loss;
 }
 
@@ -229,7 +240,9 @@ float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *
 
 void graft_gpt2_zero_grad(graft_gpt2_t *m) {
     if (m->grads_memory) memset(m->grads_memory, 0, m->num_params * sizeof(float));
-    if (m->grads_acts_memory) memset(m->grads_acts_memory, 0, m->num_acts * sizeof(float));
+    if (m->grads_acts_memory)
+        GRAFT_PROF("zero_grad.acts", 0,
+                   memset(m->grads_acts_memory, 0, m->num_acts * sizeof(float)));
 }
 
 void graft_gpt2_backward(graft_gpt2_t *m) {
@@ -238,10 +251,12 @@ void graft_gpt2_backward(graft_gpt2_t *m) {
     size_t BT = (size_t)B * T;
     graft_gpt2_acts_t a = m->acts, g = m->grads_acts;
     float scale = m->loss_count ? 1.0f / m->loss_count : 0.0f;
+    float *dwte = m->grads_memory ? m->grads.wte : NULL;
     /* dlogits is written (not accumulated) into the logits-gradient slab. */
-    crossentropy_backward(g.logits, a.probs, m->targets, BT, V, scale);
-    lmhead_backward(g.lnf, m->grads_memory ? m->grads.wte : NULL, g.logits, a.lnf,
-                    m->params.wte, BT, C, V);
+    GRAFT_PROF("bwd.crossentropy", 0,
+               crossentropy_backward(g.logits, a.probs, m->targets, BT, V, scale));
+    GRAFT_PROF("bwd.lmhead", 2.0 * BT * C * V * (dwte ? 2 : 1),
+               lmhead_backward(g.lnf, dwte, g.logits, a.lnf, m->params.wte, BT, C, V));
     graft_gpt2_backward_from_lnf(m);
 }
 
@@ -254,6 +269,8 @@ void graft_gpt2_backward_from_lnf(graft_gpt2_t *m) {
     int trainable = m->grads_memory != NULL;
     graft_gpt2_params_t d = trainable ? m->grads : (graft_gpt2_params_t){0};
 #define DW(field, off) (trainable ? d.field + (off) : NULL)
+    /* FLOPs of an (N,K) @ (K,OC) product's backward: dinp, plus dW if trained */
+#define MMBF(K, OC) (2.0 * BT * (K) * (OC) * (trainable ? 2 : 1))
     graft_gpt2_acts_t a = m->acts, g = m->grads_acts;
 
     float *dlast = g.residual3 + (L - 1) * slab * C;
@@ -261,7 +278,9 @@ void graft_gpt2_backward_from_lnf(graft_gpt2_t *m) {
     const float *lnw, *lnb;
     float *dlnw, *dlnb;
     peft_ln_params(m, -1, 0, &lnw, &lnb, &dlnw, &dlnb);
-    layernorm_backward(dlast, dlnw, dlnb, g.lnf, last, lnw, a.lnf_mean, a.lnf_rstd, BT, C);
+    GRAFT_PROF("bwd.lnf", 0,
+               layernorm_backward(dlast, dlnw, dlnb, g.lnf, last, lnw, a.lnf_mean, a.lnf_rstd,
+                                  BT, C));
     for (int l = L - 1; l >= 0; l--) {
         const float *residual = l == 0 ? a.encoded : a.residual3 + (l - 1) * slab * C;
         float *dresidual = l == 0 ? g.encoded : g.residual3 + (l - 1) * slab * C;
@@ -270,34 +289,49 @@ void graft_gpt2_backward_from_lnf(graft_gpt2_t *m) {
         float *datt = g.att + l * (size_t)m->B * NH * T * T;
 
         peft_block_out_backward(m->peft, l, g.residual3 + o1, BT);
-        residual_backward(g.residual2 + o1, g.fcproj + o1, g.residual3 + o1, BT * C);
+        GRAFT_PROF("bwd.residual", 0,
+                   residual_backward(g.residual2 + o1, g.fcproj + o1, g.residual3 + o1, BT * C));
         peft_mlp_out_backward(m->peft, l, g.fcproj + o1, g.fch_gelu + o4, a.fch_gelu + o4, BT);
-        matmul_backward(g.fch_gelu + o4, DW(fcprojw, (size_t)l * 4 * C * C),
-                        DW(fcprojb, l * C), g.fcproj + o1, a.fch_gelu + o4,
-                        p.fcprojw + (size_t)l * 4 * C * C, BT, 4 * C, C);
+        GRAFT_PROF("bwd.fcproj", MMBF(4 * C, C),
+                   matmul_backward(g.fch_gelu + o4, DW(fcprojw, (size_t)l * 4 * C * C),
+                                   DW(fcprojb, l * C), g.fcproj + o1, a.fch_gelu + o4,
+                                   p.fcprojw + (size_t)l * 4 * C * C, BT, 4 * C, C));
         peft_linear_backward(m->peft, l, GRAFT_PROJ_FCPROJ, g.fch_gelu + o4, g.fcproj + o1,
                              a.fch_gelu + o4, BT);
-        gelu_backward(g.fch + o4, a.fch + o4, g.fch_gelu + o4, BT * 4 * C);
-        matmul_backward(g.ln2 + o1, DW(fcw, (size_t)l * C * 4 * C), DW(fcb, l * 4 * C),
-                        g.fch + o4, a.ln2 + o1, p.fcw + (size_t)l * C * 4 * C, BT, C, 4 * C);
+        GRAFT_PROF("bwd.gelu", 0, gelu_backward(g.fch + o4, a.fch + o4, g.fch_gelu + o4, BT * 4 * C));
+        GRAFT_PROF("bwd.fc", MMBF(C, 4 * C),
+                   matmul_backward(g.ln2 + o1, DW(fcw, (size_t)l * C * 4 * C), DW(fcb, l * 4 * C),
+                                   g.fch + o4, a.ln2 + o1, p.fcw + (size_t)l * C * 4 * C, BT, C,
+                                   4 * C));
         peft_linear_backward(m->peft, l, GRAFT_PROJ_FC, g.ln2 + o1, g.fch + o4, a.ln2 + o1, BT);
         peft_ln_params(m, l, 2, &lnw, &lnb, &dlnw, &dlnb);
-        layernorm_backward(g.residual2 + o1, dlnw, dlnb, g.ln2 + o1, a.residual2 + o1, lnw,
-                           a.ln2_mean + os, a.ln2_rstd + os, BT, C);
-        residual_backward(dresidual, g.attproj + o1, g.residual2 + o1, BT * C);
-        matmul_backward(g.atty + o1, DW(attprojw, (size_t)l * C * C), DW(attprojb, l * C),
-                        g.attproj + o1, a.atty + o1, p.attprojw + (size_t)l * C * C, BT, C, C);
+        GRAFT_PROF("bwd.ln2", 0,
+                   layernorm_backward(g.residual2 + o1, dlnw, dlnb, g.ln2 + o1, a.residual2 + o1,
+                                      lnw, a.ln2_mean + os, a.ln2_rstd + os, BT, C));
+        GRAFT_PROF("bwd.residual", 0,
+                   residual_backward(dresidual, g.attproj + o1, g.residual2 + o1, BT * C));
+        GRAFT_PROF("bwd.attproj", MMBF(C, C),
+                   matmul_backward(g.atty + o1, DW(attprojw, (size_t)l * C * C),
+                                   DW(attprojb, l * C), g.attproj + o1, a.atty + o1,
+                                   p.attprojw + (size_t)l * C * C, BT, C, C));
         peft_linear_backward(m->peft, l, GRAFT_PROJ_ATTN, g.atty + o1, g.attproj + o1,
                              a.atty + o1, BT);
-        attention_backward(g.qkv + o3, datt, g.atty + o1, a.qkv + o3, att, B, T, C, NH);
-        matmul_backward(g.ln1 + o1, DW(qkvw, (size_t)l * C * 3 * C), DW(qkvb, l * 3 * C),
-                        g.qkv + o3, a.ln1 + o1, p.qkvw + (size_t)l * C * 3 * C, BT, C, 3 * C);
+        GRAFT_PROF("bwd.attention", 8.0 * BT * T * C,
+                   attention_backward(g.qkv + o3, datt, g.atty + o1, a.qkv + o3, att, B, T, C,
+                                      NH));
+        GRAFT_PROF("bwd.qkv", MMBF(C, 3 * C),
+                   matmul_backward(g.ln1 + o1, DW(qkvw, (size_t)l * C * 3 * C),
+                                   DW(qkvb, l * 3 * C), g.qkv + o3, a.ln1 + o1,
+                                   p.qkvw + (size_t)l * C * 3 * C, BT, C, 3 * C));
         peft_linear_backward(m->peft, l, GRAFT_PROJ_QKV, g.ln1 + o1, g.qkv + o3, a.ln1 + o1, BT);
         peft_ln_params(m, l, 1, &lnw, &lnb, &dlnw, &dlnb);
-        layernorm_backward(dresidual, dlnw, dlnb, g.ln1 + o1, residual, lnw, a.ln1_mean + os,
-                           a.ln1_rstd + os, BT, C);
+        GRAFT_PROF("bwd.ln1", 0,
+                   layernorm_backward(dresidual, dlnw, dlnb, g.ln1 + o1, residual, lnw,
+                                      a.ln1_mean + os, a.ln1_rstd + os, BT, C));
     }
-    if (trainable) encoder_backward(d.wte, d.wpe, g.encoded, m->inputs, B, T, C);
+    if (trainable)
+        GRAFT_PROF("bwd.encoder", 0, encoder_backward(d.wte, d.wpe, g.encoded, m->inputs, B, T, C));
+#undef MMBF
 #undef DW
 }
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ops.h"
+#include "profile.h"
 
 /* ---- parsing ------------------------------------------------------------ */
 
@@ -329,6 +330,48 @@ static void reserve(graft_peft_t *p) {
     p->labels = graft_xmalloc((size_t)p->B * sizeof(int32_t));
 }
 
+/* ---- hooks: how deep the backward pass goes ------------------------------ */
+
+static int lora_on(const graft_peft_t *p, int l, graft_proj_t proj) {
+    const int *slot = p->shared_lora_idx + (l * GRAFT_NUM_PROJ + proj) * 2;
+    if (slot[0] >= 0) return 1;
+    if (p->active < 0) return 0;
+    return p->tasks[p->active].lora_idx[(l * GRAFT_NUM_PROJ + proj) * 2] >= 0;
+}
+
+/* The deepest gradient that layer l's modules need, or -1 for none. */
+static int layer_grad_depth(const graft_peft_t *p, int l) {
+    static const graft_grad_depth_t proj_depth[GRAFT_NUM_PROJ] = {
+        GRAFT_GRAD_QKV_OUT, GRAFT_GRAD_ATTN_OUT, GRAFT_GRAD_FC_OUT, GRAFT_GRAD_MLP_OUT};
+    int d = -1;
+    for (int proj = 0; proj < GRAFT_NUM_PROJ; proj++)
+        if (lora_on(p, l, proj) && (int)proj_depth[proj] > d) d = proj_depth[proj];
+    if (p->active >= 0) {
+        const graft_peft_task_modules_t *tm = &p->tasks[p->active];
+        if (tm->ad_lnw >= 0 && d < GRAFT_GRAD_BLOCK_OUT) d = GRAFT_GRAD_BLOCK_OUT;
+        if ((tm->red_s >= 0 || tm->ch_w >= 0) && d < GRAFT_GRAD_MLP_OUT) d = GRAFT_GRAD_MLP_OUT;
+        if (tm->ln1w >= 0) d = GRAFT_GRAD_LN1_OUT;
+    }
+    return d;
+}
+
+void peft_grad_floor(const graft_gpt2_t *m, int *layer, graft_grad_depth_t *depth) {
+    const graft_peft_t *p = m->peft;
+    *layer = 0;
+    *depth = GRAFT_GRAD_BLOCK_IN;
+    if (!p || m->grads_memory) return;
+    for (int l = 0; l < m->cfg.L; l++) {
+        int d = layer_grad_depth(p, l);
+        if (d >= 0) {
+            *layer = l;
+            *depth = (graft_grad_depth_t)d;
+            return;
+        }
+    }
+    *layer = m->cfg.L;
+    *depth = GRAFT_GRAD_BLOCK_OUT;
+}
+
 /* ---- hooks: LayerNorm parameters ---------------------------------------- */
 
 void peft_ln_params(const graft_gpt2_t *m, int l, int which, const float **w, const float **b,
@@ -409,12 +452,14 @@ void peft_linear_forward(graft_peft_t *p, int l, graft_proj_t proj, float *out, 
     graft_lora_t lo;
     for (int pair = 0; pair < 2; pair++) {
         if (!lora_pair(p, l, proj, pair, &lo)) continue;
+        double t0 = graft_prof_start();
         float *u = lora_u_at(p, l, proj, pair);
         /* u (N,r) = inp (N,in) @ A (in,r); out (N,odim) += scale * u @ B (r,odim) */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, lo.r, in, 1.0f, inp, in, lo.A,
                     lo.r, 0.0f, u, lo.r);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, odim, lo.r, lo.scale, u, lo.r,
                     lo.B, odim, 1.0f, out, odim);
+        graft_prof_stop("fwd.lora", t0, 2.0 * N * lo.r * (in + odim));
     }
     const graft_peft_task_modules_t *tm = active_channels(p);
     if (proj == GRAFT_PROJ_FCPROJ && tm) {
@@ -441,6 +486,7 @@ void peft_linear_backward(graft_peft_t *p, int l, graft_proj_t proj, float *dinp
     float *du = p->grad_scratch;
     for (int pair = 0; pair < 2; pair++) {
         if (!lora_pair(p, l, proj, pair, &lo)) continue;
+        double t0 = graft_prof_start();
         const float *u = lora_u_at(p, l, proj, pair);
         /* dB (r,odim) += scale u^T dout ; du (N,r) = scale dout B^T */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, lo.r, odim, N, lo.scale, u, lo.r,
@@ -452,6 +498,7 @@ void peft_linear_backward(graft_peft_t *p, int l, graft_proj_t proj, float *dinp
                     1.0f, lo.dA, lo.r);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, in, lo.r, 1.0f, du, lo.r, lo.A,
                     lo.r, 1.0f, dinp, in);
+        graft_prof_stop("bwd.lora", t0, 4.0 * N * lo.r * (in + odim));
     }
     const graft_peft_task_modules_t *tm = active_channels(p);
     if (proj == GRAFT_PROJ_FCPROJ && tm) {
@@ -477,6 +524,7 @@ void peft_linear_backward(graft_peft_t *p, int l, graft_proj_t proj, float *dinp
 void peft_mlp_out_forward(graft_peft_t *p, int l, float *out, const float *fch_gelu, int N) {
     (void)fch_gelu;
     if (!p || p->active < 0 || p->tasks[p->active].red_s < 0) return;
+    double t0 = graft_prof_start();
     const graft_peft_task_modules_t *tm = &p->tasks[p->active];
     int C = p->trunk->cfg.C;
     size_t BT = (size_t)p->B * p->T;
@@ -487,6 +535,7 @@ void peft_mlp_out_forward(graft_peft_t *p, int l, float *out, const float *fch_g
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++)
         for (int c = 0; c < C; c++) out[(size_t)i * C + c] = s[c] * out[(size_t)i * C + c] + b[c];
+    graft_prof_stop("fwd.red", t0, 0);
 }
 
 void peft_mlp_out_backward(graft_peft_t *p, int l, float *dout, float *dfch_gelu,
@@ -494,6 +543,7 @@ void peft_mlp_out_backward(graft_peft_t *p, int l, float *dout, float *dfch_gelu
     (void)dfch_gelu;
     (void)fch_gelu;
     if (!p || p->active < 0 || p->tasks[p->active].red_s < 0) return;
+    double t0 = graft_prof_start();
     const graft_peft_task_modules_t *tm = &p->tasks[p->active];
     int C = p->trunk->cfg.C;
     size_t BT = (size_t)p->B * p->T;
@@ -506,6 +556,7 @@ void peft_mlp_out_backward(graft_peft_t *p, int l, float *dout, float *dfch_gelu
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++)
         for (int c = 0; c < C; c++) dout[(size_t)i * C + c] *= s[c];
+    graft_prof_stop("bwd.red", t0, 0);
 }
 
 /* ---- hooks: the residual adapter after each block ------------------------ */
@@ -538,6 +589,7 @@ static int adapter_at(const graft_peft_t *p, int l, adapter_view_t *v) {
 void peft_block_out_forward(graft_peft_t *p, int l, float *h, int N) {
     adapter_view_t v;
     if (!adapter_at(p, l, &v)) return;
+    double t0 = graft_prof_start();
     int C = p->trunk->cfg.C, m = p->cfg.adapter_dim;
     size_t BT = (size_t)p->B * p->T, off = (size_t)l * BT;
     float *in = p->ad_in + off * C, *ln = p->ad_ln + off * C;
@@ -550,11 +602,13 @@ void peft_block_out_forward(graft_peft_t *p, int l, float *h, int N) {
     for (size_t i = 0; i < (size_t)N * m; i++) a[i] = hh[i] > 0.0f ? hh[i] : 0.0f;
     matmul_forward(p->grad_scratch, a, v.up, v.upb, N, m, C);
     residual_forward(h, in, p->grad_scratch, (size_t)N * C);
+    graft_prof_stop("fwd.adapter", t0, 4.0 * N * C * m);
 }
 
 void peft_block_out_backward(graft_peft_t *p, int l, float *dh, int N) {
     adapter_view_t v;
     if (!adapter_at(p, l, &v)) return;
+    double t0 = graft_prof_start();
     int C = p->trunk->cfg.C, m = p->cfg.adapter_dim;
     size_t BT = (size_t)p->B * p->T, off = (size_t)l * BT;
     const float *in = p->ad_in + off * C, *ln = p->ad_ln + off * C;
@@ -570,6 +624,7 @@ void peft_block_out_backward(graft_peft_t *p, int l, float *dh, int N) {
     matmul_backward(dln, v.ddown, v.ddownb, da, ln, v.down, N, C, m);
     layernorm_backward(dh, v.dlnw, v.dlnb, dln, in, v.lnw, p->ad_mean + off, p->ad_rstd + off,
                        N, C);
+    graft_prof_stop("bwd.adapter", t0, 8.0 * N * C * m);
 }
 
 /* ---- entry points ------------------------------------------------------- */
@@ -579,7 +634,9 @@ void graft_peft_zero_grad(graft_peft_t *p, int task) {
     int n = graft_peft_scopes(p, task, scopes);
     for (int i = 0; i < n; i++) graft_scope_zero_grad(scopes[i]);
     graft_gpt2_t *m = p->trunk;
-    if (m->grads_acts_memory) memset(m->grads_acts_memory, 0, m->num_acts * sizeof(float));
+    if (m->grads_acts_memory)
+        GRAFT_PROF("zero_grad.acts", 0,
+                   memset(m->grads_acts_memory, 0, m->num_acts * sizeof(float)));
 }
 
 /* Does anything below the head train for this task? (If not, the trunk's

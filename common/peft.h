@@ -146,6 +146,12 @@ void graft_peft_zero_grad(graft_peft_t *p, int task);
 
 /* ---- hooks called by the trunk (gpt2.c) ----------------------------------- */
 
+/* The lowest gradient the backward pass must produce for what trains now
+ * (the trunk, or the shared modules and those of the active task): layer
+ * *layer at *depth; layers below it need no gradient at all. A trainable
+ * trunk or a trunk without modules: layer 0, GRAFT_GRAD_BLOCK_IN. Nothing
+ * trains below the final LayerNorm: *layer = L. */
+void peft_grad_floor(const graft_gpt2_t *m, int *layer, graft_grad_depth_t *depth);
 /* LayerNorm parameters for layer l (which = 1, 2) or the final one (l < 0). */
 void peft_ln_params(const graft_gpt2_t *m, int l, int which, const float **w, const float **b,
                     float **dw, float **db);
