@@ -2,13 +2,15 @@
 # Training-step throughput of graft next to PyTorch on the same model and
 # work: `graft bench step` and scripts/bench_torch.py (the reference trunk in
 # tests/pytorch/gpt2_ref.py), one after the other so they do not share cores,
-# both with batch 16 of random tokens, forward + backward + clip + AdamW.
+# both with batch 16 of random tokens, forward + backward + clip + AdamW of
+# the same method: full, or lora / adapter / red on a frozen trunk (the same
+# modules on both sides; see gpt2_ref.prepare_method).
 # Prints both programs' output, then as the last line
 #   graft_tokens_per_s=<N> pytorch_tokens_per_s=<N> ratio=<graft/pytorch>
 # With --repeat R the pair runs R times, alternating, and the best of each
 # side counts (on a shared machine the slowest runs measure the neighbours).
-# Usage: scripts/bench-step.sh [--preset tiny|small|base] [--method full]
-#                              [--threads N] [--steps N] [--repeat R]
+# Usage: scripts/bench-step.sh [--preset tiny|small|base]
+#          [--method full|lora|adapter|red] [--threads N] [--steps N] [--repeat R]
 # Defaults: --preset small --method full --threads 2 --steps 10 --repeat 1.
 # Needs build/graft (cmake --build build) and Debian's python3-torch.
 set -euo pipefail
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
         --repeat) REPEAT="$2" ;;
       esac
       shift 2 ;;
-    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
