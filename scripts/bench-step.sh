@@ -12,7 +12,8 @@
 # Usage: scripts/bench-step.sh [--preset tiny|small|base]
 #          [--method full|lora|adapter|red] [--threads N] [--steps N] [--repeat R]
 # Defaults: --preset small --method full --threads 2 --steps 10 --repeat 1.
-# Needs build/graft (cmake --build build) and Debian's python3-torch.
+# Needs build/graft (cmake --build build; GRAFT_BIN=path picks another
+# binary) and Debian's python3-torch.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
         --repeat) REPEAT="$2" ;;
       esac
       shift 2 ;;
-    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
@@ -46,7 +47,7 @@ done
 [[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || die "--steps must be a positive integer, not '$STEPS'"
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a positive integer, not '$REPEAT'"
 
-GRAFT="$ROOT/build/graft"
+GRAFT="${GRAFT_BIN:-$ROOT/build/graft}" # GRAFT_BIN=path: time another build
 [ -x "$GRAFT" ] || die "$GRAFT not found: build it first (cmake -S . -B build && cmake --build build)"
 "$PYTHON" -c 'import torch' 2>/dev/null ||
   die "$PYTHON cannot import torch: install python3-torch (scripts/install-deps.sh)"
