@@ -8,6 +8,52 @@
 
 #include "graft.h"
 
+/* ---- exp for vector loops ------------------------------------------------- */
+
+/* e^x within about 2 ulp for x in [-87.3, 88] (clamped there: e^-87.3 is
+ * the smallest normal float, e^88 stays finite). Written without library
+ * calls so that `omp simd` loops using it compile to AVX-512 code; expf and
+ * tanhf from libm are scalar calls and made GELU and the softmaxes the
+ * slowest kernels of a step. Cephes' expf: n = round(x / ln 2), r = x - n
+ * ln 2 in two parts, e^r by a degree-6 polynomial, times 2^n via the
+ * exponent bits. */
+static inline float vexpf(float x) {
+    x = x < -87.33654f ? -87.33654f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float n = rintf(x * 1.44269504088896341f);
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* y (n) = softmax(x (n)); y may equal x. Vector loops (the sums' order is
+ * fixed by the code, so results repeat run to run). */
+static void softmax_row(float *y, const float *x, int n) {
+    float maxv = -INFINITY;
+#pragma omp simd reduction(max : maxv)
+    for (int k = 0; k < n; k++) maxv = x[k] > maxv ? x[k] : maxv;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int k = 0; k < n; k++) {
+        float e = vexpf(x[k] - maxv);
+        y[k] = e;
+        sum += e;
+    }
+    float inv = 1.0f / sum;
+#pragma omp simd
+    for (int k = 0; k < n; k++) y[k] *= inv;
+}
+
 /* ---- encoder ------------------------------------------------------------ */
 
 void encoder_forward(float *out, const int32_t *inp, const float *wte, const float *wpe, int B,
@@ -231,15 +277,7 @@ void attention_forward(float *out, float *att, const float *inp, int B, int T, i
                         0.0f, p, T);
             for (int t = 0; t < T; t++) {
                 float *row = p + (size_t)t * T;
-                float maxv = -INFINITY;
-                for (int j = 0; j <= t; j++) maxv = row[j] > maxv ? row[j] : maxv;
-                float sum = 0.0f;
-                for (int j = 0; j <= t; j++) {
-                    row[j] = expf(row[j] - maxv);
-                    sum += row[j];
-                }
-                float inv = 1.0f / sum;
-                for (int j = 0; j <= t; j++) row[j] *= inv;
+                softmax_row(row, row, t + 1);
                 for (int j = t + 1; j < T; j++) row[j] = 0.0f;
             }
             float *o = out + (size_t)b * T * C + h * hs;
@@ -291,28 +329,30 @@ void attention_backward(float *dinp, float *scratch, const float *dout, const fl
 
 /* ---- gelu --------------------------------------------------------------- */
 
+/* GELU with the tanh approximation, through the identity
+ * 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3):
+ * one vexpf per element, and no cancellation in 1 + tanh(u) for x < 0. */
 #define GELU_SCALING_FACTOR 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_CUBIC 0.044715f
 
 void gelu_forward(float *out, const float *inp, size_t N) {
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < N; i++) {
         float x = inp[i];
-        float cube = 0.044715f * x * x * x;
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALING_FACTOR * (x + cube)));
+        float u = GELU_SCALING_FACTOR * (x + GELU_CUBIC * x * x * x);
+        out[i] = x / (1.0f + vexpf(-2.0f * u));
     }
 }
 
+/* d/dx x s(2u) = s + 2 x s (1 - s) u', s = sigmoid(2u), u' = sqrt(2/pi) (1 + 3 0.044715 x^2) */
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N) {
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < N; i++) {
         float x = inp[i];
-        float cube = 0.044715f * x * x * x;
-        float tanh_arg = GELU_SCALING_FACTOR * (x + cube);
-        float tanh_out = tanhf(tanh_arg);
-        float sech2 = 1.0f - tanh_out * tanh_out;
-        float local_grad = 0.5f * (1.0f + tanh_out) +
-                           x * 0.5f * sech2 * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
-        dinp[i] += local_grad * dout[i];
+        float u = GELU_SCALING_FACTOR * (x + GELU_CUBIC * x * x * x);
+        float s = 1.0f / (1.0f + vexpf(-2.0f * u));
+        float du = GELU_SCALING_FACTOR * (1.0f + 3.0f * GELU_CUBIC * x * x);
+        dinp[i] += (s + 2.0f * x * s * (1.0f - s) * du) * dout[i];
     }
 }
 
@@ -335,19 +375,7 @@ void residual_backward(float *dinp1, float *dinp2, const float *dout, size_t N) 
 
 void softmax_rows(float *out, const float *inp, int N, int K) {
 #pragma omp parallel for schedule(static)
-    for (int i = 0; i < N; i++) {
-        const float *x = inp + (size_t)i * K;
-        float *y = out + (size_t)i * K;
-        float maxv = -INFINITY;
-        for (int k = 0; k < K; k++) maxv = x[k] > maxv ? x[k] : maxv;
-        float sum = 0.0f;
-        for (int k = 0; k < K; k++) {
-            y[k] = expf(x[k] - maxv);
-            sum += y[k];
-        }
-        float inv = 1.0f / sum;
-        for (int k = 0; k < K; k++) y[k] *= inv;
-    }
+    for (int i = 0; i < N; i++) softmax_row(out + (size_t)i * K, inp + (size_t)i * K, K);
 }
 
 float crossentropy_forward(float *losses, float *probs, const float *logits,
