@@ -142,14 +142,14 @@ void graft_gpt2_reserve(graft_gpt2_t *m, int B, int T);
 float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *targets, int B,
                          int T);
 
-/* Zeroes weight gradients and activation gradients. */
+/* Zeroes the weight gradients (activation gradients need no zeroing). */
 void graft_gpt2_zero_grad(graft_gpt2_t *m);
 
 /* Backward of the LM loss of the last forward (mean over counted targets). */
 void graft_gpt2_backward(graft_gpt2_t *m);
 
-/* Backward from a gradient that the caller already accumulated into
- * grads_acts.lnf (B,T,C), e.g. from a classification head. */
+/* Backward from a gradient that the caller wrote into grads_acts.lnf
+ * (B,T,C), e.g. from a classification head. */
 void graft_gpt2_backward_from_lnf(graft_gpt2_t *m);
 
 /* ---- naming: Hugging Face GPT-2 tensor names and shapes ----------------- */

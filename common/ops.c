@@ -111,8 +111,10 @@ static void colsum_impl(float *acc, const float *x, const float *y, int N, int C
             const float *xr = x + (size_t)i * C;
             if (y) {
                 const float *yr = y + (size_t)i * C;
+#pragma omp simd
                 for (int c = 0; c < C; c++) p[c] += xr[c] * yr[c];
             } else {
+#pragma omp simd
                 for (int c = 0; c < C; c++) p[c] += xr[c];
             }
         }
@@ -132,13 +134,15 @@ void colsum_product_accumulate(float *acc, const float *x, const float *y, int N
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                        const float *weight, const float *bias, int N, int C) {
     const float eps = 1e-5f;
-#pragma omp parallel for
+#pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
-        float m = 0.0f;
-        for (int c = 0; c < C; c++) m += x[c];
-        m /= C;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int c = 0; c < C; c++) sum += x[c];
+        float m = sum / C;
         float v = 0.0f;
+#pragma omp simd reduction(+ : v)
         for (int c = 0; c < C; c++) {
             float d = x[c] - m;
             v += d * d;
@@ -146,17 +150,19 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
         v /= C;
         float s = 1.0f / sqrtf(v + eps);
         float *o = out + (size_t)i * C;
+#pragma omp simd
         for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * weight[c] + bias[c];
         mean[i] = m;
         rstd[i] = s;
     }
 }
 
-void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                        const float *inp, const float *weight, const float *mean,
-                        const float *rstd, int N, int C) {
-    int nthreads = omp_get_max_threads();
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dres,
+                        const float *dout, const float *inp, const float *weight,
+                        const float *mean, const float *rstd, int N, int C) {
     int need_params = dweight || dbias;
+    if (!dinp && !need_params) return;
+    int nthreads = omp_get_max_threads();
     float *partials = need_params ? graft_xcalloc((size_t)nthreads * 2 * C, sizeof(float)) : NULL;
 #pragma omp parallel num_threads(nthreads)
     {
@@ -168,26 +174,30 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
             const float *d = dout + (size_t)i * C;
             const float *x = inp + (size_t)i * C;
             float m = mean[i], s = rstd[i];
-            float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
-            for (int c = 0; c < C; c++) {
-                float norm = (x[c] - m) * s;
-                float dnorm = weight[c] * d[c];
-                dnorm_mean += dnorm;
-                dnorm_norm_mean += dnorm * norm;
-                if (pw) {
-                    pw[c] += norm * d[c];
+            if (pw) {
+#pragma omp simd
+                for (int c = 0; c < C; c++) {
+                    pw[c] += (x[c] - m) * s * d[c];
                     pb[c] += d[c];
                 }
             }
+            if (!dinp) continue;
+            float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
+#pragma omp simd reduction(+ : dnorm_mean, dnorm_norm_mean)
+            for (int c = 0; c < C; c++) {
+                float dnorm = weight[c] * d[c];
+                dnorm_mean += dnorm;
+                dnorm_norm_mean += dnorm * (x[c] - m) * s;
+            }
             dnorm_mean /= C;
             dnorm_norm_mean /= C;
-            if (dinp) {
-                float *di = dinp + (size_t)i * C;
-                for (int c = 0; c < C; c++) {
-                    float norm = (x[c] - m) * s;
-                    float dnorm = weight[c] * d[c];
-                    di[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
-                }
+            float *di = dinp + (size_t)i * C;
+            const float *dr = dres ? dres + (size_t)i * C : NULL;
+#pragma omp simd
+            for (int c = 0; c < C; c++) {
+                float norm = (x[c] - m) * s;
+                float g = (weight[c] * d[c] - dnorm_mean - norm * dnorm_norm_mean) * s;
+                di[c] = dr ? dr[c] + g : g;
             }
         }
     }
@@ -235,7 +245,7 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
                      const float *inp, const float *weight, int N, int C, int OC) {
     if (dinp)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, C, OC, 1.0f, dout, OC, weight, OC,
-                    1.0f, dinp, C);
+                    0.0f, dinp, C);
     if (dweight)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, N, 1.0f, inp, C, dout, OC,
                     1.0f, dweight, OC);
@@ -251,7 +261,7 @@ void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float
                      const float *wte, int N, int C, int V) {
     if (dinp)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, V, 1.0f, dlogits, V, wte, C,
-                    1.0f, dinp, C);
+                    0.0f, dinp, C);
     if (dwte)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, N, 1.0f, dlogits, V, inp, C,
                     1.0f, dwte, C);
@@ -308,7 +318,7 @@ void attention_backward(float *dinp, float *scratch, const float *dout, const fl
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dO, C, v, C3,
                         0.0f, ds, T);
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, p, T, dO, C,
-                        1.0f, dv, C3);
+                        0.0f, dv, C3);
             /* dS = scale * P (dP - rowsum(dP P)), zero above the diagonal */
             for (int t = 0; t < T; t++) {
                 const float *prow = p + (size_t)t * T;
@@ -320,9 +330,9 @@ void attention_backward(float *dinp, float *scratch, const float *dout, const fl
             }
             /* dQ += dS K ; dK += dS^T Q */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, k, C3,
-                        1.0f, dq, C3);
+                        0.0f, dq, C3);
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, q, C3,
-                        1.0f, dk, C3);
+                        0.0f, dk, C3);
         }
     }
 }
@@ -352,7 +362,7 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N) {
         float u = GELU_SCALING_FACTOR * (x + GELU_CUBIC * x * x * x);
         float s = 1.0f / (1.0f + vexpf(-2.0f * u));
         float du = GELU_SCALING_FACTOR * (1.0f + 3.0f * GELU_CUBIC * x * x);
-        dinp[i] += (s + 2.0f * x * s * (1.0f - s) * du) * dout[i];
+        dinp[i] = (s + 2.0f * x * s * (1.0f - s) * du) * dout[i];
     }
 }
 
@@ -361,14 +371,6 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N) {
 void residual_forward(float *out, const float *inp1, const float *inp2, size_t N) {
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < N; i++) out[i] = inp1[i] + inp2[i];
-}
-
-void residual_backward(float *dinp1, float *dinp2, const float *dout, size_t N) {
-#pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < N; i++) {
-        dinp1[i] += dout[i];
-        dinp2[i] += dout[i];
-    }
 }
 
 /* ---- softmax / cross-entropy -------------------------------------------- */
@@ -425,9 +427,8 @@ void pool_forward(float *pooled, const float *hidden, const int32_t *pos, int B,
 }
 
 void pool_backward(float *dhidden, const float *dpooled, const int32_t *pos, int B, int T, int C) {
-    for (int b = 0; b < B; b++) {
-        float *dh = dhidden + ((size_t)b * T + pos[b]) * C;
-        const float *dp = dpooled + (size_t)b * C;
-        for (int c = 0; c < C; c++) dh[c] += dp[c];
-    }
+    memset(dhidden, 0, (size_t)B * T * C * sizeof(float));
+    for (int b = 0; b < B; b++)
+        memcpy(dhidden + ((size_t)b * T + pos[b]) * C, dpooled + (size_t)b * C,
+               (size_t)C * sizeof(float));
 }

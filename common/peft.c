@@ -245,6 +245,8 @@ void graft_peft_destroy(graft_peft_t **self_p) {
     }
     free(p->tasks);
     free(p->shared_lora_idx);
+    free(p->merged);
+    free(p->merged_on);
     free(p->acts);
     free(p->grad_scratch);
     free(p->pos);
@@ -290,15 +292,13 @@ static void reserve(graft_peft_t *p) {
     p->T = m->T;
     const graft_gpt2_config_t *c = &m->cfg;
     size_t BT = (size_t)p->B * p->T, L = c->L, C = c->C;
-    size_t r = (size_t)max_rank(p), am = (size_t)p->cfg.adapter_dim, k = (size_t)p->cfg.channels_k;
-    int lora = p->cfg.methods & GRAFT_M_LORA, red = p->cfg.methods & GRAFT_M_RED;
+    size_t am = (size_t)p->cfg.adapter_dim, k = (size_t)p->cfg.channels_k;
+    int red = p->cfg.methods & GRAFT_M_RED;
     int ad = p->cfg.methods & GRAFT_M_ADAPTER, ch = p->cfg.methods & GRAFT_M_CHANNELS;
     size_t K = 1;
     for (int t = 0; t < p->n_tasks; t++)
         if ((size_t)p->tasks[t].num_labels > K) K = (size_t)p->tasks[t].num_labels;
-    size_t lora_each = lora ? L * BT * r : 0;
     size_t sizes[] = {
-        GRAFT_NUM_PROJ * 2 * lora_each,              /* lora_u */
         red ? L * BT * C : 0,                        /* red_in */
         ad ? L * BT * C : 0, ad ? L * BT * C : 0,    /* ad_in ad_ln */
         ad ? L * BT : 0, ad ? L * BT : 0,            /* ad_mean ad_rstd */
@@ -312,20 +312,17 @@ static void reserve(graft_peft_t *p) {
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
     p->acts = graft_xcalloc(total, sizeof(float));
     float *q = p->acts;
-    for (int proj = 0; proj < GRAFT_NUM_PROJ; proj++)
-        for (int pair = 0; pair < 2; pair++) {
-            p->lora_u[proj][pair] = q;
-            q += lora_each;
-        }
     float **views[] = {&p->red_in, &p->ad_in, &p->ad_ln, &p->ad_mean, &p->ad_rstd, &p->ad_h,
                        &p->ad_a, &p->ch_gather, &p->pooled, &p->dpooled, &p->head_logits,
                        &p->head_probs, &p->head_dlogits, &p->head_losses};
     for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) {
         *views[i] = q;
-        q += sizes[i + 1];
+        q += sizes[i];
     }
-    /* Scratch for gradients flowing through a module: two (BT, 4C) slabs. */
-    p->grad_scratch = graft_xmalloc(2 * BT * 4 * C * sizeof(float));
+    /* Scratch for gradients flowing through a module, and for LoRA's x A
+     * and dout B^T in its backward: two (BT, max(4C, r)) slabs. */
+    size_t wide = 4 * C > (size_t)max_rank(p) ? 4 * C : (size_t)max_rank(p);
+    p->grad_scratch = graft_xmalloc(2 * BT * wide * sizeof(float));
     p->pos = graft_xmalloc((size_t)p->B * sizeof(int32_t));
     p->labels = graft_xmalloc((size_t)p->B * sizeof(int32_t));
 }
@@ -434,36 +431,82 @@ static int lora_pair(const graft_peft_t *p, int l, graft_proj_t proj, int pair, 
     return 1;
 }
 
-static float *lora_u_at(const graft_peft_t *p, int l, graft_proj_t proj, int pair) {
-    size_t BT = (size_t)p->B * p->T;
-    return p->lora_u[proj][pair] + (size_t)l * BT * max_rank(p);
-}
-
 static const graft_peft_task_modules_t *active_channels(const graft_peft_t *p) {
     if (p->active < 0 || p->tasks[p->active].ch_w < 0) return NULL;
     return &p->tasks[p->active];
 }
 
+/* The trunk's weight (in, out) of projection proj in layer l. */
+static float *proj_weight(graft_gpt2_t *m, int l, graft_proj_t proj) {
+    size_t C = m->cfg.C;
+    switch (proj) {
+    case GRAFT_PROJ_QKV: return m->params.qkvw + l * C * 3 * C;
+    case GRAFT_PROJ_ATTN: return m->params.attprojw + l * C * C;
+    case GRAFT_PROJ_FC: return m->params.fcw + l * C * 4 * C;
+    default: return m->params.fcprojw + l * 4 * C * C;
+    }
+}
+
+/* Where (l, proj)'s merged weight lives in p->merged, laid out like the
+ * trunk's four projection tensors. */
+static float *merged_weight(const graft_peft_t *p, int l, graft_proj_t proj) {
+    size_t C = p->trunk->cfg.C, L = p->trunk->cfg.L;
+    static const size_t before[GRAFT_NUM_PROJ] = {0, 3, 4, 8}; /* in units of L C^2 */
+    static const size_t per_layer[GRAFT_NUM_PROJ] = {3, 1, 4, 4}; /* in units of C^2 */
+    return p->merged + (before[proj] * L + per_layer[proj] * l) * C * C;
+}
+
+/* LoRA is merged: the trunk's forward and backward multiply by
+ * W' = W + sum over the active pairs of scale A B, which is exactly the
+ * adapted layer, so LoRA adds no products of its own to the forward pass
+ * or to the input gradient. W' costs one copy of W and an (in, r, out)
+ * product per pass; the unmerged form costs (N, in, r) and (N, r, out)
+ * products and an extra pass over the (N, out) output, both ways. */
+void peft_forward_begin(graft_gpt2_t *m) {
+    graft_peft_t *p = m->peft;
+    if (!p || !(p->cfg.methods & GRAFT_M_LORA)) return;
+    const graft_gpt2_config_t *c = &m->cfg;
+    if (!p->merged) {
+        p->merged = graft_xmalloc((size_t)12 * c->L * c->C * c->C * sizeof(float));
+        p->merged_on = graft_xcalloc((size_t)c->L * GRAFT_NUM_PROJ, sizeof(int));
+    }
+    double t0 = graft_prof_start();
+    double flops = 0.0;
+    graft_lora_t lo;
+    for (int l = 0; l < c->L; l++)
+        for (int proj = 0; proj < GRAFT_NUM_PROJ; proj++) {
+            int in, odim, on = 0;
+            proj_dims(c, proj, &in, &odim);
+            float *w = merged_weight(p, l, proj);
+            for (int pair = 0; pair < 2; pair++) {
+                if (!lora_pair(p, l, proj, pair, &lo)) continue;
+                if (!on) memcpy(w, proj_weight(m, l, proj), (size_t)in * odim * sizeof(float));
+                on = 1;
+                /* W' (in,odim) += scale * A (in,r) @ B (r,odim) */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, in, odim, lo.r, lo.scale,
+                            lo.A, lo.r, lo.B, odim, 1.0f, w, odim);
+                flops += 2.0 * in * lo.r * odim;
+            }
+            p->merged_on[l * GRAFT_NUM_PROJ + proj] = on;
+        }
+    graft_prof_stop("fwd.lora_merge", t0, flops);
+}
+
+const float *peft_linear_weight(const graft_gpt2_t *m, int l, graft_proj_t proj) {
+    const graft_peft_t *p = m->peft;
+    if (p && p->merged_on && p->merged_on[l * GRAFT_NUM_PROJ + proj])
+        return merged_weight(p, l, proj);
+    return proj_weight((graft_gpt2_t *)m, l, proj);
+}
+
 void peft_linear_forward(graft_peft_t *p, int l, graft_proj_t proj, float *out, const float *inp,
                          int N) {
     if (!p) return;
-    int in, odim;
-    proj_dims(&p->trunk->cfg, proj, &in, &odim);
-    graft_lora_t lo;
-    for (int pair = 0; pair < 2; pair++) {
-        if (!lora_pair(p, l, proj, pair, &lo)) continue;
-        double t0 = graft_prof_start();
-        float *u = lora_u_at(p, l, proj, pair);
-        /* u (N,r) = inp (N,in) @ A (in,r); out (N,odim) += scale * u @ B (r,odim) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, lo.r, in, 1.0f, inp, in, lo.A,
-                    lo.r, 0.0f, u, lo.r);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, odim, lo.r, lo.scale, u, lo.r,
-                    lo.B, odim, 1.0f, out, odim);
-        graft_prof_stop("fwd.lora", t0, 2.0 * N * lo.r * (in + odim));
-    }
     const graft_peft_task_modules_t *tm = active_channels(p);
     if (proj == GRAFT_PROJ_FCPROJ && tm) {
         /* g (N,k) = fch_gelu (N,4C) @ W (4C,k) + b; out[:, S] += g */
+        int in, odim;
+        proj_dims(&p->trunk->cfg, proj, &in, &odim);
         int k = p->cfg.channels_k, C = p->trunk->cfg.C;
         const float *W = graft_scope_ptr(tm->scope, tm->ch_w) + (size_t)l * 4 * C * k;
         const float *b = graft_scope_ptr(tm->scope, tm->ch_b) + (size_t)l * k;
@@ -483,21 +526,23 @@ void peft_linear_backward(graft_peft_t *p, int l, graft_proj_t proj, float *dinp
     int in, odim;
     proj_dims(&p->trunk->cfg, proj, &in, &odim);
     graft_lora_t lo;
-    float *du = p->grad_scratch;
+    size_t BT = (size_t)p->B * p->T;
+    float *u = p->grad_scratch, *du = p->grad_scratch + BT * max_rank(p);
     for (int pair = 0; pair < 2; pair++) {
         if (!lora_pair(p, l, proj, pair, &lo)) continue;
         double t0 = graft_prof_start();
-        const float *u = lora_u_at(p, l, proj, pair);
-        /* dB (r,odim) += scale u^T dout ; du (N,r) = scale dout B^T */
+        /* The input gradient's LoRA part, du A^T, is already in dinp: the
+         * trunk's backward multiplied by the merged weight. */
+        /* u (N,r) = inp A ; dB (r,odim) += scale u^T dout */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, lo.r, in, 1.0f, inp, in, lo.A,
+                    lo.r, 0.0f, u, lo.r);
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, lo.r, odim, N, lo.scale, u, lo.r,
                     dout, odim, 1.0f, lo.dB, odim);
+        /* du (N,r) = scale dout B^T ; dA (in,r) += inp^T du */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, lo.r, odim, lo.scale, dout, odim,
                     lo.B, odim, 0.0f, du, lo.r);
-        /* dA (in,r) += inp^T du ; dinp (N,in) += du A^T */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, lo.r, N, 1.0f, inp, in, du, lo.r,
                     1.0f, lo.dA, lo.r);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, in, lo.r, 1.0f, du, lo.r, lo.A,
-                    lo.r, 1.0f, dinp, in);
         graft_prof_stop("bwd.lora", t0, 4.0 * N * lo.r * (in + odim));
     }
     const graft_peft_task_modules_t *tm = active_channels(p);
@@ -514,8 +559,9 @@ void peft_linear_backward(graft_peft_t *p, int l, graft_proj_t proj, float *dinp
         colsum_accumulate(db, g, N, k);
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, k, N, 1.0f, inp, in, g, k, 1.0f,
                     dW, k);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, in, k, 1.0f, g, k, W, k, 1.0f,
-                    dinp, in);
+        if (dinp)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, in, k, 1.0f, g, k, W, k, 1.0f,
+                        dinp, in);
     }
 }
 
@@ -538,11 +584,9 @@ void peft_mlp_out_forward(graft_peft_t *p, int l, float *out, const float *fch_g
     graft_prof_stop("fwd.red", t0, 0);
 }
 
-void peft_mlp_out_backward(graft_peft_t *p, int l, float *dout, float *dfch_gelu,
-                           const float *fch_gelu, int N) {
-    (void)dfch_gelu;
-    (void)fch_gelu;
-    if (!p || p->active < 0 || p->tasks[p->active].red_s < 0) return;
+const float *peft_mlp_out_backward(graft_peft_t *p, int l, float *dmm, const float *dout,
+                                  int N) {
+    if (!p || p->active < 0 || p->tasks[p->active].red_s < 0) return dout;
     double t0 = graft_prof_start();
     const graft_peft_task_modules_t *tm = &p->tasks[p->active];
     int C = p->trunk->cfg.C;
@@ -555,8 +599,10 @@ void peft_mlp_out_backward(graft_peft_t *p, int l, float *dout, float *dfch_gelu
     colsum_accumulate(db, dout, N, C);
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++)
-        for (int c = 0; c < C; c++) dout[(size_t)i * C + c] *= s[c];
+#pragma omp simd
+        for (int c = 0; c < C; c++) dmm[(size_t)i * C + c] = s[c] * dout[(size_t)i * C + c];
     graft_prof_stop("bwd.red", t0, 0);
+    return dmm;
 }
 
 /* ---- hooks: the residual adapter after each block ------------------------ */
@@ -615,15 +661,14 @@ void peft_block_out_backward(graft_peft_t *p, int l, float *dh, int N) {
     const float *hh = p->ad_h + off * m, *a = p->ad_a + off * m;
     float *da = p->grad_scratch;                   /* (N, m) */
     float *dln = p->grad_scratch + (size_t)BT * 4 * C; /* (N, C) */
-    memset(da, 0, (size_t)N * m * sizeof(float));
-    memset(dln, 0, (size_t)N * C * sizeof(float));
-    /* dh is the gradient of the output; the identity path keeps it as is. */
     matmul_backward(da, v.dup, v.dupb, dh, a, v.up, N, m, C);
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < (size_t)N * m; i++) da[i] = hh[i] > 0.0f ? da[i] : 0.0f;
     matmul_backward(dln, v.ddown, v.ddownb, da, ln, v.down, N, C, m);
-    layernorm_backward(dh, v.dlnw, v.dlnb, dln, in, v.lnw, p->ad_mean + off, p->ad_rstd + off,
-                       N, C);
+    /* dh is the gradient of the output: the identity path keeps it, the
+     * adapter's path adds through its LayerNorm (dres = dinp: in place). */
+    layernorm_backward(dh, v.dlnw, v.dlnb, dh, dln, in, v.lnw, p->ad_mean + off,
+                       p->ad_rstd + off, N, C);
     graft_prof_stop("bwd.adapter", t0, 8.0 * N * C * m);
 }
 
@@ -633,10 +678,6 @@ void graft_peft_zero_grad(graft_peft_t *p, int task) {
     graft_scope_t *scopes[2];
     int n = graft_peft_scopes(p, task, scopes);
     for (int i = 0; i < n; i++) graft_scope_zero_grad(scopes[i]);
-    graft_gpt2_t *m = p->trunk;
-    if (m->grads_acts_memory)
-        GRAFT_PROF("zero_grad.acts", 0,
-                   memset(m->grads_acts_memory, 0, m->num_acts * sizeof(float)));
 }
 
 /* Does anything below the head train for this task? (If not, the trunk's
@@ -671,7 +712,6 @@ float graft_peft_classify(graft_peft_t *p, int task, const int32_t *tokens, cons
                                     &count);
         if (backward && count > 0) {
             crossentropy_backward(p->head_dlogits, p->head_probs, labels, B, K, 1.0f / count);
-            memset(p->dpooled, 0, (size_t)B * C * sizeof(float));
             matmul_backward(p->dpooled, graft_scope_grad(tm->scope, tm->head_w),
                             graft_scope_grad(tm->scope, tm->head_b), p->head_dlogits, p->pooled,
                             W, B, C, K);
@@ -707,15 +747,16 @@ void graft_peft_accumulate_channel_scores(graft_peft_t *p, int task) {
     int C = m->cfg.C, N = m->cur_B * m->cur_T;
     size_t slab = (size_t)m->B * m->T;
     float *dot = graft_xcalloc((size_t)C, sizeof(float));
-    /* After the backward pass grads_acts.fcproj is the gradient w.r.t. the
-     * MLP output before RED (peft_mlp_out_backward scales it in place), so
-     * h must be that same pre-RED output: with RED it is saved in red_in,
-     * while acts.fcproj holds s * h + b. */
+    /* h is the MLP output before RED: with RED it is saved in red_in, while
+     * acts.fcproj holds s * h + b. Its gradient, after the backward pass,
+     * is what peft_mlp_out_backward returned: RED's s * dL/d(output) in
+     * grads_acts.fcproj, or without RED dL/d(output) itself, which is the
+     * block output's gradient in grads_acts.residual3. */
     const float *h = tm->red_s >= 0 ? p->red_in : m->acts.fcproj;
+    const float *dh = tm->red_s >= 0 ? m->grads_acts.fcproj : m->grads_acts.residual3;
     for (int l = 0; l < m->cfg.L; l++) {
         memset(dot, 0, (size_t)C * sizeof(float));
-        colsum_product_accumulate(dot, m->grads_acts.fcproj + l * slab * C, h + l * slab * C,
-                                  N, C);
+        colsum_product_accumulate(dot, dh + l * slab * C, h + l * slab * C, N, C);
         for (int c = 0; c < C; c++) tm->channel_scores[(size_t)l * C + c] += fabsf(dot[c]);
     }
     free(dot);
@@ -745,16 +786,6 @@ void graft_peft_select_channels(graft_peft_t *p, int task) {
 }
 
 /* ---- LoRA merge ---------------------------------------------------------- */
-
-static float *proj_weight(graft_gpt2_t *m, int l, graft_proj_t proj) {
-    size_t C = m->cfg.C;
-    switch (proj) {
-    case GRAFT_PROJ_QKV: return m->params.qkvw + l * C * 3 * C;
-    case GRAFT_PROJ_ATTN: return m->params.attprojw + l * C * C;
-    case GRAFT_PROJ_FC: return m->params.fcw + l * C * 4 * C;
-    default: return m->params.fcprojw + l * 4 * C * C;
-    }
-}
 
 void graft_peft_merge_lora(graft_peft_t *p, int task, int sign) {
     int saved = p->active;
