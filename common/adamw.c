@@ -26,8 +26,10 @@ float graft_lr_at(const graft_adamw_config_t *cfg, int step) {
 }
 
 void graft_grad_sumsq(const float *grads, size_t n, double *sumsq) {
-    /* Serial and in double: the result must not depend on the thread count. */
+    /* One thread and in double: the result must not depend on the thread
+     * count. The vector lanes' partial sums are combined in a fixed order. */
     double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
     for (size_t i = 0; i < n; i++) acc += (double)grads[i] * grads[i];
     *sumsq += acc;
 }

@@ -271,7 +271,13 @@ void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float
 
 /* Per (b,h): S = scale Q K^T, P = causal softmax(S), O = P V, all through
  * sgemm on strided views of the (B,T,3C) qkv buffer. The (b,h) pairs run in
- * parallel; OpenBLAS runs single-threaded inside an OpenMP region. */
+ * parallel; OpenBLAS runs single-threaded inside an OpenMP region.
+ * Causality skips the products above the diagonal: queries go in blocks of
+ * ATT_BLOCK rows, and the block of rows [t0, t0 + rows) meets only the keys
+ * [0, t0 + rows). With T = 128 that is 3/4 of the T x T work; smaller blocks
+ * would skip more but make the products too small for sgemm to run well. */
+#define ATT_BLOCK 64
+
 void attention_forward(float *out, float *att, const float *inp, int B, int T, int C, int NH) {
     int hs = C / NH;
     int C3 = 3 * C;
@@ -283,16 +289,20 @@ void attention_forward(float *out, float *att, const float *inp, int B, int T, i
             const float *k = q + C;
             const float *v = q + 2 * C;
             float *p = att + ((size_t)b * NH + h) * T * T;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, C3, k, C3,
-                        0.0f, p, T);
-            for (int t = 0; t < T; t++) {
-                float *row = p + (size_t)t * T;
-                softmax_row(row, row, t + 1);
-                for (int j = t + 1; j < T; j++) row[j] = 0.0f;
-            }
             float *o = out + (size_t)b * T * C + h * hs;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, p, T, v, C3,
-                        0.0f, o, C);
+            for (int t0 = 0; t0 < T; t0 += ATT_BLOCK) {
+                int rows = T - t0 < ATT_BLOCK ? T - t0 : ATT_BLOCK, keys = t0 + rows;
+                float *pb = p + (size_t)t0 * T;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, scale,
+                            q + (size_t)t0 * C3, C3, k, C3, 0.0f, pb, T);
+                for (int t = t0; t < keys; t++) {
+                    float *row = p + (size_t)t * T;
+                    softmax_row(row, row, t + 1);
+                    memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f, pb, T,
+                            v, C3, 0.0f, o + (size_t)t0 * C, C);
+            }
         }
     }
 }
@@ -314,25 +324,36 @@ void attention_backward(float *dinp, float *scratch, const float *dout, const fl
             const float *p = att + ((size_t)b * NH + h) * T * T;
             float *ds = scratch + ((size_t)b * NH + h) * T * T;
             const float *dO = dout + (size_t)b * T * C + h * hs;
-            /* dP = dO V^T ; dV += P^T dO */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dO, C, v, C3,
-                        0.0f, ds, T);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, p, T, dO, C,
-                        0.0f, dv, C3);
-            /* dS = scale * P (dP - rowsum(dP P)), zero above the diagonal */
-            for (int t = 0; t < T; t++) {
-                const float *prow = p + (size_t)t * T;
-                float *row = ds + (size_t)t * T;
-                float dot = 0.0f;
-                for (int j = 0; j <= t; j++) dot += prow[j] * row[j];
-                for (int j = 0; j <= t; j++) row[j] = scale * prow[j] * (row[j] - dot);
-                for (int j = t + 1; j < T; j++) row[j] = 0.0f;
+            for (int t0 = 0; t0 < T; t0 += ATT_BLOCK) {
+                int rows = T - t0 < ATT_BLOCK ? T - t0 : ATT_BLOCK, keys = t0 + rows;
+                /* dP = dO V^T, then dS = scale P (dP - rowsum(dP P)) in place
+                 * (zero above the diagonal), then dQ = dS K */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, 1.0f,
+                            dO + (size_t)t0 * C, C, v, C3, 0.0f, ds + (size_t)t0 * T, T);
+                for (int t = t0; t < keys; t++) {
+                    const float *prow = p + (size_t)t * T;
+                    float *row = ds + (size_t)t * T;
+                    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                    for (int j = 0; j <= t; j++) dot += prow[j] * row[j];
+#pragma omp simd
+                    for (int j = 0; j <= t; j++) row[j] = scale * prow[j] * (row[j] - dot);
+                    memset(row + t + 1, 0, (size_t)(keys - t - 1) * sizeof(float));
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f,
+                            ds + (size_t)t0 * T, T, k, C3, 0.0f, dq + (size_t)t0 * C3, C3);
             }
-            /* dQ += dS K ; dK += dS^T Q */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, k, C3,
-                        0.0f, dq, C3);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, q, C3,
-                        0.0f, dk, C3);
+            /* Per block of keys [j0, j0 + cols), from the queries that see
+             * them, [j0, T): dV = P^T dO and dK = dS^T Q. */
+            for (int j0 = 0; j0 < T; j0 += ATT_BLOCK) {
+                int cols = T - j0 < ATT_BLOCK ? T - j0 : ATT_BLOCK, qrows = T - j0;
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, hs, qrows, 1.0f,
+                            p + (size_t)j0 * T + j0, T, dO + (size_t)j0 * C, C, 0.0f,
+                            dv + (size_t)j0 * C3, C3);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, hs, qrows, 1.0f,
+                            ds + (size_t)j0 * T + j0, T, q + (size_t)j0 * C3, C3, 0.0f,
+                            dk + (size_t)j0 * C3, C3);
+            }
         }
     }
 }
