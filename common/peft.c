@@ -3,6 +3,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 #include "ops.h"
@@ -247,6 +248,7 @@ void graft_peft_destroy(graft_peft_t **self_p) {
     free(p->shared_lora_idx);
     free(p->merged);
     free(p->merged_on);
+    free(p->lora_scratch);
     free(p->acts);
     free(p->grad_scratch);
     free(p->pos);
@@ -273,12 +275,6 @@ size_t graft_peft_task_params(const graft_peft_t *p, int task) {
 }
 
 /* ---- module activations ------------------------------------------------- */
-
-static int max_rank(const graft_peft_t *p) {
-    int r = p->cfg.lora_shared_rank > p->cfg.lora_task_rank ? p->cfg.lora_shared_rank
-                                                             : p->cfg.lora_task_rank;
-    return r > 0 ? r : 0;
-}
 
 /* Sizes the module activations for the trunk's allocated (B, T). */
 static void reserve(graft_peft_t *p) {
@@ -319,10 +315,8 @@ static void reserve(graft_peft_t *p) {
         *views[i] = q;
         q += sizes[i];
     }
-    /* Scratch for gradients flowing through a module, and for LoRA's x A
-     * and dout B^T in its backward: two (BT, max(4C, r)) slabs. */
-    size_t wide = 4 * C > (size_t)max_rank(p) ? 4 * C : (size_t)max_rank(p);
-    p->grad_scratch = graft_xmalloc(2 * BT * wide * sizeof(float));
+    /* Scratch for gradients flowing through a module: two (BT, 4C) slabs. */
+    p->grad_scratch = graft_xmalloc(2 * BT * 4 * C * sizeof(float));
     p->pos = graft_xmalloc((size_t)p->B * sizeof(int32_t));
     p->labels = graft_xmalloc((size_t)p->B * sizeof(int32_t));
 }
@@ -520,29 +514,72 @@ void peft_linear_forward(graft_peft_t *p, int l, graft_proj_t proj, float *out, 
     }
 }
 
+/* Rows per block of LoRA's backward (see lora_backward). */
+#define LORA_ROWS 128
+
+/* A scratch block of at least n floats, kept between calls (owned by p). */
+static float *lora_scratch(graft_peft_t *p, size_t n) {
+    if (p->lora_scratch_n < n) {
+        free(p->lora_scratch);
+        p->lora_scratch = graft_xmalloc(n * sizeof(float));
+        p->lora_scratch_n = n;
+    }
+    return p->lora_scratch;
+}
+
+/* One pair's weight gradients from the projection's input inp (N,in) and
+ * output gradient dout (N,odim):
+ *   u = inp A (N,r), dB += scale u^T dout, du = scale dout B^T, dA += inp^T du.
+ * (The input gradient's part, du A^T, is already in dinp: the trunk's
+ * backward multiplied by the merged weight.) The rank-r products are thin:
+ * over the whole batch each would stream (and OpenBLAS would pack) inp or
+ * dout from memory, twice each. In blocks of LORA_ROWS rows, a block of inp
+ * and dout is read once and its two products reuse it from cache; blocks
+ * run on the OpenMP threads (OpenBLAS single-threaded inside), each thread
+ * summing into its own dA, dB partials, added up in thread order. */
+static void lora_backward(graft_peft_t *p, const graft_lora_t *lo, const float *inp,
+                          const float *dout, int N, int in, int odim) {
+    int r = lo->r, nthreads = omp_get_max_threads();
+    size_t per_thread = (size_t)2 * LORA_ROWS * r + (size_t)in * r + (size_t)r * odim;
+    float *scratch = lora_scratch(p, (size_t)nthreads * per_thread);
+#pragma omp parallel num_threads(nthreads)
+    {
+        float *u = scratch + (size_t)omp_get_thread_num() * per_thread;
+        float *du = u + (size_t)LORA_ROWS * r;
+        float *dA = du + (size_t)LORA_ROWS * r, *dB = dA + (size_t)in * r;
+        memset(dA, 0, ((size_t)in * r + (size_t)r * odim) * sizeof(float));
+#pragma omp for schedule(static)
+        for (int i0 = 0; i0 < N; i0 += LORA_ROWS) {
+            int n = N - i0 < LORA_ROWS ? N - i0 : LORA_ROWS;
+            const float *x = inp + (size_t)i0 * in, *d = dout + (size_t)i0 * odim;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, in, 1.0f, x, in, lo->A,
+                        r, 0.0f, u, r);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, odim, n, lo->scale, u, r, d,
+                        odim, 1.0f, dB, odim);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r, odim, lo->scale, d, odim,
+                        lo->B, odim, 0.0f, du, r);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, r, n, 1.0f, x, in, du, r,
+                        1.0f, dA, r);
+        }
+    }
+    for (int t = 0; t < nthreads; t++) {
+        const float *dA = scratch + (size_t)t * per_thread + (size_t)2 * LORA_ROWS * r;
+        const float *dB = dA + (size_t)in * r;
+        for (size_t i = 0; i < (size_t)in * r; i++) lo->dA[i] += dA[i];
+        for (size_t i = 0; i < (size_t)r * odim; i++) lo->dB[i] += dB[i];
+    }
+}
+
 void peft_linear_backward(graft_peft_t *p, int l, graft_proj_t proj, float *dinp,
                           const float *dout, const float *inp, int N) {
     if (!p) return;
     int in, odim;
     proj_dims(&p->trunk->cfg, proj, &in, &odim);
     graft_lora_t lo;
-    size_t BT = (size_t)p->B * p->T;
-    float *u = p->grad_scratch, *du = p->grad_scratch + BT * max_rank(p);
     for (int pair = 0; pair < 2; pair++) {
         if (!lora_pair(p, l, proj, pair, &lo)) continue;
         double t0 = graft_prof_start();
-        /* The input gradient's LoRA part, du A^T, is already in dinp: the
-         * trunk's backward multiplied by the merged weight. */
-        /* u (N,r) = inp A ; dB (r,odim) += scale u^T dout */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, lo.r, in, 1.0f, inp, in, lo.A,
-                    lo.r, 0.0f, u, lo.r);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, lo.r, odim, N, lo.scale, u, lo.r,
-                    dout, odim, 1.0f, lo.dB, odim);
-        /* du (N,r) = scale dout B^T ; dA (in,r) += inp^T du */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, lo.r, odim, lo.scale, dout, odim,
-                    lo.B, odim, 0.0f, du, lo.r);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, lo.r, N, 1.0f, inp, in, du, lo.r,
-                    1.0f, lo.dA, lo.r);
+        lora_backward(p, &lo, inp, dout, N, in, odim);
         graft_prof_stop("bwd.lora", t0, 4.0 * N * lo.r * (in + odim));
     }
     const graft_peft_task_modules_t *tm = active_channels(p);

@@ -108,7 +108,9 @@ typedef struct graft_peft {
     /* Module activations for the trunk's allocated (B, T), one block. */
     int B, T;
     float *acts;          /* owned */
-    float *grad_scratch;  /* owned: 2 x (B*T, max(4C, r)) scratch */
+    float *grad_scratch;  /* owned: 2 x (B*T, 4C) scratch */
+    float *lora_scratch;  /* owned: LoRA backward's per-thread blocks, lora_scratch_n floats */
+    size_t lora_scratch_n;
     /* LoRA merged into the weights a pass multiplies by (peft_forward_begin):
      * W + scale A B for every adapted (layer, projection); owned, NULL
      * without LoRA. Laid out like the trunk's (L,C,3C) (L,C,C) (L,C,4C)
