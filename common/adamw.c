@@ -46,7 +46,7 @@ void graft_adamw_update_team(const graft_adamw_config_t *cfg, float *params, con
     float b1 = cfg->beta1, b2 = cfg->beta2;
     float c1 = 1.0f - powf(b1, (float)t), c2 = 1.0f - powf(b2, (float)t);
     float wd = decay ? cfg->weight_decay : 0.0f;
-#pragma omp for simd schedule(static) nowait
+#pragma omp for simd schedule(simd : dynamic, 4096) nowait
     for (size_t i = 0; i < n; i++) {
         float g = grads[i] * grad_scale;
         m[i] = b1 * m[i] + (1.0f - b1) * g;

@@ -3,7 +3,6 @@
 
 #include <cblas.h>
 #include <math.h>
-#include <omp.h>
 #include <string.h>
 
 #include "graft.h"
@@ -36,6 +35,42 @@ static inline float vexpf(float x) {
     return p * scale;
 }
 
+/* ---- work on the OpenMP threads ------------------------------------------ */
+
+/* Kernels cut their rows into fixed blocks that the threads take as they
+ * come free (schedule(dynamic)). On a machine shared with other processes a
+ * descheduled thread then holds up only the block in its hands, where a
+ * static split makes the whole team wait for that thread's share at the
+ * next barrier. Blocks depend on the shapes only, never on the thread
+ * count, and sums over rows go through one partial per block, added in
+ * block order: results are bit-identical run to run and whatever the
+ * number of threads. */
+#define ROW_BLOCK 64     /* rows per block of the row-wise kernels */
+#define FLAT_BLOCK 16384 /* elements per block of the element-wise kernels */
+
+static int num_blocks(int n, int block) { return (n + block - 1) / block; }
+
+/* Rows of C per block of a matrix product: 256 for tall products (fewer
+ * blocks repack the weight less often), 64 for short ones. */
+static int gemm_block_rows(int M) { return M >= 1024 ? 256 : 64; }
+
+/* cblas_sgemm (row-major) with C's M rows in blocks on the threads: block i
+ * is rows [i0, i0 + m) of op(A) and of C. OpenBLAS runs single-threaded
+ * inside the parallel region, each element of C comes from one call over
+ * the whole K. */
+static void sgemm_rows(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+                       const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                       int ldc) {
+    int rows = gemm_block_rows(M), nblocks = num_blocks(M, rows);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < nblocks; i++) {
+        int i0 = i * rows, m = M - i0 < rows ? M - i0 : rows;
+        const float *Ai = ta == CblasNoTrans ? A + (size_t)i0 * lda : A + i0;
+        cblas_sgemm(CblasRowMajor, ta, tb, m, N, K, alpha, Ai, lda, B, ldb, beta,
+                    C + (size_t)i0 * ldc, ldc);
+    }
+}
+
 /* y (n) = softmax(x (n)); y may equal x. Vector loops (the sums' order is
  * fixed by the code, so results repeat run to run). */
 static void softmax_row(float *y, const float *x, int n) {
@@ -58,7 +93,7 @@ static void softmax_row(float *y, const float *x, int n) {
 
 void encoder_forward(float *out, const int32_t *inp, const float *wte, const float *wpe, int B,
                      int T, int C) {
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) schedule(dynamic, ROW_BLOCK)
     for (int b = 0; b < B; b++) {
         for (int t = 0; t < T; t++) {
             float *o = out + ((size_t)b * T + t) * C;
@@ -90,24 +125,25 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t
 
 /* ---- ordered column reductions ------------------------------------------ */
 
-/* Sums per-thread partials (nthreads, C) into acc (C) in thread order so the
+/* Sums per-block partials (nblocks, C) into acc (C) in block order so the
  * result does not depend on scheduling. */
-static void reduce_partials(float *acc, const float *partials, int nthreads, int C) {
-    for (int i = 0; i < nthreads; i++) {
+static void reduce_partials(float *acc, const float *partials, int nblocks, int C) {
+    for (int i = 0; i < nblocks; i++) {
         const float *p = partials + (size_t)i * C;
+#pragma omp simd
         for (int c = 0; c < C; c++) acc[c] += p[c];
     }
 }
 
 /* Shared body of the two column reductions: y == NULL means plain sums. */
 static void colsum_impl(float *acc, const float *x, const float *y, int N, int C) {
-    int nthreads = omp_get_max_threads();
-    float *partials = graft_xcalloc((size_t)nthreads * C, sizeof(float));
-#pragma omp parallel num_threads(nthreads)
-    {
-        float *p = partials + (size_t)omp_get_thread_num() * C;
-#pragma omp for schedule(static)
-        for (int i = 0; i < N; i++) {
+    int nblocks = num_blocks(N, ROW_BLOCK);
+    float *partials = graft_xcalloc((size_t)nblocks * C, sizeof(float));
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int blk = 0; blk < nblocks; blk++) {
+        float *p = partials + (size_t)blk * C;
+        int end = (blk + 1) * ROW_BLOCK < N ? (blk + 1) * ROW_BLOCK : N;
+        for (int i = blk * ROW_BLOCK; i < end; i++) {
             const float *xr = x + (size_t)i * C;
             if (y) {
                 const float *yr = y + (size_t)i * C;
@@ -119,7 +155,7 @@ static void colsum_impl(float *acc, const float *x, const float *y, int N, int C
             }
         }
     }
-    reduce_partials(acc, partials, nthreads, C);
+    reduce_partials(acc, partials, nblocks, C);
     free(partials);
 }
 
@@ -134,7 +170,7 @@ void colsum_product_accumulate(float *acc, const float *x, const float *y, int N
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                        const float *weight, const float *bias, int N, int C) {
     const float eps = 1e-5f;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, ROW_BLOCK)
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
         float sum = 0.0f;
@@ -162,15 +198,14 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
                         const float *mean, const float *rstd, int N, int C) {
     int need_params = dweight || dbias;
     if (!dinp && !need_params) return;
-    int nthreads = omp_get_max_threads();
-    float *partials = need_params ? graft_xcalloc((size_t)nthreads * 2 * C, sizeof(float)) : NULL;
-#pragma omp parallel num_threads(nthreads)
-    {
-        int tid = omp_get_thread_num();
-        float *pw = need_params ? partials + (size_t)tid * 2 * C : NULL;
+    int nblocks = num_blocks(N, ROW_BLOCK);
+    float *partials = need_params ? graft_xcalloc((size_t)nblocks * 2 * C, sizeof(float)) : NULL;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int blk = 0; blk < nblocks; blk++) {
+        float *pw = need_params ? partials + (size_t)blk * 2 * C : NULL;
         float *pb = need_params ? pw + C : NULL;
-#pragma omp for schedule(static)
-        for (int i = 0; i < N; i++) {
+        int end = (blk + 1) * ROW_BLOCK < N ? (blk + 1) * ROW_BLOCK : N;
+        for (int i = blk * ROW_BLOCK; i < end; i++) {
             const float *d = dout + (size_t)i * C;
             const float *x = inp + (size_t)i * C;
             float m = mean[i], s = rstd[i];
@@ -202,7 +237,7 @@ void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *
         }
     }
     if (need_params) {
-        for (int t = 0; t < nthreads; t++) {
+        for (int t = 0; t < nblocks; t++) {
             const float *pw = partials + (size_t)t * 2 * C;
             if (dweight) reduce_partials(dweight, pw, 1, C);
             if (dbias) reduce_partials(dbias, pw + C, 1, C);
@@ -224,28 +259,27 @@ void matmul_forward_naive(float *out, const float *inp, const float *weight, con
     }
 }
 
-/* out (N,OC) = bias broadcast over rows. */
-static void broadcast_rows(float *out, const float *bias, int N, int OC) {
-#pragma omp parallel for
-    for (int i = 0; i < N; i++) memcpy(out + (size_t)i * OC, bias, (size_t)OC * sizeof(float));
-}
-
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                     int C, int OC) {
-    float beta = 0.0f;
-    if (bias) {
-        broadcast_rows(out, bias, N, OC);
-        beta = 1.0f;
+    int rows = gemm_block_rows(N), nblocks = num_blocks(N, rows);
+    /* Each block starts from the bias (beta 1) or from zero (beta 0). */
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < nblocks; i++) {
+        int i0 = i * rows, m = N - i0 < rows ? N - i0 : rows;
+        float *o = out + (size_t)i0 * OC;
+        if (bias)
+            for (int r = 0; r < m; r++) memcpy(o + (size_t)r * OC, bias, (size_t)OC * sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, OC, C, 1.0f,
+                    inp + (size_t)i0 * C, C, weight, OC, bias ? 1.0f : 0.0f, o, OC);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, C, 1.0f, inp, C, weight, OC,
-                beta, out, OC);
 }
 
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                      const float *inp, const float *weight, int N, int C, int OC) {
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, C, OC, 1.0f, dout, OC, weight, OC,
-                    0.0f, dinp, C);
+        sgemm_rows(CblasNoTrans, CblasTrans, N, C, OC, 1.0f, dout, OC, weight, OC, 0.0f, dinp, C);
+    /* dweight sums over all N rows: blocks of its C rows would each repack
+     * the whole (N, OC) dout, so it is one call, split by OpenBLAS. */
     if (dweight)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, N, 1.0f, inp, C, dout, OC,
                     1.0f, dweight, OC);
@@ -253,15 +287,13 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
 }
 
 void lmhead_forward(float *logits, const float *inp, const float *wte, int N, int C, int V) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, V, C, 1.0f, inp, C, wte, C, 0.0f,
-                logits, V);
+    sgemm_rows(CblasNoTrans, CblasTrans, N, V, C, 1.0f, inp, C, wte, C, 0.0f, logits, V);
 }
 
 void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
                      const float *wte, int N, int C, int V) {
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, V, 1.0f, dlogits, V, wte, C,
-                    0.0f, dinp, C);
+        sgemm_rows(CblasNoTrans, CblasNoTrans, N, C, V, 1.0f, dlogits, V, wte, C, 0.0f, dinp, C);
     if (dwte)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, N, 1.0f, dlogits, V, inp, C,
                     1.0f, dwte, C);
@@ -282,7 +314,7 @@ void attention_forward(float *out, float *att, const float *inp, int B, int T, i
     int hs = C / NH;
     int C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             const float *q = inp + (size_t)b * T * C3 + h * hs;
@@ -312,7 +344,7 @@ void attention_backward(float *dinp, float *scratch, const float *dout, const fl
     int hs = C / NH;
     int C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             const float *q = inp + (size_t)b * T * C3 + h * hs;
@@ -367,7 +399,7 @@ void attention_backward(float *dinp, float *scratch, const float *dout, const fl
 #define GELU_CUBIC 0.044715f
 
 void gelu_forward(float *out, const float *inp, size_t N) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(simd : dynamic, FLAT_BLOCK)
     for (size_t i = 0; i < N; i++) {
         float x = inp[i];
         float u = GELU_SCALING_FACTOR * (x + GELU_CUBIC * x * x * x);
@@ -377,7 +409,7 @@ void gelu_forward(float *out, const float *inp, size_t N) {
 
 /* d/dx x s(2u) = s + 2 x s (1 - s) u', s = sigmoid(2u), u' = sqrt(2/pi) (1 + 3 0.044715 x^2) */
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(simd : dynamic, FLAT_BLOCK)
     for (size_t i = 0; i < N; i++) {
         float x = inp[i];
         float u = GELU_SCALING_FACTOR * (x + GELU_CUBIC * x * x * x);
@@ -390,14 +422,14 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N) {
 /* ---- residual ----------------------------------------------------------- */
 
 void residual_forward(float *out, const float *inp1, const float *inp2, size_t N) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(simd : dynamic, FLAT_BLOCK)
     for (size_t i = 0; i < N; i++) out[i] = inp1[i] + inp2[i];
 }
 
 /* ---- softmax / cross-entropy -------------------------------------------- */
 
 void softmax_rows(float *out, const float *inp, int N, int K) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, ROW_BLOCK)
     for (int i = 0; i < N; i++) softmax_row(out + (size_t)i * K, inp + (size_t)i * K, K);
 }
 
@@ -423,7 +455,7 @@ float crossentropy_forward(float *losses, float *probs, const float *logits,
 
 void crossentropy_backward(float *dlogits, const float *probs, const int32_t *targets, int N,
                            int V, float scale) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, ROW_BLOCK)
     for (int i = 0; i < N; i++) {
         float *d = dlogits + (size_t)i * V;
         const float *p = probs + (size_t)i * V;

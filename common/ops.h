@@ -14,8 +14,10 @@
  *    where nothing below trains.
  *  - Linear weights are stored [in, out] (Hugging Face GPT-2 Conv1D layout),
  *    so a linear layer is out = inp @ w + b.
- *  - Kernels parallelise with OpenMP; reductions over rows are done in a
- *    fixed order so that results are bit-identical run to run.
+ *  - Kernels parallelise with OpenMP over fixed blocks of rows that the
+ *    threads take as they come free; graft's sums over rows go through
+ *    per-block partials added in block order, so results are bit-identical
+ *    run to run and do not depend on the thread count (see ops.c).
  * No kernel allocates except where noted; the caller owns all buffers.
  */
 #ifndef GRAFT_OPS_H

@@ -3,7 +3,6 @@
 
 #include <cblas.h>
 #include <math.h>
-#include <omp.h>
 #include <string.h>
 
 #include "ops.h"
@@ -508,7 +507,7 @@ void peft_linear_forward(graft_peft_t *p, int l, graft_proj_t proj, float *out, 
         float *g = p->ch_gather;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, k, in, 1.0f, inp, in, W, k,
                     0.0f, g, k);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 64)
         for (int i = 0; i < N; i++)
             for (int j = 0; j < k; j++) out[(size_t)i * odim + S[j]] += g[(size_t)i * k + j] + b[j];
     }
@@ -534,36 +533,33 @@ static float *lora_scratch(graft_peft_t *p, size_t n) {
  * backward multiplied by the merged weight.) The rank-r products are thin:
  * over the whole batch each would stream (and OpenBLAS would pack) inp or
  * dout from memory, twice each. In blocks of LORA_ROWS rows, a block of inp
- * and dout is read once and its two products reuse it from cache; blocks
- * run on the OpenMP threads (OpenBLAS single-threaded inside), each thread
- * summing into its own dA, dB partials, added up in thread order. */
+ * and dout is read once and its two products reuse it from cache. Blocks go
+ * to the OpenMP threads as they come free (OpenBLAS single-threaded
+ * inside); each block's dA, dB parts are added up in block order, so the
+ * sums do not depend on the threads. */
 static void lora_backward(graft_peft_t *p, const graft_lora_t *lo, const float *inp,
                           const float *dout, int N, int in, int odim) {
-    int r = lo->r, nthreads = omp_get_max_threads();
-    size_t per_thread = (size_t)2 * LORA_ROWS * r + (size_t)in * r + (size_t)r * odim;
-    float *scratch = lora_scratch(p, (size_t)nthreads * per_thread);
-#pragma omp parallel num_threads(nthreads)
-    {
-        float *u = scratch + (size_t)omp_get_thread_num() * per_thread;
+    int r = lo->r, nblocks = (N + LORA_ROWS - 1) / LORA_ROWS;
+    size_t per_block = (size_t)2 * LORA_ROWS * r + (size_t)in * r + (size_t)r * odim;
+    float *scratch = lora_scratch(p, (size_t)nblocks * per_block);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int blk = 0; blk < nblocks; blk++) {
+        float *u = scratch + (size_t)blk * per_block;
         float *du = u + (size_t)LORA_ROWS * r;
         float *dA = du + (size_t)LORA_ROWS * r, *dB = dA + (size_t)in * r;
-        memset(dA, 0, ((size_t)in * r + (size_t)r * odim) * sizeof(float));
-#pragma omp for schedule(static)
-        for (int i0 = 0; i0 < N; i0 += LORA_ROWS) {
-            int n = N - i0 < LORA_ROWS ? N - i0 : LORA_ROWS;
-            const float *x = inp + (size_t)i0 * in, *d = dout + (size_t)i0 * odim;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, in, 1.0f, x, in, lo->A,
-                        r, 0.0f, u, r);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, odim, n, lo->scale, u, r, d,
-                        odim, 1.0f, dB, odim);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r, odim, lo->scale, d, odim,
-                        lo->B, odim, 0.0f, du, r);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, r, n, 1.0f, x, in, du, r,
-                        1.0f, dA, r);
-        }
+        int i0 = blk * LORA_ROWS, n = N - i0 < LORA_ROWS ? N - i0 : LORA_ROWS;
+        const float *x = inp + (size_t)i0 * in, *d = dout + (size_t)i0 * odim;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, in, 1.0f, x, in, lo->A, r,
+                    0.0f, u, r);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, odim, n, lo->scale, u, r, d,
+                    odim, 0.0f, dB, odim);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r, odim, lo->scale, d, odim,
+                    lo->B, odim, 0.0f, du, r);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, r, n, 1.0f, x, in, du, r, 0.0f,
+                    dA, r);
     }
-    for (int t = 0; t < nthreads; t++) {
-        const float *dA = scratch + (size_t)t * per_thread + (size_t)2 * LORA_ROWS * r;
+    for (int blk = 0; blk < nblocks; blk++) {
+        const float *dA = scratch + (size_t)blk * per_block + (size_t)2 * LORA_ROWS * r;
         const float *dB = dA + (size_t)in * r;
         for (size_t i = 0; i < (size_t)in * r; i++) lo->dA[i] += dA[i];
         for (size_t i = 0; i < (size_t)r * odim; i++) lo->dB[i] += dB[i];
@@ -590,7 +586,7 @@ void peft_linear_backward(graft_peft_t *p, int l, graft_proj_t proj, float *dinp
         float *db = graft_scope_grad(tm->scope, tm->ch_b) + (size_t)l * k;
         const int32_t *S = tm->channels + (size_t)l * k;
         float *g = p->ch_gather; /* dout[:, S] (N,k) */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 64)
         for (int i = 0; i < N; i++)
             for (int j = 0; j < k; j++) g[(size_t)i * k + j] = dout[(size_t)i * odim + S[j]];
         colsum_accumulate(db, g, N, k);
@@ -615,7 +611,7 @@ void peft_mlp_out_forward(graft_peft_t *p, int l, float *out, const float *fch_g
     const float *b = graft_scope_ptr(tm->scope, tm->red_b) + (size_t)l * C;
     float *saved = p->red_in + (size_t)l * BT * C;
     memcpy(saved, out, (size_t)N * C * sizeof(float));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 64)
     for (int i = 0; i < N; i++)
         for (int c = 0; c < C; c++) out[(size_t)i * C + c] = s[c] * out[(size_t)i * C + c] + b[c];
     graft_prof_stop("fwd.red", t0, 0);
@@ -634,7 +630,7 @@ const float *peft_mlp_out_backward(graft_peft_t *p, int l, float *dmm, const flo
     const float *saved = p->red_in + (size_t)l * BT * C;
     colsum_product_accumulate(ds, dout, saved, N, C);
     colsum_accumulate(db, dout, N, C);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 64)
     for (int i = 0; i < N; i++)
 #pragma omp simd
         for (int c = 0; c < C; c++) dmm[(size_t)i * C + c] = s[c] * dout[(size_t)i * C + c];
@@ -681,7 +677,7 @@ void peft_block_out_forward(graft_peft_t *p, int l, float *h, int N) {
     memcpy(in, h, (size_t)N * C * sizeof(float));
     layernorm_forward(ln, p->ad_mean + off, p->ad_rstd + off, in, v.lnw, v.lnb, N, C);
     matmul_forward(hh, ln, v.down, v.downb, N, C, m);
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(simd : dynamic, 16384)
     for (size_t i = 0; i < (size_t)N * m; i++) a[i] = hh[i] > 0.0f ? hh[i] : 0.0f;
     matmul_forward(p->grad_scratch, a, v.up, v.upb, N, m, C);
     residual_forward(h, in, p->grad_scratch, (size_t)N * C);
@@ -699,7 +695,7 @@ void peft_block_out_backward(graft_peft_t *p, int l, float *dh, int N) {
     float *da = p->grad_scratch;                   /* (N, m) */
     float *dln = p->grad_scratch + (size_t)BT * 4 * C; /* (N, C) */
     matmul_backward(da, v.dup, v.dupb, dh, a, v.up, N, m, C);
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(simd : dynamic, 16384)
     for (size_t i = 0; i < (size_t)N * m; i++) da[i] = hh[i] > 0.0f ? da[i] : 0.0f;
     matmul_backward(dln, v.ddown, v.ddownb, da, ln, v.down, N, C, m);
     /* dh is the gradient of the output: the identity path keeps it, the

@@ -109,7 +109,7 @@ typedef struct graft_peft {
     int B, T;
     float *acts;          /* owned */
     float *grad_scratch;  /* owned: 2 x (B*T, 4C) scratch */
-    float *lora_scratch;  /* owned: LoRA backward's per-thread blocks, lora_scratch_n floats */
+    float *lora_scratch;  /* owned: LoRA backward's per-block parts, lora_scratch_n floats */
     size_t lora_scratch_n;
     /* LoRA merged into the weights a pass multiplies by (peft_forward_begin):
      * W + scale A B for every adapted (layer, projection); owned, NULL
