@@ -321,10 +321,12 @@ void graft_gpt2_backward_from_lnf(graft_gpt2_t *m) {
         linear_backward(m, l, GRAFT_PROJ_FCPROJ, dfch_gelu, DW(fcprojw, (size_t)l * 4 * C * C),
                         DW(fcprojb, l * C), dmlp, a.fch_gelu + o4, BT, 4 * C, C);
         if (!NEED(GRAFT_GRAD_FC_OUT)) break;
-        GRAFT_PROF("bwd.gelu", 0, gelu_backward(g.fch + o4, a.fch + o4, dfch_gelu, BT * 4 * C));
+        /* in place: from here on the slab holds dL/d(fc output) */
+        float *dfch = dfch_gelu;
+        GRAFT_PROF("bwd.gelu", 0, gelu_backward(dfch, a.fch + o4, dfch_gelu, BT * 4 * C));
         float *dln2 = NEED(GRAFT_GRAD_LN2_OUT) ? g.ln2 + o1 : NULL;
         linear_backward(m, l, GRAFT_PROJ_FC, dln2, DW(fcw, (size_t)l * C * 4 * C),
-                        DW(fcb, l * 4 * C), g.fch + o4, a.ln2 + o1, BT, C, 4 * C);
+                        DW(fcb, l * 4 * C), dfch, a.ln2 + o1, BT, C, 4 * C);
         if (!NEED(GRAFT_GRAD_LN2_OUT)) break;
         peft_ln_params(m, l, 2, &lnw, &lnb, &dlnw, &dlnb);
         GRAFT_PROF("bwd.ln2", 0,
