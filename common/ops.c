@@ -9,15 +9,16 @@
 
 /* ---- exp for vector loops ------------------------------------------------- */
 
-/* e^x within about 2 ulp for x in [-87.3, 88] (clamped there: e^-87.3 is
- * the smallest normal float, e^88 stays finite). Written without library
+/* e^x within about 2 ulp for x in [-87.3, 88]; 0 below (e^-87.3 is the
+ * smallest normal float, so -INFINITY gives an exact 0) and e^88 above. Written without library
  * calls so that `omp simd` loops using it compile to AVX-512 code; expf and
  * tanhf from libm are scalar calls and made GELU and the softmaxes the
  * slowest kernels of a step. Cephes' expf: n = round(x / ln 2), r = x - n
  * ln 2 in two parts, e^r by a degree-6 polynomial, times 2^n via the
  * exponent bits. */
 static inline float vexpf(float x) {
-    x = x < -87.33654f ? -87.33654f : x;
+    int underflow = x < -87.33654f;
+    x = underflow ? -87.33654f : x;
     x = x > 88.0f ? 88.0f : x;
     float n = rintf(x * 1.44269504088896341f);
     float r = fmaf(n, -0.693359375f, x);
@@ -32,7 +33,7 @@ static inline float vexpf(float x) {
     int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    return underflow ? 0.0f : p * scale;
 }
 
 /* ---- work on the OpenMP threads ------------------------------------------ */
@@ -310,6 +311,12 @@ void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float
  * would skip more but make the products too small for sgemm to run well. */
 #define ATT_BLOCK 64
 
+/* n rounded up to whole 16-float vectors, at most limit. */
+static int padded_len(int n, int limit) {
+    int padded = (n + 15) & ~15;
+    return padded < limit ? padded : limit;
+}
+
 void attention_forward(float *out, float *att, const float *inp, int B, int T, int C, int NH) {
     int hs = C / NH;
     int C3 = 3 * C;
@@ -328,9 +335,13 @@ void attention_forward(float *out, float *att, const float *inp, int B, int T, i
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, scale,
                             q + (size_t)t0 * C3, C3, k, C3, 0.0f, pb, T);
                 for (int t = t0; t < keys; t++) {
+                    /* The row's future keys [t + 1, n) become -inf, so the
+                     * vector loops run over whole vectors and give exact 0. */
                     float *row = p + (size_t)t * T;
-                    softmax_row(row, row, t + 1);
-                    memset(row + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+                    int n = padded_len(t + 1, keys);
+                    for (int j = t + 1; j < n; j++) row[j] = -INFINITY;
+                    softmax_row(row, row, n);
+                    memset(row + n, 0, (size_t)(T - n) * sizeof(float));
                 }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f, pb, T,
                             v, C3, 0.0f, o + (size_t)t0 * C, C);
@@ -363,14 +374,16 @@ void attention_backward(float *dinp, float *scratch, const float *dout, const fl
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, 1.0f,
                             dO + (size_t)t0 * C, C, v, C3, 0.0f, ds + (size_t)t0 * T, T);
                 for (int t = t0; t < keys; t++) {
+                    /* P is 0 past the diagonal: whole vectors up to n give 0 there */
                     const float *prow = p + (size_t)t * T;
                     float *row = ds + (size_t)t * T;
+                    int n = padded_len(t + 1, keys);
                     float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-                    for (int j = 0; j <= t; j++) dot += prow[j] * row[j];
+                    for (int j = 0; j < n; j++) dot += prow[j] * row[j];
 #pragma omp simd
-                    for (int j = 0; j <= t; j++) row[j] = scale * prow[j] * (row[j] - dot);
-                    memset(row + t + 1, 0, (size_t)(keys - t - 1) * sizeof(float));
+                    for (int j = 0; j < n; j++) row[j] = scale * prow[j] * (row[j] - dot);
+                    memset(row + n, 0, (size_t)(keys - n) * sizeof(float));
                 }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f,
                             ds + (size_t)t0 * T, T, k, C3, 0.0f, dq + (size_t)t0 * C3, C3);
