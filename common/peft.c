@@ -417,7 +417,8 @@ static int lora_pair(const graft_peft_t *p, int l, graft_proj_t proj, int pair, 
     if (slot[0] < 0) return 0;
     out->A = graft_scope_ptr(s, slot[0]);
     out->B = graft_scope_ptr(s, slot[1]);
-    out->dA = graft_scope_grad(s, slot[0]);
+    /* A frozen A (lora_aggregate freeze_a) needs no gradient. */
+    out->dA = s->tensors[slot[0]].frozen ? NULL : graft_scope_grad(s, slot[0]);
     out->dB = graft_scope_grad(s, slot[1]);
     out->r = r;
     out->scale = alpha / (float)r;
@@ -553,6 +554,7 @@ static void lora_backward(graft_peft_t *p, const graft_lora_t *lo, const float *
                     0.0f, u, r);
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, odim, n, lo->scale, u, r, d,
                     odim, 0.0f, dB, odim);
+        if (!lo->dA) continue;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r, odim, lo->scale, d, odim,
                     lo->B, odim, 0.0f, du, r);
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, r, n, 1.0f, x, in, du, r, 0.0f,
@@ -561,7 +563,8 @@ static void lora_backward(graft_peft_t *p, const graft_lora_t *lo, const float *
     for (int blk = 0; blk < nblocks; blk++) {
         const float *dA = scratch + (size_t)blk * per_block + (size_t)2 * LORA_ROWS * r;
         const float *dB = dA + (size_t)in * r;
-        for (size_t i = 0; i < (size_t)in * r; i++) lo->dA[i] += dA[i];
+        if (lo->dA)
+            for (size_t i = 0; i < (size_t)in * r; i++) lo->dA[i] += dA[i];
         for (size_t i = 0; i < (size_t)r * odim; i++) lo->dB[i] += dB[i];
     }
 }

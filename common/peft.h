@@ -69,7 +69,7 @@ const char *graft_proj_name(graft_proj_t p);
 
 /* One LoRA pair on one projection: views into a scope. */
 typedef struct {
-    float *A, *dA; /* (in, r) */
+    float *A, *dA; /* (in, r); dA NULL while A is frozen */
     float *B, *dB; /* (r, out) */
     int r;
     float scale;   /* alpha / r */
