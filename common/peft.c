@@ -466,23 +466,24 @@ void peft_forward_begin(graft_gpt2_t *m) {
     }
     double t0 = graft_prof_start();
     double flops = 0.0;
-    graft_lora_t lo;
-    for (int l = 0; l < c->L; l++)
-        for (int proj = 0; proj < GRAFT_NUM_PROJ; proj++) {
-            int in, odim, on = 0;
-            proj_dims(c, proj, &in, &odim);
-            float *w = merged_weight(p, l, proj);
-            for (int pair = 0; pair < 2; pair++) {
-                if (!lora_pair(p, l, proj, pair, &lo)) continue;
-                if (!on) memcpy(w, proj_weight(m, l, proj), (size_t)in * odim * sizeof(float));
-                on = 1;
-                /* W' (in,odim) += scale * A (in,r) @ B (r,odim) */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, in, odim, lo.r, lo.scale,
-                            lo.A, lo.r, lo.B, odim, 1.0f, w, odim);
-                flops += 2.0 * in * lo.r * odim;
-            }
-            p->merged_on[l * GRAFT_NUM_PROJ + proj] = on;
+    /* The (layer, projection) merges are independent: one per thread at a time. */
+#pragma omp parallel for schedule(dynamic, 1) reduction(+ : flops)
+    for (int i = 0; i < c->L * GRAFT_NUM_PROJ; i++) {
+        int l = i / GRAFT_NUM_PROJ, proj = i % GRAFT_NUM_PROJ, in, odim, on = 0;
+        proj_dims(c, proj, &in, &odim);
+        float *w = merged_weight(p, l, proj);
+        graft_lora_t lo;
+        for (int pair = 0; pair < 2; pair++) {
+            if (!lora_pair(p, l, proj, pair, &lo)) continue;
+            if (!on) memcpy(w, proj_weight(m, l, proj), (size_t)in * odim * sizeof(float));
+            on = 1;
+            /* W' (in,odim) += scale * A (in,r) @ B (r,odim) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, in, odim, lo.r, lo.scale,
+                        lo.A, lo.r, lo.B, odim, 1.0f, w, odim);
+            flops += 2.0 * in * lo.r * odim;
         }
+        p->merged_on[i] = on;
+    }
     graft_prof_stop("fwd.lora_merge", t0, flops);
 }
 
