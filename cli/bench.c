@@ -1,16 +1,19 @@
-/* bench.c — `graft bench step`: training-step throughput on random tokens,
- * with model FLOP utilisation against a cblas_sgemm peak measured here on
- * the same threads. Prints one final line `tokens_per_s=<N> mfu=<x>`. */
+/* bench.c — `graft bench step`: training-step throughput on random tokens
+ * for a method (full, lora, adapter, red, lntune or a combination), built
+ * and stepped through the same code as `graft train` (graft_run_peft_config,
+ * graft_peft_lm, graft_modules_update), with model FLOP utilisation against
+ * a cblas_sgemm peak measured here on the same threads. --profile adds a
+ * per-op time table. Prints one final line `tokens_per_s=<N> mfu=<x>`. */
 #include <cblas.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "adamw.h"
 #include "commands.h"
-#include "gpt2.h"
 #include "options.h"
+#include "profile.h"
 #include "rng.h"
+#include "trainer.h"
 
 typedef struct {
     char preset[GRAFT_OPT_STR];
@@ -20,22 +23,39 @@ typedef struct {
     int warmup;
     int steps;
     int seed;
+    int lora_rank;
+    float lora_alpha;
+    char lora_targets[GRAFT_OPT_STR];
+    int adapter_dim;
+    int profile;
 } bench_step_config_t;
 
 #define OFF(field) offsetof(bench_step_config_t, field)
 static const graft_option_t bench_step_options[] = {
     {"preset", GRAFT_OPT_STRING, OFF(preset), "small", 0, -1, "model preset: tiny, small, base"},
-    {"method", GRAFT_OPT_STRING, OFF(method), "full", 0, -1, "what is trained: full"},
+    {"method", GRAFT_OPT_STRING, OFF(method), "full", 0, -1,
+     "what is trained: full, lora, adapter, red, lntune (comma-combinable as in graft train)"},
     {"threads", GRAFT_OPT_INT, OFF(threads), "0", 0, 1024, "threads (0: all cores)"},
     {"batch", GRAFT_OPT_INT, OFF(batch), "16", 1, 4096, "sequences per step"},
     {"warmup", GRAFT_OPT_INT, OFF(warmup), "3", 0, 1000, "untimed warm-up steps"},
     {"steps", GRAFT_OPT_INT, OFF(steps), "10", 1, 100000, "timed steps"},
     {"seed", GRAFT_OPT_INT, OFF(seed), "1", 0, 2147483647, "seed"},
+    {"lora_rank", GRAFT_OPT_INT, OFF(lora_rank), "8", 1, 1024,
+     "lora: rank of the one shared pair (no per-task pair)"},
+    {"lora_alpha", GRAFT_OPT_FLOAT, OFF(lora_alpha), "16", 0, 1e6, "lora: alpha"},
+    {"lora_targets", GRAFT_OPT_STRING, OFF(lora_targets), "all", 0, -1,
+     "lora: projections (qkv, attn, fc, fcproj or all)"},
+    {"adapter_dim", GRAFT_OPT_INT, OFF(adapter_dim), "16", 1, 65536,
+     "adapter: bottleneck width"},
+    {"profile", GRAFT_OPT_BOOL, OFF(profile), "false", 0, -1,
+     "print a per-op time table of the timed steps (stderr)"},
     GRAFT_OPT_END,
 };
 #undef OFF
 
-/* Best-of-3 GFLOP/s of a square sgemm big enough to reach the plateau. */
+/* Best GFLOP/s of 7 square sgemms big enough to reach the plateau (the
+ * first, cold one not counted): on a shared machine the best run is the
+ * one least disturbed by the neighbours. */
 static double measure_sgemm_peak(void) {
     const int n = 1536;
     float *a = graft_xmalloc((size_t)n * n * sizeof(float));
@@ -43,7 +63,7 @@ static double measure_sgemm_peak(void) {
     float *c = graft_xmalloc((size_t)n * n * sizeof(float));
     for (size_t i = 0; i < (size_t)n * n; i++) a[i] = b[i] = 0.001f * (float)(i % 1000);
     double best = 0.0;
-    for (int rep = 0; rep < 4; rep++) {
+    for (int rep = 0; rep < 8; rep++) {
         double t0 = graft_now();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f,
                     c, n);
@@ -56,78 +76,144 @@ static double measure_sgemm_peak(void) {
     return best;
 }
 
-typedef struct {
-    graft_gpt2_t *model;
-    graft_adamw_config_t opt;
-    float *m, *v;
-} full_trainer_t;
+/* Model FLOPs of one training step per token (2 per multiply-add), counting
+ * only the products the method needs:
+ *   forward   per block 2·C·(3C + C + 4C + 4C) = 24·C² for the four
+ *             projections and 4·T·C for attention (Q K^T and P V over the
+ *             full T×T, as MFU is usually counted); 2·C·V for the LM head;
+ *             plus the modules' own products: LoRA 2·r·(in + out) per
+ *             adapted projection, the adapter 4·C·m per block, RED none;
+ *   backward  input gradients — the same products again, attention twice
+ *             (dP, dV, dQ, dK) — from the LM head down to the lowest point
+ *             that a trained tensor needs (peft_grad_floor), and weight
+ *             gradients once more for the matrices that train: the whole
+ *             trunk for full, LoRA's A and B, the adapter's D and U (the
+ *             modules' backward is counted as twice their forward).
+ * For full this is exactly three times the forward. */
+static double step_flops_per_token(const graft_peft_t *p, int T) {
+    const graft_gpt2_t *m = p->trunk;
+    double C = m->cfg.C, V = m->cfg.V, L = m->cfg.L;
+    double trunk_fwd = graft_gpt2_flops_per_token(&m->cfg, T);
+    if (m->grads_memory) return 3.0 * trunk_fwd;
 
-static void full_step(full_trainer_t *tr, const int32_t *inputs, const int32_t *targets, int B,
-                      int T, int t) {
-    graft_gpt2_t *model = tr->model;
-    graft_gpt2_forward(model, inputs, targets, B, T);
-    graft_gpt2_zero_grad(model);
-    graft_gpt2_backward(model);
-    double sumsq = 0.0;
-    graft_grad_sumsq(model->grads_memory, model->num_params, &sumsq);
-    float scale = graft_clip_scale(&tr->opt, sumsq);
-    graft_adamw_update(&tr->opt, model->params_memory, model->grads_memory, tr->m, tr->v,
-                       model->num_params, tr->opt.lr, t, scale, 1);
+    double modules_fwd = 0.0;
+    if (p->cfg.methods & GRAFT_M_LORA) {
+        static const double in_mult[GRAFT_NUM_PROJ] = {1, 1, 1, 4};
+        static const double out_mult[GRAFT_NUM_PROJ] = {3, 1, 4, 1};
+        int ranks = p->cfg.lora_shared_rank + p->cfg.lora_task_rank;
+        for (int proj = 0; proj < GRAFT_NUM_PROJ; proj++)
+            if (p->cfg.lora_targets & (1 << proj))
+                modules_fwd += L * 2.0 * ranks * (in_mult[proj] + out_mult[proj]) * C;
+    }
+    if (p->cfg.methods & GRAFT_M_ADAPTER) modules_fwd += L * 4.0 * C * p->cfg.adapter_dim;
+
+    /* input-gradient products of one block, by the depth they produce */
+    int floor_layer;
+    graft_grad_depth_t floor_depth;
+    peft_grad_floor(m, &floor_layer, &floor_depth);
+    double input_grads = floor_layer < m->cfg.L ? 2.0 * C * V : 0.0;
+    for (int l = floor_layer; l < m->cfg.L; l++) {
+        graft_grad_depth_t d = l > floor_layer ? GRAFT_GRAD_BLOCK_IN : floor_depth;
+        if (d >= GRAFT_GRAD_FC_OUT) input_grads += 2.0 * 4 * C * C;    /* fcproj */
+        if (d >= GRAFT_GRAD_LN2_OUT) input_grads += 2.0 * C * 4 * C;   /* fc */
+        if (d >= GRAFT_GRAD_QKV_OUT) input_grads += 2.0 * C * C + 8.0 * T * C; /* attn */
+        if (d >= GRAFT_GRAD_LN1_OUT) input_grads += 2.0 * C * 3 * C;   /* qkv */
+    }
+    return trunk_fwd + 3.0 * modules_fwd + input_grads;
+}
+
+/* The run settings `graft train` would use for this benchmark. */
+static int bench_run_config(const bench_step_config_t *cfg, graft_run_config_t *rc) {
+    graft_options_parse(graft_run_options, rc, 0, NULL, ""); /* defaults */
+    char rank[32], alpha[32], dim[32];
+    snprintf(rank, sizeof rank, "%d", cfg->lora_rank);
+    snprintf(alpha, sizeof alpha, "%.9g", cfg->lora_alpha);
+    snprintf(dim, sizeof dim, "%d", cfg->adapter_dim);
+    const char *settings[][2] = {
+        {"preset", cfg->preset},       {"method", cfg->method},
+        {"lora_shared_rank", rank},    {"lora_shared_alpha", alpha},
+        {"lora_task_rank", "0"},       {"lora_targets", cfg->lora_targets},
+        {"adapter_dim", dim},
+    };
+    for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++) {
+        int rc_set = graft_options_set(graft_run_options, rc, settings[i][0], settings[i][1],
+                                       "graft bench step");
+        if (rc_set) return rc_set;
+    }
+    return GRAFT_OK;
+}
+
+/* One step as graft_trainer_step takes it, on a fixed batch. */
+static float bench_one_step(graft_peft_t *p, const graft_adamw_config_t *opt,
+                            const int32_t *inputs, const int32_t *targets, int B, int T) {
+    graft_peft_zero_grad(p, 0);
+    float loss = graft_peft_lm(p, 0, inputs, targets, B, T, 1);
+    graft_modules_update(p, 0, opt, 0.0f, opt->lr);
+    return loss;
 }
 
 static int bench_step(int argc, char **argv) {
     bench_step_config_t cfg;
     int rc = graft_options_parse(bench_step_options, &cfg, argc, argv,
                                  "usage: graft bench step [options]\n\n"
-                                 "Times training steps (forward, backward, AdamW) on random tokens\n"
-                                 "and prints `tokens_per_s=<N> mfu=<x>` as the last line.");
+                                 "Times training steps (forward, backward, clipping, AdamW) of a\n"
+                                 "method on batches of random tokens (next-token loss at every\n"
+                                 "position), built as `graft train` builds it, and prints\n"
+                                 "`tokens_per_s=<N> mfu=<x>` as the last line.");
     if (rc == GRAFT_OPTS_HELP) return 0;
     if (rc) return 2;
     graft_gpt2_config_t mc;
     if (graft_gpt2_preset(cfg.preset, &mc)) {
-        fprintf(stderr, "graft bench step: unknown preset '%s'\n", cfg.preset);
+        fprintf(stderr, "graft bench step: unknown preset '%s' (tiny, small, base)\n", cfg.preset);
         return 2;
     }
-    if (strcmp(cfg.method, "full") != 0) {
-        fprintf(stderr, "graft bench step: unknown method '%s' (full)\n", cfg.method);
+    graft_run_config_t run;
+    graft_peft_config_t pc;
+    if (bench_run_config(&cfg, &run) || graft_run_peft_config(&run, &pc)) return 2;
+    if (pc.methods & (GRAFT_M_HEAD | GRAFT_M_CHANNELS)) {
+        fprintf(stderr, "graft bench step: method '%s': head and channels need a classification "
+                        "task or a stage-1 pass; benchmark full, lora, adapter, red or lntune\n",
+                cfg.method);
         return 2;
     }
     int threads = cli_set_threads(cfg.threads);
     double peak = measure_sgemm_peak();
     int B = cfg.batch, T = mc.T;
-    full_trainer_t tr = {.model = graft_gpt2_new(&mc, (uint64_t)cfg.seed),
-                         .opt = graft_adamw_defaults()};
-    graft_gpt2_enable_grads(tr.model);
-    tr.m = graft_xcalloc(tr.model->num_params, sizeof(float));
-    tr.v = graft_xcalloc(tr.model->num_params, sizeof(float));
+    graft_gpt2_t *trunk = graft_gpt2_new(&mc, (uint64_t)cfg.seed);
+    const graft_peft_task_t task = {.name = "bench", .num_labels = 0};
+    graft_peft_t *p = graft_peft_new(trunk, &pc, &task, 1);
+    graft_adamw_config_t opt = graft_adamw_defaults();
     int32_t *tokens = graft_xmalloc(((size_t)B * T + 1) * sizeof(int32_t));
     graft_rng_t rng;
     graft_rng_seed(&rng, (uint64_t)cfg.seed, 7);
     for (size_t i = 0; i < (size_t)B * T + 1; i++) tokens[i] = (int32_t)graft_rng_below(&rng, 256);
 
-    for (int i = 0; i < cfg.warmup; i++) full_step(&tr, tokens, tokens + 1, B, T, i + 1);
+    for (int i = 0; i < cfg.warmup; i++) bench_one_step(p, &opt, tokens, tokens + 1, B, T);
+    graft_prof_enable(cfg.profile);
     double t0 = graft_now();
-    for (int i = 0; i < cfg.steps; i++)
-        full_step(&tr, tokens, tokens + 1, B, T, cfg.warmup + i + 1);
+    float loss = 0.0f;
+    for (int i = 0; i < cfg.steps; i++) loss = bench_one_step(p, &opt, tokens, tokens + 1, B, T);
     double elapsed = graft_now() - t0;
+    graft_prof_enable(0);
+    if (cfg.profile) graft_prof_report(stderr, cfg.steps, elapsed / cfg.steps);
+
     double tps = (double)cfg.steps * B * T / elapsed;
-    double flops = 3.0 * graft_gpt2_flops_per_token(&mc, T) * tps;
-    printf("preset=%s method=%s threads=%d batch=%d seq=%d params=%zu step_ms=%.1f "
-           "gflops=%.1f sgemm_peak_gflops=%.1f\n",
-           cfg.preset, cfg.method, threads, B, T, tr.model->num_params,
-           1e3 * elapsed / cfg.steps, flops / 1e9, peak);
+    double flops = step_flops_per_token(p, T) * tps;
+    printf("preset=%s method=%s threads=%d batch=%d seq=%d params=%zu trainable=%zu "
+           "loss=%.4f step_ms=%.1f gflops=%.1f sgemm_peak_gflops=%.1f\n",
+           cfg.preset, cfg.method, threads, B, T, trunk->num_params,
+           graft_peft_task_params(p, 0), loss, 1e3 * elapsed / cfg.steps, flops / 1e9, peak);
     printf("tokens_per_s=%.0f mfu=%.3f\n", tps, flops / 1e9 / peak);
     free(tokens);
-    free(tr.m);
-    free(tr.v);
-    graft_gpt2_destroy(&tr.model);
+    graft_peft_destroy(&p);
+    graft_gpt2_destroy(&trunk);
     return 0;
 }
 
 int cmd_bench(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: graft bench WHAT [options]\n\n"
-               "  step    training-step throughput and MFU (graft bench step --help)\n");
+               "  step    training-step throughput and MFU of a method (graft bench step --help)\n");
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "step")) return bench_step(argc - 1, argv + 1);

@@ -26,8 +26,10 @@ float graft_lr_at(const graft_adamw_config_t *cfg, int step) {
 }
 
 void graft_grad_sumsq(const float *grads, size_t n, double *sumsq) {
-    /* Serial and in double: the result must not depend on the thread count. */
+    /* One thread and in double: the result must not depend on the thread
+     * count. The vector lanes' partial sums are combined in a fixed order. */
     double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
     for (size_t i = 0; i < n; i++) acc += (double)grads[i] * grads[i];
     *sumsq += acc;
 }
@@ -38,13 +40,13 @@ float graft_clip_scale(const graft_adamw_config_t *cfg, double sumsq) {
     return (float)(cfg->grad_clip / (norm + 1e-6));
 }
 
-void graft_adamw_update(const graft_adamw_config_t *cfg, float *params, const float *grads,
-                        float *m, float *v, size_t n, float lr, int t, float grad_scale,
-                        int decay) {
+void graft_adamw_update_team(const graft_adamw_config_t *cfg, float *params, const float *grads,
+                             float *m, float *v, size_t n, float lr, int t, float grad_scale,
+                             int decay) {
     float b1 = cfg->beta1, b2 = cfg->beta2;
     float c1 = 1.0f - powf(b1, (float)t), c2 = 1.0f - powf(b2, (float)t);
     float wd = decay ? cfg->weight_decay : 0.0f;
-#pragma omp parallel for simd schedule(static)
+#pragma omp for simd schedule(simd : dynamic, 4096) nowait
     for (size_t i = 0; i < n; i++) {
         float g = grads[i] * grad_scale;
         m[i] = b1 * m[i] + (1.0f - b1) * g;
@@ -52,4 +54,11 @@ void graft_adamw_update(const graft_adamw_config_t *cfg, float *params, const fl
         float mhat = m[i] / c1, vhat = v[i] / c2;
         params[i] -= lr * (mhat / (sqrtf(vhat) + cfg->eps) + wd * params[i]);
     }
+}
+
+void graft_adamw_update(const graft_adamw_config_t *cfg, float *params, const float *grads,
+                        float *m, float *v, size_t n, float lr, int t, float grad_scale,
+                        int decay) {
+#pragma omp parallel if (n >= GRAFT_ADAMW_PARALLEL_MIN)
+    graft_adamw_update_team(cfg, params, grads, m, v, n, lr, t, grad_scale, decay);
 }

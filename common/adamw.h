@@ -38,4 +38,16 @@ void graft_adamw_update(const graft_adamw_config_t *cfg, float *params, const fl
                         float *m, float *v, size_t n, float lr, int t, float grad_scale,
                         int decay);
 
+/* The same as a worksharing loop for the threads of an enclosing OpenMP
+ * parallel region, each of which must call it (outside a region: on the
+ * calling thread alone); no barrier at its end. Several spans then share
+ * one parallel region (graft_scope_adamw) instead of one region each. */
+void graft_adamw_update_team(const graft_adamw_config_t *cfg, float *params, const float *grads,
+                             float *m, float *v, size_t n, float lr, int t, float grad_scale,
+                             int decay);
+
+/* Spans shorter than this are updated on one thread: starting the team
+ * costs more than it saves. */
+#define GRAFT_ADAMW_PARALLEL_MIN 32768
+
 #endif

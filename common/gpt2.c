@@ -6,6 +6,7 @@
 
 #include "ops.h"
 #include "peft.h"
+#include "profile.h"
 #include "tokenizer.h"
 
 int graft_gpt2_preset(const char *name, graft_gpt2_config_t *cfg) {
@@ -152,6 +153,33 @@ void graft_gpt2_reserve(graft_gpt2_t *m, int B, int T) {
 
 /* ---- forward ------------------------------------------------------------ */
 
+/* The four adaptable projections of a block, forward and backward: the
+ * weight (in, out) is the trunk's or LoRA's merged one (peft_linear_weight);
+ * the PEFT hooks add the channel deltas and the modules' gradients. */
+static const char *const proj_prof_name[GRAFT_NUM_PROJ][2] = {
+    {"fwd.qkv", "bwd.qkv"}, {"fwd.attproj", "bwd.attproj"}, {"fwd.fc", "bwd.fc"},
+    {"fwd.fcproj", "bwd.fcproj"}};
+
+/* out (N, odim) = inp (N, in) @ W + bias. */
+static void linear_forward(graft_gpt2_t *m, int l, graft_proj_t proj, float *out,
+                           const float *inp, const float *bias, size_t N, int in, int odim) {
+    GRAFT_PROF(proj_prof_name[proj][0], 2.0 * N * in * odim,
+               matmul_forward(out, inp, peft_linear_weight(m, l, proj), bias, N, in, odim));
+    peft_linear_forward(m->peft, l, proj, out, inp, N);
+}
+
+/* dinp = dout @ W^T (NULL: not needed); the trunk's dweight, dbias += (NULL
+ * when frozen). */
+static void linear_backward(graft_gpt2_t *m, int l, graft_proj_t proj, float *dinp,
+                            float *dweight, float *dbias, const float *dout, const float *inp,
+                            size_t N, int in, int odim) {
+    double flops = 2.0 * N * in * odim * ((dinp != NULL) + (dweight != NULL));
+    GRAFT_PROF(proj_prof_name[proj][1], flops,
+               matmul_backward(dinp, dweight, dbias, dout, inp, peft_linear_weight(m, l, proj), N,
+                               in, odim));
+    peft_linear_backward(m->peft, l, proj, dinp, dout, inp, N);
+}
+
 float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *targets, int B,
                          int T) {
     graft_gpt2_reserve(m, B, T);
@@ -168,7 +196,10 @@ float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *
 
     graft_gpt2_params_t p = m->params;
     graft_gpt2_acts_t a = m->acts;
-    encoder_forward(a.encoded, inputs, p.wte, p.wpe, B, T, C);
+    peft_forward_begin(m);
+    /* 2 FLOPs per multiply-add of an (N,C) @ (C,OC) product */
+#define MMF(K, OC) (2.0 * BT * (K) * (OC))
+    GRAFT_PROF("fwd.encoder", 0, encoder_forward(a.encoded, inputs, p.wte, p.wpe, B, T, C));
     for (int l = 0; l < L; l++) {
         const float *residual = l == 0 ? a.encoded : a.residual3 + (l - 1) * slab * C;
         float *ln1 = a.ln1 + l * slab * C;
@@ -188,48 +219,45 @@ float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *
         const float *lnw, *lnb;
         float *dlnw, *dlnb;
         peft_ln_params(m, l, 1, &lnw, &lnb, &dlnw, &dlnb);
-        layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, lnw, lnb, BT, C);
-        matmul_forward(qkv, ln1, p.qkvw + (size_t)l * C * 3 * C, p.qkvb + l * 3 * C, BT, C,
-                       3 * C);
-        peft_linear_forward(m->peft, l, GRAFT_PROJ_QKV, qkv, ln1, BT);
-        attention_forward(atty, att, qkv, B, T, C, NH);
-        matmul_forward(attproj, atty, p.attprojw + (size_t)l * C * C, p.attprojb + l * C, BT, C,
-                       C);
-        peft_linear_forward(m->peft, l, GRAFT_PROJ_ATTN, attproj, atty, BT);
-        residual_forward(residual2, residual, attproj, BT * C);
+        GRAFT_PROF("fwd.ln1", 0, layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, lnw, lnb, BT, C));
+        linear_forward(m, l, GRAFT_PROJ_QKV, qkv, ln1, p.qkvb + l * 3 * C, BT, C, 3 * C);
+        GRAFT_PROF("fwd.attention", 4.0 * BT * T * C,
+                   attention_forward(atty, att, qkv, B, T, C, NH));
+        linear_forward(m, l, GRAFT_PROJ_ATTN, attproj, atty, p.attprojb + l * C, BT, C, C);
+        GRAFT_PROF("fwd.residual", 0, residual_forward(residual2, residual, attproj, BT * C));
         peft_ln_params(m, l, 2, &lnw, &lnb, &dlnw, &dlnb);
-        layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, lnw, lnb, BT, C);
-        matmul_forward(fch, ln2, p.fcw + (size_t)l * C * 4 * C, p.fcb + l * 4 * C, BT, C, 4 * C);
-        peft_linear_forward(m->peft, l, GRAFT_PROJ_FC, fch, ln2, BT);
-        gelu_forward(fch_gelu, fch, BT * 4 * C);
-        matmul_forward(fcproj, fch_gelu, p.fcprojw + (size_t)l * 4 * C * C, p.fcprojb + l * C,
-                       BT, 4 * C, C);
-        peft_linear_forward(m->peft, l, GRAFT_PROJ_FCPROJ, fcproj, fch_gelu, BT);
+        GRAFT_PROF("fwd.ln2", 0, layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, lnw, lnb, BT, C));
+        linear_forward(m, l, GRAFT_PROJ_FC, fch, ln2, p.fcb + l * 4 * C, BT, C, 4 * C);
+        GRAFT_PROF("fwd.gelu", 0, gelu_forward(fch_gelu, fch, BT * 4 * C));
+        linear_forward(m, l, GRAFT_PROJ_FCPROJ, fcproj, fch_gelu, p.fcprojb + l * C, BT, 4 * C, C);
         peft_mlp_out_forward(m->peft, l, fcproj, fch_gelu, BT);
-        residual_forward(residual3, residual2, fcproj, BT * C);
+        GRAFT_PROF("fwd.residual", 0, residual_forward(residual3, residual2, fcproj, BT * C));
         peft_block_out_forward(m->peft, l, residual3, BT);
     }
     const float *last = a.residual3 + (L - 1) * slab * C;
     const float *lnfw, *lnfb;
     float *dlnfw, *dlnfb;
     peft_ln_params(m, -1, 0, &lnfw, &lnfb, &dlnfw, &dlnfb);
-    layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, lnfw, lnfb, BT, C);
+    GRAFT_PROF("fwd.lnf", 0, layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, lnfw, lnfb, BT, C));
 
     m->mean_loss = -1.0f;
     m->loss_count = 0;
     if (!targets) return -1.0f;
     memcpy(m->targets, targets, BT * sizeof(int32_t));
-    lmhead_forward(a.logits, a.lnf, p.wte, BT, C, V);
-    m->mean_loss = crossentropy_forward(a.losses, a.probs, a.logits, targets, BT, V,
-                                        &m->loss_count);
+    GRAFT_PROF("fwd.lmhead", MMF(C, V), lmhead_forward(a.logits, a.lnf, p.wte, BT, C, V));
+    GRAFT_PROF("fwd.crossentropy", 0,
+               m->mean_loss = crossentropy_forward(a.losses, a.probs, a.logits, targets, BT, V,
+                                                   &m->loss_count));
+#undef MMF
     return m->mean_loss;
 }
 
 /* ---- backward ----------------------------------------------------------- */
 
 void graft_gpt2_zero_grad(graft_gpt2_t *m) {
+    /* Activation gradients are written before they are read (ops.h), so
+     * only the weight gradients need zeroing. */
     if (m->grads_memory) memset(m->grads_memory, 0, m->num_params * sizeof(float));
-    if (m->grads_acts_memory) memset(m->grads_acts_memory, 0, m->num_acts * sizeof(float));
 }
 
 void graft_gpt2_backward(graft_gpt2_t *m) {
@@ -238,66 +266,93 @@ void graft_gpt2_backward(graft_gpt2_t *m) {
     size_t BT = (size_t)B * T;
     graft_gpt2_acts_t a = m->acts, g = m->grads_acts;
     float scale = m->loss_count ? 1.0f / m->loss_count : 0.0f;
+    float *dwte = m->grads_memory ? m->grads.wte : NULL;
     /* dlogits is written (not accumulated) into the logits-gradient slab. */
-    crossentropy_backward(g.logits, a.probs, m->targets, BT, V, scale);
-    lmhead_backward(g.lnf, m->grads_memory ? m->grads.wte : NULL, g.logits, a.lnf,
-                    m->params.wte, BT, C, V);
+    GRAFT_PROF("bwd.crossentropy", 0,
+               crossentropy_backward(g.logits, a.probs, m->targets, BT, V, scale));
+    GRAFT_PROF("bwd.lmhead", 2.0 * BT * C * V * (dwte ? 2 : 1),
+               lmhead_backward(g.lnf, dwte, g.logits, a.lnf, m->params.wte, BT, C, V));
     graft_gpt2_backward_from_lnf(m);
 }
 
+/* Pre-LN residual stream: with x_{l+1} = h + mlp(ln2(h)), h = x_l +
+ * attn(ln1(x_l)), the gradient dL/dh is dL/dx_{l+1} plus the MLP branch's
+ * contribution through ln_2, and dL/dx_l is dL/dh plus the attention
+ * branch's through ln_1. Each branch output's gradient is the stream's
+ * gradient itself, so residual3 (L,B,T,C) holds dL/d(block output) and
+ * residual2 dL/dh; the branches read them in place and the two
+ * layernorm_backward calls add their part while writing the next one. */
 void graft_gpt2_backward_from_lnf(graft_gpt2_t *m) {
     const graft_gpt2_config_t *c = &m->cfg;
     int B = m->cur_B, T = m->cur_T, L = c->L, C = c->C, NH = c->NH;
     size_t BT = (size_t)B * T, slab = (size_t)m->B * m->T;
-    graft_gpt2_params_t p = m->params;
     /* With a frozen trunk every weight-gradient pointer is NULL. */
     int trainable = m->grads_memory != NULL;
     graft_gpt2_params_t d = trainable ? m->grads : (graft_gpt2_params_t){0};
 #define DW(field, off) (trainable ? d.field + (off) : NULL)
     graft_gpt2_acts_t a = m->acts, g = m->grads_acts;
+    /* The pass stops at the lowest gradient that anything trained needs. */
+    int floor_layer;
+    graft_grad_depth_t floor_depth;
+    peft_grad_floor(m, &floor_layer, &floor_depth);
+#define NEED(depth) (l > floor_layer || (depth) <= floor_depth)
+    /* dS of attention: scratch shared by the layers */
+    float *datt = g.att;
 
-    float *dlast = g.residual3 + (L - 1) * slab * C;
-    const float *last = a.residual3 + (L - 1) * slab * C;
     const float *lnw, *lnb;
     float *dlnw, *dlnb;
     peft_ln_params(m, -1, 0, &lnw, &lnb, &dlnw, &dlnb);
-    layernorm_backward(dlast, dlnw, dlnb, g.lnf, last, lnw, a.lnf_mean, a.lnf_rstd, BT, C);
-    for (int l = L - 1; l >= 0; l--) {
+    float *dlast = floor_layer < L ? g.residual3 + (L - 1) * slab * C : NULL;
+    GRAFT_PROF("bwd.lnf", 0,
+               layernorm_backward(dlast, dlnw, dlnb, NULL, g.lnf, a.residual3 + (L - 1) * slab * C,
+                                  lnw, a.lnf_mean, a.lnf_rstd, BT, C));
+    for (int l = L - 1; l >= floor_layer; l--) {
         const float *residual = l == 0 ? a.encoded : a.residual3 + (l - 1) * slab * C;
         float *dresidual = l == 0 ? g.encoded : g.residual3 + (l - 1) * slab * C;
         size_t o1 = l * slab * C, o3 = l * slab * 3 * C, o4 = l * slab * 4 * C, os = l * slab;
+        float *d3 = g.residual3 + o1, *d2 = g.residual2 + o1;
         float *att = a.att + l * (size_t)m->B * NH * T * T;
-        float *datt = g.att + l * (size_t)m->B * NH * T * T;
 
-        peft_block_out_backward(m->peft, l, g.residual3 + o1, BT);
-        residual_backward(g.residual2 + o1, g.fcproj + o1, g.residual3 + o1, BT * C);
-        peft_mlp_out_backward(m->peft, l, g.fcproj + o1, g.fch_gelu + o4, a.fch_gelu + o4, BT);
-        matmul_backward(g.fch_gelu + o4, DW(fcprojw, (size_t)l * 4 * C * C),
-                        DW(fcprojb, l * C), g.fcproj + o1, a.fch_gelu + o4,
-                        p.fcprojw + (size_t)l * 4 * C * C, BT, 4 * C, C);
-        peft_linear_backward(m->peft, l, GRAFT_PROJ_FCPROJ, g.fch_gelu + o4, g.fcproj + o1,
-                             a.fch_gelu + o4, BT);
-        gelu_backward(g.fch + o4, a.fch + o4, g.fch_gelu + o4, BT * 4 * C);
-        matmul_backward(g.ln2 + o1, DW(fcw, (size_t)l * C * 4 * C), DW(fcb, l * 4 * C),
-                        g.fch + o4, a.ln2 + o1, p.fcw + (size_t)l * C * 4 * C, BT, C, 4 * C);
-        peft_linear_backward(m->peft, l, GRAFT_PROJ_FC, g.ln2 + o1, g.fch + o4, a.ln2 + o1, BT);
+        peft_block_out_backward(m->peft, l, d3, BT);
+        if (!NEED(GRAFT_GRAD_MLP_OUT)) break;
+        /* the MLP output projection's output gradient: d3, or RED's rescaling */
+        const float *dmlp = peft_mlp_out_backward(m->peft, l, g.fcproj + o1, d3, BT);
+        float *dfch_gelu = NEED(GRAFT_GRAD_FC_OUT) ? g.fch_gelu + o4 : NULL;
+        linear_backward(m, l, GRAFT_PROJ_FCPROJ, dfch_gelu, DW(fcprojw, (size_t)l * 4 * C * C),
+                        DW(fcprojb, l * C), dmlp, a.fch_gelu + o4, BT, 4 * C, C);
+        if (!NEED(GRAFT_GRAD_FC_OUT)) break;
+        /* in place: from here on the slab holds dL/d(fc output) */
+        float *dfch = dfch_gelu;
+        GRAFT_PROF("bwd.gelu", 0, gelu_backward(dfch, a.fch + o4, dfch_gelu, BT * 4 * C));
+        float *dln2 = NEED(GRAFT_GRAD_LN2_OUT) ? g.ln2 + o1 : NULL;
+        linear_backward(m, l, GRAFT_PROJ_FC, dln2, DW(fcw, (size_t)l * C * 4 * C),
+                        DW(fcb, l * 4 * C), dfch, a.ln2 + o1, BT, C, 4 * C);
+        if (!NEED(GRAFT_GRAD_LN2_OUT)) break;
         peft_ln_params(m, l, 2, &lnw, &lnb, &dlnw, &dlnb);
-        layernorm_backward(g.residual2 + o1, dlnw, dlnb, g.ln2 + o1, a.residual2 + o1, lnw,
-                           a.ln2_mean + os, a.ln2_rstd + os, BT, C);
-        residual_backward(dresidual, g.attproj + o1, g.residual2 + o1, BT * C);
-        matmul_backward(g.atty + o1, DW(attprojw, (size_t)l * C * C), DW(attprojb, l * C),
-                        g.attproj + o1, a.atty + o1, p.attprojw + (size_t)l * C * C, BT, C, C);
-        peft_linear_backward(m->peft, l, GRAFT_PROJ_ATTN, g.atty + o1, g.attproj + o1,
-                             a.atty + o1, BT);
-        attention_backward(g.qkv + o3, datt, g.atty + o1, a.qkv + o3, att, B, T, C, NH);
-        matmul_backward(g.ln1 + o1, DW(qkvw, (size_t)l * C * 3 * C), DW(qkvb, l * 3 * C),
-                        g.qkv + o3, a.ln1 + o1, p.qkvw + (size_t)l * C * 3 * C, BT, C, 3 * C);
-        peft_linear_backward(m->peft, l, GRAFT_PROJ_QKV, g.ln1 + o1, g.qkv + o3, a.ln1 + o1, BT);
+        GRAFT_PROF("bwd.ln2", 0,
+                   layernorm_backward(NEED(GRAFT_GRAD_ATTN_OUT) ? d2 : NULL, dlnw, dlnb, d3, dln2,
+                                      a.residual2 + o1, lnw, a.ln2_mean + os, a.ln2_rstd + os,
+                                      BT, C));
+        if (!NEED(GRAFT_GRAD_ATTN_OUT)) break;
+        float *datty = NEED(GRAFT_GRAD_QKV_OUT) ? g.atty + o1 : NULL;
+        linear_backward(m, l, GRAFT_PROJ_ATTN, datty, DW(attprojw, (size_t)l * C * C),
+                        DW(attprojb, l * C), d2, a.atty + o1, BT, C, C);
+        if (!NEED(GRAFT_GRAD_QKV_OUT)) break;
+        GRAFT_PROF("bwd.attention", 8.0 * BT * T * C,
+                   attention_backward(g.qkv + o3, datt, datty, a.qkv + o3, att, B, T, C, NH));
+        float *dln1 = NEED(GRAFT_GRAD_LN1_OUT) ? g.ln1 + o1 : NULL;
+        linear_backward(m, l, GRAFT_PROJ_QKV, dln1, DW(qkvw, (size_t)l * C * 3 * C),
+                        DW(qkvb, l * 3 * C), g.qkv + o3, a.ln1 + o1, BT, C, 3 * C);
+        if (!NEED(GRAFT_GRAD_LN1_OUT)) break;
         peft_ln_params(m, l, 1, &lnw, &lnb, &dlnw, &dlnb);
-        layernorm_backward(dresidual, dlnw, dlnb, g.ln1 + o1, residual, lnw, a.ln1_mean + os,
-                           a.ln1_rstd + os, BT, C);
+        GRAFT_PROF("bwd.ln1", 0,
+                   layernorm_backward(NEED(GRAFT_GRAD_BLOCK_IN) ? dresidual : NULL, dlnw, dlnb, d2,
+                                      dln1, residual, lnw, a.ln1_mean + os, a.ln1_rstd + os, BT,
+                                      C));
     }
-    if (trainable) encoder_backward(d.wte, d.wpe, g.encoded, m->inputs, B, T, C);
+    if (trainable)
+        GRAFT_PROF("bwd.encoder", 0, encoder_backward(d.wte, d.wpe, g.encoded, m->inputs, B, T, C));
+#undef NEED
 #undef DW
 }
 

@@ -84,6 +84,20 @@ typedef struct {
 
 struct graft_peft;
 
+/* Points of one block's backward pass, top first: the gradient w.r.t. ...
+ * Training only modules on a frozen trunk, the backward pass stops at the
+ * lowest point whose gradient a trained tensor needs (peft_grad_floor). */
+typedef enum {
+    GRAFT_GRAD_BLOCK_OUT, /* ... the block output (adapters) */
+    GRAFT_GRAD_MLP_OUT,   /* ... the MLP output (RED, channel deltas, LoRA on fcproj) */
+    GRAFT_GRAD_FC_OUT,    /* ... the fc output (LoRA on fc) */
+    GRAFT_GRAD_LN2_OUT,   /* ... ln_2's output (lntune's ln_2, then the fc input) */
+    GRAFT_GRAD_ATTN_OUT,  /* ... the attention projection's output (LoRA on attn) */
+    GRAFT_GRAD_QKV_OUT,   /* ... the qkv output (LoRA on qkv) */
+    GRAFT_GRAD_LN1_OUT,   /* ... ln_1's output (lntune's ln_1) */
+    GRAFT_GRAD_BLOCK_IN,  /* ... the block input (the layers below train) */
+} graft_grad_depth_t;
+
 typedef struct graft_gpt2 {
     graft_gpt2_config_t cfg;
     /* Modules attached by peft.c (borrowed; NULL for the plain trunk). The
@@ -128,14 +142,14 @@ void graft_gpt2_reserve(graft_gpt2_t *m, int B, int T);
 float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *targets, int B,
                          int T);
 
-/* Zeroes weight gradients and activation gradients. */
+/* Zeroes the weight gradients (activation gradients need no zeroing). */
 void graft_gpt2_zero_grad(graft_gpt2_t *m);
 
 /* Backward of the LM loss of the last forward (mean over counted targets). */
 void graft_gpt2_backward(graft_gpt2_t *m);
 
-/* Backward from a gradient that the caller already accumulated into
- * grads_acts.lnf (B,T,C), e.g. from a classification head. */
+/* Backward from a gradient that the caller wrote into grads_acts.lnf
+ * (B,T,C), e.g. from a classification head. */
 void graft_gpt2_backward_from_lnf(graft_gpt2_t *m);
 
 /* ---- naming: Hugging Face GPT-2 tensor names and shapes ----------------- */

@@ -3,16 +3,98 @@
 
 #include <cblas.h>
 #include <math.h>
-#include <omp.h>
 #include <string.h>
 
 #include "graft.h"
+
+/* ---- exp for vector loops ------------------------------------------------- */
+
+/* e^x within about 2 ulp for x in [-87.3, 88]; 0 below (e^-87.3 is the
+ * smallest normal float, so -INFINITY gives an exact 0) and e^88 above. Written without library
+ * calls so that `omp simd` loops using it compile to AVX-512 code; expf and
+ * tanhf from libm are scalar calls and made GELU and the softmaxes the
+ * slowest kernels of a step. Cephes' expf: n = round(x / ln 2), r = x - n
+ * ln 2 in two parts, e^r by a degree-6 polynomial, times 2^n via the
+ * exponent bits. */
+static inline float vexpf(float x) {
+    int underflow = x < -87.33654f;
+    x = underflow ? -87.33654f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float n = rintf(x * 1.44269504088896341f);
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return underflow ? 0.0f : p * scale;
+}
+
+/* ---- work on the OpenMP threads ------------------------------------------ */
+
+/* Kernels cut their rows into fixed blocks that the threads take as they
+ * come free (schedule(dynamic)). On a machine shared with other processes a
+ * descheduled thread then holds up only the block in its hands, where a
+ * static split makes the whole team wait for that thread's share at the
+ * next barrier. Blocks depend on the shapes only, never on the thread
+ * count, and sums over rows go through one partial per block, added in
+ * block order: results are bit-identical run to run and whatever the
+ * number of threads. */
+#define ROW_BLOCK 64     /* rows per block of the row-wise kernels */
+#define FLAT_BLOCK 16384 /* elements per block of the element-wise kernels */
+
+static int num_blocks(int n, int block) { return (n + block - 1) / block; }
+
+/* Rows of C per block of a matrix product: 256 for tall products (fewer
+ * blocks repack the weight less often), 64 for short ones. */
+static int gemm_block_rows(int M) { return M >= 1024 ? 256 : 64; }
+
+/* cblas_sgemm (row-major) with C's M rows in blocks on the threads: block i
+ * is rows [i0, i0 + m) of op(A) and of C. OpenBLAS runs single-threaded
+ * inside the parallel region, each element of C comes from one call over
+ * the whole K. */
+static void sgemm_rows(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+                       const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                       int ldc) {
+    int rows = gemm_block_rows(M), nblocks = num_blocks(M, rows);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < nblocks; i++) {
+        int i0 = i * rows, m = M - i0 < rows ? M - i0 : rows;
+        const float *Ai = ta == CblasNoTrans ? A + (size_t)i0 * lda : A + i0;
+        cblas_sgemm(CblasRowMajor, ta, tb, m, N, K, alpha, Ai, lda, B, ldb, beta,
+                    C + (size_t)i0 * ldc, ldc);
+    }
+}
+
+/* y (n) = softmax(x (n)); y may equal x. Vector loops (the sums' order is
+ * fixed by the code, so results repeat run to run). */
+static void softmax_row(float *y, const float *x, int n) {
+    float maxv = -INFINITY;
+#pragma omp simd reduction(max : maxv)
+    for (int k = 0; k < n; k++) maxv = x[k] > maxv ? x[k] : maxv;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int k = 0; k < n; k++) {
+        float e = vexpf(x[k] - maxv);
+        y[k] = e;
+        sum += e;
+    }
+    float inv = 1.0f / sum;
+#pragma omp simd
+    for (int k = 0; k < n; k++) y[k] *= inv;
+}
 
 /* ---- encoder ------------------------------------------------------------ */
 
 void encoder_forward(float *out, const int32_t *inp, const float *wte, const float *wpe, int B,
                      int T, int C) {
-#pragma omp parallel for collapse(2)
+#pragma omp parallel for collapse(2) schedule(dynamic, ROW_BLOCK)
     for (int b = 0; b < B; b++) {
         for (int t = 0; t < T; t++) {
             float *o = out + ((size_t)b * T + t) * C;
@@ -44,34 +126,37 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t
 
 /* ---- ordered column reductions ------------------------------------------ */
 
-/* Sums per-thread partials (nthreads, C) into acc (C) in thread order so the
+/* Sums per-block partials (nblocks, C) into acc (C) in block order so the
  * result does not depend on scheduling. */
-static void reduce_partials(float *acc, const float *partials, int nthreads, int C) {
-    for (int i = 0; i < nthreads; i++) {
+static void reduce_partials(float *acc, const float *partials, int nblocks, int C) {
+    for (int i = 0; i < nblocks; i++) {
         const float *p = partials + (size_t)i * C;
+#pragma omp simd
         for (int c = 0; c < C; c++) acc[c] += p[c];
     }
 }
 
 /* Shared body of the two column reductions: y == NULL means plain sums. */
 static void colsum_impl(float *acc, const float *x, const float *y, int N, int C) {
-    int nthreads = omp_get_max_threads();
-    float *partials = graft_xcalloc((size_t)nthreads * C, sizeof(float));
-#pragma omp parallel num_threads(nthreads)
-    {
-        float *p = partials + (size_t)omp_get_thread_num() * C;
-#pragma omp for schedule(static)
-        for (int i = 0; i < N; i++) {
+    int nblocks = num_blocks(N, ROW_BLOCK);
+    float *partials = graft_xcalloc((size_t)nblocks * C, sizeof(float));
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int blk = 0; blk < nblocks; blk++) {
+        float *p = partials + (size_t)blk * C;
+        int end = (blk + 1) * ROW_BLOCK < N ? (blk + 1) * ROW_BLOCK : N;
+        for (int i = blk * ROW_BLOCK; i < end; i++) {
             const float *xr = x + (size_t)i * C;
             if (y) {
                 const float *yr = y + (size_t)i * C;
+#pragma omp simd
                 for (int c = 0; c < C; c++) p[c] += xr[c] * yr[c];
             } else {
+#pragma omp simd
                 for (int c = 0; c < C; c++) p[c] += xr[c];
             }
         }
     }
-    reduce_partials(acc, partials, nthreads, C);
+    reduce_partials(acc, partials, nblocks, C);
     free(partials);
 }
 
@@ -86,13 +171,15 @@ void colsum_product_accumulate(float *acc, const float *x, const float *y, int N
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                        const float *weight, const float *bias, int N, int C) {
     const float eps = 1e-5f;
-#pragma omp parallel for
+#pragma omp parallel for schedule(dynamic, ROW_BLOCK)
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
-        float m = 0.0f;
-        for (int c = 0; c < C; c++) m += x[c];
-        m /= C;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int c = 0; c < C; c++) sum += x[c];
+        float m = sum / C;
         float v = 0.0f;
+#pragma omp simd reduction(+ : v)
         for (int c = 0; c < C; c++) {
             float d = x[c] - m;
             v += d * d;
@@ -100,53 +187,58 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
         v /= C;
         float s = 1.0f / sqrtf(v + eps);
         float *o = out + (size_t)i * C;
+#pragma omp simd
         for (int c = 0; c < C; c++) o[c] = (x[c] - m) * s * weight[c] + bias[c];
         mean[i] = m;
         rstd[i] = s;
     }
 }
 
-void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                        const float *inp, const float *weight, const float *mean,
-                        const float *rstd, int N, int C) {
-    int nthreads = omp_get_max_threads();
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dres,
+                        const float *dout, const float *inp, const float *weight,
+                        const float *mean, const float *rstd, int N, int C) {
     int need_params = dweight || dbias;
-    float *partials = need_params ? graft_xcalloc((size_t)nthreads * 2 * C, sizeof(float)) : NULL;
-#pragma omp parallel num_threads(nthreads)
-    {
-        int tid = omp_get_thread_num();
-        float *pw = need_params ? partials + (size_t)tid * 2 * C : NULL;
+    if (!dinp && !need_params) return;
+    int nblocks = num_blocks(N, ROW_BLOCK);
+    float *partials = need_params ? graft_xcalloc((size_t)nblocks * 2 * C, sizeof(float)) : NULL;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int blk = 0; blk < nblocks; blk++) {
+        float *pw = need_params ? partials + (size_t)blk * 2 * C : NULL;
         float *pb = need_params ? pw + C : NULL;
-#pragma omp for schedule(static)
-        for (int i = 0; i < N; i++) {
+        int end = (blk + 1) * ROW_BLOCK < N ? (blk + 1) * ROW_BLOCK : N;
+        for (int i = blk * ROW_BLOCK; i < end; i++) {
             const float *d = dout + (size_t)i * C;
             const float *x = inp + (size_t)i * C;
             float m = mean[i], s = rstd[i];
-            float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
-            for (int c = 0; c < C; c++) {
-                float norm = (x[c] - m) * s;
-                float dnorm = weight[c] * d[c];
-                dnorm_mean += dnorm;
-                dnorm_norm_mean += dnorm * norm;
-                if (pw) {
-                    pw[c] += norm * d[c];
+            if (pw) {
+#pragma omp simd
+                for (int c = 0; c < C; c++) {
+                    pw[c] += (x[c] - m) * s * d[c];
                     pb[c] += d[c];
                 }
             }
+            if (!dinp) continue;
+            float dnorm_mean = 0.0f, dnorm_norm_mean = 0.0f;
+#pragma omp simd reduction(+ : dnorm_mean, dnorm_norm_mean)
+            for (int c = 0; c < C; c++) {
+                float dnorm = weight[c] * d[c];
+                dnorm_mean += dnorm;
+                dnorm_norm_mean += dnorm * (x[c] - m) * s;
+            }
             dnorm_mean /= C;
             dnorm_norm_mean /= C;
-            if (dinp) {
-                float *di = dinp + (size_t)i * C;
-                for (int c = 0; c < C; c++) {
-                    float norm = (x[c] - m) * s;
-                    float dnorm = weight[c] * d[c];
-                    di[c] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * s;
-                }
+            float *di = dinp + (size_t)i * C;
+            const float *dr = dres ? dres + (size_t)i * C : NULL;
+#pragma omp simd
+            for (int c = 0; c < C; c++) {
+                float norm = (x[c] - m) * s;
+                float g = (weight[c] * d[c] - dnorm_mean - norm * dnorm_norm_mean) * s;
+                di[c] = dr ? dr[c] + g : g;
             }
         }
     }
     if (need_params) {
-        for (int t = 0; t < nthreads; t++) {
+        for (int t = 0; t < nblocks; t++) {
             const float *pw = partials + (size_t)t * 2 * C;
             if (dweight) reduce_partials(dweight, pw, 1, C);
             if (dbias) reduce_partials(dbias, pw + C, 1, C);
@@ -168,28 +260,27 @@ void matmul_forward_naive(float *out, const float *inp, const float *weight, con
     }
 }
 
-/* out (N,OC) = bias broadcast over rows. */
-static void broadcast_rows(float *out, const float *bias, int N, int OC) {
-#pragma omp parallel for
-    for (int i = 0; i < N; i++) memcpy(out + (size_t)i * OC, bias, (size_t)OC * sizeof(float));
-}
-
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                     int C, int OC) {
-    float beta = 0.0f;
-    if (bias) {
-        broadcast_rows(out, bias, N, OC);
-        beta = 1.0f;
+    int rows = gemm_block_rows(N), nblocks = num_blocks(N, rows);
+    /* Each block starts from the bias (beta 1) or from zero (beta 0). */
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int i = 0; i < nblocks; i++) {
+        int i0 = i * rows, m = N - i0 < rows ? N - i0 : rows;
+        float *o = out + (size_t)i0 * OC;
+        if (bias)
+            for (int r = 0; r < m; r++) memcpy(o + (size_t)r * OC, bias, (size_t)OC * sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, OC, C, 1.0f,
+                    inp + (size_t)i0 * C, C, weight, OC, bias ? 1.0f : 0.0f, o, OC);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, OC, C, 1.0f, inp, C, weight, OC,
-                beta, out, OC);
 }
 
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                      const float *inp, const float *weight, int N, int C, int OC) {
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, C, OC, 1.0f, dout, OC, weight, OC,
-                    1.0f, dinp, C);
+        sgemm_rows(CblasNoTrans, CblasTrans, N, C, OC, 1.0f, dout, OC, weight, OC, 0.0f, dinp, C);
+    /* dweight sums over all N rows: blocks of its C rows would each repack
+     * the whole (N, OC) dout, so it is one call, split by OpenBLAS. */
     if (dweight)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, N, 1.0f, inp, C, dout, OC,
                     1.0f, dweight, OC);
@@ -197,15 +288,13 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
 }
 
 void lmhead_forward(float *logits, const float *inp, const float *wte, int N, int C, int V) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, V, C, 1.0f, inp, C, wte, C, 0.0f,
-                logits, V);
+    sgemm_rows(CblasNoTrans, CblasTrans, N, V, C, 1.0f, inp, C, wte, C, 0.0f, logits, V);
 }
 
 void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
                      const float *wte, int N, int C, int V) {
     if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, V, 1.0f, dlogits, V, wte, C,
-                    1.0f, dinp, C);
+        sgemm_rows(CblasNoTrans, CblasNoTrans, N, C, V, 1.0f, dlogits, V, wte, C, 0.0f, dinp, C);
     if (dwte)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, N, 1.0f, dlogits, V, inp, C,
                     1.0f, dwte, C);
@@ -215,36 +304,48 @@ void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float
 
 /* Per (b,h): S = scale Q K^T, P = causal softmax(S), O = P V, all through
  * sgemm on strided views of the (B,T,3C) qkv buffer. The (b,h) pairs run in
- * parallel; OpenBLAS runs single-threaded inside an OpenMP region. */
+ * parallel; OpenBLAS runs single-threaded inside an OpenMP region.
+ * Causality skips the products above the diagonal: queries go in blocks of
+ * ATT_BLOCK rows, and the block of rows [t0, t0 + rows) meets only the keys
+ * [0, t0 + rows). With T = 128 that is 3/4 of the T x T work; smaller blocks
+ * would skip more but make the products too small for sgemm to run well. */
+#define ATT_BLOCK 64
+
+/* n rounded up to whole 16-float vectors, at most limit. */
+static int padded_len(int n, int limit) {
+    int padded = (n + 15) & ~15;
+    return padded < limit ? padded : limit;
+}
+
 void attention_forward(float *out, float *att, const float *inp, int B, int T, int C, int NH) {
     int hs = C / NH;
     int C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             const float *q = inp + (size_t)b * T * C3 + h * hs;
             const float *k = q + C;
             const float *v = q + 2 * C;
             float *p = att + ((size_t)b * NH + h) * T * T;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q, C3, k, C3,
-                        0.0f, p, T);
-            for (int t = 0; t < T; t++) {
-                float *row = p + (size_t)t * T;
-                float maxv = -INFINITY;
-                for (int j = 0; j <= t; j++) maxv = row[j] > maxv ? row[j] : maxv;
-                float sum = 0.0f;
-                for (int j = 0; j <= t; j++) {
-                    row[j] = expf(row[j] - maxv);
-                    sum += row[j];
-                }
-                float inv = 1.0f / sum;
-                for (int j = 0; j <= t; j++) row[j] *= inv;
-                for (int j = t + 1; j < T; j++) row[j] = 0.0f;
-            }
             float *o = out + (size_t)b * T * C + h * hs;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, p, T, v, C3,
-                        0.0f, o, C);
+            for (int t0 = 0; t0 < T; t0 += ATT_BLOCK) {
+                int rows = T - t0 < ATT_BLOCK ? T - t0 : ATT_BLOCK, keys = t0 + rows;
+                float *pb = p + (size_t)t0 * T;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, scale,
+                            q + (size_t)t0 * C3, C3, k, C3, 0.0f, pb, T);
+                for (int t = t0; t < keys; t++) {
+                    /* The row's future keys [t + 1, n) become -inf, so the
+                     * vector loops run over whole vectors and give exact 0. */
+                    float *row = p + (size_t)t * T;
+                    int n = padded_len(t + 1, keys);
+                    for (int j = t + 1; j < n; j++) row[j] = -INFINITY;
+                    softmax_row(row, row, n);
+                    memset(row + n, 0, (size_t)(T - n) * sizeof(float));
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f, pb, T,
+                            v, C3, 0.0f, o + (size_t)t0 * C, C);
+            }
         }
     }
 }
@@ -254,7 +355,7 @@ void attention_backward(float *dinp, float *scratch, const float *dout, const fl
     int hs = C / NH;
     int C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             const float *q = inp + (size_t)b * T * C3 + h * hs;
@@ -266,88 +367,83 @@ void attention_backward(float *dinp, float *scratch, const float *dout, const fl
             const float *p = att + ((size_t)b * NH + h) * T * T;
             float *ds = scratch + ((size_t)b * NH + h) * T * T;
             const float *dO = dout + (size_t)b * T * C + h * hs;
-            /* dP = dO V^T ; dV += P^T dO */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dO, C, v, C3,
-                        0.0f, ds, T);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, p, T, dO, C,
-                        1.0f, dv, C3);
-            /* dS = scale * P (dP - rowsum(dP P)), zero above the diagonal */
-            for (int t = 0; t < T; t++) {
-                const float *prow = p + (size_t)t * T;
-                float *row = ds + (size_t)t * T;
-                float dot = 0.0f;
-                for (int j = 0; j <= t; j++) dot += prow[j] * row[j];
-                for (int j = 0; j <= t; j++) row[j] = scale * prow[j] * (row[j] - dot);
-                for (int j = t + 1; j < T; j++) row[j] = 0.0f;
+            for (int t0 = 0; t0 < T; t0 += ATT_BLOCK) {
+                int rows = T - t0 < ATT_BLOCK ? T - t0 : ATT_BLOCK, keys = t0 + rows;
+                /* dP = dO V^T, then dS = scale P (dP - rowsum(dP P)) in place
+                 * (zero above the diagonal), then dQ = dS K */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, 1.0f,
+                            dO + (size_t)t0 * C, C, v, C3, 0.0f, ds + (size_t)t0 * T, T);
+                for (int t = t0; t < keys; t++) {
+                    /* P is 0 past the diagonal: whole vectors up to n give 0 there */
+                    const float *prow = p + (size_t)t * T;
+                    float *row = ds + (size_t)t * T;
+                    int n = padded_len(t + 1, keys);
+                    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                    for (int j = 0; j < n; j++) dot += prow[j] * row[j];
+#pragma omp simd
+                    for (int j = 0; j < n; j++) row[j] = scale * prow[j] * (row[j] - dot);
+                    memset(row + n, 0, (size_t)(keys - n) * sizeof(float));
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f,
+                            ds + (size_t)t0 * T, T, k, C3, 0.0f, dq + (size_t)t0 * C3, C3);
             }
-            /* dQ += dS K ; dK += dS^T Q */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, k, C3,
-                        1.0f, dq, C3);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, ds, T, q, C3,
-                        1.0f, dk, C3);
+            /* Per block of keys [j0, j0 + cols), from the queries that see
+             * them, [j0, T): dV = P^T dO and dK = dS^T Q. */
+            for (int j0 = 0; j0 < T; j0 += ATT_BLOCK) {
+                int cols = T - j0 < ATT_BLOCK ? T - j0 : ATT_BLOCK, qrows = T - j0;
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, hs, qrows, 1.0f,
+                            p + (size_t)j0 * T + j0, T, dO + (size_t)j0 * C, C, 0.0f,
+                            dv + (size_t)j0 * C3, C3);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols, hs, qrows, 1.0f,
+                            ds + (size_t)j0 * T + j0, T, q + (size_t)j0 * C3, C3, 0.0f,
+                            dk + (size_t)j0 * C3, C3);
+            }
         }
     }
 }
 
 /* ---- gelu --------------------------------------------------------------- */
 
+/* GELU with the tanh approximation, through the identity
+ * 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3):
+ * one vexpf per element, and no cancellation in 1 + tanh(u) for x < 0. */
 #define GELU_SCALING_FACTOR 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_CUBIC 0.044715f
 
 void gelu_forward(float *out, const float *inp, size_t N) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(simd : dynamic, FLAT_BLOCK)
     for (size_t i = 0; i < N; i++) {
         float x = inp[i];
-        float cube = 0.044715f * x * x * x;
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALING_FACTOR * (x + cube)));
+        float u = GELU_SCALING_FACTOR * (x + GELU_CUBIC * x * x * x);
+        out[i] = x / (1.0f + vexpf(-2.0f * u));
     }
 }
 
+/* d/dx x s(2u) = s + 2 x s (1 - s) u', s = sigmoid(2u), u' = sqrt(2/pi) (1 + 3 0.044715 x^2) */
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(simd : dynamic, FLAT_BLOCK)
     for (size_t i = 0; i < N; i++) {
         float x = inp[i];
-        float cube = 0.044715f * x * x * x;
-        float tanh_arg = GELU_SCALING_FACTOR * (x + cube);
-        float tanh_out = tanhf(tanh_arg);
-        float sech2 = 1.0f - tanh_out * tanh_out;
-        float local_grad = 0.5f * (1.0f + tanh_out) +
-                           x * 0.5f * sech2 * GELU_SCALING_FACTOR * (1.0f + 3.0f * 0.044715f * x * x);
-        dinp[i] += local_grad * dout[i];
+        float u = GELU_SCALING_FACTOR * (x + GELU_CUBIC * x * x * x);
+        float s = 1.0f / (1.0f + vexpf(-2.0f * u));
+        float du = GELU_SCALING_FACTOR * (1.0f + 3.0f * GELU_CUBIC * x * x);
+        dinp[i] = (s + 2.0f * x * s * (1.0f - s) * du) * dout[i];
     }
 }
 
 /* ---- residual ----------------------------------------------------------- */
 
 void residual_forward(float *out, const float *inp1, const float *inp2, size_t N) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(simd : dynamic, FLAT_BLOCK)
     for (size_t i = 0; i < N; i++) out[i] = inp1[i] + inp2[i];
-}
-
-void residual_backward(float *dinp1, float *dinp2, const float *dout, size_t N) {
-#pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < N; i++) {
-        dinp1[i] += dout[i];
-        dinp2[i] += dout[i];
-    }
 }
 
 /* ---- softmax / cross-entropy -------------------------------------------- */
 
 void softmax_rows(float *out, const float *inp, int N, int K) {
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < N; i++) {
-        const float *x = inp + (size_t)i * K;
-        float *y = out + (size_t)i * K;
-        float maxv = -INFINITY;
-        for (int k = 0; k < K; k++) maxv = x[k] > maxv ? x[k] : maxv;
-        float sum = 0.0f;
-        for (int k = 0; k < K; k++) {
-            y[k] = expf(x[k] - maxv);
-            sum += y[k];
-        }
-        float inv = 1.0f / sum;
-        for (int k = 0; k < K; k++) y[k] *= inv;
-    }
+#pragma omp parallel for schedule(dynamic, ROW_BLOCK)
+    for (int i = 0; i < N; i++) softmax_row(out + (size_t)i * K, inp + (size_t)i * K, K);
 }
 
 float crossentropy_forward(float *losses, float *probs, const float *logits,
@@ -372,7 +468,7 @@ float crossentropy_forward(float *losses, float *probs, const float *logits,
 
 void crossentropy_backward(float *dlogits, const float *probs, const int32_t *targets, int N,
                            int V, float scale) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, ROW_BLOCK)
     for (int i = 0; i < N; i++) {
         float *d = dlogits + (size_t)i * V;
         const float *p = probs + (size_t)i * V;
@@ -397,9 +493,8 @@ void pool_forward(float *pooled, const float *hidden, const int32_t *pos, int B,
 }
 
 void pool_backward(float *dhidden, const float *dpooled, const int32_t *pos, int B, int T, int C) {
-    for (int b = 0; b < B; b++) {
-        float *dh = dhidden + ((size_t)b * T + pos[b]) * C;
-        const float *dp = dpooled + (size_t)b * C;
-        for (int c = 0; c < C; c++) dh[c] += dp[c];
-    }
+    memset(dhidden, 0, (size_t)B * T * C * sizeof(float));
+    for (int b = 0; b < B; b++)
+        memcpy(dhidden + ((size_t)b * T + pos[b]) * C, dpooled + (size_t)b * C,
+               (size_t)C * sizeof(float));
 }

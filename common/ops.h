@@ -2,15 +2,22 @@
  * forward beside its backward, shapes in the comments (B batch, T time,
  * C channels, OC output channels, NH heads, V vocabulary).
  *
- * Conventions (as in llm.c):
- *  - Forward kernels write their outputs; backward kernels ACCUMULATE (+=)
- *    into every gradient they touch, so callers zero gradients once a step.
+ * Conventions (llm.c's, except for activation gradients):
+ *  - Forward kernels write their outputs. Backward kernels WRITE (=) the
+ *    gradient of their input activations (dinp) and ACCUMULATE (+=) into
+ *    the gradients of parameters (dweight, dbias, ...): parameter gradients
+ *    are zeroed once a step (or once per accumulation window), activation
+ *    gradients never need zeroing — a step does not sweep the whole
+ *    activation-gradient block with memset.
  *  - A NULL gradient pointer means "not needed": frozen weights never get
- *    their weight gradient computed.
+ *    their weight gradient computed, and no input gradient is computed
+ *    where nothing below trains.
  *  - Linear weights are stored [in, out] (Hugging Face GPT-2 Conv1D layout),
  *    so a linear layer is out = inp @ w + b.
- *  - Kernels parallelise with OpenMP; reductions over rows are done in a
- *    fixed order so that results are bit-identical run to run.
+ *  - Kernels parallelise with OpenMP over fixed blocks of rows that the
+ *    threads take as they come free; graft's sums over rows go through
+ *    per-block partials added in block order, so results are bit-identical
+ *    run to run and do not depend on the thread count (see ops.c).
  * No kernel allocates except where noted; the caller owns all buffers.
  */
 #ifndef GRAFT_OPS_H
@@ -28,9 +35,12 @@ void encoder_backward(float *dwte, float *dwpe, const float *dout, const int32_t
 /* out (N,C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) saved. */
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                        const float *weight, const float *bias, int N, int C);
-void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
-                        const float *inp, const float *weight, const float *mean,
-                        const float *rstd, int N, int C);
+/* dinp (N,C) = dres + the LayerNorm's input gradient for dout (N,C): the
+ * residual stream's gradient and the branch's, in one pass. dres may be
+ * NULL (nothing to add) or equal dinp (add in place). */
+void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dres,
+                        const float *dout, const float *inp, const float *weight,
+                        const float *mean, const float *rstd, int N, int C);
 
 /* out (N,OC) = inp (N,C) @ weight (C,OC) + bias (OC); bias may be NULL. */
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
@@ -38,7 +48,7 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
 /* The obviously-correct triple loop, kept to test matmul_forward against. */
 void matmul_forward_naive(float *out, const float *inp, const float *weight, const float *bias,
                           int N, int C, int OC);
-/* dinp (N,C) += dout @ weight^T; dweight (C,OC) += inp^T @ dout; dbias (OC)
+/* dinp (N,C) = dout @ weight^T; dweight (C,OC) += inp^T @ dout; dbias (OC)
  * += column sums of dout. Any of dinp, dweight, dbias may be NULL. */
 void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout,
                      const float *inp, const float *weight, int N, int C, int OC);
@@ -47,21 +57,21 @@ void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dou
  * inp (B,T,3C) holds q,k,v; out (B,T,C); att (B,NH,T,T) keeps the softmax
  * probabilities for the backward pass (zero above the diagonal). */
 void attention_forward(float *out, float *att, const float *inp, int B, int T, int C, int NH);
-/* dinp (B,T,3C) +=; scratch (B,NH,T,T) is overwritten. */
+/* dinp (B,T,3C) =; scratch (B,NH,T,T) is overwritten. */
 void attention_backward(float *dinp, float *scratch, const float *dout, const float *inp,
                         const float *att, int B, int T, int C, int NH);
 
-/* GELU, tanh approximation (GPT-2). out, inp (N). */
+/* GELU, tanh approximation (GPT-2). out, inp (N). dinp may equal dout. */
 void gelu_forward(float *out, const float *inp, size_t N);
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N);
 
-/* out (N) = inp1 + inp2. */
+/* out (N) = inp1 + inp2. Its backward is the identity on both inputs: the
+ * trunk's backward hands the residual stream's gradient on as it is and
+ * adds each branch's through layernorm_backward's dres. */
 void residual_forward(float *out, const float *inp1, const float *inp2, size_t N);
-/* dinp1 += dout; dinp2 += dout. */
-void residual_backward(float *dinp1, float *dinp2, const float *dout, size_t N);
 
 /* Tied language-model head: logits (N,V) = inp (N,C) @ wte (V,C)^T.
- * Backward: dinp += dlogits @ wte; dwte += dlogits^T @ inp (either NULL). */
+ * Backward: dinp = dlogits @ wte; dwte += dlogits^T @ inp (either NULL). */
 void lmhead_forward(float *logits, const float *inp, const float *wte, int N, int C, int V);
 void lmhead_backward(float *dinp, float *dwte, const float *dlogits, const float *inp,
                      const float *wte, int N, int C, int V);
@@ -79,7 +89,8 @@ void crossentropy_backward(float *dlogits, const float *probs, const int32_t *ta
 
 /* Classification head on a pooled hidden state.
  * pool: pooled (B,C) = hidden (B,T,C) at position pos[b] (the last real
- * token of each row). */
+ * token of each row). Backward writes dhidden (B,T,C): dpooled at those
+ * positions, zero elsewhere. */
 void pool_forward(float *pooled, const float *hidden, const int32_t *pos, int B, int T, int C);
 void pool_backward(float *dhidden, const float *dpooled, const int32_t *pos, int B, int T, int C);
 

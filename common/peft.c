@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ops.h"
+#include "profile.h"
 
 /* ---- parsing ------------------------------------------------------------ */
 
@@ -244,6 +245,9 @@ void graft_peft_destroy(graft_peft_t **self_p) {
     }
     free(p->tasks);
     free(p->shared_lora_idx);
+    free(p->merged);
+    free(p->merged_on);
+    free(p->lora_scratch);
     free(p->acts);
     free(p->grad_scratch);
     free(p->pos);
@@ -271,12 +275,6 @@ size_t graft_peft_task_params(const graft_peft_t *p, int task) {
 
 /* ---- module activations ------------------------------------------------- */
 
-static int max_rank(const graft_peft_t *p) {
-    int r = p->cfg.lora_shared_rank > p->cfg.lora_task_rank ? p->cfg.lora_shared_rank
-                                                             : p->cfg.lora_task_rank;
-    return r > 0 ? r : 0;
-}
-
 /* Sizes the module activations for the trunk's allocated (B, T). */
 static void reserve(graft_peft_t *p) {
     graft_gpt2_t *m = p->trunk;
@@ -289,15 +287,13 @@ static void reserve(graft_peft_t *p) {
     p->T = m->T;
     const graft_gpt2_config_t *c = &m->cfg;
     size_t BT = (size_t)p->B * p->T, L = c->L, C = c->C;
-    size_t r = (size_t)max_rank(p), am = (size_t)p->cfg.adapter_dim, k = (size_t)p->cfg.channels_k;
-    int lora = p->cfg.methods & GRAFT_M_LORA, red = p->cfg.methods & GRAFT_M_RED;
+    size_t am = (size_t)p->cfg.adapter_dim, k = (size_t)p->cfg.channels_k;
+    int red = p->cfg.methods & GRAFT_M_RED;
     int ad = p->cfg.methods & GRAFT_M_ADAPTER, ch = p->cfg.methods & GRAFT_M_CHANNELS;
     size_t K = 1;
     for (int t = 0; t < p->n_tasks; t++)
         if ((size_t)p->tasks[t].num_labels > K) K = (size_t)p->tasks[t].num_labels;
-    size_t lora_each = lora ? L * BT * r : 0;
     size_t sizes[] = {
-        GRAFT_NUM_PROJ * 2 * lora_each,              /* lora_u */
         red ? L * BT * C : 0,                        /* red_in */
         ad ? L * BT * C : 0, ad ? L * BT * C : 0,    /* ad_in ad_ln */
         ad ? L * BT : 0, ad ? L * BT : 0,            /* ad_mean ad_rstd */
@@ -311,22 +307,59 @@ static void reserve(graft_peft_t *p) {
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += sizes[i];
     p->acts = graft_xcalloc(total, sizeof(float));
     float *q = p->acts;
-    for (int proj = 0; proj < GRAFT_NUM_PROJ; proj++)
-        for (int pair = 0; pair < 2; pair++) {
-            p->lora_u[proj][pair] = q;
-            q += lora_each;
-        }
     float **views[] = {&p->red_in, &p->ad_in, &p->ad_ln, &p->ad_mean, &p->ad_rstd, &p->ad_h,
                        &p->ad_a, &p->ch_gather, &p->pooled, &p->dpooled, &p->head_logits,
                        &p->head_probs, &p->head_dlogits, &p->head_losses};
     for (size_t i = 0; i < sizeof views / sizeof views[0]; i++) {
         *views[i] = q;
-        q += sizes[i + 1];
+        q += sizes[i];
     }
     /* Scratch for gradients flowing through a module: two (BT, 4C) slabs. */
     p->grad_scratch = graft_xmalloc(2 * BT * 4 * C * sizeof(float));
     p->pos = graft_xmalloc((size_t)p->B * sizeof(int32_t));
     p->labels = graft_xmalloc((size_t)p->B * sizeof(int32_t));
+}
+
+/* ---- hooks: how deep the backward pass goes ------------------------------ */
+
+static int lora_on(const graft_peft_t *p, int l, graft_proj_t proj) {
+    const int *slot = p->shared_lora_idx + (l * GRAFT_NUM_PROJ + proj) * 2;
+    if (slot[0] >= 0) return 1;
+    if (p->active < 0) return 0;
+    return p->tasks[p->active].lora_idx[(l * GRAFT_NUM_PROJ + proj) * 2] >= 0;
+}
+
+/* The deepest gradient that layer l's modules need, or -1 for none. */
+static int layer_grad_depth(const graft_peft_t *p, int l) {
+    static const graft_grad_depth_t proj_depth[GRAFT_NUM_PROJ] = {
+        GRAFT_GRAD_QKV_OUT, GRAFT_GRAD_ATTN_OUT, GRAFT_GRAD_FC_OUT, GRAFT_GRAD_MLP_OUT};
+    int d = -1;
+    for (int proj = 0; proj < GRAFT_NUM_PROJ; proj++)
+        if (lora_on(p, l, proj) && (int)proj_depth[proj] > d) d = proj_depth[proj];
+    if (p->active >= 0) {
+        const graft_peft_task_modules_t *tm = &p->tasks[p->active];
+        if (tm->ad_lnw >= 0 && d < GRAFT_GRAD_BLOCK_OUT) d = GRAFT_GRAD_BLOCK_OUT;
+        if ((tm->red_s >= 0 || tm->ch_w >= 0) && d < GRAFT_GRAD_MLP_OUT) d = GRAFT_GRAD_MLP_OUT;
+        if (tm->ln1w >= 0) d = GRAFT_GRAD_LN1_OUT;
+    }
+    return d;
+}
+
+void peft_grad_floor(const graft_gpt2_t *m, int *layer, graft_grad_depth_t *depth) {
+    const graft_peft_t *p = m->peft;
+    *layer = 0;
+    *depth = GRAFT_GRAD_BLOCK_IN;
+    if (!p || m->grads_memory) return;
+    for (int l = 0; l < m->cfg.L; l++) {
+        int d = layer_grad_depth(p, l);
+        if (d >= 0) {
+            *layer = l;
+            *depth = (graft_grad_depth_t)d;
+            return;
+        }
+    }
+    *layer = m->cfg.L;
+    *depth = GRAFT_GRAD_BLOCK_OUT;
 }
 
 /* ---- hooks: LayerNorm parameters ---------------------------------------- */
@@ -384,16 +417,12 @@ static int lora_pair(const graft_peft_t *p, int l, graft_proj_t proj, int pair, 
     if (slot[0] < 0) return 0;
     out->A = graft_scope_ptr(s, slot[0]);
     out->B = graft_scope_ptr(s, slot[1]);
-    out->dA = graft_scope_grad(s, slot[0]);
+    /* A frozen A (lora_aggregate freeze_a) needs no gradient. */
+    out->dA = s->tensors[slot[0]].frozen ? NULL : graft_scope_grad(s, slot[0]);
     out->dB = graft_scope_grad(s, slot[1]);
     out->r = r;
     out->scale = alpha / (float)r;
     return 1;
-}
-
-static float *lora_u_at(const graft_peft_t *p, int l, graft_proj_t proj, int pair) {
-    size_t BT = (size_t)p->B * p->T;
-    return p->lora_u[proj][pair] + (size_t)l * BT * max_rank(p);
 }
 
 static const graft_peft_task_modules_t *active_channels(const graft_peft_t *p) {
@@ -401,24 +430,78 @@ static const graft_peft_task_modules_t *active_channels(const graft_peft_t *p) {
     return &p->tasks[p->active];
 }
 
+/* The trunk's weight (in, out) of projection proj in layer l. */
+static float *proj_weight(graft_gpt2_t *m, int l, graft_proj_t proj) {
+    size_t C = m->cfg.C;
+    switch (proj) {
+    case GRAFT_PROJ_QKV: return m->params.qkvw + l * C * 3 * C;
+    case GRAFT_PROJ_ATTN: return m->params.attprojw + l * C * C;
+    case GRAFT_PROJ_FC: return m->params.fcw + l * C * 4 * C;
+    default: return m->params.fcprojw + l * 4 * C * C;
+    }
+}
+
+/* Where (l, proj)'s merged weight lives in p->merged, laid out like the
+ * trunk's four projection tensors. */
+static float *merged_weight(const graft_peft_t *p, int l, graft_proj_t proj) {
+    size_t C = p->trunk->cfg.C, L = p->trunk->cfg.L;
+    static const size_t before[GRAFT_NUM_PROJ] = {0, 3, 4, 8}; /* in units of L C^2 */
+    static const size_t per_layer[GRAFT_NUM_PROJ] = {3, 1, 4, 4}; /* in units of C^2 */
+    return p->merged + (before[proj] * L + per_layer[proj] * l) * C * C;
+}
+
+/* LoRA is merged: the trunk's forward and backward multiply by
+ * W' = W + sum over the active pairs of scale A B, which is exactly the
+ * adapted layer, so LoRA adds no products of its own to the forward pass
+ * or to the input gradient. W' costs one copy of W and an (in, r, out)
+ * product per pass; the unmerged form costs (N, in, r) and (N, r, out)
+ * products and an extra pass over the (N, out) output, both ways. */
+void peft_forward_begin(graft_gpt2_t *m) {
+    graft_peft_t *p = m->peft;
+    if (!p || !(p->cfg.methods & GRAFT_M_LORA)) return;
+    const graft_gpt2_config_t *c = &m->cfg;
+    if (!p->merged) {
+        p->merged = graft_xmalloc((size_t)12 * c->L * c->C * c->C * sizeof(float));
+        p->merged_on = graft_xcalloc((size_t)c->L * GRAFT_NUM_PROJ, sizeof(int));
+    }
+    double t0 = graft_prof_start();
+    double flops = 0.0;
+    /* The (layer, projection) merges are independent: one per thread at a time. */
+#pragma omp parallel for schedule(dynamic, 1) reduction(+ : flops)
+    for (int i = 0; i < c->L * GRAFT_NUM_PROJ; i++) {
+        int l = i / GRAFT_NUM_PROJ, proj = i % GRAFT_NUM_PROJ, in, odim, on = 0;
+        proj_dims(c, proj, &in, &odim);
+        float *w = merged_weight(p, l, proj);
+        graft_lora_t lo;
+        for (int pair = 0; pair < 2; pair++) {
+            if (!lora_pair(p, l, proj, pair, &lo)) continue;
+            if (!on) memcpy(w, proj_weight(m, l, proj), (size_t)in * odim * sizeof(float));
+            on = 1;
+            /* W' (in,odim) += scale * A (in,r) @ B (r,odim) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, in, odim, lo.r, lo.scale,
+                        lo.A, lo.r, lo.B, odim, 1.0f, w, odim);
+            flops += 2.0 * in * lo.r * odim;
+        }
+        p->merged_on[i] = on;
+    }
+    graft_prof_stop("fwd.lora_merge", t0, flops);
+}
+
+const float *peft_linear_weight(const graft_gpt2_t *m, int l, graft_proj_t proj) {
+    const graft_peft_t *p = m->peft;
+    if (p && p->merged_on && p->merged_on[l * GRAFT_NUM_PROJ + proj])
+        return merged_weight(p, l, proj);
+    return proj_weight((graft_gpt2_t *)m, l, proj);
+}
+
 void peft_linear_forward(graft_peft_t *p, int l, graft_proj_t proj, float *out, const float *inp,
                          int N) {
     if (!p) return;
-    int in, odim;
-    proj_dims(&p->trunk->cfg, proj, &in, &odim);
-    graft_lora_t lo;
-    for (int pair = 0; pair < 2; pair++) {
-        if (!lora_pair(p, l, proj, pair, &lo)) continue;
-        float *u = lora_u_at(p, l, proj, pair);
-        /* u (N,r) = inp (N,in) @ A (in,r); out (N,odim) += scale * u @ B (r,odim) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, lo.r, in, 1.0f, inp, in, lo.A,
-                    lo.r, 0.0f, u, lo.r);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, odim, lo.r, lo.scale, u, lo.r,
-                    lo.B, odim, 1.0f, out, odim);
-    }
     const graft_peft_task_modules_t *tm = active_channels(p);
     if (proj == GRAFT_PROJ_FCPROJ && tm) {
         /* g (N,k) = fch_gelu (N,4C) @ W (4C,k) + b; out[:, S] += g */
+        int in, odim;
+        proj_dims(&p->trunk->cfg, proj, &in, &odim);
         int k = p->cfg.channels_k, C = p->trunk->cfg.C;
         const float *W = graft_scope_ptr(tm->scope, tm->ch_w) + (size_t)l * 4 * C * k;
         const float *b = graft_scope_ptr(tm->scope, tm->ch_b) + (size_t)l * k;
@@ -426,9 +509,64 @@ void peft_linear_forward(graft_peft_t *p, int l, graft_proj_t proj, float *out, 
         float *g = p->ch_gather;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, k, in, 1.0f, inp, in, W, k,
                     0.0f, g, k);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 64)
         for (int i = 0; i < N; i++)
             for (int j = 0; j < k; j++) out[(size_t)i * odim + S[j]] += g[(size_t)i * k + j] + b[j];
+    }
+}
+
+/* Rows per block of LoRA's backward (see lora_backward). */
+#define LORA_ROWS 128
+
+/* A scratch block of at least n floats, kept between calls (owned by p). */
+static float *lora_scratch(graft_peft_t *p, size_t n) {
+    if (p->lora_scratch_n < n) {
+        free(p->lora_scratch);
+        p->lora_scratch = graft_xmalloc(n * sizeof(float));
+        p->lora_scratch_n = n;
+    }
+    return p->lora_scratch;
+}
+
+/* One pair's weight gradients from the projection's input inp (N,in) and
+ * output gradient dout (N,odim):
+ *   u = inp A (N,r), dB += scale u^T dout, du = scale dout B^T, dA += inp^T du.
+ * (The input gradient's part, du A^T, is already in dinp: the trunk's
+ * backward multiplied by the merged weight.) The rank-r products are thin:
+ * over the whole batch each would stream (and OpenBLAS would pack) inp or
+ * dout from memory, twice each. In blocks of LORA_ROWS rows, a block of inp
+ * and dout is read once and its two products reuse it from cache. Blocks go
+ * to the OpenMP threads as they come free (OpenBLAS single-threaded
+ * inside); each block's dA, dB parts are added up in block order, so the
+ * sums do not depend on the threads. */
+static void lora_backward(graft_peft_t *p, const graft_lora_t *lo, const float *inp,
+                          const float *dout, int N, int in, int odim) {
+    int r = lo->r, nblocks = (N + LORA_ROWS - 1) / LORA_ROWS;
+    size_t per_block = (size_t)2 * LORA_ROWS * r + (size_t)in * r + (size_t)r * odim;
+    float *scratch = lora_scratch(p, (size_t)nblocks * per_block);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int blk = 0; blk < nblocks; blk++) {
+        float *u = scratch + (size_t)blk * per_block;
+        float *du = u + (size_t)LORA_ROWS * r;
+        float *dA = du + (size_t)LORA_ROWS * r, *dB = dA + (size_t)in * r;
+        int i0 = blk * LORA_ROWS, n = N - i0 < LORA_ROWS ? N - i0 : LORA_ROWS;
+        const float *x = inp + (size_t)i0 * in, *d = dout + (size_t)i0 * odim;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, in, 1.0f, x, in, lo->A, r,
+                    0.0f, u, r);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, odim, n, lo->scale, u, r, d,
+                    odim, 0.0f, dB, odim);
+        if (!lo->dA) continue;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r, odim, lo->scale, d, odim,
+                    lo->B, odim, 0.0f, du, r);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, r, n, 1.0f, x, in, du, r, 0.0f,
+                    dA, r);
+    }
+    for (int blk = 0; blk < nblocks; blk++) {
+        const float *dA = scratch + (size_t)blk * per_block + (size_t)2 * LORA_ROWS * r;
+        const float *dB = dA + (size_t)in * r;
+        if (lo->dA)
+            for (size_t i = 0; i < (size_t)in * r; i++) lo->dA[i] += dA[i];
+        for (size_t i = 0; i < (size_t)r * odim; i++) lo->dB[i] += dB[i];
     }
 }
 
@@ -438,20 +576,11 @@ void peft_linear_backward(graft_peft_t *p, int l, graft_proj_t proj, float *dinp
     int in, odim;
     proj_dims(&p->trunk->cfg, proj, &in, &odim);
     graft_lora_t lo;
-    float *du = p->grad_scratch;
     for (int pair = 0; pair < 2; pair++) {
         if (!lora_pair(p, l, proj, pair, &lo)) continue;
-        const float *u = lora_u_at(p, l, proj, pair);
-        /* dB (r,odim) += scale u^T dout ; du (N,r) = scale dout B^T */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, lo.r, odim, N, lo.scale, u, lo.r,
-                    dout, odim, 1.0f, lo.dB, odim);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, lo.r, odim, lo.scale, dout, odim,
-                    lo.B, odim, 0.0f, du, lo.r);
-        /* dA (in,r) += inp^T du ; dinp (N,in) += du A^T */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, lo.r, N, 1.0f, inp, in, du, lo.r,
-                    1.0f, lo.dA, lo.r);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, in, lo.r, 1.0f, du, lo.r, lo.A,
-                    lo.r, 1.0f, dinp, in);
+        double t0 = graft_prof_start();
+        lora_backward(p, &lo, inp, dout, N, in, odim);
+        graft_prof_stop("bwd.lora", t0, 4.0 * N * lo.r * (in + odim));
     }
     const graft_peft_task_modules_t *tm = active_channels(p);
     if (proj == GRAFT_PROJ_FCPROJ && tm) {
@@ -461,14 +590,15 @@ void peft_linear_backward(graft_peft_t *p, int l, graft_proj_t proj, float *dinp
         float *db = graft_scope_grad(tm->scope, tm->ch_b) + (size_t)l * k;
         const int32_t *S = tm->channels + (size_t)l * k;
         float *g = p->ch_gather; /* dout[:, S] (N,k) */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 64)
         for (int i = 0; i < N; i++)
             for (int j = 0; j < k; j++) g[(size_t)i * k + j] = dout[(size_t)i * odim + S[j]];
         colsum_accumulate(db, g, N, k);
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, k, N, 1.0f, inp, in, g, k, 1.0f,
                     dW, k);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, in, k, 1.0f, g, k, W, k, 1.0f,
-                    dinp, in);
+        if (dinp)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, in, k, 1.0f, g, k, W, k, 1.0f,
+                        dinp, in);
     }
 }
 
@@ -477,6 +607,7 @@ void peft_linear_backward(graft_peft_t *p, int l, graft_proj_t proj, float *dinp
 void peft_mlp_out_forward(graft_peft_t *p, int l, float *out, const float *fch_gelu, int N) {
     (void)fch_gelu;
     if (!p || p->active < 0 || p->tasks[p->active].red_s < 0) return;
+    double t0 = graft_prof_start();
     const graft_peft_task_modules_t *tm = &p->tasks[p->active];
     int C = p->trunk->cfg.C;
     size_t BT = (size_t)p->B * p->T;
@@ -484,16 +615,16 @@ void peft_mlp_out_forward(graft_peft_t *p, int l, float *out, const float *fch_g
     const float *b = graft_scope_ptr(tm->scope, tm->red_b) + (size_t)l * C;
     float *saved = p->red_in + (size_t)l * BT * C;
     memcpy(saved, out, (size_t)N * C * sizeof(float));
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 64)
     for (int i = 0; i < N; i++)
         for (int c = 0; c < C; c++) out[(size_t)i * C + c] = s[c] * out[(size_t)i * C + c] + b[c];
+    graft_prof_stop("fwd.red", t0, 0);
 }
 
-void peft_mlp_out_backward(graft_peft_t *p, int l, float *dout, float *dfch_gelu,
-                           const float *fch_gelu, int N) {
-    (void)dfch_gelu;
-    (void)fch_gelu;
-    if (!p || p->active < 0 || p->tasks[p->active].red_s < 0) return;
+const float *peft_mlp_out_backward(graft_peft_t *p, int l, float *dmm, const float *dout,
+                                  int N) {
+    if (!p || p->active < 0 || p->tasks[p->active].red_s < 0) return dout;
+    double t0 = graft_prof_start();
     const graft_peft_task_modules_t *tm = &p->tasks[p->active];
     int C = p->trunk->cfg.C;
     size_t BT = (size_t)p->B * p->T;
@@ -503,9 +634,12 @@ void peft_mlp_out_backward(graft_peft_t *p, int l, float *dout, float *dfch_gelu
     const float *saved = p->red_in + (size_t)l * BT * C;
     colsum_product_accumulate(ds, dout, saved, N, C);
     colsum_accumulate(db, dout, N, C);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 64)
     for (int i = 0; i < N; i++)
-        for (int c = 0; c < C; c++) dout[(size_t)i * C + c] *= s[c];
+#pragma omp simd
+        for (int c = 0; c < C; c++) dmm[(size_t)i * C + c] = s[c] * dout[(size_t)i * C + c];
+    graft_prof_stop("bwd.red", t0, 0);
+    return dmm;
 }
 
 /* ---- hooks: the residual adapter after each block ------------------------ */
@@ -538,6 +672,7 @@ static int adapter_at(const graft_peft_t *p, int l, adapter_view_t *v) {
 void peft_block_out_forward(graft_peft_t *p, int l, float *h, int N) {
     adapter_view_t v;
     if (!adapter_at(p, l, &v)) return;
+    double t0 = graft_prof_start();
     int C = p->trunk->cfg.C, m = p->cfg.adapter_dim;
     size_t BT = (size_t)p->B * p->T, off = (size_t)l * BT;
     float *in = p->ad_in + off * C, *ln = p->ad_ln + off * C;
@@ -546,30 +681,32 @@ void peft_block_out_forward(graft_peft_t *p, int l, float *h, int N) {
     memcpy(in, h, (size_t)N * C * sizeof(float));
     layernorm_forward(ln, p->ad_mean + off, p->ad_rstd + off, in, v.lnw, v.lnb, N, C);
     matmul_forward(hh, ln, v.down, v.downb, N, C, m);
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(simd : dynamic, 16384)
     for (size_t i = 0; i < (size_t)N * m; i++) a[i] = hh[i] > 0.0f ? hh[i] : 0.0f;
     matmul_forward(p->grad_scratch, a, v.up, v.upb, N, m, C);
     residual_forward(h, in, p->grad_scratch, (size_t)N * C);
+    graft_prof_stop("fwd.adapter", t0, 4.0 * N * C * m);
 }
 
 void peft_block_out_backward(graft_peft_t *p, int l, float *dh, int N) {
     adapter_view_t v;
     if (!adapter_at(p, l, &v)) return;
+    double t0 = graft_prof_start();
     int C = p->trunk->cfg.C, m = p->cfg.adapter_dim;
     size_t BT = (size_t)p->B * p->T, off = (size_t)l * BT;
     const float *in = p->ad_in + off * C, *ln = p->ad_ln + off * C;
     const float *hh = p->ad_h + off * m, *a = p->ad_a + off * m;
     float *da = p->grad_scratch;                   /* (N, m) */
     float *dln = p->grad_scratch + (size_t)BT * 4 * C; /* (N, C) */
-    memset(da, 0, (size_t)N * m * sizeof(float));
-    memset(dln, 0, (size_t)N * C * sizeof(float));
-    /* dh is the gradient of the output; the identity path keeps it as is. */
     matmul_backward(da, v.dup, v.dupb, dh, a, v.up, N, m, C);
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(simd : dynamic, 16384)
     for (size_t i = 0; i < (size_t)N * m; i++) da[i] = hh[i] > 0.0f ? da[i] : 0.0f;
     matmul_backward(dln, v.ddown, v.ddownb, da, ln, v.down, N, C, m);
-    layernorm_backward(dh, v.dlnw, v.dlnb, dln, in, v.lnw, p->ad_mean + off, p->ad_rstd + off,
-                       N, C);
+    /* dh is the gradient of the output: the identity path keeps it, the
+     * adapter's path adds through its LayerNorm (dres = dinp: in place). */
+    layernorm_backward(dh, v.dlnw, v.dlnb, dh, dln, in, v.lnw, p->ad_mean + off,
+                       p->ad_rstd + off, N, C);
+    graft_prof_stop("bwd.adapter", t0, 8.0 * N * C * m);
 }
 
 /* ---- entry points ------------------------------------------------------- */
@@ -578,8 +715,6 @@ void graft_peft_zero_grad(graft_peft_t *p, int task) {
     graft_scope_t *scopes[2];
     int n = graft_peft_scopes(p, task, scopes);
     for (int i = 0; i < n; i++) graft_scope_zero_grad(scopes[i]);
-    graft_gpt2_t *m = p->trunk;
-    if (m->grads_acts_memory) memset(m->grads_acts_memory, 0, m->num_acts * sizeof(float));
 }
 
 /* Does anything below the head train for this task? (If not, the trunk's
@@ -614,7 +749,6 @@ float graft_peft_classify(graft_peft_t *p, int task, const int32_t *tokens, cons
                                     &count);
         if (backward && count > 0) {
             crossentropy_backward(p->head_dlogits, p->head_probs, labels, B, K, 1.0f / count);
-            memset(p->dpooled, 0, (size_t)B * C * sizeof(float));
             matmul_backward(p->dpooled, graft_scope_grad(tm->scope, tm->head_w),
                             graft_scope_grad(tm->scope, tm->head_b), p->head_dlogits, p->pooled,
                             W, B, C, K);
@@ -650,15 +784,16 @@ void graft_peft_accumulate_channel_scores(graft_peft_t *p, int task) {
     int C = m->cfg.C, N = m->cur_B * m->cur_T;
     size_t slab = (size_t)m->B * m->T;
     float *dot = graft_xcalloc((size_t)C, sizeof(float));
-    /* After the backward pass grads_acts.fcproj is the gradient w.r.t. the
-     * MLP output before RED (peft_mlp_out_backward scales it in place), so
-     * h must be that same pre-RED output: with RED it is saved in red_in,
-     * while acts.fcproj holds s * h + b. */
+    /* h is the MLP output before RED: with RED it is saved in red_in, while
+     * acts.fcproj holds s * h + b. Its gradient, after the backward pass,
+     * is what peft_mlp_out_backward returned: RED's s * dL/d(output) in
+     * grads_acts.fcproj, or without RED dL/d(output) itself, which is the
+     * block output's gradient in grads_acts.residual3. */
     const float *h = tm->red_s >= 0 ? p->red_in : m->acts.fcproj;
+    const float *dh = tm->red_s >= 0 ? m->grads_acts.fcproj : m->grads_acts.residual3;
     for (int l = 0; l < m->cfg.L; l++) {
         memset(dot, 0, (size_t)C * sizeof(float));
-        colsum_product_accumulate(dot, m->grads_acts.fcproj + l * slab * C, h + l * slab * C,
-                                  N, C);
+        colsum_product_accumulate(dot, dh + l * slab * C, h + l * slab * C, N, C);
         for (int c = 0; c < C; c++) tm->channel_scores[(size_t)l * C + c] += fabsf(dot[c]);
     }
     free(dot);
@@ -688,16 +823,6 @@ void graft_peft_select_channels(graft_peft_t *p, int task) {
 }
 
 /* ---- LoRA merge ---------------------------------------------------------- */
-
-static float *proj_weight(graft_gpt2_t *m, int l, graft_proj_t proj) {
-    size_t C = m->cfg.C;
-    switch (proj) {
-    case GRAFT_PROJ_QKV: return m->params.qkvw + l * C * 3 * C;
-    case GRAFT_PROJ_ATTN: return m->params.attprojw + l * C * C;
-    case GRAFT_PROJ_FC: return m->params.fcw + l * C * 4 * C;
-    default: return m->params.fcprojw + l * 4 * C * C;
-    }
-}
 
 void graft_peft_merge_lora(graft_peft_t *p, int task, int sign) {
     int saved = p->active;

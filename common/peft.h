@@ -69,7 +69,7 @@ const char *graft_proj_name(graft_proj_t p);
 
 /* One LoRA pair on one projection: views into a scope. */
 typedef struct {
-    float *A, *dA; /* (in, r) */
+    float *A, *dA; /* (in, r); dA NULL while A is frozen */
     float *B, *dB; /* (r, out) */
     int r;
     float scale;   /* alpha / r */
@@ -108,8 +108,15 @@ typedef struct graft_peft {
     /* Module activations for the trunk's allocated (B, T), one block. */
     int B, T;
     float *acts;          /* owned */
-    float *grad_scratch;  /* owned: (B*T, max(r, m, k)) scratch */
-    float *lora_u[GRAFT_NUM_PROJ][2]; /* (L, BT, r) inp @ A for shared [0] and task [1] */
+    float *grad_scratch;  /* owned: 2 x (B*T, 4C) scratch */
+    float *lora_scratch;  /* owned: LoRA backward's per-block parts, lora_scratch_n floats */
+    size_t lora_scratch_n;
+    /* LoRA merged into the weights a pass multiplies by (peft_forward_begin):
+     * W + scale A B for every adapted (layer, projection); owned, NULL
+     * without LoRA. Laid out like the trunk's (L,C,3C) (L,C,C) (L,C,4C)
+     * (L,4C,C) projection weights; merged_on (L, proj) marks the ones in use. */
+    float *merged;
+    int *merged_on;
     float *red_in;        /* (L, BT, C) MLP output before RED */
     float *ad_in, *ad_ln, *ad_mean, *ad_rstd, *ad_h, *ad_a; /* adapter activations */
     float *ch_gather;     /* (BT, k) */
@@ -146,19 +153,37 @@ void graft_peft_zero_grad(graft_peft_t *p, int task);
 
 /* ---- hooks called by the trunk (gpt2.c) ----------------------------------- */
 
+/* The lowest gradient the backward pass must produce for what trains now
+ * (the trunk, or the shared modules and those of the active task): layer
+ * *layer at *depth; layers below it need no gradient at all. A trainable
+ * trunk or a trunk without modules: layer 0, GRAFT_GRAD_BLOCK_IN. Nothing
+ * trains below the final LayerNorm: *layer = L. */
+void peft_grad_floor(const graft_gpt2_t *m, int *layer, graft_grad_depth_t *depth);
 /* LayerNorm parameters for layer l (which = 1, 2) or the final one (l < 0). */
 void peft_ln_params(const graft_gpt2_t *m, int l, int which, const float **w, const float **b,
                     float **dw, float **db);
-/* out (N, out) += LoRA(inp) for projection proj of layer l. */
+/* At the start of every forward pass: merges the LoRA pairs in use (the
+ * shared ones and the active task's) into p->merged. */
+void peft_forward_begin(graft_gpt2_t *m);
+/* The weight (in, out) that projection proj of layer l multiplies by, in
+ * the forward pass and for the input gradient: the trunk's, or with LoRA
+ * on it the merged W + scale A B. */
+const float *peft_linear_weight(const graft_gpt2_t *m, int l, graft_proj_t proj);
+/* out (N, out) += the channel deltas (MLP output projection). */
 void peft_linear_forward(graft_peft_t *p, int l, graft_proj_t proj, float *out, const float *inp,
                          int N);
+/* The LoRA and channel-delta gradients of projection proj from its output
+ * gradient dout and input inp; dinp (N, in) += the channel deltas' part
+ * (LoRA's part is in the merged weight), or NULL when not needed. */
 void peft_linear_backward(graft_peft_t *p, int l, graft_proj_t proj, float *dinp,
                           const float *dout, const float *inp, int N);
-/* MLP output (N, C): RED then channel deltas, in place. fch_gelu (N, 4C). */
+/* MLP output (N, C): RED, in place. fch_gelu (N, 4C). */
 void peft_mlp_out_forward(graft_peft_t *p, int l, float *out, const float *fch_gelu, int N);
-/* dout (N, C) in place to the gradient w.r.t. the matmul output; dfch_gelu +=. */
-void peft_mlp_out_backward(graft_peft_t *p, int l, float *dout, float *dfch_gelu,
-                           const float *fch_gelu, int N);
+/* From dout (N, C), the gradient w.r.t. the MLP output, the gradient w.r.t.
+ * the output projection's product: with RED s * dout, written into dmm
+ * (N, C) and returned; without, dout itself. */
+const float *peft_mlp_out_backward(graft_peft_t *p, int l, float *dmm, const float *dout,
+                                   int N);
 /* Block output (N, C): the adapter, in place. */
 void peft_block_out_forward(graft_peft_t *p, int l, float *h, int N);
 void peft_block_out_backward(graft_peft_t *p, int l, float *dh, int N);

@@ -104,12 +104,15 @@ void graft_scope_adamw(graft_scope_t *s, const graft_adamw_config_t *cfg, float 
                        float grad_scale) {
     GRAFT_ASSERT(s->grads);
     s->step++;
+    /* One parallel region for the whole scope; the tensors are disjoint, so
+     * the threads go from one to the next without waiting. */
+#pragma omp parallel if (s->numel >= GRAFT_ADAMW_PARALLEL_MIN)
     for (int i = 0; i < s->n_tensors; i++) {
         const graft_scope_tensor_t *t = &s->tensors[i];
         if (t->frozen) continue;
-        graft_adamw_update(cfg, s->params + t->offset, s->grads + t->offset,
-                           s->state + t->offset, s->state + s->numel + t->offset, t->numel, lr,
-                           s->step, grad_scale, t->decay);
+        graft_adamw_update_team(cfg, s->params + t->offset, s->grads + t->offset,
+                                s->state + t->offset, s->state + s->numel + t->offset, t->numel,
+                                lr, s->step, grad_scale, t->decay);
     }
 }
 

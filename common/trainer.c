@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ops.h"
+#include "profile.h"
 #include "tokenizer.h"
 
 /* The batch sampler's PCG stream ("tran"); workers offset it by their own. */
@@ -13,7 +14,7 @@
 /* Decoded prompts per generation evaluation (decoding is a forward per token). */
 #define GEN_EVAL_MAX 64
 
-static int build_peft_config(const graft_run_config_t *cfg, graft_peft_config_t *pc) {
+int graft_run_peft_config(const graft_run_config_t *cfg, graft_peft_config_t *pc) {
     memset(pc, 0, sizeof *pc);
     int rc = graft_peft_parse_methods(cfg->method, &pc->methods);
     if (!rc) rc = graft_peft_parse_targets(cfg->lora_targets, &pc->lora_targets);
@@ -78,7 +79,7 @@ int graft_trainer_new_with_tasks(const graft_run_config_t *cfg, graft_task_t **t
     tr->n_tasks = n_tasks;
     for (int i = 0; i < n_tasks; i++) tr->tasks[i] = tasks[i];
     graft_peft_config_t pc;
-    int rc = build_peft_config(cfg, &pc);
+    int rc = graft_run_peft_config(cfg, &pc);
     if (!rc) rc = load_trunk(cfg, &tr->trunk);
     if (rc) {
         graft_trainer_destroy(&tr);
@@ -178,14 +179,8 @@ float graft_trainer_step(graft_trainer_t *tr, int t, float lr) {
         memset(graft_scope_grad(tm->scope, tm->ch_b), 0,
                tm->scope->tensors[tm->ch_b].numel * sizeof(float));
     }
-    graft_scope_t *scopes[2];
-    int n = graft_peft_scopes(p, t, scopes);
-    for (int i = 0; i < n; i++) graft_scope_prox_grad(scopes[i], tr->prox_mu);
-    double sumsq = 0.0;
-    for (int i = 0; i < n; i++) graft_scope_grad_sumsq(scopes[i], &sumsq);
-    float scale = graft_clip_scale(&tr->opt, sumsq);
     if (lr < 0) lr = graft_lr_at(&tr->opt, tr->step);
-    for (int i = 0; i < n; i++) graft_scope_adamw(scopes[i], &tr->opt, lr, scale);
+    graft_modules_update(p, t, &tr->opt, tr->prox_mu, lr);
     tr->step++;
     return loss;
 }
@@ -194,6 +189,19 @@ void graft_trainer_seek_sampler(graft_trainer_t *tr, uint64_t stream, int64_t st
     uint64_t s = SAMPLER_STREAM ^ (stream * 0x9E3779B97F4A7C15ull);
     graft_rng_seed(&tr->rng, (uint64_t)tr->cfg.seed, s);
     graft_rng_advance(&tr->rng, (uint64_t)steps * (uint64_t)tr->B);
+}
+
+void graft_modules_update(graft_peft_t *p, int task, const graft_adamw_config_t *opt,
+                          float prox_mu, float lr) {
+    graft_scope_t *scopes[2];
+    int n = graft_peft_scopes(p, task, scopes);
+    for (int i = 0; i < n; i++) graft_scope_prox_grad(scopes[i], prox_mu);
+    double sumsq = 0.0;
+    GRAFT_PROF("opt.grad_norm", 0,
+               for (int i = 0; i < n; i++) graft_scope_grad_sumsq(scopes[i], &sumsq));
+    float scale = graft_clip_scale(opt, sumsq);
+    GRAFT_PROF("opt.adamw", 0,
+               for (int i = 0; i < n; i++) graft_scope_adamw(scopes[i], opt, lr, scale));
 }
 
 void graft_trainer_select_channels(graft_trainer_t *tr) {

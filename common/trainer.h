@@ -53,6 +53,18 @@ int graft_trainer_new_with_tasks(const graft_run_config_t *cfg, graft_task_t **t
                                  int n_tasks, graft_trainer_t **out);
 void graft_trainer_destroy(graft_trainer_t **self_p);
 
+/* The module configuration that a run's settings describe (method set,
+ * LoRA targets, ranks and alphas, adapter width, k); GRAFT_EINVAL, with the
+ * reason logged, when the settings do not combine. */
+int graft_run_peft_config(const graft_run_config_t *cfg, graft_peft_config_t *pc);
+
+/* The optimiser half of a step, once task t's gradients are in: FedProx's
+ * term (prox_mu, 0: none), clipping by the global norm over the scopes task
+ * t trains, then one AdamW step on each with learning rate lr.
+ * graft_trainer_step ends with it; `graft bench step` calls it directly. */
+void graft_modules_update(graft_peft_t *p, int task, const graft_adamw_config_t *opt,
+                          float prox_mu, float lr);
+
 /* The task of global step s under the configured mix. */
 int graft_trainer_task_for_step(const graft_trainer_t *tr, int step);
 

@@ -2,15 +2,25 @@
 # Training-step throughput of graft next to PyTorch on the same model and
 # work: `graft bench step` and scripts/bench_torch.py (the reference trunk in
 # tests/pytorch/gpt2_ref.py), one after the other so they do not share cores,
-# both with batch 16 of random tokens, forward + backward + clip + AdamW.
+# both with batch 16 of random tokens, forward + backward + clip + AdamW of
+# the same method: full, or lora / adapter / red on a frozen trunk (the same
+# modules on both sides; see gpt2_ref.prepare_method).
 # Prints both programs' output, then as the last line
 #   graft_tokens_per_s=<N> pytorch_tokens_per_s=<N> ratio=<graft/pytorch>
 # With --repeat R the pair runs R times, alternating, and the best of each
 # side counts (on a shared machine the slowest runs measure the neighbours).
-# Usage: scripts/bench-step.sh [--preset tiny|small|base] [--method full]
-#                              [--threads N] [--steps N] [--repeat R]
-# Defaults: --preset small --method full --threads 2 --steps 10 --repeat 1.
-# Needs build/graft (cmake --build build) and Debian's python3-torch.
+# Both sides run with the same OMP_WAIT_POLICY (--wait-policy): passive by
+# default, because on a machine shared with other processes spinning OpenMP
+# threads take the cores their own team and the neighbours need (both
+# graft and PyTorch run about twice as fast at 2 threads here with it);
+# `active` or `default` (the variable unset) for a quiet machine.
+# Usage: scripts/bench-step.sh [--preset tiny|small|base]
+#          [--method full|lora|adapter|red] [--threads N] [--steps N] [--repeat R]
+#          [--wait-policy passive|active|default]
+# Defaults: --preset small --method full --threads 2 --steps 10 --repeat 1
+#           --wait-policy passive.
+# Needs build/graft (cmake --build build; GRAFT_BIN=path picks another
+# binary) and Debian's python3-torch.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,6 +29,7 @@ METHOD=full
 THREADS=2
 STEPS=10
 REPEAT=1
+WAIT_POLICY=passive
 BATCH=16
 PYTHON=/usr/bin/python3 # Debian's interpreter: python3-torch lives there
 
@@ -26,7 +37,7 @@ die() { echo "bench-step: error: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --preset|--method|--threads|--steps|--repeat)
+    --preset|--method|--threads|--steps|--repeat|--wait-policy)
       [ $# -ge 2 ] || die "$1 needs a value"
       case "$1" in
         --preset) PRESET="$2" ;;
@@ -34,17 +45,23 @@ while [ $# -gt 0 ]; do
         --threads) THREADS="$2" ;;
         --steps) STEPS="$2" ;;
         --repeat) REPEAT="$2" ;;
+        --wait-policy) WAIT_POLICY="$2" ;;
       esac
       shift 2 ;;
-    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
 [[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer, not '$THREADS'"
 [[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || die "--steps must be a positive integer, not '$STEPS'"
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a positive integer, not '$REPEAT'"
+case "$WAIT_POLICY" in
+  passive|active) export OMP_WAIT_POLICY="$WAIT_POLICY" ;;
+  default) unset OMP_WAIT_POLICY ;;
+  *) die "--wait-policy must be passive, active or default, not '$WAIT_POLICY'" ;;
+esac
 
-GRAFT="$ROOT/build/graft"
+GRAFT="${GRAFT_BIN:-$ROOT/build/graft}" # GRAFT_BIN=path: time another build
 [ -x "$GRAFT" ] || die "$GRAFT not found: build it first (cmake -S . -B build && cmake --build build)"
 "$PYTHON" -c 'import torch' 2>/dev/null ||
   die "$PYTHON cannot import torch: install python3-torch (scripts/install-deps.sh)"
@@ -55,6 +72,7 @@ field() { grep -o "$1=[0-9.]*" | tail -n 1 | cut -d= -f2; }
 # The larger of two numbers.
 best() { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a + 0 > b + 0) ? a : b }'; }
 
+echo "== method=$METHOD preset=$PRESET threads=$THREADS OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}"
 graft_best=""
 torch_best=""
 for ((run = 1; run <= REPEAT; run++)); do

@@ -9,12 +9,17 @@ throughput of the same GPT-2 trunk (tests/pytorch/gpt2_ref.py) that
   betas 0.9/0.999, eps 1e-8, no weight decay), fp32, torch.set_num_threads(N);
   untimed warm-up steps, then timed steps.
 
+Methods (gpt2_ref.prepare_method, the same modules as `graft bench step`):
+full; lora (one rank-8 pair, alpha 16, on the four projections of every
+block, trunk frozen); adapter (width 16 after every block); red. With a
+frozen trunk only the modules' parameters have requires_grad, so autograd
+computes no trunk weight gradient.
+
 Prints a line of settings, then `tokens_per_s=<N>` as the last line.
 
-Usage: /usr/bin/python3 scripts/bench_torch.py [--preset small] [--method full]
-       [--threads 2] [--batch 16] [--warmup 3] [--steps 10] [--seed 1]
-Methods: full. Others (lora) exit with status 2 and a message; see
-gpt2_ref.prepare_method for where LoRA goes.
+Usage: /usr/bin/python3 scripts/bench_torch.py [--preset small]
+       [--method full|lora|adapter|red] [--threads 2] [--batch 16]
+       [--warmup 3] [--steps 10] [--seed 1]
 """
 
 import argparse
@@ -33,7 +38,7 @@ import gpt2_ref  # noqa: E402
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="small", choices=sorted(gpt2_ref.PRESETS))
-    ap.add_argument("--method", default="full")
+    ap.add_argument("--method", default="full", choices=gpt2_ref.METHODS)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=3)
@@ -47,11 +52,8 @@ def main():
     torch.manual_seed(args.seed)
     cfg = gpt2_ref.PRESETS[args.preset]
     model = gpt2_ref.GPT2(**cfg).init_weights(args.seed)
-    try:
-        trainable = gpt2_ref.prepare_method(model, args.method)
-    except ValueError as e:
-        print(f"bench_torch.py: {e}", file=sys.stderr)
-        return 2
+    nparams = sum(p.numel() for p in model.parameters())  # the trunk
+    trainable = gpt2_ref.prepare_method(model, args.method, seed=args.seed)
     d = gpt2_ref.adamw_defaults()
     opt = gpt2_ref.make_adamw(trainable, d["lr"], d["beta1"], d["beta2"], d["eps"],
                               d["weight_decay"])
@@ -65,14 +67,14 @@ def main():
         gpt2_ref.train_step(model, opt, inputs, targets, d["grad_clip"])
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        gpt2_ref.train_step(model, opt, inputs, targets, d["grad_clip"])
+        loss, _, _ = gpt2_ref.train_step(model, opt, inputs, targets, d["grad_clip"])
     elapsed = time.perf_counter() - t0
 
     tps = args.steps * B * T / elapsed
-    nparams = sum(p.numel() for p in model.parameters())
+    ntrain = sum(p.numel() for p in trainable)
     print(f"preset={args.preset} method={args.method} threads={torch.get_num_threads()} "
-          f"batch={B} seq={T} params={nparams} step_ms={1e3 * elapsed / args.steps:.1f} "
-          f"torch={torch.__version__}")
+          f"batch={B} seq={T} params={nparams} trainable={ntrain} loss={loss:.4f} "
+          f"step_ms={1e3 * elapsed / args.steps:.1f} torch={torch.__version__}")
     print(f"tokens_per_s={tps:.0f}")
     return 0
 

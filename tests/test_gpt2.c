@@ -1,6 +1,7 @@
 /* test_gpt2.c — the trunk as a whole on the `tiny` preset: the gradient of
  * the model loss against central finite differences for a sample of every
- * named tensor, the loss at initialisation, bit-identical forward/backward,
+ * named tensor, the loss at initialisation, bit-identical forward/backward
+ * (run to run, and with one thread or three),
  * a smaller batch inside a larger reservation, fully ignored targets,
  * overfitting one batch with AdamW, and checkpoints (bit-exact round trip,
  * refusal of a file whose config or shapes do not match).
@@ -31,6 +32,7 @@
 #include <cmocka.h>
 #include <dirent.h>
 #include <math.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include "adamw.h"
@@ -163,41 +165,79 @@ static void test_initial_loss(void **state) {
     graft_gpt2_destroy(&m);
 }
 
+/* One forward + backward on a random batch (stream `seed`); copies of the
+ * logits and weight gradients go into *logits, *grads (test_malloc'd) when
+ * those are not NULL. Returns the loss. */
+static float step_once(graft_gpt2_t *m, uint64_t seed, int B, int T, float **logits,
+                       float **grads) {
+    graft_rng_t rng;
+    graft_rng_seed(&rng, seed, 0);
+    int32_t *inp = test_malloc((size_t)B * T * sizeof(int32_t));
+    int32_t *tgt = test_malloc((size_t)B * T * sizeof(int32_t));
+    random_batch(&rng, inp, tgt, B, T, m->cfg.V);
+    float loss = graft_gpt2_forward(m, inp, tgt, B, T);
+    graft_gpt2_zero_grad(m);
+    graft_gpt2_backward(m);
+    size_t nlog = (size_t)B * T * m->cfg.V;
+    if (logits) {
+        *logits = test_malloc(nlog * sizeof(float));
+        memcpy(*logits, m->acts.logits, nlog * sizeof(float));
+    }
+    if (grads) {
+        *grads = test_malloc(m->num_params * sizeof(float));
+        memcpy(*grads, m->grads_memory, m->num_params * sizeof(float));
+    }
+    test_free(inp), test_free(tgt);
+    return loss;
+}
+
 /* Two forward+backward passes on one model give identical bits. */
 static void test_deterministic(void **state) {
     (void)state;
     enum { B = 3, T = 16 };
     graft_gpt2_t *m = tiny_model(5);
     graft_gpt2_enable_grads(m);
-    graft_rng_t rng;
-    graft_rng_seed(&rng, 4, 0);
-    int32_t inp[B * T], tgt[B * T];
-    random_batch(&rng, inp, tgt, B, T, m->cfg.V);
     size_t nlog = (size_t)B * T * m->cfg.V;
-    float *logits = test_malloc(nlog * sizeof(float));
-    float *grads = test_malloc(m->num_params * sizeof(float));
-
-    float loss1 = graft_gpt2_forward(m, inp, tgt, B, T);
-    memcpy(logits, m->acts.logits, nlog * sizeof(float));
-    graft_gpt2_zero_grad(m);
-    graft_gpt2_backward(m);
-    memcpy(grads, m->grads_memory, m->num_params * sizeof(float));
-
-    float loss2 = graft_gpt2_forward(m, inp, tgt, B, T);
+    float *logits, *grads;
+    float loss1 = step_once(m, 4, B, T, &logits, &grads);
+    float loss2 = step_once(m, 4, B, T, NULL, NULL);
     assert_memory_equal(&loss1, &loss2, sizeof loss1);
     assert_memory_equal(logits, m->acts.logits, nlog * sizeof(float));
-    graft_gpt2_zero_grad(m);
-    graft_gpt2_backward(m);
     assert_memory_equal(grads, m->grads_memory, m->num_params * sizeof(float));
 
     /* and a second model from the same seed agrees with the first */
     graft_gpt2_t *m2 = tiny_model(5);
+    graft_gpt2_enable_grads(m2);
     assert_memory_equal(m->params_memory, m2->params_memory, m->num_params * sizeof(float));
-    float loss3 = graft_gpt2_forward(m2, inp, tgt, B, T);
+    float loss3 = step_once(m2, 4, B, T, NULL, NULL);
     assert_memory_equal(&loss1, &loss3, sizeof loss1);
     test_free(logits), test_free(grads);
     graft_gpt2_destroy(&m);
     graft_gpt2_destroy(&m2);
+}
+
+/* The kernels hand fixed blocks of rows to the threads and add per-block
+ * partial sums in block order (ops.c), so one thread and three give the
+ * same bits: loss, logits and every weight gradient. The batch is big
+ * enough (256 rows) that each kernel has several blocks to share. */
+static void test_threads_agree(void **state) {
+    (void)state;
+    enum { B = 8, T = 32 };
+    graft_gpt2_t *m = tiny_model(6);
+    graft_gpt2_enable_grads(m);
+    size_t nlog = (size_t)B * T * m->cfg.V;
+    float *logits, *grads;
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    float loss1 = step_once(m, 6, B, T, &logits, &grads);
+    omp_set_num_threads(3);
+    float loss3 = step_once(m, 6, B, T, NULL, NULL);
+    omp_set_num_threads(saved);
+    assert_memory_equal(&loss1, &loss3, sizeof loss1);
+    assert_memory_equal(logits, m->acts.logits, nlog * sizeof(float));
+    assert_memory_equal(grads, m->grads_memory, m->num_params * sizeof(float));
+    test_free(logits), test_free(grads);
+    graft_gpt2_destroy(&m);
 }
 
 /* A B=2 batch run inside activations reserved for B=5 gives the same loss,
@@ -401,6 +441,7 @@ int main(void) {
         cmocka_unit_test(test_grad_finite_differences),
         cmocka_unit_test(test_initial_loss),
         cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_threads_agree),
         cmocka_unit_test(test_smaller_batch_after_reserve),
         cmocka_unit_test(test_all_targets_ignored),
         cmocka_unit_test(test_overfit_one_batch),

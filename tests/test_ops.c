@@ -1,7 +1,8 @@
 /* test_ops.c — the trunk's kernels (common/ops.c): every backward against
  * central finite differences of its forward, the tiled matmul against the
- * naive reference, accumulation (+=) into gradients, determinism of the
- * row reductions, causality of attention, and cross-entropy's ignored rows.
+ * naive reference, the gradient conventions (input gradients written,
+ * parameter gradients accumulated), determinism of the row reductions,
+ * causality of attention, and cross-entropy's ignored rows.
  *
  * Gradient check (ggml test-backend-ops `eval_grad` style). For a forward
  * out = f(x) and a fixed random R of out's shape, the scalar loss is
@@ -185,17 +186,35 @@ static void test_layernorm_grad(void **state) {
         assert_float_equal(c.mean[i], m, 1e-6);
         assert_float_equal(c.rstd[i], 1.0 / sqrt(v + 1e-5), 1e-5 * c.rstd[i]);
     }
-    layernorm_backward(dinp, dw, db, c.R, c.inp, c.w, c.mean, c.rstd, N, C);
+    layernorm_backward(dinp, dw, db, NULL, c.R, c.inp, c.w, c.mean, c.rstd, N, C);
     check_grad("layernorm dinp", ln_loss, &c, c.inp, dinp, (size_t)N * C, &rng);
     check_grad("layernorm dweight", ln_loss, &c, c.w, dw, C, &rng);
     check_grad("layernorm dbias", ln_loss, &c, c.b, db, C, &rng);
 
     /* Frozen weights: dweight and dbias NULL, dinp unchanged. */
-    float *dinp2 = new_zeros((size_t)N * C);
+    size_t nc = (size_t)N * C;
+    float *dinp2 = new_zeros(nc);
     ln_loss(&c);
-    layernorm_backward(dinp2, NULL, NULL, c.R, c.inp, c.w, c.mean, c.rstd, N, C);
-    assert_memory_equal(dinp, dinp2, (size_t)N * C * sizeof(float));
+    layernorm_backward(dinp2, NULL, NULL, NULL, c.R, c.inp, c.w, c.mean, c.rstd, N, C);
+    assert_memory_equal(dinp, dinp2, nc * sizeof(float));
+
+    /* The residual stream's gradient added on the way: dinp = dres + LN's,
+     * from a separate dres and in place (dres == dinp). */
+    float *dres = new_uniform(&rng, nc, -1, 1), *inplace = test_malloc(nc * sizeof(float));
+    memcpy(inplace, dres, nc * sizeof(float));
+    layernorm_backward(dinp2, NULL, NULL, dres, c.R, c.inp, c.w, c.mean, c.rstd, N, C);
+    layernorm_backward(inplace, NULL, NULL, inplace, c.R, c.inp, c.w, c.mean, c.rstd, N, C);
+    for (size_t i = 0; i < nc; i++) {
+        assert_true(dinp2[i] == dres[i] + dinp[i]);
+        assert_true(inplace[i] == dinp2[i]);
+    }
+    /* Only the parameters' gradients wanted: dinp NULL. */
+    float *dw2 = new_zeros(C), *db2 = new_zeros(C);
+    layernorm_backward(NULL, dw2, db2, NULL, c.R, c.inp, c.w, c.mean, c.rstd, N, C);
+    assert_memory_equal(dw, dw2, C * sizeof(float));
+    assert_memory_equal(db, db2, C * sizeof(float));
     test_free(dinp), test_free(dinp2), test_free(dw), test_free(db);
+    test_free(dres), test_free(inplace), test_free(dw2), test_free(db2);
     ln_free(&c);
 }
 
@@ -471,11 +490,11 @@ static void test_residual_grad(void **state) {
                  .out = new_zeros(NR), .R = new_uniform(&rng, NR, -1, 1)};
     res_loss(&c);
     for (int i = 0; i < NR; i++) assert_true(c.out[i] == c.a[i] + c.b[i]);
-    float *da = new_zeros(NR), *db = new_zeros(NR);
-    residual_backward(da, db, c.R, NR);
-    check_grad("residual dinp1", res_loss, &c, c.a, da, NR, &rng);
-    check_grad("residual dinp2", res_loss, &c, c.b, db, NR, &rng);
-    test_free(c.a), test_free(c.b), test_free(c.out), test_free(c.R), test_free(da), test_free(db);
+    /* The backward is the identity on both inputs (the trunk hands dout on
+     * as both gradients without a kernel). */
+    check_grad("residual dinp1", res_loss, &c, c.a, c.R, NR, &rng);
+    check_grad("residual dinp2", res_loss, &c, c.b, c.R, NR, &rng);
+    test_free(c.a), test_free(c.b), test_free(c.out), test_free(c.R);
 }
 
 typedef struct {
@@ -601,8 +620,11 @@ static void test_softmax_rows(void **state) {
 
 /* ---- accumulation and determinism --------------------------------------- */
 
-/* Every backward adds into its gradients: two calls give twice one call. */
-static void test_backward_accumulates(void **state) {
+/* The gradient conventions of ops.h: a backward writes its input gradients
+ * (the first n_in buffers: prefilled with garbage, two calls give what one
+ * gives) and adds into its parameter gradients (the others: two calls give
+ * twice one call). */
+static void test_backward_write_and_accumulate(void **state) {
     (void)state;
     graft_rng_t rng;
     graft_rng_seed(&rng, 13, 0);
@@ -610,57 +632,63 @@ static void test_backward_accumulates(void **state) {
     float *dout = new_uniform(&rng, nc * 4, -1, 1); /* big enough for every dout below */
     float *g1[3], *g2[3];
     size_t sz[3];
-#define RUN_TWICE(what, call)                                                    \
+#define RUN_TWICE(what, n_in, call)                                              \
     do {                                                                         \
         float **g = g1;                                                          \
-        for (int i = 0; i < 3; i++)                                              \
+        for (int i = 0; i < 3; i++) {                                            \
             g1[i] = new_zeros(sz[i]), g2[i] = new_zeros(sz[i]);                  \
+            for (size_t j = 0; i < (n_in) && j < sz[i]; j++)                     \
+                g1[i][j] = g2[i][j] = 7.0f;                                      \
+        }                                                                        \
         call;                                                                    \
         g = g2;                                                                  \
         call;                                                                    \
         call;                                                                    \
         for (int i = 0; i < 3; i++) {                                            \
-            assert_doubled(what, g1[i], g2[i], sz[i]);                           \
+            if (i < (n_in))                                                      \
+                assert_memory_equal(g1[i], g2[i], sz[i] * sizeof(float));        \
+            else                                                                 \
+                assert_doubled(what, g1[i], g2[i], sz[i]);                       \
             test_free(g1[i]), test_free(g2[i]);                                  \
         }                                                                        \
     } while (0)
 
     int32_t tok[N] = {3, 1, 3, 5, 2, 5, 3, 4, 1, 2};
     sz[0] = (size_t)V * C, sz[1] = (size_t)T * C, sz[2] = 1;
-    RUN_TWICE("encoder", encoder_backward(g[0], g[1], dout, tok, B, T, C));
+    RUN_TWICE("encoder", 0, encoder_backward(g[0], g[1], dout, tok, B, T, C));
 
     ln_ctx ln = ln_new(&rng, N, C);
     ln_loss(&ln);
     sz[0] = nc, sz[1] = C, sz[2] = C;
-    RUN_TWICE("layernorm", layernorm_backward(g[0], g[1], g[2], dout, ln.inp, ln.w, ln.mean,
-                                              ln.rstd, N, C));
+    RUN_TWICE("layernorm", 1, layernorm_backward(g[0], g[1], g[2], NULL, dout, ln.inp, ln.w,
+                                                 ln.mean, ln.rstd, N, C));
     ln_free(&ln);
 
     enum { OC = 9 };
     mm_ctx mm = mm_new(&rng, N, C, OC);
     sz[0] = nc, sz[1] = (size_t)C * OC, sz[2] = OC;
-    RUN_TWICE("matmul", matmul_backward(g[0], g[1], g[2], dout, mm.inp, mm.w, N, C, OC));
+    RUN_TWICE("matmul", 1, matmul_backward(g[0], g[1], g[2], dout, mm.inp, mm.w, N, C, OC));
     mm_free(&mm);
 
     float *x = new_uniform(&rng, nc, -1, 1), *wte = new_uniform(&rng, (size_t)V * C, -1, 1);
     sz[0] = nc, sz[1] = (size_t)V * C, sz[2] = 1;
-    RUN_TWICE("lmhead", lmhead_backward(g[0], g[1], dout, x, wte, N, C, V));
+    RUN_TWICE("lmhead", 1, lmhead_backward(g[0], g[1], dout, x, wte, N, C, V));
 
     att_ctx at = att_new(&rng);
     att_loss(&at);
     float *scratch = new_zeros((size_t)B * NH * T * T);
     sz[0] = nc * 3, sz[1] = 1, sz[2] = 1;
-    RUN_TWICE("attention", attention_backward(g[0], scratch, dout, at.inp, at.att, B, T, C, NH));
+    RUN_TWICE("attention", 1,
+              attention_backward(g[0], scratch, dout, at.inp, at.att, B, T, C, NH));
     att_free(&at);
 
-    sz[0] = nc, sz[1] = nc, sz[2] = 1;
-    RUN_TWICE("gelu", gelu_backward(g[0], x, dout, nc));
-    RUN_TWICE("residual", residual_backward(g[0], g[1], dout, nc));
+    sz[0] = nc, sz[1] = 1, sz[2] = 1;
+    RUN_TWICE("gelu", 1, gelu_backward(g[0], x, dout, nc));
     int32_t pos[B] = {4, 2};
-    RUN_TWICE("pool", pool_backward(g[0], dout, pos, B, T, C));
+    RUN_TWICE("pool", 1, pool_backward(g[0], dout, pos, B, T, C));
     sz[0] = C, sz[1] = C, sz[2] = 1;
-    RUN_TWICE("colsum", (colsum_accumulate(g[0], dout, N, C),
-                         colsum_product_accumulate(g[1], dout, x, N, C)));
+    RUN_TWICE("colsum", 0, (colsum_accumulate(g[0], dout, N, C),
+                            colsum_product_accumulate(g[1], dout, x, N, C)));
 #undef RUN_TWICE
     test_free(dout), test_free(x), test_free(wte), test_free(scratch);
 }
@@ -681,12 +709,13 @@ static void test_backward_deterministic(void **state) {
     size_t sizes[6] = {(size_t)NB * CB, CB, CB, (size_t)NB * CB, (size_t)CB * OB, OB};
     float *first[6], *again[6];
     for (int i = 0; i < 6; i++) first[i] = new_zeros(sizes[i]), again[i] = new_zeros(sizes[i]);
-    layernorm_backward(first[0], first[1], first[2], ln.R, ln.inp, ln.w, ln.mean, ln.rstd, NB, CB);
+    layernorm_backward(first[0], first[1], first[2], NULL, ln.R, ln.inp, ln.w, ln.mean, ln.rstd,
+                       NB, CB);
     matmul_backward(first[3], first[4], first[5], dout, mm.inp, mm.w, NB, CB, OB);
     for (int r = 0; r < REPEATS; r++) {
         for (int i = 0; i < 6; i++) memset(again[i], 0, sizes[i] * sizeof(float));
-        layernorm_backward(again[0], again[1], again[2], ln.R, ln.inp, ln.w, ln.mean, ln.rstd,
-                           NB, CB);
+        layernorm_backward(again[0], again[1], again[2], NULL, ln.R, ln.inp, ln.w, ln.mean,
+                           ln.rstd, NB, CB);
         matmul_backward(again[3], again[4], again[5], dout, mm.inp, mm.w, NB, CB, OB);
         for (int i = 0; i < 6; i++)
             assert_memory_equal(first[i], again[i], sizes[i] * sizeof(float));
@@ -737,7 +766,7 @@ int main(void) {
         cmocka_unit_test(test_pool_grad),
         cmocka_unit_test(test_crossentropy),
         cmocka_unit_test(test_softmax_rows),
-        cmocka_unit_test(test_backward_accumulates),
+        cmocka_unit_test(test_backward_write_and_accumulate),
         cmocka_unit_test(test_backward_deterministic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -6,8 +6,7 @@
  *  - Identity at init: with every module at its initial value, the trunk's
  *    lnf and logits are BIT-EXACT equal to the plain trunk's, for each
  *    module alone and for all of them together. The math allows it for all:
- *      lora     B = 0: the hook adds scale * (x A) @ 0, exact zeros, and
- *               y + 0 == y;
+ *      lora     B = 0: the merged weight W + scale A @ 0 is W exactly;
  *      adapter  U = 0, u = 0: h + (relu(.) @ 0 + 0) == h;
  *      red      s = 1, b = 0: 1 * y + 0 == y (with or without an FMA);
  *      lntune   the task's LayerNorm copies hold the trunk's values and go
@@ -25,6 +24,8 @@
  *    gives the LoRA model's outputs within MERGED_OUT_TOL.
  *  - A frozen trunk: no weight-gradient memory, parameters untouched by
  *    training steps, for every PEFT method; `full` as the contrast.
+ *  - The backward pass stops at the lowest gradient the modules need and
+ *    computes nothing below it, with unchanged gradients.
  *  - PyTorch (tests/pytorch/peft_crosscheck.py, Debian's /usr/bin/python3,
  *    float64): loss, every module gradient and the Taylor channel scores,
  *    for all modules together, for lntune + channels, and for each module
@@ -559,6 +560,123 @@ static void test_frozen_trunk(void **state) {
     }
 }
 
+/* ---- where the backward pass stops -------------------------------------------- */
+
+/* With only modules training, the backward pass stops at the lowest
+ * gradient a module needs (peft_grad_floor). Each case checks the reported
+ * floor; that layer 0's ln_1 output gradient is never computed (the
+ * activation gradients are filled with NaN first and it stays NaN) while
+ * layer 1's is; and that stopping changes no gradient: the same modules
+ * with lntune added (its LayerNorm copies start as the trunk's, so the
+ * forward pass is the same, and it pulls the floor down to layer 0's ln_1)
+ * give bit-identical gradients for every tensor they share. */
+typedef struct {
+    const char *name;
+    int methods;
+    int lora_targets;
+    graft_grad_depth_t depth; /* expected at layer 0 */
+} floor_case_t;
+
+static const floor_case_t FLOOR_CASES[] = {
+    {"lora qkv", GRAFT_M_LORA, 1 << GRAFT_PROJ_QKV, GRAFT_GRAD_QKV_OUT},
+    {"lora attn", GRAFT_M_LORA, 1 << GRAFT_PROJ_ATTN, GRAFT_GRAD_ATTN_OUT},
+    {"lora fc", GRAFT_M_LORA, 1 << GRAFT_PROJ_FC, GRAFT_GRAD_FC_OUT},
+    {"lora fcproj", GRAFT_M_LORA, 1 << GRAFT_PROJ_FCPROJ, GRAFT_GRAD_MLP_OUT},
+    {"red", GRAFT_M_RED, 0, GRAFT_GRAD_MLP_OUT},
+    {"adapter", GRAFT_M_ADAPTER, 0, GRAFT_GRAD_BLOCK_OUT},
+    {"channels", GRAFT_M_CHANNELS, 0, GRAFT_GRAD_MLP_OUT},
+};
+
+static graft_peft_t *floor_model(const floor_case_t *fc, int extra_methods) {
+    graft_peft_config_t cfg = peft_config(fc->methods | extra_methods);
+    if (fc->lora_targets) cfg.lora_targets = fc->lora_targets;
+    graft_peft_t *p = graft_peft_new(tiny_trunk(), &cfg, TASKS, 2);
+    if (fc->methods & GRAFT_M_CHANNELS) {
+        choose_channels(p, TASK_CLS);
+        choose_channels(p, TASK_GEN);
+    }
+    return p;
+}
+
+/* Copies every tensor of scope src into the same-named tensor of dst. */
+static void copy_scope_values(graft_scope_t *dst, const graft_scope_t *src) {
+    for (int i = 0; i < src->n_tensors; i++) {
+        int j = graft_scope_find(dst, src->tensors[i].name);
+        assert_true(j >= 0);
+        memcpy(graft_scope_ptr(dst, j), graft_scope_ptr(src, i),
+               src->tensors[i].numel * sizeof(float));
+    }
+}
+
+static size_t count_nan(const float *x, size_t n) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += isnan(x[i]) != 0;
+    return k;
+}
+
+static void test_backward_floor(void **state) {
+    (void)state;
+    batch_t bt;
+    make_batch(&bt, 8);
+    for (size_t i = 0; i < sizeof FLOOR_CASES / sizeof FLOOR_CASES[0]; i++) {
+        const floor_case_t *fc = &FLOOR_CASES[i];
+        graft_peft_t *p = floor_model(fc, 0), *q = floor_model(fc, GRAFT_M_LNTUNE);
+        perturb_modules(p, 9);
+        copy_scope_values(q->shared, p->shared);
+        for (int t = 0; t < 2; t++) copy_scope_values(q->tasks[t].scope, p->tasks[t].scope);
+        graft_gpt2_t *m = p->trunk;
+        size_t slab_c = (size_t)NB * NT * m->cfg.C;
+        for (int task = 0; task < 2; task++) {
+            run_loss(p, task, &bt, 0); /* sizes the activations */
+            for (size_t j = 0; j < m->num_acts; j++) m->grads_acts_memory[j] = NAN;
+            int layer;
+            graft_grad_depth_t depth;
+            peft_grad_floor(m, &layer, &depth);
+            graft_peft_zero_grad(p, task);
+            run_loss(p, task, &bt, 1);
+            size_t nan0 = count_nan(m->grads_acts.ln1, slab_c);
+            size_t nan1 = count_nan(m->grads_acts.ln1 + (size_t)m->B * m->T * m->cfg.C, slab_c);
+
+            graft_peft_zero_grad(q, task);
+            run_loss(q, task, &bt, 1);
+            int q_layer;
+            graft_grad_depth_t q_depth;
+            peft_grad_floor(q->trunk, &q_layer, &q_depth);
+            graft_scope_t *scopes[2];
+            int n = graft_peft_scopes(p, task, scopes);
+            size_t differ = 0, compared = 0;
+            for (int k = 0; k < n; k++) {
+                graft_scope_t *qs = scopes[k] == p->shared ? q->shared : q->tasks[task].scope;
+                for (int ti = 0; ti < scopes[k]->n_tensors; ti++) {
+                    const graft_scope_tensor_t *t = &scopes[k]->tensors[ti];
+                    const float *a = graft_scope_grad(scopes[k], ti);
+                    const float *b = graft_scope_grad(qs, graft_scope_find(qs, t->name));
+                    differ += count_unequal(a, b, t->numel);
+                    compared += t->numel;
+                }
+            }
+            printf("  floor %-11s %s: layer %d depth %d (with lntune %d/%d); layer-0 ln_1 "
+                   "gradient NaN %zu of %zu, layer 1 %zu; %zu of %zu module gradients differ "
+                   "from the deeper pass\n",
+                   fc->name, task == TASK_CLS ? "cls" : "gen", layer, (int)depth, q_layer,
+                   (int)q_depth, nan0, slab_c, nan1, differ, compared);
+            assert_int_equal(layer, 0);
+            assert_int_equal(depth, fc->depth);
+            assert_int_equal(q_layer, 0);
+            assert_int_equal(q_depth, GRAFT_GRAD_LN1_OUT);
+            assert_int_equal(nan0, slab_c);
+            assert_int_equal(nan1, 0);
+            assert_true(compared > 0);
+            assert_int_equal(differ, 0);
+        }
+        graft_gpt2_t *qm = q->trunk;
+        graft_peft_destroy(&p);
+        graft_peft_destroy(&q);
+        graft_gpt2_destroy(&m);
+        graft_gpt2_destroy(&qm);
+    }
+}
+
 /* ---- PyTorch cross-check ------------------------------------------------------ */
 
 static char g_dir[64];
@@ -783,6 +901,7 @@ int main(void) {
         cmocka_unit_test(test_finite_differences),
         cmocka_unit_test(test_lora_merge),
         cmocka_unit_test(test_frozen_trunk),
+        cmocka_unit_test(test_backward_floor),
         cmocka_unit_test(test_torch_all),
         cmocka_unit_test(test_torch_lntune_channels),
         cmocka_unit_test(test_torch_each),

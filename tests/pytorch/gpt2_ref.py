@@ -109,16 +109,31 @@ def write_safetensors(path, tensors, metadata=None):
 # ---- model ------------------------------------------------------------------
 
 class Conv1D(nn.Module):
-    """Hugging Face GPT-2 linear layer: weight [in, out], y = x @ W + b."""
+    """Hugging Face GPT-2 linear layer: weight [in, out], y = x @ W + b;
+    with add_lora() also + (alpha/r) (x A) B (parameters lora_A, lora_B)."""
 
     def __init__(self, nin, nout):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(nin, nout))
         self.bias = nn.Parameter(torch.zeros(nout))
+        self.register_parameter("lora_A", None)
+        self.register_parameter("lora_B", None)
+        self.lora_scale = 0.0
+
+    def add_lora(self, r, alpha, generator):
+        """A ~ U(-1/sqrt(in), 1/sqrt(in)) [in, r], B = 0 [r, out], as common/peft.c."""
+        nin, nout = self.weight.shape
+        bound = 1.0 / math.sqrt(nin)
+        self.lora_A = nn.Parameter((torch.rand(nin, r, generator=generator) * 2 - 1) * bound)
+        self.lora_B = nn.Parameter(torch.zeros(r, nout))
+        self.lora_scale = alpha / r
 
     def forward(self, x):
-        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(
-            *x.shape[:-1], self.weight.shape[1])
+        x2 = x.reshape(-1, x.shape[-1])
+        y = torch.addmm(self.bias, x2, self.weight)
+        if self.lora_A is not None:
+            y = torch.addmm(y, x2 @ self.lora_A, self.lora_B, alpha=self.lora_scale)
+        return y.view(*x.shape[:-1], self.weight.shape[1])
 
 
 class LayerNorm(nn.Module):
@@ -154,13 +169,41 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """With add_red(): the output h becomes red_scale * h + red_bias."""
+
     def __init__(self, C):
         super().__init__()
         self.c_fc = Conv1D(C, 4 * C)
         self.c_proj = Conv1D(4 * C, C)
+        self.register_parameter("red_scale", None)
+        self.register_parameter("red_bias", None)
+
+    def add_red(self):
+        C = self.c_proj.weight.shape[1]
+        self.red_scale = nn.Parameter(torch.ones(C))
+        self.red_bias = nn.Parameter(torch.zeros(C))
 
     def forward(self, x):
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        h = self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        if self.red_scale is not None:
+            h = torch.addcmul(self.red_bias, h, self.red_scale)
+        return h
+
+
+class Adapter(nn.Module):
+    """Residual bottleneck after a block, as common/peft.c: h + U relu(D LN(h) + d) + u;
+    D ~ N(0, 1/sqrt(C)), U = 0."""
+
+    def __init__(self, C, m, generator):
+        super().__init__()
+        self.ln = LayerNorm(C)
+        self.down = Conv1D(C, m)
+        self.up = Conv1D(m, C)
+        with torch.no_grad():
+            self.down.weight.copy_(torch.randn(C, m, generator=generator) / math.sqrt(C))
+
+    def forward(self, h):
+        return h + self.up(F.relu(self.down(self.ln(h))))
 
 
 class Block(nn.Module):
@@ -170,10 +213,12 @@ class Block(nn.Module):
         self.attn = Attention(C, NH)
         self.ln_2 = LayerNorm(C)
         self.mlp = MLP(C)
+        self.adapter = None
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x if self.adapter is None else self.adapter(x)
 
 
 class GPT2(nn.Module):
@@ -301,23 +346,44 @@ def train_step(model, opt, inputs, targets, grad_clip):
 
 # ---- PEFT methods (for the benchmark) ---------------------------------------
 
-METHODS = ("full",)
+METHODS = ("full", "lora", "adapter", "red")
 
 
-def prepare_method(model, method):
+def prepare_method(model, method, lora_rank=8, lora_alpha=16.0, adapter_dim=16, seed=0):
     """Marks what `method` trains and returns the trainable parameters.
 
     full: every trunk parameter.
-    lora: not implemented yet. The place to add it: one shared rank-8 LoRA
-      adapter (A [in, 8], B [8, out], B zero-initialised, scaled alpha/r) on
-      each block's attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj, with
-      the trunk frozen (requires_grad False) so that no trunk weight
-      gradient is computed; wrap Conv1D.forward as y = x W + b + (x A) B * s
-      and return only the adapter parameters here.
+    lora: one shared LoRA pair of rank lora_rank (A [in, r] uniform in
+      +-1/sqrt(in), B [r, out] zero, scale alpha/r) on each block's
+      attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj: y = x W + b +
+      (x A) B * s. The trunk is frozen (requires_grad False), so autograd
+      computes no trunk weight gradient and stops where nothing below needs
+      a gradient (block 0's input). Returns the 2 * 4 * L LoRA tensors.
+    adapter: a residual bottleneck (width adapter_dim) after every block,
+      h + U relu(D LN(h) + d) + u, U = 0; trunk frozen.
+    red: per-block scale and bias on the MLP output, h <- s * h + b
+      (s = 1, b = 0); trunk frozen.
+    These are graft's modules (common/peft.c) with the same initial values
+    up to the random draws; graft's `graft bench step --method M` trains
+    the same tensors.
     """
+    if method not in METHODS:
+        raise ValueError(f"method '{method}' is not supported by the PyTorch reference "
+                         f"(supported: {', '.join(METHODS)})")
+    trunk = list(model.parameters())
+    for p in trunk:
+        p.requires_grad_(method == "full")
     if method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-        return list(model.parameters())
-    raise ValueError(f"method '{method}' is not supported by the PyTorch reference yet "
-                     f"(supported: {', '.join(METHODS)})")
+        return trunk
+    g = torch.Generator().manual_seed(seed)
+    C = model.cfg["C"]
+    for block in model.h:
+        if method == "lora":
+            for proj in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+                proj.add_lora(lora_rank, lora_alpha, g)
+        elif method == "adapter":
+            block.adapter = Adapter(C, adapter_dim, g)
+        else:
+            block.mlp.add_red()
+    frozen = {id(p) for p in trunk}
+    return [p for p in model.parameters() if id(p) not in frozen]
