@@ -565,9 +565,9 @@ int cmd_report(int argc, char **argv) {
         int ns = run_sparsities(&runs[k], sp, 64);
         json_t *row = summary_row(&runs[k], NAN);
         /* A mask run's rows are its sparsities; an empty base row says nothing. */
-        /* Nor does a log with no results and no run_start (a mask overlap). */
+        /* Nor does a mask overlap's log: its matrix has a section of its own. */
         int empty = json_object_size(json_object_get(row, "tasks")) == 0;
-        if (empty && (ns || !first_event(&runs[k], "run_start"))) json_decref(row);
+        if (empty && (ns || first_event(&runs[k], "mask_overlap"))) json_decref(row);
         else json_array_append_new(rows, row);
         for (int s = 0; s < ns; s++) json_array_append_new(rows, summary_row(&runs[k], sp[s]));
     }
