@@ -350,7 +350,7 @@ int cmd_mpi(int argc, char **argv) {
     int prc = bad ? -1 : parse_run(argc, argv, mpi_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
     int provided = 0, rank = 0, size = 1;
-    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     int rc = GRAFT_OK;
@@ -376,7 +376,8 @@ int cmd_mpi(int argc, char **argv) {
         } else {
             graft_worker_opts_t wo = {.cfg = cfg, .shard_index = rank - 1,
                                       .shard_count = size - 1, .tp = tp,
-                                      .data_dir = shards ? data : NULL};
+                                      .data_dir = shards ? data : NULL,
+                                      .serial_beats = provided < MPI_THREAD_SERIALIZED};
             rc = graft_worker_run(&wo, &worker_stop);
         }
     }

@@ -130,8 +130,9 @@ const char *graft_transport_zmq_endpoint(graft_transport_t *t);
 uint64_t graft_transport_zmq_refused(graft_transport_t *t);
 
 /* ---- MPI -----------------------------------------------------------------
- * The caller has called MPI_Init (MPI_THREAD_FUNNELED or better) and calls
- * MPI_Finalize after destroying the transport. The transport works on a
+ * The caller has called MPI_Init (MPI_THREAD_FUNNELED or better; a worker's
+ * heartbeat thread needs MPI_THREAD_SERIALIZED) and calls MPI_Finalize after
+ * destroying the transport. The transport works on a
  * duplicate of MPI_COMM_WORLD; peer id = rank, rank 0 the coordinator. */
 int graft_transport_mpi_new(graft_transport_t **out);
 

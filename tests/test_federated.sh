@@ -16,7 +16,10 @@
 #     --shards` with the same clients; too many workers for the clients, or
 #     a client folder without a run task, is refused;
 #  5. the shard directory `graft data shard` writes
-#     runs, with the cohorts its plan gives.
+#     runs, with the cohorts its plan gives;
+#  6. a worker whose training steps each last several times the
+#     coordinator's silence limit (5 heartbeats) is not declared lost: it
+#     heartbeats from a second thread while it trains.
 # usage: test_federated.sh GRAFT_BINARY SOURCE_DIR
 set -eu
 GRAFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -171,3 +174,23 @@ COH='"cohorts":{"majority":\["client-000","client-001","client-003"\],"pairs":\[
 [ "$(grep '"event":"round_end"' "$EV" | grep -c "$COH")" -eq 3 ] ||
     { grep '"event":"round_end"' "$EV" >&2; fail "cohorts differ from graft data shard's plan"; }
 echo "ok 5 - graft run --shards on graft data shard's output: the plan's cohorts"
+
+# ---- 6. steps longer than the silence limit: the worker still heartbeats -------
+# The small preset at batch 64 takes about a second a step on one thread;
+# heartbeat_ms 50 declares a worker lost after 250 ms of silence. Beating
+# only between steps (as the worker once did), every round would lose it.
+timeout 120 "$GRAFT" run --config run.conf --preset small --seq 128 --batch 64 --workers 2 \
+    --rounds 2 --local_steps 2 --heartbeat_ms 50 --eval_every_rounds 2 --out "$T/slow" \
+    >"$T/slow.out" 2>"$T/slow.err" || { tail -20 "$T/slow.err" >&2; fail "the slow-step run failed"; }
+EV=$T/slow/events.jsonl
+grep -q '"event":"worker_lost"' "$EV" && { grep '"event":"worker_lost"' "$EV" >&2; fail "a training worker was declared lost"; }
+[ "$(grep -c '"event":"round_end".*"participants":\["shard-0-of-2","shard-1-of-2"\]' "$EV")" -eq 2 ] ||
+    { grep '"event":"round_end"' "$EV" >&2; fail "not every round had both workers"; }
+python3 - "$EV" <<'PY' || fail "steps were not longer than the silence limit: the test proves nothing"
+import json, sys
+ends = [json.loads(l) for l in open(sys.argv[1]) if '"round_end"' in l]
+# train seconds per step, as the coordinator saw them: well over 250 ms
+per_step = min(e["train_ms_max"] for e in ends) / 2
+sys.exit(0 if per_step > 500 else 1)
+PY
+echo "ok 6 - a worker whose steps outlast 5 heartbeats is not lost (heartbeat thread)"

@@ -3,12 +3,29 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "contribute.h"
 #include "trainer.h"
 #include "wire.h"
+
+/* The pulse: a thread that heartbeats while the worker trains. One training
+ * step can outlast several heartbeat intervals (a base trunk, a big batch,
+ * a loaded machine), and the main thread cannot beat in the middle of a
+ * matrix product; without the pulse the coordinator would take a busy
+ * worker for a lost one. The thread touches the transport only while
+ * `training` is set, and the main thread clears it under the same mutex
+ * before it uses the transport again, so the transport is never used by two
+ * threads at once (ZeroMQ sockets; MPI_THREAD_SERIALIZED). */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t thread;
+    int started, training, quit;
+} pulse_t;
 
 typedef struct {
     graft_worker_opts_t o;
@@ -37,6 +54,7 @@ typedef struct {
      * cannot train its assignment), GRAFT_ESTATE (the assignment changed),
      * GRAFT_EIO (an MPI reduction failed); 0 while it can. */
     int failed;
+    pulse_t pulse;
 } worker_t;
 
 static uint64_t name_hash(const char *s) {
@@ -203,6 +221,63 @@ static void heartbeat(worker_t *w) {
     m.heartbeat.worker_id = w->id;
     m.heartbeat.unix_ms = (uint64_t)(now * 1000.0);
     send_msg(w, &m);
+}
+
+static void *pulse_main(void *arg) {
+    worker_t *w = arg;
+    pulse_t *p = &w->pulse;
+    /* Wake four times per interval: beats go out at most 1.25 intervals apart. */
+    long wake_ns = (long)w->o.cfg.heartbeat_ms * 250000L;
+    pthread_mutex_lock(&p->mu);
+    while (!p->quit) {
+        if (p->training) heartbeat(w);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += wake_ns;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void pulse_start(worker_t *w) {
+    pulse_t *p = &w->pulse;
+    if (w->o.serial_beats) return;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    int e = pthread_create(&p->thread, NULL, pulse_main, w);
+    p->started = e == 0;
+    if (!p->started) {
+        LOG_WARN("worker %s: no heartbeat thread (%s); beating between training steps only",
+                 w->name, strerror(e));
+        pthread_cond_destroy(&p->cv);
+        pthread_mutex_destroy(&p->mu);
+    }
+}
+
+static void pulse_stop(worker_t *w) {
+    pulse_t *p = &w->pulse;
+    if (!p->started) return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = 1;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->thread, NULL);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    p->started = 0;
+}
+
+/* Hands the transport to the pulse (training = 1) or takes it back (0). */
+static void pulse_training(worker_t *w, int training) {
+    pulse_t *p = &w->pulse;
+    if (!p->started) return;
+    pthread_mutex_lock(&p->mu);
+    p->training = training;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
 }
 
 /* ---- the assignment -------------------------------------------------------- */
@@ -429,12 +504,14 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
     int64_t first = (int64_t)(rs->round - 1) * steps;
     graft_trainer_seek_sampler(tr, w->stream, first);
     double t0 = graft_now(), loss = 0.0;
+    pulse_training(w, 1);
     for (uint32_t s = 0; s < steps; s++) {
         int t = graft_trainer_task_for_step(tr, (int)(first + s));
         float lr = rs->hyper.nstep_lr ? rs->hyper.step_lr[s] : rs->hyper.learning_rate;
         loss += graft_trainer_step(tr, t, lr);
-        heartbeat(w);
+        if (!w->pulse.started) heartbeat(w);
     }
+    pulse_training(w, 0);
     uint64_t samples = 0;
     for (int t = 0; t < tr->n_tasks; t++) samples += task_examples(w, t);
     graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
@@ -504,6 +581,7 @@ int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop) 
     w.stream = o->data_dir ? name_hash(folder) : (uint64_t)o->shard_index;
     int rc = load_shards(&w);
     int done = 0;
+    if (!rc) pulse_start(&w);
     if (!rc) {
         if (o->data_dir) LOG_INFO("worker %s: %d tasks from %s, saying hello", w.name, w.n_held,
                                   o->data_dir);
@@ -524,6 +602,7 @@ int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop) 
         }
         heartbeat(&w);
     }
+    pulse_stop(&w);
     for (int i = 0; i < w.n_held; i++) graft_task_destroy(&w.held[i]);
     graft_contributor_destroy(&w.contrib);
     for (int k = 0; k <= GRAFT_MAX_TASKS; k++) free(w.global[k]);

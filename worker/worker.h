@@ -27,8 +27,10 @@
  * global step g = (r-1)*local_steps + s and trains the task that --mix
  * picks for step g among its own tasks (round-robin: its tasks in run
  * order, continuing across rounds). Heartbeats go out every heartbeat_ms,
- * also between training steps. Shutdown ends the loop; an Error "unknown
- * worker" (a restarted coordinator) makes it say Hello again; an Assign
+ * also during training steps (from a second thread, see serial_beats), so a
+ * step longer than the coordinator's silence limit is not taken for a loss.
+ * Shutdown ends the loop; an Error "unknown worker" (a restarted
+ * coordinator) makes it say Hello again; an Assign
  * with other tasks than the first is an error (restart the worker).
  * Reconnection and its backoff are the transport's (ZeroMQ).
  *
@@ -58,6 +60,10 @@ typedef struct {
     int shard_index;      /* IID: this worker keeps train examples i, i+n, i+2n, ... */
     int shard_count;      /* 1: all the data */
     graft_transport_t *tp; /* borrowed; peer 0 is the coordinator */
+    /* 1: heartbeat only between training steps, from the worker's own
+     * thread (an MPI library without MPI_THREAD_SERIALIZED); 0: a thread
+     * heartbeats during training too, using tp while the worker does not. */
+    int serial_beats;
 } graft_worker_opts_t;
 
 /* Runs until Shutdown, a fatal error, or *stop (may be NULL) becomes set.
