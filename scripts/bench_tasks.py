@@ -45,7 +45,7 @@ TASKS = [  # name, kind
 
 # Multi-task methods: name, what the table calls it, graft options.
 METHODS = [
-    ("head", "head (linear probe)", ["--method", "head", "--lr", "5e-3"]),
+    ("head", "head (linear probe)", ["--method", "head", "--lr", "2e-2"]),
     ("lora_shared", "lora shared only (r=8)",
      ["--method", "lora", "--lora_shared_rank", "8", "--lora_task_rank", "0", "--lr", "3e-3"]),
     ("lora_task", "lora task only (r=8)",
@@ -58,7 +58,7 @@ METHODS = [
      ["--method", "lntune,channels", "--channels_k", "16", "--lr", "5e-3"]),
 ]
 FULL_OPTS = ["--method", "full", "--lr", "5e-4"]
-SPARSITIES = ["0.0001", "0.001", "0.01", "0.05"]
+SPARSITIES = ["0.001", "0.01", "0.05"]
 # Idle OpenMP threads sleep instead of spinning: runs share the machine's cores
 # with the federated workers and with each other's evaluation.
 ENV = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
@@ -164,6 +164,7 @@ class Bench:
         argv = ["train", "--method", "graft", "--tasks", self.task_list([task]),
                 "--finetuned", os.path.join(full_dir, "modules.safetensors"),
                 "--sparsity", ",".join(a.sparsities),
+                "--graft_refine_steps", str(a.graft_refine_steps),
                 "--out", os.path.join(self.out, name)] + self.common()
         return self.run(name, argv)
 
@@ -179,6 +180,20 @@ class Bench:
         if p.returncode != 0:
             die(f"graft data shard failed; see {logf}")
         log(f"sharded the train splits over {a.clients} clients: {self.shards} (table in {logf})")
+        if a.rounds is None:
+            # Each client trains local_steps * fed_batch examples a round; the
+            # task with the fewest clients must see task_steps * batch in all.
+            clients = {}
+            with open(os.path.join(self.shards, "shards.tsv")) as f:
+                next(f)
+                for line in f:
+                    client, task = line.split("\t")[:2]
+                    clients.setdefault(task, set()).add(client)
+            fewest = min(len(c) for c in clients.values())
+            a.rounds = -(-a.task_steps * a.batch // (fewest * a.local_steps * a.fed_batch))
+            log(f"{a.rounds} rounds: the fewest clients on a task is {fewest}, and "
+                f"{a.rounds} x {fewest} x {a.local_steps} steps x {a.fed_batch} >= "
+                f"{a.task_steps} x {a.batch} examples")
 
     def masks_overlap(self, graft_dirs):
         """The task-by-task Jaccard matrix of the 1% masks, as an event log."""
@@ -333,9 +348,12 @@ def main():
     p.add_argument("--preset", default=None, help="preset of the random trunk (default small; quick: tiny)")
     p.add_argument("--out", help="run folder (default runs/bench-tasks or runs/bench-quick)")
     p.add_argument("--results", help="results page (default docs/results.md; quick: OUT/results.md)")
-    p.add_argument("--steps", type=int, help="centralized steps (default 600; quick 60)")
-    p.add_argument("--full_steps", type=int, help="single-task full fine-tuning steps (default 300)")
-    p.add_argument("--rounds", type=int, help="federated rounds (default 16; quick 10)")
+    p.add_argument("--task_steps", type=int,
+                   help="steps of batch --batch per task: every method trains each task on the "
+                        "same number of examples (default 150; quick 20)")
+    p.add_argument("--rounds", type=int,
+                   help="federated rounds (default: enough that the task with the fewest clients "
+                        "sees as many examples as centralized: task_steps*batch)")
     p.add_argument("--local_steps", type=int, help="worker steps per round (default 5; quick 10)")
     p.add_argument("--clients", type=int, help="federated clients (default 12; quick 4)")
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew (default 0.5)")
@@ -343,10 +361,12 @@ def main():
     p.add_argument("--fed_batch", type=int, help="worker batch (default 8; quick 16)")
     p.add_argument("--seq", type=int, help="tokens per example (default 128; quick 64)")
     p.add_argument("--eval_every", type=int, help="centralized dev evaluation interval")
-    p.add_argument("--eval_max", type=int, help="examples per task and evaluation (default 500)")
-    p.add_argument("--gen_tokens", type=int, default=48, help="greedy decoding budget")
+    p.add_argument("--eval_max", type=int, help="examples per task and evaluation (default 512)")
+    p.add_argument("--gen_tokens", type=int, default=32, help="greedy decoding budget")
     p.add_argument("--threads", type=int, default=2, help="threads of centralized runs")
     p.add_argument("--sparsities", default=",".join(SPARSITIES), help="graft mask sparsities")
+    p.add_argument("--graft_refine_steps", type=int,
+                   help="graft: steps refining each mask on the training data (default 100; quick 5)")
     p.add_argument("--only", help="comma list of method names to run (default: all)")
     p.add_argument("--no-federated", dest="federated", action="store_false")
     p.add_argument("--no-plots", dest="no_plots", action="store_true")
@@ -358,18 +378,22 @@ def main():
     a.preset = a.preset or ("tiny" if q else "small")
     a.out = a.out or os.path.join(ROOT, "runs", "bench-quick" if q else "bench-tasks")
     a.results = a.results or (os.path.join(a.out, "results.md") if q else os.path.join(ROOT, "docs/results.md"))
-    a.steps = a.steps or (100 if q else 600)
-    a.full_steps = a.full_steps or (60 if q else 300)
-    a.rounds = a.rounds or (10 if q else 16)
+    a.task_steps = a.task_steps or (20 if q else 150)
+    a.steps = a.task_steps * len(TASKS)  # centralized: all tasks in one run, round-robin
+    a.full_steps = a.task_steps          # single-task: one run per task
+    if q and a.rounds is None:
+        a.rounds = 10
     a.clients = a.clients or (4 if q else 12)
     a.local_steps = a.local_steps or (10 if q else 5)
     a.fed_batch = a.fed_batch or (16 if q else 8)
     a.seq = a.seq or (64 if q else 128)
-    a.eval_every = a.eval_every or (a.steps if q else max(1, a.steps // 4))
-    a.eval_max = a.eval_max or (100 if q else 500)
+    a.eval_every = a.eval_every or (a.steps if q else max(1, a.steps // 2))
+    a.eval_max = a.eval_max or (100 if q else 512)
     if q:
         a.gen_tokens = min(a.gen_tokens, 16)
     a.sparsities = a.sparsities.split(",")
+    if a.graft_refine_steps is None:
+        a.graft_refine_steps = 5 if q else 100
     only = set(a.only.split(",")) if a.only else None
     for t, _ in TASKS:
         if not os.path.exists(os.path.join(a.data, t + ".tsv")):
@@ -456,11 +480,14 @@ Tasks (`graft data prepare`): {", ".join(names)}. Metric: test accuracy in % for
 classification tasks, chrF (0-100) of greedy decodes for `wordnet_gloss`; avg is their mean;
 ECE is the mean expected calibration error (15 bins) of the classification tasks.
 Trunk: `{os.path.relpath(a.trunk, ROOT) if a.trunk else a.preset + " (random)"}`, sequence {a.seq} tokens.
-Centralized: `graft train`, all tasks in one run, {a.steps} steps of batch {a.batch}
-(round-robin). Federated: `graft run`, {a.clients} non-IID clients (`graft data shard`,
-Dirichlet alpha {a.alpha}), {a.rounds} rounds of {a.local_steps} local steps of batch {a.fed_batch}.
+Every method trains each task on the same number of examples: {a.task_steps} steps of batch
+{a.batch}. Centralized: `graft train`, all tasks in one run, {a.steps} steps of batch {a.batch}
+(round-robin, so {a.task_steps} per task). Federated: `graft run`, {a.clients} non-IID clients (`graft data shard`,
+Dirichlet alpha {a.alpha}), {a.rounds} rounds of {a.local_steps} local steps of batch {a.fed_batch}
+(the task with the fewest clients sees at least as many examples as centralized).
 Single-task full fine-tuning: one `graft train` per task, {a.full_steps} steps. `graft` masks
-are built from those fine-tuned models. params/task counts the trainable parameters one task
+are built from those fine-tuned models (top-k by movement, then {a.graft_refine_steps} steps of
+refinement on the task's training data). params/task counts the trainable parameters one task
 uses (shared + its own); share is that over the trunk's parameters.
 
 ## Results
