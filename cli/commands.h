@@ -27,4 +27,8 @@ int cli_eval_graft(const graft_run_config_t *cfg);
 /* Sets OpenBLAS and OpenMP to n threads (n <= 0: all cores); returns n used. */
 int cli_set_threads(int n);
 
+/* Parses the run options (graft_run_options) into cfg and sets the thread
+ * count; 0: ok, 1: --help printed, -1: error (printed). */
+int cli_parse_run(int argc, char **argv, const char *usage, graft_run_config_t *cfg);
+
 #endif

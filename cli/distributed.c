@@ -63,14 +63,6 @@ static int has_help(int argc, char **argv) {
     return 0;
 }
 
-/* Parses the run options; 1: --help printed, -1: error. */
-static int parse_run(int argc, char **argv, const char *usage, graft_run_config_t *cfg) {
-    int rc = graft_options_parse(graft_run_options, cfg, argc, argv, usage);
-    if (rc == GRAFT_OPTS_HELP) return 1;
-    if (rc) return -1;
-    cli_set_threads(cfg->threads);
-    return 0;
-}
 
 static int parse_shard(const char *s, int *i, int *n) {
     if (sscanf(s, "%d/%d", i, n) != 2 || *n < 1 || *i < 0 || *i >= *n) {
@@ -139,7 +131,7 @@ int cmd_coordinator(int argc, char **argv) {
     const char *secret = take_flag(&argc, argv, "curve-secret", NULL, &bad);
     const char *allow_path = take_flag(&argc, argv, "allow", NULL, &bad);
     graft_run_config_t cfg;
-    int prc = parse_run(argc, argv, coordinator_usage, &cfg);
+    int prc = cli_parse_run(argc, argv, coordinator_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
     int workers = atoi(workers_s);
     if (bad || workers < 1 || (!secret != !allow_path)) {
@@ -189,7 +181,7 @@ int cmd_worker(int argc, char **argv) {
     const char *curve = take_flag(&argc, argv, "curve", NULL, &bad);
     const char *server_pub = take_flag(&argc, argv, "server-key", NULL, &bad);
     graft_run_config_t cfg;
-    int prc = parse_run(argc, argv, worker_usage, &cfg);
+    int prc = cli_parse_run(argc, argv, worker_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
     graft_worker_opts_t wo = {.cfg = cfg, .name = name, .data_dir = data};
     if (bad || !connect || parse_shard(shard ? shard : "0/1", &wo.shard_index, &wo.shard_count) ||
@@ -287,7 +279,7 @@ int cmd_run(int argc, char **argv) {
     const char *workers_s = take_flag(&argc, argv, "workers", NULL, &bad);
     const char *shards = take_flag(&argc, argv, "shards", NULL, &bad);
     graft_run_config_t cfg;
-    int prc = parse_run(argc, argv, run_usage, &cfg);
+    int prc = cli_parse_run(argc, argv, run_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
     int k = bad ? -1 : run_workers(workers_s, shards);
     if (k < 0) return 2;
@@ -347,7 +339,7 @@ int cmd_mpi(int argc, char **argv) {
     int bad = 0;
     const char *shards = take_flag(&argc, argv, "shards", NULL, &bad);
     graft_run_config_t cfg;
-    int prc = bad ? -1 : parse_run(argc, argv, mpi_usage, &cfg);
+    int prc = bad ? -1 : cli_parse_run(argc, argv, mpi_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
     int provided = 0, rank = 0, size = 1;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);

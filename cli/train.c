@@ -37,13 +37,6 @@ static void evaluate_all(graft_trainer_t *tr, graft_events_t *ev, int split, int
     }
 }
 
-static int parse_run(int argc, char **argv, const char *usage, graft_run_config_t *cfg) {
-    int rc = graft_options_parse(graft_run_options, cfg, argc, argv, usage);
-    if (rc == GRAFT_OPTS_HELP) return 1;
-    if (rc) return -1;
-    cli_set_threads(cfg->threads);
-    return 0;
-}
 
 /* 1 if --method is graft, 0 if another method, -1 (logged) if graft is
  * combined with other methods or the list is bad. */
@@ -61,7 +54,7 @@ static int method_graft(const graft_run_config_t *cfg) {
 
 int cmd_train(int argc, char **argv) {
     graft_run_config_t cfg;
-    int prc = parse_run(argc, argv, train_usage, &cfg);
+    int prc = cli_parse_run(argc, argv, train_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
     int graft = method_graft(&cfg);
     if (graft) return graft > 0 ? cli_train_graft(&cfg) : 2;
@@ -127,7 +120,7 @@ int cmd_train(int argc, char **argv) {
 
 int cmd_eval(int argc, char **argv) {
     graft_run_config_t cfg;
-    int prc = parse_run(argc, argv,
+    int prc = cli_parse_run(argc, argv,
                         "usage: graft eval --config RUN --resume MODULES [options]\n\n"
                         "Evaluates saved modules (--resume) on every task's test split.\n"
                         "With --method graft, --resume takes mask files of `graft train\n"
@@ -238,7 +231,7 @@ static int inspect_graft(const graft_run_config_t *cfg) {
 
 int cmd_inspect(int argc, char **argv) {
     graft_run_config_t cfg;
-    int prc = parse_run(argc, argv,
+    int prc = cli_parse_run(argc, argv,
                         "usage: graft inspect --config RUN [options]\n\n"
                         "Prints the exact number of trainable parameters per scope and per\n"
                         "method, per task, and their share of the trunk. For --method graft:\n"

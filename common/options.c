@@ -158,9 +158,13 @@ int graft_options_parse(const graft_option_t *table, void *target, int argc, cha
         memcpy(name, arg + 2, len);
         name[len] = '\0';
         const graft_option_t *o = find(table, name);
+        if (!o) {
+            LOG_ERROR("command line --%s: unknown option '%s' (see --help)", name, name);
+            return GRAFT_EINVAL;
+        }
         if (eq) {
             value = eq + 1;
-        } else if (o && o->type == GRAFT_OPT_BOOL &&
+        } else if (o->type == GRAFT_OPT_BOOL &&
                    (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0)) {
             value = "true";
         } else if (i + 1 < argc) {

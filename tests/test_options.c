@@ -281,6 +281,11 @@ static void test_unknown_and_stray_refused(void **state) {
     int rc = PARSE(&s, "--nope", "1");
     capture_end_expect("unknown option 'nope'");
     assert_int_equal(rc, GRAFT_EINVAL);
+    /* Last on the line, an unknown flag is still unknown, not short of a value. */
+    capture_begin();
+    rc = PARSE(&s, "--steps", "3", "--nope");
+    capture_end_expect("unknown option 'nope'");
+    assert_int_equal(rc, GRAFT_EINVAL);
     assert_true(PARSE(&s, "--nope=1") < 0);
     assert_true(PARSE(&s, "--Steps", "3") < 0); /* names are case-sensitive */
     assert_true(PARSE(&s, "stray") < 0);
