@@ -228,6 +228,7 @@ graft_peft_t *graft_peft_new(graft_gpt2_t *trunk, const graft_peft_config_t *cfg
         declare_task(p, &p->tasks[t], &tasks[t]);
         init_task(p, &p->tasks[t], &rng);
     }
+    graft_peft_set_head_lr_scale(p, cfg->head_lr_scale);
     trunk->peft = p;
     return p;
 }
@@ -846,6 +847,17 @@ void graft_peft_merge_lora(graft_peft_t *p, int task, int sign) {
 static void freeze_a(graft_scope_t *s, const int *idx, int slots, int frozen) {
     for (int i = 0; i < slots; i++)
         if (idx[2 * i] >= 0) s->tensors[idx[2 * i]].frozen = frozen;
+}
+
+void graft_peft_set_head_lr_scale(graft_peft_t *p, float scale) {
+    if (scale <= 0) scale = 1.0f;
+    p->cfg.head_lr_scale = scale;
+    for (int t = 0; t < p->n_tasks; t++) {
+        graft_peft_task_modules_t *tm = &p->tasks[t];
+        if (tm->head_w < 0) continue;
+        tm->scope->tensors[tm->head_w].lr_scale = scale;
+        tm->scope->tensors[tm->head_b].lr_scale = scale;
+    }
 }
 
 void graft_peft_freeze_lora_a(graft_peft_t *p, int frozen) {

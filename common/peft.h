@@ -58,6 +58,7 @@ typedef struct {
     float lora_task_alpha;
     int adapter_dim;        /* bottleneck width m */
     int channels_k;         /* channels kept per layer */
+    float head_lr_scale;    /* the heads' learning rate over the modules' (0: 1) */
     uint64_t seed;          /* for LoRA A initialisation */
 } graft_peft_config_t;
 
@@ -201,6 +202,11 @@ void graft_peft_select_channels(graft_peft_t *p, int task);
 
 /* W += scale * A B for every LoRA pair of task t (and shared) — and back. */
 void graft_peft_merge_lora(graft_peft_t *p, int task, int sign);
+
+/* The classification heads train at scale times the modules' learning rate
+ * (scale <= 0: 1). A linear probe wants a far larger rate than most modules
+ * (--head_lr). */
+void graft_peft_set_head_lr_scale(graft_peft_t *p, float scale);
 
 /* Marks every LoRA A factor (shared and per task) frozen or trained again:
  * with frozen A only B is trained (lora_aggregate freeze_a). */

@@ -50,6 +50,8 @@ const graft_option_t graft_run_options[] = {
     {"steps", GRAFT_OPT_INT, OFF(steps), "300", 1, 1e9, "optimiser steps (centralized)"},
     {"batch", GRAFT_OPT_INT, OFF(batch), "16", 1, 4096, "examples per step"},
     {"lr", GRAFT_OPT_FLOAT, OFF(lr), "2e-3", 0, 10, "peak learning rate"},
+    {"head_lr", GRAFT_OPT_FLOAT, OFF(head_lr), "0", 0, 10,
+     "peak learning rate of the classification heads, on the same schedule (0: --lr)"},
     {"weight_decay", GRAFT_OPT_FLOAT, OFF(weight_decay), "0", 0, 10, "AdamW decay on matrices"},
     {"grad_clip", GRAFT_OPT_FLOAT, OFF(grad_clip), "1.0", 0, 1e9, "global gradient-norm clip (0: off)"},
     {"warmup", GRAFT_OPT_INT, OFF(warmup), "20", 0, 1e9, "linear warmup steps"},

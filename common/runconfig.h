@@ -39,6 +39,7 @@ typedef struct {
     int steps;
     int batch;
     float lr;
+    float head_lr; /* 0: lr */
     float weight_decay;
     float grad_clip;
     int warmup;

@@ -37,6 +37,7 @@ int graft_scope_add(graft_scope_t *s, const char *name, int ndim, int64_t d0, in
     t->numel = (size_t)d0 * (ndim == 2 ? (size_t)d1 : 1);
     t->offset = s->numel;
     t->decay = decay;
+    t->lr_scale = 1.0f;
     s->numel += t->numel;
     return s->n_tensors++;
 }
@@ -112,7 +113,7 @@ void graft_scope_adamw(graft_scope_t *s, const graft_adamw_config_t *cfg, float 
         if (t->frozen) continue;
         graft_adamw_update_team(cfg, s->params + t->offset, s->grads + t->offset,
                                 s->state + t->offset, s->state + s->numel + t->offset, t->numel,
-                                lr, s->step, grad_scale, t->decay);
+                                lr * t->lr_scale, s->step, grad_scale, t->decay);
     }
 }
 

@@ -32,6 +32,7 @@ typedef struct {
     size_t numel;
     int decay;     /* AdamW weight decay applies */
     int frozen;    /* not trained: AdamW and the gradient norm skip it */
+    float lr_scale; /* AdamW uses lr * lr_scale for this tensor (1 unless set, e.g. --head_lr) */
 } graft_scope_tensor_t;
 
 typedef struct graft_scope {
@@ -71,8 +72,8 @@ void graft_scope_zero_grad(graft_scope_t *s);
 /* Adds this scope's squared gradient norm (frozen tensors left out) to
  * *sumsq (for global clipping). */
 void graft_scope_grad_sumsq(const graft_scope_t *s, double *sumsq);
-/* One AdamW step over the whole scope, tensor by tensor (decay per tensor;
- * frozen tensors keep their values). */
+/* One AdamW step over the whole scope, tensor by tensor (decay and
+ * learning-rate scale per tensor; frozen tensors keep their values). */
 void graft_scope_adamw(graft_scope_t *s, const graft_adamw_config_t *cfg, float lr,
                        float grad_scale);
 /* FedProx: the gradient of mu/2 ||params - prox_ref||^2, added to every

@@ -247,6 +247,7 @@ static void enc_round_start(enc_t *e, const graft_wire_round_start_t *m, int dty
     e->hyper.n_step_learning_rates = m->hyper.nstep_lr;
     e->hyper.step_learning_rates = m->hyper.step_lr;
     e->hyper.freeze_lora_a = m->hyper.freeze_lora_a != 0;
+    e->hyper.head_lr_scale = m->hyper.head_lr_scale;
     r->round = m->round;
     r->n_tensors = m->ntensors;
     r->tensors = enc_tensors(e, m->tensors, m->ntensors, dtype);
@@ -619,6 +620,8 @@ static int dec_hyper(const Graft__Hyper *pb, graft_wire_hyper_t *h, char *why, s
         rc = check_nonneg(pb->weight_decay, "round_start.hyper.weight_decay", why, why_len);
     if (rc == GRAFT_OK)
         rc = check_nonneg(pb->fedprox_mu, "round_start.hyper.fedprox_mu", why, why_len);
+    if (rc == GRAFT_OK)
+        rc = check_nonneg(pb->head_lr_scale, "round_start.hyper.head_lr_scale", why, why_len);
     if (rc) return rc;
     if (pb->local_steps == 0 || pb->batch_size == 0)
         return fail(why, why_len, GRAFT_EFORMAT, "round_start.hyper has local_steps %" PRIu32
@@ -643,6 +646,7 @@ static int dec_hyper(const Graft__Hyper *pb, graft_wire_hyper_t *h, char *why, s
     h->weight_decay = pb->weight_decay;
     h->fedprox_mu = pb->fedprox_mu;
     h->freeze_lora_a = pb->freeze_lora_a;
+    h->head_lr_scale = pb->head_lr_scale;
     return GRAFT_OK;
 }
 

@@ -110,6 +110,7 @@ typedef struct {
     float *step_lr;  /* nstep_lr == local_steps rates, one per local step, or NULL/0 */
     size_t nstep_lr;
     int freeze_lora_a;
+    float head_lr_scale; /* heads' rate over the modules' (0: 1) */
 } graft_wire_hyper_t;
 
 /* How a round's modules come back (all zero: as tensors in the Update). */

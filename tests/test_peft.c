@@ -520,6 +520,59 @@ static void train_steps(graft_peft_t *p, const batch_t *bt, int steps) {
     }
 }
 
+/* --head_lr: the heads step at head_lr_scale times the modules' rate, the
+ * modules as before. Adam's first step moves a parameter by about
+ * lr * sign(g), so from the same start and batch every head value moves 10
+ * times as far with scale 10 (up to fp32 rounding), and every RED value
+ * moves the same. */
+static void test_head_lr_scale(void **state) {
+    (void)state;
+    batch_t bt;
+    make_batch(&bt, 11);
+    float *moved[2];
+    size_t n = 0, head_lo = 0, head_hi = 0; /* the head's span [lo, hi) of the task scope */
+    for (int run = 0; run < 2; run++) {
+        graft_gpt2_t *m = tiny_trunk();
+        graft_peft_config_t cfg = peft_config(GRAFT_M_RED);
+        cfg.head_lr_scale = run ? 10.0f : 0.0f; /* 0: 1 */
+        graft_peft_t *p = graft_peft_new(m, &cfg, TASKS, 2);
+        const graft_peft_task_modules_t *tm = &p->tasks[TASK_CLS];
+        graft_scope_t *s = tm->scope;
+        const graft_scope_tensor_t *hw = &s->tensors[tm->head_w], *hb = &s->tensors[tm->head_b];
+        assert_true(hw->lr_scale == (run ? 10.0f : 1.0f));
+        assert_true(s->tensors[tm->red_s].lr_scale == 1.0f);
+        assert_int_equal(hb->offset, hw->offset + hw->numel); /* weight then bias */
+        n = s->numel;
+        head_lo = hw->offset;
+        head_hi = hb->offset + hb->numel;
+        moved[run] = malloc(n * sizeof(float));
+        memcpy(moved[run], s->params, n * sizeof(float));
+        graft_adamw_config_t opt = graft_adamw_defaults();
+        graft_peft_zero_grad(p, TASK_CLS);
+        run_loss(p, TASK_CLS, &bt, 1);
+        graft_scope_adamw(s, &opt, 1e-3f, 1.0f);
+        for (size_t i = 0; i < n; i++) moved[run][i] = s->params[i] - moved[run][i];
+        graft_peft_destroy(&p);
+        graft_gpt2_destroy(&m);
+    }
+    size_t nonzero = 0;
+    for (size_t i = 0; i < n; i++) {
+        double want = i >= head_lo && i < head_hi ? 10.0 : 1.0;
+        if (moved[0][i] == 0.0f) { /* no gradient: no move either way */
+            assert_true(moved[1][i] == 0.0f);
+            continue;
+        }
+        nonzero++;
+        double ratio = (double)moved[1][i] / moved[0][i];
+        if (fabs(ratio - want) > 1e-3 * want)
+            fail_msg("value %zu moved %g then %g: ratio %g, expected %g", i, moved[0][i],
+                     moved[1][i], ratio, want);
+    }
+    assert_true(nonzero > (head_hi - head_lo)); /* the head and RED both moved */
+    free(moved[0]);
+    free(moved[1]);
+}
+
 static void test_frozen_trunk(void **state) {
     (void)state;
     batch_t bt;
@@ -901,6 +954,7 @@ int main(void) {
         cmocka_unit_test(test_finite_differences),
         cmocka_unit_test(test_lora_merge),
         cmocka_unit_test(test_frozen_trunk),
+        cmocka_unit_test(test_head_lr_scale),
         cmocka_unit_test(test_backward_floor),
         cmocka_unit_test(test_torch_all),
         cmocka_unit_test(test_torch_lntune_channels),

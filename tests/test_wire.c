@@ -164,7 +164,8 @@ static void test_round_start_roundtrip(void **state) {
                                      .hyper = {.learning_rate = 3e-4f, .local_steps = 3,
                                                .batch_size = 16, .weight_decay = 0.01f,
                                                .fedprox_mu = 0.5f, .step_lr = RATES,
-                                               .nstep_lr = 3, .freeze_lora_a = 1},
+                                               .nstep_lr = 3, .freeze_lora_a = 1,
+                                               .head_lr_scale = 10.0f},
                                      .deadline_ms = 30000,
                                      .reduce = {.collective = 1, .clip_norm = 2.5f,
                                                 .lora_products = 1}}};
@@ -181,6 +182,7 @@ static void test_round_start_roundtrip(void **state) {
     assert_int_equal(r->hyper.nstep_lr, 3);
     assert_memory_equal(r->hyper.step_lr, RATES, sizeof RATES);
     assert_int_equal(r->hyper.freeze_lora_a, 1);
+    assert_true(r->hyper.head_lr_scale == 10.0f);
     assert_int_equal(r->reduce.collective, 1);
     assert_true(r->reduce.clip_norm == 2.5f);
     assert_int_equal(r->reduce.lora_products, 1);
@@ -535,6 +537,9 @@ static void test_fields(void **state) {
     r.round_start.hyper.local_steps = 3;
     expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "step_learning_rates[1] is nan");
     rates[1] = 0.2f;
+    r.round_start.hyper.head_lr_scale = NAN;
+    expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "head_lr_scale is nan");
+    r.round_start.hyper.head_lr_scale = 0;
     r.round_start.reduce.clip_norm = -2;
     expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "clip_norm is -2");
 

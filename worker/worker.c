@@ -436,6 +436,7 @@ static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_
     }
     w->tr->prox_mu = rs->hyper.fedprox_mu;
     graft_peft_freeze_lora_a(p, rs->hyper.freeze_lora_a);
+    graft_peft_set_head_lr_scale(p, rs->hyper.head_lr_scale);
 }
 
 static uint64_t task_examples(const worker_t *w, int t) {
