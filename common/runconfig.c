@@ -72,6 +72,9 @@ const graft_option_t graft_run_options[] = {
     {"log_every", GRAFT_OPT_INT, OFF(log_every), "20", 1, 1e9, "progress line every N steps"},
     {"rounds", GRAFT_OPT_INT, OFF(rounds), "10", 1, 1e9, "federated rounds"},
     {"local_steps", GRAFT_OPT_INT, OFF(local_steps), "10", 1, 1e9, "worker steps per round"},
+    {"keep_optimizer_state", GRAFT_OPT_BOOL, OFF(keep_optimizer_state), "false", 0, -1,
+     "federated: each worker keeps its AdamW moments and step count from round to round "
+     "(false: every round restarts them, as plain FedAvg does)"},
     {"min_replies", GRAFT_OPT_INT, OFF(min_replies), "1", 1, 1e6,
      "replies needed to close a round at its deadline"},
     {"round_timeout_ms", GRAFT_OPT_INT, OFF(round_timeout_ms), "120000", 100, 1e9,

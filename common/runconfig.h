@@ -40,6 +40,7 @@ typedef struct {
     int batch;
     float lr;
     float head_lr; /* 0: lr */
+    int keep_optimizer_state; /* federated: workers keep AdamW state across rounds */
     float weight_decay;
     float grad_clip;
     int warmup;

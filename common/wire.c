@@ -248,6 +248,7 @@ static void enc_round_start(enc_t *e, const graft_wire_round_start_t *m, int dty
     e->hyper.step_learning_rates = m->hyper.step_lr;
     e->hyper.freeze_lora_a = m->hyper.freeze_lora_a != 0;
     e->hyper.head_lr_scale = m->hyper.head_lr_scale;
+    e->hyper.keep_optimizer_state = m->hyper.keep_optimizer_state != 0;
     r->round = m->round;
     r->n_tensors = m->ntensors;
     r->tensors = enc_tensors(e, m->tensors, m->ntensors, dtype);
@@ -647,6 +648,7 @@ static int dec_hyper(const Graft__Hyper *pb, graft_wire_hyper_t *h, char *why, s
     h->fedprox_mu = pb->fedprox_mu;
     h->freeze_lora_a = pb->freeze_lora_a;
     h->head_lr_scale = pb->head_lr_scale;
+    h->keep_optimizer_state = pb->keep_optimizer_state;
     return GRAFT_OK;
 }
 

@@ -111,6 +111,7 @@ typedef struct {
     size_t nstep_lr;
     int freeze_lora_a;
     float head_lr_scale; /* heads' rate over the modules' (0: 1) */
+    int keep_optimizer_state; /* the worker keeps its AdamW state across rounds */
 } graft_wire_hyper_t;
 
 /* How a round's modules come back (all zero: as tensors in the Update). */

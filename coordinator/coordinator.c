@@ -143,6 +143,7 @@ static void send_round_start(coord_t *c, int peer) {
     rs->hyper.fedprox_mu = c->agg_cfg.fedprox ? c->agg_cfg.fedprox_mu : 0.0f;
     rs->hyper.freeze_lora_a = c->agg_cfg.lora == GRAFT_LORA_FREEZE_A;
     rs->hyper.head_lr_scale = c->tr->peft->cfg.head_lr_scale;
+    rs->hyper.keep_optimizer_state = c->cfg->keep_optimizer_state;
     rs->reduce = (graft_wire_reduce_t){
         .collective = graft_aggregator_collective(c->agg),
         .clip_norm = c->agg_cfg.clip ? c->agg_cfg.clip_norm : 0.0f,

@@ -165,7 +165,7 @@ static void test_round_start_roundtrip(void **state) {
                                                .batch_size = 16, .weight_decay = 0.01f,
                                                .fedprox_mu = 0.5f, .step_lr = RATES,
                                                .nstep_lr = 3, .freeze_lora_a = 1,
-                                               .head_lr_scale = 10.0f},
+                                               .head_lr_scale = 10.0f, .keep_optimizer_state = 1},
                                      .deadline_ms = 30000,
                                      .reduce = {.collective = 1, .clip_norm = 2.5f,
                                                 .lora_products = 1}}};
@@ -183,6 +183,7 @@ static void test_round_start_roundtrip(void **state) {
     assert_memory_equal(r->hyper.step_lr, RATES, sizeof RATES);
     assert_int_equal(r->hyper.freeze_lora_a, 1);
     assert_true(r->hyper.head_lr_scale == 10.0f);
+    assert_int_equal(r->hyper.keep_optimizer_state, 1);
     assert_int_equal(r->reduce.collective, 1);
     assert_true(r->reduce.clip_norm == 2.5f);
     assert_int_equal(r->reduce.lora_products, 1);

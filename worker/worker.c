@@ -419,8 +419,9 @@ static int scope_slot(const worker_t *w, const graft_scope_t *s) {
     return 0;
 }
 
-/* Imports the round's modules, keeps a copy of what was sent, and sets
- * the round's FedProx anchor and LoRA A freezing. */
+/* Imports the round's modules, keeps a copy of what was sent, restarts the
+ * optimiser state unless the run keeps it, and sets the round's FedProx
+ * anchor, LoRA A freezing and head rate. */
 static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_scope_t **sent,
                          size_t n) {
     graft_peft_t *p = w->tr->peft;
@@ -431,7 +432,7 @@ static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_
         if (!w->global[k]) w->global[k] = graft_xmalloc((sent[i]->numel + 1) * sizeof(float));
         memcpy(w->global[k], rs->tensors[i].data, sent[i]->numel * sizeof(float));
         graft_scope_import(sent[i], w->global[k]);
-        graft_scope_reset_state(sent[i]);
+        if (!rs->hyper.keep_optimizer_state) graft_scope_reset_state(sent[i]);
         sent[i]->prox_ref = w->global[k];
     }
     w->tr->prox_mu = rs->hyper.fedprox_mu;

@@ -15,9 +15,10 @@
  * with their train example counts) -> Assign (its id, the tasks it trains,
  * their label sets, the run id); the worker then builds its trainer for
  * exactly those tasks -> for each RoundStart: import the shared and task
- * scopes, reset the optimiser state, run local_steps steps at the rates the
- * coordinator sends (the run's schedule; with the round's FedProx term
- * toward the values it was sent, and LoRA A frozen when asked), reply
+ * scopes, reset the optimiser state (unless the run keeps it), run
+ * local_steps steps at the rates the coordinator sends (the run's
+ * schedule; with the round's FedProx term toward the values it was sent,
+ * and LoRA A frozen when asked), reply
  * Update (the scopes, the sample count, the mean loss, the seconds spent
  * training). When the RoundStart asks for MPI reductions the Update carries
  * no tensors and the worker then joins the reductions (contribute.h; the
