@@ -83,7 +83,7 @@ def die(msg):
 class Bench:
     def __init__(self, a):
         self.a = a
-        self.graft = os.path.join(ROOT, "build", "graft")
+        self.graft = os.path.abspath(a.graft)
         self.out = a.out
         os.makedirs(os.path.join(self.out, "logs"), exist_ok=True)
         self.runs = []  # run directories, in order, for graft report
@@ -378,6 +378,8 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--quick", action="store_true", help="CI variant (tiny trunk, data slice)")
+    p.add_argument("--graft", default=os.path.join(ROOT, "build", "graft"),
+                   help="the graft binary (default build/graft)")
     p.add_argument("--data", help="task files folder (default data/tasks; quick: tests/data/tasks-quick)")
     p.add_argument("--trunk", help="pretrained trunk (default models/small/trunk.safetensors)")
     p.add_argument("--preset", default=None, help="preset of the random trunk (default small; quick: tiny)")
@@ -435,8 +437,8 @@ def main():
             die(f"{a.data}/{t}.tsv is missing: run `build/graft data prepare` first")
     if a.trunk and not os.path.exists(a.trunk):
         die(f"trunk {a.trunk} is missing (see models/README.md for how it is made)")
-    if not os.path.exists(os.path.join(ROOT, "build", "graft")):
-        die("build/graft is missing: cmake -S . -B build && cmake --build build -j2")
+    if not os.path.exists(a.graft):
+        die(f"{a.graft} is missing: cmake -S . -B build && cmake --build build -j2")
 
     b = Bench(a)
     a.commit = git_commit()  # the code that ran, even if HEAD moves meanwhile

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Regenerates docs/options.md from the commands' own --help (the option
 # tables in the code are the single source of truth).
-# Usage: scripts/gen-options-doc.sh   (needs build/graft)
+# Usage: scripts/gen-options-doc.sh [--check]
+#   writes docs/options.md; --check only compares (exit 1 when it is stale).
+#   GRAFT=path/to/graft picks the binary (default build/graft).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+graft() { "${GRAFT:-build/graft}" "$@"; }
+check=0
+[ "${1:-}" = "--check" ] && check=1
 out=docs/options.md
+[ $check = 1 ] && out=$(mktemp) && trap 'rm -f "$out"' EXIT
 mkdir -p docs
 {
   echo "# graft command reference"
@@ -13,18 +19,18 @@ mkdir -p docs
   echo "Every option can also be written as a \`name = value\` line in a --config file."
   echo
   echo '```'
-  build/graft --help
+  graft --help
   echo '```'
-  for cmd in $(build/graft --help | awk '/^commands:/{on=1; next} on && NF {print $1}'); do
+  for cmd in $(graft --help | awk '/^commands:/{on=1; next} on && NF {print $1}'); do
     echo
     echo "## graft $cmd"
     echo
     echo '```'
     case "$cmd" in
-      bench) build/graft bench --help; echo; build/graft bench step --help ;;
-      data) build/graft data --help; echo; build/graft data prepare --help; echo
-            build/graft data shard --help ;;
-      *) build/graft "$cmd" --help ;;
+      bench) graft bench --help; echo; graft bench step --help ;;
+      data) graft data --help; echo; graft data prepare --help; echo
+            graft data shard --help ;;
+      *) graft "$cmd" --help ;;
     esac
     echo '```'
   done
@@ -37,4 +43,10 @@ mkdir -p docs
     echo '```'
   done
 } > "$out"
-echo "wrote $out"
+if [ $check = 1 ]; then
+  diff -u docs/options.md "$out" >&2 ||
+    { echo "docs/options.md is out of date: run scripts/gen-options-doc.sh" >&2; exit 1; }
+  echo "docs/options.md is up to date"
+else
+  echo "wrote $out"
+fi
