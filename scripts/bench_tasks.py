@@ -588,8 +588,15 @@ def acceptance(by, graft_rows):
     red = by.get(("RED", "central"))
     if mt_c and rnd:
         worse = [t for t in mt_c["tasks"] if mt_c["tasks"][t]["metric"] <= rnd["tasks"].get(t, {}).get("metric", 1e9)]
+        why = []
+        for t in worse:  # what else the two runs say about that task
+            p, r = mt_c["tasks"][t], rnd["tasks"][t]
+            more = (f"; macro-F1 {p['macro_f1']:.3f} vs {r['macro_f1']:.3f}"
+                    if p.get("macro_f1") is not None and r.get("macro_f1") is not None else "")
+            why.append(f"{t}: {p['metric']:.1f} vs {r['metric']:.1f}{more}; "
+                       f"test loss {p['loss']:.3f} vs {r['loss']:.3f}")
         out.append((not worse, "pretrained trunk beats the random trunk with MTLoRA on every task"
-                    + (f" (not on: {', '.join(worse)})" if worse else "")))
+                    + (f" (not on {'; '.join(why)})" if worse else "")))
     for mt_f, what in mt_fed:
         if mt_c:
             gap = mt_c["avg"] - mt_f["avg"]
