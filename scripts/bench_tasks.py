@@ -15,7 +15,7 @@ first line is the command. A run whose events end with a successful run_end
 and whose log holds the same command is not repeated; one of other options
 is (--force redoes every run, e.g. after rebuilding graft).
 
-    python3 scripts/bench_tasks.py                # the full benchmark (~1 h)
+    python3 scripts/bench_tasks.py                # the full benchmark (~1.5 h on 2 cores)
     python3 scripts/bench_tasks.py --quick        # CI: tiny trunk, data slice
 
 --quick uses the random `tiny` trunk, the committed data slice
