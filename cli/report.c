@@ -396,7 +396,8 @@ static void plot_header(buf_t *b, const char *out, const char *name, int w, int 
             w, h, out, name);
 }
 
-/* Training loss (train events or round_end) and dev metric per task. */
+/* Training loss (train events or round_end) and, per task, the dev metric
+ * as a line and the final test metric as a dot in the same colour. */
 static int plot_curves(const char *out, const run_t *r) {
     const char *tasks[MAX_TASKS];
     int nt = run_tasks(r, tasks);
@@ -419,29 +420,40 @@ static int plot_curves(const char *out, const run_t *r) {
         }
     }
     bprintf(&b, "EOD\n");
-    int has_dev[MAX_TASKS] = {0};
+    int has_dev[MAX_TASKS] = {0}, has_test[MAX_TASKS] = {0};
     for (int t = 0; t < nt; t++) {
-        bprintf(&b, "$task%d << EOD\n", t);
-        json_array_foreach(r->events, i, e) {
-            if (!is_eval(e, "dev") || strcmp(str(e, "task", ""), tasks[t])) continue;
-            if (!isnan(num(e, "sparsity", NAN))) continue;
-            bprintf(&b, "%g %g\n", ev_x(e), ev_metric(e));
-            has_dev[t] = 1;
+        for (int split = 0; split < 2; split++) {
+            bprintf(&b, "$%s%d << EOD\n", split ? "test" : "task", t);
+            json_array_foreach(r->events, i, e) {
+                if (!is_eval(e, split ? "test" : "dev") || strcmp(str(e, "task", ""), tasks[t]))
+                    continue;
+                if (!isnan(num(e, "sparsity", NAN))) continue;
+                bprintf(&b, "%g %g\n", ev_x(e), ev_metric(e));
+                (split ? has_test : has_dev)[t] = 1;
+            }
+            bprintf(&b, "EOD\n");
         }
-        bprintf(&b, "EOD\n");
     }
     bprintf(&b, "set multiplot layout 1,2 title '%s'\n", r->name);
     bprintf(&b, "set xlabel '%s'\nset ylabel 'training loss'\nunset key\n", xl);
     if (nloss) bprintf(&b, "plot $loss using 1:2 with lines lw 1.5 title 'loss'\n");
     else bprintf(&b, "set label 1 'no training-loss events' at graph 0.3,0.5\n"
                      "plot [0:1][0:1] -1 notitle\nunset label 1\n");
-    bprintf(&b, "set key bottom right\nset ylabel 'dev metric (accuracy %% or chrF)'\n");
+    bprintf(&b, "set key bottom right\n"
+                "set ylabel 'dev metric, final test as a dot (accuracy %% or chrF)'\n");
     int any = 0;
     for (int t = 0; t < nt; t++) {
-        if (!has_dev[t]) continue;
-        bprintf(&b, "%s $task%d using 1:2 with linespoints lw 1.5 title '%s'", any ? ", \\\n    " : "plot",
-                t, tasks[t]);
-        any = 1;
+        if (has_dev[t]) {
+            bprintf(&b, "%s $task%d using 1:2 with linespoints lt %d lw 1.5 title '%s'",
+                    any ? ", \\\n    " : "plot", t, t + 1, tasks[t]);
+            any = 1;
+        }
+        if (has_test[t]) {
+            bprintf(&b, "%s $test%d using 1:2 with points lt %d pt 7 ps 1.5 %s",
+                    any ? ", \\\n    " : "plot", t, t + 1,
+                    has_dev[t] ? "notitle" : "title 'test'");
+            any = 1;
+        }
     }
     if (!any)
         bprintf(&b, "set label 2 'no dev evaluations' at graph 0.35,0.5\nplot [0:1][0:1] -1 notitle");

@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -138,6 +139,9 @@ class Bench:
                 log(f"{name}: already done (use --force to redo)")
                 return run_dir
             log(f"{name}: done before with other options; running it again")
+        # graft appends to an existing events.jsonl (resume): start clean.
+        if os.path.isdir(run_dir):
+            shutil.rmtree(run_dir)
         log(f"{name}: {' '.join(shlex.quote(c) for c in cmd)}")
         t0 = time.time()
         with open(logf, "w") as f:
