@@ -62,6 +62,9 @@ if command -v gnuplot >/dev/null 2>&1; then
     [ -s "$T/rep/$f.png" ] || fail "no $f.png"
     [ "$(head -c 4 "$T/rep/$f.png" | od -An -c | tr -d ' ')" = "211PNG" ] || fail "$f.png is not a PNG"
   done
+  # each task's final test metric is drawn as a dot beside its dev line
+  grep -q '^\$test0 << EOD' "$T/rep/central-curves.gp" && grep -q 'with points lt 1 pt 7' "$T/rep/central-curves.gp" ||
+    fail "the curves plot has no test point"
 fi
 
 # A malformed line names the file and the line; nothing is written.
