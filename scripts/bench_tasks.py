@@ -567,7 +567,8 @@ Per-run training loss and dev metric curves: `runs/.../report/NAME-curves.png`.
 """)
         rep = os.path.join(a.out, "report")
         docs = os.path.dirname(a.results)
-        for png in ("sparsity.png", "overlap.png", "mtlora-curves.png", "mtlora-fed-curves.png"):
+        for png in ("sparsity.png", "overlap.png", "mtlora-curves.png", "mtlora-fed-curves.png",
+                    "mtlora-fed-keep-curves.png"):
             src = os.path.join(rep, png)
             if os.path.exists(src):
                 dst = os.path.join(docs, "results-" + png)
