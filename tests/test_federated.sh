@@ -96,6 +96,16 @@ timeout 60 "$GRAFT" run --config run.conf --workers 1 --rounds 3 --local_steps 4
 compare "$T/central/modules.safetensors" "$T/keep/modules.safetensors" --atol 1e-6 >"$T/cmp3.txt" ||
     { cat "$T/cmp3.txt" >&2; fail "one worker keeping its AdamW state over 3 rounds differs from graft train"; }
 cmp "$T/central.out" "$T/keep.out" || fail "one worker keeping its AdamW state: test metrics differ"
+# With the heads' own rate (--head_lr; also sent with each round) the same holds.
+timeout 60 "$GRAFT" train --config run.conf --steps 12 --head_lr 2e-2 --out "$T/central_h" \
+    >"$T/central_h.out" 2>/dev/null || fail "graft train --head_lr failed"
+timeout 60 "$GRAFT" run --config run.conf --workers 1 --rounds 3 --local_steps 4 --head_lr 2e-2 \
+    --keep_optimizer_state true --out "$T/keep_h" >"$T/keep_h.out" 2>"$T/keep_h.err" ||
+    fail "graft run --head_lr failed"
+compare "$T/central_h/modules.safetensors" "$T/keep_h/modules.safetensors" --atol 1e-6 >"$T/cmp4.txt" ||
+    { cat "$T/cmp4.txt" >&2; fail "with --head_lr, one worker keeping its AdamW state differs from graft train"; }
+compare "$T/central/modules.safetensors" "$T/central_h/modules.safetensors" --atol 1e-6 --expect-differ \
+    >/dev/null || fail "--head_lr changed nothing"
 timeout 60 "$GRAFT" run --config run.conf --workers 1 --rounds 3 --local_steps 4 \
     --out "$T/reset" >/dev/null 2>&1 || fail "graft run over 3 rounds failed"
 compare "$T/central/modules.safetensors" "$T/reset/modules.safetensors" --atol 1e-6 --expect-differ \
