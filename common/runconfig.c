@@ -86,16 +86,18 @@ const graft_option_t graft_run_options[] = {
     {"checkpoint_every_rounds", GRAFT_OPT_INT, OFF(checkpoint_every_rounds), "1", 1, 1e9,
      "checkpoint every N rounds"},
     {"aggregate", GRAFT_OPT_STRING, OFF(aggregate), "fedavg", 0, -1,
-     "aggregation, a comma list: one of fedavg (sample-weighted mean, streamed), fedadam "
-     "(server Adam on the mean's pseudo-gradient), median or trimmed_mean (coordinate-wise; "
+     "aggregation, a comma list: one of fedavg (sample-weighted mean, streamed), fedavgm "
+     "(server momentum on the mean's pseudo-gradient), fedadam (server Adam on it), median or trimmed_mean (coordinate-wise; "
      "these hold every reply until the round closes); plus fedprox (proximal term on the "
      "workers) and/or clip (clip each update's delta to clip_norm)"},
     {"fedprox_mu", GRAFT_OPT_FLOAT, OFF(fedprox_mu), "0.01", 0, 1e6,
      "fedprox: workers add mu/2 ||w - w_global||^2 to their loss"},
     {"clip_norm", GRAFT_OPT_FLOAT, OFF(clip_norm), "1.0", 0, 1e9,
      "clip: max L2 norm of each update's delta, per scope"},
-    {"server_lr", GRAFT_OPT_FLOAT, OFF(server_lr), "0.01", 0, 10, "fedadam: server learning rate"},
-    {"server_beta1", GRAFT_OPT_FLOAT, OFF(server_beta1), "0.9", 0, 0.9999, "fedadam: beta1"},
+    {"server_lr", GRAFT_OPT_FLOAT, OFF(server_lr), "0", 0, 10,
+     "fedavgm and fedadam: server learning rate (0: 1 for fedavgm, 0.01 for fedadam)"},
+    {"server_beta1", GRAFT_OPT_FLOAT, OFF(server_beta1), "0.9", 0, 0.9999,
+     "fedavgm: server momentum; fedadam: beta1"},
     {"server_beta2", GRAFT_OPT_FLOAT, OFF(server_beta2), "0.99", 0, 0.999999, "fedadam: beta2"},
     {"server_eps", GRAFT_OPT_FLOAT, OFF(server_eps), "1e-3", 1e-12, 10,
      "fedadam: epsilon (the adaptivity tau)"},

@@ -11,7 +11,9 @@
 
 /* ---- strategy ------------------------------------------------------------------ */
 
-static const char *combiner_name[] = {"fedavg", "fedadam", "median", "trimmed_mean"};
+/* Indexed by graft_agg_combiner_t. */
+static const char *combiner_name[] = {"fedavg", "fedadam", "median", "trimmed_mean", "fedavgm"};
+#define NUM_COMBINERS ((int)(sizeof combiner_name / sizeof *combiner_name))
 static const char *lora_name[] = {"factors", "svd", "freeze_a"};
 
 static int parse_aggregate(const char *list, graft_agg_config_t *c) {
@@ -26,10 +28,10 @@ static int parse_aggregate(const char *list, graft_agg_config_t *c) {
             c->clip = 1;
         } else {
             int k = 0;
-            while (k < 4 && strcmp(tok, combiner_name[k])) k++;
-            if (k == 4) {
-                LOG_ERROR("aggregate: unknown strategy '%s' (fedavg, fedprox, fedadam, median, "
-                          "trimmed_mean, clip)", tok);
+            while (k < NUM_COMBINERS && strcmp(tok, combiner_name[k])) k++;
+            if (k == NUM_COMBINERS) {
+                LOG_ERROR("aggregate: unknown strategy '%s' (fedavg, fedavgm, fedadam, median, "
+                          "trimmed_mean, fedprox, clip)", tok);
                 return GRAFT_EINVAL;
             }
             c->combiner = (graft_agg_combiner_t)k;
@@ -37,7 +39,8 @@ static int parse_aggregate(const char *list, graft_agg_config_t *c) {
         }
     }
     if (combiners > 1) {
-        LOG_ERROR("aggregate: '%s' names more than one of fedavg, fedadam, median, trimmed_mean",
+        LOG_ERROR("aggregate: '%s' names more than one of fedavg, fedavgm, fedadam, median, "
+                  "trimmed_mean",
                   list);
         return GRAFT_EINVAL;
     }
@@ -63,6 +66,7 @@ int graft_agg_config_parse(const graft_run_config_t *cfg, graft_agg_config_t *ou
         return GRAFT_EINVAL;
     }
     c.lora = (graft_lora_agg_t)k;
+    if (c.server_lr <= 0) c.server_lr = c.combiner == GRAFT_AGG_FEDADAM ? 0.01f : 1.0f;
     if (c.fedprox && c.fedprox_mu <= 0) {
         LOG_ERROR("aggregate: fedprox needs fedprox_mu > 0");
         return GRAFT_EINVAL;
@@ -72,8 +76,8 @@ int graft_agg_config_parse(const graft_run_config_t *cfg, graft_agg_config_t *ou
         return GRAFT_EINVAL;
     }
     if (c.lora == GRAFT_LORA_SVD && graft_agg_holds_replies(&c)) {
-        LOG_ERROR("lora_aggregate svd averages products: it works with fedavg, fedprox and "
-                  "fedadam, not with %s", combiner_name[c.combiner]);
+        LOG_ERROR("lora_aggregate svd averages products: it works with fedavg, fedavgm, "
+                  "fedadam and fedprox, not with %s", combiner_name[c.combiner]);
         return GRAFT_EINVAL;
     }
     *out = c;
@@ -323,6 +327,15 @@ static void server_adam(const graft_agg_config_t *c, const float *g, const doubl
     }
 }
 
+static void server_momentum(const graft_agg_config_t *c, const float *g, const double *xbar,
+                            size_t n, float *u, float *dst) {
+    double beta = c->server_beta1;
+    for (size_t j = 0; j < n; j++) {
+        u[j] = (float)(beta * u[j] + (xbar[j] - g[j]));
+        dst[j] = (float)(g[j] + c->server_lr * (double)u[j]);
+    }
+}
+
 int graft_agg_finish(const graft_agg_config_t *c, graft_agg_plan_t *plan, const int64_t *sum,
                      float *dst, float *state, graft_agg_report_t *rep) {
     const int64_t *tail = sum + plan->len - GRAFT_AGG_TAIL;
@@ -346,6 +359,9 @@ int graft_agg_finish(const graft_agg_config_t *c, graft_agg_plan_t *plan, const 
     if (c->combiner == GRAFT_AGG_FEDADAM) {
         GRAFT_ASSERT(state);
         server_adam(c, g, xbar, n, state, dst);
+    } else if (c->combiner == GRAFT_AGG_FEDAVGM) {
+        GRAFT_ASSERT(state);
+        server_momentum(c, g, xbar, n, state, dst);
     } else {
         for (size_t j = 0; j < n; j++) dst[j] = (float)xbar[j];
     }

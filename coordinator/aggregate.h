@@ -46,6 +46,12 @@
  *   fedavg        the weighted mean above (default)
  *   fedprox       fedavg here; workers add mu/2 ||w - g||^2 to their loss
  *                 (fedprox_mu)
+ *   fedavgm       server momentum on the pseudo-gradient D = mean - g, as in
+ *                 Hsu et al., "Measuring the Effects of Non-Identical Data
+ *                 Distribution for Federated Visual Classification":
+ *                 u = server_beta1 u + D, x = g + server_lr * u (u lives
+ *                 where fedadam keeps m). server_lr 1 and beta1 0 is fedavg;
+ *                 server_lr > 1 with beta1 0 extrapolates the mean step.
  *   fedadam       server Adam on the pseudo-gradient D = mean - g, as in
  *                 Reddi et al., "Adaptive Federated Optimization":
  *                 m = b1 m + (1-b1) D, v = b2 v + (1-b2) D^2,
@@ -92,7 +98,13 @@
 
 /* ---- strategy ------------------------------------------------------------- */
 
-typedef enum { GRAFT_AGG_FEDAVG, GRAFT_AGG_FEDADAM, GRAFT_AGG_MEDIAN, GRAFT_AGG_TRIMMED } graft_agg_combiner_t;
+typedef enum {
+    GRAFT_AGG_FEDAVG,
+    GRAFT_AGG_FEDADAM,
+    GRAFT_AGG_MEDIAN,
+    GRAFT_AGG_TRIMMED,
+    GRAFT_AGG_FEDAVGM,
+} graft_agg_combiner_t;
 typedef enum { GRAFT_LORA_FACTORS, GRAFT_LORA_SVD, GRAFT_LORA_FREEZE_A } graft_lora_agg_t;
 
 typedef struct {
@@ -101,7 +113,7 @@ typedef struct {
     float fedprox_mu;
     int clip;          /* clip each reply's delta to clip_norm */
     float clip_norm;
-    float server_lr, server_beta1, server_beta2, server_eps; /* fedadam */
+    float server_lr, server_beta1, server_beta2, server_eps; /* fedavgm, fedadam */
     float trim_frac;   /* trimmed_mean */
     graft_lora_agg_t lora;
     int lora_gap;      /* factors: accumulate products to measure the gap */
@@ -179,8 +191,8 @@ typedef struct {
 
 /* From the summed contributions (plan->len int64) to the scope's new
  * values in dst (numel floats; may be the global values themselves).
- * state (2 * numel floats: m then v) is used and updated by fedadam and may
- * be NULL otherwise. Returns 1 when dst was written, 0 when left unchanged
+ * state (2 * numel floats: m then v) is used and updated by fedadam (m and
+ * v) and fedavgm (u in m), and may be NULL otherwise. Returns 1 when dst was written, 0 when left unchanged
  * (no weight, or overflow). */
 int graft_agg_finish(const graft_agg_config_t *c, graft_agg_plan_t *plan, const int64_t *sum,
                      float *dst, float *state, graft_agg_report_t *rep);

@@ -299,6 +299,37 @@ static void test_fedadam_step(void **state) {
     graft_agg_plan_free(&plan);
 }
 
+/* Two rounds of server momentum by hand; then beta 0 at rate 1 is fedavg. */
+static void test_fedavgm_steps(void **state) {
+    (void)state;
+    graft_agg_plan_t plan;
+    graft_agg_plan_init_pairs(&plan, 2, NULL, 0, 0, 0.0f, 0);
+    float g[2] = {1.0f, -2.0f}, x[2] = {1.5f, -2.25f}, dst[2];
+    float st[4] = {0};
+    const float *xs[1] = {x};
+    uint64_t ws[1] = {40};
+    graft_agg_config_t c = config(GRAFT_AGG_FEDAVGM);
+    c.server_lr = 2.0f;
+    graft_agg_report_t rep;
+    /* Round 1: D = (0.5, -0.25), u = D, x = g + 2 u = (2, -2.5). */
+    assert_int_equal(stream(&c, &plan, g, xs, ws, NULL, 1, dst, st, &rep), 1);
+    assert_true(st[0] == 0.5f && st[1] == -0.25f);
+    assert_true(dst[0] == 2.0f && dst[1] == -2.5f);
+    /* Round 2 from g' = (2, -2.5), replies x' = (2.25, -2.5): D = (0.25, 0),
+     * u = 0.9 u + D = (0.7, -0.225), x = g' + 2 u = (3.4, -2.95). */
+    float g2[2] = {2.0f, -2.5f}, x2[2] = {2.25f, -2.5f};
+    const float *xs2[1] = {x2};
+    assert_int_equal(stream(&c, &plan, g2, xs2, ws, NULL, 1, dst, st, &rep), 1);
+    assert_true(fabsf(st[0] - 0.7f) < 1e-7f && fabsf(st[1] + 0.225f) < 1e-7f);
+    assert_true(fabsf(dst[0] - 3.4f) < 1e-6f && fabsf(dst[1] + 2.95f) < 1e-6f);
+    /* beta 0, rate 1: the plain mean, whatever u held. */
+    c.server_beta1 = 0.0f;
+    c.server_lr = 1.0f;
+    assert_int_equal(stream(&c, &plan, g, xs, ws, NULL, 1, dst, st, &rep), 1);
+    assert_true(dst[0] == 1.5f && dst[1] == -2.25f);
+    graft_agg_plan_free(&plan);
+}
+
 /* ---- LoRA ---------------------------------------------------------------------------- */
 
 /* The pair A (1, 1), B (1, 1): A = (1, 3), B = (2, 4) over two equal
@@ -493,6 +524,12 @@ static void test_config(void **state) {
     graft_agg_describe(&c, d, sizeof d);
     assert_string_equal(d, "trimmed_mean+clip, lora factors");
     assert_int_equal(parse("median,fedadam", "factors", &c), GRAFT_EINVAL);
+    /* server_lr 0 (the option's default) is the strategy's own rate. */
+    assert_int_equal(parse("fedavgm", "svd", &c), GRAFT_OK);
+    assert_true(c.combiner == GRAFT_AGG_FEDAVGM && c.server_lr == 1.0f);
+    assert_int_equal(parse("fedadam", "factors", &c), GRAFT_OK);
+    assert_true(c.server_lr == 0.01f);
+    assert_int_equal(parse("fedavgm,fedavg", "factors", &c), GRAFT_EINVAL);
     assert_int_equal(parse("fedsgd", "factors", &c), GRAFT_EINVAL);
     assert_int_equal(parse("median", "svd", &c), GRAFT_EINVAL);
     assert_int_equal(parse("fedavg", "average", &c), GRAFT_EINVAL);
@@ -543,6 +580,7 @@ int main(void) {
         cmocka_unit_test(test_empty_round),     cmocka_unit_test(test_overflow),
         cmocka_unit_test(test_clip),            cmocka_unit_test(test_median),
         cmocka_unit_test(test_trimmed_mean),    cmocka_unit_test(test_fedadam_step),
+        cmocka_unit_test(test_fedavgm_steps),
         cmocka_unit_test(test_gap_by_hand),     cmocka_unit_test(test_svd_recovers_rank_r),
         cmocka_unit_test(test_freeze_a),        cmocka_unit_test(test_config),
         cmocka_unit_test(test_prox_and_frozen), cmocka_unit_test(test_scalar_mean),
