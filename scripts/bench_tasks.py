@@ -11,9 +11,10 @@ the results page (docs/results.md by default) with the date, the machine, the
 command and the acceptance checks of issue 5.
 
 Every run writes OUT/NAME/events.jsonl and its log OUT/logs/NAME.log, whose
-first line is the command. A run whose events end with a successful run_end
-and whose log holds the same command is not repeated; one of other options
-is (--force redoes every run, e.g. after rebuilding graft).
+first line is the command and second the sha256 of the task files and trunk
+it read. A run whose events end with a successful run_end and whose log holds
+the same command and digest is not repeated; one of other options or inputs is
+(--force redoes every run, e.g. after rebuilding graft).
 
     python3 scripts/bench_tasks.py                # the full benchmark (~1.5 h on 2 cores)
     python3 scripts/bench_tasks.py --quick        # CI: tiny trunk, data slice
@@ -26,6 +27,7 @@ target-token loss on the generation task is below a uniform guess over the
 vocabulary (ln V).
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -96,6 +98,20 @@ class Bench:
         os.makedirs(os.path.join(self.out, "logs"), exist_ok=True)
         self.runs = []  # run directories, in order, for graft report
         self.n_done = 0
+        self.inputs = self.inputs_digest()
+
+    def inputs_digest(self):
+        """sha256 over the task files and the trunk: a finished run is reused
+        only if it read the same bytes (re-prepared data or a retrained trunk
+        changes this even when the command line does not)."""
+        h = hashlib.sha256()
+        paths = [os.path.join(self.a.data, t + ".tsv") for t, _ in TASKS]
+        paths += [self.a.trunk] if self.a.trunk else []
+        for path in paths:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        return h.hexdigest()
 
     def task_list(self, names=None):
         names = names or [t for t, _ in TASKS]
@@ -128,11 +144,13 @@ class Bench:
         logf = os.path.join(self.out, "logs", name + ".log")
         cmd = [self.graft] + argv
         if self.finished(run_dir):
-            # Its log starts with the command that made it: a finished run of
-            # other options is redone, not passed off as this one.
+            # Its log starts with the command that made it and the digest of
+            # the inputs it read: a finished run of other options or other
+            # data is redone, not passed off as this one.
             try:
                 with open(logf) as f:
-                    same = f.readline().rstrip("\n") == "$ " + " ".join(shlex.quote(c) for c in cmd)
+                    same = (f.readline().rstrip("\n") == "$ " + " ".join(shlex.quote(c) for c in cmd)
+                            and f.readline().rstrip("\n") == "# inputs sha256 " + self.inputs)
             except OSError:
                 same = False
             if same:
@@ -146,6 +164,7 @@ class Bench:
         t0 = time.time()
         with open(logf, "w") as f:
             f.write("$ " + " ".join(shlex.quote(c) for c in cmd) + "\n")
+            f.write("# inputs sha256 " + self.inputs + "\n")
             f.flush()
             p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=ENV)
         if p.returncode != 0:
