@@ -337,6 +337,9 @@ static void test_sotu(void **state) {
             for (const char *c = ex->text; *c; c++) n += *c == ' ';
             assert_int_equal(n, words[k]);
             assert_string_equal(ex->label, k < 2 ? "1790-1860" : "1946-1950");
+            /* Splits are stratified by era: an era's only speech lies at the
+             * middle of its words, inside the first 80% (train). */
+            assert_int_equal(s, GRAFT_SPLIT_TRAIN);
             seen |= 1 << k;
         }
     }
