@@ -243,6 +243,7 @@ void graft_peft_destroy(graft_peft_t **self_p) {
         free(p->tasks[t].lora_idx);
         free(p->tasks[t].channels);
         free(p->tasks[t].channel_scores);
+        free(p->tasks[t].logit_offset);
     }
     free(p->tasks);
     free(p->shared_lora_idx);
@@ -742,6 +743,9 @@ float graft_peft_classify(graft_peft_t *p, int task, const int32_t *tokens, cons
     const float *W = graft_scope_ptr(tm->scope, tm->head_w);
     const float *b = graft_scope_ptr(tm->scope, tm->head_b);
     matmul_forward(p->head_logits, p->pooled, W, b, B, C, K);
+    if (backward && tm->logit_offset)
+        for (int i = 0; i < B; i++)
+            for (int k = 0; k < K; k++) p->head_logits[(size_t)i * K + k] += tm->logit_offset[k];
     float loss = 0.0f;
     if (labels) {
         memcpy(p->labels, labels, (size_t)B * sizeof(int32_t));
@@ -847,6 +851,16 @@ void graft_peft_merge_lora(graft_peft_t *p, int task, int sign) {
 static void freeze_a(graft_scope_t *s, const int *idx, int slots, int frozen) {
     for (int i = 0; i < slots; i++)
         if (idx[2 * i] >= 0) s->tensors[idx[2 * i]].frozen = frozen;
+}
+
+void graft_peft_set_logit_offset(graft_peft_t *p, int task, const float *offset) {
+    graft_peft_task_modules_t *tm = &p->tasks[task];
+    GRAFT_ASSERT(tm->num_labels > 0);
+    free(tm->logit_offset);
+    tm->logit_offset = NULL;
+    if (!offset) return;
+    tm->logit_offset = graft_xmalloc((size_t)tm->num_labels * sizeof(float));
+    memcpy(tm->logit_offset, offset, (size_t)tm->num_labels * sizeof(float));
 }
 
 void graft_peft_set_head_lr_scale(graft_peft_t *p, float scale) {

@@ -95,6 +95,8 @@ typedef struct {
     int ch_w, ch_b;                    /* (L, 4C, k), (L, k) */
     int32_t *channels;                 /* (L, k) chosen channel indices, owned */
     float *channel_scores;             /* (L, C) accumulated Taylor importance, owned */
+    float *logit_offset;               /* (K) added to the head's logits in training; owned,
+                                          NULL: none (graft_peft_set_logit_offset) */
 } graft_peft_task_modules_t;
 
 typedef struct graft_peft {
@@ -140,7 +142,9 @@ int graft_peft_scopes(const graft_peft_t *p, int task, graft_scope_t **out);
 
 /* Classification: loss of task t on a batch of token rows (B,T) pooled at
  * pos (B) with labels (B); fills p->head_probs (B,K). With backward != 0
- * the scopes' gradients are accumulated (the caller zeroes them). */
+ * the scopes' gradients are accumulated (the caller zeroes them), and the
+ * loss and probabilities are those of the logits plus the task's
+ * logit_offset, when it has one. */
 float graft_peft_classify(graft_peft_t *p, int task, const int32_t *tokens, const int32_t *pos,
                           const int32_t *labels, int B, int T, int backward);
 
@@ -207,6 +211,15 @@ void graft_peft_merge_lora(graft_peft_t *p, int task, int sign);
  * (scale <= 0: 1). A linear probe wants a far larger rate than most modules
  * (--head_lr). */
 void graft_peft_set_head_lr_scale(graft_peft_t *p, float scale);
+
+/* Training of task t's head (backward passes only, never evaluation) sees
+ * its logits plus offset (K floats, copied; NULL: none). A federated worker
+ * sets offset_k = tau (log p_local(k) - log p_run(k)): under label shift
+ * p_local(y | x) is proportional to p_run(y | x) p_local(y) / p_run(y), so
+ * the head fits the run's posterior from a shard with skewed labels
+ * instead of the shard's own (logit adjustment, Menon et al. 2021, applied
+ * to label-skewed clients as in FedLC, Zhang et al. 2022). */
+void graft_peft_set_logit_offset(graft_peft_t *p, int task, const float *offset);
 
 /* Marks every LoRA A factor (shared and per task) frozen or trained again:
  * with frozen A only B is trained (lora_aggregate freeze_a). */

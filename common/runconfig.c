@@ -75,6 +75,9 @@ const graft_option_t graft_run_options[] = {
     {"keep_optimizer_state", GRAFT_OPT_BOOL, OFF(keep_optimizer_state), "false", 0, -1,
      "federated: each worker keeps its AdamW moments and step count from round to round "
      "(false: every round restarts them, as plain FedAvg does)"},
+    {"logit_adjust", GRAFT_OPT_FLOAT, OFF(logit_adjust), "0", 0, 10,
+     "federated: workers train classification heads on logits + tau (log p_shard(y) - "
+     "log p_run(y)), correcting their shard's label skew (tau; 0: off)"},
     {"min_replies", GRAFT_OPT_INT, OFF(min_replies), "1", 1, 1e6,
      "replies needed to close a round at its deadline"},
     {"round_timeout_ms", GRAFT_OPT_INT, OFF(round_timeout_ms), "120000", 100, 1e9,

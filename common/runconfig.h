@@ -41,6 +41,7 @@ typedef struct {
     float lr;
     float head_lr; /* 0: lr */
     int keep_optimizer_state; /* federated: workers keep AdamW state across rounds */
+    float logit_adjust;       /* federated: tau of the heads' label-shift correction */
     float weight_decay;
     float grad_clip;
     int warmup;

@@ -225,6 +225,8 @@ static void enc_assign(enc_t *e, const graft_wire_assign_t *m) {
         sets[i].task = str_or_empty(m->label_sets[i].task);
         sets[i].n_labels = m->label_sets[i].nlabels;
         sets[i].labels = m->label_sets[i].labels;
+        sets[i].n_prior = m->label_sets[i].prior ? m->label_sets[i].nlabels : 0;
+        sets[i].prior = m->label_sets[i].prior;
         ptrs[i] = &sets[i];
     }
     e->items = sets;
@@ -249,6 +251,7 @@ static void enc_round_start(enc_t *e, const graft_wire_round_start_t *m, int dty
     e->hyper.freeze_lora_a = m->hyper.freeze_lora_a != 0;
     e->hyper.head_lr_scale = m->hyper.head_lr_scale;
     e->hyper.keep_optimizer_state = m->hyper.keep_optimizer_state != 0;
+    e->hyper.logit_adjust = m->hyper.logit_adjust;
     r->round = m->round;
     r->n_tensors = m->ntensors;
     r->tensors = enc_tensors(e, m->tensors, m->ntensors, dtype);
@@ -590,6 +593,17 @@ static int dec_label_set(const Graft__LabelSet *pb, size_t i, graft_wire_assign_
             return fail(why, why_len, GRAFT_EFORMAT, "%s is not after \"%s\" (labels must be "
                         "sorted and distinct)", what, out->labels[l - 1]);
     }
+    if (pb->n_prior && pb->n_prior != pb->n_labels)
+        return fail(why, why_len, GRAFT_EFORMAT, "assign.label_sets[%zu] has %zu prior values "
+                    "for %zu labels", i, pb->n_prior, pb->n_labels);
+    for (size_t l = 0; l < pb->n_prior; l++) {
+        snprintf(what, sizeof what, "assign.label_sets[%zu].prior[%zu]", i, l);
+        if ((rc = check_nonneg(pb->prior[l], what, why, why_len))) return rc;
+    }
+    if (pb->n_prior) {
+        out->prior = graft_xmalloc(pb->n_prior * sizeof *out->prior);
+        memcpy(out->prior, pb->prior, pb->n_prior * sizeof *out->prior);
+    }
     return GRAFT_OK;
 }
 
@@ -623,6 +637,8 @@ static int dec_hyper(const Graft__Hyper *pb, graft_wire_hyper_t *h, char *why, s
         rc = check_nonneg(pb->fedprox_mu, "round_start.hyper.fedprox_mu", why, why_len);
     if (rc == GRAFT_OK)
         rc = check_nonneg(pb->head_lr_scale, "round_start.hyper.head_lr_scale", why, why_len);
+    if (rc == GRAFT_OK)
+        rc = check_nonneg(pb->logit_adjust, "round_start.hyper.logit_adjust", why, why_len);
     if (rc) return rc;
     if (pb->local_steps == 0 || pb->batch_size == 0)
         return fail(why, why_len, GRAFT_EFORMAT, "round_start.hyper has local_steps %" PRIu32
@@ -649,6 +665,7 @@ static int dec_hyper(const Graft__Hyper *pb, graft_wire_hyper_t *h, char *why, s
     h->freeze_lora_a = pb->freeze_lora_a;
     h->head_lr_scale = pb->head_lr_scale;
     h->keep_optimizer_state = pb->keep_optimizer_state;
+    h->logit_adjust = pb->logit_adjust;
     return GRAFT_OK;
 }
 
@@ -854,6 +871,7 @@ void graft_msg_free(graft_msg_t *m) {
             graft_wire_label_set_t *ls = &m->assign.label_sets[i];
             for (size_t l = 0; ls->labels && l < ls->nlabels; l++) free(ls->labels[l]);
             free(ls->labels);
+            free(ls->prior);
             free(ls->task);
         }
         free(m->assign.label_sets);

@@ -91,6 +91,7 @@ typedef struct {
     char *task;
     char **labels;
     size_t nlabels;
+    float *prior; /* nlabels training shares (finite, >= 0), or NULL: not known */
 } graft_wire_label_set_t;
 
 typedef struct {
@@ -112,6 +113,7 @@ typedef struct {
     int freeze_lora_a;
     float head_lr_scale; /* heads' rate over the modules' (0: 1) */
     int keep_optimizer_state; /* the worker keeps its AdamW state across rounds */
+    float logit_adjust;       /* tau of the heads' label-shift correction (0: off) */
 } graft_wire_hyper_t;
 
 /* How a round's modules come back (all zero: as tensors in the Update). */

@@ -144,6 +144,7 @@ static void send_round_start(coord_t *c, int peer) {
     rs->hyper.freeze_lora_a = c->agg_cfg.lora == GRAFT_LORA_FREEZE_A;
     rs->hyper.head_lr_scale = c->tr->peft->cfg.head_lr_scale;
     rs->hyper.keep_optimizer_state = c->cfg->keep_optimizer_state;
+    rs->hyper.logit_adjust = c->cfg->logit_adjust;
     rs->reduce = (graft_wire_reduce_t){
         .collective = graft_aggregator_collective(c->agg),
         .clip_norm = c->agg_cfg.clip ? c->agg_cfg.clip_norm : 0.0f,
@@ -223,8 +224,21 @@ static int start_round(coord_t *c) {
 
 /* ---- handlers ------------------------------------------------------------ */
 
+/* Each label's share of task's training split, into prior (K floats);
+ * 0 when the coordinator's copy of the task has no training rows. */
+static int train_prior(const graft_task_t *task, float *prior) {
+    int K = graft_task_num_labels(task);
+    size_t n = graft_task_count(task, GRAFT_SPLIT_TRAIN);
+    if (n == 0) return 0;
+    memset(prior, 0, (size_t)K * sizeof *prior);
+    for (size_t i = 0; i < n; i++) prior[graft_task_example(task, GRAFT_SPLIT_TRAIN, i)->label_id]++;
+    for (int k = 0; k < K; k++) prior[k] /= (float)n;
+    return 1;
+}
+
 /* Assign: the worker's tasks and, for each classification task, the run's
- * label set (the worker numbers its shard's labels by it). */
+ * label set (the worker numbers its shard's labels by it) with each
+ * label's share of the training data (for --logit_adjust). */
 static void send_assign(coord_t *c, int peer) {
     worker_t *w = &c->w[peer];
     char *names[GRAFT_MAX_TASKS];
@@ -237,14 +251,22 @@ static void send_assign(coord_t *c, int peer) {
         int nl = graft_task_num_labels(task);
         char **labels = graft_xmalloc((size_t)nl * sizeof *labels);
         for (int l = 0; l < nl; l++) labels[l] = (char *)graft_task_label_name(task, l);
-        sets[nsets++] = (graft_wire_label_set_t){names[i], labels, (size_t)nl};
+        float *prior = graft_xmalloc((size_t)nl * sizeof *prior);
+        if (!train_prior(task, prior)) {
+            free(prior);
+            prior = NULL;
+        }
+        sets[nsets++] = (graft_wire_label_set_t){names[i], labels, (size_t)nl, prior};
     }
     graft_msg_t a = {.type = GRAFT_MSG_ASSIGN};
     a.assign = (graft_wire_assign_t){.worker_id = (uint32_t)peer, .tasks = names,
                                      .ntasks = (size_t)w->n_assigned, .label_sets = sets,
                                      .nlabel_sets = (size_t)nsets};
     send_msg(c, peer, &a);
-    for (int i = 0; i < nsets; i++) free(sets[i].labels);
+    for (int i = 0; i < nsets; i++) {
+        free(sets[i].labels);
+        free(sets[i].prior);
+    }
 }
 
 /* Run task index of a hello shard the run can use, or -1 (logged). */

@@ -11,7 +11,8 @@
 #  3. a shard directory whose clients hold different tasks (and a client
 #     whose shard lacks a class): `graft run --shards` completes, round_end
 #     events list the per-task cohorts, every task is evaluated on its full
-#     test split;
+#     test split; with --logit_adjust the client lacking classes gets large
+#     negative offsets for them (the run's label shares reach it);
 #  4. a task no worker holds keeps its modules (empty cohort), and
 #     `mpirun graft mpi --shards` gives the same modules as `graft run
 #     --shards` with the same clients; too many workers for the clients, or
@@ -135,8 +136,8 @@ with open(os.path.join(out, "shards.tsv"), "w") as f:
         for t in tasks:
             f.write("client-%03d\t%s\n" % (c, t))
 PY
-timeout 90 "$GRAFT" run --config run.conf --shards "$T/shards" --out "$T/sh4" >"$T/sh4.out" \
-    2>"$T/sh4.err" || { tail -20 "$T/sh4.err" >&2; fail "graft run --shards failed"; }
+timeout 90 "$GRAFT" run --config run.conf --shards "$T/shards" --logit_adjust 1 --out "$T/sh4" \
+    >"$T/sh4.out" 2>"$T/sh4.err" || { tail -20 "$T/sh4.err" >&2; fail "graft run --shards failed"; }
 EV=$T/sh4/events.jsonl
 grep -q '"event":"run_end".*"ok":true' "$EV" || fail "shard run_end not ok"
 [ "$(grep -c '"event":"worker_join"' "$EV")" -eq 4 ] || fail "expected 4 clients to join"
@@ -146,6 +147,14 @@ COH='"cohorts":{"majority":\["client-000","client-002"\],"pairs":\["client-000",
 grep -q '"event":"worker_join".*"name":"client-000".*"train_examples":{"majority":[0-9]*,"pairs":60}' "$EV" ||
     fail "worker_join does not list client-000's shard sizes"
 grep -q 'other.tsv is not a task of --tasks' "$T/sh4.err" || fail "no warning about other.tsv"
+# majority's labels are about a quarter each in the run; client-000 holds
+# only a and b: about log(0.5 / 0.25) = +0.69 for those (measured +0.86,
+# +0.49), log(0.5 / (n + 2) / p_run) < -2 for c and d (-2.70, -3.00).
+# client-002 holds all four: offsets within 0.3 (measured 0.14 at most).
+grep -Eq 'client-000: task majority: label-shift offsets \(tau 1\): a \+0\.[3-9][0-9], b \+0\.[3-9][0-9], c -[2-9]\.[0-9]{2}, d -[2-9]\.[0-9]{2}$' "$T/sh4.err" ||
+    { grep 'label-shift' "$T/sh4.err" >&2; fail "client-000's offsets do not reflect its missing classes"; }
+grep -Eq 'client-002: task majority: label-shift offsets \(tau 1\): a [-+]0\.[0-2][0-9], b [-+]0\.[0-2][0-9], c [-+]0\.[0-2][0-9], d [-+]0\.[0-2][0-9]$' "$T/sh4.err" ||
+    { grep 'label-shift' "$T/sh4.err" >&2; fail "client-002's offsets are not small"; }
 grep -q 'cohort of 3: client-000, client-001, client-002' "$T/sh4.err" ||
     fail "the human log does not show the cohorts"
 for task in majority pairs shift; do

@@ -573,6 +573,52 @@ static void test_head_lr_scale(void **state) {
     free(moved[1]);
 }
 
+/* A logit offset: the training loss and the head bias's gradient are those
+ * of softmax cross-entropy on logits + offset (by hand from the raw logits),
+ * and evaluation (backward 0) ignores it. */
+static void test_logit_offset(void **state) {
+    (void)state;
+    batch_t bt;
+    make_batch(&bt, 5);
+    graft_gpt2_t *m = tiny_trunk();
+    graft_peft_config_t cfg = peft_config(GRAFT_M_RED);
+    graft_peft_t *p = graft_peft_new(m, &cfg, TASKS, 2);
+    const graft_peft_task_modules_t *tm = &p->tasks[TASK_CLS];
+    float raw[NB * K];
+    float plain = run_loss(p, TASK_CLS, &bt, 0);
+    memcpy(raw, p->head_logits, sizeof raw);
+
+    float offset[K];
+    for (int k = 0; k < K; k++) offset[k] = k == 1 ? -6.0f : 0.5f * (float)k;
+    graft_peft_set_logit_offset(p, TASK_CLS, offset);
+    assert_true(run_loss(p, TASK_CLS, &bt, 0) == plain); /* evaluation: no offset */
+    graft_peft_zero_grad(p, TASK_CLS);
+    float adjusted = run_loss(p, TASK_CLS, &bt, 1);
+
+    double want = 0.0, dbias[K] = {0};
+    for (int i = 0; i < NB; i++) {
+        double z[K], mx = -1e30, sum = 0.0;
+        for (int k = 0; k < K; k++) {
+            z[k] = (double)raw[i * K + k] + offset[k];
+            if (z[k] > mx) mx = z[k];
+        }
+        for (int k = 0; k < K; k++) sum += exp(z[k] - mx);
+        want += (mx + log(sum) - z[bt.labels[i]]) / NB;
+        for (int k = 0; k < K; k++)
+            dbias[k] += (exp(z[k] - mx) / sum - (k == bt.labels[i])) / NB;
+    }
+    assert_true(fabs(adjusted - want) < 1e-5 * fabs(want));
+    assert_true(fabs(adjusted - plain) > 1e-3); /* the offset matters */
+    const float *gb = graft_scope_grad(tm->scope, tm->head_b);
+    for (int k = 0; k < K; k++) assert_true(fabs(gb[k] - dbias[k]) < 1e-5);
+
+    graft_peft_set_logit_offset(p, TASK_CLS, NULL); /* removed: training is plain again */
+    graft_peft_zero_grad(p, TASK_CLS);
+    assert_true(run_loss(p, TASK_CLS, &bt, 1) == plain);
+    graft_peft_destroy(&p);
+    graft_gpt2_destroy(&m);
+}
+
 static void test_frozen_trunk(void **state) {
     (void)state;
     batch_t bt;
@@ -955,6 +1001,7 @@ int main(void) {
         cmocka_unit_test(test_lora_merge),
         cmocka_unit_test(test_frozen_trunk),
         cmocka_unit_test(test_head_lr_scale),
+        cmocka_unit_test(test_logit_offset),
         cmocka_unit_test(test_backward_floor),
         cmocka_unit_test(test_torch_all),
         cmocka_unit_test(test_torch_lntune_channels),

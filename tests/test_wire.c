@@ -107,7 +107,9 @@ static void test_assign_roundtrip(void **state) {
     (void)state;
     char *tasks[] = {"spam", "sotu_era", "langid"};
     char *spam_labels[] = {"ham", "spam"}, *era_labels[] = {"1790-1860", "1861-1932", "Ära"};
-    graft_wire_label_set_t sets[] = {{"sotu_era", era_labels, 3}, {"spam", spam_labels, 2}};
+    float era_prior[] = {0.25f, 0.5f, 0.25f};
+    graft_wire_label_set_t sets[] = {{"sotu_era", era_labels, 3, era_prior},
+                                     {"spam", spam_labels, 2, NULL}};
     graft_msg_t m = {.type = GRAFT_MSG_ASSIGN, .run_id = RUN,
                      .assign = {.worker_id = 42, .tasks = tasks, .ntasks = 3,
                                 .label_sets = sets, .nlabel_sets = 2}};
@@ -125,7 +127,17 @@ static void test_assign_roundtrip(void **state) {
         for (size_t l = 0; l < sets[i].nlabels; l++)
             assert_string_equal(d.assign.label_sets[i].labels[l], sets[i].labels[l]);
     }
+    assert_non_null(d.assign.label_sets[0].prior);
+    assert_memory_equal(d.assign.label_sets[0].prior, era_prior, sizeof era_prior);
+    assert_null(d.assign.label_sets[1].prior); /* not sent: not known */
     graft_msg_free(&d);
+
+    /* A prior has one finite share >= 0 per label. */
+    era_prior[1] = -0.5f;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "prior[1] is -0.5");
+    era_prior[1] = NAN;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "prior[1] is nan");
+    era_prior[1] = 0.5f;
 
     /* Label sets must belong to an assigned task, once, sorted and distinct. */
     sets[1].task = "nope";
@@ -165,7 +177,8 @@ static void test_round_start_roundtrip(void **state) {
                                                .batch_size = 16, .weight_decay = 0.01f,
                                                .fedprox_mu = 0.5f, .step_lr = RATES,
                                                .nstep_lr = 3, .freeze_lora_a = 1,
-                                               .head_lr_scale = 10.0f, .keep_optimizer_state = 1},
+                                               .head_lr_scale = 10.0f, .keep_optimizer_state = 1,
+                                               .logit_adjust = 0.75f},
                                      .deadline_ms = 30000,
                                      .reduce = {.collective = 1, .clip_norm = 2.5f,
                                                 .lora_products = 1}}};
@@ -184,6 +197,7 @@ static void test_round_start_roundtrip(void **state) {
     assert_int_equal(r->hyper.freeze_lora_a, 1);
     assert_true(r->hyper.head_lr_scale == 10.0f);
     assert_int_equal(r->hyper.keep_optimizer_state, 1);
+    assert_true(r->hyper.logit_adjust == 0.75f);
     assert_int_equal(r->reduce.collective, 1);
     assert_true(r->reduce.clip_norm == 2.5f);
     assert_int_equal(r->reduce.lora_products, 1);
@@ -541,6 +555,9 @@ static void test_fields(void **state) {
     r.round_start.hyper.head_lr_scale = NAN;
     expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "head_lr_scale is nan");
     r.round_start.hyper.head_lr_scale = 0;
+    r.round_start.hyper.logit_adjust = -1;
+    expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "logit_adjust is -1");
+    r.round_start.hyper.logit_adjust = 0;
     r.round_start.reduce.clip_norm = -2;
     expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "clip_norm is -2");
 

@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
@@ -48,6 +49,10 @@ typedef struct {
     /* The values each scope was sent this round (0: shared, 1 + t: task t):
      * the FedProx anchor and the base of an MPI contribution. */
     float *global[GRAFT_MAX_TASKS + 1];
+    /* Each trainer task's label shares over the run's training data, from
+     * the assignment (owned; NULL: generation, or not sent). */
+    float *run_prior[GRAFT_MAX_TASKS];
+    float logit_adjust; /* the tau the heads' offsets were set for */
     graft_contributor_t *contrib; /* MPI reductions, made at first use */
     volatile sig_atomic_t *stop;
     /* The worker stops because it cannot take part: GRAFT_EINVAL (refused,
@@ -363,6 +368,12 @@ static int build_trainer(worker_t *w, const graft_wire_assign_t *a) {
         return GRAFT_EINVAL;
     }
     if ((rc = graft_trainer_new_with_tasks(&w->o.cfg, tasks, n, &w->tr))) return rc;
+    for (int t = 0; t < n; t++) {
+        const graft_wire_label_set_t *ls = labels_of(a, graft_task_name(tasks[t]));
+        if (!ls || !ls->prior) continue;
+        w->run_prior[t] = graft_xmalloc(ls->nlabels * sizeof(float));
+        memcpy(w->run_prior[t], ls->prior, ls->nlabels * sizeof(float));
+    }
     build_schema(w);
     map_run_tasks(w);
     LOG_INFO("worker %s: registered as worker %u; trains %s%s", w->name, w->id, list,
@@ -422,6 +433,47 @@ static int scope_slot(const worker_t *w, const graft_scope_t *s) {
 /* Imports the round's modules, keeps a copy of what was sent, restarts the
  * optimiser state unless the run keeps it, and sets the round's FedProx
  * anchor, LoRA A freezing and head rate. */
+/* The heads' label-shift offsets for tau (graft_peft_set_logit_offset):
+ * tau (log p_shard(k) - log p_run(k)) per label k. The shard's shares are
+ * smoothed by half an example: a label the shard lacks gets a large
+ * negative offset, so training leaves its logit alone rather than pushing
+ * it down. Without the run's shares, the uniform prior. tau 0 removes them. */
+static void set_logit_offsets(worker_t *w, float tau) {
+    if (tau == w->logit_adjust) return;
+    w->logit_adjust = tau;
+    graft_peft_t *p = w->tr->peft;
+    for (int t = 0; t < w->tr->n_tasks; t++) {
+        const graft_task_t *task = w->tr->tasks[t];
+        if (graft_task_kind(task) != GRAFT_TASK_CLASSIFY) continue;
+        if (tau <= 0) {
+            graft_peft_set_logit_offset(p, t, NULL);
+            continue;
+        }
+        int K = graft_task_num_labels(task);
+        size_t n = graft_task_count(task, GRAFT_SPLIT_TRAIN);
+        double *count = graft_xcalloc((size_t)K, sizeof(double));
+        for (size_t i = 0; i < n; i++) count[graft_task_example(task, GRAFT_SPLIT_TRAIN, i)->label_id]++;
+        double run_total = 0.0;
+        for (int k = 0; w->run_prior[t] && k < K; k++) run_total += w->run_prior[t][k];
+        float *offset = graft_xmalloc((size_t)K * sizeof(float));
+        for (int k = 0; k < K; k++) {
+            double local = (count[k] + 0.5) / ((double)n + 0.5 * K);
+            double run = run_total > 0 ? fmax(w->run_prior[t][k] / run_total, 1e-6) : 1.0 / K;
+            offset[k] = (float)(tau * (log(local) - log(run)));
+        }
+        graft_peft_set_logit_offset(p, t, offset);
+        char line[512];
+        int len = snprintf(line, sizeof line, "worker %s: task %s: label-shift offsets (tau %g):",
+                           w->name, graft_task_name(task), (double)tau);
+        for (int k = 0; k < K && len < (int)sizeof line; k++)
+            len += snprintf(line + len, sizeof line - (size_t)len, "%s %s %+.2f", k ? "," : "",
+                            graft_task_label_name(task, k), (double)offset[k]);
+        LOG_INFO("%s", line);
+        free(offset);
+        free(count);
+    }
+}
+
 static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_scope_t **sent,
                          size_t n) {
     graft_peft_t *p = w->tr->peft;
@@ -438,6 +490,7 @@ static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_
     w->tr->prox_mu = rs->hyper.fedprox_mu;
     graft_peft_freeze_lora_a(p, rs->hyper.freeze_lora_a);
     graft_peft_set_head_lr_scale(p, rs->hyper.head_lr_scale);
+    set_logit_offsets(w, rs->hyper.logit_adjust);
 }
 
 static uint64_t task_examples(const worker_t *w, int t) {
@@ -608,6 +661,7 @@ int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop) 
     for (int i = 0; i < w.n_held; i++) graft_task_destroy(&w.held[i]);
     graft_contributor_destroy(&w.contrib);
     for (int k = 0; k <= GRAFT_MAX_TASKS; k++) free(w.global[k]);
+    for (int t = 0; t < GRAFT_MAX_TASKS; t++) free(w.run_prior[t]);
     graft_trainer_destroy(&w.tr);
     if (rc) return rc;
     if (w.failed) return w.failed;
