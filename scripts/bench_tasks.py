@@ -75,9 +75,10 @@ FULL_OPTS = ["--method", "full", "--lr", "5e-4"]
 # hence the default of 3; server momentum (--aggregate fedavgm, server lr 2)
 # gave 39.53. These probes ran on the earlier sotu_era split.
 # The label-shift correction (--logit_adjust 1) on top: each worker's heads
-# train on logits + log p_shard(y) - log p_run(y). On this split it gave
-# 50.36 vs 50.05 (sotu_era, whose clients are presidents and so hold one or
-# two eras each, 29.9 -> 35.2; spam 90.3 -> 88.3).
+# train on logits + log p_shard(y) - log p_run(y). A probe gave 50.36 vs
+# 50.05, within the noise: sotu_era 29.9 -> 35.2 although its two clients
+# hold every era in near-equal shares (offsets within 0.2), spam 90.3 ->
+# 88.3 although its clients are the most skewed (one is 95% spam).
 KEEP_OPTS = ["--keep_optimizer_state", "true", "--lr", "6e-3", "--head_lr", "1.2e-2"]
 KEEP_LABEL = ", workers keep AdamW state, lr 6e-3, head lr 1.2e-2"
 # Federated variants beyond the plain one: method -> [(run suffix, extra
