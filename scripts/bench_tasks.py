@@ -130,10 +130,10 @@ class Bench:
         kinds = dict(TASKS)
         return ",".join(f"{t}:{kinds[t]}:{os.path.join(self.a.data, t + '.tsv')}" for t in names)
 
-    def common(self):
+    def common(self, seed=1):
         a = self.a
         o = ["--seq", str(a.seq), "--batch", str(a.batch), "--eval_max", str(a.eval_max),
-             "--gen_tokens", str(a.gen_tokens), "--threads", str(a.threads), "--seed", "1"]
+             "--gen_tokens", str(a.gen_tokens), "--threads", str(a.threads), "--seed", str(seed)]
         o += ["--trunk", a.trunk] if a.trunk else ["--trunk", "", "--preset", a.preset]
         return o
 
@@ -188,22 +188,22 @@ class Bench:
 
     # -- the runs ---------------------------------------------------------
 
-    def centralized(self, name, opts, trunk_opts=None):
+    def centralized(self, name, opts, trunk_opts=None, seed=1):
         a = self.a
         argv = ["train", "--tasks", self.task_list(), "--steps", str(a.steps),
                 "--eval_every", str(a.eval_every), "--checkpoint_every", str(a.steps),
-                "--out", os.path.join(self.out, name)] + self.common() + opts
+                "--out", os.path.join(self.out, name)] + self.common(seed) + opts
         if trunk_opts:
             argv += trunk_opts
         return self.run(name, argv)
 
-    def federated(self, name, opts):
+    def federated(self, name, opts, seed=1):
         a = self.a
         argv = ["run", "--tasks", self.task_list(), "--shards", self.shards,
                 "--workers", str(a.clients), "--rounds", str(a.rounds),
                 "--local_steps", str(a.local_steps), "--eval_every_rounds",
                 str(max(1, a.rounds // 2)), "--out", os.path.join(self.out, name)]
-        argv += self.common() + opts
+        argv += self.common(seed) + opts
         argv += ["--batch", str(a.fed_batch), "--threads", "1"]
         return self.run(name, argv)
 
@@ -447,11 +447,16 @@ def main():
     p.add_argument("--graft_refine_steps", type=int,
                    help="graft: steps refining each mask on the training data (default 100; quick 5)")
     p.add_argument("--only", help="comma list of method names to run (default: all)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="seeds of the centralized and federated (keep-state) MTLoRA runs, whose "
+                        "gap the acceptance checks; seeds 2.. add runs NAME-seedN (default 1)")
     p.add_argument("--no-federated", dest="federated", action="store_false")
     p.add_argument("--no-plots", dest="no_plots", action="store_true")
     p.add_argument("--force", action="store_true", help="redo runs that already finished")
     a = p.parse_args()
     q = a.quick
+    if a.seeds < 1:
+        p.error("--seeds must be >= 1")
     a.data = a.data or os.path.join(ROOT, "tests/data/tasks-quick" if q else "data/tasks")
     a.trunk = a.trunk if a.trunk is not None else ("" if q else os.path.join(ROOT, "models/small/trunk.safetensors"))
     a.preset = a.preset or ("tiny" if q else "small")
@@ -495,6 +500,13 @@ def main():
                 b.federated(f"{name}-fed", opts)
                 for suffix, more, _ in FED_VARIANTS.get(name, []):
                     b.federated(name + suffix, opts + more)
+    if want("mtlora"):  # the centralized / federated comparison again, other seeds
+        mt_opts = dict((m[0], m[2]) for m in METHODS)["mtlora"]
+        for seed in range(2, a.seeds + 1):
+            b.centralized(f"mtlora-seed{seed}", mt_opts, seed=seed)
+            if a.federated:
+                suffix, more, _ = FED_VARIANTS["mtlora"][0]
+                b.federated(f"mtlora{suffix}-seed{seed}", mt_opts + more, seed=seed)
     if want("random") and a.trunk:  # the same MTLoRA on a randomly initialised trunk
         b.centralized("mtlora-random", dict((m[0], m[2]) for m in METHODS)["mtlora"],
                       ["--trunk", "", "--preset", a.preset])
@@ -549,7 +561,7 @@ def write_results(a, summary, seconds):
         return
 
     by = {(r["label"], r["mode"]): r for r in rows}
-    checks = acceptance(by, graft_rows)
+    checks = acceptance(by, graft_rows) + seed_checks(runs)
     rows.insert(0, majority_row(a.data))
     cmd = "python3 scripts/bench_tasks.py " + " ".join(shlex.quote(x) for x in sys.argv[1:])
     # The runs' own wall times: a rerun that finds every run done still says
@@ -612,6 +624,29 @@ Per-run training loss and dev metric curves: `runs/.../report/NAME-curves.png`.
             for t, row in zip(ov["tasks"], ov["jaccard"]):
                 f.write(f"| {t} | " + " | ".join(f"{v:.3f}" for v in row) + " |\n")
     log(f"wrote {a.results}")
+
+
+def seed_checks(runs):
+    """The centralized vs federated (keep-state) MTLoRA gap over every seed
+    run: mean and sample standard deviation of each side's avg."""
+    suffix = FED_VARIANTS["mtlora"][0][0]
+    def avgs(name):
+        seeds = [k for k in runs if k == name or (k.startswith(name + "-seed")
+                                                 and k[len(name) + 5:].isdigit())]
+        return [runs[k]["avg"] for k in sorted(seeds)]
+    c, f = avgs("mtlora"), avgs("mtlora" + suffix)
+    if len(c) < 2 or len(c) != len(f):
+        return []
+    def ms(v):
+        m = sum(v) / len(v)
+        return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+    (cm, cs), (fm, fs) = ms(c), ms(f)
+    gaps = [x - y for x, y in zip(c, f)]
+    gm, gs = ms(gaps)
+    each = ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(c, f))
+    return [(gm <= 1.5, f"over {len(c)} seeds, MTLoRA centralized avg {cm:.2f} ± {cs:.2f} vs "
+             f"federated (workers keep AdamW state) {fm:.2f} ± {fs:.2f}: gap {gm:.2f} ± {gs:.2f} "
+             f"points (target <= 1.5; per seed centralized/federated: {each})")]
 
 
 def acceptance(by, graft_rows):
