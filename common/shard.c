@@ -172,8 +172,7 @@ static int split_by_label(const graft_task_t *task, int n, double alpha, graft_r
     size_t N = train_rows(task);
     int L = graft_task_num_labels(task);
     size_t *start = graft_xcalloc((size_t)L + 1, sizeof *start);
-    for (size_t i = 0; i < N; i++)
-        start[graft_task_example(task, GRAFT_SPLIT_TRAIN, i)->label_id + 1]++;
+    graft_task_label_counts(task, GRAFT_SPLIT_TRAIN, start + 1);
     for (int l = 0; l < L; l++) start[l + 1] += start[l];
     size_t *by_label = graft_xmalloc(N * sizeof *by_label), *fill = graft_xmalloc((size_t)L * sizeof *fill);
     memcpy(fill, start, (size_t)L * sizeof *fill);

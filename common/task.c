@@ -504,6 +504,13 @@ size_t graft_task_count(const graft_task_t *t, int split) {
     return t->count[split];
 }
 
+void graft_task_label_counts(const graft_task_t *t, int split, size_t *counts) {
+    int K = graft_task_num_labels(t);
+    memset(counts, 0, (size_t)K * sizeof *counts);
+    for (size_t i = 0; i < graft_task_count(t, split); i++)
+        counts[graft_task_example(t, split, i)->label_id]++;
+}
+
 const graft_example_t *graft_task_example(const graft_task_t *t, int split, size_t i) {
     GRAFT_ASSERT(split >= 0 && split < GRAFT_SPLIT_COUNT);
     GRAFT_ASSERT(i < t->count[split]);

@@ -109,6 +109,10 @@ int graft_task_label_id(const graft_task_t *t, const char *name);
 /* Number of examples in a split (GRAFT_SPLIT_*). */
 size_t graft_task_count(const graft_task_t *t, int split);
 
+/* counts[k] (k < num_labels) = examples of label k in a split; counts are
+ * the caller's. Classification only. */
+void graft_task_label_counts(const graft_task_t *t, int split, size_t *counts);
+
 /* Example i of a split; i < graft_task_count() (asserted). */
 const graft_example_t *graft_task_example(const graft_task_t *t, int split, size_t i);
 

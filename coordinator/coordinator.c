@@ -230,9 +230,10 @@ static int train_prior(const graft_task_t *task, float *prior) {
     int K = graft_task_num_labels(task);
     size_t n = graft_task_count(task, GRAFT_SPLIT_TRAIN);
     if (n == 0) return 0;
-    memset(prior, 0, (size_t)K * sizeof *prior);
-    for (size_t i = 0; i < n; i++) prior[graft_task_example(task, GRAFT_SPLIT_TRAIN, i)->label_id]++;
-    for (int k = 0; k < K; k++) prior[k] /= (float)n;
+    size_t *count = graft_xmalloc((size_t)K * sizeof *count);
+    graft_task_label_counts(task, GRAFT_SPLIT_TRAIN, count);
+    for (int k = 0; k < K; k++) prior[k] = (float)((double)count[k] / (double)n);
+    free(count);
     return 1;
 }
 

@@ -451,8 +451,8 @@ static void set_logit_offsets(worker_t *w, float tau) {
         }
         int K = graft_task_num_labels(task);
         size_t n = graft_task_count(task, GRAFT_SPLIT_TRAIN);
-        double *count = graft_xcalloc((size_t)K, sizeof(double));
-        for (size_t i = 0; i < n; i++) count[graft_task_example(task, GRAFT_SPLIT_TRAIN, i)->label_id]++;
+        size_t *count = graft_xmalloc((size_t)K * sizeof *count);
+        graft_task_label_counts(task, GRAFT_SPLIT_TRAIN, count);
         double run_total = 0.0;
         for (int k = 0; w->run_prior[t] && k < K; k++) run_total += w->run_prior[t][k];
         float *offset = graft_xmalloc((size_t)K * sizeof(float));
