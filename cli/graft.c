@@ -155,6 +155,7 @@ static int graft_one(task_run_t *run, double sparsity, graft_mask_t **out) {
     const graft_run_config_t *cfg = &g->tr->cfg;
     const char *task = graft_task_name(g->tr->tasks[run->t]);
     size_t k = graft_grafting_k(g, sparsity);
+    graft_grafting_use_finetuned_head(g, run->t); /* each sparsity starts afresh */
     graft_mask_t *mask = graft_grafting_top_k(g, k);
     int refined = cfg->graft_refine_steps > 0;
     json_t *info = json_pack("{s:s, s:f, s:I, s:I, s:I}", "task", task, "sparsity", sparsity,
@@ -164,19 +165,33 @@ static int graft_one(task_run_t *run, double sparsity, graft_mask_t **out) {
         graft_refine_stats_t st;
         graft_mask_t *better = graft_grafting_refine(g, run->t, k, &st);
         LOG_INFO("%s sparsity %g: refined %d steps over %zu candidates (batch loss %.4f -> %.4f); "
-                 "train loss %.4f (top-k) vs %.4f (refined): %s, %zu of k=%zu entries changed",
+                 "train loss %.4f (top-k) vs %.4f (refined)%s: %s, %zu of k=%zu entries changed",
                  task, sparsity, st.steps, st.candidates, st.first_loss, st.last_loss,
                  st.train_loss_topk, st.train_loss_refined,
-                 st.accepted ? "refined mask kept" : "top-k mask kept", st.changed, k);
+                 st.head_steps ? ", each with a fitted head" : "", st.accepted ? "refined mask kept" : "top-k mask kept", st.changed, k);
         json_object_set_new(info, "refine_steps", json_integer(st.steps));
         json_object_set_new(info, "candidates", json_integer((json_int_t)st.candidates));
         json_object_set_new(info, "train_loss_topk", json_real(st.train_loss_topk));
         json_object_set_new(info, "train_loss_refined", json_real(st.train_loss_refined));
         json_object_set_new(info, "accepted", json_boolean(st.accepted));
         json_object_set_new(info, "changed", json_integer((json_int_t)st.changed));
+        json_object_set_new(info, "head_steps", json_integer(st.head_steps));
         refined = st.accepted;
         graft_mask_destroy(&mask);
         mask = better;
+    } else if (cfg->graft_head_steps > 0) {
+        double loss = graft_grafting_fit_head(g, run->t, mask, cfg->graft_head_steps);
+        LOG_INFO("%s sparsity %g: head fitted to the top-k graft in %d steps, train loss %.4f",
+                 task, sparsity, cfg->graft_head_steps, loss);
+        json_object_set_new(info, "head_steps", json_integer(cfg->graft_head_steps));
+        json_object_set_new(info, "train_loss_topk", json_real(loss));
+    }
+    if (cfg->graft_tune_steps > 0) {
+        double loss = graft_grafting_tune(g, run->t, mask, cfg->graft_tune_steps);
+        LOG_INFO("%s sparsity %g: the k=%zu grafted values and the head tuned in %d steps, "
+                 "train loss %.4f", task, sparsity, k, cfg->graft_tune_steps, loss);
+        json_object_set_new(info, "tune_steps", json_integer(cfg->graft_tune_steps));
+        json_object_set_new(info, "train_loss_tuned", json_real(loss));
     }
     graft_grafting_use_mask(g, mask);
     graft_eval_result_t r;

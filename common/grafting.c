@@ -31,6 +31,11 @@ int graft_grafting_new(const graft_run_config_t *cfg, graft_grafting_t **out) {
     g->ft = graft_xmalloc(m->num_params * sizeof(float));
     memcpy(g->pre, m->params_memory, m->num_params * sizeof(float));
     g->pre_digest = graft_mask_digest(g->pre, m->num_params);
+    size_t head_max = 0;
+    for (int t = 0; t < g->tr->n_tasks; t++)
+        if (g->tr->peft->tasks[t].scope->numel > head_max) head_max = g->tr->peft->tasks[t].scope->numel;
+    g->ft_head = graft_xmalloc((head_max ? head_max : 1) * sizeof(float));
+    g->ft_head_task = -1;
     *out = g;
     return GRAFT_OK;
 }
@@ -43,6 +48,7 @@ void graft_grafting_destroy(graft_grafting_t **self_p) {
     free(g->pre);
     free(g->ft);
     free(g->order);
+    free(g->ft_head);
     free(g);
     *self_p = NULL;
 }
@@ -127,11 +133,20 @@ int graft_grafting_load_finetuned(graft_grafting_t *g, int t, const char *path) 
     if (!rc && head->numel > 0 && (rc = graft_scope_st_read(head, f)))
         LOG_ERROR("%s: has no head for task '%s' (the fine-tuning run must have had a task of "
                   "that name and kind)", path, graft_task_name(g->tr->tasks[t]));
+    if (!rc) {
+        graft_scope_export(head, g->ft_head);
+        g->ft_head_task = t;
+    }
     graft_st_close(&f);
     return rc;
 }
 
 /* ---- models ------------------------------------------------------------- */
+
+void graft_grafting_use_finetuned_head(graft_grafting_t *g, int t) {
+    GRAFT_ASSERT(g->ft_head_task == t);
+    graft_scope_import(g->tr->peft->tasks[t].scope, g->ft_head);
+}
 
 void graft_grafting_use_pretrained(graft_grafting_t *g) {
     memcpy(g->tr->trunk->params_memory, g->pre, g->tr->trunk->num_params * sizeof(float));
@@ -193,27 +208,67 @@ static double train_loss(graft_grafting_t *g, int t, const graft_mask_t *mask) {
     return r.loss;
 }
 
+/* One optimiser step on task t's head alone (its scope) from the gradient
+ * already in it, at the head's learning rate (--head_lr, else --lr) times
+ * lr_frac. */
+static void head_update(graft_grafting_t *g, int t, float lr_frac) {
+    graft_scope_t *head = g->tr->peft->tasks[t].scope;
+    double sumsq = 0.0;
+    graft_scope_grad_sumsq(head, &sumsq);
+    graft_scope_adamw(head, &g->tr->opt, g->tr->cfg.lr * lr_frac,
+                      graft_clip_scale(&g->tr->opt, sumsq));
+}
+
+double graft_grafting_fit_head(graft_grafting_t *g, int t, const graft_mask_t *mask, int steps) {
+    graft_scope_t *head = g->tr->peft->tasks[t].scope;
+    if (head->numel > 0 && steps > 0) {
+        graft_grafting_use_mask(g, mask);
+        graft_scope_reset_state(head);
+        g->tr->peft->heads_only = 1;
+        for (int step = 0; step < steps; step++) {
+            graft_trainer_backward(g->tr, t);
+            /* Cosine from the full rate to zero over the fit. */
+            head_update(g, t, 0.5f * (1.0f + cosf((float)M_PI * (float)step / (float)steps)));
+        }
+        g->tr->peft->heads_only = 0;
+    }
+    double loss = train_loss(g, t, mask);
+    graft_grafting_use_pretrained(g);
+    return loss;
+}
+
 graft_mask_t *graft_grafting_refine(graft_grafting_t *g, int t, size_t k,
                                     graft_refine_stats_t *stats) {
     GRAFT_ASSERT(g->order && k <= g->layout.num_eligible);
     const graft_run_config_t *cfg = &g->tr->cfg;
+    graft_scope_t *head = g->tr->peft->tasks[t].scope;
+    int head_steps = head->numel > 0 ? cfg->graft_head_steps : 0;
     size_t n = (size_t)cfg->graft_candidates * k;
     if (n > g->layout.num_eligible) n = g->layout.num_eligible;
     const int64_t *cand = g->order; /* the top n by movement */
-    /* One block: scores, their gradients, Adam's m and v, and the movements. */
-    float *block = graft_xcalloc(5 * (n ? n : 1), sizeof(float));
+    /* One block: scores, their gradients, Adam's m and v, the movements,
+     * and the head fitted to the top-k mask. */
+    float *block = graft_xcalloc(5 * (n ? n : 1) + head->numel, sizeof(float));
     float *score = block, *grad = block + n, *adam_m = block + 2 * n, *adam_v = block + 3 * n;
-    float *delta = block + 4 * n;
+    float *delta = block + 4 * n, *head_topk = block + 5 * n;
     for (size_t i = 0; i < n; i++) {
         score[i] = i < k ? REFINE_SCORE : -REFINE_SCORE;
         delta[i] = g->ft[cand[i]] - g->pre[cand[i]];
     }
-    graft_adamw_config_t opt = graft_adamw_defaults();
-    opt.weight_decay = 0.0f;
-    const float *dtheta = g->tr->trunk->grads_memory;
     memset(stats, 0, sizeof *stats);
     stats->steps = cfg->graft_refine_steps;
     stats->candidates = n;
+    stats->head_steps = head_steps;
+    /* The baseline: the top-k mask with its head fitted (or the fine-tuned one). */
+    graft_grafting_use_finetuned_head(g, t);
+    graft_mask_t *top = graft_grafting_top_k(g, k);
+    stats->train_loss_topk = graft_grafting_fit_head(g, t, top, head_steps);
+    graft_scope_export(head, head_topk);
+    /* The search; with head fitting on, the head follows the mask. */
+    graft_adamw_config_t opt = graft_adamw_defaults();
+    opt.weight_decay = 0.0f;
+    const float *dtheta = g->tr->trunk->grads_memory;
+    graft_scope_reset_state(head);
     for (int step = 1; step <= cfg->graft_refine_steps; step++) {
         graft_mask_t *cur = binarise(g, cand, score, n, k);
         graft_grafting_use_mask(g, cur);
@@ -225,16 +280,17 @@ graft_mask_t *graft_grafting_refine(graft_grafting_t *g, int t, size_t k,
         for (size_t i = 0; i < n; i++) grad[i] = dtheta[cand[i]] * delta[i];
         graft_adamw_update(&opt, score, grad, adam_m, adam_v, n, cfg->graft_refine_lr, step,
                            1.0f, 0);
+        if (head_steps > 0) head_update(g, t, 1.0f);
     }
     graft_mask_t *mask = binarise(g, cand, score, n, k);
-    graft_mask_t *top = graft_grafting_top_k(g, k);
-    stats->train_loss_topk = train_loss(g, t, top);
-    stats->train_loss_refined = train_loss(g, t, mask);
+    stats->train_loss_refined = head_steps > 0 ? graft_grafting_fit_head(g, t, mask, head_steps)
+                                               : train_loss(g, t, mask);
     stats->accepted = stats->train_loss_refined < stats->train_loss_topk;
     if (!stats->accepted) {
         graft_mask_t *tmp = mask;
         mask = top;
         top = tmp;
+        graft_scope_import(head, head_topk);
     }
     stats->changed = k - graft_mask_intersection(mask, top);
     graft_mask_destroy(&top);
@@ -243,10 +299,47 @@ graft_mask_t *graft_grafting_refine(graft_grafting_t *g, int t, size_t k,
     return mask;
 }
 
+/* ---- tuning the grafted region ------------------------------------------ */
+
+double graft_grafting_tune(graft_grafting_t *g, int t, graft_mask_t *mask, int steps) {
+    graft_trainer_t *tr = g->tr;
+    graft_scope_t *head = tr->peft->tasks[t].scope;
+    float *theta = tr->trunk->params_memory;
+    const float *dtheta = tr->trunk->grads_memory;
+    size_t k = mask->k;
+    /* One block: the values' gradients and Adam's m and v. */
+    float *block = graft_xcalloc(3 * (k ? k : 1), sizeof(float));
+    float *grad = block, *adam_m = block + k, *adam_v = block + 2 * k;
+    graft_grafting_use_mask(g, mask);
+    graft_scope_reset_state(head);
+    for (int step = 1; step <= steps; step++) {
+        graft_trainer_backward(tr, t);
+        /* (k) the trunk gradient at the grafted offsets; clipping over
+         * them and the head together. */
+        double sumsq = 0.0;
+        for (size_t i = 0; i < k; i++) grad[i] = dtheta[mask->index[i]];
+        graft_grad_sumsq(grad, k, &sumsq);
+        graft_scope_grad_sumsq(head, &sumsq);
+        float scale = graft_clip_scale(&tr->opt, sumsq);
+        float frac = 0.5f * (1.0f + cosf((float)M_PI * (float)(step - 1) / (float)steps));
+        graft_adamw_update(&tr->opt, mask->value, grad, adam_m, adam_v, k, tr->cfg.lr * frac,
+                           step, scale, 0);
+        for (size_t i = 0; i < k; i++) theta[mask->index[i]] = mask->value[i];
+        graft_scope_adamw(head, &tr->opt, tr->cfg.lr * frac, scale);
+    }
+    free(block);
+    double loss = train_loss(g, t, mask);
+    graft_grafting_use_pretrained(g);
+    return loss;
+}
+
 /* ---- mask files --------------------------------------------------------- */
 
 int graft_grafting_save(const graft_grafting_t *g, int t, const graft_mask_t *mask,
                         double sparsity, int refine_steps, const char *path) {
+    char head_steps[32], tune_steps[32];
+    snprintf(head_steps, sizeof head_steps, "%d", g->tr->cfg.graft_head_steps);
+    snprintf(tune_steps, sizeof tune_steps, "%d", g->tr->cfg.graft_tune_steps);
     const graft_run_config_t *cfg = &g->tr->cfg;
     const graft_scope_t *head = g->tr->peft->tasks[t].scope;
     graft_st_tensor_t *extra = graft_xcalloc((size_t)head->n_tensors + 1, sizeof *extra);
@@ -263,9 +356,9 @@ int graft_grafting_save(const graft_grafting_t *g, int t, const graft_mask_t *ma
     snprintf(eligible, sizeof eligible, "%zu", g->layout.num_eligible);
     const char *keys[] = {"mask.task",         "mask.sparsity",    "mask.eligible",
                           "mask.trunk",        "mask.trunk_digest", "mask.finetuned",
-                          "mask.refine_steps"};
+                          "mask.refine_steps", "mask.head_steps",  "mask.tune_steps"};
     const char *vals[] = {graft_task_name(g->tr->tasks[t]), sp, eligible, trunk, digest,
-                          g->ft_path, steps};
+                          g->ft_path, steps, head_steps, tune_steps};
     int rc = graft_mask_save(mask, &g->layout, path, extra, n_extra, keys, vals,
                              (int)(sizeof keys / sizeof keys[0]));
     free(extra);

@@ -50,6 +50,8 @@ typedef struct graft_grafting {
     float *ft;                    /* (num_params) theta_ft of ft_path */
     int64_t *order;               /* (layout.num_eligible) offsets by movement of ft */
     char ft_path[GRAFT_OPT_STR];  /* checkpoint held in ft; "" before the first load */
+    float *ft_head;               /* the fine-tuned head of task ft_head_task (its scope) */
+    int ft_head_task;             /* -1 before the first load */
     uint64_t pre_digest;          /* graft_mask_digest of pre */
 } graft_grafting_t;
 
@@ -67,6 +69,9 @@ int graft_grafting_finetuned_path(const graft_grafting_t *g, int t, char *out, s
  * is the one already loaded) and task t's head from it. The trunk is left
  * holding theta_pre. */
 int graft_grafting_load_finetuned(graft_grafting_t *g, int t, const char *path);
+
+/* Task t's head := the fine-tuned one (t must be the task loaded last). */
+void graft_grafting_use_finetuned_head(graft_grafting_t *g, int t);
 
 /* The trunk := theta_pre, theta_ft, or the graft of mask. */
 void graft_grafting_use_pretrained(graft_grafting_t *g);
@@ -86,19 +91,40 @@ typedef struct {
     double last_loss;         /* batch loss of the last step's mask */
     double train_loss_topk;   /* training loss of the top-k mask */
     double train_loss_refined; /* training loss of the refined mask */
+    int head_steps;           /* steps fitting the head to each mask (0: the fine-tuned head) */
     int accepted;             /* the refined mask lowered the training loss and is returned */
     size_t changed;           /* entries of the top-k mask the returned one does not have */
 } graft_refine_stats_t;
 
+/* Fits task t's head (classification; a no-op for generation), from the
+ * one in place, to the graft of mask: `steps` AdamW steps on training batches at the head's
+ * learning rate (--head_lr, else --lr) decaying to zero on a cosine, the
+ * trunk fixed (its backward pass skipped). Returns the training loss of
+ * the graft with the fitted head; the trunk is left holding theta_pre. */
+double graft_grafting_fit_head(graft_grafting_t *g, int t, const graft_mask_t *mask, int steps);
+
 /* Refines the top-k mask of task t for cfg.graft_refine_steps steps (see
  * the header comment) and returns the refined mask, or the top-k one if
  * refining did not lower the training loss; the trunk is left holding
- * theta_pre. */
+ * theta_pre. With cfg.graft_head_steps > 0 each of the two masks is
+ * judged with a head fitted to it from the fine-tuned one (graft_grafting_fit_head), the head
+ * trains along with the scores during the search, and task t's head is
+ * left as the one fitted to the mask returned. */
 graft_mask_t *graft_grafting_refine(graft_grafting_t *g, int t, size_t k,
                                     graft_refine_stats_t *stats);
 
+/* Sparse fine-tuning of the localised region: trains the k values of mask
+ * (from theta_ft) and task t's head together for `steps` AdamW steps on
+ * training batches at --lr (the head at --head_lr) decaying to zero on a
+ * cosine, every other trunk parameter fixed at theta_pre. The mask keeps
+ * its offsets and takes the trained values. Returns the training loss; the
+ * trunk is left holding theta_pre. (Not part of the paper's grafting,
+ * which transplants theta_ft unchanged: `--graft_tune_steps`.) */
+double graft_grafting_tune(graft_grafting_t *g, int t, graft_mask_t *mask, int steps);
+
 /* Writes mask with task t's head and metadata (task, sparsity, the trunk
- * and fine-tuned sources, the trunk digest, refinement steps). */
+ * and fine-tuned sources, the trunk digest, refinement, head-fit and tuning
+ * steps). */
 int graft_grafting_save(const graft_grafting_t *g, int t, const graft_mask_t *mask,
                         double sparsity, int refine_steps, const char *path);
 

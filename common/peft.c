@@ -723,6 +723,7 @@ void graft_peft_zero_grad(graft_peft_t *p, int task) {
  * backward pass is skipped altogether: the `head` baseline.) */
 static int trunk_needs_backward(const graft_peft_t *p, int task) {
     const graft_peft_task_modules_t *tm = &p->tasks[task];
+    if (p->heads_only) return 0;
     return p->shared->numel > 0 || tm->scope->numel > (tm->head_w >= 0 ?
         tm->scope->tensors[tm->head_w].numel + tm->scope->tensors[tm->head_b].numel : 0);
 }

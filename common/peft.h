@@ -107,6 +107,8 @@ typedef struct graft_peft {
     int n_tasks;
     graft_peft_task_modules_t *tasks;
     int active; /* task of the current batch, -1: none */
+    int heads_only; /* 1: only the heads train, the trunk's backward is skipped
+                     * (grafting fits a head on a fixed grafted trunk) */
 
     /* Module activations for the trunk's allocated (B, T), one block. */
     int B, T;

@@ -47,6 +47,13 @@ const graft_option_t graft_run_options[] = {
      "graft: Adam learning rate of the refinement scores (they start 6 apart)"},
     {"graft_candidates", GRAFT_OPT_INT, OFF(graft_candidates), "4", 1, 1e6,
      "graft: the refined mask chooses among the top N*k parameters by movement"},
+    {"graft_head_steps", GRAFT_OPT_INT, OFF(graft_head_steps), "0", 0, 1e9,
+     "graft: steps fitting each task's head to its grafted trunk (head_lr, else lr, cosine "
+     "to zero); 0: keep the fine-tuned model's head, which was trained with the whole "
+     "fine-tuned trunk"},
+    {"graft_tune_steps", GRAFT_OPT_INT, OFF(graft_tune_steps), "0", 0, 1e9,
+     "graft: after localisation, steps training the k grafted values and the head (sparse "
+     "fine-tuning at lr, head_lr; cosine to zero); 0: graft theta_ft unchanged, as the paper"},
     {"steps", GRAFT_OPT_INT, OFF(steps), "300", 1, 1e9, "optimiser steps (centralized)"},
     {"batch", GRAFT_OPT_INT, OFF(batch), "16", 1, 4096, "examples per step"},
     {"lr", GRAFT_OPT_FLOAT, OFF(lr), "2e-3", 0, 10, "peak learning rate"},

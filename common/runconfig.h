@@ -35,6 +35,8 @@ typedef struct {
     int graft_refine_steps;
     float graft_refine_lr;
     int graft_candidates;
+    int graft_head_steps;
+    int graft_tune_steps;
     /* optimisation */
     int steps;
     int batch;
