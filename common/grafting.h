@@ -32,6 +32,15 @@
  * training examples); otherwise the top-k mask is kept, so refinement never
  * makes the training loss worse, and the sparsity is exactly k either way.
  *
+ * Heads: a classification head is task scope, not trunk, and the
+ * fine-tuned one was trained on top of the whole fine-tuned trunk; on a
+ * graft (99% pretrained at 1% sparsity) it does worse than a linear probe.
+ * --graft_head_steps N fits the head to the grafted trunk (the trunk's
+ * backward pass skipped), and refinement then judges each candidate mask
+ * with its own fitted head. --graft_tune_steps N goes beyond the paper:
+ * after localisation it trains the k grafted values themselves (sparse
+ * fine-tuning of the found region) with the head.
+ *
  * Ownership: graft_grafting_new() returns an owned object that owns the
  * trainer (trunk, tasks, heads) and the parameter copies;
  * graft_grafting_destroy() frees all of it. Masks returned are the
