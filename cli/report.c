@@ -463,13 +463,15 @@ static int plot_curves(const char *out, const run_t *r) {
     return rc;
 }
 
-/* Test metric against sparsity, one line per (run, task). */
+/* Test metric against sparsity, one line per (run, task): one colour per
+ * task, and a task's second and later runs (e.g. other options) dashed. */
 static int plot_sparsity(const char *out, const run_t *runs, int n) {
     buf_t b = {0};
     plot_header(&b, out, "sparsity", 900, 550);
     bprintf(&b, "set logscale x\nset xlabel 'mask sparsity (fraction of trunk parameters kept)'\n"
                 "set ylabel 'test metric (accuracy %% or chrF)'\n");
-    int series = 0;
+    int series = 0, n_seen = 0, drawn[MAX_TASKS] = {0};
+    const char *seen[MAX_TASKS];
     buf_t plot = {0};
     for (int k = 0; k < n; k++) {
         double sp[64];
@@ -484,9 +486,13 @@ static int plot_sparsity(const char *out, const run_t *runs, int n) {
                 if (e) bprintf(&b, "%g %g\n", sp[s], ev_metric(e));
             }
             bprintf(&b, "EOD\n");
-            bprintf(&plot, "%s $s%d using 1:2 with linespoints lw 1.5 title '%s%s%s'",
-                    series ? ", \\\n    " : "plot", series, n > 1 ? runs[k].name : "",
-                    n > 1 ? ": " : "", tasks[t]);
+            int c = 0;
+            while (c < n_seen && strcmp(seen[c], tasks[t]) != 0) c++;
+            if (c == n_seen && n_seen < MAX_TASKS) seen[n_seen++] = tasks[t];
+            int dash = c < MAX_TASKS ? ++drawn[c] : 1;
+            bprintf(&plot, "%s $s%d using 1:2 with linespoints lw 1.5 lc %d dt %d pt %d "
+                    "title '%s%s%s'", series ? ", \\\n    " : "plot", series, c + 1, dash,
+                    dash == 1 ? 7 : 4, n > 1 ? runs[k].name : "", n > 1 ? ": " : "", tasks[t]);
             series++;
         }
     }
