@@ -179,7 +179,7 @@ static int graft_one(task_run_t *run, double sparsity, graft_mask_t **out) {
         refined = st.accepted;
         graft_mask_destroy(&mask);
         mask = better;
-    } else if (cfg->graft_head_steps > 0) {
+    } else if (cfg->graft_head_steps > 0 && g->tr->peft->tasks[run->t].scope->numel > 0) {
         double loss = graft_grafting_fit_head(g, run->t, mask, cfg->graft_head_steps);
         LOG_INFO("%s sparsity %g: head fitted to the top-k graft in %d steps, train loss %.4f",
                  task, sparsity, cfg->graft_head_steps, loss);
@@ -354,6 +354,7 @@ typedef struct {
     char task[128];
     char sparsity[32];
     char digest[32];
+    char built[96];  /* "refined R, head fitted H, tuned U steps" (files before those keys: "") */
     char label[192]; /* the task, with the sparsity when masks of several are compared */
 } mask_file_t;
 
@@ -378,6 +379,11 @@ static int read_mask_file(const char *path, mask_file_t *mf) {
     snprintf(mf->task, sizeof mf->task, "%s", t ? t : path);
     snprintf(mf->digest, sizeof mf->digest, "%s", d ? d : "?");
     snprintf(mf->sparsity, sizeof mf->sparsity, "%s", sp ? sp : "?");
+    const char *rs = graft_st_meta(f, "mask.refine_steps"), *hs = graft_st_meta(f, "mask.head_steps");
+    const char *ts = graft_st_meta(f, "mask.tune_steps");
+    if (rs && hs && ts)
+        snprintf(mf->built, sizeof mf->built, "; refined %s, head fitted %s, tuned %s steps", rs,
+                 hs, ts);
     graft_st_close(&f);
     return rc;
 }
@@ -392,10 +398,10 @@ static int mask_show(const char *path) {
     int rc = read_mask_file(path, &mf);
     if (rc) return rc;
     const graft_mask_layout_t *lay = &mf.lay;
-    printf("%s: task %s, k=%zu of %zu eligible (%.4f%%), %zu trunk parameters, trunk %s\n", path,
-           mf.task, mf.mask->k, lay->num_eligible,
+    printf("%s: task %s, k=%zu of %zu eligible (%.4f%%), %zu trunk parameters, trunk %s%s\n",
+           path, mf.task, mf.mask->k, lay->num_eligible,
            100.0 * mf.mask->k / (lay->num_eligible ? lay->num_eligible : 1), lay->num_params,
-           mf.digest);
+           mf.digest, mf.built);
     size_t *counts = graft_xmalloc((size_t)lay->n * sizeof *counts);
     graft_mask_tensor_counts(mf.mask, lay, counts);
     printf("  %-28s %10s %10s %9s\n", "tensor", "selected", "of", "share");

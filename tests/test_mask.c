@@ -33,7 +33,8 @@
  *  - the commands: `graft train --method graft` writes the masks, the
  *    overlap table and events; `graft mask overlap` reports the Jaccard
  *    matrix that graft_mask_jaccard computes; `graft eval --method graft`
- *    reproduces the train run's test accuracy (head fitted, values tuned).
+ *    reproduces the train run's test accuracy (head fitted, values tuned);
+ *    `graft mask show` reports k and how the mask was built.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -857,6 +858,18 @@ static void test_commands(void **state) {
     double want = event_accuracy(path, "graft", "pairs");
     printf("  pairs at sparsity 0.05: train run %.4f, graft eval %.4f\n", want, acc);
     assert_true(fabs(acc - want) < 5e-5); /* printed with 4 decimals */
+
+    /* graft mask show: k, and how the mask was built. */
+    snprintf(cmd, sizeof cmd, "%s/graft mask show %s/mask.pairs.s0.05.safetensors >%s/show.out 2>&1",
+             GRAFT_BINARY_DIR, out, g_dir);
+    run(cmd);
+    snprintf(path, sizeof path, "%s/show.out", g_dir);
+    FILE *sp = fopen(path, "r");
+    assert_non_null(sp);
+    text[fread(text, 1, sizeof text - 1, sp)] = '\0';
+    fclose(sp);
+    assert_contains(text, "task pairs, k=1274 of 25472 eligible");
+    assert_contains(text, "refined 0, head fitted 20, tuned 20 steps");
 }
 
 int main(void) {
