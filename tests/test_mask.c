@@ -745,6 +745,16 @@ static double event_accuracy(const char *events, const char *model, const char *
     return acc;
 }
 
+/* A command's output file in g_dir, as a string. */
+static void read_output(const char *name, char *text, size_t n) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    text[fread(text, 1, n - 1, fp)] = '\0';
+    fclose(fp);
+}
+
 static void test_commands(void **state) {
     (void)state;
     char cmd[4096], common[1536], out[256];
@@ -826,12 +836,8 @@ static void test_commands(void **state) {
     snprintf(base, sizeof base, common, "inspect");
     snprintf(cmd, sizeof cmd, "%s --sparsity 0.01,0.001 >%s/inspect.out 2>&1", base, g_dir);
     run(cmd);
-    snprintf(path, sizeof path, "%s/inspect.out", g_dir);
-    FILE *ip = fopen(path, "r");
-    assert_non_null(ip);
     char text[8192];
-    text[fread(text, 1, sizeof text - 1, ip)] = '\0';
-    fclose(ip);
+    read_output("inspect.out", text, sizeof text);
     assert_contains(text, "masks over attn,mlp,ln: 25472 eligible parameters");
     assert_contains(text, "0.01                  255");
     assert_contains(text, "0.001                  25");
@@ -863,11 +869,7 @@ static void test_commands(void **state) {
     snprintf(cmd, sizeof cmd, "%s/graft mask show %s/mask.pairs.s0.05.safetensors >%s/show.out 2>&1",
              GRAFT_BINARY_DIR, out, g_dir);
     run(cmd);
-    snprintf(path, sizeof path, "%s/show.out", g_dir);
-    FILE *sp = fopen(path, "r");
-    assert_non_null(sp);
-    text[fread(text, 1, sizeof text - 1, sp)] = '\0';
-    fclose(sp);
+    read_output("show.out", text, sizeof text);
     assert_contains(text, "task pairs, k=1274 of 25472 eligible");
     assert_contains(text, "refined 0, head fitted 20, tuned 20 steps");
 }
