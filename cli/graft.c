@@ -168,7 +168,8 @@ static int graft_one(task_run_t *run, double sparsity, graft_mask_t **out) {
                  "train loss %.4f (top-k) vs %.4f (refined)%s: %s, %zu of k=%zu entries changed",
                  task, sparsity, st.steps, st.candidates, st.first_loss, st.last_loss,
                  st.train_loss_topk, st.train_loss_refined,
-                 st.head_steps ? ", each with a fitted head" : "", st.accepted ? "refined mask kept" : "top-k mask kept", st.changed, k);
+                 st.head_steps ? ", each with a fitted head" : "",
+                 st.accepted ? "refined mask kept" : "top-k mask kept", st.changed, k);
         json_object_set_new(info, "refine_steps", json_integer(st.steps));
         json_object_set_new(info, "candidates", json_integer((json_int_t)st.candidates));
         json_object_set_new(info, "train_loss_topk", json_real(st.train_loss_topk));
@@ -354,7 +355,7 @@ typedef struct {
     char task[128];
     char sparsity[32];
     char digest[32];
-    char built[96];  /* "refined R, head fitted H, tuned U steps" (files before those keys: "") */
+    char built[96];  /* "; refined R, head fitted H, tuned U steps" ("" in older files) */
     char label[192]; /* the task, with the sparsity when masks of several are compared */
 } mask_file_t;
 
