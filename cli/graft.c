@@ -380,8 +380,8 @@ static int read_mask_file(const char *path, mask_file_t *mf) {
     snprintf(mf->task, sizeof mf->task, "%s", t ? t : path);
     snprintf(mf->digest, sizeof mf->digest, "%s", d ? d : "?");
     snprintf(mf->sparsity, sizeof mf->sparsity, "%s", sp ? sp : "?");
-    const char *rs = graft_st_meta(f, "mask.refine_steps"), *hs = graft_st_meta(f, "mask.head_steps");
-    const char *ts = graft_st_meta(f, "mask.tune_steps");
+    const char *rs = graft_st_meta(f, "mask.refine_steps");
+    const char *hs = graft_st_meta(f, "mask.head_steps"), *ts = graft_st_meta(f, "mask.tune_steps");
     if (rs && hs && ts)
         snprintf(mf->built, sizeof mf->built, "; refined %s, head fitted %s, tuned %s steps", rs,
                  hs, ts);

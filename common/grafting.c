@@ -31,9 +31,11 @@ int graft_grafting_new(const graft_run_config_t *cfg, graft_grafting_t **out) {
     g->ft = graft_xmalloc(m->num_params * sizeof(float));
     memcpy(g->pre, m->params_memory, m->num_params * sizeof(float));
     g->pre_digest = graft_mask_digest(g->pre, m->num_params);
-    size_t head_max = 0;
-    for (int t = 0; t < g->tr->n_tasks; t++)
-        if (g->tr->peft->tasks[t].scope->numel > head_max) head_max = g->tr->peft->tasks[t].scope->numel;
+    size_t head_max = 0; /* the largest task scope, for the fine-tuned head's copy */
+    for (int t = 0; t < g->tr->n_tasks; t++) {
+        size_t numel = g->tr->peft->tasks[t].scope->numel;
+        if (numel > head_max) head_max = numel;
+    }
     g->ft_head = graft_xmalloc((head_max ? head_max : 1) * sizeof(float));
     g->ft_head_task = -1;
     *out = g;

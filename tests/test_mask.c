@@ -866,7 +866,8 @@ static void test_commands(void **state) {
     assert_true(fabs(acc - want) < 5e-5); /* printed with 4 decimals */
 
     /* graft mask show: k, and how the mask was built. */
-    snprintf(cmd, sizeof cmd, "%s/graft mask show %s/mask.pairs.s0.05.safetensors >%s/show.out 2>&1",
+    snprintf(cmd, sizeof cmd,
+             "%s/graft mask show %s/mask.pairs.s0.05.safetensors >%s/show.out 2>&1",
              GRAFT_BINARY_DIR, out, g_dir);
     run(cmd);
     read_output("show.out", text, sizeof text);
