@@ -76,7 +76,10 @@ FULL_OPTS = ["--method", "full", "--lr", "5e-4"]
 # 1.2e-2 beat 6e-3 and 2e-2 (50.96 vs 50.47 and 50.67). Local steps per
 # round (the same examples in all): 10 gave 49.47, 5 50.96, 3 51.39, 2 50.04,
 # hence the default of 3; server momentum (--aggregate fedavgm, server lr 2)
-# gave 39.53. These probes ran on the earlier sotu_era split.
+# gave 39.53. These probes ran on the earlier sotu_era split. On the current
+# one, against 50.05 for this row: --aggregate fedadam at server lr 0.003
+# 43.84 (0.03: 16.42), --lora_aggregate freeze_a (exact averaging of the
+# LoRA products) 47.37.
 # The label-shift correction (--logit_adjust 1) on top: each worker's heads
 # train on logits + log p_shard(y) - log p_run(y). A probe gave 50.36 vs
 # 50.05, within the noise: sotu_era 29.9 -> 35.2 although its two clients
