@@ -155,7 +155,10 @@ static int graft_one(task_run_t *run, double sparsity, graft_mask_t **out) {
     const graft_run_config_t *cfg = &g->tr->cfg;
     const char *task = graft_task_name(g->tr->tasks[run->t]);
     size_t k = graft_grafting_k(g, sparsity);
-    graft_grafting_use_finetuned_head(g, run->t); /* each sparsity starts afresh */
+    /* Each sparsity starts afresh: the fine-tuned head and the first
+     * batches, so a mask does not depend on the other sparsities asked for. */
+    graft_grafting_use_finetuned_head(g, run->t);
+    graft_trainer_seek_sampler(g->tr, 0, 0);
     graft_mask_t *mask = graft_grafting_top_k(g, k);
     int refined = cfg->graft_refine_steps > 0;
     json_t *info = json_pack("{s:s, s:f, s:I, s:I, s:I}", "task", task, "sparsity", sparsity,

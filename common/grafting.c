@@ -264,9 +264,11 @@ graft_mask_t *graft_grafting_refine(graft_grafting_t *g, int t, size_t k,
     /* The baseline: the top-k mask with its head fitted (or the fine-tuned one). */
     graft_grafting_use_finetuned_head(g, t);
     graft_mask_t *top = graft_grafting_top_k(g, k);
+    graft_trainer_seek_sampler(g->tr, 0, 0); /* both fits see the same batches */
     stats->train_loss_topk = graft_grafting_fit_head(g, t, top, head_steps);
     graft_scope_export(head, head_topk);
-    /* The search; with head fitting on, the head follows the mask. */
+    /* The search; with head fitting on, the head follows the mask (to
+     * steer the scores only). */
     graft_adamw_config_t opt = graft_adamw_defaults();
     opt.weight_decay = 0.0f;
     const float *dtheta = g->tr->trunk->grads_memory;
@@ -285,6 +287,13 @@ graft_mask_t *graft_grafting_refine(graft_grafting_t *g, int t, size_t k,
         if (head_steps > 0) head_update(g, t, 1.0f);
     }
     graft_mask_t *mask = binarise(g, cand, score, n, k);
+    /* The refined mask's head is fitted afresh like the top-k one's, on
+     * the same batches, so that neither mask wins on extra head training
+     * (identical masks tie, and the top-k one is kept). */
+    if (head_steps > 0) {
+        graft_grafting_use_finetuned_head(g, t);
+        graft_trainer_seek_sampler(g->tr, 0, 0);
+    }
     stats->train_loss_refined = head_steps > 0 ? graft_grafting_fit_head(g, t, mask, head_steps)
                                                : train_loss(g, t, mask);
     stats->accepted = stats->train_loss_refined < stats->train_loss_topk;

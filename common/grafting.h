@@ -116,9 +116,10 @@ double graft_grafting_fit_head(graft_grafting_t *g, int t, const graft_mask_t *m
  * the header comment) and returns the refined mask, or the top-k one if
  * refining did not lower the training loss; the trunk is left holding
  * theta_pre. With cfg.graft_head_steps > 0 each of the two masks is
- * judged with a head fitted to it from the fine-tuned one (graft_grafting_fit_head), the head
- * trains along with the scores during the search, and task t's head is
- * left as the one fitted to the mask returned. */
+ * judged with a head fitted to it from the fine-tuned one
+ * (graft_grafting_fit_head, the same steps for both), the head trains
+ * along with the scores during the search to steer them, and task t's
+ * head is left as the one fitted to the mask returned. */
 graft_mask_t *graft_grafting_refine(graft_grafting_t *g, int t, size_t k,
                                     graft_refine_stats_t *stats);
 

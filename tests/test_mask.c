@@ -29,7 +29,8 @@
  *  - fitting the head to a graft moves only the head (the trunk gets no
  *    gradient) and lowers the training loss; tuning the grafted values
  *    keeps the offsets and lowers it again; with fitted heads refinement
- *    returns the mask (and leaves the head) of the lower loss;
+ *    returns the mask (and leaves the head) of the lower loss, and two
+ *    identical masks tie (their heads are fitted on the same batches);
  *  - the commands: `graft train --method graft` writes the masks, the
  *    overlap table and events; `graft mask overlap` reports the Jaccard
  *    matrix that graft_mask_jaccard computes; `graft eval --method graft`
@@ -704,6 +705,13 @@ static void test_head_fit_and_tune(void **state) {
         double kept = train_loss(g2, t, ref);
         assert_true(kept == (st.accepted ? st.train_loss_refined : st.train_loss_topk));
         assert_true(kept <= st.train_loss_topk);
+        graft_mask_destroy(&ref);
+        /* Both heads are fitted on the same batches: with k = 0 the two
+         * masks are the same and tie, and the top-k one is kept. */
+        ref = graft_grafting_refine(g2, t, 0, &st);
+        assert_true(st.train_loss_refined == st.train_loss_topk);
+        assert_false(st.accepted);
+        assert_int_equal(ref->k, 0);
         graft_mask_destroy(&ref);
         graft_grafting_destroy(&g2);
 
