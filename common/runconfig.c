@@ -97,7 +97,8 @@ const graft_option_t graft_run_options[] = {
      "checkpoint every N rounds"},
     {"aggregate", GRAFT_OPT_STRING, OFF(aggregate), "fedavg", 0, -1,
      "aggregation, a comma list: one of fedavg (sample-weighted mean, streamed), fedavgm "
-     "(server momentum on the mean's pseudo-gradient), fedadam (server Adam on it), median or trimmed_mean (coordinate-wise; "
+     "(server momentum on the mean's pseudo-gradient), fedadam (server Adam on it), median "
+     "or trimmed_mean (coordinate-wise; "
      "these hold every reply until the round closes); plus fedprox (proximal term on the "
      "workers) and/or clip (clip each update's delta to clip_norm)"},
     {"fedprox_mu", GRAFT_OPT_FLOAT, OFF(fedprox_mu), "0.01", 0, 1e6,

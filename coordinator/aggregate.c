@@ -40,8 +40,7 @@ static int parse_aggregate(const char *list, graft_agg_config_t *c) {
     }
     if (combiners > 1) {
         LOG_ERROR("aggregate: '%s' names more than one of fedavg, fedavgm, fedadam, median, "
-                  "trimmed_mean",
-                  list);
+                  "trimmed_mean", list);
         return GRAFT_EINVAL;
     }
     return GRAFT_OK;

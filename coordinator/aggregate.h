@@ -192,8 +192,8 @@ typedef struct {
 /* From the summed contributions (plan->len int64) to the scope's new
  * values in dst (numel floats; may be the global values themselves).
  * state (2 * numel floats: m then v) is used and updated by fedadam (m and
- * v) and fedavgm (u in m), and may be NULL otherwise. Returns 1 when dst was written, 0 when left unchanged
- * (no weight, or overflow). */
+ * v) and fedavgm (u in m), and may be NULL otherwise. Returns 1 when dst
+ * was written, 0 when left unchanged (no weight, or overflow). */
 int graft_agg_finish(const graft_agg_config_t *c, graft_agg_plan_t *plan, const int64_t *sum,
                      float *dst, float *state, graft_agg_report_t *rep);
 

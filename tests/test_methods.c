@@ -5,19 +5,20 @@
  * The trunk is the `tiny` preset at random initialisation, except for RED,
  * which runs on the committed pretrained `small` trunk
  * (models/small/trunk.safetensors; see the note at METHODS), trained
- * centrally with graft_trainer_* exactly as `graft train` drives it (round-robin mix, warmup + cosine schedule,
- * two-stage channel selection after a third of the steps), on the two
+ * centrally with graft_trainer_* exactly as `graft train` drives it
+ * (round-robin mix, warmup + cosine schedule, two-stage channel selection
+ * after a third of the steps), on the two
  * classification tasks: `majority` (4 labels: the most frequent of 12
  * letters) and `pairs` (2 labels: does the bigram "ab" occur).
  *
  * The comparison is controlled: each method runs with its own learning
  * rate, and the head baseline it must beat is run with the SAME settings
- * (trunk, learning rate, steps, batch, seed), as two `graft train` runs that differ
- * only in --method. The trainer has one learning rate for the head and the
- * modules, and the head alone wants a large one (a linear probe on LayerNorm
- * outputs needs weights of several units) while the modules do not, so a
- * single head run at one rate would either starve the head inside every
- * method or make the modules diverge.
+ * (trunk, learning rate, steps, batch, seed), as two `graft train` runs
+ * that differ only in --method. The trainer has one learning rate for the
+ * head and the modules, and the head alone wants a large one (a linear
+ * probe on LayerNorm outputs needs weights of several units) while the
+ * modules do not, so a single head run at one rate would either starve the
+ * head inside every method or make the modules diverge.
  *
  * Asserted per method: the mean dev accuracy over the two tasks beats the
  * head baseline's by MARGIN and beats chance (each task's majority-label

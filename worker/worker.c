@@ -430,9 +430,6 @@ static int scope_slot(const worker_t *w, const graft_scope_t *s) {
     return 0;
 }
 
-/* Imports the round's modules, keeps a copy of what was sent, restarts the
- * optimiser state unless the run keeps it, and sets the round's FedProx
- * anchor, LoRA A freezing and head rate. */
 /* The heads' label-shift offsets for tau (graft_peft_set_logit_offset):
  * tau (log p_shard(k) - log p_run(k)) per label k. The shard's shares are
  * smoothed by half an example: a label the shard lacks gets a large
@@ -474,6 +471,9 @@ static void set_logit_offsets(worker_t *w, float tau) {
     }
 }
 
+/* Imports the round's modules, keeps a copy of what was sent, restarts the
+ * optimiser state unless the run keeps it, and sets the round's FedProx
+ * anchor, LoRA A freezing, head rate and logit offsets. */
 static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_scope_t **sent,
                          size_t n) {
     graft_peft_t *p = w->tr->peft;
