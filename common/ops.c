@@ -278,8 +278,10 @@ void matmul_forward(float *out, const float *inp, const float *weight, const flo
 /* Columns per block of a weight gradient: about half of OC, in whole
  * 16-float vectors, at most 512. Each block is one call over all N rows
  * that packs the whole (N, C) input, so blocks stay wide; two or more let
- * the threads share the product without OpenBLAS's own split, which runs
- * an (C, OC) = (768, 192) gradient at two thirds of the speed. */
+ * the threads share the product without OpenBLAS's own split, which ran
+ * a (C, OC) = (768, 192) gradient at two thirds of the speed in isolation
+ * (in a whole step, which reads its operands from memory, the difference
+ * is within the noise). */
 static int wgrad_block_cols(int OC) {
     int half = ((OC + 1) / 2 + 15) & ~15;
     return half < 512 ? half : 512;
