@@ -210,6 +210,12 @@ static double train_loss(graft_grafting_t *g, int t, const graft_mask_t *mask) {
     return r.loss;
 }
 
+/* The learning-rate fraction of step `done` (0-based) of `steps`: a cosine
+ * from 1 to 0, as the head fit and the sparse tuning use. */
+static float cosine_frac(int done, int steps) {
+    return 0.5f * (1.0f + cosf((float)M_PI * (float)done / (float)steps));
+}
+
 /* One optimiser step on task t's head alone (its scope) from the gradient
  * already in it, at the head's learning rate (--head_lr, else --lr) times
  * lr_frac. */
@@ -229,8 +235,7 @@ double graft_grafting_fit_head(graft_grafting_t *g, int t, const graft_mask_t *m
         g->tr->peft->heads_only = 1;
         for (int step = 0; step < steps; step++) {
             graft_trainer_backward(g->tr, t);
-            /* Cosine from the full rate to zero over the fit. */
-            head_update(g, t, 0.5f * (1.0f + cosf((float)M_PI * (float)step / (float)steps)));
+            head_update(g, t, cosine_frac(step, steps));
         }
         g->tr->peft->heads_only = 0;
     }
@@ -332,7 +337,7 @@ double graft_grafting_tune(graft_grafting_t *g, int t, graft_mask_t *mask, int s
         graft_grad_sumsq(grad, k, &sumsq);
         graft_scope_grad_sumsq(head, &sumsq);
         float scale = graft_clip_scale(&tr->opt, sumsq);
-        float frac = 0.5f * (1.0f + cosf((float)M_PI * (float)(step - 1) / (float)steps));
+        float frac = cosine_frac(step - 1, steps);
         graft_adamw_update(&tr->opt, mask->value, grad, adam_m, adam_v, k, tr->cfg.lr * frac,
                            step, scale, 0);
         for (size_t i = 0; i < k; i++) theta[mask->index[i]] = mask->value[i];
@@ -348,10 +353,10 @@ double graft_grafting_tune(graft_grafting_t *g, int t, graft_mask_t *mask, int s
 
 int graft_grafting_save(const graft_grafting_t *g, int t, const graft_mask_t *mask,
                         double sparsity, int refine_steps, const char *path) {
-    char head_steps[32], tune_steps[32];
-    snprintf(head_steps, sizeof head_steps, "%d", g->tr->cfg.graft_head_steps);
-    snprintf(tune_steps, sizeof tune_steps, "%d", g->tr->cfg.graft_tune_steps);
     const graft_run_config_t *cfg = &g->tr->cfg;
+    char head_steps[32], tune_steps[32];
+    snprintf(head_steps, sizeof head_steps, "%d", cfg->graft_head_steps);
+    snprintf(tune_steps, sizeof tune_steps, "%d", cfg->graft_tune_steps);
     const graft_scope_t *head = g->tr->peft->tasks[t].scope;
     graft_st_tensor_t *extra = graft_xcalloc((size_t)head->n_tensors + 1, sizeof *extra);
     char *names = graft_xcalloc((size_t)head->n_tensors + 1, 2 * GRAFT_SCOPE_NAME);
