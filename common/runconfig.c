@@ -112,6 +112,14 @@ const graft_option_t graft_run_options[] = {
     {"server_beta2", GRAFT_OPT_FLOAT, OFF(server_beta2), "0.99", 0, 0.999999, "fedadam: beta2"},
     {"server_eps", GRAFT_OPT_FLOAT, OFF(server_eps), "1e-3", 1e-12, 10,
      "fedadam: epsilon (the adaptivity tau)"},
+    {"shared_weight", GRAFT_OPT_STRING, OFF(shared_weight), "data", 0, -1,
+     "the shared scope's weights: data (each reply weighs the training examples its worker "
+     "holds, as FedAvg) or task (every task weighs the same, split among its workers by their "
+     "share of its examples)"},
+    {"shared_server_lr", GRAFT_OPT_FLOAT, OFF(shared_server_lr), "1", 0.001, 100,
+     "the shared scope moves by this times its aggregate's step (weighted mean minus global); "
+     "with shared_weight task and the number of tasks here, a round adds every task's mean step, "
+     "as round-robin centralized training does (not with median, trimmed_mean or lora svd)"},
     {"trim_frac", GRAFT_OPT_FLOAT, OFF(trim_frac), "0.1", 0, 0.49,
      "trimmed_mean: fraction of replies dropped at each end, per coordinate"},
     {"lora_aggregate", GRAFT_OPT_STRING, OFF(lora_aggregate), "factors", 0, -1,

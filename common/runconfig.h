@@ -73,6 +73,8 @@ typedef struct {
     float server_beta1;
     float server_beta2;
     float server_eps;
+    char shared_weight[GRAFT_OPT_STR];
+    float shared_server_lr;
     float trim_frac;
     char lora_aggregate[GRAFT_OPT_STR];
     int lora_gap;

@@ -257,11 +257,13 @@ static void enc_round_start(enc_t *e, const graft_wire_round_start_t *m, int dty
     r->tensors = enc_tensors(e, m->tensors, m->ntensors, dtype);
     r->hyper = &e->hyper;
     r->deadline_ms = m->deadline_ms;
-    if (m->reduce.collective || m->reduce.clip_norm != 0 || m->reduce.lora_products) {
+    if (m->reduce.collective || m->reduce.clip_norm != 0 || m->reduce.lora_products ||
+        m->reduce.shared_weight) {
         graft__reduce__init(&e->reduce);
         e->reduce.collective = m->reduce.collective != 0;
         e->reduce.clip_norm = m->reduce.clip_norm;
         e->reduce.lora_products = m->reduce.lora_products != 0;
+        e->reduce.shared_weight = m->reduce.shared_weight;
         r->reduce = &e->reduce;
     }
     e->env.body_case = GRAFT__ENVELOPE__BODY_ROUND_START;
@@ -682,7 +684,8 @@ static int dec_round_start(const Graft__RoundStart *pb, const graft_wire_opts_t 
         if (rc) return rc;
         m->reduce = (graft_wire_reduce_t){.collective = pb->reduce->collective,
                                           .clip_norm = pb->reduce->clip_norm,
-                                          .lora_products = pb->reduce->lora_products};
+                                          .lora_products = pb->reduce->lora_products,
+                                          .shared_weight = pb->reduce->shared_weight};
     }
     return tensors_from_pb(pb->tensors, pb->n_tensors, "round_start", o->schema, &m->tensors,
                            &m->ntensors, why, why_len);

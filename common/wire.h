@@ -121,6 +121,7 @@ typedef struct {
     int collective;    /* an Update without tensors, then MPI reductions */
     float clip_norm;   /* > 0: clip each scope's delta */
     int lora_products; /* contributions carry the LoRA products */
+    uint64_t shared_weight; /* the shared contribution's weight; 0: examples held */
 } graft_wire_reduce_t;
 
 typedef struct {

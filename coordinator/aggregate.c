@@ -55,7 +55,8 @@ int graft_agg_config_parse(const graft_run_config_t *cfg, graft_agg_config_t *ou
                             .server_beta2 = cfg->server_beta2,
                             .server_eps = cfg->server_eps,
                             .trim_frac = cfg->trim_frac,
-                            .lora_gap = cfg->lora_gap};
+                            .lora_gap = cfg->lora_gap,
+                            .shared_step = cfg->shared_server_lr};
     int rc = parse_aggregate(cfg->aggregate, &c);
     if (rc) return rc;
     int k = 0;
@@ -79,13 +80,28 @@ int graft_agg_config_parse(const graft_run_config_t *cfg, graft_agg_config_t *ou
                   "fedadam and fedprox, not with %s", combiner_name[c.combiner]);
         return GRAFT_EINVAL;
     }
+    if (!strcmp(cfg->shared_weight, "task")) {
+        c.task_weights = 1;
+    } else if (strcmp(cfg->shared_weight, "data")) {
+        LOG_ERROR("shared_weight: unknown mode '%s' (data, task)", cfg->shared_weight);
+        return GRAFT_EINVAL;
+    }
+    if (c.shared_step != 1.0f && (graft_agg_holds_replies(&c) || c.lora == GRAFT_LORA_SVD)) {
+        LOG_ERROR("shared_server_lr scales the shared scope's mean step: it works with fedavg, "
+                  "fedavgm, fedadam and fedprox and LoRA factors or freeze_a, not with %s",
+                  c.lora == GRAFT_LORA_SVD ? "lora_aggregate svd" : combiner_name[c.combiner]);
+        return GRAFT_EINVAL;
+    }
     *out = c;
     return GRAFT_OK;
 }
 
 void graft_agg_describe(const graft_agg_config_t *c, char *buf, size_t n) {
-    snprintf(buf, n, "%s%s%s, lora %s", c->fedprox ? "fedprox+" : "", combiner_name[c->combiner],
-             c->clip ? "+clip" : "", lora_name[c->lora]);
+    int len = snprintf(buf, n, "%s%s%s, lora %s", c->fedprox ? "fedprox+" : "",
+                       combiner_name[c->combiner], c->clip ? "+clip" : "", lora_name[c->lora]);
+    if ((c->task_weights || c->shared_step != 1.0f) && len >= 0 && (size_t)len < n)
+        snprintf(buf + len, n - (size_t)len, ", shared scope: %s weights, step x%g",
+                 c->task_weights ? "task" : "data", (double)c->shared_step);
 }
 
 int graft_agg_holds_replies(const graft_agg_config_t *c) {
@@ -109,6 +125,7 @@ void graft_agg_plan_init_pairs(graft_agg_plan_t *plan, size_t numel, const graft
     plan->products = products && npairs > 0;
     plan->clip_norm = clip_norm;
     plan->freeze_a = freeze_a;
+    plan->step_scale = 1.0;
     size_t biggest = 0;
     for (int i = 0; i < npairs; i++) {
         size_t sz = (size_t)pairs[i].in * pairs[i].out;
@@ -142,6 +159,7 @@ void graft_agg_plan_init(graft_agg_plan_t *plan, const graft_agg_config_t *c,
     int n = graft_agg_lora_pairs(p, task, pairs);
     graft_agg_plan_init_pairs(plan, s->numel, pairs, n, graft_agg_wants_products(c),
                               c->clip ? c->clip_norm : 0.0f, c->lora == GRAFT_LORA_FREEZE_A);
+    if (task < 0) plan->step_scale = c->shared_step;
     free(pairs);
 }
 
@@ -349,7 +367,9 @@ int graft_agg_finish(const graft_agg_config_t *c, graft_agg_plan_t *plan, const 
     const float *g = plan->global;
     size_t n = plan->numel;
     double *xbar = graft_xmalloc((n + 1) * sizeof *xbar);
-    for (size_t j = 0; j < n; j++) xbar[j] = (double)g[j] + (double)sum[j] * inv;
+    /* The (scaled) mean step; products below keep the plain mean. */
+    double step = inv * plan->step_scale;
+    for (size_t j = 0; j < n; j++) xbar[j] = (double)g[j] + (double)sum[j] * step;
     if (plan->freeze_a && plan->npairs) rep->lora_gap = 0.0;
     if (plan->products && merge_lora(c, plan, sum, inv, xbar, rep)) {
         free(xbar);

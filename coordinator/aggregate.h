@@ -117,10 +117,13 @@ typedef struct {
     float trim_frac;   /* trimmed_mean */
     graft_lora_agg_t lora;
     int lora_gap;      /* factors: accumulate products to measure the gap */
+    int task_weights;  /* shared scope: every task weighs the same (shared_weight task) */
+    float shared_step; /* shared scope: step = shared_step * (aggregate - global) */
 } graft_agg_config_t;
 
 /* Reads aggregate, fedprox_mu, clip_norm, server_*, trim_frac,
- * lora_aggregate and lora_gap from the run config. GRAFT_EINVAL (logged,
+ * lora_aggregate, lora_gap, shared_weight and shared_server_lr from the run
+ * config. GRAFT_EINVAL (logged,
  * naming the option) for an unknown or contradictory choice. */
 int graft_agg_config_parse(const graft_run_config_t *cfg, graft_agg_config_t *out);
 /* "fedadam+clip, lora svd": for logs and events. */
@@ -147,6 +150,7 @@ typedef struct {
     size_t len;              /* int64 per contribution */
     float clip_norm;         /* > 0: clip deltas to this L2 norm */
     int freeze_a;            /* reject replies whose A changed */
+    double step_scale;       /* new = global + step_scale * (aggregate - global); 1 */
     const float *global;     /* borrowed: this round's global values */
     double *work;            /* owned scratch: numel + 2 * max pair size */
 } graft_agg_plan_t;
@@ -155,7 +159,8 @@ typedef struct {
  * L * GRAFT_NUM_PROJ); returns their count. */
 int graft_agg_lora_pairs(const graft_peft_t *p, int task, graft_agg_pair_t *out);
 /* The plan for one scope of p: `task` < 0 for the shared scope, else the
- * task's. products, the clip and freeze_a come from the config. */
+ * task's. products, the clip and freeze_a come from the config, and for the
+ * shared scope step_scale (shared_step). */
 void graft_agg_plan_init(graft_agg_plan_t *plan, const graft_agg_config_t *c,
                          const graft_peft_t *p, int task);
 /* The same from explicit pairs (for tests and tools). */

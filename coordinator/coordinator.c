@@ -116,6 +116,8 @@ static int worker_scopes(const coord_t *c, const worker_t *w, graft_scope_t **ou
     return n;
 }
 
+static uint64_t shared_weight(const coord_t *c, const worker_t *w, uint64_t samples);
+
 static void send_round_start(coord_t *c, int peer) {
     worker_t *w = &c->w[peer];
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
@@ -149,6 +151,9 @@ static void send_round_start(coord_t *c, int peer) {
         .collective = graft_aggregator_collective(c->agg),
         .clip_norm = c->agg_cfg.clip ? c->agg_cfg.clip_norm : 0.0f,
         .lora_products = graft_agg_wants_products(&c->agg_cfg)};
+    /* Under MPI reductions the worker weighs its own contribution. */
+    if (rs->reduce.collective && c->agg_cfg.task_weights)
+        rs->reduce.shared_weight = shared_weight(c, w, 0);
     double left = (c->deadline - graft_now()) * 1000.0;
     rs->deadline_ms = left > 0 ? (uint32_t)left : 0;
     w->in_round = 1;
@@ -162,6 +167,28 @@ static int trains(const worker_t *w, int t) {
     for (int i = 0; i < w->n_assigned; i++)
         if (w->assigned[i] == t) return 1;
     return 0;
+}
+
+/* Units of one task's weight in the shared scope under shared_weight task. */
+#define TASK_WEIGHT_UNIT 1048576.0
+
+/* The weight of worker w's reply in the shared scope's mean: its sample
+ * count (`samples`), or under shared_weight task its share of every task it
+ * trains — its training examples of the task over those of every active
+ * worker that trains it — summed, in TASK_WEIGHT_UNITs, so that each task
+ * weighs one unit however many examples and workers it has. */
+static uint64_t shared_weight(const coord_t *c, const worker_t *w, uint64_t samples) {
+    if (!c->agg_cfg.task_weights) return samples;
+    double share = 0.0;
+    for (int i = 0; i < w->n_assigned; i++) {
+        int t = w->assigned[i];
+        uint64_t total = 0;
+        for (int p = 0; p < MAX_PEERS; p++)
+            if (c->w[p].state == W_ACTIVE && trains(&c->w[p], t)) total += c->w[p].train[t];
+        if (total) share += (double)w->train[t] / (double)total;
+    }
+    uint64_t weight = (uint64_t)llround(share * TASK_WEIGHT_UNIT);
+    return weight ? weight : 1;
 }
 
 static int by_name(const void *a, const void *b) {
@@ -216,6 +243,16 @@ static int start_round(coord_t *c) {
         }
     LOG_INFO("round %d/%d: started with %d workers", c->round, c->cfg->rounds, n);
     log_cohorts(c);
+    if (c->agg_cfg.task_weights) {
+        char line[2048] = "";
+        size_t used = 0;
+        for (int p = 0; p < MAX_PEERS && used < sizeof line; p++)
+            if (c->w[p].state == W_ACTIVE)
+                used += (size_t)snprintf(line + used, sizeof line - used, "%s%s %.3f",
+                                         used ? ", " : "", c->w[p].name,
+                                         (double)shared_weight(c, &c->w[p], 0) / TASK_WEIGHT_UNIT);
+        LOG_INFO("round %d: shared scope weights (one per task): %s", c->round, line);
+    }
     int rc = graft_aggregator_begin(c->agg);
     if (rc) LOG_ERROR("round %d: cannot start the MPI reductions: %s", c->round, graft_strerror(rc));
     set_state(c, S_ROUND_OPEN);
@@ -374,8 +411,8 @@ static int scope_index(const coord_t *c, const char *name) {
 }
 
 /* Streams a valid reply's modules into the aggregator: the shared scope
- * weighted by the reply's sample count, a task scope by the worker's shard
- * of that task. */
+ * weighted by shared_weight, a task scope by the worker's shard of that
+ * task. */
 static void accumulate(coord_t *c, const worker_t *w, const graft_wire_update_t *u,
                        const char *who) {
     double t0 = graft_now();
@@ -383,7 +420,7 @@ static void accumulate(coord_t *c, const worker_t *w, const graft_wire_update_t 
     for (size_t i = 0; i < u->ntensors; i++) {
         const graft_wire_tensor_t *t = &u->tensors[i];
         int k = scope_index(c, t->name);
-        uint64_t weight = k == 0 ? u->sample_count : w->train[k - 1];
+        uint64_t weight = k == 0 ? shared_weight(c, w, u->sample_count) : w->train[k - 1];
         if (graft_aggregator_add(c->agg, k, t->data, weight, why, sizeof why))
             LOG_WARN("coordinator: update from %s: scope %s left out: %s", who, t->name, why);
     }

@@ -500,15 +500,22 @@ static void test_freeze_a(void **state) {
 
 /* ---- options, FedProx, frozen tensors, scalar means ----------------------------------- */
 
-static int parse(const char *aggregate, const char *lora, graft_agg_config_t *c) {
+static int parse_shared(const char *aggregate, const char *lora, const char *shared_weight,
+                        float shared_server_lr, graft_agg_config_t *c) {
     graft_run_config_t cfg;
     memset(&cfg, 0, sizeof cfg);
     snprintf(cfg.aggregate, sizeof cfg.aggregate, "%s", aggregate);
     snprintf(cfg.lora_aggregate, sizeof cfg.lora_aggregate, "%s", lora);
+    snprintf(cfg.shared_weight, sizeof cfg.shared_weight, "%s", shared_weight);
+    cfg.shared_server_lr = shared_server_lr;
     cfg.fedprox_mu = 0.01f;
     cfg.clip_norm = 2.0f;
     cfg.trim_frac = 0.1f;
     return graft_agg_config_parse(&cfg, c);
+}
+
+static int parse(const char *aggregate, const char *lora, graft_agg_config_t *c) {
+    return parse_shared(aggregate, lora, "data", 1.0f, c);
 }
 
 static void test_config(void **state) {
@@ -533,6 +540,36 @@ static void test_config(void **state) {
     assert_int_equal(parse("fedsgd", "factors", &c), GRAFT_EINVAL);
     assert_int_equal(parse("median", "svd", &c), GRAFT_EINVAL);
     assert_int_equal(parse("fedavg", "average", &c), GRAFT_EINVAL);
+    /* The shared scope's weights and step. */
+    assert_int_equal(parse("fedavg", "factors", &c), GRAFT_OK);
+    assert_true(!c.task_weights && c.shared_step == 1.0f);
+    assert_int_equal(parse_shared("fedavg", "factors", "task", 5.0f, &c), GRAFT_OK);
+    assert_true(c.task_weights && c.shared_step == 5.0f);
+    graft_agg_describe(&c, d, sizeof d);
+    assert_string_equal(d, "fedavg, lora factors, shared scope: task weights, step x5");
+    assert_int_equal(parse_shared("fedavg", "factors", "tasks", 1.0f, &c), GRAFT_EINVAL);
+    assert_int_equal(parse_shared("median", "factors", "task", 1.0f, &c), GRAFT_OK);
+    assert_int_equal(parse_shared("median", "factors", "data", 2.0f, &c), GRAFT_EINVAL);
+    assert_int_equal(parse_shared("fedavg", "svd", "data", 2.0f, &c), GRAFT_EINVAL);
+}
+
+/* shared_server_lr: the plan's step_scale stretches the mean step, and
+ * only the shared scope's plan gets it. g = (1, -2), one reply x = (1.5,
+ * -2.25): the mean step is (0.5, -0.25), times 2.5 from g is (2.25, -2.625). */
+static void test_shared_step(void **state) {
+    (void)state;
+    graft_agg_plan_t plan;
+    graft_agg_plan_init_pairs(&plan, 2, NULL, 0, 0, 0.0f, 0);
+    assert_true(plan.step_scale == 1.0);
+    plan.step_scale = 2.5;
+    float g[2] = {1.0f, -2.0f}, x[2] = {1.5f, -2.25f}, dst[2];
+    const float *xs[1] = {x};
+    uint64_t ws[1] = {40};
+    graft_agg_config_t c = config(GRAFT_AGG_FEDAVG);
+    graft_agg_report_t rep;
+    assert_int_equal(stream(&c, &plan, g, xs, ws, NULL, 1, dst, NULL, &rep), 1);
+    assert_true(dst[0] == 2.25f && dst[1] == -2.625f);
+    graft_agg_plan_free(&plan);
 }
 
 static void test_prox_and_frozen(void **state) {
@@ -580,7 +617,7 @@ int main(void) {
         cmocka_unit_test(test_empty_round),     cmocka_unit_test(test_overflow),
         cmocka_unit_test(test_clip),            cmocka_unit_test(test_median),
         cmocka_unit_test(test_trimmed_mean),    cmocka_unit_test(test_fedadam_step),
-        cmocka_unit_test(test_fedavgm_steps),
+        cmocka_unit_test(test_fedavgm_steps),   cmocka_unit_test(test_shared_step),
         cmocka_unit_test(test_gap_by_hand),     cmocka_unit_test(test_svd_recovers_rank_r),
         cmocka_unit_test(test_freeze_a),        cmocka_unit_test(test_config),
         cmocka_unit_test(test_prox_and_frozen), cmocka_unit_test(test_scalar_mean),

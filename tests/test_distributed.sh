@@ -61,6 +61,41 @@ else
     echo "ok 2 # SKIP mpirun not found"
 fi
 
+# ---- 2b. shared_weight task and shared_server_lr: ZeroMQ and MPI agree -------
+# Four clients holding one task each from a quarter of majority's train rows
+# and all of the others': majority has two clients (weight 0.5 each, 30 rows),
+# pairs and shift one (weight 1, 240 rows). Task weights are then not
+# proportional to the sample counts, so a worker that weighed its MPI
+# contribution by its samples would change the modules. The logged weights
+# add up to the 3 tasks.
+awk -F'\t' '$1 != "train" || NR % 4 == 0' "$T/data/majority.tsv" >"$T/majority-small.tsv"
+TASKS=majority:classification:$T/majority-small.tsv,pairs:classification:$T/data/pairs.tsv
+TASKS=$TASKS,shift:generation:$T/data/shift.tsv
+"$GRAFT" data shard --tasks "$TASKS" --clients 4 --tasks_per_client 1 --by iid \
+    --out "$T/shards4" >/dev/null 2>"$T/shard4.err" || { cat "$T/shard4.err" >&2; fail "data shard"; }
+TW="--shards $T/shards4 --shared_weight task --shared_server_lr 3"
+timeout 120 "$GRAFT" run --config "$T/run.conf" --workers 4 --out "$T/tw-plain" --shards "$T/shards4" \
+    >"$T/tw-plain.out" 2>"$T/tw-plain.err" || { cat "$T/tw-plain.err" >&2; fail "graft run --shards"; }
+timeout 120 "$GRAFT" run --config "$T/run.conf" --workers 4 --out "$T/tw" $TW \
+    >"$T/tw.out" 2>"$T/tw.err" || { cat "$T/tw.err" >&2; fail "graft run $TW failed"; }
+if cmp -s "$T/tw-plain/modules.safetensors" "$T/tw/modules.safetensors"; then
+    fail "shared_weight task / shared_server_lr 3 ended with the same modules as the plain run"
+fi
+grep -m1 "shared scope weights (one per task)" "$T/tw.err" |
+    awk -F': ' '{ n = split($NF, w, ", "); s = 0; for (i = 1; i <= n; i++) { split(w[i], kv, " ");
+                  s += kv[2] } exit !(n == 4 && s > 2.999 && s < 3.001) }' ||
+    fail "the logged shared scope weights of 4 workers do not add up to 3 tasks"
+if command -v mpirun >/dev/null 2>&1; then
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
+        mpirun -np 5 --oversubscribe "$GRAFT" mpi --config "$T/run.conf" --out "$T/tw-mpi" $TW \
+        >"$T/tw-mpi.out" 2>"$T/tw-mpi.err" || { tail -20 "$T/tw-mpi.err" >&2; fail "graft mpi $TW failed"; }
+    grep -q '"event":"run_start".*"mpi_reductions":true' "$T/tw-mpi/events.jsonl" ||
+        fail "graft mpi $TW did not use MPI reductions"
+    cmp "$T/tw/modules.safetensors" "$T/tw-mpi/modules.safetensors" ||
+        fail "MPI and ZeroMQ runs with $TW ended with different modules"
+fi
+echo "ok 2b - shared_weight task, shared_server_lr 3: weights add up to the tasks; MPI agrees"
+
 # ---- 3. SIGKILL a worker mid-run; it is lost, restarted, and rejoins ---------
 EP=tcp://127.0.0.1:$(free_port)
 KILLCONF="--config $T/run.conf --rounds 14 --local_steps 20 --checkpoint_every_rounds 100"

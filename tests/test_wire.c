@@ -181,7 +181,8 @@ static void test_round_start_roundtrip(void **state) {
                                                .logit_adjust = 0.75f},
                                      .deadline_ms = 30000,
                                      .reduce = {.collective = 1, .clip_norm = 2.5f,
-                                                .lora_products = 1}}};
+                                                .lora_products = 1,
+                                                .shared_weight = 1572864}}};
     graft_msg_t d;
     char why[256];
     assert_int_equal(roundtrip(&m, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
@@ -201,6 +202,7 @@ static void test_round_start_roundtrip(void **state) {
     assert_int_equal(r->reduce.collective, 1);
     assert_true(r->reduce.clip_norm == 2.5f);
     assert_int_equal(r->reduce.lora_products, 1);
+    assert_int_equal(r->reduce.shared_weight, 1572864);
     assert_int_equal(r->hyper.batch_size, 16);
     assert_int_equal(r->ntensors, 2);
     assert_tensor_equal(&r->tensors[0], &t[0]);

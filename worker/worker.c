@@ -514,7 +514,10 @@ static void contribute(worker_t *w, const graft_wire_round_start_t *rs, int trai
     for (int t = 0; t < w->tr->n_tasks; t++) samples += task_examples(w, t);
     if (p->shared->numel)
         parts[n++] = (graft_contribution_t){.task = -1, .global = trained ? w->global[0] : NULL,
-                                            .trained = p->shared->params, .weight = samples};
+                                            .trained = p->shared->params,
+                                            .weight = rs->reduce.shared_weight
+                                                          ? rs->reduce.shared_weight
+                                                          : samples};
     for (int t = 0; t < w->tr->n_tasks; t++) {
         assigned[w->run_task[t]] = 1;
         if (!p->tasks[t].scope->numel) continue;
