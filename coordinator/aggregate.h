@@ -69,6 +69,12 @@
  * reply's (clipped) values until the round closes, and computes in sorted
  * order, so they are order-independent too.
  *
+ * The shared scope (options shared_weight, shared_server_lr): the caller
+ * may weigh its replies by task rather than by sample count (the
+ * coordinator's shared_weight()), and its plan's step_scale stretches the
+ * mean step, x = g + step_scale * (mean - g), before fedavgm or fedadam;
+ * the LoRA products of the gap measurement keep the plain mean.
+ *
  * LoRA pairs (option `lora_aggregate`): factors (average A and B as
  * above), svd (average the products A B, then truncate back to rank r —
  * lora_merge.h — and use those factors) or freeze_a (A stays at its initial
