@@ -109,7 +109,9 @@ KEEP_LABEL = ", workers keep AdamW state, lr 6e-3, head lr 1.2e-2"
 # sotu_era learns nothing federated (test loss 1.38 = ln 4 against 1.27
 # centralized). Probes (test avg, seed 1): task weights alone 50.74; with
 # step x2.5 at lr 6e-3 52.01, x5 at 6e-3 48.38, x5 at 3e-3 52.18 (head lr
-# 3e-3: 51.78).
+# 3e-3: 51.78). Over seeds 1-3: x3 at lr 4e-3 51.54, 50.19, 51.22 (mean
+# 50.98) and x4 at 3e-3 51.18, 50.34, 51.53 (51.02), against this row's
+# 52.18, 50.03, 50.43 (50.88): the same within the seed-to-seed spread.
 TASK_OPTS = ["--keep_optimizer_state", "true", "--lr", "3e-3", "--head_lr", "1.2e-2",
              "--shared_weight", "task", "--shared_server_lr", "5"]
 TASK_LABEL = (", workers keep AdamW state, lr 3e-3, head lr 1.2e-2, shared scope: task "
