@@ -2,7 +2,8 @@
  * central finite differences of its forward, the tiled matmul against the
  * naive reference, the gradient conventions (input gradients written,
  * parameter gradients accumulated), determinism of the row reductions,
- * causality of attention, and cross-entropy's ignored rows.
+ * causality of attention (and its blocks on a long sequence against a direct
+ * evaluation), and cross-entropy's ignored rows.
  *
  * Gradient check (ggml test-backend-ops `eval_grad` style). For a forward
  * out = f(x) and a fixed random R of out's shape, the scalar loss is
@@ -435,6 +436,62 @@ static void test_attention_causal(void **state) {
     att_free(&c);
 }
 
+/* A sequence long enough for the kernels' query and key blocks (several of
+ * them, the last one ragged): the output against a direct double-precision
+ * evaluation of softmax(Q K^T / sqrt(hs)) V under the causal mask, and the
+ * backward by finite differences in every block of rows. */
+enum { LB = 1, LT = 77, LC = 6, LNH = 2, LN = LB * LT };
+
+static double att_long_loss(void *p) {
+    att_ctx *c = p;
+    attention_forward(c->out, c->att, c->inp, LB, LT, LC, LNH);
+    return dot(c->out, c->R, (size_t)LN * LC);
+}
+
+static void test_attention_long(void **state) {
+    (void)state;
+    graft_rng_t rng;
+    graft_rng_seed(&rng, 17, 0);
+    att_ctx c = {.inp = new_uniform(&rng, (size_t)LN * 3 * LC, -1.5f, 1.5f),
+                 .out = new_zeros((size_t)LN * LC),
+                 .att = new_zeros((size_t)LB * LNH * LT * LT),
+                 .R = new_uniform(&rng, (size_t)LN * LC, -1, 1)};
+    att_long_loss(&c);
+    int hs = LC / LNH;
+    double w[LT];
+    for (int h = 0; h < LNH; h++) {
+        for (int t = 0; t < LT; t++) {
+            const float *q = c.inp + (size_t)t * 3 * LC + h * hs;
+            double maxv = -INFINITY, sum = 0.0;
+            for (int j = 0; j <= t; j++) {
+                const float *k = c.inp + (size_t)j * 3 * LC + LC + h * hs;
+                double sc = 0.0;
+                for (int i = 0; i < hs; i++) sc += (double)q[i] * k[i];
+                w[j] = sc / sqrt((double)hs);
+                if (w[j] > maxv) maxv = w[j];
+            }
+            for (int j = 0; j <= t; j++) sum += (w[j] = exp(w[j] - maxv));
+            for (int i = 0; i < hs; i++) {
+                double o = 0.0;
+                for (int j = 0; j <= t; j++)
+                    o += w[j] / sum * c.inp[(size_t)j * 3 * LC + 2 * LC + h * hs + i];
+                assert_float_equal(c.out[(size_t)t * LC + h * hs + i], o, 1e-5);
+            }
+        }
+    }
+    float *dinp = new_zeros((size_t)LN * 3 * LC);
+    float *scratch = new_zeros((size_t)LB * LNH * LT * LT);
+    attention_backward(dinp, scratch, c.R, c.inp, c.att, LB, LT, LC, LNH);
+    for (int t0 = 0; t0 < LT; t0 += 16) {
+        int rows = LT - t0 < 16 ? LT - t0 : 16;
+        size_t off = (size_t)t0 * 3 * LC;
+        check_grad("attention long rows", att_long_loss, &c, c.inp + off, dinp + off,
+                   (size_t)rows * 3 * LC, &rng);
+    }
+    test_free(dinp), test_free(scratch);
+    att_free(&c);
+}
+
 /* ---- gelu, residual, pool ----------------------------------------------- */
 
 typedef struct {
@@ -761,6 +818,7 @@ int main(void) {
         cmocka_unit_test(test_lmhead_grad),
         cmocka_unit_test(test_attention_grad),
         cmocka_unit_test(test_attention_causal),
+        cmocka_unit_test(test_attention_long),
         cmocka_unit_test(test_gelu_grad),
         cmocka_unit_test(test_residual_grad),
         cmocka_unit_test(test_pool_grad),
