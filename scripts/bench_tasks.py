@@ -156,7 +156,7 @@ FED_VARIANTS = {"mtlora": [
     ("-fed-task", TASK_OPTS, TASK_LABEL, 1, 1),
     ("-fed-task-b4", TASK_OPTS, TASK_LABEL + SPLIT_LABEL, 1, 2),
 ]}
-# The centralized / federated (keep-state) MTLoRA pairs that --seeds repeats:
+# The centralized / federated MTLoRA pairs that --seeds repeats:
 # (central run suffix, federated variant suffix, budget factor). The 4x pair
 # runs at one seed: 44 more minutes for seeds 2 and 3 would only put error
 # bars on a gap that is larger at 4x than at 1x.
@@ -748,7 +748,7 @@ Per-run training loss and dev metric curves: `runs/.../report/NAME-curves.png`.
 
 
 def seed_checks(runs):
-    """The centralized vs federated (keep-state) MTLoRA gap of each pair in
+    """The centralized vs federated MTLoRA gap of each pair in
     SEED_PAIRS over every seed run: mean and sample standard deviation of
     each side's avg and of the gap."""
     def avgs(name):
