@@ -520,17 +520,43 @@ void crossentropy_backward(float *dlogits, const float *probs, const int32_t *ta
 
 /* ---- pooling for the classification head -------------------------------- */
 
-void pool_forward(float *pooled, const float *hidden, const int32_t *pos, int B, int T, int C) {
+void pool_forward(float *pooled, const float *hidden, const int32_t *pos, int B, int T, int C,
+                  graft_pool_t how) {
     for (int b = 0; b < B; b++) {
         GRAFT_ASSERT(pos[b] >= 0 && pos[b] < T);
-        memcpy(pooled + (size_t)b * C, hidden + ((size_t)b * T + pos[b]) * C,
-               (size_t)C * sizeof(float));
+        const float *h = hidden + (size_t)b * T * C;
+        float *o = pooled + (size_t)b * C;
+        if (how == GRAFT_POOL_LAST) {
+            memcpy(o, h + (size_t)pos[b] * C, (size_t)C * sizeof(float));
+            continue;
+        }
+        memset(o, 0, (size_t)C * sizeof(float));
+        for (int t = 0; t <= pos[b]; t++) {
+            const float *ht = h + (size_t)t * C;
+#pragma omp simd
+            for (int c = 0; c < C; c++) o[c] += ht[c];
+        }
+        float inv = 1.0f / (float)(pos[b] + 1);
+#pragma omp simd
+        for (int c = 0; c < C; c++) o[c] *= inv;
     }
 }
 
-void pool_backward(float *dhidden, const float *dpooled, const int32_t *pos, int B, int T, int C) {
+void pool_backward(float *dhidden, const float *dpooled, const int32_t *pos, int B, int T, int C,
+                   graft_pool_t how) {
     memset(dhidden, 0, (size_t)B * T * C * sizeof(float));
-    for (int b = 0; b < B; b++)
-        memcpy(dhidden + ((size_t)b * T + pos[b]) * C, dpooled + (size_t)b * C,
-               (size_t)C * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        float *dh = dhidden + (size_t)b * T * C;
+        const float *dp = dpooled + (size_t)b * C;
+        if (how == GRAFT_POOL_LAST) {
+            memcpy(dh + (size_t)pos[b] * C, dp, (size_t)C * sizeof(float));
+            continue;
+        }
+        float inv = 1.0f / (float)(pos[b] + 1);
+        for (int t = 0; t <= pos[b]; t++) {
+            float *dht = dh + (size_t)t * C;
+#pragma omp simd
+            for (int c = 0; c < C; c++) dht[c] = dp[c] * inv;
+        }
+    }
 }

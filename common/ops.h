@@ -87,12 +87,18 @@ float crossentropy_forward(float *losses, float *probs, const float *logits,
 void crossentropy_backward(float *dlogits, const float *probs, const int32_t *targets, int N,
                            int V, float scale);
 
-/* Classification head on a pooled hidden state.
- * pool: pooled (B,C) = hidden (B,T,C) at position pos[b] (the last real
- * token of each row). Backward writes dhidden (B,T,C): dpooled at those
- * positions, zero elsewhere. */
-void pool_forward(float *pooled, const float *hidden, const int32_t *pos, int B, int T, int C);
-void pool_backward(float *dhidden, const float *dpooled, const int32_t *pos, int B, int T, int C);
+/* Classification head on a pooled hidden state; pos[b] is the last real
+ * token of row b (the rest is padding).
+ * GRAFT_POOL_LAST: pooled (B,C) = hidden (B,T,C) at position pos[b].
+ * GRAFT_POOL_MEAN: pooled (B,C) = the mean of hidden over positions
+ *   0..pos[b] of each row (in position order).
+ * Backward writes dhidden (B,T,C): dpooled, or dpooled / (pos[b] + 1) at
+ * every pooled position, zero elsewhere. */
+typedef enum { GRAFT_POOL_LAST, GRAFT_POOL_MEAN } graft_pool_t;
+void pool_forward(float *pooled, const float *hidden, const int32_t *pos, int B, int T, int C,
+                  graft_pool_t how);
+void pool_backward(float *dhidden, const float *dpooled, const int32_t *pos, int B, int T, int C,
+                   graft_pool_t how);
 
 /* Ordered column reductions (bit-identical whatever the thread count's
  * scheduling): acc (C) += sum over rows of x (N,C), or of x * y. */

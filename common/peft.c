@@ -740,7 +740,7 @@ float graft_peft_classify(graft_peft_t *p, int task, const int32_t *tokens, cons
     reserve(p);
     graft_gpt2_forward(m, tokens, NULL, B, T);
     memcpy(p->pos, pos, (size_t)B * sizeof(int32_t));
-    pool_forward(p->pooled, m->acts.lnf, pos, B, T, C);
+    pool_forward(p->pooled, m->acts.lnf, pos, B, T, C, p->cfg.pool);
     const float *W = graft_scope_ptr(tm->scope, tm->head_w);
     const float *b = graft_scope_ptr(tm->scope, tm->head_b);
     matmul_forward(p->head_logits, p->pooled, W, b, B, C, K);
@@ -759,7 +759,7 @@ float graft_peft_classify(graft_peft_t *p, int task, const int32_t *tokens, cons
                             graft_scope_grad(tm->scope, tm->head_b), p->head_dlogits, p->pooled,
                             W, B, C, K);
             if (trunk_needs_backward(p, task)) {
-                pool_backward(m->grads_acts.lnf, p->dpooled, pos, B, T, C);
+                pool_backward(m->grads_acts.lnf, p->dpooled, pos, B, T, C, p->cfg.pool);
                 graft_gpt2_backward_from_lnf(m);
             }
         }

@@ -31,6 +31,7 @@
 #define GRAFT_PEFT_H
 
 #include "gpt2.h"
+#include "ops.h"
 #include "scope.h"
 
 enum {
@@ -59,6 +60,7 @@ typedef struct {
     int adapter_dim;        /* bottleneck width m */
     int channels_k;         /* channels kept per layer */
     float head_lr_scale;    /* the heads' learning rate over the modules' (0: 1) */
+    graft_pool_t pool;      /* what the classification heads read (ops.h) */
     uint64_t seed;          /* for LoRA A initialisation */
 } graft_peft_config_t;
 

@@ -30,6 +30,9 @@ const graft_option_t graft_run_options[] = {
      "channels kept per layer by Taylor importance (channels)"},
     {"stage1_steps", GRAFT_OPT_INT, OFF(stage1_steps), "0", 0, 1e9,
      "channels: steps of stage 1 (lntune) that also score channels; 0: a third of --steps"},
+    {"pool", GRAFT_OPT_STRING, OFF(pool), "last", 0, -1,
+     "what a classification head reads: last (the hidden state of the text's last token) or "
+     "mean (the mean of the hidden states over the text's tokens)"},
     {"finetuned", GRAFT_OPT_STRING, OFF(finetuned), "", 0, -1,
      "graft: `graft train --method full` run directory or checkpoint, one for every task or "
      "NAME=PATH per task (comma list); heads come from it"},

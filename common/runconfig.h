@@ -28,6 +28,7 @@ typedef struct {
     int adapter_dim;
     int channels_k;
     int stage1_steps;
+    char pool[GRAFT_OPT_STR]; /* classification heads: last or mean */
     /* method graft (grafting.h) */
     char finetuned[GRAFT_OPT_STR];
     char sparsity[GRAFT_OPT_STR];

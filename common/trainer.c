@@ -32,6 +32,14 @@ int graft_run_peft_config(const graft_run_config_t *cfg, graft_peft_config_t *pc
     pc->lora_task_alpha = cfg->lora_task_alpha;
     pc->adapter_dim = cfg->adapter_dim;
     pc->channels_k = cfg->channels_k;
+    if (!strcmp(cfg->pool, "last")) {
+        pc->pool = GRAFT_POOL_LAST;
+    } else if (!strcmp(cfg->pool, "mean")) {
+        pc->pool = GRAFT_POOL_MEAN;
+    } else {
+        LOG_ERROR("unknown --pool '%s' (last or mean)", cfg->pool);
+        return GRAFT_EINVAL;
+    }
     pc->head_lr_scale = cfg->head_lr > 0 && cfg->lr > 0 ? cfg->head_lr / cfg->lr : 1.0f;
     pc->seed = (uint64_t)cfg->seed;
     if ((pc->methods & GRAFT_M_LORA) && pc->lora_shared_rank == 0 && pc->lora_task_rank == 0) {

@@ -556,28 +556,47 @@ static void test_residual_grad(void **state) {
 
 typedef struct {
     int32_t pos[B];
+    graft_pool_t how;
     float *hidden, *pooled, *R;
 } pool_ctx;
 
 static double pool_loss(void *p) {
     pool_ctx *c = p;
-    pool_forward(c->pooled, c->hidden, c->pos, B, T, C);
+    pool_forward(c->pooled, c->hidden, c->pos, B, T, C, c->how);
     return dot(c->pooled, c->R, (size_t)B * C);
 }
 
+/* Both poolings: values against their definition (row 0 pools positions
+ * 0..3 of T = 5, row 1 only position 0, so padding never enters), and the
+ * backward by finite differences. */
 static void test_pool_grad(void **state) {
     (void)state;
     graft_rng_t rng;
     graft_rng_seed(&rng, 10, 0);
     pool_ctx c = {.pos = {3, 0}, .hidden = new_uniform(&rng, (size_t)N * C, -1, 1),
                   .pooled = new_zeros((size_t)B * C), .R = new_uniform(&rng, (size_t)B * C, -1, 1)};
+    float *dh = new_zeros((size_t)N * C);
+    c.how = GRAFT_POOL_LAST;
     pool_loss(&c);
     for (int b = 0; b < B; b++)
         assert_memory_equal(c.pooled + b * C, c.hidden + ((size_t)b * T + c.pos[b]) * C,
                             C * sizeof(float));
-    float *dh = new_zeros((size_t)N * C);
-    pool_backward(dh, c.R, c.pos, B, T, C);
-    check_grad("pool dhidden", pool_loss, &c, c.hidden, dh, (size_t)N * C, &rng);
+    pool_backward(dh, c.R, c.pos, B, T, C, c.how);
+    check_grad("pool last dhidden", pool_loss, &c, c.hidden, dh, (size_t)N * C, &rng);
+
+    c.how = GRAFT_POOL_MEAN;
+    pool_loss(&c);
+    for (int b = 0; b < B; b++)
+        for (int ch = 0; ch < C; ch++) {
+            double mean = 0;
+            for (int t = 0; t <= c.pos[b]; t++) mean += c.hidden[((size_t)b * T + t) * C + ch];
+            mean /= c.pos[b] + 1;
+            assert_float_equal(c.pooled[b * C + ch], mean, 1e-6);
+        }
+    pool_backward(dh, c.R, c.pos, B, T, C, c.how);
+    assert_float_equal(dh[(size_t)1 * C], c.R[0] / 4.0f, 1e-7); /* row 0, t = 1 */
+    assert_float_equal(dh[(size_t)4 * C], 0.0f, 0.0f);          /* row 0, t = 4: padding */
+    check_grad("pool mean dhidden", pool_loss, &c, c.hidden, dh, (size_t)N * C, &rng);
     test_free(c.hidden), test_free(c.pooled), test_free(c.R), test_free(dh);
 }
 
@@ -742,7 +761,8 @@ static void test_backward_write_and_accumulate(void **state) {
     sz[0] = nc, sz[1] = 1, sz[2] = 1;
     RUN_TWICE("gelu", 1, gelu_backward(g[0], x, dout, nc));
     int32_t pos[B] = {4, 2};
-    RUN_TWICE("pool", 1, pool_backward(g[0], dout, pos, B, T, C));
+    RUN_TWICE("pool last", 1, pool_backward(g[0], dout, pos, B, T, C, GRAFT_POOL_LAST));
+    RUN_TWICE("pool mean", 1, pool_backward(g[0], dout, pos, B, T, C, GRAFT_POOL_MEAN));
     sz[0] = C, sz[1] = C, sz[2] = 1;
     RUN_TWICE("colsum", 0, (colsum_accumulate(g[0], dout, N, C),
                             colsum_product_accumulate(g[1], dout, x, N, C)));
