@@ -398,16 +398,19 @@ typedef struct {
     int tensors; /* tensors checked over both tasks: shared + each task's own */
     float eps;
     double atol;
+    graft_pool_t pool; /* the classification head's pooling (0: last) */
 } fd_case_t;
 
 static const fd_case_t FD_CASES[] = {
     /* shared: L x 4 projections x (A, B) = 16; per task the same again;
      * the classification task also has the head (2). */
-    {"lora", GRAFT_M_LORA, 2 * 16 + 16 + 2 + 16, FD_EPS, FD_ATOL},
-    {"adapter", GRAFT_M_ADAPTER, 6 + 2 + 6, FD_EPS_RELU, FD_ATOL_RELU},
-    {"red", GRAFT_M_RED, 2 + 2 + 2, FD_EPS, FD_ATOL},
-    {"lntune", GRAFT_M_LNTUNE, 6 + 2 + 6, FD_EPS, FD_ATOL},
-    {"channels", GRAFT_M_CHANNELS, 2 + 2 + 2, FD_EPS, FD_ATOL},
+    {"lora", GRAFT_M_LORA, 2 * 16 + 16 + 2 + 16, FD_EPS, FD_ATOL, GRAFT_POOL_LAST},
+    {"adapter", GRAFT_M_ADAPTER, 6 + 2 + 6, FD_EPS_RELU, FD_ATOL_RELU, GRAFT_POOL_LAST},
+    {"red", GRAFT_M_RED, 2 + 2 + 2, FD_EPS, FD_ATOL, GRAFT_POOL_LAST},
+    {"lntune", GRAFT_M_LNTUNE, 6 + 2 + 6, FD_EPS, FD_ATOL, GRAFT_POOL_LAST},
+    {"channels", GRAFT_M_CHANNELS, 2 + 2 + 2, FD_EPS, FD_ATOL, GRAFT_POOL_LAST},
+    /* the classification loss reaches every position of the text */
+    {"red, mean pool", GRAFT_M_RED, 2 + 2 + 2, FD_EPS, FD_ATOL, GRAFT_POOL_MEAN},
 };
 
 static void test_finite_differences(void **state) {
@@ -418,6 +421,7 @@ static void test_finite_differences(void **state) {
         const fd_case_t *fc = &FD_CASES[i];
         graft_gpt2_t *m = tiny_trunk();
         graft_peft_config_t cfg = peft_config(fc->methods);
+        cfg.pool = fc->pool;
         graft_peft_t *p = graft_peft_new(m, &cfg, TASKS, 2);
         if (fc->methods & GRAFT_M_CHANNELS) {
             choose_channels(p, TASK_CLS);
