@@ -738,7 +738,10 @@ are built from those fine-tuned models (top-k by movement, then {a.graft_refine_
 refinement on the task's training data, each mask judged with a head fitted to it in
 {a.task_steps} steps); the rows "+ sparse tuning" train the k grafted values of the top-k mask and the
 head for {a.task_steps} more steps (beyond the paper, which transplants the fine-tuned values
-unchanged). params/task counts the trainable parameters one task
+unchanged). The rows ", mean pooling" run head, RED and single-task full fine-tuning with
+`--pool mean` (the heads read the mean of the final hidden states over the text's tokens;
+every other row reads the last token's), at rates of their own (head 5e-2, RED 5e-2, full
+5e-4), over --seeds. params/task counts the trainable parameters one task
 uses (shared + its own); share is that over the trunk's parameters.
 
 ## Results
