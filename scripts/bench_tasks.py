@@ -6,10 +6,11 @@ Runs `graft train` (centralized, all tasks in one run) and `graft run`
 tasks written by `graft data prepare`, plus single-task full fine-tuning, the
 `graft` sparse masks built from it at several sparsities, the same MTLoRA
 run on a randomly initialised trunk, and head, RED and single-task full
-fine-tuning again with mean pooling (--pool mean) over --seeds. `graft report` turns the runs' JSON-lines
-logs into OUT/report/summary.json and the PNG plots; this script then writes
-the results page (docs/results.md by default) with the date, the machine, the
-command and the acceptance checks of issue 5.
+fine-tuning again with mean pooling (--pool mean) over --seeds. `graft
+report` turns the runs' JSON-lines logs into OUT/report/summary.json and the
+PNG plots; this script then writes the results page (docs/results.md by
+default) with the date, the machine, the command and the acceptance checks of
+issue 5.
 
 Every run writes OUT/NAME/events.jsonl and its log OUT/logs/NAME.log, whose
 first line is the command and second the sha256 of the task files and trunk
@@ -565,8 +566,10 @@ def main():
     p.add_argument("--sparsities", default=",".join(SPARSITIES), help="graft mask sparsities")
     p.add_argument("--graft_refine_steps", type=int,
                    help="graft: steps refining each mask on the training data (default 100; quick 5)")
-    p.add_argument("--only", help="comma list of method names to run: the METHODS names, full, graft, random "
-                        "(MTLoRA on a random trunk), pool (the mean pooling rows) (default: all)")
+    p.add_argument("--only",
+                   help="comma list of method names to run: the METHODS names, full, graft, "
+                        "random (MTLoRA on a random trunk), pool (the mean pooling rows) "
+                        "(default: all)")
     p.add_argument("--seeds", type=int, default=1,
                    help="seeds of the centralized and federated (keep-state) MTLoRA runs, whose "
                         "gap the acceptance checks; seeds 2.. add runs NAME-seedN (default 1)")
@@ -832,10 +835,10 @@ def pool_checks(runs, names):
                      for h, r, f, _ in per_seed)
     share = per_seed[0][3] or 0
     return [(frac >= 0.9 and share < 0.005,
-             f"with mean pooling, over {len(per_seed)} seed(s): head avg {hm:.2f} ± {hs:.2f}, RED "
-             f"{rm:.2f} ± {rs:.2f}, single-task full {fm:.2f} ± {fs:.2f}; RED gains {rm - hm:.2f} "
-             f"over head vs full's {fm - hm:.2f}: {100 * frac:.0f}% (target >= 90%; per seed: "
-             f"{each}) with {100 * share:.3f}% of the trunk per task (target < 0.5%)")]
+             f"with mean pooling, over {len(per_seed)} seed(s): head avg {hm:.2f} ± {hs:.2f}, "
+             f"RED {rm:.2f} ± {rs:.2f}, single-task full {fm:.2f} ± {fs:.2f}; RED gains "
+             f"{rm - hm:.2f} over head vs full's {fm - hm:.2f}: {100 * frac:.0f}% "
+             f"(target >= 90%; per seed: {each}) with {100 * share:.3f}% of the trunk per task (target < 0.5%)")]
 
 
 def acceptance(by, graft_rows):
