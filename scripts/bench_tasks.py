@@ -838,7 +838,8 @@ def pool_checks(runs, names):
              f"with mean pooling, over {len(per_seed)} seed(s): head avg {hm:.2f} ± {hs:.2f}, "
              f"RED {rm:.2f} ± {rs:.2f}, single-task full {fm:.2f} ± {fs:.2f}; RED gains "
              f"{rm - hm:.2f} over head vs full's {fm - hm:.2f}: {100 * frac:.0f}% "
-             f"(target >= 90%; per seed: {each}) with {100 * share:.3f}% of the trunk per task (target < 0.5%)")]
+             f"(target >= 90%; per seed: {each}) with {100 * share:.3f}% of the trunk per task "
+             "(target < 0.5%)")]
 
 
 def acceptance(by, graft_rows):
