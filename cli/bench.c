@@ -27,6 +27,7 @@ typedef struct {
     float lora_alpha;
     char lora_targets[GRAFT_OPT_STR];
     int adapter_dim;
+    char precision[GRAFT_OPT_STR];
     int profile;
 } bench_step_config_t;
 
@@ -47,16 +48,20 @@ static const graft_option_t bench_step_options[] = {
      "lora: projections (qkv, attn, fc, fcproj or all)"},
     {"adapter_dim", GRAFT_OPT_INT, OFF(adapter_dim), "16", 1, 65536,
      "adapter: bottleneck width"},
+    {"precision", GRAFT_OPT_STRING, OFF(precision), "fp32", 0, -1,
+     "the block projections' products: fp32 (sgemm) or bf16 (bf16 operands, fp32 sums; needs "
+     "AVX512_BF16); the peak for mfu is then a bf16 product's"},
     {"profile", GRAFT_OPT_BOOL, OFF(profile), "false", 0, -1,
      "print a per-op time table of the timed steps (stderr)"},
     GRAFT_OPT_END,
 };
 #undef OFF
 
-/* Best GFLOP/s of 7 square sgemms big enough to reach the plateau (the
+/* Best GFLOP/s of 7 square products big enough to reach the plateau (the
  * first, cold one not counted): on a shared machine the best run is the
- * one least disturbed by the neighbours. */
-static double measure_sgemm_peak(void) {
+ * one least disturbed by the neighbours. cblas_sgemm for fp32; for bf16
+ * the bf16 product with its operand packing. */
+static double measure_peak(graft_gpt2_t *m) {
     const int n = 1536;
     float *a = graft_xmalloc((size_t)n * n * sizeof(float));
     float *b = graft_xmalloc((size_t)n * n * sizeof(float));
@@ -65,8 +70,11 @@ static double measure_sgemm_peak(void) {
     double best = 0.0;
     for (int rep = 0; rep < 8; rep++) {
         double t0 = graft_now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f,
-                    c, n);
+        if (m->precision == GRAFT_BF16)
+            bf16_matmul_forward(&m->bf16, c, a, b, NULL, n, n, n);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n,
+                        0.0f, c, n);
         double gflops = 2.0 * n * n * (double)n / (graft_now() - t0) / 1e9;
         if (rep > 0 && gflops > best) best = gflops;
     }
@@ -177,9 +185,13 @@ static int bench_step(int argc, char **argv) {
         return 2;
     }
     int threads = cli_set_threads(cfg.threads);
-    double peak = measure_sgemm_peak();
     int B = cfg.batch, T = mc.T;
     graft_gpt2_t *trunk = graft_gpt2_new(&mc, (uint64_t)cfg.seed);
+    if (graft_gpt2_set_precision(trunk, cfg.precision)) {
+        graft_gpt2_destroy(&trunk);
+        return 2;
+    }
+    double peak = measure_peak(trunk);
     const graft_peft_task_t task = {.name = "bench", .num_labels = 0};
     graft_peft_t *p = graft_peft_new(trunk, &pc, &task, 1);
     graft_adamw_config_t opt = graft_adamw_defaults();
@@ -199,10 +211,11 @@ static int bench_step(int argc, char **argv) {
 
     double tps = (double)cfg.steps * B * T / elapsed;
     double flops = step_flops_per_token(p, T) * tps;
-    printf("preset=%s method=%s threads=%d batch=%d seq=%d params=%zu trainable=%zu "
-           "loss=%.4f step_ms=%.1f gflops=%.1f sgemm_peak_gflops=%.1f\n",
-           cfg.preset, cfg.method, threads, B, T, trunk->num_params,
-           graft_peft_task_params(p, 0), loss, 1e3 * elapsed / cfg.steps, flops / 1e9, peak);
+    printf("preset=%s method=%s precision=%s threads=%d batch=%d seq=%d params=%zu "
+           "trainable=%zu loss=%.4f step_ms=%.1f gflops=%.1f %s_peak_gflops=%.1f\n",
+           cfg.preset, cfg.method, cfg.precision, threads, B, T, trunk->num_params,
+           graft_peft_task_params(p, 0), loss, 1e3 * elapsed / cfg.steps, flops / 1e9,
+           trunk->precision == GRAFT_BF16 ? "bf16" : "sgemm", peak);
     printf("tokens_per_s=%.0f mfu=%.3f\n", tps, flops / 1e9 / peak);
     free(tokens);
     graft_peft_destroy(&p);

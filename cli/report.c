@@ -83,7 +83,9 @@ static int load_run(const char *arg, run_t *run) {
     size_t n = strlen(dir);
     while (n > 1 && dir[n - 1] == '/') dir[--n] = '\0';
     const char *base = strrchr(dir, '/');
-    snprintf(run->name, sizeof run->name, "%s", base ? base + 1 : dir);
+    /* A longer name is cut to fit: it only labels the run in the report. */
+    snprintf(run->name, sizeof run->name, "%.*s", (int)sizeof run->name - 1,
+             base ? base + 1 : dir);
     for (char *c = run->name; *c; c++)
         if (*c == ' ' || *c == '"' || *c == '\'') *c = '_';
 

@@ -121,8 +121,26 @@ void graft_gpt2_destroy(graft_gpt2_t **self_p) {
     free(m->grads_acts_memory);
     free(m->inputs);
     free(m->targets);
+    graft_bf16_scratch_free(&m->bf16);
     free(m);
     *self_p = NULL;
+}
+
+int graft_gpt2_set_precision(graft_gpt2_t *m, const char *name) {
+    if (!strcmp(name, "fp32")) {
+        m->precision = GRAFT_FP32;
+    } else if (!strcmp(name, "bf16")) {
+        if (!graft_bf16_supported()) {
+            LOG_ERROR("--precision bf16 needs a CPU with AVX512_BF16 (avx512_bf16 in "
+                      "/proc/cpuinfo); this one has none: use fp32");
+            return GRAFT_EINVAL;
+        }
+        m->precision = GRAFT_BF16;
+    } else {
+        LOG_ERROR("unknown --precision '%s' (fp32 or bf16)", name);
+        return GRAFT_EINVAL;
+    }
+    return GRAFT_OK;
 }
 
 void graft_gpt2_enable_grads(graft_gpt2_t *m) {
@@ -160,11 +178,30 @@ static const char *const proj_prof_name[GRAFT_NUM_PROJ][2] = {
     {"fwd.qkv", "bwd.qkv"}, {"fwd.attproj", "bwd.attproj"}, {"fwd.fc", "bwd.fc"},
     {"fwd.fcproj", "bwd.fcproj"}};
 
+/* The projections' products at the model's precision (matmul_forward and
+ * matmul_backward in ops.h, or their bf16 forms). */
+static void product_forward(graft_gpt2_t *m, float *out, const float *inp, const float *W,
+                            const float *bias, int N, int in, int odim) {
+    if (m->precision == GRAFT_BF16) bf16_matmul_forward(&m->bf16, out, inp, W, bias, N, in, odim);
+    else matmul_forward(out, inp, W, bias, N, in, odim);
+}
+
+static void product_backward(graft_gpt2_t *m, float *dinp, float *dW, float *dbias,
+                             const float *dout, const float *inp, const float *W, int N, int in,
+                             int odim) {
+    if (m->precision == GRAFT_BF16) {
+        bf16_matmul_backward(&m->bf16, dinp, dW, dout, inp, W, N, in, odim);
+        if (dbias) colsum_accumulate(dbias, dout, N, odim);
+    } else {
+        matmul_backward(dinp, dW, dbias, dout, inp, W, N, in, odim);
+    }
+}
+
 /* out (N, odim) = inp (N, in) @ W + bias. */
 static void linear_forward(graft_gpt2_t *m, int l, graft_proj_t proj, float *out,
                            const float *inp, const float *bias, size_t N, int in, int odim) {
     GRAFT_PROF(proj_prof_name[proj][0], 2.0 * N * in * odim,
-               matmul_forward(out, inp, peft_linear_weight(m, l, proj), bias, N, in, odim));
+               product_forward(m, out, inp, peft_linear_weight(m, l, proj), bias, N, in, odim));
     peft_linear_forward(m->peft, l, proj, out, inp, N);
 }
 
@@ -175,8 +212,8 @@ static void linear_backward(graft_gpt2_t *m, int l, graft_proj_t proj, float *di
                             size_t N, int in, int odim) {
     double flops = 2.0 * N * in * odim * ((dinp != NULL) + (dweight != NULL));
     GRAFT_PROF(proj_prof_name[proj][1], flops,
-               matmul_backward(dinp, dweight, dbias, dout, inp, peft_linear_weight(m, l, proj), N,
-                               in, odim));
+               product_backward(m, dinp, dweight, dbias, dout, inp,
+                                peft_linear_weight(m, l, proj), N, in, odim));
     peft_linear_backward(m->peft, l, proj, dinp, dout, inp, N);
 }
 

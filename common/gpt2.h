@@ -17,6 +17,7 @@
 #ifndef GRAFT_GPT2_H
 #define GRAFT_GPT2_H
 
+#include "bf16.h"
 #include "graft.h"
 #include "rng.h"
 #include "safetensors.h"
@@ -98,8 +99,17 @@ typedef enum {
     GRAFT_GRAD_BLOCK_IN,  /* ... the block input (the layers below train) */
 } graft_grad_depth_t;
 
+/* Arithmetic of the four block projections' products (qkv, attention
+ * output, MLP in and out). Everything else, and all storage, is fp32. */
+typedef enum {
+    GRAFT_FP32, /* cblas_sgemm */
+    GRAFT_BF16, /* bf16 operands, fp32 sums (bf16.h; needs AVX512_BF16) */
+} graft_precision_t;
+
 typedef struct graft_gpt2 {
     graft_gpt2_config_t cfg;
+    graft_precision_t precision; /* GRAFT_FP32 unless set (graft_gpt2_set_precision) */
+    graft_bf16_scratch_t bf16;   /* owned: the bf16 products' packed operands */
     /* Modules attached by peft.c (borrowed; NULL for the plain trunk). The
      * forward and backward passes call its hooks at fixed points. */
     struct graft_peft *peft;
@@ -129,6 +139,11 @@ typedef struct graft_gpt2 {
 /* A model with parameters initialised GPT-2 style from the seed. */
 graft_gpt2_t *graft_gpt2_new(const graft_gpt2_config_t *cfg, uint64_t seed);
 void graft_gpt2_destroy(graft_gpt2_t **self_p);
+
+/* Sets the projections' precision from its name, "fp32" or "bf16";
+ * GRAFT_EINVAL (logged) for another name or bf16 on a CPU without
+ * AVX512_BF16. */
+int graft_gpt2_set_precision(graft_gpt2_t *m, const char *name);
 
 /* Allocates (zeroed) weight-gradient memory: the trunk becomes trainable. */
 void graft_gpt2_enable_grads(graft_gpt2_t *m);
