@@ -29,6 +29,9 @@ const graft_option_t graft_pretrain_options[] = {
     {"grad_clip", GRAFT_OPT_FLOAT, OFF(grad_clip), "1.0", 0, 1e9, "global gradient-norm clip (0: off)"},
     {"seed", GRAFT_OPT_INT, OFF(seed), "1337", 0, 2147483647, "seed for weights and batches"},
     {"threads", GRAFT_OPT_INT, OFF(threads), "0", 0, 1024, "OpenBLAS/OpenMP threads (0: all cores)"},
+    {"precision", GRAFT_OPT_STRING, OFF(precision), "fp32", 0, -1,
+     "the block projections' products: fp32 (sgemm) or bf16 (bf16 operands, fp32 sums; needs "
+     "AVX512_BF16); weights, checkpoints and optimizer stay fp32"},
     {"heldout", GRAFT_OPT_FLOAT, OFF(heldout), "0.05", 0.001, 0.5, "fraction of the corpus held out"},
     {"eval_every", GRAFT_OPT_INT, OFF(eval_every), "250", 1, 1e9, "evaluate every N steps"},
     {"eval_batches", GRAFT_OPT_INT, OFF(eval_batches), "16", 1, 1e6, "held-out batches per evaluation"},
@@ -179,6 +182,8 @@ static int setup(trainer_t *tr, const graft_pretrain_config_t *cfg) {
     } else {
         tr->model = graft_gpt2_new(&mc, (uint64_t)cfg->seed);
     }
+    rc = graft_gpt2_set_precision(tr->model, cfg->precision);
+    if (rc) return rc;
     graft_gpt2_enable_grads(tr->model);
     graft_gpt2_reserve(tr->model, tr->B, tr->T);
     tr->opt = graft_adamw_defaults();

@@ -28,6 +28,7 @@ typedef struct {
     float grad_clip;
     int seed;
     int threads;
+    char precision[GRAFT_OPT_STR]; /* fp32 or bf16 (graft_gpt2_set_precision) */
     float heldout;
     int eval_every;
     int eval_batches;

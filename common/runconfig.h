@@ -58,6 +58,7 @@ typedef struct {
     int checkpoint_every;
     int seed;
     int threads;
+    char precision[GRAFT_OPT_STR]; /* fp32 or bf16 (graft_gpt2_set_precision) */
     int log_every;
     /* distributed */
     int rounds;

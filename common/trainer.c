@@ -55,15 +55,21 @@ int graft_run_peft_config(const graft_run_config_t *cfg, graft_peft_config_t *pc
 }
 
 static int load_trunk(const graft_run_config_t *cfg, graft_gpt2_t **out) {
-    if (*cfg->trunk) return graft_gpt2_load(cfg->trunk, out);
-    graft_gpt2_config_t mc;
-    if (graft_gpt2_preset(cfg->preset, &mc)) {
-        LOG_ERROR("unknown preset '%s' (tiny, small, base)", cfg->preset);
-        return GRAFT_EINVAL;
+    if (*cfg->trunk) {
+        int rc = graft_gpt2_load(cfg->trunk, out);
+        if (rc) return rc;
+    } else {
+        graft_gpt2_config_t mc;
+        if (graft_gpt2_preset(cfg->preset, &mc)) {
+            LOG_ERROR("unknown preset '%s' (tiny, small, base)", cfg->preset);
+            return GRAFT_EINVAL;
+        }
+        LOG_WARN("no --trunk given: using a randomly initialised %s trunk", cfg->preset);
+        *out = graft_gpt2_new(&mc, (uint64_t)cfg->seed);
     }
-    LOG_WARN("no --trunk given: using a randomly initialised %s trunk", cfg->preset);
-    *out = graft_gpt2_new(&mc, (uint64_t)cfg->seed);
-    return GRAFT_OK;
+    int rc = graft_gpt2_set_precision(*out, cfg->precision);
+    if (rc) graft_gpt2_destroy(out);
+    return rc;
 }
 
 static int load_tasks(const graft_run_config_t *cfg, graft_task_t **tasks, int *n_tasks) {

@@ -14,11 +14,17 @@
 # threads take the cores their own team and the neighbours need (both
 # graft and PyTorch run about twice as fast at 2 threads here with it);
 # `active` or `default` (the variable unset) for a quiet machine.
+# --precision sets graft's products (fp32, or bf16: bf16 operands, fp32 sums,
+# on CPUs with AVX512_BF16), --torch-precision PyTorch's (fp32, or bf16
+# under torch.autocast): the reference of the performance issues is PyTorch
+# in fp32; `--precision bf16 --torch-precision bf16` compares the two
+# mixed-precision steps.
 # Usage: scripts/bench-step.sh [--preset tiny|small|base]
 #          [--method full|lora|adapter|red] [--threads N] [--steps N] [--repeat R]
-#          [--wait-policy passive|active|default]
+#          [--wait-policy passive|active|default] [--precision fp32|bf16]
+#          [--torch-precision fp32|bf16]
 # Defaults: --preset small --method full --threads 2 --steps 10 --repeat 1
-#           --wait-policy passive.
+#           --wait-policy passive --precision fp32 --torch-precision fp32.
 # Needs build/graft (cmake --build build; GRAFT_BIN=path picks another
 # binary) and Debian's python3-torch.
 set -euo pipefail
@@ -30,6 +36,8 @@ THREADS=2
 STEPS=10
 REPEAT=1
 WAIT_POLICY=passive
+PRECISION=fp32
+TORCH_PRECISION=fp32
 BATCH=16
 PYTHON=/usr/bin/python3 # Debian's interpreter: python3-torch lives there
 
@@ -37,7 +45,7 @@ die() { echo "bench-step: error: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --preset|--method|--threads|--steps|--repeat|--wait-policy)
+    --preset|--method|--threads|--steps|--repeat|--wait-policy|--precision|--torch-precision)
       [ $# -ge 2 ] || die "$1 needs a value"
       case "$1" in
         --preset) PRESET="$2" ;;
@@ -46,15 +54,20 @@ while [ $# -gt 0 ]; do
         --steps) STEPS="$2" ;;
         --repeat) REPEAT="$2" ;;
         --wait-policy) WAIT_POLICY="$2" ;;
+        --precision) PRECISION="$2" ;;
+        --torch-precision) TORCH_PRECISION="$2" ;;
       esac
       shift 2 ;;
-    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
 [[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer, not '$THREADS'"
 [[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || die "--steps must be a positive integer, not '$STEPS'"
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a positive integer, not '$REPEAT'"
+for p in "$PRECISION" "$TORCH_PRECISION"; do
+  [[ "$p" == fp32 || "$p" == bf16 ]] || die "precisions are fp32 or bf16, not '$p'"
+done
 case "$WAIT_POLICY" in
   passive|active) export OMP_WAIT_POLICY="$WAIT_POLICY" ;;
   default) unset OMP_WAIT_POLICY ;;
@@ -72,13 +85,14 @@ field() { grep -o "$1=[0-9.]*" | tail -n 1 | cut -d= -f2; }
 # The larger of two numbers.
 best() { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a + 0 > b + 0) ? a : b }'; }
 
-echo "== method=$METHOD preset=$PRESET threads=$THREADS OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}"
+echo "== method=$METHOD preset=$PRESET threads=$THREADS OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}" \
+  "graft=$PRECISION pytorch=$TORCH_PRECISION"
 graft_best=""
 torch_best=""
 for ((run = 1; run <= REPEAT; run++)); do
   echo "== graft (run $run/$REPEAT)"
   graft_out="$("$GRAFT" bench step --preset "$PRESET" --method "$METHOD" --threads "$THREADS" \
-    --batch "$BATCH" --steps "$STEPS")" || die "graft bench step failed"
+    --batch "$BATCH" --steps "$STEPS" --precision "$PRECISION")" || die "graft bench step failed"
   echo "$graft_out"
   graft_tps="$(echo "$graft_out" | field tokens_per_s)"
   [ -n "$graft_tps" ] || die "no tokens_per_s in graft's output"
@@ -87,7 +101,8 @@ for ((run = 1; run <= REPEAT; run++)); do
   echo "== pytorch (run $run/$REPEAT)"
   torch_out="$(OMP_NUM_THREADS="$THREADS" "$PYTHON" "$ROOT/scripts/bench_torch.py" \
     --preset "$PRESET" --method "$METHOD" --threads "$THREADS" --batch "$BATCH" \
-    --steps "$STEPS")" || die "the PyTorch benchmark failed (see above)"
+    --steps "$STEPS" --precision "$TORCH_PRECISION")" ||
+    die "the PyTorch benchmark failed (see above)"
   echo "$torch_out"
   torch_tps="$(echo "$torch_out" | field tokens_per_s)"
   [ -n "$torch_tps" ] || die "no tokens_per_s in the PyTorch benchmark's output"

@@ -6,8 +6,12 @@ throughput of the same GPT-2 trunk (tests/pytorch/gpt2_ref.py) that
   preset config (tiny, small, base as graft_gpt2_preset), batch of random
   byte tokens (targets = inputs shifted by one), forward + backward + global
   gradient-norm clip (1.0) + AdamW with graft_adamw_defaults (lr 3e-4,
-  betas 0.9/0.999, eps 1e-8, no weight decay), fp32, torch.set_num_threads(N);
-  untimed warm-up steps, then timed steps.
+  betas 0.9/0.999, eps 1e-8, no weight decay), torch.set_num_threads(N);
+  untimed warm-up steps, then timed steps. fp32, or with --precision bf16
+  the step under torch.autocast("cpu", dtype=torch.bfloat16): the linear
+  layers' and attention's products in bf16 (oneDNN), parameters and
+  optimizer in fp32 — PyTorch's own mixed precision, next to graft's
+  --precision bf16.
 
 Methods (gpt2_ref.prepare_method, the same modules as `graft bench step`):
 full; lora (one rank-8 pair, alpha 16, on the four projections of every
@@ -19,10 +23,11 @@ Prints a line of settings, then `tokens_per_s=<N>` as the last line.
 
 Usage: /usr/bin/python3 scripts/bench_torch.py [--preset small]
        [--method full|lora|adapter|red] [--threads 2] [--batch 16]
-       [--warmup 3] [--steps 10] [--seed 1]
+       [--warmup 3] [--steps 10] [--seed 1] [--precision fp32|bf16]
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -44,6 +49,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args()
     if args.threads < 1 or args.batch < 1 or args.steps < 1 or args.warmup < 0:
         ap.error("--threads, --batch and --steps must be >= 1, --warmup >= 0")
@@ -63,16 +69,24 @@ def main():
     tokens = torch.randint(0, 256, (B * T + 1,), generator=g)
     inputs, targets = tokens[:-1].view(B, T), tokens[1:].view(B, T)
 
+    def precision():
+        if args.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     for _ in range(args.warmup):
-        gpt2_ref.train_step(model, opt, inputs, targets, d["grad_clip"])
+        with precision():
+            gpt2_ref.train_step(model, opt, inputs, targets, d["grad_clip"])
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        loss, _, _ = gpt2_ref.train_step(model, opt, inputs, targets, d["grad_clip"])
+        with precision():
+            loss, _, _ = gpt2_ref.train_step(model, opt, inputs, targets, d["grad_clip"])
     elapsed = time.perf_counter() - t0
 
     tps = args.steps * B * T / elapsed
     ntrain = sum(p.numel() for p in trainable)
-    print(f"preset={args.preset} method={args.method} threads={torch.get_num_threads()} "
+    print(f"preset={args.preset} method={args.method} precision={args.precision} "
+          f"threads={torch.get_num_threads()} "
           f"batch={B} seq={T} params={nparams} trainable={ntrain} loss={loss:.4f} "
           f"step_ms={1e3 * elapsed / args.steps:.1f} torch={torch.__version__}")
     print(f"tokens_per_s={tps:.0f}")
