@@ -64,7 +64,8 @@ static void check_shape(int N, int C, int OC) {
     float *bias = random_floats(&rng, (size_t)OC), *dout = random_floats(&rng, (size_t)N * OC);
     float *dW = random_floats(&rng, (size_t)C * OC), *dW0 = malloc((size_t)C * OC * sizeof(float));
     memcpy(dW0, dW, (size_t)C * OC * sizeof(float));
-    float *out = malloc((size_t)N * OC * sizeof(float)), *dinp = malloc((size_t)N * C * sizeof(float));
+    float *out = malloc((size_t)N * OC * sizeof(float));
+    float *dinp = malloc((size_t)N * C * sizeof(float));
     graft_bf16_scratch_t s = {0};
     bf16_matmul_forward(&s, out, inp, W, bias, N, C, OC);
     bf16_matmul_backward(&s, dinp, dW, dout, inp, W, N, C, OC);
@@ -150,7 +151,8 @@ static void test_trunk(void **state) {
     assert_int_equal(graft_gpt2_preset("tiny", &cfg), GRAFT_OK);
     graft_gpt2_t *m[2];
     const int B = 4, T = cfg.T;
-    int32_t *inp = malloc((size_t)B * T * sizeof(int32_t)), *tgt = malloc((size_t)B * T * sizeof(int32_t));
+    int32_t *inp = malloc((size_t)B * T * sizeof(int32_t));
+    int32_t *tgt = malloc((size_t)B * T * sizeof(int32_t));
     graft_rng_t rng;
     graft_rng_seed(&rng, 5, 1);
     for (int i = 0; i < B * T; i++) {
