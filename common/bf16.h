@@ -1,5 +1,6 @@
-/* bf16.h — the trunk's linear-layer products with bf16 operands and fp32
- * sums (`--precision bf16`), for CPUs with AVX512_BF16.
+/* bf16.h — the trunk's linear-layer products (the block projections and
+ * the LM head) with bf16 operands and fp32 sums (`--precision bf16`), for
+ * CPUs with AVX512_BF16.
  *
  * The same three products as matmul_forward / matmul_backward in ops.h, on
  * the same fp32 tensors: each call rounds its operands to bf16 (round to

@@ -197,6 +197,32 @@ static void product_backward(graft_gpt2_t *m, float *dinp, float *dW, float *dbi
     }
 }
 
+/* The LM head's products (lmhead_forward / lmhead_backward in ops.h) at
+ * the model's precision: logits = inp @ wte^T is the bf16 input-gradient
+ * product with wte as its (V, C) weight, dinp = dlogits @ wte the forward
+ * product, and dwte += dlogits^T @ inp the weight gradient with the roles
+ * of inp and dlogits swapped. */
+static void lmhead_product_forward(graft_gpt2_t *m, float *logits, const float *inp, int N) {
+    const float *wte = m->params.wte;
+    int C = m->cfg.C, V = m->cfg.V;
+    if (m->precision == GRAFT_BF16)
+        bf16_matmul_backward(&m->bf16, logits, NULL, inp, NULL, wte, N, V, C);
+    else
+        lmhead_forward(logits, inp, wte, N, C, V);
+}
+
+static void lmhead_product_backward(graft_gpt2_t *m, float *dinp, float *dwte,
+                                    const float *dlogits, const float *inp, int N) {
+    const float *wte = m->params.wte;
+    int C = m->cfg.C, V = m->cfg.V;
+    if (m->precision != GRAFT_BF16) {
+        lmhead_backward(dinp, dwte, dlogits, inp, wte, N, C, V);
+        return;
+    }
+    if (dinp) bf16_matmul_forward(&m->bf16, dinp, dlogits, wte, NULL, N, V, C);
+    if (dwte) bf16_matmul_backward(&m->bf16, NULL, dwte, inp, dlogits, NULL, N, V, C);
+}
+
 /* out (N, odim) = inp (N, in) @ W + bias. */
 static void linear_forward(graft_gpt2_t *m, int l, graft_proj_t proj, float *out,
                            const float *inp, const float *bias, size_t N, int in, int odim) {
@@ -281,7 +307,7 @@ float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *
     m->loss_count = 0;
     if (!targets) return -1.0f;
     memcpy(m->targets, targets, BT * sizeof(int32_t));
-    GRAFT_PROF("fwd.lmhead", MMF(C, V), lmhead_forward(a.logits, a.lnf, p.wte, BT, C, V));
+    GRAFT_PROF("fwd.lmhead", MMF(C, V), lmhead_product_forward(m, a.logits, a.lnf, BT));
     GRAFT_PROF("fwd.crossentropy", 0,
                m->mean_loss = crossentropy_forward(a.losses, a.probs, a.logits, targets, BT, V,
                                                    &m->loss_count));
@@ -308,7 +334,7 @@ void graft_gpt2_backward(graft_gpt2_t *m) {
     GRAFT_PROF("bwd.crossentropy", 0,
                crossentropy_backward(g.logits, a.probs, m->targets, BT, V, scale));
     GRAFT_PROF("bwd.lmhead", 2.0 * BT * C * V * (dwte ? 2 : 1),
-               lmhead_backward(g.lnf, dwte, g.logits, a.lnf, m->params.wte, BT, C, V));
+               lmhead_product_backward(m, g.lnf, dwte, g.logits, a.lnf, BT));
     graft_gpt2_backward_from_lnf(m);
 }
 

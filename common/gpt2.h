@@ -100,7 +100,8 @@ typedef enum {
 } graft_grad_depth_t;
 
 /* Arithmetic of the four block projections' products (qkv, attention
- * output, MLP in and out). Everything else, and all storage, is fp32. */
+ * output, MLP in and out) and the LM head's. Everything else, and all
+ * storage, is fp32. */
 typedef enum {
     GRAFT_FP32, /* cblas_sgemm */
     GRAFT_BF16, /* bf16 operands, fp32 sums (bf16.h; needs AVX512_BF16) */
