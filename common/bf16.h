@@ -11,6 +11,9 @@
  * relative rounding error of at most 2^-9 per operand), as in bf16 mixed
  * precision training elsewhere.
  *
+ * gpt2.c sends only products of 8 M multiply-adds and more here
+ * (BF16_MIN_MACS); smaller ones stay on sgemm.
+ *
  * Layout inside a product: C (M, N) = A (M, K) @ B (K, N) runs on 8 x 48
  * tiles of C. A row's bf16 values come in pairs along K (one 32-bit word
  * per pair, broadcast to the 16 lanes); B is packed into panels of 48

@@ -178,18 +178,29 @@ static const char *const proj_prof_name[GRAFT_NUM_PROJ][2] = {
     {"fwd.qkv", "bwd.qkv"}, {"fwd.attproj", "bwd.attproj"}, {"fwd.fc", "bwd.fc"},
     {"fwd.fcproj", "bwd.fcproj"}};
 
+/* Products below this many multiply-adds stay on sgemm at bf16 too: the
+ * operand rounding and packing (three parallel regions instead of one)
+ * cost more than the faster tiles save. At the tiny preset (products of
+ * 0.5-1.5 M) bf16 throughout ran a training step at half the speed of
+ * fp32; the small preset's products are 75-300 M. */
+#define BF16_MIN_MACS (8.0 * 1024 * 1024)
+
+static int use_bf16(const graft_gpt2_t *m, int N, int K, int M) {
+    return m->precision == GRAFT_BF16 && (double)N * K * M >= BF16_MIN_MACS;
+}
+
 /* The projections' products at the model's precision (matmul_forward and
  * matmul_backward in ops.h, or their bf16 forms). */
 static void product_forward(graft_gpt2_t *m, float *out, const float *inp, const float *W,
                             const float *bias, int N, int in, int odim) {
-    if (m->precision == GRAFT_BF16) bf16_matmul_forward(&m->bf16, out, inp, W, bias, N, in, odim);
+    if (use_bf16(m, N, in, odim)) bf16_matmul_forward(&m->bf16, out, inp, W, bias, N, in, odim);
     else matmul_forward(out, inp, W, bias, N, in, odim);
 }
 
 static void product_backward(graft_gpt2_t *m, float *dinp, float *dW, float *dbias,
                              const float *dout, const float *inp, const float *W, int N, int in,
                              int odim) {
-    if (m->precision == GRAFT_BF16) {
+    if (use_bf16(m, N, in, odim)) {
         bf16_matmul_backward(&m->bf16, dinp, dW, dout, inp, W, N, in, odim);
         if (dbias) colsum_accumulate(dbias, dout, N, odim);
     } else {
@@ -205,7 +216,7 @@ static void product_backward(graft_gpt2_t *m, float *dinp, float *dW, float *dbi
 static void lmhead_product_forward(graft_gpt2_t *m, float *logits, const float *inp, int N) {
     const float *wte = m->params.wte;
     int C = m->cfg.C, V = m->cfg.V;
-    if (m->precision == GRAFT_BF16)
+    if (use_bf16(m, N, C, V))
         bf16_matmul_backward(&m->bf16, logits, NULL, inp, NULL, wte, N, V, C);
     else
         lmhead_forward(logits, inp, wte, N, C, V);
@@ -215,7 +226,7 @@ static void lmhead_product_backward(graft_gpt2_t *m, float *dinp, float *dwte,
                                     const float *dlogits, const float *inp, int N) {
     const float *wte = m->params.wte;
     int C = m->cfg.C, V = m->cfg.V;
-    if (m->precision != GRAFT_BF16) {
+    if (!use_bf16(m, N, C, V)) {
         lmhead_backward(dinp, dwte, dlogits, inp, wte, N, C, V);
         return;
     }
