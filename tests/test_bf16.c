@@ -58,6 +58,26 @@ static void test_round(void **state) {
     assert_true(r(3.14159265f) == 3.140625f);
 }
 
+/* got (M, Nc) against init + A @ B in double on bf16-rounded operands:
+ * element (i, j) of A at A[i * a_row + k * a_k], of B at B[k * b_k +
+ * j * b_col]; init (NULL: 0) at init[i * init_row + j] (init_row 0: one
+ * row for all, as a bias). */
+static void check_product(const float *got, const float *init, size_t init_row, int M, int Nc,
+                          int K, const float *A, size_t a_row, size_t a_k, const float *B,
+                          size_t b_k, size_t b_col) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < Nc; j++) {
+            double want = init ? init[(size_t)i * init_row + j] : 0.0, mag = fabs(want);
+            for (int k = 0; k < K; k++) {
+                double t = (double)r(A[(size_t)i * a_row + (size_t)k * a_k]) *
+                           r(B[(size_t)k * b_k + (size_t)j * b_col]);
+                want += t;
+                mag += fabs(t);
+            }
+            assert_true(fabs(got[(size_t)i * Nc + j] - want) <= SUM_TOL * mag);
+        }
+}
+
 /* forward, dinp and dW of one shape against the double evaluation. */
 static void check_shape(int N, int C, int OC) {
     graft_rng_t rng;
@@ -72,36 +92,10 @@ static void check_shape(int N, int C, int OC) {
     bf16_matmul_forward(&s, out, inp, W, bias, N, C, OC);
     bf16_matmul_backward(&s, dinp, dW, dout, inp, W, N, C, OC);
 
-    for (int i = 0; i < N; i++)
-        for (int o = 0; o < OC; o++) {
-            double want = bias[o], mag = fabs(bias[o]);
-            for (int c = 0; c < C; c++) {
-                double t = (double)r(inp[(size_t)i * C + c]) * r(W[(size_t)c * OC + o]);
-                want += t;
-                mag += fabs(t);
-            }
-            assert_true(fabs(out[(size_t)i * OC + o] - want) <= SUM_TOL * mag);
-        }
-    for (int i = 0; i < N; i++)
-        for (int c = 0; c < C; c++) {
-            double want = 0.0, mag = 0.0;
-            for (int o = 0; o < OC; o++) {
-                double t = (double)r(dout[(size_t)i * OC + o]) * r(W[(size_t)c * OC + o]);
-                want += t;
-                mag += fabs(t);
-            }
-            assert_true(fabs(dinp[(size_t)i * C + c] - want) <= SUM_TOL * mag);
-        }
-    for (int c = 0; c < C; c++)
-        for (int o = 0; o < OC; o++) {
-            double want = dW0[(size_t)c * OC + o], mag = fabs(want);
-            for (int i = 0; i < N; i++) {
-                double t = (double)r(inp[(size_t)i * C + c]) * r(dout[(size_t)i * OC + o]);
-                want += t;
-                mag += fabs(t);
-            }
-            assert_true(fabs(dW[(size_t)c * OC + o] - want) <= SUM_TOL * mag);
-        }
+    /* out = inp @ W + bias; dinp = dout @ W^T; dW = dW0 + inp^T @ dout */
+    check_product(out, bias, 0, N, OC, C, inp, C, 1, W, OC, 1);
+    check_product(dinp, NULL, 0, N, C, OC, dout, OC, 1, W, 1, OC);
+    check_product(dW, dW0, OC, C, OC, N, inp, 1, C, dout, OC, 1);
     graft_bf16_scratch_free(&s);
     free(inp), free(W), free(bias), free(dout), free(dW), free(dW0), free(out), free(dinp);
 }
