@@ -1,4 +1,4 @@
-/* adamw.c — AdamW, learning-rate schedule, gradient clipping. */
+/* adamw.c — AdamW and SGD, learning-rate schedule, gradient clipping. */
 #include "adamw.h"
 
 #include <math.h>
@@ -53,6 +53,21 @@ void graft_adamw_update_team(const graft_adamw_config_t *cfg, float *params, con
         v[i] = b2 * v[i] + (1.0f - b2) * g * g;
         float mhat = m[i] / c1, vhat = v[i] / c2;
         params[i] -= lr * (mhat / (sqrtf(vhat) + cfg->eps) + wd * params[i]);
+    }
+}
+
+void graft_sgd_update_team(const graft_adamw_config_t *cfg, float *params, const float *grads,
+                           float *m, size_t n, float lr, float grad_scale, int decay) {
+    float mu = cfg->momentum, wd = decay ? cfg->weight_decay : 0.0f;
+    if (mu == 0.0f) {
+#pragma omp for simd schedule(simd : dynamic, 4096) nowait
+        for (size_t i = 0; i < n; i++) params[i] -= lr * (grads[i] * grad_scale + wd * params[i]);
+        return;
+    }
+#pragma omp for simd schedule(simd : dynamic, 4096) nowait
+    for (size_t i = 0; i < n; i++) {
+        m[i] = mu * m[i] + grads[i] * grad_scale;
+        params[i] -= lr * (m[i] + wd * params[i]);
     }
 }
 

@@ -223,7 +223,7 @@ static void head_update(graft_grafting_t *g, int t, float lr_frac) {
     graft_scope_t *head = g->tr->peft->tasks[t].scope;
     double sumsq = 0.0;
     graft_scope_grad_sumsq(head, &sumsq);
-    graft_scope_adamw(head, &g->tr->opt, g->tr->cfg.lr * lr_frac,
+    graft_scope_step(head, &g->tr->opt, g->tr->cfg.lr * lr_frac,
                       graft_clip_scale(&g->tr->opt, sumsq));
 }
 
@@ -341,7 +341,7 @@ double graft_grafting_tune(graft_grafting_t *g, int t, graft_mask_t *mask, int s
         graft_adamw_update(&tr->opt, mask->value, grad, adam_m, adam_v, k, tr->cfg.lr * frac,
                            step, scale, 0);
         for (size_t i = 0; i < k; i++) theta[mask->index[i]] = mask->value[i];
-        graft_scope_adamw(head, &tr->opt, tr->cfg.lr * frac, scale);
+        graft_scope_step(head, &tr->opt, tr->cfg.lr * frac, scale);
     }
     free(block);
     double loss = train_loss(g, t, mask);

@@ -45,6 +45,8 @@ typedef struct {
     float head_lr; /* 0: lr */
     int keep_optimizer_state; /* federated: workers keep AdamW state across rounds */
     float logit_adjust;       /* federated: tau of the heads' label-shift correction */
+    char optimizer[GRAFT_OPT_STR]; /* adamw or sgd */
+    float momentum;                /* sgd */
     float weight_decay;
     float grad_clip;
     int warmup;

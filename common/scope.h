@@ -72,10 +72,11 @@ void graft_scope_zero_grad(graft_scope_t *s);
 /* Adds this scope's squared gradient norm (frozen tensors left out) to
  * *sumsq (for global clipping). */
 void graft_scope_grad_sumsq(const graft_scope_t *s, double *sumsq);
-/* One AdamW step over the whole scope, tensor by tensor (decay and
- * learning-rate scale per tensor; frozen tensors keep their values). */
-void graft_scope_adamw(graft_scope_t *s, const graft_adamw_config_t *cfg, float lr,
-                       float grad_scale);
+/* One optimiser step (cfg->kind: AdamW or SGD) over the whole scope,
+ * tensor by tensor (decay and learning-rate scale per tensor; frozen tensors
+ * keep their values). */
+void graft_scope_step(graft_scope_t *s, const graft_adamw_config_t *cfg, float lr,
+                      float grad_scale);
 /* FedProx: the gradient of mu/2 ||params - prox_ref||^2, added to every
  * trained tensor's gradient (nothing when prox_ref is NULL or mu is 0). */
 void graft_scope_prox_grad(graft_scope_t *s, float mu);

@@ -72,6 +72,18 @@ static int load_trunk(const graft_run_config_t *cfg, graft_gpt2_t **out) {
     return rc;
 }
 
+static int parse_optimizer(const graft_run_config_t *cfg, graft_optimizer_t *out) {
+    if (!strcmp(cfg->optimizer, "adamw")) {
+        *out = GRAFT_ADAMW;
+    } else if (!strcmp(cfg->optimizer, "sgd")) {
+        *out = GRAFT_SGD;
+    } else {
+        LOG_ERROR("unknown --optimizer '%s' (adamw or sgd)", cfg->optimizer);
+        return GRAFT_EINVAL;
+    }
+    return GRAFT_OK;
+}
+
 static int load_tasks(const graft_run_config_t *cfg, graft_task_t **tasks, int *n_tasks) {
     int n = graft_run_load_tasks(cfg->tasks, tasks, GRAFT_MAX_TASKS);
     if (n < 0) return n;
@@ -94,7 +106,9 @@ int graft_trainer_new_with_tasks(const graft_run_config_t *cfg, graft_task_t **t
     tr->n_tasks = n_tasks;
     for (int i = 0; i < n_tasks; i++) tr->tasks[i] = tasks[i];
     graft_peft_config_t pc;
+    graft_optimizer_t kind = GRAFT_ADAMW;
     int rc = graft_run_peft_config(cfg, &pc);
+    if (!rc) rc = parse_optimizer(cfg, &kind);
     if (!rc) rc = load_trunk(cfg, &tr->trunk);
     if (rc) {
         graft_trainer_destroy(&tr);
@@ -115,6 +129,8 @@ int graft_trainer_new_with_tasks(const graft_run_config_t *cfg, graft_task_t **t
     tr->opt.total_steps = cfg->steps;
     tr->opt.weight_decay = cfg->weight_decay;
     tr->opt.grad_clip = cfg->grad_clip;
+    tr->opt.kind = kind;
+    tr->opt.momentum = cfg->momentum;
     tr->stage = (pc.methods & GRAFT_M_CHANNELS) ? 1 : 2;
     graft_trainer_seek_sampler(tr, 0, 0);
     size_t BT = (size_t)tr->B * tr->T;
@@ -216,7 +232,7 @@ void graft_modules_update(graft_peft_t *p, int task, const graft_adamw_config_t 
                for (int i = 0; i < n; i++) graft_scope_grad_sumsq(scopes[i], &sumsq));
     float scale = graft_clip_scale(opt, sumsq);
     GRAFT_PROF("opt.adamw", 0,
-               for (int i = 0; i < n; i++) graft_scope_adamw(scopes[i], opt, lr, scale));
+               for (int i = 0; i < n; i++) graft_scope_step(scopes[i], opt, lr, scale));
 }
 
 void graft_trainer_select_channels(graft_trainer_t *tr) {

@@ -592,7 +592,7 @@ static void test_prox_and_frozen(void **state) {
     graft_scope_grad_sumsq(s, &sumsq);
     assert_true(sumsq == 2.0);
     graft_adamw_config_t opt = graft_adamw_defaults();
-    graft_scope_adamw(s, &opt, 0.1f, 1.0f);
+    graft_scope_step(s, &opt, 0.1f, 1.0f);
     assert_true(pa[0] == 1 && pa[1] == 2);
     assert_true(pb[0] < 3 && pb[1] > -1);
     graft_scope_destroy(&s);

@@ -520,7 +520,7 @@ static void train_steps(graft_peft_t *p, const batch_t *bt, int steps) {
         run_loss(p, task, bt, 1);
         graft_scope_t *scopes[2];
         int n = graft_peft_scopes(p, task, scopes);
-        for (int i = 0; i < n; i++) graft_scope_adamw(scopes[i], &opt, 1e-2f, 1.0f);
+        for (int i = 0; i < n; i++) graft_scope_step(scopes[i], &opt, 1e-2f, 1.0f);
     }
 }
 
@@ -554,7 +554,7 @@ static void test_head_lr_scale(void **state) {
         graft_adamw_config_t opt = graft_adamw_defaults();
         graft_peft_zero_grad(p, TASK_CLS);
         run_loss(p, TASK_CLS, &bt, 1);
-        graft_scope_adamw(s, &opt, 1e-3f, 1.0f);
+        graft_scope_step(s, &opt, 1e-3f, 1.0f);
         for (size_t i = 0; i < n; i++) moved[run][i] = s->params[i] - moved[run][i];
         graft_peft_destroy(&p);
         graft_gpt2_destroy(&m);
