@@ -2,7 +2,8 @@
  * values at known steps, gradient-norm clipping, and AdamW updates against
  * values worked out by hand (first and second step, bias correction, with
  * and without decoupled weight decay, gradient scaling), then against a
- * double-precision textbook AdamW over several steps.
+ * double-precision textbook AdamW over several steps; SGD with and without
+ * momentum by hand, and a scope step taking SGD's path when asked.
  *
  * Tolerances: the kernels run in fp32, so values of order one are compared
  * to 1e-6 relative (a few roundings of 6e-8 each). The eps term of Adam
@@ -18,6 +19,7 @@
 #include <math.h>
 
 #include "adamw.h"
+#include "scope.h"
 
 #define assert_close(x, want, rel)                                                     \
     do {                                                                               \
@@ -224,6 +226,76 @@ static void test_update_matches_reference(void **state) {
     }
 }
 
+/* ---- SGD ----------------------------------------------------------------- */
+
+/* Plain SGD (momentum 0): p -= lr (scale g + wd p); the momentum buffer is
+ * not touched. With decay 0 the decay term is left out. */
+static void test_sgd_plain(void **state) {
+    (void)state;
+    graft_adamw_config_t c = graft_adamw_defaults();
+    c.kind = GRAFT_SGD;
+    c.weight_decay = 0.1f;
+    float p[3] = {1.0f, -2.0f, 0.5f}, m[3] = {7, 7, 7};
+    const float g[3] = {0.5f, -0.25f, 0.0f};
+    graft_sgd_update_team(&c, p, g, m, 3, 0.1f, 0.5f, 1);
+    assert_close(p[0], 1.0 - 0.1 * (0.25 + 0.1), 1e-6);     /* 0.965 */
+    assert_close(p[1], -2.0 - 0.1 * (-0.125 - 0.2), 1e-6);  /* -1.9675 */
+    assert_close(p[2], 0.5 - 0.1 * 0.05, 1e-6);             /* decay only: 0.495 */
+    assert_true(m[0] == 7 && m[1] == 7 && m[2] == 7);
+    float q[1] = {2.0f}, mq[1] = {0};
+    const float gq[1] = {1.0f};
+    graft_sgd_update_team(&c, q, gq, mq, 1, 0.1f, 1.0f, 0);
+    assert_close(q[0], 1.9, 1e-6);
+}
+
+/* Heavy ball, momentum 0.9: m1 = g1, p1 = p0 - lr m1; m2 = 0.9 m1 + g2,
+ * p2 = p1 - lr m2. For g = 1 then -0.5 at lr 0.1 from 0: m = 1, 0.4 and
+ * p = -0.1, -0.14. */
+static void test_sgd_momentum(void **state) {
+    (void)state;
+    graft_adamw_config_t c = graft_adamw_defaults();
+    c.kind = GRAFT_SGD;
+    c.momentum = 0.9f;
+    float p[1] = {0.0f}, m[1] = {0.0f};
+    const float g1[1] = {1.0f}, g2[1] = {-0.5f};
+    graft_sgd_update_team(&c, p, g1, m, 1, 0.1f, 1.0f, 0);
+    assert_close(m[0], 1.0, 1e-6);
+    assert_close(p[0], -0.1, 1e-6);
+    graft_sgd_update_team(&c, p, g2, m, 1, 0.1f, 1.0f, 0);
+    assert_close(m[0], 0.4, 1e-6);
+    assert_close(p[0], -0.14, 1e-6);
+}
+
+/* graft_scope_step dispatches on cfg->kind: the same gradient moves a
+ * parameter by lr * g under SGD and by lr * sign(g) under Adam's first step;
+ * a frozen tensor stays put either way. */
+static void test_scope_step_kinds(void **state) {
+    (void)state;
+    for (int kind = GRAFT_ADAMW; kind <= GRAFT_SGD; kind++) {
+        graft_scope_t *s = graft_scope_new("shared");
+        int a = graft_scope_add(s, "A", 1, 2, 0, 0), b = graft_scope_add(s, "B", 1, 1, 0, 0);
+        graft_scope_alloc(s);
+        graft_scope_alloc_grads(s);
+        float *pa = graft_scope_ptr(s, a), *ga = graft_scope_grad(s, a);
+        pa[0] = 1.0f, pa[1] = 1.0f, ga[0] = 0.25f, ga[1] = -4.0f;
+        s->tensors[b].frozen = 1;
+        graft_scope_ptr(s, b)[0] = 3.0f;
+        graft_scope_grad(s, b)[0] = 1.0f;
+        graft_adamw_config_t c = graft_adamw_defaults();
+        c.kind = (graft_optimizer_t)kind;
+        graft_scope_step(s, &c, 0.1f, 1.0f);
+        if (kind == GRAFT_SGD) {
+            assert_close(pa[0], 1.0 - 0.025, 1e-6);
+            assert_close(pa[1], 1.0 + 0.4, 1e-6);
+        } else {
+            assert_close(pa[0], 0.9, 1e-6);
+            assert_close(pa[1], 1.1, 1e-6);
+        }
+        assert_true(graft_scope_ptr(s, b)[0] == 3.0f);
+        graft_scope_destroy(&s);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lr_warmup_and_cosine),
@@ -231,6 +303,9 @@ int main(void) {
         cmocka_unit_test(test_update_by_hand),
         cmocka_unit_test(test_update_without_decay_and_scaled),
         cmocka_unit_test(test_update_matches_reference),
+        cmocka_unit_test(test_sgd_plain),
+        cmocka_unit_test(test_sgd_momentum),
+        cmocka_unit_test(test_scope_step_kinds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

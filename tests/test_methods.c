@@ -330,8 +330,27 @@ static void test_methods_beat_head(void **state) {
     assert_int_equal(failures, 0);
 }
 
+/* --optimizer: sgd (with --momentum) reaches the trainer's optimiser
+ * config; an unknown name is refused before anything is built. */
+static void test_optimizer_option(void **state) {
+    (void)state;
+    graft_run_config_t cfg;
+    run_config(&cfg, "full", 0.1f, NULL);
+    graft_trainer_t *tr = NULL;
+    snprintf(cfg.optimizer, sizeof cfg.optimizer, "adam");
+    assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_EINVAL);
+    assert_null(tr);
+    snprintf(cfg.optimizer, sizeof cfg.optimizer, "sgd");
+    cfg.momentum = 0.9f;
+    assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
+    assert_int_equal(tr->opt.kind, GRAFT_SGD);
+    assert_true(tr->opt.momentum == 0.9f);
+    graft_trainer_destroy(&tr);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_optimizer_option),
         cmocka_unit_test(test_methods_beat_head),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
