@@ -101,6 +101,12 @@ static int check_finetuned(const graft_grafting_t *g, const graft_st_file_t *f) 
                   "(graft train --method full)", path, method ? method : "?");
         return GRAFT_EFORMAT;
     }
+    /* Checkpoints from before train.optimizer was recorded were AdamW's. */
+    const char *opt = graft_st_meta(f, "train.optimizer");
+    if (!opt || strcmp(opt, "sgd") != 0)
+        LOG_WARN("%s: fine-tuned with %s; movement localizes a skill after SGD fine-tuning "
+                 "(--optimizer sgd --lr 0.1 --momentum 0.9, as the paper), and top-k masks of "
+                 "AdamW's movement recover little of it", path, opt ? opt : "adamw");
     const float *ft = g->tr->trunk->params_memory;
     for (size_t i = 0; i < g->tr->trunk->num_params; i++) {
         if (!isfinite(ft[i])) {

@@ -13,6 +13,12 @@
  * trunk, the fine-tuned one or a graft — and the task heads are the
  * fine-tuned ones (heads are task scope: grafting covers only the trunk).
  *
+ * Movement locates a skill only when the fine-tuning moved parameters in
+ * proportion to their gradients: the paper fine-tunes with SGD, and so
+ * should the source runs here (--optimizer sgd). AdamW's normalised steps
+ * move nearly every parameter by about the same amount, and top-k masks of
+ * its movement recover little (README, Grafting).
+ *
  * Refinement (--graft_refine_steps N > 0) searches for a better mask of the
  * same k among the top c*k parameters by movement (c = --graft_candidates).
  * Each candidate has a score, +3 for the entries of the top-k mask and -3

@@ -451,10 +451,10 @@ int graft_trainer_save(graft_trainer_t *tr, const char *path) {
     snprintf(ri, sizeof ri, "%llu", (unsigned long long)tr->rng.inc);
     snprintf(sstep, sizeof sstep, "%d", scopes[0]->step);
     const char *keys[] = {"train.step", "train.stage", "train.rng_state", "train.rng_inc",
-                          "train.method", "format"};
-    const char *vals[] = {step, stage, rs, ri, tr->cfg.method, "graft-modules"};
+                          "train.method", "train.optimizer", "format"};
+    const char *vals[] = {step, stage, rs, ri, tr->cfg.method, tr->cfg.optimizer, "graft-modules"};
     int rc = graft_mkdirs_for(path);
-    if (!rc) rc = graft_st_write(path, ts, k, keys, vals, 6);
+    if (!rc) rc = graft_st_write(path, ts, k, keys, vals, 7);
     for (int t = 0; t < tr->n_tasks; t++) free(tmp[t]);
     free(tmp);
     free(names);
