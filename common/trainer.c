@@ -94,7 +94,9 @@ static int load_tasks(const graft_run_config_t *cfg, graft_task_t **tasks, int *
 int graft_trainer_new(const graft_run_config_t *cfg, graft_trainer_t **out) {
     graft_task_t *tasks[GRAFT_MAX_TASKS];
     int n = 0;
-    int rc = load_tasks(cfg, tasks, &n);
+    graft_optimizer_t kind;
+    int rc = parse_optimizer(cfg, &kind); /* before the (slow) task files */
+    if (!rc) rc = load_tasks(cfg, tasks, &n);
     if (rc) return rc;
     return graft_trainer_new_with_tasks(cfg, tasks, n, out);
 }
