@@ -77,3 +77,19 @@ void graft_adamw_update(const graft_adamw_config_t *cfg, float *params, const fl
 #pragma omp parallel if (n >= GRAFT_ADAMW_PARALLEL_MIN)
     graft_adamw_update_team(cfg, params, grads, m, v, n, lr, t, grad_scale, decay);
 }
+
+void graft_optim_update_team(const graft_adamw_config_t *cfg, float *params, const float *grads,
+                             float *m, float *v, size_t n, float lr, int t, float grad_scale,
+                             int decay) {
+    if (cfg->kind == GRAFT_SGD)
+        graft_sgd_update_team(cfg, params, grads, m, n, lr, grad_scale, decay);
+    else
+        graft_adamw_update_team(cfg, params, grads, m, v, n, lr, t, grad_scale, decay);
+}
+
+void graft_optim_update(const graft_adamw_config_t *cfg, float *params, const float *grads,
+                        float *m, float *v, size_t n, float lr, int t, float grad_scale,
+                        int decay) {
+#pragma omp parallel if (n >= GRAFT_ADAMW_PARALLEL_MIN)
+    graft_optim_update_team(cfg, params, grads, m, v, n, lr, t, grad_scale, decay);
+}

@@ -57,6 +57,17 @@ void graft_adamw_update_team(const graft_adamw_config_t *cfg, float *params, con
 void graft_sgd_update_team(const graft_adamw_config_t *cfg, float *params, const float *grads,
                            float *m, size_t n, float lr, float grad_scale, int decay);
 
+/* One step of cfg->kind's optimiser on a span: graft_sgd_update_team or
+ * graft_adamw_update_team (same arguments; SGD ignores v and t). The
+ * _team form is a worksharing loop as above; graft_optim_update opens its
+ * own parallel region for long spans. */
+void graft_optim_update_team(const graft_adamw_config_t *cfg, float *params, const float *grads,
+                             float *m, float *v, size_t n, float lr, int t, float grad_scale,
+                             int decay);
+void graft_optim_update(const graft_adamw_config_t *cfg, float *params, const float *grads,
+                        float *m, float *v, size_t n, float lr, int t, float grad_scale,
+                        int decay);
+
 /* Spans shorter than this are updated on one thread: starting the team
  * costs more than it saves. */
 #define GRAFT_ADAMW_PARALLEL_MIN 32768

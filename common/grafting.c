@@ -230,7 +230,7 @@ static void head_update(graft_grafting_t *g, int t, float lr_frac) {
     double sumsq = 0.0;
     graft_scope_grad_sumsq(head, &sumsq);
     graft_scope_step(head, &g->tr->opt, g->tr->cfg.lr * lr_frac,
-                      graft_clip_scale(&g->tr->opt, sumsq));
+                     graft_clip_scale(&g->tr->opt, sumsq));
 }
 
 double graft_grafting_fit_head(graft_grafting_t *g, int t, const graft_mask_t *mask, int steps) {
@@ -329,9 +329,9 @@ double graft_grafting_tune(graft_grafting_t *g, int t, graft_mask_t *mask, int s
     float *theta = tr->trunk->params_memory;
     const float *dtheta = tr->trunk->grads_memory;
     size_t k = mask->k;
-    /* One block: the values' gradients and Adam's m and v. */
+    /* One block: the values' gradients and the optimiser's m and v. */
     float *block = graft_xcalloc(3 * (k ? k : 1), sizeof(float));
-    float *grad = block, *adam_m = block + k, *adam_v = block + 2 * k;
+    float *grad = block, *opt_m = block + k, *opt_v = block + 2 * k;
     graft_grafting_use_mask(g, mask);
     graft_scope_reset_state(head);
     for (int step = 1; step <= steps; step++) {
@@ -344,7 +344,7 @@ double graft_grafting_tune(graft_grafting_t *g, int t, graft_mask_t *mask, int s
         graft_scope_grad_sumsq(head, &sumsq);
         float scale = graft_clip_scale(&tr->opt, sumsq);
         float frac = cosine_frac(step - 1, steps);
-        graft_adamw_update(&tr->opt, mask->value, grad, adam_m, adam_v, k, tr->cfg.lr * frac,
+        graft_optim_update(&tr->opt, mask->value, grad, opt_m, opt_v, k, tr->cfg.lr * frac,
                            step, scale, 0);
         for (size_t i = 0; i < k; i++) theta[mask->index[i]] = mask->value[i];
         graft_scope_step(head, &tr->opt, tr->cfg.lr * frac, scale);

@@ -111,13 +111,9 @@ void graft_scope_step(graft_scope_t *s, const graft_adamw_config_t *cfg, float l
     for (int i = 0; i < s->n_tensors; i++) {
         const graft_scope_tensor_t *t = &s->tensors[i];
         if (t->frozen) continue;
-        float *p = s->params + t->offset, *m = s->state + t->offset;
-        const float *g = s->grads + t->offset;
-        if (cfg->kind == GRAFT_SGD)
-            graft_sgd_update_team(cfg, p, g, m, t->numel, lr * t->lr_scale, grad_scale, t->decay);
-        else
-            graft_adamw_update_team(cfg, p, g, m, s->state + s->numel + t->offset, t->numel,
-                                    lr * t->lr_scale, s->step, grad_scale, t->decay);
+        graft_optim_update_team(cfg, s->params + t->offset, s->grads + t->offset,
+                                s->state + t->offset, s->state + s->numel + t->offset, t->numel,
+                                lr * t->lr_scale, s->step, grad_scale, t->decay);
     }
 }
 
