@@ -252,7 +252,6 @@ static void greedy_decode(graft_trainer_t *tr, int B, int32_t *tokens, int32_t *
     graft_gpt2_t *m = tr->trunk;
     int T = tr->T, C = m->cfg.C, V = m->cfg.V;
     float *logits = graft_xmalloc((size_t)V * sizeof(float));
-    int32_t *gen = graft_xmalloc((size_t)tr->cfg.gen_tokens * sizeof(int32_t));
     int *done = graft_xcalloc((size_t)B, sizeof(int));
     size_t *len = graft_xcalloc((size_t)B, sizeof(size_t));
     for (int s = 0; s < tr->cfg.gen_tokens; s++) {
@@ -278,7 +277,6 @@ static void greedy_decode(graft_trainer_t *tr, int B, int32_t *tokens, int32_t *
     }
     for (int b = 0; b < B; b++) out[b][len[b]] = '\0';
     free(logits);
-    free(gen);
     free(done);
     free(len);
 }

@@ -18,7 +18,7 @@ it read. A run whose events end with a successful run_end and whose log holds
 the same command and digest is not repeated; one of other options or inputs is
 (--force redoes every run, e.g. after rebuilding graft).
 
-    python3 scripts/bench_tasks.py --seeds 5      # the full benchmark (its runs take about 2 h 40 min on 2 cores)
+    python3 scripts/bench_tasks.py --seeds 5      # the full benchmark (about 1 h 50 min of runs on 2 cores)
     python3 scripts/bench_tasks.py --quick        # CI: tiny trunk, data slice
 
 --quick uses the random `tiny` trunk, the committed data slice
