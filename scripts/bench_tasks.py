@@ -600,8 +600,9 @@ def main():
     p.add_argument("--all", action="store_true",
                    help="the default run plus mtlora_probes and graft_adamw")
     p.add_argument("--seeds", type=int, default=1,
-                   help="seeds of the centralized and federated (keep-state) MTLoRA runs, whose "
-                        "gap the acceptance checks; seeds 2.. add runs NAME-seedN (default 1)")
+                   help="seeds of the centralized / federated MTLoRA pair of SEED_PAIRS and the "
+                        "mean pooling rows, whose means the acceptance checks; seeds 2.. add "
+                        "runs NAME-seedN (default 1)")
     p.add_argument("--no-federated", dest="federated", action="store_false")
     p.add_argument("--no-plots", dest="no_plots", action="store_true")
     p.add_argument("--force", action="store_true", help="redo runs that already finished")
@@ -648,7 +649,8 @@ def main():
     def want(group):
         return group in only if only else (a.all or group not in EXTRA_GROUPS)
     for name, _, opts in METHODS:
-        if want(name):
+        # mtlora_probes needs the plain MTLoRA runs beside it as references.
+        if want(name) or (name == "mtlora" and want("mtlora_probes")):
             b.centralized(name, opts)
             for suffix, _, factor in CENTRAL_VARIANTS.get(name, []):
                 if name + suffix not in PROBE_RUNS or want("mtlora_probes"):
