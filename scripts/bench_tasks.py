@@ -648,19 +648,21 @@ def main():
         b.shard()
     def want(group):
         return group in only if only else (a.all or group not in EXTRA_GROUPS)
+
+    def want_run(run):  # a variant run: the probe runs belong to mtlora_probes
+        return run not in PROBE_RUNS or want("mtlora_probes")
     for name, _, opts in METHODS:
         # mtlora_probes needs the plain MTLoRA runs beside it as references.
         if want(name) or (name == "mtlora" and want("mtlora_probes")):
             b.centralized(name, opts)
             for suffix, _, factor in CENTRAL_VARIANTS.get(name, []):
-                if name + suffix not in PROBE_RUNS or want("mtlora_probes"):
+                if want_run(name + suffix):
                     b.centralized(name + suffix, opts, steps_factor=factor)
             if a.federated:
                 b.federated(f"{name}-fed", opts)
                 for suffix, more, _, factor, split in FED_VARIANTS.get(name, []):
-                    if name + suffix not in PROBE_RUNS or want("mtlora_probes"):
-                        b.federated(name + suffix, opts + more, rounds_factor=factor,
-                                    split=split)
+                    if want_run(name + suffix):
+                        b.federated(name + suffix, opts + more, rounds_factor=factor, split=split)
     if want("mtlora"):  # the centralized / federated comparisons again, other seeds
         mt_opts = dict((m[0], m[2]) for m in METHODS)["mtlora"]
         for central, fed, factor in SEED_PAIRS:
