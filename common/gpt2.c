@@ -119,6 +119,7 @@ void graft_gpt2_destroy(graft_gpt2_t **self_p) {
     free(m->grads_memory);
     free(m->acts_memory);
     free(m->grads_acts_memory);
+    free(m->decode_memory);
     free(m->inputs);
     free(m->targets);
     graft_bf16_scratch_free(&m->bf16);
@@ -154,6 +155,8 @@ void graft_gpt2_reserve(graft_gpt2_t *m, int B, int T) {
     if (m->acts_memory && B <= m->B && T == m->T) return;
     free(m->acts_memory);
     free(m->grads_acts_memory);
+    free(m->decode_memory);
+    m->decode_memory = NULL;
     free(m->inputs);
     free(m->targets);
     m->B = B > m->B ? B : m->B;
@@ -324,6 +327,69 @@ float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *
                                                    &m->loss_count));
 #undef MMF
     return m->mean_loss;
+}
+
+/* ---- incremental decoding ----------------------------------------------- */
+
+/* Floats per row of the decode scratch: the stream x, a LayerNorm output
+ * and its mean and rstd, qkv, the attention output and projection, the
+ * MLP's hidden layer before and after GELU and its output, and the
+ * attention scores (NH, T). */
+static size_t decode_row_floats(const graft_gpt2_t *m) {
+    size_t C = m->cfg.C;
+    return 2 * C + 2 + 3 * C + 2 * C + 8 * C + (size_t)m->cfg.NH * m->T;
+}
+
+const float *graft_gpt2_decode_step(graft_gpt2_t *m, const int32_t *seq, const int32_t *tokens,
+                                    const int32_t *pos, int N) {
+    const graft_gpt2_config_t *c = &m->cfg;
+    int L = c->L, C = c->C, NH = c->NH, T = m->T;
+    size_t slab = (size_t)m->B * m->T;
+    GRAFT_ASSERT(m->acts_memory && N >= 1 && N <= m->cur_B);
+    for (int i = 0; i < N; i++)
+        GRAFT_ASSERT(seq[i] >= 0 && seq[i] < m->cur_B && pos[i] >= 0 && pos[i] < m->cur_T &&
+                     tokens[i] >= 0 && tokens[i] < c->V);
+    if (!m->decode_memory)
+        m->decode_memory = graft_xmalloc((size_t)m->B * decode_row_floats(m) * sizeof(float));
+    /* views for N rows */
+    float *x = m->decode_memory, *ln = x + (size_t)N * C;
+    float *mean = ln + (size_t)N * C, *rstd = mean + N;
+    float *qkv = rstd + N, *atty = qkv + (size_t)N * 3 * C, *proj = atty + (size_t)N * C;
+    float *fch = proj + (size_t)N * C, *fch_gelu = fch + (size_t)N * 4 * C;
+    float *scores = fch_gelu + (size_t)N * 4 * C;
+
+    const graft_gpt2_params_t p = m->params;
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < C; j++)
+            x[(size_t)i * C + j] =
+                p.wte[(size_t)tokens[i] * C + j] + p.wpe[(size_t)pos[i] * C + j];
+    for (int l = 0; l < L; l++) {
+        float *cache = m->acts.qkv + l * slab * 3 * C;
+        const float *lnw, *lnb;
+        float *dlnw, *dlnb;
+        peft_ln_params(m, l, 1, &lnw, &lnb, &dlnw, &dlnb);
+        layernorm_forward(ln, mean, rstd, x, lnw, lnb, N, C);
+        linear_forward(m, l, GRAFT_PROJ_QKV, qkv, ln, p.qkvb + l * 3 * C, N, C, 3 * C);
+        for (int i = 0; i < N; i++)
+            memcpy(cache + ((size_t)seq[i] * T + pos[i]) * 3 * C + C, qkv + (size_t)i * 3 * C + C,
+                   2 * (size_t)C * sizeof(float));
+        attention_decode(atty, scores, qkv, cache, seq, pos, N, T, C, NH);
+        linear_forward(m, l, GRAFT_PROJ_ATTN, proj, atty, p.attprojb + l * C, N, C, C);
+        residual_forward(x, x, proj, (size_t)N * C);
+        peft_ln_params(m, l, 2, &lnw, &lnb, &dlnw, &dlnb);
+        layernorm_forward(ln, mean, rstd, x, lnw, lnb, N, C);
+        linear_forward(m, l, GRAFT_PROJ_FC, fch, ln, p.fcb + l * 4 * C, N, C, 4 * C);
+        gelu_forward(fch_gelu, fch, (size_t)N * 4 * C);
+        linear_forward(m, l, GRAFT_PROJ_FCPROJ, proj, fch_gelu, p.fcprojb + l * C, N, 4 * C, C);
+        peft_mlp_out_forward(m->peft, l, proj, fch_gelu, N);
+        residual_forward(x, x, proj, (size_t)N * C);
+        peft_block_out_forward(m->peft, l, x, N);
+    }
+    const float *lnfw, *lnfb;
+    float *dlnfw, *dlnfb;
+    peft_ln_params(m, -1, 0, &lnfw, &lnfb, &dlnfw, &dlnfb);
+    layernorm_forward(ln, mean, rstd, x, lnfw, lnfb, N, C);
+    return ln;
 }
 
 /* ---- backward ----------------------------------------------------------- */

@@ -128,6 +128,7 @@ typedef struct graft_gpt2 {
     graft_gpt2_acts_t acts;
     float *grads_acts_memory;
     graft_gpt2_acts_t grads_acts;
+    float *decode_memory; /* owned: graft_gpt2_decode_step's rows (up to B) */
     int32_t *inputs;  /* (B, T) copy of the last forward's inputs */
     int32_t *targets; /* (B, T) copy of the last forward's targets, -1 = ignored */
 
@@ -157,6 +158,20 @@ void graft_gpt2_reserve(graft_gpt2_t *m, int B, int T);
  * targets >= 0 (returned; -1 when targets is NULL). */
 float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *targets, int B,
                          int T);
+
+/* Incremental (KV-cached) decoding after a graft_gpt2_forward: row i feeds
+ * token tokens[i] at position pos[i] of sequence seq[i] (< the forward's B
+ * and T) through every block, attending to that sequence's keys and values
+ * at positions 0..pos[i] in acts.qkv. Those of earlier positions must be
+ * the sequence's real tokens' (from the forward or earlier steps); the
+ * step writes its own at pos[i]. Other activations of the forward are
+ * left as they are, but the modules' saved inputs are overwritten (no
+ * backward pass after decoding). Returns the rows' final-LayerNorm output
+ * (N, C), owned by m and valid until the next call: the same numbers as
+ * the forward's acts.lnf at (seq[i], pos[i]) over the same tokens, up to
+ * summation order. N <= the forward's B; sequences must differ. */
+const float *graft_gpt2_decode_step(graft_gpt2_t *m, const int32_t *seq, const int32_t *tokens,
+                                    const int32_t *pos, int N);
 
 /* Zeroes the weight gradients (activation gradients need no zeroing). */
 void graft_gpt2_zero_grad(graft_gpt2_t *m);

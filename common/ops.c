@@ -439,6 +439,39 @@ void attention_backward(float *dinp, float *scratch, const float *dout, const fl
     }
 }
 
+void attention_decode(float *out, float *scores, const float *q, const float *cache,
+                      const int32_t *seq, const int32_t *pos, int N, int T, int C, int NH) {
+    int hs = C / NH;
+    int C3 = 3 * C;
+    float scale = 1.0f / sqrtf((float)hs);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int i = 0; i < N; i++) {
+        for (int h = 0; h < NH; h++) {
+            const float *qi = q + (size_t)i * C3 + h * hs;
+            const float *k = cache + (size_t)seq[i] * T * C3 + C + h * hs;
+            const float *v = k + C;
+            float *s = scores + ((size_t)i * NH + h) * T;
+            float *o = out + (size_t)i * C + h * hs;
+            int n = pos[i] + 1;
+            for (int t = 0; t < n; t++) {
+                const float *kt = k + (size_t)t * C3;
+                float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                for (int j = 0; j < hs; j++) dot += qi[j] * kt[j];
+                s[t] = scale * dot;
+            }
+            softmax_row(s, s, n);
+            for (int j = 0; j < hs; j++) o[j] = 0.0f;
+            for (int t = 0; t < n; t++) {
+                const float *vt = v + (size_t)t * C3;
+                float w = s[t];
+#pragma omp simd
+                for (int j = 0; j < hs; j++) o[j] += w * vt[j];
+            }
+        }
+    }
+}
+
 /* ---- gelu --------------------------------------------------------------- */
 
 /* GELU with the tanh approximation, through the identity

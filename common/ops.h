@@ -61,6 +61,15 @@ void attention_forward(float *out, float *att, const float *inp, int B, int T, i
 void attention_backward(float *dinp, float *scratch, const float *dout, const float *inp,
                         const float *att, int B, int T, int C, int NH);
 
+/* Incremental decoding: one new query per row against cached keys and
+ * values. Row i is position pos[i] of sequence seq[i]: q (N,3C) holds its
+ * q,k,v (only q is read); cache (B,T,3C) holds every sequence's q,k,v by
+ * position, the new row's k,v already at pos[i]. out (N,C) = softmax(q k^T
+ * / sqrt(hs)) v over positions 0..pos[i]; scores (N,NH,T) is scratch. The
+ * same numbers as attention_forward's row pos[i], up to summation order. */
+void attention_decode(float *out, float *scores, const float *q, const float *cache,
+                      const int32_t *seq, const int32_t *pos, int N, int T, int C, int NH);
+
 /* GELU, tanh approximation (GPT-2). out, inp (N). dinp may equal dout. */
 void gelu_forward(float *out, const float *inp, size_t N);
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N);

@@ -78,6 +78,9 @@ const graft_option_t graft_run_options[] = {
      "at most N examples per task and evaluation, evenly spread over the split (0: all)"},
     {"gen_tokens", GRAFT_OPT_INT, OFF(gen_tokens), "48", 1, 4096,
      "greedy-decoding budget for generation metrics (chrF)"},
+    {"decode_max", GRAFT_OPT_INT, OFF(decode_max), "64", 0, 1e9,
+     "generation: chrF is over greedy decodes of at most N examples, evenly spread over the "
+     "split (0: every evaluated one)"},
     {"out", GRAFT_OPT_STRING, OFF(out), "runs/train", 0, -1,
      "run directory: modules.safetensors checkpoint and events.jsonl"},
     {"resume", GRAFT_OPT_STRING, OFF(resume), "", 0, -1, "resume from this modules checkpoint"},

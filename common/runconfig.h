@@ -55,6 +55,7 @@ typedef struct {
     int eval_every;
     int eval_max;
     int gen_tokens;
+    int decode_max;
     char out[GRAFT_OPT_STR];
     char resume[GRAFT_OPT_STR];
     int checkpoint_every;

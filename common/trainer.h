@@ -26,7 +26,8 @@ typedef struct {
     graft_cls_result_t cls; /* classification */
     double loss;            /* mean loss (classification: cross-entropy; generation: target tokens) */
     double perplexity;      /* generation */
-    double chrf;            /* generation, 0..100 */
+    double chrf;            /* generation, 0..100, over chrf_examples greedy decodes */
+    int64_t chrf_examples;
 } graft_eval_result_t;
 
 typedef struct graft_trainer {
