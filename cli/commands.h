@@ -11,6 +11,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_keygen(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_predict(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_coordinator(int argc, char **argv);
@@ -23,6 +24,10 @@ int cmd_mask(int argc, char **argv);
 /* `graft train` and `graft eval` with --method graft (cli/graft.c). */
 int cli_train_graft(const graft_run_config_t *cfg);
 int cli_eval_graft(const graft_run_config_t *cfg);
+
+/* 1 if --method is graft, 0 if another method, -1 (logged) if graft is
+ * combined with other methods or the list is bad. */
+int cli_method_graft(const graft_run_config_t *cfg);
 
 /* Sets OpenBLAS and OpenMP to n threads (n <= 0: all cores); returns n used. */
 int cli_set_threads(int n);

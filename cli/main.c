@@ -15,6 +15,7 @@ static const command_t commands[] = {
     {"pretrain", cmd_pretrain, "pretrain a trunk on a text corpus (single process)"},
     {"train", cmd_train, "centralized multi-task PEFT training on this machine"},
     {"eval", cmd_eval, "evaluate saved modules on each task's test split"},
+    {"predict", cmd_predict, "run one task's trained modules on new inputs (stdin or --text)"},
     {"inspect", cmd_inspect, "count trainable parameters per scope, task and method"},
     {"run", cmd_run, "federated run on this machine: a coordinator and K workers (ZeroMQ)"},
     {"coordinator", cmd_coordinator, "coordinate a federated run over ZeroMQ (binds)"},

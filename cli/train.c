@@ -38,25 +38,11 @@ static void evaluate_all(graft_trainer_t *tr, graft_events_t *ev, int split, int
 }
 
 
-/* 1 if --method is graft, 0 if another method, -1 (logged) if graft is
- * combined with other methods or the list is bad. */
-static int method_graft(const graft_run_config_t *cfg) {
-    int methods;
-    if (graft_peft_parse_methods(cfg->method, &methods)) return -1;
-    if (!(methods & GRAFT_M_GRAFT)) return 0;
-    if (methods != GRAFT_M_GRAFT) {
-        LOG_ERROR("method graft grafts parameters of a fully fine-tuned trunk and combines "
-                  "with no other method (got '%s')", cfg->method);
-        return -1;
-    }
-    return 1;
-}
-
 int cmd_train(int argc, char **argv) {
     graft_run_config_t cfg;
     int prc = cli_parse_run(argc, argv, train_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
-    int graft = method_graft(&cfg);
+    int graft = cli_method_graft(&cfg);
     if (graft) return graft > 0 ? cli_train_graft(&cfg) : 2;
     graft_trainer_t *tr = NULL;
     int rc = graft_trainer_new(&cfg, &tr);
@@ -128,7 +114,7 @@ int cmd_eval(int argc, char **argv) {
                         "task's head and evaluated on that task.",
                         &cfg);
     if (prc) return prc > 0 ? 0 : 2;
-    int graft = method_graft(&cfg);
+    int graft = cli_method_graft(&cfg);
     if (graft) return graft > 0 ? cli_eval_graft(&cfg) : 2;
     graft_trainer_t *tr = NULL;
     if (graft_trainer_new(&cfg, &tr)) return 1;
@@ -239,7 +225,7 @@ int cmd_inspect(int argc, char **argv) {
                         "per task for each --sparsity, plus the heads.",
                         &cfg);
     if (prc) return prc > 0 ? 0 : 2;
-    int graft = method_graft(&cfg);
+    int graft = cli_method_graft(&cfg);
     if (graft) return graft > 0 ? inspect_graft(&cfg) : 2;
     graft_trainer_t *tr = NULL;
     if (graft_trainer_new(&cfg, &tr)) return 1;

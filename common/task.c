@@ -534,16 +534,21 @@ static void put_bytes(int32_t *dst, const char *s, size_t n) {
     for (size_t k = 0; k < n; k++) dst[k] = (unsigned char)s[k];
 }
 
-void graft_task_encode_classify(const graft_task_t *t, int split, size_t i, int T, int32_t *tokens,
-                                int32_t *pos, int32_t *label) {
-    GRAFT_ASSERT(t->kind == GRAFT_TASK_CLASSIFY);
-    GRAFT_ASSERT(T >= 2 && tokens && pos && label);
-    const graft_example_t *ex = graft_task_example(t, split, i);
-    size_t n = ex->text_len < (size_t)T - 1 ? ex->text_len : (size_t)T - 1;
+void graft_encode_classify_text(const char *text, size_t len, int T, int32_t *tokens,
+                                int32_t *pos) {
+    GRAFT_ASSERT(T >= 2 && tokens && pos);
+    size_t n = len < (size_t)T - 1 ? len : (size_t)T - 1;
     tokens[0] = GRAFT_TOK_BOS;
-    put_bytes(tokens + 1, ex->text, n);
+    put_bytes(tokens + 1, text, n);
     for (size_t k = n + 1; k < (size_t)T; k++) tokens[k] = GRAFT_TOK_PAD;
     *pos = (int32_t)n;
+}
+
+void graft_task_encode_classify(const graft_task_t *t, int split, size_t i, int T, int32_t *tokens,
+                                int32_t *pos, int32_t *label) {
+    GRAFT_ASSERT(t->kind == GRAFT_TASK_CLASSIFY && label);
+    const graft_example_t *ex = graft_task_example(t, split, i);
+    graft_encode_classify_text(ex->text, ex->text_len, T, tokens, pos);
     *label = ex->label_id;
 }
 
@@ -593,18 +598,23 @@ void graft_task_encode_generate(const graft_task_t *t, int split, size_t i, int 
     *prompt_len = (int32_t)plen;
 }
 
-void graft_task_encode_prompt(const graft_task_t *t, int split, size_t i, int T, int room,
-                              int32_t *tokens, int32_t *prompt_len) {
-    GRAFT_ASSERT(t->kind == GRAFT_TASK_GENERATE);
+void graft_encode_prompt_text(const char *text, size_t len, int T, int room, int32_t *tokens,
+                              int32_t *prompt_len) {
     GRAFT_ASSERT(room >= 0 && T - room >= 3 && tokens && prompt_len);
-    const graft_example_t *ex = graft_task_example(t, split, i);
     size_t max_p = (size_t)(T - room - 2);
-    size_t P = ex->text_len < max_p ? ex->text_len : max_p;
+    size_t P = len < max_p ? len : max_p;
     tokens[0] = GRAFT_TOK_BOS;
-    put_bytes(tokens + 1, ex->text + ex->text_len - P, P);
+    put_bytes(tokens + 1, text + len - P, P);
     tokens[P + 1] = GRAFT_TOK_SEP;
     for (size_t k = P + 2; k < (size_t)T; k++) tokens[k] = GRAFT_TOK_PAD;
     *prompt_len = (int32_t)(P + 2);
+}
+
+void graft_task_encode_prompt(const graft_task_t *t, int split, size_t i, int T, int room,
+                              int32_t *tokens, int32_t *prompt_len) {
+    GRAFT_ASSERT(t->kind == GRAFT_TASK_GENERATE);
+    const graft_example_t *ex = graft_task_example(t, split, i);
+    graft_encode_prompt_text(ex->text, ex->text_len, T, room, tokens, prompt_len);
 }
 
 void graft_task_batch(const graft_task_t *t, int split, const size_t *indices, int B, int T,

@@ -157,6 +157,13 @@ void graft_task_encode_generate(const graft_task_t *t, int split, size_t i, int 
 void graft_task_encode_prompt(const graft_task_t *t, int split, size_t i, int T, int room,
                               int32_t *tokens, int32_t *prompt_len);
 
+/* The same two encodings of a raw text (an example's text field, len
+ * bytes), for inputs that are not in a task file (`graft predict`). */
+void graft_encode_classify_text(const char *text, size_t len, int T, int32_t *tokens,
+                                int32_t *pos);
+void graft_encode_prompt_text(const char *text, size_t len, int T, int room, int32_t *tokens,
+                              int32_t *prompt_len);
+
 /* Encodes examples indices[0..B) of split into (B,T) row-major buffers.
  *   classification: inputs (B,T), pos (B), labels (B); targets is ignored
  *                   (pass NULL).

@@ -253,25 +253,29 @@ static void greedy_decode(graft_trainer_t *tr, int t, int B, const int32_t *toke
                           const int32_t *cur, char **out, size_t cap) {
     graft_gpt2_t *m = tr->trunk;
     int T = tr->T, C = m->cfg.C, V = m->cfg.V;
-    float *logits = graft_xmalloc((size_t)V * sizeof(float));
+    float *logits = graft_xmalloc((size_t)B * V * sizeof(float));
+    float *first = graft_xmalloc((size_t)B * C * sizeof(float)); /* last prompt positions */
     int32_t *seq = graft_xmalloc((size_t)B * sizeof(int32_t));  /* rows going, in order */
     int32_t *next = graft_xmalloc((size_t)B * sizeof(int32_t)); /* their new tokens */
     int32_t *at = graft_xmalloc((size_t)B * sizeof(int32_t));   /* and its positions */
     size_t *len = graft_xcalloc((size_t)B, sizeof(size_t));
     graft_peft_lm(tr->peft, t, tokens, NULL, B, T, 0);
-    const float *h = NULL; /* (N, C): row i's final hidden state after its last token */
+    for (int b = 0; b < B; b++) {
+        seq[b] = b;
+        memcpy(first + (size_t)b * C, m->acts.lnf + ((size_t)b * T + cur[b] - 1) * C,
+               (size_t)C * sizeof(float));
+    }
+    const float *h = first; /* (N, C): row i's final hidden state after its last token */
     int N = B;
-    for (int b = 0; b < B; b++) seq[b] = b;
     for (int s = 0; s < tr->cfg.gen_tokens && N > 0; s++) {
+        lmhead_forward(logits, h, m->params.wte, N, C, V);
         int going = 0;
         for (int i = 0; i < N; i++) {
             int b = seq[i];
-            const float *row = s == 0 ? m->acts.lnf + ((size_t)b * T + cur[b] - 1) * C
-                                      : h + (size_t)i * C;
-            lmhead_forward(logits, row, m->params.wte, 1, C, V);
+            const float *row = logits + (size_t)i * V;
             int best = GRAFT_TOK_EOS;
             for (int v = 0; v < 256; v++)
-                if (logits[v] > logits[best]) best = v;
+                if (row[v] > row[best]) best = v;
             int p = s == 0 ? cur[b] : at[i] + 1; /* where the new token goes */
             if (best == GRAFT_TOK_EOS || p >= T) continue;
             if (len[b] + 1 < cap) out[b][len[b]++] = (char)best;
@@ -285,10 +289,38 @@ static void greedy_decode(graft_trainer_t *tr, int t, int B, const int32_t *toke
     }
     for (int b = 0; b < B; b++) out[b][len[b]] = '\0';
     free(logits);
+    free(first);
     free(seq);
     free(next);
     free(at);
     free(len);
+}
+
+void graft_trainer_generate(graft_trainer_t *tr, int t, const char *const *prompts,
+                            const size_t *lens, size_t n, char **out, size_t cap) {
+    GRAFT_ASSERT(graft_task_kind(tr->tasks[t]) == GRAFT_TASK_GENERATE);
+    int room = tr->cfg.gen_tokens < tr->T - 3 ? tr->cfg.gen_tokens : tr->T - 3;
+    for (size_t i = 0; i < n; i += (size_t)tr->B) {
+        int rows = (size_t)tr->B < n - i ? tr->B : (int)(n - i);
+        for (int b = 0; b < rows; b++)
+            graft_encode_prompt_text(prompts[i + b], lens[i + b], tr->T, room,
+                                     tr->inputs + (size_t)b * tr->T, &tr->pos[b]);
+        greedy_decode(tr, t, rows, tr->inputs, tr->pos, out + i, cap);
+    }
+}
+
+void graft_trainer_classify(graft_trainer_t *tr, int t, const char *const *texts,
+                            const size_t *lens, size_t n, float *probs) {
+    int K = graft_task_num_labels(tr->tasks[t]);
+    GRAFT_ASSERT(graft_task_kind(tr->tasks[t]) == GRAFT_TASK_CLASSIFY);
+    for (size_t i = 0; i < n; i += (size_t)tr->B) {
+        int rows = (size_t)tr->B < n - i ? tr->B : (int)(n - i);
+        for (int b = 0; b < rows; b++)
+            graft_encode_classify_text(texts[i + b], lens[i + b], tr->T,
+                                       tr->inputs + (size_t)b * tr->T, &tr->pos[b]);
+        graft_peft_classify(tr->peft, t, tr->inputs, tr->pos, NULL, rows, tr->T, 0);
+        memcpy(probs + i * (size_t)K, tr->peft->head_probs, (size_t)rows * K * sizeof(float));
+    }
 }
 
 /* The j-th of n evaluated examples out of a split of `total`: evenly strided
@@ -322,28 +354,30 @@ static void evaluate_generation(graft_trainer_t *tr, int t, int split, size_t n,
     res->loss = graft_lm_metrics_loss(&lm);
     res->perplexity = graft_lm_metrics_perplexity(&lm);
 
-    graft_chrf_t chrf;
-    graft_chrf_init(&chrf);
     size_t cap = (size_t)tr->cfg.decode_max;
     size_t n_dec = cap == 0 || n < cap ? n : cap;
-    int room = tr->cfg.gen_tokens < tr->T - 3 ? tr->cfg.gen_tokens : tr->T - 3;
-    char **outs = graft_xmalloc((size_t)tr->B * sizeof(char *));
-    for (int b = 0; b < tr->B; b++) outs[b] = graft_xmalloc(4096);
-    for (size_t i = 0; i < n_dec; i += (size_t)tr->B) {
-        int rows = (size_t)tr->B < n_dec - i ? tr->B : (int)(n_dec - i);
-        for (int b = 0; b < tr->B; b++)
-            graft_task_encode_prompt(task, split,
-                                     eval_index(i + (size_t)(b < rows ? b : 0), n_dec, total),
-                                     tr->T, room, tr->inputs + (size_t)b * tr->T, &tr->pos[b]);
-        greedy_decode(tr, t, tr->B, tr->inputs, tr->pos, outs, 4096);
-        for (int b = 0; b < rows; b++) {
-            const graft_example_t *ex =
-                graft_task_example(task, split, eval_index(i + (size_t)b, n_dec, total));
-            graft_chrf_add(&chrf, outs[b], strlen(outs[b]), ex->label, ex->label_len);
-        }
+    const char **prompts = graft_xmalloc(n_dec * sizeof(char *));
+    size_t *lens = graft_xmalloc(n_dec * sizeof(size_t));
+    char **outs = graft_xmalloc(n_dec * sizeof(char *));
+    size_t out_cap = (size_t)tr->cfg.gen_tokens + 1;
+    char *out_memory = graft_xmalloc(n_dec * out_cap);
+    for (size_t i = 0; i < n_dec; i++) {
+        const graft_example_t *ex = graft_task_example(task, split, eval_index(i, n_dec, total));
+        prompts[i] = ex->text;
+        lens[i] = ex->text_len;
+        outs[i] = out_memory + i * out_cap;
     }
-    for (int b = 0; b < tr->B; b++) free(outs[b]);
+    graft_trainer_generate(tr, t, prompts, lens, n_dec, outs, out_cap);
+    graft_chrf_t chrf;
+    graft_chrf_init(&chrf);
+    for (size_t i = 0; i < n_dec; i++) {
+        const graft_example_t *ex = graft_task_example(task, split, eval_index(i, n_dec, total));
+        graft_chrf_add(&chrf, outs[i], strlen(outs[i]), ex->label, ex->label_len);
+    }
+    free(prompts);
+    free(lens);
     free(outs);
+    free(out_memory);
     res->chrf = graft_chrf_score(&chrf);
     res->chrf_examples = (int64_t)n_dec;
 }

@@ -91,6 +91,17 @@ void graft_trainer_seek_sampler(graft_trainer_t *tr, uint64_t stream, int64_t st
  * cfg.eval_max examples. */
 void graft_trainer_evaluate(graft_trainer_t *tr, int t, int split, graft_eval_result_t *res);
 
+/* Inference on new inputs with task t's modules, tr->B at a time; text i
+ * (lens[i] bytes) is what an example's text field would hold and is
+ * encoded as training encodes it.
+ * Generation: out[i] (cap bytes) = the greedy continuation of prompt i,
+ * NUL-terminated, up to EOS or cfg.gen_tokens bytes (and the context).
+ * Classification: probs (n, K) = the head's class probabilities. */
+void graft_trainer_generate(graft_trainer_t *tr, int t, const char *const *prompts,
+                            const size_t *lens, size_t n, char **out, size_t cap);
+void graft_trainer_classify(graft_trainer_t *tr, int t, const char *const *texts,
+                            const size_t *lens, size_t n, float *probs);
+
 /* Ends stage 1 of the two-stage method: picks channels from the scores. */
 void graft_trainer_select_channels(graft_trainer_t *tr);
 

@@ -1,0 +1,91 @@
+#!/bin/sh
+# graft predict against graft eval on the same trained modules (LoRA on the
+# shipped small trunk, two synthetic tasks): the labels it prints for the
+# classification task's test texts score the accuracy that graft eval
+# reports, and its continuations of the generation task's test prompts
+# score eval's chrF (recomputed here in Python, sacreBLEU's definition as in
+# common/metrics.h). Then --text, the line count, and the refusals: no
+# --resume, an unknown --task, several tasks without --task.
+# Usage: test_predict.sh GRAFT_BINARY SOURCE_DIR
+set -eu
+GRAFT="$1"
+SRC="$2"
+T="$(mktemp -d)"
+trap 'rm -rf "$T"' EXIT
+fail() { echo "test_predict: FAIL: $*" >&2; exit 1; }
+
+python3 "$SRC/scripts/synthetic_tasks.py" "$T/data" --train 600 --eval 100 >/dev/null
+TASKS="majority:classification:$T/data/majority.tsv,shift:generation:$T/data/shift.tsv"
+set -- --trunk "$SRC/models/small/trunk.safetensors" --tasks "$TASKS" --seq 32 --method lora \
+  --batch 16 --gen_tokens 16 --threads 1
+"$GRAFT" train "$@" --steps 300 --eval_every 300 --lr 3e-3 --out "$T/run" >"$T/train.log" 2>&1 ||
+  fail "graft train: $(tail -5 "$T/train.log")"
+M="$T/run/modules.safetensors"
+"$GRAFT" eval "$@" --resume "$M" --eval_max 0 --decode_max 0 >"$T/eval.out" 2>"$T/eval.err" ||
+  fail "graft eval: $(tail -5 "$T/eval.err")"
+cat "$T/eval.out"
+
+for task in majority shift; do
+  awk -F '\t' -v out="$T/$task" '$1 == "test" { print $4 > (out ".in"); print $2 > (out ".ref") }' \
+    "$T/data/$task.tsv"
+  "$GRAFT" predict "$@" --resume "$M" --task "$task" <"$T/$task.in" >"$T/$task.out" \
+    2>"$T/$task.err" || fail "graft predict --task $task: $(tail -5 "$T/$task.err")"
+  [ "$(wc -l <"$T/$task.out")" -eq "$(wc -l <"$T/$task.in")" ] ||
+    fail "$task: $(wc -l <"$T/$task.out") output lines for $(wc -l <"$T/$task.in") inputs"
+done
+
+python3 - "$T" <<'PY' || fail "predict's outputs do not score what graft eval reports"
+import re, sys
+from collections import Counter
+
+d = sys.argv[1]
+lines = lambda name: open(f"{d}/{name}", encoding="utf-8").read().split("\n")[:-1]
+evals = open(f"{d}/eval.out").read()
+
+# majority: LABEL<TAB>PROBABILITY per input; accuracy as graft eval's
+pred = [l.split("\t") for l in lines("majority.out")]
+assert all(len(p) == 2 and 0.0 < float(p[1]) <= 1.0 for p in pred), pred[:3]
+acc = sum(p[0] == r for p, r in zip(pred, lines("majority.ref"))) / len(pred)
+want = float(re.search(r"majority\s+test\s+n=100\s+acc (\S+)", evals).group(1))
+print(f"majority: predict accuracy {acc:.4f}, graft eval {want:.4f}")
+assert abs(acc - want) < 1e-9 and acc > 0.5
+
+# shift: corpus chrF of the continuations (n = 1..6, beta 2, whitespace
+# removed, effective order) as graft eval's
+def ngrams(s, n):
+    s = [c for c in s if not c.isspace()]
+    return Counter(tuple(s[i:i + n]) for i in range(len(s) - n + 1))
+hyp = [0] * 6; ref = [0] * 6; match = [0] * 6
+outs = [o.replace("\\n", "\n").replace("\\t", "\t").replace("\\\\", "\\") for o in lines("shift.out")]
+for h, r in zip(outs, lines("shift.ref")):
+    for k in range(6):
+        gh, gr = ngrams(h, k + 1), ngrams(r, k + 1)
+        hyp[k] += sum(gh.values()); ref[k] += sum(gr.values())
+        match[k] += sum(min(c, gr[g]) for g, c in gh.items())
+ks = [k for k in range(6) if hyp[k] and ref[k]]
+p = sum(match[k] / hyp[k] for k in ks) / len(ks)
+r = sum(match[k] / ref[k] for k in ks) / len(ks)
+chrf = 100 * 5 * p * r / (4 * p + r) if p + r else 0.0
+want = float(re.search(r"shift\s+test\s+n=100\s+chrF (\S+) \(n=100\)", evals).group(1))
+print(f"shift: predict chrF {chrf:.2f}, graft eval {want:.2f}")
+assert abs(chrf - want) < 0.006 and chrf > 20
+PY
+
+# one input from --text: the same line as from standard input
+first=$(head -1 "$T/shift.in")
+"$GRAFT" predict "$@" --resume "$M" --task shift --text "$first" >"$T/one.out" 2>/dev/null ||
+  fail "--text"
+[ "$(cat "$T/one.out")" = "$(head -1 "$T/shift.out")" ] ||
+  fail "--text '$first' gave '$(cat "$T/one.out")', stdin gave '$(head -1 "$T/shift.out")'"
+
+# refusals, each with a message that names the problem
+refused() { # EXPECTED_TEXT ARGS...
+  want="$1"
+  shift
+  if "$GRAFT" predict "$@" --text abc >/dev/null 2>"$T/err"; then fail "accepted: $*"; fi
+  grep -q -- "$want" "$T/err" || fail "no '$want' in: $(cat "$T/err")"
+}
+refused "needs --resume" "$@" --task shift
+refused "--task nope: not among" "$@" --resume "$M" --task nope
+refused "name one with --task" "$@" --resume "$M"
+echo "test_predict: ok"
