@@ -9,11 +9,12 @@
 #   graft_tokens_per_s=<N> pytorch_tokens_per_s=<N> ratio=<graft/pytorch>
 # With --repeat R the pair runs R times, alternating, and the best of each
 # side counts (on a shared machine the slowest runs measure the neighbours).
-# Both sides run with the same OMP_WAIT_POLICY (--wait-policy): passive by
-# default, because on a machine shared with other processes spinning OpenMP
-# threads take the cores their own team and the neighbours need (both
-# graft and PyTorch run about twice as fast at 2 threads here with it);
-# `active` or `default` (the variable unset) for a quiet machine.
+# Both sides run with the same OMP_WAIT_POLICY (--wait-policy): by default
+# the OpenMP runtime's own (the variable unset), what a program gets out of
+# the box; `passive` on a machine shared with other busy processes, where
+# spinning threads take the cores their own team and the neighbours need
+# (it slows PyTorch's many small parallel regions more than graft's), or
+# `active`.
 # --precision sets graft's products (fp32, or bf16: bf16 operands, fp32 sums,
 # on CPUs with AVX512_BF16), --torch-precision PyTorch's (fp32, or bf16
 # under torch.autocast): the reference of the performance issues is PyTorch
@@ -24,7 +25,7 @@
 #          [--wait-policy passive|active|default] [--precision fp32|bf16]
 #          [--torch-precision fp32|bf16]
 # Defaults: --preset small --method full --threads 2 --steps 10 --repeat 1
-#           --wait-policy passive --precision fp32 --torch-precision fp32.
+#           --wait-policy default --precision fp32 --torch-precision fp32.
 # Needs build/graft (cmake --build build; GRAFT_BIN=path picks another
 # binary) and Debian's python3-torch.
 set -euo pipefail
@@ -35,7 +36,7 @@ METHOD=full
 THREADS=2
 STEPS=10
 REPEAT=1
-WAIT_POLICY=passive
+WAIT_POLICY=default
 PRECISION=fp32
 TORCH_PRECISION=fp32
 BATCH=16
@@ -58,7 +59,7 @@ while [ $# -gt 0 ]; do
         --torch-precision) TORCH_PRECISION="$2" ;;
       esac
       shift 2 ;;
-    -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
