@@ -171,7 +171,7 @@ void colsum_product_accumulate(float *acc, const float *x, const float *y, int N
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                        const float *weight, const float *bias, int N, int C) {
     const float eps = 1e-5f;
-#pragma omp parallel for schedule(dynamic, ROW_BLOCK)
+#pragma omp parallel for schedule(dynamic, ROW_BLOCK) if (N > ROW_BLOCK)
     for (int i = 0; i < N; i++) {
         const float *x = inp + (size_t)i * C;
         float sum = 0.0f;
@@ -260,18 +260,27 @@ void matmul_forward_naive(float *out, const float *inp, const float *weight, con
     }
 }
 
+/* Columns per block of a short product (one block of rows: decoding's few
+ * rows, a classification head): whole 16-float vectors, at least 64, so
+ * that the threads share it. */
+#define SHORT_BLOCK_COLS 64
+
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N,
                     int C, int OC) {
     int rows = gemm_block_rows(N), nblocks = num_blocks(N, rows);
+    /* A product of one block of rows goes in blocks of columns instead. */
+    int cols = nblocks == 1 ? SHORT_BLOCK_COLS : OC, ncols = num_blocks(OC, cols);
     /* Each block starts from the bias (beta 1) or from zero (beta 0). */
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int i = 0; i < nblocks; i++) {
-        int i0 = i * rows, m = N - i0 < rows ? N - i0 : rows;
-        float *o = out + (size_t)i0 * OC;
+    for (int i = 0; i < nblocks * ncols; i++) {
+        int i0 = i / ncols * rows, m = N - i0 < rows ? N - i0 : rows;
+        int j0 = i % ncols * cols, n = OC - j0 < cols ? OC - j0 : cols;
+        float *o = out + (size_t)i0 * OC + j0;
         if (bias)
-            for (int r = 0; r < m; r++) memcpy(o + (size_t)r * OC, bias, (size_t)OC * sizeof(float));
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, OC, C, 1.0f,
-                    inp + (size_t)i0 * C, C, weight, OC, bias ? 1.0f : 0.0f, o, OC);
+            for (int r = 0; r < m; r++)
+                memcpy(o + (size_t)r * OC, bias + j0, (size_t)n * sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, C, 1.0f,
+                    inp + (size_t)i0 * C, C, weight + j0, OC, bias ? 1.0f : 0.0f, o, OC);
     }
 }
 
@@ -481,7 +490,7 @@ void attention_decode(float *out, float *scores, const float *q, const float *ca
 #define GELU_CUBIC 0.044715f
 
 void gelu_forward(float *out, const float *inp, size_t N) {
-#pragma omp parallel for simd schedule(simd : dynamic, FLAT_BLOCK)
+#pragma omp parallel for simd schedule(simd : dynamic, FLAT_BLOCK) if (parallel : N > FLAT_BLOCK)
     for (size_t i = 0; i < N; i++) {
         float x = inp[i];
         float u = GELU_SCALING_FACTOR * (x + GELU_CUBIC * x * x * x);
@@ -504,14 +513,14 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t N) {
 /* ---- residual ----------------------------------------------------------- */
 
 void residual_forward(float *out, const float *inp1, const float *inp2, size_t N) {
-#pragma omp parallel for simd schedule(simd : dynamic, FLAT_BLOCK)
+#pragma omp parallel for simd schedule(simd : dynamic, FLAT_BLOCK) if (parallel : N > FLAT_BLOCK)
     for (size_t i = 0; i < N; i++) out[i] = inp1[i] + inp2[i];
 }
 
 /* ---- softmax / cross-entropy -------------------------------------------- */
 
 void softmax_rows(float *out, const float *inp, int N, int K) {
-#pragma omp parallel for schedule(dynamic, ROW_BLOCK)
+#pragma omp parallel for schedule(dynamic, ROW_BLOCK) if (N > ROW_BLOCK)
     for (int i = 0; i < N; i++) softmax_row(out + (size_t)i * K, inp + (size_t)i * K, K);
 }
 
