@@ -12,6 +12,7 @@ int cmd_train(int argc, char **argv);
 int cmd_keygen(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_predict(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_coordinator(int argc, char **argv);

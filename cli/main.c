@@ -16,6 +16,7 @@ static const command_t commands[] = {
     {"train", cmd_train, "centralized multi-task PEFT training on this machine"},
     {"eval", cmd_eval, "evaluate saved modules on each task's test split"},
     {"predict", cmd_predict, "run one task's trained modules on new inputs (stdin or --text)"},
+    {"export", cmd_export, "write one task's model as a plain trunk checkpoint (modules folded)"},
     {"inspect", cmd_inspect, "count trainable parameters per scope, task and method"},
     {"run", cmd_run, "federated run on this machine: a coordinator and K workers (ZeroMQ)"},
     {"coordinator", cmd_coordinator, "coordinate a federated run over ZeroMQ (binds)"},

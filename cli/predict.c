@@ -1,10 +1,14 @@
-/* predict.c — `graft predict`: one task's trained modules on new inputs
- * (class and probability, or the greedy continuation of a prompt). */
+/* predict.c — one task's trained model outside training: `graft predict`
+ * runs it on new inputs (class and probability, or the greedy continuation
+ * of a prompt); `graft export` writes it out as a plain trunk checkpoint
+ * with the task's modules folded into the weights. */
 #define _POSIX_C_SOURCE 200809L
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <jansson.h>
 
 #include "commands.h"
 #include "grafting.h"
@@ -22,27 +26,55 @@ static const char *predict_usage =
     "With --method graft, --resume is one mask file of `graft train --method graft`\n"
     "and the task is the mask's.";
 
+static const char *export_usage =
+    "usage: graft export --config RUN --resume MODULES [--task NAME] --file OUT.safetensors\n\n"
+    "Writes one task's model as a plain trunk checkpoint (Hugging Face GPT-2 names,\n"
+    "the format --trunk reads): the task's modules folded into the trunk's weights\n"
+    "(LoRA pairs into their projections, RED and channel deltas into the MLP output\n"
+    "projection, lntune's LayerNorms over the trunk's; the adapter does not fold and is\n"
+    "refused), with --method graft (--resume MASK) the grafted trunk, with full the\n"
+    "fine-tuned one. A classification task's head goes along as head.weight (C, K)\n"
+    "and head.bias (K), its labels (JSON) and pooling in the metadata (graft.labels,\n"
+    "graft.pool). --task as for `graft predict`.";
+
 typedef struct {
     graft_run_config_t run; /* first: the run options' offsets hold unchanged */
     char task[GRAFT_OPT_STR];
     char text[GRAFT_OPT_STR];
+    char file[GRAFT_OPT_STR];
 } predict_config_t;
 
 /* Inputs go through the model this many at a time (a multiple of the batch). */
 #define CHUNK 256
 
-/* The run options followed by predict's own; owned by the caller (free). */
-static graft_option_t *predict_options(void) {
+/* The run options followed by predict's (export 0) or export's (1) own;
+ * owned by the caller (free). */
+static graft_option_t *task_model_options(int export) {
     size_t n = 0;
     while (graft_run_options[n].name) n++;
     graft_option_t *table = graft_xmalloc((n + 3) * sizeof *table);
     memcpy(table, graft_run_options, n * sizeof *table);
     table[n] = (graft_option_t){"task", GRAFT_OPT_STRING, offsetof(predict_config_t, task), "",
-                                0, -1, "predict: the task whose modules run (empty: the only one)"};
-    table[n + 1] = (graft_option_t){"text", GRAFT_OPT_STRING, offsetof(predict_config_t, text),
-                                    "", 0, -1, "predict: one input (empty: read standard input)"};
+                                0, -1, "the task whose model this is (empty: the run's only one)"};
+    table[n + 1] =
+        export ? (graft_option_t){"file", GRAFT_OPT_STRING, offsetof(predict_config_t, file), "",
+                                  0, -1, "export: the checkpoint to write (safetensors)"}
+               : (graft_option_t){"text", GRAFT_OPT_STRING, offsetof(predict_config_t, text), "",
+                                  0, -1, "predict: one input (empty: read standard input)"};
     table[n + 2] = (graft_option_t)GRAFT_OPT_END;
     return table;
+}
+
+/* Parses a task-model command's options and sets the threads; 0: go on,
+ * 1: --help printed, -1: error (logged). */
+static int parse_task_model(int argc, char **argv, int export, predict_config_t *pc) {
+    graft_option_t *table = task_model_options(export);
+    int rc = graft_options_parse(table, pc, argc, argv, export ? export_usage : predict_usage);
+    free(table);
+    if (rc == GRAFT_OPTS_HELP) return 1;
+    if (rc) return -1;
+    cli_set_threads(pc->run.threads);
+    return 0;
 }
 
 static void print_escaped(const char *s) {
@@ -129,51 +161,113 @@ static int pick_task(const graft_trainer_t *tr, const char *name) {
     return -1;
 }
 
-static int predict_graft(const predict_config_t *pc) {
-    if (!*pc->run.resume || strchr(pc->run.resume, ',')) {
-        LOG_ERROR("graft predict --method graft needs --resume MASK: one mask file of "
-                  "`graft train --method graft`");
+/* One task's model: the grafting (--method graft, the trunk grafted with
+ * the mask of --resume) or the trainer with the modules of --resume. */
+typedef struct {
+    graft_grafting_t *g;
+    graft_trainer_t *tr; /* g->tr with a grafting; owned otherwise */
+    int task;
+} task_model_t;
+
+static void task_model_close(task_model_t *tm) {
+    if (tm->g) graft_grafting_destroy(&tm->g);
+    else graft_trainer_destroy(&tm->tr);
+}
+
+/* Opens it for command `cmd`; 0, or the exit status of the error (logged). */
+static int task_model_open(const predict_config_t *pc, const char *cmd, task_model_t *tm) {
+    memset(tm, 0, sizeof *tm);
+    int graft = cli_method_graft(&pc->run);
+    if (graft < 0) return 2;
+    if (graft && (!*pc->run.resume || strchr(pc->run.resume, ','))) {
+        LOG_ERROR("graft %s --method graft needs --resume MASK: one mask file of "
+                  "`graft train --method graft`", cmd);
         return 2;
     }
-    graft_grafting_t *g = NULL;
-    if (graft_grafting_new(&pc->run, &g)) return 1;
+    if (!*pc->run.resume) {
+        LOG_ERROR("graft %s needs --resume MODULES (a modules checkpoint of `graft train`, "
+                  "`graft run` or `graft mpi`)", cmd);
+        return 2;
+    }
+    if (!graft) {
+        if (graft_trainer_new(&pc->run, &tm->tr)) return 1;
+        tm->task = pick_task(tm->tr, pc->task);
+        if (tm->task < 0 || graft_trainer_load(tm->tr, pc->run.resume)) {
+            task_model_close(tm);
+            return 1;
+        }
+        return 0;
+    }
+    if (graft_grafting_new(&pc->run, &tm->g)) return 1;
+    tm->tr = tm->g->tr;
     graft_mask_t *mask = NULL;
-    int t = -1;
-    int rc = graft_grafting_load_mask(g, pc->run.resume, &t, &mask);
-    if (!rc && *pc->task && strcmp(pc->task, graft_task_name(g->tr->tasks[t]))) {
-        LOG_ERROR("--task %s: the mask %s is task %s's", pc->task, pc->run.resume,
-                  graft_task_name(g->tr->tasks[t]));
+    int rc = graft_grafting_load_mask(tm->g, pc->run.resume, &tm->task, &mask);
+    const char *owner = rc ? "" : graft_task_name(tm->tr->tasks[tm->task]);
+    if (!rc && *pc->task && strcmp(pc->task, owner)) {
+        LOG_ERROR("--task %s: the mask %s is task %s's", pc->task, pc->run.resume, owner);
         rc = GRAFT_EINVAL;
     }
-    if (!rc) {
-        graft_grafting_use_mask(g, mask);
-        rc = predict_inputs(g->tr, t, pc->text);
-    }
+    if (!rc) graft_grafting_use_mask(tm->g, mask);
     graft_mask_destroy(&mask);
-    graft_grafting_destroy(&g);
+    if (rc) task_model_close(tm);
     return rc ? 1 : 0;
 }
 
 int cmd_predict(int argc, char **argv) {
-    graft_option_t *table = predict_options();
     predict_config_t pc;
-    int prc = graft_options_parse(table, &pc, argc, argv, predict_usage);
-    free(table);
-    if (prc == GRAFT_OPTS_HELP) return 0;
-    if (prc) return 2;
-    cli_set_threads(pc.run.threads);
-    int graft = cli_method_graft(&pc.run);
-    if (graft) return graft > 0 ? predict_graft(&pc) : 2;
-    if (!*pc.run.resume) {
-        LOG_ERROR("graft predict needs --resume MODULES (a modules checkpoint of `graft train`, "
-                  "`graft run` or `graft mpi`)");
+    int prc = parse_task_model(argc, argv, 0, &pc);
+    if (prc) return prc > 0 ? 0 : 2;
+    task_model_t tm;
+    int rc = task_model_open(&pc, "predict", &tm);
+    if (rc) return rc;
+    rc = predict_inputs(tm.tr, tm.task, pc.text);
+    task_model_close(&tm);
+    return rc ? 1 : 0;
+}
+
+/* ---- graft export ------------------------------------------------------- */
+
+/* The trunk of tm (modules folded) with the head and the task's metadata. */
+static int export_trunk(const task_model_t *tm, const predict_config_t *pc) {
+    graft_trainer_t *tr = tm->tr;
+    const graft_task_t *task = tr->tasks[tm->task];
+    if (!tm->g && graft_peft_fold(tr->peft, tm->task)) return GRAFT_EINVAL;
+    int C = tr->trunk->cfg.C, K = graft_task_num_labels(task);
+    const graft_peft_task_modules_t *mods = &tr->peft->tasks[tm->task];
+    graft_st_tensor_t head[2];
+    int n_head = 0;
+    json_t *labels = json_array();
+    if (graft_task_kind(task) == GRAFT_TASK_CLASSIFY) {
+        head[0] = (graft_st_tensor_t){"head.weight", 2, {C, K},
+                                      graft_scope_ptr(mods->scope, mods->head_w), GRAFT_ST_F32};
+        head[1] = (graft_st_tensor_t){"head.bias", 1, {K},
+                                      graft_scope_ptr(mods->scope, mods->head_b), GRAFT_ST_F32};
+        n_head = 2;
+        for (int k = 0; k < K; k++) json_array_append_new(labels, json_string(graft_task_label_name(task, k)));
+    }
+    char *labels_json = json_dumps(labels, JSON_COMPACT);
+    json_decref(labels);
+    const char *keys[] = {"graft.task", "graft.kind", "graft.method", "graft.labels", "graft.pool"};
+    const char *values[] = {graft_task_name(task), n_head ? "classification" : "generation",
+                            pc->run.method, labels_json, pc->run.pool};
+    int rc = graft_gpt2_save(tr->trunk, pc->file, head, n_head, keys, values, 5);
+    free(labels_json);
+    if (!rc) LOG_INFO("exported task %s (%s) to %s", graft_task_name(task), pc->run.method, pc->file);
+    return rc;
+}
+
+int cmd_export(int argc, char **argv) {
+    predict_config_t pc;
+    int prc = parse_task_model(argc, argv, 1, &pc);
+    if (prc) return prc > 0 ? 0 : 2;
+    if (!*pc.file) {
+        LOG_ERROR("graft export needs --file OUT.safetensors (where to write the model)");
         return 2;
     }
-    graft_trainer_t *tr = NULL;
-    if (graft_trainer_new(&pc.run, &tr)) return 1;
-    int t = pick_task(tr, pc.task);
-    int rc = t < 0 ? GRAFT_EINVAL : graft_trainer_load(tr, pc.run.resume);
-    if (!rc) rc = predict_inputs(tr, t, pc.text);
-    graft_trainer_destroy(&tr);
+    task_model_t tm;
+    int rc = task_model_open(&pc, "export", &tm);
+    if (rc) return rc;
+    rc = export_trunk(&tm, &pc);
+    task_model_close(&tm);
     return rc ? 1 : 0;
 }

@@ -849,6 +849,49 @@ void graft_peft_merge_lora(graft_peft_t *p, int task, int sign) {
     p->active = saved;
 }
 
+int graft_peft_fold(graft_peft_t *p, int task) {
+    const graft_peft_task_modules_t *tm = &p->tasks[task];
+    graft_gpt2_t *m = p->trunk;
+    if (tm->ad_lnw >= 0) {
+        LOG_ERROR("task %s: the adapter (h + U relu(D LN(h))) does not fold into the trunk's "
+                  "weights; export needs a method without it", tm->name);
+        return GRAFT_EINVAL;
+    }
+    graft_peft_merge_lora(p, task, +1);
+    size_t L = m->cfg.L, C = m->cfg.C, k = (size_t)p->cfg.channels_k;
+    const graft_scope_t *s = tm->scope;
+    for (size_t l = 0; l < L; l++) {
+        float *W = m->params.fcprojw + l * 4 * C * C, *b = m->params.fcprojb + l * C;
+        if (tm->ch_w >= 0) {
+            /* W[:, S[j]] += Wk[:, j], b[S[j]] += bk[j]; Wk (4C, k) */
+            const float *Wk = graft_scope_ptr(s, tm->ch_w) + l * 4 * C * k;
+            const float *bk = graft_scope_ptr(s, tm->ch_b) + l * k;
+            const int32_t *S = tm->channels + l * k;
+            for (size_t j = 0; j < k; j++) {
+                for (size_t i = 0; i < 4 * C; i++) W[i * C + S[j]] += Wk[i * k + j];
+                b[S[j]] += bk[j];
+            }
+        }
+        if (tm->red_s >= 0) {
+            const float *rs = graft_scope_ptr(s, tm->red_s) + l * C;
+            const float *rb = graft_scope_ptr(s, tm->red_b) + l * C;
+            for (size_t i = 0; i < 4 * C; i++)
+                for (size_t c = 0; c < C; c++) W[i * C + c] *= rs[c];
+            for (size_t c = 0; c < C; c++) b[c] = rs[c] * b[c] + rb[c];
+        }
+    }
+    if (tm->ln1w >= 0) {
+        graft_gpt2_params_t *P = &m->params;
+        memcpy(P->ln1w, graft_scope_ptr(s, tm->ln1w), L * C * sizeof(float));
+        memcpy(P->ln1b, graft_scope_ptr(s, tm->ln1b), L * C * sizeof(float));
+        memcpy(P->ln2w, graft_scope_ptr(s, tm->ln2w), L * C * sizeof(float));
+        memcpy(P->ln2b, graft_scope_ptr(s, tm->ln2b), L * C * sizeof(float));
+        memcpy(P->lnfw, graft_scope_ptr(s, tm->lnfw), C * sizeof(float));
+        memcpy(P->lnfb, graft_scope_ptr(s, tm->lnfb), C * sizeof(float));
+    }
+    return GRAFT_OK;
+}
+
 static void freeze_a(graft_scope_t *s, const int *idx, int slots, int frozen) {
     for (int i = 0; i < slots; i++)
         if (idx[2 * i] >= 0) s->tensors[idx[2 * i]].frozen = frozen;

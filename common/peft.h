@@ -211,6 +211,18 @@ void graft_peft_select_channels(graft_peft_t *p, int task);
 /* W += scale * A B for every LoRA pair of task t (and shared) — and back. */
 void graft_peft_merge_lora(graft_peft_t *p, int task, int sign);
 
+/* Folds task t's modules into the trunk's own weights, so that the plain
+ * trunk computes what the trunk with those modules did (the same function,
+ * summed in another order): the LoRA pairs (shared and the task's) into
+ * their projections, the channel deltas into the chosen columns of the MLP
+ * output projection and its bias, RED's scale and bias into that
+ * projection's columns and bias (s (x W + b) + b' = x W diag(s) + s b + b'),
+ * lntune's LayerNorms over the trunk's. The adapter is nonlinear and does
+ * not fold: GRAFT_EINVAL (logged), with the trunk untouched. The heads stay
+ * in the task's scope. Afterwards p must not run again (its LoRA would be
+ * counted twice): destroy it. */
+int graft_peft_fold(graft_peft_t *p, int task);
+
 /* The classification heads train at scale times the modules' learning rate
  * (scale <= 0: 1). A linear probe wants a far larger rate than most modules
  * (--head_lr). */

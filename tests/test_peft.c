@@ -499,6 +499,56 @@ static void test_lora_merge(void **state) {
     graft_gpt2_destroy(&m);
 }
 
+/* ---- folding the modules into the trunk ------------------------------------- */
+
+/* graft_peft_fold: for each module that folds (off its initial values) and
+ * for all of them together, the plain trunk after folding gives the lnf of
+ * the trunk with the modules within FOLD_TOL (the same function summed in
+ * another order: measured ~1e-6); the adapter is refused and leaves the
+ * trunk as it was. A fold that missed a module, scaled RED's bias or put a
+ * channel delta in the wrong column is off by 1e-2 and more. */
+#define FOLD_TOL 1e-5
+
+static void test_fold(void **state) {
+    (void)state;
+    batch_t bt;
+    make_batch(&bt, 11);
+    const int methods[] = {GRAFT_M_LORA, GRAFT_M_RED, GRAFT_M_LNTUNE, GRAFT_M_CHANNELS,
+                           GRAFT_M_LORA | GRAFT_M_RED | GRAFT_M_LNTUNE | GRAFT_M_CHANNELS};
+    const char *names[] = {"lora", "red", "lntune", "channels", "all four"};
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+        graft_gpt2_t *m = tiny_trunk();
+        graft_peft_config_t cfg = peft_config(methods[i]);
+        graft_peft_t *p = graft_peft_new(m, &cfg, TASKS, 2);
+        if (methods[i] & GRAFT_M_CHANNELS) choose_channels(p, TASK_GEN);
+        perturb_modules(p, 4);
+        size_t n_lnf = (size_t)NB * NT * m->cfg.C;
+        graft_peft_lm(p, TASK_GEN, bt.tokens, NULL, NB, NT, 0);
+        float *ref = malloc(n_lnf * sizeof(float));
+        memcpy(ref, m->acts.lnf, n_lnf * sizeof(float));
+        assert_int_equal(graft_peft_fold(p, TASK_GEN), GRAFT_OK);
+        graft_peft_destroy(&p);
+        graft_gpt2_forward(m, bt.tokens, NULL, NB, NT);
+        double d = rel_max_diff(m->acts.lnf, ref, n_lnf);
+        printf("  fold %-9s relative difference %.2e\n", names[i], d);
+        assert_true(d < FOLD_TOL);
+        free(ref);
+        graft_gpt2_destroy(&m);
+    }
+    /* the adapter is refused, the trunk untouched */
+    graft_gpt2_t *m = tiny_trunk(), *ref = tiny_trunk();
+    graft_peft_config_t cfg = peft_config(GRAFT_M_ADAPTER | GRAFT_M_LORA);
+    graft_peft_t *p = graft_peft_new(m, &cfg, TASKS, 2);
+    perturb_modules(p, 5);
+    graft_log_level = GRAFT_LOG_ERROR + 1;
+    assert_int_equal(graft_peft_fold(p, TASK_GEN), GRAFT_EINVAL);
+    graft_log_level = GRAFT_LOG_INFO;
+    assert_memory_equal(m->params_memory, ref->params_memory, m->num_params * sizeof(float));
+    graft_peft_destroy(&p);
+    graft_gpt2_destroy(&m);
+    graft_gpt2_destroy(&ref);
+}
+
 /* ---- incremental decoding ---------------------------------------------------- */
 
 /* graft_gpt2_decode_step against the full forward pass, for each module
@@ -1078,6 +1128,7 @@ int main(void) {
         cmocka_unit_test(test_finite_differences),
         cmocka_unit_test(test_lora_merge),
         cmocka_unit_test(test_decode_step),
+        cmocka_unit_test(test_fold),
         cmocka_unit_test(test_frozen_trunk),
         cmocka_unit_test(test_head_lr_scale),
         cmocka_unit_test(test_logit_offset),

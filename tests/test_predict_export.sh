@@ -1,18 +1,23 @@
 #!/bin/sh
-# graft predict against graft eval on the same trained modules (LoRA on the
-# shipped small trunk, two synthetic tasks): the labels it prints for the
-# classification task's test texts score the accuracy that graft eval
-# reports, and its continuations of the generation task's test prompts
-# score eval's chrF (recomputed here in Python, sacreBLEU's definition as in
-# common/metrics.h). Then --text, the line count, and the refusals: no
-# --resume, an unknown --task, several tasks without --task.
-# Usage: test_predict.sh GRAFT_BINARY SOURCE_DIR
+# graft predict and graft export against graft eval on the same trained
+# modules (LoRA on the shipped small trunk, two synthetic tasks):
+#  - predict: the labels it prints for the classification task's test texts
+#    score the accuracy that graft eval reports, and its continuations of
+#    the generation task's test prompts score eval's chrF (recomputed here in
+#    Python, sacreBLEU's definition as in common/metrics.h); --text, the line
+#    count, and the refusals: no --resume, an unknown --task, several tasks
+#    without --task;
+#  - export: the generation task's exported trunk, evaluated as a plain
+#    trunk (--method head), gives eval's line for the modules to the digit;
+#    the classification task's file carries its head and labels; an adapter
+#    run is refused (exit 1, no file), as is a missing --file (exit 2).
+# Usage: test_predict_export.sh GRAFT_BINARY SOURCE_DIR
 set -eu
 GRAFT="$1"
 SRC="$2"
 T="$(mktemp -d)"
 trap 'rm -rf "$T"' EXIT
-fail() { echo "test_predict: FAIL: $*" >&2; exit 1; }
+fail() { echo "test_predict_export: FAIL: $*" >&2; exit 1; }
 
 python3 "$SRC/scripts/synthetic_tasks.py" "$T/data" --train 600 --eval 100 >/dev/null
 TASKS="majority:classification:$T/data/majority.tsv,shift:generation:$T/data/shift.tsv"
@@ -88,4 +93,36 @@ refused() { # EXPECTED_TEXT ARGS...
 refused "needs --resume" "$@" --task shift
 refused "--task nope: not among" "$@" --resume "$M" --task nope
 refused "name one with --task" "$@" --resume "$M"
-echo "test_predict: ok"
+
+# export: the folded trunk is the model
+"$GRAFT" export "$@" --resume "$M" --task shift --file "$T/shift.safetensors" 2>"$T/err" ||
+  fail "export shift: $(cat "$T/err")"
+"$GRAFT" eval --trunk "$T/shift.safetensors" --tasks "shift:generation:$T/data/shift.tsv" --seq 32 \
+  --batch 16 --gen_tokens 16 --threads 1 --method head --eval_max 0 >"$T/plain.out" 2>"$T/err" ||
+  fail "eval of the exported trunk: $(cat "$T/err")"
+want=$(grep '^shift ' "$T/eval.out")
+got=$(grep '^shift ' "$T/plain.out")
+echo "exported trunk: $got"
+[ "$got" = "$want" ] || fail "exported trunk gives '$got', the modules '$want'"
+"$GRAFT" export "$@" --resume "$M" --task majority --file "$T/maj.safetensors" 2>"$T/err" ||
+  fail "export majority: $(cat "$T/err")"
+python3 - "$T/maj.safetensors" <<'PY' || fail "the classification export lacks its head or labels"
+import json, struct, sys
+f = open(sys.argv[1], "rb")
+h = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+meta = h["__metadata__"]
+assert h["head.weight"]["shape"] == [192, 4] and h["head.bias"]["shape"] == [4], h.get("head.weight")
+assert json.loads(meta["graft.labels"]) == ["a", "b", "c", "d"], meta
+assert meta["graft.task"] == "majority" and meta["graft.kind"] == "classification", meta
+PY
+set +e
+"$GRAFT" export "$@" --resume "$M" --task shift >/dev/null 2>"$T/err"
+[ $? -eq 2 ] && grep -q "needs --file" "$T/err" || fail "export without --file: $(cat "$T/err")"
+"$GRAFT" train "$@" --method adapter --steps 2 --eval_every 2 --eval_max 8 --out "$T/ad" \
+  >/dev/null 2>&1 || fail "adapter training"
+"$GRAFT" export "$@" --method adapter --resume "$T/ad/modules.safetensors" --task shift \
+  --file "$T/ad.safetensors" >/dev/null 2>"$T/err"
+[ $? -eq 1 ] && grep -q "does not fold" "$T/err" && [ ! -e "$T/ad.safetensors" ] ||
+  fail "adapter export not refused: $(cat "$T/err")"
+set -e
+echo "test_predict_export: ok"
