@@ -42,7 +42,7 @@ typedef struct {
     char task[GRAFT_OPT_STR];
     char text[GRAFT_OPT_STR];
     char file[GRAFT_OPT_STR];
-} predict_config_t;
+} task_model_config_t;
 
 /* Inputs go through the model this many at a time (a multiple of the batch). */
 #define CHUNK 256
@@ -54,12 +54,12 @@ static graft_option_t *task_model_options(int export) {
     while (graft_run_options[n].name) n++;
     graft_option_t *table = graft_xmalloc((n + 3) * sizeof *table);
     memcpy(table, graft_run_options, n * sizeof *table);
-    table[n] = (graft_option_t){"task", GRAFT_OPT_STRING, offsetof(predict_config_t, task), "",
+    table[n] = (graft_option_t){"task", GRAFT_OPT_STRING, offsetof(task_model_config_t, task), "",
                                 0, -1, "the task whose model this is (empty: the run's only one)"};
     table[n + 1] =
-        export ? (graft_option_t){"file", GRAFT_OPT_STRING, offsetof(predict_config_t, file), "",
+        export ? (graft_option_t){"file", GRAFT_OPT_STRING, offsetof(task_model_config_t, file), "",
                                   0, -1, "export: the checkpoint to write (safetensors)"}
-               : (graft_option_t){"text", GRAFT_OPT_STRING, offsetof(predict_config_t, text), "",
+               : (graft_option_t){"text", GRAFT_OPT_STRING, offsetof(task_model_config_t, text), "",
                                   0, -1, "predict: one input (empty: read standard input)"};
     table[n + 2] = (graft_option_t)GRAFT_OPT_END;
     return table;
@@ -67,7 +67,7 @@ static graft_option_t *task_model_options(int export) {
 
 /* Parses a task-model command's options and sets the threads; 0: go on,
  * 1: --help printed, -1: error (logged). */
-static int parse_task_model(int argc, char **argv, int export, predict_config_t *pc) {
+static int parse_task_model(int argc, char **argv, int export, task_model_config_t *pc) {
     graft_option_t *table = task_model_options(export);
     int rc = graft_options_parse(table, pc, argc, argv, export ? export_usage : predict_usage);
     free(table);
@@ -175,7 +175,7 @@ static void task_model_close(task_model_t *tm) {
 }
 
 /* Opens it for command `cmd`; 0, or the exit status of the error (logged). */
-static int task_model_open(const predict_config_t *pc, const char *cmd, task_model_t *tm) {
+static int task_model_open(const task_model_config_t *pc, const char *cmd, task_model_t *tm) {
     memset(tm, 0, sizeof *tm);
     int graft = cli_method_graft(&pc->run);
     if (graft < 0) return 2;
@@ -214,7 +214,7 @@ static int task_model_open(const predict_config_t *pc, const char *cmd, task_mod
 }
 
 int cmd_predict(int argc, char **argv) {
-    predict_config_t pc;
+    task_model_config_t pc;
     int prc = parse_task_model(argc, argv, 0, &pc);
     if (prc) return prc > 0 ? 0 : 2;
     task_model_t tm;
@@ -228,7 +228,7 @@ int cmd_predict(int argc, char **argv) {
 /* ---- graft export ------------------------------------------------------- */
 
 /* The trunk of tm (modules folded) with the head and the task's metadata. */
-static int export_trunk(const task_model_t *tm, const predict_config_t *pc) {
+static int export_trunk(const task_model_t *tm, const task_model_config_t *pc) {
     graft_trainer_t *tr = tm->tr;
     const graft_task_t *task = tr->tasks[tm->task];
     if (!tm->g && graft_peft_fold(tr->peft, tm->task)) return GRAFT_EINVAL;
@@ -243,7 +243,8 @@ static int export_trunk(const task_model_t *tm, const predict_config_t *pc) {
         head[1] = (graft_st_tensor_t){"head.bias", 1, {K},
                                       graft_scope_ptr(mods->scope, mods->head_b), GRAFT_ST_F32};
         n_head = 2;
-        for (int k = 0; k < K; k++) json_array_append_new(labels, json_string(graft_task_label_name(task, k)));
+        for (int k = 0; k < K; k++)
+            json_array_append_new(labels, json_string(graft_task_label_name(task, k)));
     }
     char *labels_json = json_dumps(labels, JSON_COMPACT);
     json_decref(labels);
@@ -252,12 +253,13 @@ static int export_trunk(const task_model_t *tm, const predict_config_t *pc) {
                             pc->run.method, labels_json, pc->run.pool};
     int rc = graft_gpt2_save(tr->trunk, pc->file, head, n_head, keys, values, 5);
     free(labels_json);
-    if (!rc) LOG_INFO("exported task %s (%s) to %s", graft_task_name(task), pc->run.method, pc->file);
+    if (!rc)
+        LOG_INFO("exported task %s (%s) to %s", graft_task_name(task), pc->run.method, pc->file);
     return rc;
 }
 
 int cmd_export(int argc, char **argv) {
-    predict_config_t pc;
+    task_model_config_t pc;
     int prc = parse_task_model(argc, argv, 1, &pc);
     if (prc) return prc > 0 ? 0 : 2;
     if (!*pc.file) {

@@ -61,7 +61,9 @@ def ngrams(s, n):
     s = [c for c in s if not c.isspace()]
     return Counter(tuple(s[i:i + n]) for i in range(len(s) - n + 1))
 hyp = [0] * 6; ref = [0] * 6; match = [0] * 6
-outs = [o.replace("\\n", "\n").replace("\\t", "\t").replace("\\\\", "\\") for o in lines("shift.out")]
+esc = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+unescape = lambda o: re.sub(r"\\(.)", lambda m: esc[m.group(1)], o)
+outs = [unescape(o) for o in lines("shift.out")]
 for h, r in zip(outs, lines("shift.ref")):
     for k in range(6):
         gh, gr = ngrams(h, k + 1), ngrams(r, k + 1)
@@ -111,7 +113,8 @@ import json, struct, sys
 f = open(sys.argv[1], "rb")
 h = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
 meta = h["__metadata__"]
-assert h["head.weight"]["shape"] == [192, 4] and h["head.bias"]["shape"] == [4], h.get("head.weight")
+assert h["head.weight"]["shape"] == [192, 4], h.get("head.weight")
+assert h["head.bias"]["shape"] == [4], h.get("head.bias")
 assert json.loads(meta["graft.labels"]) == ["a", "b", "c", "d"], meta
 assert meta["graft.task"] == "majority" and meta["graft.kind"] == "classification", meta
 PY
