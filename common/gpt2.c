@@ -351,7 +351,8 @@ const float *graft_gpt2_decode_step(graft_gpt2_t *m, const int32_t *seq, const i
                      tokens[i] >= 0 && tokens[i] < c->V);
     if (!m->decode_memory)
         m->decode_memory = graft_xmalloc((size_t)m->B * decode_row_floats(m) * sizeof(float));
-    /* views for N rows */
+    /* views for N rows: x, ln (N, C); mean, rstd (N); qkv (N, 3C); atty, proj (N, C);
+     * fch, fch_gelu (N, 4C); scores (N, NH, T) */
     float *x = m->decode_memory, *ln = x + (size_t)N * C;
     float *mean = ln + (size_t)N * C, *rstd = mean + N;
     float *qkv = rstd + N, *atty = qkv + (size_t)N * 3 * C, *proj = atty + (size_t)N * C;
@@ -370,6 +371,7 @@ const float *graft_gpt2_decode_step(graft_gpt2_t *m, const int32_t *seq, const i
         peft_ln_params(m, l, 1, &lnw, &lnb, &dlnw, &dlnb);
         layernorm_forward(ln, mean, rstd, x, lnw, lnb, N, C);
         linear_forward(m, l, GRAFT_PROJ_QKV, qkv, ln, p.qkvb + l * 3 * C, N, C, 3 * C);
+        /* the new rows' k, v into the cache at (seq[i], pos[i]) */
         for (int i = 0; i < N; i++)
             memcpy(cache + ((size_t)seq[i] * T + pos[i]) * 3 * C + C, qkv + (size_t)i * 3 * C + C,
                    2 * (size_t)C * sizeof(float));
