@@ -30,6 +30,7 @@ static void evaluate_all(graft_trainer_t *tr, graft_events_t *ev, int split, int
         graft_trainer_evaluate(tr, t, split, &r);
         graft_eval_format(tr, &r, line, sizeof line);
         LOG_INFO("eval step %d: %s", step, line);
+        graft_eval_log_sample(tr, &r);
         json_t *o = graft_eval_json(tr, &r);
         json_object_set_new(o, "step", json_integer(step));
         graft_events_emit(ev, "eval", o);

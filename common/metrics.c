@@ -2,6 +2,8 @@
  * loss and perplexity, and sacreBLEU-compatible chrF (metrics.h). */
 #include "metrics.h"
 
+#include "tokenizer.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -130,44 +132,6 @@ double graft_lm_metrics_perplexity(const graft_lm_metrics_t *m) {
 
 /* ---- chrF --------------------------------------------------------------- */
 
-/* Decodes one code point at s (n > 0 bytes left) and returns the bytes
- * consumed. An ill-formed sequence yields U+FFFD and consumes its maximal
- * subpart (at least one byte), the Unicode practice Python follows. */
-static size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp) {
-    unsigned c = s[0];
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    int need;
-    uint32_t v;
-    unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-        need = 1, v = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2, v = c & 0x0F;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3, v = c & 0x07;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        *cp = 0xFFFD;
-        return 1;
-    }
-    for (int k = 1; k <= need; k++) {
-        if ((size_t)k >= n || s[k] < lo || s[k] > hi) {
-            *cp = 0xFFFD;
-            return (size_t)k;
-        }
-        v = (v << 6) | (s[k] & 0x3Fu);
-        lo = 0x80, hi = 0xBF;
-    }
-    *cp = v;
-    return (size_t)need + 1;
-}
-
 /* Python's str.isspace(), which is what sacreBLEU's "".join(s.split())
  * removes. */
 static int is_space(uint32_t c) {
@@ -183,7 +147,7 @@ static uint32_t *chrf_chars(const char *s, size_t n, size_t *len) {
     size_t i = 0, m = 0;
     while (i < n) {
         uint32_t cp;
-        i += utf8_next(u + i, n - i, &cp);
+        i += graft_utf8_next(u + i, n - i, &cp);
         if (!is_space(cp)) out[m++] = cp;
     }
     *len = m;

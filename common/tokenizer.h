@@ -27,6 +27,18 @@ size_t graft_tok_encode(const char *text, size_t len, int32_t *out, size_t cap);
  * skipped. Returns the number of bytes written (excluding the NUL). */
 size_t graft_tok_decode(const int32_t *tokens, size_t n, char *out, size_t cap);
 
+/* Decodes one UTF-8 code point at s (n > 0 bytes left) into *cp and
+ * returns the bytes consumed. An ill-formed sequence yields U+FFFD and
+ * consumes its maximal subpart (at least one byte), as Python does. */
+size_t graft_utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
+
+/* src (len bytes, any bytes) as one printable line of valid UTF-8 in dst
+ * (cap >= 8 bytes, NUL-terminated): ill-formed sequences become U+FFFD,
+ * newline, tab, CR and backslash \n \t \r \\, other control bytes \xNN;
+ * cut at a character with "..." when it does not fit. Returns the bytes
+ * written (without the NUL). For logs and JSON events. */
+size_t graft_text_printable(char *dst, size_t cap, const char *src, size_t len);
+
 /* Printable name of a token for debugging ("<|sep|>", "a", "\\x0a"). */
 const char *graft_tok_name(int32_t token, char buf[16]);
 

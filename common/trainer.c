@@ -368,6 +368,12 @@ static void evaluate_generation(graft_trainer_t *tr, int t, int split, size_t n,
         outs[i] = out_memory + i * out_cap;
     }
     graft_trainer_generate(tr, t, prompts, lens, n_dec, outs, out_cap);
+    if (n_dec > 0) {
+        const graft_example_t *ex = graft_task_example(task, split, eval_index(0, n_dec, total));
+        graft_text_printable(res->sample_prompt, GRAFT_SAMPLE_LEN, ex->text, ex->text_len);
+        graft_text_printable(res->sample_output, GRAFT_SAMPLE_LEN, outs[0], strlen(outs[0]));
+        graft_text_printable(res->sample_reference, GRAFT_SAMPLE_LEN, ex->label, ex->label_len);
+    }
     graft_chrf_t chrf;
     graft_chrf_init(&chrf);
     for (size_t i = 0; i < n_dec; i++) {
@@ -433,6 +439,13 @@ void graft_eval_format(const graft_trainer_t *tr, const graft_eval_result_t *r, 
                  (long long)r->chrf_examples, r->loss, r->perplexity);
 }
 
+void graft_eval_log_sample(const graft_trainer_t *tr, const graft_eval_result_t *r) {
+    if (r->kind != GRAFT_TASK_GENERATE || r->chrf_examples == 0) return;
+    LOG_INFO("  %s %s sample: %s -> %s  (reference: %s)", graft_task_name(tr->tasks[r->task]),
+             graft_task_split_name(r->split), r->sample_prompt, r->sample_output,
+             r->sample_reference);
+}
+
 json_t *graft_eval_json(const graft_trainer_t *tr, const graft_eval_result_t *r) {
     json_t *o = json_pack("{s:s, s:s, s:I, s:f}", "task", graft_task_name(tr->tasks[r->task]),
                           "split", graft_task_split_name(r->split), "examples",
@@ -444,6 +457,10 @@ json_t *graft_eval_json(const graft_trainer_t *tr, const graft_eval_result_t *r)
     } else {
         json_object_set_new(o, "chrf", json_real(r->chrf));
         json_object_set_new(o, "chrf_examples", json_integer((json_int_t)r->chrf_examples));
+        if (r->chrf_examples > 0)
+            json_object_set_new(o, "sample",
+                                json_pack("{s:s, s:s, s:s}", "prompt", r->sample_prompt, "output",
+                                          r->sample_output, "reference", r->sample_reference));
         json_object_set_new(o, "perplexity", json_real(r->perplexity));
     }
     return o;

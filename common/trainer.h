@@ -18,6 +18,9 @@
 #include "runconfig.h"
 #include "task.h"
 
+/* Bytes of each text of an evaluation's sample (with the NUL). */
+#define GRAFT_SAMPLE_LEN 160
+
 typedef struct {
     int task;
     int split;
@@ -28,6 +31,10 @@ typedef struct {
     double perplexity;      /* generation */
     double chrf;            /* generation, 0..100, over chrf_examples greedy decodes */
     int64_t chrf_examples;
+    /* generation: the first decoded example (the same one at every
+     * evaluation of a split), printable (graft_text_printable); "" if none */
+    char sample_prompt[GRAFT_SAMPLE_LEN], sample_output[GRAFT_SAMPLE_LEN];
+    char sample_reference[GRAFT_SAMPLE_LEN];
 } graft_eval_result_t;
 
 typedef struct graft_trainer {
@@ -113,6 +120,10 @@ int graft_trainer_load(graft_trainer_t *tr, const char *path);
 /* One-line human summary of an evaluation. */
 void graft_eval_format(const graft_trainer_t *tr, const graft_eval_result_t *r, char *buf,
                        size_t n);
+
+/* Logs a generation result's sample (prompt -> output, and the reference)
+ * as one info line; nothing for classification. */
+void graft_eval_log_sample(const graft_trainer_t *tr, const graft_eval_result_t *r);
 
 /* The same as a JSON object for `eval` events (new reference, owned by the
  * caller, e.g. handed to graft_events_emit). */

@@ -652,6 +652,7 @@ static void evaluate(coord_t *c, int split) {
         graft_trainer_evaluate(c->tr, t, split, &r);
         graft_eval_format(c->tr, &r, line, sizeof line);
         LOG_INFO("eval round %d: %s", c->round, line);
+        graft_eval_log_sample(c->tr, &r);
         json_t *o = graft_eval_json(c->tr, &r);
         json_object_set_new(o, "round", json_integer(c->round));
         graft_events_emit(c->ev, "eval", o);

@@ -5,8 +5,8 @@
 #    score the accuracy that graft eval reports, and its continuations of
 #    the generation task's test prompts score eval's chrF (recomputed here in
 #    Python, sacreBLEU's definition as in common/metrics.h); --text, the line
-#    count, and the refusals: no --resume, an unknown --task, several tasks
-#    without --task;
+#    count, the sample that eval logs, and the refusals: no --resume, an
+#    unknown --task, several tasks without --task;
 #  - export: the generation task's exported trunk, evaluated as a plain
 #    trunk (--method head), gives eval's line for the modules to the digit;
 #    the classification task's file carries its head and labels; an adapter
@@ -77,6 +77,11 @@ want = float(re.search(r"shift\s+test\s+n=100\s+chrF (\S+) \(n=100\)", evals).gr
 print(f"shift: predict chrF {chrf:.2f}, graft eval {want:.2f}")
 assert abs(chrf - want) < 0.006 and chrf > 20
 PY
+
+# graft eval logs its first test prompt's decode as a sample: the same text
+sample=$(sed -n 's/.* shift test sample: \(.*\)  (reference: .*/\1/p' "$T/eval.err")
+[ "$sample" = "$(head -1 "$T/shift.in") -> $(head -1 "$T/shift.out")" ] ||
+  fail "eval's sample '$sample' is not predict's '$(head -1 "$T/shift.out")'"
 
 # one input from --text: the same line as from standard input
 first=$(head -1 "$T/shift.in")

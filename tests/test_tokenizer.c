@@ -124,6 +124,31 @@ static void test_names(void **state) {
     assert_int_equal(GRAFT_BYTE_VOCAB, 260);
 }
 
+/* graft_text_printable: escapes, U+FFFD for ill-formed bytes, and cuts at
+ * a character boundary with "..." only when the text does not fit. */
+static void printable(const char *src, size_t len, size_t cap, const char *want) {
+    char out[64];
+    size_t n = graft_text_printable(out, cap, src, len);
+    assert_string_equal(out, want);
+    assert_int_equal(n, strlen(want));
+}
+
+static void test_printable(void **state) {
+    (void)state;
+    printable("abc", 3, 64, "abc");
+    printable("a\tb\nc\r\\", 7, 64, "a\\tb\\nc\\r\\\\");
+    printable("x\x01\x7f", 3, 64, "x\\x01\\x7F");
+    printable("\xff\xfe!", 3, 64, "\xEF\xBF\xBD\xEF\xBF\xBD!"); /* two U+FFFD */
+    printable("\xEF\xBF\xBD", 3, 64, "\xEF\xBF\xBD");               /* a real U+FFFD kept */
+    printable("\xC3\xA9t\xC3\xA9", 5, 64, "\xC3\xA9t\xC3\xA9");   /* "été" as it is */
+    printable("abcdefgh", 8, 8, "abcd...");       /* 7 bytes and the NUL */
+    printable("abcdefg", 7, 8, "abcdefg");        /* fits exactly: no cut */
+    printable("\xC3\xA9\xC3\xA9\xC3\xA9", 6, 8, "\xC3\xA9\xC3\xA9\xC3\xA9"); /* fits */
+    /* 8 bytes of "éééé" in 8: "éé..." (7 bytes), never half a character */
+    printable("\xC3\xA9\xC3\xA9\xC3\xA9\xC3\xA9", 8, 8, "\xC3\xA9\xC3\xA9...");
+    printable("a\nbcdefg", 8, 8, "a\\nb...");   /* an escape counts its two bytes */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_scripts),
@@ -133,6 +158,7 @@ int main(void) {
         cmocka_unit_test(test_encode_cap_truncates),
         cmocka_unit_test(test_decode_cap_truncates),
         cmocka_unit_test(test_names),
+        cmocka_unit_test(test_printable),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
