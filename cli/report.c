@@ -43,7 +43,8 @@ static const char *usage =
     "the final test metric of every task (accuracy or chrF, in points), their\n"
     "average, the mean ECE of the classification tasks, trainable parameters per\n"
     "task and their share of the trunk, bytes sent per round (federated runs) and\n"
-    "wall time. Runs of the `graft` mask method add one row per sparsity.\n\n"
+    "wall time. Runs of the `graft` mask method add one row per sparsity. Under the\n"
+    "table, each generation task's last test sample (prompt -> output, reference).\n\n"
     "Writes DIR/summary.json (the same numbers, for scripts) and, unless\n"
     "--no-plots, PNG plots drawn with gnuplot: DIR/NAME-curves.png per run (training\n"
     "loss and dev metric per task), DIR/sparsity.png (metric against mask sparsity)\n"
@@ -292,6 +293,23 @@ static json_t *summary_row(const run_t *r, double sparsity) {
 static void fmt_num(char *buf, size_t n, json_t *v, const char *fmt) {
     if (json_is_number(v)) snprintf(buf, n, fmt, json_number_value(v));
     else snprintf(buf, n, "-");
+}
+
+/* Under the table: each generation task's last test sample (prompt ->
+ * output, and the reference) per run, as the run's log printed it. */
+static void print_samples(const run_t *runs, int nr) {
+    for (int k = 0; k < nr; k++) {
+        const char *tasks[MAX_TASKS];
+        int nt = run_tasks(&runs[k], tasks);
+        for (int t = 0; t < nt; t++) {
+            json_t *e = final_test(&runs[k], tasks[t], NAN);
+            json_t *sample = e ? json_object_get(e, "sample") : NULL;
+            if (!sample) continue;
+            printf("sample %s %s: %s -> %s  (reference: %s)\n", runs[k].name, tasks[t],
+                   str(sample, "prompt", ""), str(sample, "output", ""),
+                   str(sample, "reference", ""));
+        }
+    }
 }
 
 static void print_table(json_t *rows) {
@@ -593,6 +611,7 @@ int cmd_report(int argc, char **argv) {
     }
     if (!rc) {
         print_table(rows);
+        print_samples(runs, nr);
         json_t *doc = json_pack("{s:O}", "runs", rows);
         for (int k = 0; k < nr; k++) { /* the overlap matrix travels too */
             json_t *ov = last_event(&runs[k], "mask_overlap");

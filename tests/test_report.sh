@@ -1,7 +1,8 @@
 #!/bin/sh
 # graft report on fabricated event logs with known numbers: the summary
-# table's values, summary.json, the plots (when gnuplot is installed), and
-# the refusal of a malformed log with its file and line.
+# table's values and the sample line under it, summary.json, the plots (when
+# gnuplot is installed), and the refusal of a malformed log with its file and
+# line.
 # Usage: test_report.sh GRAFT_BINARY
 set -eu
 GRAFT="$1"
@@ -15,7 +16,7 @@ cat > "$T/central/events.jsonl" <<'J'
 {"ts":2.0,"event":"train","step":10,"task":"a","loss":2.0}
 {"ts":3.0,"event":"eval","task":"a","split":"dev","accuracy":0.5,"ece":0.2,"loss":1.0,"step":10}
 {"ts":4.0,"event":"eval","task":"a","split":"test","accuracy":0.75,"ece":0.1,"macro_f1":0.7,"loss":0.9,"step":20}
-{"ts":5.0,"event":"eval","task":"b","split":"test","chrf":40.0,"loss":2.5,"perplexity":12.2,"step":20}
+{"ts":5.0,"event":"eval","task":"b","split":"test","chrf":40.0,"loss":2.5,"perplexity":12.2,"step":20,"sample":{"prompt":"oak","output":"a tree","reference":"a tall tree"}}
 {"ts":6.0,"event":"run_end","step":20,"seconds":12.5,"ok":true}
 J
 cat > "$T/fed/events.jsonl" <<'J'
@@ -40,6 +41,8 @@ cat "$T/table.txt"
 grep -q '^central .* 75.00 .* 40.00 .* 57.50 .* 0.100 .* 60 .* 6.000% .* 12.5$' "$T/table.txt" \
   || fail "central row"
 grep -q '^fed .* 60.00 .* 500 .* 30.0$' "$T/table.txt" || fail "federated row (bytes per round 500)"
+grep -qx 'sample central b: oak -> a tree  (reference: a tall tree)' "$T/table.txt" ||
+  fail "no sample line for the generation task"
 grep -q '^masks@1% .* 55.00 .* 8 ' "$T/table.txt" || fail "mask row at 1% (8 of 800 eligible)"
 grep -q '^masks@10% .* 65.00 ' "$T/table.txt" || fail "mask row at 10%"
 python3 - "$T/rep/summary.json" <<'P' || fail "summary.json"
