@@ -260,9 +260,9 @@ void matmul_forward_naive(float *out, const float *inp, const float *weight, con
     }
 }
 
-/* Columns per block of a short product (one block of rows: decoding's few
- * rows, a classification head): whole 16-float vectors, at least 64, so
- * that the threads share it. */
+/* Columns per block of a product with a single block of rows (decoding's
+ * few rows, a classification head's batch): the threads share its columns
+ * instead of one thread taking it all. */
 #define SHORT_BLOCK_COLS 64
 
 void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int N,

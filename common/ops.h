@@ -15,9 +15,11 @@
  *  - Linear weights are stored [in, out] (Hugging Face GPT-2 Conv1D layout),
  *    so a linear layer is out = inp @ w + b.
  *  - Kernels parallelise with OpenMP over fixed blocks of rows that the
- *    threads take as they come free; graft's sums over rows go through
- *    per-block partials added in block order, so results are bit-identical
- *    run to run and do not depend on the thread count (see ops.c).
+ *    threads take as they come free (work of a single block stays on the
+ *    calling thread, without a parallel region: decoding's few rows);
+ *    graft's sums over rows go through per-block partials added in block
+ *    order, so results are bit-identical run to run and do not depend on
+ *    the thread count (see ops.c).
  * No kernel allocates except where noted; the caller owns all buffers.
  */
 #ifndef GRAFT_OPS_H
