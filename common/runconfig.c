@@ -78,7 +78,7 @@ const graft_option_t graft_run_options[] = {
      "at most N examples per task and evaluation, evenly spread over the split (0: all)"},
     {"gen_tokens", GRAFT_OPT_INT, OFF(gen_tokens), "48", 1, 4096,
      "greedy-decoding budget for generation metrics (chrF)"},
-    {"decode_max", GRAFT_OPT_INT, OFF(decode_max), "0", 0, 1e9,
+    {"decode_max", GRAFT_OPT_INT, OFF(decode_max), "64", 0, 1e9,
      "generation: chrF is over greedy decodes of at most N examples, evenly spread over the "
      "split (0: every evaluated one)"},
     {"out", GRAFT_OPT_STRING, OFF(out), "runs/train", 0, -1,

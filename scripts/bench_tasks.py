@@ -270,7 +270,7 @@ class Bench:
 
     def common(self, seed=1):
         a = self.a
-        # chrF over 64 decodes, graft's default when docs/results.md was made
+        # chrF over 64 decodes (graft's default), as when docs/results.md was made
         o = ["--seq", str(a.seq), "--batch", str(a.batch), "--eval_max", str(a.eval_max),
              "--gen_tokens", str(a.gen_tokens), "--decode_max", "64", "--threads", str(a.threads),
              "--seed", str(seed)]
