@@ -91,12 +91,13 @@ static void print_escaped(const char *s) {
 }
 
 /* Predicts and prints inputs [0, n) of task t. */
-static void predict_chunk(graft_trainer_t *tr, int t, char **texts, const size_t *lens, size_t n) {
+static void predict_chunk(graft_trainer_t *tr, int t, const char *const *texts, const size_t *lens,
+                          size_t n) {
     const graft_task_t *task = tr->tasks[t];
     if (graft_task_kind(task) == GRAFT_TASK_CLASSIFY) {
         int K = graft_task_num_labels(task);
         float *probs = graft_xmalloc(n * (size_t)K * sizeof(float));
-        graft_trainer_classify(tr, t, (const char *const *)texts, lens, n, probs);
+        graft_trainer_classify(tr, t, texts, lens, n, probs);
         for (size_t i = 0; i < n; i++) {
             const float *p = probs + i * (size_t)K;
             int best = 0;
@@ -110,7 +111,7 @@ static void predict_chunk(graft_trainer_t *tr, int t, char **texts, const size_t
         char *memory = graft_xmalloc(n * cap);
         char **outs = graft_xmalloc(n * sizeof(char *));
         for (size_t i = 0; i < n; i++) outs[i] = memory + i * cap;
-        graft_trainer_generate(tr, t, (const char *const *)texts, lens, n, outs, cap);
+        graft_trainer_generate(tr, t, texts, lens, n, outs, cap);
         for (size_t i = 0; i < n; i++) print_escaped(outs[i]);
         free(outs);
         free(memory);
@@ -121,9 +122,8 @@ static void predict_chunk(graft_trainer_t *tr, int t, char **texts, const size_t
 /* --text, or standard input CHUNK lines at a time (trailing CR/LF cut). */
 static int predict_inputs(graft_trainer_t *tr, int t, const char *text) {
     if (*text) {
-        char *one = (char *)text;
         size_t len = strlen(text);
-        predict_chunk(tr, t, &one, &len, 1);
+        predict_chunk(tr, t, &text, &len, 1);
         return GRAFT_OK;
     }
     char *lines[CHUNK] = {0};
@@ -137,7 +137,7 @@ static int predict_inputs(graft_trainer_t *tr, int t, const char *text) {
             lens[n++] = (size_t)got;
         }
         if (n == CHUNK || (got < 0 && n > 0)) {
-            predict_chunk(tr, t, lines, lens, n);
+            predict_chunk(tr, t, (const char *const *)lines, lens, n);
             total += n;
             n = 0;
         }

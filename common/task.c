@@ -610,13 +610,6 @@ void graft_encode_prompt_text(const char *text, size_t len, int T, int room, int
     *prompt_len = (int32_t)(P + 2);
 }
 
-void graft_task_encode_prompt(const graft_task_t *t, int split, size_t i, int T, int room,
-                              int32_t *tokens, int32_t *prompt_len) {
-    GRAFT_ASSERT(t->kind == GRAFT_TASK_GENERATE);
-    const graft_example_t *ex = graft_task_example(t, split, i);
-    graft_encode_prompt_text(ex->text, ex->text_len, T, room, tokens, prompt_len);
-}
-
 void graft_task_batch(const graft_task_t *t, int split, const size_t *indices, int B, int T,
                       int32_t *inputs, int32_t *targets, int32_t *pos, int32_t *labels) {
     GRAFT_ASSERT(indices && inputs && B >= 0);

@@ -149,18 +149,17 @@ void graft_task_encode_classify(const graft_task_t *t, int split, size_t i, int 
 void graft_task_encode_generate(const graft_task_t *t, int split, size_t i, int T, int32_t *inputs,
                                 int32_t *targets, int32_t *prompt_len);
 
-/* The prompt alone, for greedy decoding: BOS prompt SEP then PAD (T tokens),
- * the prompt cut from the left to leave at least `room` positions for
- * generated tokens (and to keep at least one prompt byte: T - room >= 3,
- * asserted). Unlike graft_task_encode_generate() the cut does not depend on
- * the length of the reference target. *prompt_len as there. */
-void graft_task_encode_prompt(const graft_task_t *t, int split, size_t i, int T, int room,
-                              int32_t *tokens, int32_t *prompt_len);
-
-/* The same two encodings of a raw text (an example's text field, len
- * bytes), for inputs that are not in a task file (`graft predict`). */
+/* graft_task_encode_classify's encoding of a raw text (an example's text
+ * field, len bytes), for inputs that are not in a task file. */
 void graft_encode_classify_text(const char *text, size_t len, int T, int32_t *tokens,
                                 int32_t *pos);
+
+/* A prompt (an example's text field, len bytes) alone, for greedy decoding:
+ * BOS prompt SEP then PAD (T tokens), the prompt cut from the left to leave
+ * at least `room` positions for generated tokens (and to keep at least one
+ * prompt byte: T - room >= 3, asserted). Unlike graft_task_encode_generate()
+ * the cut does not depend on the length of the reference target.
+ * *prompt_len as there. */
 void graft_encode_prompt_text(const char *text, size_t len, int T, int room, int32_t *tokens,
                               int32_t *prompt_len);
 

@@ -356,30 +356,30 @@ static void evaluate_generation(graft_trainer_t *tr, int t, int split, size_t n,
 
     size_t cap = (size_t)tr->cfg.decode_max;
     size_t n_dec = cap == 0 || n < cap ? n : cap;
+    const graft_example_t **exs = graft_xmalloc(n_dec * sizeof *exs);
     const char **prompts = graft_xmalloc(n_dec * sizeof(char *));
     size_t *lens = graft_xmalloc(n_dec * sizeof(size_t));
     char **outs = graft_xmalloc(n_dec * sizeof(char *));
     size_t out_cap = (size_t)tr->cfg.gen_tokens + 1;
     char *out_memory = graft_xmalloc(n_dec * out_cap);
     for (size_t i = 0; i < n_dec; i++) {
-        const graft_example_t *ex = graft_task_example(task, split, eval_index(i, n_dec, total));
-        prompts[i] = ex->text;
-        lens[i] = ex->text_len;
+        exs[i] = graft_task_example(task, split, eval_index(i, n_dec, total));
+        prompts[i] = exs[i]->text;
+        lens[i] = exs[i]->text_len;
         outs[i] = out_memory + i * out_cap;
     }
     graft_trainer_generate(tr, t, prompts, lens, n_dec, outs, out_cap);
-    if (n_dec > 0) {
-        const graft_example_t *ex = graft_task_example(task, split, eval_index(0, n_dec, total));
-        graft_text_printable(res->sample_prompt, GRAFT_SAMPLE_LEN, ex->text, ex->text_len);
-        graft_text_printable(res->sample_output, GRAFT_SAMPLE_LEN, outs[0], strlen(outs[0]));
-        graft_text_printable(res->sample_reference, GRAFT_SAMPLE_LEN, ex->label, ex->label_len);
-    }
     graft_chrf_t chrf;
     graft_chrf_init(&chrf);
-    for (size_t i = 0; i < n_dec; i++) {
-        const graft_example_t *ex = graft_task_example(task, split, eval_index(i, n_dec, total));
-        graft_chrf_add(&chrf, outs[i], strlen(outs[i]), ex->label, ex->label_len);
+    for (size_t i = 0; i < n_dec; i++)
+        graft_chrf_add(&chrf, outs[i], strlen(outs[i]), exs[i]->label, exs[i]->label_len);
+    if (n_dec > 0) {
+        graft_text_printable(res->sample_prompt, GRAFT_SAMPLE_LEN, prompts[0], lens[0]);
+        graft_text_printable(res->sample_output, GRAFT_SAMPLE_LEN, outs[0], strlen(outs[0]));
+        graft_text_printable(res->sample_reference, GRAFT_SAMPLE_LEN, exs[0]->label,
+                             exs[0]->label_len);
     }
+    free(exs);
     free(prompts);
     free(lens);
     free(outs);

@@ -197,6 +197,29 @@ static void perturb_modules(graft_peft_t *p, uint64_t stream) {
     for (int t = 0; t < p->n_tasks; t++) perturb_scope(p->tasks[t].scope, &rng, 0.1f);
 }
 
+/* The tiny trunk with the modules of `methods` (channels chosen for both
+ * tasks) moved off their initial values from stream; the trunk is
+ * p->trunk, destroyed by the caller after p. */
+static graft_peft_t *moved_modules(int methods, uint64_t stream) {
+    graft_peft_config_t cfg = peft_config(methods);
+    graft_peft_t *p = graft_peft_new(tiny_trunk(), &cfg, TASKS, 2);
+    if (methods & GRAFT_M_CHANNELS) {
+        choose_channels(p, TASK_CLS);
+        choose_channels(p, TASK_GEN);
+    }
+    perturb_modules(p, stream);
+    return p;
+}
+
+/* The generation task's lnf (NB, NT, C) over tokens, copied (caller frees). */
+static float *lm_lnf(graft_peft_t *p, const int32_t *tokens) {
+    graft_peft_lm(p, TASK_GEN, tokens, NULL, NB, NT, 0);
+    size_t n = (size_t)NB * NT * p->trunk->cfg.C * sizeof(float);
+    float *copy = malloc(n);
+    memcpy(copy, p->trunk->acts.lnf, n);
+    return copy;
+}
+
 static float run_loss(graft_peft_t *p, int task, const batch_t *bt, int backward) {
     if (task == TASK_CLS)
         return graft_peft_classify(p, task, bt->tokens, bt->pos, bt->labels, NB, NT, backward);
@@ -517,15 +540,10 @@ static void test_fold(void **state) {
                            GRAFT_M_LORA | GRAFT_M_RED | GRAFT_M_LNTUNE | GRAFT_M_CHANNELS};
     const char *names[] = {"lora", "red", "lntune", "channels", "all four"};
     for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
-        graft_gpt2_t *m = tiny_trunk();
-        graft_peft_config_t cfg = peft_config(methods[i]);
-        graft_peft_t *p = graft_peft_new(m, &cfg, TASKS, 2);
-        if (methods[i] & GRAFT_M_CHANNELS) choose_channels(p, TASK_GEN);
-        perturb_modules(p, 4);
+        graft_peft_t *p = moved_modules(methods[i], 4);
+        graft_gpt2_t *m = p->trunk;
         size_t n_lnf = (size_t)NB * NT * m->cfg.C;
-        graft_peft_lm(p, TASK_GEN, bt.tokens, NULL, NB, NT, 0);
-        float *ref = malloc(n_lnf * sizeof(float));
-        memcpy(ref, m->acts.lnf, n_lnf * sizeof(float));
+        float *ref = lm_lnf(p, bt.tokens);
         assert_int_equal(graft_peft_fold(p, TASK_GEN), GRAFT_OK);
         graft_peft_destroy(&p);
         graft_gpt2_forward(m, bt.tokens, NULL, NB, NT);
@@ -536,10 +554,8 @@ static void test_fold(void **state) {
         graft_gpt2_destroy(&m);
     }
     /* the adapter is refused, the trunk untouched */
-    graft_gpt2_t *m = tiny_trunk(), *ref = tiny_trunk();
-    graft_peft_config_t cfg = peft_config(GRAFT_M_ADAPTER | GRAFT_M_LORA);
-    graft_peft_t *p = graft_peft_new(m, &cfg, TASKS, 2);
-    perturb_modules(p, 5);
+    graft_peft_t *p = moved_modules(GRAFT_M_ADAPTER | GRAFT_M_LORA, 5);
+    graft_gpt2_t *m = p->trunk, *ref = tiny_trunk();
     graft_log_level = GRAFT_LOG_ERROR + 1;
     assert_int_equal(graft_peft_fold(p, TASK_GEN), GRAFT_EINVAL);
     graft_log_level = GRAFT_LOG_INFO;
@@ -569,19 +585,10 @@ static void test_decode_step(void **state) {
     make_batch(&bt, 9);
     for (size_t i = 0; i < sizeof IDENTITY_CASES / sizeof IDENTITY_CASES[0]; i++) {
         const method_case_t *mc = &IDENTITY_CASES[i];
-        graft_gpt2_t *m = tiny_trunk();
-        graft_peft_config_t cfg = peft_config(mc->methods);
-        graft_peft_t *p = graft_peft_new(m, &cfg, TASKS, 2);
-        if (mc->methods & GRAFT_M_CHANNELS) {
-            choose_channels(p, TASK_CLS);
-            choose_channels(p, TASK_GEN);
-        }
-        perturb_modules(p, 3);
+        graft_peft_t *p = moved_modules(mc->methods, 3);
+        graft_gpt2_t *m = p->trunk;
         int C = m->cfg.C;
-        size_t n_lnf = (size_t)NB * NT * C;
-        graft_peft_lm(p, TASK_GEN, bt.tokens, NULL, NB, NT, 0);
-        float *ref = malloc(n_lnf * sizeof(float));
-        memcpy(ref, m->acts.lnf, n_lnf * sizeof(float));
+        float *ref = lm_lnf(p, bt.tokens);
 
         /* prompts of different lengths; the rest of each row overwritten */
         int32_t start[NB], stale[NB * NT];

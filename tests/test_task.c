@@ -309,12 +309,14 @@ static void test_encode_generate_truncates_target(void **state) {
 static void test_encode_prompt_and_batch(void **state) {
     graft_task_t *t = load_gen(*state);
     int32_t tok[12], plen;
-    graft_task_encode_prompt(t, GRAFT_SPLIT_TRAIN, 0, 12, 4, tok, &plen);
+    const graft_example_t *ex = graft_task_example(t, GRAFT_SPLIT_TRAIN, 0);
+    graft_encode_prompt_text(ex->text, ex->text_len, 12, 4, tok, &plen);
     const int32_t want[12] = {BOS, 'h', 'e', 'l', 'l', 'o', SEP, PAD, PAD, PAD, PAD, PAD};
     assert_memory_equal(tok, want, sizeof want);
     assert_int_equal(plen, 7);
     /* room 4 in T = 12 leaves 6 bytes for the 16-byte prompt */
-    graft_task_encode_prompt(t, GRAFT_SPLIT_TRAIN, 1, 12, 4, tok, &plen);
+    ex = graft_task_example(t, GRAFT_SPLIT_TRAIN, 1);
+    graft_encode_prompt_text(ex->text, ex->text_len, 12, 4, tok, &plen);
     const int32_t cut[12] = {BOS, 'a', 'b', 'c', 'd', 'e', 'f', SEP, PAD, PAD, PAD, PAD};
     assert_memory_equal(tok, cut, sizeof cut);
     assert_int_equal(plen, 8);
