@@ -20,12 +20,16 @@
 # under torch.autocast): the reference of the performance issues is PyTorch
 # in fp32; `--precision bf16 --torch-precision bf16` compares the two
 # mixed-precision steps.
+# --torch-model nanogpt (full only) times scripts/nanogpt_torch.py, a second
+# PyTorch GPT-2 written independently from PyTorch's stock modules, instead
+# of the reference trunk: a check on the reference itself.
 # Usage: scripts/bench-step.sh [--preset tiny|small|base]
 #          [--method full|lora|adapter|red] [--threads N] [--steps N] [--repeat R]
 #          [--wait-policy passive|active|default] [--precision fp32|bf16]
-#          [--torch-precision fp32|bf16]
+#          [--torch-precision fp32|bf16] [--torch-model ref|nanogpt]
 # Defaults: --preset small --method full --threads 2 --steps 10 --repeat 1
-#           --wait-policy default --precision fp32 --torch-precision fp32.
+#           --wait-policy default --precision fp32 --torch-precision fp32
+#           --torch-model ref.
 # Needs build/graft (cmake --build build; GRAFT_BIN=path picks another
 # binary) and Debian's python3-torch.
 set -euo pipefail
@@ -39,6 +43,7 @@ REPEAT=1
 WAIT_POLICY=default
 PRECISION=fp32
 TORCH_PRECISION=fp32
+TORCH_MODEL=ref
 BATCH=16
 PYTHON=/usr/bin/python3 # Debian's interpreter: python3-torch lives there
 
@@ -46,7 +51,8 @@ die() { echo "bench-step: error: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --preset|--method|--threads|--steps|--repeat|--wait-policy|--precision|--torch-precision)
+    --preset|--method|--threads|--steps|--repeat|--wait-policy|--precision|--torch-precision|\
+    --torch-model)
       [ $# -ge 2 ] || die "$1 needs a value"
       case "$1" in
         --preset) PRESET="$2" ;;
@@ -57,9 +63,10 @@ while [ $# -gt 0 ]; do
         --wait-policy) WAIT_POLICY="$2" ;;
         --precision) PRECISION="$2" ;;
         --torch-precision) TORCH_PRECISION="$2" ;;
+        --torch-model) TORCH_MODEL="$2" ;;
       esac
       shift 2 ;;
-    -h|--help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
@@ -69,6 +76,9 @@ done
 for p in "$PRECISION" "$TORCH_PRECISION"; do
   [[ "$p" == fp32 || "$p" == bf16 ]] || die "precisions are fp32 or bf16, not '$p'"
 done
+[[ "$TORCH_MODEL" == ref || "$TORCH_MODEL" == nanogpt ]] ||
+  die "--torch-model must be ref or nanogpt, not '$TORCH_MODEL'"
+[[ "$TORCH_MODEL" == ref || "$METHOD" == full ]] || die "--torch-model nanogpt times --method full only"
 case "$WAIT_POLICY" in
   passive|active) export OMP_WAIT_POLICY="$WAIT_POLICY" ;;
   default) unset OMP_WAIT_POLICY ;;
@@ -87,7 +97,7 @@ field() { grep -o "$1=[0-9.]*" | tail -n 1 | cut -d= -f2; }
 best() { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a + 0 > b + 0) ? a : b }'; }
 
 echo "== method=$METHOD preset=$PRESET threads=$THREADS OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}" \
-  "graft=$PRECISION pytorch=$TORCH_PRECISION"
+  "graft=$PRECISION pytorch=$TORCH_PRECISION torch_model=$TORCH_MODEL"
 graft_best=""
 torch_best=""
 for ((run = 1; run <= REPEAT; run++)); do
@@ -102,7 +112,7 @@ for ((run = 1; run <= REPEAT; run++)); do
   echo "== pytorch (run $run/$REPEAT)"
   torch_out="$(OMP_NUM_THREADS="$THREADS" "$PYTHON" "$ROOT/scripts/bench_torch.py" \
     --preset "$PRESET" --method "$METHOD" --threads "$THREADS" --batch "$BATCH" \
-    --steps "$STEPS" --precision "$TORCH_PRECISION")" ||
+    --steps "$STEPS" --precision "$TORCH_PRECISION" --model "$TORCH_MODEL")" ||
     die "the PyTorch benchmark failed (see above)"
   echo "$torch_out"
   torch_tps="$(echo "$torch_out" | field tokens_per_s)"

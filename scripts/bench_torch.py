@@ -19,11 +19,17 @@ block, trunk frozen); adapter (width 16 after every block); red. With a
 frozen trunk only the modules' parameters have requires_grad, so autograd
 computes no trunk weight gradient.
 
+--model nanogpt times scripts/nanogpt_torch.py instead: a second GPT-2,
+written independently from PyTorch's stock modules (nn.Linear, nn.GELU,
+torch.optim.AdamW, clip_grad_norm_), full fine-tuning only: a check that the
+reference's rate is PyTorch's and not its own.
+
 Prints a line of settings, then `tokens_per_s=<N>` as the last line.
 
 Usage: /usr/bin/python3 scripts/bench_torch.py [--preset small]
        [--method full|lora|adapter|red] [--threads 2] [--batch 16]
        [--warmup 3] [--steps 10] [--seed 1] [--precision fp32|bf16]
+       [--model ref|nanogpt]
 """
 
 import argparse
@@ -38,6 +44,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "pytorch"))
 import torch  # noqa: E402
 
 import gpt2_ref  # noqa: E402
+import nanogpt_torch  # noqa: E402
 
 
 def main():
@@ -50,19 +57,30 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--model", default="ref", choices=["ref", "nanogpt"])
     args = ap.parse_args()
     if args.threads < 1 or args.batch < 1 or args.steps < 1 or args.warmup < 0:
         ap.error("--threads, --batch and --steps must be >= 1, --warmup >= 0")
+    if args.model == "nanogpt" and args.method != "full":
+        ap.error("--model nanogpt times full fine-tuning only")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = gpt2_ref.PRESETS[args.preset]
-    model = gpt2_ref.GPT2(**cfg).init_weights(args.seed)
-    nparams = sum(p.numel() for p in model.parameters())  # the trunk
-    trainable = gpt2_ref.prepare_method(model, args.method, seed=args.seed)
-    d = gpt2_ref.adamw_defaults()
-    opt = gpt2_ref.make_adamw(trainable, d["lr"], d["beta1"], d["beta2"], d["eps"],
-                              d["weight_decay"])
+    if args.model == "nanogpt":
+        model, train_step = nanogpt_torch.make(cfg)
+        nparams = sum(p.numel() for p in model.parameters())
+        trainable = list(model.parameters())
+    else:
+        model = gpt2_ref.GPT2(**cfg).init_weights(args.seed)
+        nparams = sum(p.numel() for p in model.parameters())  # the trunk
+        trainable = gpt2_ref.prepare_method(model, args.method, seed=args.seed)
+        d = gpt2_ref.adamw_defaults()
+        opt = gpt2_ref.make_adamw(trainable, d["lr"], d["beta1"], d["beta2"], d["eps"],
+                                  d["weight_decay"])
+
+        def train_step(inputs, targets):
+            return gpt2_ref.train_step(model, opt, inputs, targets, d["grad_clip"])[0]
 
     B, T = args.batch, cfg["T"]
     g = torch.Generator().manual_seed(args.seed)
@@ -76,16 +94,17 @@ def main():
 
     for _ in range(args.warmup):
         with precision():
-            gpt2_ref.train_step(model, opt, inputs, targets, d["grad_clip"])
+            train_step(inputs, targets)
     t0 = time.perf_counter()
     for _ in range(args.steps):
         with precision():
-            loss, _, _ = gpt2_ref.train_step(model, opt, inputs, targets, d["grad_clip"])
+            loss = train_step(inputs, targets)
     elapsed = time.perf_counter() - t0
 
     tps = args.steps * B * T / elapsed
     ntrain = sum(p.numel() for p in trainable)
-    print(f"preset={args.preset} method={args.method} precision={args.precision} "
+    print(f"preset={args.preset} method={args.method} model={args.model} "
+          f"precision={args.precision} "
           f"threads={torch.get_num_threads()} "
           f"batch={B} seq={T} params={nparams} trainable={ntrain} loss={loss:.4f} "
           f"step_ms={1e3 * elapsed / args.steps:.1f} torch={torch.__version__}")
