@@ -14,6 +14,7 @@ PACKAGES=(
   libzmq3-dev                               # ZeroMQ transport (CurveZMQ)
   libcmocka-dev                             # unit tests
   libjansson-dev                            # JSON: safetensors headers, event logs
+  libpcre2-dev                              # GPT-2 BPE: the pre-tokenizer's Unicode regex
   python3-torch python3-numpy               # PyTorch cross-checks
   gnuplot-nox                               # report plots
   perl-doc                                  # quick-start pretraining corpus
