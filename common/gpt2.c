@@ -1,6 +1,7 @@
 /* gpt2.c — the trunk: parameter layout, forward, backward, checkpoints. */
 #include "gpt2.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <string.h>
 
@@ -14,9 +15,9 @@ int graft_gpt2_preset(const char *name, graft_gpt2_config_t *cfg) {
         const char *name;
         graft_gpt2_config_t cfg;
     } presets[] = {
-        {"tiny", {GRAFT_BYTE_VOCAB, 32, 2, 2, 32}},
-        {"small", {GRAFT_BYTE_VOCAB, 128, 4, 4, 192}},
-        {"base", {GRAFT_BYTE_VOCAB, 256, 6, 6, 384}},
+        {"tiny", {GRAFT_BYTE_VOCAB, 32, 2, 2, 32, GRAFT_TOKENIZER_BYTE}},
+        {"small", {GRAFT_BYTE_VOCAB, 128, 4, 4, 192, GRAFT_TOKENIZER_BYTE}},
+        {"base", {GRAFT_BYTE_VOCAB, 256, 6, 6, 384, GRAFT_TOKENIZER_BYTE}},
     };
     for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
         if (strcmp(name, presets[i].name) == 0) {
@@ -108,6 +109,7 @@ graft_gpt2_t *graft_gpt2_new(const graft_gpt2_config_t *cfg, uint64_t seed) {
     m->params_memory = graft_xcalloc(m->num_params, sizeof(float));
     point_views((float **)&m->params, m->params_memory, m->param_sizes, GRAFT_GPT2_NUM_TENSORS);
     init_weights(m, seed);
+    if (cfg->tokenizer == GRAFT_TOKENIZER_BYTE) m->tok = graft_tokenizer_new_bytes();
     m->mean_loss = -1.0f;
     return m;
 }
@@ -123,6 +125,7 @@ void graft_gpt2_destroy(graft_gpt2_t **self_p) {
     free(m->inputs);
     free(m->targets);
     graft_bf16_scratch_free(&m->bf16);
+    graft_tokenizer_destroy(&m->tok);
     free(m);
     *self_p = NULL;
 }
@@ -578,7 +581,7 @@ int graft_gpt2_save(const graft_gpt2_t *m, const char *path, const graft_st_tens
     snprintf(vals[2], 32, "%d", m->cfg.L);
     snprintf(vals[3], 32, "%d", m->cfg.NH);
     snprintf(vals[4], 32, "%d", m->cfg.C);
-    snprintf(vals[5], 32, "%s", GRAFT_TOKENIZER_KIND);
+    snprintf(vals[5], 32, "%s", graft_tokenizer_kind_name(m->cfg.tokenizer));
     snprintf(vals[6], 32, "graft-gpt2");
     const char **mk = graft_xmalloc((size_t)(OWN_META + n_meta) * sizeof *mk);
     const char **mv = graft_xmalloc((size_t)(OWN_META + n_meta) * sizeof *mv);
@@ -611,26 +614,81 @@ static int meta_int(const graft_st_file_t *f, const char *key, int *out) {
     return GRAFT_OK;
 }
 
+/* The folder of path ("." for a bare file name) into dir (cap bytes). */
+static void folder_of(const char *path, char *dir, size_t cap) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, cap, ".");
+    else if (slash == path) snprintf(dir, cap, "/");
+    else snprintf(dir, cap, "%.*s", (int)(slash - path), path);
+}
+
+/* A Hugging Face GPT-2 checkpoint's config.json: its positive integer key
+ * (or NULL when missing or not one). */
+static int hf_int(json_t *root, const char *key, const char *alt, int *out) {
+    json_t *v = json_object_get(root, key);
+    if (!v && alt) v = json_object_get(root, alt);
+    json_int_t x = json_is_integer(v) ? json_integer_value(v) : 0;
+    if (x <= 0 || x > 1 << 24) return GRAFT_EFORMAT;
+    *out = (int)x;
+    return GRAFT_OK;
+}
+
+/* The config of a checkpoint without graft's metadata, from the config.json
+ * Hugging Face keeps beside model.safetensors; the tokenizer is GPT-2's. */
+static int read_hf_config(const graft_st_file_t *f, graft_gpt2_config_t *cfg) {
+    char dir[4096], path[4200];
+    folder_of(graft_st_path(f), dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_error_t err;
+    json_t *root = json_load_file(path, 0, &err);
+    if (!root) {
+        LOG_ERROR("%s: no graft model config in the metadata (config.V, config.T, config.L, "
+                  "config.NH, config.C), and no Hugging Face config beside it: %s: %s",
+                  graft_st_path(f), path, err.text);
+        return GRAFT_EFORMAT;
+    }
+    int rc = GRAFT_OK;
+    if (hf_int(root, "vocab_size", NULL, &cfg->V) || hf_int(root, "n_positions", "n_ctx", &cfg->T) ||
+        hf_int(root, "n_layer", NULL, &cfg->L) || hf_int(root, "n_head", NULL, &cfg->NH) ||
+        hf_int(root, "n_embd", NULL, &cfg->C)) {
+        LOG_ERROR("%s: want positive integers vocab_size, n_positions, n_layer, n_head and n_embd "
+                  "(a GPT-2 config)", path);
+        rc = GRAFT_EFORMAT;
+    }
+    cfg->tokenizer = GRAFT_TOKENIZER_GPT2;
+    json_decref(root);
+    return rc;
+}
+
 int graft_gpt2_read_config(const graft_st_file_t *f, graft_gpt2_config_t *cfg) {
-    if (meta_int(f, "config.V", &cfg->V) || meta_int(f, "config.T", &cfg->T) ||
-        meta_int(f, "config.L", &cfg->L) || meta_int(f, "config.NH", &cfg->NH) ||
-        meta_int(f, "config.C", &cfg->C)) {
-        LOG_ERROR("%s: no complete graft model config in the metadata (config.V, config.T, "
-                  "config.L, config.NH, config.C)", graft_st_path(f));
-        return GRAFT_EFORMAT;
+    static const char *const keys[] = {"config.V", "config.T", "config.L", "config.NH",
+                                       "config.C"};
+    int *fields[] = {&cfg->V, &cfg->T, &cfg->L, &cfg->NH, &cfg->C};
+    int found = 0, rc = GRAFT_OK;
+    for (int i = 0; i < 5; i++) found += graft_st_meta(f, keys[i]) != NULL;
+    if (found == 0) {
+        rc = read_hf_config(f, cfg);
+    } else {
+        for (int i = 0; i < 5 && rc == GRAFT_OK; i++) rc = meta_int(f, keys[i], fields[i]);
+        if (rc) {
+            LOG_ERROR("%s: no complete graft model config in the metadata (config.V, config.T, "
+                      "config.L, config.NH, config.C)", graft_st_path(f));
+            return GRAFT_EFORMAT;
+        }
+        const char *tok = graft_st_meta(f, "tokenizer");
+        cfg->tokenizer = GRAFT_TOKENIZER_BYTE;
+        if (tok && graft_tokenizer_kind_parse(tok, &cfg->tokenizer) != GRAFT_OK) {
+            LOG_ERROR("%s: tokenizer '%s' is not one graft has (byte, gpt2)", graft_st_path(f),
+                      tok);
+            return GRAFT_EFORMAT;
+        }
     }
-    const char *tok = graft_st_meta(f, "tokenizer");
-    if (tok && strcmp(tok, GRAFT_TOKENIZER_KIND) != 0) {
-        LOG_ERROR("%s: tokenizer '%s' is not supported (this build has '%s')", graft_st_path(f),
-                  tok, GRAFT_TOKENIZER_KIND);
-        return GRAFT_EFORMAT;
-    }
-    if (cfg->C % cfg->NH != 0) {
+    if (rc == GRAFT_OK && cfg->C % cfg->NH != 0) {
         LOG_ERROR("%s: width C=%d is not a multiple of the head count NH=%d", graft_st_path(f),
                   cfg->C, cfg->NH);
         return GRAFT_EFORMAT;
     }
-    return GRAFT_OK;
+    return rc;
 }
 
 int graft_gpt2_read_weights(graft_gpt2_t *m, const graft_st_file_t *f) {
@@ -645,6 +703,24 @@ int graft_gpt2_read_weights(graft_gpt2_t *m, const graft_st_file_t *f) {
     return rc;
 }
 
+/* GPT-2's BPE from the files beside checkpoint path, for model m. */
+static int load_gpt2_tokenizer(graft_gpt2_t *m, const char *path) {
+    char dir[4096];
+    folder_of(path, dir, sizeof dir);
+    int rc = graft_tokenizer_load_gpt2(dir, &m->tok);
+    if (rc) {
+        LOG_ERROR("%s: a gpt2-tokenizer checkpoint needs GPT-2's vocab.json and merges.txt beside "
+                  "it (scripts/fetch-gpt2-vocab.sh DIR writes them)", path);
+        return rc;
+    }
+    if (m->tok->vocab != m->cfg.V) {
+        LOG_ERROR("%s: the vocabulary in %s has %d tokens, the checkpoint's embedding %d", path,
+                  dir, m->tok->vocab, m->cfg.V);
+        return GRAFT_ESHAPE;
+    }
+    return GRAFT_OK;
+}
+
 int graft_gpt2_load(const char *path, graft_gpt2_t **out) {
     graft_st_file_t *f = NULL;
     int rc = graft_st_open(path, &f);
@@ -654,6 +730,7 @@ int graft_gpt2_load(const char *path, graft_gpt2_t **out) {
     if (rc == GRAFT_OK) {
         graft_gpt2_t *m = graft_gpt2_new(&cfg, 0);
         rc = graft_gpt2_read_weights(m, f);
+        if (rc == GRAFT_OK && cfg.tokenizer == GRAFT_TOKENIZER_GPT2) rc = load_gpt2_tokenizer(m, path);
         if (rc == GRAFT_OK)
             *out = m;
         else

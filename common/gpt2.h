@@ -21,6 +21,7 @@
 #include "graft.h"
 #include "rng.h"
 #include "safetensors.h"
+#include "tokenizer.h"
 
 typedef struct {
     int V;  /* vocabulary size */
@@ -28,6 +29,7 @@ typedef struct {
     int L;  /* layers */
     int NH; /* attention heads */
     int C;  /* width */
+    graft_tokenizer_kind_t tokenizer; /* byte (0, the presets') or gpt2 */
 } graft_gpt2_config_t;
 
 /* Fills cfg from a preset name ("tiny", "small", "base"); GRAFT_EINVAL if unknown. */
@@ -111,6 +113,10 @@ typedef struct graft_gpt2 {
     graft_gpt2_config_t cfg;
     graft_precision_t precision; /* GRAFT_FP32 unless set (graft_gpt2_set_precision) */
     graft_bf16_scratch_t bf16;   /* owned: the bf16 products' packed operands */
+    /* Owned: the byte tokenizer from graft_gpt2_new(), GPT-2's from
+     * graft_gpt2_load() (NULL for a gpt2 config built by graft_gpt2_new(),
+     * which has no vocabulary files to read). */
+    graft_tokenizer_t *tok;
     /* Modules attached by peft.c (borrowed; NULL for the plain trunk). The
      * forward and backward passes call its hooks at fixed points. */
     struct graft_peft *peft;
@@ -207,14 +213,18 @@ void graft_gpt2_named(const graft_gpt2_t *m, graft_gpt2_tensor_t *out);
 int graft_gpt2_save(const graft_gpt2_t *m, const char *path, const graft_st_tensor_t *extra,
                     int n_extra, const char *const *meta_keys, const char *const *meta_values,
                     int n_meta);
-/* Reads the config from a checkpoint's metadata (graft's "config.*" keys).
- * A Hugging Face file needs those keys added until GPT-2 BPE lands. */
+/* Reads the config from a checkpoint's metadata (graft's "config.*" keys and
+ * "tokenizer"). A file without them, such as a Hugging Face GPT-2
+ * model.safetensors, takes n_embd, n_head, n_layer, n_positions and
+ * vocab_size from the config.json beside it and GPT-2's BPE tokenizer. */
 int graft_gpt2_read_config(const graft_st_file_t *f, graft_gpt2_config_t *cfg);
 /* Fills m's weights from an open checkpoint; every tensor must be present
  * with the model's shape. */
 int graft_gpt2_read_weights(graft_gpt2_t *m, const graft_st_file_t *f);
 /* Opens path, builds the model its metadata describes and fills the
- * weights. *out is owned by the caller. */
+ * weights; a gpt2 tokenizer comes from vocab.json and merges.txt beside
+ * path, and its vocabulary must have V tokens. *out is owned by the
+ * caller. */
 int graft_gpt2_load(const char *path, graft_gpt2_t **out);
 
 /* Forward FLOPs per token of the model at context T (matmuls only, 2 per MAC);

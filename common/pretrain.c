@@ -179,6 +179,11 @@ static int setup(trainer_t *tr, const graft_pretrain_config_t *cfg) {
     if (*cfg->init) {
         rc = graft_gpt2_load(cfg->init, &tr->model);
         if (rc) return rc;
+        if (tr->model->cfg.tokenizer != GRAFT_TOKENIZER_BYTE) {
+            LOG_ERROR("%s: pretraining reads its corpus as bytes, and this trunk's tokenizer is "
+                      "%s", cfg->init, graft_tokenizer_kind_name(tr->model->cfg.tokenizer));
+            return GRAFT_EINVAL;
+        }
     } else {
         tr->model = graft_gpt2_new(&mc, (uint64_t)cfg->seed);
     }

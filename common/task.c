@@ -530,53 +530,64 @@ int32_t graft_task_group_of(const graft_task_t *t, int split, size_t i) {
 
 /* ---- encoding ----------------------------------------------------------- */
 
-static void put_bytes(int32_t *dst, const char *s, size_t n) {
-    for (size_t k = 0; k < n; k++) dst[k] = (unsigned char)s[k];
+/* text (len bytes) as tokens in a new array (*n of them; never more tokens
+ * than bytes, for either tokenizer). */
+static int32_t *encode_all(const graft_tokenizer_t *tok, const char *text, size_t len, size_t *n) {
+    int32_t *ids = graft_xmalloc((len + 1) * sizeof *ids);
+    *n = graft_tokenizer_encode(tok, text, len, ids, len + 1);
+    GRAFT_ASSERT(*n <= len);
+    return ids;
 }
 
-void graft_encode_classify_text(const char *text, size_t len, int T, int32_t *tokens,
-                                int32_t *pos) {
-    GRAFT_ASSERT(T >= 2 && tokens && pos);
-    size_t n = len < (size_t)T - 1 ? len : (size_t)T - 1;
-    tokens[0] = GRAFT_TOK_BOS;
-    put_bytes(tokens + 1, text, n);
-    for (size_t k = n + 1; k < (size_t)T; k++) tokens[k] = GRAFT_TOK_PAD;
+void graft_encode_classify_text(const graft_tokenizer_t *tok, const char *text, size_t len, int T,
+                                int32_t *tokens, int32_t *pos) {
+    GRAFT_ASSERT(tok && T >= 2 && tokens && pos);
+    tokens[0] = tok->bos;
+    size_t n = graft_tokenizer_encode(tok, text, len, tokens + 1, (size_t)T - 1);
+    if (n > (size_t)T - 1) n = (size_t)T - 1;
+    for (size_t k = n + 1; k < (size_t)T; k++) tokens[k] = tok->pad;
     *pos = (int32_t)n;
 }
 
-void graft_task_encode_classify(const graft_task_t *t, int split, size_t i, int T, int32_t *tokens,
-                                int32_t *pos, int32_t *label) {
+void graft_task_encode_classify(const graft_task_t *t, const graft_tokenizer_t *tok, int split,
+                                size_t i, int T, int32_t *tokens, int32_t *pos, int32_t *label) {
     GRAFT_ASSERT(t->kind == GRAFT_TASK_CLASSIFY && label);
     const graft_example_t *ex = graft_task_example(t, split, i);
-    graft_encode_classify_text(ex->text, ex->text_len, T, tokens, pos);
+    graft_encode_classify_text(tok, ex->text, ex->text_len, T, tokens, pos);
     *label = ex->label_id;
 }
 
-/* A generation sequence after truncation: BOS, the last P prompt bytes, SEP,
- * the first G target bytes, and EOS if eos. */
+/* A generation sequence after truncation: BOS, the last P prompt tokens,
+ * SEP, the first G target tokens, and EOS if eos. */
 typedef struct {
-    const graft_example_t *ex;
-    size_t P, G, len;
+    const graft_tokenizer_t *tok;
+    const int32_t *prompt, *target; /* all of the example's tokens */
+    size_t n_prompt, P, G, len;
     int eos;
 } gen_seq_t;
 
 /* Token j of the sequence; PAD past its end. */
 static int32_t gen_seq_at(const gen_seq_t *q, size_t j) {
-    if (j == 0) return GRAFT_TOK_BOS;
-    if (j <= q->P) return (unsigned char)q->ex->text[q->ex->text_len - q->P + j - 1];
-    if (j == q->P + 1) return GRAFT_TOK_SEP;
-    if (j < q->P + 2 + q->G) return (unsigned char)q->ex->label[j - q->P - 2];
-    if (j < q->len) return GRAFT_TOK_EOS;
-    return GRAFT_TOK_PAD;
+    if (j == 0) return q->tok->bos;
+    if (j <= q->P) return q->prompt[q->n_prompt - q->P + j - 1];
+    if (j == q->P + 1) return q->tok->sep;
+    if (j < q->P + 2 + q->G) return q->target[j - q->P - 2];
+    if (j < q->len) return q->tok->eos;
+    return q->tok->pad;
 }
 
-void graft_task_encode_generate(const graft_task_t *t, int split, size_t i, int T, int32_t *inputs,
-                                int32_t *targets, int32_t *prompt_len) {
+void graft_task_encode_generate(const graft_task_t *t, const graft_tokenizer_t *tok, int split,
+                                size_t i, int T, int32_t *inputs, int32_t *targets,
+                                int32_t *prompt_len) {
     GRAFT_ASSERT(t->kind == GRAFT_TASK_GENERATE);
-    GRAFT_ASSERT(T >= 4 && inputs && targets && prompt_len);
-    gen_seq_t q = {.ex = graft_task_example(t, split, i), .eos = 1};
-    q.P = q.ex->text_len;
-    q.G = q.ex->label_len;
+    GRAFT_ASSERT(tok && T >= 4 && inputs && targets && prompt_len);
+    const graft_example_t *ex = graft_task_example(t, split, i);
+    gen_seq_t q = {.tok = tok, .eos = 1};
+    int32_t *prompt = encode_all(tok, ex->text, ex->text_len, &q.n_prompt);
+    int32_t *target = encode_all(tok, ex->label, ex->label_len, &q.G);
+    q.prompt = prompt;
+    q.target = target;
+    q.P = q.n_prompt;
     size_t cap = (size_t)T + 1; /* the last token is only ever a target */
     if (q.P + q.G + 3 > cap) {
         size_t keep = q.P;
@@ -596,32 +607,38 @@ void graft_task_encode_generate(const graft_task_t *t, int split, size_t i, int 
         targets[j] = (j + 1 >= plen && j + 1 < q.len) ? gen_seq_at(&q, j + 1) : -1;
     }
     *prompt_len = (int32_t)plen;
+    free(prompt);
+    free(target);
 }
 
-void graft_encode_prompt_text(const char *text, size_t len, int T, int room, int32_t *tokens,
-                              int32_t *prompt_len) {
-    GRAFT_ASSERT(room >= 0 && T - room >= 3 && tokens && prompt_len);
+void graft_encode_prompt_text(const graft_tokenizer_t *tok, const char *text, size_t len, int T,
+                              int room, int32_t *tokens, int32_t *prompt_len) {
+    GRAFT_ASSERT(tok && room >= 0 && T - room >= 3 && tokens && prompt_len);
+    size_t n;
+    int32_t *prompt = encode_all(tok, text, len, &n);
     size_t max_p = (size_t)(T - room - 2);
-    size_t P = len < max_p ? len : max_p;
-    tokens[0] = GRAFT_TOK_BOS;
-    put_bytes(tokens + 1, text + len - P, P);
-    tokens[P + 1] = GRAFT_TOK_SEP;
-    for (size_t k = P + 2; k < (size_t)T; k++) tokens[k] = GRAFT_TOK_PAD;
+    size_t P = n < max_p ? n : max_p;
+    tokens[0] = tok->bos;
+    memcpy(tokens + 1, prompt + n - P, P * sizeof *tokens);
+    tokens[P + 1] = tok->sep;
+    for (size_t k = P + 2; k < (size_t)T; k++) tokens[k] = tok->pad;
     *prompt_len = (int32_t)(P + 2);
+    free(prompt);
 }
 
-void graft_task_batch(const graft_task_t *t, int split, const size_t *indices, int B, int T,
-                      int32_t *inputs, int32_t *targets, int32_t *pos, int32_t *labels) {
+void graft_task_batch(const graft_task_t *t, const graft_tokenizer_t *tok, int split,
+                      const size_t *indices, int B, int T, int32_t *inputs, int32_t *targets,
+                      int32_t *pos, int32_t *labels) {
     GRAFT_ASSERT(indices && inputs && B >= 0);
     for (int b = 0; b < B; b++) {
         int32_t *row = inputs + (size_t)b * (size_t)T;
         if (t->kind == GRAFT_TASK_CLASSIFY) {
             GRAFT_ASSERT(pos && labels);
-            graft_task_encode_classify(t, split, indices[b], T, row, &pos[b], &labels[b]);
+            graft_task_encode_classify(t, tok, split, indices[b], T, row, &pos[b], &labels[b]);
         } else {
             GRAFT_ASSERT(targets);
             int32_t plen;
-            graft_task_encode_generate(t, split, indices[b], T, row,
+            graft_task_encode_generate(t, tok, split, indices[b], T, row,
                                        targets + (size_t)b * (size_t)T, &plen);
             if (pos) pos[b] = plen;
         }

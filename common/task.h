@@ -36,6 +36,7 @@
 
 #include "graft.h"
 #include "rng.h"
+#include "tokenizer.h"
 
 typedef struct graft_task graft_task_t;
 
@@ -43,7 +44,7 @@ typedef enum { GRAFT_TASK_CLASSIFY, GRAFT_TASK_GENERATE } graft_task_kind_t;
 
 enum { GRAFT_SPLIT_TRAIN = 0, GRAFT_SPLIT_DEV = 1, GRAFT_SPLIT_TEST = 2, GRAFT_SPLIT_COUNT = 3 };
 
-/* A generation example keeps at least this many prompt bytes (fewer if the
+/* A generation example keeps at least this many prompt tokens (fewer if the
  * prompt is shorter or the context cannot hold them) before its target is
  * truncated; see graft_task_encode_generate(). */
 #define GRAFT_TASK_MIN_PROMPT 8
@@ -121,55 +122,57 @@ size_t graft_task_num_groups(const graft_task_t *t);
 const char *graft_task_group_name(const graft_task_t *t, size_t id);
 int32_t graft_task_group_of(const graft_task_t *t, int split, size_t i);
 
-/* ---- encoding into model inputs (byte tokenizer, context length T) ------ */
+/* ---- encoding into model inputs (the trunk's tokenizer, context T) ------ */
 
 /* Classification example i of split, T >= 2:
- *   tokens (T): BOS, then the text bytes (the first T-1 if longer), then PAD;
+ *   tokens (T): BOS, then the text's tokens (the first T-1 if more), then PAD;
  *   *pos: the index of the last real token, which the head pools;
  *   *label: the label id. */
-void graft_task_encode_classify(const graft_task_t *t, int split, size_t i, int T, int32_t *tokens,
-                                int32_t *pos, int32_t *label);
+void graft_task_encode_classify(const graft_task_t *t, const graft_tokenizer_t *tok, int split,
+                                size_t i, int T, int32_t *tokens, int32_t *pos, int32_t *label);
 
 /* Generation example i of split, T >= 4. The sequence is
  *     BOS prompt SEP target EOS
  * and may be up to T+1 tokens long, since the last token is only ever a
  * target:
  *   inputs (T):  sequence[t], PAD after its end;
- *   targets (T): sequence[t+1] where that is a target byte or the EOS, -1
+ *   targets (T): sequence[t+1] where that is a target token or the EOS, -1
  *                everywhere else (prompt, SEP, padding), so that the loss
  *                counts target tokens only.
- * A sequence that does not fit first loses prompt bytes from the LEFT (the
+ * A sequence that does not fit first loses prompt tokens from the LEFT (the
  * end of a prompt is nearest its target), down to min(prompt length,
- * GRAFT_TASK_MIN_PROMPT, (T-2)/2) bytes; then the target loses bytes from
+ * GRAFT_TASK_MIN_PROMPT, (T-2)/2) tokens; then the target loses tokens from
  * the right and the EOS is dropped, because the target does not end within
  * the window.
  *   *prompt_len: tokens up to and including SEP (BOS + kept prompt + SEP),
  *   always <= T-1, so that position prompt_len-1 predicts the first target
- *   byte. */
-void graft_task_encode_generate(const graft_task_t *t, int split, size_t i, int T, int32_t *inputs,
-                                int32_t *targets, int32_t *prompt_len);
+ *   token. */
+void graft_task_encode_generate(const graft_task_t *t, const graft_tokenizer_t *tok, int split,
+                                size_t i, int T, int32_t *inputs, int32_t *targets,
+                                int32_t *prompt_len);
 
 /* graft_task_encode_classify's encoding of a raw text (an example's text
  * field, len bytes), for inputs that are not in a task file. */
-void graft_encode_classify_text(const char *text, size_t len, int T, int32_t *tokens,
-                                int32_t *pos);
+void graft_encode_classify_text(const graft_tokenizer_t *tok, const char *text, size_t len, int T,
+                                int32_t *tokens, int32_t *pos);
 
 /* A prompt (an example's text field, len bytes) alone, for greedy decoding:
- * BOS prompt SEP then PAD (T tokens), the prompt cut from the left to leave
- * at least `room` positions for generated tokens (and to keep at least one
- * prompt byte: T - room >= 3, asserted). Unlike graft_task_encode_generate()
- * the cut does not depend on the length of the reference target.
- * *prompt_len as there. */
-void graft_encode_prompt_text(const char *text, size_t len, int T, int room, int32_t *tokens,
-                              int32_t *prompt_len);
+ * BOS prompt SEP then PAD (T tokens), the prompt's tokens cut from the left
+ * to leave at least `room` positions for generated tokens (and to keep at
+ * least one prompt token: T - room >= 3, asserted). Unlike
+ * graft_task_encode_generate() the cut does not depend on the length of the
+ * reference target. *prompt_len as there. */
+void graft_encode_prompt_text(const graft_tokenizer_t *tok, const char *text, size_t len, int T,
+                              int room, int32_t *tokens, int32_t *prompt_len);
 
 /* Encodes examples indices[0..B) of split into (B,T) row-major buffers.
  *   classification: inputs (B,T), pos (B), labels (B); targets is ignored
  *                   (pass NULL).
  *   generation:     inputs (B,T), targets (B,T); pos (B) receives each
  *                   row's prompt_len unless NULL; labels is ignored (NULL). */
-void graft_task_batch(const graft_task_t *t, int split, const size_t *indices, int B, int T,
-                      int32_t *inputs, int32_t *targets, int32_t *pos, int32_t *labels);
+void graft_task_batch(const graft_task_t *t, const graft_tokenizer_t *tok, int split,
+                      const size_t *indices, int B, int T, int32_t *inputs, int32_t *targets,
+                      int32_t *pos, int32_t *labels);
 
 /* Draws B example indices of split uniformly with replacement: exactly B
  * numbers from rng, so a run is reproducible from its seed. The split must

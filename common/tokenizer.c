@@ -1,9 +1,84 @@
-/* tokenizer.c — the byte-level tokenizer of tokenizer.h: token i < 256 is
+/* tokenizer.c — the tokenizers of tokenizer.h. Bytes: token i < 256 is
  * byte i, so encoding is a copy and decoding drops the special tokens. */
 #include "tokenizer.h"
 
 #include <stdio.h>
 #include <string.h>
+
+static const char *const kind_names[] = {[GRAFT_TOKENIZER_BYTE] = "byte",
+                                         [GRAFT_TOKENIZER_GPT2] = "gpt2"};
+
+const char *graft_tokenizer_kind_name(graft_tokenizer_kind_t kind) { return kind_names[kind]; }
+
+int graft_tokenizer_kind_parse(const char *name, graft_tokenizer_kind_t *kind) {
+    for (int k = 0; k < 2; k++)
+        if (strcmp(name, kind_names[k]) == 0) {
+            *kind = (graft_tokenizer_kind_t)k;
+            return GRAFT_OK;
+        }
+    return GRAFT_EFORMAT;
+}
+
+graft_tokenizer_t *graft_tokenizer_new_bytes(void) {
+    graft_tokenizer_t *t = graft_xcalloc(1, sizeof *t);
+    *t = (graft_tokenizer_t){.kind = GRAFT_TOKENIZER_BYTE, .vocab = GRAFT_BYTE_VOCAB,
+                             .bos = GRAFT_TOK_BOS, .sep = GRAFT_TOK_SEP,
+                             .eos = GRAFT_TOK_EOS, .pad = GRAFT_TOK_PAD};
+    return t;
+}
+
+int graft_tokenizer_load_gpt2(const char *dir, graft_tokenizer_t **out) {
+    graft_bpe_t *bpe = NULL;
+    int rc = graft_bpe_load(dir, &bpe);
+    if (rc) return rc;
+    int32_t eot = graft_bpe_endoftext(bpe);
+    if (eot < 0) {
+        LOG_ERROR("%s: the vocabulary has no <|endoftext|> token, which graft needs as its "
+                  "BOS, SEP, EOS and PAD", dir);
+        graft_bpe_destroy(&bpe);
+        return GRAFT_EFORMAT;
+    }
+    graft_tokenizer_t *t = graft_xcalloc(1, sizeof *t);
+    *t = (graft_tokenizer_t){.kind = GRAFT_TOKENIZER_GPT2, .vocab = graft_bpe_vocab_size(bpe),
+                             .bos = eot, .sep = eot, .eos = eot, .pad = eot, .bpe = bpe};
+    snprintf(t->dir, sizeof t->dir, "%s", dir);
+    *out = t;
+    return GRAFT_OK;
+}
+
+void graft_tokenizer_destroy(graft_tokenizer_t **self_p) {
+    graft_tokenizer_t *t = *self_p;
+    if (!t) return;
+    graft_bpe_destroy(&t->bpe);
+    free(t);
+    *self_p = NULL;
+}
+
+size_t graft_tokenizer_encode(const graft_tokenizer_t *tok, const char *text, size_t len,
+                              int32_t *out, size_t cap) {
+    if (tok->kind == GRAFT_TOKENIZER_GPT2) return graft_bpe_encode(tok->bpe, text, len, out, cap);
+    graft_tok_encode(text, len, out, cap);
+    return len;
+}
+
+int graft_tokenizer_is_special(const graft_tokenizer_t *tok, int32_t id) {
+    return id == tok->bos || id == tok->sep || id == tok->eos || id == tok->pad;
+}
+
+/* Byte i at all_bytes[i]: the text of the byte tokenizer's token i. */
+#define R4(i) (char)(i), (char)((i) + 1), (char)((i) + 2), (char)((i) + 3)
+#define R16(i) R4(i), R4((i) + 4), R4((i) + 8), R4((i) + 12)
+#define R64(i) R16(i), R16((i) + 16), R16((i) + 32), R16((i) + 48)
+static const char all_bytes[256] = {R64(0), R64(64), R64(128), R64(192)};
+
+const char *graft_tokenizer_token_text(const graft_tokenizer_t *tok, int32_t id, size_t *len) {
+    *len = 0;
+    if (graft_tokenizer_is_special(tok, id) || id < 0 || id >= tok->vocab) return "";
+    if (tok->kind == GRAFT_TOKENIZER_GPT2) return graft_bpe_token_bytes(tok->bpe, id, len);
+    if (id > 255) return "";
+    *len = 1;
+    return &all_bytes[id];
+}
 
 size_t graft_tok_encode(const char *text, size_t len, int32_t *out, size_t cap) {
     size_t n = len < cap ? len : cap;

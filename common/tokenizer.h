@@ -1,12 +1,20 @@
-/* tokenizer.h — the byte-level tokenizer: token i < 256 is byte i, followed
- * by a few special tokens. Every UTF-8 string (and any byte string) round
- * trips exactly. GPT-2 BPE is a later addition behind the same calls.
+/* tokenizer.h — a trunk's tokenizer, one of two kinds:
+ *  - byte (the default): token i < 256 is byte i, followed by four special
+ *    tokens (BOS, SEP, EOS, PAD). Every byte string round trips exactly.
+ *  - gpt2: GPT-2's byte-level BPE (bpe.h), read from vocab.json and
+ *    merges.txt, for real GPT-2 checkpoints. It has one special token,
+ *    <|endoftext|>, which serves as BOS, SEP, EOS and PAD.
+ * A checkpoint's metadata names its kind ("tokenizer": "byte" or "gpt2").
  *
- * Ownership: callers own every buffer passed in; nothing is allocated here.
+ * Ownership: graft_tokenizer_new_bytes() and graft_tokenizer_load_gpt2()
+ * return an owned tokenizer that graft_tokenizer_destroy() frees; the trunk
+ * (gpt2.h) owns its own. Callers own every buffer passed in. A tokenizer
+ * is only read after it is made, so threads may share it.
  */
 #ifndef GRAFT_TOKENIZER_H
 #define GRAFT_TOKENIZER_H
 
+#include "bpe.h"
 #include "graft.h"
 
 enum {
@@ -17,7 +25,40 @@ enum {
     GRAFT_BYTE_VOCAB = 260,
 };
 
-#define GRAFT_TOKENIZER_KIND "byte"
+typedef enum { GRAFT_TOKENIZER_BYTE = 0, GRAFT_TOKENIZER_GPT2 = 1 } graft_tokenizer_kind_t;
+
+typedef struct {
+    graft_tokenizer_kind_t kind;
+    int vocab;                 /* ids are 0..vocab-1 */
+    int32_t bos, sep, eos, pad;
+    graft_bpe_t *bpe;          /* gpt2: owned */
+    char dir[4096];            /* gpt2: the folder its files came from */
+} graft_tokenizer_t;
+
+/* "byte" or "gpt2"; GRAFT_EFORMAT for another name. */
+const char *graft_tokenizer_kind_name(graft_tokenizer_kind_t kind);
+int graft_tokenizer_kind_parse(const char *name, graft_tokenizer_kind_t *kind);
+
+graft_tokenizer_t *graft_tokenizer_new_bytes(void);
+
+/* GPT-2's BPE from DIR/vocab.json and DIR/merges.txt (bpe.h). */
+int graft_tokenizer_load_gpt2(const char *dir, graft_tokenizer_t **out);
+
+void graft_tokenizer_destroy(graft_tokenizer_t **self_p);
+
+/* Encodes len bytes of text. Writes at most cap ids and returns how many
+ * the whole text needs (more than cap: the output is cut). */
+size_t graft_tokenizer_encode(const graft_tokenizer_t *tok, const char *text, size_t len,
+                              int32_t *out, size_t cap);
+
+/* The bytes token id stands for (*len of them; 0 for a special token or an
+ * id out of range). */
+const char *graft_tokenizer_token_text(const graft_tokenizer_t *tok, int32_t id, size_t *len);
+
+/* 1 for BOS, SEP, EOS and PAD. */
+int graft_tokenizer_is_special(const graft_tokenizer_t *tok, int32_t id);
+
+/* ---- the byte tokenizer's own calls -------------------------------------- */
 
 /* Encodes len bytes of text into at most cap tokens; returns the number of
  * tokens written (== len for the byte tokenizer, truncated to cap). */

@@ -345,7 +345,7 @@ static void probs_of(graft_grafting_t *g, int t, float *out) {
     graft_trainer_t *tr = g->tr;
     graft_task_t *task = tr->tasks[t];
     for (int b = 0; b < tr->B; b++) tr->indices[b] = (size_t)b;
-    graft_task_batch(task, GRAFT_SPLIT_DEV, tr->indices, tr->B, tr->T, tr->inputs, NULL, tr->pos,
+    graft_task_batch(task, tr->trunk->tok, GRAFT_SPLIT_DEV, tr->indices, tr->B, tr->T, tr->inputs, NULL, tr->pos,
                      tr->labels);
     graft_peft_classify(tr->peft, t, tr->inputs, tr->pos, tr->labels, tr->B, tr->T, 0);
     memcpy(out, tr->peft->head_probs, (size_t)tr->B * graft_task_num_labels(task) * sizeof(float));

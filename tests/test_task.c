@@ -23,10 +23,14 @@ typedef struct {
     char path[128];
 } fixture_t;
 
+/* The byte tokenizer the encodings are checked with (made per test). */
+static graft_tokenizer_t *bytes_tok;
+
 static int setup(void **state) {
     fixture_t *fx = calloc(1, sizeof *fx);
     snprintf(fx->dir, sizeof fx->dir, "/tmp/graft_test_task_XXXXXX");
     if (!mkdtemp(fx->dir)) return -1;
+    bytes_tok = graft_tokenizer_new_bytes();
     *state = fx;
     return 0;
 }
@@ -36,6 +40,7 @@ static int teardown(void **state) {
     unlink(fx->path);
     rmdir(fx->dir);
     free(fx);
+    graft_tokenizer_destroy(&bytes_tok);
     return 0;
 }
 
@@ -159,24 +164,24 @@ static void test_encode_classify(void **state) {
     graft_task_t *t = load_cls(*state);
     int32_t tok[12], pos, label;
     /* "Buy now" fills T = 8 exactly */
-    graft_task_encode_classify(t, GRAFT_SPLIT_TRAIN, 0, 8, tok, &pos, &label);
+    graft_task_encode_classify(t, bytes_tok, GRAFT_SPLIT_TRAIN, 0, 8, tok, &pos, &label);
     const int32_t want8[8] = {BOS, 'B', 'u', 'y', ' ', 'n', 'o', 'w'};
     assert_memory_equal(tok, want8, sizeof want8);
     assert_int_equal(pos, 7);
     assert_int_equal(label, 2);
     /* padded */
-    graft_task_encode_classify(t, GRAFT_SPLIT_TRAIN, 1, 8, tok, &pos, &label);
+    graft_task_encode_classify(t, bytes_tok, GRAFT_SPLIT_TRAIN, 1, 8, tok, &pos, &label);
     const int32_t hello[8] = {BOS, 'h', 'e', 'l', 'l', 'o', PAD, PAD};
     assert_memory_equal(tok, hello, sizeof hello);
     assert_int_equal(pos, 5);
     assert_int_equal(label, 1);
     /* truncated: the head of the text is kept */
-    graft_task_encode_classify(t, GRAFT_SPLIT_TRAIN, 0, 4, tok, &pos, &label);
+    graft_task_encode_classify(t, bytes_tok, GRAFT_SPLIT_TRAIN, 0, 4, tok, &pos, &label);
     const int32_t want4[4] = {BOS, 'B', 'u', 'y'};
     assert_memory_equal(tok, want4, sizeof want4);
     assert_int_equal(pos, 3);
     /* bytes of UTF-8 text are unsigned token ids */
-    graft_task_encode_classify(t, GRAFT_SPLIT_TRAIN, 2, 8, tok, &pos, &label);
+    graft_task_encode_classify(t, bytes_tok, GRAFT_SPLIT_TRAIN, 2, 8, tok, &pos, &label);
     const int32_t cafe[8] = {BOS, 'c', 'a', 'f', 0xC3, 0xA9, PAD, PAD};
     assert_memory_equal(tok, cafe, sizeof cafe);
     assert_int_equal(pos, 5);
@@ -184,7 +189,7 @@ static void test_encode_classify(void **state) {
     /* a batch is the same rows back to back; targets unused */
     size_t idx[2] = {1, 0};
     int32_t inputs[2 * 8], bpos[2], blabels[2];
-    graft_task_batch(t, GRAFT_SPLIT_TRAIN, idx, 2, 8, inputs, NULL, bpos, blabels);
+    graft_task_batch(t, bytes_tok, GRAFT_SPLIT_TRAIN, idx, 2, 8, inputs, NULL, bpos, blabels);
     assert_memory_equal(inputs, hello, sizeof hello);
     assert_memory_equal(inputs + 8, want8, sizeof want8);
     assert_int_equal(bpos[0], 5);
@@ -228,7 +233,7 @@ static void test_load_generation(void **state) {
 static void test_encode_generate_fits(void **state) {
     graft_task_t *t = load_gen(*state);
     int32_t in[16], tg[16], plen;
-    graft_task_encode_generate(t, GRAFT_SPLIT_TRAIN, 0, 16, in, tg, &plen);
+    graft_task_encode_generate(t, bytes_tok, GRAFT_SPLIT_TRAIN, 0, 16, in, tg, &plen);
     const int32_t want_in[16] = {BOS, 'h', 'e', 'l', 'l', 'o', SEP, 'a', 'b', EOS,
                                  PAD, PAD, PAD, PAD, PAD, PAD};
     const int32_t want_tg[16] = {-1, -1, -1, -1, -1, -1, 'a', 'b', EOS, -1,
@@ -238,7 +243,7 @@ static void test_encode_generate_fits(void **state) {
     assert_int_equal(plen, 7);
 
     /* exactly T+1 tokens: the EOS is only a target, never an input */
-    graft_task_encode_generate(t, GRAFT_SPLIT_TRAIN, 0, 9, in, tg, &plen);
+    graft_task_encode_generate(t, bytes_tok, GRAFT_SPLIT_TRAIN, 0, 9, in, tg, &plen);
     const int32_t in9[9] = {BOS, 'h', 'e', 'l', 'l', 'o', SEP, 'a', 'b'};
     const int32_t tg9[9] = {-1, -1, -1, -1, -1, -1, 'a', 'b', EOS};
     assert_memory_equal(in, in9, sizeof in9);
@@ -251,7 +256,7 @@ static void test_encode_generate_truncates_prompt_from_left(void **state) {
     graft_task_t *t = load_gen(*state);
     int32_t in[12], tg[12], plen;
     /* 16 + 2 + 3 = 21 tokens for T+1 = 13: 8 prompt bytes go, from the left */
-    graft_task_encode_generate(t, GRAFT_SPLIT_TRAIN, 1, 12, in, tg, &plen);
+    graft_task_encode_generate(t, bytes_tok, GRAFT_SPLIT_TRAIN, 1, 12, in, tg, &plen);
     const int32_t want_in[12] = {BOS, '8', '9', 'a', 'b', 'c', 'd', 'e', 'f', SEP, 'X', 'Y'};
     const int32_t want_tg[12] = {-1, -1, -1, -1, -1, -1, -1, -1, -1, 'X', 'Y', EOS};
     assert_memory_equal(in, want_in, sizeof want_in);
@@ -265,7 +270,7 @@ static void test_encode_generate_truncates_target(void **state) {
     int32_t in[12], tg[12], plen;
     /* 16 + 10 + 3 = 29 tokens for 13: the prompt keeps min(16, 8, (12-2)/2)
      * = 5 bytes, then the target keeps 13 - 2 - 5 = 6 bytes and no EOS */
-    graft_task_encode_generate(t, GRAFT_SPLIT_TRAIN, 2, 12, in, tg, &plen);
+    graft_task_encode_generate(t, bytes_tok, GRAFT_SPLIT_TRAIN, 2, 12, in, tg, &plen);
     const int32_t want_in[12] = {BOS, 'b', 'c', 'd', 'e', 'f', SEP, 'A', 'B', 'C', 'D', 'E'};
     const int32_t want_tg[12] = {-1, -1, -1, -1, -1, -1, 'A', 'B', 'C', 'D', 'E', 'F'};
     assert_memory_equal(in, want_in, sizeof want_in);
@@ -276,7 +281,7 @@ static void test_encode_generate_truncates_target(void **state) {
      * 16 + 10 + 3 = 29 for 19; 8 prompt bytes go, then the target keeps
      * 19 - 2 - 8 = 9 bytes and no EOS */
     int32_t in2[18], tg2[18];
-    graft_task_encode_generate(t, GRAFT_SPLIT_TRAIN, 2, 18, in2, tg2, &plen);
+    graft_task_encode_generate(t, bytes_tok, GRAFT_SPLIT_TRAIN, 2, 18, in2, tg2, &plen);
     const int32_t want_in2[18] = {BOS, '8', '9', 'a', 'b', 'c', 'd', 'e', 'f',
                                   SEP, 'A', 'B', 'C', 'D', 'E', 'F', 'G', 'H'};
     const int32_t want_tg2[18] = {-1,  -1,  -1,  -1,  -1,  -1,  -1,  -1,  -1,
@@ -288,7 +293,7 @@ static void test_encode_generate_truncates_target(void **state) {
     /* a short prompt is never cut: "xy" + "ABCDEFG" in T = 6 keeps the whole
      * prompt and cuts the target to 7 - 2 - 2 = 3 bytes */
     int32_t in3[6], tg3[6];
-    graft_task_encode_generate(t, GRAFT_SPLIT_TRAIN, 3, 6, in3, tg3, &plen);
+    graft_task_encode_generate(t, bytes_tok, GRAFT_SPLIT_TRAIN, 3, 6, in3, tg3, &plen);
     const int32_t want_in3[6] = {BOS, 'x', 'y', SEP, 'A', 'B'};
     const int32_t want_tg3[6] = {-1, -1, -1, 'A', 'B', 'C'};
     assert_memory_equal(in3, want_in3, sizeof want_in3);
@@ -297,7 +302,7 @@ static void test_encode_generate_truncates_target(void **state) {
 
     /* the smallest context: T = 4 keeps one prompt byte and two target bytes */
     int32_t in4[4], tg4[4];
-    graft_task_encode_generate(t, GRAFT_SPLIT_TRAIN, 2, 4, in4, tg4, &plen);
+    graft_task_encode_generate(t, bytes_tok, GRAFT_SPLIT_TRAIN, 2, 4, in4, tg4, &plen);
     const int32_t want_in4[4] = {BOS, 'f', SEP, 'A'};
     const int32_t want_tg4[4] = {-1, -1, 'A', 'B'};
     assert_memory_equal(in4, want_in4, sizeof want_in4);
@@ -310,23 +315,23 @@ static void test_encode_prompt_and_batch(void **state) {
     graft_task_t *t = load_gen(*state);
     int32_t tok[12], plen;
     const graft_example_t *ex = graft_task_example(t, GRAFT_SPLIT_TRAIN, 0);
-    graft_encode_prompt_text(ex->text, ex->text_len, 12, 4, tok, &plen);
+    graft_encode_prompt_text(bytes_tok, ex->text, ex->text_len, 12, 4, tok, &plen);
     const int32_t want[12] = {BOS, 'h', 'e', 'l', 'l', 'o', SEP, PAD, PAD, PAD, PAD, PAD};
     assert_memory_equal(tok, want, sizeof want);
     assert_int_equal(plen, 7);
     /* room 4 in T = 12 leaves 6 bytes for the 16-byte prompt */
     ex = graft_task_example(t, GRAFT_SPLIT_TRAIN, 1);
-    graft_encode_prompt_text(ex->text, ex->text_len, 12, 4, tok, &plen);
+    graft_encode_prompt_text(bytes_tok, ex->text, ex->text_len, 12, 4, tok, &plen);
     const int32_t cut[12] = {BOS, 'a', 'b', 'c', 'd', 'e', 'f', SEP, PAD, PAD, PAD, PAD};
     assert_memory_equal(tok, cut, sizeof cut);
     assert_int_equal(plen, 8);
 
     size_t idx[2] = {0, 1};
     int32_t in[2 * 12], tg[2 * 12], pos[2];
-    graft_task_batch(t, GRAFT_SPLIT_TRAIN, idx, 2, 12, in, tg, pos, NULL);
+    graft_task_batch(t, bytes_tok, GRAFT_SPLIT_TRAIN, idx, 2, 12, in, tg, pos, NULL);
     int32_t rin[12], rtg[12], rplen;
     for (int b = 0; b < 2; b++) {
-        graft_task_encode_generate(t, GRAFT_SPLIT_TRAIN, idx[b], 12, rin, rtg, &rplen);
+        graft_task_encode_generate(t, bytes_tok, GRAFT_SPLIT_TRAIN, idx[b], 12, rin, rtg, &rplen);
         assert_memory_equal(in + 12 * b, rin, sizeof rin);
         assert_memory_equal(tg + 12 * b, rtg, sizeof rtg);
         assert_int_equal(pos[b], rplen);
@@ -369,7 +374,7 @@ static void test_subset(void **state) {
     assert_non_null(s);
     const graft_example_t *want3 = graft_task_example(t, GRAFT_SPLIT_TRAIN, 3);
     int32_t want_tok[8], want_pos, want_label;
-    graft_task_encode_classify(t, GRAFT_SPLIT_TRAIN, 3, 8, want_tok, &want_pos, &want_label);
+    graft_task_encode_classify(t, bytes_tok, GRAFT_SPLIT_TRAIN, 3, 8, want_tok, &want_pos, &want_label);
     size_t want_line = want3->line;
     graft_task_destroy(&t); /* the shard owns its own copy */
 
@@ -388,7 +393,7 @@ static void test_subset(void **state) {
     assert_string_equal(e->group, "g2");
     assert_int_equal(e->line, want_line);
     int32_t tok[8], pos, label;
-    graft_task_encode_classify(s, GRAFT_SPLIT_TRAIN, 0, 8, tok, &pos, &label);
+    graft_task_encode_classify(s, bytes_tok, GRAFT_SPLIT_TRAIN, 0, 8, tok, &pos, &label);
     assert_memory_equal(tok, want_tok, sizeof tok);
     assert_int_equal(pos, want_pos);
     assert_int_equal(label, want_label);
@@ -435,7 +440,7 @@ static void test_relabel(void **state) {
     assert_int_equal(e->label_id, 2);
     assert_string_equal(e->label, "spam");
     int32_t tok[8], pos, label;
-    graft_task_encode_classify(t, GRAFT_SPLIT_TRAIN, 1, 8, tok, &pos, &label);
+    graft_task_encode_classify(t, bytes_tok, GRAFT_SPLIT_TRAIN, 1, 8, tok, &pos, &label);
     assert_int_equal(label, 1);
     /* A subset of a relabelled task keeps the run's set. */
     size_t idx[1] = {0};
