@@ -253,6 +253,11 @@ static int export_trunk(const task_model_t *tm, const task_model_config_t *pc) {
                             pc->run.method, labels_json, pc->run.pool};
     int rc = graft_gpt2_save(tr->trunk, pc->file, head, n_head, keys, values, 5);
     free(labels_json);
+    if (!rc) { /* a gpt2 trunk loads with its vocabulary beside it */
+        char dir[4096];
+        graft_path_dir(pc->file, dir, sizeof dir);
+        rc = graft_tokenizer_save_files(tr->trunk->tok, dir);
+    }
     if (!rc)
         LOG_INFO("exported task %s (%s) to %s", graft_task_name(task), pc->run.method, pc->file);
     return rc;

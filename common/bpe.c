@@ -266,16 +266,19 @@ static int compile_pattern(graft_bpe_t *b) {
     return GRAFT_OK;
 }
 
+void graft_bpe_files(const char *dir, char *vocab, char *merges, size_t cap) {
+    vocab_file(vocab, cap, dir, "vocab.json", "encoder.json");
+    vocab_file(merges, cap, dir, "merges.txt", "vocab.bpe");
+}
+
 int graft_bpe_load(const char *dir, graft_bpe_t **out) {
     int byte_of[MAPPED_CPS];
     byte_map(byte_of);
     graft_bpe_t *b = graft_xcalloc(1, sizeof *b);
-    char path[4096];
-    int rc = load_vocab(b, vocab_file(path, sizeof path, dir, "vocab.json", "encoder.json"),
-                        byte_of);
-    if (rc == GRAFT_OK)
-        rc = load_merges(b, vocab_file(path, sizeof path, dir, "merges.txt", "vocab.bpe"),
-                         byte_of);
+    char vocab[4096], merges[4096];
+    graft_bpe_files(dir, vocab, merges, sizeof vocab);
+    int rc = load_vocab(b, vocab, byte_of);
+    if (rc == GRAFT_OK) rc = load_merges(b, merges, byte_of);
     if (rc == GRAFT_OK) rc = compile_pattern(b);
     if (rc != GRAFT_OK) {
         graft_bpe_destroy(&b);

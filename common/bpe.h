@@ -25,8 +25,13 @@
 
 typedef struct graft_bpe graft_bpe_t;
 
-/* Reads DIR/vocab.json and DIR/merges.txt (or DIR/encoder.json and
- * DIR/vocab.bpe). Errors name the file and, for merges, the line. */
+/* The two files graft_bpe_load(dir) reads: DIR/vocab.json, or
+ * DIR/encoder.json when only that exists; DIR/merges.txt, or DIR/vocab.bpe
+ * when only that exists. Each path is at most cap bytes. */
+void graft_bpe_files(const char *dir, char *vocab, char *merges, size_t cap);
+
+/* Reads the files of graft_bpe_files(). Errors name the file and, for
+ * merges, the line. */
 int graft_bpe_load(const char *dir, graft_bpe_t **out);
 void graft_bpe_destroy(graft_bpe_t **self_p);
 

@@ -614,16 +614,8 @@ static int meta_int(const graft_st_file_t *f, const char *key, int *out) {
     return GRAFT_OK;
 }
 
-/* The folder of path ("." for a bare file name) into dir (cap bytes). */
-static void folder_of(const char *path, char *dir, size_t cap) {
-    const char *slash = strrchr(path, '/');
-    if (!slash) snprintf(dir, cap, ".");
-    else if (slash == path) snprintf(dir, cap, "/");
-    else snprintf(dir, cap, "%.*s", (int)(slash - path), path);
-}
-
-/* A Hugging Face GPT-2 checkpoint's config.json: its positive integer key
- * (or NULL when missing or not one). */
+/* A positive integer of a Hugging Face config.json, under key (or alt when
+ * key is missing) into *out; GRAFT_EFORMAT when neither is one. */
 static int hf_int(json_t *root, const char *key, const char *alt, int *out) {
     json_t *v = json_object_get(root, key);
     if (!v && alt) v = json_object_get(root, alt);
@@ -637,7 +629,7 @@ static int hf_int(json_t *root, const char *key, const char *alt, int *out) {
  * Hugging Face keeps beside model.safetensors; the tokenizer is GPT-2's. */
 static int read_hf_config(const graft_st_file_t *f, graft_gpt2_config_t *cfg) {
     char dir[4096], path[4200];
-    folder_of(graft_st_path(f), dir, sizeof dir);
+    graft_path_dir(graft_st_path(f), dir, sizeof dir);
     snprintf(path, sizeof path, "%s/config.json", dir);
     json_error_t err;
     json_t *root = json_load_file(path, 0, &err);
@@ -706,7 +698,7 @@ int graft_gpt2_read_weights(graft_gpt2_t *m, const graft_st_file_t *f) {
 /* GPT-2's BPE from the files beside checkpoint path, for model m. */
 static int load_gpt2_tokenizer(graft_gpt2_t *m, const char *path) {
     char dir[4096];
-    folder_of(path, dir, sizeof dir);
+    graft_path_dir(path, dir, sizeof dir);
     int rc = graft_tokenizer_load_gpt2(dir, &m->tok);
     if (rc) {
         LOG_ERROR("%s: a gpt2-tokenizer checkpoint needs GPT-2's vocab.json and merges.txt beside "

@@ -79,6 +79,13 @@ size_t graft_peak_rss_bytes(void) {
     return kib * 1024;
 }
 
+void graft_path_dir(const char *path, char *dir, size_t cap) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, cap, ".");
+    else if (slash == path) snprintf(dir, cap, "/");
+    else snprintf(dir, cap, "%.*s", (int)(slash - path), path);
+}
+
 int graft_mkdirs_for(const char *path) {
     char buf[4096];
     snprintf(buf, sizeof buf, "%s", path);

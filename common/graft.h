@@ -68,6 +68,10 @@ void *graft_xcalloc(size_t count, size_t size);
 /* Creates the directories leading to path (like mkdir -p of its dirname). */
 int graft_mkdirs_for(const char *path);
 
+/* The folder of path into dir (cap bytes): "." for a bare name, "/" for a
+ * file at the root. */
+void graft_path_dir(const char *path, char *dir, size_t cap);
+
 /* Monotonic wall clock in seconds. */
 double graft_now(void);
 

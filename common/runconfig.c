@@ -9,7 +9,8 @@
 #define OFF(field) offsetof(graft_run_config_t, field)
 const graft_option_t graft_run_options[] = {
     {"trunk", GRAFT_OPT_STRING, OFF(trunk), "", 0, -1,
-     "pretrained trunk checkpoint (safetensors); empty: random init from --preset"},
+     "pretrained trunk checkpoint (safetensors: graft's, or a Hugging Face GPT-2 model.safetensors "
+     "with config.json, vocab.json and merges.txt beside it); empty: random init from --preset"},
     {"preset", GRAFT_OPT_STRING, OFF(preset), "small", 0, -1, "trunk preset when --trunk is empty"},
     {"tasks", GRAFT_OPT_STRING, OFF(tasks), "", 0, -1,
      "comma list of NAME:KIND:PATH task files (KIND classification or generation)"},

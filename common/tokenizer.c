@@ -2,7 +2,9 @@
  * byte i, so encoding is a copy and decoding drops the special tokens. */
 #include "tokenizer.h"
 
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const kind_names[] = {[GRAFT_TOKENIZER_BYTE] = "byte",
@@ -52,6 +54,70 @@ void graft_tokenizer_destroy(graft_tokenizer_t **self_p) {
     graft_bpe_destroy(&t->bpe);
     free(t);
     *self_p = NULL;
+}
+
+/* The whole of file path in a new buffer (*n bytes); NULL when unreadable. */
+static char *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t cap = 0;
+    *n = 0;
+    for (;;) {
+        if (*n == cap) buf = realloc(buf, cap = cap ? 2 * cap : 1 << 20);
+        if (!buf) break;
+        size_t got = fread(buf + *n, 1, cap - *n, f);
+        *n += got;
+        if (got == 0) break;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+/* Copies src to dst, atomically; nothing to do when dst has the same bytes,
+ * an error when it has others. */
+static int copy_file(const char *src, const char *dst) {
+    size_t n, m;
+    char *data = slurp(src, &n);
+    if (!data) {
+        LOG_ERROR("%s: cannot read: %s", src, strerror(errno));
+        return GRAFT_EIO;
+    }
+    char *old = slurp(dst, &m);
+    int rc = GRAFT_OK;
+    if (old) {
+        if (m != n || memcmp(old, data, n) != 0) {
+            LOG_ERROR("%s: already there and not %s: not overwritten", dst, src);
+            rc = GRAFT_EINVAL;
+        }
+        free(old);
+        free(data);
+        return rc;
+    }
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", dst);
+    FILE *f = fopen(tmp, "wb");
+    if (!f || fwrite(data, 1, n, f) != n || fclose(f) != 0 || rename(tmp, dst) != 0) {
+        LOG_ERROR("%s: cannot write: %s", dst, strerror(errno));
+        rc = GRAFT_EIO;
+    }
+    free(data);
+    return rc;
+}
+
+int graft_tokenizer_save_files(const graft_tokenizer_t *tok, const char *dir) {
+    if (tok->kind != GRAFT_TOKENIZER_GPT2) return GRAFT_OK;
+    char vocab[4096], merges[4096], out[4200];
+    graft_bpe_files(tok->dir, vocab, merges, sizeof vocab);
+    snprintf(out, sizeof out, "%s/vocab.json", dir);
+    int rc = copy_file(vocab, out);
+    snprintf(out, sizeof out, "%s/merges.txt", dir);
+    return rc ? rc : copy_file(merges, out);
 }
 
 size_t graft_tokenizer_encode(const graft_tokenizer_t *tok, const char *text, size_t len,

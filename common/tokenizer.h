@@ -46,6 +46,11 @@ int graft_tokenizer_load_gpt2(const char *dir, graft_tokenizer_t **out);
 
 void graft_tokenizer_destroy(graft_tokenizer_t **self_p);
 
+/* Writes a gpt2 tokenizer's files into DIR as vocab.json and merges.txt, so
+ * that a checkpoint written there loads (nothing to do for bytes, or when
+ * DIR already holds the same files; a different file there is an error). */
+int graft_tokenizer_save_files(const graft_tokenizer_t *tok, const char *dir);
+
 /* Encodes len bytes of text. Writes at most cap ids and returns how many
  * the whole text needs (more than cap: the output is cut). */
 size_t graft_tokenizer_encode(const graft_tokenizer_t *tok, const char *text, size_t len,

@@ -55,6 +55,11 @@ static int load_trunk(const graft_run_config_t *cfg, graft_gpt2_t **out) {
     if (*cfg->trunk) {
         int rc = graft_gpt2_load(cfg->trunk, out);
         if (rc) return rc;
+        const graft_gpt2_config_t *c = &(*out)->cfg;
+        LOG_INFO("trunk %s: V=%d T=%d L=%d NH=%d C=%d, %zu parameters, %s tokenizer%s%s",
+                 cfg->trunk, c->V, c->T, c->L, c->NH, c->C, (*out)->num_params,
+                 graft_tokenizer_kind_name(c->tokenizer), *(*out)->tok->dir ? " from " : "",
+                 (*out)->tok->dir);
     } else {
         graft_gpt2_config_t mc;
         if (graft_gpt2_preset(cfg->preset, &mc)) {

