@@ -703,14 +703,8 @@ static int load_gpt2_tokenizer(graft_gpt2_t *m, const char *path) {
     if (rc) {
         LOG_ERROR("%s: a gpt2-tokenizer checkpoint needs GPT-2's vocab.json and merges.txt beside "
                   "it (scripts/fetch-gpt2-vocab.sh DIR writes them)", path);
-        return rc;
     }
-    if (m->tok->vocab != m->cfg.V) {
-        LOG_ERROR("%s: the vocabulary in %s has %d tokens, the checkpoint's embedding %d", path,
-                  dir, m->tok->vocab, m->cfg.V);
-        return GRAFT_ESHAPE;
-    }
-    return GRAFT_OK;
+    return rc;
 }
 
 int graft_gpt2_load(const char *path, graft_gpt2_t **out) {
@@ -723,6 +717,12 @@ int graft_gpt2_load(const char *path, graft_gpt2_t **out) {
         graft_gpt2_t *m = graft_gpt2_new(&cfg, 0);
         rc = graft_gpt2_read_weights(m, f);
         if (rc == GRAFT_OK && cfg.tokenizer == GRAFT_TOKENIZER_GPT2) rc = load_gpt2_tokenizer(m, path);
+        if (rc == GRAFT_OK && cfg.V < m->tok->vocab) {
+            LOG_ERROR("%s: an embedding of V=%d rows, fewer than the %d tokens of its %s "
+                      "tokenizer", path, cfg.V, m->tok->vocab,
+                      graft_tokenizer_kind_name(cfg.tokenizer));
+            rc = GRAFT_ESHAPE;
+        }
         if (rc == GRAFT_OK)
             *out = m;
         else

@@ -223,8 +223,8 @@ int graft_gpt2_read_config(const graft_st_file_t *f, graft_gpt2_config_t *cfg);
 int graft_gpt2_read_weights(graft_gpt2_t *m, const graft_st_file_t *f);
 /* Opens path, builds the model its metadata describes and fills the
  * weights; a gpt2 tokenizer comes from vocab.json and merges.txt beside
- * path, and its vocabulary must have V tokens. *out is owned by the
- * caller. */
+ * path. The embedding's V rows must cover the tokenizer's tokens. *out is
+ * owned by the caller. */
 int graft_gpt2_load(const char *path, graft_gpt2_t **out);
 
 /* Forward FLOPs per token of the model at context T (matmuls only, 2 per MAC);

@@ -248,8 +248,9 @@ void graft_trainer_select_channels(graft_trainer_t *tr) {
 
 /* ---- evaluation --------------------------------------------------------- */
 
-/* The most likely next token of a row of logits (V): EOS or a token with
- * text, never BOS, SEP or PAD; EOS on a tie with it, else the lowest id. */
+/* The most likely next token of the tokenizer's V of a row of logits (an
+ * embedding may have more rows than tokens): EOS or a token with text,
+ * never BOS, SEP or PAD; EOS on a tie with it, else the lowest id. */
 static int greedy_token(const graft_tokenizer_t *tok, const float *logits, int V) {
     int best = tok->eos;
     for (int v = 0; v < V; v++)
@@ -288,7 +289,7 @@ static void greedy_decode(graft_trainer_t *tr, int t, int B, const int32_t *toke
         int going = 0;
         for (int i = 0; i < N; i++) {
             int b = seq[i];
-            int best = greedy_token(tok, logits + (size_t)i * V, V);
+            int best = greedy_token(tok, logits + (size_t)i * V, tok->vocab);
             int p = s == 0 ? cur[b] : at[i] + 1; /* where the new token goes */
             if (best == tok->eos || p >= T) continue;
             size_t k;
