@@ -10,7 +10,9 @@
 #    tokenizer all load as the checkpoint means them;
 #  - graft train --method lora on it lowers the test loss; graft predict
 #    continues a prompt; graft export writes a trunk with the vocabulary
-#    beside it that evaluates as the modules do, to the digit.
+#    beside it that evaluates as the modules do, to the digit;
+#  - a classification task trains and predict prints a label;
+#  - without merges.txt the trunk is refused, naming the file.
 # Usage: test_gpt2_hf.sh GRAFT_BINARY SOURCE_DIR BUILD_DIR
 set -eu
 GRAFT="$1"
@@ -81,6 +83,26 @@ cmp -s "$T/export/vocab.json" "$T/hf/vocab.json" && cmp -s "$T/export/merges.txt
   fail "graft eval of the exported trunk: $(tail -3 "$T/err")"
 [ "$(grep '^words ' "$T/exported.out")" = "$(grep '^words ' "$T/eval.out")" ] ||
   fail "exported trunk: '$(grep '^words ' "$T/exported.out")', modules: '$(grep '^words ' "$T/eval.out")'"
+
+# a classification task on the same trunk: trains, evaluates, predicts a label
+python3 - "$T" <<'PY'
+import sys
+en = ["the house is red", "a cat and a dog", "good morning", "thank you very much"]
+de = ["das Haus ist rot", "eine Katze und ein Hund", "guten Morgen", "vielen Dank"]
+with open(f"{sys.argv[1]}/lang.tsv", "w", encoding="utf-8") as f:
+    for split, reps in (("train", 8), ("test", 1)):
+        for _ in range(reps):
+            f.writelines(f"{split}\t{lab}\tg\t{x}\n" for lab, xs in (("en", en), ("de", de)) for x in xs)
+PY
+set -- --tasks "lang:classification:$T/lang.tsv" --trunk "$T/hf/model.safetensors" --method lora \
+  --seq 64 --batch 16 --threads 1 --eval_max 0
+"$GRAFT" train "$@" --steps 20 --eval_every 20 --lr 1e-2 --out "$T/cls" >"$T/cls.log" 2>&1 ||
+  fail "graft train (classification): $(tail -5 "$T/cls.log")"
+grep -q '^lang .* acc ' "$T/cls.log" || fail "no accuracy line: $(tail -3 "$T/cls.log")"
+"$GRAFT" predict "$@" --resume "$T/cls/modules.safetensors" --text "guten Tag" >"$T/cls.out" \
+  2>"$T/err" || fail "graft predict (classification): $(tail -3 "$T/err")"
+grep -Eq '^(en|de)	[01]\.[0-9]+$' "$T/cls.out" || fail "predict printed '$(cat "$T/cls.out")'"
+echo "classification: $(grep '^lang ' "$T/cls.log" | tail -1); predict 'guten Tag' -> $(cat "$T/cls.out")"
 
 # the vocabulary must be there and must fit the embedding
 rm "$T/hf/merges.txt"
