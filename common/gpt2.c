@@ -68,7 +68,7 @@ static void fill_act_sizes(size_t *sizes, const graft_gpt2_config_t *c, int B, i
         L * BT * 4 * C, L * BT * 4 * C,                  /* fch fch_gelu */
         L * BT * C, L * BT * C,                          /* fcproj residual3 */
         BT * C, BT, BT,                                  /* lnf lnf_mean lnf_rstd */
-        BT * V, BT * V, BT,                              /* logits probs losses */
+        BT * C, BT * V, BT * V, BT,                      /* lm_in logits probs losses */
     };
     memcpy(sizes, s, sizeof s);
 }
@@ -124,6 +124,9 @@ void graft_gpt2_destroy(graft_gpt2_t **self_p) {
     free(m->decode_memory);
     free(m->inputs);
     free(m->targets);
+    free(m->lm_pos);
+    free(m->lm_targets);
+    free(m->lm_losses);
     graft_bf16_scratch_free(&m->bf16);
     graft_tokenizer_destroy(&m->tok);
     free(m);
@@ -162,6 +165,9 @@ void graft_gpt2_reserve(graft_gpt2_t *m, int B, int T) {
     m->decode_memory = NULL;
     free(m->inputs);
     free(m->targets);
+    free(m->lm_pos);
+    free(m->lm_targets);
+    free(m->lm_losses);
     m->B = B > m->B ? B : m->B;
     m->T = T;
     fill_act_sizes(m->act_sizes, &m->cfg, m->B, m->T);
@@ -173,6 +179,9 @@ void graft_gpt2_reserve(graft_gpt2_t *m, int B, int T) {
                 GRAFT_GPT2_NUM_ACTS);
     m->inputs = graft_xmalloc((size_t)m->B * m->T * sizeof(int32_t));
     m->targets = graft_xmalloc((size_t)m->B * m->T * sizeof(int32_t));
+    m->lm_pos = graft_xmalloc((size_t)m->B * m->T * sizeof(int32_t));
+    m->lm_targets = graft_xmalloc((size_t)m->B * m->T * sizeof(int32_t));
+    m->lm_losses = graft_xmalloc((size_t)m->B * m->T * sizeof(float));
 }
 
 /* ---- forward ------------------------------------------------------------ */
@@ -260,6 +269,27 @@ static void linear_backward(graft_gpt2_t *m, int l, graft_proj_t proj, float *di
     peft_linear_backward(m->peft, l, proj, dinp, dout, inp, N);
 }
 
+/* The LM head's input: the lnf rows of the positions with a target, in
+ * order (m->lm_rows of them, their positions and targets in m->lm_pos and
+ * m->lm_targets). Prompt and padding positions need no logits, and with a
+ * large vocabulary the head is much of a step. When every position has a
+ * target (pretraining) that is lnf itself; else the rows are gathered into
+ * acts.lm_in. */
+static const float *lm_gather(graft_gpt2_t *m, size_t BT) {
+    size_t C = (size_t)m->cfg.C;
+    int n = 0;
+    for (size_t i = 0; i < BT; i++)
+        if (m->targets[i] >= 0) {
+            m->lm_pos[n] = (int32_t)i;
+            m->lm_targets[n++] = m->targets[i];
+        }
+    m->lm_rows = n;
+    if ((size_t)n == BT) return m->acts.lnf;
+    for (int k = 0; k < n; k++)
+        memcpy(m->acts.lm_in + k * C, m->acts.lnf + (size_t)m->lm_pos[k] * C, C * sizeof(float));
+    return m->acts.lm_in;
+}
+
 float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *targets, int B,
                          int T) {
     graft_gpt2_reserve(m, B, T);
@@ -324,10 +354,15 @@ float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *
     m->loss_count = 0;
     if (!targets) return -1.0f;
     memcpy(m->targets, targets, BT * sizeof(int32_t));
-    GRAFT_PROF("fwd.lmhead", MMF(C, V), lmhead_product_forward(m, a.logits, a.lnf, BT));
+    const float *lm_in = lm_gather(m, BT);
+    int N = m->lm_rows;
+    if (N > 0)
+        GRAFT_PROF("fwd.lmhead", 2.0 * N * C * V, lmhead_product_forward(m, a.logits, lm_in, N));
     GRAFT_PROF("fwd.crossentropy", 0,
-               m->mean_loss = crossentropy_forward(a.losses, a.probs, a.logits, targets, BT, V,
-                                                   &m->loss_count));
+               m->mean_loss = crossentropy_forward(m->lm_losses, a.probs, a.logits,
+                                                   m->lm_targets, N, V, &m->loss_count));
+    memset(a.losses, 0, BT * sizeof(float));
+    for (int k = 0; k < N; k++) a.losses[m->lm_pos[k]] = m->lm_losses[k];
 #undef MMF
     return m->mean_loss;
 }
@@ -412,11 +447,22 @@ void graft_gpt2_backward(graft_gpt2_t *m) {
     graft_gpt2_acts_t a = m->acts, g = m->grads_acts;
     float scale = m->loss_count ? 1.0f / m->loss_count : 0.0f;
     float *dwte = m->grads_memory ? m->grads.wte : NULL;
-    /* dlogits is written (not accumulated) into the logits-gradient slab. */
+    int N = m->lm_rows;
+    /* dlogits is written (not accumulated) into the logits-gradient slab,
+     * and so is dlnf: the head's rows' gradients, 0 at the other positions. */
     GRAFT_PROF("bwd.crossentropy", 0,
-               crossentropy_backward(g.logits, a.probs, m->targets, BT, V, scale));
-    GRAFT_PROF("bwd.lmhead", 2.0 * BT * C * V * (dwte ? 2 : 1),
-               lmhead_product_backward(m, g.lnf, dwte, g.logits, a.lnf, BT));
+               crossentropy_backward(g.logits, a.probs, m->lm_targets, N, V, scale));
+    if ((size_t)N == BT) {
+        GRAFT_PROF("bwd.lmhead", 2.0 * N * C * V * (dwte ? 2 : 1),
+                   lmhead_product_backward(m, g.lnf, dwte, g.logits, a.lnf, N));
+    } else {
+        if (N > 0)
+            GRAFT_PROF("bwd.lmhead", 2.0 * N * C * V * (dwte ? 2 : 1),
+                       lmhead_product_backward(m, g.lm_in, dwte, g.logits, a.lm_in, N));
+        memset(g.lnf, 0, BT * C * sizeof(float));
+        for (int k = 0; k < N; k++)
+            memcpy(g.lnf + (size_t)m->lm_pos[k] * C, g.lm_in + (size_t)k * C, C * sizeof(float));
+    }
     graft_gpt2_backward_from_lnf(m);
 }
 

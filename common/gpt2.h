@@ -57,7 +57,7 @@ typedef struct {
     float *lnfb;     /* (C) */
 } graft_gpt2_params_t;
 
-#define GRAFT_GPT2_NUM_ACTS 22
+#define GRAFT_GPT2_NUM_ACTS 23
 
 /* Named views into the one activation block; B,T are the allocated batch. */
 typedef struct {
@@ -80,9 +80,13 @@ typedef struct {
     float *lnf;       /* (B, T, C) */
     float *lnf_mean;  /* (B, T) */
     float *lnf_rstd;  /* (B, T) */
-    float *logits;    /* (B, T, V) */
-    float *probs;     /* (B, T, V) */
-    float *losses;    /* (B, T) */
+    /* The LM head runs only on the positions that have a target: lm_in holds
+     * their lnf rows in order (unused when every position has one: the head
+     * reads lnf), and logits and probs their first lm_rows rows. */
+    float *lm_in;     /* (lm_rows, C) of (B, T, C) */
+    float *logits;    /* (lm_rows, V) of (B, T, V) */
+    float *probs;     /* (lm_rows, V) of (B, T, V) */
+    float *losses;    /* (B, T): each position's loss, 0 without a target */
 } graft_gpt2_acts_t;
 
 struct graft_peft;
@@ -137,6 +141,10 @@ typedef struct graft_gpt2 {
     float *decode_memory; /* owned: graft_gpt2_decode_step's rows (up to B) */
     int32_t *inputs;  /* (B, T) copy of the last forward's inputs */
     int32_t *targets; /* (B, T) copy of the last forward's targets, -1 = ignored */
+    int lm_rows;         /* positions with a target in the last forward */
+    int32_t *lm_pos;     /* (B, T): their positions, in order */
+    int32_t *lm_targets; /* (B, T): their targets */
+    float *lm_losses;    /* (B, T): their losses */
 
     /* Shape of the last forward pass (b <= B, t <= T). */
     int cur_B, cur_T;

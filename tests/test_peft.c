@@ -266,7 +266,8 @@ static void test_identity_at_init(void **state) {
     graft_gpt2_t *ref = tiny_trunk();
     float ref_loss = graft_gpt2_forward(ref, bt.tokens, bt.targets, NB, NT);
     int V = ref->cfg.V, C = ref->cfg.C;
-    size_t n_logits = (size_t)NB * NT * V, n_lnf = (size_t)NB * NT * C;
+    /* the LM head's rows: the positions with a target (the same in every run) */
+    size_t n_logits = (size_t)ref->lm_rows * V, n_lnf = (size_t)NB * NT * C;
     float *ref_logits = malloc(n_logits * sizeof(float));
     memcpy(ref_logits, ref->acts.logits, n_logits * sizeof(float));
     float *ref_lnf = malloc(n_lnf * sizeof(float));
@@ -476,13 +477,14 @@ static void test_lora_merge(void **state) {
     graft_peft_t *p = graft_peft_new(m, &cfg, TASKS, 2);
     perturb_modules(p, 6); /* B != 0, or merging would do nothing */
     int V = m->cfg.V, C = m->cfg.C;
-    size_t n_logits = (size_t)NB * NT * V, n_lnf = (size_t)NB * NT * C, np = m->num_params;
+    size_t n_lnf = (size_t)NB * NT * C, np = m->num_params;
     float *w0 = malloc(np * sizeof(float));
     memcpy(w0, m->params_memory, np * sizeof(float));
 
     for (int task = 0; task < 2; task++) {
         /* outputs of the LoRA model for this task (the LM head on lnf) */
         graft_peft_lm(p, task, bt.tokens, bt.targets, NB, NT, 0);
+        size_t n_logits = (size_t)m->lm_rows * V; /* the rows with a target */
         float *lora_logits = malloc(n_logits * sizeof(float));
         float *lora_lnf = malloc(n_lnf * sizeof(float));
         memcpy(lora_logits, m->acts.logits, n_logits * sizeof(float));

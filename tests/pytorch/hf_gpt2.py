@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """hf_gpt2.py — the PyTorch side of tests/test_gpt2_hf.sh.
 
-  make DIR VOCAB_DIR   writes a GPT-2 checkpoint folder as Hugging Face
+  make DIR VOCAB_DIR [SIZE]
+                       writes a GPT-2 checkpoint folder as Hugging Face
                        keeps one: model.safetensors (a GPT2LMHeadModel's
                        tensor names, "transformer." prefix, the causal-mask
                        buffers h.{i}.attn.bias, the tied lm_head.weight, and
@@ -9,7 +10,9 @@
                        GPT-2's vocab.json and merges.txt. The weights are the
                        reference trunk's GPT-2 initialisation (random) with
                        V = 50257, T = 64, L = 2, NH = 2, C = 64: a real GPT-2
-                       layout and vocabulary at a size a test can run.
+                       layout and vocabulary at a size a test can run. SIZE
+                       124M instead gives GPT-2 small's shape (T = 1024,
+                       L = 12, NH = 12, C = 768: 124M parameters, 700 MB).
   loss DIR CASES       the mean next-token loss over the target tokens of
                        generation examples, encoded as graft encodes them
                        with GPT-2's tokenizer (<|endoftext|> prompt
@@ -30,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpt2_ref  # noqa: E402
 
 CFG = dict(V=50257, T=64, L=2, NH=2, C=64)
+GPT2_SMALL = dict(V=50257, T=1024, L=12, NH=12, C=768)
 EOT = 50256
 
 
@@ -78,7 +82,11 @@ def loss(folder, cases_path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "make":
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "make":
+        if len(sys.argv) == 5:
+            if sys.argv[4] != "124M":
+                sys.exit(f"unknown SIZE {sys.argv[4]!r} (124M)")
+            CFG.update(GPT2_SMALL)
         make(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 4 and sys.argv[1] == "loss":
         loss(sys.argv[2], sys.argv[3])
