@@ -273,10 +273,11 @@ int graft_mask_save(const graft_mask_t *mask, const graft_mask_layout_t *lay, co
     memcpy(ts, e.ts, (size_t)e.n * sizeof *ts);
     if (n_extra) memcpy(ts + e.n, extra, (size_t)n_extra * sizeof *ts);
 
-    enum { OWN = 9 };
+    enum { OWN = 10 };
     char vals[OWN][64];
-    const char *keys[OWN] = {"format",    "config.V",      "config.T",  "config.L", "config.NH",
-                             "config.C",  "mask.k",        "mask.groups", "mask.num_params"};
+    const char *keys[OWN] = {"format",    "config.V",      "config.T",    "config.L",
+                             "config.NH", "config.C",      "mask.k",      "mask.groups",
+                             "mask.num_params", "tokenizer"};
     snprintf(vals[0], 64, "graft-mask");
     snprintf(vals[1], 64, "%d", lay->cfg.V);
     snprintf(vals[2], 64, "%d", lay->cfg.T);
@@ -286,6 +287,7 @@ int graft_mask_save(const graft_mask_t *mask, const graft_mask_layout_t *lay, co
     snprintf(vals[6], 64, "%zu", mask->k);
     graft_mask_groups_str(lay->groups, vals[7], 64);
     snprintf(vals[8], 64, "%zu", lay->num_params);
+    snprintf(vals[9], 64, "%s", graft_tokenizer_kind_name(lay->cfg.tokenizer));
     const char **mk = graft_xmalloc((size_t)(OWN + n_meta) * sizeof *mk);
     const char **mv = graft_xmalloc((size_t)(OWN + n_meta) * sizeof *mv);
     for (int i = 0; i < OWN; i++) {
@@ -318,9 +320,10 @@ static int check_header(const graft_st_file_t *f, const graft_mask_layout_t *lay
     int rc = graft_gpt2_read_config(f, &c);
     if (rc) return rc;
     if (memcmp(&c, &lay->cfg, sizeof c) != 0) {
-        LOG_ERROR("%s: mask for a trunk with V=%d T=%d L=%d NH=%d C=%d; this trunk has V=%d T=%d "
-                  "L=%d NH=%d C=%d", path, c.V, c.T, c.L, c.NH, c.C, lay->cfg.V, lay->cfg.T,
-                  lay->cfg.L, lay->cfg.NH, lay->cfg.C);
+        LOG_ERROR("%s: mask for a trunk with V=%d T=%d L=%d NH=%d C=%d (%s tokenizer); this trunk "
+                  "has V=%d T=%d L=%d NH=%d C=%d (%s)", path, c.V, c.T, c.L, c.NH, c.C,
+                  graft_tokenizer_kind_name(c.tokenizer), lay->cfg.V, lay->cfg.T, lay->cfg.L,
+                  lay->cfg.NH, lay->cfg.C, graft_tokenizer_kind_name(lay->cfg.tokenizer));
         return GRAFT_ESHAPE;
     }
     const char *ks = graft_st_meta(f, "mask.k");

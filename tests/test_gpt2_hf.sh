@@ -12,6 +12,8 @@
 #    continues a prompt; graft export writes a trunk with the vocabulary
 #    beside it that evaluates as the modules do, to the digit;
 #  - a classification task trains and predict prints a label;
+#  - a grafting mask from a full fine-tuning records the tokenizer, so that
+#    predict applies it to the GPT-2 trunk;
 #  - without merges.txt the trunk is refused, naming the file.
 # Usage: test_gpt2_hf.sh GRAFT_BINARY SOURCE_DIR BUILD_DIR
 set -eu
@@ -103,6 +105,18 @@ grep -q '^lang .* acc ' "$T/cls.log" || fail "no accuracy line: $(tail -3 "$T/cl
   2>"$T/err" || fail "graft predict (classification): $(tail -3 "$T/err")"
 grep -Eq '^(en|de)	[01]\.[0-9]+$' "$T/cls.out" || fail "predict printed '$(cat "$T/cls.out")'"
 echo "classification: $(grep '^lang ' "$T/cls.log" | tail -1); predict 'guten Tag' -> $(cat "$T/cls.out")"
+
+# grafting: a mask from a full fine-tuning of the GPT-2 trunk, applied by predict
+set -- --tasks "$TASKS" --trunk "$T/hf/model.safetensors" --seq 64 --batch 16 --threads 1 \
+  --eval_max 0
+"$GRAFT" train "$@" --method full --steps 5 --eval_every 5 --out "$T/full" >"$T/full.log" 2>&1 ||
+  fail "graft train --method full: $(tail -3 "$T/full.log")"
+"$GRAFT" train "$@" --method graft --finetuned "$T/full" --sparsity 0.01 --out "$T/graft" \
+  >"$T/graft.log" 2>&1 || fail "graft train --method graft: $(tail -3 "$T/graft.log")"
+"$GRAFT" predict "$@" --method graft --resume "$T/graft/mask.words.s0.01.safetensors" \
+  --text "translate: 猫" >"$T/graft.out" 2>"$T/err" ||
+  fail "graft predict with a mask: $(tail -3 "$T/err")"
+echo "grafting: $(grep '^graft 0.01' "$T/graft.log")"
 
 # the vocabulary must be there and must fit the embedding
 rm "$T/hf/merges.txt"
