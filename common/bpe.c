@@ -217,16 +217,19 @@ static int load_merges(graft_bpe_t *b, const char *path, const int byte_of[MAPPE
     b->merges = graft_xmalloc(b->merge_cap * sizeof *b->merges);
     for (size_t i = 0; i < b->merge_cap; i++) b->merges[i].key = EMPTY_KEY;
     char *line = NULL, *scratch = NULL;
-    size_t line_cap = 0, count = 0, line_no = 0;
+    size_t line_cap = 0, scratch_cap = 0, count = 0, line_no = 0;
     ssize_t got;
     int rc = GRAFT_OK;
     while ((got = getline(&line, &line_cap, f)) >= 0) {
         line_no++;
         while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = '\0';
         if (got == 0 || (line_no == 1 && strncmp(line, "#version", 8) == 0)) continue;
-        scratch = realloc(scratch, (size_t)got + 1);
+        if ((size_t)got + 1 > scratch_cap) { /* a token's bytes never outnumber its UTF-8 */
+            free(scratch);
+            scratch = graft_xmalloc(scratch_cap = (size_t)got + 1);
+        }
         int32_t ids[3];
-        if (!scratch || parse_merge(b, byte_of, line, scratch, ids) != 0) {
+        if (parse_merge(b, byte_of, line, scratch, ids) != 0) {
             LOG_ERROR("%s:%zu: want \"LEFT RIGHT\", two tokens of the vocabulary whose join is "
                       "one too, not \"%s\"", path, line_no, line);
             rc = GRAFT_EFORMAT;
