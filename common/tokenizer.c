@@ -60,22 +60,14 @@ void graft_tokenizer_destroy(graft_tokenizer_t **self_p) {
 static char *slurp(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
-    char *buf = NULL;
-    size_t cap = 0;
-    *n = 0;
-    for (;;) {
-        if (*n == cap) buf = realloc(buf, cap = cap ? 2 * cap : 1 << 20);
-        if (!buf) break;
-        size_t got = fread(buf + *n, 1, cap - *n, f);
-        *n += got;
-        if (got == 0) break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
+    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    char *buf = size >= 0 && fseek(f, 0, SEEK_SET) == 0 ? graft_xmalloc((size_t)size + 1) : NULL;
+    if (buf && fread(buf, 1, (size_t)size, f) != (size_t)size) {
         free(buf);
-        return NULL;
+        buf = NULL;
     }
+    fclose(f);
+    *n = buf ? (size_t)size : 0;
     return buf;
 }
 
