@@ -17,6 +17,8 @@
 
 typedef struct {
     char preset[GRAFT_OPT_STR];
+    char trunk[GRAFT_OPT_STR];
+    int seq;
     char method[GRAFT_OPT_STR];
     int threads;
     int batch;
@@ -34,6 +36,10 @@ typedef struct {
 #define OFF(field) offsetof(bench_step_config_t, field)
 static const graft_option_t bench_step_options[] = {
     {"preset", GRAFT_OPT_STRING, OFF(preset), "small", 0, -1, "model preset: tiny, small, base"},
+    {"trunk", GRAFT_OPT_STRING, OFF(trunk), "", 0, -1,
+     "time this checkpoint's model instead of a preset's (graft's, or a Hugging Face GPT-2 "
+     "folder's model.safetensors)"},
+    {"seq", GRAFT_OPT_INT, OFF(seq), "0", 0, 65536, "tokens per sequence (0: the model's context)"},
     {"method", GRAFT_OPT_STRING, OFF(method), "full", 0, -1,
      "what is trained: full, lora, adapter, red, lntune (comma-combinable as in graft train)"},
     {"threads", GRAFT_OPT_INT, OFF(threads), "0", 0, 1024, "threads (0: all cores)"},
@@ -170,23 +176,39 @@ static int bench_step(int argc, char **argv) {
                                  "`tokens_per_s=<N> mfu=<x>` as the last line.");
     if (rc == GRAFT_OPTS_HELP) return 0;
     if (rc) return 2;
-    graft_gpt2_config_t mc;
-    if (graft_gpt2_preset(cfg.preset, &mc)) {
-        fprintf(stderr, "graft bench step: unknown preset '%s' (tiny, small, base)\n", cfg.preset);
+    graft_gpt2_t *trunk = NULL;
+    if (*cfg.trunk) {
+        if (graft_gpt2_load(cfg.trunk, &trunk)) return 1;
+    } else {
+        graft_gpt2_config_t mc;
+        if (graft_gpt2_preset(cfg.preset, &mc)) {
+            fprintf(stderr, "graft bench step: unknown preset '%s' (tiny, small, base)\n",
+                    cfg.preset);
+            return 2;
+        }
+        trunk = graft_gpt2_new(&mc, (uint64_t)cfg.seed);
+    }
+    int B = cfg.batch, T = cfg.seq ? cfg.seq : trunk->cfg.T;
+    if (T > trunk->cfg.T) {
+        fprintf(stderr, "graft bench step: --seq %d exceeds the model's context of %d\n", T,
+                trunk->cfg.T);
+        graft_gpt2_destroy(&trunk);
         return 2;
     }
     graft_run_config_t run;
     graft_peft_config_t pc;
-    if (bench_run_config(&cfg, &run) || graft_run_peft_config(&run, &pc)) return 2;
+    if (bench_run_config(&cfg, &run) || graft_run_peft_config(&run, &pc)) {
+        graft_gpt2_destroy(&trunk);
+        return 2;
+    }
     if (pc.methods & (GRAFT_M_HEAD | GRAFT_M_CHANNELS)) {
         fprintf(stderr, "graft bench step: method '%s': head and channels need a classification "
                         "task or a stage-1 pass; benchmark full, lora, adapter, red or lntune\n",
                 cfg.method);
+        graft_gpt2_destroy(&trunk);
         return 2;
     }
     int threads = cli_set_threads(cfg.threads);
-    int B = cfg.batch, T = mc.T;
-    graft_gpt2_t *trunk = graft_gpt2_new(&mc, (uint64_t)cfg.seed);
     if (graft_gpt2_set_precision(trunk, cfg.precision)) {
         graft_gpt2_destroy(&trunk);
         return 2;
@@ -198,7 +220,9 @@ static int bench_step(int argc, char **argv) {
     int32_t *tokens = graft_xmalloc(((size_t)B * T + 1) * sizeof(int32_t));
     graft_rng_t rng;
     graft_rng_seed(&rng, (uint64_t)cfg.seed, 7);
-    for (size_t i = 0; i < (size_t)B * T + 1; i++) tokens[i] = (int32_t)graft_rng_below(&rng, 256);
+    for (size_t i = 0; i < (size_t)B * T + 1; i++) /* text tokens (bytes, or GPT-2's) */
+        tokens[i] = (int32_t)graft_rng_below(&rng, trunk->tok->kind == GRAFT_TOKENIZER_BYTE
+                                                       ? 256 : (uint32_t)trunk->tok->eos);
 
     for (int i = 0; i < cfg.warmup; i++) bench_one_step(p, &opt, tokens, tokens + 1, B, T);
     graft_prof_enable(cfg.profile);
@@ -211,9 +235,11 @@ static int bench_step(int argc, char **argv) {
 
     double tps = (double)cfg.steps * B * T / elapsed;
     double flops = step_flops_per_token(p, T) * tps;
-    printf("preset=%s method=%s precision=%s threads=%d batch=%d seq=%d params=%zu "
+    printf("%s=%s method=%s precision=%s threads=%d batch=%d seq=%d params=%zu "
            "trainable=%zu loss=%.4f step_ms=%.1f gflops=%.1f %s_peak_gflops=%.1f\n",
-           cfg.preset, cfg.method, cfg.precision, threads, B, T, trunk->num_params,
+           *cfg.trunk ? "trunk" : "preset", *cfg.trunk ? cfg.trunk : cfg.preset, cfg.method,
+           cfg.precision, threads, B, T,
+           trunk->num_params,
            graft_peft_task_params(p, 0), loss, 1e3 * elapsed / cfg.steps, flops / 1e9,
            trunk->precision == GRAFT_BF16 ? "bf16" : "sgemm", peak);
     printf("tokens_per_s=%.0f mfu=%.3f\n", tps, flops / 1e9 / peak);

@@ -20,6 +20,9 @@
 # under torch.autocast): the reference of the performance issues is PyTorch
 # in fp32; `--precision bf16 --torch-precision bf16` compares the two
 # mixed-precision steps.
+# --trunk FILE times the model of a checkpoint (graft's, or a Hugging Face
+# GPT-2 model.safetensors with config.json beside it) on both sides instead
+# of a preset's, --seq N at N tokens per sequence (default: its context).
 # --torch-model nanogpt (full only) times scripts/nanogpt_torch.py, a second
 # PyTorch GPT-2 written independently from PyTorch's stock modules, instead
 # of the reference trunk: a check on the reference itself.
@@ -27,9 +30,10 @@
 #          [--method full|lora|adapter|red] [--threads N] [--steps N] [--repeat R]
 #          [--wait-policy passive|active|default] [--precision fp32|bf16]
 #          [--torch-precision fp32|bf16] [--torch-model ref|nanogpt]
+#          [--trunk FILE] [--seq N] [--batch N]
 # Defaults: --preset small --method full --threads 2 --steps 10 --repeat 1
 #           --wait-policy default --precision fp32 --torch-precision fp32
-#           --torch-model ref.
+#           --torch-model ref --batch 16.
 # Needs build/graft (cmake --build build; GRAFT_BIN=path picks another
 # binary) and Debian's python3-torch.
 set -euo pipefail
@@ -44,6 +48,8 @@ WAIT_POLICY=default
 PRECISION=fp32
 TORCH_PRECISION=fp32
 TORCH_MODEL=ref
+TRUNK=""
+SEQ=0
 BATCH=16
 PYTHON=/usr/bin/python3 # Debian's interpreter: python3-torch lives there
 
@@ -52,7 +58,7 @@ die() { echo "bench-step: error: $*" >&2; exit 1; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --preset|--method|--threads|--steps|--repeat|--wait-policy|--precision|--torch-precision|\
-    --torch-model)
+    --torch-model|--trunk|--seq|--batch)
       [ $# -ge 2 ] || die "$1 needs a value"
       case "$1" in
         --preset) PRESET="$2" ;;
@@ -64,15 +70,21 @@ while [ $# -gt 0 ]; do
         --precision) PRECISION="$2" ;;
         --torch-precision) TORCH_PRECISION="$2" ;;
         --torch-model) TORCH_MODEL="$2" ;;
+        --trunk) TRUNK="$2" ;;
+        --seq) SEQ="$2" ;;
+        --batch) BATCH="$2" ;;
       esac
       shift 2 ;;
-    -h|--help) sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
 [[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer, not '$THREADS'"
 [[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || die "--steps must be a positive integer, not '$STEPS'"
 [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]] || die "--repeat must be a positive integer, not '$REPEAT'"
+[[ "$BATCH" =~ ^[1-9][0-9]*$ ]] || die "--batch must be a positive integer, not '$BATCH'"
+[[ "$SEQ" =~ ^[0-9]+$ ]] || die "--seq must be a non-negative integer, not '$SEQ'"
+[ -z "$TRUNK" ] || [ -f "$TRUNK" ] || die "--trunk $TRUNK: no such file"
 for p in "$PRECISION" "$TORCH_PRECISION"; do
   [[ "$p" == fp32 || "$p" == bf16 ]] || die "precisions are fp32 or bf16, not '$p'"
 done
@@ -103,7 +115,8 @@ torch_best=""
 for ((run = 1; run <= REPEAT; run++)); do
   echo "== graft (run $run/$REPEAT)"
   graft_out="$("$GRAFT" bench step --preset "$PRESET" --method "$METHOD" --threads "$THREADS" \
-    --batch "$BATCH" --steps "$STEPS" --precision "$PRECISION")" || die "graft bench step failed"
+    --batch "$BATCH" --steps "$STEPS" --precision "$PRECISION" --trunk "$TRUNK" --seq "$SEQ")" ||
+    die "graft bench step failed"
   echo "$graft_out"
   graft_tps="$(echo "$graft_out" | field tokens_per_s)"
   [ -n "$graft_tps" ] || die "no tokens_per_s in graft's output"
@@ -112,7 +125,8 @@ for ((run = 1; run <= REPEAT; run++)); do
   echo "== pytorch (run $run/$REPEAT)"
   torch_out="$(OMP_NUM_THREADS="$THREADS" "$PYTHON" "$ROOT/scripts/bench_torch.py" \
     --preset "$PRESET" --method "$METHOD" --threads "$THREADS" --batch "$BATCH" \
-    --steps "$STEPS" --precision "$TORCH_PRECISION" --model "$TORCH_MODEL")" ||
+    --steps "$STEPS" --precision "$TORCH_PRECISION" --model "$TORCH_MODEL" --seq "$SEQ" \
+    ${TRUNK:+--trunk "$TRUNK"})" ||
     die "the PyTorch benchmark failed (see above)"
   echo "$torch_out"
   torch_tps="$(echo "$torch_out" | field tokens_per_s)"

@@ -19,6 +19,10 @@ block, trunk frozen); adapter (width 16 after every block); red. With a
 frozen trunk only the modules' parameters have requires_grad, so autograd
 computes no trunk weight gradient.
 
+--trunk FILE takes the model's shape (not its weights) from a checkpoint:
+graft's metadata, or the config.json beside a Hugging Face GPT-2
+model.safetensors; --seq N sets the sequence length (default: the context).
+
 --model nanogpt times scripts/nanogpt_torch.py instead: a second GPT-2,
 written independently from PyTorch's stock modules (nn.Linear, nn.GELU,
 torch.optim.AdamW, clip_grad_norm_), full fine-tuning only: a check that the
@@ -29,12 +33,14 @@ Prints a line of settings, then `tokens_per_s=<N>` as the last line.
 Usage: /usr/bin/python3 scripts/bench_torch.py [--preset small]
        [--method full|lora|adapter|red] [--threads 2] [--batch 16]
        [--warmup 3] [--steps 10] [--seed 1] [--precision fp32|bf16]
-       [--model ref|nanogpt]
+       [--model ref|nanogpt] [--trunk FILE] [--seq N]
 """
 
 import argparse
 import contextlib
+import json
 import os
+import struct
 import sys
 import time
 
@@ -45,6 +51,20 @@ import torch  # noqa: E402
 
 import gpt2_ref  # noqa: E402
 import nanogpt_torch  # noqa: E402
+
+
+def trunk_config(path):
+    """The model shape of a checkpoint: graft's config.* metadata, else the
+    Hugging Face config.json beside it."""
+    with open(path, "rb") as f:  # the header only: the weights are not needed
+        (n,) = struct.unpack("<Q", f.read(8))
+        meta = json.loads(f.read(n)).get("__metadata__") or {}
+    if "config.V" in meta:
+        return {k: int(meta["config." + k]) for k in ("V", "T", "L", "NH", "C")}
+    with open(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")) as f:
+        hf = json.load(f)
+    return dict(V=hf["vocab_size"], T=hf["n_positions"], L=hf["n_layer"], NH=hf["n_head"],
+                C=hf["n_embd"])
 
 
 def main():
@@ -58,6 +78,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--model", default="ref", choices=["ref", "nanogpt"])
+    ap.add_argument("--trunk", help="checkpoint whose model shape to time (instead of --preset)")
+    ap.add_argument("--seq", type=int, default=0, help="tokens per sequence (0: the context)")
     args = ap.parse_args()
     if args.threads < 1 or args.batch < 1 or args.steps < 1 or args.warmup < 0:
         ap.error("--threads, --batch and --steps must be >= 1, --warmup >= 0")
@@ -66,7 +88,9 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    cfg = gpt2_ref.PRESETS[args.preset]
+    cfg = trunk_config(args.trunk) if args.trunk else gpt2_ref.PRESETS[args.preset]
+    if args.seq < 0 or args.seq > cfg["T"]:
+        ap.error(f"--seq must be 0..{cfg['T']} (the model's context)")
     if args.model == "nanogpt":
         model, train_step = nanogpt_torch.make(cfg)
         nparams = sum(p.numel() for p in model.parameters())
@@ -82,9 +106,9 @@ def main():
         def train_step(inputs, targets):
             return gpt2_ref.train_step(model, opt, inputs, targets, d["grad_clip"])[0]
 
-    B, T = args.batch, cfg["T"]
+    B, T = args.batch, args.seq or cfg["T"]
     g = torch.Generator().manual_seed(args.seed)
-    tokens = torch.randint(0, 256, (B * T + 1,), generator=g)
+    tokens = torch.randint(0, 256 if cfg["V"] < 1024 else cfg["V"] - 1, (B * T + 1,), generator=g)
     inputs, targets = tokens[:-1].view(B, T), tokens[1:].view(B, T)
 
     def precision():
@@ -103,7 +127,8 @@ def main():
 
     tps = args.steps * B * T / elapsed
     ntrain = sum(p.numel() for p in trainable)
-    print(f"preset={args.preset} method={args.method} model={args.model} "
+    print(f"{'trunk=' + args.trunk if args.trunk else 'preset=' + args.preset} "
+          f"method={args.method} model={args.model} "
           f"precision={args.precision} "
           f"threads={torch.get_num_threads()} "
           f"batch={B} seq={T} params={nparams} trainable={ntrain} loss={loss:.4f} "

@@ -14,6 +14,7 @@
 #  - a classification task trains and predict prints a label;
 #  - a grafting mask from a full fine-tuning records the tokenizer, so that
 #    predict applies it to the GPT-2 trunk;
+#  - graft bench step --trunk times its model;
 #  - without merges.txt the trunk is refused, naming the file.
 # Usage: test_gpt2_hf.sh GRAFT_BINARY SOURCE_DIR BUILD_DIR
 set -eu
@@ -117,6 +118,12 @@ set -- --tasks "$TASKS" --trunk "$T/hf/model.safetensors" --seq 64 --batch 16 --
   --text "translate: 猫" >"$T/graft.out" 2>"$T/err" ||
   fail "graft predict with a mask: $(tail -3 "$T/err")"
 echo "grafting: $(grep '^graft 0.01' "$T/graft.log")"
+
+# graft bench step times the checkpoint's model
+"$GRAFT" bench step --trunk "$T/hf/model.safetensors" --seq 32 --batch 4 --method lora \
+  --warmup 0 --steps 1 --threads 1 >"$T/bench.out" 2>"$T/err" || fail "bench step: $(cat "$T/err")"
+grep -q "^trunk=$T/hf/model.safetensors method=lora .* params=3320640 " "$T/bench.out" &&
+  grep -Eq '^tokens_per_s=[0-9]+ mfu=' "$T/bench.out" || fail "bench step printed: $(cat "$T/bench.out")"
 
 # the vocabulary must be there and must fit the embedding
 rm "$T/hf/merges.txt"
