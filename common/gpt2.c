@@ -694,6 +694,16 @@ static int read_hf_config(const graft_st_file_t *f, graft_gpt2_config_t *cfg) {
         rc = GRAFT_EFORMAT;
     }
     cfg->tokenizer = GRAFT_TOKENIZER_GPT2;
+    /* What graft computes; a config that asks for something else is refused. */
+    const char *act = json_string_value(json_object_get(root, "activation_function"));
+    json_t *eps = json_object_get(root, "layer_norm_epsilon"), *inner = json_object_get(root, "n_inner");
+    if (rc == GRAFT_OK && ((act && strcmp(act, "gelu_new") != 0) ||
+                           (json_is_number(eps) && fabs(json_number_value(eps) - 1e-5) > 1e-12) ||
+                           (json_is_integer(inner) && json_integer_value(inner) != 4 * cfg->C))) {
+        LOG_ERROR("%s: graft's GPT-2 has activation_function gelu_new, layer_norm_epsilon 1e-5 "
+                  "and n_inner 4 x n_embd; this config differs", path);
+        rc = GRAFT_EFORMAT;
+    }
     json_decref(root);
     return rc;
 }

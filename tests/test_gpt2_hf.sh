@@ -14,8 +14,11 @@
 #  - a classification task trains and predict prints a label;
 #  - a grafting mask from a full fine-tuning records the tokenizer, so that
 #    predict applies it to the GPT-2 trunk;
+#  - the same weights as pytorch_model.bin, converted by
+#    scripts/hf-bin-to-safetensors.py, evaluate to the same line;
 #  - graft bench step --trunk times its model;
-#  - without merges.txt the trunk is refused, naming the file.
+#  - a config.json with another activation, or without merges.txt, the
+#    trunk is refused, naming the file.
 # Usage: test_gpt2_hf.sh GRAFT_BINARY SOURCE_DIR BUILD_DIR
 set -eu
 GRAFT="$1"
@@ -119,11 +122,39 @@ set -- --tasks "$TASKS" --trunk "$T/hf/model.safetensors" --seq 64 --batch 16 --
   fail "graft predict with a mask: $(tail -3 "$T/err")"
 echo "grafting: $(grep '^graft 0.01' "$T/graft.log")"
 
+# a pytorch_model.bin folder, converted by scripts/hf-bin-to-safetensors.py
+mkdir "$T/bin"
+cp "$T/hf/config.json" "$T/hf/vocab.json" "$T/hf/merges.txt" "$T/bin/"
+/usr/bin/python3 - "$SRC" "$T" <<'PY' || fail "cannot write pytorch_model.bin"
+import sys, torch
+sys.path.insert(0, sys.argv[1] + "/tests/pytorch")
+import gpt2_ref
+tensors, _ = gpt2_ref.read_safetensors(sys.argv[2] + "/hf/model.safetensors")
+torch.save({k: torch.from_numpy(v.copy()) for k, v in tensors.items()},
+           sys.argv[2] + "/bin/pytorch_model.bin")
+PY
+/usr/bin/python3 "$SRC/scripts/hf-bin-to-safetensors.py" "$T/bin" >/dev/null ||
+  fail "hf-bin-to-safetensors.py failed"
+"$GRAFT" eval --trunk "$T/bin/model.safetensors" --tasks "$TASKS" --seq 64 --batch 16 \
+  --gen_tokens 8 --threads 1 --eval_max 0 --method head >"$T/bin.out" 2>"$T/err" ||
+  fail "graft eval of the converted checkpoint: $(tail -3 "$T/err")"
+[ "$(grep '^words ' "$T/bin.out")" = "$(grep '^words ' "$T/plain.out")" ] ||
+  fail "converted: '$(grep '^words ' "$T/bin.out")', original: '$(grep '^words ' "$T/plain.out")'"
+
 # graft bench step times the checkpoint's model
 "$GRAFT" bench step --trunk "$T/hf/model.safetensors" --seq 32 --batch 4 --method lora \
   --warmup 0 --steps 1 --threads 1 >"$T/bench.out" 2>"$T/err" || fail "bench step: $(cat "$T/err")"
 grep -q "^trunk=$T/hf/model.safetensors method=lora .* params=3320640 " "$T/bench.out" &&
   grep -Eq '^tokens_per_s=[0-9]+ mfu=' "$T/bench.out" || fail "bench step printed: $(cat "$T/bench.out")"
+
+# a config asking for another architecture is refused, naming the file
+sed 's/"gelu_new"/"relu"/' "$T/hf/config.json" >"$T/config.relu" && cp "$T/hf/config.json" "$T/config.ok"
+cp "$T/config.relu" "$T/hf/config.json"
+if "$GRAFT" eval --trunk "$T/hf/model.safetensors" --tasks "$TASKS" --method head \
+  >/dev/null 2>"$T/err"; then fail "loaded a relu config"; fi
+grep -q "config.json: graft's GPT-2 has activation_function gelu_new" "$T/err" ||
+  fail "no word of the activation in: $(cat "$T/err")"
+cp "$T/config.ok" "$T/hf/config.json"
 
 # the vocabulary must be there and must fit the embedding
 rm "$T/hf/merges.txt"
