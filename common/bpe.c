@@ -315,17 +315,23 @@ const char *graft_bpe_token_bytes(const graft_bpe_t *b, int32_t id, size_t *len)
 
 /* ---- encoding -------------------------------------------------------------- */
 
-/* One piece's tokens appended at out[w..] (those past cap counted, not
- * written): its bytes, then the lowest-ranked adjacent pair merged (the
- * leftmost of equals) until no pair is a merge. Merging one pair at a time
- * gives encoder.py's result, which merges every occurrence of the pair in
- * one pass: a pair built from a merged token always ranks after it. */
-static size_t encode_piece(const graft_bpe_t *b, const unsigned char *p, size_t n, int32_t *out,
-                           size_t cap, size_t w) {
-    int32_t local[64];
-    int32_t *sym = n <= 64 ? local : graft_xmalloc(n * sizeof *sym);
-    for (size_t i = 0; i < n; i++) sym[i] = b->byte_token[p[i]];
-    size_t m = n;
+/* Appends sym[0..m) at out[w..] (those past cap counted, not written). */
+static size_t put_tokens(const int32_t *sym, size_t m, int32_t *out, size_t cap, size_t w) {
+    for (size_t i = 0; i < m; i++, w++)
+        if (w < cap) out[w] = sym[i];
+    return w;
+}
+
+/* A piece's BPE: its bytes, then the lowest-ranked adjacent pair merged
+ * (the leftmost of equals) until no pair is a merge. Merging one pair at a
+ * time gives encoder.py's result, which merges every occurrence of the
+ * pair in one pass: a pair built from a merged token always ranks after
+ * it. Two implementations of that rule: a rescan of all pairs per merge
+ * for the short pieces that are nearly all of them, and a heap for long
+ * ones (a run of thousands of letters would be quadratic). */
+
+/* Short pieces: sym (m) merged in place; returns the tokens left. */
+static size_t merge_by_scan(const graft_bpe_t *b, int32_t *sym, size_t m) {
     for (;;) {
         const merge_slot_t *best = NULL;
         size_t at = 0;
@@ -336,13 +342,99 @@ static size_t encode_piece(const graft_bpe_t *b, const unsigned char *p, size_t 
                 at = i;
             }
         }
-        if (!best) break;
+        if (!best) return m;
         sym[at] = best->id;
         memmove(sym + at + 1, sym + at + 2, (m - at - 2) * sizeof *sym);
         m--;
     }
-    for (size_t i = 0; i < m; i++, w++)
-        if (w < cap) out[w] = sym[i];
+}
+
+/* A candidate merge of the pair that starts at symbol pos, by rank then pos. */
+typedef struct {
+    int32_t rank;
+    uint32_t pos;
+} candidate_t;
+
+static int candidate_before(candidate_t a, candidate_t b) {
+    return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos);
+}
+
+static void heap_push(candidate_t *h, size_t *n, candidate_t c) {
+    size_t i = (*n)++;
+    for (; i > 0 && candidate_before(c, h[(i - 1) / 2]); i = (i - 1) / 2) h[i] = h[(i - 1) / 2];
+    h[i] = c;
+}
+
+static candidate_t heap_pop(candidate_t *h, size_t *n) {
+    candidate_t top = h[0], last = h[--*n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && candidate_before(h[c + 1], h[c])) c++;
+        if (!candidate_before(h[c], last)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n) h[i] = last;
+    return top;
+}
+
+/* Long pieces: symbols in a linked list (next, prev; a merged-away symbol
+ * has id -1), candidates in a heap; a candidate whose pair has changed
+ * since it was pushed is dropped when it comes up. Returns the tokens left,
+ * compacted to the front of sym. */
+static size_t merge_by_heap(const graft_bpe_t *b, int32_t *sym, size_t m) {
+    uint32_t *next = graft_xmalloc(m * sizeof *next), *prev = graft_xmalloc(m * sizeof *prev);
+    candidate_t *heap = graft_xmalloc(m * 2 * sizeof *heap); /* m - 1 pairs + one per merge */
+    size_t n = 0;
+    for (size_t i = 0; i < m; i++) {
+        next[i] = (uint32_t)(i + 1);
+        prev[i] = (uint32_t)(i - 1); /* prev[0] wraps: never read */
+    }
+    for (size_t i = 0; i + 1 < m; i++) {
+        const merge_slot_t *s = merge_slot(b, pair_key(sym[i], sym[i + 1]));
+        if (s->key != EMPTY_KEY) heap_push(heap, &n, (candidate_t){s->rank, (uint32_t)i});
+    }
+    while (n > 0) {
+        candidate_t c = heap_pop(heap, &n);
+        uint32_t i = c.pos, j = next[i];
+        if (sym[i] < 0 || j >= m) continue;
+        const merge_slot_t *s = merge_slot(b, pair_key(sym[i], sym[j]));
+        if (s->key == EMPTY_KEY || s->rank != c.rank) continue; /* the pair has changed */
+        sym[i] = s->id;
+        sym[j] = -1;
+        next[i] = next[j];
+        if (next[i] < m) prev[next[i]] = i;
+        if (i > 0 && sym[prev[i]] >= 0) {
+            const merge_slot_t *l = merge_slot(b, pair_key(sym[prev[i]], sym[i]));
+            if (l->key != EMPTY_KEY) heap_push(heap, &n, (candidate_t){l->rank, prev[i]});
+        }
+        if (next[i] < m) {
+            const merge_slot_t *r = merge_slot(b, pair_key(sym[i], sym[next[i]]));
+            if (r->key != EMPTY_KEY) heap_push(heap, &n, (candidate_t){r->rank, i});
+        }
+    }
+    size_t left = 0;
+    for (size_t i = 0; i < m; i++)
+        if (sym[i] >= 0) sym[left++] = sym[i];
+    free(next);
+    free(prev);
+    free(heap);
+    return left;
+}
+
+/* Pieces up to this many bytes are merged by rescanning. */
+#define SCAN_MAX 128
+
+/* One piece's tokens appended at out[w..] (those past cap counted). */
+static size_t encode_piece(const graft_bpe_t *b, const unsigned char *p, size_t n, int32_t *out,
+                           size_t cap, size_t w) {
+    int32_t local[SCAN_MAX];
+    int32_t *sym = n <= SCAN_MAX ? local : graft_xmalloc(n * sizeof *sym);
+    for (size_t i = 0; i < n; i++) sym[i] = b->byte_token[p[i]];
+    size_t m = n <= SCAN_MAX ? merge_by_scan(b, sym, n) : merge_by_heap(b, sym, n);
+    w = put_tokens(sym, m, out, cap, w);
     if (sym != local) free(sym);
     return w;
 }

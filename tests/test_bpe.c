@@ -129,6 +129,18 @@ static void test_small_vocab_merges(void **state) {
     check_encode(b, "ababa the", 9, (const int32_t[]){259, 259, 'a', 258}, 4);
     /* "aaab" : only the last pair is a merge */
     check_encode(b, "aaab", 4, (const int32_t[]){'a', 'a', 259}, 3);
+    /* A piece longer than the rescan limit takes the heap: "ab" x 150 merges
+     * into 150 tokens, and "hehe...h" into "he" tokens and a last "h". */
+    char longp[301];
+    int32_t want[150];
+    for (int i = 0; i < 300; i++) longp[i] = i % 2 ? 'b' : 'a';
+    for (int i = 0; i < 150; i++) want[i] = 259;
+    check_encode(b, longp, 300, want, 150);
+    for (int i = 0; i < 301; i++) longp[i] = i % 2 ? 'e' : 'h';
+    int32_t want_he[151];
+    for (int i = 0; i < 150; i++) want_he[i] = 257;
+    want_he[150] = 'h';
+    check_encode(b, longp, 301, want_he, 151);
     /* The literal text of the special token is text, not the token. */
     int32_t ids[32];
     size_t n = graft_bpe_encode(b, "<|endoftext|>", 13, ids, 32);
