@@ -21,6 +21,7 @@ int cmd_mpi(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_data(int argc, char **argv);
 int cmd_mask(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
 
 /* `graft train` and `graft eval` with --method graft (cli/graft.c). */
 int cli_train_graft(const graft_run_config_t *cfg);

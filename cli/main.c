@@ -24,6 +24,7 @@ static const command_t commands[] = {
     {"mpi", cmd_mpi, "federated run under mpirun: rank 0 coordinates, the rest work"},
     {"data", cmd_data, "task data: `data prepare` (the real tasks), `data shard` (client shards)"},
     {"mask", cmd_mask, "sparse grafting masks: `graft mask overlap` (Jaccard matrix), `show`"},
+    {"tokenize", cmd_tokenize, "token ids of texts under a trunk's tokenizer (byte or GPT-2 BPE)"},
     {"keygen", cmd_keygen, "write a CurveZMQ keypair for a coordinator or a worker"},
     {"report", cmd_report, "summary table and PNG plots from runs' JSON-lines event logs"},
     {"bench", cmd_bench, "benchmarks: `graft bench step` (training step throughput)"},

@@ -16,7 +16,8 @@
 #    predict applies it to the GPT-2 trunk;
 #  - the same weights as pytorch_model.bin, converted by
 #    scripts/hf-bin-to-safetensors.py, evaluate to the same line;
-#  - graft bench step --trunk times its model;
+#  - graft bench step --trunk times its model; graft tokenize gives the
+#    reference encoder's ids;
 #  - a config.json with another activation, or without merges.txt, the
 #    trunk is refused, naming the file.
 # Usage: test_gpt2_hf.sh GRAFT_BINARY SOURCE_DIR BUILD_DIR
@@ -52,6 +53,22 @@ node "$SRC/tests/bpe/encode_ref.js" "$BUILD/gpt2-bpe/npm/package" "$T/texts.json
   >"$T/cases.json" || fail "the reference encoder failed"
 want=$(/usr/bin/python3 "$SRC/tests/pytorch/hf_gpt2.py" loss "$T/hf" "$T/cases.json" |
   sed -n 's/^loss //p')
+
+# graft tokenize under the checkpoint's tokenizer gives the reference's ids
+python3 -c 'import json, sys; [print(c["text"]) for c in json.load(open(sys.argv[1]))]' \
+  "$T/cases.json" >"$T/texts.txt"
+"$GRAFT" tokenize --trunk "$T/hf/model.safetensors" <"$T/texts.txt" >"$T/ids.txt" 2>"$T/err" ||
+  fail "graft tokenize: $(cat "$T/err")"
+python3 - "$T" <<'PY' || fail "graft tokenize's ids are not the reference encoder's"
+import json, sys
+d = sys.argv[1]
+want = [c["ids"] for c in json.load(open(f"{d}/cases.json"))]
+got = [[int(x) for x in l.split()] for l in open(f"{d}/ids.txt").read().split("\n")[:-1]]
+assert got == want, (got[:2], want[:2])
+PY
+[ "$("$GRAFT" tokenize --vocab "$T/hf" --count --text "Hello world" 2>/dev/null)" = 2 ] &&
+  [ "$("$GRAFT" tokenize --text "hé" 2>/dev/null)" = "104 195 169" ] ||
+  fail "graft tokenize --vocab/--count or the byte default"
 
 TASKS="words:generation:$T/words.tsv"
 set -- --tasks "$TASKS" --seq 64 --batch 16 --gen_tokens 8 --threads 1 --eval_max 0
