@@ -134,27 +134,45 @@ static void stream_reserve(graft_corpus_t *c, size_t *cap, size_t need) {
     *cap = ncap;
 }
 
-/* Appends the tokens of one file (preceded by EOS unless it is the first
- * non-empty file); empty files add nothing. */
-static int append_file(graft_corpus_t *c, size_t *cap, const char *path) {
+/* Appends n tokens, preceded by EOS when they follow another file's. */
+static void append_tokens(graft_corpus_t *c, size_t *cap, const int32_t *toks, size_t n,
+                          int32_t eos, int first_of_file) {
+    if (first_of_file && c->n > 0 && n > 0) {
+        stream_reserve(c, cap, c->n + 1);
+        c->tokens[c->n++] = (uint16_t)eos;
+    }
+    stream_reserve(c, cap, c->n + n);
+    for (size_t i = 0; i < n; i++) c->tokens[c->n + i] = (uint16_t)toks[i];
+    c->n += n;
+}
+
+/* Appends the tokens of one file; empty files add nothing. Bytes are read
+ * in chunks; BPE needs the whole text (a chunk boundary would cut words). */
+static int append_file(graft_corpus_t *c, size_t *cap, const char *path,
+                       const graft_tokenizer_t *tok) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         LOG_ERROR("corpus: cannot open %s: %s", path, strerror(errno));
         return GRAFT_EIO;
     }
-    char buf[8192];
-    int32_t toks[sizeof buf];
-    size_t start = c->n;
-    size_t got;
-    while ((got = fread(buf, 1, sizeof buf, f)) > 0) {
-        if (c->n == start && start > 0) {
-            stream_reserve(c, cap, c->n + 1);
-            c->tokens[c->n++] = GRAFT_TOK_EOS;
+    size_t start = c->n, chunk = 8192;
+    if (tok) { /* the whole file as one chunk */
+        long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+        if (size < 0 || fseek(f, 0, SEEK_SET) != 0) {
+            LOG_ERROR("corpus: cannot size %s: %s", path, strerror(errno));
+            fclose(f);
+            return GRAFT_EIO;
         }
-        size_t k = graft_tok_encode(buf, got, toks, got);
-        stream_reserve(c, cap, c->n + k);
-        for (size_t i = 0; i < k; i++) c->tokens[c->n + i] = (uint16_t)toks[i];
-        c->n += k;
+        chunk = (size_t)size + 1;
+    }
+    char *buf = graft_xmalloc(chunk);
+    int32_t *toks = graft_xmalloc(chunk * sizeof *toks);
+    size_t got;
+    int32_t eos = tok ? tok->eos : GRAFT_TOK_EOS;
+    while ((got = fread(buf, 1, chunk, f)) > 0) {
+        size_t k = tok ? graft_tokenizer_encode(tok, buf, got, toks, chunk)
+                       : graft_tok_encode(buf, got, toks, got);
+        append_tokens(c, cap, toks, k, eos, c->n == start);
     }
     int rc = GRAFT_OK;
     if (ferror(f)) {
@@ -162,12 +180,17 @@ static int append_file(graft_corpus_t *c, size_t *cap, const char *path) {
         rc = GRAFT_EIO;
     }
     fclose(f);
+    free(buf);
+    free(toks);
     if (c->n > start) c->n_files++;
     return rc;
 }
 
-int graft_corpus_load(const char *path, double heldout_frac, graft_corpus_t **out) {
+int graft_corpus_load(const char *path, double heldout_frac, const graft_tokenizer_t *tok,
+                      graft_corpus_t **out) {
     GRAFT_ASSERT(path && out);
+    if (tok && tok->kind == GRAFT_TOKENIZER_BYTE) tok = NULL; /* the chunked byte path */
+    GRAFT_ASSERT(!tok || tok->vocab <= 65536);
     if (!(heldout_frac >= 0.0 && heldout_frac < 1.0)) {
         LOG_ERROR("corpus: held-out fraction %g for %s is outside [0, 1)", heldout_frac, path);
         return GRAFT_EINVAL;
@@ -178,7 +201,7 @@ int graft_corpus_load(const char *path, double heldout_frac, graft_corpus_t **ou
     int rc = list_files(path, &files);
     if (rc != GRAFT_OK) goto fail;
     for (size_t i = 0; i < files.n; i++) {
-        rc = append_file(c, &cap, files.paths[i]);
+        rc = append_file(c, &cap, files.paths[i], tok);
         if (rc != GRAFT_OK) goto fail;
     }
     if (c->n == 0) {

@@ -1,9 +1,9 @@
 /* corpus.h — a pretraining text corpus for language-model training of the
  * trunk. A file, or every regular file under a directory (recursively,
  * hidden files and folders skipped, in strcmp order of the full path so that
- * the stream is the same on every machine), is tokenized with the byte
- * tokenizer into one token stream, with GRAFT_TOK_EOS between consecutive
- * files. The last heldout_frac of the stream is the held-out split; the rest
+ * the stream is the same on every machine), is tokenized into one token
+ * stream with the trunk's tokenizer (bytes, or GPT-2's BPE file by file),
+ * with its EOS between consecutive files. The last heldout_frac of the stream is the held-out split; the rest
  * is the train split.
  *
  *   train: random windows, graft_corpus_sample()
@@ -21,17 +21,20 @@
 
 #include "graft.h"
 #include "rng.h"
+#include "tokenizer.h"
 
 typedef struct graft_corpus graft_corpus_t;
 
 enum { GRAFT_CORPUS_TRAIN = 0, GRAFT_CORPUS_HELDOUT = 1 };
 
-/* Loads path (a text file or a directory) and splits it; heldout_frac is in
+/* Loads path (a text file or a directory) with tokenizer tok (NULL: the
+ * byte tokenizer; ids must fit 16 bits) and splits it; heldout_frac is in
  * [0, 1). Returns GRAFT_OK and sets *out, or a negative GRAFT_E* code after
  * logging what went wrong and where: GRAFT_EIO for a missing or unreadable
  * path, GRAFT_EFORMAT for a corpus with no bytes in it, GRAFT_EINVAL for a
  * bad heldout_frac. *out is untouched on failure. */
-int graft_corpus_load(const char *path, double heldout_frac, graft_corpus_t **out);
+int graft_corpus_load(const char *path, double heldout_frac, const graft_tokenizer_t *tok,
+                      graft_corpus_t **out);
 
 void graft_corpus_destroy(graft_corpus_t **self_p);
 

@@ -18,7 +18,12 @@ const graft_option_t graft_pretrain_options[] = {
      "checkpoint to write (atomically, every --checkpoint_every steps and at the end)"},
     {"resume", GRAFT_OPT_STRING, OFF(resume), "", 0, -1,
      "resume from this checkpoint (written by a previous run with the same settings)"},
-    {"init", GRAFT_OPT_STRING, OFF(init), "", 0, -1, "start from these weights instead of random"},
+    {"init", GRAFT_OPT_STRING, OFF(init), "", 0, -1,
+     "start from these weights instead of random (and use their tokenizer)"},
+    {"vocab", GRAFT_OPT_STRING, OFF(vocab), "", 0, -1,
+     "pretrain with GPT-2's BPE from this folder (vocab.json, merges.txt): the preset's "
+     "vocabulary becomes its 50257 tokens, and the checkpoint gets the files beside it; empty: "
+     "the byte tokenizer"},
     {"steps", GRAFT_OPT_INT, OFF(steps), "2000", 1, 1e9, "optimiser steps"},
     {"batch", GRAFT_OPT_INT, OFF(batch), "16", 1, 4096, "sequences per step"},
     {"seq", GRAFT_OPT_INT, OFF(seq), "0", 0, 65536, "sequence length (0: the preset's context)"},
@@ -108,6 +113,11 @@ static int save_checkpoint(trainer_t *tr, const char *path) {
     const char *vals[] = {step, state, inc, seed};
     int rc = graft_mkdirs_for(path);
     if (rc == GRAFT_OK) rc = graft_gpt2_save(tr->model, path, extra, 2, keys, vals, 4);
+    if (rc == GRAFT_OK) { /* a GPT-2 tokenizer's files go beside the checkpoint */
+        char dir[4096];
+        graft_path_dir(path, dir, sizeof dir);
+        rc = graft_tokenizer_save_files(tr->model->tok, dir);
+    }
     if (rc == GRAFT_OK) LOG_INFO("checkpoint: step %d -> %s", tr->step, path);
     return rc;
 }
@@ -174,19 +184,27 @@ static int setup(trainer_t *tr, const graft_pretrain_config_t *cfg) {
         LOG_ERROR("--seq %d exceeds the %s preset's context of %d", tr->T, cfg->preset, mc.T);
         return GRAFT_EINVAL;
     }
-    int rc = graft_corpus_load(cfg->data, cfg->heldout, &tr->corpus);
-    if (rc) return rc;
+    int rc;
+    if (*cfg->init && *cfg->vocab) {
+        LOG_ERROR("--init brings its own tokenizer: drop --vocab");
+        return GRAFT_EINVAL;
+    }
     if (*cfg->init) {
         rc = graft_gpt2_load(cfg->init, &tr->model);
         if (rc) return rc;
-        if (tr->model->cfg.tokenizer != GRAFT_TOKENIZER_BYTE) {
-            LOG_ERROR("%s: pretraining reads its corpus as bytes, and this trunk's tokenizer is "
-                      "%s", cfg->init, graft_tokenizer_kind_name(tr->model->cfg.tokenizer));
-            return GRAFT_EINVAL;
-        }
+    } else if (*cfg->vocab) {
+        graft_tokenizer_t *tok = NULL;
+        rc = graft_tokenizer_load_gpt2(cfg->vocab, &tok);
+        if (rc) return rc;
+        mc.V = tok->vocab;
+        mc.tokenizer = GRAFT_TOKENIZER_GPT2;
+        tr->model = graft_gpt2_new(&mc, (uint64_t)cfg->seed);
+        tr->model->tok = tok;
     } else {
         tr->model = graft_gpt2_new(&mc, (uint64_t)cfg->seed);
     }
+    rc = graft_corpus_load(cfg->data, cfg->heldout, tr->model->tok, &tr->corpus);
+    if (rc) return rc;
     rc = graft_gpt2_set_precision(tr->model, cfg->precision);
     if (rc) return rc;
     graft_gpt2_enable_grads(tr->model);

@@ -18,6 +18,7 @@ typedef struct {
     char out[GRAFT_OPT_STR];
     char resume[GRAFT_OPT_STR];
     char init[GRAFT_OPT_STR];
+    char vocab[GRAFT_OPT_STR]; /* GPT-2's BPE files; empty: bytes (or --init's tokenizer) */
     int steps;
     int batch;
     int seq;

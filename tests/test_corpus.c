@@ -93,7 +93,7 @@ static void test_load_dir_order_and_separators(void **state) {
     fixture_t *fx = *state;
     make_mixed_dir(fx->dir);
     graft_corpus_t *c = NULL;
-    assert_int_equal(graft_corpus_load(fx->dir, 0.0, &c), GRAFT_OK);
+    assert_int_equal(graft_corpus_load(fx->dir, 0.0, NULL, &c), GRAFT_OK);
     assert_non_null(c);
     assert_int_equal(graft_corpus_files(c), 4);
     assert_int_equal(graft_corpus_size(c, GRAFT_CORPUS_TRAIN), MIXED_N);
@@ -107,7 +107,7 @@ static void test_load_dir_order_and_separators(void **state) {
     /* A trailing slash names the same directory. */
     char slash[80];
     snprintf(slash, sizeof slash, "%s/", fx->dir);
-    assert_int_equal(graft_corpus_load(slash, 0.0, &c), GRAFT_OK);
+    assert_int_equal(graft_corpus_load(slash, 0.0, NULL, &c), GRAFT_OK);
     assert_stream(c, mixed_stream, MIXED_N);
     graft_corpus_destroy(&c);
 }
@@ -117,7 +117,7 @@ static void test_heldout_split_boundary(void **state) {
     make_mixed_dir(fx->dir);
     graft_corpus_t *c = NULL;
     /* 14 tokens, 25% held out: floor(3.5) = 3 tokens, exactly "xyz". */
-    assert_int_equal(graft_corpus_load(fx->dir, 0.25, &c), GRAFT_OK);
+    assert_int_equal(graft_corpus_load(fx->dir, 0.25, NULL, &c), GRAFT_OK);
     assert_int_equal(graft_corpus_size(c, GRAFT_CORPUS_TRAIN), 11);
     assert_int_equal(graft_corpus_size(c, GRAFT_CORPUS_HELDOUT), 3);
     const uint16_t *held = graft_corpus_tokens(c, GRAFT_CORPUS_HELDOUT);
@@ -137,7 +137,7 @@ static void test_heldout_split_boundary(void **state) {
     graft_corpus_destroy(&c);
 
     /* 50% of 14 is 7: the boundary falls inside "hello". */
-    assert_int_equal(graft_corpus_load(fx->dir, 0.5, &c), GRAFT_OK);
+    assert_int_equal(graft_corpus_load(fx->dir, 0.5, NULL, &c), GRAFT_OK);
     assert_int_equal(graft_corpus_size(c, GRAFT_CORPUS_TRAIN), 7);
     assert_int_equal(graft_corpus_size(c, GRAFT_CORPUS_HELDOUT), 7);
     assert_int_equal(graft_corpus_tokens(c, GRAFT_CORPUS_HELDOUT)[0], 'l');
@@ -150,7 +150,7 @@ static void test_load_single_file(void **state) {
     char path[128];
     snprintf(path, sizeof path, "%s/b.txt", fx->dir);
     graft_corpus_t *c = NULL;
-    assert_int_equal(graft_corpus_load(path, 0.0, &c), GRAFT_OK);
+    assert_int_equal(graft_corpus_load(path, 0.0, NULL, &c), GRAFT_OK);
     assert_int_equal(graft_corpus_files(c), 1);
     const int32_t want[] = {'h', 'e', 'l', 'l', 'o'};
     assert_stream(c, want, 5);
@@ -164,7 +164,7 @@ static graft_corpus_t *load_ramp(const char *dir) {
     for (int i = 0; i < 250; i++) ramp[i] = (unsigned char)i;
     write_file(dir, "ramp.bin", ramp, sizeof ramp);
     graft_corpus_t *c = NULL;
-    assert_int_equal(graft_corpus_load(dir, 0.2, &c), GRAFT_OK);
+    assert_int_equal(graft_corpus_load(dir, 0.2, NULL, &c), GRAFT_OK);
     assert_int_equal(graft_corpus_size(c, GRAFT_CORPUS_TRAIN), 200);
     assert_int_equal(graft_corpus_size(c, GRAFT_CORPUS_HELDOUT), 50);
     return c;
@@ -241,36 +241,36 @@ static void test_errors(void **state) {
     char path[128];
 
     snprintf(path, sizeof path, "%s/no/such/path", fx->dir);
-    assert_int_equal(graft_corpus_load(path, 0.05, &c), GRAFT_EIO);
+    assert_int_equal(graft_corpus_load(path, 0.05, NULL, &c), GRAFT_EIO);
     assert_null(c);
 
     /* An empty directory, then one with only empty and hidden files. */
-    assert_int_equal(graft_corpus_load(fx->dir, 0.05, &c), GRAFT_EFORMAT);
+    assert_int_equal(graft_corpus_load(fx->dir, 0.05, NULL, &c), GRAFT_EFORMAT);
     assert_null(c);
     write_file(fx->dir, "empty.txt", "", 0);
     write_file(fx->dir, ".hidden", "text", 4);
     make_subdir(fx->dir, "sub");
-    assert_int_equal(graft_corpus_load(fx->dir, 0.05, &c), GRAFT_EFORMAT);
+    assert_int_equal(graft_corpus_load(fx->dir, 0.05, NULL, &c), GRAFT_EFORMAT);
     assert_null(c);
     snprintf(path, sizeof path, "%s/empty.txt", fx->dir);
-    assert_int_equal(graft_corpus_load(path, 0.05, &c), GRAFT_EFORMAT);
+    assert_int_equal(graft_corpus_load(path, 0.05, NULL, &c), GRAFT_EFORMAT);
     assert_null(c);
 
     /* Held-out fractions outside [0, 1). */
     write_file(fx->dir, "a.txt", "abc", 3);
-    assert_int_equal(graft_corpus_load(fx->dir, 1.0, &c), GRAFT_EINVAL);
-    assert_int_equal(graft_corpus_load(fx->dir, -0.1, &c), GRAFT_EINVAL);
+    assert_int_equal(graft_corpus_load(fx->dir, 1.0, NULL, &c), GRAFT_EINVAL);
+    assert_int_equal(graft_corpus_load(fx->dir, -0.1, NULL, &c), GRAFT_EINVAL);
     assert_null(c);
 
     /* An unreadable file (root reads everything, so only as a user). */
     if (geteuid() != 0) {
         snprintf(path, sizeof path, "%s/a.txt", fx->dir);
         assert_int_equal(chmod(path, 0), 0);
-        assert_int_equal(graft_corpus_load(fx->dir, 0.05, &c), GRAFT_EIO);
+        assert_int_equal(graft_corpus_load(fx->dir, 0.05, NULL, &c), GRAFT_EIO);
         assert_null(c);
         assert_int_equal(chmod(path, 0644), 0);
     }
-    assert_int_equal(graft_corpus_load(fx->dir, 0.0, &c), GRAFT_OK);
+    assert_int_equal(graft_corpus_load(fx->dir, 0.0, NULL, &c), GRAFT_OK);
     assert_int_equal(graft_corpus_size(c, GRAFT_CORPUS_TRAIN), 3);
     graft_corpus_destroy(&c);
 }

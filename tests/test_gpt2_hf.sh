@@ -18,6 +18,8 @@
 #    scripts/hf-bin-to-safetensors.py, evaluate to the same line;
 #  - graft bench step --trunk times its model; graft tokenize gives the
 #    reference encoder's ids;
+#  - graft pretrain --vocab makes a BPE trunk whose held-out loss falls and
+#    that --init continues;
 #  - a config.json with another activation, or without merges.txt, the
 #    trunk is refused, naming the file.
 # Usage: test_gpt2_hf.sh GRAFT_BINARY SOURCE_DIR BUILD_DIR
@@ -163,6 +165,24 @@ PY
   --warmup 0 --steps 1 --threads 1 >"$T/bench.out" 2>"$T/err" || fail "bench step: $(cat "$T/err")"
 grep -q "^trunk=$T/hf/model.safetensors method=lora .* params=3320640 " "$T/bench.out" &&
   grep -Eq '^tokens_per_s=[0-9]+ mfu=' "$T/bench.out" || fail "bench step printed: $(cat "$T/bench.out")"
+
+# graft pretrain --vocab: a tiny BPE trunk from scratch on text files, its
+# held-out loss falls, the vocabulary is written beside it, --init resumes it
+mkdir -p "$T/corpus"
+cp "$SRC/README.md" "$SRC/docs/results.md" "$T/corpus/"
+"$GRAFT" pretrain --preset tiny --vocab "$BUILD/gpt2-bpe" --data "$T/corpus" --steps 30 \
+  --eval_every 30 --batch 8 --threads 1 --out "$T/pre/trunk.safetensors" >"$T/pre.out" \
+  2>"$T/pre.err" || fail "graft pretrain --vocab: $(tail -3 "$T/pre.err")"
+python3 - "$T/pre.out" <<'PY' || fail "pretraining did not lower the held-out loss: $(cat "$T/pre.out")"
+import re, sys
+m = re.search(r"initial_eval_loss=(\S+) eval_loss=(\S+)", open(sys.argv[1]).read())
+assert float(m.group(2)) < float(m.group(1)) - 0.05, m.groups()
+PY
+cmp -s "$T/pre/vocab.json" "$BUILD/gpt2-bpe/vocab.json" || fail "no vocab.json beside the pretrained trunk"
+"$GRAFT" pretrain --init "$T/pre/trunk.safetensors" --preset tiny --data "$T/corpus" --steps 2 \
+  --eval_every 2 --batch 8 --threads 1 --out "$T/pre2/trunk.safetensors" >/dev/null 2>"$T/err" ||
+  fail "graft pretrain --init a BPE trunk: $(tail -3 "$T/err")"
+echo "pretrain --vocab: $(cat "$T/pre.out")"
 
 # a config asking for another architecture is refused, naming the file
 sed 's/"gelu_new"/"relu"/' "$T/hf/config.json" >"$T/config.relu" && cp "$T/hf/config.json" "$T/config.ok"
