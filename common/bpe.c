@@ -125,8 +125,10 @@ static int load_vocab(graft_bpe_t *b, const char *path, const int byte_of[MAPPED
     json_error_t jerr;
     json_t *root = json_load_file(path, 0, &jerr);
     if (!root) {
-        LOG_ERROR("%s: cannot read the GPT-2 vocabulary: %s (line %d)", path, jerr.text,
-                  jerr.line);
+        if (jerr.line > 0)
+            LOG_ERROR("%s:%d: not GPT-2's vocabulary JSON: %s", path, jerr.line, jerr.text);
+        else
+            LOG_ERROR("%s: cannot read the GPT-2 vocabulary: %s", path, jerr.text);
         return GRAFT_EFORMAT;
     }
     int rc = GRAFT_EFORMAT;
