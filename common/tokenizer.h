@@ -35,8 +35,9 @@ typedef struct {
     char dir[4096];            /* gpt2: the folder its files came from */
 } graft_tokenizer_t;
 
-/* "byte" or "gpt2"; GRAFT_EFORMAT for another name. */
+/* The kind's name in checkpoints and logs: "byte" or "gpt2". */
 const char *graft_tokenizer_kind_name(graft_tokenizer_kind_t kind);
+/* The kind of a name; GRAFT_EFORMAT for a name that is neither. */
 int graft_tokenizer_kind_parse(const char *name, graft_tokenizer_kind_t *kind);
 
 graft_tokenizer_t *graft_tokenizer_new_bytes(void);
@@ -51,8 +52,9 @@ void graft_tokenizer_destroy(graft_tokenizer_t **self_p);
  * DIR already holds the same files; a different file there is an error). */
 int graft_tokenizer_save_files(const graft_tokenizer_t *tok, const char *dir);
 
-/* Encodes len bytes of text. Writes at most cap ids and returns how many
- * the whole text needs (more than cap: the output is cut). */
+/* Encodes len bytes of text (no special tokens added). Writes at most cap
+ * ids and returns how many the whole text needs (more than cap: the output
+ * is cut). */
 size_t graft_tokenizer_encode(const graft_tokenizer_t *tok, const char *text, size_t len,
                               int32_t *out, size_t cap);
 
