@@ -190,8 +190,9 @@ static int inspect_graft(const graft_run_config_t *cfg) {
     graft_mask_layout_t lay;
     graft_mask_layout_init(&lay, m, groups);
     char gs[64];
-    printf("trunk: V=%d T=%d L=%d NH=%d C=%d, %zu parameters (frozen; masks graft fine-tuned "
-           "values onto it)\n", m->cfg.V, m->cfg.T, m->cfg.L, m->cfg.NH, m->cfg.C, m->num_params);
+    printf("trunk: V=%d T=%d L=%d NH=%d C=%d, %s tokenizer, %zu parameters (frozen; masks graft "
+           "fine-tuned values onto it)\n", m->cfg.V, m->cfg.T, m->cfg.L, m->cfg.NH, m->cfg.C,
+           graft_tokenizer_kind_name(m->cfg.tokenizer), m->num_params);
     printf("method: graft, masks over %s: %zu eligible parameters (%.3f%% of the trunk)\n\n",
            graft_mask_groups_str(groups, gs, sizeof gs), lay.num_eligible,
            100.0 * lay.num_eligible / m->num_params);
@@ -232,8 +233,9 @@ int cmd_inspect(int argc, char **argv) {
     if (graft_trainer_new(&cfg, &tr)) return 1;
     const graft_gpt2_t *m = tr->trunk;
     const graft_peft_t *p = tr->peft;
-    printf("trunk: V=%d T=%d L=%d NH=%d C=%d, %zu parameters (frozen%s)\n", m->cfg.V, m->cfg.T,
-           m->cfg.L, m->cfg.NH, m->cfg.C, m->num_params,
+    printf("trunk: V=%d T=%d L=%d NH=%d C=%d, %s tokenizer, %zu parameters (frozen%s)\n",
+           m->cfg.V, m->cfg.T, m->cfg.L, m->cfg.NH, m->cfg.C,
+           graft_tokenizer_kind_name(m->cfg.tokenizer), m->num_params,
            (p->cfg.methods & GRAFT_M_FULL) ? " except under method full" : "");
     printf("method: %s\n\n", cfg.method);
     print_modules(p, m->num_params);
