@@ -147,32 +147,36 @@ static void append_tokens(graft_corpus_t *c, size_t *cap, const int32_t *toks, s
 }
 
 /* Appends the tokens of one file; empty files add nothing. Bytes are read
- * in chunks; BPE needs the whole text (a chunk boundary would cut words). */
+ * in chunks; BPE encodes the whole text (a chunk boundary would cut words). */
 static int append_file(graft_corpus_t *c, size_t *cap, const char *path,
                        const graft_tokenizer_t *tok) {
+    size_t start = c->n;
+    if (tok) {
+        size_t n;
+        char *text = graft_read_file(path, &n);
+        if (!text) {
+            LOG_ERROR("corpus: cannot read %s: %s", path, strerror(errno));
+            return GRAFT_EIO;
+        }
+        int32_t *toks = graft_xmalloc((n + 1) * sizeof *toks);
+        size_t k = graft_tokenizer_encode(tok, text, n, toks, n + 1);
+        append_tokens(c, cap, toks, k, tok->eos, 1);
+        free(toks);
+        free(text);
+        if (c->n > start) c->n_files++;
+        return GRAFT_OK;
+    }
     FILE *f = fopen(path, "rb");
     if (!f) {
         LOG_ERROR("corpus: cannot open %s: %s", path, strerror(errno));
         return GRAFT_EIO;
     }
-    size_t start = c->n, chunk = 8192;
-    if (tok) { /* the whole file as one chunk */
-        long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-        if (size < 0 || fseek(f, 0, SEEK_SET) != 0) {
-            LOG_ERROR("corpus: cannot size %s: %s", path, strerror(errno));
-            fclose(f);
-            return GRAFT_EIO;
-        }
-        chunk = (size_t)size + 1;
-    }
-    char *buf = graft_xmalloc(chunk);
-    int32_t *toks = graft_xmalloc(chunk * sizeof *toks);
+    char buf[8192];
+    int32_t toks[sizeof buf];
     size_t got;
-    int32_t eos = tok ? tok->eos : GRAFT_TOK_EOS;
-    while ((got = fread(buf, 1, chunk, f)) > 0) {
-        size_t k = tok ? graft_tokenizer_encode(tok, buf, got, toks, chunk)
-                       : graft_tok_encode(buf, got, toks, got);
-        append_tokens(c, cap, toks, k, eos, c->n == start);
+    while ((got = fread(buf, 1, sizeof buf, f)) > 0) {
+        size_t k = graft_tok_encode(buf, got, toks, got);
+        append_tokens(c, cap, toks, k, GRAFT_TOK_EOS, c->n == start);
     }
     int rc = GRAFT_OK;
     if (ferror(f)) {
@@ -180,8 +184,6 @@ static int append_file(graft_corpus_t *c, size_t *cap, const char *path,
         rc = GRAFT_EIO;
     }
     fclose(f);
-    free(buf);
-    free(toks);
     if (c->n > start) c->n_files++;
     return rc;
 }

@@ -86,6 +86,25 @@ void graft_path_dir(const char *path, char *dir, size_t cap) {
     else snprintf(dir, cap, "%.*s", (int)(slash - path), path);
 }
 
+char *graft_read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    char *buf = NULL;
+    if (size >= 0 && fseek(f, 0, SEEK_SET) == 0) {
+        buf = graft_xmalloc((size_t)size + 1);
+        if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
+            free(buf);
+            buf = NULL;
+        } else {
+            buf[size] = '\0';
+            *n = (size_t)size;
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
 int graft_mkdirs_for(const char *path) {
     char buf[4096];
     snprintf(buf, sizeof buf, "%s", path);

@@ -72,6 +72,10 @@ int graft_mkdirs_for(const char *path);
  * file at the root. */
 void graft_path_dir(const char *path, char *dir, size_t cap);
 
+/* The whole of file path in a new buffer that the caller frees (*n bytes,
+ * plus a NUL after them); NULL, with errno set, when it cannot be read. */
+char *graft_read_file(const char *path, size_t *n);
+
 /* Monotonic wall clock in seconds. */
 double graft_now(void);
 

@@ -56,31 +56,16 @@ void graft_tokenizer_destroy(graft_tokenizer_t **self_p) {
     *self_p = NULL;
 }
 
-/* The whole of file path in a new buffer (*n bytes); NULL when unreadable. */
-static char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    char *buf = size >= 0 && fseek(f, 0, SEEK_SET) == 0 ? graft_xmalloc((size_t)size + 1) : NULL;
-    if (buf && fread(buf, 1, (size_t)size, f) != (size_t)size) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *n = buf ? (size_t)size : 0;
-    return buf;
-}
-
 /* Copies src to dst, atomically; nothing to do when dst has the same bytes,
  * an error when it has others. */
 static int copy_file(const char *src, const char *dst) {
     size_t n, m;
-    char *data = slurp(src, &n);
+    char *data = graft_read_file(src, &n);
     if (!data) {
         LOG_ERROR("%s: cannot read: %s", src, strerror(errno));
         return GRAFT_EIO;
     }
-    char *old = slurp(dst, &m);
+    char *old = graft_read_file(dst, &m);
     int rc = GRAFT_OK;
     if (old) {
         if (m != n || memcmp(old, data, n) != 0) {
