@@ -1,6 +1,6 @@
 /* bf16.h — the trunk's linear-layer products (the block projections and
- * the LM head) with bf16 operands and fp32 sums (`--precision bf16`), for
- * CPUs with AVX512_BF16.
+ * the LM head) and attention's products with bf16 operands and fp32 sums
+ * (`--precision bf16`), for CPUs with AVX512_BF16.
  *
  * The same three products as matmul_forward / matmul_backward in ops.h, on
  * the same fp32 tensors: each call rounds its operands to bf16 (round to
@@ -11,8 +11,10 @@
  * relative rounding error of at most 2^-9 per operand), as in bf16 mixed
  * precision training elsewhere.
  *
- * gpt2.c sends only products of 8 M multiply-adds and more here
- * (BF16_MIN_MACS); smaller ones stay on sgemm.
+ * gpt2.c sends only linear-layer products of 8 M multiply-adds and more
+ * here (BF16_MIN_MACS); smaller ones stay on sgemm. Attention runs here
+ * whole at bf16: each head's products are small, but a head packs its own
+ * operands on its own thread, with no parallel region per product.
  *
  * Layout inside a product: C (M, N) = A (M, K) @ B (K, N) runs on 8 x 48
  * tiles of C. A row's bf16 values come in pairs along K (one 32-bit word
@@ -49,6 +51,16 @@ void bf16_matmul_forward(graft_bf16_scratch_t *s, float *out, const float *inp,
 void bf16_matmul_backward(graft_bf16_scratch_t *s, float *dinp, float *dweight,
                           const float *dout, const float *inp, const float *weight, int N, int C,
                           int OC);
+
+/* Causal multi-head self-attention (attention_forward / attention_backward
+ * in ops.h, same arguments) with its four products at bf16: Q K^T and P V
+ * forward, dO V^T, dS K, P^T dO and dS^T Q backward. The softmax and its
+ * gradient stay fp32, and so do att (B,NH,T,T) and scratch. */
+void bf16_attention_forward(graft_bf16_scratch_t *s, float *out, float *att, const float *inp,
+                            int B, int T, int C, int NH);
+void bf16_attention_backward(graft_bf16_scratch_t *s, float *dinp, float *scratch,
+                             const float *dout, const float *inp, const float *att, int B, int T,
+                             int C, int NH);
 
 /* x rounded to the nearest bf16 (ties to even), as the products see it. */
 float graft_bf16_round(float x);

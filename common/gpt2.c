@@ -171,9 +171,13 @@ void graft_gpt2_reserve(graft_gpt2_t *m, int B, int T) {
     m->B = B > m->B ? B : m->B;
     m->T = T;
     fill_act_sizes(m->act_sizes, &m->cfg, m->B, m->T);
+    /* every activation starts at a 64-byte boundary: the kernels' vector
+     * loops then run on whole aligned vectors from a row's start */
+    for (int i = 0; i < GRAFT_GPT2_NUM_ACTS; i++)
+        m->act_sizes[i] = (m->act_sizes[i] + 15) & ~(size_t)15;
     m->num_acts = sum_sizes(m->act_sizes, GRAFT_GPT2_NUM_ACTS);
-    m->acts_memory = graft_xmalloc(m->num_acts * sizeof(float));
-    m->grads_acts_memory = graft_xcalloc(m->num_acts, sizeof(float));
+    m->acts_memory = graft_xalloc64(m->num_acts * sizeof(float), 0);
+    m->grads_acts_memory = graft_xalloc64(m->num_acts * sizeof(float), 1);
     point_views((float **)&m->acts, m->acts_memory, m->act_sizes, GRAFT_GPT2_NUM_ACTS);
     point_views((float **)&m->grads_acts, m->grads_acts_memory, m->act_sizes,
                 GRAFT_GPT2_NUM_ACTS);
@@ -247,6 +251,23 @@ static void lmhead_product_backward(graft_gpt2_t *m, float *dinp, float *dwte,
     }
     if (dinp) bf16_matmul_forward(&m->bf16, dinp, dlogits, wte, NULL, N, V, C);
     if (dwte) bf16_matmul_backward(&m->bf16, NULL, dwte, inp, dlogits, NULL, N, V, C);
+}
+
+/* Causal attention at the model's precision (attention_forward /
+ * attention_backward in ops.h, or their bf16 forms). */
+static void attention_fwd(graft_gpt2_t *m, float *out, float *att, const float *inp, int B, int T) {
+    int C = m->cfg.C, NH = m->cfg.NH;
+    if (m->precision == GRAFT_BF16) bf16_attention_forward(&m->bf16, out, att, inp, B, T, C, NH);
+    else attention_forward(out, att, inp, B, T, C, NH);
+}
+
+static void attention_bwd(graft_gpt2_t *m, float *dinp, float *scratch, const float *dout,
+                          const float *inp, const float *att, int B, int T) {
+    int C = m->cfg.C, NH = m->cfg.NH;
+    if (m->precision == GRAFT_BF16)
+        bf16_attention_backward(&m->bf16, dinp, scratch, dout, inp, att, B, T, C, NH);
+    else
+        attention_backward(dinp, scratch, dout, inp, att, B, T, C, NH);
 }
 
 /* out (N, odim) = inp (N, in) @ W + bias. */
@@ -332,7 +353,7 @@ float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *
         GRAFT_PROF("fwd.ln1", 0, layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, lnw, lnb, BT, C));
         linear_forward(m, l, GRAFT_PROJ_QKV, qkv, ln1, p.qkvb + l * 3 * C, BT, C, 3 * C);
         GRAFT_PROF("fwd.attention", 4.0 * BT * T * C,
-                   attention_forward(atty, att, qkv, B, T, C, NH));
+                   attention_fwd(m, atty, att, qkv, B, T));
         linear_forward(m, l, GRAFT_PROJ_ATTN, attproj, atty, p.attprojb + l * C, BT, C, C);
         GRAFT_PROF("fwd.residual", 0, residual_forward(residual2, residual, attproj, BT * C));
         peft_ln_params(m, l, 2, &lnw, &lnb, &dlnw, &dlnb);
@@ -530,7 +551,7 @@ void graft_gpt2_backward_from_lnf(graft_gpt2_t *m) {
                         DW(attprojb, l * C), d2, a.atty + o1, BT, C, C);
         if (!NEED(GRAFT_GRAD_QKV_OUT)) break;
         GRAFT_PROF("bwd.attention", 8.0 * BT * T * C,
-                   attention_backward(g.qkv + o3, datt, datty, a.qkv + o3, att, B, T, C, NH));
+                   attention_bwd(m, g.qkv + o3, datt, datty, a.qkv + o3, att, B, T));
         float *dln1 = NEED(GRAFT_GRAD_LN1_OUT) ? g.ln1 + o1 : NULL;
         linear_backward(m, l, GRAFT_PROJ_QKV, dln1, DW(qkvw, (size_t)l * C * 3 * C),
                         DW(qkvb, l * 3 * C), g.qkv + o3, a.ln1 + o1, BT, C, 3 * C);

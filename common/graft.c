@@ -61,6 +61,17 @@ void *graft_xcalloc(size_t count, size_t size) {
     return p;
 }
 
+void *graft_xalloc64(size_t n, int zero) {
+    size_t bytes = (n + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, bytes ? bytes : 64);
+    if (!p) {
+        fprintf(stderr, "graft: out of memory allocating %zu bytes\n", n);
+        abort();
+    }
+    if (zero) memset(p, 0, bytes);
+    return p;
+}
+
 double graft_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -64,6 +64,9 @@ void graft_log_write(graft_log_level_t level, const char *fmt, ...)
  * once at start, so there is nothing sensible to recover to. */
 void *graft_xmalloc(size_t n);
 void *graft_xcalloc(size_t count, size_t size);
+/* n bytes (zeroed when zero is set) at a 64-byte boundary, where whole
+ * AVX-512 vectors start; free() releases them. */
+void *graft_xalloc64(size_t n, int zero);
 
 /* Creates the directories leading to path (like mkdir -p of its dirname). */
 int graft_mkdirs_for(const char *path);

@@ -63,6 +63,18 @@ void attention_forward(float *out, float *att, const float *inp, int B, int T, i
 void attention_backward(float *dinp, float *scratch, const float *dout, const float *inp,
                         const float *att, int B, int T, int C, int NH);
 
+/* One head's softmax between its two products, on rows [t0, t1) of its
+ * (T, T) scores, of which keys [0, keys) are computed (keys >= t1; the
+ * vector loops run to whole vectors within them): scale (1: none), keys
+ * past each row's position masked, softmax in place, zeros up to T. Shared
+ * by attention_forward and bf16.c's form of it. */
+void attention_softmax_rows(float *s, int t0, int t1, int keys, int T, float scale);
+/* Its backward on the same rows: ds holds dP = dO V^T on entry and
+ * dS = scale P (dP - rowsum(dP P)) on return, 0 past the diagonal up to
+ * zero_to. p holds P. */
+void attention_softmax_grad_rows(float *ds, const float *p, int t0, int t1, int keys, int T,
+                                 int zero_to, float scale);
+
 /* Incremental decoding: one new query per row against cached keys and
  * values. Row i is position pos[i] of sequence seq[i]: q (N,3C) holds its
  * q,k,v (only q is read); cache (B,T,3C) holds every sequence's q,k,v by

@@ -58,13 +58,14 @@ static void test_round(void **state) {
     assert_true(r(3.14159265f) == 3.140625f);
 }
 
-/* got (M, Nc) against init + A @ B in double on bf16-rounded operands:
+/* got (M, Nc), rows at stride ldg, against init + A @ B in double on
+ * bf16-rounded operands:
  * element (i, j) of A at A[i * a_row + k * a_k], of B at B[k * b_k +
  * j * b_col]; init (NULL: 0) at init[i * init_row + j] (init_row 0: one
  * row for all, as a bias). */
-static void check_product(const float *got, const float *init, size_t init_row, int M, int Nc,
-                          int K, const float *A, size_t a_row, size_t a_k, const float *B,
-                          size_t b_k, size_t b_col) {
+static void check_product(const float *got, size_t ldg, const float *init, size_t init_row,
+                          int M, int Nc, int K, const float *A, size_t a_row, size_t a_k,
+                          const float *B, size_t b_k, size_t b_col) {
     for (int i = 0; i < M; i++)
         for (int j = 0; j < Nc; j++) {
             double want = init ? init[(size_t)i * init_row + j] : 0.0, mag = fabs(want);
@@ -74,7 +75,7 @@ static void check_product(const float *got, const float *init, size_t init_row, 
                 want += t;
                 mag += fabs(t);
             }
-            assert_true(fabs(got[(size_t)i * Nc + j] - want) <= SUM_TOL * mag);
+            assert_true(fabs(got[(size_t)i * ldg + j] - want) <= SUM_TOL * mag);
         }
 }
 
@@ -93,9 +94,9 @@ static void check_shape(int N, int C, int OC) {
     bf16_matmul_backward(&s, dinp, dW, dout, inp, W, N, C, OC);
 
     /* out = inp @ W + bias; dinp = dout @ W^T; dW = dW0 + inp^T @ dout */
-    check_product(out, bias, 0, N, OC, C, inp, C, 1, W, OC, 1);
-    check_product(dinp, NULL, 0, N, C, OC, dout, OC, 1, W, 1, OC);
-    check_product(dW, dW0, OC, C, OC, N, inp, 1, C, dout, OC, 1);
+    check_product(out, OC, bias, 0, N, OC, C, inp, C, 1, W, OC, 1);
+    check_product(dinp, C, NULL, 0, N, C, OC, dout, OC, 1, W, 1, OC);
+    check_product(dW, OC, dW0, OC, C, OC, N, inp, 1, C, dout, OC, 1);
     graft_bf16_scratch_free(&s);
     free(inp), free(W), free(bias), free(dout), free(dW), free(dW0), free(out), free(dinp);
 }
@@ -137,6 +138,104 @@ static void test_threads(void **state) {
     for (int k = 0; k < 2; k++) free(out[k]), free(dinp[k]), free(dW[k]);
     graft_bf16_scratch_free(&s);
     free(inp), free(W), free(dout);
+}
+
+/* max |got - want| over n values, against tol * max |want|. */
+static void check_close(const float *got, const double *want, size_t n, double tol,
+                        const char *what) {
+    double err = 0.0, mag = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        err = fmax(err, fabs(got[i] - want[i]));
+        mag = fmax(mag, fabs(want[i]));
+    }
+    if (err > tol * mag) fail_msg("%s: max error %.3g against max %.3g", what, err, mag);
+}
+
+/* The bf16 attention of one shape: its softmax P (att) and score gradient
+ * dS (scratch) against double evaluations from bf16-rounded q, k, v and
+ * dO, within 1e-4 of their largest value (fp32 sums and exp); out, dq, dk
+ * and dv against the double products of the kernel's own P and dS, rounded
+ * to bf16, with the products' tolerance. The same bits at 1 and 2
+ * threads. */
+static void check_attention(int B, int T, int C, int NH) {
+    int hs = C / NH;
+    size_t C3 = (size_t)3 * C, nq = (size_t)B * T * C3, no = (size_t)B * T * C;
+    size_t na = (size_t)B * NH * T * T;
+    double scale = 1.0 / sqrt((double)hs);
+    graft_rng_t rng;
+    graft_rng_seed(&rng, (uint64_t)(T * 1009 + C), 9);
+    float *inp = random_floats(&rng, nq), *dout = random_floats(&rng, no);
+    float *out[2], *att[2], *dinp[2], *ds[2];
+    graft_bf16_scratch_t s = {0};
+    int saved = omp_get_max_threads();
+    for (int k = 0; k < 2; k++) {
+        omp_set_num_threads(k + 1);
+        out[k] = malloc(no * sizeof(float)), dinp[k] = malloc(nq * sizeof(float));
+        att[k] = malloc(na * sizeof(float)), ds[k] = malloc(na * sizeof(float));
+        bf16_attention_forward(&s, out[k], att[k], inp, B, T, C, NH);
+        bf16_attention_backward(&s, dinp[k], ds[k], dout, inp, att[k], B, T, C, NH);
+    }
+    omp_set_num_threads(saved);
+    assert_memory_equal(out[0], out[1], no * sizeof(float));
+    assert_memory_equal(att[0], att[1], na * sizeof(float));
+    assert_memory_equal(dinp[0], dinp[1], nq * sizeof(float));
+
+    double *want = malloc((size_t)T * T * sizeof(double));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float *q = inp + (size_t)b * T * C3 + (size_t)h * hs, *kk = q + C, *v = q + 2 * C;
+            const float *dO = dout + (size_t)b * T * C + (size_t)h * hs;
+            const float *P = att[0] + ((size_t)b * NH + h) * T * T;
+            const float *dS = ds[0] + ((size_t)b * NH + h) * T * T;
+            float *o = out[0] + (size_t)b * T * C + (size_t)h * hs;
+            float *dq = dinp[0] + (size_t)b * T * C3 + (size_t)h * hs;
+            /* P = causal softmax(scale q k^T), 0 past the diagonal */
+            for (int t = 0; t < T; t++) {
+                double *row = want + (size_t)t * T, mx = -INFINITY, sum = 0.0;
+                for (int j = 0; j < T; j++) {
+                    double d = 0.0;
+                    for (int c = 0; c < hs; c++)
+                        d += (double)r(q[(size_t)t * C3 + c]) * r(kk[(size_t)j * C3 + c]);
+                    row[j] = scale * d;
+                    if (j <= t) mx = fmax(mx, row[j]);
+                }
+                for (int j = 0; j < T; j++) sum += j <= t ? exp(row[j] - mx) : 0.0;
+                for (int j = 0; j < T; j++) row[j] = j <= t ? exp(row[j] - mx) / sum : 0.0;
+            }
+            check_close(P, want, (size_t)T * T, 1e-4, "attention P");
+            /* dS = scale P (dP - rowsum(P dP)), dP = dO v^T */
+            for (int t = 0; t < T; t++) {
+                double *row = want + (size_t)t * T, dot = 0.0;
+                for (int j = 0; j < T; j++) {
+                    double d = 0.0;
+                    for (int c = 0; c < hs; c++)
+                        d += (double)r(dO[(size_t)t * C + c]) * r(v[(size_t)j * C3 + c]);
+                    row[j] = d;
+                    dot += P[(size_t)t * T + j] * d;
+                }
+                for (int j = 0; j < T; j++)
+                    row[j] = scale * P[(size_t)t * T + j] * (row[j] - dot);
+            }
+            check_close(dS, want, (size_t)T * T, 1e-4, "attention dS");
+            /* out = P v; dq = dS k; dk = dS^T q; dv = P^T dO */
+            check_product(o, C, NULL, 0, T, hs, T, P, T, 1, v, C3, 1);
+            check_product(dq, C3, NULL, 0, T, hs, T, dS, T, 1, kk, C3, 1);
+            check_product(dq + C, C3, NULL, 0, T, hs, T, dS, 1, T, q, C3, 1);
+            check_product(dq + 2 * C, C3, NULL, 0, T, hs, T, P, 1, T, dO, C, 1);
+        }
+    free(want);
+    for (int k = 0; k < 2; k++) free(out[k]), free(att[k]), free(dinp[k]), free(ds[k]);
+    graft_bf16_scratch_free(&s);
+    free(inp), free(dout);
+}
+
+static void test_attention(void **state) {
+    (void)state;
+    require_bf16();
+    check_attention(2, 37, 60, 3);   /* T not a multiple of 8 or 48, hs = 20 */
+    check_attention(1, 50, 30, 2);   /* hs = 15: odd, under one vector */
+    check_attention(2, 128, 192, 4); /* the small trunk's heads, hs = 48 */
+    check_attention(1, 100, 128, 2); /* hs = 64: a panel and a third */
 }
 
 /* The small trunk's loss and gradients at bf16 next to fp32. */
@@ -205,6 +304,7 @@ int main(void) {
         cmocka_unit_test(test_round),
         cmocka_unit_test(test_products),
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_attention),
         cmocka_unit_test(test_trunk),
         cmocka_unit_test(test_set_precision),
     };
