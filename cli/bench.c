@@ -55,7 +55,7 @@ static const graft_option_t bench_step_options[] = {
     {"adapter_dim", GRAFT_OPT_INT, OFF(adapter_dim), "16", 1, 65536,
      "adapter: bottleneck width"},
     {"precision", GRAFT_OPT_STRING, OFF(precision), "fp32", 0, -1,
-     "the linear layers' products (projections, LM head): fp32 (sgemm) or bf16 (bf16 operands, "
+     "the trunk's products (projections, LM head, attention): fp32 (sgemm) or bf16 (bf16 operands, "
      "fp32 sums; needs AVX512_BF16); the peak for mfu is then a bf16 product's"},
     {"profile", GRAFT_OPT_BOOL, OFF(profile), "false", 0, -1,
      "print a per-op time table of the timed steps (stderr)"},

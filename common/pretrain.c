@@ -35,7 +35,7 @@ const graft_option_t graft_pretrain_options[] = {
     {"seed", GRAFT_OPT_INT, OFF(seed), "1337", 0, 2147483647, "seed for weights and batches"},
     {"threads", GRAFT_OPT_INT, OFF(threads), "0", 0, 1024, "OpenBLAS/OpenMP threads (0: all cores)"},
     {"precision", GRAFT_OPT_STRING, OFF(precision), "fp32", 0, -1,
-     "the linear layers' products (projections, LM head): fp32 (sgemm) or bf16 (bf16 operands, "
+     "the trunk's products (projections, LM head, attention): fp32 (sgemm) or bf16 (bf16 operands, "
      "fp32 sums; needs AVX512_BF16); weights, checkpoints and optimizer stay fp32"},
     {"heldout", GRAFT_OPT_FLOAT, OFF(heldout), "0.05", 0.001, 0.5, "fraction of the corpus held out"},
     {"eval_every", GRAFT_OPT_INT, OFF(eval_every), "250", 1, 1e9, "evaluate every N steps"},

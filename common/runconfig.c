@@ -90,7 +90,7 @@ const graft_option_t graft_run_options[] = {
     {"seed", GRAFT_OPT_INT, OFF(seed), "1", 0, 2147483647, "seed for modules and batches"},
     {"threads", GRAFT_OPT_INT, OFF(threads), "0", 0, 1024, "OpenBLAS/OpenMP threads (0: all cores)"},
     {"precision", GRAFT_OPT_STRING, OFF(precision), "fp32", 0, -1,
-     "the trunk's linear layers (projections, LM head): fp32 (sgemm) or bf16 (bf16 operands, "
+     "the trunk's products (projections, LM head, attention): fp32 (sgemm) or bf16 (bf16 operands, "
      "fp32 sums; needs AVX512_BF16; about 1.4x faster training steps; storage stays fp32)"},
     {"log_every", GRAFT_OPT_INT, OFF(log_every), "20", 1, 1e9, "progress line every N steps"},
     {"rounds", GRAFT_OPT_INT, OFF(rounds), "10", 1, 1e9, "federated rounds"},
