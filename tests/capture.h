@@ -1,6 +1,6 @@
 /* capture.h — stderr of a call, captured into a file and read back, so that
  * a test can check that an error names the problem. Header-only: static
- * functions, one copy per test program; include it after cmocka.h.
+ * inline functions, one copy per test program; include it after cmocka.h.
  *
  *   capture_begin("/tmp/dir/stderr.log");
  *   rc = call();
@@ -17,7 +17,7 @@
 static char g_capture_path[512];
 static int g_capture_saved = -1;
 
-static void capture_begin(const char *path) {
+static inline void capture_begin(const char *path) {
     snprintf(g_capture_path, sizeof g_capture_path, "%s", path);
     fflush(stderr);
     g_capture_saved = dup(2);
@@ -29,7 +29,7 @@ static void capture_begin(const char *path) {
 
 /* Restores stderr and returns what was written to it (the caller frees);
  * the text is echoed so that it stays visible in the test log. */
-static char *capture_end(void) {
+static inline char *capture_end(void) {
     fflush(stderr);
     dup2(g_capture_saved, 2);
     close(g_capture_saved);
@@ -43,7 +43,7 @@ static char *capture_end(void) {
     return text;
 }
 
-static void capture_end_expect(const char *needle) {
+static inline void capture_end_expect(const char *needle) {
     char *text = capture_end();
     if (!strstr(text, needle)) fail_msg("expected '%s' in the error log", needle);
     free(text);

@@ -52,6 +52,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "capture.h"
 #include "grafting.h"
 #include "rng.h"
 #include "synthetic.h"
@@ -126,33 +127,11 @@ static graft_grafting_t *grafting(const char *groups, int t) {
     return grafting_of(&cfg, t);
 }
 
-/* stderr of a call, captured into a file and read back. */
-static FILE *g_saved_err;
-static int g_saved_fd = -1;
-static char g_log[128];
-
-static void capture_begin(void) {
-    snprintf(g_log, sizeof g_log, "%s/stderr.log", g_dir);
-    fflush(stderr);
-    g_saved_fd = dup(2);
-    g_saved_err = fopen(g_log, "w");
-    assert_non_null(g_saved_err);
-    assert_true(dup2(fileno(g_saved_err), 2) >= 0);
-}
-
-static char *capture_end(void) {
-    fflush(stderr);
-    dup2(g_saved_fd, 2);
-    close(g_saved_fd);
-    fclose(g_saved_err);
-    FILE *fp = fopen(g_log, "r");
-    assert_non_null(fp);
-    char *buf = calloc(1, 1 << 16);
-    size_t n = fread(buf, 1, (1 << 16) - 1, fp);
-    buf[n] = '\0';
-    fclose(fp);
-    fputs(buf, stderr);
-    return buf;
+/* stderr of a call (tests/capture.h), in the test's folder. */
+static void capture_in_dir(void) {
+    char log[300];
+    snprintf(log, sizeof log, "%s/stderr.log", g_dir);
+    capture_begin(log);
 }
 
 static void assert_contains(const char *text, const char *needle) {
@@ -243,7 +222,7 @@ static void test_finetuned_sources(void **state) {
     snprintf(want, sizeof want, "%s/head/modules.safetensors", g_dir);
     assert_int_equal(graft_trainer_save(tr, want), GRAFT_OK);
     graft_trainer_destroy(&tr);
-    capture_begin();
+    capture_in_dir();
     int rc = graft_grafting_load_finetuned(g, 1, want);
     char *log = capture_end();
     assert_true(rc < 0);
@@ -459,7 +438,7 @@ static void test_save_load_roundtrip(void **state) {
     run_config(&cfg, "graft");
     set_opt(&cfg, "seed", "2");
     assert_int_equal(graft_grafting_new(&cfg, &h), GRAFT_OK);
-    capture_begin();
+    capture_in_dir();
     int rc = graft_grafting_load_mask(h, path, &t, &back);
     char *log = capture_end();
     assert_int_equal(rc, GRAFT_EINVAL);
@@ -492,7 +471,7 @@ static void expect_refused(const graft_mask_layout_t *lay, const char *path, con
     graft_st_file_t *f = NULL;
     assert_int_equal(graft_st_open(path, &f), GRAFT_OK);
     graft_mask_t *m = NULL;
-    capture_begin();
+    capture_in_dir();
     int rc = graft_mask_read(f, lay, &m);
     char *log = capture_end();
     assert_true(rc < 0);
