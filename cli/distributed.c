@@ -282,7 +282,7 @@ int cmd_run(int argc, char **argv) {
     int prc = cli_parse_run(argc, argv, run_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
     int k = bad ? -1 : run_workers(workers_s, shards);
-    if (k < 0) return 2;
+    if (k < 0 || graft_coordinator_check(&cfg, k)) return 2;
     graft_zmq_opts_t zo = {.endpoint = "tcp://127.0.0.1:*"};
     graft_transport_t *tp = NULL;
     if (graft_transport_zmq_server(&zo, &tp)) return 1;
