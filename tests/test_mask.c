@@ -744,7 +744,7 @@ static void read_output(const char *name, char *text, size_t n) {
 
 static void test_commands(void **state) {
     (void)state;
-    char cmd[4096], common[1536], out[256];
+    char cmd[4096], common[1536], out[256], text[8192];
     snprintf(out, sizeof out, "%s/graftrun", g_dir);
     snprintf(common, sizeof common,
              "%s/graft %%s --preset tiny --seq 32 --seed 1 --eval_max 0 --threads 1 --tasks "
@@ -798,6 +798,21 @@ static void test_commands(void **state) {
     graft_mask_destroy(&m[1]);
     graft_grafting_destroy(&g);
 
+    /* show takes no --out (it would be ignored), and a bogus subcommand is named. */
+    snprintf(cmd, sizeof cmd, "%s/graft mask show --out %s/show %s/mask.pairs.s0.05.safetensors "
+             ">/dev/null 2>%s/show.err", GRAFT_BINARY_DIR, g_dir, out, g_dir);
+    int st = system(cmd);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    read_output("show.err", text, sizeof text);
+    assert_contains(text, "unknown option 'out'");
+    snprintf(path, sizeof path, "%s/show", g_dir);
+    assert_int_equal(access(path, F_OK), -1);
+    snprintf(cmd, sizeof cmd, "%s/graft mask bogus 2>%s/bogus.err", GRAFT_BINARY_DIR, g_dir);
+    st = system(cmd);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    read_output("bogus.err", text, sizeof text);
+    assert_contains(text, "graft mask: unknown subcommand 'bogus'");
+
     /* graft report reads the run: one row per sparsity (no base row), and
      * the overlap matrix of the train run or of graft mask overlap. */
     snprintf(cmd, sizeof cmd, "%s/graft report --no-plots --out %s/report %s %s/ov >/dev/null 2>&1",
@@ -823,7 +838,6 @@ static void test_commands(void **state) {
     snprintf(base, sizeof base, common, "inspect");
     snprintf(cmd, sizeof cmd, "%s --sparsity 0.01,0.001 >%s/inspect.out 2>&1", base, g_dir);
     run(cmd);
-    char text[8192];
     read_output("inspect.out", text, sizeof text);
     assert_contains(text, "masks over attn,mlp,ln: 25472 eligible parameters");
     assert_contains(text, "0.01                  255");
