@@ -3,7 +3,10 @@
  * flags overriding the file, --name=value and bare boolean flags, and the
  * refusals (out of range, malformed numbers, unknown options, bad config
  * lines, over-long strings) with a negative code and an error that names
- * where the problem is; a dump of the settings re-loads to the same digest.
+ * where the problem is; a dump of the settings re-loads to the same digest;
+ * a --config that is a directory is refused; several tables parsed at once
+ * (a command's own options and the run options) with plain arguments among
+ * the flags.
  */
 #include <setjmp.h>
 #include <stdarg.h>
