@@ -58,7 +58,8 @@ static graft_option_t *task_model_options(int export) {
                                 0, -1, "the task whose model this is (empty: the run's only one)"};
     table[n + 1] =
         export ? (graft_option_t){"file", GRAFT_OPT_STRING, offsetof(task_model_config_t, file), "",
-                                  0, -1, "export: the checkpoint to write (safetensors; missing folders are made)"}
+                                  0, -1, "export: the checkpoint to write (safetensors; missing "
+                                  "folders are made)"}
                : (graft_option_t){"text", GRAFT_OPT_STRING, offsetof(task_model_config_t, text), "",
                                   0, -1, "predict: one input (empty: read standard input)"};
     table[n + 2] = (graft_option_t)GRAFT_OPT_END;

@@ -187,7 +187,8 @@ static int check_corpus_size(const trainer_t *tr) {
     LOG_ERROR("corpus too small for --seq/--heldout: %s has %zu tokens (%zu train, %zu held out); "
               "--seq %d, --batch %d and --heldout %g need at least %zu train tokens and %zu "
               "held out (one evaluation batch), i.e. a corpus of at least %zu tokens (bytes, "
-              "with the byte tokenizer): give more text, lower --seq or --batch, or raise --heldout",
+              "with the byte tokenizer): give more text, lower --seq or --batch, or raise "
+              "--heldout",
               cfg->data, n_train + n_heldout, n_train, n_heldout, tr->T, tr->B, frac, need_train,
               need_heldout, need);
     return GRAFT_EINVAL;

@@ -12,7 +12,8 @@ check=0
 case "$#:${1:-}" in
   0:) ;;
   1:--check) check=1 ;;
-  *) echo "gen-options-doc.sh: unexpected argument(s) '$*' (usage: gen-options-doc.sh [--check])" >&2
+  *) echo "gen-options-doc.sh: unexpected argument(s) '$*'" \
+          "(usage: gen-options-doc.sh [--check])" >&2
      exit 2 ;;
 esac
 out=docs/options.md

@@ -71,13 +71,16 @@ grep '"event":"round_end"' "$EV" | grep -q mallory && fail "the refused client t
 [ "$(grep -c '"event":"round_end".*"participants":\["alice","bob"\]' "$EV")" -eq 3 ] ||
     fail "not every round had alice and bob"
 if wait "$MALLORY"; then fail "the refused worker exited 0"; fi
-grep -q "worker mallory: no answer from the coordinator in 3 s after saying hello: .*public key on its --allow list" \
-    "$T/mallory.err" || { tail -5 "$T/mallory.err" >&2; fail "the refused worker did not say why it gave up"; }
-echo "ok 1 - CurveZMQ: a key off the allow-list is refused and logged; the allowed run completes; the refused worker times out its hello"
+grep -q "worker mallory: no answer from the coordinator in 3 s after saying hello: .*public key \
+on its --allow list" "$T/mallory.err" ||
+    { tail -5 "$T/mallory.err" >&2; fail "the refused worker did not say why it gave up"; }
+echo "ok 1 - CurveZMQ: a key off the allow-list is refused and logged; the allowed run" \
+    "completes; the refused worker times out its hello"
 
 # ---- 1b. command lines: keygen, strict numbers, distributed options in a config
 "$GRAFT" keygen --force carol >/dev/null || fail "keygen --force NAME failed"
-[ -s carol.key ] && [ -s carol.pub ] && [ ! -e ./--force.key ] || fail "keygen --force NAME: wrong files"
+[ -s carol.key ] && [ -s carol.pub ] && [ ! -e ./--force.key ] ||
+    fail "keygen --force NAME: wrong files"
 cp carol.pub carol.old
 "$GRAFT" keygen carol --force=true >/dev/null || fail "keygen NAME --force=true failed"
 cmp -s carol.pub carol.old && fail "keygen --force=true did not replace the key"
@@ -90,8 +93,10 @@ expect_refusal() { # expect_refusal MESSAGE COMMAND...: exit 2 and MESSAGE on st
 expect_refusal "expected one NAME, got 2 ('b' is one too many)" "$GRAFT" keygen a b
 expect_refusal "unknown option 'bogus'" "$GRAFT" keygen c --bogus
 expect_refusal "NAME '' must end in a file name" "$GRAFT" keygen ""
-[ ! -e a.key ] && [ ! -e b.key ] && [ ! -e c.key ] && [ ! -e .key ] || fail "a refused keygen wrote keys"
-expect_refusal "'2x' for option 'workers' is not a whole number" "$GRAFT" run --config run.conf --workers 2x
+[ ! -e a.key ] && [ ! -e b.key ] && [ ! -e c.key ] && [ ! -e .key ] ||
+    fail "a refused keygen wrote keys"
+expect_refusal "'2x' for option 'workers' is not a whole number" \
+    "$GRAFT" run --config run.conf --workers 2x
 expect_refusal "--shard '1/2x': expected I/N" \
     "$GRAFT" worker --connect tcp://127.0.0.1:9 --config run.conf --shard 1/2x
 expect_refusal "'abc' for option 'workers' is not a whole number" \

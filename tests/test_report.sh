@@ -78,14 +78,16 @@ fi
 grep -q 'bad.jsonl:2' "$T/err.txt" || { cat "$T/err.txt"; fail "error does not name file:line"; }
 [ ! -e "$T/rep2/summary.json" ] || fail "summary written for a malformed log"
 # A field of the wrong type names the file, line, event and field.
-printf '{"event":"run_start"}\n{"event":"eval","task":1,"split":"test","accuracy":0.5}\n' > "$T/types.jsonl"
+printf '{"event":"run_start"}\n{"event":"eval","task":1,"split":"test","accuracy":0.5}\n' \
+  > "$T/types.jsonl"
 if "$GRAFT" report --no-plots --out "$T/rep3" "$T/types.jsonl" 2> "$T/err.txt"; then
   fail "an eval event with a numeric task was accepted"
 fi
 grep -q 'types.jsonl:2: eval event: field "task" must be a string' "$T/err.txt" ||
   { cat "$T/err.txt"; fail "wrong field type not named"; }
 printf '{"event":"eval","task":"a","split":"test","accuracy":"high"}\n' > "$T/types.jsonl"
-"$GRAFT" report --no-plots --out "$T/rep3" "$T/types.jsonl" 2> "$T/err.txt" && fail "a string accuracy was accepted"
+"$GRAFT" report --no-plots --out "$T/rep3" "$T/types.jsonl" 2> "$T/err.txt" &&
+  fail "a string accuracy was accepted"
 grep -q 'types.jsonl:1: eval event: field "accuracy" must be a number' "$T/err.txt" ||
   { cat "$T/err.txt"; fail "wrong accuracy type not named"; }
 [ ! -e "$T/rep3/summary.json" ] || fail "summary written for a log with a wrong field type"

@@ -28,7 +28,8 @@ while [ $# -gt 0 ]; do
     --npm_prefix) [ $# -ge 2 ] || die "--npm_prefix needs a folder"; NPM_PREFIX="$2"; shift 2 ;;
     --npm_prefix=*) NPM_PREFIX="${1#*=}"; shift ;;
     --quick) QUICK+=(--quick); shift ;;
-    --quick_rows) [ $# -ge 2 ] || die "--quick_rows needs TRAIN,DEV,TEST"; QUICK+=("--quick_rows=$2"); shift 2 ;;
+    --quick_rows) [ $# -ge 2 ] || die "--quick_rows needs TRAIN,DEV,TEST"
+                  QUICK+=("--quick_rows=$2"); shift 2 ;;
     --quick_rows=*) QUICK+=("$1"); shift ;;
     --offline) OFFLINE=1; shift ;;
     -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
