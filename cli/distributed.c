@@ -3,11 +3,15 @@
  * `graft run` (a coordinator and K workers on this machine over loopback)
  * and `graft mpi` (under mpirun: rank 0 coordinates, the others work).
  *
- * Each command takes its own few flags first (cli_take_flag) and hands the
- * rest to the run option table, so every run option works everywhere. */
+ * Each command has a small option table of its own (endpoints, keys, worker
+ * counts, shards) parsed together with the run option table, so every
+ * option is a flag or a config line and every run option works everywhere. */
+#include <ctype.h>
 #include <mpi.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -35,40 +39,31 @@ static void install_signals(void) {
     sigaction(SIGTERM, &sa, NULL);
 }
 
-/* Removes `--name VALUE` (or --name=VALUE) from argv and returns VALUE, or
- * def when absent. A flag without its value is an error (*bad = 1). */
-static const char *take_flag(int *argc, char **argv, const char *name, const char *def, int *bad) {
-    size_t n = strlen(name);
-    for (int i = 1; i < *argc; i++) {
-        const char *a = argv[i];
-        if (strncmp(a, "--", 2) || strncmp(a + 2, name, n) || (a[2 + n] && a[2 + n] != '='))
-            continue;
-        int used = a[2 + n] == '=' ? 1 : 2;
-        const char *v = used == 1 ? a + 3 + n : (i + 1 < *argc ? argv[i + 1] : NULL);
-        if (!v) {
-            LOG_ERROR("--%s needs a value", name);
-            *bad = 1;
-            return def;
-        }
-        memmove(&argv[i], &argv[i + used], (size_t)(*argc - i - used + 1) * sizeof *argv);
-        *argc -= used;
-        return v;
-    }
-    return def;
-}
-
-static int has_help(int argc, char **argv) {
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return 1;
+/* Parses a command's own options (table into own) and the run options
+ * into cfg, and sets the thread count; 0: ok, 1: --help printed, -1: error
+ * (printed). */
+static int parse_command(const graft_option_t *table, void *own, int argc, char **argv,
+                         const char *usage, graft_run_config_t *cfg) {
+    graft_option_set_t sets[] = {{table, own}, {graft_run_options, cfg}};
+    int rc = graft_options_parse_sets(sets, 2, argc, argv, usage, NULL, NULL);
+    if (rc == GRAFT_OPTS_HELP) return 1;
+    if (rc) return -1;
+    cli_set_threads(cfg->threads);
     return 0;
 }
 
-
+/* "I/N" with 0 <= I < N, digits only. */
 static int parse_shard(const char *s, int *i, int *n) {
-    if (sscanf(s, "%d/%d", i, n) != 2 || *n < 1 || *i < 0 || *i >= *n) {
-        LOG_ERROR("--shard '%s': expected I/N with 0 <= I < N", s);
+    char *slash = NULL, *end = NULL;
+    long a = isdigit((unsigned char)s[0]) ? strtol(s, &slash, 10) : -1;
+    long b = a >= 0 && *slash == '/' && isdigit((unsigned char)slash[1])
+                 ? strtol(slash + 1, &end, 10) : -1;
+    if (b < 1 || *end || a >= b || b > 1000000) {
+        LOG_ERROR("--shard '%s': expected I/N with 0 <= I < N (whole numbers)", s);
         return GRAFT_EINVAL;
     }
+    *i = (int)a;
+    *n = (int)b;
     return GRAFT_OK;
 }
 
@@ -117,6 +112,27 @@ static const char *coordinator_usage =
     "--curve-secret turns on CurveZMQ with the keypair NAME.key / NAME.pub; --allow\n"
     "lists the client public keys that may join.";
 
+typedef struct {
+    char bind[GRAFT_OPT_STR];
+    int workers;
+    char curve_secret[GRAFT_OPT_STR];
+    char allow[GRAFT_OPT_STR];
+} coordinator_opts_t;
+
+#define OFF(field) offsetof(coordinator_opts_t, field)
+static const graft_option_t coordinator_options[] = {
+    {"bind", GRAFT_OPT_STRING, OFF(bind), "tcp://*:5555", 0, -1, "ZeroMQ endpoint to bind"},
+    {"workers", GRAFT_OPT_INT, OFF(workers), "1", 1, 1024,
+     "workers to wait for before the first round"},
+    {"curve-secret", GRAFT_OPT_STRING, OFF(curve_secret), "", 0, -1,
+     "CurveZMQ: this coordinator's keypair NAME (NAME.key and NAME.pub, graft keygen); "
+     "with --allow"},
+    {"allow", GRAFT_OPT_STRING, OFF(allow), "", 0, -1,
+     "CurveZMQ: file of the client public keys that may join (one Z85 line each)"},
+    GRAFT_OPT_END,
+};
+#undef OFF
+
 static int run_coordinator(const graft_run_config_t *cfg, graft_transport_t *tp, int workers,
                            const char *mode) {
     graft_coordinator_opts_t co = {.cfg = *cfg, .expected_workers = workers, .tp = tp,
@@ -125,17 +141,14 @@ static int run_coordinator(const graft_run_config_t *cfg, graft_transport_t *tp,
 }
 
 int cmd_coordinator(int argc, char **argv) {
-    int bad = 0;
-    const char *bind = take_flag(&argc, argv, "bind", "tcp://*:5555", &bad);
-    const char *workers_s = take_flag(&argc, argv, "workers", "1", &bad);
-    const char *secret = take_flag(&argc, argv, "curve-secret", NULL, &bad);
-    const char *allow_path = take_flag(&argc, argv, "allow", NULL, &bad);
+    coordinator_opts_t co;
     graft_run_config_t cfg;
-    int prc = cli_parse_run(argc, argv, coordinator_usage, &cfg);
+    int prc = parse_command(coordinator_options, &co, argc, argv, coordinator_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
-    int workers = atoi(workers_s);
-    if (bad || workers < 1 || (!secret != !allow_path)) {
-        if (!bad) LOG_ERROR("--workers must be >= 1; --curve-secret and --allow go together");
+    const char *bind = co.bind, *secret = *co.curve_secret ? co.curve_secret : NULL;
+    const char *allow_path = *co.allow ? co.allow : NULL;
+    if (!secret != !allow_path) {
+        LOG_ERROR("--curve-secret and --allow go together: give both for CurveZMQ, or neither");
         return 2;
     }
     graft_keypair_t kp;
@@ -151,7 +164,7 @@ int cmd_coordinator(int argc, char **argv) {
         LOG_INFO("coordinator: listening on %s%s", graft_transport_zmq_endpoint(tp),
                  secret ? " (CurveZMQ)" : "");
         install_signals();
-        rc = run_coordinator(&cfg, tp, workers, "zmq");
+        rc = run_coordinator(&cfg, tp, co.workers, "zmq");
     }
     graft_transport_destroy(&tp);
     free(allow);
@@ -172,33 +185,62 @@ static const char *worker_usage =
     "of those tasks are not read. --name is its stable identity (default: the folder\n"
     "name, or shard-I-of-N): a restarted worker with the same name takes its place.";
 
+typedef struct {
+    char connect[GRAFT_OPT_STR];
+    char shard[GRAFT_OPT_STR];
+    char data[GRAFT_OPT_STR];
+    char name[GRAFT_OPT_STR];
+    char curve[GRAFT_OPT_STR];
+    char server_key[GRAFT_OPT_STR];
+    int hello_timeout_ms;
+} worker_cli_t;
+
+#define OFF(field) offsetof(worker_cli_t, field)
+static const graft_option_t worker_options[] = {
+    {"connect", GRAFT_OPT_STRING, OFF(connect), "", 0, -1,
+     "the coordinator's ZeroMQ endpoint, tcp://HOST:PORT (required)"},
+    {"shard", GRAFT_OPT_STRING, OFF(shard), "", 0, -1,
+     "I/N: hold every N-th train example of each --tasks file from the I-th (empty: 0/1)"},
+    {"data", GRAFT_OPT_STRING, OFF(data), "", 0, -1,
+     "a client folder of a shard directory instead of --shard (non-IID)"},
+    {"name", GRAFT_OPT_STRING, OFF(name), "", 0, -1,
+     "stable identity (empty: the --data folder's name, or shard-I-of-N)"},
+    {"curve", GRAFT_OPT_STRING, OFF(curve), "", 0, -1,
+     "CurveZMQ: this worker's keypair NAME (NAME.key and NAME.pub); with --server-key"},
+    {"server-key", GRAFT_OPT_STRING, OFF(server_key), "", 0, -1,
+     "CurveZMQ: the coordinator's public key file (SERVER.pub)"},
+    {"hello_timeout_ms", GRAFT_OPT_INT, OFF(hello_timeout_ms), "120000", 0, 1e9,
+     "give up (exit 1) when the coordinator has not answered this worker's hello within N ms: "
+     "it is not running there, or it refuses this worker's CurveZMQ key (its --allow list); "
+     "0: wait forever"},
+    GRAFT_OPT_END,
+};
+#undef OFF
+
 int cmd_worker(int argc, char **argv) {
-    int bad = 0;
-    const char *connect = take_flag(&argc, argv, "connect", NULL, &bad);
-    const char *shard = take_flag(&argc, argv, "shard", NULL, &bad);
-    const char *data = take_flag(&argc, argv, "data", NULL, &bad);
-    const char *name = take_flag(&argc, argv, "name", NULL, &bad);
-    const char *curve = take_flag(&argc, argv, "curve", NULL, &bad);
-    const char *server_pub = take_flag(&argc, argv, "server-key", NULL, &bad);
+    worker_cli_t wc;
     graft_run_config_t cfg;
-    int prc = cli_parse_run(argc, argv, worker_usage, &cfg);
+    int prc = parse_command(worker_options, &wc, argc, argv, worker_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
-    graft_worker_opts_t wo = {.cfg = cfg, .name = name, .data_dir = data};
-    if (bad || !connect || parse_shard(shard ? shard : "0/1", &wo.shard_index, &wo.shard_count) ||
-        (!curve != !server_pub) || (shard && data)) {
-        if (!connect) LOG_ERROR("--connect tcp://HOST:PORT is required");
-        if (!curve != !server_pub) LOG_ERROR("--curve and --server-key go together");
-        if (shard && data) LOG_ERROR("--shard and --data exclude each other");
+    const char *curve = *wc.curve ? wc.curve : NULL, *server_pub = wc.server_key;
+    graft_worker_opts_t wo = {.cfg = cfg, .name = *wc.name ? wc.name : NULL,
+                              .data_dir = *wc.data ? wc.data : NULL,
+                              .hello_timeout_ms = wc.hello_timeout_ms};
+    int bad = !*wc.connect || !curve != !*server_pub || (*wc.shard && wo.data_dir);
+    if (!*wc.connect) LOG_ERROR("--connect tcp://HOST:PORT is required");
+    if (!curve != !*server_pub)
+        LOG_ERROR("--curve and --server-key go together: give both for CurveZMQ, or neither");
+    if (*wc.shard && wo.data_dir) LOG_ERROR("--shard and --data exclude each other");
+    if (bad || parse_shard(*wc.shard ? wc.shard : "0/1", &wo.shard_index, &wo.shard_count))
         return 2;
-    }
     char ident[GRAFT_OPT_STR];
-    if (name) snprintf(ident, sizeof ident, "%s", name);
+    if (wo.name) snprintf(ident, sizeof ident, "%s", wo.name);
     else graft_worker_default_name(&wo, ident, sizeof ident);
     graft_keypair_t kp;
     graft_key_t server_key;
     if (curve && (load_keypair(curve, &kp) || graft_keys_read_file(server_pub, &server_key)))
         return 1;
-    graft_zmq_opts_t zo = {.endpoint = connect, .identity = ident,
+    graft_zmq_opts_t zo = {.endpoint = wc.connect, .identity = ident,
                            .keypair = curve ? &kp : NULL, .server_key = curve ? &server_key : NULL};
     int rc = graft_transport_zmq_client(&zo, &wo.tp);
     if (!rc) {
@@ -230,13 +272,17 @@ static void on_child(int sig) {
 }
 
 /* Starts `graft worker --connect ep (--shard i/k | --data DIR/client-i)
- * ARGS...` as a child that dies with us. */
-static pid_t spawn_worker(const char *ep, int i, int k, const char *shards, int argc,
-                          char **argv) {
+ * --NAME=VALUE...` with every run option's effective value, as a child that
+ * dies with us. */
+static pid_t spawn_worker(const char *ep, int i, int k, const char *shards,
+                          const graft_run_config_t *cfg) {
     char shard[32], data[2 * GRAFT_OPT_STR];
     snprintf(shard, sizeof shard, "%d/%d", i, k);
     if (shards) client_dir(shards, i, data, sizeof data);
-    char **av = graft_xcalloc((size_t)argc + 8, sizeof *av);
+    size_t nopts = 0;
+    while (graft_run_options[nopts].name) nopts++;
+    char **av = graft_xcalloc(nopts + 8, sizeof *av);
+    char *flags = graft_xmalloc(nopts * (GRAFT_OPT_STR + 64));
     int n = 0;
     av[n++] = "graft";
     av[n++] = "worker";
@@ -244,7 +290,13 @@ static pid_t spawn_worker(const char *ep, int i, int k, const char *shards, int 
     av[n++] = (char *)ep;
     av[n++] = shards ? "--data" : "--shard";
     av[n++] = shards ? data : shard;
-    for (int j = 1; j < argc; j++) av[n++] = argv[j];
+    for (size_t j = 0; j < nopts; j++) {
+        const graft_option_t *o = &graft_run_options[j];
+        char *flag = flags + j * (GRAFT_OPT_STR + 64), value[GRAFT_OPT_STR + 32];
+        graft_options_format(value, sizeof value, o, cfg);
+        snprintf(flag, GRAFT_OPT_STR + 64, "--%s=%s", o->name, value);
+        av[n++] = flag;
+    }
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
@@ -253,19 +305,29 @@ static pid_t spawn_worker(const char *ep, int i, int k, const char *shards, int 
         _exit(127);
     }
     free(av);
+    free(flags);
     if (pid < 0) LOG_ERROR("run: cannot start worker %d", i);
     return pid;
 }
 
+typedef struct {
+    int workers;
+    char shards[GRAFT_OPT_STR];
+} run_cli_t;
+
+static const graft_option_t run_cli_options[] = {
+    {"workers", GRAFT_OPT_INT, offsetof(run_cli_t, workers), "0", 0, 256,
+     "worker processes K (0: the number of client folders of --shards, else 2)"},
+    {"shards", GRAFT_OPT_STRING, offsetof(run_cli_t, shards), "", 0, -1,
+     "a shard directory (graft data shard): worker i holds its client folder client-i"},
+    GRAFT_OPT_END,
+};
+
 /* K for graft run: --workers, or the shard directory's client count. */
-static int run_workers(const char *workers_s, const char *shards) {
+static int run_workers(int workers, const char *shards) {
     int clients = shards ? count_clients(shards) : 0;
     if (clients < 0) return -1;
-    int k = workers_s ? atoi(workers_s) : shards ? clients : 2;
-    if (k < 1 || k > 256) {
-        LOG_ERROR("--workers must be 1..256");
-        return -1;
-    }
+    int k = workers ? workers : shards ? clients : 2;
     if (shards && k > clients) {
         LOG_ERROR("--workers %d but %s has only %d client folders (client-000 .. client-%03d)", k,
                   shards, clients, clients - 1);
@@ -275,14 +337,13 @@ static int run_workers(const char *workers_s, const char *shards) {
 }
 
 int cmd_run(int argc, char **argv) {
-    int bad = 0;
-    const char *workers_s = take_flag(&argc, argv, "workers", NULL, &bad);
-    const char *shards = take_flag(&argc, argv, "shards", NULL, &bad);
+    run_cli_t rcli;
     graft_run_config_t cfg;
-    int prc = cli_parse_run(argc, argv, run_usage, &cfg);
+    int prc = parse_command(run_cli_options, &rcli, argc, argv, run_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
-    int k = bad ? -1 : run_workers(workers_s, shards);
-    if (k < 0) return 2;
+    const char *shards = *rcli.shards ? rcli.shards : NULL;
+    int k = run_workers(rcli.workers, shards);
+    if (k < 0 || graft_coordinator_check(&cfg, k)) return 2;
     graft_zmq_opts_t zo = {.endpoint = "tcp://127.0.0.1:*"};
     graft_transport_t *tp = NULL;
     if (graft_transport_zmq_server(&zo, &tp)) return 1;
@@ -299,7 +360,7 @@ int cmd_run(int argc, char **argv) {
     pid_t *pids = graft_xcalloc((size_t)k, sizeof *pids);
     int rc = GRAFT_OK;
     for (int i = 0; i < k && !rc; i++)
-        if ((pids[i] = spawn_worker(ep, i, k, shards, argc, argv)) < 0) rc = GRAFT_EIO;
+        if ((pids[i] = spawn_worker(ep, i, k, shards, &cfg)) < 0) rc = GRAFT_EIO;
     if (!rc) rc = run_coordinator(&cfg, tp, k, "run");
     if (rc && child_exited) LOG_ERROR("run: a worker process ended before the run did (its log "
                                       "is above); stopped");
@@ -331,16 +392,18 @@ static const char *mpi_usage =
     "task's over a communicator of its workers. A reduction waits for every rank;\n"
     "if a rank dies, mpirun aborts the job.";
 
+static const graft_option_t mpi_cli_options[] = {
+    {"shards", GRAFT_OPT_STRING, 0, "", 0, -1,
+     "a shard directory (graft data shard): rank r holds its client folder client-(r-1)"},
+    GRAFT_OPT_END,
+};
+
 int cmd_mpi(int argc, char **argv) {
-    if (has_help(argc, argv)) {
-        graft_options_usage(stdout, graft_run_options, mpi_usage);
-        return 0;
-    }
-    int bad = 0;
-    const char *shards = take_flag(&argc, argv, "shards", NULL, &bad);
+    char shards_dir[GRAFT_OPT_STR];
     graft_run_config_t cfg;
-    int prc = bad ? -1 : cli_parse_run(argc, argv, mpi_usage, &cfg);
+    int prc = parse_command(mpi_cli_options, shards_dir, argc, argv, mpi_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
+    const char *shards = *shards_dir ? shards_dir : NULL;
     int provided = 0, rank = 0, size = 1;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);

@@ -466,29 +466,23 @@ static int mask_overlap(char **files, int n, const char *out) {
     return rc;
 }
 
+static const graft_option_t mask_show_options[] = {GRAFT_OPT_END};
+
 int cmd_mask(int argc, char **argv) {
     const char *sub = argc > 1 ? argv[1] : "";
     int overlap = !strcmp(sub, "overlap"), show = !strcmp(sub, "show");
     if (!overlap && !show) {
-        graft_options_usage(stdout, mask_options, mask_usage);
-        return !strcmp(sub, "--help") || !strcmp(sub, "-h") ? 0 : 2;
+        int help = !strcmp(sub, "--help") || !strcmp(sub, "-h");
+        if (!help && *sub) fprintf(stderr, "graft mask: unknown subcommand '%s'\n\n", sub);
+        graft_options_usage(help ? stdout : stderr, mask_options, mask_usage);
+        return help ? 0 : 2;
     }
-    /* Files are the arguments that are neither flags nor their values. */
-    char **flags = graft_xcalloc((size_t)argc + 1, sizeof *flags);
-    char **files = graft_xcalloc((size_t)argc + 1, sizeof *files);
-    int nf = 1, nfiles = 0;
-    flags[0] = argv[1];
-    for (int i = 2; i < argc; i++) {
-        if (!strncmp(argv[i], "--", 2)) {
-            flags[nf++] = argv[i];
-            if (!strchr(argv[i], '=') && strcmp(argv[i], "--help") && i + 1 < argc)
-                flags[nf++] = argv[++i];
-        } else {
-            files[nfiles++] = argv[i];
-        }
-    }
+    /* `show` takes no options, so a --out there is refused as unknown. */
     mask_opts_t opts;
-    int rc = graft_options_parse(mask_options, &opts, nf, flags, mask_usage);
+    char **files;
+    int nfiles = 0;
+    int rc = graft_options_parse_args(overlap ? mask_options : mask_show_options, &opts, argc - 1,
+                                      argv + 1, mask_usage, &files, &nfiles);
     int status = rc == GRAFT_OPTS_HELP ? 0 : rc ? 2 : -1;
     if (status < 0 && nfiles < (overlap ? 2 : 1)) {
         LOG_ERROR("graft mask %s: give %s mask files", sub, overlap ? "two or more" : "one or more");
@@ -497,7 +491,6 @@ int cmd_mask(int argc, char **argv) {
     if (status < 0 && overlap) status = mask_overlap(files, nfiles, opts.out) ? 1 : 0;
     for (int i = 0; status < 0 && show && i < nfiles; i++)
         if (mask_show(files[i])) status = 1;
-    free(flags);
     free(files);
     return status < 0 ? 0 : status;
 }

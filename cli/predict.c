@@ -58,7 +58,8 @@ static graft_option_t *task_model_options(int export) {
                                 0, -1, "the task whose model this is (empty: the run's only one)"};
     table[n + 1] =
         export ? (graft_option_t){"file", GRAFT_OPT_STRING, offsetof(task_model_config_t, file), "",
-                                  0, -1, "export: the checkpoint to write (safetensors)"}
+                                  0, -1, "export: the checkpoint to write (safetensors; missing "
+                                  "folders are made)"}
                : (graft_option_t){"text", GRAFT_OPT_STRING, offsetof(task_model_config_t, text), "",
                                   0, -1, "predict: one input (empty: read standard input)"};
     table[n + 2] = (graft_option_t)GRAFT_OPT_END;
@@ -251,7 +252,8 @@ static int export_trunk(const task_model_t *tm, const task_model_config_t *pc) {
     const char *keys[] = {"graft.task", "graft.kind", "graft.method", "graft.labels", "graft.pool"};
     const char *values[] = {graft_task_name(task), n_head ? "classification" : "generation",
                             pc->run.method, labels_json, pc->run.pool};
-    int rc = graft_gpt2_save(tr->trunk, pc->file, head, n_head, keys, values, 5);
+    int rc = graft_mkdirs_for(pc->file); /* as train and pretrain make their --out */
+    if (!rc) rc = graft_gpt2_save(tr->trunk, pc->file, head, n_head, keys, values, 5);
     free(labels_json);
     if (!rc) { /* a gpt2 trunk loads with its vocabulary beside it */
         char dir[4096];

@@ -16,8 +16,10 @@
  * Ownership: every run's events live in one jansson array owned by the
  * run_t; everything else borrows from it.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -48,13 +50,81 @@ static const char *usage =
     "Writes DIR/summary.json (the same numbers, for scripts) and, unless\n"
     "--no-plots, PNG plots drawn with gnuplot: DIR/NAME-curves.png per run (training\n"
     "loss and dev metric per task), DIR/sparsity.png (metric against mask sparsity)\n"
-    "and DIR/overlap.png (task-by-task mask overlap), each with its .gp script.\n\n"
-    "options:\n"
-    "  --out DIR     where summary.json and the plots go (default: runs/report)\n"
-    "  --no-plots    only the table and summary.json\n"
-    "  --help        show this help\n";
+    "and DIR/overlap.png (task-by-task mask overlap), each with its .gp script.";
+
+typedef struct {
+    char out[GRAFT_OPT_STR];
+    int no_plots;
+} report_opts_t;
+
+static const graft_option_t report_options[] = {
+    {"out", GRAFT_OPT_STRING, offsetof(report_opts_t, out), "runs/report", 0, -1,
+     "where summary.json and the plots go"},
+    {"no-plots", GRAFT_OPT_BOOL, offsetof(report_opts_t, no_plots), "false", 0, -1,
+     "only the table and summary.json"},
+    GRAFT_OPT_END,
+};
 
 /* ---- loading ---------------------------------------------------------- */
+
+/* The fields the report reads and their JSON types ('n' number, 's' string,
+ * 'o' object, 'a' array, 'b' boolean; upper case: the event needs it). An
+ * event (NULL: any) with such a field of another type is refused. */
+static const struct {
+    const char *event, *field;
+    char type;
+} field_types[] = {
+    {NULL, "step", 'n'},           {NULL, "round", 'n'},
+    {"eval", "task", 'S'},         {"eval", "split", 'S'},
+    {"eval", "accuracy", 'n'},     {"eval", "chrf", 'n'},
+    {"eval", "loss", 'n'},         {"eval", "ece", 'n'},
+    {"eval", "macro_f1", 'n'},     {"eval", "sparsity", 'n'},
+    {"eval", "sample", 'o'},       {"train", "loss", 'n'},
+    {"round_end", "train_loss", 'n'}, {"round_end", "bytes_in", 'n'},
+    {"round_end", "bytes_out", 'n'},  {"run_start", "mode", 's'},
+    {"run_start", "method", 's'},  {"run_start", "params", 'o'},
+    {"run_end", "seconds", 'n'},   {"run_end", "ok", 'b'},
+    {"mask", "trunk", 'n'},        {"mask", "eligible", 'n'},
+    {"mask", "per_task_params", 'n'}, {"mask_overlap", "tasks", 'a'},
+    {"mask_overlap", "jaccard", 'a'},
+};
+
+static int has_type(json_t *v, char type) {
+    switch (type) {
+    case 'n': return json_is_number(v);
+    case 's': return json_is_string(v);
+    case 'o': return json_is_object(v);
+    case 'a': return json_is_array(v);
+    default: return json_is_boolean(v);
+    }
+}
+
+static const char *type_name(char type) {
+    switch (type) {
+    case 'n': return "a number";
+    case 's': return "a string";
+    case 'o': return "an object";
+    case 'a': return "an array";
+    default: return "true or false";
+    }
+}
+
+/* 0 when every field the report reads has its type; else -1 after logging
+ * the first that does not, at where (file:line). */
+static int check_fields(json_t *ev, const char *where) {
+    const char *type = json_string_value(json_object_get(ev, "event"));
+    for (size_t i = 0; i < sizeof field_types / sizeof field_types[0]; i++) {
+        if (field_types[i].event && strcmp(field_types[i].event, type)) continue;
+        char t = (char)tolower((unsigned char)field_types[i].type);
+        json_t *v = json_object_get(ev, field_types[i].field);
+        if (v ? has_type(v, t) : islower((unsigned char)field_types[i].type)) continue;
+        LOG_ERROR("report: %s: %s event: field \"%s\" %s %s", where, type,
+                  field_types[i].field, v ? "must be" : "is missing; it must be",
+                  type_name(t));
+        return -1;
+    }
+    return 0;
+}
 
 /* Reads PATH (an events.jsonl or a directory holding one) into run. A
  * malformed line is an error naming file and line, except a truncated last
@@ -108,6 +178,13 @@ static int load_run(const char *arg, run_t *run) {
             }
             LOG_ERROR("report: %s:%d: not an event object (%s)", path, lineno,
                       ev ? "no \"event\" field" : err.text);
+            rc = GRAFT_EFORMAT;
+            break;
+        }
+        char where[4200];
+        snprintf(where, sizeof where, "%s:%d", path, lineno);
+        if (check_fields(ev, where)) {
+            json_decref(ev);
             rc = GRAFT_EFORMAT;
             break;
         }
@@ -565,35 +642,22 @@ static int plot_overlap(const char *out, const run_t *runs, int n) {
 /* ---- command ---------------------------------------------------------- */
 
 int cmd_report(int argc, char **argv) {
-    const char *out = "runs/report";
-    int plots = 1, nr = 0, rc = GRAFT_OK;
+    report_opts_t opts;
+    char **args;
+    int nr = 0;
+    int rc = graft_options_parse_args(report_options, &opts, argc, argv, usage, &args, &nr);
+    if (rc == GRAFT_OPTS_OK && nr == 0) LOG_ERROR("graft report: no RUN given (see --help)");
+    if (rc == GRAFT_OPTS_OK && nr > MAX_RUNS)
+        LOG_ERROR("graft report: %d runs, more than %d", nr, MAX_RUNS);
+    if (rc || nr == 0 || nr > MAX_RUNS) {
+        free(args);
+        return rc == GRAFT_OPTS_HELP ? 0 : 2;
+    }
     static run_t runs[MAX_RUNS];
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            fputs(usage, stdout);
-            return 0;
-        } else if (!strcmp(argv[i], "--out")) {
-            if (++i == argc) {
-                fprintf(stderr, "graft report: --out needs a directory\n");
-                return 2;
-            }
-            out = argv[i];
-        } else if (!strcmp(argv[i], "--no-plots")) {
-            plots = 0;
-        } else if (argv[i][0] == '-') {
-            fprintf(stderr, "graft report: unknown option '%s' (see --help)\n", argv[i]);
-            return 2;
-        } else if (nr == MAX_RUNS) {
-            fprintf(stderr, "graft report: more than %d runs\n", MAX_RUNS);
-            return 2;
-        } else if ((rc = load_run(argv[i], &runs[nr++]))) {
-            break;
-        }
-    }
-    if (!rc && nr == 0) {
-        fprintf(stderr, "%s", usage);
-        return 2;
-    }
+    const char *out = opts.out;
+    int plots = !opts.no_plots, loaded = 0;
+    for (; loaded < nr && !rc; loaded++) rc = load_run(args[loaded], &runs[loaded]);
+    free(args);
     char path[4096];
     snprintf(path, sizeof path, "%s/summary.json", out);
     if (!rc && graft_mkdirs_for(path)) rc = GRAFT_EIO;
@@ -629,6 +693,6 @@ int cmd_report(int argc, char **argv) {
         if (!rc) rc = plot_sparsity(out, runs, nr);
         if (!rc) rc = plot_overlap(out, runs, nr);
     }
-    for (int k = 0; k < nr; k++) json_decref(runs[k].events);
+    for (int k = 0; k < loaded; k++) json_decref(runs[k].events);
     return rc ? 1 : 0;
 }

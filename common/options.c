@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "graft.h"
 
@@ -15,6 +16,13 @@ static const graft_option_t *find(const graft_option_t *table, const char *name)
     for (const graft_option_t *o = table; o->name; o++)
         if (strcmp(o->name, name) == 0) return o;
     return NULL;
+}
+
+/* 1 or 0 for a boolean word, -1 for anything else. */
+static int bool_word(const char *v) {
+    if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on")) return 1;
+    if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off")) return 0;
+    return -1;
 }
 
 static int in_bounds(const graft_option_t *o, double x) {
@@ -48,17 +56,12 @@ int graft_options_set(const graft_option_t *table, void *target, const char *nam
         *(float *)field = (float)x;
         return GRAFT_OK;
     }
-    case GRAFT_OPT_BOOL:
-        if (!strcmp(value, "1") || !strcmp(value, "true") || !strcmp(value, "yes") ||
-            !strcmp(value, "on")) {
-            *(int *)field = 1;
-        } else if (!strcmp(value, "0") || !strcmp(value, "false") || !strcmp(value, "no") ||
-                   !strcmp(value, "off")) {
-            *(int *)field = 0;
-        } else {
-            goto bad;
-        }
+    case GRAFT_OPT_BOOL: {
+        int x = bool_word(value);
+        if (x < 0) goto bad;
+        *(int *)field = x;
         return GRAFT_OK;
+    }
     case GRAFT_OPT_STRING:
         if (strlen(value) >= GRAFT_OPT_STR) {
             LOG_ERROR("%s: value of '%s' is longer than %d characters", where, name,
@@ -85,10 +88,34 @@ static char *trim(char *s) {
     return s;
 }
 
-int graft_options_load_file(const graft_option_t *table, void *target, const char *path) {
+/* The set whose table has option name, or NULL. */
+static const graft_option_set_t *find_set(const graft_option_set_t *sets, int nsets,
+                                          const char *name) {
+    for (int k = 0; k < nsets; k++)
+        if (find(sets[k].table, name)) return &sets[k];
+    return NULL;
+}
+
+static int set_in_sets(const graft_option_set_t *sets, int nsets, const char *name,
+                       const char *value, const char *where) {
+    const graft_option_set_t *set = find_set(sets, nsets, name);
+    return graft_options_set(set ? set->table : sets[0].table, set ? set->target : sets[0].target,
+                             name, value, where);
+}
+
+static int load_file_sets(const graft_option_set_t *sets, int nsets, const char *path) {
     FILE *f = fopen(path, "r");
     if (!f) {
         LOG_ERROR("%s: cannot open config file: %s", path, strerror(errno));
+        return GRAFT_EIO;
+    }
+    /* A directory opens and reads as empty; a pipe or /dev/null is a stream. */
+    struct stat st = {0};
+    if (fstat(fileno(f), &st) != 0 ||
+        !(S_ISREG(st.st_mode) || S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode))) {
+        LOG_ERROR("%s: --config needs a file of `name = value` lines; this is %s", path,
+                  S_ISDIR(st.st_mode) ? "a directory" : "not a regular file");
+        fclose(f);
         return GRAFT_EIO;
     }
     char line[4096], where[512];
@@ -107,10 +134,15 @@ int graft_options_load_file(const graft_option_t *table, void *target, const cha
             break;
         }
         *eq = '\0';
-        rc = graft_options_set(table, target, trim(s), trim(eq + 1), where);
+        rc = set_in_sets(sets, nsets, trim(s), trim(eq + 1), where);
     }
     fclose(f);
     return rc;
+}
+
+int graft_options_load_file(const graft_option_t *table, void *target, const char *path) {
+    graft_option_set_t set = {table, target};
+    return load_file_sets(&set, 1, path);
 }
 
 static void set_defaults(const graft_option_t *table, void *target) {
@@ -122,20 +154,46 @@ static void set_defaults(const graft_option_t *table, void *target) {
 
 int graft_options_parse(const graft_option_t *table, void *target, int argc, char **argv,
                         const char *usage) {
-    set_defaults(table, target);
+    graft_option_set_t set = {table, target};
+    return graft_options_parse_sets(&set, 1, argc, argv, usage, NULL, NULL);
+}
+
+int graft_options_parse_args(const graft_option_t *table, void *target, int argc, char **argv,
+                             const char *usage, char ***args, int *nargs) {
+    graft_option_set_t set = {table, target};
+    *args = graft_xcalloc((size_t)argc + 1, sizeof **args);
+    return graft_options_parse_sets(&set, 1, argc, argv, usage, *args, nargs);
+}
+
+/* The value of flag argv[*i] (--name or --name=value) of option o, moving *i
+ * past a value taken from the next argument; NULL (logged) when missing. */
+static const char *flag_value(const graft_option_t *o, int argc, char **argv, int *i) {
+    const char *eq = strchr(argv[*i] + 2, '=');
+    if (eq) return eq + 1;
+    if (o->type == GRAFT_OPT_BOOL)
+        return *i + 1 < argc && bool_word(argv[*i + 1]) >= 0 ? argv[++*i] : "true";
+    if (*i + 1 < argc) return argv[++*i];
+    LOG_ERROR("option --%s needs a value", o->name);
+    return NULL;
+}
+
+int graft_options_parse_sets(const graft_option_set_t *sets, int nsets, int argc, char **argv,
+                             const char *usage, char **args, int *nargs) {
+    for (int k = 0; k < nsets; k++) set_defaults(sets[k].table, sets[k].target);
+    if (nargs) *nargs = 0;
     /* First pass: --help and --config, so the file applies before flags. */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            graft_options_usage(stdout, table, usage);
+            graft_options_usage_sets(stdout, sets, nsets, usage);
             return GRAFT_OPTS_HELP;
         }
         if (!strcmp(argv[i], "--config") || !strncmp(argv[i], "--config=", 9)) {
             const char *path = argv[i][8] == '=' ? argv[i] + 9 : (i + 1 < argc ? argv[++i] : NULL);
-            if (!path) {
+            if (!path || !*path) {
                 LOG_ERROR("--config needs a file name");
                 return GRAFT_EINVAL;
             }
-            int rc = graft_options_load_file(table, target, path);
+            int rc = load_file_sets(sets, nsets, path);
             if (rc) return rc;
         }
     }
@@ -146,36 +204,30 @@ int graft_options_parse(const graft_option_t *table, void *target, int argc, cha
             continue;
         }
         if (!strncmp(arg, "--config=", 9)) continue;
+        if (strncmp(arg, "--", 2) != 0 && args && (arg[0] != '-' || !arg[1])) {
+            args[(*nargs)++] = argv[i];
+            continue;
+        }
         if (strncmp(arg, "--", 2) != 0) {
             LOG_ERROR("unexpected argument '%s' (options are --name value; see --help)", arg);
             return GRAFT_EINVAL;
         }
         char name[128];
-        const char *value = NULL;
         const char *eq = strchr(arg + 2, '=');
         size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
         if (len >= sizeof name) len = sizeof name - 1;
         memcpy(name, arg + 2, len);
         name[len] = '\0';
-        const graft_option_t *o = find(table, name);
-        if (!o) {
+        const graft_option_set_t *set = find_set(sets, nsets, name);
+        if (!set) {
             LOG_ERROR("command line --%s: unknown option '%s' (see --help)", name, name);
             return GRAFT_EINVAL;
         }
-        if (eq) {
-            value = eq + 1;
-        } else if (o->type == GRAFT_OPT_BOOL &&
-                   (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0)) {
-            value = "true";
-        } else if (i + 1 < argc) {
-            value = argv[++i];
-        } else {
-            LOG_ERROR("option --%s needs a value", name);
-            return GRAFT_EINVAL;
-        }
+        const char *value = flag_value(find(set->table, name), argc, argv, &i);
+        if (!value) return GRAFT_EINVAL;
         char where[160];
         snprintf(where, sizeof where, "command line --%s", name);
-        int rc = graft_options_set(table, target, name, value, where);
+        int rc = graft_options_set(set->table, set->target, name, value, where);
         if (rc) return rc;
     }
     return GRAFT_OPTS_OK;
@@ -192,21 +244,28 @@ static const char *type_name(graft_opt_type_t t) {
 }
 
 void graft_options_usage(FILE *out, const graft_option_t *table, const char *usage) {
+    graft_option_set_t set = {table, NULL};
+    graft_options_usage_sets(out, &set, 1, usage);
+}
+
+void graft_options_usage_sets(FILE *out, const graft_option_set_t *sets, int nsets,
+                              const char *usage) {
     fprintf(out, "%s\n\nOptions (also usable as `name = value` lines in a --config file):\n",
             usage);
     fprintf(out, "  %-28s %s\n", "--config FILE", "read settings from FILE before the flags");
     fprintf(out, "  %-28s %s\n", "--help", "show this help");
-    for (const graft_option_t *o = table; o->name; o++) {
-        char flag[96];
-        snprintf(flag, sizeof flag, "--%s %s", o->name, type_name(o->type));
-        fprintf(out, "  %-28s %s (default: %s", flag, o->help, *o->def ? o->def : "none");
-        if (o->min <= o->max && (o->type == GRAFT_OPT_INT || o->type == GRAFT_OPT_FLOAT))
-            fprintf(out, "; range %g..%g", o->min, o->max);
-        fprintf(out, ")\n");
-    }
+    for (int k = 0; k < nsets; k++)
+        for (const graft_option_t *o = sets[k].table; o->name; o++) {
+            char flag[96];
+            snprintf(flag, sizeof flag, "--%s %s", o->name, type_name(o->type));
+            fprintf(out, "  %-28s %s (default: %s", flag, o->help, *o->def ? o->def : "none");
+            if (o->min <= o->max && (o->type == GRAFT_OPT_INT || o->type == GRAFT_OPT_FLOAT))
+                fprintf(out, "; range %g..%g", o->min, o->max);
+            fprintf(out, ")\n");
+        }
 }
 
-static void format_value(char *buf, size_t n, const graft_option_t *o, const void *target) {
+void graft_options_format(char *buf, size_t n, const graft_option_t *o, const void *target) {
     const char *field = (const char *)target + o->offset;
     switch (o->type) {
     case GRAFT_OPT_INT: snprintf(buf, n, "%d", *(const int *)field); break;
@@ -219,7 +278,7 @@ static void format_value(char *buf, size_t n, const graft_option_t *o, const voi
 void graft_options_dump(FILE *out, const graft_option_t *table, const void *target) {
     char buf[GRAFT_OPT_STR + 32];
     for (const graft_option_t *o = table; o->name; o++) {
-        format_value(buf, sizeof buf, o, target);
+        graft_options_format(buf, sizeof buf, o, target);
         fprintf(out, "%s = %s\n", o->name, buf);
     }
 }
@@ -228,7 +287,7 @@ unsigned long long graft_options_digest(const graft_option_t *table, const void 
     unsigned long long h = 1469598103934665603ull;
     char buf[GRAFT_OPT_STR + 32];
     for (const graft_option_t *o = table; o->name; o++) {
-        format_value(buf, sizeof buf, o, target);
+        graft_options_format(buf, sizeof buf, o, target);
         for (const char *s = o->name; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
         for (const char *s = buf; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
     }

@@ -8,6 +8,11 @@
  * `--name value` or `--name=value`; booleans also take a bare `--name`.
  * String fields are char[GRAFT_OPT_STR] arrays inside the struct, so the
  * struct owns everything and needs no freeing.
+ *
+ * A command may fill several structs from one command line and config file
+ * (its own options and the shared run options: graft_option_set_t), and may
+ * take plain arguments (file names) among the flags. A bare boolean flag is
+ * true; the next argument is its value only when it is a boolean word.
  */
 #ifndef GRAFT_OPTIONS_H
 #define GRAFT_OPTIONS_H
@@ -33,13 +38,33 @@ typedef struct {
 /* Outcome of graft_options_parse. */
 enum { GRAFT_OPTS_OK = 0, GRAFT_OPTS_HELP = 1 };
 
+/* One option table and the struct it fills. */
+typedef struct {
+    const graft_option_t *table;
+    void *target;
+} graft_option_set_t;
+
 /* Fills target with defaults, then the file named by --config (if any),
  * then the other flags. Returns GRAFT_OPTS_OK, GRAFT_OPTS_HELP after
  * printing the usage to stdout, or a negative error after logging what is
  * wrong and where (file:line or the flag). usage is the one-line synopsis
- * and description printed above the option list. */
+ * and description printed above the option list. Plain arguments are
+ * refused. */
 int graft_options_parse(const graft_option_t *table, void *target, int argc, char **argv,
                         const char *usage);
+
+/* The same over nsets tables (an option name belongs to one of them; the
+ * usage lists them in order). With args non-NULL (room for argc pointers),
+ * plain arguments are collected there in order, *nargs of them (pointers
+ * into argv); with args NULL they are refused. */
+int graft_options_parse_sets(const graft_option_set_t *sets, int nsets, int argc, char **argv,
+                             const char *usage, char **args, int *nargs);
+
+/* graft_options_parse for a command that also takes plain arguments (file
+ * names): *args is set to an array of them (pointers into argv; the caller
+ * frees the array, also after an error), *nargs of them. */
+int graft_options_parse_args(const graft_option_t *table, void *target, int argc, char **argv,
+                             const char *usage, char ***args, int *nargs);
 
 /* Applies one `name = value` setting (used by the parsers; exposed for
  * programs that build settings in code). `where` names the source for
@@ -47,10 +72,18 @@ int graft_options_parse(const graft_option_t *table, void *target, int argc, cha
 int graft_options_set(const graft_option_t *table, void *target, const char *name,
                       const char *value, const char *where);
 
-/* Reads a config file of `name = value` lines into target. */
+/* Reads a config file of `name = value` lines into target. A directory
+ * (or a block device or socket) is refused; regular files, pipes and
+ * character devices such as /dev/null are read. */
 int graft_options_load_file(const graft_option_t *table, void *target, const char *path);
 
 void graft_options_usage(FILE *out, const graft_option_t *table, const char *usage);
+void graft_options_usage_sets(FILE *out, const graft_option_set_t *sets, int nsets,
+                              const char *usage);
+
+/* Writes option o's value in target as it would be written in a config
+ * file, e.g. to pass the effective settings on as --name=value flags. */
+void graft_options_format(char *buf, size_t n, const graft_option_t *o, const void *target);
 
 /* Writes the effective settings as a config file (so it can be reused). */
 void graft_options_dump(FILE *out, const graft_option_t *table, const void *target);

@@ -171,6 +171,29 @@ static void format_eta(char *buf, size_t n, double seconds) {
         snprintf(buf, n, "%dm%02ds", s / 60, s % 60);
 }
 
+/* A train window needs T+1 tokens and an evaluation one batch of B windows
+ * plus one target token; a smaller corpus would trip the sampler's assert or
+ * evaluate nothing (a NaN loss), so it is refused before anything is written. */
+static int check_corpus_size(const trainer_t *tr) {
+    const graft_pretrain_config_t *cfg = tr->cfg;
+    size_t n_train = graft_corpus_size(tr->corpus, GRAFT_CORPUS_TRAIN);
+    size_t n_heldout = graft_corpus_size(tr->corpus, GRAFT_CORPUS_HELDOUT);
+    size_t need_train = (size_t)tr->T + 1, need_heldout = (size_t)tr->B * tr->T + 1;
+    if (n_train >= need_train && n_heldout >= need_heldout) return GRAFT_OK;
+    double frac = (double)cfg->heldout;
+    size_t need = (size_t)ceil((double)need_heldout / frac);
+    while ((size_t)((double)need * frac) < need_heldout) need++;
+    if (need < need_train + need_heldout) need = need_train + need_heldout;
+    LOG_ERROR("corpus too small for --seq/--heldout: %s has %zu tokens (%zu train, %zu held out); "
+              "--seq %d, --batch %d and --heldout %g need at least %zu train tokens and %zu "
+              "held out (one evaluation batch), i.e. a corpus of at least %zu tokens (bytes, "
+              "with the byte tokenizer): give more text, lower --seq or --batch, or raise "
+              "--heldout",
+              cfg->data, n_train + n_heldout, n_train, n_heldout, tr->T, tr->B, frac, need_train,
+              need_heldout, need);
+    return GRAFT_EINVAL;
+}
+
 static int setup(trainer_t *tr, const graft_pretrain_config_t *cfg) {
     graft_gpt2_config_t mc;
     if (graft_gpt2_preset(cfg->preset, &mc)) {
@@ -204,6 +227,8 @@ static int setup(trainer_t *tr, const graft_pretrain_config_t *cfg) {
         tr->model = graft_gpt2_new(&mc, (uint64_t)cfg->seed);
     }
     rc = graft_corpus_load(cfg->data, cfg->heldout, tr->model->tok, &tr->corpus);
+    if (rc) return rc;
+    rc = check_corpus_size(tr);
     if (rc) return rc;
     rc = graft_gpt2_set_precision(tr->model, cfg->precision);
     if (rc) return rc;

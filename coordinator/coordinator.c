@@ -815,22 +815,32 @@ static int setup(coord_t *c) {
         LOG_INFO("coordinator: resumed from %s after round %d", c->cfg->resume, c->tr->step);
     }
     c->first_round = c->round = c->tr->step + 1;
+    if (c->round > c->cfg->rounds) {
+        LOG_ERROR("coordinator: --resume %s already holds %d rounds, and --rounds is %d: nothing "
+                  "to do (raise --rounds)", c->cfg->resume, c->round - 1, c->cfg->rounds);
+        return GRAFT_EINVAL;
+    }
     char path[2 * GRAFT_OPT_STR];
     snprintf(path, sizeof path, "%s/events.jsonl", c->cfg->out);
     return graft_events_open(path, &c->ev);
 }
 
+int graft_coordinator_check(const graft_run_config_t *cfg, int workers) {
+    if (cfg->min_replies <= workers) return GRAFT_OK;
+    LOG_ERROR("coordinator: --min_replies %d is more than the %d worker%s of the run: a round "
+              "could never close; min_replies must be <= workers", cfg->min_replies, workers,
+              workers == 1 ? "" : "s");
+    return GRAFT_EINVAL;
+}
+
 int graft_coordinator_run(const graft_coordinator_opts_t *o) {
+    int rc = graft_coordinator_check(&o->cfg, o->expected_workers);
+    if (rc) return rc;
     coord_t c = {.o = *o, .cfg = &o->cfg};
     c.w = graft_xcalloc(MAX_PEERS, sizeof *c.w);
     c.run_id = graft_run_id(&o->cfg);
     c.run_t0 = graft_now();
-    int rc = setup(&c);
-    if (!rc && c.round > o->cfg.rounds) {
-        LOG_ERROR("coordinator: the checkpoint already holds %d rounds (--rounds %d)",
-                  c.round - 1, o->cfg.rounds);
-        rc = GRAFT_EINVAL;
-    }
+    rc = setup(&c);
     if (!rc) {
         char digest[32], strategy[128];
         snprintf(digest, sizeof digest, "%016llx",

@@ -57,8 +57,15 @@ typedef struct {
 extern volatile sig_atomic_t graft_coordinator_stop;
 
 /* Runs the whole job; prints per-task test metrics on stdout at the end.
- * Returns GRAFT_OK or a negative error (logged). */
+ * Returns GRAFT_OK or a negative error (logged). Settings that cannot work
+ * (graft_coordinator_check, a --resume checkpoint that already holds
+ * --rounds rounds) are refused before OUT/events.jsonl is created. */
 int graft_coordinator_run(const graft_coordinator_opts_t *o);
+
+/* Checks the settings against the number of workers before anything starts:
+ * a round closes at its deadline only with --min_replies replies, so more
+ * than the workers would wait forever. GRAFT_OK or GRAFT_EINVAL (logged). */
+int graft_coordinator_check(const graft_run_config_t *cfg, int workers);
 
 /* The run id every message of this run carries: a digest of the settings
  * that define the job (not of --resume or --out), so a resumed coordinator

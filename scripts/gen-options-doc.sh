@@ -2,13 +2,20 @@
 # Regenerates docs/options.md from the commands' own --help (the option
 # tables in the code are the single source of truth).
 # Usage: scripts/gen-options-doc.sh [--check]
-#   writes docs/options.md; --check only compares (exit 1 when it is stale).
+#   writes docs/options.md; --check only compares (exit 1 when it is stale);
+#   any other argument is refused (exit 2) and nothing is written.
 #   GRAFT=path/to/graft picks the binary (default build/graft).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 graft() { "${GRAFT:-build/graft}" "$@"; }
 check=0
-[ "${1:-}" = "--check" ] && check=1
+case "$#:${1:-}" in
+  0:) ;;
+  1:--check) check=1 ;;
+  *) echo "gen-options-doc.sh: unexpected argument(s) '$*'" \
+          "(usage: gen-options-doc.sh [--check])" >&2
+     exit 2 ;;
+esac
 out=docs/options.md
 [ $check = 1 ] && out=$(mktemp) && trap 'rm -f "$out"' EXIT
 mkdir -p docs

@@ -27,6 +27,7 @@
 
 #include <cmocka.h>
 
+#include "capture.h"
 #include "coordinator.h"
 #include "safetensors.h"
 #include "trainer.h"
@@ -383,6 +384,45 @@ static void test_assignment_by_holdings(void **state) {
     remove_dir(dir);
 }
 
+/* Settings that cannot work are refused before OUT/events.jsonl exists:
+ * more --min_replies than workers (a round could never close), and a
+ * --resume checkpoint that already holds --rounds rounds. */
+static void test_unworkable_settings_refused(void **state) {
+    (void)state;
+    char dir[] = "/tmp/graft_test_coordinator_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    write_tasks(dir);
+    char tasks[300], log[300], events[300], ckpt[300];
+    snprintf(tasks, sizeof tasks, "cls:classification:%s/cls.tsv", dir);
+    snprintf(log, sizeof log, "%s/stderr.log", dir);
+    snprintf(events, sizeof events, "%s/out/events.jsonl", dir);
+    snprintf(ckpt, sizeof ckpt, "%s/ckpt.safetensors", dir);
+    graft_transport_t *ends[2] = {NULL};
+    assert_int_equal(graft_transport_inproc_new(1, ends), GRAFT_OK);
+    coord_arg_t a = {.co = {.expected_workers = 1, .tp = ends[0], .mode = "inproc"}};
+    base_config(&a.co.cfg, dir, tasks);
+    a.co.cfg.min_replies = 3;
+    capture_begin(log);
+    assert_int_equal(graft_coordinator_run(&a.co), GRAFT_EINVAL);
+    capture_end_expect("--min_replies 3 is more than the 1 worker of the run");
+    assert_int_equal(graft_coordinator_check(&a.co.cfg, 3), GRAFT_OK);
+    assert_int_equal(access(events, F_OK), -1);
+
+    graft_trainer_t *tr = NULL;
+    assert_int_equal(graft_trainer_new(&a.co.cfg, &tr), GRAFT_OK);
+    tr->step = 6; /* rounds done */
+    assert_int_equal(graft_trainer_save(tr, ckpt), GRAFT_OK);
+    graft_trainer_destroy(&tr);
+    a.co.cfg.min_replies = 1;
+    snprintf(a.co.cfg.resume, sizeof a.co.cfg.resume, "%s", ckpt);
+    capture_begin(log);
+    assert_int_equal(graft_coordinator_run(&a.co), GRAFT_EINVAL);
+    capture_end_expect("already holds 6 rounds, and --rounds is 3");
+    assert_int_equal(access(events, F_OK), -1);
+    for (int i = 0; i < 2; i++) graft_transport_destroy(&ends[i]);
+    remove_dir(dir);
+}
+
 int main(void) {
     /* Coordinator and worker share this process: one thread each, so that
      * their OpenMP teams do not fight over the cores. */
@@ -391,6 +431,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_messages_dropped),
         cmocka_unit_test(test_assignment_by_holdings),
+        cmocka_unit_test(test_unworkable_settings_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

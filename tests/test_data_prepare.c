@@ -4,8 +4,10 @@
  * every file it writes; fortunes skip off/, .dat, links and ASCII art;
  * quoted-printable, base64, charsets and HTML in mail are decoded; every
  * group sits in one split and both WordNet tasks agree on the split of a
- * synset; chunks and eras of the speeches; the quick slice; and a second
- * run with unchanged inputs does nothing. */
+ * synset; chunks and eras of the speeches; the quick slice; a second run
+ * with unchanged inputs does nothing; and bad options (--out a file or an
+ * impossible folder, --quick_rows malformed or without --quick) are named
+ * without a traceback, also through graft data prepare. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -140,19 +142,24 @@ static void write_speech(const char *name, int year, int words) {
     put(rel, text + 1);
 }
 
-/* Runs the script on the fixture sources into out (extra: more flags);
- * returns its exit status and keeps its output in g_fx->log. */
+/* Runs a shell command; returns its exit status (as pclose gives it) and
+ * keeps its output in g_fx->log. */
+static int run_logged(const char *cmd) {
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(g_fx->log, 1, sizeof g_fx->log - 1, p);
+    g_fx->log[n] = '\0';
+    return pclose(p);
+}
+
+/* Runs the script on the fixture sources into out (extra: more flags). */
 static int prepare(const char *out, const char *extra) {
     char cmd[2048];
     snprintf(cmd, sizeof cmd,
              "/usr/bin/python3 %s/scripts/data/prepare_tasks.py --out %s --fortunes %s/fortunes "
              "--wordnet %s/wordnet --spam %s/spam --sotu %s/sotu %s 2>&1",
              GRAFT_SOURCE_DIR, out, g_fx->dir, g_fx->dir, g_fx->dir, g_fx->dir, extra);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t n = fread(g_fx->log, 1, sizeof g_fx->log - 1, p);
-    g_fx->log[n] = '\0';
-    return pclose(p);
+    return run_logged(cmd);
 }
 
 static int setup(void **state) {
@@ -405,12 +412,37 @@ static void test_missing_source_is_named(void **state) {
              "/usr/bin/python3 %s/scripts/data/prepare_tasks.py --out %s/none --fortunes "
              "%s/fortunes --wordnet %s/nowhere --spam %s/spam --sotu %s/sotu 2>&1",
              GRAFT_SOURCE_DIR, fx->dir, fx->dir, fx->dir, fx->dir, fx->dir);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t n = fread(fx->log, 1, sizeof fx->log - 1, p);
-    fx->log[n] = '\0';
-    assert_int_not_equal(pclose(p), 0);
+    assert_int_not_equal(run_logged(cmd), 0);
     assert_non_null(strstr(fx->log, "nowhere/data.noun not found (Debian package wordnet-base)"));
+}
+
+/* Options that cannot work are named before any source is read, without a
+ * Python traceback, and leave no folder behind. */
+static void expect_refused(const char *out, const char *extra, const char *needle) {
+    assert_int_not_equal(prepare(out, extra), 0);
+    if (!strstr(g_fx->log, needle)) fail_msg("expected '%s' in: %s", needle, g_fx->log);
+    assert_null(strstr(g_fx->log, "Traceback"));
+}
+
+static void test_bad_options_are_named(void **state) {
+    fixture_t *fx = *state;
+    char file[256], fresh[256], needle[512], cmd[1024];
+    snprintf(file, sizeof file, "%s/fortunes/fortunes", fx->dir); /* a file, not a folder */
+    snprintf(needle, sizeof needle, "prepare: error: --out %s exists and is not a folder", file);
+    expect_refused(file, "", needle);
+    expect_refused("/proc/graft_tasks", "", "--out /proc/graft_tasks: cannot make the folder");
+    snprintf(fresh, sizeof fresh, "%s/fresh/tasks", fx->dir);
+    expect_refused(fresh, "--quick --quick_rows=-5,10,10",
+                   "--quick_rows '-5,10,10': expected TRAIN,DEV,TEST, three whole numbers above 0");
+    expect_refused(fresh, "--quick_rows=10,10,10",
+                   "--quick_rows '10,10,10' applies only with --quick");
+    snprintf(file, sizeof file, "%s/fresh", fx->dir);
+    assert_int_equal(access(file, F_OK), -1); /* the --out check made nothing that stays */
+    /* graft data prepare hands --quick_rows over to the script's checks */
+    snprintf(cmd, sizeof cmd, "%s/graft data prepare --offline --out %s --quick_rows 10,10,10 "
+             "2>&1", GRAFT_BINARY_DIR, fresh);
+    assert_int_not_equal(run_logged(cmd), 0);
+    assert_non_null(strstr(fx->log, "--quick_rows '10,10,10' applies only with --quick"));
 }
 
 int main(void) {
@@ -422,6 +454,7 @@ int main(void) {
         cmocka_unit_test(test_quick_slice),
         cmocka_unit_test(test_second_run_does_nothing),
         cmocka_unit_test(test_missing_source_is_named),
+        cmocka_unit_test(test_bad_options_are_named),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -3,7 +3,9 @@
 # (DESIGN §5, issue 4):
 #  1. CurveZMQ: a client whose key is not on the allow-list cannot join; the
 #     coordinator logs the refusal and the run with the allowed clients
-#     completes;
+#     completes; the refused client gives up after --hello_timeout_ms and
+#     says why; command lines: keygen's arguments, strict numbers, graft
+#     run's own options as config lines (workers = 1 below);
 #  2. one worker holding all the data ends with the same modules (up to the
 #     fixed-point aggregation's quantum, 2^-37) and the same test metrics as
 #     `graft train` for the same steps; over several rounds too when the
@@ -41,10 +43,12 @@ EP=tcp://127.0.0.1:$(free_port)
     --config run.conf --out "$T/curve" >"$T/curve.out" 2>"$T/curve.err" &
 COORD=$!
 PIDS="$COORD"
-# The intruder connects first, so that it would take a slot if it could.
+# The intruder connects first, so that it would take a slot if it could. It
+# never hears back, and gives up after its --hello_timeout_ms with a hint.
 "$GRAFT" worker --connect "$EP" --config run.conf --name mallory --shard 0/2 \
-    --curve mallory --server-key coordinator.pub 2>"$T/mallory.err" &
-PIDS="$PIDS $!"
+    --curve mallory --server-key coordinator.pub --hello_timeout_ms 3000 2>"$T/mallory.err" &
+MALLORY=$!
+PIDS="$PIDS $MALLORY"
 sleep 1
 for w in alice bob; do
     i=$([ $w = alice ] && echo 0 || echo 1)
@@ -66,7 +70,43 @@ grep -q '"event":"worker_join".*"name":"mallory"' "$EV" && fail "the refused cli
 grep '"event":"round_end"' "$EV" | grep -q mallory && fail "the refused client took part in a round"
 [ "$(grep -c '"event":"round_end".*"participants":\["alice","bob"\]' "$EV")" -eq 3 ] ||
     fail "not every round had alice and bob"
-echo "ok 1 - CurveZMQ: a key off the allow-list is refused and logged; the allowed run completes"
+if wait "$MALLORY"; then fail "the refused worker exited 0"; fi
+grep -q "worker mallory: no answer from the coordinator in 3 s after saying hello: .*public key \
+on its --allow list" "$T/mallory.err" ||
+    { tail -5 "$T/mallory.err" >&2; fail "the refused worker did not say why it gave up"; }
+echo "ok 1 - CurveZMQ: a key off the allow-list is refused and logged; the allowed run" \
+    "completes; the refused worker times out its hello"
+
+# ---- 1b. command lines: keygen, strict numbers, distributed options in a config
+"$GRAFT" keygen --force carol >/dev/null || fail "keygen --force NAME failed"
+[ -s carol.key ] && [ -s carol.pub ] && [ ! -e ./--force.key ] ||
+    fail "keygen --force NAME: wrong files"
+cp carol.pub carol.old
+"$GRAFT" keygen carol --force=true >/dev/null || fail "keygen NAME --force=true failed"
+cmp -s carol.pub carol.old && fail "keygen --force=true did not replace the key"
+expect_refusal() { # expect_refusal MESSAGE COMMAND...: exit 2 and MESSAGE on stderr
+    msg=$1; shift
+    st=0; "$@" >/dev/null 2>"$T/refused.err" || st=$?
+    [ $st -eq 2 ] || fail "'$*' exited $st, not 2"
+    grep -qF -- "$msg" "$T/refused.err" || { cat "$T/refused.err" >&2; fail "'$*': no '$msg'"; }
+}
+expect_refusal "expected one NAME, got 2 ('b' is one too many)" "$GRAFT" keygen a b
+expect_refusal "unknown option 'bogus'" "$GRAFT" keygen c --bogus
+expect_refusal "NAME '' must end in a file name" "$GRAFT" keygen ""
+[ ! -e a.key ] && [ ! -e b.key ] && [ ! -e c.key ] && [ ! -e .key ] ||
+    fail "a refused keygen wrote keys"
+expect_refusal "'2x' for option 'workers' is not a whole number" \
+    "$GRAFT" run --config run.conf --workers 2x
+expect_refusal "--shard '1/2x': expected I/N" \
+    "$GRAFT" worker --connect tcp://127.0.0.1:9 --config run.conf --shard 1/2x
+expect_refusal "'abc' for option 'workers' is not a whole number" \
+    "$GRAFT" coordinator --config run.conf --workers abc
+grep -q curve-secret "$T/refused.err" && fail "a bad --workers blamed --curve-secret"
+expect_refusal "--min_replies 3 is more than the 1 worker" \
+    "$GRAFT" run --config run.conf --workers 1 --min_replies 3 --out "$T/mr"
+[ ! -e "$T/mr" ] || fail "a refused run wrote $T/mr"
+printf 'workers = 1\nrounds = 3\nlocal_steps = 4\n' > "$T/one-worker.conf"
+echo "ok 1b - keygen arguments, strict numbers, precise messages"
 
 # ---- 2. one worker with all the data = graft train ---------------------------
 # Same seed, 12 steps either way: one round of 12 local steps. The worker's
@@ -91,7 +131,7 @@ compare "$T/central/modules.safetensors" "$T/central8/modules.safetensors" --ato
 # keeps its state: with --keep_optimizer_state one worker is graft train
 # again (each round's import moves values by <= 2^-37, which later steps
 # carry along: within 1e-6 here, measured 1e-7), without it clearly not.
-timeout 60 "$GRAFT" run --config run.conf --workers 1 --rounds 3 --local_steps 4 \
+timeout 60 "$GRAFT" run --config run.conf --config "$T/one-worker.conf" \
     --keep_optimizer_state true --out "$T/keep" >"$T/keep.out" 2>"$T/keep.err" ||
     fail "graft run --keep_optimizer_state failed"
 compare "$T/central/modules.safetensors" "$T/keep/modules.safetensors" --atol 1e-6 >"$T/cmp3.txt" ||

@@ -52,6 +52,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "capture.h"
 #include "grafting.h"
 #include "rng.h"
 #include "synthetic.h"
@@ -126,33 +127,11 @@ static graft_grafting_t *grafting(const char *groups, int t) {
     return grafting_of(&cfg, t);
 }
 
-/* stderr of a call, captured into a file and read back. */
-static FILE *g_saved_err;
-static int g_saved_fd = -1;
-static char g_log[128];
-
-static void capture_begin(void) {
-    snprintf(g_log, sizeof g_log, "%s/stderr.log", g_dir);
-    fflush(stderr);
-    g_saved_fd = dup(2);
-    g_saved_err = fopen(g_log, "w");
-    assert_non_null(g_saved_err);
-    assert_true(dup2(fileno(g_saved_err), 2) >= 0);
-}
-
-static char *capture_end(void) {
-    fflush(stderr);
-    dup2(g_saved_fd, 2);
-    close(g_saved_fd);
-    fclose(g_saved_err);
-    FILE *fp = fopen(g_log, "r");
-    assert_non_null(fp);
-    char *buf = calloc(1, 1 << 16);
-    size_t n = fread(buf, 1, (1 << 16) - 1, fp);
-    buf[n] = '\0';
-    fclose(fp);
-    fputs(buf, stderr);
-    return buf;
+/* stderr of a call (tests/capture.h), in the test's folder. */
+static void capture_in_dir(void) {
+    char log[300];
+    snprintf(log, sizeof log, "%s/stderr.log", g_dir);
+    capture_begin(log);
 }
 
 static void assert_contains(const char *text, const char *needle) {
@@ -243,7 +222,7 @@ static void test_finetuned_sources(void **state) {
     snprintf(want, sizeof want, "%s/head/modules.safetensors", g_dir);
     assert_int_equal(graft_trainer_save(tr, want), GRAFT_OK);
     graft_trainer_destroy(&tr);
-    capture_begin();
+    capture_in_dir();
     int rc = graft_grafting_load_finetuned(g, 1, want);
     char *log = capture_end();
     assert_true(rc < 0);
@@ -459,7 +438,7 @@ static void test_save_load_roundtrip(void **state) {
     run_config(&cfg, "graft");
     set_opt(&cfg, "seed", "2");
     assert_int_equal(graft_grafting_new(&cfg, &h), GRAFT_OK);
-    capture_begin();
+    capture_in_dir();
     int rc = graft_grafting_load_mask(h, path, &t, &back);
     char *log = capture_end();
     assert_int_equal(rc, GRAFT_EINVAL);
@@ -492,7 +471,7 @@ static void expect_refused(const graft_mask_layout_t *lay, const char *path, con
     graft_st_file_t *f = NULL;
     assert_int_equal(graft_st_open(path, &f), GRAFT_OK);
     graft_mask_t *m = NULL;
-    capture_begin();
+    capture_in_dir();
     int rc = graft_mask_read(f, lay, &m);
     char *log = capture_end();
     assert_true(rc < 0);
@@ -765,7 +744,7 @@ static void read_output(const char *name, char *text, size_t n) {
 
 static void test_commands(void **state) {
     (void)state;
-    char cmd[4096], common[1536], out[256];
+    char cmd[4096], common[1536], out[256], text[8192];
     snprintf(out, sizeof out, "%s/graftrun", g_dir);
     snprintf(common, sizeof common,
              "%s/graft %%s --preset tiny --seq 32 --seed 1 --eval_max 0 --threads 1 --tasks "
@@ -819,6 +798,21 @@ static void test_commands(void **state) {
     graft_mask_destroy(&m[1]);
     graft_grafting_destroy(&g);
 
+    /* show takes no --out (it would be ignored), and a bogus subcommand is named. */
+    snprintf(cmd, sizeof cmd, "%s/graft mask show --out %s/show %s/mask.pairs.s0.05.safetensors "
+             ">/dev/null 2>%s/show.err", GRAFT_BINARY_DIR, g_dir, out, g_dir);
+    int st = system(cmd);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    read_output("show.err", text, sizeof text);
+    assert_contains(text, "unknown option 'out'");
+    snprintf(path, sizeof path, "%s/show", g_dir);
+    assert_int_equal(access(path, F_OK), -1);
+    snprintf(cmd, sizeof cmd, "%s/graft mask bogus 2>%s/bogus.err", GRAFT_BINARY_DIR, g_dir);
+    st = system(cmd);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    read_output("bogus.err", text, sizeof text);
+    assert_contains(text, "graft mask: unknown subcommand 'bogus'");
+
     /* graft report reads the run: one row per sparsity (no base row), and
      * the overlap matrix of the train run or of graft mask overlap. */
     snprintf(cmd, sizeof cmd, "%s/graft report --no-plots --out %s/report %s %s/ov >/dev/null 2>&1",
@@ -844,7 +838,6 @@ static void test_commands(void **state) {
     snprintf(base, sizeof base, common, "inspect");
     snprintf(cmd, sizeof cmd, "%s --sparsity 0.01,0.001 >%s/inspect.out 2>&1", base, g_dir);
     run(cmd);
-    char text[8192];
     read_output("inspect.out", text, sizeof text);
     assert_contains(text, "masks over attn,mlp,ln: 25472 eligible parameters");
     assert_contains(text, "0.01                  255");

@@ -3,7 +3,10 @@
  * flags overriding the file, --name=value and bare boolean flags, and the
  * refusals (out of range, malformed numbers, unknown options, bad config
  * lines, over-long strings) with a negative code and an error that names
- * where the problem is; a dump of the settings re-loads to the same digest.
+ * where the problem is; a dump of the settings re-loads to the same digest;
+ * a --config that is a directory is refused; several tables parsed at once
+ * (a command's own options and the run options) with plain arguments among
+ * the flags.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +20,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "capture.h"
 #include "graft.h"
 #include "options.h"
 
@@ -89,32 +93,11 @@ static int parse(settings_t *s, const char *const *args) {
 }
 #define PARSE(s, ...) parse((s), (const char *const[]){__VA_ARGS__, NULL})
 
-/* stderr capture, to check that errors say where the problem is */
-static int g_saved_stderr = -1;
-
-static void capture_begin(void) {
+/* stderr capture (tests/capture.h), to check that errors say where the
+ * problem is */
+static void capture(void) {
     char path[PATH_LEN];
-    fflush(stderr);
-    g_saved_stderr = dup(2);
-    int fd = open(tmp_path(path, "stderr.log"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    assert_true(fd >= 0 && g_saved_stderr >= 0);
-    dup2(fd, 2);
-    close(fd);
-}
-
-/* Restores stderr and checks the captured text contains needle. */
-static void capture_end_expect(const char *needle) {
-    char path[PATH_LEN], text[4096] = {0};
-    fflush(stderr);
-    dup2(g_saved_stderr, 2);
-    close(g_saved_stderr);
-    FILE *f = fopen(tmp_path(path, "stderr.log"), "r");
-    assert_non_null(f);
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    text[n] = '\0';
-    fclose(f);
-    fputs(text, stderr); /* keep the message visible in the test log */
-    if (!strstr(text, needle)) fail_msg("expected '%s' in the error log, got: %s", needle, text);
+    capture_begin(tmp_path(path, "stderr.log"));
 }
 
 static void assert_defaults(const settings_t *s) {
@@ -268,7 +251,7 @@ static void test_numbers_refused(void **state) {
     assert_int_equal(s.seed, -2147483648);
     assert_true(s.scale == -3.5e10f);
 
-    capture_begin();
+    capture();
     int rc = PARSE(&s, "--steps", "500");
     capture_end_expect("command line --steps");
     assert_int_equal(rc, GRAFT_EINVAL);
@@ -277,12 +260,12 @@ static void test_numbers_refused(void **state) {
 static void test_unknown_and_stray_refused(void **state) {
     (void)state;
     settings_t s;
-    capture_begin();
+    capture();
     int rc = PARSE(&s, "--nope", "1");
     capture_end_expect("unknown option 'nope'");
     assert_int_equal(rc, GRAFT_EINVAL);
     /* Last on the line, an unknown flag is still unknown, not short of a value. */
-    capture_begin();
+    capture();
     rc = PARSE(&s, "--steps", "3", "--nope");
     capture_end_expect("unknown option 'nope'");
     assert_int_equal(rc, GRAFT_EINVAL);
@@ -301,7 +284,7 @@ static void expect_bad_conf(const char *text, int code, const char *needle) {
     write_text(tmp_path(path, "bad.conf"), text);
     snprintf(where, sizeof where, "%s:%s", path, needle);
     settings_t s;
-    capture_begin();
+    capture();
     int rc = PARSE(&s, "--config", path);
     capture_end_expect(where);
     assert_int_equal(rc, code);
@@ -333,7 +316,7 @@ static void test_string_length(void **state) {
     settings_t s;
     assert_int_equal(PARSE(&s, "--name", longest), GRAFT_OPTS_OK);
     assert_string_equal(s.name, longest);
-    capture_begin();
+    capture();
     int rc = PARSE(&s, "--name", too_long);
     char needle[64];
     snprintf(needle, sizeof needle, "longer than %d characters", GRAFT_OPT_STR - 1);
@@ -346,6 +329,83 @@ static void test_string_length(void **state) {
     snprintf(text, sizeof text, "name = %s\n", too_long);
     write_text(tmp_path(path, "long.conf"), text);
     assert_int_equal(PARSE(&s, "--config", path), GRAFT_EINVAL);
+}
+
+/* A directory opens and reads as an empty file: it must be refused. */
+static void test_config_directory_refused(void **state) {
+    (void)state;
+    settings_t s;
+    capture();
+    int rc = PARSE(&s, "--config", g_dir, "--steps", "5");
+    capture_end_expect("--config needs a file of `name = value` lines; this is a directory");
+    assert_int_equal(rc, GRAFT_EIO);
+    assert_int_equal(PARSE(&s, "--config", "/dev/null", "--steps", "5"), GRAFT_OPTS_OK);
+}
+
+/* ---- several tables and plain arguments ---------------------------------- */
+
+typedef struct {
+    int workers;
+    char bind[GRAFT_OPT_STR];
+} extra_t;
+
+static const graft_option_t extra_table[] = {
+    {"workers", GRAFT_OPT_INT, offsetof(extra_t, workers), "1", 1, 256, "workers"},
+    {"bind", GRAFT_OPT_STRING, offsetof(extra_t, bind), "tcp://*:5555", 1, 0, "endpoint"},
+    GRAFT_OPT_END,
+};
+
+/* Parses args (NULL-terminated) over both tables; with want_args the plain
+ * arguments go to files. */
+static int parse_sets(settings_t *s, extra_t *e, const char *const *args, char **files,
+                      int *nfiles) {
+    char *argv[32] = {(char *)"test"};
+    int argc = 1;
+    while (args[argc - 1]) argv[argc] = (char *)args[argc - 1], argc++;
+    graft_option_set_t sets[] = {{extra_table, e}, {table, s}};
+    return graft_options_parse_sets(sets, 2, argc, argv, USAGE, files, nfiles);
+}
+#define PARSE_SETS(files, n, ...) \
+    parse_sets(&s, &e, (const char *const[]){__VA_ARGS__, NULL}, (files), (n))
+
+static void test_sets_and_plain_arguments(void **state) {
+    (void)state;
+    settings_t s;
+    extra_t e;
+    char *files[32];
+    int n = -1;
+    char path[PATH_LEN];
+    write_text(tmp_path(path, "good.conf"), "workers = 3\nsteps = 5\nbind = tcp://h:1\n");
+    assert_int_equal(PARSE_SETS(files, &n, "a.json", "--config", path, "--verbose", "b.json",
+                                "--bind=tcp://x:2", "-"),
+                     GRAFT_OPTS_OK);
+    assert_int_equal(e.workers, 3);
+    assert_int_equal(s.steps, 5);
+    assert_string_equal(e.bind, "tcp://x:2");
+    assert_int_equal(s.verbose, 1); /* bare: b.json is not a boolean, so an argument */
+    assert_int_equal(n, 3);
+    assert_string_equal(files[0], "a.json");
+    assert_string_equal(files[1], "b.json");
+    assert_string_equal(files[2], "-");
+    assert_int_equal(PARSE_SETS(files, &n, "--verbose", "false", "x"), GRAFT_OPTS_OK);
+    assert_int_equal(s.verbose, 0);
+    assert_int_equal(n, 1);
+    /* given twice, the last one wins, as for every option */
+    assert_int_equal(PARSE_SETS(NULL, NULL, "--workers", "2", "--workers=4"), GRAFT_OPTS_OK);
+    assert_int_equal(e.workers, 4);
+    capture();
+    int rc = PARSE_SETS(NULL, NULL, "--workers", "2x");
+    capture_end_expect("command line --workers: '2x' for option 'workers' is not a whole number "
+                       "in [1, 256]");
+    assert_int_equal(rc, GRAFT_EINVAL);
+    capture();
+    rc = PARSE_SETS(NULL, NULL, "--steps", "5", "stray");
+    capture_end_expect("unexpected argument 'stray'");
+    assert_int_equal(rc, GRAFT_EINVAL);
+    capture();
+    rc = PARSE_SETS(files, &n, "-x");
+    capture_end_expect("unexpected argument '-x'");
+    assert_int_equal(rc, GRAFT_EINVAL);
 }
 
 /* ---- dump --------------------------------------------------------------- */
@@ -404,6 +464,8 @@ int main(void) {
         cmocka_unit_test(test_bad_config_lines),
         cmocka_unit_test(test_string_length),
         cmocka_unit_test(test_dump_reload_digest),
+        cmocka_unit_test(test_config_directory_refused),
+        cmocka_unit_test(test_sets_and_plain_arguments),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

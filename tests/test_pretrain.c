@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "capture.h"
 #include "gpt2.h"
 #include "pretrain.h"
 
@@ -106,6 +107,43 @@ static void test_bad_inputs_are_refused(void **state) {
     assert_true(graft_pretrain_run(&cfg, &res) < 0);
 }
 
+/* A corpus shorter than a train window or one evaluation batch is refused
+ * with its size and what the settings need, before a checkpoint is written. */
+static void test_small_corpus_is_refused(void **state) {
+    (void)state;
+    char data[300], out[GRAFT_OPT_STR], log[300];
+    snprintf(data, sizeof data, "%s/small.txt", dir);
+    FILE *f = fopen(data, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 12; i++) fputs("some text ", f); /* 120 bytes */
+    fclose(f);
+    snprintf(log, sizeof log, "%s/stderr.log", dir);
+    graft_pretrain_config_t cfg;
+    graft_pretrain_result_t res;
+    base_config(&cfg, "small.safetensors");
+    snprintf(cfg.data, sizeof cfg.data, "%s", data);
+    snprintf(out, sizeof out, "%s", cfg.out);
+    cfg.batch = 4;
+    cfg.seq = 16; /* 114 train tokens hold a window; 6 held out are not a batch */
+    capture_begin(log);
+    assert_int_equal(graft_pretrain_run(&cfg, &res), GRAFT_EINVAL);
+    capture_end_expect("small.txt has 120 tokens (114 train, 6 held out); --seq 16, --batch 4 "
+                       "and --heldout 0.05 need at least 17 train tokens and 65 held out");
+    f = fopen(data, "w"); /* 3 bytes: not even one train window of the context */
+    assert_non_null(f);
+    fputs("abc", f);
+    fclose(f);
+    cfg.batch = 2;
+    cfg.seq = 0;
+    cfg.heldout = 0.5f;
+    capture_begin(log);
+    assert_int_equal(graft_pretrain_run(&cfg, &res), GRAFT_EINVAL);
+    capture_end_expect("has 3 tokens (2 train, 1 held out); --seq 32, --batch 2 and --heldout 0.5 "
+                       "need at least 33 train tokens and 65 held out (one evaluation batch), "
+                       "i.e. a corpus of at least 130 tokens");
+    assert_int_equal(access(out, F_OK), -1);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/graft_pretrain_XXXXXX");
     if (!mkdtemp(dir)) return 1;
@@ -115,6 +153,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loss_falls_and_resume_is_exact),
         cmocka_unit_test(test_bad_inputs_are_refused),
+        cmocka_unit_test(test_small_corpus_is_refused),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[320];

@@ -1,8 +1,8 @@
 #!/bin/sh
 # graft report on fabricated event logs with known numbers: the summary
 # table's values and the sample line under it, summary.json, the plots (when
-# gnuplot is installed), and the refusal of a malformed log with its file and
-# line.
+# gnuplot is installed), the refusal of a malformed log or a field of the
+# wrong type with its file and line, and --out=DIR.
 # Usage: test_report.sh GRAFT_BINARY
 set -eu
 GRAFT="$1"
@@ -77,4 +77,24 @@ if "$GRAFT" report --no-plots --out "$T/rep2" "$T/bad.jsonl" 2> "$T/err.txt"; th
 fi
 grep -q 'bad.jsonl:2' "$T/err.txt" || { cat "$T/err.txt"; fail "error does not name file:line"; }
 [ ! -e "$T/rep2/summary.json" ] || fail "summary written for a malformed log"
+# A field of the wrong type names the file, line, event and field.
+printf '{"event":"run_start"}\n{"event":"eval","task":1,"split":"test","accuracy":0.5}\n' \
+  > "$T/types.jsonl"
+if "$GRAFT" report --no-plots --out "$T/rep3" "$T/types.jsonl" 2> "$T/err.txt"; then
+  fail "an eval event with a numeric task was accepted"
+fi
+grep -q 'types.jsonl:2: eval event: field "task" must be a string' "$T/err.txt" ||
+  { cat "$T/err.txt"; fail "wrong field type not named"; }
+printf '{"event":"eval","task":"a","split":"test","accuracy":"high"}\n' > "$T/types.jsonl"
+"$GRAFT" report --no-plots --out "$T/rep3" "$T/types.jsonl" 2> "$T/err.txt" &&
+  fail "a string accuracy was accepted"
+grep -q 'types.jsonl:1: eval event: field "accuracy" must be a number' "$T/err.txt" ||
+  { cat "$T/err.txt"; fail "wrong accuracy type not named"; }
+[ ! -e "$T/rep3/summary.json" ] || fail "summary written for a log with a wrong field type"
+
+# Options go through the option table: --out=DIR, a bare --no-plots between runs.
+"$GRAFT" report --out="$T/rep4" "$T/central" --no-plots "$T/fed" > /dev/null || fail "--out=DIR"
+[ -s "$T/rep4/summary.json" ] || fail "--out=DIR wrote no summary.json"
+"$GRAFT" report --bogus "$T/central" 2> "$T/err.txt" && fail "an unknown option was accepted"
+grep -q "unknown option 'bogus'" "$T/err.txt" || fail "unknown option not named"
 echo "test_report: OK"

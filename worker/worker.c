@@ -44,6 +44,7 @@ typedef struct {
     int run_task[GRAFT_MAX_TASKS];
     int n_run_tasks;
     double last_beat;
+    double hello_at; /* graft_now() of a hello not yet answered; 0: answered */
     graft_wire_schema_entry_t schema_entries[GRAFT_MAX_TASKS + 1];
     graft_wire_schema_t schema;
     /* The values each scope was sent this round (0: shared, 1 + t: task t):
@@ -57,7 +58,8 @@ typedef struct {
     volatile sig_atomic_t *stop;
     /* The worker stops because it cannot take part: GRAFT_EINVAL (refused,
      * cannot train its assignment), GRAFT_ESTATE (the assignment changed),
-     * GRAFT_EIO (an MPI reduction failed); 0 while it can. */
+     * GRAFT_EIO (an MPI reduction failed), GRAFT_ETIMEOUT (no answer to a
+     * hello); 0 while it can. */
     int failed;
     pulse_t pulse;
 } worker_t;
@@ -209,7 +211,20 @@ static int send_hello(worker_t *w) {
     w->run_id = 0; /* a Hello always says "new here" */
     int rc = send_msg(w, &m);
     w->run_id = run;
+    w->hello_at = graft_now();
     return rc;
+}
+
+/* A coordinator answers a hello at once (an Assign or an error), so long
+ * silence means it never got it; under CurveZMQ a refused key looks like
+ * that from this side (only the coordinator logs the refusal). */
+static int hello_unanswered(worker_t *w) {
+    int limit = w->o.hello_timeout_ms;
+    if (!w->hello_at || limit <= 0 || graft_now() - w->hello_at < limit / 1000.0) return 0;
+    LOG_ERROR("worker %s: no answer from the coordinator in %g s after saying hello: is it "
+              "running at --connect, and (with CurveZMQ) is this worker's public key on its "
+              "--allow list? (wait longer with --hello_timeout_ms)", w->name, limit / 1000.0);
+    return 1;
 }
 
 static void send_error(worker_t *w, int code, const char *text) {
@@ -653,11 +668,15 @@ int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop) 
         size_t len = 0;
         int r = graft_transport_recv(o->tp, &peer, &buf, &len, o->cfg.heartbeat_ms);
         if (r == GRAFT_OK) {
-            if (peer == 0) done = handle(&w, buf, len);
+            if (peer == 0) {
+                w.hello_at = 0;
+                done = handle(&w, buf, len);
+            }
             free(buf);
         } else if (r != GRAFT_ETIMEOUT) {
             LOG_WARN("worker %s: receive failed: %s", w.name, graft_strerror(r));
         }
+        if (hello_unanswered(&w)) w.failed = GRAFT_ETIMEOUT;
         heartbeat(&w);
     }
     pulse_stop(&w);

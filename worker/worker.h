@@ -65,6 +65,11 @@ typedef struct {
      * thread (an MPI library without MPI_THREAD_SERIALIZED); 0: a thread
      * heartbeats during training too, using tp while the worker does not. */
     int serial_beats;
+    /* Give up with GRAFT_ETIMEOUT when nothing came from the coordinator
+     * this long after a hello (a coordinator that is not there, or that
+     * refuses this worker's CurveZMQ key and so never sees the hello);
+     * 0: wait forever. */
+    int hello_timeout_ms;
 } graft_worker_opts_t;
 
 /* Runs until Shutdown, a fatal error, or *stop (may be NULL) becomes set.

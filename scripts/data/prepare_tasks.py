@@ -564,13 +564,49 @@ def warn_missing_labels(task, table):
                              % (task, label, " or ".join(empty)))
 
 
+def quick_rows(args):
+    """The TRAIN,DEV,TEST caps of --quick_rows (positive whole numbers; only with --quick)."""
+    if args.quick_rows is None:
+        return [2000, 200, 200]
+    if not args.quick:
+        raise PrepareError("--quick_rows '%s' applies only with --quick (add --quick, or drop it)"
+                           % args.quick_rows)
+    parts = args.quick_rows.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise PrepareError("--quick_rows '%s': expected TRAIN,DEV,TEST, three whole numbers "
+                           "above 0 (e.g. 2000,200,200)" % args.quick_rows)
+    return [int(p) for p in parts]
+
+
+def check_out(out):
+    """Refuses an --out that cannot become the output folder, before any work:
+    an existing file, or a folder that cannot be made there (made and removed
+    again, so that nothing is left behind)."""
+    if os.path.isdir(out):
+        if not os.access(out, os.W_OK):
+            raise PrepareError("--out %s: the folder is not writable" % out)
+        return
+    if os.path.exists(out):
+        raise PrepareError("--out %s exists and is not a folder" % out)
+    made, d = [], os.path.abspath(out)
+    while not os.path.exists(d):
+        made.append(d)
+        d = os.path.dirname(d)
+    try:
+        os.makedirs(out)
+    except OSError as e:
+        raise PrepareError("--out %s: cannot make the folder: %s" % (out, e.strerror))
+    for d in made:  # innermost first
+        os.rmdir(d)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="data/tasks", help="output folder (default data/tasks)")
     ap.add_argument("--quick", action="store_true",
                     help="write a small leak-free slice: at most 2000/200/200 rows per task")
-    ap.add_argument("--quick_rows", default="2000,200,200",
+    ap.add_argument("--quick_rows",
                     help="with --quick: at most TRAIN,DEV,TEST rows per task (default 2000,200,200)")
     ap.add_argument("--fortunes", default="/usr/share/games/fortunes")
     ap.add_argument("--wordnet", default="/usr/share/wordnet")
@@ -578,15 +614,18 @@ def main(argv=None):
                     help="where npm installed the @stdlib data sets (default data/npm)")
     ap.add_argument("--spam", help="SpamAssassin data folder (default: under --npm_prefix)")
     ap.add_argument("--sotu", help="State of the Union data folder (default: under --npm_prefix)")
+    ap.add_argument("--check", action="store_true",
+                    help="only check the options (--quick_rows, --out) and exit")
     args = ap.parse_args(argv)
     try:
-        caps = [int(x) for x in args.quick_rows.split(",")]
-        if len(caps) != 3 or min(caps) < 1:
-            raise ValueError
-    except ValueError:
-        sys.stderr.write("prepare: error: --quick_rows '%s': expected TRAIN,DEV,TEST (positive)\n"
-                         % args.quick_rows)
+        caps = quick_rows(args)
+        check_out(args.out)
+    except PrepareError as e:
+        sys.stderr.write("prepare: error: %s\n" % e)
         return 2
+    if args.check:
+        return 0
+    args.quick_rows = ",".join(str(c) for c in caps)  # the fingerprint's spelling
     quick_caps = dict(zip(SPLITS, caps))
     stdlib = os.path.join(args.npm_prefix, "node_modules", "@stdlib")
     args.spam = args.spam or os.path.join(stdlib, "datasets-spam-assassin", "data")
