@@ -172,6 +172,13 @@ int graft_task_specs_parse(const char *list, graft_task_spec_t *specs, int max) 
             return GRAFT_EINVAL;
         }
         *c1 = *c2 = '\0';
+        for (int i = 0; i < n; i++) {
+            if (!strcmp(specs[i].name, tok)) {
+                LOG_ERROR("tasks: task name '%s' is given twice (each task needs its own name: "
+                          "its modules, events and outputs are named after it)", tok);
+                return GRAFT_EINVAL;
+            }
+        }
         graft_task_spec_t *s = &specs[n++];
         snprintf(s->name, sizeof s->name, "%s", tok);
         snprintf(s->kind, sizeof s->kind, "%s", c1 + 1);

@@ -811,10 +811,15 @@ static int setup(coord_t *c) {
     c->schema = (graft_wire_schema_t){c->schema_entries, (size_t)c->tr->n_tasks + 1};
     snprintf(c->ckpt_path, sizeof c->ckpt_path, "%s/modules.safetensors", c->cfg->out);
     if (*c->cfg->resume) {
-        if ((rc = graft_trainer_load(c->tr, c->cfg->resume))) return rc;
+        if ((rc = graft_trainer_resume(c->tr, c->cfg->resume))) return rc;
         LOG_INFO("coordinator: resumed from %s after round %d", c->cfg->resume, c->tr->step);
     }
     c->first_round = c->round = c->tr->step + 1;
+    if (c->round > c->cfg->rounds) {
+        LOG_ERROR("coordinator: the checkpoint already holds %d rounds (--rounds %d)",
+                  c->round - 1, c->cfg->rounds);
+        return GRAFT_EINVAL;
+    }
     char path[2 * GRAFT_OPT_STR];
     snprintf(path, sizeof path, "%s/events.jsonl", c->cfg->out);
     return graft_events_open(path, &c->ev);
@@ -826,11 +831,6 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
     c.run_id = graft_run_id(&o->cfg);
     c.run_t0 = graft_now();
     int rc = setup(&c);
-    if (!rc && c.round > o->cfg.rounds) {
-        LOG_ERROR("coordinator: the checkpoint already holds %d rounds (--rounds %d)",
-                  c.round - 1, o->cfg.rounds);
-        rc = GRAFT_EINVAL;
-    }
     if (!rc) {
         char digest[32], strategy[128];
         snprintf(digest, sizeof digest, "%016llx",
