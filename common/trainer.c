@@ -687,10 +687,13 @@ static int read_channels(const graft_trainer_t *tr, const graft_st_file_t *f, co
     for (int i = 0; i < L * k && !rc; i++) {
         int l = i / k, dup = 0;
         for (int j = l * k; j < i; j++) dup |= idx[j] == idx[i];
-        if (!(idx[i] >= 0 && idx[i] < C && idx[i] == floorf(idx[i])) || dup) {
-            LOG_ERROR("%s: tensor '%s' holds channel %g at layer %d, %s", graft_st_path(f), name,
-                      (double)idx[i], l,
-                      dup ? "twice" : "not a channel index of this trunk (0 to C-1)");
+        if (!(idx[i] >= 0 && idx[i] < C && idx[i] == floorf(idx[i]))) {
+            LOG_ERROR("%s: tensor '%s' holds channel %g at layer %d; this trunk's are 0 to %d",
+                      graft_st_path(f), name, (double)idx[i], l, C - 1);
+            rc = GRAFT_EFORMAT;
+        } else if (dup) {
+            LOG_ERROR("%s: tensor '%s' holds channel %g twice at layer %d", graft_st_path(f),
+                      name, (double)idx[i], l);
             rc = GRAFT_EFORMAT;
         }
         tm->channels[i] = (int32_t)idx[i];
