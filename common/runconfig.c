@@ -14,7 +14,8 @@ const graft_option_t graft_run_options[] = {
     {"preset", GRAFT_OPT_STRING, OFF(preset), "small", 0, -1, "trunk preset when --trunk is empty"},
     {"tasks", GRAFT_OPT_STRING, OFF(tasks), "", 0, -1,
      "comma list of NAME:KIND:PATH task files (KIND classification or generation)"},
-    {"seq", GRAFT_OPT_INT, OFF(seq), "0", 0, 65536, "tokens per example, at most the trunk's context (0: the context)"},
+    {"seq", GRAFT_OPT_INT, OFF(seq), "0", 0, 65536,
+     "tokens per example, at most the trunk's context (0: the context)"},
     {"method", GRAFT_OPT_STRING, OFF(method), "lora", 0, -1,
      "trained modules: full, head, lora, adapter, red, lntune, channels (comma-combined); "
      "or graft: sparse masks from --finetuned full fine-tuning runs"},

@@ -2,6 +2,7 @@
 #include "trainer.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <string.h>
 
 #include "ops.h"
@@ -545,6 +546,19 @@ typedef struct {
 
 #define MAX_SETTINGS 12
 
+/* out[n] := NAME = the formatted value; returns n + 1. */
+static int add_setting(setting_t *out, int n, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int add_setting(setting_t *out, int n, const char *name, const char *fmt, ...) {
+    GRAFT_ASSERT(n < MAX_SETTINGS);
+    va_list ap;
+    va_start(ap, fmt);
+    out[n].name = name;
+    vsnprintf(out[n].value, sizeof out[n].value, fmt, ap);
+    va_end(ap);
+    return n + 1;
+}
+
 /* The settings that shape the modules (their tensors, or what the trunk
  * computes with them): the method, the heads' pooling and the modules'
  * sizes, ranks and alphas (only those of the methods in use); with
@@ -552,36 +566,22 @@ typedef struct {
  * Returns the count. */
 static int module_settings(const graft_trainer_t *tr, int optimizer, setting_t *out) {
     const graft_peft_config_t *pc = &tr->peft->cfg;
-    int n = 0;
-    out[n] = (setting_t){"method", ""};
-    snprintf(out[n++].value, sizeof out->value, "%s", tr->cfg.method);
-    out[n] = (setting_t){"pool", ""};
-    snprintf(out[n++].value, sizeof out->value, "%s", tr->cfg.pool);
-    if (optimizer) {
-        out[n] = (setting_t){"optimizer", ""};
-        snprintf(out[n++].value, sizeof out->value, "%s", tr->cfg.optimizer);
-    }
+    int n = add_setting(out, 0, "method", "%s", tr->cfg.method);
+    n = add_setting(out, n, "pool", "%s", tr->cfg.pool);
+    if (optimizer) n = add_setting(out, n, "optimizer", "%s", tr->cfg.optimizer);
     if (pc->methods & GRAFT_M_LORA) {
-        out[n] = (setting_t){"lora_targets", ""};
-        graft_peft_targets_str(pc->lora_targets, out[n++].value, sizeof out->value);
-        out[n] = (setting_t){"lora_shared_rank", ""};
-        snprintf(out[n++].value, sizeof out->value, "%d", pc->lora_shared_rank);
-        out[n] = (setting_t){"lora_shared_alpha", ""};
-        snprintf(out[n++].value, sizeof out->value, "%g", (double)pc->lora_shared_alpha);
-        out[n] = (setting_t){"lora_task_rank", ""};
-        snprintf(out[n++].value, sizeof out->value, "%d", pc->lora_task_rank);
-        out[n] = (setting_t){"lora_task_alpha", ""};
-        snprintf(out[n++].value, sizeof out->value, "%g", (double)pc->lora_task_alpha);
+        char targets[64];
+        graft_peft_targets_str(pc->lora_targets, targets, sizeof targets);
+        n = add_setting(out, n, "lora_targets", "%s", targets);
+        n = add_setting(out, n, "lora_shared_rank", "%d", pc->lora_shared_rank);
+        n = add_setting(out, n, "lora_shared_alpha", "%g", (double)pc->lora_shared_alpha);
+        n = add_setting(out, n, "lora_task_rank", "%d", pc->lora_task_rank);
+        n = add_setting(out, n, "lora_task_alpha", "%g", (double)pc->lora_task_alpha);
     }
-    if (pc->methods & GRAFT_M_ADAPTER) {
-        out[n] = (setting_t){"adapter_dim", ""};
-        snprintf(out[n++].value, sizeof out->value, "%d", pc->adapter_dim);
-    }
-    if (pc->methods & GRAFT_M_CHANNELS) {
-        out[n] = (setting_t){"channels_k", ""};
-        snprintf(out[n++].value, sizeof out->value, "%d", pc->channels_k);
-    }
-    GRAFT_ASSERT(n <= MAX_SETTINGS);
+    if (pc->methods & GRAFT_M_ADAPTER)
+        n = add_setting(out, n, "adapter_dim", "%d", pc->adapter_dim);
+    if (pc->methods & GRAFT_M_CHANNELS)
+        n = add_setting(out, n, "channels_k", "%d", pc->channels_k);
     return n;
 }
 
