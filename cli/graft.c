@@ -254,6 +254,12 @@ int cli_train_graft(const graft_run_config_t *cfg) {
     }
     graft_grafting_t *g = NULL;
     if (graft_grafting_new(cfg, &g)) return 1;
+    for (int t = 0; t < g->tr->n_tasks; t++) {
+        if (graft_grafting_check_finetuned(g, t)) {
+            graft_grafting_destroy(&g);
+            return 1;
+        }
+    }
     char path[2 * GRAFT_OPT_STR], groups[64];
     snprintf(path, sizeof path, "%s/events.jsonl", cfg->out);
     graft_events_t *ev = NULL;
@@ -371,7 +377,8 @@ static int read_mask_file(const char *path, mask_file_t *mf) {
     int groups = GRAFT_MASK_ALL;
     const char *gs = graft_st_meta(f, "mask.groups"), *t = graft_st_meta(f, "mask.task");
     const char *d = graft_st_meta(f, "mask.trunk_digest"), *sp = graft_st_meta(f, "mask.sparsity");
-    rc = graft_gpt2_read_config(f, &c);
+    rc = graft_st_expect_format(f, "graft-mask");
+    if (!rc) rc = graft_gpt2_read_config(f, &c);
     if (!rc && gs) rc = graft_mask_parse_groups(gs, &groups);
     if (!rc) {
         graft_gpt2_t *m = graft_gpt2_new(&c, 0);

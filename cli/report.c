@@ -524,7 +524,8 @@ static int plot_curves(const char *out, const run_t *r) {
             json_array_foreach(r->events, i, e) {
                 if (!is_eval(e, split ? "test" : "dev") || strcmp(str(e, "task", ""), tasks[t]))
                     continue;
-                if (!isnan(num(e, "sparsity", NAN))) continue;
+                /* A graft run's masks, and an empty split's evaluation (no metric). */
+                if (!isnan(num(e, "sparsity", NAN)) || isnan(ev_metric(e))) continue;
                 bprintf(&b, "%g %g\n", ev_x(e), ev_metric(e));
                 (split ? has_test : has_dev)[t] = 1;
             }

@@ -38,6 +38,19 @@ static void evaluate_all(graft_trainer_t *tr, graft_events_t *ev, int split, int
     }
 }
 
+/* The two-stage channels method selects its channels after stage1 steps:
+ * a run must reach stage 2 to train them. */
+static int check_stages(const graft_run_config_t *cfg, int stage1) {
+    int methods;
+    if (graft_peft_parse_methods(cfg->method, &methods)) return GRAFT_EINVAL;
+    if ((methods & GRAFT_M_CHANNELS) && stage1 >= cfg->steps) {
+        LOG_ERROR("--stage1_steps %d leaves no stage 2 in --steps %d: the channels would be "
+                  "scored but never selected or trained (give fewer --stage1_steps or more "
+                  "--steps)", stage1, cfg->steps);
+        return GRAFT_EINVAL;
+    }
+    return GRAFT_OK;
+}
 
 int cmd_train(int argc, char **argv) {
     graft_run_config_t cfg;
@@ -45,10 +58,17 @@ int cmd_train(int argc, char **argv) {
     if (prc) return prc > 0 ? 0 : 2;
     int graft = cli_method_graft(&cfg);
     if (graft) return graft > 0 ? cli_train_graft(&cfg) : 2;
+    int stage1 = cfg.stage1_steps > 0 ? cfg.stage1_steps : cfg.steps / 3;
+    if (check_stages(&cfg, stage1)) return 2;
     graft_trainer_t *tr = NULL;
     int rc = graft_trainer_new(&cfg, &tr);
     if (rc) return 1;
-    if (*cfg.resume && (rc = graft_trainer_load(tr, cfg.resume))) {
+    if (*cfg.resume && !(rc = graft_trainer_resume(tr, cfg.resume)) && tr->step >= cfg.steps) {
+        LOG_ERROR("%s: the checkpoint already holds %d steps (--steps %d): give more --steps "
+                  "to train on", cfg.resume, tr->step, cfg.steps);
+        rc = GRAFT_EINVAL;
+    }
+    if (rc) {
         graft_trainer_destroy(&tr);
         return 1;
     }
@@ -67,7 +87,6 @@ int cmd_train(int argc, char **argv) {
                                 "params", graft_trainer_params_json(tr)));
     LOG_INFO("train: %d tasks, method %s, %d steps of %dx%d from step %d", tr->n_tasks, cfg.method,
              cfg.steps, tr->B, tr->T, tr->step);
-    int stage1 = cfg.stage1_steps > 0 ? cfg.stage1_steps : cfg.steps / 3;
     snprintf(path, sizeof path, "%s/modules.safetensors", cfg.out);
     double t0 = graft_now();
     int start = tr->step;

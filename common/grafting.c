@@ -92,15 +92,27 @@ int graft_grafting_finetuned_path(const graft_grafting_t *g, int t, char *out, s
     return GRAFT_OK;
 }
 
-static int check_finetuned(const graft_grafting_t *g, const graft_st_file_t *f) {
+/* A modules checkpoint of method full (before its tensors are read). */
+static int check_finetuned_method(const graft_st_file_t *f) {
     const char *path = graft_st_path(f), *method = graft_st_meta(f, "train.method");
     int methods = 0;
-    if (!method || graft_peft_parse_methods(method, &methods) ||
-        (methods & ~GRAFT_M_HEAD) != GRAFT_M_FULL) {
-        LOG_ERROR("%s: trained with method '%s'; grafting needs a full fine-tuning checkpoint "
-                  "(graft train --method full)", path, method ? method : "?");
+    if (graft_st_expect_format(f, "graft-modules")) {
+        LOG_ERROR("--finetuned %s: grafting needs the modules of a full fine-tuning run "
+                  "(graft train --method full)", path);
         return GRAFT_EFORMAT;
     }
+    if (!method || graft_peft_parse_methods(method, &methods) ||
+        (methods & ~GRAFT_M_HEAD) != GRAFT_M_FULL) {
+        LOG_ERROR("--finetuned %s: modules of method '%s'; grafting needs the modules of a full "
+                  "fine-tuning run (graft train --method full), which hold the whole "
+                  "fine-tuned trunk", path, method ? method : "?");
+        return GRAFT_EFORMAT;
+    }
+    return GRAFT_OK;
+}
+
+static int check_finetuned(const graft_grafting_t *g, const graft_st_file_t *f) {
+    const char *path = graft_st_path(f);
     /* Checkpoints from before train.optimizer was recorded were AdamW's. */
     const char *opt = graft_st_meta(f, "train.optimizer");
     if (!opt || strcmp(opt, "sgd") != 0)
@@ -117,6 +129,27 @@ static int check_finetuned(const graft_grafting_t *g, const graft_st_file_t *f) 
     return GRAFT_OK;
 }
 
+/* Task t's head from a fine-tuned checkpoint into t's scope. */
+static int read_head(graft_grafting_t *g, int t, const graft_st_file_t *f) {
+    graft_scope_t *head = g->tr->peft->tasks[t].scope;
+    int rc = head->numel > 0 ? graft_scope_st_read(head, f) : GRAFT_OK;
+    if (rc)
+        LOG_ERROR("%s: has no head for task '%s' (the fine-tuning run must have had a task of "
+                  "that name and kind)", graft_st_path(f), graft_task_name(g->tr->tasks[t]));
+    return rc;
+}
+
+int graft_grafting_check_finetuned(graft_grafting_t *g, int t) {
+    char path[GRAFT_OPT_STR + 32];
+    graft_st_file_t *f = NULL;
+    int rc = graft_grafting_finetuned_path(g, t, path, sizeof path);
+    if (!rc) rc = graft_st_open(path, &f);
+    if (!rc) rc = check_finetuned_method(f);
+    if (!rc) rc = read_head(g, t, f);
+    graft_st_close(&f);
+    return rc;
+}
+
 int graft_grafting_load_finetuned(graft_grafting_t *g, int t, const char *path) {
     graft_st_file_t *f = NULL;
     int rc = graft_st_open(path, &f);
@@ -129,7 +162,8 @@ int graft_grafting_load_finetuned(graft_grafting_t *g, int t, const char *path) 
         free(g->order);
         g->order = NULL;
         /* The shared scope of method full wraps the trunk's parameters. */
-        rc = graft_scope_st_read(g->tr->peft->shared, f);
+        rc = check_finetuned_method(f);
+        if (!rc) rc = graft_scope_st_read(g->tr->peft->shared, f);
         if (!rc) rc = check_finetuned(g, f);
         if (!rc) {
             memcpy(g->ft, m->params_memory, bytes);
@@ -138,9 +172,7 @@ int graft_grafting_load_finetuned(graft_grafting_t *g, int t, const char *path) 
         }
         memcpy(m->params_memory, g->pre, bytes);
     }
-    if (!rc && head->numel > 0 && (rc = graft_scope_st_read(head, f)))
-        LOG_ERROR("%s: has no head for task '%s' (the fine-tuning run must have had a task of "
-                  "that name and kind)", path, graft_task_name(g->tr->tasks[t]));
+    if (!rc) rc = read_head(g, t, f);
     if (!rc) {
         graft_scope_export(head, g->ft_head);
         g->ft_head_task = t;
@@ -399,7 +431,10 @@ int graft_grafting_load_mask(graft_grafting_t *g, const char *path, int *task,
     char mine[32];
     snprintf(mine, sizeof mine, "%016" PRIx64, g->pre_digest);
     int t = name ? graft_peft_find_task(g->tr->peft, name) : -1;
-    if (t < 0) {
+    if ((rc = graft_st_expect_format(f, "graft-mask"))) {
+        LOG_ERROR("--method graft takes the mask files of `graft train --method graft`; a "
+                  "modules checkpoint goes with the --method it was trained with");
+    } else if (t < 0) {
         LOG_ERROR("%s: mask for task '%s', which is not in --tasks", path, name ? name : "?");
         rc = GRAFT_EINVAL;
     } else if (!digest || strcmp(digest, mine) != 0) {

@@ -85,6 +85,13 @@ int graft_grafting_finetuned_path(const graft_grafting_t *g, int t, char *out, s
  * holding theta_pre. */
 int graft_grafting_load_finetuned(graft_grafting_t *g, int t, const char *path);
 
+/* Checks, without reading the trunk, that task t's fine-tuned checkpoint
+ * is one of method full with a head for t (the head is read into t's
+ * scope); a failure is logged with the file and what is wrong. For
+ * `graft train --method graft` to refuse a bad --finetuned before it
+ * writes anything. */
+int graft_grafting_check_finetuned(graft_grafting_t *g, int t);
+
 /* Task t's head := the fine-tuned one (t must be the task loaded last). */
 void graft_grafting_use_finetuned_head(graft_grafting_t *g, int t);
 

@@ -310,14 +310,11 @@ int graft_mask_save(const graft_mask_t *mask, const graft_mask_layout_t *lay, co
 }
 
 static int check_header(const graft_st_file_t *f, const graft_mask_layout_t *lay, size_t *k) {
-    const char *path = graft_st_path(f), *format = graft_st_meta(f, "format");
-    if (!format || strcmp(format, "graft-mask") != 0) {
-        LOG_ERROR("%s: not a graft mask file (metadata format is '%s', not 'graft-mask')", path,
-                  format ? format : "missing");
-        return GRAFT_EFORMAT;
-    }
+    const char *path = graft_st_path(f);
+    int rc = graft_st_expect_format(f, "graft-mask");
+    if (rc) return rc;
     graft_gpt2_config_t c;
-    int rc = graft_gpt2_read_config(f, &c);
+    rc = graft_gpt2_read_config(f, &c);
     if (rc) return rc;
     if (memcmp(&c, &lay->cfg, sizeof c) != 0) {
         LOG_ERROR("%s: mask for a trunk with V=%d T=%d L=%d NH=%d C=%d (%s tokenizer); this trunk "

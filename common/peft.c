@@ -66,6 +66,16 @@ int graft_peft_parse_targets(const char *list, int *targets) {
     return parse_set(list, lookup_target, targets, "LoRA target (qkv, attn, fc, fcproj, all)");
 }
 
+void graft_peft_targets_str(int targets, char *buf, size_t n) {
+    int all = (1 << GRAFT_NUM_PROJ) - 1;
+    size_t len = 0;
+    buf[0] = '\0';
+    for (int p = 0; p < GRAFT_NUM_PROJ && targets != all; p++)
+        if ((targets & (1 << p)) && len < n)
+            len += (size_t)snprintf(buf + len, n - len, "%s%s", len ? "," : "", proj_names[p]);
+    if (targets == all) snprintf(buf, n, "all");
+}
+
 /* ---- construction ------------------------------------------------------- */
 
 static void proj_dims(const graft_gpt2_config_t *c, graft_proj_t p, int *in, int *out) {
@@ -150,6 +160,7 @@ static void declare_task(graft_peft_t *p, graft_peft_task_modules_t *tm,
     }
     if (cfg->methods & GRAFT_M_CHANNELS) {
         int k = cfg->channels_k;
+        GRAFT_ASSERT(k <= C); /* graft_trainer_new refuses a wider k */
         tm->ch_w = graft_scope_add(s, "channels.weight", 2, (int64_t)L * 4 * C, k, 0);
         tm->ch_b = graft_scope_add(s, "channels.bias", 2, L, k, 0);
         tm->channels = graft_xmalloc((size_t)L * k * sizeof(int32_t));

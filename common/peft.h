@@ -69,6 +69,8 @@ int graft_peft_parse_methods(const char *list, int *methods);
 /* Parses "qkv,attn,fc,fcproj" (or "all") into a projection set. */
 int graft_peft_parse_targets(const char *list, int *targets);
 const char *graft_proj_name(graft_proj_t p);
+/* A projection set as "qkv,fc" (or "all"), what the parser reads back. */
+void graft_peft_targets_str(int targets, char *buf, size_t n);
 
 /* One LoRA pair on one projection: views into a scope. */
 typedef struct {

@@ -14,7 +14,8 @@ const graft_option_t graft_run_options[] = {
     {"preset", GRAFT_OPT_STRING, OFF(preset), "small", 0, -1, "trunk preset when --trunk is empty"},
     {"tasks", GRAFT_OPT_STRING, OFF(tasks), "", 0, -1,
      "comma list of NAME:KIND:PATH task files (KIND classification or generation)"},
-    {"seq", GRAFT_OPT_INT, OFF(seq), "0", 0, 65536, "tokens per example (0: the trunk's context)"},
+    {"seq", GRAFT_OPT_INT, OFF(seq), "0", 0, 65536,
+     "tokens per example, at most the trunk's context (0: the context)"},
     {"method", GRAFT_OPT_STRING, OFF(method), "lora", 0, -1,
      "trained modules: full, head, lora, adapter, red, lntune, channels (comma-combined); "
      "or graft: sparse masks from --finetuned full fine-tuning runs"},
@@ -28,9 +29,10 @@ const graft_option_t graft_run_options[] = {
     {"lora_task_alpha", GRAFT_OPT_FLOAT, OFF(lora_task_alpha), "8", 0, 1e6, "task LoRA alpha"},
     {"adapter_dim", GRAFT_OPT_INT, OFF(adapter_dim), "16", 1, 65536, "adapter bottleneck width"},
     {"channels_k", GRAFT_OPT_INT, OFF(channels_k), "16", 1, 65536,
-     "channels kept per layer by Taylor importance (channels)"},
+     "channels kept per layer by Taylor importance (channels), at most the trunk's width C"},
     {"stage1_steps", GRAFT_OPT_INT, OFF(stage1_steps), "0", 0, 1e9,
-     "channels: steps of stage 1 (lntune) that also score channels; 0: a third of --steps"},
+     "channels: steps of stage 1 (lntune) that also score channels, fewer than --steps; 0: a "
+     "third of --steps"},
     {"pool", GRAFT_OPT_STRING, OFF(pool), "last", 0, -1,
      "what a classification head reads: last (the hidden state of the text's last token) or "
      "mean (the mean of the hidden states over the text's tokens)"},
@@ -172,6 +174,13 @@ int graft_task_specs_parse(const char *list, graft_task_spec_t *specs, int max) 
             return GRAFT_EINVAL;
         }
         *c1 = *c2 = '\0';
+        for (int i = 0; i < n; i++) {
+            if (!strcmp(specs[i].name, tok)) {
+                LOG_ERROR("tasks: task name '%s' is given twice (each task needs its own name: "
+                          "its modules, events and outputs are named after it)", tok);
+                return GRAFT_EINVAL;
+            }
+        }
         graft_task_spec_t *s = &specs[n++];
         snprintf(s->name, sizeof s->name, "%s", tok);
         snprintf(s->kind, sizeof s->kind, "%s", c1 + 1);

@@ -500,6 +500,33 @@ const char *graft_st_meta(const graft_st_file_t *f, const char *key) {
     return json_string_value(json_object_get(f->meta, key));
 }
 
+static const struct {
+    const char *format, *what;
+} graft_formats[] = {
+    {"graft-gpt2", "a trunk (of graft pretrain or graft export)"},
+    {"graft-modules", "a modules checkpoint (of graft train, graft run or graft mpi)"},
+    {"graft-mask", "a sparse grafting mask (of graft train --method graft)"},
+};
+
+static const char *format_what(const char *format) {
+    for (size_t i = 0; i < sizeof graft_formats / sizeof graft_formats[0]; i++)
+        if (format && !strcmp(format, graft_formats[i].format)) return graft_formats[i].what;
+    return NULL;
+}
+
+int graft_st_expect_format(const graft_st_file_t *f, const char *want) {
+    const char *format = graft_st_meta(f, "format");
+    if (format && !strcmp(format, want)) return GRAFT_OK;
+    const char *is = format_what(format), *wanted = format_what(want);
+    GRAFT_ASSERT(wanted);
+    if (is)
+        LOG_ERROR("%s: is %s, not %s", f->path, is, wanted);
+    else
+        LOG_ERROR("%s: not %s (its metadata 'format' is '%s', not '%s')", f->path, wanted,
+                  format ? format : "missing", want);
+    return GRAFT_EFORMAT;
+}
+
 /* The entry called `name`, or else "transformer.<name>"; NULL if neither. */
 static const st_entry_t *find_entry(const graft_st_file_t *f, const char *name) {
     const size_t plen = strlen(ST_PREFIX);

@@ -80,4 +80,10 @@ const char *graft_st_meta(const graft_st_file_t *f, const char *key);
 /* The path the file was opened from (for error messages). */
 const char *graft_st_path(const graft_st_file_t *f);
 
+/* graft's own files name their kind in metadata "format": graft-gpt2 (a
+ * trunk), graft-modules (a modules checkpoint), graft-mask (a grafting
+ * mask). Returns GRAFT_OK if f is of kind `want`; else GRAFT_EFORMAT, with
+ * a logged error saying what the file is and what was expected. */
+int graft_st_expect_format(const graft_st_file_t *f, const char *want);
+
 #endif

@@ -2,6 +2,7 @@
 #include "trainer.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <string.h>
 
 #include "ops.h"
@@ -86,6 +87,31 @@ static int parse_optimizer(const graft_run_config_t *cfg, graft_optimizer_t *out
     return GRAFT_OK;
 }
 
+static int check_mix(const graft_run_config_t *cfg) {
+    if (strcmp(cfg->mix, "roundrobin") != 0 && strcmp(cfg->mix, "proportional") != 0) {
+        LOG_ERROR("unknown --mix '%s' (roundrobin or proportional)", cfg->mix);
+        return GRAFT_EINVAL;
+    }
+    return GRAFT_OK;
+}
+
+/* The settings that only the trunk can check: the context and the width. */
+static int check_fits_trunk(const graft_run_config_t *cfg, const graft_peft_config_t *pc,
+                            const graft_gpt2_t *m) {
+    const char *trunk = *cfg->trunk ? cfg->trunk : cfg->preset;
+    if (cfg->seq > m->cfg.T) {
+        LOG_ERROR("--seq %d exceeds the context of trunk %s (T=%d tokens)", cfg->seq, trunk,
+                  m->cfg.T);
+        return GRAFT_EINVAL;
+    }
+    if ((pc->methods & GRAFT_M_CHANNELS) && pc->channels_k > m->cfg.C) {
+        LOG_ERROR("--channels_k %d exceeds the width of trunk %s: a layer has C=%d MLP-output "
+                  "channels to choose from", pc->channels_k, trunk, m->cfg.C);
+        return GRAFT_EINVAL;
+    }
+    return GRAFT_OK;
+}
+
 static int load_tasks(const graft_run_config_t *cfg, graft_task_t **tasks, int *n_tasks) {
     int n = graft_run_load_tasks(cfg->tasks, tasks, GRAFT_MAX_TASKS);
     if (n < 0) return n;
@@ -98,6 +124,7 @@ int graft_trainer_new(const graft_run_config_t *cfg, graft_trainer_t **out) {
     int n = 0;
     graft_optimizer_t kind;
     int rc = parse_optimizer(cfg, &kind); /* before the (slow) task files */
+    if (!rc) rc = check_mix(cfg);
     if (!rc) rc = load_tasks(cfg, tasks, &n);
     if (rc) return rc;
     return graft_trainer_new_with_tasks(cfg, tasks, n, out);
@@ -113,12 +140,14 @@ int graft_trainer_new_with_tasks(const graft_run_config_t *cfg, graft_task_t **t
     graft_optimizer_t kind = GRAFT_ADAMW;
     int rc = graft_run_peft_config(cfg, &pc);
     if (!rc) rc = parse_optimizer(cfg, &kind);
+    if (!rc) rc = check_mix(cfg);
     if (!rc) rc = load_trunk(cfg, &tr->trunk);
+    if (!rc) rc = check_fits_trunk(cfg, &pc, tr->trunk);
     if (rc) {
         graft_trainer_destroy(&tr);
         return rc;
     }
-    tr->T = cfg->seq > 0 && cfg->seq < tr->trunk->cfg.T ? cfg->seq : tr->trunk->cfg.T;
+    tr->T = cfg->seq > 0 ? cfg->seq : tr->trunk->cfg.T;
     tr->B = cfg->batch;
     graft_peft_task_t descs[GRAFT_MAX_TASKS];
     for (int i = 0; i < n_tasks; i++) {
@@ -127,6 +156,12 @@ int graft_trainer_new_with_tasks(const graft_run_config_t *cfg, graft_task_t **t
                                   ? graft_task_num_labels(tasks[i]) : 0;
     }
     tr->peft = graft_peft_new(tr->trunk, &pc, descs, n_tasks);
+    for (int i = 0; i < n_tasks; i++)
+        for (int split = GRAFT_SPLIT_DEV; split <= GRAFT_SPLIT_TEST; split++)
+            if (graft_task_count(tasks[i], split) == 0)
+                LOG_WARN("task %s has no %s rows: its %s evaluations report no metrics",
+                         descs[i].name, graft_task_split_name(split),
+                         graft_task_split_name(split));
     tr->opt = graft_adamw_defaults();
     tr->opt.lr = cfg->lr;
     tr->opt.warmup_steps = cfg->warmup;
@@ -448,7 +483,10 @@ void graft_trainer_evaluate(graft_trainer_t *tr, int t, int split, graft_eval_re
 void graft_eval_format(const graft_trainer_t *tr, const graft_eval_result_t *r, char *buf,
                        size_t n) {
     const char *name = graft_task_name(tr->tasks[r->task]);
-    if (r->kind == GRAFT_TASK_CLASSIFY)
+    if (r->examples == 0)
+        snprintf(buf, n, "%-20s %-5s n=0     empty split: no metrics", name,
+                 graft_task_split_name(r->split));
+    else if (r->kind == GRAFT_TASK_CLASSIFY)
         snprintf(buf, n, "%-20s %-5s n=%-5lld acc %.4f  macro-F1 %.4f  ECE %.4f  loss %.4f",
                  name, graft_task_split_name(r->split), (long long)r->examples, r->cls.accuracy,
                  r->cls.macro_f1, r->cls.ece, r->loss);
@@ -465,22 +503,27 @@ void graft_eval_log_sample(const graft_trainer_t *tr, const graft_eval_result_t 
              r->sample_reference);
 }
 
+/* A metric of r, or null when r's split is empty (no number to report). */
+static json_t *metric_json(const graft_eval_result_t *r, double v) {
+    return r->examples > 0 ? json_real(v) : json_null();
+}
+
 json_t *graft_eval_json(const graft_trainer_t *tr, const graft_eval_result_t *r) {
-    json_t *o = json_pack("{s:s, s:s, s:I, s:f}", "task", graft_task_name(tr->tasks[r->task]),
+    json_t *o = json_pack("{s:s, s:s, s:I, s:o}", "task", graft_task_name(tr->tasks[r->task]),
                           "split", graft_task_split_name(r->split), "examples",
-                          (json_int_t)r->examples, "loss", r->loss);
+                          (json_int_t)r->examples, "loss", metric_json(r, r->loss));
     if (r->kind == GRAFT_TASK_CLASSIFY) {
-        json_object_set_new(o, "accuracy", json_real(r->cls.accuracy));
-        json_object_set_new(o, "macro_f1", json_real(r->cls.macro_f1));
-        json_object_set_new(o, "ece", json_real(r->cls.ece));
+        json_object_set_new(o, "accuracy", metric_json(r, r->cls.accuracy));
+        json_object_set_new(o, "macro_f1", metric_json(r, r->cls.macro_f1));
+        json_object_set_new(o, "ece", metric_json(r, r->cls.ece));
     } else {
-        json_object_set_new(o, "chrf", json_real(r->chrf));
+        json_object_set_new(o, "chrf", metric_json(r, r->chrf));
         json_object_set_new(o, "chrf_examples", json_integer((json_int_t)r->chrf_examples));
         if (r->chrf_examples > 0)
             json_object_set_new(o, "sample",
                                 json_pack("{s:s, s:s, s:s}", "prompt", r->sample_prompt, "output",
                                           r->sample_output, "reference", r->sample_reference));
-        json_object_set_new(o, "perplexity", json_real(r->perplexity));
+        json_object_set_new(o, "perplexity", metric_json(r, r->perplexity));
     }
     return o;
 }
@@ -492,6 +535,53 @@ static int all_scopes(const graft_trainer_t *tr, graft_scope_t **out) {
     int n = 0;
     out[n++] = tr->peft->shared;
     for (int t = 0; t < tr->n_tasks; t++) out[n++] = tr->peft->tasks[t].scope;
+    return n;
+}
+
+/* A run setting recorded in module checkpoints as metadata "train.NAME". */
+typedef struct {
+    const char *name;
+    char value[GRAFT_OPT_STR];
+} setting_t;
+
+#define MAX_SETTINGS 12
+
+/* out[n] := NAME = the formatted value; returns n + 1. */
+static int add_setting(setting_t *out, int n, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int add_setting(setting_t *out, int n, const char *name, const char *fmt, ...) {
+    GRAFT_ASSERT(n < MAX_SETTINGS);
+    va_list ap;
+    va_start(ap, fmt);
+    out[n].name = name;
+    vsnprintf(out[n].value, sizeof out[n].value, fmt, ap);
+    va_end(ap);
+    return n + 1;
+}
+
+/* The settings that shape the modules (their tensors, or what the trunk
+ * computes with them): the method, the heads' pooling and the modules'
+ * sizes, ranks and alphas (only those of the methods in use); with
+ * `optimizer`, also the optimizer whose state the checkpoint holds.
+ * Returns the count. */
+static int module_settings(const graft_trainer_t *tr, int optimizer, setting_t *out) {
+    const graft_peft_config_t *pc = &tr->peft->cfg;
+    int n = add_setting(out, 0, "method", "%s", tr->cfg.method);
+    n = add_setting(out, n, "pool", "%s", tr->cfg.pool);
+    if (optimizer) n = add_setting(out, n, "optimizer", "%s", tr->cfg.optimizer);
+    if (pc->methods & GRAFT_M_LORA) {
+        char targets[64];
+        graft_peft_targets_str(pc->lora_targets, targets, sizeof targets);
+        n = add_setting(out, n, "lora_targets", "%s", targets);
+        n = add_setting(out, n, "lora_shared_rank", "%d", pc->lora_shared_rank);
+        n = add_setting(out, n, "lora_shared_alpha", "%g", (double)pc->lora_shared_alpha);
+        n = add_setting(out, n, "lora_task_rank", "%d", pc->lora_task_rank);
+        n = add_setting(out, n, "lora_task_alpha", "%g", (double)pc->lora_task_alpha);
+    }
+    if (pc->methods & GRAFT_M_ADAPTER)
+        n = add_setting(out, n, "adapter_dim", "%d", pc->adapter_dim);
+    if (pc->methods & GRAFT_M_CHANNELS)
+        n = add_setting(out, n, "channels_k", "%d", pc->channels_k);
     return n;
 }
 
@@ -527,17 +617,26 @@ int graft_trainer_save(graft_trainer_t *tr, const char *path) {
         snprintf(nm, 2 * GRAFT_SCOPE_NAME, "%s.channels.index", tm->scope->name);
         ts[k++] = (graft_st_tensor_t){.name = nm, .ndim = 2, .shape = {L, kc}, .data = tmp[t]};
     }
-    char step[32], stage[32], rs[32], ri[32], sstep[32];
-    snprintf(step, sizeof step, "%d", tr->step);
-    snprintf(stage, sizeof stage, "%d", tr->stage);
-    snprintf(rs, sizeof rs, "%llu", (unsigned long long)tr->rng.state);
-    snprintf(ri, sizeof ri, "%llu", (unsigned long long)tr->rng.inc);
-    snprintf(sstep, sizeof sstep, "%d", scopes[0]->step);
-    const char *keys[] = {"train.step", "train.stage", "train.rng_state", "train.rng_inc",
-                          "train.method", "train.optimizer", "format"};
-    const char *vals[] = {step, stage, rs, ri, tr->cfg.method, tr->cfg.optimizer, "graft-modules"};
+    enum { PROGRESS = 5 };
+    char progress[PROGRESS - 1][32], keys[MAX_SETTINGS][64];
+    snprintf(progress[0], 32, "%d", tr->step);
+    snprintf(progress[1], 32, "%d", tr->stage);
+    snprintf(progress[2], 32, "%llu", (unsigned long long)tr->rng.state);
+    snprintf(progress[3], 32, "%llu", (unsigned long long)tr->rng.inc);
+    const char *mk[PROGRESS + MAX_SETTINGS] = {"train.step", "train.stage", "train.rng_state",
+                                              "train.rng_inc", "format"};
+    const char *mv[PROGRESS + MAX_SETTINGS] = {progress[0], progress[1], progress[2],
+                                              progress[3], "graft-modules"};
+    int nm = PROGRESS;
+    setting_t set[MAX_SETTINGS];
+    int nset = module_settings(tr, 1, set);
+    for (int i = 0; i < nset; i++, nm++) {
+        snprintf(keys[i], sizeof keys[i], "train.%s", set[i].name);
+        mk[nm] = keys[i];
+        mv[nm] = set[i].value;
+    }
     int rc = graft_mkdirs_for(path);
-    if (!rc) rc = graft_st_write(path, ts, k, keys, vals, 7);
+    if (!rc) rc = graft_st_write(path, ts, k, mk, mv, nm);
     for (int t = 0; t < tr->n_tasks; t++) free(tmp[t]);
     free(tmp);
     free(names);
@@ -556,17 +655,62 @@ static int meta_u64(const graft_st_file_t *f, const char *key, unsigned long lon
     return GRAFT_EFORMAT;
 }
 
-int graft_trainer_load(graft_trainer_t *tr, const char *path) {
+/* Refuses modules trained with other settings than this run's (a setting
+ * the checkpoint does not record, from an older graft, is not checked;
+ * the method always is). */
+static int check_settings(const graft_trainer_t *tr, const graft_st_file_t *f, int optimizer) {
+    setting_t set[MAX_SETTINGS];
+    int n = module_settings(tr, optimizer, set);
+    char key[80];
+    for (int i = 0; i < n; i++) {
+        snprintf(key, sizeof key, "train.%s", set[i].name);
+        const char *stored = graft_st_meta(f, key);
+        if (!stored && strcmp(set[i].name, "method") != 0) continue;
+        if (!stored || strcmp(stored, set[i].value) != 0) {
+            LOG_ERROR("%s: the modules were trained with --%s %s, this run gives --%s %s (give "
+                      "the value they were trained with)", graft_st_path(f), set[i].name,
+                      stored ? stored : "(not recorded)", set[i].name, set[i].value);
+            return GRAFT_EINVAL;
+        }
+    }
+    return GRAFT_OK;
+}
+
+/* Reads task tm's channel indices (L, k) from tensor `name` of f: each a
+ * channel 0..C-1, none twice in a layer. */
+static int read_channels(const graft_trainer_t *tr, const graft_st_file_t *f, const char *name,
+                         graft_peft_task_modules_t *tm) {
+    int L = tr->trunk->cfg.L, C = tr->trunk->cfg.C, k = tr->peft->cfg.channels_k;
+    int64_t shape[2] = {L, k};
+    float *idx = graft_xmalloc((size_t)L * k * sizeof(float));
+    int rc = graft_st_read(f, name, shape, 2, idx);
+    for (int i = 0; i < L * k && !rc; i++) {
+        int l = i / k, dup = 0;
+        for (int j = l * k; j < i; j++) dup |= idx[j] == idx[i];
+        if (!(idx[i] >= 0 && idx[i] < C && idx[i] == floorf(idx[i]))) {
+            LOG_ERROR("%s: tensor '%s' holds channel %g at layer %d; this trunk's are 0 to %d",
+                      graft_st_path(f), name, (double)idx[i], l, C - 1);
+            rc = GRAFT_EFORMAT;
+        } else if (dup) {
+            LOG_ERROR("%s: tensor '%s' holds channel %g twice at layer %d", graft_st_path(f),
+                      name, (double)idx[i], l);
+            rc = GRAFT_EFORMAT;
+        }
+        tm->channels[i] = (int32_t)idx[i];
+    }
+    free(idx);
+    return rc;
+}
+
+static int load_modules(graft_trainer_t *tr, const char *path, int resume) {
     graft_st_file_t *f = NULL;
     int rc = graft_st_open(path, &f);
     if (rc) return rc;
-    const char *method = graft_st_meta(f, "train.method");
-    if (!method || strcmp(method, tr->cfg.method) != 0) {
-        LOG_ERROR("%s: modules were trained with method '%s', this run uses '%s'", path,
-                  method ? method : "?", tr->cfg.method);
-        graft_st_close(&f);
-        return GRAFT_EFORMAT;
-    }
+    rc = graft_st_expect_format(f, "graft-modules");
+    const char *format = graft_st_meta(f, "format");
+    if (rc && format && !strcmp(format, "graft-mask"))
+        LOG_ERROR("a mask goes with --method graft (this run's method is %s)", tr->cfg.method);
+    if (!rc) rc = check_settings(tr, f, resume);
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
     int ns = all_scopes(tr, scopes);
     char nm[2 * GRAFT_SCOPE_NAME];
@@ -580,17 +724,12 @@ int graft_trainer_load(graft_trainer_t *tr, const char *path) {
             if (graft_st_has(f, nm)) rc = graft_st_read(f, nm, &n, 1, s->state + (size_t)j * n);
         }
     }
-    int L = tr->trunk->cfg.L, kc = tr->cfg.channels_k;
-    float *idx = graft_xmalloc((size_t)L * kc * sizeof(float));
     for (int t = 0; t < tr->n_tasks && !rc; t++) {
         graft_peft_task_modules_t *tm = &tr->peft->tasks[t];
         if (!tm->channels) continue;
         snprintf(nm, sizeof nm, "%s.channels.index", tm->scope->name);
-        int64_t shape[2] = {L, kc};
-        rc = graft_st_read(f, nm, shape, 2, idx);
-        for (int i = 0; i < L * kc && !rc; i++) tm->channels[i] = (int32_t)idx[i];
+        rc = read_channels(tr, f, nm, tm);
     }
-    free(idx);
     unsigned long long step = 0, stage = 2, rs = 0, ri = 0;
     if (!rc) rc = meta_u64(f, "train.step", &step);
     if (!rc) rc = meta_u64(f, "train.stage", &stage);
@@ -612,6 +751,14 @@ int graft_trainer_load(graft_trainer_t *tr, const char *path) {
     }
     graft_st_close(&f);
     return rc;
+}
+
+int graft_trainer_load(graft_trainer_t *tr, const char *path) {
+    return load_modules(tr, path, 0);
+}
+
+int graft_trainer_resume(graft_trainer_t *tr, const char *path) {
+    return load_modules(tr, path, 1);
 }
 
 json_t *graft_trainer_params_json(const graft_trainer_t *tr) {

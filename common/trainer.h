@@ -113,9 +113,19 @@ void graft_trainer_classify(graft_trainer_t *tr, int t, const char *const *texts
 void graft_trainer_select_channels(graft_trainer_t *tr);
 
 /* Checkpoints every scope (and the trainer's progress) into one
- * safetensors file, atomically; reading restores them exactly. */
+ * safetensors file, atomically, with the settings that shape the modules
+ * (the method, --pool, the LoRA targets, ranks and alphas, --adapter_dim,
+ * --channels_k: those of the methods in use) and the optimizer as
+ * metadata "train.NAME". Reading restores them exactly: graft_trainer_load
+ * for inference (eval, predict, export), graft_trainer_resume to train on.
+ * Either refuses (GRAFT_EINVAL, logged with the option, its recorded value
+ * and this run's) a checkpoint whose recorded settings differ from the
+ * run's, resume also a different optimizer; settings an older checkpoint
+ * does not record are not checked. Channel indices out of 0..C-1 or
+ * repeated within a layer are refused (GRAFT_EFORMAT). */
 int graft_trainer_save(graft_trainer_t *tr, const char *path);
 int graft_trainer_load(graft_trainer_t *tr, const char *path);
+int graft_trainer_resume(graft_trainer_t *tr, const char *path);
 
 /* One-line human summary of an evaluation. */
 void graft_eval_format(const graft_trainer_t *tr, const graft_eval_result_t *r, char *buf,

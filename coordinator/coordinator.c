@@ -811,7 +811,7 @@ static int setup(coord_t *c) {
     c->schema = (graft_wire_schema_t){c->schema_entries, (size_t)c->tr->n_tasks + 1};
     snprintf(c->ckpt_path, sizeof c->ckpt_path, "%s/modules.safetensors", c->cfg->out);
     if (*c->cfg->resume) {
-        if ((rc = graft_trainer_load(c->tr, c->cfg->resume))) return rc;
+        if ((rc = graft_trainer_resume(c->tr, c->cfg->resume))) return rc;
         LOG_INFO("coordinator: resumed from %s after round %d", c->cfg->resume, c->tr->step);
     }
     c->first_round = c->round = c->tr->step + 1;

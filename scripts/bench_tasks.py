@@ -584,7 +584,8 @@ def main():
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew (default 0.5)")
     p.add_argument("--batch", type=int, default=16, help="centralized batch (default 16)")
     p.add_argument("--fed_batch", type=int, help="worker batch (default 8; quick 16)")
-    p.add_argument("--seq", type=int, help="tokens per example (default 128; quick 64)")
+    p.add_argument("--seq", type=int,
+                   help="tokens per example (default 128; quick 32, the tiny trunk's context)")
     p.add_argument("--eval_every", type=int, help="centralized dev evaluation interval")
     p.add_argument("--eval_max", type=int, help="examples per task and evaluation (default 512)")
     p.add_argument("--gen_tokens", type=int, default=32, help="greedy decoding budget")
@@ -626,7 +627,7 @@ def main():
     a.clients = a.clients or (4 if q else 12)
     a.local_steps = a.local_steps or (10 if q else 3)
     a.fed_batch = a.fed_batch or (16 if q else 8)
-    a.seq = a.seq or (64 if q else 128)
+    a.seq = a.seq or (32 if q else 128)
     a.eval_every = a.eval_every or (a.steps if q else max(1, a.steps // 2))
     a.eval_max = a.eval_max or (100 if q else 512)
     if q:

@@ -35,7 +35,10 @@
  *    overlap table and events; `graft mask overlap` reports the Jaccard
  *    matrix that graft_mask_jaccard computes; `graft eval --method graft`
  *    reproduces the train run's test accuracy (head fitted, values tuned);
- *    `graft mask show` reports k and how the mask was built.
+ *    `graft mask show` reports k and how the mask was built; a missing
+ *    --finetuned file, or one without a task's head or of another method,
+ *    is refused before anything is written; a modules checkpoint given as
+ *    a mask (and the reverse) is refused saying what the file is.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -227,6 +230,27 @@ static void test_finetuned_sources(void **state) {
     char *log = capture_end();
     assert_true(rc < 0);
     assert_contains(log, want);
+    /* Said before any tensor of the trunk is looked for. */
+    assert_contains(log, "modules of method 'head'; grafting needs the modules of a full "
+                         "fine-tuning run (graft train --method full)");
+    assert_null(strstr(log, "shared.wte.weight"));
+    free(log);
+
+    /* The up-front check: the method, then the task's head. */
+    snprintf(c->finetuned, sizeof c->finetuned, "%s", want);
+    capture_in_dir();
+    rc = graft_grafting_check_finetuned(g, 1);
+    log = capture_end();
+    assert_int_equal(rc, GRAFT_EFORMAT);
+    assert_contains(log, "modules of method 'head'");
+    free(log);
+    snprintf(c->finetuned, sizeof c->finetuned, "%s", g_ft[0]);
+    assert_int_equal(graft_grafting_check_finetuned(g, 0), GRAFT_OK);
+    capture_in_dir();
+    rc = graft_grafting_check_finetuned(g, 1);
+    log = capture_end();
+    assert_true(rc < 0);
+    assert_contains(log, "has no head for task 'pairs'");
     free(log);
     graft_grafting_destroy(&g);
 }
@@ -526,7 +550,8 @@ static void test_bad_mask_files(void **state) {
     /* A trunk checkpoint is not a mask. */
     snprintf(path, sizeof path, "%s/trunk.safetensors", g_dir);
     assert_int_equal(graft_gpt2_save(m, path, NULL, 0, NULL, NULL, 0), GRAFT_OK);
-    expect_refused(&lay, path, "not a graft mask file");
+    expect_refused(&lay, path,
+                   "is a trunk (of graft pretrain or graft export), not a sparse grafting mask");
     graft_mask_layout_free(&lay);
     graft_gpt2_destroy(&m);
 }
@@ -711,6 +736,31 @@ static void run(const char *cmd) {
     }
 }
 
+/* A command's output file in g_dir, as a string. */
+static void read_output(const char *name, char *text, size_t n) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", g_dir, name);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    text[fread(text, 1, n - 1, fp)] = '\0';
+    fclose(fp);
+}
+
+/* Runs cmd, which must exit with `status` and print (stdout or stderr)
+ * every one of the n needles. */
+static void run_refused(const char *cmd, int status, const char *const *needles, int n) {
+    char full[4096];
+    snprintf(full, sizeof full, "%s >%s/refused.out 2>&1", cmd, g_dir);
+    int rc = system(full);
+    char text[8192];
+    read_output("refused.out", text, sizeof text);
+    if (rc == -1 || !WIFEXITED(rc) || WEXITSTATUS(rc) != status) {
+        print_error("'%s': status %d, want exit %d; output:\n%s\n", cmd, rc, status, text);
+        fail();
+    }
+    for (int i = 0; i < n; i++) assert_contains(text, needles[i]);
+}
+
 /* The "accuracy" of the first eval event of `model` and task in an events file. */
 static double event_accuracy(const char *events, const char *model, const char *task) {
     FILE *fp = fopen(events, "r");
@@ -730,16 +780,6 @@ static double event_accuracy(const char *events, const char *model, const char *
     fclose(fp);
     assert_true(acc >= 0);
     return acc;
-}
-
-/* A command's output file in g_dir, as a string. */
-static void read_output(const char *name, char *text, size_t n) {
-    char path[256];
-    snprintf(path, sizeof path, "%s/%s", g_dir, name);
-    FILE *fp = fopen(path, "r");
-    assert_non_null(fp);
-    text[fread(text, 1, n - 1, fp)] = '\0';
-    fclose(fp);
 }
 
 static void test_commands(void **state) {
@@ -874,6 +914,37 @@ static void test_commands(void **state) {
     read_output("show.out", text, sizeof text);
     assert_contains(text, "task pairs, k=1274 of 25472 eligible");
     assert_contains(text, "refined 0, head fitted 20, tuned 20 steps");
+
+    /* Refusals name the file and the problem, and leave no run folder. */
+    char bad[256];
+    snprintf(bad, sizeof bad, "%s/refused_run", g_dir);
+    snprintf(base, sizeof base, common, "train");
+    snprintf(cmd, sizeof cmd, "%s --finetuned %s/nonexistent --out %s", base, g_dir, bad);
+    const char *no_file[] = {"/nonexistent: cannot open"};
+    run_refused(cmd, 1, no_file, 1);
+    assert_int_equal(access(bad, F_OK), -1);
+    snprintf(cmd, sizeof cmd, "%s --finetuned %s --out %s", base, g_ft[0], bad);
+    const char *no_head[] = {"has no head for task 'pairs'"};
+    run_refused(cmd, 1, no_head, 1);
+    assert_int_equal(access(bad, F_OK), -1);
+    /* A modules checkpoint is not a mask, and a mask is not modules. */
+    snprintf(cmd, sizeof cmd, "%s/graft mask show %s", GRAFT_BINARY_DIR, g_ft[0]);
+    const char *show[] = {"modules.safetensors: is a modules checkpoint (of graft train, graft "
+                          "run or graft mpi), not a sparse grafting mask"};
+    run_refused(cmd, 1, show, 1);
+    snprintf(base, sizeof base, common, "eval");
+    snprintf(cmd, sizeof cmd, "%s --resume %s", base, g_ft[0]);
+    const char *eval_modules[] = {"is a modules checkpoint",
+                                  "--method graft takes the mask files of `graft train --method "
+                                  "graft`; a modules checkpoint goes with the --method it was "
+                                  "trained with"};
+    run_refused(cmd, 1, eval_modules, 2);
+    snprintf(cmd, sizeof cmd, "%s --method full --resume %s/mask.pairs.s0.05.safetensors", base,
+             out);
+    const char *eval_mask[] = {"mask.pairs.s0.05.safetensors: is a sparse grafting mask (of graft "
+                               "train --method graft), not a modules checkpoint",
+                               "a mask goes with --method graft (this run's method is full)"};
+    run_refused(cmd, 1, eval_mask, 2);
 }
 
 int main(void) {

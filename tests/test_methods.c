@@ -33,6 +33,14 @@
  * GRAFTS, and must beat the head baseline of the full run's learning rate
  * by MARGIN too; its per-task count is k = round(sparsity * eligible) with
  * eligible = num_params - (V + T) C (all but the embeddings) plus the head.
+ *
+ * Also: settings the trunk or the option cannot take (--channels_k above
+ * C, --seq above T, an unknown --mix, a task name twice) are refused;
+ * module checkpoints record the settings that shape the modules and
+ * loading them with other values is refused (resuming also with another
+ * optimizer), while a checkpoint without that metadata still loads;
+ * channel indices out of range or repeated are refused; an empty split's
+ * evaluation has no metrics (JSON nulls).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -348,8 +356,186 @@ static void test_optimizer_option(void **state) {
     graft_trainer_destroy(&tr);
 }
 
+static void set(graft_run_config_t *cfg, const char *key, const char *value) {
+    assert_int_equal(graft_options_set(graft_run_options, cfg, key, value, "test"), 0);
+}
+
+/* A trainer of base with key = value: graft_trainer_new's verdict; with a
+ * path, the verdict of loading it into the trainer (graft_trainer_resume
+ * when resume, else graft_trainer_load). */
+static int settings_rc(const graft_run_config_t *base, const char *key, const char *value,
+                       const char *path, int resume) {
+    graft_run_config_t cfg = *base;
+    set(&cfg, key, value);
+    graft_trainer_t *tr = NULL;
+    int rc = graft_trainer_new(&cfg, &tr);
+    assert_true(rc == GRAFT_OK ? tr != NULL : tr == NULL);
+    if (path) {
+        assert_int_equal(rc, GRAFT_OK);
+        rc = resume ? graft_trainer_resume(tr, path) : graft_trainer_load(tr, path);
+    }
+    graft_trainer_destroy(&tr);
+    return rc;
+}
+
+static int trainer_rc(const graft_run_config_t *base, const char *key, const char *value) {
+    return settings_rc(base, key, value, NULL, 0);
+}
+
+/* Settings the tiny trunk (T = C = 32) or the option's own values cannot
+ * take are refused before anything is built. */
+static void test_settings_refused(void **state) {
+    (void)state;
+    graft_run_config_t cfg;
+    run_config(&cfg, "lntune,channels", 1e-2f, NULL);
+    assert_int_equal(trainer_rc(&cfg, "channels_k", "32"), GRAFT_OK);
+    assert_int_equal(trainer_rc(&cfg, "channels_k", "33"), GRAFT_EINVAL);
+    assert_int_equal(trainer_rc(&cfg, "seq", "32"), GRAFT_OK);
+    assert_int_equal(trainer_rc(&cfg, "seq", "33"), GRAFT_EINVAL);
+    assert_int_equal(trainer_rc(&cfg, "mix", "proportional"), GRAFT_OK);
+    assert_int_equal(trainer_rc(&cfg, "mix", "foo"), GRAFT_EINVAL);
+    char tasks[512];
+    snprintf(tasks, sizeof tasks,
+             "majority:classification:%s/majority.tsv,majority:classification:%s/pairs.tsv",
+             g_dir, g_dir);
+    assert_int_equal(trainer_rc(&cfg, "tasks", tasks), GRAFT_EINVAL);
+    graft_task_spec_t specs[4];
+    assert_int_equal(graft_task_specs_parse("a:generation:x,b:generation:x", specs, 4), 2);
+    assert_int_equal(graft_task_specs_parse("a:generation:x,a:classification:y", specs, 4),
+                     GRAFT_EINVAL);
+}
+
+/* A copy of the checkpoint at src with only the metadata graft wrote
+ * before the module settings were recorded. */
+static void write_old_checkpoint(const char *src, const char *dst) {
+    graft_st_file_t *f = NULL;
+    assert_int_equal(graft_st_open(src, &f), GRAFT_OK);
+    int n = graft_st_count(f);
+    graft_st_tensor_t *ts = calloc((size_t)n, sizeof *ts);
+    float **data = calloc((size_t)n, sizeof *data);
+    for (int i = 0; i < n; i++) {
+        ts[i].name = graft_st_name(f, i);
+        assert_int_equal(graft_st_shape(f, ts[i].name, ts[i].shape, &ts[i].ndim), GRAFT_OK);
+        int64_t numel = 1;
+        for (int d = 0; d < ts[i].ndim; d++) numel *= ts[i].shape[d];
+        data[i] = malloc((size_t)numel * sizeof(float));
+        assert_int_equal(graft_st_read(f, ts[i].name, ts[i].shape, ts[i].ndim, data[i]), 0);
+        ts[i].data = data[i];
+    }
+    const char *keys[] = {"train.step", "train.stage", "train.rng_state", "train.rng_inc",
+                          "train.method", "train.optimizer", "format"};
+    const char *vals[7];
+    for (int i = 0; i < 7; i++) vals[i] = graft_st_meta(f, keys[i]);
+    assert_int_equal(graft_st_write(dst, ts, n, keys, vals, 7), GRAFT_OK);
+    for (int i = 0; i < n; i++) free(data[i]);
+    free(data);
+    free(ts);
+    graft_st_close(&f);
+}
+
+/* Module checkpoints record the settings that shape the modules; loading
+ * them with other values is refused, resuming also with another
+ * optimizer; a checkpoint from before they were recorded still loads. */
+static void test_checkpoint_settings(void **state) {
+    (void)state;
+    graft_run_config_t cfg;
+    run_config(&cfg, "lora", 3e-3f, NULL);
+    graft_trainer_t *tr = NULL;
+    assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
+    graft_trainer_step(tr, 0, -1.0f);
+    char path[256], old[256];
+    snprintf(path, sizeof path, "%s/settings/modules.safetensors", g_dir);
+    snprintf(old, sizeof old, "%s/settings/old.safetensors", g_dir);
+    assert_int_equal(graft_trainer_save(tr, path), GRAFT_OK);
+    graft_trainer_destroy(&tr);
+
+    graft_st_file_t *f = NULL;
+    assert_int_equal(graft_st_open(path, &f), GRAFT_OK);
+    const char *want[][2] = {{"train.method", "lora"},         {"train.pool", "last"},
+                             {"train.optimizer", "adamw"},     {"train.lora_targets", "all"},
+                             {"train.lora_shared_rank", "4"},  {"train.lora_shared_alpha", "8"},
+                             {"train.lora_task_rank", "2"},    {"train.lora_task_alpha", "4"}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        assert_string_equal(graft_st_meta(f, want[i][0]), want[i][1]);
+    assert_null(graft_st_meta(f, "train.channels_k")); /* not a method of the run */
+    assert_null(graft_st_meta(f, "train.adapter_dim"));
+    graft_st_close(&f);
+
+    assert_int_equal(settings_rc(&cfg, "seed", "1", path, 1), GRAFT_OK);
+    assert_int_equal(settings_rc(&cfg, "lora_targets", "qkv,attn,fc,fcproj", path, 0), GRAFT_OK);
+    assert_int_equal(settings_rc(&cfg, "lora_shared_rank", "0", path, 0), GRAFT_EINVAL);
+    assert_int_equal(settings_rc(&cfg, "lora_targets", "qkv", path, 0), GRAFT_EINVAL);
+    assert_int_equal(settings_rc(&cfg, "lora_task_alpha", "2", path, 0), GRAFT_EINVAL);
+    assert_int_equal(settings_rc(&cfg, "pool", "mean", path, 0), GRAFT_EINVAL);
+    assert_int_equal(settings_rc(&cfg, "optimizer", "sgd", path, 0), GRAFT_OK);
+    assert_int_equal(settings_rc(&cfg, "optimizer", "sgd", path, 1), GRAFT_EINVAL);
+    write_old_checkpoint(path, old);
+    assert_int_equal(settings_rc(&cfg, "pool", "mean", old, 0), GRAFT_OK);
+    assert_int_equal(settings_rc(&cfg, "lora_task_alpha", "2", old, 1), GRAFT_OK);
+}
+
+/* Channel indices of a checkpoint: 0..C-1, none twice in a layer. */
+static void test_channel_indices_checked(void **state) {
+    (void)state;
+    graft_run_config_t cfg;
+    run_config(&cfg, "lntune,channels", 1e-2f, NULL);
+    char path[256];
+    snprintf(path, sizeof path, "%s/channels/modules.safetensors", g_dir);
+    /* Before selection layer l holds channels 0..k-1 (k = 8): entry 9 is
+     * layer 1's channel 1, and 0 there repeats the layer's first. */
+    const struct {
+        int entry, value;
+    } bad[] = {{0, -1}, {0, 32}, {9, 0}};
+    for (size_t i = 0; i <= sizeof bad / sizeof bad[0]; i++) {
+        graft_trainer_t *tr = NULL;
+        assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
+        int32_t *ch = tr->peft->tasks[1].channels;
+        if (i < sizeof bad / sizeof bad[0]) ch[bad[i].entry] = bad[i].value;
+        assert_int_equal(graft_trainer_save(tr, path), GRAFT_OK);
+        graft_trainer_destroy(&tr);
+        assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
+        int rc = graft_trainer_load(tr, path);
+        assert_int_equal(rc, i < sizeof bad / sizeof bad[0] ? GRAFT_EFORMAT : GRAFT_OK);
+        if (!rc) assert_int_equal(tr->peft->tasks[1].channels[9], 1);
+        graft_trainer_destroy(&tr);
+    }
+}
+
+/* An empty split is reported as such: no metrics, JSON nulls. */
+static void test_empty_split(void **state) {
+    (void)state;
+    char path[256], tasks[320];
+    snprintf(path, sizeof path, "%s/train_only.tsv", g_dir);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs("train\ta\tg1\tabc\ntrain\tb\tg2\tbcd\n", fp);
+    fclose(fp);
+    snprintf(tasks, sizeof tasks, "only:classification:%s", path);
+    graft_run_config_t cfg;
+    run_config(&cfg, "head", 3e-3f, NULL);
+    set(&cfg, "tasks", tasks);
+    graft_trainer_t *tr = NULL;
+    assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
+    graft_eval_result_t r;
+    graft_trainer_evaluate(tr, 0, GRAFT_SPLIT_TEST, &r);
+    assert_int_equal(r.examples, 0);
+    char line[256];
+    graft_eval_format(tr, &r, line, sizeof line);
+    assert_string_equal(line, "only                 test  n=0     empty split: no metrics");
+    json_t *o = graft_eval_json(tr, &r);
+    const char *keys[] = {"loss", "accuracy", "macro_f1", "ece"};
+    for (int i = 0; i < 4; i++) assert_true(json_is_null(json_object_get(o, keys[i])));
+    assert_int_equal(json_integer_value(json_object_get(o, "examples")), 0);
+    json_decref(o);
+    graft_trainer_destroy(&tr);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_settings_refused),
+        cmocka_unit_test(test_checkpoint_settings),
+        cmocka_unit_test(test_channel_indices_checked),
+        cmocka_unit_test(test_empty_split),
         cmocka_unit_test(test_optimizer_option),
         cmocka_unit_test(test_methods_beat_head),
     };

@@ -10,7 +10,14 @@
 #  - export: the generation task's exported trunk, evaluated as a plain
 #    trunk (--method head), gives eval's line for the modules to the digit;
 #    the classification task's file carries its head and labels; an adapter
-#    run is refused (exit 1, no file), as is a missing --file (exit 2).
+#    run is refused (exit 1, no file), as is a missing --file (exit 2);
+#  - refusals, each naming the option and leaving nothing behind: eval,
+#    predict, export and train --resume with settings other than the ones
+#    the modules record, --steps the checkpoint already holds, --channels_k
+#    above the trunk's width, --seq above its context, a channels run with
+#    no stage 2, an unknown --mix, a task name twice;
+#  - a task without dev and test rows: "empty split: no metrics" and JSON
+#    nulls, no zeros.
 # Usage: test_predict_export.sh GRAFT_BINARY SOURCE_DIR
 set -eu
 GRAFT="$1"
@@ -90,12 +97,22 @@ first=$(head -1 "$T/shift.in")
 [ "$(cat "$T/one.out")" = "$(head -1 "$T/shift.out")" ] ||
   fail "--text '$first' gave '$(cat "$T/one.out")', stdin gave '$(head -1 "$T/shift.out")'"
 
-# refusals, each with a message that names the problem
-refused() { # EXPECTED_TEXT ARGS...
+# refusals, each with a message that names the problem, and nothing written
+rejects() { # EXPECTED_TEXT COMMAND ARGS...: exit 1 or 2, the text on stderr, no $T/out
   want="$1"
   shift
-  if "$GRAFT" predict "$@" --text abc >/dev/null 2>"$T/err"; then fail "accepted: $*"; fi
-  grep -q -- "$want" "$T/err" || fail "no '$want' in: $(cat "$T/err")"
+  set +e
+  "$GRAFT" "$@" >/dev/null 2>"$T/err"
+  rc=$?
+  set -e
+  [ $rc -eq 1 ] || [ $rc -eq 2 ] || fail "exit $rc (want 1 or 2): $*"
+  grep -q -F -- "$want" "$T/err" || fail "no '$want' in: $(cat "$T/err")"
+  [ ! -e "$T/out" ] || fail "left $T/out behind: $*"
+}
+refused() { # EXPECTED_TEXT ARGS...: of graft predict
+  want="$1"
+  shift
+  rejects "$want" predict "$@" --text abc
 }
 refused "needs --resume" "$@" --task shift
 refused "--task nope: not among" "$@" --resume "$M" --task nope
@@ -136,4 +153,52 @@ set +e
 [ $? -eq 1 ] && grep -q "does not fold" "$T/err" && [ ! -e "$T/ad.safetensors" ] ||
   fail "adapter export not refused: $(cat "$T/err")"
 set -e
+
+# Settings that differ from the ones the modules were trained with
+# (recorded in the checkpoint), on eval, predict, export and resume.
+rejects "$M: the modules were trained with --lora_shared_rank 8, this run gives \
+--lora_shared_rank 0" eval "$@" --resume "$M" --lora_shared_rank 0
+refused "the modules were trained with --pool last, this run gives --pool mean" "$@" \
+  --resume "$M" --task majority --pool mean
+rejects "the modules were trained with --lora_targets all, this run gives --lora_targets qkv" \
+  export "$@" --resume "$M" --task shift --lora_targets qkv --file "$T/out/x.safetensors"
+rejects "the modules were trained with --optimizer adamw, this run gives --optimizer sgd" \
+  train "$@" --resume "$M" --steps 400 --optimizer sgd --out "$T/out"
+rejects "$M: the checkpoint already holds 300 steps (--steps 300)" \
+  train "$@" --resume "$M" --steps 300 --out "$T/out"
+
+# Run settings refused before any output: against the trunk (C=192, T=128),
+# unknown values, a task name twice, a channels run without a stage 2.
+rejects "--channels_k 200 exceeds the width of trunk $SRC/models/small/trunk.safetensors: a \
+layer has C=192 MLP-output channels" train "$@" --method lntune,channels --channels_k 200 \
+  --steps 6 --out "$T/out"
+rejects "--channels_k 1000 exceeds the width" inspect "$@" --method lntune,channels \
+  --channels_k 1000
+rejects "--seq 1000 exceeds the context of trunk $SRC/models/small/trunk.safetensors (T=128 \
+tokens)" train "$@" --seq 1000 --steps 6 --out "$T/out"
+rejects "--stage1_steps 100 leaves no stage 2 in --steps 6" train "$@" --method lntune,channels \
+  --stage1_steps 100 --steps 6 --out "$T/out"
+rejects "unknown --mix 'foo' (roundrobin or proportional)" train "$@" --mix foo --steps 6 \
+  --out "$T/out"
+rejects "unknown --mix 'bogus' (roundrobin or proportional)" run "$@" --mix bogus --rounds 1 \
+  --out "$T/out"
+rejects "tasks: task name 'shift' is given twice" train "$@" \
+  --tasks "$TASKS,shift:generation:$T/data/shift.tsv" --steps 6 --out "$T/out"
+
+# A task without dev and test rows: its evaluations say so, with no numbers.
+grep '^train' "$T/data/majority.tsv" >"$T/data/trainonly.tsv"
+"$GRAFT" train "$@" --tasks "only:classification:$T/data/trainonly.tsv" --steps 4 --eval_every 2 \
+  --out "$T/empty" >"$T/empty.out" 2>"$T/empty.err" || fail "train on $T/data/trainonly.tsv"
+grep -q -F "only has no test rows: its test evaluations report no metrics" "$T/empty.err" ||
+  fail "no warning of the empty split: $(cat "$T/empty.err")"
+[ "$(cat "$T/empty.out")" = "only                 test  n=0     empty split: no metrics" ] ||
+  fail "empty test split reported as '$(cat "$T/empty.out")'"
+python3 - "$T/empty/events.jsonl" <<'PY' || fail "the empty splits' eval events hold numbers"
+import json, sys
+evals = [e for e in map(json.loads, open(sys.argv[1])) if e["event"] == "eval"]
+assert [e["split"] for e in evals] == ["dev", "test"], evals
+for e in evals:
+    assert e["examples"] == 0, e
+    assert all(e[k] is None for k in ("loss", "accuracy", "macro_f1", "ece")), e
+PY
 echo "test_predict_export: ok"
