@@ -93,7 +93,7 @@ const graft_option_t graft_run_options[] = {
     {"threads", GRAFT_OPT_INT, OFF(threads), "0", 0, 1024, "OpenBLAS/OpenMP threads (0: all cores)"},
     {"precision", GRAFT_OPT_STRING, OFF(precision), "fp32", 0, -1,
      "the trunk's products (projections, LM head, attention): fp32 (sgemm) or bf16 (bf16 operands, "
-     "fp32 sums; needs AVX512_BF16; about 1.4x faster training steps; storage stays fp32)"},
+     "fp32 sums; needs AVX512_BF16; about 1.5x faster training steps; storage stays fp32)"},
     {"log_every", GRAFT_OPT_INT, OFF(log_every), "20", 1, 1e9, "progress line every N steps"},
     {"rounds", GRAFT_OPT_INT, OFF(rounds), "10", 1, 1e9, "federated rounds"},
     {"local_steps", GRAFT_OPT_INT, OFF(local_steps), "10", 1, 1e9, "worker steps per round"},
