@@ -179,15 +179,17 @@ static void print_modules(const graft_peft_t *p, size_t trunk) {
     for (int i = 0; i < ns; i++) {
         const graft_scope_t *s = scopes[i];
         size_t per[N_MODULES] = {0};
-        for (int j = 0; j < s->n_tensors; j++)
-            per[module_index(module_of(s, s->tensors[j].name))] += s->tensors[j].numel;
+        for (int j = 0; j < s->n_tensors; j++) /* statistics are not parameters */
+            if (!s->tensors[j].stat)
+                per[module_index(module_of(s, s->tensors[j].name))] += s->tensors[j].numel;
         for (int m = 0; m < N_MODULES; m++) {
             if (!per[m]) continue;
             printf("%-28s %-10s %12zu %8.3f%%\n", s->name, module_names[m], per[m],
                    100.0 * per[m] / trunk);
             per_method[m] += per[m];
         }
-        printf("%-28s %-10s %12zu %8.3f%%\n", s->name, "(all)", s->numel, 100.0 * s->numel / trunk);
+        printf("%-28s %-10s %12zu %8.3f%%\n", s->name, "(all)", s->nparams,
+               100.0 * s->nparams / trunk);
     }
     printf("\n%-28s %12s %9s\n", "per method (all scopes)", "params", "of trunk");
     for (int m = 0; m < N_MODULES; m++)

@@ -129,7 +129,7 @@ static void declare_task(graft_peft_t *p, graft_peft_task_modules_t *tm,
     tm->head_w = tm->head_b = tm->red_s = tm->red_b = -1;
     tm->ln1w = tm->ln1b = tm->ln2w = tm->ln2b = tm->lnfw = tm->lnfb = -1;
     tm->ad_lnw = tm->ad_lnb = tm->ad_down = tm->ad_downb = tm->ad_up = tm->ad_upb = -1;
-    tm->ch_w = tm->ch_b = -1;
+    tm->ch_w = tm->ch_b = tm->ch_score = -1;
     if (desc->num_labels > 0) {
         tm->head_w = graft_scope_add(s, "head.weight", 2, C, desc->num_labels, 1);
         tm->head_b = graft_scope_add(s, "head.bias", 1, desc->num_labels, 0, 0);
@@ -166,7 +166,10 @@ static void declare_task(graft_peft_t *p, graft_peft_task_modules_t *tm,
         tm->channels = graft_xmalloc((size_t)L * k * sizeof(int32_t));
         for (int l = 0; l < L; l++)
             for (int j = 0; j < k; j++) tm->channels[l * k + j] = j;
-        tm->channel_scores = graft_xcalloc((size_t)L * C, sizeof(float));
+        /* The scores travel with the modules, so that every process that
+         * selects (a federated run's coordinator and workers) ranks the
+         * same, aggregated scores. */
+        tm->ch_score = graft_scope_add_stat(s, "channels.score", 2, L, C);
     }
 }
 
@@ -177,6 +180,7 @@ static void init_task(graft_peft_t *p, graft_peft_task_modules_t *tm, graft_rng_
     size_t LC = (size_t)c->L * c->C;
     graft_scope_alloc(s);
     graft_scope_alloc_grads(s);
+    if (tm->ch_score >= 0) tm->channel_scores = graft_scope_ptr(s, tm->ch_score);
     if (tm->head_w >= 0)
         graft_rng_fill_normal(rng, graft_scope_ptr(s, tm->head_w), s->tensors[tm->head_w].numel,
                               0.02f);
@@ -253,7 +257,6 @@ void graft_peft_destroy(graft_peft_t **self_p) {
         graft_scope_destroy(&p->tasks[t].scope);
         free(p->tasks[t].lora_idx);
         free(p->tasks[t].channels);
-        free(p->tasks[t].channel_scores);
         free(p->tasks[t].logit_offset);
     }
     free(p->tasks);
@@ -283,7 +286,7 @@ int graft_peft_scopes(const graft_peft_t *p, int task, graft_scope_t **out) {
 }
 
 size_t graft_peft_task_params(const graft_peft_t *p, int task) {
-    return p->shared->numel + p->tasks[task].scope->numel;
+    return p->shared->nparams + p->tasks[task].scope->nparams;
 }
 
 /* ---- module activations ------------------------------------------------- */
@@ -735,7 +738,7 @@ void graft_peft_zero_grad(graft_peft_t *p, int task) {
 static int trunk_needs_backward(const graft_peft_t *p, int task) {
     const graft_peft_task_modules_t *tm = &p->tasks[task];
     if (p->heads_only) return 0;
-    return p->shared->numel > 0 || tm->scope->numel > (tm->head_w >= 0 ?
+    return p->shared->nparams > 0 || tm->scope->nparams > (tm->head_w >= 0 ?
         tm->scope->tensors[tm->head_w].numel + tm->scope->tensors[tm->head_b].numel : 0);
 }
 
@@ -816,7 +819,7 @@ void graft_peft_accumulate_channel_scores(graft_peft_t *p, int task) {
     free(dot);
 }
 
-void graft_peft_select_channels(graft_peft_t *p, int task) {
+void graft_peft_choose_channels(graft_peft_t *p, int task) {
     graft_peft_task_modules_t *tm = &p->tasks[task];
     int C = p->trunk->cfg.C, k = p->cfg.channels_k;
     for (int l = 0; l < p->trunk->cfg.L; l++) {
@@ -833,6 +836,11 @@ void graft_peft_select_channels(graft_peft_t *p, int task) {
             S[j] = best;
         }
     }
+}
+
+void graft_peft_select_channels(graft_peft_t *p, int task) {
+    graft_peft_task_modules_t *tm = &p->tasks[task];
+    graft_peft_choose_channels(p, task);
     memset(graft_scope_ptr(tm->scope, tm->ch_w), 0,
            tm->scope->tensors[tm->ch_w].numel * sizeof(float));
     memset(graft_scope_ptr(tm->scope, tm->ch_b), 0,

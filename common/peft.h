@@ -97,8 +97,10 @@ typedef struct {
     int ln1w, ln1b, ln2w, ln2b, lnfw, lnfb; /* (L, C) / (C) */
     int ad_lnw, ad_lnb, ad_down, ad_downb, ad_up, ad_upb; /* (L,C) (L,C) (L,C,m) (L,m) (L,m,C) (L,C) */
     int ch_w, ch_b;                    /* (L, 4C, k), (L, k) */
+    int ch_score;                      /* (L, C) statistic "channels.score" */
     int32_t *channels;                 /* (L, k) chosen channel indices, owned */
-    float *channel_scores;             /* (L, C) accumulated Taylor importance, owned */
+    float *channel_scores;             /* (L, C) accumulated Taylor importance: a view of
+                                          the scope's statistic ch_score */
     float *logit_offset;               /* (K) added to the head's logits in training; owned,
                                           NULL: none (graft_peft_set_logit_offset) */
 } graft_peft_task_modules_t;
@@ -207,6 +209,9 @@ void graft_peft_accumulate_channel_scores(graft_peft_t *p, int task);
 /* Keeps the top cfg.channels_k channels per layer by score (ties: lower
  * index first) as the task's channels; deltas restart at zero. */
 void graft_peft_select_channels(graft_peft_t *p, int task);
+/* The same choice, deltas left as they are (a federated worker choosing
+ * from the aggregated scores it was sent, with the deltas it was sent). */
+void graft_peft_choose_channels(graft_peft_t *p, int task);
 
 /* ---- LoRA merge ----------------------------------------------------------- */
 

@@ -32,7 +32,8 @@ const graft_option_t graft_run_options[] = {
      "channels kept per layer by Taylor importance (channels), at most the trunk's width C"},
     {"stage1_steps", GRAFT_OPT_INT, OFF(stage1_steps), "0", 0, 1e9,
      "channels: steps of stage 1 (lntune) that also score channels, fewer than --steps; 0: a "
-     "third of --steps"},
+     "third of --steps (federated: the first ceil(stage1_steps / local_steps) rounds, fewer "
+     "than --rounds; 0: a third of --rounds)"},
     {"pool", GRAFT_OPT_STRING, OFF(pool), "last", 0, -1,
      "what a classification head reads: last (the hidden state of the text's last token) or "
      "mean (the mean of the hidden states over the text's tokens)"},

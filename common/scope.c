@@ -20,8 +20,8 @@ void graft_scope_destroy(graft_scope_t **self_p) {
     *self_p = NULL;
 }
 
-int graft_scope_add(graft_scope_t *s, const char *name, int ndim, int64_t d0, int64_t d1,
-                    int decay) {
+static int add_tensor(graft_scope_t *s, const char *name, int ndim, int64_t d0, int64_t d1,
+                      int decay) {
     GRAFT_ASSERT(!s->params && ndim >= 1 && ndim <= 2 && d0 > 0 && (ndim == 1 || d1 > 0));
     if (s->n_tensors == s->cap_tensors) {
         s->cap_tensors = s->cap_tensors ? 2 * s->cap_tensors : 16;
@@ -40,6 +40,20 @@ int graft_scope_add(graft_scope_t *s, const char *name, int ndim, int64_t d0, in
     t->lr_scale = 1.0f;
     s->numel += t->numel;
     return s->n_tensors++;
+}
+
+int graft_scope_add(graft_scope_t *s, const char *name, int ndim, int64_t d0, int64_t d1,
+                    int decay) {
+    GRAFT_ASSERT(s->nparams == s->numel); /* parameters come before statistics */
+    int i = add_tensor(s, name, ndim, d0, d1, decay);
+    s->nparams = s->numel;
+    return i;
+}
+
+int graft_scope_add_stat(graft_scope_t *s, const char *name, int ndim, int64_t d0, int64_t d1) {
+    int i = add_tensor(s, name, ndim, d0, d1, 0);
+    s->tensors[i].frozen = s->tensors[i].stat = 1;
+    return i;
 }
 
 void graft_scope_alloc(graft_scope_t *s) {
@@ -158,6 +172,10 @@ int graft_scope_st_read(graft_scope_t *s, const graft_st_file_t *f) {
     for (int i = 0; i < s->n_tensors; i++) {
         const graft_scope_tensor_t *t = &s->tensors[i];
         snprintf(nm, sizeof nm, "%s.%s", s->name, t->name);
+        if (t->stat && !graft_st_has(f, nm)) {
+            memset(s->params + t->offset, 0, t->numel * sizeof(float));
+            continue;
+        }
         int rc = graft_st_read(f, nm, t->shape, t->ndim, s->params + t->offset);
         if (rc) return rc;
     }

@@ -9,8 +9,15 @@
  * averaged, sent and checkpointed as one span (llm.c's one-allocation
  * pattern, per scope).
  *
+ * A scope may end with statistics (graft_scope_add_stat): tensors that
+ * travel, average and checkpoint with the modules but are not parameters
+ * (e.g. the channels method's importance scores). They come after every
+ * parameter, so the parameters are the span [0, nparams): never trained,
+ * never counted as parameters, left out of clipping and server optimizers
+ * (a plain mean), and absent from an older checkpoint reads as zeros.
+ *
  * Life cycle: graft_scope_new(name); graft_scope_add() for every tensor
- * (returns its index); graft_scope_alloc() once; then graft_scope_ptr()
+ * (returns its index), then graft_scope_add_stat(); graft_scope_alloc() once; then graft_scope_ptr()
  * gives stable pointers. graft_scope_destroy() frees everything. A scope
  * may also wrap memory it does not own (graft_scope_wrap), e.g. the trunk's
  * parameter block; then destroy leaves that block alone.
@@ -32,6 +39,7 @@ typedef struct {
     size_t numel;
     int decay;     /* AdamW weight decay applies */
     int frozen;    /* not trained: AdamW and the gradient norm skip it */
+    int stat;      /* a statistic, not a parameter (frozen too; see above) */
     float lr_scale; /* AdamW uses lr * lr_scale for this tensor (1 unless set, e.g. --head_lr) */
 } graft_scope_tensor_t;
 
@@ -40,6 +48,7 @@ typedef struct graft_scope {
     int n_tensors, cap_tensors;
     graft_scope_tensor_t *tensors;
     size_t numel;
+    size_t nparams; /* floats of parameters: [0, nparams); statistics follow */
     float *params; /* numel */
     float *grads;  /* numel, NULL until graft_scope_alloc_grads */
     float *state;  /* 2 * numel: AdamW m then v, NULL until graft_scope_alloc_grads */
@@ -55,6 +64,8 @@ void graft_scope_destroy(graft_scope_t **self_p);
 /* Declares a tensor (before alloc); returns its index. */
 int graft_scope_add(graft_scope_t *s, const char *name, int ndim, int64_t d0, int64_t d1,
                     int decay);
+/* Declares a statistic (after every parameter); returns its index. */
+int graft_scope_add_stat(graft_scope_t *s, const char *name, int ndim, int64_t d0, int64_t d1);
 /* Allocates the parameter block (zeroed). */
 void graft_scope_alloc(graft_scope_t *s);
 /* Uses an existing block of s->numel floats as parameters (not owned). */
@@ -91,7 +102,9 @@ void graft_scope_import(graft_scope_t *s, const float *src);
  * names (names are written into the caller's names buffer, which must stay
  * alive until the write: n_tensors * GRAFT_SCOPE_NAME * 2 bytes). */
 int graft_scope_st_entries(const graft_scope_t *s, graft_st_tensor_t *out, char *names);
-/* Reads every tensor of the scope from an open checkpoint by the same names. */
+/* Reads every tensor of the scope from an open checkpoint by the same names;
+ * a statistic the checkpoint lacks (written before it existed) reads as
+ * zeros. */
 int graft_scope_st_read(graft_scope_t *s, const graft_st_file_t *f);
 
 #endif

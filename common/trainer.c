@@ -281,6 +281,17 @@ void graft_trainer_select_channels(graft_trainer_t *tr) {
     tr->stage = 2;
 }
 
+void graft_trainer_choose_channels(graft_trainer_t *tr) {
+    for (int t = 0; t < tr->n_tasks; t++)
+        if (tr->peft->tasks[t].ch_w >= 0) graft_peft_choose_channels(tr->peft, t);
+    tr->stage = 2;
+}
+
+int graft_stage1_rounds(const graft_run_config_t *cfg) {
+    if (cfg->stage1_steps <= 0) return cfg->rounds / 3;
+    return (cfg->stage1_steps + cfg->local_steps - 1) / cfg->local_steps;
+}
+
 /* ---- evaluation --------------------------------------------------------- */
 
 /* The most likely next token of the tokenizer's V of a row of logits (an
@@ -602,7 +613,8 @@ int graft_trainer_save(graft_trainer_t *tr, const char *path) {
         for (int j = 0; j < 2; j++) {
             char *nm = names + (size_t)k * 2 * GRAFT_SCOPE_NAME;
             snprintf(nm, 2 * GRAFT_SCOPE_NAME, "optimizer.%s.%s", s->name, j ? "v" : "m");
-            ts[k] = (graft_st_tensor_t){.name = nm, .ndim = 1, .shape = {(int64_t)s->numel},
+            /* The moments of the parameters (statistics have none). */
+            ts[k] = (graft_st_tensor_t){.name = nm, .ndim = 1, .shape = {(int64_t)s->nparams},
                                         .data = s->state + (size_t)j * s->numel};
             k++;
         }
@@ -718,10 +730,11 @@ static int load_modules(graft_trainer_t *tr, const char *path, int resume) {
         graft_scope_t *s = scopes[i];
         if (s->numel == 0) continue;
         rc = graft_scope_st_read(s, f);
-        int64_t n = (int64_t)s->numel;
+        int64_t n = (int64_t)s->nparams;
         for (int j = 0; j < 2 && !rc; j++) {
             snprintf(nm, sizeof nm, "optimizer.%s.%s", s->name, j ? "v" : "m");
-            if (graft_st_has(f, nm)) rc = graft_st_read(f, nm, &n, 1, s->state + (size_t)j * n);
+            if (graft_st_has(f, nm))
+                rc = graft_st_read(f, nm, &n, 1, s->state + (size_t)j * s->numel);
         }
     }
     for (int t = 0; t < tr->n_tasks && !rc; t++) {
@@ -765,10 +778,11 @@ json_t *graft_trainer_params_json(const graft_trainer_t *tr) {
     const graft_peft_t *p = tr->peft;
     json_t *own = json_object(), *per_task = json_object();
     for (int t = 0; t < p->n_tasks; t++) {
-        json_object_set_new(own, p->tasks[t].name, json_integer((json_int_t)p->tasks[t].scope->numel));
+        json_object_set_new(own, p->tasks[t].name,
+                            json_integer((json_int_t)p->tasks[t].scope->nparams));
         json_object_set_new(per_task, p->tasks[t].name,
                             json_integer((json_int_t)graft_peft_task_params(p, t)));
     }
     return json_pack("{s:I, s:I, s:o, s:o}", "trunk", (json_int_t)tr->trunk->num_params, "shared",
-                     (json_int_t)p->shared->numel, "tasks", own, "per_task", per_task);
+                     (json_int_t)p->shared->nparams, "tasks", own, "per_task", per_task);
 }

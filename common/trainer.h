@@ -111,6 +111,12 @@ void graft_trainer_classify(graft_trainer_t *tr, int t, const char *const *texts
 
 /* Ends stage 1 of the two-stage method: picks channels from the scores. */
 void graft_trainer_select_channels(graft_trainer_t *tr);
+/* The same choice, the deltas left as they are: a federated worker in its
+ * first stage-2 round, from the aggregated scores and deltas it was sent. */
+void graft_trainer_choose_channels(graft_trainer_t *tr);
+/* Federated runs: the rounds of stage 1 of the two-stage channels method,
+ * ceil(stage1_steps / local_steps), or rounds / 3 without stage1_steps. */
+int graft_stage1_rounds(const graft_run_config_t *cfg);
 
 /* Checkpoints every scope (and the trainer's progress) into one
  * safetensors file, atomically, with the settings that shape the modules

@@ -252,6 +252,7 @@ static void enc_round_start(enc_t *e, const graft_wire_round_start_t *m, int dty
     e->hyper.head_lr_scale = m->hyper.head_lr_scale;
     e->hyper.keep_optimizer_state = m->hyper.keep_optimizer_state != 0;
     e->hyper.logit_adjust = m->hyper.logit_adjust;
+    e->hyper.channels_selected = m->hyper.channels_selected != 0;
     r->round = m->round;
     r->n_tensors = m->ntensors;
     r->tensors = enc_tensors(e, m->tensors, m->ntensors, dtype);
@@ -668,6 +669,7 @@ static int dec_hyper(const Graft__Hyper *pb, graft_wire_hyper_t *h, char *why, s
     h->head_lr_scale = pb->head_lr_scale;
     h->keep_optimizer_state = pb->keep_optimizer_state;
     h->logit_adjust = pb->logit_adjust;
+    h->channels_selected = pb->channels_selected;
     return GRAFT_OK;
 }
 

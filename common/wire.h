@@ -114,6 +114,7 @@ typedef struct {
     float head_lr_scale; /* heads' rate over the modules' (0: 1) */
     int keep_optimizer_state; /* the worker keeps its AdamW state across rounds */
     float logit_adjust;       /* tau of the heads' label-shift correction (0: off) */
+    int channels_selected;    /* two-stage channels: stage 2 (select from the scores sent) */
 } graft_wire_hyper_t;
 
 /* How a round's modules come back (all zero: as tensors in the Update). */

@@ -126,6 +126,7 @@ void graft_agg_plan_init_pairs(graft_agg_plan_t *plan, size_t numel, const graft
     plan->clip_norm = clip_norm;
     plan->freeze_a = freeze_a;
     plan->step_scale = 1.0;
+    plan->stat_from = numel;
     size_t biggest = 0;
     for (int i = 0; i < npairs; i++) {
         size_t sz = (size_t)pairs[i].in * pairs[i].out;
@@ -160,6 +161,7 @@ void graft_agg_plan_init(graft_agg_plan_t *plan, const graft_agg_config_t *c,
     graft_agg_plan_init_pairs(plan, s->numel, pairs, n, graft_agg_wants_products(c),
                               c->clip ? c->clip_norm : 0.0f, c->lora == GRAFT_LORA_FREEZE_A);
     if (task < 0) plan->step_scale = c->shared_step;
+    plan->stat_from = s->nparams;
     free(pairs);
 }
 
@@ -192,7 +194,7 @@ static int clipped_delta(graft_agg_plan_t *plan, const float *x, char *why, size
             return GRAFT_EINVAL;
         }
         d[j] = (double)x[j] - (double)g[j];
-        sumsq += d[j] * d[j];
+        if (j < plan->stat_from) sumsq += d[j] * d[j];
     }
     for (int k = 0; k < plan->npairs && plan->freeze_a; k++) {
         const graft_agg_pair_t *pr = &plan->pairs[k];
@@ -206,7 +208,7 @@ static int clipped_delta(graft_agg_plan_t *plan, const float *x, char *why, size
     double norm = sqrt(sumsq);
     if (plan->clip_norm > 0 && norm > plan->clip_norm) {
         double scale = plan->clip_norm / norm;
-        for (size_t j = 0; j < plan->numel; j++) d[j] *= scale;
+        for (size_t j = 0; j < plan->stat_from; j++) d[j] *= scale;
     }
     return GRAFT_OK;
 }
@@ -330,9 +332,10 @@ static int merge_lora(const graft_agg_config_t *c, graft_agg_plan_t *plan, const
     return GRAFT_OK;
 }
 
+/* m and v: the moments of the n values (the scope's state holds m then v,
+ * each as long as the whole scope). */
 static void server_adam(const graft_agg_config_t *c, const float *g, const double *xbar,
-                        size_t n, float *state, float *dst) {
-    float *m = state, *v = state + n;
+                        size_t n, float *m, float *v, float *dst) {
     double b1 = c->server_beta1, b2 = c->server_beta2;
     for (size_t j = 0; j < n; j++) {
         double gj = g[j], delta = xbar[j] - gj;
@@ -365,11 +368,12 @@ int graft_agg_finish(const graft_agg_config_t *c, graft_agg_plan_t *plan, const 
     }
     double inv = ldexp(1.0, -GRAFT_AGG_FRAC_BITS) / (double)tail[0];
     const float *g = plan->global;
-    size_t n = plan->numel;
-    double *xbar = graft_xmalloc((n + 1) * sizeof *xbar);
-    /* The (scaled) mean step; products below keep the plain mean. */
+    size_t n = plan->stat_from, numel = plan->numel;
+    double *xbar = graft_xmalloc((numel + 1) * sizeof *xbar);
+    /* The (scaled) mean step; products and statistics keep the plain mean. */
     double step = inv * plan->step_scale;
     for (size_t j = 0; j < n; j++) xbar[j] = (double)g[j] + (double)sum[j] * step;
+    for (size_t j = n; j < numel; j++) xbar[j] = (double)g[j] + (double)sum[j] * inv;
     if (plan->freeze_a && plan->npairs) rep->lora_gap = 0.0;
     if (plan->products && merge_lora(c, plan, sum, inv, xbar, rep)) {
         free(xbar);
@@ -377,13 +381,14 @@ int graft_agg_finish(const graft_agg_config_t *c, graft_agg_plan_t *plan, const 
     }
     if (c->combiner == GRAFT_AGG_FEDADAM) {
         GRAFT_ASSERT(state);
-        server_adam(c, g, xbar, n, state, dst);
+        server_adam(c, g, xbar, n, state, state + numel, dst);
     } else if (c->combiner == GRAFT_AGG_FEDAVGM) {
         GRAFT_ASSERT(state);
         server_momentum(c, g, xbar, n, state, dst);
     } else {
         for (size_t j = 0; j < n; j++) dst[j] = (float)xbar[j];
     }
+    for (size_t j = n; j < numel; j++) dst[j] = (float)xbar[j];
     free(xbar);
     return 1;
 }

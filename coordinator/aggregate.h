@@ -75,6 +75,11 @@
  * mean step, x = g + step_scale * (mean - g), before fedavgm or fedadam;
  * the LoRA products of the gap measurement keep the plain mean.
  *
+ * Statistics (the scope's values from plan.stat_from on, e.g. the channels
+ * method's scores) are not parameters: the clip leaves them out of the
+ * norm and unscaled, and fedadam, fedavgm and step_scale leave them at the
+ * plain weighted mean; median and trimmed_mean treat them like any value.
+ *
  * LoRA pairs (option `lora_aggregate`): factors (average A and B as
  * above), svd (average the products A B, then truncate back to rank r —
  * lora_merge.h — and use those factors) or freeze_a (A stays at its initial
@@ -157,6 +162,9 @@ typedef struct {
     float clip_norm;         /* > 0: clip deltas to this L2 norm */
     int freeze_a;            /* reject replies whose A changed */
     double step_scale;       /* new = global + step_scale * (aggregate - global); 1 */
+    size_t stat_from;        /* [stat_from, numel): statistics (graft_scope_add_stat),
+                                not clipped, a plain mean under any server optimizer;
+                                numel unless set */
     const float *global;     /* borrowed: this round's global values */
     double *work;            /* owned scratch: numel + 2 * max pair size */
 } graft_agg_plan_t;

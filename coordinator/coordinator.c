@@ -147,6 +147,8 @@ static void send_round_start(coord_t *c, int peer) {
     rs->hyper.head_lr_scale = c->tr->peft->cfg.head_lr_scale;
     rs->hyper.keep_optimizer_state = c->cfg->keep_optimizer_state;
     rs->hyper.logit_adjust = c->cfg->logit_adjust;
+    rs->hyper.channels_selected = (c->tr->peft->cfg.methods & GRAFT_M_CHANNELS) &&
+                                  c->tr->stage == 2;
     rs->reduce = (graft_wire_reduce_t){
         .collective = graft_aggregator_collective(c->agg),
         .clip_norm = c->agg_cfg.clip ? c->agg_cfg.clip_norm : 0.0f,
@@ -229,7 +231,22 @@ static void log_cohorts(coord_t *c) {
 
 /* Sends every active worker the round, then opens the aggregation (with
  * MPI reductions this joins them: the workers were sent the round first). */
+/* Two-stage channels: the first round after stage 1 selects each task's
+ * channels from its aggregated scores. Every worker makes the same choice
+ * from the same scores when the round start says stage 2 (hyper). */
+static void enter_stage2(coord_t *c) {
+    int stage1 = graft_stage1_rounds(c->cfg);
+    if (c->tr->stage != 1 || c->round <= stage1) return;
+    graft_trainer_select_channels(c->tr);
+    LOG_INFO("round %d: two-stage: channels selected from the scores of %d rounds (top %d per "
+             "layer); stage 2 starts", c->round, stage1, c->cfg->channels_k);
+    graft_events_emit(c->ev, "stage",
+                      json_pack("{s:i, s:i, s:i, s:i}", "round", c->round, "stage", 2,
+                                "stage1_rounds", stage1, "channels_k", c->cfg->channels_k));
+}
+
 static int start_round(coord_t *c) {
+    enter_stage2(c);
     c->round_t0 = graft_now();
     c->deadline = c->round_t0 + c->cfg->round_timeout_ms / 1000.0;
     c->bytes_in = c->bytes_out = 0;
@@ -825,7 +842,23 @@ static int setup(coord_t *c) {
     return graft_events_open(path, &c->ev);
 }
 
+/* The two-stage channels method selects its channels after stage 1's
+ * rounds: a run must reach stage 2 to train them. */
+static int check_stages(const graft_run_config_t *cfg) {
+    int methods, stage1 = graft_stage1_rounds(cfg);
+    if (graft_peft_parse_methods(cfg->method, &methods)) return GRAFT_EINVAL;
+    if ((methods & GRAFT_M_CHANNELS) && stage1 >= cfg->rounds) {
+        LOG_ERROR("--stage1_steps %d with --local_steps %d makes %d rounds of stage 1, which "
+                  "leaves no stage 2 in --rounds %d: the channels would be scored but never "
+                  "selected or trained (give fewer --stage1_steps or more --rounds)",
+                  cfg->stage1_steps, cfg->local_steps, stage1, cfg->rounds);
+        return GRAFT_EINVAL;
+    }
+    return GRAFT_OK;
+}
+
 int graft_coordinator_check(const graft_run_config_t *cfg, int workers) {
+    if (check_stages(cfg)) return GRAFT_EINVAL;
     if (cfg->min_replies <= workers) return GRAFT_OK;
     LOG_ERROR("coordinator: --min_replies %d is more than the %d worker%s of the run: a round "
               "could never close; min_replies must be <= workers", cfg->min_replies, workers,

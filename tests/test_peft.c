@@ -349,6 +349,7 @@ static void fd_scope(graft_peft_t *p, int task, const batch_t *bt, graft_scope_t
                      fd_stats_t *all) {
     for (int ti = 0; ti < s->n_tensors; ti++) {
         const graft_scope_tensor_t *t = &s->tensors[ti];
+        if (t->stat) continue; /* channel scores: a statistic, no gradient */
         const float *g = ana + t->offset;
         size_t top = 0;
         for (size_t j = 1; j < t->numel; j++)
@@ -401,7 +402,7 @@ static int fd_task(graft_peft_t *p, int task, const batch_t *bt, float eps, doub
         float *ana = malloc(scopes[i]->numel * sizeof(float));
         memcpy(ana, scopes[i]->grads, scopes[i]->numel * sizeof(float));
         fd_scope(p, task, bt, scopes[i], ana, eps, atol, &rng, all);
-        tensors += scopes[i]->n_tensors;
+        for (int ti = 0; ti < scopes[i]->n_tensors; ti++) tensors += !scopes[i]->tensors[ti].stat;
         free(ana);
     }
     return tensors;
@@ -1034,6 +1035,7 @@ static int check_task(graft_peft_t *p, int task, const batch_t *bt, const graft_
         graft_scope_t *s = scopes[i];
         for (int ti = 0; ti < s->n_tensors; ti++) {
             const graft_scope_tensor_t *t = &s->tensors[ti];
+            if (t->stat) continue; /* channel scores: a statistic, no gradient */
             snprintf(name, sizeof name, "%s.grad.%s.%s", tn, s->name, t->name);
             double max_ref;
             double err = compare_ref(f, name, t->shape, t->ndim, s->grads + t->offset, t->numel,

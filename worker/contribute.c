@@ -47,6 +47,7 @@ static int start_one(graft_contributor_t *c, const graft_wire_reduce_t *r, int f
     graft_agg_plan_t plan;
     graft_agg_plan_init_pairs(&plan, s->numel, pairs, npairs, r->lora_products && !freeze_a,
                               r->clip_norm, freeze_a);
+    plan.stat_from = s->nparams;
     free(pairs);
     free(c->buf[i]);
     c->buf[i] = graft_xmalloc(plan.len * sizeof *c->buf[i]);

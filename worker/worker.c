@@ -573,6 +573,14 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
     }
     import_round(w, rs, sent, n);
     graft_trainer_t *tr = w->tr;
+    if (rs->hyper.channels_selected && tr->stage == 1) {
+        /* The scores just imported are the coordinator's: the same choice. */
+        graft_trainer_choose_channels(tr);
+        LOG_INFO("worker %s: round %llu: two-stage: channels selected; stage 2 starts", w->name,
+                 (unsigned long long)rs->round);
+    } else if (!rs->hyper.channels_selected && (tr->peft->cfg.methods & GRAFT_M_CHANNELS)) {
+        tr->stage = 1; /* a coordinator resumed from stage 1 */
+    }
     uint32_t steps = rs->hyper.local_steps;
     int64_t first = (int64_t)(rs->round - 1) * steps;
     graft_trainer_seek_sampler(tr, w->stream, first);
