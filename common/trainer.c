@@ -287,6 +287,19 @@ void graft_trainer_choose_channels(graft_trainer_t *tr) {
     tr->stage = 2;
 }
 
+uint64_t graft_trainer_channels_digest(const graft_trainer_t *tr) {
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over the indices, task by task */
+    size_t n = (size_t)tr->trunk->cfg.L * (size_t)tr->peft->cfg.channels_k;
+    for (int t = 0; t < tr->n_tasks; t++) {
+        const int32_t *S = tr->peft->tasks[t].channels;
+        for (size_t i = 0; S && i < n; i++) {
+            h ^= (uint64_t)(uint32_t)S[i];
+            h *= 1099511628211ull;
+        }
+    }
+    return h;
+}
+
 int graft_stage1_rounds(const graft_run_config_t *cfg) {
     if (cfg->stage1_steps <= 0) return cfg->rounds / 3;
     return (cfg->stage1_steps + cfg->local_steps - 1) / cfg->local_steps;

@@ -114,6 +114,9 @@ void graft_trainer_select_channels(graft_trainer_t *tr);
 /* The same choice, the deltas left as they are: a federated worker in its
  * first stage-2 round, from the aggregated scores and deltas it was sent. */
 void graft_trainer_choose_channels(graft_trainer_t *tr);
+/* A digest of every task's channel indices (FNV-1a), for logs: the
+ * coordinator and each worker print it when they select, and must agree. */
+uint64_t graft_trainer_channels_digest(const graft_trainer_t *tr);
 /* Federated runs: the rounds of stage 1 of the two-stage channels method,
  * ceil(stage1_steps / local_steps), or rounds / 3 without stage1_steps. */
 int graft_stage1_rounds(const graft_run_config_t *cfg);

@@ -238,11 +238,15 @@ static void enter_stage2(coord_t *c) {
     int stage1 = graft_stage1_rounds(c->cfg);
     if (c->tr->stage != 1 || c->round <= stage1) return;
     graft_trainer_select_channels(c->tr);
+    char digest[32];
+    snprintf(digest, sizeof digest, "%016llx",
+             (unsigned long long)graft_trainer_channels_digest(c->tr));
     LOG_INFO("round %d: two-stage: channels selected from the scores of %d rounds (top %d per "
-             "layer); stage 2 starts", c->round, stage1, c->cfg->channels_k);
+             "layer, digest %s); stage 2 starts", c->round, stage1, c->cfg->channels_k, digest);
     graft_events_emit(c->ev, "stage",
-                      json_pack("{s:i, s:i, s:i, s:i}", "round", c->round, "stage", 2,
-                                "stage1_rounds", stage1, "channels_k", c->cfg->channels_k));
+                      json_pack("{s:i, s:i, s:i, s:i, s:s}", "round", c->round, "stage", 2,
+                                "stage1_rounds", stage1, "channels_k", c->cfg->channels_k,
+                                "channels_digest", digest));
 }
 
 static int start_round(coord_t *c) {

@@ -598,6 +598,42 @@ static void test_prox_and_frozen(void **state) {
     graft_scope_destroy(&s);
 }
 
+/* Statistics (a scope's values from stat_from on, e.g. channel scores) are
+ * a plain weighted mean whatever the strategy: out of the clip's norm and
+ * unscaled, untouched by the server optimizers, which keep no moments for
+ * them. So the aggregated scores rank channels as their sum over workers. */
+static void test_statistics_plain_mean(void **state) {
+    (void)state;
+    graft_agg_plan_t plan;
+    graft_agg_plan_init_pairs(&plan, 4, NULL, 0, 0, 1.0f, 0);
+    plan.stat_from = 2;
+    /* Parameters: x1's delta (3, 4) clips to (0.6, 0.8); x2's is 0. The
+     * statistics' deltas (6, 2) and (2, 4) would dominate the norm. */
+    float g[4] = {1, 1, 0, 0}, x1[4] = {4, 5, 6, 2}, x2[4] = {1, 1, 2, 4}, dst[4];
+    const float *xs[2] = {x1, x2};
+    uint64_t ws[2] = {1, 3};
+    graft_agg_report_t rep;
+    graft_agg_config_t avg = config(GRAFT_AGG_FEDAVG);
+    assert_int_equal(stream(&avg, &plan, g, xs, ws, NULL, 2, dst, NULL, &rep), 1);
+    assert_true(fabsf(dst[0] - 1.15f) < 1e-6f && fabsf(dst[1] - 1.2f) < 1e-6f);
+    assert_true(dst[2] == 3.0f && dst[3] == 3.5f); /* (6 + 3 * 2) / 4, (2 + 3 * 4) / 4 */
+    for (int combiner = 0; combiner < 2; combiner++) {
+        graft_agg_config_t c = config(combiner ? GRAFT_AGG_FEDAVGM : GRAFT_AGG_FEDADAM);
+        float st[8] = {0};
+        assert_int_equal(stream(&c, &plan, g, xs, ws, NULL, 2, dst, st, &rep), 1);
+        assert_true(dst[2] == 3.0f && dst[3] == 3.5f);
+        assert_true(st[2] == 0 && st[3] == 0 && st[6] == 0 && st[7] == 0);
+        assert_true(st[0] != 0 && dst[0] != 1.15f); /* the parameters did take the server step */
+    }
+    /* The scores rank the same as their sum; the held (clipped) values for
+     * median and trimmed mean keep the statistics whole too. */
+    float held[4];
+    char why[64];
+    assert_int_equal(graft_agg_clipped(&plan, x1, held, why, sizeof why), GRAFT_OK);
+    assert_true(held[0] == 1.6f && held[1] == 1.8f && held[2] == 6.0f && held[3] == 2.0f);
+    graft_agg_plan_free(&plan);
+}
+
 static void test_scalar_mean(void **state) {
     (void)state;
     float dst[3] = {1, 2, 3}, x[3] = {9, 9, 9}, y[3] = {4, 5, 6};
@@ -621,6 +657,7 @@ int main(void) {
         cmocka_unit_test(test_gap_by_hand),     cmocka_unit_test(test_svd_recovers_rank_r),
         cmocka_unit_test(test_freeze_a),        cmocka_unit_test(test_config),
         cmocka_unit_test(test_prox_and_frozen), cmocka_unit_test(test_scalar_mean),
+        cmocka_unit_test(test_statistics_plain_mean),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

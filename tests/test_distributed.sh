@@ -16,7 +16,12 @@
 #     MPI), each bit-identical between ZeroMQ and MPI; freeze_a keeps every
 #     lora_A bit for bit (whatever the learning rate) and logs a gap of 0;
 #  6. under MPI reductions a SIGKILLed rank ends the job (mpirun aborts it)
-#     instead of leaving the other ranks waiting in a reduction.
+#     instead of leaving the other ranks waiting in a reduction;
+#  7. the two-stage channels method (lntune,channels) reaches stage 2: the
+#     coordinator and every worker select the same channels (the top k of
+#     the aggregated scores) at the same round, the deltas train, ZeroMQ and
+#     MPI agree bit for bit, and a coordinator killed in stage 1 and resumed
+#     ends as an uninterrupted run.
 # Workers run without `timeout` so that $! is the worker itself (SIGKILL
 # must hit it); the EXIT trap kills whatever is left.
 # usage: test_distributed.sh GRAFT_BINARY SOURCE_DIR
@@ -139,6 +144,32 @@ sed -n '/"event":"worker_lost"/,$p' "$EV" | grep '"event":"round_end"' | tail -1
 grep -q 'lost' "$T/kill.err" || fail "no human log line about the lost worker"
 echo "ok 3 - SIGKILLed worker: worker_lost, run completes, restarted worker rejoins"
 
+# resume_run NAME ROUND ARGS...: a coordinator and three workers on ARGS; the
+# coordinator SIGKILLed after its checkpoint of round ROUND and restarted
+# with --resume from it (the workers stay and rejoin). The run ends in
+# $T/NAME; the coordinator's logs are $T/NAME1.err and $T/NAME2.err.
+resume_run() {
+    name=$1 round=$2
+    shift 2
+    EP=tcp://127.0.0.1:$(free_port)
+    "$GRAFT" coordinator --bind "$EP" --workers 3 "$@" --out "$T/$name" \
+        >/dev/null 2>"$T/${name}1.err" &
+    COORD=$!
+    PIDS="$PIDS $COORD"
+    for i in 0 1 2; do
+        "$GRAFT" worker --connect "$EP" --shard $i/3 "$@" 2>"$T/$name-w$i.err" &
+        PIDS="$PIDS $!"
+    done
+    EV=$T/$name/events.jsonl
+    wait_for "\"event\":\"checkpoint\",\"round\":$round" 60
+    kill -9 "$COORD"
+    wait "$COORD" 2>/dev/null || true
+    cp "$T/$name/modules.safetensors" "$T/$name/round.safetensors"
+    timeout 120 "$GRAFT" coordinator --bind "$EP" --workers 3 "$@" --out "$T/$name" \
+        --resume "$T/$name/round.safetensors" >/dev/null 2>"$T/${name}2.err" ||
+        { tail -20 "$T/${name}2.err" >&2; fail "$name: the resumed coordinator failed"; }
+}
+
 # ---- 4. the coordinator killed and resumed from its checkpoint ---------------
 # Workers seek their sampler to the round's global step and reset their
 # optimiser every round, so a resumed run redoes exactly the rounds it lost.
@@ -147,23 +178,8 @@ echo "ok 3 - SIGKILLed worker: worker_lost, run completes, restarted worker rejo
 RESCONF="--config $T/run.conf --rounds 6 --local_steps 20 --checkpoint_every_rounds 1 --aggregate fedadam"
 timeout 120 "$GRAFT" run --workers 3 $RESCONF --out "$T/ref" >/dev/null 2>"$T/ref.err" ||
     fail "reference run for the resume test failed"
-EP=tcp://127.0.0.1:$(free_port)
-"$GRAFT" coordinator --bind "$EP" --workers 3 $RESCONF --out "$T/res" \
-    >/dev/null 2>"$T/res1.err" &
-COORD=$!
-PIDS="$PIDS $COORD"
-for i in 0 1 2; do
-    "$GRAFT" worker --connect "$EP" --shard $i/3 $RESCONF 2>"$T/rw$i.err" &
-    PIDS="$PIDS $!"
-done
-EV=$T/res/events.jsonl
-wait_for '"event":"checkpoint","round":3' 60
-kill -9 "$COORD"
-wait "$COORD" 2>/dev/null || true
-cp "$T/res/modules.safetensors" "$T/res/round.safetensors"
-timeout 120 "$GRAFT" coordinator --bind "$EP" --workers 3 $RESCONF --out "$T/res" \
-    --resume "$T/res/round.safetensors" >/dev/null 2>"$T/res2.err" ||
-    { tail -20 "$T/res2.err" >&2; fail "resumed coordinator failed"; }
+# shellcheck disable=SC2086
+resume_run res 3 $RESCONF
 grep -q 'resumed from' "$T/res2.err" || fail "the coordinator did not say it resumed"
 cmp "$T/ref/modules.safetensors" "$T/res/modules.safetensors" ||
     fail "a resumed run ended with other modules than an uninterrupted one"
@@ -250,3 +266,68 @@ if command -v mpirun >/dev/null 2>&1; then
 else
     echo "ok 8 # SKIP mpirun not found"
 fi
+
+# ---- 7. the two-stage channels method, federated ------------------------------
+# Stage 1 (lntune, scoring channels) covers ceil(stage1_steps / local_steps) =
+# 2 rounds; at round 3 the coordinator and every worker select the same top-k
+# channels from the aggregated scores (task.X.channels.score, averaged like
+# the modules; fedadam and the clip leave them alone), and stage 2 trains
+# their deltas. Over ZeroMQ and over MPI reductions, bit for bit.
+CHARGS="--method lntune,channels --channels_k 4 --rounds 6 --local_steps 20 --stage1_steps 40
+    --checkpoint_every_rounds 2 --aggregate fedadam,clip --clip_norm 0.5"
+# shellcheck disable=SC2086
+run_pair channels $CHARGS
+grep -q '"event":"stage","round":3,"stage":2,"stage1_rounds":2' "$T/channels-zmq/events.jsonl" ||
+    fail "channels: no stage event at round 3"
+for log in "$T/channels-zmq.err" "$T/channels-mpi.err"; do
+    [ -f "$log" ] || continue
+    d=$(sed -n 's/.*round 3: two-stage: channels selected from .*digest \([0-9a-f]*\)).*/\1/p' "$log")
+    [ -n "$d" ] || fail "channels: the coordinator did not log its selection ($log)"
+    [ "$(grep -c "worker .*: round 3: two-stage: channels selected (digest $d)" "$log")" -eq 3 ] ||
+        { grep 'channels selected' "$log" >&2; fail "channels: the workers chose other channels"; }
+done
+python3 - "$T/channels-zmq/modules.safetensors" <<'PY' || fail "channels: see above"
+import json, struct, sys
+
+def tensors(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        head = json.loads(f.read(n))
+        data = f.read()
+    meta = head.pop("__metadata__")
+    out = {}
+    for k, v in head.items():
+        b, e = v["data_offsets"]
+        vals = struct.unpack("<%df" % ((e - b) // 4), data[b:e])
+        cols = len(vals) // v["shape"][0]
+        out[k] = [vals[i:i + cols] for i in range(0, len(vals), cols)]
+    return out, meta
+
+t, meta = tensors(sys.argv[1])
+assert meta["train.stage"] == "2", meta["train.stage"]
+for task in ("majority", "pairs", "shift"):
+    score, index = t["task.%s.channels.score" % task], t["task.%s.channels.index" % task]
+    k = len(index[0])
+    # the selection rule: top k by score, ties to the lower channel
+    top = [sorted(range(len(row)), key=lambda c: (-row[c], c))[:k] for row in score]
+    assert top == [[int(c) for c in row] for row in index], (task, top, index)
+    assert min(min(row) for row in score) > 0, task + ": channels without a score"
+    w = t["task.%s.channels.weight" % task]
+    assert max(abs(x) for row in w for x in row) > 0, task + ": channel deltas not trained"
+PY
+echo "ok 9 - channels: stage 2 at round 3, the same channels on every process (top-k of the" \
+    "aggregated scores), deltas trained; MPI bit-identical to ZeroMQ"
+
+# The coordinator killed after its stage-1 checkpoint (round 2) and resumed:
+# it selects at round 3 from the restored scores and ends as the
+# uninterrupted run did.
+# shellcheck disable=SC2086
+resume_run chres 2 --config "$T/run.conf" $CHARGS
+if grep -q 'resumed from .* after round 2' "$T/chres2.err"; then
+    grep -q 'round 3: two-stage: channels selected' "$T/chres2.err" ||
+        fail "channels: the coordinator resumed in stage 1 did not select at round 3"
+fi
+cmp "$T/channels-zmq/modules.safetensors" "$T/chres/modules.safetensors" ||
+    fail "channels: a resumed run ended with other modules than an uninterrupted one"
+echo "ok 10 - channels: coordinator killed in stage 1 and resumed: selects at round 3, modules" \
+    "identical to an uninterrupted run"

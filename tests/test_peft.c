@@ -1121,6 +1121,58 @@ static void test_torch_each(void **state) {
     torch_case("head", 0, 0);
 }
 
+/* ---- channel scores in federated runs ------------------------------------------ */
+
+/* The scores are the statistic task.X.channels.score: not a parameter (the
+ * counts leave it out), travelling with the scope, so that a second process
+ * that imports the scope chooses the same channels; choose keeps the deltas
+ * it was sent, select restarts them; a checkpoint from before the
+ * statistic existed reads as zero scores. */
+static void test_channel_scores_travel(void **state) {
+    (void)state;
+    graft_gpt2_t *m = tiny_trunk();
+    graft_peft_config_t cfg = peft_config(GRAFT_M_LNTUNE | GRAFT_M_CHANNELS);
+    graft_peft_t *a = graft_peft_new(m, &cfg, TASKS, 2), *b = graft_peft_new(m, &cfg, TASKS, 2);
+    int L = m->cfg.L, C = m->cfg.C, k = cfg.channels_k;
+    graft_peft_task_modules_t *ta = &a->tasks[TASK_GEN], *tb = &b->tasks[TASK_GEN];
+    graft_scope_t *s = ta->scope;
+    const graft_scope_tensor_t *st = &s->tensors[ta->ch_score];
+    assert_true(st->stat && st->frozen && st->numel == (size_t)L * C);
+    assert_ptr_equal(ta->channel_scores, graft_scope_ptr(s, ta->ch_score));
+    assert_int_equal(s->nparams, s->numel - (size_t)L * C);
+    assert_int_equal(graft_peft_task_params(a, TASK_GEN), a->shared->nparams + s->nparams);
+
+    choose_channels(a, TASK_GEN); /* scores with ties, a non-trivial choice */
+    float *w = graft_scope_ptr(s, ta->ch_w);
+    for (size_t j = 0; j < s->tensors[ta->ch_w].numel; j++) w[j] = 0.25f;
+    graft_scope_import(tb->scope, s->params); /* what a worker receives */
+    graft_peft_choose_channels(b, TASK_GEN);
+    assert_memory_equal(tb->channels, ta->channels, (size_t)L * k * sizeof(int32_t));
+    assert_true(graft_scope_ptr(tb->scope, tb->ch_w)[0] == 0.25f);
+    graft_peft_select_channels(b, TASK_GEN);
+    assert_memory_equal(tb->channels, ta->channels, (size_t)L * k * sizeof(int32_t));
+    assert_true(graft_scope_ptr(tb->scope, tb->ch_w)[0] == 0.0f);
+
+    /* An older checkpoint: every tensor of the scope but the scores. */
+    graft_st_tensor_t *ts = calloc((size_t)s->n_tensors, sizeof *ts);
+    char *names = calloc((size_t)s->n_tensors, 2 * GRAFT_SCOPE_NAME), path[128];
+    int n = graft_scope_st_entries(s, ts, names);
+    assert_int_equal(ta->ch_score, n - 1); /* statistics come last */
+    snprintf(path, sizeof path, "%s/old_channels.safetensors", g_dir);
+    assert_int_equal(graft_st_write(path, ts, n - 1, NULL, NULL, 0), GRAFT_OK);
+    graft_st_file_t *f = NULL;
+    assert_int_equal(graft_st_open(path, &f), GRAFT_OK);
+    assert_int_equal(graft_scope_st_read(tb->scope, f), GRAFT_OK);
+    graft_st_close(&f);
+    for (int i = 0; i < L * C; i++) assert_true(tb->channel_scores[i] == 0.0f);
+    assert_true(graft_scope_ptr(tb->scope, tb->ch_w)[0] == 0.25f);
+    free(ts);
+    free(names);
+    graft_peft_destroy(&b);
+    graft_peft_destroy(&a);
+    graft_gpt2_destroy(&m);
+}
+
 static int group_setup(void **state) {
     (void)state;
     snprintf(g_dir, sizeof g_dir, "/tmp/graft_test_peft_XXXXXX");
@@ -1141,6 +1193,7 @@ int main(void) {
         cmocka_unit_test(test_decode_step),
         cmocka_unit_test(test_fold),
         cmocka_unit_test(test_frozen_trunk),
+        cmocka_unit_test(test_channel_scores_travel),
         cmocka_unit_test(test_head_lr_scale),
         cmocka_unit_test(test_logit_offset),
         cmocka_unit_test(test_backward_floor),

@@ -576,8 +576,9 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
     if (rs->hyper.channels_selected && tr->stage == 1) {
         /* The scores just imported are the coordinator's: the same choice. */
         graft_trainer_choose_channels(tr);
-        LOG_INFO("worker %s: round %llu: two-stage: channels selected; stage 2 starts", w->name,
-                 (unsigned long long)rs->round);
+        LOG_INFO("worker %s: round %llu: two-stage: channels selected (digest %016llx); stage 2 "
+                 "starts", w->name, (unsigned long long)rs->round,
+                 (unsigned long long)graft_trainer_channels_digest(tr));
     } else if (!rs->hyper.channels_selected && (tr->peft->cfg.methods & GRAFT_M_CHANNELS)) {
         tr->stage = 1; /* a coordinator resumed from stage 1 */
     }
