@@ -12,15 +12,17 @@
  * A scope may end with statistics (graft_scope_add_stat): tensors that
  * travel, average and checkpoint with the modules but are not parameters
  * (e.g. the channels method's importance scores). They come after every
- * parameter, so the parameters are the span [0, nparams): never trained,
- * never counted as parameters, left out of clipping and server optimizers
- * (a plain mean), and absent from an older checkpoint reads as zeros.
+ * parameter, so the parameters are the span [0, nparams). Statistics are
+ * never trained (frozen), never counted as parameters, left out of
+ * clipping and server optimizers (a plain mean), and read as zeros from an
+ * older checkpoint that lacks them.
  *
  * Life cycle: graft_scope_new(name); graft_scope_add() for every tensor
- * (returns its index), then graft_scope_add_stat(); graft_scope_alloc() once; then graft_scope_ptr()
- * gives stable pointers. graft_scope_destroy() frees everything. A scope
- * may also wrap memory it does not own (graft_scope_wrap), e.g. the trunk's
- * parameter block; then destroy leaves that block alone.
+ * (returns its index), then graft_scope_add_stat(); graft_scope_alloc()
+ * once; then graft_scope_ptr() gives stable pointers. graft_scope_destroy()
+ * frees everything. A scope may also wrap memory it does not own
+ * (graft_scope_wrap), e.g. the trunk's parameter block; then destroy leaves
+ * that block alone.
  */
 #ifndef GRAFT_SCOPE_H
 #define GRAFT_SCOPE_H

@@ -281,7 +281,8 @@ grep -q '"event":"stage","round":3,"stage":2,"stage1_rounds":2' "$T/channels-zmq
     fail "channels: no stage event at round 3"
 for log in "$T/channels-zmq.err" "$T/channels-mpi.err"; do
     [ -f "$log" ] || continue
-    d=$(sed -n 's/.*round 3: two-stage: channels selected from .*digest \([0-9a-f]*\)).*/\1/p' "$log")
+    d=$(sed -n 's/.*round 3: two-stage: channels selected from .*digest \([0-9a-f]*\)).*/\1/p' \
+        "$log")
     [ -n "$d" ] || fail "channels: the coordinator did not log its selection ($log)"
     [ "$(grep -c "worker .*: round 3: two-stage: channels selected (digest $d)" "$log")" -eq 3 ] ||
         { grep 'channels selected' "$log" >&2; fail "channels: the workers chose other channels"; }
