@@ -1,10 +1,14 @@
 /* runconfig.c — the run option table and the task list parser. */
 #include "runconfig.h"
 
+#include <errno.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "graft.h"
+#include "peft.h"
 
 #define OFF(field) offsetof(graft_run_config_t, field)
 const graft_option_t graft_run_options[] = {
@@ -206,5 +210,75 @@ int graft_run_load_tasks(const char *list, graft_task_t **tasks, int max) {
             return rc;
         }
     }
+    return n;
+}
+
+/* The trunk's identity: FNV-1a over the file's bytes (the same file gives
+ * the same digest on every machine, wherever it lies), or the preset and
+ * seed a random trunk is drawn from. */
+static void trunk_identity(const graft_run_config_t *cfg, char *buf, size_t n) {
+    if (!*cfg->trunk) {
+        snprintf(buf, n, "random init (preset %.64s, seed %d)", cfg->preset, cfg->seed);
+        return;
+    }
+    FILE *f = fopen(cfg->trunk, "rb");
+    if (!f) {
+        snprintf(buf, n, "unreadable (%s)", strerror(errno));
+        return;
+    }
+    enum { CHUNK = 1 << 20 };
+    unsigned char *chunk = graft_xmalloc(CHUNK);
+    uint64_t h = 1469598103934665603ull, bytes = 0;
+    size_t got;
+    while ((got = fread(chunk, 1, CHUNK, f)) > 0) {
+        for (size_t i = 0; i < got; i++) h = (h ^ chunk[i]) * 1099511628211ull;
+        bytes += got;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    free(chunk);
+    if (bad) snprintf(buf, n, "unreadable (read error)");
+    else snprintf(buf, n, "file digest %016llx (%llu bytes)", (unsigned long long)h,
+                  (unsigned long long)bytes);
+}
+
+static int add_option(const graft_run_config_t *cfg, const char *name, graft_setting_t *out,
+                      int n) {
+    for (const graft_option_t *o = graft_run_options; o->name; o++)
+        if (!strcmp(o->name, name)) {
+            out[n].name = o->name;
+            graft_options_format(out[n].value, sizeof out[n].value, o, cfg);
+            return n + 1;
+        }
+    GRAFT_ASSERT(0 && "no such run option");
+    return n;
+}
+
+int graft_run_shared_settings(const graft_run_config_t *cfg, graft_setting_t *out) {
+    int n = 0;
+    out[n].name = "trunk";
+    trunk_identity(cfg, out[n].value, sizeof out[n].value);
+    /* Not the tasks: a worker may hold some of them (each task's modules
+     * are a scope of their own), and the coordinator checks each held
+     * task's kind at hello. */
+    n = add_option(cfg, "seq", out, n + 1);
+    n = add_option(cfg, "method", out, n);
+    n = add_option(cfg, "pool", out, n);
+    int methods = 0;
+    if (graft_peft_parse_methods(cfg->method, &methods)) methods = 0;
+    if (methods & GRAFT_M_LORA) {
+        int targets = 0;
+        out[n].name = "lora_targets";
+        if (graft_peft_parse_targets(cfg->lora_targets, &targets) == GRAFT_OK)
+            graft_peft_targets_str(targets, out[n].value, sizeof out[n].value);
+        else snprintf(out[n].value, sizeof out[n].value, "%s", cfg->lora_targets);
+        n = add_option(cfg, "lora_shared_rank", out, n + 1);
+        n = add_option(cfg, "lora_shared_alpha", out, n);
+        n = add_option(cfg, "lora_task_rank", out, n);
+        n = add_option(cfg, "lora_task_alpha", out, n);
+    }
+    if (methods & GRAFT_M_ADAPTER) n = add_option(cfg, "adapter_dim", out, n);
+    if (methods & GRAFT_M_CHANNELS) n = add_option(cfg, "channels_k", out, n);
+    GRAFT_ASSERT(n <= GRAFT_MAX_SHARED_SETTINGS);
     return n;
 }

@@ -88,6 +88,25 @@ typedef struct {
 
 extern const graft_option_t graft_run_options[];
 
+/* One setting that every process of a federated run must share. */
+typedef struct {
+    const char *name; /* the option's name (static) */
+    char value[GRAFT_OPT_STR];
+} graft_setting_t;
+
+#define GRAFT_MAX_SHARED_SETTINGS 16
+
+/* The settings the modules' schema and meaning depend on, which every
+ * worker must share with the coordinator (the hello carries them): the
+ * trunk's identity (a digest of the trunk file's bytes, or the preset and
+ * seed of a random one; not its path), seq, the method, the heads' pooling
+ * and the sizes, ranks and alphas of the methods in use. Not the tasks: a
+ * worker may hold some of them, and the coordinator checks each held task's
+ * kind itself. Per-machine settings (threads, data paths, precision, out)
+ * are not among them. Fills out[0..n) and returns n. Reads
+ * the trunk file whole: call once. */
+int graft_run_shared_settings(const graft_run_config_t *cfg, graft_setting_t *out);
+
 /* One entry of the `tasks` list: NAME:KIND:PATH. */
 typedef struct {
     char name[64];

@@ -125,6 +125,8 @@ typedef struct {
     void *items;      /* Graft__Shard, Graft__Metric or Graft__LabelSet array */
     void **item_ptrs; /* pointers into items */
     char **names;     /* assign.tasks */
+    Graft__Setting *settings; /* hello.settings */
+    Graft__Setting **setting_ptrs;
 } enc_t;
 
 static void enc_free(enc_t *e) {
@@ -135,6 +137,8 @@ static void enc_free(enc_t *e) {
     free(e->items);
     free(e->item_ptrs);
     free(e->names);
+    free(e->settings);
+    free(e->setting_ptrs);
 }
 
 static char *str_or_empty(const char *s) { return (char *)(s ? s : ""); }
@@ -205,6 +209,16 @@ static void enc_hello(enc_t *e, const graft_wire_hello_t *m) {
     e->item_ptrs = (void **)ptrs;
     h->n_shards = m->nshards;
     h->shards = ptrs;
+    e->settings = graft_xcalloc(m->nsettings, sizeof *e->settings);
+    e->setting_ptrs = graft_xcalloc(m->nsettings, sizeof *e->setting_ptrs);
+    for (size_t i = 0; i < m->nsettings; i++) {
+        graft__setting__init(&e->settings[i]);
+        e->settings[i].name = str_or_empty(m->settings[i].name);
+        e->settings[i].value = str_or_empty(m->settings[i].value);
+        e->setting_ptrs[i] = &e->settings[i];
+    }
+    h->n_settings = m->nsettings;
+    h->settings = e->setting_ptrs;
     e->env.body_case = GRAFT__ENVELOPE__BODY_HELLO;
     e->env.hello = h;
 }
@@ -548,6 +562,39 @@ static void tensors_free(graft_wire_tensor_t *ts, size_t n) {
 
 /* ---- decode: messages --------------------------------------------------- */
 
+/* A hello's settings: named like options, values of bounded length
+ * without control characters (they reach the logs), no name twice. */
+static int dec_settings(const Graft__Hello *pb, graft_wire_hello_t *m, char *why,
+                        size_t why_len) {
+    if (pb->n_settings > GRAFT_WIRE_MAX_SETTINGS)
+        return fail(why, why_len, GRAFT_EFORMAT, "hello has %zu settings, at most %d",
+                    pb->n_settings, GRAFT_WIRE_MAX_SETTINGS);
+    m->settings = graft_xcalloc(pb->n_settings, sizeof *m->settings);
+    m->nsettings = pb->n_settings;
+    for (size_t i = 0; i < pb->n_settings; i++) {
+        const Graft__Setting *s = pb->settings[i];
+        char what[48];
+        snprintf(what, sizeof what, "hello.settings[%zu].name", i);
+        int rc = dup_ident(s->name, what, &m->settings[i].name, why, why_len);
+        if (rc) return rc;
+        const char *v = s->value ? s->value : "";
+        size_t n = strlen(v);
+        for (size_t k = 0; k < n; k++)
+            if ((unsigned char)v[k] < 0x20 || v[k] == 0x7f)
+                return fail(why, why_len, GRAFT_EFORMAT, "hello setting '%s' has a control "
+                            "character", s->name);
+        if (n > GRAFT_WIRE_MAX_SETTING)
+            return fail(why, why_len, GRAFT_EFORMAT, "hello setting '%s' is %zu bytes, at most "
+                        "%d", s->name, n, GRAFT_WIRE_MAX_SETTING);
+        m->settings[i].value = strdup(v);
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(m->settings[j].name, s->name))
+                return fail(why, why_len, GRAFT_EFORMAT, "hello setting '%s' appears twice",
+                            s->name);
+    }
+    return GRAFT_OK;
+}
+
 static int dec_hello(const Graft__Hello *pb, graft_wire_hello_t *m, char *why, size_t why_len) {
     int rc = dup_ident(pb->version, "hello.version", &m->version, why, why_len);
     if (rc == GRAFT_OK) rc = dup_ident(pb->name, "hello.name", &m->name, why, why_len);
@@ -567,7 +614,7 @@ static int dec_hello(const Graft__Hello *pb, graft_wire_hello_t *m, char *why, s
         m->shards[i].train_examples = s->train_examples;
         m->shards[i].test_examples = s->test_examples;
     }
-    return GRAFT_OK;
+    return dec_settings(pb, m, why, why_len);
 }
 
 /* Label set i of an Assign: for one of its tasks, not repeated, labels
@@ -868,6 +915,11 @@ void graft_msg_free(graft_msg_t *m) {
         for (size_t i = 0; m->hello.shards && i < m->hello.nshards; i++)
             free(m->hello.shards[i].task);
         free(m->hello.shards);
+        for (size_t i = 0; m->hello.settings && i < m->hello.nsettings; i++) {
+            free(m->hello.settings[i].name);
+            free(m->hello.settings[i].value);
+        }
+        free(m->hello.settings);
         break;
     case GRAFT_MSG_ASSIGN:
         for (size_t i = 0; m->assign.tasks && i < m->assign.ntasks; i++) free(m->assign.tasks[i]);

@@ -33,6 +33,8 @@
 /* Identifiers (tensor, task, worker, metric names) are at most this long and
  * printable, so that a reason naming one is safe to log. */
 #define GRAFT_WIRE_MAX_NAME 255
+#define GRAFT_WIRE_MAX_SETTING 1024 /* bytes of a hello setting's value */
+#define GRAFT_WIRE_MAX_SETTINGS 64  /* settings in a hello */
 
 typedef enum {
     GRAFT_MSG_NONE = 0,
@@ -79,10 +81,19 @@ typedef struct {
 } graft_wire_metric_t;
 
 typedef struct {
+    char *name;  /* an option name (identifier rules) */
+    char *value; /* at most GRAFT_WIRE_MAX_SETTING bytes */
+} graft_wire_setting_t;
+
+typedef struct {
     char *version;
     char *name;
     graft_wire_shard_t *shards;
     size_t nshards;
+    /* Settings that must agree with the coordinator's (name, value); none
+     * from an older worker. */
+    graft_wire_setting_t *settings;
+    size_t nsettings;
 } graft_wire_hello_t;
 
 /* A classification task's labels, strcmp-sorted and distinct (checked on

@@ -62,6 +62,9 @@ typedef struct {
     graft_agg_config_t agg_cfg;
     graft_aggregator_t *agg;
     double agg_ms; /* this round's time in aggregation (streaming and final) */
+    /* The settings every worker's hello must match (graft_run_shared_settings). */
+    graft_setting_t settings[GRAFT_MAX_SHARED_SETTINGS];
+    int nsettings;
 } coord_t;
 
 uint64_t graft_run_id(const graft_run_config_t *cfg) {
@@ -347,9 +350,52 @@ static int usable_shard(coord_t *c, int peer, const worker_t *w, const graft_wir
     return t;
 }
 
+/* Refuses (returns 1) a worker whose shared settings differ from the run's:
+ * its modules would not fit, or would mean something else. A hello without
+ * settings comes from an older graft and is let through with a warning. */
+static int refuse_settings(coord_t *c, int peer, const graft_wire_hello_t *h) {
+    const char *who = graft_transport_peer_name(c->o.tp, peer);
+    if (h->nsettings == 0) {
+        LOG_WARN("coordinator: %s ('%s') sent no settings (an older graft?): cannot check that "
+                 "its method, trunk and tasks match this run's", who, h->name);
+        return 0;
+    }
+    char why[1024] = "";
+    json_t *diffs = json_array();
+    int method_differs = 0;
+    for (int i = 0; i < c->nsettings; i++) {
+        const graft_setting_t *s = &c->settings[i];
+        const char *theirs = NULL;
+        for (size_t k = 0; k < h->nsettings; k++)
+            if (!strcmp(h->settings[k].name, s->name)) theirs = h->settings[k].value;
+        /* Another method has other sizes: the method's difference says it all. */
+        if (!theirs && method_differs) continue;
+        if (!theirs) theirs = "(not sent)";
+        if (!strcmp(theirs, s->value)) continue;
+        method_differs |= !strcmp(s->name, "method");
+        size_t len = strlen(why);
+        snprintf(why + len, sizeof why - len, "%s--%s differs (coordinator: %s, this worker: %s)",
+                 len ? "; " : "", s->name, s->value, theirs);
+        json_array_append_new(diffs, json_pack("{s:s, s:s, s:s}", "setting", s->name,
+                                               "coordinator", s->value, "worker", theirs));
+    }
+    if (json_array_size(diffs) == 0) {
+        json_decref(diffs);
+        return 0;
+    }
+    LOG_ERROR("coordinator: refused worker '%s' from %s: %s (its modules would not match this "
+              "run's; start it with the coordinator's settings)", h->name, who, why);
+    graft_events_emit(c->ev, "worker_refused",
+                      json_pack("{s:i, s:s, s:s, s:s, s:o}", "round", c->round, "name", h->name,
+                                "peer", who, "reason", why, "settings", diffs));
+    send_error(c, peer, GRAFT_EINVAL, why);
+    return 1;
+}
+
 static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
     worker_t *w = &c->w[peer];
     const graft_wire_hello_t *h = &m->hello;
+    if (refuse_settings(c, peer, h)) return;
     /* The same worker back under a new peer id replaces its old slot. */
     for (int p = 0; p < MAX_PEERS; p++)
         if (p != peer && c->w[p].state == W_ACTIVE && !strcmp(c->w[p].name, h->name)) {
@@ -823,6 +869,7 @@ static int setup(coord_t *c) {
     int rc = graft_trainer_new(c->cfg, &c->tr);
     if (!rc) rc = setup_aggregation(c);
     if (rc) return rc;
+    c->nsettings = graft_run_shared_settings(c->cfg, c->settings);
     c->tr->opt.total_steps = c->cfg->rounds * c->cfg->local_steps;
     c->scopes[0] = c->tr->peft->shared;
     for (int t = 0; t < c->tr->n_tasks; t++) c->scopes[1 + t] = c->tr->peft->tasks[t].scope;

@@ -23,7 +23,10 @@
 #     runs, with the cohorts its plan gives;
 #  6. a worker whose training steps each last several times the
 #     coordinator's silence limit (5 heartbeats) is not declared lost: it
-#     heartbeats from a second thread while it trains.
+#     heartbeats from a second thread while it trains;
+#  7. a worker whose method, LoRA ranks or targets, trunk, pooling or seq
+#     differ from the coordinator's is refused at hello: both sides name the
+#     setting, a worker_refused event, the worker exits non-zero.
 # usage: test_federated.sh GRAFT_BINARY SOURCE_DIR
 set -eu
 GRAFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -268,3 +271,39 @@ ends = [json.loads(l) for l in open(sys.argv[1]) if '"round_end"' in l]
 sys.exit(0 if min(e["train_ms_max"] for e in ends) > 1000 else 1)
 PY
 echo "ok 6 - a worker whose steps outlast 5 heartbeats is not lost (heartbeat thread)"
+
+# ---- 7. a worker whose module settings differ is refused at hello --------------
+# The coordinator names the worker and every differing setting, emits
+# worker_refused and tells the worker, which says why and exits non-zero; a
+# worker that differs only in per-machine settings (threads, name) joins.
+EP=tcp://127.0.0.1:$(free_port)
+"$GRAFT" coordinator --config run.conf --bind "$EP" --workers 1 --rounds 1 --local_steps 2 \
+    --eval_every_rounds 1 --out "$T/refuse" >/dev/null 2>"$T/refuse.err" &
+COORD=$!
+PIDS="$PIDS $COORD"
+refused() { # NAME EXPECTED-REASON FLAGS...: the worker is refused with that reason
+    name=$1 reason=$2
+    shift 2
+    if timeout 30 "$GRAFT" worker --config run.conf --connect "$EP" --shard 0/1 --name "$name" \
+        --hello_timeout_ms 10000 "$@" 2>"$T/$name.err"; then fail "worker $name ($*) joined"; fi
+    grep -qF "worker $name: refused by the coordinator: $reason" "$T/$name.err" ||
+        { tail -3 "$T/$name.err" >&2; fail "worker $name did not say why it was refused"; }
+    grep -qF "coordinator: refused worker '$name' from " "$T/refuse.err" ||
+        fail "the coordinator did not log refusing $name"
+    grep '"event":"worker_refused"' "$T/refuse/events.jsonl" | grep "\"name\":\"$name\"" |
+        grep -qF "\"reason\":\"$reason" || fail "no worker_refused event for $name"
+}
+refused adapter "--method differs (coordinator: lora, this worker: adapter)" --method adapter
+refused rank "--lora_task_rank differs (coordinator: 4, this worker: 2)" --lora_task_rank 2
+refused targets "--lora_targets differs (coordinator: all, this worker: qkv)" --lora_targets qkv
+refused trunk "--trunk differs (coordinator: random init (preset tiny, seed 7), this worker: \
+random init (preset small, seed 7))" --preset small
+refused pool "--pool differs (coordinator: last, this worker: mean)" --pool mean
+refused seq "--seq differs (coordinator: 32, this worker: 16)" --seq 16
+timeout 60 "$GRAFT" worker --config run.conf --connect "$EP" --shard 0/1 --name good \
+    --threads 2 2>"$T/good.err" || { tail -5 "$T/good.err" >&2; fail "a matching worker failed"; }
+wait "$COORD" || { tail -5 "$T/refuse.err" >&2; fail "the coordinator failed after refusals"; }
+grep -q '"event":"run_end".*"ok":true' "$T/refuse/events.jsonl" || fail "run_end not ok"
+[ "$(grep -c '"event":"worker_join"' "$T/refuse/events.jsonl")" -eq 1 ] ||
+    fail "a refused worker joined"
+echo "ok 7 - workers with other module settings are refused at hello, naming the setting"

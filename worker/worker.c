@@ -45,6 +45,10 @@ typedef struct {
     int n_run_tasks;
     double last_beat;
     double hello_at; /* graft_now() of a hello not yet answered; 0: answered */
+    /* What the hello says must match the coordinator's (computed once: it
+     * digests the trunk file). */
+    graft_setting_t settings[GRAFT_MAX_SHARED_SETTINGS];
+    int nsettings;
     graft_wire_schema_entry_t schema_entries[GRAFT_MAX_TASKS + 1];
     graft_wire_schema_t schema;
     /* The values each scope was sent this round (0: shared, 1 + t: task t):
@@ -204,9 +208,14 @@ static int send_hello(worker_t *w) {
                                                                      : GRAFT_KIND_GENERATION,
             .train_examples = graft_task_count(tasks[t], GRAFT_SPLIT_TRAIN),
             .test_examples = graft_task_count(tasks[t], GRAFT_SPLIT_TEST)};
+    graft_wire_setting_t settings[GRAFT_MAX_SHARED_SETTINGS];
+    for (int i = 0; i < w->nsettings; i++)
+        settings[i] = (graft_wire_setting_t){.name = (char *)w->settings[i].name,
+                                             .value = w->settings[i].value};
     graft_msg_t m = {.type = GRAFT_MSG_HELLO};
     m.hello = (graft_wire_hello_t){.version = GRAFT_VERSION, .name = w->name, .shards = shards,
-                                   .nshards = (size_t)n};
+                                   .nshards = (size_t)n, .settings = settings,
+                                   .nsettings = (size_t)w->nsettings};
     uint64_t run = w->run_id;
     w->run_id = 0; /* a Hello always says "new here" */
     int rc = send_msg(w, &m);
@@ -642,7 +651,8 @@ static int handle(worker_t *w, const uint8_t *buf, size_t len) {
             w->id = 0;
             send_hello(w);
         } else if (!w->id && m.error.code == GRAFT_EINVAL) {
-            LOG_ERROR("worker %s: the coordinator refused this worker; stopping", w->name);
+            LOG_ERROR("worker %s: refused by the coordinator: %s; stopping", w->name,
+                      m.error.message);
             w->failed = GRAFT_EINVAL;
             stop = 1;
         }
@@ -662,6 +672,7 @@ int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop) 
     if (o->data_dir) folder_name(o->data_dir, folder, sizeof folder);
     w.stream = o->data_dir ? name_hash(folder) : (uint64_t)o->shard_index;
     int rc = load_shards(&w);
+    if (!rc) w.nsettings = graft_run_shared_settings(&o->cfg, w.settings);
     int done = 0;
     if (!rc) pulse_start(&w);
     if (!rc) {
