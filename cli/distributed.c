@@ -26,8 +26,7 @@
 static volatile sig_atomic_t worker_stop = 0;
 
 static void on_signal(int sig) {
-    (void)sig;
-    graft_coordinator_stop = 1;
+    graft_coordinator_stop = sig;
     worker_stop = 1;
 }
 
@@ -134,9 +133,11 @@ static const graft_option_t coordinator_options[] = {
 #undef OFF
 
 static int run_coordinator(const graft_run_config_t *cfg, graft_transport_t *tp, int workers,
-                           const char *mode) {
+                           const char *mode, void (*stop_reason)(void *, char *, size_t),
+                           void *stop_ctx) {
     graft_coordinator_opts_t co = {.cfg = *cfg, .expected_workers = workers, .tp = tp,
-                                   .mode = mode};
+                                   .mode = mode, .stop_reason = stop_reason,
+                                   .stop_ctx = stop_ctx};
     return graft_coordinator_run(&co);
 }
 
@@ -164,7 +165,7 @@ int cmd_coordinator(int argc, char **argv) {
         LOG_INFO("coordinator: listening on %s%s", graft_transport_zmq_endpoint(tp),
                  secret ? " (CurveZMQ)" : "");
         install_signals();
-        rc = run_coordinator(&cfg, tp, co.workers, "zmq");
+        rc = run_coordinator(&cfg, tp, co.workers, "zmq", NULL, NULL);
     }
     graft_transport_destroy(&tp);
     free(allow);
@@ -266,9 +267,39 @@ static const char *run_usage =
 static volatile sig_atomic_t child_exited = 0;
 
 static void on_child(int sig) {
-    (void)sig;
     child_exited = 1;
-    graft_coordinator_stop = 1;
+    graft_coordinator_stop = sig;
+}
+
+/* graft run's worker processes, for naming the one that died. */
+typedef struct {
+    pid_t *pids;
+    int *status; /* wait status of a process reaped early; -1: not reaped */
+    int k;
+    const char *shards;
+    int died; /* child_reason named a process that ended before the run */
+} children_t;
+
+/* The coordinator's stop_reason: which worker process ended, and how. */
+static void child_reason(void *ctx, char *buf, size_t n) {
+    children_t *ch = ctx;
+    for (int i = 0; i < ch->k && child_exited; i++) {
+        int st;
+        if (ch->pids[i] <= 0 || waitpid(ch->pids[i], &st, WNOHANG) != ch->pids[i]) continue;
+        ch->status[i] = st;
+        char data[2 * GRAFT_OPT_STR], name[GRAFT_OPT_STR];
+        if (ch->shards) client_dir(ch->shards, i, data, sizeof data);
+        graft_worker_opts_t wo = {.shard_index = i, .shard_count = ch->k,
+                                  .data_dir = ch->shards ? data : NULL};
+        graft_worker_default_name(&wo, name, sizeof name);
+        ch->died = 1;
+        if (WIFSIGNALED(st))
+            snprintf(buf, n, "worker %.200s died (signal %d)", name, WTERMSIG(st));
+        else
+            snprintf(buf, n, "worker %.200s exited with status %d before the run ended", name,
+                     WEXITSTATUS(st));
+        return;
+    }
 }
 
 /* Starts `graft worker --connect ep (--shard i/k | --data DIR/client-i)
@@ -358,23 +389,29 @@ int cmd_run(int argc, char **argv) {
     sa.sa_flags = SA_NOCLDSTOP;
     sigaction(SIGCHLD, &sa, NULL);
     pid_t *pids = graft_xcalloc((size_t)k, sizeof *pids);
+    int *status = graft_xmalloc((size_t)k * sizeof *status);
+    for (int i = 0; i < k; i++) status[i] = -1;
+    children_t children = {.pids = pids, .status = status, .k = k, .shards = shards};
     int rc = GRAFT_OK;
     for (int i = 0; i < k && !rc; i++)
         if ((pids[i] = spawn_worker(ep, i, k, shards, &cfg)) < 0) rc = GRAFT_EIO;
-    if (!rc) rc = run_coordinator(&cfg, tp, k, "run");
-    if (rc && child_exited) LOG_ERROR("run: a worker process ended before the run did (its log "
+    if (!rc) rc = run_coordinator(&cfg, tp, k, "run", child_reason, &children);
+    if (rc && children.died) LOG_ERROR("run: a worker process ended before the run did (its log "
                                       "is above); stopped");
     signal(SIGCHLD, SIG_DFL);
     graft_transport_destroy(&tp);
     for (int i = 0; i < k; i++) {
         if (pids[i] <= 0) continue;
-        if (rc) kill(pids[i], SIGTERM);
-        int st = 0;
-        waitpid(pids[i], &st, 0);
+        int st = status[i];
+        if (st < 0) {
+            if (rc) kill(pids[i], SIGTERM);
+            waitpid(pids[i], &st, 0);
+        }
         if (WIFSIGNALED(st)) LOG_WARN("run: worker %d ended by signal %d", i, WTERMSIG(st));
         else if (WEXITSTATUS(st)) LOG_WARN("run: worker %d exited with %d", i, WEXITSTATUS(st));
     }
     free(pids);
+    free(status);
     return rc ? 1 : 0;
 }
 
@@ -427,7 +464,7 @@ int cmd_mpi(int argc, char **argv) {
     if (!rc) {
         install_signals();
         if (rank == 0) {
-            rc = run_coordinator(&cfg, tp, size - 1, "mpi");
+            rc = run_coordinator(&cfg, tp, size - 1, "mpi", NULL, NULL);
         } else {
             graft_worker_opts_t wo = {.cfg = cfg, .shard_index = rank - 1,
                                       .shard_count = size - 1, .tp = tp,

@@ -245,11 +245,15 @@ int graft_st_write(const char *path, const graft_st_tensor_t *tensors, int n_ten
     if (werr) {
         LOG_ERROR("%s: writing %s failed: %s", path, tmp, strerror(saved));
     } else if (rename(tmp, path) != 0) {
-        LOG_ERROR("%s: cannot rename %s over it: %s", path, tmp, strerror(errno));
+        saved = errno;
+        LOG_ERROR("%s: cannot rename %s over it: %s", path, tmp, strerror(saved));
     } else {
         rc = GRAFT_OK;
     }
-    if (rc) remove(tmp);
+    if (rc) {
+        remove(tmp);
+        errno = saved; /* the caller may name the system's reason */
+    }
 out:
     free(tmp);
     free(header);

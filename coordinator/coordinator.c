@@ -2,7 +2,11 @@
  * (see coordinator.h). */
 #include "coordinator.h"
 
+#include <errno.h>
 #include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "aggregator.h"
@@ -65,6 +69,7 @@ typedef struct {
     /* The settings every worker's hello must match (graft_run_shared_settings). */
     graft_setting_t settings[GRAFT_MAX_SHARED_SETTINGS];
     int nsettings;
+    char error[512]; /* why the run failed (the first reason), for run_end */
 } coord_t;
 
 uint64_t graft_run_id(const graft_run_config_t *cfg) {
@@ -74,6 +79,17 @@ uint64_t graft_run_id(const graft_run_config_t *cfg) {
     c.threads = 0;
     uint64_t id = graft_options_digest(graft_run_options, &c);
     return id ? id : 1;
+}
+
+/* Records why the run fails; the first reason is the one reported. */
+static void set_error(coord_t *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void set_error(coord_t *c, const char *fmt, ...) {
+    if (c->error[0]) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->error, sizeof c->error, fmt, ap);
+    va_end(ap);
 }
 
 static void set_state(coord_t *c, round_state_t s) {
@@ -590,7 +606,9 @@ static int pending_replies(const coord_t *c) {
 static int round_can_close(coord_t *c) {
     int reduced = graft_aggregator_poll(c->agg);
     if (reduced < 0) {
-        LOG_ERROR("round %d: an MPI reduction failed: %s", c->round, graft_strerror(reduced));
+        set_error(c, "round %d: an MPI reduction failed (a rank ended?): %s", c->round,
+                  graft_strerror(reduced));
+        LOG_ERROR("%s", c->error);
         return reduced;
     }
     if (!reduced) {
@@ -730,10 +748,13 @@ static void evaluate(coord_t *c, int split) {
 
 static int checkpoint(coord_t *c) {
     c->tr->step = c->round; /* the trainer's step counts finished rounds here */
+    errno = 0;
     int rc = graft_trainer_save(c->tr, c->ckpt_path);
     if (rc) {
-        LOG_ERROR("round %d: checkpoint to %s failed: %s", c->round, c->ckpt_path,
-                  graft_strerror(rc));
+        /* The system's reason (ENOSPC, EACCES) says more than graft's code. */
+        int e = errno;
+        set_error(c, "checkpoint to %s: %s", c->ckpt_path, e ? strerror(e) : graft_strerror(rc));
+        LOG_ERROR("round %d: %s", c->round, c->error);
         return rc;
     }
     LOG_INFO("round %d: checkpoint %s", c->round, c->ckpt_path);
@@ -817,6 +838,15 @@ static void shutdown_workers(coord_t *c, const char *reason) {
         if (c->w[p].state == W_ACTIVE) send_msg(c, p, &m);
 }
 
+static const char *signal_name(int sig) {
+    switch (sig) {
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
+    default: return "a signal";
+    }
+}
+
 static int loop(coord_t *c) {
     int rc = GRAFT_OK;
     while (!rc && c->state != S_DONE && !graft_coordinator_stop) {
@@ -835,12 +865,18 @@ static int loop(coord_t *c) {
          * reads no heartbeat: that deaf time is not the workers' silence. */
         double t0 = graft_now();
         rc = advance(c);
+        if (rc) set_error(c, "round %d: %s", c->round, graft_strerror(rc));
         double deaf = graft_now() - t0;
         for (int p = 0; p < MAX_PEERS; p++)
             if (c->w[p].state == W_ACTIVE) c->w[p].last_seen += deaf;
     }
     if (!rc && graft_coordinator_stop) {
-        LOG_WARN("coordinator: stopping on request in round %d", c->round);
+        char why[256] = "";
+        if (c->o.stop_reason) c->o.stop_reason(c->o.stop_ctx, why, sizeof why);
+        if (!*why)
+            snprintf(why, sizeof why, "interrupted (%s)", signal_name(graft_coordinator_stop));
+        set_error(c, "%s", why);
+        LOG_WARN("coordinator: stopping in round %d: %s", c->round, why);
         rc = GRAFT_ESTATE;
     }
     return rc;
@@ -943,10 +979,15 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
                  reduce ? " (MPI reductions)" : "", c.round, o->cfg.rounds, o->expected_workers);
         rc = loop(&c);
         shutdown_workers(&c, rc ? "coordinator stopped" : "run complete");
-        graft_events_emit(c.ev, "run_end",
-                          json_pack("{s:i, s:f, s:b, s:f}", "round", c.round, "seconds",
-                                    graft_now() - c.run_t0, "ok", rc == 0, "peak_rss_mib",
-                                    (double)graft_peak_rss_bytes() / (1 << 20)));
+        json_t *end = json_pack("{s:i, s:f, s:b, s:f}", "round", c.round, "seconds",
+                                graft_now() - c.run_t0, "ok", rc == 0, "peak_rss_mib",
+                                (double)graft_peak_rss_bytes() / (1 << 20));
+        if (rc) {
+            set_error(&c, "%s", graft_strerror(rc));
+            json_object_set_new(end, "error", json_string(c.error));
+            LOG_ERROR("coordinator: the run failed in round %d: %s", c.round, c.error);
+        }
+        graft_events_emit(c.ev, "run_end", end);
     }
     free(c.w);
     graft_aggregator_destroy(&c.agg);

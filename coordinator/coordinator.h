@@ -51,9 +51,15 @@ typedef struct {
     int expected_workers;  /* rounds start once this many have registered */
     graft_transport_t *tp; /* borrowed */
     const char *mode;      /* "zmq", "mpi", ... for the run_start event */
+    /* When the stop flag is seen: names why into buf (e.g. "worker shard-1-of-2
+     * died (signal 9)"), or leaves it empty for a signal; may be NULL. */
+    void (*stop_reason)(void *ctx, char *buf, size_t n);
+    void *stop_ctx;
 } graft_coordinator_opts_t;
 
-/* Set by a signal handler: the loop stops at the next iteration. */
+/* Set by a signal handler to the signal's number: the loop stops at the
+ * next iteration, and run_end's error names the signal (or stop_reason's
+ * text). */
 extern volatile sig_atomic_t graft_coordinator_stop;
 
 /* Runs the whole job; prints per-task test metrics on stdout at the end.

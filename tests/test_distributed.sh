@@ -22,6 +22,9 @@
 #     the aggregated scores) at the same round, the deltas train, ZeroMQ and
 #     MPI agree bit for bit, and a coordinator killed in stage 1 and resumed
 #     ends as an uninterrupted run.
+#  8. (ok 11) a run that fails says why: run_end's error and the
+#     coordinator's last line name a checkpoint's errno, SIGTERM, or the
+#     graft run worker process that died.
 # Workers run without `timeout` so that $! is the worker itself (SIGKILL
 # must hit it); the EXIT trap kills whatever is left.
 # usage: test_distributed.sh GRAFT_BINARY SOURCE_DIR
@@ -332,3 +335,53 @@ cmp "$T/channels-zmq/modules.safetensors" "$T/chres/modules.safetensors" ||
     fail "channels: a resumed run ended with other modules than an uninterrupted one"
 echo "ok 10 - channels: coordinator killed in stage 1 and resumed: selects at round 3, modules" \
     "identical to an uninterrupted run"
+
+# ---- 11. run_end says why a run failed --------------------------------------------
+# A checkpoint that cannot be written (its path is a directory), a SIGTERM,
+# and a worker process of graft run that dies: run_end has ok false and an
+# error naming the cause, and the coordinator's last line says the same.
+run_error() { # DIR: the error string of DIR's run_end with ok false
+    python3 - "$1/events.jsonl" <<'PY'
+import json, sys
+ends = [json.loads(l) for l in open(sys.argv[1]) if '"run_end"' in l]
+print(ends[-1]["error"] if ends and not ends[-1]["ok"] and "error" in ends[-1] else "")
+PY
+}
+mkdir -p "$T/enospc/modules.safetensors/keep"
+if timeout 60 "$GRAFT" run --config "$T/run.conf" --workers 1 --rounds 1 --local_steps 2 \
+    --out "$T/enospc" >/dev/null 2>"$T/enospc.err"; then fail "a failing checkpoint ended ok"; fi
+ERR=$(run_error "$T/enospc")
+[ "$ERR" = "checkpoint to $T/enospc/modules.safetensors: Is a directory" ] ||
+    fail "run_end error for a failed checkpoint: '$ERR'"
+grep -qF "the run failed in round 1: $ERR" "$T/enospc.err" || fail "no human line with the error"
+EP=tcp://127.0.0.1:$(free_port)
+"$GRAFT" coordinator --config "$T/run.conf" --bind "$EP" --workers 1 --out "$T/term" \
+    >/dev/null 2>"$T/term.err" &
+COORD=$!
+PIDS="$PIDS $COORD"
+EV=$T/term/events.jsonl
+wait_for '"event":"run_start"' 30
+kill -TERM "$COORD"
+if wait "$COORD"; then fail "a coordinator stopped by SIGTERM exited 0"; fi
+[ "$(run_error "$T/term")" = "interrupted (SIGTERM)" ] || fail "run_end error after SIGTERM"
+grep -q "coordinator: stopping in round 1: interrupted (SIGTERM)" "$T/term.err" ||
+    fail "no human line naming SIGTERM"
+timeout 120 "$GRAFT" run --config "$T/run.conf" --workers 2 --rounds 40 --local_steps 20 \
+    --out "$T/died" >/dev/null 2>"$T/died.err" &
+RUN=$!
+PIDS="$PIDS $RUN"
+EV=$T/died/events.jsonl
+wait_for '"event":"round_end"' 60
+# timeout's child is graft run; its children are the two workers.
+RUNPID=$(pgrep -P "$RUN" | head -1)
+VICTIM=$(for p in $(pgrep -P "$RUNPID"); do
+    tr '\0' ' ' <"/proc/$p/cmdline" | grep -q -- '--shard 1/2' && echo "$p"; done; true)
+[ -n "$VICTIM" ] || fail "no worker process 1 to kill"
+kill -9 "$VICTIM"
+if wait "$RUN"; then fail "graft run ended ok after a worker died"; fi
+[ "$(run_error "$T/died")" = "worker shard-1-of-2 died (signal 9)" ] ||
+    fail "run_end error after a worker died: '$(run_error "$T/died")'"
+grep -q "coordinator: stopping in round [0-9]*: worker shard-1-of-2 died (signal 9)" \
+    "$T/died.err" || fail "no human line naming the dead worker"
+echo "ok 11 - run_end's error and the last log line name why a run failed (checkpoint errno," \
+    "SIGTERM, a dead worker process)"
