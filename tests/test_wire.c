@@ -81,9 +81,11 @@ static void test_hello_roundtrip(void **state) {
         {.task = "wordnet_gloss", .kind = GRAFT_KIND_GENERATION, .train_examples = 1ull << 40,
          .test_examples = 0},
     };
+    graft_wire_setting_t settings[2] = {{.name = "method", .value = "lora"},
+                                        {.name = "trunk", .value = "random init (preset tiny)"}};
     graft_msg_t m = {.type = GRAFT_MSG_HELLO, .run_id = RUN,
                      .hello = {.version = "0.1.0", .name = "hospital-7", .shards = shards,
-                               .nshards = 2}};
+                               .nshards = 2, .settings = settings, .nsettings = 2}};
     graft_msg_t d;
     char why[256];
     graft_wire_opts_t o = {.run_id = RUN};
@@ -98,6 +100,11 @@ static void test_hello_roundtrip(void **state) {
         assert_int_equal(d.hello.shards[i].kind, shards[i].kind);
         assert_true(d.hello.shards[i].train_examples == shards[i].train_examples);
         assert_true(d.hello.shards[i].test_examples == shards[i].test_examples);
+    }
+    assert_int_equal(d.hello.nsettings, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_string_equal(d.hello.settings[i].name, settings[i].name);
+        assert_string_equal(d.hello.settings[i].value, settings[i].value);
     }
     graft_msg_free(&d);
     assert_int_equal(d.type, GRAFT_MSG_NONE);
@@ -538,6 +545,12 @@ static void test_fields(void **state) {
 
     graft_msg_t h = {.type = GRAFT_MSG_HELLO, .run_id = RUN, .hello = {.version = "0.1.0"}};
     expect_reject_msg(&h, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "hello.name is missing");
+    graft_wire_setting_t set[2] = {{.name = "seq", .value = "32"}, {.name = "seq", .value = "8"}};
+    h.hello = (graft_wire_hello_t){.version = "0.1.0", .name = "w", .settings = set,
+                                   .nsettings = 2};
+    expect_reject_msg(&h, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "setting 'seq' appears twice");
+    set[1] = (graft_wire_setting_t){.name = "pool", .value = "mean\n"};
+    expect_reject_msg(&h, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "'pool' has a control character");
 
     graft_msg_t r = {.type = GRAFT_MSG_ROUND_START, .run_id = RUN,
                      .round_start = {.round = 1, .deadline_ms = 100,
