@@ -51,6 +51,9 @@ typedef struct {
     int expected_workers;  /* rounds start once this many have registered */
     graft_transport_t *tp; /* borrowed */
     const char *mode;      /* "zmq", "mpi", ... for the run_start event */
+    /* A round still short of min_replies this long after its deadline ends
+     * the run with GRAFT_ETIMEOUT; 0: it waits forever. */
+    int stall_timeout_ms;
 } graft_coordinator_opts_t;
 
 /* Set by a signal handler: the loop stops at the next iteration. */

@@ -5,7 +5,9 @@
  *    NaN value, an unknown tensor, a wrong shape, a sparse scope, a NaN
  *    loss, a negative training time and another run's id before its real
  *    update, and replays that update afterwards; a third end that never
- *    said hello sends an update too. Every bad message must be dropped with
+ *    said hello sends an update too, and the second worker repeats its hello
+ *    at the start and mid-round (one join, one round start per round). Every
+ *    bad message must be dropped with
  *    a logged reason naming the peer, the run must complete with both
  *    workers in every round, and the modules must stay finite;
  *  - assignment: workers reading client folders (--data) that hold different
@@ -162,6 +164,7 @@ static int fake_worker(graft_transport_t *t, graft_transport_t *stranger) {
     h.hello = (graft_wire_hello_t){.version = "test", .name = "fake", .shards = &shard,
                                    .nshards = 1};
     send_update(t, &h);
+    send_update(t, &h); /* a repeated hello: no second join */
     uint64_t run_id = 0;
     int rounds = 0;
     for (;;) {
@@ -176,7 +179,10 @@ static int fake_worker(graft_transport_t *t, graft_transport_t *stranger) {
         free(buf);
         if (m.type == GRAFT_MSG_ASSIGN) run_id = m.run_id;
         if (m.type == GRAFT_MSG_ROUND_START) {
-            if (rounds == 0) stranger_update(stranger, run_id, &m);
+            if (rounds == 0) {
+                stranger_update(stranger, run_id, &m);
+                send_update(t, &h); /* mid-round: no second round start */
+            }
             answer_round(t, run_id, &m);
             rounds++;
         }
@@ -262,7 +268,10 @@ static void test_bad_messages_dropped(void **state) {
 
     assert_int_equal(ca.rc, GRAFT_OK);
     assert_int_equal(wa.rc, GRAFT_OK);
-    assert_int_equal(rounds, ROUNDS);
+    assert_int_equal(rounds, ROUNDS); /* one round start per round despite the hellos */
+    assert_int_equal(count_lines(dir, "out/events.jsonl", "\"event\":\"worker_join\""), 2);
+    assert_int_equal(count_lines(dir, "stderr.log", "2 .fake. said hello again while registered"),
+                     2);
     /* Every round ended with both workers; each bad message was logged. */
     const char *greps[] = {"\"replies\":2", "dropping a message from",
                            "wrong round|round 10|round 8|round 9",
