@@ -37,6 +37,7 @@ typedef struct {
     int n_assigned;
     double last_seen;
     int in_round, replied;
+    int resent_round; /* the round last sent again after a repeated hello */
     double replied_at;         /* graft_now() when this round's update was accepted */
     graft_wire_update_t reply; /* this round's reply: its metrics (the modules went
                                   into the aggregator, tensors is NULL) */
@@ -352,8 +353,10 @@ static int usable_shard(coord_t *c, int peer, const worker_t *w, const graft_wir
 /* A hello from a peer already registered under the same name: a worker
  * that asked again (a restarted coordinator's errors, its own silence
  * timer), or another process with the same --name that took over the
- * connection. Answered with the same assignment; no second join, and the
- * round is sent only if this worker has not been sent it yet. */
+ * connection. Answered with the same assignment and no second join. The
+ * open round goes to a worker not yet sent it, and once more to one that
+ * has not replied (a process restarted under the same name lost it; one
+ * that trained it drops the copy): never a flood of round starts. */
 static void on_hello_again(coord_t *c, int peer) {
     worker_t *w = &c->w[peer];
     LOG_WARN("coordinator: worker %d '%s' said hello again while registered (last heard %.1f s "
@@ -362,8 +365,10 @@ static void on_hello_again(coord_t *c, int peer) {
              graft_now() - w->last_seen);
     w->last_seen = graft_now();
     send_assign(c, peer);
-    if (c->state == S_ROUND_OPEN && !w->in_round && !graft_aggregator_collective(c->agg))
-        send_round_start(c, peer);
+    if (c->state != S_ROUND_OPEN || graft_aggregator_collective(c->agg)) return;
+    if (w->in_round && (w->replied || w->resent_round == c->round)) return;
+    if (w->in_round) w->resent_round = c->round;
+    send_round_start(c, peer);
 }
 
 static void on_hello(coord_t *c, int peer, graft_msg_t *m) {

@@ -6,10 +6,10 @@
  *    loss, a negative training time and another run's id before its real
  *    update, and replays that update afterwards; a third end that never
  *    said hello sends an update too, and the second worker repeats its hello
- *    at the start and mid-round (one join, one round start per round). Every
- *    bad message must be dropped with
- *    a logged reason naming the peer, the run must complete with both
- *    workers in every round, and the modules must stay finite;
+ *    at the start and twice mid-round (one join; round 1 sent once more, not
+ *    once per hello). Every bad message must be dropped with a logged reason
+ *    naming the peer, the run must complete with both workers in every
+ *    round, and the modules must stay finite;
  *  - assignment: workers reading client folders (--data) that hold different
  *    task subsets, one of them several tasks and a shard lacking a class,
  *    and a task nobody holds: the cohorts in the events are the holders, the
@@ -183,7 +183,8 @@ static int fake_worker(graft_transport_t *t, graft_transport_t *stranger) {
         if (m.type == GRAFT_MSG_ROUND_START) {
             if (rounds == 0) {
                 stranger_update(stranger, run_id, &m);
-                send_update(t, &h); /* mid-round: no second round start */
+                send_update(t, &h); /* mid-round, twice: one more round start, */
+                send_update(t, &h); /* not two */
             }
             answer_round(t, run_id, &m);
             rounds++;
@@ -270,10 +271,11 @@ static void test_bad_messages_dropped(void **state) {
 
     assert_int_equal(ca.rc, GRAFT_OK);
     assert_int_equal(wa.rc, GRAFT_OK);
-    assert_int_equal(rounds, ROUNDS); /* one round start per round despite the hellos */
+    /* Round 1 was sent once more after the mid-round hellos (not once per hello). */
+    assert_int_equal(rounds, ROUNDS + 1);
     assert_int_equal(count_lines(dir, "out/events.jsonl", "\"event\":\"worker_join\""), 2);
     assert_int_equal(count_lines(dir, "stderr.log", "2 .fake. said hello again while registered"),
-                     2);
+                     3);
     /* Every round ended with both workers; each bad message was logged. */
     const char *greps[] = {"\"replies\":2", "dropping a message from",
                            "wrong round|round 10|round 8|round 9",
