@@ -116,6 +116,7 @@ typedef struct {
     int workers;
     char curve_secret[GRAFT_OPT_STR];
     char allow[GRAFT_OPT_STR];
+    int stall_timeout_ms;
 } coordinator_opts_t;
 
 #define OFF(field) offsetof(coordinator_opts_t, field)
@@ -128,16 +129,19 @@ static const graft_option_t coordinator_options[] = {
      "with --allow"},
     {"allow", GRAFT_OPT_STRING, OFF(allow), "", 0, -1,
      "CurveZMQ: file of the client public keys that may join (one Z85 line each)"},
+    {"stall_timeout_ms", GRAFT_OPT_INT, OFF(stall_timeout_ms), "0", 0, 1e9,
+     "end the run with an error (exit 1) when a round still lacks --min_replies replies N ms "
+     "after its deadline; 0: wait forever"},
     GRAFT_OPT_END,
 };
 #undef OFF
 
 static int run_coordinator(const graft_run_config_t *cfg, graft_transport_t *tp, int workers,
                            const char *mode, void (*stop_reason)(void *, char *, size_t),
-                           void *stop_ctx) {
+                           void *stop_ctx, int stall_timeout_ms) {
     graft_coordinator_opts_t co = {.cfg = *cfg, .expected_workers = workers, .tp = tp,
                                    .mode = mode, .stop_reason = stop_reason,
-                                   .stop_ctx = stop_ctx};
+                                   .stop_ctx = stop_ctx, .stall_timeout_ms = stall_timeout_ms};
     return graft_coordinator_run(&co);
 }
 
@@ -165,7 +169,7 @@ int cmd_coordinator(int argc, char **argv) {
         LOG_INFO("coordinator: listening on %s%s", graft_transport_zmq_endpoint(tp),
                  secret ? " (CurveZMQ)" : "");
         install_signals();
-        rc = run_coordinator(&cfg, tp, co.workers, "zmq", NULL, NULL);
+        rc = run_coordinator(&cfg, tp, co.workers, "zmq", NULL, NULL, co.stall_timeout_ms);
     }
     graft_transport_destroy(&tp);
     free(allow);
@@ -194,6 +198,7 @@ typedef struct {
     char curve[GRAFT_OPT_STR];
     char server_key[GRAFT_OPT_STR];
     int hello_timeout_ms;
+    int coordinator_timeout_ms;
 } worker_cli_t;
 
 #define OFF(field) offsetof(worker_cli_t, field)
@@ -214,6 +219,10 @@ static const graft_option_t worker_options[] = {
      "give up (exit 1) when the coordinator has not answered this worker's hello within N ms: "
      "it is not running there, or it refuses this worker's CurveZMQ key (its --allow list); "
      "0: wait forever"},
+    {"coordinator_timeout_ms", GRAFT_OPT_INT, OFF(coordinator_timeout_ms), "-1", -1, 1e9,
+     "once registered, say hello again when the coordinator has been silent for N ms, and exit "
+     "1 if that hello is not answered within --hello_timeout_ms (the coordinator is gone); "
+     "-1: three round_timeout_ms; 0: wait forever"},
     GRAFT_OPT_END,
 };
 #undef OFF
@@ -226,7 +235,8 @@ int cmd_worker(int argc, char **argv) {
     const char *curve = *wc.curve ? wc.curve : NULL, *server_pub = wc.server_key;
     graft_worker_opts_t wo = {.cfg = cfg, .name = *wc.name ? wc.name : NULL,
                               .data_dir = *wc.data ? wc.data : NULL,
-                              .hello_timeout_ms = wc.hello_timeout_ms};
+                              .hello_timeout_ms = wc.hello_timeout_ms,
+                              .coordinator_timeout_ms = wc.coordinator_timeout_ms};
     int bad = !*wc.connect || !curve != !*server_pub || (*wc.shard && wo.data_dir);
     if (!*wc.connect) LOG_ERROR("--connect tcp://HOST:PORT is required");
     if (!curve != !*server_pub)
@@ -395,7 +405,7 @@ int cmd_run(int argc, char **argv) {
     int rc = GRAFT_OK;
     for (int i = 0; i < k && !rc; i++)
         if ((pids[i] = spawn_worker(ep, i, k, shards, &cfg)) < 0) rc = GRAFT_EIO;
-    if (!rc) rc = run_coordinator(&cfg, tp, k, "run", child_reason, &children);
+    if (!rc) rc = run_coordinator(&cfg, tp, k, "run", child_reason, &children, 0);
     if (rc && children.died) LOG_ERROR("run: a worker process ended before the run did (its log "
                                       "is above); stopped");
     signal(SIGCHLD, SIG_DFL);
@@ -464,7 +474,7 @@ int cmd_mpi(int argc, char **argv) {
     if (!rc) {
         install_signals();
         if (rank == 0) {
-            rc = run_coordinator(&cfg, tp, size - 1, "mpi", NULL, NULL);
+            rc = run_coordinator(&cfg, tp, size - 1, "mpi", NULL, NULL, 0);
         } else {
             graft_worker_opts_t wo = {.cfg = cfg, .shard_index = rank - 1,
                                       .shard_count = size - 1, .tp = tp,

@@ -345,6 +345,7 @@ static void enc_small(enc_t *e, const graft_msg_t *m) {
     case GRAFT_MSG_SHUTDOWN:
         graft__shutdown__init(&e->body.shutdown);
         e->body.shutdown.reason = str_or_empty(m->shutdown.reason);
+        e->body.shutdown.run_complete = m->shutdown.run_complete != 0;
         e->env.body_case = GRAFT__ENVELOPE__BODY_SHUTDOWN;
         e->env.shutdown = &e->body.shutdown;
         break;
@@ -799,6 +800,7 @@ static int dec_small(const Graft__Envelope *env, graft_msg_t *m, char *why, size
         return GRAFT_OK;
     case GRAFT__ENVELOPE__BODY_SHUTDOWN:
         m->shutdown.reason = strdup(env->shutdown->reason ? env->shutdown->reason : "");
+        m->shutdown.run_complete = env->shutdown->run_complete;
         return GRAFT_OK;
     case GRAFT__ENVELOPE__BODY_ERROR:
         m->error.code = env->error->code;

@@ -178,6 +178,7 @@ typedef struct {
 
 typedef struct {
     char *reason;
+    int run_complete; /* 0: the coordinator stopped before the last round */
 } graft_wire_shutdown_t;
 
 typedef struct {

@@ -41,6 +41,7 @@ typedef struct {
     int n_assigned;
     double last_seen;
     int in_round, replied;
+    int resent_round; /* the round last sent again after a repeated hello */
     double replied_at;         /* graft_now() when this round's update was accepted */
     graft_wire_update_t reply; /* this round's reply: its metrics (the modules went
                                   into the aggregator, tensors is NULL) */
@@ -55,6 +56,7 @@ typedef struct {
     round_state_t state;
     int first_round, round;
     double run_t0, round_t0, deadline;
+    double stalled_at; /* graft_now() when this round's deadline passed short of replies; 0 */
     uint64_t bytes_in, bytes_out;
     int n_replies;
     worker_t *w; /* indexed by peer id */
@@ -272,6 +274,7 @@ static int start_round(coord_t *c) {
     enter_stage2(c);
     c->round_t0 = graft_now();
     c->deadline = c->round_t0 + c->cfg->round_timeout_ms / 1000.0;
+    c->stalled_at = 0.0;
     c->bytes_in = c->bytes_out = 0;
     c->n_replies = 0;
     c->agg_ms = 0.0;
@@ -408,10 +411,35 @@ static int refuse_settings(coord_t *c, int peer, const graft_wire_hello_t *h) {
     return 1;
 }
 
+/* A hello from a peer already registered under the same name: a worker
+ * that asked again (a restarted coordinator's errors, its own silence
+ * timer), or another process with the same --name that took over the
+ * connection. Answered with the same assignment and no second join. The
+ * open round goes to a worker not yet sent it, and once more to one that
+ * has not replied (a process restarted under the same name lost it; one
+ * that trained it drops the copy): never a flood of round starts. */
+static void on_hello_again(coord_t *c, int peer) {
+    worker_t *w = &c->w[peer];
+    LOG_WARN("coordinator: worker %d '%s' said hello again while registered (last heard %.1f s "
+             "ago): a repeated hello, or another process with the same --name took over its "
+             "connection; answered with its assignment", peer, w->name,
+             graft_now() - w->last_seen);
+    w->last_seen = graft_now();
+    send_assign(c, peer);
+    if (c->state != S_ROUND_OPEN || graft_aggregator_collective(c->agg)) return;
+    if (w->in_round && (w->replied || w->resent_round == c->round)) return;
+    if (w->in_round) w->resent_round = c->round;
+    send_round_start(c, peer);
+}
+
 static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
     worker_t *w = &c->w[peer];
     const graft_wire_hello_t *h = &m->hello;
     if (refuse_settings(c, peer, h)) return;
+    if (w->state == W_ACTIVE && !strcmp(w->name, h->name)) {
+        on_hello_again(c, peer);
+        return;
+    }
     /* The same worker back under a new peer id replaces its old slot. */
     for (int p = 0; p < MAX_PEERS; p++)
         if (p != peer && c->w[p].state == W_ACTIVE && !strcmp(c->w[p].name, h->name)) {
@@ -602,7 +630,36 @@ static int pending_replies(const coord_t *c) {
     return pending;
 }
 
-/* 1: the round can close; 0: not yet; < 0: an MPI reduction failed. */
+/* The deadline passed short of --min_replies replies: one round_stalled
+ * event per round for whoever watches the events, then the round waits on,
+ * another round_timeout_ms at a time, up to --stall_timeout_ms past the
+ * first deadline (GRAFT_ETIMEOUT: the run ends). */
+static int round_stalled(coord_t *c) {
+    double now = graft_now(), limit = c->o.stall_timeout_ms / 1000.0;
+    if (!c->stalled_at) {
+        c->stalled_at = now;
+        graft_events_emit(c->ev, "round_stalled",
+                          json_pack("{s:i, s:i, s:i, s:i, s:i}", "round", c->round, "replies",
+                                    c->n_replies, "min_replies", c->cfg->min_replies, "workers",
+                                    count_active(c), "pending", pending_replies(c)));
+    }
+    if (limit > 0 && now - c->stalled_at >= limit) {
+        LOG_ERROR("round %d: still %d of %d replies needed %.1f s after the deadline "
+                  "(--stall_timeout_ms); ending the run (restart workers, or lower "
+                  "--min_replies, and --resume)", c->round, c->n_replies, c->cfg->min_replies,
+                  now - c->stalled_at);
+        return GRAFT_ETIMEOUT;
+    }
+    double wait = c->cfg->round_timeout_ms / 1000.0;
+    if (limit > 0 && c->stalled_at + limit - now < wait) wait = c->stalled_at + limit - now;
+    LOG_WARN("round %d: deadline passed with %d of %d replies needed; waiting %.0f ms more",
+             c->round, c->n_replies, c->cfg->min_replies, wait * 1000.0);
+    c->deadline = now + wait;
+    return 0;
+}
+
+/* 1: the round can close; 0: not yet; < 0: an MPI reduction failed, or the
+ * round stalled past --stall_timeout_ms. */
 static int round_can_close(coord_t *c) {
     int reduced = graft_aggregator_poll(c->agg);
     if (reduced < 0) {
@@ -623,9 +680,8 @@ static int round_can_close(coord_t *c) {
     int enough = c->n_replies >= c->cfg->min_replies;
     if (enough && (pending == 0 || graft_now() >= c->deadline)) return 1;
     if (graft_now() >= c->deadline) {
-        LOG_WARN("round %d: deadline passed with %d of %d replies needed; waiting %d ms more",
-                 c->round, c->n_replies, c->cfg->min_replies, c->cfg->round_timeout_ms);
-        c->deadline = graft_now() + c->cfg->round_timeout_ms / 1000.0;
+        int rc = round_stalled(c);
+        if (rc) return rc;
         for (int p = 0; p < MAX_PEERS && !graft_aggregator_collective(c->agg); p++)
             if (c->w[p].state == W_ACTIVE && !c->w[p].in_round) send_round_start(c, p);
     }
@@ -831,9 +887,10 @@ static int next_timeout_ms(const coord_t *c) {
     return ms < 1 ? 1 : (int)ms;
 }
 
-static void shutdown_workers(coord_t *c, const char *reason) {
+static void shutdown_workers(coord_t *c, const char *reason, int complete) {
     graft_msg_t m = {.type = GRAFT_MSG_SHUTDOWN};
     m.shutdown.reason = (char *)reason;
+    m.shutdown.run_complete = complete;
     for (int p = 0; p < MAX_PEERS; p++)
         if (c->w[p].state == W_ACTIVE) send_msg(c, p, &m);
 }
@@ -978,7 +1035,7 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
                  "%d workers", c.tr->n_tasks, o->cfg.method, strategy,
                  reduce ? " (MPI reductions)" : "", c.round, o->cfg.rounds, o->expected_workers);
         rc = loop(&c);
-        shutdown_workers(&c, rc ? "coordinator stopped" : "run complete");
+        shutdown_workers(&c, rc ? "coordinator stopped" : "run complete", rc == 0);
         json_t *end = json_pack("{s:i, s:f, s:b, s:f}", "round", c.round, "seconds",
                                 graft_now() - c.run_t0, "ok", rc == 0, "peak_rss_mib",
                                 (double)graft_peak_rss_bytes() / (1 << 20));

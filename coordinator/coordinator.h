@@ -55,6 +55,9 @@ typedef struct {
      * died (signal 9)"), or leaves it empty for a signal; may be NULL. */
     void (*stop_reason)(void *ctx, char *buf, size_t n);
     void *stop_ctx;
+    /* A round still short of min_replies this long after its deadline ends
+     * the run with GRAFT_ETIMEOUT; 0: it waits forever. */
+    int stall_timeout_ms;
 } graft_coordinator_opts_t;
 
 /* Set by a signal handler to the signal's number: the loop stops at the

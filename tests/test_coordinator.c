@@ -5,14 +5,18 @@
  *    NaN value, an unknown tensor, a wrong shape, a sparse scope, a NaN
  *    loss, a negative training time and another run's id before its real
  *    update, and replays that update afterwards; a third end that never
- *    said hello sends an update too. Every bad message must be dropped with
- *    a logged reason naming the peer, the run must complete with both
- *    workers in every round, and the modules must stay finite;
+ *    said hello sends an update too, and the second worker repeats its hello
+ *    at the start and twice mid-round (one join; round 1 sent once more, not
+ *    once per hello). Every bad message must be dropped with a logged reason
+ *    naming the peer, the run must complete with both workers in every
+ *    round, and the modules must stay finite;
  *  - assignment: workers reading client folders (--data) that hold different
  *    task subsets, one of them several tasks and a shard lacking a class,
  *    and a task nobody holds: the cohorts in the events are the holders, the
  *    unheld task's modules are exactly their initial values, the others
- *    trained. */
+ *    trained;
+ *  - the worker's side: this thread plays the coordinator and sends a round
+ *    start twice; the worker trains that round once. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -162,6 +166,7 @@ static int fake_worker(graft_transport_t *t, graft_transport_t *stranger) {
     h.hello = (graft_wire_hello_t){.version = "test", .name = "fake", .shards = &shard,
                                    .nshards = 1};
     send_update(t, &h);
+    send_update(t, &h); /* a repeated hello: no second join */
     uint64_t run_id = 0;
     int rounds = 0;
     for (;;) {
@@ -176,7 +181,11 @@ static int fake_worker(graft_transport_t *t, graft_transport_t *stranger) {
         free(buf);
         if (m.type == GRAFT_MSG_ASSIGN) run_id = m.run_id;
         if (m.type == GRAFT_MSG_ROUND_START) {
-            if (rounds == 0) stranger_update(stranger, run_id, &m);
+            if (rounds == 0) {
+                stranger_update(stranger, run_id, &m);
+                send_update(t, &h); /* mid-round, twice: one more round start, */
+                send_update(t, &h); /* not two */
+            }
             answer_round(t, run_id, &m);
             rounds++;
         }
@@ -262,7 +271,11 @@ static void test_bad_messages_dropped(void **state) {
 
     assert_int_equal(ca.rc, GRAFT_OK);
     assert_int_equal(wa.rc, GRAFT_OK);
-    assert_int_equal(rounds, ROUNDS);
+    /* Round 1 was sent once more after the mid-round hellos (not once per hello). */
+    assert_int_equal(rounds, ROUNDS + 1);
+    assert_int_equal(count_lines(dir, "out/events.jsonl", "\"event\":\"worker_join\""), 2);
+    assert_int_equal(count_lines(dir, "stderr.log", "2 .fake. said hello again while registered"),
+                     3);
     /* Every round ended with both workers; each bad message was logged. */
     const char *greps[] = {"\"replies\":2", "dropping a message from",
                            "wrong round|round 10|round 8|round 9",
@@ -423,6 +436,99 @@ static void test_unworkable_settings_refused(void **state) {
     remove_dir(dir);
 }
 
+/* ---- the worker's side ------------------------------------------------------ */
+
+static void send_to_worker(graft_transport_t *t, graft_msg_t *m) {
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(graft_wire_encode(m, GRAFT_DTYPE_F32, &buf, &len), GRAFT_OK);
+    assert_int_equal(graft_transport_send(t, 1, buf, len), GRAFT_OK);
+    free(buf);
+}
+
+/* The round of the next Update from the worker (other messages skipped). */
+static uint64_t next_update_round(graft_transport_t *t) {
+    for (;;) {
+        int peer;
+        uint8_t *buf;
+        size_t len;
+        assert_int_equal(graft_transport_recv(t, &peer, &buf, &len, 60000), GRAFT_OK);
+        graft_msg_t m;
+        char why[256];
+        assert_int_equal(graft_wire_decode(buf, len, NULL, &m, why, sizeof why), GRAFT_OK);
+        free(buf);
+        uint64_t round = m.type == GRAFT_MSG_UPDATE ? m.update.round : 0;
+        graft_msg_free(&m);
+        if (round) return round;
+    }
+}
+
+/* This thread plays the coordinator to a real worker: round 1's start sent
+ * twice (as a restarted coordinator flooded with hellos once did), then
+ * round 2's. The worker trains round 1 once: its updates are for rounds 1
+ * and 2, and it logs the drop. */
+static void test_repeated_round_start_dropped(void **state) {
+    (void)state;
+    char dir[] = "/tmp/graft_test_coordinator_XXXXXX", tasks[300];
+    assert_non_null(mkdtemp(dir));
+    write_tasks(dir);
+    snprintf(tasks, sizeof tasks, "cls:classification:%s/cls.tsv", dir);
+    graft_run_config_t cfg;
+    base_config(&cfg, dir, tasks);
+    graft_trainer_t *tr = NULL;
+    assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
+    int saved = stderr_to_log(dir);
+    graft_transport_t *ends[2];
+    assert_int_equal(graft_transport_inproc_new(1, ends), GRAFT_OK);
+    worker_arg_t wa = {.wo = {.cfg = cfg, .name = "real", .shard_count = 1, .tp = ends[1]}};
+    pthread_t wt;
+    pthread_create(&wt, NULL, worker_main, &wa);
+
+    int peer;
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(graft_transport_recv(ends[0], &peer, &buf, &len, 60000), GRAFT_OK);
+    free(buf); /* the hello */
+    char *names[] = {"cls"}, *labels[] = {"even", "odd"};
+    graft_wire_label_set_t set = {"cls", labels, 2, NULL};
+    graft_msg_t a = {.type = GRAFT_MSG_ASSIGN, .run_id = 42};
+    a.assign = (graft_wire_assign_t){.worker_id = 1, .tasks = names, .ntasks = 1,
+                                     .label_sets = &set, .nlabel_sets = 1};
+    send_to_worker(ends[0], &a);
+    graft_scope_t *scopes[2] = {tr->peft->shared, tr->peft->tasks[0].scope};
+    graft_wire_tensor_t ts[2];
+    size_t n = 0;
+    for (int k = 0; k < 2; k++)
+        if (scopes[k]->numel)
+            ts[n++] = (graft_wire_tensor_t){.name = scopes[k]->name, .ndim = 1,
+                                            .shape = {(int64_t)scopes[k]->numel},
+                                            .data = scopes[k]->params, .numel = scopes[k]->numel};
+    graft_msg_t rs = {.type = GRAFT_MSG_ROUND_START, .run_id = 42};
+    rs.round_start = (graft_wire_round_start_t){.round = 1, .tensors = ts, .ntensors = n,
+                                                .deadline_ms = 30000};
+    rs.round_start.hyper = (graft_wire_hyper_t){.learning_rate = 1e-3f, .local_steps = 2,
+                                                .batch_size = 4, .head_lr_scale = 1.0f};
+    send_to_worker(ends[0], &rs);
+    send_to_worker(ends[0], &rs);
+    rs.round_start.round = 2;
+    send_to_worker(ends[0], &rs);
+    uint64_t first = next_update_round(ends[0]), second = next_update_round(ends[0]);
+    graft_msg_t sd = {.type = GRAFT_MSG_SHUTDOWN, .run_id = 42};
+    sd.shutdown = (graft_wire_shutdown_t){.reason = "run complete", .run_complete = 1};
+    send_to_worker(ends[0], &sd);
+    pthread_join(wt, NULL);
+    for (int i = 0; i < 2; i++) graft_transport_destroy(&ends[i]);
+    stderr_back(saved);
+    graft_trainer_destroy(&tr);
+
+    assert_int_equal(wa.rc, GRAFT_OK);
+    assert_int_equal(first, 1);
+    assert_int_equal(second, 2);
+    assert_int_equal(count_lines(dir, "stderr.log", "dropping a repeated round_start for round 1"),
+                     1);
+    remove_dir(dir);
+}
+
 int main(void) {
     /* Coordinator and worker share this process: one thread each, so that
      * their OpenMP teams do not fight over the cores. */
@@ -432,6 +538,7 @@ int main(void) {
         cmocka_unit_test(test_bad_messages_dropped),
         cmocka_unit_test(test_assignment_by_holdings),
         cmocka_unit_test(test_unworkable_settings_refused),
+        cmocka_unit_test(test_repeated_round_start_dropped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -168,6 +168,7 @@ resume_run() {
     kill -9 "$COORD"
     wait "$COORD" 2>/dev/null || true
     cp "$T/$name/modules.safetensors" "$T/$name/round.safetensors"
+    sleep 2 # an outage: the workers' heartbeats queue up for the new coordinator
     timeout 120 "$GRAFT" coordinator --bind "$EP" --workers 3 "$@" --out "$T/$name" \
         --resume "$T/$name/round.safetensors" >/dev/null 2>"$T/${name}2.err" ||
         { tail -20 "$T/${name}2.err" >&2; fail "$name: the resumed coordinator failed"; }
@@ -184,6 +185,12 @@ timeout 120 "$GRAFT" run --workers 3 $RESCONF --out "$T/ref" >/dev/null 2>"$T/re
 # shellcheck disable=SC2086
 resume_run res 3 $RESCONF
 grep -q 'resumed from' "$T/res2.err" || fail "the coordinator did not say it resumed"
+# Each stale heartbeat earns an error asking for a hello; a worker with a
+# hello pending sends no other: one join per worker, no repeated hellos.
+[ "$(grep -c ' joined from ' "$T/res2.err")" -eq 3 ] ||
+    fail "the resumed coordinator saw $(grep -c ' joined from ' "$T/res2.err") joins, not 3"
+grep -q 'said hello again' "$T/res2.err" && fail "a worker repeated its hello after the restart"
+grep -q 'not registered' "$T/res2.err" || fail "no stale heartbeat reached the new coordinator"
 cmp "$T/ref/modules.safetensors" "$T/res/modules.safetensors" ||
     fail "a resumed run ended with other modules than an uninterrupted one"
 echo "ok 4 - coordinator killed and resumed: modules identical to an uninterrupted run"

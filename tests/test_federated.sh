@@ -27,6 +27,11 @@
 #  7. a worker whose method, LoRA ranks or targets, trunk, pooling or seq
 #     differ from the coordinator's is refused at hello: both sides name the
 #     setting, a worker_refused event, the worker exits non-zero.
+#  8. liveness: a worker whose coordinator is SIGKILLed says hello again
+#     after --coordinator_timeout_ms and exits 1; with --min_replies 2 and a
+#     worker SIGKILLed the round emits one round_stalled event and the run
+#     ends after --stall_timeout_ms; the other worker, told the run did not
+#     complete, exits 1.
 # usage: test_federated.sh GRAFT_BINARY SOURCE_DIR
 set -eu
 GRAFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -307,3 +312,76 @@ grep -q '"event":"run_end".*"ok":true' "$T/refuse/events.jsonl" || fail "run_end
 [ "$(grep -c '"event":"worker_join"' "$T/refuse/events.jsonl")" -eq 1 ] ||
     fail "a refused worker joined"
 echo "ok 7 - workers with other module settings are refused at hello, naming the setting"
+
+# ---- 8. liveness: a dead coordinator, a stalled round, an aborted run ---------
+# wait_gone PID SECONDS: fails unless PID ends within SECONDS.
+wait_gone() {
+    n=0
+    while kill -0 "$1" 2>/dev/null; do
+        n=$((n + 1)); [ $n -gt $(($2 * 10)) ] && return 1; sleep 0.1
+    done
+}
+# wait_event PATTERN FILE SECONDS
+wait_event() {
+    n=0
+    until grep -q "$1" "$2" 2>/dev/null; do
+        n=$((n + 1)); [ $n -gt $(($3 * 10)) ] && fail "timed out waiting for $1 in $2"; sleep 0.1
+    done
+}
+LIVE="--config run.conf --rounds 50 --local_steps 2 --heartbeat_ms 200 --eval_every_rounds 50"
+LIVE="$LIVE --checkpoint_every_rounds 50"
+# 8a. The coordinator SIGKILLed: its registered worker notices the silence
+# (--coordinator_timeout_ms), says hello again, and exits 1 unanswered.
+EP=tcp://127.0.0.1:$(free_port)
+# shellcheck disable=SC2086
+"$GRAFT" coordinator --bind "$EP" --workers 1 $LIVE --out "$T/live" >/dev/null 2>"$T/live.err" &
+COORD=$!
+PIDS="$PIDS $COORD"
+# shellcheck disable=SC2086
+"$GRAFT" worker --connect "$EP" $LIVE --coordinator_timeout_ms 1500 --hello_timeout_ms 1000 \
+    2>"$T/live-w.err" &
+W=$!
+PIDS="$PIDS $W"
+wait_event '"event":"round_end"' "$T/live/events.jsonl" 60
+kill -9 "$COORD"
+wait_gone "$W" 15 || fail "the worker of a SIGKILLed coordinator was still waiting after 15 s"
+if wait "$W"; then fail "the worker of a SIGKILLed coordinator exited 0"; fi
+grep -q "worker shard-0-of-1: coordinator silent for [0-9.]* s; saying hello again" \
+    "$T/live-w.err" || { tail -5 "$T/live-w.err" >&2; fail "the worker did not log the silence"; }
+grep -q "no answer from the coordinator in 1 s after saying hello" "$T/live-w.err" ||
+    fail "the worker did not say why it gave up"
+# 8b. --min_replies 2 and one of two workers SIGKILLed: the round stalls (one
+# round_stalled event), the run ends after --stall_timeout_ms with exit 1,
+# and the other worker, told the run did not complete, exits 1 too.
+STALL="$LIVE --min_replies 2 --round_timeout_ms 1000"
+EP=tcp://127.0.0.1:$(free_port)
+# shellcheck disable=SC2086
+"$GRAFT" coordinator --bind "$EP" --workers 2 $STALL --stall_timeout_ms 2000 --out "$T/stall" \
+    >/dev/null 2>"$T/stall.err" &
+COORD=$!
+PIDS="$PIDS $COORD"
+for i in 0 1; do
+    # shellcheck disable=SC2086
+    "$GRAFT" worker --connect "$EP" --shard $i/2 $STALL 2>"$T/stall-w$i.err" &
+    eval "SW$i=\$!"
+    PIDS="$PIDS $!"
+done
+EV=$T/stall/events.jsonl
+wait_event '"event":"round_end"' "$EV" 60
+kill -9 "$SW1"
+wait_gone "$COORD" 30 || fail "the coordinator still waited for a second reply after 30 s"
+if wait "$COORD"; then fail "a run that stalled exited 0"; fi
+grep -q '"event":"round_stalled","round":[0-9]*,"replies":1,"min_replies":2' "$EV" ||
+    { tail -3 "$EV" >&2; fail "no round_stalled event with the reply counts"; }
+[ -z "$(grep '"event":"round_stalled"' "$EV" | sed 's/.*"round":\([0-9]*\),.*/\1/' | uniq -d)" ] ||
+    fail "a round emitted round_stalled more than once"
+grep -q '"event":"run_end".*"ok":false' "$EV" || fail "run_end of the stalled run is not ok:false"
+grep -q 'still 1 of 2 replies needed .* after the deadline (--stall_timeout_ms)' "$T/stall.err" ||
+    fail "the coordinator did not say why the run ended"
+wait_gone "$SW0" 15 || fail "the surviving worker did not stop"
+if wait "$SW0"; then fail "the worker of an aborted run exited 0"; fi
+grep -q 'shutdown: coordinator stopped' "$T/stall-w0.err" &&
+    grep -q 'the run did not complete; exiting with an error' "$T/stall-w0.err" ||
+    { tail -5 "$T/stall-w0.err" >&2; fail "the worker did not log the aborted run"; }
+echo "ok 8 - liveness: a worker leaves a silent coordinator; a stalled round is an event and" \
+    "ends the run after --stall_timeout_ms; the workers of an aborted run exit 1"

@@ -293,10 +293,15 @@ static void test_small_roundtrips(void **state) {
     graft_msg_free(&d);
 
     graft_msg_t sd = {.type = GRAFT_MSG_SHUTDOWN, .run_id = RUN,
-                      .shutdown = {.reason = "run finished after 50 rounds"}};
+                      .shutdown = {.reason = "run finished after 50 rounds", .run_complete = 1}};
     assert_int_equal(roundtrip(&sd, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
     assert_int_equal(d.type, GRAFT_MSG_SHUTDOWN);
     assert_string_equal(d.shutdown.reason, "run finished after 50 rounds");
+    assert_int_equal(d.shutdown.run_complete, 1);
+    graft_msg_free(&d);
+    sd.shutdown = (graft_wire_shutdown_t){.reason = "coordinator stopped"};
+    assert_int_equal(roundtrip(&sd, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
+    assert_int_equal(d.shutdown.run_complete, 0);
     graft_msg_free(&d);
 
     graft_msg_t er = {.type = GRAFT_MSG_ERROR, .run_id = RUN,

@@ -44,7 +44,14 @@ typedef struct {
     int run_task[GRAFT_MAX_TASKS];
     int n_run_tasks;
     double last_beat;
-    double hello_at; /* graft_now() of a hello not yet answered; 0: answered */
+    /* graft_now() of a hello not yet answered by an Assign; 0: none pending.
+     * While one is pending the worker sends no other: each stale heartbeat
+     * a restarted coordinator reads earns an error asking for a hello. */
+    double hello_at;
+    double last_heard; /* graft_now() when the coordinator was last heard (or a round ended) */
+    /* The last round trained since the coordinator last assigned us: a
+     * repeated round start for it (or an older round) is dropped. */
+    uint64_t trained_round;
     /* What the hello says must match the coordinator's (computed once: it
      * digests the trunk file). */
     graft_setting_t settings[GRAFT_MAX_SHARED_SETTINGS];
@@ -236,6 +243,20 @@ static int hello_unanswered(worker_t *w) {
     return 1;
 }
 
+/* The coordinator says nothing between round starts, so a registered worker
+ * cannot tell a dead one from a long round of the others; after this long
+ * it asks (a hello, which a live coordinator answers with our assignment)
+ * and gives up when hello_unanswered() says so. */
+static int coordinator_silent(worker_t *w) {
+    int limit = w->o.coordinator_timeout_ms;
+    if (limit < 0) limit = 3 * w->o.cfg.round_timeout_ms;
+    if (!w->id || w->hello_at || limit <= 0 || graft_now() - w->last_heard < limit / 1000.0)
+        return 0;
+    LOG_WARN("worker %s: coordinator silent for %.1f s; saying hello again (gives up after "
+             "--hello_timeout_ms)", w->name, graft_now() - w->last_heard);
+    return 1;
+}
+
 static void send_error(worker_t *w, int code, const char *text) {
     graft_msg_t m = {.type = GRAFT_MSG_ERROR};
     m.error = (graft_wire_error_t){.code = code, .message = (char *)text};
@@ -415,6 +436,10 @@ static int same_assignment(const worker_t *w, const graft_wire_assign_t *a) {
 
 /* Returns 1 when the worker must stop. */
 static int on_assign(worker_t *w, const graft_msg_t *m) {
+    /* Registered anew (the coordinator had forgotten us: a restarted one
+     * redoes the rounds after its checkpoint), not a repeated answer. */
+    if (!w->id) w->trained_round = 0;
+    w->hello_at = 0;
     w->run_id = m->run_id;
     w->id = m->assign.worker_id;
     if (w->tr) {
@@ -564,6 +589,12 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
     graft_scope_t *sent[GRAFT_MAX_TASKS + 1];
     size_t n = rs->ntensors;
     const char *bad = NULL;
+    if (rs->round <= w->trained_round) {
+        LOG_WARN("worker %s: dropping a repeated round_start for round %llu (already trained "
+                 "round %llu)", w->name, (unsigned long long)rs->round,
+                 (unsigned long long)w->trained_round);
+        return;
+    }
     if (n > GRAFT_MAX_TASKS + 1) {
         LOG_WARN("worker %s: dropping round_start: %zu tensors", w->name, n);
         bad = "too many tensors";
@@ -581,6 +612,7 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
         return;
     }
     import_round(w, rs, sent, n);
+    w->trained_round = rs->round;
     graft_trainer_t *tr = w->tr;
     if (rs->hyper.channels_selected && tr->stage == 1) {
         /* The scores just imported are the coordinator's: the same choice. */
@@ -643,13 +675,17 @@ static int handle(worker_t *w, const uint8_t *buf, size_t len) {
         break;
     case GRAFT_MSG_SHUTDOWN:
         LOG_INFO("worker %s: shutdown: %s", w->name, m.shutdown.reason);
+        if (!m.shutdown.run_complete) {
+            LOG_ERROR("worker %s: the run did not complete; exiting with an error", w->name);
+            w->failed = GRAFT_ESTATE;
+        }
         stop = 1;
         break;
     case GRAFT_MSG_ERROR:
         LOG_WARN("worker %s: coordinator error %d: %s", w->name, m.error.code, m.error.message);
         if (m.error.code == GRAFT_ESTATE) {
             w->id = 0;
-            send_hello(w);
+            if (!w->hello_at) send_hello(w); /* else the pending hello answers it too */
         } else if (!w->id && m.error.code == GRAFT_EINVAL) {
             LOG_ERROR("worker %s: refused by the coordinator: %s; stopping", w->name,
                       m.error.message);
@@ -689,13 +725,14 @@ int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop) 
         int r = graft_transport_recv(o->tp, &peer, &buf, &len, o->cfg.heartbeat_ms);
         if (r == GRAFT_OK) {
             if (peer == 0) {
-                w.hello_at = 0;
                 done = handle(&w, buf, len);
+                w.last_heard = graft_now(); /* after any training it started */
             }
             free(buf);
         } else if (r != GRAFT_ETIMEOUT) {
             LOG_WARN("worker %s: receive failed: %s", w.name, graft_strerror(r));
         }
+        if (coordinator_silent(&w)) send_hello(&w);
         if (hello_unanswered(&w)) w.failed = GRAFT_ETIMEOUT;
         heartbeat(&w);
     }

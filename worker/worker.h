@@ -70,10 +70,15 @@ typedef struct {
      * refuses this worker's CurveZMQ key and so never sees the hello);
      * 0: wait forever. */
     int hello_timeout_ms;
+    /* A registered worker that has heard nothing from the coordinator this
+     * long says hello again (then hello_timeout_ms applies); -1: three
+     * round_timeout_ms; 0: wait forever. */
+    int coordinator_timeout_ms;
 } graft_worker_opts_t;
 
 /* Runs until Shutdown, a fatal error, or *stop (may be NULL) becomes set.
- * Returns GRAFT_OK after a Shutdown. */
+ * Returns GRAFT_OK after the Shutdown of a complete run; GRAFT_ESTATE after
+ * one of an aborted run. */
 int graft_worker_run(const graft_worker_opts_t *o, volatile sig_atomic_t *stop);
 
 /* The default worker name for opts without one, into buf. */
