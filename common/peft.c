@@ -66,6 +66,15 @@ int graft_peft_parse_targets(const char *list, int *targets) {
     return parse_set(list, lookup_target, targets, "LoRA target (qkv, attn, fc, fcproj, all)");
 }
 
+void graft_peft_methods_str(int methods, char *buf, size_t n) {
+    size_t len = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof method_names / sizeof method_names[0]; i++)
+        if ((methods & method_names[i].bit) && len < n)
+            len += (size_t)snprintf(buf + len, n - len, "%s%s", len ? "," : "",
+                                    method_names[i].name);
+}
+
 void graft_peft_targets_str(int targets, char *buf, size_t n) {
     int all = (1 << GRAFT_NUM_PROJ) - 1;
     size_t len = 0;

@@ -71,6 +71,9 @@ int graft_peft_parse_targets(const char *list, int *targets);
 const char *graft_proj_name(graft_proj_t p);
 /* A projection set as "qkv,fc" (or "all"), what the parser reads back. */
 void graft_peft_targets_str(int targets, char *buf, size_t n);
+/* A method set as a comma list in one fixed order (e.g. "lntune,channels"
+ * for "channels,lntune"). */
+void graft_peft_methods_str(int methods, char *buf, size_t n);
 
 /* One LoRA pair on one projection: views into a scope. */
 typedef struct {

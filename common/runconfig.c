@@ -262,10 +262,17 @@ int graft_run_shared_settings(const graft_run_config_t *cfg, graft_setting_t *ou
      * are a scope of their own), and the coordinator checks each held
      * task's kind at hello. */
     n = add_option(cfg, "seq", out, n + 1);
-    n = add_option(cfg, "method", out, n);
-    n = add_option(cfg, "pool", out, n);
+    /* The method set and the LoRA targets in one order, so that lists
+     * naming the same set in another order agree. */
     int methods = 0;
-    if (graft_peft_parse_methods(cfg->method, &methods)) methods = 0;
+    out[n].name = "method";
+    if (graft_peft_parse_methods(cfg->method, &methods) == GRAFT_OK) {
+        graft_peft_methods_str(methods, out[n].value, sizeof out[n].value);
+    } else {
+        snprintf(out[n].value, sizeof out[n].value, "%s", cfg->method);
+        methods = 0;
+    }
+    n = add_option(cfg, "pool", out, n + 1);
     if (methods & GRAFT_M_LORA) {
         int targets = 0;
         out[n].name = "lora_targets";

@@ -23,6 +23,7 @@
 #include "capture.h"
 #include "graft.h"
 #include "options.h"
+#include "runconfig.h"
 
 typedef struct {
     int steps;   /* bounded */
@@ -410,6 +411,38 @@ static void test_sets_and_plain_arguments(void **state) {
 
 /* ---- dump --------------------------------------------------------------- */
 
+/* The settings a worker's hello carries, for a run given by flags. */
+static int shared_settings(char **argv, int argc, graft_setting_t *out) {
+    graft_run_config_t cfg;
+    assert_int_equal(graft_options_parse(graft_run_options, &cfg, argc, argv, "usage"), GRAFT_OK);
+    return graft_run_shared_settings(&cfg, out);
+}
+
+/* The same method set or LoRA targets in another order are the same
+ * settings; another rank is not. */
+static void test_shared_settings_canonical(void **state) {
+    (void)state;
+    char *a[] = {"t", "--method", "lora,channels,lntune", "--lora_targets", "fc,qkv"};
+    char *b[] = {"t", "--method", "lntune,lora,channels", "--lora_targets", "qkv,fc"};
+    char *c[] = {"t", "--method", "lntune,lora,channels", "--lora_targets", "qkv,fc",
+                 "--lora_task_rank", "2"};
+    graft_setting_t sa[GRAFT_MAX_SHARED_SETTINGS], sb[GRAFT_MAX_SHARED_SETTINGS];
+    graft_setting_t sc[GRAFT_MAX_SHARED_SETTINGS];
+    int na = shared_settings(a, 5, sa), nb = shared_settings(b, 5, sb);
+    int nc = shared_settings(c, 7, sc);
+    assert_int_equal(na, nb);
+    assert_int_equal(na, nc);
+    int differ = 0;
+    for (int i = 0; i < na; i++) {
+        assert_string_equal(sa[i].name, sb[i].name);
+        assert_string_equal(sa[i].value, sb[i].value);
+        if (!strcmp(sa[i].name, "method")) assert_string_equal(sa[i].value, "lora,lntune,channels");
+        if (!strcmp(sa[i].name, "lora_targets")) assert_string_equal(sa[i].value, "qkv,fc");
+        differ += strcmp(sa[i].value, sc[i].value) != 0;
+    }
+    assert_int_equal(differ, 1);
+}
+
 static void test_dump_reload_digest(void **state) {
     (void)state;
     settings_t s, back;
@@ -455,6 +488,7 @@ static void test_dump_reload_digest(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_shared_settings_canonical),
         cmocka_unit_test(test_config_file),
         cmocka_unit_test(test_flags_override_file),
         cmocka_unit_test(test_equals_form_and_bools),
