@@ -253,18 +253,28 @@ static void lmhead_product_backward(graft_gpt2_t *m, float *dinp, float *dwte,
     if (dwte) bf16_matmul_backward(&m->bf16, NULL, dwte, inp, dlogits, NULL, N, V, C);
 }
 
+/* Attention runs at bf16 when the heads fill at least 3/4 of the bf16
+ * tiles' 48-wide panels, which its products over the head size use: with
+ * hs = 48 (the small preset) every lane works; with hs = 64 (GPT-2 small)
+ * a third of them idle, and the bf16 attention measured 5-17% slower than
+ * the fp32 one (`graft bench step --trunk ... --precision bf16 --profile`). */
+static int bf16_attention(const graft_gpt2_t *m) {
+    int hs = m->cfg.C / m->cfg.NH, lanes = (hs + 47) / 48 * 48;
+    return m->precision == GRAFT_BF16 && 4 * hs >= 3 * lanes;
+}
+
 /* Causal attention at the model's precision (attention_forward /
  * attention_backward in ops.h, or their bf16 forms). */
 static void attention_fwd(graft_gpt2_t *m, float *out, float *att, const float *inp, int B, int T) {
     int C = m->cfg.C, NH = m->cfg.NH;
-    if (m->precision == GRAFT_BF16) bf16_attention_forward(&m->bf16, out, att, inp, B, T, C, NH);
+    if (bf16_attention(m)) bf16_attention_forward(&m->bf16, out, att, inp, B, T, C, NH);
     else attention_forward(out, att, inp, B, T, C, NH);
 }
 
 static void attention_bwd(graft_gpt2_t *m, float *dinp, float *scratch, const float *dout,
                           const float *inp, const float *att, int B, int T) {
     int C = m->cfg.C, NH = m->cfg.NH;
-    if (m->precision == GRAFT_BF16)
+    if (bf16_attention(m))
         bf16_attention_backward(&m->bf16, dinp, scratch, dout, inp, att, B, T, C, NH);
     else
         attention_backward(dinp, scratch, dout, inp, att, B, T, C, NH);
