@@ -13,8 +13,9 @@
  *
  * gpt2.c sends only linear-layer products of 8 M multiply-adds and more
  * here (BF16_MIN_MACS); smaller ones stay on sgemm. Attention runs here
- * whole at bf16: each head's products are small, but a head packs its own
- * operands on its own thread, with no parallel region per product.
+ * whole at bf16 when its heads fill the tiles' panels well (gpt2.c
+ * bf16_attention): each head's products are small, but a head packs its
+ * own operands on its own thread, with no parallel region per product.
  *
  * Layout inside a product: C (M, N) = A (M, K) @ B (K, N) runs on 8 x 48
  * tiles of C. A row's bf16 values come in pairs along K (one 32-bit word
