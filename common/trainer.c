@@ -119,12 +119,19 @@ static int load_tasks(const graft_run_config_t *cfg, graft_task_t **tasks, int *
     return GRAFT_OK;
 }
 
+int graft_trainer_check(const graft_run_config_t *cfg) {
+    graft_peft_config_t pc;
+    graft_optimizer_t kind;
+    int rc = graft_run_peft_config(cfg, &pc);
+    if (!rc) rc = parse_optimizer(cfg, &kind);
+    if (!rc) rc = check_mix(cfg);
+    return rc;
+}
+
 int graft_trainer_new(const graft_run_config_t *cfg, graft_trainer_t **out) {
     graft_task_t *tasks[GRAFT_MAX_TASKS];
     int n = 0;
-    graft_optimizer_t kind;
-    int rc = parse_optimizer(cfg, &kind); /* before the (slow) task files */
-    if (!rc) rc = check_mix(cfg);
+    int rc = graft_trainer_check(cfg); /* before the (slow) task files */
     if (!rc) rc = load_tasks(cfg, tasks, &n);
     if (rc) return rc;
     return graft_trainer_new_with_tasks(cfg, tasks, n, out);

@@ -53,6 +53,11 @@ typedef struct graft_trainer {
     size_t *indices;
 } graft_trainer_t;
 
+/* The settings a trainer checks without reading a file (the method and its
+ * sizes, --pool, --optimizer, --mix), so that a command can refuse them
+ * before it starts anything. GRAFT_OK or GRAFT_EINVAL (logged). */
+int graft_trainer_check(const graft_run_config_t *cfg);
+
 /* Loads the trunk (or builds it from the preset) and the tasks, and
  * attaches the modules the method asks for. */
 int graft_trainer_new(const graft_run_config_t *cfg, graft_trainer_t **out);

@@ -1002,7 +1002,7 @@ static int check_stages(const graft_run_config_t *cfg) {
 }
 
 int graft_coordinator_check(const graft_run_config_t *cfg, int workers) {
-    if (check_stages(cfg)) return GRAFT_EINVAL;
+    if (graft_trainer_check(cfg) || check_stages(cfg)) return GRAFT_EINVAL;
     if (cfg->min_replies <= workers) return GRAFT_OK;
     LOG_ERROR("coordinator: --min_replies %d is more than the %d worker%s of the run: a round "
               "could never close; min_replies must be <= workers", cfg->min_replies, workers,

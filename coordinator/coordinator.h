@@ -71,9 +71,11 @@ extern volatile sig_atomic_t graft_coordinator_stop;
  * --rounds rounds) are refused before OUT/events.jsonl is created. */
 int graft_coordinator_run(const graft_coordinator_opts_t *o);
 
-/* Checks the settings against the number of workers before anything starts:
- * a round closes at its deadline only with --min_replies replies, so more
- * than the workers would wait forever. GRAFT_OK or GRAFT_EINVAL (logged). */
+/* Checks the settings before anything starts: those graft_trainer_check
+ * refuses, the two stages of the channels method, and --min_replies
+ * against the workers (a round closes at its deadline only with
+ * --min_replies replies, so more than the workers would wait forever).
+ * GRAFT_OK or GRAFT_EINVAL (logged). */
 int graft_coordinator_check(const graft_run_config_t *cfg, int workers);
 
 /* The run id every message of this run carries: a digest of the settings

@@ -182,6 +182,8 @@ rejects "unknown --mix 'foo' (roundrobin or proportional)" train "$@" --mix foo 
   --out "$T/out"
 rejects "unknown --mix 'bogus' (roundrobin or proportional)" run "$@" --mix bogus --rounds 1 \
   --out "$T/out"
+! grep -q "starting [0-9]* workers" "$T/err" ||
+  fail "graft run started its workers before refusing --mix"
 rejects "tasks: task name 'shift' is given twice" train "$@" \
   --tasks "$TASKS,shift:generation:$T/data/shift.tsv" --steps 6 --out "$T/out"
 
