@@ -58,6 +58,10 @@ int graft_transport_allreduce_i64(graft_transport_t *t, int64_t *x, size_t n, in
     return reduce_blocking(t, x, n, group, 1);
 }
 
+int graft_transport_next_failure(graft_transport_t *t, graft_handshake_failure_t *f) {
+    return t->ops->next_failure ? t->ops->next_failure(t, f) : 0;
+}
+
 void graft_transport_destroy(graft_transport_t **t) {
     if (!t || !*t) return;
     (*t)->ops->destroy(*t);

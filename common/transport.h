@@ -15,6 +15,7 @@
  *  - recv() hands back a malloc'd buffer in *buf that the caller must free().
  *  - peer_name() returns a string owned by the transport, valid until destroy.
  *  - graft_transport_destroy() frees the transport and sets the pointer NULL.
+ *  - next_failure() copies into the caller's graft_handshake_failure_t.
  * A transport object is used from one thread at a time (ZeroMQ sockets are
  * not thread-safe); inproc ends may each live on their own thread.
  *
@@ -56,6 +57,29 @@
 typedef struct graft_transport graft_transport_t;
 typedef struct graft_reduce graft_reduce_t; /* a reduction in flight, owned by the backend */
 
+/* A connection that never became a peer because its handshake failed: a
+ * client with another server key or a key off the allow-list never gets a
+ * message through, so only this tells anyone about it. The ZeroMQ server
+ * reports them (its socket's monitor and its ZAP handler); the coordinator
+ * logs them, rate-limited (handshake_log.h). */
+typedef enum {
+    GRAFT_HANDSHAKE_CRYPTO,      /* CurveZMQ could not open the client's hello: another
+                                    server key */
+    GRAFT_HANDSHAKE_KEY_REFUSED, /* the client's public key is not on the allow-list */
+    GRAFT_HANDSHAKE_MECHANISM,   /* CurveZMQ on one side only */
+    GRAFT_HANDSHAKE_PROTOCOL,    /* another ZMTP protocol error */
+    GRAFT_HANDSHAKE_CLOSED,      /* the connection ended (or timed out) inside the handshake */
+} graft_handshake_kind_t;
+
+typedef struct {
+    graft_handshake_kind_t kind;
+    char host[64];                          /* the client's IP address; "" when unknown */
+    int port;                               /* its TCP port; 0 when unknown */
+    char client_key[GRAFT_KEY_Z85_LEN + 1]; /* z85 public key; "" when unknown */
+    int code;  /* libzmq's value: ZMQ_PROTOCOL_ERROR_*, the ZAP status or an errno */
+    int count; /* how many alike failures (kind, host, key, code) this stands for */
+} graft_handshake_failure_t;
+
 typedef struct {
     const char *name; /* "inproc", "zmq", "mpi" */
     /* GRAFT_OK, GRAFT_EINVAL (bad peer or size), GRAFT_EPEER (peer gone),
@@ -72,6 +96,9 @@ typedef struct {
                        graft_reduce_t **req);
     /* *done = 1 (and *req freed, set NULL) once complete; 0 while in flight. */
     int (*reduce_test)(graft_transport_t *t, graft_reduce_t **req, int *done);
+    /* The oldest failed handshake not yet taken: 1, or 0 when none. NULL
+     * for a backend without handshakes. */
+    int (*next_failure)(graft_transport_t *t, graft_handshake_failure_t *f);
     void (*destroy)(graft_transport_t *t);
 } graft_transport_ops_t;
 
@@ -94,6 +121,10 @@ int graft_transport_ireduce_i64(graft_transport_t *t, int64_t *x, size_t n, int 
 int graft_transport_reduce_test(graft_transport_t *t, graft_reduce_t **req);
 int graft_transport_reduce_i64(graft_transport_t *t, int64_t *x, size_t n, int group);
 int graft_transport_allreduce_i64(graft_transport_t *t, int64_t *x, size_t n, int group);
+/* Takes the oldest failed handshake seen so far into *f: 1, or 0 when there
+ * is none. recv() notices them while it waits, so a caller that drains them
+ * after every recv() hears of each within one receive timeout. */
+int graft_transport_next_failure(graft_transport_t *t, graft_handshake_failure_t *f);
 void graft_transport_destroy(graft_transport_t **t);
 
 /* ---- inproc: a coordinator end and nworkers worker ends ------------------
@@ -128,6 +159,13 @@ int graft_transport_zmq_client(const graft_zmq_opts_t *opts, graft_transport_t *
 const char *graft_transport_zmq_endpoint(graft_transport_t *t);
 /* How many CurveZMQ handshakes the server refused so far (unknown keys). */
 uint64_t graft_transport_zmq_refused(graft_transport_t *t);
+/* The server reports failed handshakes (next_failure): with CurveZMQ a
+ * client with another server key (GRAFT_HANDSHAKE_CRYPTO, with its address
+ * when recv() or next_failure() looked before the client hung up) or a key
+ * off the allow-list (GRAFT_HANDSHAKE_KEY_REFUSED, with its address and
+ * key); with or without CurveZMQ a client that has it when the server has
+ * not, or the reverse (MECHANISM). Alike failures not yet taken are merged
+ * into one with a count. */
 
 /* ---- MPI -----------------------------------------------------------------
  * The caller has called MPI_Init (MPI_THREAD_FUNNELED or better; a worker's

@@ -9,30 +9,59 @@
  *
  * With CurveZMQ the server runs a ZAP handler thread on
  * inproc://zeromq.zap.01 in its own context: it accepts a handshake only if
- * the client's public key is on the allow-list, and logs refused keys (z85)
- * once each. The context is private to one transport because a context has
- * one ZAP endpoint.
+ * the client's public key is on the allow-list, and queues each refusal
+ * (key and address) as a failed handshake. The context is private to one
+ * transport because a context has one ZAP endpoint.
+ *
+ * ZeroMQ drops every other failed handshake silently (a client with another
+ * server key, CurveZMQ on one side only), so the server also watches its
+ * ROUTER with libzmq's socket monitor (an inproc PAIR that recv() polls
+ * beside the ROUTER). A failure event does not say which connection failed;
+ * libzmq's I/O thread (one, the default) sends it right before that
+ * connection's DISCONNECTED, which carries the fd, and the fd's address was
+ * read (getpeername) when its ACCEPTED came in, if the connection was still
+ * open then.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <zmq.h>
 
 #include "transport.h"
 
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
+#define MONITOR_ENDPOINT "inproc://graft.monitor"
+#define MONITOR_EVENTS                                                                     \
+    (ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |  \
+     ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+#define MONITOR_BATCH 512
+#define MAX_FAILURES 256
 #define LINGER_MS 1000
 #define SEND_TIMEOUT_MS 5000
 #define HEARTBEAT_IVL_MS 2000
 #define HEARTBEAT_TIMEOUT_MS 10000
-#define MAX_LOGGED_REFUSALS 64
 
 typedef struct {
     uint8_t id[256];
     size_t idlen;
     char name[160];
 } zpeer_t;
+
+/* A connection the ROUTER accepted and has not yet closed. */
+typedef struct {
+    int fd;
+    char host[64]; /* "" when it was gone before anyone asked */
+    int port;
+} zconn_t;
+
+typedef struct {
+    uint16_t event;
+    uint32_t value; /* the fd, an error code or a status, by event */
+} zevent_t;
 
 typedef struct {
     graft_transport_t base;
@@ -42,15 +71,24 @@ typedef struct {
     char coordinator_name[300]; /* client: how peer 0 shows in logs */
     zpeer_t *peers;             /* server: peer p is peers[p - 1] */
     size_t npeers, cap;
-    /* CurveZMQ, server side; the ZAP thread alone touches zap and logged. */
+    /* CurveZMQ, server side; the ZAP thread alone touches zap. */
     void *zap;
     pthread_t zap_thread;
     int zap_running;
     graft_key_t *allow;
     size_t nallow;
-    graft_key_t logged[MAX_LOGGED_REFUSALS];
-    size_t nlogged;
     atomic_uint_fast64_t refused;
+    /* Failed handshakes, server side: the monitor's end, the open
+     * connections and a failure waiting for its DISCONNECTED belong to the
+     * caller's thread; the queue is shared with the ZAP thread under mu. */
+    void *mon;
+    zconn_t *conns;
+    size_t nconns, conns_cap;
+    int pending, pending_event, pending_code;
+    pthread_mutex_t mu;
+    graft_handshake_failure_t failures[MAX_FAILURES];
+    size_t nfailures;
+    int warned_full;
 } zt_t;
 
 static const graft_transport_ops_t zmq_ops;
@@ -77,6 +115,29 @@ static int recv_frames(void *sock, zmq_msg_t *f, int max, int flags) {
     return n;
 }
 
+/* ---- failed handshakes, queued for next_failure ---------------------------- */
+
+static int same_failure(const graft_handshake_failure_t *a, const graft_handshake_failure_t *b) {
+    return a->kind == b->kind && a->code == b->code && !strcmp(a->host, b->host) &&
+           !strcmp(a->client_key, b->client_key);
+}
+
+/* Queues f, merged into an alike failure not yet taken: a client that
+ * retries every 100 ms while nobody drains the queue takes one slot. */
+static void push_failure(zt_t *z, const graft_handshake_failure_t *f) {
+    pthread_mutex_lock(&z->mu);
+    size_t i = 0;
+    while (i < z->nfailures && !same_failure(&z->failures[i], f)) i++;
+    int full = i == MAX_FAILURES, warn = full && !z->warned_full;
+    if (i < z->nfailures) z->failures[i].count += f->count;
+    else if (!full) z->failures[z->nfailures++] = *f;
+    z->warned_full |= full;
+    pthread_mutex_unlock(&z->mu);
+    if (warn)
+        LOG_WARN("zmq: %d kinds of failed handshakes on %s wait to be reported; dropping more",
+                 MAX_FAILURES, z->endpoint);
+}
+
 /* ---- ZAP: who may connect ------------------------------------------------ */
 
 static int key_allowed(const zt_t *z, const char *key) {
@@ -85,14 +146,13 @@ static int key_allowed(const zt_t *z, const char *key) {
     return 0;
 }
 
-static void log_refusal(zt_t *z, const char *key, const char *addr) {
+/* The ZAP address is the client's IP (no port). */
+static void note_refusal(zt_t *z, const char *key, const char *addr) {
     atomic_fetch_add(&z->refused, 1);
-    for (size_t i = 0; i < z->nlogged; i++)
-        if (strcmp(z->logged[i].z85, key) == 0) return; /* said so already */
-    if (z->nlogged < MAX_LOGGED_REFUSALS)
-        memcpy(z->logged[z->nlogged++].z85, key, sizeof(graft_key_t));
-    LOG_WARN("zmq: refused CurveZMQ client key %s from %s: not on the allow-list (add its .pub "
-             "to the allow-list file to admit it)", key, addr);
+    graft_handshake_failure_t f = {.kind = GRAFT_HANDSHAKE_KEY_REFUSED, .code = 400, .count = 1};
+    snprintf(f.host, sizeof f.host, "%s", addr);
+    snprintf(f.client_key, sizeof f.client_key, "%s", key);
+    push_failure(z, &f);
 }
 
 static int frame_is(zmq_msg_t *f, const char *s) {
@@ -102,13 +162,13 @@ static int frame_is(zmq_msg_t *f, const char *s) {
 /* Answers one ZAP request (RFC 27): frames version, request id, domain,
  * address, identity, mechanism, credentials. */
 static void zap_answer(zt_t *z, zmq_msg_t *f, int n) {
-    char key[GRAFT_KEY_Z85_LEN + 1] = "", addr[64] = "?";
+    char key[GRAFT_KEY_Z85_LEN + 1] = "", addr[64] = "";
     const char *status = "400", *text = "unknown key";
     if (n >= 7 && frame_is(&f[0], "1.0") && frame_is(&f[5], "CURVE") && zmq_msg_size(&f[6]) == 32) {
         zmq_z85_encode(key, zmq_msg_data(&f[6]), 32);
         snprintf(addr, sizeof addr, "%.*s", (int)zmq_msg_size(&f[3]), (char *)zmq_msg_data(&f[3]));
         if (key_allowed(z, key)) status = "200", text = "OK";
-        else log_refusal(z, key, addr);
+        else note_refusal(z, key, addr);
     } else {
         status = "500", text = "malformed ZAP request";
     }
@@ -154,6 +214,140 @@ static int zap_start(zt_t *z, const graft_zmq_opts_t *o) {
     return GRAFT_OK;
 }
 
+/* ---- the socket monitor: handshakes that fail before ZAP ------------------- */
+
+/* The client's address of an accepted connection, unless gone (its
+ * DISCONNECTED is already queued: the fd may be closed, or another's). One
+ * that closes after its batch was read leaves getpeername failing (no
+ * address) or, if a new connection took the fd in the microseconds between,
+ * names that one: a retrying client, nearly always the same. */
+static void conn_add(zt_t *z, int fd, int gone) {
+    if (z->nconns == z->conns_cap) {
+        z->conns_cap = z->conns_cap ? 2 * z->conns_cap : 16;
+        z->conns = realloc(z->conns, z->conns_cap * sizeof *z->conns);
+        GRAFT_ASSERT(z->conns);
+    }
+    zconn_t *c = &z->conns[z->nconns++];
+    *c = (zconn_t){.fd = fd};
+    struct sockaddr_storage sa;
+    socklen_t len = sizeof sa;
+    if (gone || getpeername(fd, (struct sockaddr *)&sa, &len) != 0) return;
+    if (sa.ss_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&sa;
+        inet_ntop(AF_INET, &in->sin_addr, c->host, sizeof c->host);
+        c->port = ntohs(in->sin_port);
+    } else if (sa.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, c->host, sizeof c->host);
+        c->port = ntohs(in6->sin6_port);
+    }
+}
+
+static graft_handshake_kind_t failure_kind(int event, int code) {
+    if (event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) return GRAFT_HANDSHAKE_CLOSED;
+    if (code == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC) return GRAFT_HANDSHAKE_CRYPTO;
+    if (code == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) return GRAFT_HANDSHAKE_MECHANISM;
+    return GRAFT_HANDSHAKE_PROTOCOL;
+}
+
+/* Connection fd closed: the failure just before it, if any, was its own. */
+static void conn_closed(zt_t *z, int fd) {
+    size_t i = 0;
+    while (i < z->nconns && z->conns[i].fd != fd) i++;
+    if (z->pending) {
+        graft_handshake_failure_t f = {.kind = failure_kind(z->pending_event, z->pending_code),
+                                       .code = z->pending_code, .count = 1};
+        if (i < z->nconns) {
+            snprintf(f.host, sizeof f.host, "%s", z->conns[i].host);
+            f.port = z->conns[i].port;
+        }
+        push_failure(z, &f);
+        z->pending = 0;
+    }
+    if (i < z->nconns) z->conns[i] = z->conns[--z->nconns];
+}
+
+static void monitor_handle(zt_t *z, const zevent_t *ev, int n, int i) {
+    int fd = (int)ev[i].value, gone = 0;
+    switch (ev[i].event) {
+    case ZMQ_EVENT_ACCEPTED:
+        for (int j = i + 1; j < n && !gone; j++)
+            gone = ev[j].event == ZMQ_EVENT_DISCONNECTED && (int)ev[j].value == fd;
+        conn_add(z, fd, gone);
+        break;
+    case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+    case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        z->pending = 1;
+        z->pending_event = ev[i].event;
+        z->pending_code = (int)ev[i].value;
+        break;
+    case ZMQ_EVENT_DISCONNECTED:
+        conn_closed(z, fd);
+        break;
+    }
+}
+
+/* One event: 0, 1 for a malformed one (skipped), -1 when none is waiting.
+ * Frames: event (u16) and value (u32), then the bound endpoint. */
+static int monitor_read(void *mon, zevent_t *e) {
+    zmq_msg_t f[2];
+    int n = recv_frames(mon, f, 2, ZMQ_DONTWAIT);
+    if (n < 0) return -1;
+    int ok = n == 2 && zmq_msg_size(&f[0]) == 6;
+    if (ok) {
+        memcpy(&e->event, zmq_msg_data(&f[0]), 2);
+        memcpy(&e->value, (uint8_t *)zmq_msg_data(&f[0]) + 2, 4);
+    }
+    for (int i = 0; i < (n < 2 ? n : 2); i++) zmq_msg_close(&f[i]);
+    return ok ? 0 : 1;
+}
+
+/* Handles every event waiting, a batch at a time: an ACCEPTED looks ahead
+ * in its batch for its own DISCONNECTED. */
+static void monitor_drain(zt_t *z) {
+    zevent_t ev[MONITOR_BATCH];
+    int n, r;
+    do {
+        n = 0;
+        while (n < MONITOR_BATCH && (r = monitor_read(z->mon, &ev[n])) >= 0) n += r == 0;
+        for (int i = 0; i < n; i++) monitor_handle(z, ev, n, i);
+    } while (n == MONITOR_BATCH);
+}
+
+/* Before the bind: no event may find the PAIR unconnected, since libzmq's
+ * I/O thread would block sending it. RCVHWM 0 lifts the pipe's limit for
+ * the same reason: a coordinator busy aggregating must not stall every
+ * connection; a client retrying every 100 ms adds about 30 small events a
+ * second until recv() or next_failure() drains them. */
+static int monitor_start(zt_t *z) {
+    if (zmq_socket_monitor(z->sock, MONITOR_ENDPOINT, MONITOR_EVENTS) != 0) return -1;
+    z->mon = zmq_socket(z->ctx, ZMQ_PAIR);
+    if (!z->mon) return -1;
+    int zero = 0;
+    int rc = zmq_setsockopt(z->mon, ZMQ_RCVHWM, &zero, sizeof zero);
+    rc |= zmq_setsockopt(z->mon, ZMQ_LINGER, &zero, sizeof zero);
+    return rc | zmq_connect(z->mon, MONITOR_ENDPOINT);
+}
+
+static int zt_next_failure(graft_transport_t *t, graft_handshake_failure_t *f) {
+    zt_t *z = (zt_t *)t;
+    if (z->mon) monitor_drain(z);
+    pthread_mutex_lock(&z->mu);
+    /* Those with an address first: the failures of a client that was gone
+     * before anyone looked can then count toward the ones that name it. */
+    size_t i = 0;
+    while (i < z->nfailures && !z->failures[i].host[0]) i++;
+    if (i == z->nfailures) i = 0;
+    int got = z->nfailures > 0;
+    if (got) {
+        *f = z->failures[i];
+        memmove(&z->failures[i], &z->failures[i + 1],
+                (--z->nfailures - i) * sizeof *z->failures);
+    }
+    pthread_mutex_unlock(&z->mu);
+    return got;
+}
+
 /* ---- sockets --------------------------------------------------------------- */
 
 static int set_int(void *s, int opt, int v) { return zmq_setsockopt(s, opt, &v, sizeof v); }
@@ -196,6 +390,9 @@ static int client_opts(zt_t *z, const graft_zmq_opts_t *o) {
 }
 
 static void zt_free(zt_t *z) {
+    /* The monitor first: its events must not find our end closed. */
+    if (z->sock && z->server) zmq_socket_monitor(z->sock, NULL, 0);
+    if (z->mon) zmq_close(z->mon);
     if (z->sock) zmq_close(z->sock);
     if (z->zap_running) {
         zmq_ctx_shutdown(z->ctx); /* wakes the ZAP thread with ETERM */
@@ -204,6 +401,8 @@ static void zt_free(zt_t *z) {
     if (z->ctx) zmq_ctx_term(z->ctx);
     free(z->peers);
     free(z->allow);
+    free(z->conns);
+    pthread_mutex_destroy(&z->mu);
     free(z);
 }
 
@@ -235,11 +434,13 @@ static int zt_open(const graft_zmq_opts_t *o, int server, graft_transport_t **ou
     zt_t *z = graft_xcalloc(1, sizeof *z);
     z->base.ops = &zmq_ops;
     z->server = server;
+    pthread_mutex_init(&z->mu, NULL);
     z->ctx = zmq_ctx_new();
     if (server && o->keypair && (rc = zap_start(z, o)) != GRAFT_OK) goto fail;
     z->sock = zmq_socket(z->ctx, server ? ZMQ_ROUTER : ZMQ_DEALER);
     rc = GRAFT_EIO;
-    if (!z->sock || (server ? server_opts(z, o) : client_opts(z, o)) != 0) {
+    if (!z->sock || (server ? server_opts(z, o) : client_opts(z, o)) != 0 ||
+        (server && monitor_start(z) != 0)) {
         LOG_ERROR("zmq: cannot set up a socket for %s: %s", o->endpoint, zmq_strerror(errno));
         goto fail;
     }
@@ -329,10 +530,13 @@ static int zt_recv(graft_transport_t *t, int *peer, uint8_t **buf, size_t *len, 
     double until = graft_now() + timeout_ms / 1000.0;
     for (;;) {
         int wait = timeout_ms < 0 ? -1 : (int)((until - graft_now()) * 1000.0);
-        zmq_pollitem_t it = {z->sock, 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(&it, 1, timeout_ms < 0 ? -1 : (wait > 0 ? wait : 0));
+        zmq_pollitem_t it[2] = {{z->sock, 0, ZMQ_POLLIN, 0}, {z->mon, 0, ZMQ_POLLIN, 0}};
+        int rc = zmq_poll(it, z->mon ? 2 : 1, timeout_ms < 0 ? -1 : (wait > 0 ? wait : 0));
         if (rc == 0 || (rc < 0 && errno == EINTR)) return GRAFT_ETIMEOUT;
         if (rc < 0) return GRAFT_EIO;
+        /* Read at once: the address of a new connection is there only while it is open. */
+        if (it[1].revents & ZMQ_POLLIN) monitor_drain(z);
+        if (!(it[0].revents & ZMQ_POLLIN)) continue;
         zmq_msg_t f[2];
         int want = z->server ? 2 : 1;
         int n = recv_frames(z->sock, f, 2, ZMQ_DONTWAIT);
@@ -364,5 +568,6 @@ static const graft_transport_ops_t zmq_ops = {
     .send = zt_send,
     .recv = zt_recv,
     .peer_name = zt_peer_name,
+    .next_failure = zt_next_failure,
     .destroy = zmq_destroy,
 };

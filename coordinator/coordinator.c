@@ -11,11 +11,13 @@
 
 #include "aggregator.h"
 #include "events.h"
+#include "handshake_log.h"
 #include "trainer.h"
 #include "wire.h"
 
 #define MAX_PEERS 1024
 #define LOST_AFTER_BEATS 5
+#define HANDSHAKE_LOG_WINDOW_S 60.0 /* repeated failed handshakes: one line a minute */
 
 volatile sig_atomic_t graft_coordinator_stop = 0;
 
@@ -52,6 +54,7 @@ typedef struct {
     const graft_run_config_t *cfg;
     graft_trainer_t *tr;
     graft_events_t *ev;
+    graft_handshake_log_t *handshakes;
     uint64_t run_id;
     round_state_t state;
     int first_round, round;
@@ -623,6 +626,16 @@ static void check_lost(coord_t *c) {
     }
 }
 
+/* Clients that never got through the transport's handshake (another
+ * --server-key, a key not in --allow) send nothing: only this shows them. */
+static void check_handshakes(coord_t *c, int flush) {
+    graft_handshake_failure_t f;
+    double now = graft_now();
+    while (graft_transport_next_failure(c->o.tp, &f) == 1)
+        graft_handshake_log_add(c->handshakes, &f, c->round, now);
+    graft_handshake_log_tick(c->handshakes, c->round, now, flush);
+}
+
 static int pending_replies(const coord_t *c) {
     int pending = 0;
     for (int p = 0; p < MAX_PEERS; p++)
@@ -918,6 +931,7 @@ static int loop(coord_t *c) {
             LOG_WARN("coordinator: receive failed: %s", graft_strerror(r));
         }
         check_lost(c);
+        check_handshakes(c, 0);
         /* While the loop works (aggregation, evaluation, a checkpoint) it
          * reads no heartbeat: that deaf time is not the workers' silence. */
         double t0 = graft_now();
@@ -983,7 +997,9 @@ static int setup(coord_t *c) {
     }
     char path[2 * GRAFT_OPT_STR];
     snprintf(path, sizeof path, "%s/events.jsonl", c->cfg->out);
-    return graft_events_open(path, &c->ev);
+    rc = graft_events_open(path, &c->ev);
+    if (!rc) c->handshakes = graft_handshake_log_new(c->ev, HANDSHAKE_LOG_WINDOW_S);
+    return rc;
 }
 
 /* The two-stage channels method selects its channels after stage 1's
@@ -1035,6 +1051,7 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
                  "%d workers", c.tr->n_tasks, o->cfg.method, strategy,
                  reduce ? " (MPI reductions)" : "", c.round, o->cfg.rounds, o->expected_workers);
         rc = loop(&c);
+        check_handshakes(&c, 1);
         shutdown_workers(&c, rc ? "coordinator stopped" : "run complete", rc == 0);
         json_t *end = json_pack("{s:i, s:f, s:b, s:f}", "round", c.round, "seconds",
                                 graft_now() - c.run_t0, "ok", rc == 0, "peak_rss_mib",
@@ -1048,6 +1065,7 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
     }
     free(c.w);
     graft_aggregator_destroy(&c.agg);
+    graft_handshake_log_destroy(&c.handshakes);
     graft_events_close(&c.ev);
     graft_trainer_destroy(&c.tr);
     return rc;

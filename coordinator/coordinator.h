@@ -25,11 +25,13 @@
  * modules. Each Update is streamed into the aggregation when it arrives and
  * freed; with MPI reductions the Updates carry only metrics and the round
  * also waits for the reductions (no worker is declared lost then: under
- * mpirun a dead rank aborts the job). Each round logs the cohorts;
- * round_end carries them (names sorted), the aggregation's report, the
- * round's time split (round_ms = train_ms_last + comm_ms + agg_ms, agg_ms
- * counting each reply's accumulation as it arrived; see round_times) and
- * the peak RSS; run_end the peak RSS.
+ * mpirun a dead rank aborts the job). Clients that fail the transport's
+ * handshake (another --server-key, a key not in --allow) are logged,
+ * rate-limited, with handshake_failed events (handshake_log.h). Each round
+ * logs the cohorts; round_end carries them (names sorted), the
+ * aggregation's report, the round's time split (round_ms = train_ms_last +
+ * comm_ms + agg_ms, agg_ms counting each reply's accumulation as it
+ * arrived; see round_times) and the peak RSS; run_end the peak RSS.
  *
  * The global modules live in a graft_trainer_t built from the run config
  * with every task's files, which also evaluates them and checkpoints them

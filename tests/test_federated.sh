@@ -1,11 +1,13 @@
 #!/bin/sh
 # test_federated.sh — federated runs with real processes on loopback
 # (DESIGN §5, issue 4):
-#  1. CurveZMQ: a client whose key is not on the allow-list cannot join; the
-#     coordinator logs the refusal and the run with the allowed clients
-#     completes; the refused client gives up after --hello_timeout_ms and
-#     says why; command lines: keygen's arguments, strict numbers, graft
-#     run's own options as config lines (workers = 1 below);
+#  1. CurveZMQ: a client whose key is not on the allow-list cannot join, nor
+#     can one with another --server-key; the coordinator logs each (once,
+#     then a count: they retry every 100 ms) with handshake_failed events,
+#     and the run with the allowed clients completes; the refused client
+#     gives up after --hello_timeout_ms and says why; command lines:
+#     keygen's arguments, strict numbers, graft run's own options as config
+#     lines (workers = 1 below);
 #  2. one worker holding all the data ends with the same modules (up to the
 #     fixed-point aggregation's quantum, 2^-37) and the same test metrics as
 #     `graft train` for the same steps; over several rounds too when the
@@ -57,6 +59,12 @@ PIDS="$COORD"
     --curve mallory --server-key coordinator.pub --hello_timeout_ms 3000 2>"$T/mallory.err" &
 MALLORY=$!
 PIDS="$PIDS $MALLORY"
+# An allowed key with the wrong server key (bob's): its hello cannot be
+# decrypted, and it retries every 100 ms until its own timeout.
+"$GRAFT" worker --connect "$EP" --config run.conf --name eve --shard 1/2 \
+    --curve alice --server-key bob.pub --hello_timeout_ms 3000 2>"$T/eve.err" &
+EVE=$!
+PIDS="$PIDS $EVE"
 sleep 1
 for w in alice bob; do
     i=$([ $w = alice ] && echo 0 || echo 1)
@@ -82,8 +90,41 @@ if wait "$MALLORY"; then fail "the refused worker exited 0"; fi
 grep -q "worker mallory: no answer from the coordinator in 3 s after saying hello: .*public key \
 on its --allow list" "$T/mallory.err" ||
     { tail -5 "$T/mallory.err" >&2; fail "the refused worker did not say why it gave up"; }
-echo "ok 1 - CurveZMQ: a key off the allow-list is refused and logged; the allowed run" \
-    "completes; the refused worker times out its hello"
+if wait "$EVE"; then fail "the worker with the wrong server key exited 0"; fi
+# Failed handshakes: one line saying what to do, then counts, not a line per
+# retry; a handshake_failed event for each line; the file stays JSON lines.
+python3 - "$EV" <<'PY' || fail "events.jsonl is not one JSON object per line"
+import json, sys
+for n, line in enumerate(open(sys.argv[1]), 1):
+    assert isinstance(json.loads(line), dict), n
+PY
+lines() { grep -c "$1" "$T/curve.err" || true; }
+hs_events() { grep '"event":"handshake_failed"' "$EV" || true; }
+events() { hs_events | grep -c "$1" || true; }
+CRYPTO="failed the CurveZMQ handshake (cryptographic error): does it use this coordinator's \
+public key? (its graft worker --server-key must be the .pub of this coordinator's --curve-secret"
+n=$(lines "$CRYPTO")
+[ "$n" -ge 1 ] && [ "$n" -le 2 ] &&
+    [ "$(lines "a client at 127\.0\.0\.1:[0-9]* $CRYPTO")" -ge 1 ] ||
+    { grep handshake "$T/curve.err" >&2 || true; fail "$n lines for the wrong server key"; }
+n=$(grep -o "[0-9]* more CurveZMQ handshake failures (cryptographic error) from 127.0.0.1" \
+    "$T/curve.err" | awk '{s += $1} END {print s + 0}')
+[ "$n" -ge 3 ] || fail "the wrong server key's retries were not counted ($n)"
+[ "$(lines 'CurveZMQ handshake failures')" -le 2 ] || fail "the retries flooded the log"
+[ "$(events '"reason":"cryptographic_error","failures":1,"summary":false,"peer":"127.0.0.1:')" \
+    -ge 1 ] || fail "no handshake_failed event for the wrong server key"
+[ "$(events cryptographic_error)" -le 4 ] || fail "too many cryptographic_error events"
+MKEY=$(grep -v '^#' mallory.pub) # Z85 has regex characters: grep -F
+[ "$(grep -cF "refused CurveZMQ client key $MKEY from 127.0.0.1: not in the --allow file" \
+    "$T/curve.err")" -eq 1 ] || fail "the refused key was not logged once"
+[ "$(hs_events | grep '"reason":"key_not_allowed","failures":1,"summary":false,"peer":"127.0.0.1"' |
+    grep -cF "\"client_key\":\"$MKEY\"")" -eq 1 ] ||
+    fail "no handshake_failed event naming the refused key"
+hs_events | grep key_not_allowed | grep -qvF "$MKEY" &&
+    fail "a key_not_allowed event without its key"
+[ "$(events .)" -le 8 ] || fail "$(events .) handshake_failed events: a flood"
+echo "ok 1 - CurveZMQ: a key off the allow-list and a wrong server key are logged once, then" \
+    "counted; the allowed run completes; the refused workers time out their hello"
 
 # ---- 1b. command lines: keygen, strict numbers, distributed options in a config
 "$GRAFT" keygen --force carol >/dev/null || fail "keygen --force NAME failed"
