@@ -217,8 +217,8 @@ static const graft_option_t worker_options[] = {
      "CurveZMQ: the coordinator's public key file (SERVER.pub)"},
     {"hello_timeout_ms", GRAFT_OPT_INT, OFF(hello_timeout_ms), "120000", 0, 1e9,
      "give up (exit 1) when the coordinator has not answered this worker's hello within N ms: "
-     "it is not running there, or it refuses this worker's CurveZMQ key (its --allow list); "
-     "0: wait forever"},
+     "it is not running there, it refuses this worker's CurveZMQ key (its --allow list), or "
+     "--server-key is not its key (its log says which); 0: wait forever"},
     {"coordinator_timeout_ms", GRAFT_OPT_INT, OFF(coordinator_timeout_ms), "-1", -1, 1e9,
      "once registered, say hello again when the coordinator has been silent for N ms, and exit "
      "1 if that hello is not answered within --hello_timeout_ms (the coordinator is gone); "

@@ -238,8 +238,9 @@ static int hello_unanswered(worker_t *w) {
     int limit = w->o.hello_timeout_ms;
     if (!w->hello_at || limit <= 0 || graft_now() - w->hello_at < limit / 1000.0) return 0;
     LOG_ERROR("worker %s: no answer from the coordinator in %g s after saying hello: is it "
-              "running at --connect, and (with CurveZMQ) is this worker's public key on its "
-              "--allow list? (wait longer with --hello_timeout_ms)", w->name, limit / 1000.0);
+              "running at --connect, and (with CurveZMQ) is --server-key its public key and "
+              "this worker's public key on its --allow list? (the coordinator's log says which; "
+              "wait longer with --hello_timeout_ms)", w->name, limit / 1000.0);
     return 1;
 }
 
