@@ -440,7 +440,7 @@ static int by_key(const void *a, const void *b) {
 int graft_aggregate_fedavg(graft_agg_input_t *in, int n, float *dst, size_t numel) {
     double total = 0.0;
     int used = 0;
-    qsort(in, (size_t)n, sizeof *in, by_key);
+    if (n > 1) qsort(in, (size_t)n, sizeof *in, by_key); /* in may be NULL when n is 0 */
     for (int i = 0; i < n; i++)
         if (in[i].weight > 0) {
             total += in[i].weight;
