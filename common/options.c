@@ -269,7 +269,16 @@ void graft_options_format(char *buf, size_t n, const graft_option_t *o, const vo
     const char *field = (const char *)target + o->offset;
     switch (o->type) {
     case GRAFT_OPT_INT: snprintf(buf, n, "%d", *(const int *)field); break;
-    case GRAFT_OPT_FLOAT: snprintf(buf, n, "%.9g", *(const float *)field); break;
+    case GRAFT_OPT_FLOAT: {
+        /* The shortest of %g's forms that the parser reads back as the same
+         * float (0.1, not 0.100000001); nine digits always do. */
+        float x = *(const float *)field;
+        for (int digits = 6; digits <= 9; digits++) {
+            snprintf(buf, n, "%.*g", digits, (double)x);
+            if ((float)strtod(buf, NULL) == x) break;
+        }
+        break;
+    }
     case GRAFT_OPT_BOOL: snprintf(buf, n, "%s", *(const int *)field ? "true" : "false"); break;
     case GRAFT_OPT_STRING: snprintf(buf, n, "%s", field); break;
     }

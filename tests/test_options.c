@@ -467,6 +467,20 @@ static void test_dump_reload_digest(void **state) {
     assert_int_equal(back.verbose, 1);
     assert_int_equal(back.seed, -3);
 
+    /* floats in their shortest exact form (0.1, not 0.100000001); the next
+     * float up needs eight digits and keeps them */
+    char buf[64];
+    graft_options_format(buf, sizeof buf, &table[1], &s);
+    assert_string_equal(buf, "0.1");
+    uint32_t bits;
+    memcpy(&bits, &s.lr, sizeof bits);
+    bits++;
+    memcpy(&back.lr, &bits, sizeof bits);
+    graft_options_format(buf, sizeof buf, &table[1], &back);
+    assert_string_equal(buf, "0.10000001");
+    assert_int_equal(graft_options_set(table, &s, "lr", buf, "test"), GRAFT_OK);
+    assert_memory_equal(&back.lr, &s.lr, sizeof s.lr);
+
     /* the digest sees every option */
     settings_t d;
     assert_int_equal(parse(&d, (const char *const[]){NULL}), GRAFT_OPTS_OK);
