@@ -263,7 +263,7 @@ int cli_train_graft(const graft_run_config_t *cfg) {
     char path[2 * GRAFT_OPT_STR], groups[64];
     snprintf(path, sizeof path, "%s/events.jsonl", cfg->out);
     graft_events_t *ev = NULL;
-    if (graft_events_open(path, &ev)) {
+    if (cli_write_run_config("train", cfg) || graft_events_open(path, &ev)) {
         graft_grafting_destroy(&g);
         return 1;
     }

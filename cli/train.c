@@ -75,7 +75,7 @@ int cmd_train(int argc, char **argv) {
     char path[2 * GRAFT_OPT_STR];
     snprintf(path, sizeof path, "%s/events.jsonl", cfg.out);
     graft_events_t *ev = NULL;
-    if (graft_events_open(path, &ev)) {
+    if (cli_write_run_config("train", &cfg) || graft_events_open(path, &ev)) {
         graft_trainer_destroy(&tr);
         return 1;
     }

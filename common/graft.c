@@ -26,8 +26,18 @@ const char *graft_strerror(int err) {
     }
 }
 
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+int graft_log_level_parse(const char *name, graft_log_level_t *out) {
+    for (int l = GRAFT_LOG_DEBUG; l <= GRAFT_LOG_ERROR; l++)
+        if (!strcmp(name, level_names[l])) {
+            *out = (graft_log_level_t)l;
+            return GRAFT_OK;
+        }
+    return GRAFT_EINVAL;
+}
+
 void graft_log_write(graft_log_level_t level, const char *fmt, ...) {
-    static const char *names[] = {"debug", "info", "warn", "error"};
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
@@ -40,7 +50,8 @@ void graft_log_write(graft_log_level_t level, const char *fmt, ...) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     /* One fprintf per line so that lines from several processes do not interleave. */
-    fprintf(stderr, "%s.%03ld %-5s %s\n", stamp, ts.tv_nsec / 1000000, names[level], msg);
+    fprintf(stderr, "%s.%03ld %-5s %s\n", stamp, ts.tv_nsec / 1000000, level_names[level],
+            msg);
 }
 
 void *graft_xmalloc(size_t n) {

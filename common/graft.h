@@ -45,7 +45,12 @@ const char *graft_strerror(int err);
 
 typedef enum { GRAFT_LOG_DEBUG, GRAFT_LOG_INFO, GRAFT_LOG_WARN, GRAFT_LOG_ERROR } graft_log_level_t;
 
+/* Lines below this level are not written (GRAFT_LOG_INFO unless set). */
 extern graft_log_level_t graft_log_level;
+
+/* "debug", "info", "warn" or "error" into *out; GRAFT_EINVAL for anything
+ * else. */
+int graft_log_level_parse(const char *name, graft_log_level_t *out);
 
 void graft_log_write(graft_log_level_t level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -100,6 +100,7 @@ const graft_option_t graft_run_options[] = {
      "the trunk's products (projections, LM head, attention): fp32 (sgemm) or bf16 (bf16 operands, "
      "fp32 sums; needs AVX512_BF16; about 1.5x faster training steps; storage stays fp32)"},
     {"log_every", GRAFT_OPT_INT, OFF(log_every), "20", 1, 1e9, "progress line every N steps"},
+    {"log_level", GRAFT_OPT_STRING, OFF(log_level), "", 0, -1, GRAFT_LOG_LEVEL_HELP},
     {"rounds", GRAFT_OPT_INT, OFF(rounds), "10", 1, 1e9, "federated rounds"},
     {"local_steps", GRAFT_OPT_INT, OFF(local_steps), "10", 1, 1e9, "worker steps per round"},
     {"keep_optimizer_state", GRAFT_OPT_BOOL, OFF(keep_optimizer_state), "false", 0, -1,

@@ -63,6 +63,7 @@ typedef struct {
     int threads;
     char precision[GRAFT_OPT_STR]; /* fp32 or bf16 (graft_gpt2_set_precision) */
     int log_every;
+    char log_level[GRAFT_OPT_STR]; /* error, warn, info, debug; empty: GRAFT_LOG_LEVEL */
     /* distributed */
     int rounds;
     int local_steps;
