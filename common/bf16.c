@@ -44,11 +44,7 @@ static uint32_t *scratch_words(graft_bf16_scratch_t *s, size_t n) {
     size_t bytes = (n * sizeof(uint32_t) + 63) & ~(size_t)63;
     if (bytes > s->cap) {
         free(s->mem);
-        s->mem = aligned_alloc(64, bytes);
-        if (!s->mem) {
-            fprintf(stderr, "graft: out of memory allocating %zu bytes of bf16 scratch\n", bytes);
-            abort();
-        }
+        s->mem = graft_xalloc64(bytes, 0);
         s->cap = bytes;
     }
     return s->mem;

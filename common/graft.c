@@ -72,6 +72,20 @@ void *graft_xcalloc(size_t count, size_t size) {
     return p;
 }
 
+void *graft_xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) {
+        fprintf(stderr, "graft: out of memory allocating %zu bytes\n", n);
+        abort();
+    }
+    return q;
+}
+
+char *graft_xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    return memcpy(graft_xmalloc(n), s, n);
+}
+
 void *graft_xalloc64(size_t n, int zero) {
     size_t bytes = (n + 63) & ~(size_t)63;
     void *p = aligned_alloc(64, bytes ? bytes : 64);
@@ -111,19 +125,34 @@ void graft_path_dir(const char *path, char *dir, size_t cap) {
 char *graft_read_file(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
-    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    char *buf = NULL;
-    if (size >= 0 && fseek(f, 0, SEEK_SET) == 0) {
-        buf = graft_xmalloc((size_t)size + 1);
-        if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
-            free(buf);
-            buf = NULL;
-        } else {
-            buf[size] = '\0';
-            *n = (size_t)size;
-        }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || S_ISDIR(st.st_mode)) {
+        int err = S_ISDIR(st.st_mode) ? EISDIR : errno;
+        fclose(f);
+        errno = err;
+        return NULL;
     }
+    /* A regular file's size is a hint (it may change under us); a stream
+     * grows the buffer until its end. */
+    size_t cap = S_ISREG(st.st_mode) ? (size_t)st.st_size + 1 : (size_t)1 << 16, len = 0;
+    char *buf = graft_xmalloc(cap);
+    for (;;) {
+        size_t want = cap - 1 - len, got = fread(buf + len, 1, want, f);
+        len += got;
+        int c = got < want ? EOF : getc(f);
+        if (c == EOF) break;
+        buf = graft_xrealloc(buf, cap *= 2);
+        buf[len++] = (char)c;
+    }
+    int err = ferror(f) ? (errno ? errno : EIO) : 0;
     fclose(f);
+    if (err) {
+        free(buf);
+        errno = err;
+        return NULL;
+    }
+    buf[len] = '\0';
+    *n = len;
     return buf;
 }
 

@@ -69,6 +69,8 @@ void graft_log_write(graft_log_level_t level, const char *fmt, ...)
  * once at start, so there is nothing sensible to recover to. */
 void *graft_xmalloc(size_t n);
 void *graft_xcalloc(size_t count, size_t size);
+void *graft_xrealloc(void *p, size_t n);
+char *graft_xstrdup(const char *s);
 /* n bytes (zeroed when zero is set) at a 64-byte boundary, where whole
  * AVX-512 vectors start; free() releases them. */
 void *graft_xalloc64(size_t n, int zero);
@@ -81,7 +83,9 @@ int graft_mkdirs_for(const char *path);
 void graft_path_dir(const char *path, char *dir, size_t cap);
 
 /* The whole of file path in a new buffer that the caller frees (*n bytes,
- * plus a NUL after them); NULL, with errno set, when it cannot be read. */
+ * plus a NUL after them); NULL, with errno set (EISDIR for a directory),
+ * when it cannot be read. Pipes and character devices are read to their
+ * end. The caller logs the failure with the path. */
 char *graft_read_file(const char *path, size_t *n);
 
 /* Monotonic wall clock in seconds. */

@@ -262,30 +262,6 @@ out:
 
 /* ---- reading -------------------------------------------------------------- */
 
-static int read_whole_file(graft_st_file_t *f) {
-    FILE *fp = fopen(f->path, "rb");
-    if (!fp) {
-        LOG_ERROR("%s: cannot open: %s", f->path, strerror(errno));
-        return GRAFT_EIO;
-    }
-    struct stat st;
-    int rc = GRAFT_EIO;
-    if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
-        LOG_ERROR("%s: not a regular file", f->path);
-        goto out;
-    }
-    f->size = (size_t)st.st_size;
-    f->buf = graft_xmalloc(f->size);
-    if (fread(f->buf, 1, f->size, fp) != f->size) {
-        LOG_ERROR("%s: short read of %zu bytes: %s", f->path, f->size, strerror(errno));
-        goto out;
-    }
-    rc = GRAFT_OK;
-out:
-    fclose(fp);
-    return rc;
-}
-
 static int parse_dtype(const graft_st_file_t *f, const char *name, json_t *entry,
                        graft_st_dtype_t *out) {
     const char *dtype = json_string_value(json_object_get(entry, "dtype"));
@@ -466,9 +442,10 @@ int graft_st_open(const char *path, graft_st_file_t **out) {
     GRAFT_ASSERT(path && out);
     *out = NULL;
     graft_st_file_t *f = graft_xcalloc(1, sizeof *f);
-    f->path = strdup(path);
-    GRAFT_ASSERT(f->path);
-    int rc = read_whole_file(f);
+    f->path = graft_xstrdup(path);
+    f->buf = (uint8_t *)graft_read_file(path, &f->size);
+    int rc = f->buf ? GRAFT_OK : GRAFT_EIO;
+    if (rc) LOG_ERROR("%s: cannot open: %s", path, strerror(errno));
     if (!rc) rc = parse_header(f);
     if (!rc) rc = check_layout(f);
     if (rc) {

@@ -411,7 +411,7 @@ static int check_ident(const char *s, const char *what, char *why, size_t why_le
 
 static int dup_ident(const char *s, const char *what, char **out, char *why, size_t why_len) {
     int rc = check_ident(s, what, why, why_len);
-    if (rc == GRAFT_OK) *out = strdup(s);
+    if (rc == GRAFT_OK) *out = graft_xstrdup(s);
     return rc;
 }
 
@@ -587,7 +587,7 @@ static int dec_settings(const Graft__Hello *pb, graft_wire_hello_t *m, char *why
         if (n > GRAFT_WIRE_MAX_SETTING)
             return fail(why, why_len, GRAFT_EFORMAT, "hello setting '%s' is %zu bytes, at most "
                         "%d", s->name, n, GRAFT_WIRE_MAX_SETTING);
-        m->settings[i].value = strdup(v);
+        m->settings[i].value = graft_xstrdup(v);
         for (size_t j = 0; j < i; j++)
             if (!strcmp(m->settings[j].name, s->name))
                 return fail(why, why_len, GRAFT_EFORMAT, "hello setting '%s' appears twice",
@@ -799,12 +799,12 @@ static int dec_small(const Graft__Envelope *env, graft_msg_t *m, char *why, size
         m->heartbeat.unix_ms = env->heartbeat->unix_ms;
         return GRAFT_OK;
     case GRAFT__ENVELOPE__BODY_SHUTDOWN:
-        m->shutdown.reason = strdup(env->shutdown->reason ? env->shutdown->reason : "");
+        m->shutdown.reason = graft_xstrdup(env->shutdown->reason ? env->shutdown->reason : "");
         m->shutdown.run_complete = env->shutdown->run_complete;
         return GRAFT_OK;
     case GRAFT__ENVELOPE__BODY_ERROR:
         m->error.code = env->error->code;
-        m->error.message = strdup(env->error->message ? env->error->message : "");
+        m->error.message = graft_xstrdup(env->error->message ? env->error->message : "");
         return GRAFT_OK;
     default:
         return fail(why, why_len, GRAFT_EFORMAT, "message has no body (field %d)",
