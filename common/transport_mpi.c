@@ -23,7 +23,7 @@
 #include "transport.h"
 
 #define GRAFT_MPI_TAG 4711
-#define REDUCE_CHUNK ((size_t)1 << 26) /* floats per MPI call: counts are int */
+#define REDUCE_CHUNK ((size_t)1 << 26) /* int64 elements per MPI call: counts are int */
 #define DRAIN_SECONDS 5.0
 
 typedef struct {
