@@ -5,9 +5,11 @@
 #include <stdarg.h>
 #include <string.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 graft_log_level_t graft_log_level = GRAFT_LOG_INFO;
 
@@ -120,6 +122,18 @@ void graft_path_dir(const char *path, char *dir, size_t cap) {
     if (!slash) snprintf(dir, cap, ".");
     else if (slash == path) snprintf(dir, cap, "/");
     else snprintf(dir, cap, "%.*s", (int)(slash - path), path);
+}
+
+int graft_fsync_dir_of(const char *path) {
+    char dir[4096];
+    graft_path_dir(path, dir, sizeof dir);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return GRAFT_EIO;
+    int rc = fsync(fd) == 0 || errno == EINVAL ? GRAFT_OK : GRAFT_EIO;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
 }
 
 char *graft_read_file(const char *path, size_t *n) {

@@ -82,6 +82,11 @@ int graft_mkdirs_for(const char *path);
  * file at the root. */
 void graft_path_dir(const char *path, char *dir, size_t cap);
 
+/* fsync of the folder of path, so that a rename into it (an atomic
+ * checkpoint) survives a crash; a file system that cannot sync folders
+ * (EINVAL) counts as done. GRAFT_EIO with errno set on failure. */
+int graft_fsync_dir_of(const char *path);
+
 /* The whole of file path in a new buffer that the caller frees (*n bytes,
  * plus a NUL after them); NULL, with errno set (EISDIR for a directory),
  * when it cannot be read. Pipes and character devices are read to their

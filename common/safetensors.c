@@ -6,7 +6,8 @@
  * has to find a tensor, compare shapes and convert. Writing builds the header
  * with jansson, pads it with spaces to a multiple of 8 bytes (as Hugging Face
  * does, so the data section starts aligned), lays the tensors out back to back
- * in the order given and renames a fsynced temporary file over the target.
+ * in the order given, renames a fsynced temporary file over the target and
+ * fsyncs the folder (the rename is durable only then).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "safetensors.h"
@@ -247,6 +248,10 @@ int graft_st_write(const char *path, const graft_st_tensor_t *tensors, int n_ten
     } else if (rename(tmp, path) != 0) {
         saved = errno;
         LOG_ERROR("%s: cannot rename %s over it: %s", path, tmp, strerror(saved));
+    } else if (graft_fsync_dir_of(path) != GRAFT_OK) {
+        /* In place, but the rename may not survive a crash. */
+        saved = errno;
+        LOG_ERROR("%s: written, but its folder cannot be synced: %s", path, strerror(saved));
     } else {
         rc = GRAFT_OK;
     }
