@@ -465,7 +465,14 @@ int cmd_mpi(int argc, char **argv) {
     if (prc) return prc > 0 ? 0 : 2;
     const char *shards = *shards_dir ? shards_dir : NULL;
     int provided = 0, rank = 0, size = 1;
-    MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
+    int mrc = MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
+    if (mrc != MPI_SUCCESS) {
+        char why[MPI_MAX_ERROR_STRING] = "";
+        int len = 0;
+        MPI_Error_string(mrc, why, &len);
+        LOG_ERROR("graft mpi: MPI_Init_thread failed (%s): start it with mpirun -np N", why);
+        return 1;
+    }
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     int rc = GRAFT_OK;
