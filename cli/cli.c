@@ -1,7 +1,9 @@
 /* cli.c — what several subcommands share: the thread count for OpenBLAS
- * and OpenMP, parsing the run options and telling --method graft apart. */
+ * and OpenMP, the log level, parsing the run options, writing the
+ * effective config and telling --method graft apart. */
 #include <cblas.h>
 #include <omp.h>
+#include <stdlib.h>
 
 #include "commands.h"
 #include "peft.h"
@@ -13,10 +15,38 @@ int cli_set_threads(int n) {
     return n;
 }
 
+int cli_set_log_level(const char *level) {
+    const char *env = getenv("GRAFT_LOG_LEVEL");
+    const char *name = *level ? level : env && *env ? env : "info";
+    graft_log_level_t l;
+    if (graft_log_level_parse(name, &l)) {
+        LOG_ERROR("%s '%s': expected error, warn, info or debug",
+                  *level ? "--log_level" : "GRAFT_LOG_LEVEL", name);
+        return -1;
+    }
+    graft_log_level = l;
+    return 0;
+}
+
+int cli_write_config(const char *path, const char *command, const graft_option_set_t *sets,
+                     int nsets) {
+    char header[160];
+    snprintf(header, sizeof header, "graft %s: effective settings (graft %s --config FILE)",
+             command, command);
+    return graft_options_write_sets(path, header, sets, nsets) ? -1 : 0;
+}
+
+int cli_write_run_config(const char *command, const graft_run_config_t *cfg) {
+    char path[GRAFT_OPT_STR + 16];
+    snprintf(path, sizeof path, "%s/config.txt", cfg->out);
+    graft_option_set_t set = {graft_run_options, (void *)cfg};
+    return cli_write_config(path, command, &set, 1);
+}
+
 int cli_parse_run(int argc, char **argv, const char *usage, graft_run_config_t *cfg) {
     int rc = graft_options_parse(graft_run_options, cfg, argc, argv, usage);
     if (rc == GRAFT_OPTS_HELP) return 1;
-    if (rc) return -1;
+    if (rc || cli_set_log_level(cfg->log_level)) return -1;
     cli_set_threads(cfg->threads);
     return 0;
 }

@@ -34,8 +34,22 @@ int cli_method_graft(const graft_run_config_t *cfg);
 /* Sets OpenBLAS and OpenMP to n threads (n <= 0: all cores); returns n used. */
 int cli_set_threads(int n);
 
+/* Sets graft_log_level from a --log_level value, or when it is empty from
+ * the GRAFT_LOG_LEVEL environment variable (else info); -1 (logged) when
+ * the one used is no level name. */
+int cli_set_log_level(const char *level);
+
+/* Writes the effective settings of a command (its option tables, as
+ * parsed) to path (OUT/config.txt), for `graft COMMAND --config path`;
+ * logs the path. 0, or -1 (logged) when it cannot be written. */
+int cli_write_config(const char *path, const char *command, const graft_option_set_t *sets,
+                     int nsets);
+
+/* cli_write_config for a command of the run options alone: OUT/config.txt. */
+int cli_write_run_config(const char *command, const graft_run_config_t *cfg);
+
 /* Parses the run options (graft_run_options) into cfg and sets the thread
- * count; 0: ok, 1: --help printed, -1: error (printed). */
+ * count and the log level; 0: ok, 1: --help printed, -1: error (printed). */
 int cli_parse_run(int argc, char **argv, const char *usage, graft_run_config_t *cfg);
 
 #endif

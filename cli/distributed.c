@@ -46,7 +46,7 @@ static int parse_command(const graft_option_t *table, void *own, int argc, char 
     graft_option_set_t sets[] = {{table, own}, {graft_run_options, cfg}};
     int rc = graft_options_parse_sets(sets, 2, argc, argv, usage, NULL, NULL);
     if (rc == GRAFT_OPTS_HELP) return 1;
-    if (rc) return -1;
+    if (rc || cli_set_log_level(cfg->log_level)) return -1;
     cli_set_threads(cfg->threads);
     return 0;
 }
@@ -136,9 +136,19 @@ static const graft_option_t coordinator_options[] = {
 };
 #undef OFF
 
-static int run_coordinator(const graft_run_config_t *cfg, graft_transport_t *tp, int workers,
-                           const char *mode, void (*stop_reason)(void *, char *, size_t),
-                           void *stop_ctx, int stall_timeout_ms) {
+/* Runs the coordinator (mode: zmq for graft coordinator, run or mpi) after
+ * writing the effective settings, own (the command's options) and cfg, to
+ * OUT/config.txt. */
+static int run_coordinator(const graft_run_config_t *cfg, graft_option_set_t own,
+                           graft_transport_t *tp, int workers, const char *mode,
+                           void (*stop_reason)(void *, char *, size_t), void *stop_ctx,
+                           int stall_timeout_ms) {
+    if (graft_coordinator_check(cfg, workers)) return GRAFT_EINVAL;
+    char path[GRAFT_OPT_STR + 16];
+    snprintf(path, sizeof path, "%s/config.txt", cfg->out);
+    graft_option_set_t sets[] = {own, {graft_run_options, (void *)cfg}};
+    if (cli_write_config(path, strcmp(mode, "zmq") ? mode : "coordinator", sets, 2))
+        return GRAFT_EIO;
     graft_coordinator_opts_t co = {.cfg = *cfg, .expected_workers = workers, .tp = tp,
                                    .mode = mode, .stop_reason = stop_reason,
                                    .stop_ctx = stop_ctx, .stall_timeout_ms = stall_timeout_ms};
@@ -169,7 +179,8 @@ int cmd_coordinator(int argc, char **argv) {
         LOG_INFO("coordinator: listening on %s%s", graft_transport_zmq_endpoint(tp),
                  secret ? " (CurveZMQ)" : "");
         install_signals();
-        rc = run_coordinator(&cfg, tp, co.workers, "zmq", NULL, NULL, co.stall_timeout_ms);
+        rc = run_coordinator(&cfg, (graft_option_set_t){coordinator_options, &co}, tp,
+                             co.workers, "zmq", NULL, NULL, co.stall_timeout_ms);
     }
     graft_transport_destroy(&tp);
     free(allow);
@@ -405,7 +416,9 @@ int cmd_run(int argc, char **argv) {
     int rc = GRAFT_OK;
     for (int i = 0; i < k && !rc; i++)
         if ((pids[i] = spawn_worker(ep, i, k, shards, &cfg)) < 0) rc = GRAFT_EIO;
-    if (!rc) rc = run_coordinator(&cfg, tp, k, "run", child_reason, &children, 0);
+    if (!rc)
+        rc = run_coordinator(&cfg, (graft_option_set_t){run_cli_options, &rcli}, tp, k, "run",
+                             child_reason, &children, 0);
     if (rc && children.died) LOG_ERROR("run: a worker process ended before the run did (its log "
                                       "is above); stopped");
     signal(SIGCHLD, SIG_DFL);
@@ -452,7 +465,14 @@ int cmd_mpi(int argc, char **argv) {
     if (prc) return prc > 0 ? 0 : 2;
     const char *shards = *shards_dir ? shards_dir : NULL;
     int provided = 0, rank = 0, size = 1;
-    MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
+    int mrc = MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
+    if (mrc != MPI_SUCCESS) {
+        char why[MPI_MAX_ERROR_STRING] = "";
+        int len = 0;
+        MPI_Error_string(mrc, why, &len);
+        LOG_ERROR("graft mpi: MPI_Init_thread failed (%s): start it with mpirun -np N", why);
+        return 1;
+    }
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     int rc = GRAFT_OK;
@@ -474,7 +494,8 @@ int cmd_mpi(int argc, char **argv) {
     if (!rc) {
         install_signals();
         if (rank == 0) {
-            rc = run_coordinator(&cfg, tp, size - 1, "mpi", NULL, NULL, 0);
+            rc = run_coordinator(&cfg, (graft_option_set_t){mpi_cli_options, shards_dir}, tp,
+                                 size - 1, "mpi", NULL, NULL, 0);
         } else {
             graft_worker_opts_t wo = {.cfg = cfg, .shard_index = rank - 1,
                                       .shard_count = size - 1, .tp = tp,

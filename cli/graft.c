@@ -263,7 +263,7 @@ int cli_train_graft(const graft_run_config_t *cfg) {
     char path[2 * GRAFT_OPT_STR], groups[64];
     snprintf(path, sizeof path, "%s/events.jsonl", cfg->out);
     graft_events_t *ev = NULL;
-    if (graft_events_open(path, &ev)) {
+    if (cli_write_run_config("train", cfg) || graft_events_open(path, &ev)) {
         graft_grafting_destroy(&g);
         return 1;
     }
@@ -298,9 +298,9 @@ int cli_train_graft(const graft_run_config_t *cfg) {
     for (int i = 0; i < nsp * n; i++) graft_mask_destroy(&masks[i]);
     free(masks);
     free(each);
-    graft_events_close(&ev);
+    int erc = graft_events_close(&ev); /* a lost event line fails the run (logged) */
     graft_grafting_destroy(&g);
-    return rc ? 1 : 0;
+    return rc || erc ? 1 : 0;
 }
 
 /* ---- graft eval --method graft -------------------------------------------- */
@@ -464,7 +464,8 @@ static int mask_overlap(char **files, int n, const char *out) {
             rc = report_overlap(masks, labels, n, 0, path, ev);
             graft_events_emit(ev, "run_end", json_pack("{s:b}", "ok", rc == 0));
         }
-        graft_events_close(&ev);
+        int erc = graft_events_close(&ev);
+        if (!rc) rc = erc;
     }
     for (int i = 0; i < read; i++) free_mask_file(&mf[i]);
     free(mf);

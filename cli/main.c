@@ -51,6 +51,7 @@ int main(int argc, char **argv) {
         printf("graft %s\n", GRAFT_VERSION);
         return 0;
     }
+    if (cli_set_log_level("")) return 2; /* GRAFT_LOG_LEVEL; --log_level may override it */
     for (size_t i = 0; i < NUM_COMMANDS; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
     fprintf(stderr, "graft: unknown command '%s'\n\n", argv[1]);

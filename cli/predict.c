@@ -73,7 +73,7 @@ static int parse_task_model(int argc, char **argv, int export, task_model_config
     int rc = graft_options_parse(table, pc, argc, argv, export ? export_usage : predict_usage);
     free(table);
     if (rc == GRAFT_OPTS_HELP) return 1;
-    if (rc) return -1;
+    if (rc || cli_set_log_level(pc->run.log_level)) return -1;
     cli_set_threads(pc->run.threads);
     return 0;
 }

@@ -1,5 +1,6 @@
 /* pretrain.c — `graft pretrain`: the front end of common/pretrain.c. */
 #include <stdio.h>
+#include <string.h>
 
 #include "commands.h"
 #include "graft.h"
@@ -13,8 +14,15 @@ int cmd_pretrain(int argc, char **argv) {
                                  "evaluates on a held-out slice and writes safetensors checkpoints.\n"
                                  "Prints eval_loss=<x> on stdout at the end.");
     if (rc == GRAFT_OPTS_HELP) return 0;
-    if (rc) return 2;
+    if (rc || cli_set_log_level(cfg.log_level)) return 2;
     cli_set_threads(cfg.threads);
+    /* Beside the checkpoint: OUT.config.txt for OUT.safetensors. */
+    char path[GRAFT_OPT_STR + 16];
+    size_t n = strlen(cfg.out);
+    int ext = n > 12 && !strcmp(cfg.out + n - 12, ".safetensors");
+    snprintf(path, sizeof path, "%.*s.config.txt", (int)(ext ? n - 12 : n), cfg.out);
+    graft_option_set_t set = {graft_pretrain_options, &cfg};
+    if (cli_write_config(path, "pretrain", &set, 1)) return 1;
     graft_pretrain_result_t res;
     rc = graft_pretrain_run(&cfg, &res);
     if (rc) {

@@ -75,7 +75,7 @@ int cmd_train(int argc, char **argv) {
     char path[2 * GRAFT_OPT_STR];
     snprintf(path, sizeof path, "%s/events.jsonl", cfg.out);
     graft_events_t *ev = NULL;
-    if (graft_events_open(path, &ev)) {
+    if (cli_write_run_config("train", &cfg) || graft_events_open(path, &ev)) {
         graft_trainer_destroy(&tr);
         return 1;
     }
@@ -119,9 +119,9 @@ int cmd_train(int argc, char **argv) {
     if (!rc) evaluate_all(tr, ev, GRAFT_SPLIT_TEST, tr->step);
     graft_events_emit(ev, "run_end", json_pack("{s:i, s:f, s:b}", "step", tr->step, "seconds",
                                                graft_now() - t0, "ok", rc == 0));
-    graft_events_close(&ev);
+    int erc = graft_events_close(&ev); /* a lost event line fails the run (logged) */
     graft_trainer_destroy(&tr);
-    return rc ? 1 : 0;
+    return rc || erc ? 1 : 0;
 }
 
 int cmd_eval(int argc, char **argv) {

@@ -31,24 +31,31 @@ int graft_bf16_supported(void) {
            __builtin_cpu_supports("avx512vl");
 }
 
-float graft_bf16_round(float x) {
+uint16_t graft_f32_to_bf16(float x) {
     uint32_t u;
     memcpy(&u, &x, sizeof u);
-    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    /* A NaN stays a NaN (quieted), as VCVTNE2PS2BF16 keeps it: rounding
+     * its bits could carry into the exponent (Inf) or the sign (-0). */
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest, ties to even */
+    return (uint16_t)(u >> 16);
+}
+
+float graft_bf16_to_f32(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float x;
     memcpy(&x, &u, sizeof x);
     return x;
 }
+
+float graft_bf16_round(float x) { return graft_bf16_to_f32(graft_f32_to_bf16(x)); }
 
 /* The scratch as 64-byte aligned 32-bit words: grown (never shrunk) to n. */
 static uint32_t *scratch_words(graft_bf16_scratch_t *s, size_t n) {
     size_t bytes = (n * sizeof(uint32_t) + 63) & ~(size_t)63;
     if (bytes > s->cap) {
         free(s->mem);
-        s->mem = aligned_alloc(64, bytes);
-        if (!s->mem) {
-            fprintf(stderr, "graft: out of memory allocating %zu bytes of bf16 scratch\n", bytes);
-            abort();
-        }
+        s->mem = graft_xalloc64(bytes, 0);
         s->cap = bytes;
     }
     return s->mem;

@@ -31,6 +31,7 @@
 #define GRAFT_BF16_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct {
     void *mem;
@@ -62,6 +63,11 @@ void bf16_attention_forward(graft_bf16_scratch_t *s, float *out, float *att, con
 void bf16_attention_backward(graft_bf16_scratch_t *s, float *dinp, float *scratch,
                              const float *dout, const float *inp, const float *att, int B, int T,
                              int C, int NH);
+
+/* Float <-> bfloat16 bits (the wire's bf16 tensors and the products'
+ * operands): round to nearest even; a NaN stays a (quiet) NaN. */
+uint16_t graft_f32_to_bf16(float x);
+float graft_bf16_to_f32(uint16_t b);
 
 /* x rounded to the nearest bf16 (ties to even), as the products see it. */
 float graft_bf16_round(float x);

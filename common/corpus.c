@@ -28,12 +28,7 @@ typedef struct {
 static void path_list_push(path_list_t *l, char *path) {
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 64;
-        char **p = realloc(l->paths, l->cap * sizeof *p);
-        if (!p) {
-            fprintf(stderr, "graft: out of memory listing corpus files\n");
-            abort();
-        }
-        l->paths = p;
+        l->paths = graft_xrealloc(l->paths, l->cap * sizeof *l->paths);
     }
     l->paths[l->n++] = path;
 }
@@ -125,12 +120,7 @@ static void stream_reserve(graft_corpus_t *c, size_t *cap, size_t need) {
     if (need <= *cap) return;
     size_t ncap = *cap ? *cap : 1 << 16;
     while (ncap < need) ncap *= 2;
-    uint16_t *t = realloc(c->tokens, ncap * sizeof *t);
-    if (!t) {
-        fprintf(stderr, "graft: out of memory holding %zu corpus tokens\n", need);
-        abort();
-    }
-    c->tokens = t;
+    c->tokens = graft_xrealloc(c->tokens, ncap * sizeof *c->tokens);
     *cap = ncap;
 }
 

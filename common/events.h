@@ -7,6 +7,11 @@
  * of ""/NULL, in which case every call is a no-op); graft_events_close()
  * closes it and NULLs the pointer. graft_events_emit() takes ownership of
  * the json object it is given (steals the reference).
+ *
+ * A line that cannot be written (a full disk) is logged the first time
+ * only; emit returns GRAFT_EIO for it, and close returns GRAFT_EIO (after
+ * logging how many were lost) when any was, so that a run can end with an
+ * error instead of a silently incomplete log.
  */
 #ifndef GRAFT_EVENTS_H
 #define GRAFT_EVENTS_H
@@ -17,9 +22,10 @@ typedef struct graft_events graft_events_t;
 
 /* Opens (appending) path; creates parent directories. */
 int graft_events_open(const char *path, graft_events_t **out);
-void graft_events_close(graft_events_t **self_p);
+int graft_events_close(graft_events_t **self_p);
 
-/* Adds "ts" and "event" to fields (a new object if NULL) and writes it. */
-void graft_events_emit(graft_events_t *ev, const char *event, json_t *fields);
+/* Writes "ts", "event" and then fields (a new object if NULL; its own "ts"
+ * or "event" is dropped) as one line. GRAFT_EIO when it is lost. */
+int graft_events_emit(graft_events_t *ev, const char *event, json_t *fields);
 
 #endif

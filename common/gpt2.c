@@ -338,8 +338,6 @@ float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *
     graft_gpt2_params_t p = m->params;
     graft_gpt2_acts_t a = m->acts;
     peft_forward_begin(m);
-    /* 2 FLOPs per multiply-add of an (N,C) @ (C,OC) product */
-#define MMF(K, OC) (2.0 * BT * (K) * (OC))
     GRAFT_PROF("fwd.encoder", 0, encoder_forward(a.encoded, inputs, p.wte, p.wpe, B, T, C));
     for (int l = 0; l < L; l++) {
         const float *residual = l == 0 ? a.encoded : a.residual3 + (l - 1) * slab * C;
@@ -394,7 +392,6 @@ float graft_gpt2_forward(graft_gpt2_t *m, const int32_t *inputs, const int32_t *
                                                    m->lm_targets, N, V, &m->loss_count));
     memset(a.losses, 0, BT * sizeof(float));
     for (int k = 0; k < N; k++) a.losses[m->lm_pos[k]] = m->lm_losses[k];
-#undef MMF
     return m->mean_loss;
 }
 

@@ -5,9 +5,11 @@
 #include <stdarg.h>
 #include <string.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 graft_log_level_t graft_log_level = GRAFT_LOG_INFO;
 
@@ -26,8 +28,18 @@ const char *graft_strerror(int err) {
     }
 }
 
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+int graft_log_level_parse(const char *name, graft_log_level_t *out) {
+    for (int l = GRAFT_LOG_DEBUG; l <= GRAFT_LOG_ERROR; l++)
+        if (!strcmp(name, level_names[l])) {
+            *out = (graft_log_level_t)l;
+            return GRAFT_OK;
+        }
+    return GRAFT_EINVAL;
+}
+
 void graft_log_write(graft_log_level_t level, const char *fmt, ...) {
-    static const char *names[] = {"debug", "info", "warn", "error"};
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
@@ -40,7 +52,8 @@ void graft_log_write(graft_log_level_t level, const char *fmt, ...) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     /* One fprintf per line so that lines from several processes do not interleave. */
-    fprintf(stderr, "%s.%03ld %-5s %s\n", stamp, ts.tv_nsec / 1000000, names[level], msg);
+    fprintf(stderr, "%s.%03ld %-5s %s\n", stamp, ts.tv_nsec / 1000000, level_names[level],
+            msg);
 }
 
 void *graft_xmalloc(size_t n) {
@@ -59,6 +72,20 @@ void *graft_xcalloc(size_t count, size_t size) {
         abort();
     }
     return p;
+}
+
+void *graft_xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) {
+        fprintf(stderr, "graft: out of memory allocating %zu bytes\n", n);
+        abort();
+    }
+    return q;
+}
+
+char *graft_xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    return memcpy(graft_xmalloc(n), s, n);
 }
 
 void *graft_xalloc64(size_t n, int zero) {
@@ -97,22 +124,49 @@ void graft_path_dir(const char *path, char *dir, size_t cap) {
     else snprintf(dir, cap, "%.*s", (int)(slash - path), path);
 }
 
+int graft_fsync_dir_of(const char *path) {
+    char dir[4096];
+    graft_path_dir(path, dir, sizeof dir);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return GRAFT_EIO;
+    int rc = fsync(fd) == 0 || errno == EINVAL ? GRAFT_OK : GRAFT_EIO;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
 char *graft_read_file(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
-    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    char *buf = NULL;
-    if (size >= 0 && fseek(f, 0, SEEK_SET) == 0) {
-        buf = graft_xmalloc((size_t)size + 1);
-        if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
-            free(buf);
-            buf = NULL;
-        } else {
-            buf[size] = '\0';
-            *n = (size_t)size;
-        }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || S_ISDIR(st.st_mode)) {
+        int err = S_ISDIR(st.st_mode) ? EISDIR : errno;
+        fclose(f);
+        errno = err;
+        return NULL;
     }
+    /* A regular file's size is a hint (it may change under us); a stream
+     * grows the buffer until its end. */
+    size_t cap = S_ISREG(st.st_mode) ? (size_t)st.st_size + 1 : (size_t)1 << 16, len = 0;
+    char *buf = graft_xmalloc(cap);
+    for (;;) {
+        size_t want = cap - 1 - len, got = fread(buf + len, 1, want, f);
+        len += got;
+        int c = got < want ? EOF : getc(f);
+        if (c == EOF) break;
+        buf = graft_xrealloc(buf, cap *= 2);
+        buf[len++] = (char)c;
+    }
+    int err = ferror(f) ? (errno ? errno : EIO) : 0;
     fclose(f);
+    if (err) {
+        free(buf);
+        errno = err;
+        return NULL;
+    }
+    buf[len] = '\0';
+    *n = len;
     return buf;
 }
 

@@ -45,7 +45,12 @@ const char *graft_strerror(int err);
 
 typedef enum { GRAFT_LOG_DEBUG, GRAFT_LOG_INFO, GRAFT_LOG_WARN, GRAFT_LOG_ERROR } graft_log_level_t;
 
+/* Lines below this level are not written (GRAFT_LOG_INFO unless set). */
 extern graft_log_level_t graft_log_level;
+
+/* "debug", "info", "warn" or "error" into *out; GRAFT_EINVAL for anything
+ * else. */
+int graft_log_level_parse(const char *name, graft_log_level_t *out);
 
 void graft_log_write(graft_log_level_t level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -64,6 +69,8 @@ void graft_log_write(graft_log_level_t level, const char *fmt, ...)
  * once at start, so there is nothing sensible to recover to. */
 void *graft_xmalloc(size_t n);
 void *graft_xcalloc(size_t count, size_t size);
+void *graft_xrealloc(void *p, size_t n);
+char *graft_xstrdup(const char *s);
 /* n bytes (zeroed when zero is set) at a 64-byte boundary, where whole
  * AVX-512 vectors start; free() releases them. */
 void *graft_xalloc64(size_t n, int zero);
@@ -75,8 +82,15 @@ int graft_mkdirs_for(const char *path);
  * file at the root. */
 void graft_path_dir(const char *path, char *dir, size_t cap);
 
+/* fsync of the folder of path, so that a rename into it (an atomic
+ * checkpoint) survives a crash; a file system that cannot sync folders
+ * (EINVAL) counts as done. GRAFT_EIO with errno set on failure. */
+int graft_fsync_dir_of(const char *path);
+
 /* The whole of file path in a new buffer that the caller frees (*n bytes,
- * plus a NUL after them); NULL, with errno set, when it cannot be read. */
+ * plus a NUL after them); NULL, with errno set (EISDIR for a directory),
+ * when it cannot be read. Pipes and character devices are read to their
+ * end. The caller logs the failure with the path. */
 char *graft_read_file(const char *path, size_t *n);
 
 /* Monotonic wall clock in seconds. */

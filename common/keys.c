@@ -138,9 +138,7 @@ int graft_keys_read_allow(const char *path, graft_key_t **keys, size_t *n) {
     while (rc == GRAFT_OK && next_key(f, tok, sizeof tok, &lineno)) {
         if (*n == cap) {
             cap = cap ? 2 * cap : 16;
-            graft_key_t *grown = realloc(*keys, cap * sizeof **keys);
-            GRAFT_ASSERT(grown);
-            *keys = grown;
+            *keys = graft_xrealloc(*keys, cap * sizeof **keys);
         }
         rc = parse_key(tok, path, lineno, &(*keys)[*n]);
         if (rc == GRAFT_OK) (*n)++;

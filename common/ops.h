@@ -20,7 +20,9 @@
  *    graft's sums over rows go through per-block partials added in block
  *    order, so results are bit-identical run to run and do not depend on
  *    the thread count (see ops.c).
- * No kernel allocates except where noted; the caller owns all buffers.
+ * No kernel allocates except where noted (the row-summing kernels take a
+ * small buffer of per-block partials, N/64 rows of C floats, per call);
+ * the caller owns all buffers.
  */
 #ifndef GRAFT_OPS_H
 #define GRAFT_OPS_H
@@ -39,7 +41,9 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                        const float *weight, const float *bias, int N, int C);
 /* dinp (N,C) = dres + the LayerNorm's input gradient for dout (N,C): the
  * residual stream's gradient and the branch's, in one pass. dres may be
- * NULL (nothing to add) or equal dinp (add in place). */
+ * NULL (nothing to add) or equal dinp (add in place). With dweight or
+ * dbias it allocates the per-block partials of their sums (2C floats per
+ * 64 rows) for the call. */
 void layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dres,
                         const float *dout, const float *inp, const float *weight,
                         const float *mean, const float *rstd, int N, int C);
@@ -124,7 +128,8 @@ void pool_backward(float *dhidden, const float *dpooled, const int32_t *pos, int
                    graft_pool_t how);
 
 /* Ordered column reductions (bit-identical whatever the thread count's
- * scheduling): acc (C) += sum over rows of x (N,C), or of x * y. */
+ * scheduling): acc (C) += sum over rows of x (N,C), or of x * y. They
+ * allocate the per-block partials (C floats per 64 rows) for the call. */
 void colsum_accumulate(float *acc, const float *x, int N, int C);
 void colsum_product_accumulate(float *acc, const float *x, const float *y, int N, int C);
 

@@ -103,6 +103,26 @@ static int set_in_sets(const graft_option_set_t *sets, int nsets, const char *na
                              name, value, where);
 }
 
+/* Cuts line at its comment: a # at its start or after a blank. */
+static void cut_comment(char *line) {
+    for (char *p = line; *p; p++)
+        if (*p == '#' && (p == line || isspace((unsigned char)p[-1]))) {
+            *p = '\0';
+            return;
+        }
+}
+
+/* 1 when line (read by fgets into a buffer of cap bytes) is the start of a
+ * longer one: the buffer is full and more of the line follows. */
+static int line_cut_short(FILE *f, const char *line, size_t cap) {
+    size_t len = strlen(line);
+    if (len < cap - 1 || line[len - 1] == '\n') return 0;
+    int c = getc(f);
+    if (c == EOF) return 0;
+    ungetc(c, f);
+    return 1;
+}
+
 static int load_file_sets(const graft_option_set_t *sets, int nsets, const char *path) {
     FILE *f = fopen(path, "r");
     if (!f) {
@@ -123,8 +143,12 @@ static int load_file_sets(const graft_option_set_t *sets, int nsets, const char 
     while (rc == GRAFT_OK && fgets(line, sizeof line, f)) {
         lineno++;
         snprintf(where, sizeof where, "%s:%d", path, lineno);
-        char *hash = strchr(line, '#');
-        if (hash) *hash = '\0';
+        if (line_cut_short(f, line, sizeof line)) {
+            LOG_ERROR("%s: line longer than %zu characters", where, sizeof line - 2);
+            rc = GRAFT_EFORMAT;
+            break;
+        }
+        cut_comment(line);
         char *s = trim(line);
         if (!*s) continue;
         char *eq = strchr(s, '=');
@@ -165,24 +189,53 @@ int graft_options_parse_args(const graft_option_t *table, void *target, int argc
     return graft_options_parse_sets(&set, 1, argc, argv, usage, *args, nargs);
 }
 
+/* 1 when flag argv[i] of option o takes argv[i + 1] as its value: a
+ * --name without =VALUE, unless o is a boolean and argv[i + 1] no boolean
+ * word. */
+static int takes_next(const graft_option_t *o, int argc, char **argv, int i) {
+    if (strchr(argv[i] + 2, '=') || i + 1 >= argc) return 0;
+    return o->type != GRAFT_OPT_BOOL || bool_word(argv[i + 1]) >= 0;
+}
+
 /* The value of flag argv[*i] (--name or --name=value) of option o, moving *i
  * past a value taken from the next argument; NULL (logged) when missing. */
 static const char *flag_value(const graft_option_t *o, int argc, char **argv, int *i) {
     const char *eq = strchr(argv[*i] + 2, '=');
     if (eq) return eq + 1;
-    if (o->type == GRAFT_OPT_BOOL)
-        return *i + 1 < argc && bool_word(argv[*i + 1]) >= 0 ? argv[++*i] : "true";
-    if (*i + 1 < argc) return argv[++*i];
+    if (takes_next(o, argc, argv, *i)) return argv[++*i];
+    if (o->type == GRAFT_OPT_BOOL) return "true";
     LOG_ERROR("option --%s needs a value", o->name);
     return NULL;
+}
+
+/* The option of flag arg (--name or --name=value) in sets, or NULL. */
+static const graft_option_t *flag_option(const graft_option_set_t *sets, int nsets,
+                                         const char *arg, const graft_option_set_t **set) {
+    char name[128];
+    const char *eq = strchr(arg + 2, '=');
+    size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
+    if (len >= sizeof name) len = sizeof name - 1;
+    memcpy(name, arg + 2, len);
+    name[len] = '\0';
+    *set = find_set(sets, nsets, name);
+    return *set ? find((*set)->table, name) : NULL;
 }
 
 int graft_options_parse_sets(const graft_option_set_t *sets, int nsets, int argc, char **argv,
                              const char *usage, char **args, int *nargs) {
     for (int k = 0; k < nsets; k++) set_defaults(sets[k].table, sets[k].target);
     if (nargs) *nargs = 0;
-    /* First pass: --help and --config, so the file applies before flags. */
+    /* First pass: --help and --config, so the file applies before flags;
+     * the values of other flags are skipped (`--name --help` names a
+     * run). */
     for (int i = 1; i < argc; i++) {
+        const graft_option_set_t *set;
+        const graft_option_t *o = !strncmp(argv[i], "--", 2)
+                                      ? flag_option(sets, nsets, argv[i], &set) : NULL;
+        if (o) {
+            i += takes_next(o, argc, argv, i);
+            continue;
+        }
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             graft_options_usage_sets(stdout, sets, nsets, usage);
             return GRAFT_OPTS_HELP;
@@ -212,22 +265,20 @@ int graft_options_parse_sets(const graft_option_set_t *sets, int nsets, int argc
             LOG_ERROR("unexpected argument '%s' (options are --name value; see --help)", arg);
             return GRAFT_EINVAL;
         }
-        char name[128];
-        const char *eq = strchr(arg + 2, '=');
-        size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
-        if (len >= sizeof name) len = sizeof name - 1;
-        memcpy(name, arg + 2, len);
-        name[len] = '\0';
-        const graft_option_set_t *set = find_set(sets, nsets, name);
-        if (!set) {
-            LOG_ERROR("command line --%s: unknown option '%s' (see --help)", name, name);
+        const graft_option_set_t *set;
+        const graft_option_t *o = flag_option(sets, nsets, arg, &set);
+        if (!o) {
+            const char *eq = strchr(arg + 2, '=');
+            int len = eq ? (int)(eq - arg - 2) : (int)strlen(arg + 2);
+            LOG_ERROR("command line --%.*s: unknown option '%.*s' (see --help)", len, arg + 2,
+                      len, arg + 2);
             return GRAFT_EINVAL;
         }
-        const char *value = flag_value(find(set->table, name), argc, argv, &i);
+        const char *value = flag_value(o, argc, argv, &i);
         if (!value) return GRAFT_EINVAL;
         char where[160];
-        snprintf(where, sizeof where, "command line --%s", name);
-        int rc = graft_options_set(set->table, set->target, name, value, where);
+        snprintf(where, sizeof where, "command line --%s", o->name);
+        int rc = graft_options_set(set->table, set->target, o->name, value, where);
         if (rc) return rc;
     }
     return GRAFT_OPTS_OK;
@@ -269,18 +320,74 @@ void graft_options_format(char *buf, size_t n, const graft_option_t *o, const vo
     const char *field = (const char *)target + o->offset;
     switch (o->type) {
     case GRAFT_OPT_INT: snprintf(buf, n, "%d", *(const int *)field); break;
-    case GRAFT_OPT_FLOAT: snprintf(buf, n, "%.9g", *(const float *)field); break;
+    case GRAFT_OPT_FLOAT: {
+        /* The shortest of %g's forms that the parser reads back as the same
+         * float (0.1, not 0.100000001); nine digits always do. */
+        float x = *(const float *)field;
+        for (int digits = 6; digits <= 9; digits++) {
+            snprintf(buf, n, "%.*g", digits, (double)x);
+            if ((float)strtod(buf, NULL) == x) break;
+        }
+        break;
+    }
     case GRAFT_OPT_BOOL: snprintf(buf, n, "%s", *(const int *)field ? "true" : "false"); break;
     case GRAFT_OPT_STRING: snprintf(buf, n, "%s", field); break;
     }
 }
 
-void graft_options_dump(FILE *out, const graft_option_t *table, const void *target) {
+/* Why value cannot be a config line's value, or NULL when it can. */
+static const char *unwritable(const char *value) {
+    size_t n = strlen(value);
+    if (strpbrk(value, "\n\r")) return "a line break";
+    if (n && (isspace((unsigned char)value[0]) || isspace((unsigned char)value[n - 1])))
+        return "blanks at an end";
+    for (size_t i = 0; i < n; i++)
+        if (value[i] == '#' && (i == 0 || isspace((unsigned char)value[i - 1])))
+            return "a # that would start a comment";
+    return NULL;
+}
+
+int graft_options_dump_sets(FILE *out, const graft_option_set_t *sets, int nsets) {
     char buf[GRAFT_OPT_STR + 32];
-    for (const graft_option_t *o = table; o->name; o++) {
-        graft_options_format(buf, sizeof buf, o, target);
-        fprintf(out, "%s = %s\n", o->name, buf);
+    int bad = 0;
+    for (int k = 0; k < nsets; k++)
+        for (const graft_option_t *o = sets[k].table; o->name; o++) {
+            graft_options_format(buf, sizeof buf, o, sets[k].target);
+            const char *why = unwritable(buf);
+            if (!why) {
+                fprintf(out, "%s =%s%s\n", o->name, *buf ? " " : "", buf);
+                continue;
+            }
+            fprintf(out, "# %s: its value holds %s, which a config line cannot\n", o->name, why);
+            LOG_WARN("config: the value of --%s holds %s, which a config file cannot hold: "
+                     "left out", o->name, why);
+            bad++;
+        }
+    return bad;
+}
+
+int graft_options_dump(FILE *out, const graft_option_t *table, const void *target) {
+    graft_option_set_t set = {table, (void *)target};
+    return graft_options_dump_sets(out, &set, 1);
+}
+
+int graft_options_write_sets(const char *path, const char *header,
+                             const graft_option_set_t *sets, int nsets) {
+    if (graft_mkdirs_for(path)) return GRAFT_EIO;
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        LOG_ERROR("%s: cannot write the config: %s", path, strerror(errno));
+        return GRAFT_EIO;
     }
+    fprintf(f, "# %s\n", header);
+    graft_options_dump_sets(f, sets, nsets);
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        LOG_ERROR("%s: cannot write the config: %s", path, strerror(errno));
+        return GRAFT_EIO;
+    }
+    LOG_INFO("config: the effective settings are in %s (reload with --config)", path);
+    return GRAFT_OK;
 }
 
 unsigned long long graft_options_digest(const graft_option_t *table, const void *target) {

@@ -4,8 +4,11 @@
  *
  * A command declares a struct of settings and a table of graft_option_t
  * describing each field (name, type, offset, default, bounds, help). Config
- * files hold `name = value` lines (# starts a comment); flags are
- * `--name value` or `--name=value`; booleans also take a bare `--name`.
+ * files hold `name = value` lines of at most 4094 characters; a # at the
+ * start of a line or after a blank starts a comment (so a value may hold a
+ * # inside a word, as in `name = run#2`); blanks around names and values
+ * are dropped. Flags are `--name value` or `--name=value`; booleans also
+ * take a bare `--name`.
  * String fields are char[GRAFT_OPT_STR] arrays inside the struct, so the
  * struct owns everything and needs no freeing.
  *
@@ -34,6 +37,11 @@ typedef struct {
 } graft_option_t;
 
 #define GRAFT_OPT_END {NULL, 0, 0, NULL, 0, 0, NULL}
+
+/* The help of the log_level option of the commands that have one. */
+#define GRAFT_LOG_LEVEL_HELP                                                       \
+    "lines written to stderr: error, warn, info or debug (empty: the GRAFT_LOG_LEVEL " \
+    "environment variable, else info)"
 
 /* Outcome of graft_options_parse. */
 enum { GRAFT_OPTS_OK = 0, GRAFT_OPTS_HELP = 1 };
@@ -85,8 +93,19 @@ void graft_options_usage_sets(FILE *out, const graft_option_set_t *sets, int nse
  * file, e.g. to pass the effective settings on as --name=value flags. */
 void graft_options_format(char *buf, size_t n, const graft_option_t *o, const void *target);
 
-/* Writes the effective settings as a config file (so it can be reused). */
-void graft_options_dump(FILE *out, const graft_option_t *table, const void *target);
+/* Writes the effective settings as a config file that --config reads back
+ * to the same settings: a `name = value` line per option, in table order.
+ * A value no config line can hold (a line break, blanks at either end, a #
+ * that would start a comment) becomes a comment naming the option and is
+ * logged. Returns the number of those. */
+int graft_options_dump(FILE *out, const graft_option_t *table, const void *target);
+int graft_options_dump_sets(FILE *out, const graft_option_set_t *sets, int nsets);
+
+/* graft_options_dump_sets into the file at path (its folders made), after
+ * a `# header` line; logs the path. GRAFT_EIO (logged) when it cannot be
+ * written. */
+int graft_options_write_sets(const char *path, const char *header,
+                             const graft_option_set_t *sets, int nsets);
 
 /* FNV-1a digest of the effective settings, for run_start events. */
 unsigned long long graft_options_digest(const graft_option_t *table, const void *target);

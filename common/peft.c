@@ -466,13 +466,23 @@ static float *proj_weight(graft_gpt2_t *m, int l, graft_proj_t proj) {
     }
 }
 
-/* Where (l, proj)'s merged weight lives in p->merged, laid out like the
- * trunk's four projection tensors. */
+/* A layer's weights of the LoRA targets among the projections before
+ * proj (all of them: GRAFT_NUM_PROJ), in units of C^2. */
+static size_t targets_c2(const graft_peft_t *p, int proj) {
+    static const size_t per_layer[GRAFT_NUM_PROJ] = {3, 1, 4, 4}; /* qkv, attn, fc, fcproj */
+    size_t n = 0;
+    for (int q = 0; q < proj; q++)
+        if (p->cfg.lora_targets & (1 << q)) n += per_layer[q];
+    return n;
+}
+
+/* Where (l, proj)'s merged weight lives in p->merged: the targeted
+ * projections' tensors back to back, each laid out like the trunk's. */
 static float *merged_weight(const graft_peft_t *p, int l, graft_proj_t proj) {
+    GRAFT_ASSERT(p->cfg.lora_targets & (1 << proj));
     size_t C = p->trunk->cfg.C, L = p->trunk->cfg.L;
-    static const size_t before[GRAFT_NUM_PROJ] = {0, 3, 4, 8}; /* in units of L C^2 */
-    static const size_t per_layer[GRAFT_NUM_PROJ] = {3, 1, 4, 4}; /* in units of C^2 */
-    return p->merged + (before[proj] * L + per_layer[proj] * l) * C * C;
+    size_t before = targets_c2(p, proj), layer = targets_c2(p, proj + 1) - before;
+    return p->merged + (before * L + layer * (size_t)l) * C * C;
 }
 
 /* LoRA is merged: the trunk's forward and backward multiply by
@@ -486,7 +496,8 @@ void peft_forward_begin(graft_gpt2_t *m) {
     if (!p || !(p->cfg.methods & GRAFT_M_LORA)) return;
     const graft_gpt2_config_t *c = &m->cfg;
     if (!p->merged) {
-        p->merged = graft_xmalloc((size_t)12 * c->L * c->C * c->C * sizeof(float));
+        p->merged_n = targets_c2(p, GRAFT_NUM_PROJ) * c->L * c->C * c->C;
+        p->merged = graft_xmalloc(p->merged_n * sizeof(float));
         p->merged_on = graft_xcalloc((size_t)c->L * GRAFT_NUM_PROJ, sizeof(int));
     }
     double t0 = graft_prof_start();
@@ -496,11 +507,14 @@ void peft_forward_begin(graft_gpt2_t *m) {
     for (int i = 0; i < c->L * GRAFT_NUM_PROJ; i++) {
         int l = i / GRAFT_NUM_PROJ, proj = i % GRAFT_NUM_PROJ, in, odim, on = 0;
         proj_dims(c, proj, &in, &odim);
-        float *w = merged_weight(p, l, proj);
+        float *w = NULL; /* only LoRA targets have a place in p->merged */
         graft_lora_t lo;
         for (int pair = 0; pair < 2; pair++) {
             if (!lora_pair(p, l, proj, pair, &lo)) continue;
-            if (!on) memcpy(w, proj_weight(m, l, proj), (size_t)in * odim * sizeof(float));
+            if (!on) {
+                w = merged_weight(p, l, proj);
+                memcpy(w, proj_weight(m, l, proj), (size_t)in * odim * sizeof(float));
+            }
             on = 1;
             /* W' (in,odim) += scale * A (in,r) @ B (r,odim) */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, in, odim, lo.r, lo.scale,

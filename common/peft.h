@@ -127,9 +127,11 @@ typedef struct graft_peft {
     size_t lora_scratch_n;
     /* LoRA merged into the weights a pass multiplies by (peft_forward_begin):
      * W + scale A B for every adapted (layer, projection); owned, NULL
-     * without LoRA. Laid out like the trunk's (L,C,3C) (L,C,C) (L,C,4C)
-     * (L,4C,C) projection weights; merged_on (L, proj) marks the ones in use. */
+     * without LoRA. Holds the LoRA targets among the trunk's (L,C,3C)
+     * (L,C,C) (L,C,4C) (L,4C,C) projection weights, in that order and
+     * layout (merged_n floats); merged_on (L, proj) marks the ones in use. */
     float *merged;
+    size_t merged_n;
     int *merged_on;
     float *red_in;        /* (L, BT, C) MLP output before RED */
     float *ad_in, *ad_ln, *ad_mean, *ad_rstd, *ad_h, *ad_a; /* adapter activations */

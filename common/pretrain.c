@@ -42,6 +42,7 @@ const graft_option_t graft_pretrain_options[] = {
     {"eval_batches", GRAFT_OPT_INT, OFF(eval_batches), "16", 1, 1e6, "held-out batches per evaluation"},
     {"checkpoint_every", GRAFT_OPT_INT, OFF(checkpoint_every), "500", 1, 1e9, "checkpoint every N steps"},
     {"log_every", GRAFT_OPT_INT, OFF(log_every), "10", 1, 1e9, "progress line every N steps"},
+    {"log_level", GRAFT_OPT_STRING, OFF(log_level), "", 0, -1, GRAFT_LOG_LEVEL_HELP},
     {"stop_after", GRAFT_OPT_INT, OFF(stop_after), "0", 0, 1e9,
      "stop after N steps without a final checkpoint, as if killed (for resume tests)"},
     GRAFT_OPT_END,

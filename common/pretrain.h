@@ -35,6 +35,7 @@ typedef struct {
     int eval_batches;
     int checkpoint_every;
     int log_every;
+    char log_level[GRAFT_OPT_STR]; /* error, warn, info, debug; empty: GRAFT_LOG_LEVEL */
     int stop_after; /* testing aid: stop (as if killed) after this many steps */
 } graft_pretrain_config_t;
 

@@ -100,6 +100,7 @@ const graft_option_t graft_run_options[] = {
      "the trunk's products (projections, LM head, attention): fp32 (sgemm) or bf16 (bf16 operands, "
      "fp32 sums; needs AVX512_BF16; about 1.5x faster training steps; storage stays fp32)"},
     {"log_every", GRAFT_OPT_INT, OFF(log_every), "20", 1, 1e9, "progress line every N steps"},
+    {"log_level", GRAFT_OPT_STRING, OFF(log_level), "", 0, -1, GRAFT_LOG_LEVEL_HELP},
     {"rounds", GRAFT_OPT_INT, OFF(rounds), "10", 1, 1e9, "federated rounds"},
     {"local_steps", GRAFT_OPT_INT, OFF(local_steps), "10", 1, 1e9, "worker steps per round"},
     {"keep_optimizer_state", GRAFT_OPT_BOOL, OFF(keep_optimizer_state), "false", 0, -1,
@@ -254,17 +255,9 @@ static int add_option(const graft_run_config_t *cfg, const char *name, graft_set
     return n;
 }
 
-int graft_run_shared_settings(const graft_run_config_t *cfg, graft_setting_t *out) {
-    int n = 0;
-    out[n].name = "trunk";
-    trunk_identity(cfg, out[n].value, sizeof out[n].value);
-    /* Not the tasks: a worker may hold some of them (each task's modules
-     * are a scope of their own), and the coordinator checks each held
-     * task's kind at hello. */
-    n = add_option(cfg, "seq", out, n + 1);
-    /* The method set and the LoRA targets in one order, so that lists
-     * naming the same set in another order agree. */
-    int methods = 0;
+int graft_run_module_settings(const graft_run_config_t *cfg, int optimizer,
+                              graft_setting_t *out) {
+    int methods = 0, n = 0;
     out[n].name = "method";
     if (graft_peft_parse_methods(cfg->method, &methods) == GRAFT_OK) {
         graft_peft_methods_str(methods, out[n].value, sizeof out[n].value);
@@ -273,6 +266,7 @@ int graft_run_shared_settings(const graft_run_config_t *cfg, graft_setting_t *ou
         methods = 0;
     }
     n = add_option(cfg, "pool", out, n + 1);
+    if (optimizer) n = add_option(cfg, "optimizer", out, n);
     if (methods & GRAFT_M_LORA) {
         int targets = 0;
         out[n].name = "lora_targets";
@@ -288,4 +282,33 @@ int graft_run_shared_settings(const graft_run_config_t *cfg, graft_setting_t *ou
     if (methods & GRAFT_M_CHANNELS) n = add_option(cfg, "channels_k", out, n);
     GRAFT_ASSERT(n <= GRAFT_MAX_SHARED_SETTINGS);
     return n;
+}
+
+int graft_run_shared_settings(const graft_run_config_t *cfg, graft_setting_t *out) {
+    out[0].name = "trunk";
+    trunk_identity(cfg, out[0].value, sizeof out[0].value);
+    /* Not the tasks: a worker may hold some of them (each task's modules
+     * are a scope of their own), and the coordinator checks each held
+     * task's kind at hello. */
+    int n = add_option(cfg, "seq", out, 1);
+    n += graft_run_module_settings(cfg, 0, out + n);
+    GRAFT_ASSERT(n <= GRAFT_MAX_SHARED_SETTINGS);
+    return n;
+}
+
+int graft_run_setting_canonical(const graft_run_config_t *cfg, const char *name,
+                                const char *value, char *out, size_t cap, const char *where) {
+    graft_run_config_t *tmp = graft_xmalloc(sizeof *tmp);
+    *tmp = *cfg;
+    int rc = graft_options_set(graft_run_options, tmp, name, value, where);
+    if (!rc) {
+        graft_setting_t set[GRAFT_MAX_SHARED_SETTINGS];
+        int n = graft_run_module_settings(tmp, 1, set), i = 0;
+        while (i < n && strcmp(set[i].name, name) != 0) i++;
+        if (i < n) snprintf(out, cap, "%s", set[i].value);
+        else LOG_ERROR("%s: '%s' is not a setting of this run's modules", where, name);
+        rc = i < n ? GRAFT_OK : GRAFT_EINVAL;
+    }
+    free(tmp);
+    return rc;
 }

@@ -63,6 +63,7 @@ typedef struct {
     int threads;
     char precision[GRAFT_OPT_STR]; /* fp32 or bf16 (graft_gpt2_set_precision) */
     int log_every;
+    char log_level[GRAFT_OPT_STR]; /* error, warn, info, debug; empty: GRAFT_LOG_LEVEL */
     /* distributed */
     int rounds;
     int local_steps;
@@ -96,16 +97,32 @@ typedef struct {
 
 #define GRAFT_MAX_SHARED_SETTINGS 16
 
-/* The settings the modules' schema and meaning depend on, which every
- * worker must share with the coordinator (the hello carries them): the
- * trunk's identity (a digest of the trunk file's bytes, or the preset and
- * seed of a random one; not its path), seq, the method, the heads' pooling
- * and the sizes, ranks and alphas of the methods in use. Not the tasks: a
- * worker may hold some of them, and the coordinator checks each held task's
- * kind itself. Per-machine settings (threads, data paths, precision, out)
- * are not among them. Fills out[0..n) and returns n. Reads
- * the trunk file whole: call once. */
+/* The settings the modules' tensors and meaning depend on: the method and
+ * the heads' pooling, with `optimizer` also the optimizer (whose state a
+ * checkpoint holds), and the LoRA targets, sizes, ranks and alphas of the
+ * methods in use. Method sets and LoRA targets are written in one order, so
+ * that lists naming the same set agree. Module checkpoints record these
+ * (metadata train.NAME). Fills out[0..n) and returns n. */
+int graft_run_module_settings(const graft_run_config_t *cfg, int optimizer,
+                              graft_setting_t *out);
+
+/* The settings every worker must share with the coordinator (the hello
+ * carries them): the trunk's identity (a digest of the trunk file's bytes,
+ * or the preset and seed of a random one; not its path), seq, then the
+ * module settings without the optimizer. Not the tasks: a worker may hold
+ * some of them, and the coordinator checks each held task's kind itself.
+ * Per-machine settings (threads, data paths, precision, out) are not among
+ * them. Fills out[0..n) and returns n. Reads the trunk file whole: call
+ * once. */
 int graft_run_shared_settings(const graft_run_config_t *cfg, graft_setting_t *out);
+
+/* Module setting `name` with the value `value` (as given or as an older
+ * checkpoint recorded it: "red,lora", "0.1") in the form
+ * graft_run_module_settings writes it, the other settings taken from cfg,
+ * into out (cap bytes). GRAFT_EINVAL (logged, naming `where`) when the
+ * value does not parse or name is not a module setting of such a run. */
+int graft_run_setting_canonical(const graft_run_config_t *cfg, const char *name,
+                                const char *value, char *out, size_t cap, const char *where);
 
 /* One entry of the `tasks` list: NAME:KIND:PATH. */
 typedef struct {

@@ -6,7 +6,8 @@
  * has to find a tensor, compare shapes and convert. Writing builds the header
  * with jansson, pads it with spaces to a multiple of 8 bytes (as Hugging Face
  * does, so the data section starts aligned), lays the tensors out back to back
- * in the order given and renames a fsynced temporary file over the target.
+ * in the order given, renames a fsynced temporary file over the target and
+ * fsyncs the folder (the rename is durable only then).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "safetensors.h"
@@ -247,6 +248,10 @@ int graft_st_write(const char *path, const graft_st_tensor_t *tensors, int n_ten
     } else if (rename(tmp, path) != 0) {
         saved = errno;
         LOG_ERROR("%s: cannot rename %s over it: %s", path, tmp, strerror(saved));
+    } else if (graft_fsync_dir_of(path) != GRAFT_OK) {
+        /* In place, but the rename may not survive a crash. */
+        saved = errno;
+        LOG_ERROR("%s: written, but its folder cannot be synced: %s", path, strerror(saved));
     } else {
         rc = GRAFT_OK;
     }
@@ -261,30 +266,6 @@ out:
 }
 
 /* ---- reading -------------------------------------------------------------- */
-
-static int read_whole_file(graft_st_file_t *f) {
-    FILE *fp = fopen(f->path, "rb");
-    if (!fp) {
-        LOG_ERROR("%s: cannot open: %s", f->path, strerror(errno));
-        return GRAFT_EIO;
-    }
-    struct stat st;
-    int rc = GRAFT_EIO;
-    if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
-        LOG_ERROR("%s: not a regular file", f->path);
-        goto out;
-    }
-    f->size = (size_t)st.st_size;
-    f->buf = graft_xmalloc(f->size);
-    if (fread(f->buf, 1, f->size, fp) != f->size) {
-        LOG_ERROR("%s: short read of %zu bytes: %s", f->path, f->size, strerror(errno));
-        goto out;
-    }
-    rc = GRAFT_OK;
-out:
-    fclose(fp);
-    return rc;
-}
 
 static int parse_dtype(const graft_st_file_t *f, const char *name, json_t *entry,
                        graft_st_dtype_t *out) {
@@ -466,9 +447,10 @@ int graft_st_open(const char *path, graft_st_file_t **out) {
     GRAFT_ASSERT(path && out);
     *out = NULL;
     graft_st_file_t *f = graft_xcalloc(1, sizeof *f);
-    f->path = strdup(path);
-    GRAFT_ASSERT(f->path);
-    int rc = read_whole_file(f);
+    f->path = graft_xstrdup(path);
+    f->buf = (uint8_t *)graft_read_file(path, &f->size);
+    int rc = f->buf ? GRAFT_OK : GRAFT_EIO;
+    if (rc) LOG_ERROR("%s: cannot open: %s", path, strerror(errno));
     if (!rc) rc = parse_header(f);
     if (!rc) rc = check_layout(f);
     if (rc) {

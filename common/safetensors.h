@@ -7,8 +7,9 @@
  *
  * graft writes F32 (parameters) and I32/I64 (indices, e.g. of sparse masks)
  * and reads F32, F16 and BF16 (converted to float) and I32/I64 (as int64).
- * Writes are atomic: a temporary file beside the target is written, fsynced
- * and renamed over it, so a crash never leaves a half-written checkpoint.
+ * Writes are atomic and durable: a temporary file beside the target is
+ * written, fsynced and renamed over it, then the folder is fsynced, so a
+ * crash leaves the old checkpoint or the new one, never half of one.
  *
  * Every refusal (bad header, truncated data, unknown dtype, overlapping or
  * out-of-range offsets, missing tensor, wrong shape) is logged with the file

@@ -25,8 +25,7 @@ static int add_tensor(graft_scope_t *s, const char *name, int ndim, int64_t d0, 
     GRAFT_ASSERT(!s->params && ndim >= 1 && ndim <= 2 && d0 > 0 && (ndim == 1 || d1 > 0));
     if (s->n_tensors == s->cap_tensors) {
         s->cap_tensors = s->cap_tensors ? 2 * s->cap_tensors : 16;
-        s->tensors = realloc(s->tensors, (size_t)s->cap_tensors * sizeof *s->tensors);
-        GRAFT_ASSERT(s->tensors);
+        s->tensors = graft_xrealloc(s->tensors, (size_t)s->cap_tensors * sizeof *s->tensors);
     }
     graft_scope_tensor_t *t = &s->tensors[s->n_tensors];
     memset(t, 0, sizeof *t);

@@ -62,22 +62,6 @@ const char *graft_task_split_name(int split) {
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static void *xrealloc(void *p, size_t n) {
-    void *q = realloc(p, n ? n : 1);
-    if (!q) {
-        fprintf(stderr, "graft: out of memory allocating %zu bytes\n", n);
-        abort();
-    }
-    return q;
-}
-
-static char *xstrdup(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *p = graft_xmalloc(n);
-    memcpy(p, s, n);
-    return p;
-}
-
 static int cmp_str_ptr(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
@@ -118,34 +102,6 @@ static size_t utf8_invalid_at(const unsigned char *s, size_t n) {
 
 /* ---- reading and parsing ------------------------------------------------ */
 
-static int read_whole_file(const char *path, char **buf_out, size_t *len_out) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        LOG_ERROR("task: cannot open %s: %s", path, strerror(errno));
-        return GRAFT_EIO;
-    }
-    size_t cap = 1 << 16, len = 0;
-    char *buf = graft_xmalloc(cap);
-    for (;;) {
-        if (len + 1 >= cap) buf = xrealloc(buf, cap *= 2);
-        size_t got = fread(buf + len, 1, cap - 1 - len, f);
-        len += got;
-        if (got == 0) break;
-    }
-    int rc = GRAFT_OK;
-    if (ferror(f)) {
-        LOG_ERROR("task: cannot read %s: %s", path, strerror(errno));
-        rc = GRAFT_EIO;
-        free(buf);
-    } else {
-        buf[len] = '\0';
-        *buf_out = buf;
-        *len_out = len;
-    }
-    fclose(f);
-    return rc;
-}
-
 typedef struct {
     graft_example_t *items;
     size_t n, cap;
@@ -154,7 +110,7 @@ typedef struct {
 static void example_list_push(example_list_t *l, const graft_example_t *ex) {
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 256;
-        l->items = xrealloc(l->items, l->cap * sizeof *l->items);
+        l->items = graft_xrealloc(l->items, l->cap * sizeof *l->items);
     }
     l->items[l->n++] = *ex;
 }
@@ -291,11 +247,14 @@ int graft_task_load(const char *name, graft_task_kind_t kind, const char *path,
                     graft_task_t **out) {
     GRAFT_ASSERT(name && path && out);
     GRAFT_ASSERT(kind == GRAFT_TASK_CLASSIFY || kind == GRAFT_TASK_GENERATE);
-    char *buf = NULL;
     size_t len = 0;
-    int rc = read_whole_file(path, &buf, &len);
-    if (rc != GRAFT_OK) return rc;
+    char *buf = graft_read_file(path, &len);
+    if (!buf) {
+        LOG_ERROR("task: cannot read %s: %s", path, strerror(errno));
+        return GRAFT_EIO;
+    }
 
+    int rc = GRAFT_OK;
     example_list_t lists[GRAFT_SPLIT_COUNT] = {{0}};
     size_t pos = 0, lineno = 0;
     if (len >= 3 && memcmp(buf, "\xEF\xBB\xBF", 3) == 0) pos = 3;
@@ -319,8 +278,8 @@ int graft_task_load(const char *name, graft_task_kind_t kind, const char *path,
     }
 
     graft_task_t *t = graft_xcalloc(1, sizeof *t);
-    t->name = xstrdup(name);
-    t->path = xstrdup(path);
+    t->name = graft_xstrdup(name);
+    t->path = graft_xstrdup(path);
     t->kind = kind;
     t->arena = buf;
     for (int s = 0; s < GRAFT_SPLIT_COUNT; s++) {
@@ -393,8 +352,8 @@ graft_task_t *graft_task_subset(const graft_task_t *t, const size_t *train_indic
     for (size_t g = 0; g < t->num_groups; g++) bytes += strlen(t->groups[g]) + 1;
 
     graft_task_t *u = graft_xcalloc(1, sizeof *u);
-    u->name = xstrdup(t->name);
-    u->path = xstrdup(t->path);
+    u->name = graft_xstrdup(t->name);
+    u->path = graft_xstrdup(t->path);
     u->kind = t->kind;
     u->arena = graft_xmalloc(bytes);
     char *cursor = u->arena;

@@ -2,7 +2,6 @@
 #include "trainer.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <string.h>
 
 #include "ops.h"
@@ -569,53 +568,6 @@ static int all_scopes(const graft_trainer_t *tr, graft_scope_t **out) {
     return n;
 }
 
-/* A run setting recorded in module checkpoints as metadata "train.NAME". */
-typedef struct {
-    const char *name;
-    char value[GRAFT_OPT_STR];
-} setting_t;
-
-#define MAX_SETTINGS 12
-
-/* out[n] := NAME = the formatted value; returns n + 1. */
-static int add_setting(setting_t *out, int n, const char *name, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int add_setting(setting_t *out, int n, const char *name, const char *fmt, ...) {
-    GRAFT_ASSERT(n < MAX_SETTINGS);
-    va_list ap;
-    va_start(ap, fmt);
-    out[n].name = name;
-    vsnprintf(out[n].value, sizeof out[n].value, fmt, ap);
-    va_end(ap);
-    return n + 1;
-}
-
-/* The settings that shape the modules (their tensors, or what the trunk
- * computes with them): the method, the heads' pooling and the modules'
- * sizes, ranks and alphas (only those of the methods in use); with
- * `optimizer`, also the optimizer whose state the checkpoint holds.
- * Returns the count. */
-static int module_settings(const graft_trainer_t *tr, int optimizer, setting_t *out) {
-    const graft_peft_config_t *pc = &tr->peft->cfg;
-    int n = add_setting(out, 0, "method", "%s", tr->cfg.method);
-    n = add_setting(out, n, "pool", "%s", tr->cfg.pool);
-    if (optimizer) n = add_setting(out, n, "optimizer", "%s", tr->cfg.optimizer);
-    if (pc->methods & GRAFT_M_LORA) {
-        char targets[64];
-        graft_peft_targets_str(pc->lora_targets, targets, sizeof targets);
-        n = add_setting(out, n, "lora_targets", "%s", targets);
-        n = add_setting(out, n, "lora_shared_rank", "%d", pc->lora_shared_rank);
-        n = add_setting(out, n, "lora_shared_alpha", "%g", (double)pc->lora_shared_alpha);
-        n = add_setting(out, n, "lora_task_rank", "%d", pc->lora_task_rank);
-        n = add_setting(out, n, "lora_task_alpha", "%g", (double)pc->lora_task_alpha);
-    }
-    if (pc->methods & GRAFT_M_ADAPTER)
-        n = add_setting(out, n, "adapter_dim", "%d", pc->adapter_dim);
-    if (pc->methods & GRAFT_M_CHANNELS)
-        n = add_setting(out, n, "channels_k", "%d", pc->channels_k);
-    return n;
-}
-
 int graft_trainer_save(graft_trainer_t *tr, const char *path) {
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
     int ns = all_scopes(tr, scopes);
@@ -650,18 +602,20 @@ int graft_trainer_save(graft_trainer_t *tr, const char *path) {
         ts[k++] = (graft_st_tensor_t){.name = nm, .ndim = 2, .shape = {L, kc}, .data = tmp[t]};
     }
     enum { PROGRESS = 5 };
-    char progress[PROGRESS - 1][32], keys[MAX_SETTINGS][64];
+    char progress[PROGRESS - 1][32], keys[GRAFT_MAX_SHARED_SETTINGS][64];
     snprintf(progress[0], 32, "%d", tr->step);
     snprintf(progress[1], 32, "%d", tr->stage);
     snprintf(progress[2], 32, "%llu", (unsigned long long)tr->rng.state);
     snprintf(progress[3], 32, "%llu", (unsigned long long)tr->rng.inc);
-    const char *mk[PROGRESS + MAX_SETTINGS] = {"train.step", "train.stage", "train.rng_state",
-                                              "train.rng_inc", "format"};
-    const char *mv[PROGRESS + MAX_SETTINGS] = {progress[0], progress[1], progress[2],
-                                              progress[3], "graft-modules"};
+    const char *mk[PROGRESS + GRAFT_MAX_SHARED_SETTINGS] = {
+        "train.step", "train.stage", "train.rng_state", "train.rng_inc", "format"};
+    const char *mv[PROGRESS + GRAFT_MAX_SHARED_SETTINGS] = {
+        progress[0], progress[1], progress[2], progress[3], "graft-modules"};
     int nm = PROGRESS;
-    setting_t set[MAX_SETTINGS];
-    int nset = module_settings(tr, 1, set);
+    /* The settings that shape the modules, with the optimizer whose state
+     * the checkpoint holds. */
+    graft_setting_t set[GRAFT_MAX_SHARED_SETTINGS];
+    int nset = graft_run_module_settings(&tr->cfg, 1, set);
     for (int i = 0; i < nset; i++, nm++) {
         snprintf(keys[i], sizeof keys[i], "train.%s", set[i].name);
         mk[nm] = keys[i];
@@ -689,16 +643,21 @@ static int meta_u64(const graft_st_file_t *f, const char *key, unsigned long lon
 
 /* Refuses modules trained with other settings than this run's (a setting
  * the checkpoint does not record, from an older graft, is not checked;
- * the method always is). */
+ * the method always is). Older checkpoints recorded the values as given
+ * (--method red,lora, alphas with %g): each is read back into its
+ * canonical form before the comparison. */
 static int check_settings(const graft_trainer_t *tr, const graft_st_file_t *f, int optimizer) {
-    setting_t set[MAX_SETTINGS];
-    int n = module_settings(tr, optimizer, set);
-    char key[80];
+    graft_setting_t set[GRAFT_MAX_SHARED_SETTINGS];
+    int n = graft_run_module_settings(&tr->cfg, optimizer, set);
+    char key[80], where[GRAFT_OPT_STR + 96], canon[GRAFT_OPT_STR];
     for (int i = 0; i < n; i++) {
         snprintf(key, sizeof key, "train.%s", set[i].name);
         const char *stored = graft_st_meta(f, key);
         if (!stored && strcmp(set[i].name, "method") != 0) continue;
-        if (!stored || strcmp(stored, set[i].value) != 0) {
+        snprintf(where, sizeof where, "%s: metadata %s", graft_st_path(f), key);
+        if (!stored || graft_run_setting_canonical(&tr->cfg, set[i].name, stored, canon,
+                                                   sizeof canon, where) != GRAFT_OK ||
+            strcmp(canon, set[i].value) != 0) {
             LOG_ERROR("%s: the modules were trained with --%s %s, this run gives --%s %s (give "
                       "the value they were trained with)", graft_st_path(f), set[i].name,
                       stored ? stored : "(not recorded)", set[i].name, set[i].value);

@@ -1,7 +1,8 @@
-/* transport_inproc.c — the in-process transport for tests and the embedded
- * single-machine run: one coordinator end and N worker ends sharing a hub of
- * queues, one inbox per end, guarded by one mutex, each inbox with its own
- * condition variable so that every end can block on its own thread.
+/* transport_inproc.c — the in-process transport of the tests (graft run,
+ * the embedded single-machine run, uses ZeroMQ on loopback): one
+ * coordinator end and N worker ends sharing a hub of queues, one inbox per
+ * end, guarded by one mutex, each inbox with its own condition variable so
+ * that every end can block on its own thread.
  *
  * The hub lives until the last end is destroyed; a destroyed end's inbox is
  * freed at once and later sends to it fail with GRAFT_EPEER.

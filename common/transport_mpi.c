@@ -23,7 +23,7 @@
 #include "transport.h"
 
 #define GRAFT_MPI_TAG 4711
-#define REDUCE_CHUNK ((size_t)1 << 26) /* floats per MPI call: counts are int */
+#define REDUCE_CHUNK ((size_t)1 << 26) /* int64 elements per MPI call: counts are int */
 #define DRAIN_SECONDS 5.0
 
 typedef struct {
@@ -69,8 +69,7 @@ static int mt_send(graft_transport_t *t, int peer, const void *buf, size_t len) 
     reap(m);
     if (m->npend == m->pcap) {
         m->pcap = m->pcap ? 2 * m->pcap : 16;
-        m->pend = realloc(m->pend, m->pcap * sizeof *m->pend);
-        GRAFT_ASSERT(m->pend);
+        m->pend = graft_xrealloc(m->pend, m->pcap * sizeof *m->pend);
     }
     pending_t *p = &m->pend[m->npend];
     p->buf = graft_xmalloc(len);
@@ -129,8 +128,7 @@ static const char *mt_peer_name(graft_transport_t *t, int peer) {
 static void add_group(mt_t *m, MPI_Comm c) {
     if (m->ngroups == m->gcap) {
         m->gcap = m->gcap ? 2 * m->gcap : 8;
-        m->groups = realloc(m->groups, (size_t)m->gcap * sizeof *m->groups);
-        GRAFT_ASSERT(m->groups);
+        m->groups = graft_xrealloc(m->groups, (size_t)m->gcap * sizeof *m->groups);
     }
     m->groups[m->ngroups++] = c;
 }

@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include "bf16.h"
 #include "graft.pb-c.h"
 
 /* Sparse indices are uint32, so no tensor may exceed 2^32 elements. */
@@ -41,21 +42,6 @@ const char *graft_msg_type_name(graft_msg_type_t type) {
 }
 
 /* ---- values ------------------------------------------------------------- */
-
-uint16_t graft_f32_to_bf16(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest, ties to even */
-    return (uint16_t)(u >> 16);
-}
-
-float graft_bf16_to_f32(uint16_t b) {
-    uint32_t u = (uint32_t)b << 16;
-    float x;
-    memcpy(&x, &u, 4);
-    return x;
-}
 
 static size_t dtype_size(int dtype) { return dtype == GRAFT_DTYPE_BF16 ? 2 : 4; }
 
@@ -394,13 +380,13 @@ int graft_wire_encode(const graft_msg_t *msg, graft_wire_dtype_t dtype, uint8_t 
 
 /* ---- decode: fields ----------------------------------------------------- */
 
-/* Identifiers must be present, short and printable so reasons can quote them. */
-static int check_ident(const char *s, const char *what, char *why, size_t why_len) {
+/* Text that reaches the logs (names, setting values, reasons) must be at
+ * most max bytes and free of control bytes, so that it is safe to log and
+ * to quote in a reason. NULL reads as "". */
+static int check_text(const char *s, const char *what, size_t max, char *why, size_t why_len) {
     size_t n = s ? strlen(s) : 0;
-    if (n == 0) return fail(why, why_len, GRAFT_EFORMAT, "%s is missing or empty", what);
-    if (n > GRAFT_WIRE_MAX_NAME)
-        return fail(why, why_len, GRAFT_EFORMAT, "%s is %zu bytes long (limit %d)", what, n,
-                    GRAFT_WIRE_MAX_NAME);
+    if (n > max)
+        return fail(why, why_len, GRAFT_EFORMAT, "%s is %zu bytes long (limit %zu)", what, n, max);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c < 0x20 || c == 0x7f)
@@ -409,9 +395,23 @@ static int check_ident(const char *s, const char *what, char *why, size_t why_le
     return GRAFT_OK;
 }
 
+/* Identifiers must also be present. */
+static int check_ident(const char *s, const char *what, char *why, size_t why_len) {
+    if (!s || !*s) return fail(why, why_len, GRAFT_EFORMAT, "%s is missing or empty", what);
+    return check_text(s, what, GRAFT_WIRE_MAX_NAME, why, why_len);
+}
+
+/* A copy of free text (check_text) in *out. */
+static int dup_text(const char *s, const char *what, size_t max, char **out, char *why,
+                    size_t why_len) {
+    int rc = check_text(s, what, max, why, why_len);
+    if (rc == GRAFT_OK) *out = graft_xstrdup(s ? s : "");
+    return rc;
+}
+
 static int dup_ident(const char *s, const char *what, char **out, char *why, size_t why_len) {
     int rc = check_ident(s, what, why, why_len);
-    if (rc == GRAFT_OK) *out = strdup(s);
+    if (rc == GRAFT_OK) *out = graft_xstrdup(s);
     return rc;
 }
 
@@ -578,16 +578,11 @@ static int dec_settings(const Graft__Hello *pb, graft_wire_hello_t *m, char *why
         snprintf(what, sizeof what, "hello.settings[%zu].name", i);
         int rc = dup_ident(s->name, what, &m->settings[i].name, why, why_len);
         if (rc) return rc;
-        const char *v = s->value ? s->value : "";
-        size_t n = strlen(v);
-        for (size_t k = 0; k < n; k++)
-            if ((unsigned char)v[k] < 0x20 || v[k] == 0x7f)
-                return fail(why, why_len, GRAFT_EFORMAT, "hello setting '%s' has a control "
-                            "character", s->name);
-        if (n > GRAFT_WIRE_MAX_SETTING)
-            return fail(why, why_len, GRAFT_EFORMAT, "hello setting '%s' is %zu bytes, at most "
-                        "%d", s->name, n, GRAFT_WIRE_MAX_SETTING);
-        m->settings[i].value = strdup(v);
+        char vwhat[GRAFT_WIRE_MAX_NAME + 32];
+        snprintf(vwhat, sizeof vwhat, "hello setting '%s'", s->name);
+        rc = dup_text(s->value, vwhat, GRAFT_WIRE_MAX_SETTING, &m->settings[i].value, why,
+                      why_len);
+        if (rc) return rc;
         for (size_t j = 0; j < i; j++)
             if (!strcmp(m->settings[j].name, s->name))
                 return fail(why, why_len, GRAFT_EFORMAT, "hello setting '%s' appears twice",
@@ -782,6 +777,10 @@ static int dec_eval_result(const Graft__EvalResult *pb, graft_wire_eval_result_t
         snprintf(what, sizeof what, "eval_result.metrics[%zu].name", i);
         rc = dup_ident(pb->metrics[i]->name, what, &m->metrics[i].name, why, why_len);
         if (rc) return rc;
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(m->metrics[j].name, m->metrics[i].name))
+                return fail(why, why_len, GRAFT_EFORMAT, "eval_result metric '%s' appears twice",
+                            m->metrics[i].name);
         snprintf(what, sizeof what, "eval_result metric '%s'", m->metrics[i].name);
         rc = check_finite(pb->metrics[i]->value, what, why, why_len);
         if (rc) return rc;
@@ -799,13 +798,13 @@ static int dec_small(const Graft__Envelope *env, graft_msg_t *m, char *why, size
         m->heartbeat.unix_ms = env->heartbeat->unix_ms;
         return GRAFT_OK;
     case GRAFT__ENVELOPE__BODY_SHUTDOWN:
-        m->shutdown.reason = strdup(env->shutdown->reason ? env->shutdown->reason : "");
         m->shutdown.run_complete = env->shutdown->run_complete;
-        return GRAFT_OK;
+        return dup_text(env->shutdown->reason, "shutdown.reason", GRAFT_WIRE_MAX_TEXT,
+                        &m->shutdown.reason, why, why_len);
     case GRAFT__ENVELOPE__BODY_ERROR:
         m->error.code = env->error->code;
-        m->error.message = strdup(env->error->message ? env->error->message : "");
-        return GRAFT_OK;
+        return dup_text(env->error->message, "error.message", GRAFT_WIRE_MAX_TEXT,
+                        &m->error.message, why, why_len);
     default:
         return fail(why, why_len, GRAFT_EFORMAT, "message has no body (field %d)",
                     (int)env->body_case);

@@ -34,6 +34,7 @@
  * printable, so that a reason naming one is safe to log. */
 #define GRAFT_WIRE_MAX_NAME 255
 #define GRAFT_WIRE_MAX_SETTING 1024 /* bytes of a hello setting's value */
+#define GRAFT_WIRE_MAX_TEXT 2048    /* bytes of a shutdown's reason, an error's message */
 #define GRAFT_WIRE_MAX_SETTINGS 64  /* settings in a hello */
 
 typedef enum {
@@ -251,9 +252,5 @@ int graft_wire_expect_round(const graft_msg_t *msg, uint64_t round, char *why, s
 
 /* Writes the dense form of t (numel floats) into out. */
 void graft_wire_tensor_densify(const graft_wire_tensor_t *t, float *out);
-
-/* Float <-> bfloat16 bits; round to nearest even, NaN stays NaN. */
-uint16_t graft_f32_to_bf16(float x);
-float graft_bf16_to_f32(uint16_t b);
 
 #endif

@@ -132,8 +132,7 @@ int graft_aggregator_add(graft_aggregator_t *a, int k, const float *x, uint64_t 
     }
     if (s->nheld == s->capheld) {
         s->capheld = s->capheld ? 2 * s->capheld : 8;
-        s->held = realloc(s->held, (size_t)s->capheld * sizeof *s->held);
-        GRAFT_ASSERT(s->held);
+        s->held = graft_xrealloc(s->held, (size_t)s->capheld * sizeof *s->held);
     }
     s->held[s->nheld++] = copy;
     return GRAFT_OK;

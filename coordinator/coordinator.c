@@ -253,8 +253,6 @@ static void log_cohorts(coord_t *c) {
     free(names);
 }
 
-/* Sends every active worker the round, then opens the aggregation (with
- * MPI reductions this joins them: the workers were sent the round first). */
 /* Two-stage channels: the first round after stage 1 selects each task's
  * channels from its aggregated scores. Every worker makes the same choice
  * from the same scores when the round start says stage 2 (hyper). */
@@ -273,6 +271,8 @@ static void enter_stage2(coord_t *c) {
                                 "channels_digest", digest));
 }
 
+/* Sends every active worker the round, then opens the aggregation (with
+ * MPI reductions this joins them: the workers were sent the round first). */
 static int start_round(coord_t *c) {
     enter_stage2(c);
     c->round_t0 = graft_now();

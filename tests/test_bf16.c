@@ -56,6 +56,16 @@ static void test_round(void **state) {
     /* above halfway rounds up */
     assert_true(r(1.0f + 0x1p-8f + 0x1p-12f) == 1.0f + 0x1p-7f);
     assert_true(r(3.14159265f) == 3.140625f);
+    /* infinities stay; every NaN stays a NaN: rounding the bits of
+     * 0x7fffffff carried into the sign (-0), of 0x7f800001 into Inf */
+    assert_true(r(INFINITY) == INFINITY && r(-INFINITY) == -INFINITY);
+    static const uint32_t nans[] = {0x7fc00000u, 0x7fffffffu, 0x7f800001u, 0xffffffffu,
+                                    0xff800001u, 0x7fbfffffu};
+    for (size_t i = 0; i < sizeof nans / sizeof nans[0]; i++) {
+        float x;
+        memcpy(&x, &nans[i], sizeof x);
+        if (!isnan(r(x))) fail_msg("NaN 0x%08x rounds to %g", nans[i], (double)r(x));
+    }
 }
 
 /* got (M, Nc), rows at stride ldg, against init + A @ B in double on

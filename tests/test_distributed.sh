@@ -37,7 +37,7 @@ NAME=distributed
 echo 'lora_gap = true' >> "$T/run.conf"
 
 # ---- 1. graft run over ZeroMQ ----------------------------------------------
-timeout 120 "$GRAFT" run --config "$T/run.conf" --workers 3 --out "$T/zmq" \
+GRAFT_LOG_LEVEL=debug timeout 120 "$GRAFT" run --config "$T/run.conf" --workers 3 --out "$T/zmq" \
     >"$T/zmq.out" 2>"$T/zmq.err" || { cat "$T/zmq.err" >&2; fail "graft run failed"; }
 EV=$T/zmq/events.jsonl
 for e in run_start worker_join round_end eval checkpoint run_end; do
@@ -50,7 +50,12 @@ grep -q '"participants":\["shard' "$EV" || fail "round_end without participants"
 for task in majority pairs shift; do
     grep -q "^$task .*test" "$T/zmq.out" || fail "no test metrics for $task on stdout"
 done
-echo "ok 1 - graft run --workers 3: events and per-task test metrics"
+grep -q ' debug coordinator: ' "$T/zmq.err" || fail "GRAFT_LOG_LEVEL=debug: no debug lines"
+grep -q -x 'workers = 3' "$T/zmq/config.txt" ||
+    fail "graft run did not write its effective settings to OUT/config.txt"
+grep -q -F "config: the effective settings are in $T/zmq/config.txt" "$T/zmq.err" ||
+    fail "graft run did not log the path of its config.txt"
+echo "ok 1 - graft run --workers 3: events, per-task test metrics, config.txt, debug lines"
 
 # ---- 2. the same job under MPI: identical modules ----------------------------
 if command -v mpirun >/dev/null 2>&1; then
@@ -60,6 +65,7 @@ if command -v mpirun >/dev/null 2>&1; then
     cmp "$T/zmq/modules.safetensors" "$T/mpi/modules.safetensors" ||
         fail "MPI and ZeroMQ runs of the same job ended with different modules"
     cmp "$T/zmq.out" "$T/mpi.out" || fail "MPI and ZeroMQ test metrics differ"
+    grep -q -x 'shards =' "$T/mpi/config.txt" || fail "graft mpi wrote no OUT/config.txt"
     grep -q '"event":"run_start".*"mpi_reductions":true' "$T/mpi/events.jsonl" ||
         fail "graft mpi did not use MPI reductions"
     grep -q '"event":"round_end".*"lora_gap":{"shared":' "$T/zmq/events.jsonl" ||

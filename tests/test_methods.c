@@ -405,15 +405,16 @@ static void test_settings_refused(void **state) {
                      GRAFT_EINVAL);
 }
 
-/* A copy of the checkpoint at src with only the metadata graft wrote
- * before the module settings were recorded. */
-static void write_old_checkpoint(const char *src, const char *dst) {
+/* A copy of the checkpoint at src with metadata keys[0..n) only: the
+ * value of vals[i] where it is not NULL, else src's. */
+static void copy_checkpoint(const char *src, const char *dst, const char *const *keys,
+                            const char *const *vals, int n) {
     graft_st_file_t *f = NULL;
     assert_int_equal(graft_st_open(src, &f), GRAFT_OK);
-    int n = graft_st_count(f);
-    graft_st_tensor_t *ts = calloc((size_t)n, sizeof *ts);
-    float **data = calloc((size_t)n, sizeof *data);
-    for (int i = 0; i < n; i++) {
+    int nt = graft_st_count(f);
+    graft_st_tensor_t *ts = calloc((size_t)nt, sizeof *ts);
+    float **data = calloc((size_t)nt, sizeof *data);
+    for (int i = 0; i < nt; i++) {
         ts[i].name = graft_st_name(f, i);
         assert_int_equal(graft_st_shape(f, ts[i].name, ts[i].shape, &ts[i].ndim), GRAFT_OK);
         int64_t numel = 1;
@@ -422,15 +423,37 @@ static void write_old_checkpoint(const char *src, const char *dst) {
         assert_int_equal(graft_st_read(f, ts[i].name, ts[i].shape, ts[i].ndim, data[i]), 0);
         ts[i].data = data[i];
     }
-    const char *keys[] = {"train.step", "train.stage", "train.rng_state", "train.rng_inc",
-                          "train.method", "train.optimizer", "format"};
-    const char *vals[7];
-    for (int i = 0; i < 7; i++) vals[i] = graft_st_meta(f, keys[i]);
-    assert_int_equal(graft_st_write(dst, ts, n, keys, vals, 7), GRAFT_OK);
-    for (int i = 0; i < n; i++) free(data[i]);
+    const char *v[16];
+    assert_true(n <= 16);
+    for (int i = 0; i < n; i++) {
+        v[i] = vals && vals[i] ? vals[i] : graft_st_meta(f, keys[i]);
+        assert_non_null(v[i]);
+    }
+    assert_int_equal(graft_st_write(dst, ts, nt, keys, v, n), GRAFT_OK);
+    for (int i = 0; i < nt; i++) free(data[i]);
     free(data);
     free(ts);
     graft_st_close(&f);
+}
+
+static const char *const PROGRESS_KEYS[] = {"train.step", "train.stage", "train.rng_state",
+                                            "train.rng_inc", "format"};
+
+/* A copy of the checkpoint at src with only the metadata graft wrote
+ * before the module settings were recorded. */
+static void write_old_checkpoint(const char *src, const char *dst) {
+    const char *keys[] = {PROGRESS_KEYS[0], PROGRESS_KEYS[1], PROGRESS_KEYS[2], PROGRESS_KEYS[3],
+                          PROGRESS_KEYS[4], "train.method", "train.optimizer"};
+    copy_checkpoint(src, dst, keys, NULL, 7);
+}
+
+/* The modules of a trainer of cfg after one step, saved at path. */
+static void save_one_step(const graft_run_config_t *cfg, const char *path) {
+    graft_trainer_t *tr = NULL;
+    assert_int_equal(graft_trainer_new(cfg, &tr), GRAFT_OK);
+    graft_trainer_step(tr, 0, -1.0f);
+    assert_int_equal(graft_trainer_save(tr, path), GRAFT_OK);
+    graft_trainer_destroy(&tr);
 }
 
 /* Module checkpoints record the settings that shape the modules; loading
@@ -440,14 +463,10 @@ static void test_checkpoint_settings(void **state) {
     (void)state;
     graft_run_config_t cfg;
     run_config(&cfg, "lora", 3e-3f, NULL);
-    graft_trainer_t *tr = NULL;
-    assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
-    graft_trainer_step(tr, 0, -1.0f);
     char path[256], old[256];
     snprintf(path, sizeof path, "%s/settings/modules.safetensors", g_dir);
     snprintf(old, sizeof old, "%s/settings/old.safetensors", g_dir);
-    assert_int_equal(graft_trainer_save(tr, path), GRAFT_OK);
-    graft_trainer_destroy(&tr);
+    save_one_step(&cfg, path);
 
     graft_st_file_t *f = NULL;
     assert_int_equal(graft_st_open(path, &f), GRAFT_OK);
@@ -472,6 +491,41 @@ static void test_checkpoint_settings(void **state) {
     write_old_checkpoint(path, old);
     assert_int_equal(settings_rc(&cfg, "pool", "mean", old, 0), GRAFT_OK);
     assert_int_equal(settings_rc(&cfg, "lora_task_alpha", "2", old, 1), GRAFT_OK);
+}
+
+/* The checkpoint's settings are compared as the hello compares them
+ * (graft_run_shared_settings): --method lora,red resumes as red,lora. A
+ * checkpoint written before that recorded the raw flags (--method as
+ * given, alphas with %g); they still load, read the same way. */
+static void test_checkpoint_settings_canonical(void **state) {
+    (void)state;
+    graft_run_config_t cfg;
+    run_config(&cfg, "lora,red", 3e-3f, NULL);
+    set(&cfg, "lora_task_alpha", "0.1");
+    set(&cfg, "lora_targets", "fc,qkv");
+    char path[256], raw[256];
+    snprintf(path, sizeof path, "%s/canonical/modules.safetensors", g_dir);
+    snprintf(raw, sizeof raw, "%s/canonical/raw.safetensors", g_dir);
+    save_one_step(&cfg, path);
+    assert_int_equal(settings_rc(&cfg, "method", "red,lora", path, 1), GRAFT_OK);
+    assert_int_equal(settings_rc(&cfg, "method", " red , lora", path, 0), GRAFT_OK);
+    assert_int_equal(settings_rc(&cfg, "lora_targets", "qkv,fc", path, 1), GRAFT_OK);
+    assert_int_equal(settings_rc(&cfg, "method", "lora", path, 0), GRAFT_EINVAL);
+    assert_int_equal(settings_rc(&cfg, "lora_task_alpha", "0.2", path, 0), GRAFT_EINVAL);
+
+    const char *keys[] = {PROGRESS_KEYS[0], PROGRESS_KEYS[1], PROGRESS_KEYS[2],
+                          PROGRESS_KEYS[3], PROGRESS_KEYS[4], "train.method",
+                          "train.pool", "train.optimizer", "train.lora_targets",
+                          "train.lora_shared_rank", "train.lora_shared_alpha",
+                          "train.lora_task_rank", "train.lora_task_alpha"};
+    const char *vals[] = {NULL, NULL, NULL, NULL, NULL, "red,lora", NULL, NULL, "fc,qkv",
+                          NULL, NULL, NULL, "0.1"};
+    copy_checkpoint(path, raw, keys, vals, 13);
+    assert_int_equal(settings_rc(&cfg, "method", "lora,red", raw, 1), GRAFT_OK);
+    assert_int_equal(settings_rc(&cfg, "lora_task_alpha", "0.2", raw, 0), GRAFT_EINVAL);
+    vals[5] = "lora,bogus";
+    copy_checkpoint(path, raw, keys, vals, 13);
+    assert_int_equal(settings_rc(&cfg, "method", "lora,red", raw, 0), GRAFT_EINVAL);
 }
 
 /* Channel indices of a checkpoint: 0..C-1, none twice in a layer. */
@@ -534,6 +588,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_settings_refused),
         cmocka_unit_test(test_checkpoint_settings),
+        cmocka_unit_test(test_checkpoint_settings_canonical),
         cmocka_unit_test(test_channel_indices_checked),
         cmocka_unit_test(test_empty_split),
         cmocka_unit_test(test_optimizer_option),

@@ -56,7 +56,7 @@ static int group_setup(void **state) {
 }
 
 static const char *const g_files[] = {"good.conf", "bad.conf", "dump.conf", "long.conf",
-                                      "stderr.log"};
+                                      "stderr.log", "sets.conf"};
 
 static int group_teardown(void **state) {
     (void)state;
@@ -227,6 +227,41 @@ static void test_help(void **state) {
     assert_int_equal(PARSE(&s, "--steps", "5", "--help"), GRAFT_OPTS_HELP);
 }
 
+/* A # starts a comment at the start of a line or after a blank only: a
+ * value may hold one inside a word. */
+static void test_hash_in_values(void **state) {
+    (void)state;
+    char path[PATH_LEN];
+    write_text(tmp_path(path, "good.conf"), "name = run#2\n"
+                                            "steps = 3 #three\n"
+                                            "#lr = 0.5\n"
+                                            "  # seed = 9\n"
+                                            "seed = 4\t# tab, then a comment\n");
+    settings_t s;
+    assert_int_equal(PARSE(&s, "--config", path), GRAFT_OPTS_OK);
+    assert_string_equal(s.name, "run#2");
+    assert_int_equal(s.steps, 3);
+    assert_true(s.lr == 0.001f);
+    assert_int_equal(s.seed, 4);
+}
+
+/* The first pass looks for --help and --config among the flags, not among
+ * their values: `--name --help` names a run. */
+static void test_flag_values_are_not_flags(void **state) {
+    (void)state;
+    settings_t s;
+    assert_int_equal(PARSE(&s, "--name", "--help", "--steps", "3"), GRAFT_OPTS_OK);
+    assert_string_equal(s.name, "--help");
+    assert_int_equal(s.steps, 3);
+    assert_int_equal(PARSE(&s, "--name", "-h"), GRAFT_OPTS_OK);
+    assert_string_equal(s.name, "-h");
+    assert_int_equal(PARSE(&s, "--name", "--config"), GRAFT_OPTS_OK);
+    assert_string_equal(s.name, "--config");
+    /* a boolean takes only a boolean word: --help after it is the flag */
+    assert_int_equal(PARSE(&s, "--verbose", "--help"), GRAFT_OPTS_HELP);
+    assert_int_equal(PARSE(&s, "--verbose=yes", "--help"), GRAFT_OPTS_HELP);
+}
+
 /* ---- refused input ------------------------------------------------------ */
 
 static void test_numbers_refused(void **state) {
@@ -305,6 +340,37 @@ static void test_bad_config_lines(void **state) {
     settings_t s;
     assert_true(PARSE(&s, "--steps", "5", "--config", path) < 0);
     assert_int_equal(graft_options_load_file(table, &s, path), GRAFT_EINVAL);
+}
+
+/* A config line longer than the reader's buffer is refused (file:line)
+ * rather than read as two lines; the longest that fits is read, also as
+ * the last line without its LF. */
+static void test_long_config_line(void **state) {
+    (void)state;
+    enum { LONGEST = 4094 }; /* characters before the LF */
+    char *text = malloc(2 * LONGEST + 64), path[PATH_LEN];
+    int n = snprintf(text, 8, "# ");
+    memset(text + n, 'c', LONGEST - n);
+    n = LONGEST;
+    n += sprintf(text + n, "\nsteps = 6\n");
+    write_text(tmp_path(path, "long.conf"), text);
+    settings_t s;
+    assert_int_equal(PARSE(&s, "--config", path), GRAFT_OPTS_OK);
+    assert_int_equal(s.steps, 6);
+    /* the same comment one character longer: its tail used to become a line */
+    text[0] = '#';
+    text[1] = ' ';
+    memset(text + 2, 'c', LONGEST - 2);
+    sprintf(text + LONGEST, "csteps = 7\n");
+    expect_bad_conf(text, GRAFT_EFORMAT, "1: line longer than 4094 characters");
+    /* the last line, at the longest, without an LF */
+    n = sprintf(text, "steps = 8");
+    memset(text + n, ' ', LONGEST + 1 - n);
+    text[LONGEST + 1] = '\0';
+    write_text(path, text);
+    assert_int_equal(PARSE(&s, "--config", path), GRAFT_OPTS_OK);
+    assert_int_equal(s.steps, 8);
+    free(text);
 }
 
 static void test_string_length(void **state) {
@@ -467,6 +533,20 @@ static void test_dump_reload_digest(void **state) {
     assert_int_equal(back.verbose, 1);
     assert_int_equal(back.seed, -3);
 
+    /* floats in their shortest exact form (0.1, not 0.100000001); the next
+     * float up needs eight digits and keeps them */
+    char buf[64];
+    graft_options_format(buf, sizeof buf, &table[1], &s);
+    assert_string_equal(buf, "0.1");
+    uint32_t bits;
+    memcpy(&bits, &s.lr, sizeof bits);
+    bits++;
+    memcpy(&back.lr, &bits, sizeof bits);
+    graft_options_format(buf, sizeof buf, &table[1], &back);
+    assert_string_equal(buf, "0.10000001");
+    assert_int_equal(graft_options_set(table, &s, "lr", buf, "test"), GRAFT_OK);
+    assert_memory_equal(&back.lr, &s.lr, sizeof s.lr);
+
     /* the digest sees every option */
     settings_t d;
     assert_int_equal(parse(&d, (const char *const[]){NULL}), GRAFT_OPTS_OK);
@@ -485,6 +565,57 @@ static void test_dump_reload_digest(void **state) {
     }
 }
 
+/* The effective settings of several tables, written as a command writes
+ * OUT/config.txt, read back to the same; a value a config line cannot hold
+ * is left out as a comment, and counted. */
+static void test_dump_sets_and_unwritable(void **state) {
+    (void)state;
+    settings_t s, s2;
+    extra_t e, e2;
+    assert_int_equal(PARSE_SETS(NULL, NULL, "--workers", "7", "--bind", "tcp://h:9", "--lr",
+                                "0.1", "--name", "run#2"),
+                     GRAFT_OPTS_OK);
+    char path[PATH_LEN], flag[PATH_LEN + 16];
+    graft_option_set_t sets[] = {{extra_table, &e}, {table, &s}};
+    assert_int_equal(graft_options_write_sets(tmp_path(path, "sets.conf"), "test: a header", sets,
+                                              2), GRAFT_OK);
+    snprintf(flag, sizeof flag, "--config=%s", path);
+    assert_int_equal(parse_sets(&s2, &e2, (const char *const[]){flag, NULL}, NULL, NULL),
+                     GRAFT_OPTS_OK);
+    assert_true(graft_options_digest(table, &s2) == graft_options_digest(table, &s));
+    assert_true(graft_options_digest(extra_table, &e2) == graft_options_digest(extra_table, &e));
+    assert_string_equal(s2.name, "run#2");
+    assert_int_equal(e2.workers, 7);
+
+    static const char *const bad[] = {"a #b", "#b", " lead", "trail\t", "two\nlines"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(s.name, sizeof s.name, "%s", bad[i]);
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        capture();
+        assert_int_equal(graft_options_dump(f, table, &s), 1);
+        capture_end_expect("the value of --name holds");
+        fclose(f);
+        assert_non_null(strstr(text, "# name: its value holds"));
+        assert_null(strstr(text, "\nname ="));
+        free(text);
+    }
+}
+
+static void test_log_level_names(void **state) {
+    (void)state;
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    graft_log_level_t l;
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(graft_log_level_parse(names[i], &l), GRAFT_OK);
+        assert_int_equal(l, i);
+    }
+    assert_int_equal(graft_log_level_parse("verbose", &l), GRAFT_EINVAL);
+    assert_int_equal(graft_log_level_parse("", &l), GRAFT_EINVAL);
+    assert_int_equal(graft_log_level_parse("INFO", &l), GRAFT_EINVAL);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
@@ -493,6 +624,11 @@ int main(void) {
         cmocka_unit_test(test_flags_override_file),
         cmocka_unit_test(test_equals_form_and_bools),
         cmocka_unit_test(test_help),
+        cmocka_unit_test(test_hash_in_values),
+        cmocka_unit_test(test_flag_values_are_not_flags),
+        cmocka_unit_test(test_long_config_line),
+        cmocka_unit_test(test_dump_sets_and_unwritable),
+        cmocka_unit_test(test_log_level_names),
         cmocka_unit_test(test_numbers_refused),
         cmocka_unit_test(test_unknown_and_stray_refused),
         cmocka_unit_test(test_bad_config_lines),

@@ -469,12 +469,15 @@ static void test_finite_differences(void **state) {
 
 /* ---- LoRA merge ---------------------------------------------------------------- */
 
-static void test_lora_merge(void **state) {
-    (void)state;
+/* LoRA on the given projections: the pass's merged weights (only the
+ * targets' are held: merged_c2 C^2 floats per layer) give the outputs of
+ * the trunk with the pairs merged into its own weights. */
+static void lora_merge_case(int targets, size_t merged_c2) {
     batch_t bt;
     make_batch(&bt, 5);
     graft_gpt2_t *m = tiny_trunk();
     graft_peft_config_t cfg = peft_config(GRAFT_M_LORA);
+    cfg.lora_targets = targets;
     graft_peft_t *p = graft_peft_new(m, &cfg, TASKS, 2);
     perturb_modules(p, 6); /* B != 0, or merging would do nothing */
     int V = m->cfg.V, C = m->cfg.C;
@@ -520,9 +523,18 @@ static void test_lora_merge(void **state) {
         free(lora_logits);
         free(lora_lnf);
     }
+    assert_int_equal(p->merged_n, merged_c2 * m->cfg.L * C * C);
     free(w0);
     graft_peft_destroy(&p);
     graft_gpt2_destroy(&m);
+}
+
+static void test_lora_merge(void **state) {
+    (void)state;
+    lora_merge_case((1 << GRAFT_NUM_PROJ) - 1, 12);
+    /* apart in the trunk's order, so that each one's place counts */
+    lora_merge_case(1 << GRAFT_PROJ_ATTN | 1 << GRAFT_PROJ_FCPROJ, 5);
+    lora_merge_case(1 << GRAFT_PROJ_FC, 4);
 }
 
 /* ---- folding the modules into the trunk ------------------------------------- */

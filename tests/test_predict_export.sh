@@ -203,4 +203,34 @@ for e in evals:
     assert e["examples"] == 0, e
     assert all(e[k] is None for k in ("loss", "accuracy", "macro_f1", "ece")), e
 PY
+# The effective settings: graft train writes OUT/config.txt and logs its
+# path; a run of --config that file writes the same one (but for the flags
+# given on top of it).
+C="$T/run/config.txt"
+grep -q -F "config: the effective settings are in $C" "$T/train.log" || fail "no $C logged"
+"$GRAFT" train --config "$C" --out "$T/again" --steps 1 --eval_max 4 --decode_max 1 \
+  >/dev/null 2>"$T/err" || fail "graft train --config $C: $(tail -3 "$T/err")"
+for f in "$C" "$T/again/config.txt"; do
+  grep -v -e '^out =' -e '^steps =' -e '^eval_max =' -e '^decode_max =' "$f" >"$f.rest"
+done
+cmp "$C.rest" "$T/again/config.txt.rest" || fail "$C does not read back to the same settings"
+grep -q -x "tasks = $TASKS" "$C" || fail "$C lacks the run's tasks"
+
+# --log_level, else GRAFT_LOG_LEVEL: warn and error leave out the info lines.
+levels() { # ENV_LEVEL ARGS...: the levels of graft inspect's log lines
+  lvl="$1"
+  shift
+  env GRAFT_LOG_LEVEL="$lvl" "$GRAFT" inspect "$@" 2>&1 >/dev/null | awk '{ print $2 }' |
+    sort -u | tr '\n' ' '
+}
+[ "$(levels '' "$@")" = "info " ] || fail "inspect logs '$(levels '' "$@")', not info lines"
+[ -z "$(levels '' "$@" --log_level warn)" ] || fail "--log_level warn still logs"
+[ -z "$(levels error "$@")" ] || fail "GRAFT_LOG_LEVEL=error still logs"
+[ "$(levels error "$@" --log_level info)" = "info " ] ||
+  fail "--log_level info does not override GRAFT_LOG_LEVEL=error"
+rejects "--log_level 'loud': expected error, warn, info or debug" inspect "$@" --log_level loud
+env GRAFT_LOG_LEVEL=loud "$GRAFT" inspect "$@" >/dev/null 2>"$T/err" &&
+  fail "GRAFT_LOG_LEVEL=loud accepted"
+grep -q -F "GRAFT_LOG_LEVEL 'loud': expected error, warn, info or debug" "$T/err" ||
+  fail "GRAFT_LOG_LEVEL=loud: $(cat "$T/err")"
 echo "test_predict_export: ok"

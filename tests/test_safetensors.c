@@ -597,6 +597,42 @@ static void test_refuse_truncated_checkpoint(void **state) {
     expect_open_refused(path, GRAFT_EFORMAT, "tensor 'b' ends at byte 256");
 }
 
+/* ---- durability ---------------------------------------------------------------- */
+
+/* graft_core is a static library, so its fsync calls land here: a
+ * directory's is counted, with whether the file named g_sync_target was in
+ * it by then (the rename comes first). */
+static const char *g_sync_target;
+static int g_dir_syncs, g_dir_syncs_after_rename;
+static ino_t g_synced_dir;
+
+int fsync(int fd) {
+    struct stat st, target;
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        g_dir_syncs++;
+        g_synced_dir = st.st_ino;
+        g_dir_syncs_after_rename += g_sync_target && stat(g_sync_target, &target) == 0;
+    }
+    return fdatasync(fd);
+}
+
+/* A checkpoint's rename is made durable: its folder is fsynced after it. */
+static void test_write_syncs_folder(void **state) {
+    (void)state;
+    char path[PATH_LEN];
+    g_sync_target = tmp_path(path, "durable.safetensors");
+    g_dir_syncs = g_dir_syncs_after_rename = 0;
+    const float x[2] = {1, 2};
+    const graft_st_tensor_t ok[] = {{"a", 1, {2}, x, GRAFT_ST_F32}};
+    assert_int_equal(graft_st_write(path, ok, 1, NULL, NULL, 0), GRAFT_OK);
+    struct stat dir;
+    assert_int_equal(stat(g_dir, &dir), 0);
+    assert_int_equal(g_dir_syncs, 1);
+    assert_int_equal(g_dir_syncs_after_rename, 1);
+    assert_true(g_synced_dir == dir.st_ino);
+    g_sync_target = NULL;
+}
+
 /* ---- refused writes ------------------------------------------------------------- */
 
 static void test_refuse_bad_writes(void **state) {
@@ -642,6 +678,7 @@ int main(void) {
         cmocka_unit_test(test_refuse_offsets),
         cmocka_unit_test(test_refuse_truncated_checkpoint),
         cmocka_unit_test(test_refuse_bad_writes),
+        cmocka_unit_test(test_write_syncs_folder),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

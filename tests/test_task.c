@@ -11,8 +11,12 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <errno.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "graft.h"
 #include "task.h"
 #include "tokenizer.h"
 
@@ -519,6 +523,48 @@ static void test_malformed_files_are_refused(void **state) {
     assert_null(t);
 }
 
+/* Task files are read whole (graft_read_file): a pipe longer than the
+ * first buffer is read to its end, an empty file is empty, and a directory
+ * is refused with the system's reason. */
+static void test_read_file_streams(void **state) {
+    fixture_t *fx = *state;
+    enum { ROWS = 5000 }; /* about 100 kB: more than the first 64 kB buffer */
+    snprintf(fx->path, sizeof fx->path, "%s/fifo.tsv", fx->dir);
+    assert_int_equal(mkfifo(fx->path, 0600), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        FILE *f = fopen(fx->path, "w");
+        for (int i = 0; f && i < ROWS; i++)
+            fprintf(f, "%s\t%s\tg%d\ttext number %d of the pipe\n", i % 10 ? "train" : "test",
+                    i % 3 ? "ham" : "spam", i % 7, i);
+        _exit(f && fclose(f) == 0 ? 0 : 1);
+    }
+    graft_task_t *t = NULL;
+    assert_int_equal(graft_task_load("pipe", GRAFT_TASK_CLASSIFY, fx->path, &t), GRAFT_OK);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(graft_task_count(t, GRAFT_SPLIT_TRAIN) + graft_task_count(t, GRAFT_SPLIT_TEST),
+                     ROWS);
+    assert_string_equal(graft_task_example(t, GRAFT_SPLIT_TEST, ROWS / 10 - 1)->text,
+                        "text number 4990 of the pipe");
+    graft_task_destroy(&t);
+
+    size_t n = 1;
+    char *buf = graft_read_file(write_tsv(fx, "empty.tsv", "", 0), &n);
+    assert_non_null(buf);
+    assert_int_equal(n, 0);
+    assert_int_equal(buf[0], '\0');
+    free(buf);
+    errno = 0;
+    assert_null(graft_read_file(fx->dir, &n));
+    assert_int_equal(errno, EISDIR);
+    char log[1024];
+    assert_int_equal(load_logged(fx->dir, GRAFT_TASK_CLASSIFY, &t, log, sizeof log), GRAFT_EIO);
+    assert_non_null(strstr(log, "Is a directory"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kind_and_split_names),
@@ -534,6 +580,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_subset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_relabel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_files_are_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_file_streams, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "bf16.h"
 #include "rng.h"
 #include "wire.h"
 
@@ -555,7 +556,8 @@ static void test_fields(void **state) {
                                    .nsettings = 2};
     expect_reject_msg(&h, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "setting 'seq' appears twice");
     set[1] = (graft_wire_setting_t){.name = "pool", .value = "mean\n"};
-    expect_reject_msg(&h, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "'pool' has a control character");
+    expect_reject_msg(&h, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "setting 'pool' contains control byte 0x0a");
 
     graft_msg_t r = {.type = GRAFT_MSG_ROUND_START, .run_id = RUN,
                      .round_start = {.round = 1, .deadline_ms = 100,
@@ -585,6 +587,38 @@ static void test_fields(void **state) {
     graft_msg_t e = {.type = GRAFT_MSG_EVAL_RESULT, .run_id = RUN,
                      .eval_result = {.round = 1, .task = "t", .metrics = &met, .nmetrics = 1}};
     expect_reject_msg(&e, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "metric 'ppl'");
+    graft_wire_metric_t twice[2] = {{"acc", 0.5}, {"acc", 0.9}};
+    e.eval_result.metrics = twice;
+    e.eval_result.nmetrics = 2;
+    expect_reject_msg(&e, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result metric 'acc' appears twice");
+
+    /* a shutdown's reason and an error's message reach the logs as they
+     * are: printable and bounded, like names (empty is fine) */
+    char long_text[GRAFT_WIRE_MAX_TEXT + 2];
+    memset(long_text, 'x', sizeof long_text - 1);
+    long_text[sizeof long_text - 1] = '\0';
+    graft_msg_t sd = {.type = GRAFT_MSG_SHUTDOWN, .run_id = RUN,
+                      .shutdown = {.reason = "done\x1b[2J"}};
+    expect_reject_msg(&sd, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "shutdown.reason contains control byte 0x1b");
+    sd.shutdown.reason = long_text;
+    expect_reject_msg(&sd, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "shutdown.reason is 2049 bytes long (limit 2048)");
+    long_text[GRAFT_WIRE_MAX_TEXT] = '\0';
+    graft_msg_t d;
+    char why[256];
+    assert_int_equal(roundtrip(&sd, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
+    assert_int_equal(strlen(d.shutdown.reason), GRAFT_WIRE_MAX_TEXT);
+    graft_msg_free(&d);
+    graft_msg_t er = {.type = GRAFT_MSG_ERROR, .run_id = RUN,
+                      .error = {.code = 1, .message = "two\nlines"}};
+    expect_reject_msg(&er, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "error.message contains control byte 0x0a");
+    er.error.message = "";
+    assert_int_equal(roundtrip(&er, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
+    assert_string_equal(d.error.message, "");
+    graft_msg_free(&d);
 }
 
 static void test_expect_round(void **state) {
