@@ -430,8 +430,12 @@ int cmd_run(int argc, char **argv) {
             if (rc) kill(pids[i], SIGTERM);
             waitpid(pids[i], &st, 0);
         }
-        if (WIFSIGNALED(st)) LOG_WARN("run: worker %d ended by signal %d", i, WTERMSIG(st));
-        else if (WEXITSTATUS(st)) LOG_WARN("run: worker %d exited with %d", i, WEXITSTATUS(st));
+        /* After a finished run every worker exits 0; one that did not (a
+         * failed shutdown, a sanitizer report) fails the command. */
+        int failed = WIFSIGNALED(st) || WEXITSTATUS(st);
+        if (WIFSIGNALED(st)) LOG_ERROR("run: worker %d ended by signal %d", i, WTERMSIG(st));
+        else if (WEXITSTATUS(st)) LOG_ERROR("run: worker %d exited with %d", i, WEXITSTATUS(st));
+        if (failed && !rc) rc = GRAFT_EPEER;
     }
     free(pids);
     free(status);
