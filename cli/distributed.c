@@ -21,6 +21,7 @@
 #include "commands.h"
 #include "coordinator.h"
 #include "keys.h"
+#include "wire.h"
 #include "worker.h"
 
 static volatile sig_atomic_t worker_stop = 0;
@@ -136,12 +137,39 @@ static const graft_option_t coordinator_options[] = {
 };
 #undef OFF
 
-static int run_coordinator(const graft_run_config_t *cfg, graft_transport_t *tp, int workers,
-                           const char *mode, void (*stop_reason)(void *, char *, size_t),
-                           void *stop_ctx, int stall_timeout_ms) {
+/* The coordinator's ZeroMQ server, bound once the run's message limit is
+ * known (graft_coordinator_opts_t.open_transport); `started`, when set,
+ * then starts what must follow the bind (graft run's workers). */
+typedef struct {
+    graft_zmq_opts_t zo;
+    graft_transport_t *tp;
+    int (*started)(void *ctx, const char *endpoint);
+    void *started_ctx;
+} zmq_server_t;
+
+static int open_zmq_server(void *ctx, size_t max_msg_bytes, graft_transport_t **tp) {
+    zmq_server_t *s = ctx;
+    s->zo.max_msg_bytes = max_msg_bytes;
+    int rc = graft_transport_zmq_server(&s->zo, &s->tp);
+    if (rc) return rc;
+    *tp = s->tp;
+    const char *ep = graft_transport_zmq_endpoint(s->tp);
+    LOG_INFO("coordinator: listening on %s%s", ep, s->zo.keypair ? " (CurveZMQ)" : "");
+    return s->started ? s->started(s->started_ctx, ep) : GRAFT_OK;
+}
+
+/* Over `tp`, or with zs over a ZeroMQ server it opens. */
+static int run_coordinator(const graft_run_config_t *cfg, graft_transport_t *tp,
+                           zmq_server_t *zs, int workers, const char *mode,
+                           void (*stop_reason)(void *, char *, size_t), void *stop_ctx,
+                           int stall_timeout_ms) {
     graft_coordinator_opts_t co = {.cfg = *cfg, .expected_workers = workers, .tp = tp,
                                    .mode = mode, .stop_reason = stop_reason,
                                    .stop_ctx = stop_ctx, .stall_timeout_ms = stall_timeout_ms};
+    if (zs) {
+        co.open_transport = open_zmq_server;
+        co.open_ctx = zs;
+    }
     return graft_coordinator_run(&co);
 }
 
@@ -161,17 +189,12 @@ int cmd_coordinator(int argc, char **argv) {
     size_t nallow = 0;
     if (secret && (load_keypair(secret, &kp) || graft_keys_read_allow(allow_path, &allow, &nallow)))
         return 1;
-    graft_zmq_opts_t zo = {.endpoint = bind, .keypair = secret ? &kp : NULL, .allow = allow,
-                           .nallow = nallow};
-    graft_transport_t *tp = NULL;
-    int rc = graft_transport_zmq_server(&zo, &tp);
-    if (!rc) {
-        LOG_INFO("coordinator: listening on %s%s", graft_transport_zmq_endpoint(tp),
-                 secret ? " (CurveZMQ)" : "");
-        install_signals();
-        rc = run_coordinator(&cfg, tp, co.workers, "zmq", NULL, NULL, co.stall_timeout_ms);
-    }
-    graft_transport_destroy(&tp);
+    zmq_server_t zs = {.zo = {.endpoint = bind, .keypair = secret ? &kp : NULL, .allow = allow,
+                              .nallow = nallow}};
+    install_signals();
+    int rc = run_coordinator(&cfg, NULL, &zs, co.workers, "zmq", NULL, NULL,
+                             co.stall_timeout_ms);
+    graft_transport_destroy(&zs.tp);
     free(allow);
     return rc ? 1 : 0;
 }
@@ -251,8 +274,11 @@ int cmd_worker(int argc, char **argv) {
     graft_key_t server_key;
     if (curve && (load_keypair(curve, &kp) || graft_keys_read_file(server_pub, &server_key)))
         return 1;
+    /* The run's own limit comes with the assignment (the worker checks
+     * messages against it); the socket takes any message the protocol allows. */
     graft_zmq_opts_t zo = {.endpoint = wc.connect, .identity = ident,
-                           .keypair = curve ? &kp : NULL, .server_key = curve ? &server_key : NULL};
+                           .keypair = curve ? &kp : NULL, .server_key = curve ? &server_key : NULL,
+                           .max_msg_bytes = GRAFT_WIRE_HARD_MAX_BYTES};
     int rc = graft_transport_zmq_client(&zo, &wo.tp);
     if (!rc) {
         install_signals();
@@ -287,6 +313,7 @@ typedef struct {
     int *status; /* wait status of a process reaped early; -1: not reaped */
     int k;
     const char *shards;
+    const graft_run_config_t *cfg;
     int died; /* child_reason named a process that ended before the run */
 } children_t;
 
@@ -351,6 +378,16 @@ static pid_t spawn_worker(const char *ep, int i, int k, const char *shards,
     return pid;
 }
 
+/* Once the coordinator listens on ep: its K worker processes. */
+static int start_workers(void *ctx, const char *ep) {
+    children_t *ch = ctx;
+    LOG_INFO("run: coordinator on %s, starting %d workers%s%s", ep, ch->k,
+             ch->shards ? " on " : "", ch->shards ? ch->shards : "");
+    for (int i = 0; i < ch->k; i++)
+        if ((ch->pids[i] = spawn_worker(ep, i, ch->k, ch->shards, ch->cfg)) < 0) return GRAFT_EIO;
+    return GRAFT_OK;
+}
+
 typedef struct {
     int workers;
     char shards[GRAFT_OPT_STR];
@@ -385,13 +422,6 @@ int cmd_run(int argc, char **argv) {
     const char *shards = *rcli.shards ? rcli.shards : NULL;
     int k = run_workers(rcli.workers, shards);
     if (k < 0 || graft_coordinator_check(&cfg, k)) return 2;
-    graft_zmq_opts_t zo = {.endpoint = "tcp://127.0.0.1:*"};
-    graft_transport_t *tp = NULL;
-    if (graft_transport_zmq_server(&zo, &tp)) return 1;
-    char ep[256];
-    snprintf(ep, sizeof ep, "%s", graft_transport_zmq_endpoint(tp));
-    LOG_INFO("run: coordinator on %s, starting %d workers%s%s", ep, k, shards ? " on " : "",
-             shards ? shards : "");
     install_signals();
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -401,15 +431,15 @@ int cmd_run(int argc, char **argv) {
     pid_t *pids = graft_xcalloc((size_t)k, sizeof *pids);
     int *status = graft_xmalloc((size_t)k * sizeof *status);
     for (int i = 0; i < k; i++) status[i] = -1;
-    children_t children = {.pids = pids, .status = status, .k = k, .shards = shards};
-    int rc = GRAFT_OK;
-    for (int i = 0; i < k && !rc; i++)
-        if ((pids[i] = spawn_worker(ep, i, k, shards, &cfg)) < 0) rc = GRAFT_EIO;
-    if (!rc) rc = run_coordinator(&cfg, tp, k, "run", child_reason, &children, 0);
+    children_t children = {.pids = pids, .status = status, .k = k, .shards = shards,
+                           .cfg = &cfg};
+    zmq_server_t zs = {.zo = {.endpoint = "tcp://127.0.0.1:*"}, .started = start_workers,
+                       .started_ctx = &children};
+    int rc = run_coordinator(&cfg, NULL, &zs, k, "run", child_reason, &children, 0);
     if (rc && children.died) LOG_ERROR("run: a worker process ended before the run did (its log "
                                       "is above); stopped");
     signal(SIGCHLD, SIG_DFL);
-    graft_transport_destroy(&tp);
+    graft_transport_destroy(&zs.tp);
     for (int i = 0; i < k; i++) {
         if (pids[i] <= 0) continue;
         int st = status[i];
@@ -474,7 +504,7 @@ int cmd_mpi(int argc, char **argv) {
     if (!rc) {
         install_signals();
         if (rank == 0) {
-            rc = run_coordinator(&cfg, tp, size - 1, "mpi", NULL, NULL, 0);
+            rc = run_coordinator(&cfg, tp, NULL, size - 1, "mpi", NULL, NULL, 0);
         } else {
             graft_worker_opts_t wo = {.cfg = cfg, .shard_index = rank - 1,
                                       .shard_count = size - 1, .tp = tp,

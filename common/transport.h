@@ -148,7 +148,10 @@ typedef struct {
     const char *identity;
     int reconnect_ivl_ms;     /* client: first retry after this (0: 100) */
     int reconnect_ivl_max_ms; /* client: retries back off up to this (0: 5000) */
-    size_t max_msg_bytes;     /* larger messages drop the connection (0: 64 MiB + 64 KiB) */
+    /* The largest message this end takes (ZMQ_MAXMSGSIZE: a larger one
+     * drops the connection) or sends (send() refuses it, logged); 0: 64 MiB
+     * + 64 KiB. The coordinator sets it from the run's modules. */
+    size_t max_msg_bytes;
 } graft_zmq_opts_t;
 
 /* The coordinator: binds a ROUTER. */

@@ -44,6 +44,7 @@
 #define SEND_TIMEOUT_MS 5000
 #define HEARTBEAT_IVL_MS 2000
 #define HEARTBEAT_TIMEOUT_MS 10000
+#define DEFAULT_MAX_MSG (((size_t)64 << 20) + ((size_t)64 << 10))
 
 typedef struct {
     uint8_t id[256];
@@ -69,6 +70,7 @@ typedef struct {
     int server;
     char endpoint[256];
     char coordinator_name[300]; /* client: how peer 0 shows in logs */
+    size_t max_msg;             /* ZMQ_MAXMSGSIZE: larger messages are neither taken nor sent */
     zpeer_t *peers;             /* server: peer p is peers[p - 1] */
     size_t npeers, cap;
     /* CurveZMQ, server side; the ZAP thread alone touches zap. */
@@ -353,7 +355,8 @@ static int zt_next_failure(graft_transport_t *t, graft_handshake_failure_t *f) {
 static int set_int(void *s, int opt, int v) { return zmq_setsockopt(s, opt, &v, sizeof v); }
 
 static int common_opts(zt_t *z, const graft_zmq_opts_t *o) {
-    int64_t max = o->max_msg_bytes ? (int64_t)o->max_msg_bytes : (64 << 20) + (64 << 10);
+    z->max_msg = o->max_msg_bytes ? o->max_msg_bytes : DEFAULT_MAX_MSG;
+    int64_t max = (int64_t)z->max_msg;
     int rc = set_int(z->sock, ZMQ_LINGER, LINGER_MS);
     rc |= set_int(z->sock, ZMQ_SNDTIMEO, SEND_TIMEOUT_MS);
     rc |= zmq_setsockopt(z->sock, ZMQ_MAXMSGSIZE, &max, sizeof max);
@@ -488,8 +491,20 @@ static int send_errno(zt_t *z, int peer) {
     return GRAFT_EIO;
 }
 
+static const char *zt_peer_name(graft_transport_t *t, int peer);
+
+/* A receiver with our limit would drop the message and the connection
+ * without a word, and the sender would wait for an answer forever. */
+static int too_large(zt_t *z, int peer, size_t len) {
+    if (len <= z->max_msg) return 0;
+    LOG_ERROR("zmq: not sending a %zu-byte message to %s: it exceeds the message limit of %zu "
+              "bytes on %s", len, zt_peer_name(&z->base, peer), z->max_msg, z->endpoint);
+    return 1;
+}
+
 static int zt_send(graft_transport_t *t, int peer, const void *buf, size_t len) {
     zt_t *z = (zt_t *)t;
+    if (too_large(z, peer, len)) return GRAFT_EINVAL;
     if (!z->server) {
         if (peer != 0) return GRAFT_EINVAL;
         return zmq_send(z->sock, buf, len, 0) < 0 ? send_errno(z, peer) : GRAFT_OK;

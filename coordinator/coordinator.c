@@ -67,6 +67,7 @@ typedef struct {
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
     graft_wire_schema_entry_t schema_entries[GRAFT_MAX_TASKS + 1];
     graft_wire_schema_t schema;
+    size_t max_bytes; /* the run's message limit (graft_wire_max_bytes) */
     char ckpt_path[2 * GRAFT_OPT_STR];
     graft_agg_config_t agg_cfg;
     graft_aggregator_t *agg;
@@ -115,6 +116,13 @@ static int send_msg(coord_t *c, int peer, graft_msg_t *m) {
     uint8_t *buf = NULL;
     size_t len = 0;
     int rc = graft_wire_encode(m, GRAFT_DTYPE_F32, &buf, &len);
+    if (!rc && len > c->max_bytes) {
+        LOG_ERROR("coordinator: the %s for %s is %zu bytes, over the run's message limit of %zu "
+                  "that its worker enforces; not sent (a bug: the limit is meant to cover every "
+                  "message of the run)", graft_msg_type_name(m->type),
+                  graft_transport_peer_name(c->o.tp, peer), len, c->max_bytes);
+        rc = GRAFT_EINVAL;
+    }
     if (!rc) rc = graft_transport_send(c->o.tp, peer, buf, len);
     if (!rc) c->bytes_out += len;
     else
@@ -345,7 +353,8 @@ static void send_assign(coord_t *c, int peer) {
     graft_msg_t a = {.type = GRAFT_MSG_ASSIGN};
     a.assign = (graft_wire_assign_t){.worker_id = (uint32_t)peer, .tasks = names,
                                      .ntasks = (size_t)w->n_assigned, .label_sets = sets,
-                                     .nlabel_sets = (size_t)nsets};
+                                     .nlabel_sets = (size_t)nsets,
+                                     .max_message_bytes = c->max_bytes};
     send_msg(c, peer, &a);
     for (int i = 0; i < nsets; i++) {
         free(sets[i].labels);
@@ -575,7 +584,8 @@ static void handle(coord_t *c, int peer, const uint8_t *buf, size_t len) {
         LOG_WARN("coordinator: dropping a message from %s: peer id %d out of range", who, peer);
         return;
     }
-    graft_wire_opts_t opts = {.run_id = c->run_id, .schema = &c->schema};
+    graft_wire_opts_t opts = {.run_id = c->run_id, .max_bytes = c->max_bytes,
+                              .schema = &c->schema};
     graft_msg_t m;
     char why[256];
     int rc = graft_wire_decode(buf, len, &opts, &m, why, sizeof why);
@@ -955,11 +965,9 @@ static int loop(coord_t *c) {
 
 /* ---- setup ----------------------------------------------------------------- */
 
-/* The aggregation strategy, with MPI reductions when the transport has
- * them, the option allows, and the strategy streams. */
-static int setup_aggregation(coord_t *c) {
-    int rc = graft_agg_config_parse(c->cfg, &c->agg_cfg);
-    if (rc) return rc;
+/* The aggregator of the strategy (agg_cfg), with MPI reductions when the
+ * transport has them, the option allows, and the strategy streams. */
+static void setup_aggregator(coord_t *c) {
     graft_transport_t *tp = NULL;
     if (c->cfg->mpi_collectives && graft_transport_has_collectives(c->o.tp)) {
         if (graft_agg_holds_replies(&c->agg_cfg))
@@ -969,12 +977,39 @@ static int setup_aggregation(coord_t *c) {
             tp = c->o.tp;
     }
     c->agg = graft_aggregator_new(&c->agg_cfg, c->tr->peft, tp);
-    return GRAFT_OK;
+}
+
+/* The run's message limit: a round start or an update of a worker that
+ * holds every task carries the shared scope, every task's and the step
+ * rates. Over the hard limit no message could carry them: refused. */
+static int setup_message_limit(coord_t *c) {
+    size_t numel[GRAFT_MAX_TASKS + 1], tasks = 0;
+    for (int k = 0; k <= c->tr->n_tasks; k++) numel[k] = c->scopes[k]->numel;
+    for (int k = 1; k <= c->tr->n_tasks; k++) tasks += numel[k];
+    size_t steps = (size_t)c->cfg->local_steps;
+    if (!graft_wire_max_bytes(numel, (size_t)c->tr->n_tasks + 1, steps, &c->max_bytes)) {
+        LOG_INFO("coordinator: message limit %zu bytes (%.1f MiB), from the run's modules",
+                 c->max_bytes, (double)c->max_bytes / (1 << 20));
+        return GRAFT_OK;
+    }
+    LOG_ERROR("coordinator: method %s makes round messages of up to %.2f GiB (the shared scope: "
+              "%zu parameters, the task scopes: %zu, %zu step rates), over the %.0f GiB that one "
+              "message may carry (protobuf's limit): train fewer parameters (e.g. --method lora "
+              "instead of full), fewer tasks or fewer --local_steps", c->cfg->method,
+              (double)c->max_bytes / (1 << 30), numel[0], tasks, steps,
+              (double)GRAFT_WIRE_HARD_MAX_BYTES / (1 << 30));
+    return GRAFT_EINVAL;
+}
+
+/* The transport, when the caller opens it once the message limit is known. */
+static int open_transport(coord_t *c) {
+    if (!c->o.open_transport) return GRAFT_OK;
+    return c->o.open_transport(c->o.open_ctx, c->max_bytes, &c->o.tp);
 }
 
 static int setup(coord_t *c) {
     int rc = graft_trainer_new(c->cfg, &c->tr);
-    if (!rc) rc = setup_aggregation(c);
+    if (!rc) rc = graft_agg_config_parse(c->cfg, &c->agg_cfg);
     if (rc) return rc;
     c->nsettings = graft_run_shared_settings(c->cfg, c->settings);
     c->tr->opt.total_steps = c->cfg->rounds * c->cfg->local_steps;
@@ -984,6 +1019,7 @@ static int setup(coord_t *c) {
         c->schema_entries[k] = (graft_wire_schema_entry_t){
             .name = c->scopes[k]->name, .ndim = 1, .shape = {(int64_t)c->scopes[k]->numel}};
     c->schema = (graft_wire_schema_t){c->schema_entries, (size_t)c->tr->n_tasks + 1};
+    if ((rc = setup_message_limit(c))) return rc;
     snprintf(c->ckpt_path, sizeof c->ckpt_path, "%s/modules.safetensors", c->cfg->out);
     if (*c->cfg->resume) {
         if ((rc = graft_trainer_resume(c->tr, c->cfg->resume))) return rc;
@@ -995,6 +1031,8 @@ static int setup(coord_t *c) {
                   "to do (raise --rounds)", c->cfg->resume, c->round - 1, c->cfg->rounds);
         return GRAFT_EINVAL;
     }
+    if ((rc = open_transport(c))) return rc;
+    setup_aggregator(c);
     char path[2 * GRAFT_OPT_STR];
     snprintf(path, sizeof path, "%s/events.jsonl", c->cfg->out);
     rc = graft_events_open(path, &c->ev);

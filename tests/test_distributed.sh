@@ -25,6 +25,8 @@
 #  8. (ok 11) a run that fails says why: run_end's error and the
 #     coordinator's last line name a checkpoint's errno, SIGTERM, or the
 #     graft run worker process that died.
+#  9. (ok 12) messages over the default limit (lowered for the test): the
+#     run's limit follows its modules, over ZeroMQ and MPI.
 # Workers run without `timeout` so that $! is the worker itself (SIGKILL
 # must hit it); the EXIT trap kills whatever is left.
 # usage: test_distributed.sh GRAFT_BINARY SOURCE_DIR
@@ -392,3 +394,33 @@ grep -q "coordinator: stopping in round [0-9]*: worker shard-1-of-2 died (signal
     "$T/died.err" || fail "no human line naming the dead worker"
 echo "ok 11 - run_end's error and the last log line name why a run failed (checkpoint errno," \
     "SIGTERM, a dead worker process)"
+
+# ---- 12. messages larger than the default limit --------------------------------
+# The message limit follows the run's modules. The default limit, lowered to
+# 64 KiB for this test (GRAFT_TEST_DEFAULT_MAX_BYTES), stands for the 64 MiB
+# that GPT-2 fully fine-tuned outgrows (about 500 MB a message): the tiny
+# trunk's round starts and updates under --method full (about 140 KB) must
+# still go through, over ZeroMQ and over MPI with median (every update a
+# message), instead of the receiver dropping them and the round waiting
+# forever (ZeroMQ) or every update failing "exceeds the limit" (MPI).
+BIG="--config $T/run.conf --method full --rounds 2 --local_steps 2 --eval_max 8"
+# shellcheck disable=SC2086
+GRAFT_TEST_DEFAULT_MAX_BYTES=65536 timeout 60 "$GRAFT" run $BIG --workers 2 --out "$T/big" \
+    >/dev/null 2>"$T/big.err" || { tail -20 "$T/big.err" >&2; fail "graft run --method full \
+with messages over the default limit failed"; }
+LIMIT=$(sed -n 's/.*coordinator: message limit \([0-9]*\) bytes .*/\1/p' "$T/big.err")
+[ -n "$LIMIT" ] && [ "$LIMIT" -gt 131072 ] || fail "message limit '$LIMIT': not from the modules"
+[ "$(grep -c '"event":"round_end".*"replies":2' "$T/big/events.jsonl")" -eq 2 ] ||
+    fail "graft run --method full: not every round had both replies"
+if command -v mpirun >/dev/null 2>&1; then
+    # shellcheck disable=SC2086
+    GRAFT_TEST_DEFAULT_MAX_BYTES=65536 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+        timeout 60 mpirun -np 3 --oversubscribe -x GRAFT_TEST_DEFAULT_MAX_BYTES "$GRAFT" mpi $BIG \
+        --aggregate median --out "$T/bigmpi" >/dev/null 2>"$T/bigmpi.err" ||
+        { tail -20 "$T/bigmpi.err" >&2; fail "graft mpi --method full --aggregate median failed"; }
+    grep -q 'exceeds the limit' "$T/bigmpi.err" && fail "graft mpi: an update exceeded the limit"
+    [ "$(grep -c '"event":"round_end".*"replies":2' "$T/bigmpi/events.jsonl")" -eq 2 ] ||
+        fail "graft mpi --method full: not every round had both replies"
+fi
+echo "ok 12 - --method full with messages over the default limit: the limit follows the" \
+    "modules (ZeroMQ, and MPI with median)"

@@ -15,8 +15,10 @@
 #include <cmocka.h>
 #include <zmq.h>
 
+#include "capture.h"
 #include "keys.h"
 #include "transport.h"
+#include "wire.h"
 
 #define NWORKERS 3
 
@@ -251,6 +253,77 @@ static int teardown_tmpdir(void **state) {
     return system(cmd) == 0 ? 0 : -1;
 }
 
+/* The run's message limit over real sockets: both ends set from the bound
+ * of the modules they carry (graft_wire_modules_bytes). An update just
+ * under it arrives and decodes; a message over it is refused by the sender
+ * with an error naming the limit, where the receiver's ZeroMQ would drop it
+ * and the connection without a word; the decoder refuses it too. */
+static void test_zmq_message_limit(void **state) {
+    (void)state;
+    size_t numel[1] = {(size_t)1 << 20};
+    size_t max = graft_wire_modules_bytes(numel, 1, 0);
+    graft_zmq_opts_t so = {.endpoint = "tcp://127.0.0.1:*", .max_msg_bytes = max};
+    graft_transport_t *srv = NULL, *cli = NULL;
+    assert_int_equal(graft_transport_zmq_server(&so, &srv), GRAFT_OK);
+    graft_zmq_opts_t co = {.endpoint = graft_transport_zmq_endpoint(srv), .identity = "big",
+                           .max_msg_bytes = max};
+    assert_int_equal(graft_transport_zmq_client(&co, &cli), GRAFT_OK);
+
+    float *data = calloc(numel[0], sizeof(float));
+    graft_wire_tensor_t t = {.name = "shared", .ndim = 1, .shape = {(int64_t)numel[0]},
+                             .data = data, .numel = numel[0]};
+    graft_msg_t u = {.type = GRAFT_MSG_UPDATE, .run_id = 7};
+    u.update = (graft_wire_update_t){.round = 1, .worker_id = 1, .tensors = &t, .ntensors = 1,
+                                     .sample_count = 1, .train_loss = 0.5};
+    uint8_t *buf, *got;
+    size_t len, glen;
+    assert_int_equal(graft_wire_encode(&u, GRAFT_DTYPE_F32, &buf, &len), GRAFT_OK);
+    assert_true(len <= max && max - len < 8192);
+    assert_int_equal(graft_transport_send(cli, 0, buf, len), GRAFT_OK);
+    int peer;
+    assert_int_equal(graft_transport_recv(srv, &peer, &got, &glen, 10000), GRAFT_OK);
+    assert_int_equal(glen, len);
+    graft_wire_opts_t wo = {.run_id = 7, .max_bytes = max};
+    graft_msg_t d;
+    char why[256];
+    assert_int_equal(graft_wire_decode(got, glen, &wo, &d, why, sizeof why), GRAFT_OK);
+    assert_int_equal(d.update.tensors[0].numel, numel[0]);
+    graft_msg_free(&d);
+    free(got);
+
+    /* Exactly the limit passes; one byte over, the sender says so instead
+     * of sending it, either way. */
+    uint8_t *over = calloc(max + 1, 1);
+    assert_int_equal(graft_transport_send(cli, 0, over, max), GRAFT_OK);
+    assert_int_equal(graft_transport_recv(srv, &peer, &got, &glen, 10000), GRAFT_OK);
+    assert_int_equal(glen, max);
+    free(got);
+    char log[128];
+    snprintf(log, sizeof log, "%s/limit.log", tmpdir);
+    char want[128];
+    snprintf(want, sizeof want, "%zu-byte message to coordinator", max + 1);
+    capture_begin(log);
+    assert_int_equal(graft_transport_send(cli, 0, over, max + 1), GRAFT_EINVAL);
+    capture_end_expect(want);
+    snprintf(want, sizeof want, "exceeds the message limit of %zu bytes", max);
+    capture_begin(log);
+    assert_int_equal(graft_transport_send(srv, peer, over, max + 1), GRAFT_EINVAL);
+    capture_end_expect(want);
+    snprintf(want, sizeof want, "exceeds the limit of %zu", max);
+    assert_int_not_equal(graft_wire_decode(over, max + 1, &wo, &d, why, sizeof why), GRAFT_OK);
+    assert_non_null(strstr(why, want));
+    /* The connection still works both ways. */
+    assert_int_equal(graft_transport_send(srv, peer, buf, len), GRAFT_OK);
+    assert_int_equal(graft_transport_recv(cli, &peer, &got, &glen, 10000), GRAFT_OK);
+    assert_int_equal(glen, len);
+    free(got);
+    free(over);
+    free(buf);
+    free(data);
+    graft_transport_destroy(&cli);
+    graft_transport_destroy(&srv);
+}
+
 static void test_keys(void **state) {
     (void)state;
     char stem[128], path[160];
@@ -408,6 +481,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_inproc),
         cmocka_unit_test(test_zmq_router_dealers),
+        cmocka_unit_test(test_zmq_message_limit),
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_curve),
     };
