@@ -7,6 +7,14 @@
  * ZMQ_ROUTER_MANDATORY turns a send to a vanished peer into GRAFT_EPEER
  * instead of a silent drop. Workers reconnect on their own with backoff.
  *
+ * The identity is the client's choice, so under CurveZMQ a peer is the pair
+ * (identity, client key), the key read from each message's User-Id (which
+ * the ZAP handler sets): another client's connection under a worker's
+ * identity becomes a peer of its own instead of that worker. The ROUTER
+ * routes by identity alone, to whichever connection took it over last; so
+ * a peer whose identity was last heard from another key is "superseded" and
+ * gets nothing until it speaks again.
+ *
  * With CurveZMQ the server runs a ZAP handler thread on
  * inproc://zeromq.zap.01 in its own context: it accepts a handshake only if
  * the client's public key is on the allow-list, and queues each refusal
@@ -49,6 +57,8 @@
 typedef struct {
     uint8_t id[256];
     size_t idlen;
+    char key[GRAFT_KEY_Z85_LEN + 1]; /* the CurveZMQ client key; "" without CurveZMQ */
+    int superseded; /* its identity was last heard from another key */
     char name[160];
 } zpeer_t;
 
@@ -511,32 +521,52 @@ static int zt_send(graft_transport_t *t, int peer, const void *buf, size_t len) 
     }
     if (peer < 1 || (size_t)peer > z->npeers) return GRAFT_EINVAL;
     zpeer_t *p = &z->peers[peer - 1];
+    if (p->superseded) return GRAFT_EPEER; /* it would reach the other key */
     if (zmq_send(z->sock, p->id, p->idlen, ZMQ_SNDMORE) < 0) return send_errno(z, peer);
     return zmq_send(z->sock, buf, len, 0) < 0 ? send_errno(z, peer) : GRAFT_OK;
 }
 
-/* The peer id of a ROUTER identity, adding a peer for a new one. */
+static int same_id(const zpeer_t *p, zmq_msg_t *id) {
+    return p->idlen == zmq_msg_size(id) && memcmp(p->id, zmq_msg_data(id), p->idlen) == 0;
+}
+
+/* The message came on identity `id` from `key`: every other peer of that
+ * identity is superseded (the ROUTER now routes it here), logged once. */
+static void supersede(zt_t *z, size_t self, zmq_msg_t *id) {
+    z->peers[self].superseded = 0;
+    for (size_t i = 0; i < z->npeers; i++) {
+        if (i == self || !same_id(&z->peers[i], id) || z->peers[i].superseded) continue;
+        z->peers[i].superseded = 1;
+        LOG_WARN("zmq: %s took over the routing identity of %s with another key; nothing goes "
+                 "to %s until it speaks again", z->peers[self].name, z->peers[i].name,
+                 z->peers[i].name);
+    }
+}
+
+/* The peer id of a ROUTER identity and client key, adding a peer for a new
+ * pair. */
 static int peer_of(zt_t *z, zmq_msg_t *id, zmq_msg_t *body) {
-    size_t n = zmq_msg_size(id);
+    const char *user = zmq_msg_gets(body, "User-Id");
+    const char *key = user ? user : "";
     size_t i = 0;
-    while (i < z->npeers &&
-           !(z->peers[i].idlen == n && memcmp(z->peers[i].id, zmq_msg_data(id), n) == 0))
-        i++;
+    while (i < z->npeers && !(same_id(&z->peers[i], id) && !strcmp(z->peers[i].key, key))) i++;
     if (i == z->npeers) {
         if (z->npeers == z->cap) {
             z->cap = z->cap ? 2 * z->cap : 8;
             z->peers = realloc(z->peers, z->cap * sizeof *z->peers);
             GRAFT_ASSERT(z->peers);
         }
-        memcpy(z->peers[i].id, zmq_msg_data(id), n);
-        z->peers[i].idlen = n;
+        zpeer_t *p = &z->peers[i];
+        *p = (zpeer_t){.idlen = zmq_msg_size(id)};
+        memcpy(p->id, zmq_msg_data(id), p->idlen);
+        snprintf(p->key, sizeof p->key, "%s", key);
         z->npeers++;
     }
     /* Refreshed on every message: a worker that rejoins may come from elsewhere. */
     const char *addr = zmq_msg_gets(body, "Peer-Address");
-    const char *user = zmq_msg_gets(body, "User-Id");
     snprintf(z->peers[i].name, sizeof z->peers[i].name, "worker %zu (%s%s%.8s)", i + 1,
-             addr ? addr : "?", user && *user ? ", key " : "", user ? user : "");
+             addr ? addr : "?", *key ? ", key " : "", key);
+    supersede(z, i, id);
     return (int)i + 1;
 }
 
@@ -578,11 +608,18 @@ static const char *zt_peer_name(graft_transport_t *t, int peer) {
     return z->peers[peer - 1].name;
 }
 
+static const char *zt_peer_key(graft_transport_t *t, int peer) {
+    zt_t *z = (zt_t *)t;
+    if (!z->server || peer < 1 || (size_t)peer > z->npeers) return NULL;
+    return z->peers[peer - 1].key;
+}
+
 static const graft_transport_ops_t zmq_ops = {
     .name = "zmq",
     .send = zt_send,
     .recv = zt_recv,
     .peer_name = zt_peer_name,
+    .peer_key = zt_peer_key,
     .next_failure = zt_next_failure,
     .destroy = zmq_destroy,
 };

@@ -2,6 +2,7 @@
  * (see coordinator.h). */
 #include "coordinator.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -38,6 +39,7 @@ typedef enum { W_NONE, W_ACTIVE, W_LOST } worker_state_t;
 typedef struct {
     worker_state_t state;
     char name[GRAFT_WIRE_MAX_NAME + 1];
+    char key[GRAFT_KEY_Z85_LEN + 1]; /* the CurveZMQ key it registered with; "": none */
     uint64_t train[GRAFT_MAX_TASKS]; /* train examples the worker holds per run task */
     int assigned[GRAFT_MAX_TASKS];   /* run task indices it trains */
     int n_assigned;
@@ -381,16 +383,66 @@ static int usable_shard(coord_t *c, int peer, const worker_t *w, const graft_wir
     return t;
 }
 
-/* Refuses (returns 1) a worker whose shared settings differ from the run's:
- * its modules would not fit, or would mean something else. A hello without
- * settings comes from an older graft and is let through with a warning. */
-static int refuse_settings(coord_t *c, int peer, const graft_wire_hello_t *h) {
+/* Refuses the worker that said hello from peer: logged (why, then the
+ * hint), a worker_refused event (with the differing settings, when given:
+ * owned), and an Error that makes the worker stop. */
+static void refuse(coord_t *c, int peer, const char *name, const char *why, const char *hint,
+                   json_t *settings) {
     const char *who = graft_transport_peer_name(c->o.tp, peer);
-    if (h->nsettings == 0) {
-        LOG_WARN("coordinator: %s ('%s') sent no settings (an older graft?): cannot check that "
-                 "its method, trunk and tasks match this run's", who, h->name);
-        return 0;
-    }
+    LOG_ERROR("coordinator: refused worker '%s' from %s: %s%s", name, who, why, hint);
+    json_t *ev = json_pack("{s:i, s:s, s:s, s:s}", "round", c->round, "name", name, "peer", who,
+                           "reason", why);
+    if (settings) json_object_set_new(ev, "settings", settings);
+    graft_events_emit(c->ev, "worker_refused", ev);
+    send_error(c, peer, GRAFT_EINVAL, why);
+}
+
+/* The major number of a version "MAJOR.MINOR.PATCH", or -1. */
+static long major_version(const char *v) {
+    if (!isdigit((unsigned char)v[0])) return -1;
+    char *end;
+    long major = strtol(v, &end, 10);
+    return *end == '.' || *end == '\0' ? major : -1;
+}
+
+/* The registered worker that the hello from peer (its key `key`) would
+ * impersonate, or -1: one registered under the hello's name with another
+ * CurveZMQ key, or the worker this peer belongs to, if its key differs. */
+static int impersonated(const coord_t *c, int peer, const char *name, const char *key) {
+    for (int p = 0; p < MAX_PEERS; p++)
+        if (c->w[p].state != W_NONE && !strcmp(c->w[p].name, name) && strcmp(c->w[p].key, key))
+            return p;
+    const worker_t *w = &c->w[peer];
+    return w->state == W_ACTIVE && strcmp(w->key, key) ? peer : -1;
+}
+
+/* Refuses (returns 1) a hello that no settings could make acceptable:
+ * another protocol major version, no settings (nothing to check the
+ * modules against), or a worker that another key registered. */
+static int refuse_hello(coord_t *c, int peer, const graft_wire_hello_t *h) {
+    char why[512] = "";
+    const char *key = graft_transport_peer_key(c->o.tp, peer);
+    long major = major_version(h->version);
+    int other = impersonated(c, peer, h->name, key);
+    if (major < 0 || major != major_version(GRAFT_VERSION))
+        snprintf(why, sizeof why, "it speaks graft protocol %s, this coordinator %s: the major "
+                 "versions differ (run the same graft release on both)", h->version,
+                 GRAFT_VERSION);
+    else if (h->nsettings == 0)
+        snprintf(why, sizeof why, "its hello carries no settings (an older graft?): nothing to "
+                 "check its method, trunk and tasks against");
+    else if (other >= 0)
+        snprintf(why, sizeof why, "worker '%s' registered with CurveZMQ key %s, and this client's "
+                 "key is %s (a worker's --name belongs to the key that registered it first)",
+                 c->w[other].name, c->w[other].key, *key ? key : "(none)");
+    if (!*why) return 0;
+    refuse(c, peer, h->name, why, "", NULL);
+    return 1;
+}
+
+/* Refuses (returns 1) a worker whose shared settings differ from the run's:
+ * its modules would not fit, or would mean something else. */
+static int refuse_settings(coord_t *c, int peer, const graft_wire_hello_t *h) {
     char why[1024] = "";
     json_t *diffs = json_array();
     int method_differs = 0;
@@ -414,12 +466,8 @@ static int refuse_settings(coord_t *c, int peer, const graft_wire_hello_t *h) {
         json_decref(diffs);
         return 0;
     }
-    LOG_ERROR("coordinator: refused worker '%s' from %s: %s (its modules would not match this "
-              "run's; start it with the coordinator's settings)", h->name, who, why);
-    graft_events_emit(c->ev, "worker_refused",
-                      json_pack("{s:i, s:s, s:s, s:s, s:o}", "round", c->round, "name", h->name,
-                                "peer", who, "reason", why, "settings", diffs));
-    send_error(c, peer, GRAFT_EINVAL, why);
+    refuse(c, peer, h->name, why, " (its modules would not match this run's; start it with the "
+           "coordinator's settings)", diffs);
     return 1;
 }
 
@@ -447,7 +495,7 @@ static void on_hello_again(coord_t *c, int peer) {
 static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
     worker_t *w = &c->w[peer];
     const graft_wire_hello_t *h = &m->hello;
-    if (refuse_settings(c, peer, h)) return;
+    if (refuse_hello(c, peer, h) || refuse_settings(c, peer, h)) return;
     if (w->state == W_ACTIVE && !strcmp(w->name, h->name)) {
         on_hello_again(c, peer);
         return;
@@ -462,6 +510,7 @@ static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
         }
     memset(w, 0, sizeof *w);
     snprintf(w->name, sizeof w->name, "%s", h->name);
+    snprintf(w->key, sizeof w->key, "%s", graft_transport_peer_key(c->o.tp, peer));
     json_t *tasks = json_array(), *counts = json_object();
     for (size_t i = 0; i < h->nshards && i < GRAFT_MAX_TASKS; i++) {
         int t = usable_shard(c, peer, w, &h->shards[i]);
@@ -594,8 +643,13 @@ static void handle(coord_t *c, int peer, const uint8_t *buf, size_t len) {
         return;
     }
     worker_t *w = &c->w[peer];
+    const char *key = graft_transport_peer_key(c->o.tp, peer);
     if (m.type == GRAFT_MSG_HELLO) {
         on_hello(c, peer, &m);
+    } else if (w->state == W_ACTIVE && strcmp(key, w->key)) {
+        LOG_WARN("coordinator: dropping %s from %s: its CurveZMQ key %s is not the key %s that "
+                 "worker '%s' registered with", graft_msg_type_name(m.type), who,
+                 *key ? key : "(none)", *w->key ? w->key : "(none)", w->name);
     } else if (w->state != W_ACTIVE) {
         LOG_WARN("coordinator: dropping %s from %s: not registered (asked to say hello)",
                  graft_msg_type_name(m.type), who);

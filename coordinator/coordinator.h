@@ -10,8 +10,13 @@
  *        ^                                                   |
  *        +------------- next round (or DONE) <---------------+
  *
- * Workers say Hello with the shards they hold (task, kind, train examples);
- * each is assigned every run task it holds train data for, and the Assign
+ * Workers say Hello with the shards they hold (task, kind, train examples)
+ * and the settings that must match the run's; a hello of another protocol
+ * major version or without settings is refused (worker_refused), as is one
+ * naming a worker that another CurveZMQ key registered (the transport's
+ * peer_key): a worker is bound to its key, and a registered worker's
+ * messages under another key are dropped. Each worker is assigned every run
+ * task it holds train data for, and the Assign
  * carries each classification task's label set so that a shard lacking
  * classes agrees on label ids. Workers hold different task subsets; a
  * worker holding several trains them in turn (worker.h). A round sends each

@@ -407,16 +407,20 @@ static void try_handshakes(graft_transport_t *srv, worker_t *w, int *tally,
     }
 }
 
+/* A new keypair NAME.key / NAME.pub in the scratch folder. */
+static void new_keypair(const char *name, graft_keypair_t *kp) {
+    char stem[128];
+    path_in(stem, sizeof stem, name);
+    assert_int_equal(graft_keys_generate(stem, 1, kp), GRAFT_OK);
+}
+
 static void test_curve(void **state) {
     (void)state;
-    char stem[128], allow_path[160];
+    char allow_path[160];
     graft_keypair_t server, good, bad;
-    path_in(stem, sizeof stem, "coordinator");
-    assert_int_equal(graft_keys_generate(stem, 1, &server), GRAFT_OK);
-    path_in(stem, sizeof stem, "good");
-    assert_int_equal(graft_keys_generate(stem, 1, &good), GRAFT_OK);
-    path_in(stem, sizeof stem, "bad");
-    assert_int_equal(graft_keys_generate(stem, 1, &bad), GRAFT_OK);
+    new_keypair("coordinator", &server);
+    new_keypair("good", &good);
+    new_keypair("bad", &bad);
     path_in(allow_path, sizeof allow_path, "clients.allow");
     char text[128];
     snprintf(text, sizeof text, "# admitted clients\n%s good\n", good.public_key.z85);
@@ -477,6 +481,85 @@ static void test_curve(void **state) {
     graft_transport_destroy(&srv);
 }
 
+static graft_transport_t *zmq_client(const char *ep, const char *identity,
+                                     const graft_keypair_t *kp, const graft_key_t *server) {
+    graft_zmq_opts_t o = {.endpoint = ep, .identity = identity, .keypair = kp,
+                          .server_key = server, .reconnect_ivl_ms = 50,
+                          .reconnect_ivl_max_ms = 200};
+    graft_transport_t *t = NULL;
+    assert_int_equal(graft_transport_zmq_client(&o, &t), GRAFT_OK);
+    return t;
+}
+
+/* Receives one message on t: its text must be `want`; returns the peer. */
+static int recv_text(graft_transport_t *t, const char *want) {
+    int peer = -1;
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(graft_transport_recv(t, &peer, &buf, &len, 10000), GRAFT_OK);
+    assert_int_equal(len, strlen(want) + 1);
+    assert_string_equal((char *)buf, want);
+    free(buf);
+    return peer;
+}
+
+/* A client chooses its routing identity, and ROUTER_HANDOVER gives the
+ * identity to the newest connection. Under CurveZMQ another admitted key
+ * under a worker's identity is a peer of its own, with its own key, and
+ * nothing goes to the worker's peer (it would reach the other connection)
+ * until the worker speaks again. */
+static void test_curve_identity_bound_to_key(void **state) {
+    (void)state;
+    graft_keypair_t server, alice, bob;
+    new_keypair("idserver", &server);
+    new_keypair("alice", &alice);
+    new_keypair("bob", &bob);
+    graft_key_t allow[2] = {alice.public_key, bob.public_key};
+    graft_transport_t *srv = zmq_server(&server, allow, 2);
+    const char *ep = graft_transport_zmq_endpoint(srv);
+
+    graft_transport_t *a = zmq_client(ep, "alice", &alice, &server.public_key);
+    assert_int_equal(graft_transport_send(a, 0, "a1", 3), GRAFT_OK);
+    int pa = recv_text(srv, "a1");
+    assert_string_equal(graft_transport_peer_key(srv, pa), alice.public_key.z85);
+    assert_string_equal(graft_transport_peer_key(a, 0), "");
+
+    graft_transport_t *b = zmq_client(ep, "alice", &bob, &server.public_key);
+    assert_int_equal(graft_transport_send(b, 0, "b1", 3), GRAFT_OK);
+    int pb = recv_text(srv, "b1");
+    assert_int_not_equal(pb, pa);
+    assert_string_equal(graft_transport_peer_key(srv, pb), bob.public_key.z85);
+    assert_string_equal(graft_transport_peer_key(srv, pa), alice.public_key.z85);
+    assert_int_equal(graft_transport_send(srv, pa, "x", 2), GRAFT_EPEER);
+    graft_transport_destroy(&b);
+
+    /* (ZeroMQ leaves alice's taken-over connection open but deaf until its
+     * heartbeats time out.) Alice restarted speaks under her identity and
+     * key: her peer again, and bob's is the superseded one. */
+    graft_transport_destroy(&a);
+    a = zmq_client(ep, "alice", &alice, &server.public_key);
+    assert_int_equal(graft_transport_send(a, 0, "a2", 3), GRAFT_OK);
+    assert_int_equal(recv_text(srv, "a2"), pa);
+    assert_int_equal(graft_transport_send(srv, pb, "x", 2), GRAFT_EPEER);
+    assert_int_equal(graft_transport_send(srv, pa, "to a", 5), GRAFT_OK);
+    assert_int_equal(recv_text(a, "to a"), 0);
+    graft_transport_destroy(&a);
+    graft_transport_destroy(&srv);
+}
+
+/* Plain ZeroMQ authenticates nobody: no key, and one peer per identity. */
+static void test_plain_has_no_key(void **state) {
+    (void)state;
+    graft_transport_t *srv = zmq_server(NULL, NULL, 0);
+    graft_transport_t *a = zmq_client(graft_transport_zmq_endpoint(srv), "w", NULL, NULL);
+    assert_int_equal(graft_transport_send(a, 0, "a1", 3), GRAFT_OK);
+    int pa = recv_text(srv, "a1");
+    assert_string_equal(graft_transport_peer_key(srv, pa), "");
+    assert_string_equal(graft_transport_peer_key(srv, pa + 1), "");
+    graft_transport_destroy(&a);
+    graft_transport_destroy(&srv);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_inproc),
@@ -484,6 +567,8 @@ int main(void) {
         cmocka_unit_test(test_zmq_message_limit),
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_curve),
+        cmocka_unit_test(test_curve_identity_bound_to_key),
+        cmocka_unit_test(test_plain_has_no_key),
     };
     return cmocka_run_group_tests(tests, setup_tmpdir, teardown_tmpdir);
 }
