@@ -1,12 +1,20 @@
 /* distributed.c — the distributed commands: `graft coordinator` and
  * `graft worker` (ZeroMQ, one process each, possibly on other machines),
- * `graft run` (a coordinator and K workers on this machine over loopback)
- * and `graft mpi` (under mpirun: rank 0 coordinates, the others work).
+ * `graft run` (a coordinator and K workers on this machine over an ipc://
+ * socket in a private folder) and `graft mpi` (under mpirun: rank 0
+ * coordinates, the others work).
+ *
+ * Plain ZeroMQ authenticates nobody: whoever reaches the coordinator's
+ * socket can join, receive the modules and send updates. So graft run
+ * listens on a socket file in a fresh 0700 folder (removed at exit), and
+ * graft coordinator binds a non-loopback address only with CurveZMQ, or
+ * when --insecure says the network is trusted.
  *
  * Each command has a small option table of its own (endpoints, keys, worker
  * counts, shards) parsed together with the run option table, so every
  * option is a flag or a config line and every run option works everywhere. */
 #include <ctype.h>
+#include <errno.h>
 #include <mpi.h>
 #include <stddef.h>
 #include <signal.h>
@@ -37,6 +45,7 @@ static void install_signals(void) {
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
 }
 
 /* Parses a command's own options (table into own) and the run options
@@ -102,7 +111,8 @@ static int load_keypair(const char *arg, graft_keypair_t *kp) {
 
 static const char *coordinator_usage =
     "usage: graft coordinator --config RUN [--bind tcp://*:5555] [--workers N]\n"
-    "                         [--curve-secret NAME.key --allow FILE] [run options]\n\n"
+    "                         [--curve-secret NAME.key --allow FILE | --insecure]\n"
+    "                         [run options]\n\n"
     "Coordinates a federated run over ZeroMQ: binds a ROUTER socket, waits for N\n"
     "workers (graft worker), then runs --rounds rounds: sends each worker the shared\n"
     "and task modules, aggregates the replies as they arrive (--aggregate: exact\n"
@@ -110,13 +120,17 @@ static const char *coordinator_usage =
     "every reply until the round closes), evaluates every --eval_every_rounds,\n"
     "checkpoints to OUT/modules.safetensors, and logs OUT/events.jsonl.\n"
     "--curve-secret turns on CurveZMQ with the keypair NAME.key / NAME.pub; --allow\n"
-    "lists the client public keys that may join.";
+    "lists the client public keys that may join. Without them, plain ZeroMQ lets\n"
+    "anyone who reaches --bind join the run, read its modules and send updates: a\n"
+    "--bind other than loopback (127.0.0.1, ::1, localhost) or ipc:// is refused\n"
+    "unless --insecure says the network is trusted.";
 
 typedef struct {
     char bind[GRAFT_OPT_STR];
     int workers;
     char curve_secret[GRAFT_OPT_STR];
     char allow[GRAFT_OPT_STR];
+    int insecure;
     int stall_timeout_ms;
 } coordinator_opts_t;
 
@@ -130,6 +144,9 @@ static const graft_option_t coordinator_options[] = {
      "with --allow"},
     {"allow", GRAFT_OPT_STRING, OFF(allow), "", 0, -1,
      "CurveZMQ: file of the client public keys that may join (one Z85 line each)"},
+    {"insecure", GRAFT_OPT_BOOL, OFF(insecure), "false", 0, 0,
+     "bind a non-loopback --bind without CurveZMQ: anyone who reaches it can join the run, read "
+     "its modules and send updates (only on a network you trust)"},
     {"stall_timeout_ms", GRAFT_OPT_INT, OFF(stall_timeout_ms), "0", 0, 1e9,
      "end the run with an error (exit 1) when a round still lacks --min_replies replies N ms "
      "after its deadline; 0: wait forever"},
@@ -173,6 +190,27 @@ static int run_coordinator(const graft_run_config_t *cfg, graft_transport_t *tp,
     return graft_coordinator_run(&co);
 }
 
+/* Plain ZeroMQ on `bind`: refused (1) off this machine unless insecure;
+ * otherwise said, since anyone who reaches it can join. */
+static int refuse_plaintext(const char *bind, int insecure) {
+    const char *who = "any user of this machine";
+    if (!graft_zmq_endpoint_is_local(bind)) {
+        if (!insecure) {
+            LOG_ERROR("coordinator: --bind %s without --curve-secret would let anyone who reaches "
+                      "it join the run, read its modules and send updates: give --curve-secret "
+                      "and --allow (graft keygen; cluster/federated/README.md), bind a loopback "
+                      "address (tcp://127.0.0.1:5555), or add --insecure on a network you trust",
+                      bind);
+            return 1;
+        }
+        who = "anyone who reaches it (--insecure)";
+    }
+    LOG_WARN("coordinator: --bind %s is plain ZeroMQ, neither authenticated nor encrypted: %s can "
+             "join the run, read its modules and send updates (--curve-secret and --allow admit "
+             "only your clients)", bind, who);
+    return 0;
+}
+
 int cmd_coordinator(int argc, char **argv) {
     coordinator_opts_t co;
     graft_run_config_t cfg;
@@ -184,6 +222,7 @@ int cmd_coordinator(int argc, char **argv) {
         LOG_ERROR("--curve-secret and --allow go together: give both for CurveZMQ, or neither");
         return 2;
     }
+    if (!secret && refuse_plaintext(bind, co.insecure)) return 2;
     graft_keypair_t kp;
     graft_key_t *allow = NULL;
     size_t nallow = 0;
@@ -293,10 +332,11 @@ int cmd_worker(int argc, char **argv) {
 static const char *run_usage =
     "usage: graft run --config RUN [--workers K] [--shards DIR] [run options]\n\n"
     "A federated multi-task run on this machine with no other setup: a coordinator\n"
-    "(this process) and K worker processes over ZeroMQ on loopback. Worker i holds\n"
-    "shard i/K of every task's train data (IID; K defaults to 2), or with --shards\n"
-    "the client folder DIR/client-i of a shard directory (graft data shard; K\n"
-    "defaults to its number of client folders and may not exceed it). The\n"
+    "(this process) and K worker processes over ZeroMQ on an ipc:// socket in a new\n"
+    "folder only this user may enter (in $TMPDIR or /tmp; removed at exit). Worker i\n"
+    "holds shard i/K of every task's train data (IID; K defaults to 2), or with\n"
+    "--shards the client folder DIR/client-i of a shard directory (graft data shard;\n"
+    "K defaults to its number of client folders and may not exceed it). The\n"
     "coordinator evaluates on the full dev/test splits of the --tasks files.\n"
     "Prints per-task test metrics at the end; stops if a worker process dies.";
 
@@ -401,6 +441,34 @@ static const graft_option_t run_cli_options[] = {
     GRAFT_OPT_END,
 };
 
+/* The socket file graft run listens on: `coordinator` in a new folder
+ * DIR/graft-run-XXXXXX (mode 0700, so that no other user can connect) of
+ * $TMPDIR, or of /tmp when $TMPDIR's path would not fit a socket's. */
+static int private_socket(char *dir, size_t dn, char *path, size_t pn) {
+    const char *tmp = getenv("TMPDIR");
+    const char *bases[] = {tmp && *tmp ? tmp : "/tmp", "/tmp"};
+    for (int i = 0; i < 2; i++) {
+        /* sockaddr_un's sun_path holds 108 bytes with the NUL. */
+        if (strlen(bases[i]) + sizeof "/graft-run-XXXXXX/coordinator" > 108) continue;
+        snprintf(dir, dn, "%s/graft-run-XXXXXX", bases[i]);
+        if (!mkdtemp(dir)) {
+            LOG_ERROR("run: cannot create a folder for the coordinator's socket in %s: %s",
+                      bases[i], strerror(errno));
+            return GRAFT_EIO;
+        }
+        snprintf(path, pn, "%s/coordinator", dir);
+        return GRAFT_OK;
+    }
+    LOG_ERROR("run: $TMPDIR %s is too long a path for a socket file, and so is /tmp", tmp);
+    return GRAFT_EINVAL;
+}
+
+static void remove_private_socket(const char *dir, const char *path) {
+    if (unlink(path) != 0 && errno != ENOENT)
+        LOG_WARN("run: cannot remove %s: %s", path, strerror(errno));
+    if (rmdir(dir) != 0) LOG_WARN("run: cannot remove %s: %s", dir, strerror(errno));
+}
+
 /* K for graft run: --workers, or the shard directory's client count. */
 static int run_workers(int workers, const char *shards) {
     int clients = shards ? count_clients(shards) : 0;
@@ -423,6 +491,9 @@ int cmd_run(int argc, char **argv) {
     int k = run_workers(rcli.workers, shards);
     if (k < 0 || graft_coordinator_check(&cfg, k)) return 2;
     install_signals();
+    char dir[GRAFT_OPT_STR], sock[GRAFT_OPT_STR + 32], ep[GRAFT_OPT_STR + 64];
+    if (private_socket(dir, sizeof dir, sock, sizeof sock)) return 1;
+    snprintf(ep, sizeof ep, "ipc://%s", sock);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_child;
@@ -433,13 +504,14 @@ int cmd_run(int argc, char **argv) {
     for (int i = 0; i < k; i++) status[i] = -1;
     children_t children = {.pids = pids, .status = status, .k = k, .shards = shards,
                            .cfg = &cfg};
-    zmq_server_t zs = {.zo = {.endpoint = "tcp://127.0.0.1:*"}, .started = start_workers,
+    zmq_server_t zs = {.zo = {.endpoint = ep}, .started = start_workers,
                        .started_ctx = &children};
     int rc = run_coordinator(&cfg, NULL, &zs, k, "run", child_reason, &children, 0);
     if (rc && children.died) LOG_ERROR("run: a worker process ended before the run did (its log "
                                       "is above); stopped");
     signal(SIGCHLD, SIG_DFL);
     graft_transport_destroy(&zs.tp);
+    remove_private_socket(dir, sock);
     for (int i = 0; i < k; i++) {
         if (pids[i] <= 0) continue;
         int st = status[i];

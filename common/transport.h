@@ -176,6 +176,12 @@ typedef struct {
 
 /* The coordinator: binds a ROUTER. */
 int graft_transport_zmq_server(const graft_zmq_opts_t *opts, graft_transport_t **out);
+/* 1 when a server endpoint is reachable from this machine only: TCP on a
+ * loopback address (127.0.0.0/8, ::1, localhost) or ipc:// (a socket file,
+ * guarded by its folder's permissions); 0 for anything else: all
+ * interfaces (a host of *), any other address, host or interface name,
+ * other transports. Without CurveZMQ, whoever reaches it can join. */
+int graft_zmq_endpoint_is_local(const char *endpoint);
 /* A worker: connects a DEALER; ZeroMQ reconnects by itself. */
 int graft_transport_zmq_client(const graft_zmq_opts_t *opts, graft_transport_t **out);
 /* The endpoint actually bound or connected (ZMQ_LAST_ENDPOINT), owned by t. */

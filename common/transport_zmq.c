@@ -481,6 +481,31 @@ int graft_transport_zmq_client(const graft_zmq_opts_t *opts, graft_transport_t *
     return zt_open(opts, 0, out);
 }
 
+/* "HOST" of tcp://HOST:PORT, brackets of [IPv6] removed, into buf; 0 if
+ * not of that form. */
+static int tcp_host(const char *endpoint, char *buf, size_t n) {
+    if (strncmp(endpoint, "tcp://", 6) != 0) return 0;
+    const char *host = endpoint + 6, *colon = strrchr(host, ':');
+    if (!colon || colon == host) return 0;
+    size_t len = (size_t)(colon - host);
+    if (host[0] == '[' && host[len - 1] == ']') host++, len -= 2;
+    if (len == 0 || len >= n) return 0;
+    memcpy(buf, host, len);
+    buf[len] = '\0';
+    return 1;
+}
+
+int graft_zmq_endpoint_is_local(const char *endpoint) {
+    if (strncmp(endpoint, "ipc://", 6) == 0) return 1;
+    char host[256];
+    if (!tcp_host(endpoint, host, sizeof host)) return 0;
+    if (!strcmp(host, "localhost")) return 1;
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, host, &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+    return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
 const char *graft_transport_zmq_endpoint(graft_transport_t *t) {
     GRAFT_ASSERT(t->ops == &zmq_ops);
     return ((zt_t *)t)->endpoint;

@@ -560,6 +560,22 @@ static void test_plain_has_no_key(void **state) {
     graft_transport_destroy(&srv);
 }
 
+/* Which endpoints plain ZeroMQ may listen on without --insecure. */
+static void test_endpoint_is_local(void **state) {
+    (void)state;
+    const char *local[] = {"tcp://127.0.0.1:5555", "tcp://127.4.3.2:*", "tcp://localhost:1",
+                           "tcp://[::1]:5555", "ipc:///tmp/graft-run-x/coordinator"};
+    const char *network[] = {"tcp://*:5555", "tcp://0.0.0.0:5555", "tcp://10.0.0.7:5555",
+                             "tcp://[::]:5555", "tcp://[::ffff:127.0.0.1]:1", "tcp://eth0:5555",
+                             "tcp://coordinator.example:5555", "tcp://128.0.0.1:1",
+                             "tcp://127.0.0.1", "ws://127.0.0.1:5555", "pgm://eth0;239.1.1.1:1",
+                             "tcp://:5555", ""};
+    for (size_t i = 0; i < sizeof local / sizeof *local; i++)
+        if (!graft_zmq_endpoint_is_local(local[i])) fail_msg("%s is local", local[i]);
+    for (size_t i = 0; i < sizeof network / sizeof *network; i++)
+        if (graft_zmq_endpoint_is_local(network[i])) fail_msg("%s is not local", network[i]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_inproc),
@@ -569,6 +585,7 @@ int main(void) {
         cmocka_unit_test(test_curve),
         cmocka_unit_test(test_curve_identity_bound_to_key),
         cmocka_unit_test(test_plain_has_no_key),
+        cmocka_unit_test(test_endpoint_is_local),
     };
     return cmocka_run_group_tests(tests, setup_tmpdir, teardown_tmpdir);
 }
