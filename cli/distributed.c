@@ -1,12 +1,20 @@
 /* distributed.c — the distributed commands: `graft coordinator` and
  * `graft worker` (ZeroMQ, one process each, possibly on other machines),
- * `graft run` (a coordinator and K workers on this machine over loopback)
- * and `graft mpi` (under mpirun: rank 0 coordinates, the others work).
+ * `graft run` (a coordinator and K workers on this machine over an ipc://
+ * socket in a private folder) and `graft mpi` (under mpirun: rank 0
+ * coordinates, the others work).
+ *
+ * Plain ZeroMQ authenticates nobody: whoever reaches the coordinator's
+ * socket can join, receive the modules and send updates. So graft run
+ * listens on a socket file in a fresh 0700 folder (removed at exit), and
+ * graft coordinator binds a non-loopback address only with CurveZMQ, or
+ * when --insecure says the network is trusted.
  *
  * Each command has a small option table of its own (endpoints, keys, worker
  * counts, shards) parsed together with the run option table, so every
  * option is a flag or a config line and every run option works everywhere. */
 #include <ctype.h>
+#include <errno.h>
 #include <mpi.h>
 #include <stddef.h>
 #include <signal.h>
@@ -21,6 +29,7 @@
 #include "commands.h"
 #include "coordinator.h"
 #include "keys.h"
+#include "wire.h"
 #include "worker.h"
 
 static volatile sig_atomic_t worker_stop = 0;
@@ -36,6 +45,7 @@ static void install_signals(void) {
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
 }
 
 /* Parses a command's own options (table into own) and the run options
@@ -101,7 +111,8 @@ static int load_keypair(const char *arg, graft_keypair_t *kp) {
 
 static const char *coordinator_usage =
     "usage: graft coordinator --config RUN [--bind tcp://*:5555] [--workers N]\n"
-    "                         [--curve-secret NAME.key --allow FILE] [run options]\n\n"
+    "                         [--curve-secret NAME.key --allow FILE | --insecure]\n"
+    "                         [run options]\n\n"
     "Coordinates a federated run over ZeroMQ: binds a ROUTER socket, waits for N\n"
     "workers (graft worker), then runs --rounds rounds: sends each worker the shared\n"
     "and task modules, aggregates the replies as they arrive (--aggregate: exact\n"
@@ -109,13 +120,17 @@ static const char *coordinator_usage =
     "every reply until the round closes), evaluates every --eval_every_rounds,\n"
     "checkpoints to OUT/modules.safetensors, and logs OUT/events.jsonl.\n"
     "--curve-secret turns on CurveZMQ with the keypair NAME.key / NAME.pub; --allow\n"
-    "lists the client public keys that may join.";
+    "lists the client public keys that may join. Without them, plain ZeroMQ lets\n"
+    "anyone who reaches --bind join the run, read its modules and send updates: a\n"
+    "--bind other than loopback (127.0.0.1, ::1, localhost) or ipc:// is refused\n"
+    "unless --insecure says the network is trusted.";
 
 typedef struct {
     char bind[GRAFT_OPT_STR];
     int workers;
     char curve_secret[GRAFT_OPT_STR];
     char allow[GRAFT_OPT_STR];
+    int insecure;
     int stall_timeout_ms;
 } coordinator_opts_t;
 
@@ -129,6 +144,9 @@ static const graft_option_t coordinator_options[] = {
      "with --allow"},
     {"allow", GRAFT_OPT_STRING, OFF(allow), "", 0, -1,
      "CurveZMQ: file of the client public keys that may join (one Z85 line each)"},
+    {"insecure", GRAFT_OPT_BOOL, OFF(insecure), "false", 0, 0,
+     "bind a non-loopback --bind without CurveZMQ: anyone who reaches it can join the run, read "
+     "its modules and send updates (only on a network you trust)"},
     {"stall_timeout_ms", GRAFT_OPT_INT, OFF(stall_timeout_ms), "0", 0, 1e9,
      "end the run with an error (exit 1) when a round still lacks --min_replies replies N ms "
      "after its deadline; 0: wait forever"},
@@ -136,13 +154,35 @@ static const graft_option_t coordinator_options[] = {
 };
 #undef OFF
 
-/* Runs the coordinator (mode: zmq for graft coordinator, run or mpi) after
- * writing the effective settings, own (the command's options) and cfg, to
+/* The coordinator's ZeroMQ server, bound once the run's message limit is
+ * known (graft_coordinator_opts_t.open_transport); `started`, when set,
+ * then starts what must follow the bind (graft run's workers). */
+typedef struct {
+    graft_zmq_opts_t zo;
+    graft_transport_t *tp;
+    int (*started)(void *ctx, const char *endpoint);
+    void *started_ctx;
+} zmq_server_t;
+
+static int open_zmq_server(void *ctx, size_t max_msg_bytes, graft_transport_t **tp) {
+    zmq_server_t *s = ctx;
+    s->zo.max_msg_bytes = max_msg_bytes;
+    int rc = graft_transport_zmq_server(&s->zo, &s->tp);
+    if (rc) return rc;
+    *tp = s->tp;
+    const char *ep = graft_transport_zmq_endpoint(s->tp);
+    LOG_INFO("coordinator: listening on %s%s", ep, s->zo.keypair ? " (CurveZMQ)" : "");
+    return s->started ? s->started(s->started_ctx, ep) : GRAFT_OK;
+}
+
+/* Runs the coordinator (mode: zmq for graft coordinator, run or mpi) over
+ * `tp`, or with zs over a ZeroMQ server it opens, after writing the
+ * effective settings, own (the command's options) and cfg, to
  * OUT/config.txt. */
 static int run_coordinator(const graft_run_config_t *cfg, graft_option_set_t own,
-                           graft_transport_t *tp, int workers, const char *mode,
-                           void (*stop_reason)(void *, char *, size_t), void *stop_ctx,
-                           int stall_timeout_ms) {
+                           graft_transport_t *tp, zmq_server_t *zs, int workers,
+                           const char *mode, void (*stop_reason)(void *, char *, size_t),
+                           void *stop_ctx, int stall_timeout_ms) {
     if (graft_coordinator_check(cfg, workers)) return GRAFT_EINVAL;
     char path[GRAFT_OPT_STR + 16];
     snprintf(path, sizeof path, "%s/config.txt", cfg->out);
@@ -152,7 +192,32 @@ static int run_coordinator(const graft_run_config_t *cfg, graft_option_set_t own
     graft_coordinator_opts_t co = {.cfg = *cfg, .expected_workers = workers, .tp = tp,
                                    .mode = mode, .stop_reason = stop_reason,
                                    .stop_ctx = stop_ctx, .stall_timeout_ms = stall_timeout_ms};
+    if (zs) {
+        co.open_transport = open_zmq_server;
+        co.open_ctx = zs;
+    }
     return graft_coordinator_run(&co);
+}
+
+/* Plain ZeroMQ on `bind`: refused (1) off this machine unless insecure;
+ * otherwise said, since anyone who reaches it can join. */
+static int refuse_plaintext(const char *bind, int insecure) {
+    const char *who = "any user of this machine";
+    if (!graft_zmq_endpoint_is_local(bind)) {
+        if (!insecure) {
+            LOG_ERROR("coordinator: --bind %s without --curve-secret would let anyone who reaches "
+                      "it join the run, read its modules and send updates: give --curve-secret "
+                      "and --allow (graft keygen; cluster/federated/README.md), bind a loopback "
+                      "address (tcp://127.0.0.1:5555), or add --insecure on a network you trust",
+                      bind);
+            return 1;
+        }
+        who = "anyone who reaches it (--insecure)";
+    }
+    LOG_WARN("coordinator: --bind %s is plain ZeroMQ, neither authenticated nor encrypted: %s can "
+             "join the run, read its modules and send updates (--curve-secret and --allow admit "
+             "only your clients)", bind, who);
+    return 0;
 }
 
 int cmd_coordinator(int argc, char **argv) {
@@ -166,23 +231,18 @@ int cmd_coordinator(int argc, char **argv) {
         LOG_ERROR("--curve-secret and --allow go together: give both for CurveZMQ, or neither");
         return 2;
     }
+    if (!secret && refuse_plaintext(bind, co.insecure)) return 2;
     graft_keypair_t kp;
     graft_key_t *allow = NULL;
     size_t nallow = 0;
     if (secret && (load_keypair(secret, &kp) || graft_keys_read_allow(allow_path, &allow, &nallow)))
         return 1;
-    graft_zmq_opts_t zo = {.endpoint = bind, .keypair = secret ? &kp : NULL, .allow = allow,
-                           .nallow = nallow};
-    graft_transport_t *tp = NULL;
-    int rc = graft_transport_zmq_server(&zo, &tp);
-    if (!rc) {
-        LOG_INFO("coordinator: listening on %s%s", graft_transport_zmq_endpoint(tp),
-                 secret ? " (CurveZMQ)" : "");
-        install_signals();
-        rc = run_coordinator(&cfg, (graft_option_set_t){coordinator_options, &co}, tp,
+    zmq_server_t zs = {.zo = {.endpoint = bind, .keypair = secret ? &kp : NULL, .allow = allow,
+                              .nallow = nallow}};
+    install_signals();
+    int rc = run_coordinator(&cfg, (graft_option_set_t){coordinator_options, &co}, NULL, &zs,
                              co.workers, "zmq", NULL, NULL, co.stall_timeout_ms);
-    }
-    graft_transport_destroy(&tp);
+    graft_transport_destroy(&zs.tp);
     free(allow);
     return rc ? 1 : 0;
 }
@@ -262,8 +322,11 @@ int cmd_worker(int argc, char **argv) {
     graft_key_t server_key;
     if (curve && (load_keypair(curve, &kp) || graft_keys_read_file(server_pub, &server_key)))
         return 1;
+    /* The run's own limit comes with the assignment (the worker checks
+     * messages against it); the socket takes any message the protocol allows. */
     graft_zmq_opts_t zo = {.endpoint = wc.connect, .identity = ident,
-                           .keypair = curve ? &kp : NULL, .server_key = curve ? &server_key : NULL};
+                           .keypair = curve ? &kp : NULL, .server_key = curve ? &server_key : NULL,
+                           .max_msg_bytes = GRAFT_WIRE_HARD_MAX_BYTES};
     int rc = graft_transport_zmq_client(&zo, &wo.tp);
     if (!rc) {
         install_signals();
@@ -278,10 +341,11 @@ int cmd_worker(int argc, char **argv) {
 static const char *run_usage =
     "usage: graft run --config RUN [--workers K] [--shards DIR] [run options]\n\n"
     "A federated multi-task run on this machine with no other setup: a coordinator\n"
-    "(this process) and K worker processes over ZeroMQ on loopback. Worker i holds\n"
-    "shard i/K of every task's train data (IID; K defaults to 2), or with --shards\n"
-    "the client folder DIR/client-i of a shard directory (graft data shard; K\n"
-    "defaults to its number of client folders and may not exceed it). The\n"
+    "(this process) and K worker processes over ZeroMQ on an ipc:// socket in a new\n"
+    "folder only this user may enter (in $TMPDIR or /tmp; removed at exit). Worker i\n"
+    "holds shard i/K of every task's train data (IID; K defaults to 2), or with\n"
+    "--shards the client folder DIR/client-i of a shard directory (graft data shard;\n"
+    "K defaults to its number of client folders and may not exceed it). The\n"
     "coordinator evaluates on the full dev/test splits of the --tasks files.\n"
     "Prints per-task test metrics at the end; stops if a worker process dies.";
 
@@ -298,6 +362,7 @@ typedef struct {
     int *status; /* wait status of a process reaped early; -1: not reaped */
     int k;
     const char *shards;
+    const graft_run_config_t *cfg;
     int died; /* child_reason named a process that ended before the run */
 } children_t;
 
@@ -362,6 +427,16 @@ static pid_t spawn_worker(const char *ep, int i, int k, const char *shards,
     return pid;
 }
 
+/* Once the coordinator listens on ep: its K worker processes. */
+static int start_workers(void *ctx, const char *ep) {
+    children_t *ch = ctx;
+    LOG_INFO("run: coordinator on %s, starting %d workers%s%s", ep, ch->k,
+             ch->shards ? " on " : "", ch->shards ? ch->shards : "");
+    for (int i = 0; i < ch->k; i++)
+        if ((ch->pids[i] = spawn_worker(ep, i, ch->k, ch->shards, ch->cfg)) < 0) return GRAFT_EIO;
+    return GRAFT_OK;
+}
+
 typedef struct {
     int workers;
     char shards[GRAFT_OPT_STR];
@@ -374,6 +449,34 @@ static const graft_option_t run_cli_options[] = {
      "a shard directory (graft data shard): worker i holds its client folder client-i"},
     GRAFT_OPT_END,
 };
+
+/* The socket file graft run listens on: `coordinator` in a new folder
+ * DIR/graft-run-XXXXXX (mode 0700, so that no other user can connect) of
+ * $TMPDIR, or of /tmp when $TMPDIR's path would not fit a socket's. */
+static int private_socket(char *dir, size_t dn, char *path, size_t pn) {
+    const char *tmp = getenv("TMPDIR");
+    const char *bases[] = {tmp && *tmp ? tmp : "/tmp", "/tmp"};
+    for (int i = 0; i < 2; i++) {
+        /* sockaddr_un's sun_path holds 108 bytes with the NUL. */
+        if (strlen(bases[i]) + sizeof "/graft-run-XXXXXX/coordinator" > 108) continue;
+        snprintf(dir, dn, "%s/graft-run-XXXXXX", bases[i]);
+        if (!mkdtemp(dir)) {
+            LOG_ERROR("run: cannot create a folder for the coordinator's socket in %s: %s",
+                      bases[i], strerror(errno));
+            return GRAFT_EIO;
+        }
+        snprintf(path, pn, "%s/coordinator", dir);
+        return GRAFT_OK;
+    }
+    LOG_ERROR("run: $TMPDIR %s is too long a path for a socket file, and so is /tmp", tmp);
+    return GRAFT_EINVAL;
+}
+
+static void remove_private_socket(const char *dir, const char *path) {
+    if (unlink(path) != 0 && errno != ENOENT)
+        LOG_WARN("run: cannot remove %s: %s", path, strerror(errno));
+    if (rmdir(dir) != 0) LOG_WARN("run: cannot remove %s: %s", dir, strerror(errno));
+}
 
 /* K for graft run: --workers, or the shard directory's client count. */
 static int run_workers(int workers, const char *shards) {
@@ -396,14 +499,10 @@ int cmd_run(int argc, char **argv) {
     const char *shards = *rcli.shards ? rcli.shards : NULL;
     int k = run_workers(rcli.workers, shards);
     if (k < 0 || graft_coordinator_check(&cfg, k)) return 2;
-    graft_zmq_opts_t zo = {.endpoint = "tcp://127.0.0.1:*"};
-    graft_transport_t *tp = NULL;
-    if (graft_transport_zmq_server(&zo, &tp)) return 1;
-    char ep[256];
-    snprintf(ep, sizeof ep, "%s", graft_transport_zmq_endpoint(tp));
-    LOG_INFO("run: coordinator on %s, starting %d workers%s%s", ep, k, shards ? " on " : "",
-             shards ? shards : "");
     install_signals();
+    char dir[GRAFT_OPT_STR], sock[GRAFT_OPT_STR + 32], ep[GRAFT_OPT_STR + 64];
+    if (private_socket(dir, sizeof dir, sock, sizeof sock)) return 1;
+    snprintf(ep, sizeof ep, "ipc://%s", sock);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_child;
@@ -412,17 +511,17 @@ int cmd_run(int argc, char **argv) {
     pid_t *pids = graft_xcalloc((size_t)k, sizeof *pids);
     int *status = graft_xmalloc((size_t)k * sizeof *status);
     for (int i = 0; i < k; i++) status[i] = -1;
-    children_t children = {.pids = pids, .status = status, .k = k, .shards = shards};
-    int rc = GRAFT_OK;
-    for (int i = 0; i < k && !rc; i++)
-        if ((pids[i] = spawn_worker(ep, i, k, shards, &cfg)) < 0) rc = GRAFT_EIO;
-    if (!rc)
-        rc = run_coordinator(&cfg, (graft_option_set_t){run_cli_options, &rcli}, tp, k, "run",
-                             child_reason, &children, 0);
+    children_t children = {.pids = pids, .status = status, .k = k, .shards = shards,
+                           .cfg = &cfg};
+    zmq_server_t zs = {.zo = {.endpoint = ep}, .started = start_workers,
+                       .started_ctx = &children};
+    int rc = run_coordinator(&cfg, (graft_option_set_t){run_cli_options, &rcli}, NULL, &zs, k,
+                             "run", child_reason, &children, 0);
     if (rc && children.died) LOG_ERROR("run: a worker process ended before the run did (its log "
                                       "is above); stopped");
     signal(SIGCHLD, SIG_DFL);
-    graft_transport_destroy(&tp);
+    graft_transport_destroy(&zs.tp);
+    remove_private_socket(dir, sock);
     for (int i = 0; i < k; i++) {
         if (pids[i] <= 0) continue;
         int st = status[i];
@@ -499,7 +598,7 @@ int cmd_mpi(int argc, char **argv) {
         install_signals();
         if (rank == 0) {
             rc = run_coordinator(&cfg, (graft_option_set_t){mpi_cli_options, shards_dir}, tp,
-                                 size - 1, "mpi", NULL, NULL, 0);
+                                 NULL, size - 1, "mpi", NULL, NULL, 0);
         } else {
             graft_worker_opts_t wo = {.cfg = cfg, .shard_index = rank - 1,
                                       .shard_count = size - 1, .tp = tp,

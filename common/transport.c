@@ -17,6 +17,11 @@ const char *graft_transport_peer_name(graft_transport_t *t, int peer) {
     return t->ops->peer_name(t, peer);
 }
 
+const char *graft_transport_peer_key(graft_transport_t *t, int peer) {
+    const char *key = t->ops->peer_key ? t->ops->peer_key(t, peer) : NULL;
+    return key ? key : "";
+}
+
 int graft_transport_has_collectives(const graft_transport_t *t) {
     return t->ops->split && t->ops->ireduce_i64 && t->ops->reduce_test;
 }

@@ -8,7 +8,17 @@
  *
  * Peers are small integers. On a worker the coordinator is peer 0. On the
  * coordinator each worker is a peer >= 1: its MPI rank, the order in which a
- * new ZeroMQ identity first spoke, or its index for inproc.
+ * new ZeroMQ routing identity (with CurveZMQ: a new pair of routing identity
+ * and client key) first spoke, or its index for inproc.
+ *
+ * Authenticated identity: peer_key() names the key that authenticated a
+ * peer's messages (CurveZMQ), so that the coordinator can bind a worker to
+ * the key it registered with. A ZeroMQ client chooses its own routing
+ * identity, and ZMQ_ROUTER_HANDOVER gives a new connection under an
+ * identity in use the old one's place; so the ZeroMQ server makes a
+ * connection with another key under the same identity a peer of its own,
+ * and sends nothing to the old peer while the identity is last heard from
+ * the new one (send() gives GRAFT_EPEER, logged).
  *
  * Ownership:
  *  - send() copies or finishes with `buf` before returning; the caller keeps it.
@@ -89,6 +99,8 @@ typedef struct {
      * GRAFT_OK with *peer, *buf (caller frees), *len; GRAFT_ETIMEOUT; or an error. */
     int (*recv)(graft_transport_t *t, int *peer, uint8_t **buf, size_t *len, int timeout_ms);
     const char *(*peer_name)(graft_transport_t *t, int peer);
+    /* The authenticated key of peer (above), or NULL: none. */
+    const char *(*peer_key)(graft_transport_t *t, int peer);
     /* Collectives; NULL when unsupported. all != 0: every member gets the sum.
      * *req is the backend's handle, finished by reduce_test. */
     int (*split)(graft_transport_t *t, int color, int *group);
@@ -112,6 +124,11 @@ int graft_transport_recv(graft_transport_t *t, int *peer, uint8_t **buf, size_t 
                          int timeout_ms);
 /* "worker 3 (tcp://10.0.0.7:51234)", "rank 2", ...: for log lines. */
 const char *graft_transport_peer_name(graft_transport_t *t, int peer);
+/* The Z85 public key that authenticated peer's messages (CurveZMQ), fixed
+ * for the peer's life on a ZeroMQ server; "" when the transport does not
+ * authenticate peers (plain ZeroMQ, MPI, inproc unless a test set one).
+ * Owned by the transport, valid until the next recv(). */
+const char *graft_transport_peer_key(graft_transport_t *t, int peer);
 /* Collectives (see above); GRAFT_EINVAL on a transport without them. */
 int graft_transport_has_collectives(const graft_transport_t *t);
 int graft_transport_split(graft_transport_t *t, int color, int *group);
@@ -132,6 +149,9 @@ void graft_transport_destroy(graft_transport_t **t);
  * is the coordinator. Each end is destroyed on its own; the shared queues go
  * with the last one. Sending to a destroyed end gives GRAFT_EPEER. */
 int graft_transport_inproc_new(int nworkers, graft_transport_t **ends);
+/* Tests: the key the coordinator end reports (peer_key) for the messages
+ * this worker end sends from now on (at most GRAFT_KEY_Z85_LEN bytes). */
+void graft_transport_inproc_set_key(graft_transport_t *end, const char *key);
 
 /* ---- ZeroMQ -------------------------------------------------------------- */
 typedef struct {
@@ -148,11 +168,20 @@ typedef struct {
     const char *identity;
     int reconnect_ivl_ms;     /* client: first retry after this (0: 100) */
     int reconnect_ivl_max_ms; /* client: retries back off up to this (0: 5000) */
-    size_t max_msg_bytes;     /* larger messages drop the connection (0: 64 MiB + 64 KiB) */
+    /* The largest message this end takes (ZMQ_MAXMSGSIZE: a larger one
+     * drops the connection) or sends (send() refuses it, logged); 0: 64 MiB
+     * + 64 KiB. The coordinator sets it from the run's modules. */
+    size_t max_msg_bytes;
 } graft_zmq_opts_t;
 
 /* The coordinator: binds a ROUTER. */
 int graft_transport_zmq_server(const graft_zmq_opts_t *opts, graft_transport_t **out);
+/* 1 when a server endpoint is reachable from this machine only: TCP on a
+ * loopback address (127.0.0.0/8, ::1, localhost) or ipc:// (a socket file,
+ * guarded by its folder's permissions); 0 for anything else: all
+ * interfaces (a host of *), any other address, host or interface name,
+ * other transports. Without CurveZMQ, whoever reaches it can join. */
+int graft_zmq_endpoint_is_local(const char *endpoint);
 /* A worker: connects a DEALER; ZeroMQ reconnects by itself. */
 int graft_transport_zmq_client(const graft_zmq_opts_t *opts, graft_transport_t **out);
 /* The endpoint actually bound or connected (ZMQ_LAST_ENDPOINT), owned by t. */

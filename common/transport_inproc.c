@@ -17,6 +17,7 @@
 typedef struct qmsg {
     struct qmsg *next;
     int from;
+    char key[GRAFT_KEY_Z85_LEN + 1]; /* the sender's key when it sent */
     uint8_t *buf;
     size_t len;
 } qmsg_t;
@@ -26,6 +27,8 @@ typedef struct {
     qmsg_t *head, *tail;
     int alive;
     char name[32];
+    char key[GRAFT_KEY_Z85_LEN + 1];      /* this end's key (tests) */
+    char recv_key[GRAFT_KEY_Z85_LEN + 1]; /* of this end's last message received */
 } inbox_t;
 
 typedef struct {
@@ -64,6 +67,7 @@ static int inproc_send(graft_transport_t *t, int peer, const void *buf, size_t l
     memcpy(m->buf, buf, len);
     m->len = len;
     pthread_mutex_lock(&h->mu);
+    memcpy(m->key, h->inbox[e->id].key, sizeof m->key);
     inbox_t *in = &h->inbox[peer];
     int alive = in->alive;
     if (alive) {
@@ -110,6 +114,7 @@ static int inproc_recv(graft_transport_t *t, int *peer, uint8_t **buf, size_t *l
     if (m) {
         in->head = m->next;
         if (!in->head) in->tail = NULL;
+        memcpy(h->inbox[m->from].recv_key, m->key, sizeof m->key);
     }
     pthread_mutex_unlock(&h->mu);
     if (!m) return GRAFT_ETIMEOUT;
@@ -125,6 +130,20 @@ static const char *inproc_peer_name(graft_transport_t *t, int peer) {
     int end = e->id == 0 ? peer : (peer == 0 ? 0 : -1);
     if (end < 0 || end >= e->hub->nends) return "unknown peer";
     return e->hub->inbox[end].name;
+}
+
+static const char *inproc_peer_key(graft_transport_t *t, int peer) {
+    inproc_t *e = (inproc_t *)t;
+    if (e->id != 0 || peer < 1 || peer >= e->hub->nends) return NULL;
+    return e->hub->inbox[peer].recv_key;
+}
+
+void graft_transport_inproc_set_key(graft_transport_t *end, const char *key) {
+    inproc_t *e = (inproc_t *)end;
+    GRAFT_ASSERT(end->ops->peer_key == inproc_peer_key && strlen(key) <= GRAFT_KEY_Z85_LEN);
+    pthread_mutex_lock(&e->hub->mu);
+    snprintf(e->hub->inbox[e->id].key, sizeof e->hub->inbox[e->id].key, "%s", key);
+    pthread_mutex_unlock(&e->hub->mu);
 }
 
 static void hub_free(hub_t *h) {
@@ -151,6 +170,7 @@ static const graft_transport_ops_t inproc_ops = {
     .send = inproc_send,
     .recv = inproc_recv,
     .peer_name = inproc_peer_name,
+    .peer_key = inproc_peer_key,
     .destroy = inproc_destroy,
 };
 

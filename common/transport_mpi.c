@@ -64,8 +64,12 @@ static void reap(mt_t *m) {
 
 static int mt_send(graft_transport_t *t, int peer, const void *buf, size_t len) {
     mt_t *m = (mt_t *)t;
-    if (peer < 0 || peer >= m->size || peer == m->rank || len > (size_t)INT_MAX)
+    if (peer < 0 || peer >= m->size || peer == m->rank) return GRAFT_EINVAL;
+    if (len > (size_t)INT_MAX) {
+        LOG_ERROR("mpi: not sending a %zu-byte message to rank %d: MPI counts stop at %d bytes",
+                  len, peer, INT_MAX);
         return GRAFT_EINVAL;
+    }
     reap(m);
     if (m->npend == m->pcap) {
         m->pcap = m->pcap ? 2 * m->pcap : 16;

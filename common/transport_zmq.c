@@ -7,6 +7,14 @@
  * ZMQ_ROUTER_MANDATORY turns a send to a vanished peer into GRAFT_EPEER
  * instead of a silent drop. Workers reconnect on their own with backoff.
  *
+ * The identity is the client's choice, so under CurveZMQ a peer is the pair
+ * (identity, client key), the key read from each message's User-Id (which
+ * the ZAP handler sets): another client's connection under a worker's
+ * identity becomes a peer of its own instead of that worker. The ROUTER
+ * routes by identity alone, to whichever connection took it over last; so
+ * a peer whose identity was last heard from another key is "superseded" and
+ * gets nothing until it speaks again.
+ *
  * With CurveZMQ the server runs a ZAP handler thread on
  * inproc://zeromq.zap.01 in its own context: it accepts a handshake only if
  * the client's public key is on the allow-list, and queues each refusal
@@ -44,10 +52,13 @@
 #define SEND_TIMEOUT_MS 5000
 #define HEARTBEAT_IVL_MS 2000
 #define HEARTBEAT_TIMEOUT_MS 10000
+#define DEFAULT_MAX_MSG (((size_t)64 << 20) + ((size_t)64 << 10))
 
 typedef struct {
     uint8_t id[256];
     size_t idlen;
+    char key[GRAFT_KEY_Z85_LEN + 1]; /* the CurveZMQ client key; "" without CurveZMQ */
+    int superseded; /* its identity was last heard from another key */
     char name[160];
 } zpeer_t;
 
@@ -69,6 +80,7 @@ typedef struct {
     int server;
     char endpoint[256];
     char coordinator_name[300]; /* client: how peer 0 shows in logs */
+    size_t max_msg;             /* ZMQ_MAXMSGSIZE: larger messages are neither taken nor sent */
     zpeer_t *peers;             /* server: peer p is peers[p - 1] */
     size_t npeers, cap;
     /* CurveZMQ, server side; the ZAP thread alone touches zap. */
@@ -353,7 +365,8 @@ static int zt_next_failure(graft_transport_t *t, graft_handshake_failure_t *f) {
 static int set_int(void *s, int opt, int v) { return zmq_setsockopt(s, opt, &v, sizeof v); }
 
 static int common_opts(zt_t *z, const graft_zmq_opts_t *o) {
-    int64_t max = o->max_msg_bytes ? (int64_t)o->max_msg_bytes : (64 << 20) + (64 << 10);
+    z->max_msg = o->max_msg_bytes ? o->max_msg_bytes : DEFAULT_MAX_MSG;
+    int64_t max = (int64_t)z->max_msg;
     int rc = set_int(z->sock, ZMQ_LINGER, LINGER_MS);
     rc |= set_int(z->sock, ZMQ_SNDTIMEO, SEND_TIMEOUT_MS);
     rc |= zmq_setsockopt(z->sock, ZMQ_MAXMSGSIZE, &max, sizeof max);
@@ -468,6 +481,31 @@ int graft_transport_zmq_client(const graft_zmq_opts_t *opts, graft_transport_t *
     return zt_open(opts, 0, out);
 }
 
+/* "HOST" of tcp://HOST:PORT, brackets of [IPv6] removed, into buf; 0 if
+ * not of that form. */
+static int tcp_host(const char *endpoint, char *buf, size_t n) {
+    if (strncmp(endpoint, "tcp://", 6) != 0) return 0;
+    const char *host = endpoint + 6, *colon = strrchr(host, ':');
+    if (!colon || colon == host) return 0;
+    size_t len = (size_t)(colon - host);
+    if (host[0] == '[' && host[len - 1] == ']') host++, len -= 2;
+    if (len == 0 || len >= n) return 0;
+    memcpy(buf, host, len);
+    buf[len] = '\0';
+    return 1;
+}
+
+int graft_zmq_endpoint_is_local(const char *endpoint) {
+    if (strncmp(endpoint, "ipc://", 6) == 0) return 1;
+    char host[256];
+    if (!tcp_host(endpoint, host, sizeof host)) return 0;
+    if (!strcmp(host, "localhost")) return 1;
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, host, &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+    return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
 const char *graft_transport_zmq_endpoint(graft_transport_t *t) {
     GRAFT_ASSERT(t->ops == &zmq_ops);
     return ((zt_t *)t)->endpoint;
@@ -488,40 +526,72 @@ static int send_errno(zt_t *z, int peer) {
     return GRAFT_EIO;
 }
 
+static const char *zt_peer_name(graft_transport_t *t, int peer);
+
+/* A receiver with our limit would drop the message and the connection
+ * without a word, and the sender would wait for an answer forever. */
+static int too_large(zt_t *z, int peer, size_t len) {
+    if (len <= z->max_msg) return 0;
+    LOG_ERROR("zmq: not sending a %zu-byte message to %s: it exceeds the message limit of %zu "
+              "bytes on %s", len, zt_peer_name(&z->base, peer), z->max_msg, z->endpoint);
+    return 1;
+}
+
 static int zt_send(graft_transport_t *t, int peer, const void *buf, size_t len) {
     zt_t *z = (zt_t *)t;
+    if (too_large(z, peer, len)) return GRAFT_EINVAL;
     if (!z->server) {
         if (peer != 0) return GRAFT_EINVAL;
         return zmq_send(z->sock, buf, len, 0) < 0 ? send_errno(z, peer) : GRAFT_OK;
     }
     if (peer < 1 || (size_t)peer > z->npeers) return GRAFT_EINVAL;
     zpeer_t *p = &z->peers[peer - 1];
+    if (p->superseded) return GRAFT_EPEER; /* it would reach the other key */
     if (zmq_send(z->sock, p->id, p->idlen, ZMQ_SNDMORE) < 0) return send_errno(z, peer);
     return zmq_send(z->sock, buf, len, 0) < 0 ? send_errno(z, peer) : GRAFT_OK;
 }
 
-/* The peer id of a ROUTER identity, adding a peer for a new one. */
+static int same_id(const zpeer_t *p, zmq_msg_t *id) {
+    return p->idlen == zmq_msg_size(id) && memcmp(p->id, zmq_msg_data(id), p->idlen) == 0;
+}
+
+/* The message came on identity `id` from `key`: every other peer of that
+ * identity is superseded (the ROUTER now routes it here), logged once. */
+static void supersede(zt_t *z, size_t self, zmq_msg_t *id) {
+    z->peers[self].superseded = 0;
+    for (size_t i = 0; i < z->npeers; i++) {
+        if (i == self || !same_id(&z->peers[i], id) || z->peers[i].superseded) continue;
+        z->peers[i].superseded = 1;
+        LOG_WARN("zmq: %s took over the routing identity of %s with another key; nothing goes "
+                 "to %s until it speaks again", z->peers[self].name, z->peers[i].name,
+                 z->peers[i].name);
+    }
+}
+
+/* The peer id of a ROUTER identity and client key, adding a peer for a new
+ * pair. */
 static int peer_of(zt_t *z, zmq_msg_t *id, zmq_msg_t *body) {
-    size_t n = zmq_msg_size(id);
+    const char *user = zmq_msg_gets(body, "User-Id");
+    const char *key = user ? user : "";
     size_t i = 0;
-    while (i < z->npeers &&
-           !(z->peers[i].idlen == n && memcmp(z->peers[i].id, zmq_msg_data(id), n) == 0))
-        i++;
+    while (i < z->npeers && !(same_id(&z->peers[i], id) && !strcmp(z->peers[i].key, key))) i++;
     if (i == z->npeers) {
         if (z->npeers == z->cap) {
             z->cap = z->cap ? 2 * z->cap : 8;
             z->peers = realloc(z->peers, z->cap * sizeof *z->peers);
             GRAFT_ASSERT(z->peers);
         }
-        memcpy(z->peers[i].id, zmq_msg_data(id), n);
-        z->peers[i].idlen = n;
+        zpeer_t *p = &z->peers[i];
+        *p = (zpeer_t){.idlen = zmq_msg_size(id)};
+        memcpy(p->id, zmq_msg_data(id), p->idlen);
+        snprintf(p->key, sizeof p->key, "%s", key);
         z->npeers++;
     }
     /* Refreshed on every message: a worker that rejoins may come from elsewhere. */
     const char *addr = zmq_msg_gets(body, "Peer-Address");
-    const char *user = zmq_msg_gets(body, "User-Id");
     snprintf(z->peers[i].name, sizeof z->peers[i].name, "worker %zu (%s%s%.8s)", i + 1,
-             addr ? addr : "?", user && *user ? ", key " : "", user ? user : "");
+             addr ? addr : "?", *key ? ", key " : "", key);
+    supersede(z, i, id);
     return (int)i + 1;
 }
 
@@ -563,11 +633,18 @@ static const char *zt_peer_name(graft_transport_t *t, int peer) {
     return z->peers[peer - 1].name;
 }
 
+static const char *zt_peer_key(graft_transport_t *t, int peer) {
+    zt_t *z = (zt_t *)t;
+    if (!z->server || peer < 1 || (size_t)peer > z->npeers) return NULL;
+    return z->peers[peer - 1].key;
+}
+
 static const graft_transport_ops_t zmq_ops = {
     .name = "zmq",
     .send = zt_send,
     .recv = zt_recv,
     .peer_name = zt_peer_name,
+    .peer_key = zt_peer_key,
     .next_failure = zt_next_failure,
     .destroy = zmq_destroy,
 };

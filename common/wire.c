@@ -233,6 +233,7 @@ static void enc_assign(enc_t *e, const graft_wire_assign_t *m) {
     e->item_ptrs = (void **)ptrs;
     a->n_label_sets = m->nlabel_sets;
     a->label_sets = ptrs;
+    a->max_message_bytes = m->max_message_bytes;
     e->env.body_case = GRAFT__ENVELOPE__BODY_ASSIGN;
     e->env.assign = a;
 }
@@ -656,7 +657,12 @@ static int dec_label_set(const Graft__LabelSet *pb, size_t i, graft_wire_assign_
 static int dec_assign(const Graft__Assign *pb, graft_wire_assign_t *m, char *why, size_t why_len) {
     if (pb->worker_id == 0)
         return fail(why, why_len, GRAFT_EFORMAT, "assign.worker_id is 0 (workers start at 1)");
+    if (pb->max_message_bytes > GRAFT_WIRE_HARD_MAX_BYTES)
+        return fail(why, why_len, GRAFT_EFORMAT, "assign.max_message_bytes is %" PRIu64
+                    ", over the hard limit of %zu", pb->max_message_bytes,
+                    GRAFT_WIRE_HARD_MAX_BYTES);
     m->worker_id = pb->worker_id;
+    m->max_message_bytes = pb->max_message_bytes;
     m->tasks = graft_xcalloc(pb->n_tasks, sizeof *m->tasks);
     m->ntasks = pb->n_tasks;
     for (size_t i = 0; i < pb->n_tasks; i++) {
@@ -880,11 +886,45 @@ static void budget_free(void *data, void *p) {
     free(p);
 }
 
+/* ---- message limits ------------------------------------------------------ */
+
+/* Protobuf's framing around one tensor, at most: the submessage's tag and
+ * length, the name (tag, length, GRAFT_WIRE_MAX_NAME bytes), the packed
+ * shape (tag, length, 10-byte varints), dtype, sparse, and the data's tag
+ * and length; 512 with room to spare. */
+#define TENSOR_FRAMING 512
+/* Everything else of a RoundStart or Update (the envelope, round, hyper,
+ * reduce, metrics, the rates' tag and length) is under 300 bytes. */
+#define MESSAGE_FRAMING 4096
+#define MIN_TEST_MAX_BYTES 4096
+
+size_t graft_wire_modules_bytes(const size_t *numel, size_t n, size_t nsteps) {
+    size_t bytes = MESSAGE_FRAMING + nsteps * sizeof(float);
+    for (size_t i = 0; i < n; i++) bytes += TENSOR_FRAMING + numel[i] * sizeof(float);
+    return bytes;
+}
+
+size_t graft_wire_default_max_bytes(void) {
+    const char *s = getenv("GRAFT_TEST_DEFAULT_MAX_BYTES");
+    char *end = NULL;
+    unsigned long long v = s && *s ? strtoull(s, &end, 10) : 0;
+    if (v >= MIN_TEST_MAX_BYTES && v <= GRAFT_WIRE_DEFAULT_MAX_BYTES && end && !*end)
+        return (size_t)v;
+    return GRAFT_WIRE_DEFAULT_MAX_BYTES;
+}
+
+int graft_wire_max_bytes(const size_t *numel, size_t n, size_t nsteps, size_t *max) {
+    size_t bytes = graft_wire_modules_bytes(numel, n, nsteps);
+    size_t floor = graft_wire_default_max_bytes();
+    *max = bytes > floor ? bytes : floor;
+    return *max > GRAFT_WIRE_HARD_MAX_BYTES ? GRAFT_EINVAL : GRAFT_OK;
+}
+
 int graft_wire_decode(const uint8_t *buf, size_t len, const graft_wire_opts_t *opts,
                       graft_msg_t *out, char *why, size_t why_len) {
     static const graft_wire_opts_t defaults = {0, 0, NULL};
     const graft_wire_opts_t *o = opts ? opts : &defaults;
-    size_t max = o->max_bytes ? o->max_bytes : GRAFT_WIRE_DEFAULT_MAX_BYTES;
+    size_t max = o->max_bytes ? o->max_bytes : graft_wire_default_max_bytes();
     memset(out, 0, sizeof *out);
     if (why && why_len) why[0] = '\0';
     if (len > max)

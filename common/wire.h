@@ -29,7 +29,12 @@
 #include "graft.h"
 
 #define GRAFT_WIRE_MAX_DIMS 4
+/* Message limits. A run's limit is derived from its modules
+ * (graft_wire_max_bytes) and is at least the default, which also applies
+ * before a worker knows the run's. No message may exceed the hard limit:
+ * protobuf's 2 GiB for one message, and MPI's int count. */
 #define GRAFT_WIRE_DEFAULT_MAX_BYTES ((size_t)64 << 20)
+#define GRAFT_WIRE_HARD_MAX_BYTES ((size_t)INT32_MAX)
 /* Identifiers (tensor, task, worker, metric names) are at most this long and
  * printable, so that a reason naming one is safe to log. */
 #define GRAFT_WIRE_MAX_NAME 255
@@ -112,6 +117,7 @@ typedef struct {
     size_t ntasks;
     graft_wire_label_set_t *label_sets; /* for tasks of `tasks`, each at most once */
     size_t nlabel_sets;
+    uint64_t max_message_bytes; /* the run's message limit; 0: not sent (the default) */
 } graft_wire_assign_t;
 
 typedef struct {
@@ -220,7 +226,7 @@ typedef struct {
 
 typedef struct {
     uint64_t run_id;                   /* expected run; 0 accepts any */
-    size_t max_bytes;                  /* 0 means GRAFT_WIRE_DEFAULT_MAX_BYTES */
+    size_t max_bytes;                  /* 0: graft_wire_default_max_bytes() */
     const graft_wire_schema_t *schema; /* NULL: names and shapes unchecked */
 } graft_wire_opts_t;
 
@@ -241,6 +247,24 @@ int graft_wire_encode(const graft_msg_t *msg, graft_wire_dtype_t dtype, uint8_t 
  * any other mismatch is refused. */
 int graft_wire_decode(const uint8_t *buf, size_t len, const graft_wire_opts_t *opts,
                       graft_msg_t *out, char *why, size_t why_len);
+
+/* An upper bound on the encoded size of a RoundStart or an Update that
+ * carries n dense tensors of numel[i] fp32 values (names of at most
+ * GRAFT_WIRE_MAX_NAME bytes, one dimension or up to GRAFT_WIRE_MAX_DIMS) and
+ * nsteps per-step learning rates, every other field included. */
+size_t graft_wire_modules_bytes(const size_t *numel, size_t n, size_t nsteps);
+
+/* The message limit of a run whose largest messages carry those tensors
+ * and rates: graft_wire_modules_bytes, and at least the default limit (for
+ * the messages without modules: hello, assign, errors), into *max. GRAFT_OK,
+ * or GRAFT_EINVAL when it exceeds GRAFT_WIRE_HARD_MAX_BYTES (*max is set
+ * all the same, for the caller's message). */
+int graft_wire_max_bytes(const size_t *numel, size_t n, size_t nsteps, size_t *max);
+
+/* The default limit: GRAFT_WIRE_DEFAULT_MAX_BYTES, or for tests the value
+ * of the environment variable GRAFT_TEST_DEFAULT_MAX_BYTES (bytes, >= 4096),
+ * which lets a tiny trunk's modules outgrow it. */
+size_t graft_wire_default_max_bytes(void);
 
 /* Frees everything a decoded message owns and zeroes it. NULL-safe. */
 void graft_msg_free(graft_msg_t *msg);

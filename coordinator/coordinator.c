@@ -2,6 +2,7 @@
  * (see coordinator.h). */
 #include "coordinator.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -38,6 +39,7 @@ typedef enum { W_NONE, W_ACTIVE, W_LOST } worker_state_t;
 typedef struct {
     worker_state_t state;
     char name[GRAFT_WIRE_MAX_NAME + 1];
+    char key[GRAFT_KEY_Z85_LEN + 1]; /* the CurveZMQ key it registered with; "": none */
     uint64_t train[GRAFT_MAX_TASKS]; /* train examples the worker holds per run task */
     int assigned[GRAFT_MAX_TASKS];   /* run task indices it trains */
     int n_assigned;
@@ -67,6 +69,7 @@ typedef struct {
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
     graft_wire_schema_entry_t schema_entries[GRAFT_MAX_TASKS + 1];
     graft_wire_schema_t schema;
+    size_t max_bytes; /* the run's message limit (graft_wire_max_bytes) */
     char ckpt_path[2 * GRAFT_OPT_STR];
     graft_agg_config_t agg_cfg;
     graft_aggregator_t *agg;
@@ -115,6 +118,13 @@ static int send_msg(coord_t *c, int peer, graft_msg_t *m) {
     uint8_t *buf = NULL;
     size_t len = 0;
     int rc = graft_wire_encode(m, GRAFT_DTYPE_F32, &buf, &len);
+    if (!rc && len > c->max_bytes) {
+        LOG_ERROR("coordinator: the %s for %s is %zu bytes, over the run's message limit of %zu "
+                  "that its worker enforces; not sent (a bug: the limit is meant to cover every "
+                  "message of the run)", graft_msg_type_name(m->type),
+                  graft_transport_peer_name(c->o.tp, peer), len, c->max_bytes);
+        rc = GRAFT_EINVAL;
+    }
     if (!rc) rc = graft_transport_send(c->o.tp, peer, buf, len);
     if (!rc) c->bytes_out += len;
     else
@@ -345,7 +355,8 @@ static void send_assign(coord_t *c, int peer) {
     graft_msg_t a = {.type = GRAFT_MSG_ASSIGN};
     a.assign = (graft_wire_assign_t){.worker_id = (uint32_t)peer, .tasks = names,
                                      .ntasks = (size_t)w->n_assigned, .label_sets = sets,
-                                     .nlabel_sets = (size_t)nsets};
+                                     .nlabel_sets = (size_t)nsets,
+                                     .max_message_bytes = c->max_bytes};
     send_msg(c, peer, &a);
     for (int i = 0; i < nsets; i++) {
         free(sets[i].labels);
@@ -372,16 +383,66 @@ static int usable_shard(coord_t *c, int peer, const worker_t *w, const graft_wir
     return t;
 }
 
-/* Refuses (returns 1) a worker whose shared settings differ from the run's:
- * its modules would not fit, or would mean something else. A hello without
- * settings comes from an older graft and is let through with a warning. */
-static int refuse_settings(coord_t *c, int peer, const graft_wire_hello_t *h) {
+/* Refuses the worker that said hello from peer: logged (why, then the
+ * hint), a worker_refused event (with the differing settings, when given:
+ * owned), and an Error that makes the worker stop. */
+static void refuse(coord_t *c, int peer, const char *name, const char *why, const char *hint,
+                   json_t *settings) {
     const char *who = graft_transport_peer_name(c->o.tp, peer);
-    if (h->nsettings == 0) {
-        LOG_WARN("coordinator: %s ('%s') sent no settings (an older graft?): cannot check that "
-                 "its method, trunk and tasks match this run's", who, h->name);
-        return 0;
-    }
+    LOG_ERROR("coordinator: refused worker '%s' from %s: %s%s", name, who, why, hint);
+    json_t *ev = json_pack("{s:i, s:s, s:s, s:s}", "round", c->round, "name", name, "peer", who,
+                           "reason", why);
+    if (settings) json_object_set_new(ev, "settings", settings);
+    graft_events_emit(c->ev, "worker_refused", ev);
+    send_error(c, peer, GRAFT_EINVAL, why);
+}
+
+/* The major number of a version "MAJOR.MINOR.PATCH", or -1. */
+static long major_version(const char *v) {
+    if (!isdigit((unsigned char)v[0])) return -1;
+    char *end;
+    long major = strtol(v, &end, 10);
+    return *end == '.' || *end == '\0' ? major : -1;
+}
+
+/* The registered worker that the hello from peer (its key `key`) would
+ * impersonate, or -1: one registered under the hello's name with another
+ * CurveZMQ key, or the worker this peer belongs to, if its key differs. */
+static int impersonated(const coord_t *c, int peer, const char *name, const char *key) {
+    for (int p = 0; p < MAX_PEERS; p++)
+        if (c->w[p].state != W_NONE && !strcmp(c->w[p].name, name) && strcmp(c->w[p].key, key))
+            return p;
+    const worker_t *w = &c->w[peer];
+    return w->state == W_ACTIVE && strcmp(w->key, key) ? peer : -1;
+}
+
+/* Refuses (returns 1) a hello that no settings could make acceptable:
+ * another protocol major version, no settings (nothing to check the
+ * modules against), or a worker that another key registered. */
+static int refuse_hello(coord_t *c, int peer, const graft_wire_hello_t *h) {
+    char why[512] = "";
+    const char *key = graft_transport_peer_key(c->o.tp, peer);
+    long major = major_version(h->version);
+    int other = impersonated(c, peer, h->name, key);
+    if (major < 0 || major != major_version(GRAFT_VERSION))
+        snprintf(why, sizeof why, "it speaks graft protocol %s, this coordinator %s: the major "
+                 "versions differ (run the same graft release on both)", h->version,
+                 GRAFT_VERSION);
+    else if (h->nsettings == 0)
+        snprintf(why, sizeof why, "its hello carries no settings (an older graft?): nothing to "
+                 "check its method, trunk and tasks against");
+    else if (other >= 0)
+        snprintf(why, sizeof why, "worker '%s' registered with CurveZMQ key %s, and this client's "
+                 "key is %s (a worker's --name belongs to the key that registered it first)",
+                 c->w[other].name, c->w[other].key, *key ? key : "(none)");
+    if (!*why) return 0;
+    refuse(c, peer, h->name, why, "", NULL);
+    return 1;
+}
+
+/* Refuses (returns 1) a worker whose shared settings differ from the run's:
+ * its modules would not fit, or would mean something else. */
+static int refuse_settings(coord_t *c, int peer, const graft_wire_hello_t *h) {
     char why[1024] = "";
     json_t *diffs = json_array();
     int method_differs = 0;
@@ -405,12 +466,8 @@ static int refuse_settings(coord_t *c, int peer, const graft_wire_hello_t *h) {
         json_decref(diffs);
         return 0;
     }
-    LOG_ERROR("coordinator: refused worker '%s' from %s: %s (its modules would not match this "
-              "run's; start it with the coordinator's settings)", h->name, who, why);
-    graft_events_emit(c->ev, "worker_refused",
-                      json_pack("{s:i, s:s, s:s, s:s, s:o}", "round", c->round, "name", h->name,
-                                "peer", who, "reason", why, "settings", diffs));
-    send_error(c, peer, GRAFT_EINVAL, why);
+    refuse(c, peer, h->name, why, " (its modules would not match this run's; start it with the "
+           "coordinator's settings)", diffs);
     return 1;
 }
 
@@ -438,7 +495,7 @@ static void on_hello_again(coord_t *c, int peer) {
 static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
     worker_t *w = &c->w[peer];
     const graft_wire_hello_t *h = &m->hello;
-    if (refuse_settings(c, peer, h)) return;
+    if (refuse_hello(c, peer, h) || refuse_settings(c, peer, h)) return;
     if (w->state == W_ACTIVE && !strcmp(w->name, h->name)) {
         on_hello_again(c, peer);
         return;
@@ -453,6 +510,7 @@ static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
         }
     memset(w, 0, sizeof *w);
     snprintf(w->name, sizeof w->name, "%s", h->name);
+    snprintf(w->key, sizeof w->key, "%s", graft_transport_peer_key(c->o.tp, peer));
     json_t *tasks = json_array(), *counts = json_object();
     for (size_t i = 0; i < h->nshards && i < GRAFT_MAX_TASKS; i++) {
         int t = usable_shard(c, peer, w, &h->shards[i]);
@@ -575,7 +633,8 @@ static void handle(coord_t *c, int peer, const uint8_t *buf, size_t len) {
         LOG_WARN("coordinator: dropping a message from %s: peer id %d out of range", who, peer);
         return;
     }
-    graft_wire_opts_t opts = {.run_id = c->run_id, .schema = &c->schema};
+    graft_wire_opts_t opts = {.run_id = c->run_id, .max_bytes = c->max_bytes,
+                              .schema = &c->schema};
     graft_msg_t m;
     char why[256];
     int rc = graft_wire_decode(buf, len, &opts, &m, why, sizeof why);
@@ -584,8 +643,13 @@ static void handle(coord_t *c, int peer, const uint8_t *buf, size_t len) {
         return;
     }
     worker_t *w = &c->w[peer];
+    const char *key = graft_transport_peer_key(c->o.tp, peer);
     if (m.type == GRAFT_MSG_HELLO) {
         on_hello(c, peer, &m);
+    } else if (w->state == W_ACTIVE && strcmp(key, w->key)) {
+        LOG_WARN("coordinator: dropping %s from %s: its CurveZMQ key %s is not the key %s that "
+                 "worker '%s' registered with", graft_msg_type_name(m.type), who,
+                 *key ? key : "(none)", *w->key ? w->key : "(none)", w->name);
     } else if (w->state != W_ACTIVE) {
         LOG_WARN("coordinator: dropping %s from %s: not registered (asked to say hello)",
                  graft_msg_type_name(m.type), who);
@@ -955,11 +1019,9 @@ static int loop(coord_t *c) {
 
 /* ---- setup ----------------------------------------------------------------- */
 
-/* The aggregation strategy, with MPI reductions when the transport has
- * them, the option allows, and the strategy streams. */
-static int setup_aggregation(coord_t *c) {
-    int rc = graft_agg_config_parse(c->cfg, &c->agg_cfg);
-    if (rc) return rc;
+/* The aggregator of the strategy (agg_cfg), with MPI reductions when the
+ * transport has them, the option allows, and the strategy streams. */
+static void setup_aggregator(coord_t *c) {
     graft_transport_t *tp = NULL;
     if (c->cfg->mpi_collectives && graft_transport_has_collectives(c->o.tp)) {
         if (graft_agg_holds_replies(&c->agg_cfg))
@@ -969,12 +1031,39 @@ static int setup_aggregation(coord_t *c) {
             tp = c->o.tp;
     }
     c->agg = graft_aggregator_new(&c->agg_cfg, c->tr->peft, tp);
-    return GRAFT_OK;
+}
+
+/* The run's message limit: a round start or an update of a worker that
+ * holds every task carries the shared scope, every task's and the step
+ * rates. Over the hard limit no message could carry them: refused. */
+static int setup_message_limit(coord_t *c) {
+    size_t numel[GRAFT_MAX_TASKS + 1], tasks = 0;
+    for (int k = 0; k <= c->tr->n_tasks; k++) numel[k] = c->scopes[k]->numel;
+    for (int k = 1; k <= c->tr->n_tasks; k++) tasks += numel[k];
+    size_t steps = (size_t)c->cfg->local_steps;
+    if (!graft_wire_max_bytes(numel, (size_t)c->tr->n_tasks + 1, steps, &c->max_bytes)) {
+        LOG_INFO("coordinator: message limit %zu bytes (%.1f MiB), from the run's modules",
+                 c->max_bytes, (double)c->max_bytes / (1 << 20));
+        return GRAFT_OK;
+    }
+    LOG_ERROR("coordinator: method %s makes round messages of up to %.2f GiB (the shared scope: "
+              "%zu parameters, the task scopes: %zu, %zu step rates), over the %.0f GiB that one "
+              "message may carry (protobuf's limit): train fewer parameters (e.g. --method lora "
+              "instead of full), fewer tasks or fewer --local_steps", c->cfg->method,
+              (double)c->max_bytes / (1 << 30), numel[0], tasks, steps,
+              (double)GRAFT_WIRE_HARD_MAX_BYTES / (1 << 30));
+    return GRAFT_EINVAL;
+}
+
+/* The transport, when the caller opens it once the message limit is known. */
+static int open_transport(coord_t *c) {
+    if (!c->o.open_transport) return GRAFT_OK;
+    return c->o.open_transport(c->o.open_ctx, c->max_bytes, &c->o.tp);
 }
 
 static int setup(coord_t *c) {
     int rc = graft_trainer_new(c->cfg, &c->tr);
-    if (!rc) rc = setup_aggregation(c);
+    if (!rc) rc = graft_agg_config_parse(c->cfg, &c->agg_cfg);
     if (rc) return rc;
     c->nsettings = graft_run_shared_settings(c->cfg, c->settings);
     c->tr->opt.total_steps = c->cfg->rounds * c->cfg->local_steps;
@@ -984,6 +1073,7 @@ static int setup(coord_t *c) {
         c->schema_entries[k] = (graft_wire_schema_entry_t){
             .name = c->scopes[k]->name, .ndim = 1, .shape = {(int64_t)c->scopes[k]->numel}};
     c->schema = (graft_wire_schema_t){c->schema_entries, (size_t)c->tr->n_tasks + 1};
+    if ((rc = setup_message_limit(c))) return rc;
     snprintf(c->ckpt_path, sizeof c->ckpt_path, "%s/modules.safetensors", c->cfg->out);
     if (*c->cfg->resume) {
         if ((rc = graft_trainer_resume(c->tr, c->cfg->resume))) return rc;
@@ -995,6 +1085,8 @@ static int setup(coord_t *c) {
                   "to do (raise --rounds)", c->cfg->resume, c->round - 1, c->cfg->rounds);
         return GRAFT_EINVAL;
     }
+    if ((rc = open_transport(c))) return rc;
+    setup_aggregator(c);
     char path[2 * GRAFT_OPT_STR];
     snprintf(path, sizeof path, "%s/events.jsonl", c->cfg->out);
     rc = graft_events_open(path, &c->ev);

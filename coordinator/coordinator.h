@@ -10,8 +10,13 @@
  *        ^                                                   |
  *        +------------- next round (or DONE) <---------------+
  *
- * Workers say Hello with the shards they hold (task, kind, train examples);
- * each is assigned every run task it holds train data for, and the Assign
+ * Workers say Hello with the shards they hold (task, kind, train examples)
+ * and the settings that must match the run's; a hello of another protocol
+ * major version or without settings is refused (worker_refused), as is one
+ * naming a worker that another CurveZMQ key registered (the transport's
+ * peer_key): a worker is bound to its key, and a registered worker's
+ * messages under another key are dropped. Each worker is assigned every run
+ * task it holds train data for, and the Assign
  * carries each classification task's label set so that a shard lacking
  * classes agrees on label ids. Workers hold different task subsets; a
  * worker holding several trains them in turn (worker.h). A round sends each
@@ -33,12 +38,21 @@
  * comm_ms + agg_ms, agg_ms counting each reply's accumulation as it
  * arrived; see round_times) and the peak RSS; run_end the peak RSS.
  *
+ * Message limit: a round start or an update of a worker holding every task
+ * carries the shared scope, every task's and the step rates; the largest
+ * such message (graft_wire_max_bytes) is the run's limit. The coordinator
+ * decodes and sends nothing larger, a ZeroMQ transport it opens takes
+ * nothing larger (open_transport), and the Assign tells each worker. A run
+ * whose limit exceeds GRAFT_WIRE_HARD_MAX_BYTES is refused before the
+ * transport opens.
+ *
  * The global modules live in a graft_trainer_t built from the run config
  * with every task's files, which also evaluates them and checkpoints them
  * (graft_trainer_save; the number of finished rounds is stored as the
  * trainer's step).
  *
- * Ownership: the transport is borrowed; everything else is internal.
+ * Ownership: the transport is borrowed (or opened by the caller's
+ * open_transport and kept by the caller); everything else is internal.
  */
 #ifndef GRAFT_COORDINATOR_H
 #define GRAFT_COORDINATOR_H
@@ -51,7 +65,14 @@
 typedef struct {
     graft_run_config_t cfg;
     int expected_workers;  /* rounds start once this many have registered */
-    graft_transport_t *tp; /* borrowed */
+    graft_transport_t *tp; /* borrowed; NULL: open_transport opens it */
+    /* Opens the transport into *tp once the coordinator has built the run's
+     * modules and knows its message limit, max_msg_bytes (a ZeroMQ server
+     * takes no larger message): after the settings are checked and before
+     * OUT/events.jsonl is written. The caller keeps *tp (through ctx) and
+     * destroys it after graft_coordinator_run. GRAFT_OK or an error, logged. */
+    int (*open_transport)(void *ctx, size_t max_msg_bytes, graft_transport_t **tp);
+    void *open_ctx;
     const char *mode;      /* "zmq", "mpi", ... for the run_start event */
     /* When the stop flag is seen: names why into buf (e.g. "worker shard-1-of-2
      * died (signal 9)"), or leaves it empty for a signal; may be NULL. */

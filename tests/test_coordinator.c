@@ -157,14 +157,26 @@ static void stranger_update(graft_transport_t *t, uint64_t run_id, graft_msg_t *
     send_update(t, &u);
 }
 
+/* The settings a worker of cfg says hello with, in s (pointing into ss). */
+static size_t hello_settings(const graft_run_config_t *cfg, graft_setting_t *ss,
+                             graft_wire_setting_t *s) {
+    int n = graft_run_shared_settings(cfg, ss);
+    for (int i = 0; i < n; i++) s[i] = (graft_wire_setting_t){(char *)ss[i].name, ss[i].value};
+    return (size_t)n;
+}
+
 /* Plays worker 2: hello, then answers rounds until shutdown; in round 1
  * the stranger end also sends an update. */
-static int fake_worker(graft_transport_t *t, graft_transport_t *stranger) {
+static int fake_worker(graft_transport_t *t, graft_transport_t *stranger,
+                       const graft_run_config_t *cfg) {
     graft_wire_shard_t shard = {.task = "cls", .kind = GRAFT_KIND_CLASSIFICATION,
                                 .train_examples = 32, .test_examples = 8};
+    graft_setting_t ss[GRAFT_MAX_SHARED_SETTINGS];
+    graft_wire_setting_t settings[GRAFT_MAX_SHARED_SETTINGS];
     graft_msg_t h = {.type = GRAFT_MSG_HELLO};
-    h.hello = (graft_wire_hello_t){.version = "test", .name = "fake", .shards = &shard,
-                                   .nshards = 1};
+    h.hello = (graft_wire_hello_t){.version = GRAFT_VERSION, .name = "fake", .shards = &shard,
+                                   .nshards = 1, .settings = settings,
+                                   .nsettings = hello_settings(cfg, ss, settings)};
     send_update(t, &h);
     send_update(t, &h); /* a repeated hello: no second join */
     uint64_t run_id = 0;
@@ -209,6 +221,16 @@ static void base_config(graft_run_config_t *cfg, const char *dir, const char *ta
     cfg->eval_max = 8;
     cfg->heartbeat_ms = 10000; /* the fake worker sends no heartbeats */
     cfg->round_timeout_ms = 30000;
+}
+
+/* A new scratch folder dir (a mkdtemp template) with the task cls, and a
+ * small run of it. */
+static void one_task_run(char *dir, graft_run_config_t *cfg) {
+    char tasks[300];
+    assert_non_null(mkdtemp(dir));
+    write_tasks(dir);
+    snprintf(tasks, sizeof tasks, "cls:classification:%s/cls.tsv", dir);
+    base_config(cfg, dir, tasks);
 }
 
 /* Sends stderr (the logs) to dir/stderr.log; returns what to restore. */
@@ -263,7 +285,7 @@ static void test_bad_messages_dropped(void **state) {
     pthread_t ct, wt;
     pthread_create(&ct, NULL, coord_main, &ca);
     pthread_create(&wt, NULL, worker_main, &wa);
-    int rounds = fake_worker(ends[2], ends[3]);
+    int rounds = fake_worker(ends[2], ends[3], &cfg);
     pthread_join(ct, NULL);
     pthread_join(wt, NULL);
     for (int i = 0; i < 4; i++) graft_transport_destroy(&ends[i]);
@@ -436,6 +458,109 @@ static void test_unworkable_settings_refused(void **state) {
     remove_dir(dir);
 }
 
+/* The next message that reaches t, decoded (the caller frees it). */
+static graft_msg_t next_message(graft_transport_t *t) {
+    int peer;
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(graft_transport_recv(t, &peer, &buf, &len, 60000), GRAFT_OK);
+    graft_msg_t m;
+    char why[256];
+    assert_int_equal(graft_wire_decode(buf, len, NULL, &m, why, sizeof why), GRAFT_OK);
+    free(buf);
+    return m;
+}
+
+/* Says hello from t as `name` (settings: n of s) and returns the answer. */
+static graft_msg_t hello_answer(graft_transport_t *t, const char *name, const char *version,
+                                graft_wire_setting_t *s, size_t n) {
+    graft_wire_shard_t shard = {.task = "cls", .kind = GRAFT_KIND_CLASSIFICATION,
+                                .train_examples = 32, .test_examples = 8};
+    graft_msg_t h = {.type = GRAFT_MSG_HELLO};
+    h.hello = (graft_wire_hello_t){.version = (char *)version, .name = (char *)name,
+                                   .shards = &shard, .nshards = 1, .settings = s,
+                                   .nsettings = n};
+    send_update(t, &h);
+    return next_message(t);
+}
+
+/* An Error answer holding `needle`. */
+static void expect_refusal(graft_msg_t m, const char *needle) {
+    assert_int_equal(m.type, GRAFT_MSG_ERROR);
+    assert_int_equal(m.error.code, GRAFT_EINVAL);
+    if (!strstr(m.error.message, needle))
+        fail_msg("refusal '%s' does not say '%s'", m.error.message, needle);
+    graft_msg_free(&m);
+}
+
+/* An Assign answer; returns the run id. */
+static uint64_t expect_assign(graft_msg_t m) {
+    assert_int_equal(m.type, GRAFT_MSG_ASSIGN);
+    uint64_t run_id = m.run_id;
+    graft_msg_free(&m);
+    return run_id;
+}
+
+/* Hellos that cannot be let in: another protocol major version, no
+ * settings, a name that another CurveZMQ key registered; and a registered
+ * worker's messages under another key are dropped. The transport reports
+ * each message's key (inproc: set by the test). */
+static void test_hello_identity(void **state) {
+    (void)state;
+    char dir[] = "/tmp/graft_test_coordinator_XXXXXX";
+    graft_run_config_t cfg;
+    one_task_run(dir, &cfg);
+    graft_setting_t ss[GRAFT_MAX_SHARED_SETTINGS];
+    graft_wire_setting_t set[GRAFT_MAX_SHARED_SETTINGS];
+    size_t nset = hello_settings(&cfg, ss, set);
+    const char *k1 = "k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1k1";
+    const char *k2 = "k2k2k2k2k2k2k2k2k2k2k2k2k2k2k2k2k2k2k2k2";
+    int saved = stderr_to_log(dir);
+    graft_transport_t *ends[3];
+    assert_int_equal(graft_transport_inproc_new(2, ends), GRAFT_OK);
+    graft_transport_inproc_set_key(ends[1], k1);
+    graft_transport_inproc_set_key(ends[2], k2);
+    /* Three workers never come: no round starts while the hellos go on. */
+    coord_arg_t ca = {.co = {.cfg = cfg, .expected_workers = 3, .tp = ends[0], .mode = "inproc"}};
+    pthread_t ct;
+    pthread_create(&ct, NULL, coord_main, &ca);
+
+    uint64_t run_id = expect_assign(hello_answer(ends[1], "alice", GRAFT_VERSION, set, nset));
+    char why[256];
+    snprintf(why, sizeof why, "worker 'alice' registered with CurveZMQ key %s, and this client's "
+             "key is %s", k1, k2);
+    expect_refusal(hello_answer(ends[2], "alice", GRAFT_VERSION, set, nset), why);
+    snprintf(why, sizeof why, "it speaks graft protocol 1.0.0, this coordinator %s: the major "
+             "versions differ", GRAFT_VERSION);
+    expect_refusal(hello_answer(ends[2], "bob", "1.0.0", set, nset), why);
+    expect_refusal(hello_answer(ends[2], "bob", "dev", set, nset), "graft protocol dev");
+    expect_refusal(hello_answer(ends[2], "bob", GRAFT_VERSION, set, 0), "carries no settings");
+    expect_assign(hello_answer(ends[2], "bob", GRAFT_VERSION, set, nset));
+    /* Alice's connection now carries bob's key: neither her heartbeat nor
+     * a hello gets through; under her own key again, she is answered. */
+    graft_transport_inproc_set_key(ends[1], k2);
+    graft_msg_t hb = {.type = GRAFT_MSG_HEARTBEAT, .run_id = run_id,
+                      .heartbeat = {.worker_id = 1, .unix_ms = 1}};
+    send_update(ends[1], &hb);
+    expect_refusal(hello_answer(ends[1], "carol", GRAFT_VERSION, set, nset),
+                   "worker 'alice' registered with CurveZMQ key");
+    graft_transport_inproc_set_key(ends[1], k1);
+    expect_assign(hello_answer(ends[1], "alice", GRAFT_VERSION, set, nset));
+
+    graft_coordinator_stop = SIGTERM;
+    pthread_join(ct, NULL);
+    graft_coordinator_stop = 0;
+    for (int i = 0; i < 3; i++) graft_transport_destroy(&ends[i]);
+    stderr_back(saved);
+    assert_int_equal(ca.rc, GRAFT_ESTATE);
+    assert_int_equal(count_lines(dir, "out/events.jsonl", "\"event\":\"worker_refused\""), 5);
+    assert_int_equal(count_lines(dir, "out/events.jsonl", "\"event\":\"worker_join\""), 2);
+    assert_int_equal(count_lines(dir, "stderr.log", "dropping heartbeat from worker 1: its "
+                                 "CurveZMQ key k2k2.* is not the key k1k1.* that worker .alice. "
+                                 "registered with"), 1);
+    remove_dir(dir);
+}
+
 /* ---- the worker's side ------------------------------------------------------ */
 
 static void send_to_worker(graft_transport_t *t, graft_msg_t *m) {
@@ -449,14 +574,7 @@ static void send_to_worker(graft_transport_t *t, graft_msg_t *m) {
 /* The round of the next Update from the worker (other messages skipped). */
 static uint64_t next_update_round(graft_transport_t *t) {
     for (;;) {
-        int peer;
-        uint8_t *buf;
-        size_t len;
-        assert_int_equal(graft_transport_recv(t, &peer, &buf, &len, 60000), GRAFT_OK);
-        graft_msg_t m;
-        char why[256];
-        assert_int_equal(graft_wire_decode(buf, len, NULL, &m, why, sizeof why), GRAFT_OK);
-        free(buf);
+        graft_msg_t m = next_message(t);
         uint64_t round = m.type == GRAFT_MSG_UPDATE ? m.update.round : 0;
         graft_msg_free(&m);
         if (round) return round;
@@ -469,12 +587,9 @@ static uint64_t next_update_round(graft_transport_t *t) {
  * and 2, and it logs the drop. */
 static void test_repeated_round_start_dropped(void **state) {
     (void)state;
-    char dir[] = "/tmp/graft_test_coordinator_XXXXXX", tasks[300];
-    assert_non_null(mkdtemp(dir));
-    write_tasks(dir);
-    snprintf(tasks, sizeof tasks, "cls:classification:%s/cls.tsv", dir);
+    char dir[] = "/tmp/graft_test_coordinator_XXXXXX";
     graft_run_config_t cfg;
-    base_config(&cfg, dir, tasks);
+    one_task_run(dir, &cfg);
     graft_trainer_t *tr = NULL;
     assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
     int saved = stderr_to_log(dir);
@@ -538,6 +653,7 @@ int main(void) {
         cmocka_unit_test(test_bad_messages_dropped),
         cmocka_unit_test(test_assignment_by_holdings),
         cmocka_unit_test(test_unworkable_settings_refused),
+        cmocka_unit_test(test_hello_identity),
         cmocka_unit_test(test_repeated_round_start_dropped),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

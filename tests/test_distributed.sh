@@ -25,6 +25,11 @@
 #  8. (ok 11) a run that fails says why: run_end's error and the
 #     coordinator's last line name a checkpoint's errno, SIGTERM, or the
 #     graft run worker process that died.
+#  9. (ok 12) messages over the default limit (lowered for the test): the
+#     run's limit follows its modules, over ZeroMQ and MPI.
+# 10. (ok 13) graft run listens on an ipc socket in a private folder,
+#     removed however it ends; graft coordinator refuses plain ZeroMQ
+#     beyond loopback unless --insecure, and warns on loopback.
 # Workers run without `timeout` so that $! is the worker itself (SIGKILL
 # must hit it); the EXIT trap kills whatever is left.
 # usage: test_distributed.sh GRAFT_BINARY SOURCE_DIR
@@ -367,15 +372,24 @@ ERR=$(run_error "$T/enospc")
 [ "$ERR" = "checkpoint to $T/enospc/modules.safetensors: Is a directory" ] ||
     fail "run_end error for a failed checkpoint: '$ERR'"
 grep -qF "the run failed in round 1: $ERR" "$T/enospc.err" || fail "no human line with the error"
-EP=tcp://127.0.0.1:$(free_port)
-"$GRAFT" coordinator --config "$T/run.conf" --bind "$EP" --workers 1 --out "$T/term" \
-    >/dev/null 2>"$T/term.err" &
-COORD=$!
-PIDS="$PIDS $COORD"
-EV=$T/term/events.jsonl
-wait_for '"event":"run_start"' 30
-kill -TERM "$COORD"
-if wait "$COORD"; then fail "a coordinator stopped by SIGTERM exited 0"; fi
+# term_coordinator NAME ARGS...: a coordinator of one worker with ARGS (its
+# log $T/NAME.err, its output $T/NAME) gets SIGTERM once it has started;
+# returns its exit status.
+term_coordinator() {
+    name=$1
+    shift
+    "$GRAFT" coordinator --config "$T/run.conf" --workers 1 "$@" --out "$T/$name" \
+        >/dev/null 2>"$T/$name.err" &
+    COORD=$!
+    PIDS="$PIDS $COORD"
+    EV=$T/$name/events.jsonl
+    wait_for '"event":"run_start"' 30
+    kill -TERM "$COORD"
+    wait "$COORD"
+}
+if term_coordinator term --bind "tcp://127.0.0.1:$(free_port)"; then
+    fail "a coordinator stopped by SIGTERM exited 0"
+fi
 [ "$(run_error "$T/term")" = "interrupted (SIGTERM)" ] || fail "run_end error after SIGTERM"
 grep -q "coordinator: stopping in round 1: interrupted (SIGTERM)" "$T/term.err" ||
     fail "no human line naming SIGTERM"
@@ -398,3 +412,80 @@ grep -q "coordinator: stopping in round [0-9]*: worker shard-1-of-2 died (signal
     "$T/died.err" || fail "no human line naming the dead worker"
 echo "ok 11 - run_end's error and the last log line name why a run failed (checkpoint errno," \
     "SIGTERM, a dead worker process)"
+
+# ---- 12. messages larger than the default limit --------------------------------
+# The message limit follows the run's modules. The default limit, lowered to
+# 64 KiB for this test (GRAFT_TEST_DEFAULT_MAX_BYTES), stands for the 64 MiB
+# that GPT-2 fully fine-tuned outgrows (about 500 MB a message): the tiny
+# trunk's round starts and updates under --method full (about 140 KB) must
+# still go through, over ZeroMQ and over MPI with median (every update a
+# message), instead of the receiver dropping them and the round waiting
+# forever (ZeroMQ) or every update failing "exceeds the limit" (MPI).
+BIG="--config $T/run.conf --method full --rounds 2 --local_steps 2 --eval_max 8"
+# shellcheck disable=SC2086
+GRAFT_TEST_DEFAULT_MAX_BYTES=65536 timeout 60 "$GRAFT" run $BIG --workers 2 --out "$T/big" \
+    >/dev/null 2>"$T/big.err" || { tail -20 "$T/big.err" >&2; fail "graft run --method full \
+with messages over the default limit failed"; }
+LIMIT=$(sed -n 's/.*coordinator: message limit \([0-9]*\) bytes .*/\1/p' "$T/big.err")
+[ -n "$LIMIT" ] && [ "$LIMIT" -gt 131072 ] || fail "message limit '$LIMIT': not from the modules"
+[ "$(grep -c '"event":"round_end".*"replies":2' "$T/big/events.jsonl")" -eq 2 ] ||
+    fail "graft run --method full: not every round had both replies"
+if command -v mpirun >/dev/null 2>&1; then
+    # shellcheck disable=SC2086
+    GRAFT_TEST_DEFAULT_MAX_BYTES=65536 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+        timeout 60 mpirun -np 3 --oversubscribe -x GRAFT_TEST_DEFAULT_MAX_BYTES "$GRAFT" mpi $BIG \
+        --aggregate median --out "$T/bigmpi" >/dev/null 2>"$T/bigmpi.err" ||
+        { tail -20 "$T/bigmpi.err" >&2; fail "graft mpi --method full --aggregate median failed"; }
+    grep -q 'exceeds the limit' "$T/bigmpi.err" && fail "graft mpi: an update exceeded the limit"
+    [ "$(grep -c '"event":"round_end".*"replies":2' "$T/bigmpi/events.jsonl")" -eq 2 ] ||
+        fail "graft mpi --method full: not every round had both replies"
+fi
+echo "ok 12 - --method full with messages over the default limit: the limit follows the" \
+    "modules (ZeroMQ, and MPI with median)"
+
+# ---- 13. plain ZeroMQ only where nobody else can connect --------------------------
+# graft run listens on a socket file in a new 0700 folder of $TMPDIR, not on
+# loopback TCP that every local user can reach, and removes it when the run
+# ends, fails or is stopped by a signal. graft coordinator without CurveZMQ
+# refuses to bind beyond loopback unless --insecure, and warns on loopback.
+mkdir -m 700 "$T/tmp"
+TMPDIR=$T/tmp timeout 120 "$GRAFT" run --config "$T/run.conf" --workers 2 --rounds 40 \
+    --local_steps 20 --out "$T/ipc" >/dev/null 2>"$T/ipc.err" &
+RUN=$!
+PIDS="$PIDS $RUN"
+n=0
+until [ -S "$(ls -d "$T"/tmp/graft-run-* 2>/dev/null | head -1)/coordinator" ]; do
+    n=$((n + 1)); [ $n -gt 300 ] && fail "graft run made no socket in \$TMPDIR"; sleep 0.1
+done
+D=$(ls -d "$T"/tmp/graft-run-*)
+[ "$(stat -c %a "$D")" = 700 ] || fail "graft run's socket folder $D is not 0700"
+EV=$T/ipc/events.jsonl
+wait_for '"event":"round_end"' 60
+grep -q "run: coordinator on ipc://$D/coordinator, starting 2 workers" "$T/ipc.err" ||
+    fail "graft run did not listen on its private socket"
+grep -q 'tcp://' "$T/ipc.err" && fail "graft run used TCP"
+kill -TERM "$(pgrep -P "$RUN" | head -1)" # graft run, timeout's child
+if wait "$RUN"; then fail "graft run stopped by SIGTERM exited 0"; fi
+[ -z "$(ls -A "$T/tmp")" ] || fail "graft run left $(ls "$T/tmp") after SIGTERM"
+TMPDIR=$T/tmp timeout 60 "$GRAFT" run --config "$T/run.conf" --workers 1 --rounds 1 \
+    --local_steps 2 --out "$T/ipc-ok" >/dev/null 2>"$T/ipc-ok.err" || fail "graft run failed"
+mkdir -p "$T/ipc-fail/modules.safetensors/keep" # its checkpoint cannot be written
+if TMPDIR=$T/tmp timeout 60 "$GRAFT" run --config "$T/run.conf" --workers 1 --rounds 1 \
+    --local_steps 2 --out "$T/ipc-fail" >/dev/null 2>"$T/ipc-fail.err"; then
+    fail "a failing checkpoint ended ok"
+fi
+[ -z "$(ls -A "$T/tmp")" ] || fail "graft run left $(ls "$T/tmp") after it ended or failed"
+
+PORT=$(free_port)
+if timeout 30 "$GRAFT" coordinator --config "$T/run.conf" --bind "tcp://*:$PORT" \
+    --out "$T/open" >/dev/null 2>"$T/open.err"; then fail "plain ZeroMQ beyond loopback ran"; fi
+grep -qF "coordinator: --bind tcp://*:$PORT without --curve-secret would let anyone who reaches \
+it join the run" "$T/open.err" || { cat "$T/open.err" >&2; fail "no reason for the refusal"; }
+[ ! -e "$T/open" ] || fail "a refused coordinator wrote $T/open"
+term_coordinator open --bind "tcp://*:$PORT" --insecure || true
+grep -qF "plain ZeroMQ, neither authenticated nor encrypted: anyone who reaches it (--insecure)" \
+    "$T/open.err" || fail "no warning for plain ZeroMQ with --insecure"
+grep -qF "is plain ZeroMQ, neither authenticated nor encrypted: any user of this machine can" \
+    "$T/kill.err" || fail "no warning for plain ZeroMQ on loopback"
+echo "ok 13 - graft run listens on a private ipc socket, removed at exit, failure and" \
+    "SIGTERM; graft coordinator refuses plain ZeroMQ beyond loopback without --insecure"

@@ -7,7 +7,9 @@
 #     and the run with the allowed clients completes; the refused client
 #     gives up after --hello_timeout_ms and says why; command lines:
 #     keygen's arguments, strict numbers, graft run's own options as config
-#     lines (workers = 1 below);
+#     lines (workers = 1 below); another admitted key under a registered
+#     worker's name is refused (its name belongs to the key that registered
+#     it);
 #  2. one worker holding all the data ends with the same modules (up to the
 #     fixed-point aggregation's quantum, 2^-37) and the same test metrics as
 #     `graft train` for the same steps; over several rounds too when the
@@ -156,6 +158,42 @@ expect_refusal "--min_replies 3 is more than the 1 worker" \
 [ ! -e "$T/mr" ] || fail "a refused run wrote $T/mr"
 printf 'workers = 1\nrounds = 3\nlocal_steps = 4\n' > "$T/one-worker.conf"
 echo "ok 1b - keygen arguments, strict numbers, precise messages"
+
+# ---- 1c. a worker's name belongs to the key that registered it --------------------
+# Bob's admitted key under alice's --name (and so her ZeroMQ routing identity,
+# which a new connection takes over): the coordinator neither lets it into
+# alice's slot nor re-registers alice for it. It refuses the hello, naming
+# both keys, with a worker_refused event; the impostor says why and exits 1.
+EP=tcp://127.0.0.1:$(free_port)
+"$GRAFT" coordinator --bind "$EP" --workers 2 --curve-secret coordinator --allow allowed.txt \
+    --config run.conf --out "$T/imp" >/dev/null 2>"$T/imp.err" &
+COORD=$!
+PIDS="$PIDS $COORD"
+"$GRAFT" worker --connect "$EP" --config run.conf --name alice --shard 0/2 --curve alice \
+    --server-key coordinator.pub 2>"$T/imp-alice.err" &
+PIDS="$PIDS $!"
+n=0
+until grep -q '"event":"worker_join".*"name":"alice"' "$T/imp/events.jsonl" 2>/dev/null; do
+    n=$((n + 1)); [ $n -gt 300 ] && fail "alice did not join"; sleep 0.1
+done
+if timeout 30 "$GRAFT" worker --connect "$EP" --config run.conf --name alice --shard 1/2 \
+    --curve bob --server-key coordinator.pub --hello_timeout_ms 10000 2>"$T/imp-bob.err"; then
+    fail "bob's key registered as alice"
+fi
+AKEY=$(grep -v '^#' alice.pub) BKEY=$(grep -v '^#' bob.pub)
+WHY="worker 'alice' registered with CurveZMQ key $AKEY, and this client's key is $BKEY"
+grep -qF "worker alice: refused by the coordinator: $WHY" "$T/imp-bob.err" ||
+    { tail -3 "$T/imp-bob.err" >&2; fail "the impostor did not say why it was refused"; }
+grep -qF "coordinator: refused worker 'alice' from " "$T/imp.err" ||
+    fail "the coordinator did not log the impostor"
+grep '"event":"worker_refused"' "$T/imp/events.jsonl" | grep -qF "\"reason\":\"$WHY" ||
+    fail "no worker_refused event naming both keys"
+[ "$(grep -c '"event":"worker_join"' "$T/imp/events.jsonl")" -eq 1 ] ||
+    fail "the impostor joined"
+grep -q 're-registered' "$T/imp.err" && fail "the impostor re-registered alice"
+kill "$COORD"
+wait "$COORD" 2>/dev/null || true
+echo "ok 1c - CurveZMQ: another admitted key under a registered worker's name is refused"
 
 # ---- 2. one worker with all the data = graft train ---------------------------
 # Same seed, 12 steps either way: one round of 12 local steps. The worker's

@@ -15,8 +15,10 @@
 #include <cmocka.h>
 #include <zmq.h>
 
+#include "capture.h"
 #include "keys.h"
 #include "transport.h"
+#include "wire.h"
 
 #define NWORKERS 3
 
@@ -251,6 +253,77 @@ static int teardown_tmpdir(void **state) {
     return system(cmd) == 0 ? 0 : -1;
 }
 
+/* The run's message limit over real sockets: both ends set from the bound
+ * of the modules they carry (graft_wire_modules_bytes). An update just
+ * under it arrives and decodes; a message over it is refused by the sender
+ * with an error naming the limit, where the receiver's ZeroMQ would drop it
+ * and the connection without a word; the decoder refuses it too. */
+static void test_zmq_message_limit(void **state) {
+    (void)state;
+    size_t numel[1] = {(size_t)1 << 20};
+    size_t max = graft_wire_modules_bytes(numel, 1, 0);
+    graft_zmq_opts_t so = {.endpoint = "tcp://127.0.0.1:*", .max_msg_bytes = max};
+    graft_transport_t *srv = NULL, *cli = NULL;
+    assert_int_equal(graft_transport_zmq_server(&so, &srv), GRAFT_OK);
+    graft_zmq_opts_t co = {.endpoint = graft_transport_zmq_endpoint(srv), .identity = "big",
+                           .max_msg_bytes = max};
+    assert_int_equal(graft_transport_zmq_client(&co, &cli), GRAFT_OK);
+
+    float *data = calloc(numel[0], sizeof(float));
+    graft_wire_tensor_t t = {.name = "shared", .ndim = 1, .shape = {(int64_t)numel[0]},
+                             .data = data, .numel = numel[0]};
+    graft_msg_t u = {.type = GRAFT_MSG_UPDATE, .run_id = 7};
+    u.update = (graft_wire_update_t){.round = 1, .worker_id = 1, .tensors = &t, .ntensors = 1,
+                                     .sample_count = 1, .train_loss = 0.5};
+    uint8_t *buf, *got;
+    size_t len, glen;
+    assert_int_equal(graft_wire_encode(&u, GRAFT_DTYPE_F32, &buf, &len), GRAFT_OK);
+    assert_true(len <= max && max - len < 8192);
+    assert_int_equal(graft_transport_send(cli, 0, buf, len), GRAFT_OK);
+    int peer;
+    assert_int_equal(graft_transport_recv(srv, &peer, &got, &glen, 10000), GRAFT_OK);
+    assert_int_equal(glen, len);
+    graft_wire_opts_t wo = {.run_id = 7, .max_bytes = max};
+    graft_msg_t d;
+    char why[256];
+    assert_int_equal(graft_wire_decode(got, glen, &wo, &d, why, sizeof why), GRAFT_OK);
+    assert_int_equal(d.update.tensors[0].numel, numel[0]);
+    graft_msg_free(&d);
+    free(got);
+
+    /* Exactly the limit passes; one byte over, the sender says so instead
+     * of sending it, either way. */
+    uint8_t *over = calloc(max + 1, 1);
+    assert_int_equal(graft_transport_send(cli, 0, over, max), GRAFT_OK);
+    assert_int_equal(graft_transport_recv(srv, &peer, &got, &glen, 10000), GRAFT_OK);
+    assert_int_equal(glen, max);
+    free(got);
+    char log[128];
+    snprintf(log, sizeof log, "%s/limit.log", tmpdir);
+    char want[128];
+    snprintf(want, sizeof want, "%zu-byte message to coordinator", max + 1);
+    capture_begin(log);
+    assert_int_equal(graft_transport_send(cli, 0, over, max + 1), GRAFT_EINVAL);
+    capture_end_expect(want);
+    snprintf(want, sizeof want, "exceeds the message limit of %zu bytes", max);
+    capture_begin(log);
+    assert_int_equal(graft_transport_send(srv, peer, over, max + 1), GRAFT_EINVAL);
+    capture_end_expect(want);
+    snprintf(want, sizeof want, "exceeds the limit of %zu", max);
+    assert_int_not_equal(graft_wire_decode(over, max + 1, &wo, &d, why, sizeof why), GRAFT_OK);
+    assert_non_null(strstr(why, want));
+    /* The connection still works both ways. */
+    assert_int_equal(graft_transport_send(srv, peer, buf, len), GRAFT_OK);
+    assert_int_equal(graft_transport_recv(cli, &peer, &got, &glen, 10000), GRAFT_OK);
+    assert_int_equal(glen, len);
+    free(got);
+    free(over);
+    free(buf);
+    free(data);
+    graft_transport_destroy(&cli);
+    graft_transport_destroy(&srv);
+}
+
 static void test_keys(void **state) {
     (void)state;
     char stem[128], path[160];
@@ -334,16 +407,20 @@ static void try_handshakes(graft_transport_t *srv, worker_t *w, int *tally,
     }
 }
 
+/* A new keypair NAME.key / NAME.pub in the scratch folder. */
+static void new_keypair(const char *name, graft_keypair_t *kp) {
+    char stem[128];
+    path_in(stem, sizeof stem, name);
+    assert_int_equal(graft_keys_generate(stem, 1, kp), GRAFT_OK);
+}
+
 static void test_curve(void **state) {
     (void)state;
-    char stem[128], allow_path[160];
+    char allow_path[160];
     graft_keypair_t server, good, bad;
-    path_in(stem, sizeof stem, "coordinator");
-    assert_int_equal(graft_keys_generate(stem, 1, &server), GRAFT_OK);
-    path_in(stem, sizeof stem, "good");
-    assert_int_equal(graft_keys_generate(stem, 1, &good), GRAFT_OK);
-    path_in(stem, sizeof stem, "bad");
-    assert_int_equal(graft_keys_generate(stem, 1, &bad), GRAFT_OK);
+    new_keypair("coordinator", &server);
+    new_keypair("good", &good);
+    new_keypair("bad", &bad);
     path_in(allow_path, sizeof allow_path, "clients.allow");
     char text[128];
     snprintf(text, sizeof text, "# admitted clients\n%s good\n", good.public_key.z85);
@@ -404,12 +481,111 @@ static void test_curve(void **state) {
     graft_transport_destroy(&srv);
 }
 
+static graft_transport_t *zmq_client(const char *ep, const char *identity,
+                                     const graft_keypair_t *kp, const graft_key_t *server) {
+    graft_zmq_opts_t o = {.endpoint = ep, .identity = identity, .keypair = kp,
+                          .server_key = server, .reconnect_ivl_ms = 50,
+                          .reconnect_ivl_max_ms = 200};
+    graft_transport_t *t = NULL;
+    assert_int_equal(graft_transport_zmq_client(&o, &t), GRAFT_OK);
+    return t;
+}
+
+/* Receives one message on t: its text must be `want`; returns the peer. */
+static int recv_text(graft_transport_t *t, const char *want) {
+    int peer = -1;
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(graft_transport_recv(t, &peer, &buf, &len, 10000), GRAFT_OK);
+    assert_int_equal(len, strlen(want) + 1);
+    assert_string_equal((char *)buf, want);
+    free(buf);
+    return peer;
+}
+
+/* A client chooses its routing identity, and ROUTER_HANDOVER gives the
+ * identity to the newest connection. Under CurveZMQ another admitted key
+ * under a worker's identity is a peer of its own, with its own key, and
+ * nothing goes to the worker's peer (it would reach the other connection)
+ * until the worker speaks again. */
+static void test_curve_identity_bound_to_key(void **state) {
+    (void)state;
+    graft_keypair_t server, alice, bob;
+    new_keypair("idserver", &server);
+    new_keypair("alice", &alice);
+    new_keypair("bob", &bob);
+    graft_key_t allow[2] = {alice.public_key, bob.public_key};
+    graft_transport_t *srv = zmq_server(&server, allow, 2);
+    const char *ep = graft_transport_zmq_endpoint(srv);
+
+    graft_transport_t *a = zmq_client(ep, "alice", &alice, &server.public_key);
+    assert_int_equal(graft_transport_send(a, 0, "a1", 3), GRAFT_OK);
+    int pa = recv_text(srv, "a1");
+    assert_string_equal(graft_transport_peer_key(srv, pa), alice.public_key.z85);
+    assert_string_equal(graft_transport_peer_key(a, 0), "");
+
+    graft_transport_t *b = zmq_client(ep, "alice", &bob, &server.public_key);
+    assert_int_equal(graft_transport_send(b, 0, "b1", 3), GRAFT_OK);
+    int pb = recv_text(srv, "b1");
+    assert_int_not_equal(pb, pa);
+    assert_string_equal(graft_transport_peer_key(srv, pb), bob.public_key.z85);
+    assert_string_equal(graft_transport_peer_key(srv, pa), alice.public_key.z85);
+    assert_int_equal(graft_transport_send(srv, pa, "x", 2), GRAFT_EPEER);
+    graft_transport_destroy(&b);
+
+    /* (ZeroMQ leaves alice's taken-over connection open but deaf until its
+     * heartbeats time out.) Alice restarted speaks under her identity and
+     * key: her peer again, and bob's is the superseded one. */
+    graft_transport_destroy(&a);
+    a = zmq_client(ep, "alice", &alice, &server.public_key);
+    assert_int_equal(graft_transport_send(a, 0, "a2", 3), GRAFT_OK);
+    assert_int_equal(recv_text(srv, "a2"), pa);
+    assert_int_equal(graft_transport_send(srv, pb, "x", 2), GRAFT_EPEER);
+    assert_int_equal(graft_transport_send(srv, pa, "to a", 5), GRAFT_OK);
+    assert_int_equal(recv_text(a, "to a"), 0);
+    graft_transport_destroy(&a);
+    graft_transport_destroy(&srv);
+}
+
+/* Plain ZeroMQ authenticates nobody: no key, and one peer per identity. */
+static void test_plain_has_no_key(void **state) {
+    (void)state;
+    graft_transport_t *srv = zmq_server(NULL, NULL, 0);
+    graft_transport_t *a = zmq_client(graft_transport_zmq_endpoint(srv), "w", NULL, NULL);
+    assert_int_equal(graft_transport_send(a, 0, "a1", 3), GRAFT_OK);
+    int pa = recv_text(srv, "a1");
+    assert_string_equal(graft_transport_peer_key(srv, pa), "");
+    assert_string_equal(graft_transport_peer_key(srv, pa + 1), "");
+    graft_transport_destroy(&a);
+    graft_transport_destroy(&srv);
+}
+
+/* Which endpoints plain ZeroMQ may listen on without --insecure. */
+static void test_endpoint_is_local(void **state) {
+    (void)state;
+    const char *local[] = {"tcp://127.0.0.1:5555", "tcp://127.4.3.2:*", "tcp://localhost:1",
+                           "tcp://[::1]:5555", "ipc:///tmp/graft-run-x/coordinator"};
+    const char *network[] = {"tcp://*:5555", "tcp://0.0.0.0:5555", "tcp://10.0.0.7:5555",
+                             "tcp://[::]:5555", "tcp://[::ffff:127.0.0.1]:1", "tcp://eth0:5555",
+                             "tcp://coordinator.example:5555", "tcp://128.0.0.1:1",
+                             "tcp://127.0.0.1", "ws://127.0.0.1:5555", "pgm://eth0;239.1.1.1:1",
+                             "tcp://:5555", ""};
+    for (size_t i = 0; i < sizeof local / sizeof *local; i++)
+        if (!graft_zmq_endpoint_is_local(local[i])) fail_msg("%s is local", local[i]);
+    for (size_t i = 0; i < sizeof network / sizeof *network; i++)
+        if (graft_zmq_endpoint_is_local(network[i])) fail_msg("%s is not local", network[i]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_inproc),
         cmocka_unit_test(test_zmq_router_dealers),
+        cmocka_unit_test(test_zmq_message_limit),
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_curve),
+        cmocka_unit_test(test_curve_identity_bound_to_key),
+        cmocka_unit_test(test_plain_has_no_key),
+        cmocka_unit_test(test_endpoint_is_local),
     };
     return cmocka_run_group_tests(tests, setup_tmpdir, teardown_tmpdir);
 }

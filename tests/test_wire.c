@@ -120,7 +120,8 @@ static void test_assign_roundtrip(void **state) {
                                      {"spam", spam_labels, 2, NULL}};
     graft_msg_t m = {.type = GRAFT_MSG_ASSIGN, .run_id = RUN,
                      .assign = {.worker_id = 42, .tasks = tasks, .ntasks = 3,
-                                .label_sets = sets, .nlabel_sets = 2}};
+                                .label_sets = sets, .nlabel_sets = 2,
+                                .max_message_bytes = 123456789}};
     graft_msg_t d;
     char why[256];
     assert_int_equal(roundtrip(&m, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
@@ -138,7 +139,13 @@ static void test_assign_roundtrip(void **state) {
     assert_non_null(d.assign.label_sets[0].prior);
     assert_memory_equal(d.assign.label_sets[0].prior, era_prior, sizeof era_prior);
     assert_null(d.assign.label_sets[1].prior); /* not sent: not known */
+    assert_int_equal(d.assign.max_message_bytes, 123456789);
     graft_msg_free(&d);
+
+    /* The run's message limit never exceeds what one message may carry. */
+    m.assign.max_message_bytes = (uint64_t)GRAFT_WIRE_HARD_MAX_BYTES + 1;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "max_message_bytes");
+    m.assign.max_message_bytes = 0;
 
     /* A prior has one finite share >= 0 per label. */
     era_prior[1] = -0.5f;
@@ -411,6 +418,94 @@ static void test_oversized(void **state) {
     assert_non_null(hb);
     expect_reject(hb, huge, NULL, GRAFT_EFORMAT, "exceeds");
     free(hb);
+}
+
+/* A name of GRAFT_WIRE_MAX_NAME bytes, the longest the wire allows. */
+static char *long_name(char c) {
+    static char names[4][GRAFT_WIRE_MAX_NAME + 1];
+    char *s = names[c % 4];
+    memset(s, c, GRAFT_WIRE_MAX_NAME);
+    s[GRAFT_WIRE_MAX_NAME] = '\0';
+    return s;
+}
+
+/* The bound of graft_wire_modules_bytes holds for the largest fields the
+ * wire allows and is tight: every message the coordinator and the workers
+ * send fits the limit derived from the modules, and the limit is not much
+ * more than that. */
+static void test_modules_bound(void **state) {
+    (void)state;
+    size_t numel[3] = {1000, 1, 70000};
+    float *data = calloc(70000, sizeof(float));
+    for (int i = 0; i < 70000; i++) data[i] = -1.0f / (float)(i + 3);
+    graft_wire_tensor_t t[3];
+    t[0] = dense(long_name('a'), 4, (int64_t[]){10, 10, 5, 2}, data);
+    t[1] = dense(long_name('b'), 1, (int64_t[]){1}, data);
+    t[2] = dense(long_name('c'), 1, (int64_t[]){70000}, data);
+    float rates[500];
+    for (int i = 0; i < 500; i++) rates[i] = 1e-4f * (float)(i + 1);
+    graft_msg_t m = {.type = GRAFT_MSG_ROUND_START, .run_id = UINT64_MAX};
+    m.round_start = (graft_wire_round_start_t){
+        .round = UINT64_MAX, .tensors = t, .ntensors = 3, .deadline_ms = UINT32_MAX,
+        .hyper = {.learning_rate = 3e-4f, .local_steps = UINT32_MAX, .batch_size = UINT32_MAX,
+                  .weight_decay = 0.1f, .fedprox_mu = 0.5f, .step_lr = rates, .nstep_lr = 500,
+                  .freeze_lora_a = 1, .head_lr_scale = 10.0f, .keep_optimizer_state = 1,
+                  .logit_adjust = 1.5f, .channels_selected = 1},
+        .reduce = {.collective = 1, .clip_norm = 2.5f, .lora_products = 1,
+                   .shared_weight = UINT64_MAX}};
+    size_t bound = graft_wire_modules_bytes(numel, 3, 500);
+    assert_int_equal(bound - graft_wire_modules_bytes(numel, 3, 0), 500 * sizeof(float));
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(graft_wire_encode(&m, GRAFT_DTYPE_F32, &buf, &len), GRAFT_OK);
+    assert_true(len <= bound);
+    assert_true(bound - len < 8192);
+    free(buf);
+    graft_msg_t u = {.type = GRAFT_MSG_UPDATE, .run_id = UINT64_MAX};
+    u.update = (graft_wire_update_t){.round = UINT64_MAX, .worker_id = UINT32_MAX, .tensors = t,
+                                     .ntensors = 3, .sample_count = UINT64_MAX,
+                                     .train_loss = 1e300, .train_tokens = UINT64_MAX,
+                                     .train_seconds = 1e300};
+    assert_int_equal(graft_wire_encode(&u, GRAFT_DTYPE_F32, &buf, &len), GRAFT_OK);
+    assert_true(len <= graft_wire_modules_bytes(numel, 3, 0));
+    free(buf);
+    free(data);
+}
+
+/* The run's limit: the default for small modules, the modules' bound for
+ * large ones (GPT-2 small fully fine-tuned is about 500 MB), refused past
+ * the hard limit; the default moves only for tests, within bounds. */
+static void test_max_bytes(void **state) {
+    (void)state;
+    size_t max = 0, small[2] = {4096, 10};
+    assert_int_equal(graft_wire_max_bytes(small, 2, 10, &max), GRAFT_OK);
+    assert_int_equal(max, GRAFT_WIRE_DEFAULT_MAX_BYTES);
+    size_t gpt2[3] = {124439808, 768 * 4 + 4, 768 * 2 + 2};
+    assert_int_equal(graft_wire_max_bytes(gpt2, 3, 10, &max), GRAFT_OK);
+    assert_int_equal(max, graft_wire_modules_bytes(gpt2, 3, 10));
+    assert_true(max > (size_t)124439808 * 4 && max > GRAFT_WIRE_DEFAULT_MAX_BYTES);
+    size_t large[2] = {(size_t)1 << 29, 0}; /* 2 GiB of fp32 values */
+    assert_int_equal(graft_wire_max_bytes(large, 2, 1, &max), GRAFT_EINVAL);
+    assert_true(max > GRAFT_WIRE_HARD_MAX_BYTES);
+    large[0] = ((size_t)1 << 29) - 4096;
+    assert_int_equal(graft_wire_max_bytes(large, 2, 1, &max), GRAFT_OK);
+    size_t steps = (size_t)1 << 29; /* the rates alone */
+    assert_int_equal(graft_wire_max_bytes(small, 2, steps, &max), GRAFT_EINVAL);
+
+    assert_int_equal(graft_wire_default_max_bytes(), GRAFT_WIRE_DEFAULT_MAX_BYTES);
+    setenv("GRAFT_TEST_DEFAULT_MAX_BYTES", "65536", 1);
+    assert_int_equal(graft_wire_default_max_bytes(), 65536);
+    size_t tiny_full[2] = {40000, 10}; /* the tiny trunk's 160 KB outgrow it */
+    assert_int_equal(graft_wire_max_bytes(tiny_full, 2, 10, &max), GRAFT_OK);
+    assert_int_equal(max, graft_wire_modules_bytes(tiny_full, 2, 10));
+    assert_int_equal(graft_wire_max_bytes(small, 2, 10, &max), GRAFT_OK);
+    assert_int_equal(max, 65536);
+    const char *ignored[] = {"100", "65536x", "", "-1", "999999999999"};
+    for (size_t i = 0; i < sizeof ignored / sizeof *ignored; i++) {
+        setenv("GRAFT_TEST_DEFAULT_MAX_BYTES", ignored[i], 1);
+        assert_int_equal(graft_wire_default_max_bytes(), GRAFT_WIRE_DEFAULT_MAX_BYTES);
+    }
+    unsetenv("GRAFT_TEST_DEFAULT_MAX_BYTES");
 }
 
 static void test_non_finite(void **state) {
@@ -743,7 +838,8 @@ int main(void) {
         cmocka_unit_test(test_non_finite),       cmocka_unit_test(test_schema),
         cmocka_unit_test(test_run_id),           cmocka_unit_test(test_sparse_indices),
         cmocka_unit_test(test_fields),           cmocka_unit_test(test_expect_round),
-        cmocka_unit_test(test_handmade),
+        cmocka_unit_test(test_handmade),         cmocka_unit_test(test_modules_bound),
+        cmocka_unit_test(test_max_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

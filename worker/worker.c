@@ -38,6 +38,7 @@ typedef struct {
     char name[GRAFT_WIRE_MAX_NAME + 1];
     uint64_t run_id; /* 0 until the coordinator assigns us */
     uint32_t id;
+    size_t max_bytes; /* the run's message limit from the assignment; 0: the default */
     uint64_t stream; /* the batch sampler's stream */
     /* Each trainer task's index among the run's tasks (--tasks order): its
      * MPI group. */
@@ -196,6 +197,12 @@ static int send_msg(worker_t *w, graft_msg_t *m) {
     uint8_t *buf = NULL;
     size_t len = 0;
     int rc = graft_wire_encode(m, GRAFT_DTYPE_F32, &buf, &len);
+    size_t max = w->max_bytes ? w->max_bytes : graft_wire_default_max_bytes();
+    if (!rc && len > max) {
+        LOG_ERROR("worker %s: the %s is %zu bytes, over the run's message limit of %zu that the "
+                  "coordinator enforces", w->name, graft_msg_type_name(m->type), len, max);
+        rc = GRAFT_EINVAL;
+    }
     if (!rc) rc = graft_transport_send(w->o.tp, 0, buf, len);
     if (rc)
         LOG_WARN("worker %s: cannot send %s: %s", w->name, graft_msg_type_name(m->type),
@@ -443,6 +450,7 @@ static int on_assign(worker_t *w, const graft_msg_t *m) {
     w->hello_at = 0;
     w->run_id = m->run_id;
     w->id = m->assign.worker_id;
+    w->max_bytes = m->assign.max_message_bytes;
     if (w->tr) {
         if (same_assignment(w, &m->assign)) {
             LOG_INFO("worker %s: registered again as worker %u", w->name, w->id);
@@ -659,7 +667,8 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
 
 /* Returns 1 when the worker should stop. */
 static int handle(worker_t *w, const uint8_t *buf, size_t len) {
-    graft_wire_opts_t opts = {.run_id = w->run_id, .schema = w->tr ? &w->schema : NULL};
+    graft_wire_opts_t opts = {.run_id = w->run_id, .max_bytes = w->max_bytes,
+                              .schema = w->tr ? &w->schema : NULL};
     graft_msg_t m;
     char why[256];
     int rc = graft_wire_decode(buf, len, &opts, &m, why, sizeof why);

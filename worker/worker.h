@@ -13,8 +13,9 @@
  *
  * Protocol, from the worker's side: Hello (run id 0, the shards it holds
  * with their train example counts) -> Assign (its id, the tasks it trains,
- * their label sets, the run id); the worker then builds its trainer for
- * exactly those tasks -> for each RoundStart: import the shared and task
+ * their label sets, the run id, the run's message limit: the worker refuses
+ * larger round starts and sends no larger update, logged); the worker then
+ * builds its trainer for exactly those tasks -> for each RoundStart: import the shared and task
  * scopes, reset the optimiser state (unless the run keeps it), run
  * local_steps steps at the rates the coordinator sends (the run's
  * schedule; with the round's FedProx term toward the values it was sent,
