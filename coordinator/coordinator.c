@@ -44,12 +44,24 @@ typedef struct {
     int assigned[GRAFT_MAX_TASKS];   /* run task indices it trains */
     int n_assigned;
     double last_seen;
-    int in_round, replied;
+    int in_round; /* was sent the open round */
+    int replied;  /* its name is among the round's contributions */
     int resent_round; /* the round last sent again after a repeated hello */
-    double replied_at;         /* graft_now() when this round's update was accepted */
-    graft_wire_update_t reply; /* this round's reply: its metrics (the modules went
-                                  into the aggregator, tensors is NULL) */
 } worker_t;
+
+/* One update accepted in the open round: its modules went into the
+ * aggregator, and this is what round_end reports of it. Kept by worker
+ * name, not peer slot, so that a worker lost after replying that says
+ * hello again, or one that re-registers from another connection, cannot
+ * add a second update to the round, and round_end counts exactly the
+ * updates aggregated. */
+typedef struct {
+    char name[GRAFT_WIRE_MAX_NAME + 1];
+    int assigned[GRAFT_MAX_TASKS]; /* the run tasks it trained */
+    int n_assigned;
+    double at;                 /* graft_now() when it was accepted */
+    graft_wire_update_t reply; /* its metrics (tensors NULL) */
+} contribution_t;
 
 typedef struct {
     graft_coordinator_opts_t o;
@@ -63,6 +75,7 @@ typedef struct {
     double run_t0, round_t0, deadline;
     double stalled_at; /* graft_now() when this round's deadline passed short of replies; 0 */
     uint64_t bytes_in, bytes_out;
+    contribution_t *replies; /* the open round's, n_replies of them (MAX_PEERS slots) */
     int n_replies;
     worker_t *w; /* indexed by peer id */
     /* scopes[0] is shared, scopes[1 + t] task t's; schema names them. */
@@ -193,17 +206,22 @@ static void send_round_start(coord_t *c, int peer) {
     double left = (c->deadline - graft_now()) * 1000.0;
     rs->deadline_ms = left > 0 ? (uint32_t)left : 0;
     w->in_round = 1;
-    w->replied = 0;
     send_msg(c, peer, &m);
     free(rates);
 }
 
-/* Does worker w train run task t? */
-static int trains(const worker_t *w, int t) {
-    for (int i = 0; i < w->n_assigned; i++)
-        if (w->assigned[i] == t) return 1;
+/* Is run task t among assigned[0..n)? */
+static int has_task(const int *assigned, int n, int t) {
+    for (int i = 0; i < n; i++)
+        if (assigned[i] == t) return 1;
     return 0;
 }
+
+/* Does worker w train run task t? */
+static int trains(const worker_t *w, int t) {
+    return has_task(w->assigned, w->n_assigned, t);
+}
+
 
 /* Units of one task's weight in the shared scope under shared_weight task. */
 #define TASK_WEIGHT_UNIT 1048576.0
@@ -231,15 +249,19 @@ static int by_name(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* Fills names (MAX_PEERS slots) with the workers of this round (those that
- * replied, if `replied`) that train task t (any task for t < 0), sorted so
- * that logs and events do not depend on the order in which workers joined.
- * Returns the count. */
+/* Fills names (MAX_PEERS slots) with the workers of this round (those
+ * whose update it holds, if `replied`) that train task t (any task for
+ * t < 0), sorted so that logs and events do not depend on the order in
+ * which workers joined. Returns the count. */
 static size_t worker_names(const coord_t *c, int t, int replied, const char **names) {
     size_t n = 0;
-    for (int p = 0; p < MAX_PEERS; p++) {
+    for (int i = 0; replied && i < c->n_replies; i++) {
+        const contribution_t *r = &c->replies[i];
+        if (t < 0 || has_task(r->assigned, r->n_assigned, t)) names[n++] = r->name;
+    }
+    for (int p = 0; !replied && p < MAX_PEERS; p++) {
         const worker_t *w = &c->w[p];
-        if ((replied ? w->replied : w->in_round) && (t < 0 || trains(w, t))) names[n++] = w->name;
+        if (w->in_round && (t < 0 || trains(w, t))) names[n++] = w->name;
     }
     qsort(names, n, sizeof *names, by_name);
     return n;
@@ -492,6 +514,26 @@ static void on_hello_again(coord_t *c, int peer) {
     send_round_start(c, peer);
 }
 
+/* The open round's update from the worker named `name`, or NULL. */
+static const contribution_t *contribution_of(const coord_t *c, const char *name) {
+    for (int i = 0; i < c->n_replies; i++)
+        if (!strcmp(c->replies[i].name, name)) return &c->replies[i];
+    return NULL;
+}
+
+/* A worker registering anew whose update the open round already holds (it
+ * was lost after replying, or comes back from another connection) stays in
+ * the round as replied: it is not sent the round again, which it would
+ * train and send a second time. */
+static int rejoins_replied(coord_t *c, worker_t *w) {
+    if (c->state != S_ROUND_OPEN || !contribution_of(c, w->name)) return 0;
+    w->in_round = w->replied = 1;
+    w->resent_round = c->round;
+    LOG_INFO("coordinator: worker '%s' already replied to round %d; not sent it again", w->name,
+             c->round);
+    return 1;
+}
+
 static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
     worker_t *w = &c->w[peer];
     const graft_wire_hello_t *h = &m->hello;
@@ -500,13 +542,14 @@ static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
         on_hello_again(c, peer);
         return;
     }
-    /* The same worker back under a new peer id replaces its old slot. */
+    /* The same worker back under a new peer id replaces its old slot (its
+     * update, if any, stays in the round: rejoins_replied). */
     for (int p = 0; p < MAX_PEERS; p++)
         if (p != peer && c->w[p].state == W_ACTIVE && !strcmp(c->w[p].name, h->name)) {
             LOG_WARN("coordinator: worker '%s' re-registered from %s; dropping its old slot",
                      h->name, graft_transport_peer_name(c->o.tp, peer));
             c->w[p].state = W_LOST;
-            c->w[p].in_round = 0;
+            c->w[p].in_round = c->w[p].replied = 0;
         }
     memset(w, 0, sizeof *w);
     snprintf(w->name, sizeof w->name, "%s", h->name);
@@ -541,6 +584,7 @@ static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
                                 "name", w->name, "tasks", tasks, "train_examples", counts));
     /* A worker joining (or coming back) mid-round takes part at once —
      * except under MPI reductions, which were sized when the round began. */
+    if (rejoins_replied(c, w)) return;
     if (c->state == S_ROUND_OPEN && !graft_aggregator_collective(c->agg)) send_round_start(c, peer);
 }
 
@@ -599,30 +643,50 @@ static void accumulate(coord_t *c, const worker_t *w, const graft_wire_update_t 
     c->agg_ms += (graft_now() - t0) * 1000.0;
 }
 
+/* Why the open round cannot take update m from worker w (GRAFT_ESTATE: not
+ * now, the wrong round or a second one; GRAFT_ESHAPE or GRAFT_EFORMAT: its
+ * content), or GRAFT_OK. */
+static int refuse_update(coord_t *c, const worker_t *w, const graft_msg_t *m, char *why,
+                         size_t n) {
+    unsigned long long round = (unsigned long long)m->update.round;
+    if (c->state != S_ROUND_OPEN) {
+        snprintf(why, n, "not expected now (round %llu; no round is open)", round);
+        return GRAFT_ESTATE;
+    }
+    int rc = graft_wire_expect_round(m, (uint64_t)c->round, why, n);
+    if (rc) return rc;
+    if (contribution_of(c, w->name)) {
+        snprintf(why, n, "'%s' already contributed to round %d (one update per worker and round)",
+                 w->name, c->round);
+        return GRAFT_ESTATE;
+    }
+    if (!w->in_round || c->n_replies == MAX_PEERS) {
+        snprintf(why, n, "not expected now (round %llu)", round);
+        return GRAFT_ESTATE;
+    }
+    return check_update_tensors(c, w, &m->update, why, n);
+}
+
 /* Validates an update and streams it into the aggregator; the caller frees
- * the message. */
+ * the message. One update per worker name and round. */
 static void on_update(coord_t *c, int peer, graft_msg_t *m) {
     worker_t *w = &c->w[peer];
     char why[256];
     const char *who = graft_transport_peer_name(c->o.tp, peer);
-    if (c->state != S_ROUND_OPEN || !w->in_round || w->replied) {
-        LOG_WARN("coordinator: dropping update from %s: not expected now (round %llu)", who,
-                 (unsigned long long)m->update.round);
-        return;
-    }
-    int rc = graft_wire_expect_round(m, (uint64_t)c->round, why, sizeof why);
-    if (!rc) rc = check_update_tensors(c, w, &m->update, why, sizeof why);
-    if (rc) {
+    if (refuse_update(c, w, m, why, sizeof why)) {
         LOG_WARN("coordinator: dropping update from %s: %s", who, why);
         return;
     }
     accumulate(c, w, &m->update, who);
-    w->reply = m->update;
-    w->reply.tensors = NULL;
-    w->reply.ntensors = 0;
+    contribution_t *r = &c->replies[c->n_replies++];
+    snprintf(r->name, sizeof r->name, "%s", w->name);
+    memcpy(r->assigned, w->assigned, sizeof r->assigned);
+    r->n_assigned = w->n_assigned;
+    r->at = graft_now();
+    r->reply = m->update;
+    r->reply.tensors = NULL;
+    r->reply.ntensors = 0;
     w->replied = 1;
-    w->replied_at = graft_now();
-    c->n_replies++;
     LOG_DEBUG("coordinator: update from %s, loss %.4f", who, m->update.train_loss);
 }
 
@@ -785,15 +849,13 @@ typedef struct {
 static round_times_t round_times(const coord_t *c, double agg_ms) {
     round_times_t rt = {.round_ms = (graft_now() - c->round_t0) * 1000.0, .agg_ms = agg_ms};
     double last = -1.0;
-    int n = 0;
-    for (int p = 0; p < MAX_PEERS; p++) {
-        const worker_t *w = &c->w[p];
-        if (!w->replied) continue;
-        double ms = w->reply.train_seconds * 1000.0;
+    int n = c->n_replies;
+    for (int i = 0; i < n; i++) {
+        const contribution_t *r = &c->replies[i];
+        double ms = r->reply.train_seconds * 1000.0;
         rt.train_ms_mean += ms;
         if (ms > rt.train_ms_max) rt.train_ms_max = ms;
-        if (w->replied_at > last) last = w->replied_at, rt.train_ms_last = ms;
-        n++;
+        if (r->at > last) last = r->at, rt.train_ms_last = ms;
     }
     if (n) rt.train_ms_mean /= n;
     rt.comm_ms = rt.round_ms - rt.train_ms_last - agg_ms;
@@ -826,18 +888,16 @@ static void aggregate(coord_t *c) {
     round_times_t rt = round_times(c, c->agg_ms + (graft_now() - t0) * 1000.0);
     json_t *cohorts = cohorts_json(c), *parts = replied_names(c, -1);
     /* The round's loss: the sample-weighted mean, in name order. */
-    graft_agg_input_t *in = graft_xcalloc(MAX_PEERS, sizeof *in);
-    float *losses = graft_xcalloc(MAX_PEERS, sizeof *losses);
-    int n = 0;
-    for (int p = 0; p < MAX_PEERS; p++) {
-        worker_t *w = &c->w[p];
-        if (!w->replied) continue;
-        losses[n] = (float)w->reply.train_loss;
-        in[n] = (graft_agg_input_t){.key = w->name, .weight = (double)w->reply.sample_count,
-                                    .values = &losses[n]};
-        n++;
-        w->replied = w->in_round = 0;
+    int n = c->n_replies;
+    graft_agg_input_t *in = graft_xcalloc((size_t)n + 1, sizeof *in);
+    float *losses = graft_xcalloc((size_t)n + 1, sizeof *losses);
+    for (int i = 0; i < n; i++) {
+        const contribution_t *r = &c->replies[i];
+        losses[i] = (float)r->reply.train_loss;
+        in[i] = (graft_agg_input_t){.key = r->name, .weight = (double)r->reply.sample_count,
+                                    .values = &losses[i]};
     }
+    for (int p = 0; p < MAX_PEERS; p++) c->w[p].replied = c->w[p].in_round = 0;
     float loss = NAN;
     graft_aggregate_fedavg(in, n, &loss, 1);
     double peak = (double)graft_peak_rss_bytes() / (1 << 20);
@@ -1123,6 +1183,7 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
     if (rc) return rc;
     coord_t c = {.o = *o, .cfg = &o->cfg};
     c.w = graft_xcalloc(MAX_PEERS, sizeof *c.w);
+    c.replies = graft_xcalloc(MAX_PEERS, sizeof *c.replies);
     c.run_id = graft_run_id(&o->cfg);
     c.run_t0 = graft_now();
     rc = setup(&c);
@@ -1156,6 +1217,7 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
         graft_events_emit(c.ev, "run_end", end);
     }
     free(c.w);
+    free(c.replies);
     graft_aggregator_destroy(&c.agg);
     graft_handshake_log_destroy(&c.handshakes);
     graft_events_close(&c.ev);
