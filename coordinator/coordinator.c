@@ -59,6 +59,7 @@ typedef struct {
     char name[GRAFT_WIRE_MAX_NAME + 1];
     int assigned[GRAFT_MAX_TASKS]; /* the run tasks it trained */
     int n_assigned;
+    uint64_t samples;          /* its train examples (its hello's), the loss's weight */
     double at;                 /* graft_now() when it was accepted */
     graft_wire_update_t reply; /* its metrics (tensors NULL) */
 } contribution_t;
@@ -163,7 +164,7 @@ static int worker_scopes(const coord_t *c, const worker_t *w, graft_scope_t **ou
     return n;
 }
 
-static uint64_t shared_weight(const coord_t *c, const worker_t *w, uint64_t samples);
+static uint64_t shared_weight(const coord_t *c, const worker_t *w);
 
 static void send_round_start(coord_t *c, int peer) {
     worker_t *w = &c->w[peer];
@@ -201,8 +202,7 @@ static void send_round_start(coord_t *c, int peer) {
         .clip_norm = c->agg_cfg.clip ? c->agg_cfg.clip_norm : 0.0f,
         .lora_products = graft_agg_wants_products(&c->agg_cfg)};
     /* Under MPI reductions the worker weighs its own contribution. */
-    if (rs->reduce.collective && c->agg_cfg.task_weights)
-        rs->reduce.shared_weight = shared_weight(c, w, 0);
+    if (rs->reduce.collective) rs->reduce.shared_weight = shared_weight(c, w);
     double left = (c->deadline - graft_now()) * 1000.0;
     rs->deadline_ms = left > 0 ? (uint32_t)left : 0;
     w->in_round = 1;
@@ -222,17 +222,24 @@ static int trains(const worker_t *w, int t) {
     return has_task(w->assigned, w->n_assigned, t);
 }
 
+/* The train examples worker w registered for its tasks (its hello's). */
+static uint64_t worker_samples(const worker_t *w) {
+    uint64_t n = 0;
+    for (int i = 0; i < w->n_assigned; i++) n += w->train[w->assigned[i]];
+    return n;
+}
 
 /* Units of one task's weight in the shared scope under shared_weight task. */
 #define TASK_WEIGHT_UNIT 1048576.0
 
-/* The weight of worker w's reply in the shared scope's mean: its sample
- * count (`samples`), or under shared_weight task its share of every task it
- * trains — its training examples of the task over those of every active
- * worker that trains it — summed, in TASK_WEIGHT_UNITs, so that each task
- * weighs one unit however many examples and workers it has. */
-static uint64_t shared_weight(const coord_t *c, const worker_t *w, uint64_t samples) {
-    if (!c->agg_cfg.task_weights) return samples;
+/* The weight of worker w's reply in the shared scope's mean: the train
+ * examples its hello registered (as for its task scopes; not the sample
+ * count its update claims), or under shared_weight task its share of every
+ * task it trains — its training examples of the task over those of every
+ * active worker that trains it — summed, in TASK_WEIGHT_UNITs, so that each
+ * task weighs one unit however many examples and workers it has. */
+static uint64_t shared_weight(const coord_t *c, const worker_t *w) {
+    if (!c->agg_cfg.task_weights) return worker_samples(w);
     double share = 0.0;
     for (int i = 0; i < w->n_assigned; i++) {
         int t = w->assigned[i];
@@ -328,7 +335,7 @@ static int start_round(coord_t *c) {
             if (c->w[p].state == W_ACTIVE)
                 used += (size_t)snprintf(line + used, sizeof line - used, "%s%s %.3f",
                                          used ? ", " : "", c->w[p].name,
-                                         (double)shared_weight(c, &c->w[p], 0) / TASK_WEIGHT_UNIT);
+                                         (double)shared_weight(c, &c->w[p]) / TASK_WEIGHT_UNIT);
         LOG_INFO("round %d: shared scope weights (one per task): %s", c->round, line);
     }
     int rc = graft_aggregator_begin(c->agg);
@@ -636,7 +643,7 @@ static void accumulate(coord_t *c, const worker_t *w, const graft_wire_update_t 
     for (size_t i = 0; i < u->ntensors; i++) {
         const graft_wire_tensor_t *t = &u->tensors[i];
         int k = scope_index(c, t->name);
-        uint64_t weight = k == 0 ? shared_weight(c, w, u->sample_count) : w->train[k - 1];
+        uint64_t weight = k == 0 ? shared_weight(c, w) : w->train[k - 1];
         if (graft_aggregator_add(c->agg, k, t->data, weight, why, sizeof why))
             LOG_WARN("coordinator: update from %s: scope %s left out: %s", who, t->name, why);
     }
@@ -682,6 +689,7 @@ static void on_update(coord_t *c, int peer, graft_msg_t *m) {
     snprintf(r->name, sizeof r->name, "%s", w->name);
     memcpy(r->assigned, w->assigned, sizeof r->assigned);
     r->n_assigned = w->n_assigned;
+    r->samples = worker_samples(w);
     r->at = graft_now();
     r->reply = m->update;
     r->reply.tensors = NULL;
@@ -887,14 +895,15 @@ static void aggregate(coord_t *c) {
     json_t *report = graft_aggregator_finish(c->agg, c->round);
     round_times_t rt = round_times(c, c->agg_ms + (graft_now() - t0) * 1000.0);
     json_t *cohorts = cohorts_json(c), *parts = replied_names(c, -1);
-    /* The round's loss: the sample-weighted mean, in name order. */
+    /* The round's loss: the mean weighted by the workers' train examples,
+     * in name order. */
     int n = c->n_replies;
     graft_agg_input_t *in = graft_xcalloc((size_t)n + 1, sizeof *in);
     float *losses = graft_xcalloc((size_t)n + 1, sizeof *losses);
     for (int i = 0; i < n; i++) {
         const contribution_t *r = &c->replies[i];
         losses[i] = (float)r->reply.train_loss;
-        in[i] = (graft_agg_input_t){.key = r->name, .weight = (double)r->reply.sample_count,
+        in[i] = (graft_agg_input_t){.key = r->name, .weight = (double)r->samples,
                                     .values = &losses[i]};
     }
     for (int p = 0; p < MAX_PEERS; p++) c->w[p].replied = c->w[p].in_round = 0;

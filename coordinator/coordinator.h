@@ -25,9 +25,9 @@
  * each local step, collects Updates (one per worker name) until every
  * live participant replied or the deadline passed with at least
  * min_replies, and aggregates them (aggregator.h, strategies in
- * aggregate.h): the shared scope over all replies weighted by sample
- * count, each task scope over that task's cohort weighted by its shard
- * size. A task whose cohort is empty keeps its
+ * aggregate.h): the shared scope over all replies weighted by the train
+ * examples each worker registered in its Hello, each task scope over that
+ * task's cohort weighted by its shard size. A task whose cohort is empty keeps its
  * modules. Each Update is streamed into the aggregation when it arrives and
  * freed; with MPI reductions the Updates carry only metrics and the round
  * also waits for the reductions (no worker is declared lost then: under

@@ -823,6 +823,27 @@ static void test_same_name_new_peer_counted_once(void **state) {
     remove_dir(r.dir);
 }
 
+/* a claims 2^20 samples in its update, b 32; both said 32 train examples
+ * in their hello, which is what weighs: the shared scope (like the task
+ * scope) is the plain mean of +1 and -1, and so is the round's loss. */
+static void test_claimed_sample_count_ignored(void **state) {
+    (void)state;
+    fake_run_t r;
+    fake_run_config(&r, 2);
+    fake_run_start(&r);
+    fake_t a, b;
+    graft_msg_t rs_a, rs_b;
+    fake_pair_join(&r, &a, &b, &rs_a, &rs_b);
+    fake_reply(&a, &rs_a, 1.0f, (uint64_t)1 << 20);
+    fake_reply(&b, &rs_b, -1.0f, 32);
+    fake_run_finish(&r, &a, NULL, &rs_a, &rs_b);
+
+    assert_int_equal(r.ca.rc, GRAFT_OK);
+    expect_shift(&r, 0.0);
+    assert_int_equal(count_lines(r.dir, "out/events.jsonl", "\"train_loss\":1\\.0,"), 1);
+    remove_dir(r.dir);
+}
+
 /* ---- the worker's side ------------------------------------------------------ */
 
 static void send_to_worker(graft_transport_t *t, graft_msg_t *m) {
@@ -919,6 +940,7 @@ int main(void) {
         cmocka_unit_test(test_repeated_round_start_dropped),
         cmocka_unit_test(test_rejoined_worker_counted_once),
         cmocka_unit_test(test_same_name_new_peer_counted_once),
+        cmocka_unit_test(test_claimed_sample_count_ignored),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
