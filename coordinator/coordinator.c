@@ -46,7 +46,7 @@ typedef struct {
     double last_seen;
     int in_round; /* was sent the open round */
     int replied;  /* its name is among the round's contributions */
-    int resent_round; /* the round last sent again after a repeated hello */
+    int resent_round; /* the round last sent to it again (a repeated hello, a deadline) */
 } worker_t;
 
 /* One update accepted in the open round: its modules went into the
@@ -166,7 +166,9 @@ static int worker_scopes(const coord_t *c, const worker_t *w, graft_scope_t **ou
 
 static uint64_t shared_weight(const coord_t *c, const worker_t *w);
 
-static void send_round_start(coord_t *c, int peer) {
+/* Sends the open round to peer; it is in the round once the send worked
+ * (else the deadline sends it again, resend_round). */
+static int send_round_start(coord_t *c, int peer) {
     worker_t *w = &c->w[peer];
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
     int n = worker_scopes(c, w, scopes);
@@ -203,11 +205,14 @@ static void send_round_start(coord_t *c, int peer) {
         .lora_products = graft_agg_wants_products(&c->agg_cfg)};
     /* Under MPI reductions the worker weighs its own contribution. */
     if (rs->reduce.collective) rs->reduce.shared_weight = shared_weight(c, w);
+    /* Never 0, which the worker refuses: a round start sent at (or past)
+     * the deadline must still be trained. */
     double left = (c->deadline - graft_now()) * 1000.0;
-    rs->deadline_ms = left > 0 ? (uint32_t)left : 0;
-    w->in_round = 1;
-    send_msg(c, peer, &m);
+    rs->deadline_ms = left >= 1.0 ? (uint32_t)left : 1;
+    int rc = send_msg(c, peer, &m);
+    if (!rc) w->in_round = 1;
     free(rates);
+    return rc;
 }
 
 /* Is run task t among assigned[0..n)? */
@@ -322,10 +327,7 @@ static int start_round(coord_t *c) {
     c->agg_ms = 0.0;
     int n = 0;
     for (int p = 0; p < MAX_PEERS; p++)
-        if (c->w[p].state == W_ACTIVE) {
-            send_round_start(c, p);
-            n++;
-        }
+        if (c->w[p].state == W_ACTIVE) n += send_round_start(c, p) == GRAFT_OK;
     LOG_INFO("round %d/%d: started with %d workers", c->round, c->cfg->rounds, n);
     log_cohorts(c);
     if (c->agg_cfg.task_weights) {
@@ -807,6 +809,25 @@ static int round_stalled(coord_t *c) {
     return 0;
 }
 
+/* At a deadline short of replies: the round again to every live worker
+ * that is not in it (its round start could not be sent) and, once per
+ * round, to one that is but has not replied (its round start may have been
+ * refused or lost; a worker still training it drops the copy). */
+static void resend_round(coord_t *c) {
+    if (graft_aggregator_collective(c->agg)) return;
+    for (int p = 0; p < MAX_PEERS; p++) {
+        worker_t *w = &c->w[p];
+        if (w->state != W_ACTIVE || w->replied) continue;
+        if (w->in_round) {
+            if (w->resent_round == c->round) continue;
+            w->resent_round = c->round;
+        }
+        LOG_INFO("round %d: sent the round again to worker %d '%s' (%s by the deadline)",
+                 c->round, p, w->name, w->in_round ? "no reply" : "not sent");
+        send_round_start(c, p);
+    }
+}
+
 /* 1: the round can close; 0: not yet; < 0: an MPI reduction failed, or the
  * round stalled past --stall_timeout_ms. */
 static int round_can_close(coord_t *c) {
@@ -831,8 +852,7 @@ static int round_can_close(coord_t *c) {
     if (graft_now() >= c->deadline) {
         int rc = round_stalled(c);
         if (rc) return rc;
-        for (int p = 0; p < MAX_PEERS && !graft_aggregator_collective(c->agg); p++)
-            if (c->w[p].state == W_ACTIVE && !c->w[p].in_round) send_round_start(c, p);
+        resend_round(c);
     }
     return 0;
 }

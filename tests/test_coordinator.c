@@ -844,6 +844,42 @@ static void test_claimed_sample_count_ignored(void **state) {
     remove_dir(r.dir);
 }
 
+/* The only worker drops its round start (as it does one with deadline_ms
+ * 0, or one lost on the way) and keeps beating: at the deadline the
+ * coordinator sends it the round once more, instead of waiting for
+ * --stall_timeout_ms, and the run completes. */
+static void test_unanswered_round_start_resent(void **state) {
+    (void)state;
+    fake_run_t r;
+    fake_run_config(&r, 1);
+    r.cfg.round_timeout_ms = 300;
+    r.ca.co.expected_workers = 1;
+    r.ca.co.stall_timeout_ms = 4000;
+    fake_run_start(&r);
+    fake_t a = {r.ends[1], "a", &r.cfg, 0, 0};
+    graft_msg_t rs;
+    fake_hello(&a);
+    assert_int_equal(fake_next(&a, GRAFT_MSG_ROUND_START, 30000, &rs, NULL), 0);
+    graft_msg_free(&rs); /* dropped */
+    int again = fake_next(&a, GRAFT_MSG_ROUND_START, 3000, &rs, NULL);
+    int skipped[GRAFT_MSG_ERROR + 1] = {0};
+    if (again == 0) {
+        assert_true(rs.round_start.deadline_ms >= 1);
+        fake_reply(&a, &rs, 0.5f, 32);
+        fake_run_finish(&r, &a, skipped, &rs, NULL);
+    } else {
+        fake_run_join(&r);
+    }
+
+    assert_int_equal(again, 0);
+    assert_int_equal(r.ca.rc, GRAFT_OK);
+    assert_int_equal(skipped[GRAFT_MSG_ROUND_START], 0); /* once more, not a flood */
+    assert_int_equal(count_lines(r.dir, "stderr.log", "round 1: sent the round again to worker "
+                                                      "1 .a."), 1);
+    expect_shift(&r, 0.5);
+    remove_dir(r.dir);
+}
+
 /* ---- the worker's side ------------------------------------------------------ */
 
 static void send_to_worker(graft_transport_t *t, graft_msg_t *m) {
@@ -941,6 +977,7 @@ int main(void) {
         cmocka_unit_test(test_rejoined_worker_counted_once),
         cmocka_unit_test(test_same_name_new_peer_counted_once),
         cmocka_unit_test(test_claimed_sample_count_ignored),
+        cmocka_unit_test(test_unanswered_round_start_resent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
