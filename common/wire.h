@@ -244,7 +244,8 @@ int graft_wire_encode(const graft_msg_t *msg, graft_wire_dtype_t dtype, uint8_t 
  * holds nothing to free). opts may be NULL for the defaults. Returns GRAFT_OK
  * or a negative code with the reason in why[why_len]. Extra rule: when
  * opts->run_id is set, a Hello with run_id 0 is accepted (a worker joining);
- * any other mismatch is refused. */
+ * any other mismatch is refused with GRAFT_ESTATE (the only failure with
+ * that code: a well-formed message of another run). */
 int graft_wire_decode(const uint8_t *buf, size_t len, const graft_wire_opts_t *opts,
                       graft_msg_t *out, char *why, size_t why_len);
 

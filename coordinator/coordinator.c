@@ -94,12 +94,39 @@ typedef struct {
     char error[512]; /* why the run failed (the first reason), for run_end */
 } coord_t;
 
+/* The options that define a federated job, which the run id digests: the
+ * trunk and the data (trunk, preset, tasks, seq), the modules (the method
+ * and its sizes), how the workers train (seed, batch, the optimizer, the
+ * learning-rate schedule over rounds x local_steps, the task mix, FedProx,
+ * logit adjustment, the optimizer state kept) and the aggregation. Not the
+ * operational ones, which a resumed coordinator may change and still talk
+ * to its workers: timeouts and heartbeats, min_replies, how often to
+ * evaluate, checkpoint and log, evaluation sizes, log_level, lora_gap (a
+ * measurement), mpi_collectives (the same sums), threads, precision (each
+ * process's own), paths (out, resume); nor those of `graft train` alone
+ * (steps, eval_every, checkpoint_every) and of method graft, which does not
+ * run federated. */
+static const char *const job_options[] = {
+    "trunk", "preset", "tasks", "seq",
+    "method", "lora_targets", "lora_shared_rank", "lora_shared_alpha", "lora_task_rank",
+    "lora_task_alpha", "adapter_dim", "channels_k", "stage1_steps", "pool",
+    "seed", "batch", "lr", "head_lr", "optimizer", "momentum", "weight_decay", "grad_clip",
+    "warmup", "mix", "rounds", "local_steps", "keep_optimizer_state", "logit_adjust",
+    "aggregate", "fedprox_mu", "clip_norm", "server_lr", "server_beta1", "server_beta2",
+    "server_eps", "shared_weight", "shared_server_lr", "trim_frac", "lora_aggregate",
+};
+
+#define N_JOB_OPTIONS (sizeof job_options / sizeof *job_options)
+
 uint64_t graft_run_id(const graft_run_config_t *cfg) {
-    graft_run_config_t c = *cfg;
-    c.resume[0] = '\0';
-    c.out[0] = '\0';
-    c.threads = 0;
-    uint64_t id = graft_options_digest(graft_run_options, &c);
+    graft_option_t table[N_JOB_OPTIONS + 1];
+    size_t n = 0;
+    for (const graft_option_t *o = graft_run_options; o->name; o++)
+        for (size_t i = 0; i < N_JOB_OPTIONS; i++)
+            if (!strcmp(o->name, job_options[i])) table[n++] = *o;
+    GRAFT_ASSERT(n == N_JOB_OPTIONS); /* each is an option of graft_run_options */
+    table[n] = (graft_option_t)GRAFT_OPT_END;
+    uint64_t id = graft_options_digest(table, cfg);
     return id ? id : 1;
 }
 
@@ -714,6 +741,11 @@ static void handle(coord_t *c, int peer, const uint8_t *buf, size_t len) {
     int rc = graft_wire_decode(buf, len, &opts, &m, why, sizeof why);
     if (rc) {
         LOG_WARN("coordinator: dropping a message from %s: %s", who, why);
+        /* Another run's message (a worker of this coordinator before it was
+         * restarted with other job settings): it must register again now,
+         * not after its silence timer. */
+        if (rc == GRAFT_ESTATE)
+            send_error(c, peer, GRAFT_ESTATE, "message from another run: send hello");
         return;
     }
     worker_t *w = &c->w[peer];

@@ -103,8 +103,11 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o);
 int graft_coordinator_check(const graft_run_config_t *cfg, int workers);
 
 /* The run id every message of this run carries: a digest of the settings
- * that define the job (not of --resume or --out), so a resumed coordinator
- * keeps it. Never 0. */
+ * that define the job, not of the operational ones (timeouts, heartbeats,
+ * evaluation and checkpoint intervals, paths, threads; coordinator.c lists
+ * both), so a coordinator resumed with those changed keeps it. Messages of
+ * another run are answered with an error that makes their worker say
+ * hello again. Never 0. */
 uint64_t graft_run_id(const graft_run_config_t *cfg);
 
 #endif

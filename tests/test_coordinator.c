@@ -44,22 +44,25 @@
 typedef struct {
     graft_coordinator_opts_t co;
     int rc;
+    int done; /* set (atomically) when graft_coordinator_run returned */
 } coord_arg_t;
 
 typedef struct {
     graft_worker_opts_t wo;
+    volatile sig_atomic_t *stop; /* may be NULL */
     int rc;
 } worker_arg_t;
 
 static void *coord_main(void *p) {
     coord_arg_t *a = p;
     a->rc = graft_coordinator_run(&a->co);
+    __atomic_store_n(&a->done, 1, __ATOMIC_SEQ_CST);
     return NULL;
 }
 
 static void *worker_main(void *p) {
     worker_arg_t *a = p;
-    a->rc = graft_worker_run(&a->wo, NULL);
+    a->rc = graft_worker_run(&a->wo, a->stop);
     return NULL;
 }
 
@@ -900,6 +903,22 @@ static uint64_t next_update_round(graft_transport_t *t) {
     }
 }
 
+/* Plays the coordinator of run 42 to the worker on end t's peer 1: reads
+ * its hello and assigns it task cls. */
+static void assign_run_42(graft_transport_t *t) {
+    int peer;
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(graft_transport_recv(t, &peer, &buf, &len, 60000), GRAFT_OK);
+    free(buf); /* the hello */
+    char *names[] = {"cls"}, *labels[] = {"even", "odd"};
+    graft_wire_label_set_t set = {"cls", labels, 2, NULL};
+    graft_msg_t a = {.type = GRAFT_MSG_ASSIGN, .run_id = 42};
+    a.assign = (graft_wire_assign_t){.worker_id = 1, .tasks = names, .ntasks = 1,
+                                     .label_sets = &set, .nlabel_sets = 1};
+    send_to_worker(t, &a);
+}
+
 /* This thread plays the coordinator to a real worker: round 1's start sent
  * twice (as a restarted coordinator flooded with hellos once did), then
  * round 2's. The worker trains round 1 once: its updates are for rounds 1
@@ -917,18 +936,7 @@ static void test_repeated_round_start_dropped(void **state) {
     worker_arg_t wa = {.wo = {.cfg = cfg, .name = "real", .shard_count = 1, .tp = ends[1]}};
     pthread_t wt;
     pthread_create(&wt, NULL, worker_main, &wa);
-
-    int peer;
-    uint8_t *buf;
-    size_t len;
-    assert_int_equal(graft_transport_recv(ends[0], &peer, &buf, &len, 60000), GRAFT_OK);
-    free(buf); /* the hello */
-    char *names[] = {"cls"}, *labels[] = {"even", "odd"};
-    graft_wire_label_set_t set = {"cls", labels, 2, NULL};
-    graft_msg_t a = {.type = GRAFT_MSG_ASSIGN, .run_id = 42};
-    a.assign = (graft_wire_assign_t){.worker_id = 1, .tasks = names, .ntasks = 1,
-                                     .label_sets = &set, .nlabel_sets = 1};
-    send_to_worker(ends[0], &a);
+    assign_run_42(ends[0]);
     graft_scope_t *scopes[2] = {tr->peft->shared, tr->peft->tasks[0].scope};
     graft_wire_tensor_t ts[2];
     size_t n = 0;
@@ -963,6 +971,78 @@ static void test_repeated_round_start_dropped(void **state) {
     remove_dir(dir);
 }
 
+/* The run id digests the settings that define the job, not the
+ * operational ones a resumed coordinator may change. */
+static void test_run_id_digests_the_job(void **state) {
+    (void)state;
+    graft_run_config_t base, cfg;
+    base_config(&base, "/tmp", "cls:classification:/tmp/cls.tsv");
+    uint64_t id = graft_run_id(&base);
+    const char *same[][2] = {
+        {"heartbeat_ms", "200"}, {"round_timeout_ms", "5000"}, {"min_replies", "2"},
+        {"eval_every_rounds", "2"}, {"checkpoint_every_rounds", "4"}, {"log_every", "3"},
+        {"eval_max", "9"}, {"threads", "2"}, {"precision", "bf16"}, {"out", "/tmp/x"},
+        {"resume", "/tmp/x/modules.safetensors"}, {"lora_gap", "true"},
+        {"mpi_collectives", "false"}, {"steps", "7"}, {"log_level", "debug"}};
+    const char *other[][2] = {
+        {"lr", "1e-3"}, {"seed", "7"}, {"rounds", "4"}, {"local_steps", "3"},
+        {"method", "adapter"}, {"lora_task_rank", "2"}, {"batch", "8"}, {"aggregate", "fedadam"},
+        {"tasks", "cls:classification:/tmp/other.tsv"}, {"shared_weight", "task"}};
+    for (size_t i = 0; i < sizeof same / sizeof *same + sizeof other / sizeof *other; i++) {
+        int kept = i < sizeof same / sizeof *same;
+        const char *const *kv = kept ? same[i] : other[i - sizeof same / sizeof *same];
+        cfg = base;
+        assert_int_equal(graft_options_set(graft_run_options, &cfg, kv[0], kv[1], "test"),
+                         GRAFT_OK);
+        if ((graft_run_id(&cfg) == id) != kept)
+            fprintf(stdout, "--%s %s %s the run id\n", kv[0], kv[1], kept ? "changed" : "kept");
+        assert_int_equal(graft_run_id(&cfg) == id, kept);
+    }
+}
+
+/* A coordinator restarted with other job settings has another run id. A
+ * worker registered under the old one (played here: its Assign said run
+ * 42) joins the new run at once — its heartbeats are answered with an
+ * error, it says hello and takes the new run's Assign — rather than after
+ * its silence timer (3 x round_timeout_ms = 90 s) or never. */
+static void test_worker_follows_new_run(void **state) {
+    (void)state;
+    char dir[] = "/tmp/graft_test_coordinator_XXXXXX";
+    graft_run_config_t cfg;
+    one_task_run(dir, &cfg);
+    cfg.rounds = 1;
+    cfg.heartbeat_ms = 100;
+    int saved = stderr_to_log(dir);
+    graft_transport_t *ends[2];
+    assert_int_equal(graft_transport_inproc_new(1, ends), GRAFT_OK);
+    volatile sig_atomic_t stop = 0;
+    worker_arg_t wa = {.wo = {.cfg = cfg, .name = "real", .shard_count = 1, .tp = ends[1]},
+                       .stop = &stop};
+    pthread_t wt, ct;
+    pthread_create(&wt, NULL, worker_main, &wa);
+    assign_run_42(ends[0]);
+    coord_arg_t ca = {.co = {.cfg = cfg, .expected_workers = 1, .tp = ends[0], .mode = "inproc"}};
+    pthread_create(&ct, NULL, coord_main, &ca);
+    for (int i = 0; i < 300 && !__atomic_load_n(&ca.done, __ATOMIC_SEQ_CST); i++) usleep(50000);
+    int done = __atomic_load_n(&ca.done, __ATOMIC_SEQ_CST);
+    if (!done) { /* 15 s: the worker never joined */
+        graft_coordinator_stop = SIGTERM;
+        stop = 1;
+    }
+    pthread_join(ct, NULL);
+    pthread_join(wt, NULL);
+    graft_coordinator_stop = 0;
+    for (int i = 0; i < 2; i++) graft_transport_destroy(&ends[i]);
+    stderr_back(saved);
+
+    assert_true(done);
+    assert_int_equal(ca.rc, GRAFT_OK);
+    assert_int_equal(wa.rc, GRAFT_OK);
+    assert_true(count_lines(dir, "stderr.log", "is from run 000000000000002a") >= 1);
+    assert_int_equal(count_lines(dir, "out/events.jsonl", "\"event\":\"worker_join\""), 1);
+    remove_dir(dir);
+}
+
 int main(void) {
     /* Coordinator and worker share this process: one thread each, so that
      * their OpenMP teams do not fight over the cores. */
@@ -978,6 +1058,8 @@ int main(void) {
         cmocka_unit_test(test_same_name_new_peer_counted_once),
         cmocka_unit_test(test_claimed_sample_count_ignored),
         cmocka_unit_test(test_unanswered_round_start_resent),
+        cmocka_unit_test(test_run_id_digests_the_job),
+        cmocka_unit_test(test_worker_follows_new_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

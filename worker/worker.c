@@ -667,11 +667,21 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
 
 /* Returns 1 when the worker should stop. */
 static int handle(worker_t *w, const uint8_t *buf, size_t len) {
-    graft_wire_opts_t opts = {.run_id = w->run_id, .max_bytes = w->max_bytes,
+    /* The answer to a hello sets the run, which may be another (a
+     * coordinator restarted with other job settings): while a hello is
+     * pending, every run's messages are read. */
+    graft_wire_opts_t opts = {.run_id = w->hello_at ? 0 : w->run_id, .max_bytes = w->max_bytes,
                               .schema = w->tr ? &w->schema : NULL};
     graft_msg_t m;
     char why[256];
     int rc = graft_wire_decode(buf, len, &opts, &m, why, sizeof why);
+    if (rc == GRAFT_ESTATE) { /* another run's message: register with it */
+        LOG_WARN("worker %s: %s: the coordinator was restarted with other settings? saying "
+                 "hello", w->name, why);
+        w->id = 0;
+        send_hello(w);
+        return 0;
+    }
     if (rc) {
         LOG_WARN("worker %s: dropping a message from the coordinator: %s", w->name, why);
         return 0;

@@ -32,7 +32,9 @@
  * also during training steps (from a second thread, see serial_beats), so a
  * step longer than the coordinator's silence limit is not taken for a loss.
  * Shutdown ends the loop; an Error "unknown worker" (a restarted
- * coordinator) makes it say Hello again; an Assign
+ * coordinator) makes it say Hello again, as does any message of another
+ * run (a coordinator restarted with other job settings; while its Hello
+ * is pending the worker takes the answer from any run); an Assign
  * with other tasks than the first is an error (restart the worker).
  * Reconnection and its backoff are the transport's (ZeroMQ).
  *
