@@ -102,7 +102,9 @@ const graft_option_t graft_run_options[] = {
     {"log_every", GRAFT_OPT_INT, OFF(log_every), "20", 1, 1e9, "progress line every N steps"},
     {"log_level", GRAFT_OPT_STRING, OFF(log_level), "", 0, -1, GRAFT_LOG_LEVEL_HELP},
     {"rounds", GRAFT_OPT_INT, OFF(rounds), "10", 1, 1e9, "federated rounds"},
-    {"local_steps", GRAFT_OPT_INT, OFF(local_steps), "10", 1, 1e9, "worker steps per round"},
+    {"local_steps", GRAFT_OPT_INT, OFF(local_steps), "10", 1, 100000,
+     "worker steps per round (each round start carries a learning rate per step); rounds x "
+     "local_steps must fit an int"},
     {"keep_optimizer_state", GRAFT_OPT_BOOL, OFF(keep_optimizer_state), "false", 0, -1,
      "federated: each worker keeps its AdamW moments and step count from round to round "
      "(false: every round restarts them, as plain FedAvg does)"},

@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -204,10 +205,12 @@ static int send_round_start(coord_t *c, int peer) {
         ts[i] = (graft_wire_tensor_t){.name = scopes[i]->name, .ndim = 1,
                                       .shape = {(int64_t)scopes[i]->numel},
                                       .data = scopes[i]->params, .numel = scopes[i]->numel};
-    /* The run's schedule over global steps, continued across rounds. */
-    int steps = c->cfg->local_steps, first = (c->round - 1) * steps;
+    /* The run's schedule over global steps, continued across rounds
+     * (rounds x local_steps fits an int: check_steps). */
+    int steps = c->cfg->local_steps;
+    int64_t first = (int64_t)(c->round - 1) * steps;
     float *rates = graft_xmalloc((size_t)steps * sizeof *rates);
-    for (int s = 0; s < steps; s++) rates[s] = graft_lr_at(&c->tr->opt, first + s);
+    for (int s = 0; s < steps; s++) rates[s] = graft_lr_at(&c->tr->opt, (int)(first + s));
     graft_msg_t m = {.type = GRAFT_MSG_ROUND_START};
     graft_wire_round_start_t *rs = &m.round_start;
     rs->round = (uint64_t)c->round;
@@ -1187,7 +1190,7 @@ static int setup(coord_t *c) {
     if (!rc) rc = graft_agg_config_parse(c->cfg, &c->agg_cfg);
     if (rc) return rc;
     c->nsettings = graft_run_shared_settings(c->cfg, c->settings);
-    c->tr->opt.total_steps = c->cfg->rounds * c->cfg->local_steps;
+    c->tr->opt.total_steps = c->cfg->rounds * c->cfg->local_steps; /* check_steps */
     c->scopes[0] = c->tr->peft->shared;
     for (int t = 0; t < c->tr->n_tasks; t++) c->scopes[1 + t] = c->tr->peft->tasks[t].scope;
     for (int k = 0; k <= c->tr->n_tasks; k++)
@@ -1230,8 +1233,19 @@ static int check_stages(const graft_run_config_t *cfg) {
     return GRAFT_OK;
 }
 
+/* Global steps (rounds x local_steps) are ints: the schedule, the task mix
+ * and the sampler index by them. */
+static int check_steps(const graft_run_config_t *cfg) {
+    int64_t total = (int64_t)cfg->rounds * cfg->local_steps;
+    if (total <= INT_MAX) return GRAFT_OK;
+    LOG_ERROR("--rounds %d x --local_steps %d is %lld steps, more than the %d a run can count; "
+              "give fewer --rounds or --local_steps", cfg->rounds, cfg->local_steps,
+              (long long)total, INT_MAX);
+    return GRAFT_EINVAL;
+}
+
 int graft_coordinator_check(const graft_run_config_t *cfg, int workers) {
-    if (graft_trainer_check(cfg) || check_stages(cfg)) return GRAFT_EINVAL;
+    if (graft_trainer_check(cfg) || check_steps(cfg) || check_stages(cfg)) return GRAFT_EINVAL;
     if (cfg->min_replies <= workers) return GRAFT_OK;
     LOG_ERROR("coordinator: --min_replies %d is more than the %d worker%s of the run: a round "
               "could never close; min_replies must be <= workers", cfg->min_replies, workers,

@@ -96,7 +96,8 @@ extern volatile sig_atomic_t graft_coordinator_stop;
 int graft_coordinator_run(const graft_coordinator_opts_t *o);
 
 /* Checks the settings before anything starts: those graft_trainer_check
- * refuses, the two stages of the channels method, and --min_replies
+ * refuses, --rounds x --local_steps above INT_MAX (global steps are ints),
+ * the two stages of the channels method, and --min_replies
  * against the workers (a round closes at its deadline only with
  * --min_replies replies, so more than the workers would wait forever).
  * GRAFT_OK or GRAFT_EINVAL (logged). */

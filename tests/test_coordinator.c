@@ -480,16 +480,23 @@ static void test_unworkable_settings_refused(void **state) {
     remove_dir(dir);
 }
 
-/* The next message that reaches t, decoded (the caller frees it). */
-static graft_msg_t next_message(graft_transport_t *t) {
+/* The next message that reaches t within timeout_ms, decoded into *m (the
+ * caller frees it): 0, or -1 when none came. */
+static int recv_message(graft_transport_t *t, int timeout_ms, graft_msg_t *m) {
     int peer;
     uint8_t *buf;
     size_t len;
-    assert_int_equal(graft_transport_recv(t, &peer, &buf, &len, 60000), GRAFT_OK);
-    graft_msg_t m;
+    if (timeout_ms <= 0 || graft_transport_recv(t, &peer, &buf, &len, timeout_ms)) return -1;
     char why[256];
-    assert_int_equal(graft_wire_decode(buf, len, NULL, &m, why, sizeof why), GRAFT_OK);
+    assert_int_equal(graft_wire_decode(buf, len, NULL, m, why, sizeof why), GRAFT_OK);
     free(buf);
+    return 0;
+}
+
+/* The next message that reaches t, decoded (the caller frees it). */
+static graft_msg_t next_message(graft_transport_t *t) {
+    graft_msg_t m;
+    assert_int_equal(recv_message(t, 60000, &m), 0);
     return m;
 }
 
@@ -616,13 +623,7 @@ static int fake_next(fake_t *f, graft_msg_type_t type, int timeout_ms, graft_msg
                      int *skipped) {
     double until = graft_now() + timeout_ms / 1000.0;
     for (;;) {
-        int left = (int)((until - graft_now()) * 1000.0), peer;
-        uint8_t *buf;
-        size_t len;
-        if (left <= 0 || graft_transport_recv(f->tp, &peer, &buf, &len, left)) return -1;
-        char why[256];
-        assert_int_equal(graft_wire_decode(buf, len, NULL, m, why, sizeof why), GRAFT_OK);
-        free(buf);
+        if (recv_message(f->tp, (int)((until - graft_now()) * 1000.0), m)) return -1;
         if (m->type == GRAFT_MSG_ASSIGN) {
             f->run_id = m->run_id;
             f->id = m->assign.worker_id;
@@ -883,6 +884,30 @@ static void test_unanswered_round_start_resent(void **state) {
     remove_dir(r.dir);
 }
 
+/* Global steps are ints: --rounds x --local_steps above INT_MAX is refused
+ * (naming both), up to it is fine, and --local_steps (a learning rate per
+ * step in every round start) stops at 100000. */
+static void test_step_counts_bounded(void **state) {
+    (void)state;
+    char dir[] = "/tmp/graft_test_coordinator_XXXXXX", log[300];
+    assert_non_null(mkdtemp(dir));
+    snprintf(log, sizeof log, "%s/stderr.log", dir);
+    graft_run_config_t cfg;
+    base_config(&cfg, dir, "cls:classification:/tmp/cls.tsv");
+    cfg.rounds = 21475;
+    cfg.local_steps = 100000;
+    capture_begin(log);
+    assert_int_equal(graft_coordinator_check(&cfg, 1), GRAFT_EINVAL);
+    capture_end_expect("--rounds 21475 x --local_steps 100000 is 2147500000 steps");
+    cfg.rounds = 21474;
+    assert_int_equal(graft_coordinator_check(&cfg, 1), GRAFT_OK);
+    capture_begin(log);
+    assert_int_equal(graft_options_set(graft_run_options, &cfg, "local_steps", "100001", "test"),
+                     GRAFT_EINVAL);
+    capture_end_expect("'100001' for option 'local_steps' is not a whole number in [1, 100000]");
+    remove_dir(dir);
+}
+
 /* ---- the worker's side ------------------------------------------------------ */
 
 static void send_to_worker(graft_transport_t *t, graft_msg_t *m) {
@@ -893,10 +918,12 @@ static void send_to_worker(graft_transport_t *t, graft_msg_t *m) {
     free(buf);
 }
 
-/* The round of the next Update from the worker (other messages skipped). */
+/* The round of the next Update from the worker (other messages skipped),
+ * or 0 when none comes within 10 s. */
 static uint64_t next_update_round(graft_transport_t *t) {
     for (;;) {
-        graft_msg_t m = next_message(t);
+        graft_msg_t m;
+        if (recv_message(t, 10000, &m)) return 0;
         uint64_t round = m.type == GRAFT_MSG_UPDATE ? m.update.round : 0;
         graft_msg_free(&m);
         if (round) return round;
@@ -919,10 +946,11 @@ static void assign_run_42(graft_transport_t *t) {
     send_to_worker(t, &a);
 }
 
-/* This thread plays the coordinator to a real worker: round 1's start sent
- * twice (as a restarted coordinator flooded with hellos once did), then
- * round 2's. The worker trains round 1 once: its updates are for rounds 1
- * and 2, and it logs the drop. */
+/* This thread plays the coordinator to a real worker: a round start whose
+ * global steps pass INT_MAX (round 2^40), then round 1's start twice (as a
+ * restarted coordinator flooded with hellos once did), then round 2's. The
+ * worker drops the first, trains round 1 once: its updates are for rounds
+ * 1 and 2, and it logs the drops. */
 static void test_repeated_round_start_dropped(void **state) {
     (void)state;
     char dir[] = "/tmp/graft_test_coordinator_XXXXXX";
@@ -950,6 +978,9 @@ static void test_repeated_round_start_dropped(void **state) {
                                                 .deadline_ms = 30000};
     rs.round_start.hyper = (graft_wire_hyper_t){.learning_rate = 1e-3f, .local_steps = 2,
                                                 .batch_size = 4, .head_lr_scale = 1.0f};
+    rs.round_start.round = (uint64_t)1 << 40;
+    send_to_worker(ends[0], &rs);
+    rs.round_start.round = 1;
     send_to_worker(ends[0], &rs);
     send_to_worker(ends[0], &rs);
     rs.round_start.round = 2;
@@ -967,6 +998,9 @@ static void test_repeated_round_start_dropped(void **state) {
     assert_int_equal(first, 1);
     assert_int_equal(second, 2);
     assert_int_equal(count_lines(dir, "stderr.log", "dropping a repeated round_start for round 1"),
+                     1);
+    assert_int_equal(count_lines(dir, "stderr.log", "dropping round_start 1099511627776: 2 local "
+                                                    "steps per round take it past global step"),
                      1);
     remove_dir(dir);
 }
@@ -1058,6 +1092,7 @@ int main(void) {
         cmocka_unit_test(test_same_name_new_peer_counted_once),
         cmocka_unit_test(test_claimed_sample_count_ignored),
         cmocka_unit_test(test_unanswered_round_start_resent),
+        cmocka_unit_test(test_step_counts_bounded),
         cmocka_unit_test(test_run_id_digests_the_job),
         cmocka_unit_test(test_worker_follows_new_run),
     };

@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
@@ -593,30 +594,44 @@ static void contribute(worker_t *w, const graft_wire_round_start_t *rs, int trai
     }
 }
 
+/* 1 (logged) when round start rs cannot be trained here; else 0 with its
+ * tensors' scopes in sent. */
+static int refuse_round_start(worker_t *w, const graft_wire_round_start_t *rs,
+                              graft_scope_t **sent) {
+    unsigned long long round = (unsigned long long)rs->round;
+    if (rs->ntensors > GRAFT_MAX_TASKS + 1) {
+        LOG_WARN("worker %s: dropping round_start: %zu tensors", w->name, rs->ntensors);
+        return 1;
+    }
+    /* Its global steps (round - 1) * local_steps + s must fit an int. */
+    uint32_t steps = rs->hyper.local_steps;
+    if (steps && rs->round > (uint64_t)INT_MAX / steps) {
+        LOG_WARN("worker %s: dropping round_start %llu: %u local steps per round take it past "
+                 "global step %d", w->name, round, steps, INT_MAX);
+        return 1;
+    }
+    for (size_t i = 0; i < rs->ntensors; i++) {
+        sent[i] = scope_named(w, rs->tensors[i].name);
+        if (!sent[i] || sent[i]->numel != rs->tensors[i].numel || rs->tensors[i].sparse) {
+            LOG_WARN("worker %s: dropping round_start %llu: tensor '%s' is not a scope of mine",
+                     w->name, round, rs->tensors[i].name);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void on_round_start(worker_t *w, const graft_msg_t *m) {
     const graft_wire_round_start_t *rs = &m->round_start;
     graft_scope_t *sent[GRAFT_MAX_TASKS + 1];
     size_t n = rs->ntensors;
-    const char *bad = NULL;
     if (rs->round <= w->trained_round) {
         LOG_WARN("worker %s: dropping a repeated round_start for round %llu (already trained "
                  "round %llu)", w->name, (unsigned long long)rs->round,
                  (unsigned long long)w->trained_round);
         return;
     }
-    if (n > GRAFT_MAX_TASKS + 1) {
-        LOG_WARN("worker %s: dropping round_start: %zu tensors", w->name, n);
-        bad = "too many tensors";
-    }
-    for (size_t i = 0; i < n && !bad; i++) {
-        sent[i] = scope_named(w, rs->tensors[i].name);
-        if (!sent[i] || sent[i]->numel != rs->tensors[i].numel || rs->tensors[i].sparse) {
-            LOG_WARN("worker %s: dropping round_start %llu: tensor '%s' is not a scope of mine",
-                     w->name, (unsigned long long)rs->round, rs->tensors[i].name);
-            bad = "a tensor that is not a scope of this worker";
-        }
-    }
-    if (bad) {
+    if (refuse_round_start(w, rs, sent)) {
         if (rs->reduce.collective) contribute(w, rs, 0);
         return;
     }
@@ -633,7 +648,7 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
         tr->stage = 1; /* a coordinator resumed from stage 1 */
     }
     uint32_t steps = rs->hyper.local_steps;
-    int64_t first = (int64_t)(rs->round - 1) * steps;
+    int64_t first = (int64_t)(rs->round - 1) * steps; /* refuse_round_start: fits an int */
     graft_trainer_seek_sampler(tr, w->stream, first);
     double t0 = graft_now(), loss = 0.0;
     pulse_training(w, 1);
