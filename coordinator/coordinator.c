@@ -17,6 +17,11 @@
 #include "trainer.h"
 #include "wire.h"
 
+/* Peer ids index the worker table. The ZeroMQ transport gives each new
+ * identity the next id and never forgets one (a worker's stable --name
+ * identity keeps its id when it reconnects), so after MAX_PEERS - 1
+ * distinct identities newcomers are dropped in handle(). Reusing the slots
+ * of lost workers needs a way to tell the transport to forget a peer. */
 #define MAX_PEERS 1024
 #define LOST_AFTER_BEATS 5
 #define HANDSHAKE_LOG_WINDOW_S 60.0 /* repeated failed handshakes: one line a minute */
