@@ -13,6 +13,7 @@
 #include "options.h"
 #include "profile.h"
 #include "rng.h"
+#include "shared_options.h"
 #include "trainer.h"
 
 typedef struct {
@@ -22,11 +23,11 @@ typedef struct {
     char method[GRAFT_OPT_STR];
     int threads;
     int batch;
-    int warmup;
+    int untimed_steps;
     int steps;
     int seed;
-    int lora_rank;
-    float lora_alpha;
+    int lora_shared_rank;
+    float lora_shared_alpha;
     char lora_targets[GRAFT_OPT_STR];
     int adapter_dim;
     char precision[GRAFT_OPT_STR];
@@ -34,29 +35,25 @@ typedef struct {
 } bench_step_config_t;
 
 #define OFF(field) offsetof(bench_step_config_t, field)
-static const graft_option_t bench_step_options[] = {
-    {"preset", GRAFT_OPT_STRING, OFF(preset), "small", 0, -1, "model preset: tiny, small, base"},
-    {"trunk", GRAFT_OPT_STRING, OFF(trunk), "", 0, -1,
-     "time this checkpoint's model instead of a preset's (graft's, or a Hugging Face GPT-2 "
-     "folder's model.safetensors)"},
-    {"seq", GRAFT_OPT_INT, OFF(seq), "0", 0, 65536, "tokens per sequence (0: the model's context)"},
-    {"method", GRAFT_OPT_STRING, OFF(method), "full", 0, -1,
-     "what is trained: full, lora, adapter, red, lntune (comma-combinable as in graft train)"},
-    {"threads", GRAFT_OPT_INT, OFF(threads), "0", 0, 1024, "threads (0: all cores)"},
-    {"batch", GRAFT_OPT_INT, OFF(batch), "16", 1, 4096, "sequences per step"},
-    {"warmup", GRAFT_OPT_INT, OFF(warmup), "3", 0, 1000, "untimed warm-up steps"},
-    {"steps", GRAFT_OPT_INT, OFF(steps), "10", 1, 100000, "timed steps"},
-    {"seed", GRAFT_OPT_INT, OFF(seed), "1", 0, 2147483647, "seed"},
-    {"lora_rank", GRAFT_OPT_INT, OFF(lora_rank), "8", 1, 1024,
-     "lora: rank of the one shared pair (no per-task pair)"},
-    {"lora_alpha", GRAFT_OPT_FLOAT, OFF(lora_alpha), "16", 0, 1e6, "lora: alpha"},
-    {"lora_targets", GRAFT_OPT_STRING, OFF(lora_targets), "all", 0, -1,
-     "lora: projections (qkv, attn, fc, fcproj or all)"},
-    {"adapter_dim", GRAFT_OPT_INT, OFF(adapter_dim), "16", 1, 65536,
-     "adapter: bottleneck width"},
-    {"precision", GRAFT_OPT_STRING, OFF(precision), "fp32", 0, -1,
-     "the trunk's products (projections, LM head, attention): fp32 (sgemm) or bf16 (bf16 operands, "
-     "fp32 sums; needs AVX512_BF16); the peak for mfu is then a bf16 product's"},
+const graft_option_t cli_bench_step_options[] = {
+    GRAFT_OPT_PRESET(OFF(preset)),
+    GRAFT_OPT_TRUNK(OFF(trunk)),
+    GRAFT_OPT_SEQ(OFF(seq)),
+    GRAFT_OPT_METHOD(OFF(method), "full"),
+    GRAFT_OPT_THREADS(OFF(threads)),
+    GRAFT_OPT_BATCH(OFF(batch)),
+    {"untimed_steps", GRAFT_OPT_INT, OFF(untimed_steps), "3", 0, 1000,
+     "steps run before the timed ones, to warm caches and threads (not an LR warmup)"},
+    GRAFT_OPT_ALIAS_OF("warmup", "untimed_steps"),
+    GRAFT_OPT_STEPS(OFF(steps), "10"),
+    GRAFT_OPT_SEED(OFF(seed), "1"),
+    GRAFT_OPT_LORA_SHARED_RANK(OFF(lora_shared_rank)),
+    GRAFT_OPT_ALIAS_OF("lora_rank", "lora_shared_rank"),
+    GRAFT_OPT_LORA_SHARED_ALPHA(OFF(lora_shared_alpha)),
+    GRAFT_OPT_ALIAS_OF("lora_alpha", "lora_shared_alpha"),
+    GRAFT_OPT_LORA_TARGETS(OFF(lora_targets)),
+    GRAFT_OPT_ADAPTER_DIM(OFF(adapter_dim)),
+    GRAFT_OPT_PRECISION(OFF(precision)),
     {"profile", GRAFT_OPT_BOOL, OFF(profile), "false", 0, -1,
      "print a per-op time table of the timed steps (stderr)"},
     GRAFT_OPT_END,
@@ -140,8 +137,8 @@ static double step_flops_per_token(const graft_peft_t *p, int T) {
 static int bench_run_config(const bench_step_config_t *cfg, graft_run_config_t *rc) {
     graft_options_parse(graft_run_options, rc, 0, NULL, ""); /* defaults */
     char rank[32], alpha[32], dim[32];
-    snprintf(rank, sizeof rank, "%d", cfg->lora_rank);
-    snprintf(alpha, sizeof alpha, "%.9g", cfg->lora_alpha);
+    snprintf(rank, sizeof rank, "%d", cfg->lora_shared_rank);
+    snprintf(alpha, sizeof alpha, "%.9g", cfg->lora_shared_alpha);
     snprintf(dim, sizeof dim, "%d", cfg->adapter_dim);
     const char *settings[][2] = {
         {"preset", cfg->preset},       {"method", cfg->method},
@@ -168,12 +165,14 @@ static float bench_one_step(graft_peft_t *p, const graft_adamw_config_t *opt,
 
 static int bench_step(int argc, char **argv) {
     bench_step_config_t cfg;
-    int rc = graft_options_parse(bench_step_options, &cfg, argc, argv,
+    int rc = graft_options_parse(cli_bench_step_options, &cfg, argc, argv,
                                  "usage: graft bench step [options]\n\n"
                                  "Times training steps (forward, backward, clipping, AdamW) of a\n"
                                  "method on batches of random tokens (next-token loss at every\n"
                                  "position), built as `graft train` builds it, and prints\n"
-                                 "`tokens_per_s=<N> mfu=<x>` as the last line.");
+                                 "`tokens_per_s=<N> mfu=<x>` as the last line. LoRA has the\n"
+                                 "one shared pair (no per-task pair); with --precision bf16 the\n"
+                                 "peak for mfu is a bf16 product's.");
     if (rc == GRAFT_OPTS_HELP) return 0;
     if (rc) return 2;
     graft_gpt2_t *trunk = NULL;
@@ -224,7 +223,7 @@ static int bench_step(int argc, char **argv) {
         tokens[i] = (int32_t)graft_rng_below(&rng, trunk->tok->kind == GRAFT_TOKENIZER_BYTE
                                                        ? 256 : (uint32_t)trunk->tok->eos);
 
-    for (int i = 0; i < cfg.warmup; i++) bench_one_step(p, &opt, tokens, tokens + 1, B, T);
+    for (int i = 0; i < cfg.untimed_steps; i++) bench_one_step(p, &opt, tokens, tokens + 1, B, T);
     graft_prof_enable(cfg.profile);
     double t0 = graft_now();
     float loss = 0.0f;

@@ -7,6 +7,29 @@
 
 #include "commands.h"
 #include "peft.h"
+#include "pretrain.h"
+
+const cli_option_table_t cli_option_tables[] = {
+    {"pretrain", graft_pretrain_options},
+    {"bench step", cli_bench_step_options},
+    {"train", graft_run_options}, /* also eval, predict, export, inspect */
+    {"keygen", cli_keygen_options},
+    {"coordinator", cli_coordinator_options},
+    {"coordinator", graft_run_options},
+    {"worker", cli_worker_options},
+    {"worker", graft_run_options},
+    {"run", cli_run_options},
+    {"run", graft_run_options},
+    {"mpi", cli_mpi_options},
+    {"mpi", graft_run_options},
+    {"report", cli_report_options},
+    {"data prepare", cli_prepare_options},
+    {"data shard", cli_shard_options},
+    {"mask overlap", cli_mask_options},
+    {"mask show", cli_mask_show_options},
+    {"tokenize", cli_tokenize_options},
+    {NULL, NULL},
+};
 
 int cli_set_threads(int n) {
     if (n <= 0) n = omp_get_num_procs();

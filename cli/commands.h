@@ -23,6 +23,31 @@ int cmd_data(int argc, char **argv);
 int cmd_mask(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 
+/* The commands' own option tables (defined in cli/). The run commands parse theirs
+ * together with graft_run_options. */
+extern const graft_option_t cli_bench_step_options[];
+extern const graft_option_t cli_tokenize_options[];
+extern const graft_option_t cli_prepare_options[];
+extern const graft_option_t cli_shard_options[];
+extern const graft_option_t cli_report_options[];
+extern const graft_option_t cli_keygen_options[];
+extern const graft_option_t cli_mask_options[];
+extern const graft_option_t cli_mask_show_options[];
+extern const graft_option_t cli_coordinator_options[];
+extern const graft_option_t cli_worker_options[];
+extern const graft_option_t cli_run_options[];
+extern const graft_option_t cli_mpi_options[];
+
+/* Every option table of every command, for tests: a command that parses
+ * several tables together (its own and the run options) has an entry for
+ * each, in parsing order. Ends with {NULL, NULL}. */
+typedef struct {
+    const char *command;
+    const graft_option_t *table;
+} cli_option_table_t;
+
+extern const cli_option_table_t cli_option_tables[];
+
 /* `graft train` and `graft eval` with --method graft (cli/graft.c). */
 int cli_train_graft(const graft_run_config_t *cfg);
 int cli_eval_graft(const graft_run_config_t *cfg);

@@ -14,6 +14,7 @@
 #include "options.h"
 #include "runconfig.h"
 #include "shard.h"
+#include "shared_options.h"
 
 extern char **environ;
 
@@ -28,7 +29,7 @@ typedef struct {
 } prepare_config_t;
 
 #define OFF(field) offsetof(prepare_config_t, field)
-static const graft_option_t prepare_options[] = {
+const graft_option_t cli_prepare_options[] = {
     {"out", GRAFT_OPT_STRING, OFF(out), "data/tasks", 0, -1,
      "output folder for the five task files and manifest.json"},
     {"quick", GRAFT_OPT_BOOL, OFF(quick), "false", 0, -1,
@@ -78,7 +79,7 @@ static int run_and_wait(char *const argv[]) {
 
 static int cmd_data_prepare(int argc, char **argv) {
     prepare_config_t cfg;
-    int rc = graft_options_parse(prepare_options, &cfg, argc, argv, prepare_usage);
+    int rc = graft_options_parse(cli_prepare_options, &cfg, argc, argv, prepare_usage);
     if (rc == GRAFT_OPTS_HELP) return 0;
     if (rc) return 2;
     const char *script = GRAFT_SOURCE_DIR "/scripts/data/prepare.sh";
@@ -119,9 +120,8 @@ typedef struct {
 } shard_config_t;
 
 #define OFF(field) offsetof(shard_config_t, field)
-static const graft_option_t shard_options[] = {
-    {"tasks", GRAFT_OPT_STRING, OFF(tasks), "", 0, -1,
-     "comma list of NAME:KIND:PATH task files (KIND classification or generation)"},
+const graft_option_t cli_shard_options[] = {
+    GRAFT_OPT_TASKS(OFF(tasks)),
     {"clients", GRAFT_OPT_INT, OFF(clients), "0", 0, 100000, "number of clients K (required)"},
     {"tasks_per_client", GRAFT_OPT_INT, OFF(tasks_per_client), "0", 0, GRAFT_MAX_TASKS,
      "tasks each client holds, M; 0: ceil(tasks / clients). Client c holds tasks "
@@ -135,7 +135,7 @@ static const graft_option_t shard_options[] = {
      "Dirichlet concentration of the label skew (small: each label on few clients)"},
     {"min_group_size", GRAFT_OPT_INT, OFF(min_group_size), "10", 1, 1e9,
      "--by auto: mean train rows per group for groups to count as meaningful"},
-    {"seed", GRAFT_OPT_INT, OFF(seed), "1", 0, 2147483647, "seed of every random choice"},
+    GRAFT_OPT_SEED(OFF(seed), "1"),
     {"out", GRAFT_OPT_STRING, OFF(out), "", 0, -1,
      "output folder: client-000/NAME.tsv ... and shards.tsv (required)"},
     GRAFT_OPT_END,
@@ -153,7 +153,7 @@ static const char *shard_usage =
 
 static int cmd_data_shard(int argc, char **argv) {
     shard_config_t cfg;
-    int rc = graft_options_parse(shard_options, &cfg, argc, argv, shard_usage);
+    int rc = graft_options_parse(cli_shard_options, &cfg, argc, argv, shard_usage);
     if (rc == GRAFT_OPTS_HELP) return 0;
     if (rc) return 2;
     graft_shard_config_t sc = {.clients = cfg.clients, .tasks_per_client = cfg.tasks_per_client,

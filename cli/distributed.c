@@ -29,6 +29,7 @@
 #include "commands.h"
 #include "coordinator.h"
 #include "keys.h"
+#include "shared_options.h"
 #include "wire.h"
 #include "worker.h"
 
@@ -111,7 +112,7 @@ static int load_keypair(const char *arg, graft_keypair_t *kp) {
 
 static const char *coordinator_usage =
     "usage: graft coordinator --config RUN [--bind tcp://*:5555] [--workers N]\n"
-    "                         [--curve-secret NAME.key --allow FILE | --insecure]\n"
+    "                         [--curve_secret NAME.key --allow FILE | --insecure]\n"
     "                         [run options]\n\n"
     "Coordinates a federated run over ZeroMQ: binds a ROUTER socket, waits for N\n"
     "workers (graft worker), then runs --rounds rounds: sends each worker the shared\n"
@@ -119,7 +120,7 @@ static const char *coordinator_usage =
     "fixed-point sums, independent of arrival order; median and trimmed_mean hold\n"
     "every reply until the round closes), evaluates every --eval_every_rounds,\n"
     "checkpoints to OUT/modules.safetensors, and logs OUT/events.jsonl.\n"
-    "--curve-secret turns on CurveZMQ with the keypair NAME.key / NAME.pub; --allow\n"
+    "--curve_secret turns on CurveZMQ with the keypair NAME.key / NAME.pub; --allow\n"
     "lists the client public keys that may join. Without them, plain ZeroMQ lets\n"
     "anyone who reaches --bind join the run, read its modules and send updates: a\n"
     "--bind other than loopback (127.0.0.1, ::1, localhost) or ipc:// is refused\n"
@@ -135,13 +136,13 @@ typedef struct {
 } coordinator_opts_t;
 
 #define OFF(field) offsetof(coordinator_opts_t, field)
-static const graft_option_t coordinator_options[] = {
+const graft_option_t cli_coordinator_options[] = {
     {"bind", GRAFT_OPT_STRING, OFF(bind), "tcp://*:5555", 0, -1, "ZeroMQ endpoint to bind"},
-    {"workers", GRAFT_OPT_INT, OFF(workers), "1", 1, 1024,
-     "workers to wait for before the first round"},
-    {"curve-secret", GRAFT_OPT_STRING, OFF(curve_secret), "", 0, -1,
+    GRAFT_OPT_WORKERS(OFF(workers), "1"),
+    {"curve_secret", GRAFT_OPT_STRING, OFF(curve_secret), "", 0, -1,
      "CurveZMQ: this coordinator's keypair NAME (NAME.key and NAME.pub, graft keygen); "
      "with --allow"},
+    GRAFT_OPT_ALIAS_OF("curve-secret", "curve_secret"),
     {"allow", GRAFT_OPT_STRING, OFF(allow), "", 0, -1,
      "CurveZMQ: file of the client public keys that may join (one Z85 line each)"},
     {"insecure", GRAFT_OPT_BOOL, OFF(insecure), "false", 0, 0,
@@ -205,8 +206,8 @@ static int refuse_plaintext(const char *bind, int insecure) {
     const char *who = "any user of this machine";
     if (!graft_zmq_endpoint_is_local(bind)) {
         if (!insecure) {
-            LOG_ERROR("coordinator: --bind %s without --curve-secret would let anyone who reaches "
-                      "it join the run, read its modules and send updates: give --curve-secret "
+            LOG_ERROR("coordinator: --bind %s without --curve_secret would let anyone who reaches "
+                      "it join the run, read its modules and send updates: give --curve_secret "
                       "and --allow (graft keygen; cluster/federated/README.md), bind a loopback "
                       "address (tcp://127.0.0.1:5555), or add --insecure on a network you trust",
                       bind);
@@ -215,7 +216,7 @@ static int refuse_plaintext(const char *bind, int insecure) {
         who = "anyone who reaches it (--insecure)";
     }
     LOG_WARN("coordinator: --bind %s is plain ZeroMQ, neither authenticated nor encrypted: %s can "
-             "join the run, read its modules and send updates (--curve-secret and --allow admit "
+             "join the run, read its modules and send updates (--curve_secret and --allow admit "
              "only your clients)", bind, who);
     return 0;
 }
@@ -223,12 +224,17 @@ static int refuse_plaintext(const char *bind, int insecure) {
 int cmd_coordinator(int argc, char **argv) {
     coordinator_opts_t co;
     graft_run_config_t cfg;
-    int prc = parse_command(coordinator_options, &co, argc, argv, coordinator_usage, &cfg);
+    int prc = parse_command(cli_coordinator_options, &co, argc, argv, coordinator_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
+    if (co.workers < 1) {
+        LOG_ERROR("graft coordinator --workers %d: it needs at least 1 worker to wait for",
+                  co.workers);
+        return 2;
+    }
     const char *bind = co.bind, *secret = *co.curve_secret ? co.curve_secret : NULL;
     const char *allow_path = *co.allow ? co.allow : NULL;
     if (!secret != !allow_path) {
-        LOG_ERROR("--curve-secret and --allow go together: give both for CurveZMQ, or neither");
+        LOG_ERROR("--curve_secret and --allow go together: give both for CurveZMQ, or neither");
         return 2;
     }
     if (!secret && refuse_plaintext(bind, co.insecure)) return 2;
@@ -240,7 +246,7 @@ int cmd_coordinator(int argc, char **argv) {
     zmq_server_t zs = {.zo = {.endpoint = bind, .keypair = secret ? &kp : NULL, .allow = allow,
                               .nallow = nallow}};
     install_signals();
-    int rc = run_coordinator(&cfg, (graft_option_set_t){coordinator_options, &co}, NULL, &zs,
+    int rc = run_coordinator(&cfg, (graft_option_set_t){cli_coordinator_options, &co}, NULL, &zs,
                              co.workers, "zmq", NULL, NULL, co.stall_timeout_ms);
     graft_transport_destroy(&zs.tp);
     free(allow);
@@ -251,7 +257,7 @@ int cmd_coordinator(int argc, char **argv) {
 
 static const char *worker_usage =
     "usage: graft worker --connect tcp://HOST:5555 --config RUN [--shard I/N | --data DIR]\n"
-    "                    [--name NAME] [--curve NAME.key --server-key SERVER.pub] [run options]\n\n"
+    "                    [--name NAME] [--curve NAME.key --server_key SERVER.pub] [run options]\n\n"
     "A federated worker: holds train data of the tasks of --tasks, registers with the\n"
     "coordinator, trains the modules it is sent each round and replies.\n"
     "--shard I/N: every N-th train example of each --tasks file from the I-th (IID).\n"
@@ -273,7 +279,7 @@ typedef struct {
 } worker_cli_t;
 
 #define OFF(field) offsetof(worker_cli_t, field)
-static const graft_option_t worker_options[] = {
+const graft_option_t cli_worker_options[] = {
     {"connect", GRAFT_OPT_STRING, OFF(connect), "", 0, -1,
      "the coordinator's ZeroMQ endpoint, tcp://HOST:PORT (required)"},
     {"shard", GRAFT_OPT_STRING, OFF(shard), "", 0, -1,
@@ -283,13 +289,14 @@ static const graft_option_t worker_options[] = {
     {"name", GRAFT_OPT_STRING, OFF(name), "", 0, -1,
      "stable identity (empty: the --data folder's name, or shard-I-of-N)"},
     {"curve", GRAFT_OPT_STRING, OFF(curve), "", 0, -1,
-     "CurveZMQ: this worker's keypair NAME (NAME.key and NAME.pub); with --server-key"},
-    {"server-key", GRAFT_OPT_STRING, OFF(server_key), "", 0, -1,
+     "CurveZMQ: this worker's keypair NAME (NAME.key and NAME.pub); with --server_key"},
+    {"server_key", GRAFT_OPT_STRING, OFF(server_key), "", 0, -1,
      "CurveZMQ: the coordinator's public key file (SERVER.pub)"},
+    GRAFT_OPT_ALIAS_OF("server-key", "server_key"),
     {"hello_timeout_ms", GRAFT_OPT_INT, OFF(hello_timeout_ms), "120000", 0, 1e9,
      "give up (exit 1) when the coordinator has not answered this worker's hello within N ms: "
      "it is not running there, it refuses this worker's CurveZMQ key (its --allow list), or "
-     "--server-key is not its key (its log says which); 0: wait forever"},
+     "--server_key is not its key (its log says which); 0: wait forever"},
     {"coordinator_timeout_ms", GRAFT_OPT_INT, OFF(coordinator_timeout_ms), "-1", -1, 1e9,
      "once registered, say hello again when the coordinator has been silent for N ms, and exit "
      "1 if that hello is not answered within --hello_timeout_ms (the coordinator is gone); "
@@ -301,7 +308,7 @@ static const graft_option_t worker_options[] = {
 int cmd_worker(int argc, char **argv) {
     worker_cli_t wc;
     graft_run_config_t cfg;
-    int prc = parse_command(worker_options, &wc, argc, argv, worker_usage, &cfg);
+    int prc = parse_command(cli_worker_options, &wc, argc, argv, worker_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
     const char *curve = *wc.curve ? wc.curve : NULL, *server_pub = wc.server_key;
     graft_worker_opts_t wo = {.cfg = cfg, .name = *wc.name ? wc.name : NULL,
@@ -311,7 +318,7 @@ int cmd_worker(int argc, char **argv) {
     int bad = !*wc.connect || !curve != !*server_pub || (*wc.shard && wo.data_dir);
     if (!*wc.connect) LOG_ERROR("--connect tcp://HOST:PORT is required");
     if (!curve != !*server_pub)
-        LOG_ERROR("--curve and --server-key go together: give both for CurveZMQ, or neither");
+        LOG_ERROR("--curve and --server_key go together: give both for CurveZMQ, or neither");
     if (*wc.shard && wo.data_dir) LOG_ERROR("--shard and --data exclude each other");
     if (bad || parse_shard(*wc.shard ? wc.shard : "0/1", &wo.shard_index, &wo.shard_count))
         return 2;
@@ -442,11 +449,9 @@ typedef struct {
     char shards[GRAFT_OPT_STR];
 } run_cli_t;
 
-static const graft_option_t run_cli_options[] = {
-    {"workers", GRAFT_OPT_INT, offsetof(run_cli_t, workers), "0", 0, 256,
-     "worker processes K (0: the number of client folders of --shards, else 2)"},
-    {"shards", GRAFT_OPT_STRING, offsetof(run_cli_t, shards), "", 0, -1,
-     "a shard directory (graft data shard): worker i holds its client folder client-i"},
+const graft_option_t cli_run_options[] = {
+    GRAFT_OPT_WORKERS(offsetof(run_cli_t, workers), "0"),
+    GRAFT_OPT_SHARDS(offsetof(run_cli_t, shards)),
     GRAFT_OPT_END,
 };
 
@@ -494,7 +499,7 @@ static int run_workers(int workers, const char *shards) {
 int cmd_run(int argc, char **argv) {
     run_cli_t rcli;
     graft_run_config_t cfg;
-    int prc = parse_command(run_cli_options, &rcli, argc, argv, run_usage, &cfg);
+    int prc = parse_command(cli_run_options, &rcli, argc, argv, run_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
     const char *shards = *rcli.shards ? rcli.shards : NULL;
     int k = run_workers(rcli.workers, shards);
@@ -515,7 +520,7 @@ int cmd_run(int argc, char **argv) {
                            .cfg = &cfg};
     zmq_server_t zs = {.zo = {.endpoint = ep}, .started = start_workers,
                        .started_ctx = &children};
-    int rc = run_coordinator(&cfg, (graft_option_set_t){run_cli_options, &rcli}, NULL, &zs, k,
+    int rc = run_coordinator(&cfg, (graft_option_set_t){cli_run_options, &rcli}, NULL, &zs, k,
                              "run", child_reason, &children, 0);
     if (rc && children.died) LOG_ERROR("run: a worker process ended before the run did (its log "
                                       "is above); stopped");
@@ -555,18 +560,21 @@ static const char *mpi_usage =
     "task's over a communicator of its workers. A reduction waits for every rank;\n"
     "if a rank dies, mpirun aborts the job.";
 
-static const graft_option_t mpi_cli_options[] = {
-    {"shards", GRAFT_OPT_STRING, 0, "", 0, -1,
-     "a shard directory (graft data shard): rank r holds its client folder client-(r-1)"},
+typedef struct {
+    char shards[GRAFT_OPT_STR];
+} mpi_cli_t;
+
+const graft_option_t cli_mpi_options[] = {
+    GRAFT_OPT_SHARDS(offsetof(mpi_cli_t, shards)),
     GRAFT_OPT_END,
 };
 
 int cmd_mpi(int argc, char **argv) {
-    char shards_dir[GRAFT_OPT_STR];
+    mpi_cli_t mcli;
     graft_run_config_t cfg;
-    int prc = parse_command(mpi_cli_options, shards_dir, argc, argv, mpi_usage, &cfg);
+    int prc = parse_command(cli_mpi_options, &mcli, argc, argv, mpi_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
-    const char *shards = *shards_dir ? shards_dir : NULL;
+    const char *shards = *mcli.shards ? mcli.shards : NULL;
     int provided = 0, rank = 0, size = 1;
     int mrc = MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
     if (mrc != MPI_SUCCESS) {
@@ -597,7 +605,7 @@ int cmd_mpi(int argc, char **argv) {
     if (!rc) {
         install_signals();
         if (rank == 0) {
-            rc = run_coordinator(&cfg, (graft_option_set_t){mpi_cli_options, shards_dir}, tp,
+            rc = run_coordinator(&cfg, (graft_option_set_t){cli_mpi_options, &mcli}, tp,
                                  NULL, size - 1, "mpi", NULL, NULL, 0);
         } else {
             graft_worker_opts_t wo = {.cfg = cfg, .shard_index = rank - 1,

@@ -340,7 +340,7 @@ typedef struct {
     char out[GRAFT_OPT_STR];
 } mask_opts_t;
 
-static const graft_option_t mask_options[] = {
+const graft_option_t cli_mask_options[] = {
     {"out", GRAFT_OPT_STRING, offsetof(mask_opts_t, out), "", 0, -1,
      "overlap: also write the matrix to OUT/overlap.tsv and OUT/overlap.json, and a "
      "mask_overlap event to OUT/events.jsonl (for graft report)"},
@@ -474,7 +474,7 @@ static int mask_overlap(char **files, int n, const char *out) {
     return rc;
 }
 
-static const graft_option_t mask_show_options[] = {GRAFT_OPT_END};
+const graft_option_t cli_mask_show_options[] = {GRAFT_OPT_END};
 
 int cmd_mask(int argc, char **argv) {
     const char *sub = argc > 1 ? argv[1] : "";
@@ -482,15 +482,16 @@ int cmd_mask(int argc, char **argv) {
     if (!overlap && !show) {
         int help = !strcmp(sub, "--help") || !strcmp(sub, "-h");
         if (!help && *sub) fprintf(stderr, "graft mask: unknown subcommand '%s'\n\n", sub);
-        graft_options_usage(help ? stdout : stderr, mask_options, mask_usage);
+        graft_options_usage(help ? stdout : stderr, cli_mask_options, mask_usage);
         return help ? 0 : 2;
     }
     /* `show` takes no options, so a --out there is refused as unknown. */
     mask_opts_t opts;
     char **files;
     int nfiles = 0;
-    int rc = graft_options_parse_args(overlap ? mask_options : mask_show_options, &opts, argc - 1,
-                                      argv + 1, mask_usage, &files, &nfiles);
+    const graft_option_t *table = overlap ? cli_mask_options : cli_mask_show_options;
+    int rc = graft_options_parse_args(table, &opts, argc - 1, argv + 1, mask_usage, &files,
+                                      &nfiles);
     int status = rc == GRAFT_OPTS_HELP ? 0 : rc ? 2 : -1;
     if (status < 0 && nfiles < (overlap ? 2 : 1)) {
         LOG_ERROR("graft mask %s: give %s mask files", sub, overlap ? "two or more" : "one or more");

@@ -1,5 +1,5 @@
 /* keygen.c — `graft keygen NAME`: a CurveZMQ keypair in NAME.key (secret,
- * mode 0600) and NAME.pub, for `graft coordinator --curve-secret` and
+ * mode 0600) and NAME.pub, for `graft coordinator --curve_secret` and
  * `graft worker --curve`, and for the coordinator's --allow list. */
 #include <stddef.h>
 #include <stdio.h>
@@ -14,7 +14,7 @@ typedef struct {
     int force;
 } keygen_opts_t;
 
-static const graft_option_t keygen_options[] = {
+const graft_option_t cli_keygen_options[] = {
     {"force", GRAFT_OPT_BOOL, offsetof(keygen_opts_t, force), "false", 0, -1,
      "replace an existing NAME.key and NAME.pub"},
     GRAFT_OPT_END,
@@ -48,7 +48,8 @@ int cmd_keygen(int argc, char **argv) {
     keygen_opts_t opts;
     char **args;
     int n = 0;
-    int rc = graft_options_parse_args(keygen_options, &opts, argc, argv, keygen_usage, &args, &n);
+    int rc = graft_options_parse_args(cli_keygen_options, &opts, argc, argv, keygen_usage, &args,
+                                      &n);
     const char *name = rc ? NULL : key_name(args, n);
     free(args);
     if (rc == GRAFT_OPTS_HELP) return 0;

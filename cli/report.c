@@ -39,7 +39,7 @@ typedef struct {
 } run_t;
 
 static const char *usage =
-    "usage: graft report [--out DIR] [--no-plots] RUN...\n\n"
+    "usage: graft report [--out DIR] [--no_plots] RUN...\n\n"
     "Summarises runs from their JSON-lines event logs. Each RUN is an events.jsonl\n"
     "file or a run directory holding one. Prints one row per run: mode, method,\n"
     "the final test metric of every task (accuracy or chrF, in points), their\n"
@@ -48,7 +48,7 @@ static const char *usage =
     "wall time. Runs of the `graft` mask method add one row per sparsity. Under the\n"
     "table, each generation task's last test sample (prompt -> output, reference).\n\n"
     "Writes DIR/summary.json (the same numbers, for scripts) and, unless\n"
-    "--no-plots, PNG plots drawn with gnuplot: DIR/NAME-curves.png per run (training\n"
+    "--no_plots, PNG plots drawn with gnuplot: DIR/NAME-curves.png per run (training\n"
     "loss and dev metric per task), DIR/sparsity.png (metric against mask sparsity)\n"
     "and DIR/overlap.png (task-by-task mask overlap), each with its .gp script.";
 
@@ -57,11 +57,12 @@ typedef struct {
     int no_plots;
 } report_opts_t;
 
-static const graft_option_t report_options[] = {
+const graft_option_t cli_report_options[] = {
     {"out", GRAFT_OPT_STRING, offsetof(report_opts_t, out), "runs/report", 0, -1,
      "where summary.json and the plots go"},
-    {"no-plots", GRAFT_OPT_BOOL, offsetof(report_opts_t, no_plots), "false", 0, -1,
+    {"no_plots", GRAFT_OPT_BOOL, offsetof(report_opts_t, no_plots), "false", 0, -1,
      "only the table and summary.json"},
+    GRAFT_OPT_ALIAS_OF("no-plots", "no_plots"),
     GRAFT_OPT_END,
 };
 
@@ -646,7 +647,7 @@ int cmd_report(int argc, char **argv) {
     report_opts_t opts;
     char **args;
     int nr = 0;
-    int rc = graft_options_parse_args(report_options, &opts, argc, argv, usage, &args, &nr);
+    int rc = graft_options_parse_args(cli_report_options, &opts, argc, argv, usage, &args, &nr);
     if (rc == GRAFT_OPTS_OK && nr == 0) LOG_ERROR("graft report: no RUN given (see --help)");
     if (rc == GRAFT_OPTS_OK && nr > MAX_RUNS)
         LOG_ERROR("graft report: %d runs, more than %d", nr, MAX_RUNS);

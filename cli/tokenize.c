@@ -9,6 +9,7 @@
 #include "gpt2.h"
 #include "graft.h"
 #include "options.h"
+#include "shared_options.h"
 #include "tokenizer.h"
 
 typedef struct {
@@ -19,13 +20,11 @@ typedef struct {
 } tokenize_config_t;
 
 #define OFF(field) offsetof(tokenize_config_t, field)
-static const graft_option_t tokenize_options[] = {
+const graft_option_t cli_tokenize_options[] = {
     {"trunk", GRAFT_OPT_STRING, OFF(trunk), "", 0, -1,
      "use this checkpoint's tokenizer (its metadata, or GPT-2's BPE beside a Hugging Face "
      "model.safetensors); its weights are not read"},
-    {"vocab", GRAFT_OPT_STRING, OFF(vocab), "", 0, -1,
-     "use GPT-2's BPE from this folder (vocab.json and merges.txt); neither this nor --trunk: "
-     "the byte tokenizer"},
+    GRAFT_OPT_VOCAB(OFF(vocab)),
     {"text", GRAFT_OPT_STRING, OFF(text), "", 0, -1,
      "tokenize this text instead of the lines of stdin"},
     {"count", GRAFT_OPT_BOOL, OFF(count), "false", 0, -1,
@@ -71,7 +70,7 @@ static void print_tokens(const graft_tokenizer_t *tok, const char *text, size_t 
 
 int cmd_tokenize(int argc, char **argv) {
     tokenize_config_t cfg;
-    int rc = graft_options_parse(tokenize_options, &cfg, argc, argv,
+    int rc = graft_options_parse(cli_tokenize_options, &cfg, argc, argv,
                                  "usage: graft tokenize [--trunk FILE | --vocab DIR] [--text T] "
                                  "[--count]\n\n"
                                  "Prints the token ids of each input line of stdin (or of --text),\n"

@@ -12,10 +12,26 @@
 
 #include "graft.h"
 
-static const graft_option_t *find(const graft_option_t *table, const char *name) {
+static const graft_option_t *find_exact(const graft_option_t *table, const char *name) {
     for (const graft_option_t *o = table; o->name; o++)
         if (strcmp(o->name, name) == 0) return o;
     return NULL;
+}
+
+const graft_option_t *graft_options_find(const graft_option_t *table, const char *name) {
+    const graft_option_t *o = find_exact(table, name);
+    if (o && o->type == GRAFT_OPT_ALIAS) {
+        o = find_exact(table, o->def);
+        GRAFT_ASSERT(o && o->type != GRAFT_OPT_ALIAS);
+    }
+    return o;
+}
+
+/* Says that name, as spelled in where, is an old spelling of option o. */
+static void warn_alias(const graft_option_t *o, const char *name, const char *where) {
+    if (strcmp(o->name, name) != 0)
+        LOG_WARN("%s: option '%s' is deprecated: it is now spelled '%s' (the old spelling "
+                 "still works, for now)", where, name, o->name);
 }
 
 /* 1 or 0 for a boolean word, -1 for anything else. */
@@ -31,11 +47,13 @@ static int in_bounds(const graft_option_t *o, double x) {
 
 int graft_options_set(const graft_option_t *table, void *target, const char *name,
                       const char *value, const char *where) {
-    const graft_option_t *o = find(table, name);
+    const graft_option_t *o = graft_options_find(table, name);
     if (!o) {
         LOG_ERROR("%s: unknown option '%s' (see --help)", where, name);
         return GRAFT_EINVAL;
     }
+    warn_alias(o, name, where);
+    name = o->name;
     char *field = (char *)target + o->offset;
     char *end = NULL;
     errno = 0;
@@ -70,6 +88,7 @@ int graft_options_set(const graft_option_t *table, void *target, const char *nam
         }
         strcpy(field, value);
         return GRAFT_OK;
+    case GRAFT_OPT_ALIAS: break; /* graft_options_find resolved it */
     }
 bad:
     if (o->min <= o->max && o->type != GRAFT_OPT_BOOL)
@@ -92,7 +111,7 @@ static char *trim(char *s) {
 static const graft_option_set_t *find_set(const graft_option_set_t *sets, int nsets,
                                           const char *name) {
     for (int k = 0; k < nsets; k++)
-        if (find(sets[k].table, name)) return &sets[k];
+        if (graft_options_find(sets[k].table, name)) return &sets[k];
     return NULL;
 }
 
@@ -171,6 +190,7 @@ int graft_options_load_file(const graft_option_t *table, void *target, const cha
 
 static void set_defaults(const graft_option_t *table, void *target) {
     for (const graft_option_t *o = table; o->name; o++) {
+        if (o->type == GRAFT_OPT_ALIAS) continue;
         int rc = graft_options_set(table, target, o->name, o->def, "built-in default");
         GRAFT_ASSERT(rc == GRAFT_OK);
     }
@@ -208,17 +228,18 @@ static const char *flag_value(const graft_option_t *o, int argc, char **argv, in
     return NULL;
 }
 
-/* The option of flag arg (--name or --name=value) in sets, or NULL. */
+/* The option of flag arg (--name or --name=value) in sets, or NULL; name
+ * (128 bytes) gets the name as spelled. */
 static const graft_option_t *flag_option(const graft_option_set_t *sets, int nsets,
-                                         const char *arg, const graft_option_set_t **set) {
-    char name[128];
+                                         const char *arg, const graft_option_set_t **set,
+                                         char *name) {
     const char *eq = strchr(arg + 2, '=');
     size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
-    if (len >= sizeof name) len = sizeof name - 1;
+    if (len >= 128) len = 127;
     memcpy(name, arg + 2, len);
     name[len] = '\0';
     *set = find_set(sets, nsets, name);
-    return *set ? find((*set)->table, name) : NULL;
+    return *set ? graft_options_find((*set)->table, name) : NULL;
 }
 
 int graft_options_parse_sets(const graft_option_set_t *sets, int nsets, int argc, char **argv,
@@ -230,8 +251,9 @@ int graft_options_parse_sets(const graft_option_set_t *sets, int nsets, int argc
      * run). */
     for (int i = 1; i < argc; i++) {
         const graft_option_set_t *set;
+        char name[128];
         const graft_option_t *o = !strncmp(argv[i], "--", 2)
-                                      ? flag_option(sets, nsets, argv[i], &set) : NULL;
+                                      ? flag_option(sets, nsets, argv[i], &set, name) : NULL;
         if (o) {
             i += takes_next(o, argc, argv, i);
             continue;
@@ -266,7 +288,8 @@ int graft_options_parse_sets(const graft_option_set_t *sets, int nsets, int argc
             return GRAFT_EINVAL;
         }
         const graft_option_set_t *set;
-        const graft_option_t *o = flag_option(sets, nsets, arg, &set);
+        char name[128];
+        const graft_option_t *o = flag_option(sets, nsets, arg, &set, name);
         if (!o) {
             const char *eq = strchr(arg + 2, '=');
             int len = eq ? (int)(eq - arg - 2) : (int)strlen(arg + 2);
@@ -277,8 +300,8 @@ int graft_options_parse_sets(const graft_option_set_t *sets, int nsets, int argc
         const char *value = flag_value(o, argc, argv, &i);
         if (!value) return GRAFT_EINVAL;
         char where[160];
-        snprintf(where, sizeof where, "command line --%s", o->name);
-        int rc = graft_options_set(set->table, set->target, o->name, value, where);
+        snprintf(where, sizeof where, "command line --%s", name);
+        int rc = graft_options_set(set->table, set->target, name, value, where);
         if (rc) return rc;
     }
     return GRAFT_OPTS_OK;
@@ -290,6 +313,7 @@ static const char *type_name(graft_opt_type_t t) {
     case GRAFT_OPT_FLOAT: return "X";
     case GRAFT_OPT_STRING: return "S";
     case GRAFT_OPT_BOOL: return "[BOOL]";
+    case GRAFT_OPT_ALIAS: break;
     }
     return "?";
 }
@@ -308,6 +332,11 @@ void graft_options_usage_sets(FILE *out, const graft_option_set_t *sets, int nse
     for (int k = 0; k < nsets; k++)
         for (const graft_option_t *o = sets[k].table; o->name; o++) {
             char flag[96];
+            if (o->type == GRAFT_OPT_ALIAS) {
+                snprintf(flag, sizeof flag, "--%s", o->name);
+                fprintf(out, "  %-28s deprecated spelling of --%s\n", flag, o->def);
+                continue;
+            }
             snprintf(flag, sizeof flag, "--%s %s", o->name, type_name(o->type));
             fprintf(out, "  %-28s %s (default: %s", flag, o->help, *o->def ? o->def : "none");
             if (o->min <= o->max && (o->type == GRAFT_OPT_INT || o->type == GRAFT_OPT_FLOAT))
@@ -332,6 +361,7 @@ void graft_options_format(char *buf, size_t n, const graft_option_t *o, const vo
     }
     case GRAFT_OPT_BOOL: snprintf(buf, n, "%s", *(const int *)field ? "true" : "false"); break;
     case GRAFT_OPT_STRING: snprintf(buf, n, "%s", field); break;
+    case GRAFT_OPT_ALIAS: GRAFT_ASSERT(!"an alias has no value"); break;
     }
 }
 
@@ -352,6 +382,7 @@ int graft_options_dump_sets(FILE *out, const graft_option_set_t *sets, int nsets
     int bad = 0;
     for (int k = 0; k < nsets; k++)
         for (const graft_option_t *o = sets[k].table; o->name; o++) {
+            if (o->type == GRAFT_OPT_ALIAS) continue;
             graft_options_format(buf, sizeof buf, o, sets[k].target);
             const char *why = unwritable(buf);
             if (!why) {
@@ -394,6 +425,7 @@ unsigned long long graft_options_digest(const graft_option_t *table, const void 
     unsigned long long h = 1469598103934665603ull;
     char buf[GRAFT_OPT_STR + 32];
     for (const graft_option_t *o = table; o->name; o++) {
+        if (o->type == GRAFT_OPT_ALIAS) continue;
         graft_options_format(buf, sizeof buf, o, target);
         for (const char *s = o->name; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
         for (const char *s = buf; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;

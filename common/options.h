@@ -12,6 +12,11 @@
  * String fields are char[GRAFT_OPT_STR] arrays inside the struct, so the
  * struct owns everything and needs no freeing.
  *
+ * An option may have older spellings: a GRAFT_OPT_ALIAS entry (made with
+ * GRAFT_OPT_ALIAS_OF) names the option it stands for; a flag or config line
+ * that uses it sets that option and logs a warning naming the new spelling.
+ * Aliases take no field, default or place in a dump.
+ *
  * A command may fill several structs from one command line and config file
  * (its own options and the shared run options: graft_option_set_t), and may
  * take plain arguments (file names) among the flags. A bare boolean flag is
@@ -25,7 +30,13 @@
 
 #define GRAFT_OPT_STR 1024
 
-typedef enum { GRAFT_OPT_INT, GRAFT_OPT_FLOAT, GRAFT_OPT_STRING, GRAFT_OPT_BOOL } graft_opt_type_t;
+typedef enum {
+    GRAFT_OPT_INT,
+    GRAFT_OPT_FLOAT,
+    GRAFT_OPT_STRING,
+    GRAFT_OPT_BOOL,
+    GRAFT_OPT_ALIAS, /* a deprecated spelling: def is the name of the option it stands for */
+} graft_opt_type_t;
 
 typedef struct {
     const char *name;
@@ -38,10 +49,13 @@ typedef struct {
 
 #define GRAFT_OPT_END {NULL, 0, 0, NULL, 0, 0, NULL}
 
-/* The help of the log_level option of the commands that have one. */
-#define GRAFT_LOG_LEVEL_HELP                                                       \
-    "lines written to stderr: error, warn, info or debug (empty: the GRAFT_LOG_LEVEL " \
-    "environment variable, else info)"
+/* The entry of the deprecated spelling `old` of the option `name` of the
+ * same table. */
+#define GRAFT_OPT_ALIAS_OF(old, name) {(old), GRAFT_OPT_ALIAS, 0, (name), 0, -1, NULL}
+
+/* The option of table named name, or of which name is an alias; NULL when
+ * there is none. Logs nothing. */
+const graft_option_t *graft_options_find(const graft_option_t *table, const char *name);
 
 /* Outcome of graft_options_parse. */
 enum { GRAFT_OPTS_OK = 0, GRAFT_OPTS_HELP = 1 };

@@ -9,40 +9,35 @@
 #include "corpus.h"
 #include "gpt2.h"
 #include "rng.h"
+#include "shared_options.h"
 
 #define OFF(field) offsetof(graft_pretrain_config_t, field)
 const graft_option_t graft_pretrain_options[] = {
-    {"preset", GRAFT_OPT_STRING, OFF(preset), "small", 0, -1, "model preset: tiny, small or base"},
+    GRAFT_OPT_PRESET(OFF(preset)),
     {"data", GRAFT_OPT_STRING, OFF(data), "data/corpus", 0, -1, "text file or directory to train on"},
     {"out", GRAFT_OPT_STRING, OFF(out), "runs/pretrain/trunk.safetensors", 0, -1,
      "checkpoint to write (atomically, every --checkpoint_every steps and at the end)"},
-    {"resume", GRAFT_OPT_STRING, OFF(resume), "", 0, -1,
-     "resume from this checkpoint (written by a previous run with the same settings)"},
+    GRAFT_OPT_RESUME(OFF(resume)),
     {"init", GRAFT_OPT_STRING, OFF(init), "", 0, -1,
      "start from these weights instead of random (and use their tokenizer)"},
-    {"vocab", GRAFT_OPT_STRING, OFF(vocab), "", 0, -1,
-     "pretrain with GPT-2's BPE from this folder (vocab.json, merges.txt): the preset's "
-     "vocabulary becomes its 50257 tokens, and the checkpoint gets the files beside it; empty: "
-     "the byte tokenizer"},
-    {"steps", GRAFT_OPT_INT, OFF(steps), "2000", 1, 1e9, "optimiser steps"},
-    {"batch", GRAFT_OPT_INT, OFF(batch), "16", 1, 4096, "sequences per step"},
-    {"seq", GRAFT_OPT_INT, OFF(seq), "0", 0, 65536, "sequence length (0: the preset's context)"},
-    {"lr", GRAFT_OPT_FLOAT, OFF(lr), "1e-3", 0, 10, "peak learning rate"},
+    GRAFT_OPT_VOCAB(OFF(vocab)),
+    GRAFT_OPT_STEPS(OFF(steps), "2000"),
+    GRAFT_OPT_BATCH(OFF(batch)),
+    GRAFT_OPT_SEQ(OFF(seq)),
+    GRAFT_OPT_LR(OFF(lr), "1e-3"),
     {"min_lr_frac", GRAFT_OPT_FLOAT, OFF(min_lr_frac), "0.1", 0, 1, "cosine floor as a fraction of lr"},
-    {"warmup", GRAFT_OPT_INT, OFF(warmup), "100", 0, 1e9, "linear warmup steps"},
-    {"weight_decay", GRAFT_OPT_FLOAT, OFF(weight_decay), "0.1", 0, 10, "AdamW decay on matrices"},
-    {"grad_clip", GRAFT_OPT_FLOAT, OFF(grad_clip), "1.0", 0, 1e9, "global gradient-norm clip (0: off)"},
-    {"seed", GRAFT_OPT_INT, OFF(seed), "1337", 0, 2147483647, "seed for weights and batches"},
-    {"threads", GRAFT_OPT_INT, OFF(threads), "0", 0, 1024, "OpenBLAS/OpenMP threads (0: all cores)"},
-    {"precision", GRAFT_OPT_STRING, OFF(precision), "fp32", 0, -1,
-     "the trunk's products (projections, LM head, attention): fp32 (sgemm) or bf16 (bf16 operands, "
-     "fp32 sums; needs AVX512_BF16); weights, checkpoints and optimizer stay fp32"},
+    GRAFT_OPT_WARMUP(OFF(warmup), "100"),
+    GRAFT_OPT_WEIGHT_DECAY(OFF(weight_decay), "0.1"),
+    GRAFT_OPT_GRAD_CLIP(OFF(grad_clip)),
+    GRAFT_OPT_SEED(OFF(seed), "1337"),
+    GRAFT_OPT_THREADS(OFF(threads)),
+    GRAFT_OPT_PRECISION(OFF(precision)),
     {"heldout", GRAFT_OPT_FLOAT, OFF(heldout), "0.05", 0.001, 0.5, "fraction of the corpus held out"},
-    {"eval_every", GRAFT_OPT_INT, OFF(eval_every), "250", 1, 1e9, "evaluate every N steps"},
+    GRAFT_OPT_EVAL_EVERY(OFF(eval_every), "250"),
     {"eval_batches", GRAFT_OPT_INT, OFF(eval_batches), "16", 1, 1e6, "held-out batches per evaluation"},
-    {"checkpoint_every", GRAFT_OPT_INT, OFF(checkpoint_every), "500", 1, 1e9, "checkpoint every N steps"},
-    {"log_every", GRAFT_OPT_INT, OFF(log_every), "10", 1, 1e9, "progress line every N steps"},
-    {"log_level", GRAFT_OPT_STRING, OFF(log_level), "", 0, -1, GRAFT_LOG_LEVEL_HELP},
+    GRAFT_OPT_CHECKPOINT_EVERY(OFF(checkpoint_every), "500"),
+    GRAFT_OPT_LOG_EVERY(OFF(log_every), "10"),
+    GRAFT_OPT_LOG_LEVEL(OFF(log_level)),
     {"stop_after", GRAFT_OPT_INT, OFF(stop_after), "0", 0, 1e9,
      "stop after N steps without a final checkpoint, as if killed (for resume tests)"},
     GRAFT_OPT_END,

@@ -32,7 +32,7 @@
  * freed; with MPI reductions the Updates carry only metrics and the round
  * also waits for the reductions (no worker is declared lost then: under
  * mpirun a dead rank aborts the job). Clients that fail the transport's
- * handshake (another --server-key, a key not in --allow) are logged,
+ * handshake (another --server_key, a key not in --allow) are logged,
  * rate-limited, with handshake_failed events (handshake_log.h). Each round
  * logs the cohorts; round_end carries them (names sorted), the
  * aggregation's report, the round's time split (round_ms = train_ms_last +

@@ -78,8 +78,8 @@ static void log_first(graft_handshake_log_t *hl, const graft_handshake_failure_t
     switch (f->kind) {
     case GRAFT_HANDSHAKE_CRYPTO:
         LOG_WARN("coordinator: %s failed the CurveZMQ handshake (cryptographic error): does it "
-                 "use this coordinator's public key? (its graft worker --server-key must be the "
-                 ".pub of this coordinator's --curve-secret keypair)", who);
+                 "use this coordinator's public key? (its graft worker --server_key must be the "
+                 ".pub of this coordinator's --curve_secret keypair)", who);
         break;
     case GRAFT_HANDSHAKE_KEY_REFUSED:
         LOG_WARN("coordinator: refused CurveZMQ client key %s from %s: not in the --allow file "
@@ -89,8 +89,8 @@ static void log_first(graft_handshake_log_t *hl, const graft_handshake_failure_t
         break;
     case GRAFT_HANDSHAKE_MECHANISM:
         LOG_WARN("coordinator: %s failed the ZeroMQ handshake: it uses CurveZMQ and this "
-                 "coordinator does not, or the reverse (give graft worker --curve and --server-key "
-                 "exactly when the coordinator has --curve-secret and --allow)", who);
+                 "coordinator does not, or the reverse (give graft worker --curve and --server_key "
+                 "exactly when the coordinator has --curve_secret and --allow)", who);
         break;
     case GRAFT_HANDSHAKE_PROTOCOL:
         LOG_WARN("coordinator: %s broke the ZeroMQ handshake (protocol error 0x%x): is it a graft "
@@ -99,7 +99,7 @@ static void log_first(graft_handshake_log_t *hl, const graft_handshake_failure_t
     case GRAFT_HANDSHAKE_CLOSED:
         LOG_INFO("coordinator: %s closed its connection during the ZeroMQ handshake: a worker "
                  "whose CurveZMQ setting differs from this coordinator's (graft worker --curve and "
-                 "--server-key go with --curve-secret and --allow), one that stopped while "
+                 "--server_key go with --curve_secret and --allow), one that stopped while "
                  "connecting, or not a ZeroMQ client (a port check?)", who);
         break;
     }

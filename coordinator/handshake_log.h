@@ -1,6 +1,6 @@
 /* handshake_log.h — what the coordinator tells its users about clients that
  * never got through the transport's handshake (transport.h,
- * graft_handshake_failure_t): a worker with another --server-key, one whose
+ * graft_handshake_failure_t): a worker with another --server_key, one whose
  * key is not in the --allow file, CurveZMQ on one side only. Nothing else
  * would show them, since such a client never sends a message.
  *

@@ -412,7 +412,7 @@ class Bench:
 
     def report(self):
         rep = os.path.join(self.out, "report")
-        argv = [self.graft, "report", "--out", rep] + (["--no-plots"] if self.a.no_plots else [])
+        argv = [self.graft, "report", "--out", rep] + (["--no_plots"] if self.a.no_plots else [])
         argv += self.runs
         p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
         sys.stdout.write(p.stdout)

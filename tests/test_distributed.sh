@@ -482,7 +482,7 @@ fi
 PORT=$(free_port)
 if timeout 30 "$GRAFT" coordinator --config "$T/run.conf" --bind "tcp://*:$PORT" \
     --out "$T/open" >/dev/null 2>"$T/open.err"; then fail "plain ZeroMQ beyond loopback ran"; fi
-grep -qF "coordinator: --bind tcp://*:$PORT without --curve-secret would let anyone who reaches \
+grep -qF "coordinator: --bind tcp://*:$PORT without --curve_secret would let anyone who reaches \
 it join the run" "$T/open.err" || { cat "$T/open.err" >&2; fail "no reason for the refusal"; }
 [ ! -e "$T/open" ] || fail "a refused coordinator wrote $T/open"
 term_coordinator open --bind "tcp://*:$PORT" --insecure || true

@@ -2,7 +2,7 @@
 # test_federated.sh — federated runs with real processes on loopback
 # (DESIGN §5, issue 4):
 #  1. CurveZMQ: a client whose key is not on the allow-list cannot join, nor
-#     can one with another --server-key; the coordinator logs each (once,
+#     can one with another --server_key; the coordinator logs each (once,
 #     then a count: they retry every 100 ms) with handshake_failed events,
 #     and the run with the allowed clients completes; the refused client
 #     gives up after --hello_timeout_ms and says why; command lines:
@@ -51,27 +51,27 @@ cd "$T"
 for k in coordinator alice bob mallory; do "$GRAFT" keygen "$k" >/dev/null; done
 cat alice.pub bob.pub > allowed.txt
 EP=tcp://127.0.0.1:$(free_port)
-"$GRAFT" coordinator --bind "$EP" --workers 2 --curve-secret coordinator --allow allowed.txt \
+"$GRAFT" coordinator --bind "$EP" --workers 2 --curve_secret coordinator --allow allowed.txt \
     --config run.conf --out "$T/curve" >"$T/curve.out" 2>"$T/curve.err" &
 COORD=$!
 PIDS="$COORD"
 # The intruder connects first, so that it would take a slot if it could. It
 # never hears back, and gives up after its --hello_timeout_ms with a hint.
 "$GRAFT" worker --connect "$EP" --config run.conf --name mallory --shard 0/2 \
-    --curve mallory --server-key coordinator.pub --hello_timeout_ms 3000 2>"$T/mallory.err" &
+    --curve mallory --server_key coordinator.pub --hello_timeout_ms 3000 2>"$T/mallory.err" &
 MALLORY=$!
 PIDS="$PIDS $MALLORY"
 # An allowed key with the wrong server key (bob's): its hello cannot be
 # decrypted, and it retries every 100 ms until its own timeout.
 "$GRAFT" worker --connect "$EP" --config run.conf --name eve --shard 1/2 \
-    --curve alice --server-key bob.pub --hello_timeout_ms 3000 2>"$T/eve.err" &
+    --curve alice --server_key bob.pub --hello_timeout_ms 3000 2>"$T/eve.err" &
 EVE=$!
 PIDS="$PIDS $EVE"
 sleep 1
 for w in alice bob; do
     i=$([ $w = alice ] && echo 0 || echo 1)
     "$GRAFT" worker --connect "$EP" --config run.conf --name $w --shard $i/2 \
-        --curve $w --server-key coordinator.pub 2>"$T/$w.err" &
+        --curve $w --server_key coordinator.pub 2>"$T/$w.err" &
     PIDS="$PIDS $!"
 done
 n=0
@@ -104,7 +104,7 @@ lines() { grep -c "$1" "$T/curve.err" || true; }
 hs_events() { grep '"event":"handshake_failed"' "$EV" || true; }
 events() { hs_events | grep -c "$1" || true; }
 CRYPTO="failed the CurveZMQ handshake (cryptographic error): does it use this coordinator's \
-public key? (its graft worker --server-key must be the .pub of this coordinator's --curve-secret"
+public key? (its graft worker --server_key must be the .pub of this coordinator's --curve_secret"
 n=$(lines "$CRYPTO")
 [ "$n" -ge 1 ] && [ "$n" -le 2 ] &&
     [ "$(lines "a client at 127\.0\.0\.1:[0-9]* $CRYPTO")" -ge 1 ] ||
@@ -152,7 +152,7 @@ expect_refusal "--shard '1/2x': expected I/N" \
     "$GRAFT" worker --connect tcp://127.0.0.1:9 --config run.conf --shard 1/2x
 expect_refusal "'abc' for option 'workers' is not a whole number" \
     "$GRAFT" coordinator --config run.conf --workers abc
-grep -q curve-secret "$T/refused.err" && fail "a bad --workers blamed --curve-secret"
+grep -q curve_secret "$T/refused.err" && fail "a bad --workers blamed --curve_secret"
 expect_refusal "--min_replies 3 is more than the 1 worker" \
     "$GRAFT" run --config run.conf --workers 1 --min_replies 3 --out "$T/mr"
 [ ! -e "$T/mr" ] || fail "a refused run wrote $T/mr"
@@ -164,6 +164,8 @@ echo "ok 1b - keygen arguments, strict numbers, precise messages"
 # which a new connection takes over): the coordinator neither lets it into
 # alice's slot nor re-registers alice for it. It refuses the hello, naming
 # both keys, with a worker_refused event; the impostor says why and exits 1.
+# This part keeps the old hyphenated spellings of the service files
+# (--curve-secret, --server-key): they still work, with a warning.
 EP=tcp://127.0.0.1:$(free_port)
 "$GRAFT" coordinator --bind "$EP" --workers 2 --curve-secret coordinator --allow allowed.txt \
     --config run.conf --out "$T/imp" >/dev/null 2>"$T/imp.err" &
@@ -177,7 +179,7 @@ until grep -q '"event":"worker_join".*"name":"alice"' "$T/imp/events.jsonl" 2>/d
     n=$((n + 1)); [ $n -gt 300 ] && fail "alice did not join"; sleep 0.1
 done
 if timeout 30 "$GRAFT" worker --connect "$EP" --config run.conf --name alice --shard 1/2 \
-    --curve bob --server-key coordinator.pub --hello_timeout_ms 10000 2>"$T/imp-bob.err"; then
+    --curve bob --server_key coordinator.pub --hello_timeout_ms 10000 2>"$T/imp-bob.err"; then
     fail "bob's key registered as alice"
 fi
 AKEY=$(grep -v '^#' alice.pub) BKEY=$(grep -v '^#' bob.pub)
@@ -191,6 +193,10 @@ grep '"event":"worker_refused"' "$T/imp/events.jsonl" | grep -qF "\"reason\":\"$
 [ "$(grep -c '"event":"worker_join"' "$T/imp/events.jsonl")" -eq 1 ] ||
     fail "the impostor joined"
 grep -q 're-registered' "$T/imp.err" && fail "the impostor re-registered alice"
+grep -qF "option 'curve-secret' is deprecated: it is now spelled 'curve_secret'" "$T/imp.err" ||
+    fail "--curve-secret was not taken as --curve_secret with a warning"
+grep -qF "option 'server-key' is deprecated: it is now spelled 'server_key'" \
+    "$T/imp-alice.err" || fail "--server-key was not taken as --server_key with a warning"
 kill "$COORD"
 wait "$COORD" 2>/dev/null || true
 echo "ok 1c - CurveZMQ: another admitted key under a registered worker's name is refused"

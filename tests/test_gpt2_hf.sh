@@ -162,7 +162,8 @@ PY
 
 # graft bench step times the checkpoint's model
 "$GRAFT" bench step --trunk "$T/hf/model.safetensors" --seq 32 --batch 4 --method lora \
-  --warmup 0 --steps 1 --threads 1 >"$T/bench.out" 2>"$T/err" || fail "bench step: $(cat "$T/err")"
+  --untimed_steps 0 --steps 1 --threads 1 >"$T/bench.out" 2>"$T/err" ||
+  fail "bench step: $(cat "$T/err")"
 grep -q "^trunk=$T/hf/model.safetensors method=lora .* params=3320640 " "$T/bench.out" &&
   grep -Eq '^tokens_per_s=[0-9]+ mfu=' "$T/bench.out" || fail "bench step printed: $(cat "$T/bench.out")"
 

@@ -108,7 +108,7 @@ static void test_first_then_summaries(void **state) {
     assert_int_equal(count_of(log, "\n"), 5);
     assert_int_equal(count_of(log, "a client at 10.0.0.7:40000 failed the CurveZMQ handshake "
                                    "(cryptographic error): does it use this coordinator's "
-                                   "public key? (its graft worker --server-key"), 1);
+                                   "public key? (its graft worker --server_key"), 1);
     assert_int_equal(count_of(log, "coordinator: 479 more CurveZMQ handshake failures "
                                    "(cryptographic error) from 10.0.0.7 in the last 60 s"), 1);
     assert_int_equal(count_of(log, "coordinator: 480 more CurveZMQ handshake failures "

@@ -855,7 +855,7 @@ static void test_commands(void **state) {
 
     /* graft report reads the run: one row per sparsity (no base row), and
      * the overlap matrix of the train run or of graft mask overlap. */
-    snprintf(cmd, sizeof cmd, "%s/graft report --no-plots --out %s/report %s %s/ov >/dev/null 2>&1",
+    snprintf(cmd, sizeof cmd, "%s/graft report --no_plots --out %s/report %s %s/ov >/dev/null 2>&1",
              GRAFT_BINARY_DIR, g_dir, out, g_dir);
     run(cmd);
     snprintf(path, sizeof path, "%s/report/summary.json", g_dir);

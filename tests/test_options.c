@@ -6,7 +6,9 @@
  * where the problem is; a dump of the settings re-loads to the same digest;
  * a --config that is a directory is refused; several tables parsed at once
  * (a command's own options and the run options) with plain arguments among
- * the flags.
+ * the flags; deprecated spellings (aliases) set their option and warn; and
+ * across every command's tables (cli_option_tables), an option name means
+ * one thing: same type, range, help and (but for a few) default.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,9 +23,11 @@
 #include <unistd.h>
 
 #include "capture.h"
+#include "commands.h"
 #include "graft.h"
 #include "options.h"
 #include "runconfig.h"
+#include "shared_options.h"
 
 typedef struct {
     int steps;   /* bounded */
@@ -56,7 +60,7 @@ static int group_setup(void **state) {
 }
 
 static const char *const g_files[] = {"good.conf", "bad.conf", "dump.conf", "long.conf",
-                                      "stderr.log", "sets.conf"};
+                                      "stderr.log", "sets.conf", "alias.conf"};
 
 static int group_teardown(void **state) {
     (void)state;
@@ -616,6 +620,190 @@ static void test_log_level_names(void **state) {
     assert_int_equal(graft_log_level_parse("INFO", &l), GRAFT_EINVAL);
 }
 
+/* ---- one meaning per name across the commands ---------------------------- */
+
+/* Options whose default is each command's own choice (how long to train,
+ * how fast, which seed, what to read and write); the rest of their entry
+ * is shared. */
+static const char *const per_command_default[] = {
+    "seed", "steps", "lr", "warmup", "weight_decay", "eval_every", "checkpoint_every",
+    "log_every", "method", "workers", "out", "data", NULL};
+
+/* Options whose help says what this command does with a path: what it
+ * writes (out), what it reads (data), and tokenize reads only a trunk's
+ * tokenizer. */
+static const char *const per_command_help[] = {"out", "data", "trunk", NULL};
+
+static int listed(const char *const *list, const char *name) {
+    for (; *list; list++)
+        if (!strcmp(*list, name)) return 1;
+    return 0;
+}
+
+/* Number of ways in which entries a and b of the same name differ (each
+ * printed with the commands that have them). */
+static int entry_drift(const cli_option_table_t *ta, const graft_option_t *a,
+                       const cli_option_table_t *tb, const graft_option_t *b) {
+    int bad = 0;
+    const char *what[4] = {NULL};
+    if (a->type != b->type) what[bad++] = "type";
+    if (a->min != b->min || a->max != b->max) what[bad++] = "range";
+    if (strcmp(a->help, b->help) && !listed(per_command_help, a->name)) what[bad++] = "help";
+    if (strcmp(a->def, b->def) && !listed(per_command_default, a->name)) what[bad++] = "default";
+    for (int k = 0; k < bad; k++)
+        print_error("option '%s': %s differs between graft %s and graft %s\n", a->name,
+                    what[k], ta->command, tb->command);
+    return bad;
+}
+
+/* 1 when t's table is listed before t (another command that parses it). */
+static int seen_before(const cli_option_table_t *t) {
+    for (const cli_option_table_t *u = cli_option_tables; u < t; u++)
+        if (u->table == t->table) return 1;
+    return 0;
+}
+
+static void test_shared_options_agree(void **state) {
+    (void)state;
+    int bad = 0, shared = 0;
+    for (const cli_option_table_t *ta = cli_option_tables; ta->command; ta++)
+        for (const cli_option_table_t *tb = ta + 1; tb->command; tb++) {
+            if (tb->table == ta->table || seen_before(ta) || seen_before(tb)) continue;
+            for (const graft_option_t *a = ta->table; a->name; a++)
+                for (const graft_option_t *b = tb->table; b->name; b++) {
+                    if (a->type == GRAFT_OPT_ALIAS || b->type == GRAFT_OPT_ALIAS ||
+                        strcmp(a->name, b->name))
+                        continue;
+                    shared++;
+                    bad += entry_drift(ta, a, tb, b);
+                }
+        }
+    assert_true(shared > 15); /* the tables were read: threads, seed, batch, ... */
+    assert_int_equal(bad, 0);
+}
+
+/* Option names in one style (lower case, digits, underscores); a command's
+ * tables name each option once; every alias stands for an option of its
+ * own table. */
+static void test_option_names(void **state) {
+    (void)state;
+    for (const cli_option_table_t *t = cli_option_tables; t->command; t++)
+        for (const graft_option_t *o = t->table; o->name; o++) {
+            if (o->type == GRAFT_OPT_ALIAS) {
+                const graft_option_t *to = graft_options_find(t->table, o->name);
+                assert_non_null(to);
+                assert_string_equal(to->name, o->def);
+                continue;
+            }
+            if (strspn(o->name, "abcdefghijklmnopqrstuvwxyz0123456789_") != strlen(o->name))
+                fail_msg("graft %s: option '%s' is not spelled like the others "
+                         "(lower_case_with_underscores)", t->command, o->name);
+            for (const cli_option_table_t *u = cli_option_tables; u <= t; u++) {
+                if (strcmp(u->command, t->command)) continue;
+                for (const graft_option_t *p = u->table; p->name && p != o; p++)
+                    if (!strcmp(p->name, o->name))
+                        fail_msg("graft %s: option '%s' twice", t->command, o->name);
+            }
+        }
+}
+
+/* The struct of one of cli_option_tables' tables, read through offsets. */
+static _Alignas(max_align_t) char any_settings[1 << 17];
+
+/* The option `name` of table in any_settings, formatted. */
+static const char *value_of(const graft_option_t *table, const char *name) {
+    static char buf[GRAFT_OPT_STR + 32];
+    const graft_option_t *o = graft_options_find(table, name);
+    assert_non_null(o);
+    graft_options_format(buf, sizeof buf, o, any_settings);
+    return buf;
+}
+
+static int parse_any(const graft_option_t *table, const char *const *flags) {
+    char *argv[16] = {"graft"};
+    int argc = 1;
+    for (; *flags; flags++) argv[argc++] = (char *)*flags;
+    graft_option_set_t set = {table, any_settings};
+    return graft_options_parse_sets(&set, 1, argc, argv, USAGE, NULL, NULL);
+}
+
+/* Old spellings still work: hyphenated names of the service files
+ * (--curve-secret, --server-key, --no-plots) and bench's renamed --warmup
+ * (untimed steps) and --lora_rank / --lora_alpha; each warns. */
+static void test_deprecated_aliases(void **state) {
+    (void)state;
+    capture();
+    assert_int_equal(parse_any(cli_bench_step_options,
+                               (const char *const[]){"--warmup", "5", "--lora_rank=4",
+                                                     "--lora_alpha", "2", NULL}),
+                     GRAFT_OPTS_OK);
+    char *text = capture_end();
+    assert_non_null(strstr(text, "option 'warmup' is deprecated: it is now spelled "
+                                 "'untimed_steps'"));
+    assert_non_null(strstr(text, "'lora_rank' is deprecated"));
+    free(text);
+    assert_string_equal(value_of(cli_bench_step_options, "untimed_steps"), "5");
+    assert_string_equal(value_of(cli_bench_step_options, "lora_shared_rank"), "4");
+    assert_string_equal(value_of(cli_bench_step_options, "lora_shared_alpha"), "2");
+
+    capture();
+    assert_int_equal(parse_any(cli_coordinator_options,
+                               (const char *const[]){"--curve-secret", "keys/c", NULL}),
+                     GRAFT_OPTS_OK);
+    capture_end_expect("command line --curve-secret: option 'curve-secret' is deprecated");
+    assert_string_equal(value_of(cli_coordinator_options, "curve_secret"), "keys/c");
+    assert_int_equal(parse_any(cli_report_options, (const char *const[]){"--no-plots", NULL}),
+                     GRAFT_OPTS_OK);
+    assert_string_equal(value_of(cli_report_options, "no_plots"), "true");
+
+    /* In a config file too, naming the file and line. */
+    char path[PATH_LEN];
+    tmp_path(path, "alias.conf");
+    write_text(path, "# an old service file\nserver-key = keys/coordinator.pub\n");
+    capture();
+    assert_int_equal(parse_any(cli_worker_options, (const char *const[]){"--config", path, NULL}),
+                     GRAFT_OPTS_OK);
+    capture_end_expect("alias.conf:2: option 'server-key' is deprecated");
+    assert_string_equal(value_of(cli_worker_options, "server_key"), "keys/coordinator.pub");
+
+    /* The new spelling is quiet; --help lists the old one; a dump writes the new one. */
+    capture();
+    assert_int_equal(parse_any(cli_worker_options,
+                               (const char *const[]){"--server_key", "s.pub", NULL}),
+                     GRAFT_OPTS_OK);
+    text = capture_end();
+    assert_null(strstr(text, "deprecated"));
+    free(text);
+    char *out = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&out, &len);
+    graft_options_usage(mem, cli_worker_options, USAGE);
+    graft_options_dump(mem, cli_worker_options, any_settings);
+    fclose(mem);
+    assert_non_null(strstr(out, "--server-key"));
+    assert_non_null(strstr(out, "deprecated spelling of --server_key"));
+    assert_non_null(strstr(out, "\nserver_key = s.pub\n"));
+    assert_null(strstr(out, "\nserver-key ="));
+    free(out);
+}
+
+/* The shared entries are what the tables hold (not a copy that drifted). */
+static void test_shared_entries_used(void **state) {
+    (void)state;
+    static const graft_option_t threads[] = {GRAFT_OPT_THREADS(0), GRAFT_OPT_END};
+    for (const cli_option_table_t *t = cli_option_tables; t->command; t++) {
+        const graft_option_t *o = graft_options_find(t->table, "threads");
+        if (!o) continue;
+        assert_string_equal(o->help, threads[0].help);
+        assert_true(o->max == threads[0].max);
+    }
+    const graft_option_t *w = graft_options_find(graft_run_options, "warmup");
+    assert_non_null(w);
+    assert_non_null(strstr(w->help, "learning-rate warmup"));
+    assert_ptr_equal(graft_options_find(cli_bench_step_options, "lora_rank"),
+                     graft_options_find(cli_bench_step_options, "lora_shared_rank"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
@@ -636,6 +824,10 @@ int main(void) {
         cmocka_unit_test(test_dump_reload_digest),
         cmocka_unit_test(test_config_directory_refused),
         cmocka_unit_test(test_sets_and_plain_arguments),
+        cmocka_unit_test(test_shared_options_agree),
+        cmocka_unit_test(test_option_names),
+        cmocka_unit_test(test_deprecated_aliases),
+        cmocka_unit_test(test_shared_entries_used),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -26,7 +26,7 @@ if ! grep -q avx512_bf16 /proc/cpuinfo; then
   exit 77
 fi
 
-"$GRAFT" bench step --preset tiny --method lora --threads 1 --warmup 1 --steps 2 \
+"$GRAFT" bench step --preset tiny --method lora --threads 1 --untimed_steps 1 --steps 2 \
   --precision bf16 >"$T/bench" || fail "bench step --precision bf16 failed"
 grep -q "precision=bf16 .*bf16_peak_gflops=" "$T/bench" || fail "bench line: $(cat "$T/bench")"
 grep -q "^tokens_per_s=[0-9]" "$T/bench" || fail "no tokens_per_s line"

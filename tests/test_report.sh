@@ -35,7 +35,7 @@ cat > "$T/masks/events.jsonl" <<'J'
 {"ts":4.0,"event":"run_end","seconds":3.0,"ok":true}
 J
 
-"$GRAFT" report --no-plots --out "$T/rep" "$T/central" "$T/fed/events.jsonl" "$T/masks" > "$T/table.txt" \
+"$GRAFT" report --no_plots --out "$T/rep" "$T/central" "$T/fed/events.jsonl" "$T/masks" > "$T/table.txt" \
   || fail "graft report exited $?"
 cat "$T/table.txt"
 grep -q '^central .* 75.00 .* 40.00 .* 57.50 .* 0.100 .* 60 .* 6.000% .* 12.5$' "$T/table.txt" \
@@ -72,7 +72,7 @@ fi
 
 # A malformed line names the file and the line; nothing is written.
 printf '{"event":"run_start"}\nnot json\n{"event":"run_end"}\n' > "$T/bad.jsonl"
-if "$GRAFT" report --no-plots --out "$T/rep2" "$T/bad.jsonl" 2> "$T/err.txt"; then
+if "$GRAFT" report --no_plots --out "$T/rep2" "$T/bad.jsonl" 2> "$T/err.txt"; then
   fail "a malformed log was accepted"
 fi
 grep -q 'bad.jsonl:2' "$T/err.txt" || { cat "$T/err.txt"; fail "error does not name file:line"; }
@@ -80,20 +80,20 @@ grep -q 'bad.jsonl:2' "$T/err.txt" || { cat "$T/err.txt"; fail "error does not n
 # A field of the wrong type names the file, line, event and field.
 printf '{"event":"run_start"}\n{"event":"eval","task":1,"split":"test","accuracy":0.5}\n' \
   > "$T/types.jsonl"
-if "$GRAFT" report --no-plots --out "$T/rep3" "$T/types.jsonl" 2> "$T/err.txt"; then
+if "$GRAFT" report --no_plots --out "$T/rep3" "$T/types.jsonl" 2> "$T/err.txt"; then
   fail "an eval event with a numeric task was accepted"
 fi
 grep -q 'types.jsonl:2: eval event: field "task" must be a string' "$T/err.txt" ||
   { cat "$T/err.txt"; fail "wrong field type not named"; }
 printf '{"event":"eval","task":"a","split":"test","accuracy":"high"}\n' > "$T/types.jsonl"
-"$GRAFT" report --no-plots --out "$T/rep3" "$T/types.jsonl" 2> "$T/err.txt" &&
+"$GRAFT" report --no_plots --out "$T/rep3" "$T/types.jsonl" 2> "$T/err.txt" &&
   fail "a string accuracy was accepted"
 grep -q 'types.jsonl:1: eval event: field "accuracy" must be a number' "$T/err.txt" ||
   { cat "$T/err.txt"; fail "wrong accuracy type not named"; }
 [ ! -e "$T/rep3/summary.json" ] || fail "summary written for a log with a wrong field type"
 
-# Options go through the option table: --out=DIR, a bare --no-plots between runs.
-"$GRAFT" report --out="$T/rep4" "$T/central" --no-plots "$T/fed" > /dev/null || fail "--out=DIR"
+# Options go through the option table: --out=DIR, a bare --no_plots between runs.
+"$GRAFT" report --out="$T/rep4" "$T/central" --no_plots "$T/fed" > /dev/null || fail "--out=DIR"
 [ -s "$T/rep4/summary.json" ] || fail "--out=DIR wrote no summary.json"
 "$GRAFT" report --bogus "$T/central" 2> "$T/err.txt" && fail "an unknown option was accepted"
 grep -q "unknown option 'bogus'" "$T/err.txt" || fail "unknown option not named"
