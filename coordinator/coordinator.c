@@ -1011,7 +1011,12 @@ static void evaluate(coord_t *c, int split) {
 static int checkpoint(coord_t *c) {
     c->tr->step = c->round; /* the trainer's step counts finished rounds here */
     errno = 0;
-    int rc = graft_trainer_save(c->tr, c->ckpt_path);
+    /* Only the server optimizer's moments that the strategy uses: fedavg's
+     * would be zeros, twice the size of the modules. */
+    int moments = c->agg_cfg.combiner == GRAFT_AGG_FEDADAM   ? 2
+                  : c->agg_cfg.combiner == GRAFT_AGG_FEDAVGM ? 1
+                                                             : 0;
+    int rc = graft_trainer_save_moments(c->tr, c->ckpt_path, moments);
     if (rc) {
         /* The system's reason (ENOSPC, EACCES) says more than graft's code. */
         int e = errno;

@@ -10,7 +10,8 @@
 #     completes, and the worker restarted under the same name rejoins;
 #  4. the coordinator killed with SIGKILL and restarted with --resume from its
 #     checkpoint ends with the same modules as an uninterrupted run (under
-#     fedadam, whose server moments the checkpoint carries);
+#     fedadam, whose server moments the checkpoint carries; under fedavg
+#     it carries none);
 #  5. aggregation strategies: fedadam + fedprox + clip with LoRA svd summed by
 #     MPI reductions, and trimmed_mean (held replies, update messages under
 #     MPI), each bit-identical between ZeroMQ and MPI; freeze_a keeps every
@@ -202,6 +203,31 @@ grep -q 'not registered' "$T/res2.err" || fail "no stale heartbeat reached the n
 cmp "$T/ref/modules.safetensors" "$T/res/modules.safetensors" ||
     fail "a resumed run ended with other modules than an uninterrupted one"
 echo "ok 4 - coordinator killed and resumed: modules identical to an uninterrupted run"
+
+# ---- 4b. fedavg: the checkpoint carries no (unused, all-zero) moments --------
+# Under fedavg the coordinator keeps no server optimizer state: its
+# checkpoint holds the modules alone, a third of fedadam's (modules, m, v),
+# and a coordinator resumed from it still ends as an uninterrupted run.
+AVGCONF="--config $T/run.conf --rounds 4 --local_steps 20 --checkpoint_every_rounds 1"
+timeout 120 "$GRAFT" run --workers 3 $AVGCONF --out "$T/avgref" >/dev/null 2>"$T/avgref.err" ||
+    fail "fedavg reference run for the resume test failed"
+python3 - "$T/avgref/modules.safetensors" "$T/ref/modules.safetensors" <<'PY' || fail "see above"
+import json, os, struct, sys
+def names(p):
+    with open(p, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return [k for k in json.loads(f.read(n)) if k != "__metadata__"]
+avg, adam = sys.argv[1], sys.argv[2]
+assert not [k for k in names(avg) if k.startswith("optimizer.")], "fedavg stored moments"
+assert len([k for k in names(adam) if k.startswith("optimizer.")]) >= 2, "fedadam: no moments"
+r = os.path.getsize(avg) / os.path.getsize(adam)
+assert 0.30 < r < 0.37, "fedavg checkpoint is %.2f of fedadam's, not about 1/3" % r
+PY
+# shellcheck disable=SC2086
+resume_run avgres 2 $AVGCONF
+cmp "$T/avgref/modules.safetensors" "$T/avgres/modules.safetensors" ||
+    fail "fedavg: a resumed run ended with other modules than an uninterrupted one"
+echo "ok 4b - fedavg checkpoints hold no optimizer moments (1/3 the size) and resume exactly"
 
 # ---- 5. aggregation strategies -------------------------------------------------
 # run_pair NAME ARGS...: the same job over ZeroMQ and MPI; modules must match.
