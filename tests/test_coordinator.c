@@ -16,7 +16,9 @@
  *    unheld task's modules are exactly their initial values, the others
  *    trained;
  *  - the worker's side: this thread plays the coordinator and sends a round
- *    start twice; the worker trains that round once. */
+ *    start twice; the worker trains that round once;
+ *  - churn over ZeroMQ: more identities than the worker table's slots come
+ *    and go before a real worker joins, which still gets a slot. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -30,6 +32,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <zmq.h>
 
 #include "capture.h"
 #include "coordinator.h"
@@ -1034,6 +1037,24 @@ static void test_run_id_digests_the_job(void **state) {
     }
 }
 
+/* Waits up to `seconds` for the coordinator thread ct to finish (else
+ * stops it and the worker thread wt: the worker never joined), joins both;
+ * returns whether it had finished. */
+static int join_run(coord_arg_t *ca, pthread_t ct, pthread_t wt, volatile sig_atomic_t *stop,
+                    int seconds) {
+    for (int i = 0; i < 20 * seconds && !__atomic_load_n(&ca->done, __ATOMIC_SEQ_CST); i++)
+        usleep(50000);
+    int done = __atomic_load_n(&ca->done, __ATOMIC_SEQ_CST);
+    if (!done) {
+        graft_coordinator_stop = SIGTERM;
+        *stop = 1;
+    }
+    pthread_join(ct, NULL);
+    pthread_join(wt, NULL);
+    graft_coordinator_stop = 0;
+    return done;
+}
+
 /* A coordinator restarted with other job settings has another run id. A
  * worker registered under the old one (played here: its Assign said run
  * 42) joins the new run at once — its heartbeats are answered with an
@@ -1057,15 +1078,7 @@ static void test_worker_follows_new_run(void **state) {
     assign_run_42(ends[0]);
     coord_arg_t ca = {.co = {.cfg = cfg, .expected_workers = 1, .tp = ends[0], .mode = "inproc"}};
     pthread_create(&ct, NULL, coord_main, &ca);
-    for (int i = 0; i < 300 && !__atomic_load_n(&ca.done, __ATOMIC_SEQ_CST); i++) usleep(50000);
-    int done = __atomic_load_n(&ca.done, __ATOMIC_SEQ_CST);
-    if (!done) { /* 15 s: the worker never joined */
-        graft_coordinator_stop = SIGTERM;
-        stop = 1;
-    }
-    pthread_join(ct, NULL);
-    pthread_join(wt, NULL);
-    graft_coordinator_stop = 0;
+    int done = join_run(&ca, ct, wt, &stop, 15);
     for (int i = 0; i < 2; i++) graft_transport_destroy(&ends[i]);
     stderr_back(saved);
 
@@ -1073,6 +1086,68 @@ static void test_worker_follows_new_run(void **state) {
     assert_int_equal(ca.rc, GRAFT_OK);
     assert_int_equal(wa.rc, GRAFT_OK);
     assert_true(count_lines(dir, "stderr.log", "is from run 000000000000002a") >= 1);
+    assert_int_equal(count_lines(dir, "out/events.jsonl", "\"event\":\"worker_join\""), 1);
+    remove_dir(dir);
+}
+
+/* Over ZeroMQ, CHURN > MAX_PEERS (1024) distinct identities each send a
+ * heartbeat of another run, are told to say hello and go away; then a real
+ * worker joins and the run completes. The coordinator forgets each
+ * stranger's peer, so the worker's id is small; before it did, stranger
+ * 1024 got no answer (its peer id was out of range). */
+static void test_churn_beyond_max_peers(void **state) {
+    (void)state;
+    enum { CHURN = 1100 };
+    char dir[] = "/tmp/graft_test_coordinator_XXXXXX";
+    graft_run_config_t cfg;
+    one_task_run(dir, &cfg);
+    cfg.rounds = 1;
+    cfg.heartbeat_ms = 200;
+    int saved = stderr_to_log(dir);
+    graft_zmq_opts_t so = {.endpoint = "tcp://127.0.0.1:*"};
+    graft_transport_t *srv = NULL;
+    assert_int_equal(graft_transport_zmq_server(&so, &srv), GRAFT_OK);
+    const char *ep = graft_transport_zmq_endpoint(srv);
+    coord_arg_t ca = {.co = {.cfg = cfg, .expected_workers = 1, .tp = srv, .mode = "zmq"}};
+    pthread_t ct, wt;
+    pthread_create(&ct, NULL, coord_main, &ca);
+    graft_msg_t hb = {.type = GRAFT_MSG_HEARTBEAT, .run_id = 42};
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(graft_wire_encode(&hb, GRAFT_DTYPE_F32, &buf, &len), GRAFT_OK);
+    void *ctx = zmq_ctx_new();
+    int answered = 0, ms = 10000;
+    for (int i = 0; i == answered && i < CHURN; i++) {
+        char id[32], reply[512];
+        snprintf(id, sizeof id, "stranger-%d", i);
+        void *s = zmq_socket(ctx, ZMQ_DEALER);
+        zmq_setsockopt(s, ZMQ_ROUTING_ID, id, strlen(id));
+        zmq_setsockopt(s, ZMQ_RCVTIMEO, &ms, sizeof ms);
+        zmq_connect(s, ep);
+        zmq_send(s, buf, len, 0);
+        answered += zmq_recv(s, reply, sizeof reply, 0) > 0; /* "send hello" */
+        zmq_close(s);
+    }
+    zmq_ctx_term(ctx);
+    free(buf);
+    if (answered < CHURN) fprintf(stdout, "stranger %d got no answer\n", answered);
+    graft_zmq_opts_t wo = {.endpoint = ep, .identity = "real"};
+    graft_transport_t *cli = NULL;
+    assert_int_equal(graft_transport_zmq_client(&wo, &cli), GRAFT_OK);
+    volatile sig_atomic_t stop = 0;
+    worker_arg_t wa = {.wo = {.cfg = cfg, .name = "real", .shard_count = 1, .tp = cli},
+                       .stop = &stop};
+    pthread_create(&wt, NULL, worker_main, &wa);
+    int done = join_run(&ca, ct, wt, &stop, 30);
+    graft_transport_destroy(&cli);
+    graft_transport_destroy(&srv);
+    stderr_back(saved);
+
+    assert_int_equal(answered, CHURN);
+    assert_true(done);
+    assert_int_equal(ca.rc, GRAFT_OK);
+    assert_int_equal(wa.rc, GRAFT_OK);
+    assert_int_equal(count_lines(dir, "stderr.log", "out of range"), 0);
     assert_int_equal(count_lines(dir, "out/events.jsonl", "\"event\":\"worker_join\""), 1);
     remove_dir(dir);
 }
@@ -1095,6 +1170,7 @@ int main(void) {
         cmocka_unit_test(test_step_counts_bounded),
         cmocka_unit_test(test_run_id_digests_the_job),
         cmocka_unit_test(test_worker_follows_new_run),
+        cmocka_unit_test(test_churn_beyond_max_peers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
