@@ -188,7 +188,6 @@ static void enc_hello(enc_t *e, const graft_wire_hello_t *m) {
         shards[i].task = str_or_empty(m->shards[i].task);
         shards[i].kind = (Graft__TaskKind)m->shards[i].kind;
         shards[i].train_examples = m->shards[i].train_examples;
-        shards[i].test_examples = m->shards[i].test_examples;
         ptrs[i] = &shards[i];
     }
     e->items = shards;
@@ -281,7 +280,6 @@ static void enc_update(enc_t *e, const graft_wire_update_t *m, int dtype) {
     u->tensors = enc_tensors(e, m->tensors, m->ntensors, dtype);
     u->sample_count = m->sample_count;
     u->train_loss = m->train_loss;
-    u->train_tokens = m->train_tokens;
     u->train_seconds = m->train_seconds;
     e->env.body_case = GRAFT__ENVELOPE__BODY_UPDATE;
     e->env.update = u;
@@ -609,7 +607,6 @@ static int dec_hello(const Graft__Hello *pb, graft_wire_hello_t *m, char *why, s
                         s->task, (int)s->kind);
         m->shards[i].kind = (graft_wire_kind_t)s->kind;
         m->shards[i].train_examples = s->train_examples;
-        m->shards[i].test_examples = s->test_examples;
     }
     return dec_settings(pb, m, why, why_len);
 }
@@ -755,7 +752,6 @@ static int dec_update(const Graft__Update *pb, const graft_wire_opts_t *o, graft
     m->worker_id = pb->worker_id;
     m->sample_count = pb->sample_count;
     m->train_loss = pb->train_loss;
-    m->train_tokens = pb->train_tokens;
     m->train_seconds = pb->train_seconds;
     return tensors_from_pb(pb->tensors, pb->n_tensors, "update", o->schema, &m->tensors,
                            &m->ntensors, why, why_len);

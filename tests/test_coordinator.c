@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -176,7 +177,7 @@ static size_t hello_settings(const graft_run_config_t *cfg, graft_setting_t *ss,
 static int fake_worker(graft_transport_t *t, graft_transport_t *stranger,
                        const graft_run_config_t *cfg) {
     graft_wire_shard_t shard = {.task = "cls", .kind = GRAFT_KIND_CLASSIFICATION,
-                                .train_examples = 32, .test_examples = 8};
+                                .train_examples = 32};
     graft_setting_t ss[GRAFT_MAX_SHARED_SETTINGS];
     graft_wire_setting_t settings[GRAFT_MAX_SHARED_SETTINGS];
     graft_msg_t h = {.type = GRAFT_MSG_HELLO};
@@ -507,7 +508,7 @@ static graft_msg_t next_message(graft_transport_t *t) {
 static graft_msg_t hello_answer(graft_transport_t *t, const char *name, const char *version,
                                 graft_wire_setting_t *s, size_t n) {
     graft_wire_shard_t shard = {.task = "cls", .kind = GRAFT_KIND_CLASSIFICATION,
-                                .train_examples = 32, .test_examples = 8};
+                                .train_examples = 32};
     graft_msg_t h = {.type = GRAFT_MSG_HELLO};
     h.hello = (graft_wire_hello_t){.version = (char *)version, .name = (char *)name,
                                    .shards = &shard, .nshards = 1, .settings = s,
@@ -609,7 +610,7 @@ typedef struct {
 
 static void fake_hello(fake_t *f) {
     graft_wire_shard_t shard = {.task = "cls", .kind = GRAFT_KIND_CLASSIFICATION,
-                                .train_examples = 32, .test_examples = 8};
+                                .train_examples = 32};
     graft_setting_t ss[GRAFT_MAX_SHARED_SETTINGS];
     graft_wire_setting_t settings[GRAFT_MAX_SHARED_SETTINGS];
     graft_msg_t h = {.type = GRAFT_MSG_HELLO};
@@ -921,16 +922,22 @@ static void send_to_worker(graft_transport_t *t, graft_msg_t *m) {
     free(buf);
 }
 
-/* The round of the next Update from the worker (other messages skipped),
- * or 0 when none comes within 10 s. */
-static uint64_t next_update_round(graft_transport_t *t) {
+/* From the next message of `type` from the worker (others skipped): an
+ * Update's round or a Heartbeat's unix_ms; 0 when none comes within 10 s. */
+static uint64_t next_from_worker(graft_transport_t *t, graft_msg_type_t type) {
     for (;;) {
         graft_msg_t m;
         if (recv_message(t, 10000, &m)) return 0;
-        uint64_t round = m.type == GRAFT_MSG_UPDATE ? m.update.round : 0;
+        uint64_t v = m.type != type                 ? 0
+                     : type == GRAFT_MSG_HEARTBEAT ? m.heartbeat.unix_ms
+                                                   : m.update.round;
         graft_msg_free(&m);
-        if (round) return round;
+        if (v) return v;
     }
+}
+
+static uint64_t next_update_round(graft_transport_t *t) {
+    return next_from_worker(t, GRAFT_MSG_UPDATE);
 }
 
 /* Plays the coordinator of run 42 to the worker on end t's peer 1: reads
@@ -951,14 +958,17 @@ static void assign_run_42(graft_transport_t *t) {
 
 /* This thread plays the coordinator to a real worker: a round start whose
  * global steps pass INT_MAX (round 2^40), then round 1's start twice (as a
- * restarted coordinator flooded with hellos once did), then round 2's. The
- * worker drops the first, trains round 1 once: its updates are for rounds
- * 1 and 2, and it logs the drops. */
+ * restarted coordinator flooded with hellos once did), then round 2's, with
+ * another --batch and a 1 ms deadline. The worker drops the first, trains
+ * round 1 once: its updates are for rounds 1 and 2, and it logs the drops,
+ * the batch (once) and the missed deadline. Its heartbeats carry the wall
+ * clock. */
 static void test_repeated_round_start_dropped(void **state) {
     (void)state;
     char dir[] = "/tmp/graft_test_coordinator_XXXXXX";
     graft_run_config_t cfg;
     one_task_run(dir, &cfg);
+    cfg.heartbeat_ms = 50;
     graft_trainer_t *tr = NULL;
     assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
     int saved = stderr_to_log(dir);
@@ -987,8 +997,11 @@ static void test_repeated_round_start_dropped(void **state) {
     send_to_worker(ends[0], &rs);
     send_to_worker(ends[0], &rs);
     rs.round_start.round = 2;
+    rs.round_start.deadline_ms = 1;
+    rs.round_start.hyper.batch_size = 8;
     send_to_worker(ends[0], &rs);
     uint64_t first = next_update_round(ends[0]), second = next_update_round(ends[0]);
+    uint64_t beat_ms = next_from_worker(ends[0], GRAFT_MSG_HEARTBEAT), now_ms = (uint64_t)time(NULL) * 1000u;
     graft_msg_t sd = {.type = GRAFT_MSG_SHUTDOWN, .run_id = 42};
     sd.shutdown = (graft_wire_shutdown_t){.reason = "run complete", .run_complete = 1};
     send_to_worker(ends[0], &sd);
@@ -1000,6 +1013,11 @@ static void test_repeated_round_start_dropped(void **state) {
     assert_int_equal(wa.rc, GRAFT_OK);
     assert_int_equal(first, 1);
     assert_int_equal(second, 2);
+    assert_true(beat_ms + 60000u > now_ms && beat_ms < now_ms + 60000u); /* not monotonic */
+    assert_int_equal(count_lines(dir, "stderr.log", "the run.s --batch is 8, this worker.s 4"), 1);
+    assert_int_equal(count_lines(dir, "stderr.log", "round 2: local training took .* past the "
+                                                    "round.s deadline"), 1);
+    assert_int_equal(count_lines(dir, "stderr.log", "round 1: local training took"), 0);
     assert_int_equal(count_lines(dir, "stderr.log", "dropping a repeated round_start for round 1"),
                      1);
     assert_int_equal(count_lines(dir, "stderr.log", "dropping round_start 1099511627776: 2 local "
