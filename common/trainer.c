@@ -569,10 +569,15 @@ static int all_scopes(const graft_trainer_t *tr, graft_scope_t **out) {
 }
 
 int graft_trainer_save(graft_trainer_t *tr, const char *path) {
+    return graft_trainer_save_moments(tr, path, 2);
+}
+
+int graft_trainer_save_moments(graft_trainer_t *tr, const char *path, int n_moments) {
+    GRAFT_ASSERT(n_moments >= 0 && n_moments <= 2);
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
     int ns = all_scopes(tr, scopes);
     int total = 0;
-    for (int i = 0; i < ns; i++) total += scopes[i]->n_tensors + 2;
+    for (int i = 0; i < ns; i++) total += scopes[i]->n_tensors + n_moments;
     total += tr->n_tasks; /* channel indices */
     graft_st_tensor_t *ts = graft_xcalloc((size_t)total, sizeof *ts);
     char *names = graft_xcalloc((size_t)total, 2 * GRAFT_SCOPE_NAME);
@@ -582,7 +587,7 @@ int graft_trainer_save(graft_trainer_t *tr, const char *path) {
         graft_scope_t *s = scopes[i];
         if (s->numel == 0) continue;
         k += graft_scope_st_entries(s, ts + k, names + (size_t)k * 2 * GRAFT_SCOPE_NAME);
-        for (int j = 0; j < 2; j++) {
+        for (int j = 0; j < n_moments; j++) {
             char *nm = names + (size_t)k * 2 * GRAFT_SCOPE_NAME;
             snprintf(nm, 2 * GRAFT_SCOPE_NAME, "optimizer.%s.%s", s->name, j ? "v" : "m");
             /* The moments of the parameters (statistics have none). */

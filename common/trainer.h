@@ -138,6 +138,11 @@ int graft_stage1_rounds(const graft_run_config_t *cfg);
  * does not record are not checked. Channel indices out of 0..C-1 or
  * repeated within a layer are refused (GRAFT_EFORMAT). */
 int graft_trainer_save(graft_trainer_t *tr, const char *path);
+/* As graft_trainer_save with only the first n_moments (0, 1 or 2: m, then
+ * v) of each scope's optimizer state: the coordinator's state is its
+ * server optimizer's, which fedavg never uses (0) and fedavgm keeps in m
+ * (1). A moment the file lacks is read back as zero, its initial value. */
+int graft_trainer_save_moments(graft_trainer_t *tr, const char *path, int n_moments);
 int graft_trainer_load(graft_trainer_t *tr, const char *path);
 int graft_trainer_resume(graft_trainer_t *tr, const char *path);
 

@@ -67,6 +67,10 @@ int graft_transport_next_failure(graft_transport_t *t, graft_handshake_failure_t
     return t->ops->next_failure ? t->ops->next_failure(t, f) : 0;
 }
 
+void graft_transport_forget(graft_transport_t *t, int peer) {
+    if (t->ops->forget) t->ops->forget(t, peer);
+}
+
 void graft_transport_destroy(graft_transport_t **t) {
     if (!t || !*t) return;
     (*t)->ops->destroy(*t);

@@ -9,7 +9,9 @@
  * Peers are small integers. On a worker the coordinator is peer 0. On the
  * coordinator each worker is a peer >= 1: its MPI rank, the order in which a
  * new ZeroMQ routing identity (with CurveZMQ: a new pair of routing identity
- * and client key) first spoke, or its index for inproc.
+ * and client key) first spoke, or its index for inproc. forget() lets a
+ * ZeroMQ server give a peer's id to the next newcomer, so that ids stay as
+ * small as the number of peers the caller keeps, however many come and go.
  *
  * Authenticated identity: peer_key() names the key that authenticated a
  * peer's messages (CurveZMQ), so that the coordinator can bind a worker to
@@ -111,6 +113,8 @@ typedef struct {
     /* The oldest failed handshake not yet taken: 1, or 0 when none. NULL
      * for a backend without handshakes. */
     int (*next_failure)(graft_transport_t *t, graft_handshake_failure_t *f);
+    /* Drops what the transport knows of peer; NULL when peers are fixed. */
+    void (*forget)(graft_transport_t *t, int peer);
     void (*destroy)(graft_transport_t *t);
 } graft_transport_ops_t;
 
@@ -142,6 +146,12 @@ int graft_transport_allreduce_i64(graft_transport_t *t, int64_t *x, size_t n, in
  * is none. recv() notices them while it waits, so a caller that drains them
  * after every recv() hears of each within one receive timeout. */
 int graft_transport_next_failure(graft_transport_t *t, graft_handshake_failure_t *f);
+/* The caller is done with peer (a lost or refused worker): a ZeroMQ server
+ * forgets its identity and key, and the next new identity may get its id
+ * (the lowest free one); a later message from it comes as a new peer.
+ * Messages already sent to it are still delivered. No-op for MPI ranks and
+ * inproc ends, whose ids are fixed, and for an unknown peer. */
+void graft_transport_forget(graft_transport_t *t, int peer);
 void graft_transport_destroy(graft_transport_t **t);
 
 /* ---- inproc: a coordinator end and nworkers worker ends ------------------

@@ -2,7 +2,8 @@
  *
  * The coordinator binds a ROUTER; each worker connects a DEALER and sends
  * single-frame messages. The ROUTER sees [identity][payload]; each new
- * identity becomes the next peer id (1, 2, ...). ZMQ_ROUTER_HANDOVER lets a
+ * identity becomes a peer with the lowest free id (1, 2, ...; forget()
+ * frees one). ZMQ_ROUTER_HANDOVER lets a
  * restarted worker that reuses its identity take over its old slot, and
  * ZMQ_ROUTER_MANDATORY turns a send to a vanished peer into GRAFT_EPEER
  * instead of a silent drop. Workers reconnect on their own with backoff.
@@ -48,7 +49,13 @@
      ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 #define MONITOR_BATCH 512
 #define MAX_FAILURES 256
+/* How long closing a socket waits to deliver what it still queues. A
+ * worker's last words may go unheard. The coordinator's are the Shutdown
+ * that ends every worker's run: its ROUTER waits up to SERVER_LINGER_MS
+ * for a slow peer (a ROUTER drops what it queues to a disconnected one, so
+ * only a connected peer that does not drain keeps it that long). */
 #define LINGER_MS 1000
+#define SERVER_LINGER_MS 5000
 #define SEND_TIMEOUT_MS 5000
 #define HEARTBEAT_IVL_MS 2000
 #define HEARTBEAT_TIMEOUT_MS 10000
@@ -59,6 +66,7 @@ typedef struct {
     size_t idlen;
     char key[GRAFT_KEY_Z85_LEN + 1]; /* the CurveZMQ client key; "" without CurveZMQ */
     int superseded; /* its identity was last heard from another key */
+    int free;       /* forgotten: the slot awaits the next new peer */
     char name[160];
 } zpeer_t;
 
@@ -406,6 +414,7 @@ static void zt_free(zt_t *z) {
     /* The monitor first: its events must not find our end closed. */
     if (z->sock && z->server) zmq_socket_monitor(z->sock, NULL, 0);
     if (z->mon) zmq_close(z->mon);
+    if (z->sock && z->server) set_int(z->sock, ZMQ_LINGER, SERVER_LINGER_MS);
     if (z->sock) zmq_close(z->sock);
     if (z->zap_running) {
         zmq_ctx_shutdown(z->ctx); /* wakes the ZAP thread with ETERM */
@@ -546,13 +555,14 @@ static int zt_send(graft_transport_t *t, int peer, const void *buf, size_t len) 
     }
     if (peer < 1 || (size_t)peer > z->npeers) return GRAFT_EINVAL;
     zpeer_t *p = &z->peers[peer - 1];
-    if (p->superseded) return GRAFT_EPEER; /* it would reach the other key */
+    if (p->free || p->superseded) return GRAFT_EPEER; /* gone, or it would reach the other key */
     if (zmq_send(z->sock, p->id, p->idlen, ZMQ_SNDMORE) < 0) return send_errno(z, peer);
     return zmq_send(z->sock, buf, len, 0) < 0 ? send_errno(z, peer) : GRAFT_OK;
 }
 
 static int same_id(const zpeer_t *p, zmq_msg_t *id) {
-    return p->idlen == zmq_msg_size(id) && memcmp(p->id, zmq_msg_data(id), p->idlen) == 0;
+    return !p->free && p->idlen == zmq_msg_size(id) &&
+           memcmp(p->id, zmq_msg_data(id), p->idlen) == 0;
 }
 
 /* The message came on identity `id` from `key`: every other peer of that
@@ -568,6 +578,18 @@ static void supersede(zt_t *z, size_t self, zmq_msg_t *id) {
     }
 }
 
+/* A slot for a new peer: the lowest forgotten one, else a new one. */
+static size_t new_peer_slot(zt_t *z) {
+    for (size_t i = 0; i < z->npeers; i++)
+        if (z->peers[i].free) return i;
+    if (z->npeers == z->cap) {
+        z->cap = z->cap ? 2 * z->cap : 8;
+        z->peers = realloc(z->peers, z->cap * sizeof *z->peers);
+        GRAFT_ASSERT(z->peers);
+    }
+    return z->npeers++;
+}
+
 /* The peer id of a ROUTER identity and client key, adding a peer for a new
  * pair. */
 static int peer_of(zt_t *z, zmq_msg_t *id, zmq_msg_t *body) {
@@ -576,16 +598,11 @@ static int peer_of(zt_t *z, zmq_msg_t *id, zmq_msg_t *body) {
     size_t i = 0;
     while (i < z->npeers && !(same_id(&z->peers[i], id) && !strcmp(z->peers[i].key, key))) i++;
     if (i == z->npeers) {
-        if (z->npeers == z->cap) {
-            z->cap = z->cap ? 2 * z->cap : 8;
-            z->peers = realloc(z->peers, z->cap * sizeof *z->peers);
-            GRAFT_ASSERT(z->peers);
-        }
+        i = new_peer_slot(z);
         zpeer_t *p = &z->peers[i];
         *p = (zpeer_t){.idlen = zmq_msg_size(id)};
         memcpy(p->id, zmq_msg_data(id), p->idlen);
         snprintf(p->key, sizeof p->key, "%s", key);
-        z->npeers++;
     }
     /* Refreshed on every message: a worker that rejoins may come from elsewhere. */
     const char *addr = zmq_msg_gets(body, "Peer-Address");
@@ -639,6 +656,15 @@ static const char *zt_peer_key(graft_transport_t *t, int peer) {
     return z->peers[peer - 1].key;
 }
 
+/* The slot keeps nothing of the peer: its id goes to the next newcomer, and
+ * the identity, should it speak again, is a newcomer too. */
+static void zt_forget(graft_transport_t *t, int peer) {
+    zt_t *z = (zt_t *)t;
+    if (!z->server || peer < 1 || (size_t)peer > z->npeers) return;
+    z->peers[peer - 1] = (zpeer_t){.free = 1};
+    snprintf(z->peers[peer - 1].name, sizeof z->peers[peer - 1].name, "forgotten peer %d", peer);
+}
+
 static const graft_transport_ops_t zmq_ops = {
     .name = "zmq",
     .send = zt_send,
@@ -646,5 +672,6 @@ static const graft_transport_ops_t zmq_ops = {
     .peer_name = zt_peer_name,
     .peer_key = zt_peer_key,
     .next_failure = zt_next_failure,
+    .forget = zt_forget,
     .destroy = zmq_destroy,
 };

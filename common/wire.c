@@ -88,6 +88,13 @@ void graft_wire_tensor_densify(const graft_wire_tensor_t *t, float *out) {
 
 /* ---- encode ------------------------------------------------------------- */
 
+/* A repeated submessage field as protobuf-c wants it: n structs in one
+ * block (items) and an array of pointers to them (ptrs). */
+typedef struct {
+    void *items;
+    void **ptrs;
+} enc_items_t;
+
 /* Every temporary an encoding needs; enc_free releases them all. */
 typedef struct {
     Graft__Envelope env;
@@ -104,27 +111,35 @@ typedef struct {
     } body;
     Graft__Hyper hyper;
     Graft__Reduce reduce;
-    Graft__Tensor *tensors;
-    Graft__Tensor **tensor_ptrs;
-    uint8_t **bufs; /* converted tensor bytes, one per tensor (or NULL) */
+    enc_items_t tensors; /* Graft__Tensor */
+    uint8_t **bufs;      /* converted tensor bytes, one per tensor (or NULL) */
     size_t ntensors;
-    void *items;      /* Graft__Shard, Graft__Metric or Graft__LabelSet array */
-    void **item_ptrs; /* pointers into items */
-    char **names;     /* assign.tasks */
-    Graft__Setting *settings; /* hello.settings */
-    Graft__Setting **setting_ptrs;
+    enc_items_t items;    /* Graft__Shard, Graft__Metric or Graft__LabelSet */
+    enc_items_t settings; /* Graft__Setting: hello.settings */
+    char **names;         /* assign.tasks */
 } enc_t;
+
+/* n zeroed items of `size` bytes into it; returns the block (the caller
+ * inits each item) and leaves the pointers to them in it->ptrs. */
+static void *enc_items(enc_items_t *it, size_t n, size_t size) {
+    it->items = graft_xcalloc(n, size);
+    it->ptrs = graft_xcalloc(n, sizeof *it->ptrs);
+    for (size_t i = 0; i < n; i++) it->ptrs[i] = (char *)it->items + i * size;
+    return it->items;
+}
+
+static void enc_items_free(enc_items_t *it) {
+    free(it->items);
+    free(it->ptrs);
+}
 
 static void enc_free(enc_t *e) {
     for (size_t i = 0; i < e->ntensors; i++) free(e->bufs[i]);
     free(e->bufs);
-    free(e->tensors);
-    free(e->tensor_ptrs);
-    free(e->items);
-    free(e->item_ptrs);
+    enc_items_free(&e->tensors);
+    enc_items_free(&e->items);
+    enc_items_free(&e->settings);
     free(e->names);
-    free(e->settings);
-    free(e->setting_ptrs);
 }
 
 static char *str_or_empty(const char *s) { return (char *)(s ? s : ""); }
@@ -166,14 +181,10 @@ static void enc_tensor(const graft_wire_tensor_t *t, int dtype, Graft__Tensor *p
 
 static Graft__Tensor **enc_tensors(enc_t *e, const graft_wire_tensor_t *ts, size_t n, int dtype) {
     e->ntensors = n;
-    e->tensors = graft_xcalloc(n, sizeof *e->tensors);
-    e->tensor_ptrs = graft_xcalloc(n, sizeof *e->tensor_ptrs);
+    Graft__Tensor *pb = enc_items(&e->tensors, n, sizeof *pb);
     e->bufs = graft_xcalloc(n, sizeof *e->bufs);
-    for (size_t i = 0; i < n; i++) {
-        enc_tensor(&ts[i], dtype, &e->tensors[i], &e->bufs[i]);
-        e->tensor_ptrs[i] = &e->tensors[i];
-    }
-    return e->tensor_ptrs;
+    for (size_t i = 0; i < n; i++) enc_tensor(&ts[i], dtype, &pb[i], &e->bufs[i]);
+    return (Graft__Tensor **)e->tensors.ptrs;
 }
 
 static void enc_hello(enc_t *e, const graft_wire_hello_t *m) {
@@ -181,30 +192,23 @@ static void enc_hello(enc_t *e, const graft_wire_hello_t *m) {
     graft__hello__init(h);
     h->version = str_or_empty(m->version);
     h->name = str_or_empty(m->name);
-    Graft__Shard *shards = graft_xcalloc(m->nshards, sizeof *shards);
-    Graft__Shard **ptrs = graft_xcalloc(m->nshards, sizeof *ptrs);
+    Graft__Shard *shards = enc_items(&e->items, m->nshards, sizeof *shards);
     for (size_t i = 0; i < m->nshards; i++) {
         graft__shard__init(&shards[i]);
         shards[i].task = str_or_empty(m->shards[i].task);
         shards[i].kind = (Graft__TaskKind)m->shards[i].kind;
         shards[i].train_examples = m->shards[i].train_examples;
-        shards[i].test_examples = m->shards[i].test_examples;
-        ptrs[i] = &shards[i];
     }
-    e->items = shards;
-    e->item_ptrs = (void **)ptrs;
     h->n_shards = m->nshards;
-    h->shards = ptrs;
-    e->settings = graft_xcalloc(m->nsettings, sizeof *e->settings);
-    e->setting_ptrs = graft_xcalloc(m->nsettings, sizeof *e->setting_ptrs);
+    h->shards = (Graft__Shard **)e->items.ptrs;
+    Graft__Setting *settings = enc_items(&e->settings, m->nsettings, sizeof *settings);
     for (size_t i = 0; i < m->nsettings; i++) {
-        graft__setting__init(&e->settings[i]);
-        e->settings[i].name = str_or_empty(m->settings[i].name);
-        e->settings[i].value = str_or_empty(m->settings[i].value);
-        e->setting_ptrs[i] = &e->settings[i];
+        graft__setting__init(&settings[i]);
+        settings[i].name = str_or_empty(m->settings[i].name);
+        settings[i].value = str_or_empty(m->settings[i].value);
     }
     h->n_settings = m->nsettings;
-    h->settings = e->setting_ptrs;
+    h->settings = (Graft__Setting **)e->settings.ptrs;
     e->env.body_case = GRAFT__ENVELOPE__BODY_HELLO;
     e->env.hello = h;
 }
@@ -218,8 +222,7 @@ static void enc_assign(enc_t *e, const graft_wire_assign_t *m) {
     e->names = tasks;
     a->n_tasks = m->ntasks;
     a->tasks = tasks;
-    Graft__LabelSet *sets = graft_xcalloc(m->nlabel_sets, sizeof *sets);
-    Graft__LabelSet **ptrs = graft_xcalloc(m->nlabel_sets, sizeof *ptrs);
+    Graft__LabelSet *sets = enc_items(&e->items, m->nlabel_sets, sizeof *sets);
     for (size_t i = 0; i < m->nlabel_sets; i++) {
         graft__label_set__init(&sets[i]);
         sets[i].task = str_or_empty(m->label_sets[i].task);
@@ -227,12 +230,9 @@ static void enc_assign(enc_t *e, const graft_wire_assign_t *m) {
         sets[i].labels = m->label_sets[i].labels;
         sets[i].n_prior = m->label_sets[i].prior ? m->label_sets[i].nlabels : 0;
         sets[i].prior = m->label_sets[i].prior;
-        ptrs[i] = &sets[i];
     }
-    e->items = sets;
-    e->item_ptrs = (void **)ptrs;
     a->n_label_sets = m->nlabel_sets;
-    a->label_sets = ptrs;
+    a->label_sets = (Graft__LabelSet **)e->items.ptrs;
     a->max_message_bytes = m->max_message_bytes;
     e->env.body_case = GRAFT__ENVELOPE__BODY_ASSIGN;
     e->env.assign = a;
@@ -281,7 +281,6 @@ static void enc_update(enc_t *e, const graft_wire_update_t *m, int dtype) {
     u->tensors = enc_tensors(e, m->tensors, m->ntensors, dtype);
     u->sample_count = m->sample_count;
     u->train_loss = m->train_loss;
-    u->train_tokens = m->train_tokens;
     u->train_seconds = m->train_seconds;
     e->env.body_case = GRAFT__ENVELOPE__BODY_UPDATE;
     e->env.update = u;
@@ -304,18 +303,14 @@ static void enc_eval_result(enc_t *e, const graft_wire_eval_result_t *m) {
     r->round = m->round;
     r->task = str_or_empty(m->task);
     r->examples = m->examples;
-    Graft__Metric *metrics = graft_xcalloc(m->nmetrics, sizeof *metrics);
-    Graft__Metric **ptrs = graft_xcalloc(m->nmetrics, sizeof *ptrs);
+    Graft__Metric *metrics = enc_items(&e->items, m->nmetrics, sizeof *metrics);
     for (size_t i = 0; i < m->nmetrics; i++) {
         graft__metric__init(&metrics[i]);
         metrics[i].name = str_or_empty(m->metrics[i].name);
         metrics[i].value = m->metrics[i].value;
-        ptrs[i] = &metrics[i];
     }
-    e->items = metrics;
-    e->item_ptrs = (void **)ptrs;
     r->n_metrics = m->nmetrics;
-    r->metrics = ptrs;
+    r->metrics = (Graft__Metric **)e->items.ptrs;
     e->env.body_case = GRAFT__ENVELOPE__BODY_EVAL_RESULT;
     e->env.eval_result = r;
 }
@@ -609,7 +604,6 @@ static int dec_hello(const Graft__Hello *pb, graft_wire_hello_t *m, char *why, s
                         s->task, (int)s->kind);
         m->shards[i].kind = (graft_wire_kind_t)s->kind;
         m->shards[i].train_examples = s->train_examples;
-        m->shards[i].test_examples = s->test_examples;
     }
     return dec_settings(pb, m, why, why_len);
 }
@@ -755,7 +749,6 @@ static int dec_update(const Graft__Update *pb, const graft_wire_opts_t *o, graft
     m->worker_id = pb->worker_id;
     m->sample_count = pb->sample_count;
     m->train_loss = pb->train_loss;
-    m->train_tokens = pb->train_tokens;
     m->train_seconds = pb->train_seconds;
     return tensors_from_pb(pb->tensors, pb->n_tensors, "update", o->schema, &m->tensors,
                            &m->ntensors, why, why_len);

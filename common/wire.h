@@ -78,7 +78,6 @@ typedef struct {
     char *task;
     graft_wire_kind_t kind;
     uint64_t train_examples;
-    uint64_t test_examples;
 } graft_wire_shard_t;
 
 typedef struct {
@@ -159,7 +158,6 @@ typedef struct {
     size_t ntensors;
     uint64_t sample_count;
     double train_loss;
-    uint64_t train_tokens;
     double train_seconds;
 } graft_wire_update_t;
 

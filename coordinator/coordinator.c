@@ -17,11 +17,12 @@
 #include "trainer.h"
 #include "wire.h"
 
-/* Peer ids index the worker table. The ZeroMQ transport gives each new
- * identity the next id and never forgets one (a worker's stable --name
- * identity keeps its id when it reconnects), so after MAX_PEERS - 1
- * distinct identities newcomers are dropped in handle(). Reusing the slots
- * of lost workers needs a way to tell the transport to forget a peer. */
+/* Peer ids index the worker table. The slot of a worker that is lost or
+ * re-registers elsewhere, and the peer of a message from no registered
+ * worker (a refused hello, a stranger), go back to the transport
+ * (graft_transport_forget), which gives the freed ids to newcomers: ids stay
+ * below the number of peers alive at once, however many come and go. Only
+ * MAX_PEERS - 1 at once are served; handle() drops (and forgets) the rest. */
 #define MAX_PEERS 1024
 #define LOST_AFTER_BEATS 5
 #define HANDSHAKE_LOG_WINDOW_S 60.0 /* repeated failed handshakes: one line a minute */
@@ -40,7 +41,7 @@ typedef enum {
 static const char *state_name[] = {"wait_workers", "round_open", "aggregate",
                                    "eval",         "checkpoint", "done"};
 
-typedef enum { W_NONE, W_ACTIVE, W_LOST } worker_state_t;
+typedef enum { W_NONE, W_ACTIVE } worker_state_t;
 
 typedef struct {
     worker_state_t state;
@@ -54,6 +55,13 @@ typedef struct {
     int replied;  /* its name is among the round's contributions */
     int resent_round; /* the round last sent to it again (a repeated hello, a deadline) */
 } worker_t;
+
+/* The CurveZMQ key that the name of a worker no longer in the table
+ * registered with: the name stays that key's (impersonated()). */
+typedef struct {
+    char name[GRAFT_WIRE_MAX_NAME + 1];
+    char key[GRAFT_KEY_Z85_LEN + 1];
+} binding_t;
 
 /* One update accepted in the open round: its modules went into the
  * aggregator, and this is what round_end reports of it. Kept by worker
@@ -85,6 +93,8 @@ typedef struct {
     contribution_t *replies; /* the open round's, n_replies of them (MAX_PEERS slots) */
     int n_replies;
     worker_t *w; /* indexed by peer id */
+    binding_t *bound; /* names of released keyed workers, nbound of them */
+    int nbound;
     /* scopes[0] is shared, scopes[1 + t] task t's; schema names them. */
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
     graft_wire_schema_entry_t schema_entries[GRAFT_MAX_TASKS + 1];
@@ -471,15 +481,42 @@ static long major_version(const char *v) {
     return *end == '.' || *end == '\0' ? major : -1;
 }
 
-/* The registered worker that the hello from peer (its key `key`) would
- * impersonate, or -1: one registered under the hello's name with another
- * CurveZMQ key, or the worker this peer belongs to, if its key differs. */
-static int impersonated(const coord_t *c, int peer, const char *name, const char *key) {
-    for (int p = 0; p < MAX_PEERS; p++)
-        if (c->w[p].state != W_NONE && !strcmp(c->w[p].name, name) && strcmp(c->w[p].key, key))
-            return p;
+/* The worker that the hello from peer (its key `key`) would impersonate
+ * (1, its name and key in *other, *other_key), or 0: one registered now or
+ * before under the hello's name with another CurveZMQ key, or the worker
+ * this peer belongs to, if its key differs. */
+static int impersonated(const coord_t *c, int peer, const char *name, const char *key,
+                        const char **other, const char **other_key) {
     const worker_t *w = &c->w[peer];
-    return w->state == W_ACTIVE && strcmp(w->key, key) ? peer : -1;
+    *other = w->name, *other_key = w->key;
+    int found = w->state == W_ACTIVE && strcmp(w->key, key);
+    for (int p = 0; !found && p < MAX_PEERS; p++) {
+        *other = c->w[p].name, *other_key = c->w[p].key;
+        found = c->w[p].state != W_NONE && !strcmp(*other, name) && strcmp(*other_key, key);
+    }
+    for (int i = 0; !found && i < c->nbound; i++) {
+        *other = c->bound[i].name, *other_key = c->bound[i].key;
+        found = !strcmp(*other, name) && strcmp(*other_key, key);
+    }
+    return found;
+}
+
+/* Worker slot p is no one's any more (lost, or re-registered under another
+ * peer): its name stays bound to its key, and the transport may give its
+ * peer id to a newcomer. */
+static void release_slot(coord_t *c, int p) {
+    worker_t *w = &c->w[p];
+    int known = !*w->key;
+    for (int i = 0; !known && i < c->nbound; i++) known = !strcmp(c->bound[i].name, w->name);
+    if (!known) {
+        c->bound = realloc(c->bound, (size_t)(c->nbound + 1) * sizeof *c->bound);
+        GRAFT_ASSERT(c->bound);
+        c->bound[c->nbound++] = (binding_t){0};
+        snprintf(c->bound[c->nbound - 1].name, sizeof c->bound->name, "%s", w->name);
+        snprintf(c->bound[c->nbound - 1].key, sizeof c->bound->key, "%s", w->key);
+    }
+    memset(w, 0, sizeof *w);
+    graft_transport_forget(c->o.tp, p);
 }
 
 /* Refuses (returns 1) a hello that no settings could make acceptable:
@@ -487,9 +524,9 @@ static int impersonated(const coord_t *c, int peer, const char *name, const char
  * modules against), or a worker that another key registered. */
 static int refuse_hello(coord_t *c, int peer, const graft_wire_hello_t *h) {
     char why[512] = "";
-    const char *key = graft_transport_peer_key(c->o.tp, peer);
+    const char *key = graft_transport_peer_key(c->o.tp, peer), *other, *other_key;
     long major = major_version(h->version);
-    int other = impersonated(c, peer, h->name, key);
+    int taken = impersonated(c, peer, h->name, key, &other, &other_key);
     if (major < 0 || major != major_version(GRAFT_VERSION))
         snprintf(why, sizeof why, "it speaks graft protocol %s, this coordinator %s: the major "
                  "versions differ (run the same graft release on both)", h->version,
@@ -497,10 +534,10 @@ static int refuse_hello(coord_t *c, int peer, const graft_wire_hello_t *h) {
     else if (h->nsettings == 0)
         snprintf(why, sizeof why, "its hello carries no settings (an older graft?): nothing to "
                  "check its method, trunk and tasks against");
-    else if (other >= 0)
+    else if (taken)
         snprintf(why, sizeof why, "worker '%s' registered with CurveZMQ key %s, and this client's "
                  "key is %s (a worker's --name belongs to the key that registered it first)",
-                 c->w[other].name, c->w[other].key, *key ? key : "(none)");
+                 other, other_key, *key ? key : "(none)");
     if (!*why) return 0;
     refuse(c, peer, h->name, why, "", NULL);
     return 1;
@@ -592,8 +629,7 @@ static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
         if (p != peer && c->w[p].state == W_ACTIVE && !strcmp(c->w[p].name, h->name)) {
             LOG_WARN("coordinator: worker '%s' re-registered from %s; dropping its old slot",
                      h->name, graft_transport_peer_name(c->o.tp, peer));
-            c->w[p].state = W_LOST;
-            c->w[p].in_round = c->w[p].replied = 0;
+            release_slot(c, p);
         }
     memset(w, 0, sizeof *w);
     snprintf(w->name, sizeof w->name, "%s", h->name);
@@ -735,13 +771,7 @@ static void on_update(coord_t *c, int peer, graft_msg_t *m) {
     LOG_DEBUG("coordinator: update from %s, loss %.4f", who, m->update.train_loss);
 }
 
-static void handle(coord_t *c, int peer, const uint8_t *buf, size_t len) {
-    const char *who = graft_transport_peer_name(c->o.tp, peer);
-    c->bytes_in += len;
-    if (peer <= 0 || peer >= MAX_PEERS) {
-        LOG_WARN("coordinator: dropping a message from %s: peer id %d out of range", who, peer);
-        return;
-    }
+static void dispatch(coord_t *c, int peer, const char *who, const uint8_t *buf, size_t len) {
     graft_wire_opts_t opts = {.run_id = c->run_id, .max_bytes = c->max_bytes,
                               .schema = &c->schema};
     graft_msg_t m;
@@ -782,6 +812,24 @@ static void handle(coord_t *c, int peer, const uint8_t *buf, size_t len) {
     graft_msg_free(&m);
 }
 
+static void handle(coord_t *c, int peer, const uint8_t *buf, size_t len) {
+    const char *who = graft_transport_peer_name(c->o.tp, peer);
+    c->bytes_in += len;
+    if (peer <= 0 || peer >= MAX_PEERS) {
+        LOG_WARN("coordinator: dropping a message from %s: peer id %d out of range (more than "
+                 "%d peers at once)", who, peer, MAX_PEERS - 1);
+        graft_transport_forget(c->o.tp, peer);
+        return;
+    }
+    dispatch(c, peer, who, buf, len);
+    /* A peer that no worker holds (refused, a stranger, not registered yet)
+     * is forgotten: it comes back as a new peer, maybe under another id. */
+    if (c->w[peer].state == W_NONE) {
+        memset(&c->w[peer], 0, sizeof c->w[peer]);
+        graft_transport_forget(c->o.tp, peer);
+    }
+}
+
 /* ---- timers -------------------------------------------------------------- */
 
 static void check_lost(coord_t *c) {
@@ -792,15 +840,14 @@ static void check_lost(coord_t *c) {
     for (int p = 0; p < MAX_PEERS; p++) {
         worker_t *w = &c->w[p];
         if (w->state != W_ACTIVE || now - w->last_seen <= limit) continue;
-        w->state = W_LOST;
         int skipped = w->in_round && !w->replied;
-        if (skipped) w->in_round = 0;
         LOG_WARN("coordinator: worker %d '%s' lost (silent for %.1fs)%s", p, w->name,
                  now - w->last_seen, skipped ? "; its shards are skipped this round" : "");
         graft_events_emit(c->ev, "worker_lost",
                           json_pack("{s:i, s:i, s:s, s:f, s:b}", "round", c->round, "worker", p,
                                     "name", w->name, "silent_s", now - w->last_seen, "skipped",
                                     skipped));
+        release_slot(c, p); /* back, it registers anew (rejoins_replied) */
     }
 }
 
@@ -1011,7 +1058,12 @@ static void evaluate(coord_t *c, int split) {
 static int checkpoint(coord_t *c) {
     c->tr->step = c->round; /* the trainer's step counts finished rounds here */
     errno = 0;
-    int rc = graft_trainer_save(c->tr, c->ckpt_path);
+    /* Only the server optimizer's moments that the strategy uses: fedavg's
+     * would be zeros, twice the size of the modules. */
+    int moments = c->agg_cfg.combiner == GRAFT_AGG_FEDADAM   ? 2
+                  : c->agg_cfg.combiner == GRAFT_AGG_FEDAVGM ? 1
+                                                             : 0;
+    int rc = graft_trainer_save_moments(c->tr, c->ckpt_path, moments);
     if (rc) {
         /* The system's reason (ENOSPC, EACCES) says more than graft's code. */
         int e = errno;
@@ -1297,6 +1349,7 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
         graft_events_emit(c.ev, "run_end", end);
     }
     free(c.w);
+    free(c.bound);
     free(c.replies);
     graft_aggregator_destroy(&c.agg);
     graft_handshake_log_destroy(&c.handshakes);

@@ -12,6 +12,8 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# MPI is a build dependency: a missing mpirun is a broken setup, not a skip.
+command -v mpirun >/dev/null 2>&1 || fail "mpirun not found: install Open MPI (openmpi-bin)"
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }

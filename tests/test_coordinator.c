@@ -16,7 +16,9 @@
  *    unheld task's modules are exactly their initial values, the others
  *    trained;
  *  - the worker's side: this thread plays the coordinator and sends a round
- *    start twice; the worker trains that round once. */
+ *    start twice; the worker trains that round once;
+ *  - churn over ZeroMQ: more identities than the worker table's slots come
+ *    and go before a real worker joins, which still gets a slot. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,9 +29,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <zmq.h>
 
 #include "capture.h"
 #include "coordinator.h"
@@ -173,7 +177,7 @@ static size_t hello_settings(const graft_run_config_t *cfg, graft_setting_t *ss,
 static int fake_worker(graft_transport_t *t, graft_transport_t *stranger,
                        const graft_run_config_t *cfg) {
     graft_wire_shard_t shard = {.task = "cls", .kind = GRAFT_KIND_CLASSIFICATION,
-                                .train_examples = 32, .test_examples = 8};
+                                .train_examples = 32};
     graft_setting_t ss[GRAFT_MAX_SHARED_SETTINGS];
     graft_wire_setting_t settings[GRAFT_MAX_SHARED_SETTINGS];
     graft_msg_t h = {.type = GRAFT_MSG_HELLO};
@@ -504,7 +508,7 @@ static graft_msg_t next_message(graft_transport_t *t) {
 static graft_msg_t hello_answer(graft_transport_t *t, const char *name, const char *version,
                                 graft_wire_setting_t *s, size_t n) {
     graft_wire_shard_t shard = {.task = "cls", .kind = GRAFT_KIND_CLASSIFICATION,
-                                .train_examples = 32, .test_examples = 8};
+                                .train_examples = 32};
     graft_msg_t h = {.type = GRAFT_MSG_HELLO};
     h.hello = (graft_wire_hello_t){.version = (char *)version, .name = (char *)name,
                                    .shards = &shard, .nshards = 1, .settings = s,
@@ -606,7 +610,7 @@ typedef struct {
 
 static void fake_hello(fake_t *f) {
     graft_wire_shard_t shard = {.task = "cls", .kind = GRAFT_KIND_CLASSIFICATION,
-                                .train_examples = 32, .test_examples = 8};
+                                .train_examples = 32};
     graft_setting_t ss[GRAFT_MAX_SHARED_SETTINGS];
     graft_wire_setting_t settings[GRAFT_MAX_SHARED_SETTINGS];
     graft_msg_t h = {.type = GRAFT_MSG_HELLO};
@@ -918,16 +922,22 @@ static void send_to_worker(graft_transport_t *t, graft_msg_t *m) {
     free(buf);
 }
 
-/* The round of the next Update from the worker (other messages skipped),
- * or 0 when none comes within 10 s. */
-static uint64_t next_update_round(graft_transport_t *t) {
+/* From the next message of `type` from the worker (others skipped): an
+ * Update's round or a Heartbeat's unix_ms; 0 when none comes within 10 s. */
+static uint64_t next_from_worker(graft_transport_t *t, graft_msg_type_t type) {
     for (;;) {
         graft_msg_t m;
         if (recv_message(t, 10000, &m)) return 0;
-        uint64_t round = m.type == GRAFT_MSG_UPDATE ? m.update.round : 0;
+        uint64_t v = m.type != type                 ? 0
+                     : type == GRAFT_MSG_HEARTBEAT ? m.heartbeat.unix_ms
+                                                   : m.update.round;
         graft_msg_free(&m);
-        if (round) return round;
+        if (v) return v;
     }
+}
+
+static uint64_t next_update_round(graft_transport_t *t) {
+    return next_from_worker(t, GRAFT_MSG_UPDATE);
 }
 
 /* Plays the coordinator of run 42 to the worker on end t's peer 1: reads
@@ -948,14 +958,17 @@ static void assign_run_42(graft_transport_t *t) {
 
 /* This thread plays the coordinator to a real worker: a round start whose
  * global steps pass INT_MAX (round 2^40), then round 1's start twice (as a
- * restarted coordinator flooded with hellos once did), then round 2's. The
- * worker drops the first, trains round 1 once: its updates are for rounds
- * 1 and 2, and it logs the drops. */
+ * restarted coordinator flooded with hellos once did), then round 2's, with
+ * another --batch and a 1 ms deadline. The worker drops the first, trains
+ * round 1 once: its updates are for rounds 1 and 2, and it logs the drops,
+ * the batch (once) and the missed deadline. Its heartbeats carry the wall
+ * clock. */
 static void test_repeated_round_start_dropped(void **state) {
     (void)state;
     char dir[] = "/tmp/graft_test_coordinator_XXXXXX";
     graft_run_config_t cfg;
     one_task_run(dir, &cfg);
+    cfg.heartbeat_ms = 50;
     graft_trainer_t *tr = NULL;
     assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
     int saved = stderr_to_log(dir);
@@ -984,8 +997,11 @@ static void test_repeated_round_start_dropped(void **state) {
     send_to_worker(ends[0], &rs);
     send_to_worker(ends[0], &rs);
     rs.round_start.round = 2;
+    rs.round_start.deadline_ms = 1;
+    rs.round_start.hyper.batch_size = 8;
     send_to_worker(ends[0], &rs);
     uint64_t first = next_update_round(ends[0]), second = next_update_round(ends[0]);
+    uint64_t beat_ms = next_from_worker(ends[0], GRAFT_MSG_HEARTBEAT), now_ms = (uint64_t)time(NULL) * 1000u;
     graft_msg_t sd = {.type = GRAFT_MSG_SHUTDOWN, .run_id = 42};
     sd.shutdown = (graft_wire_shutdown_t){.reason = "run complete", .run_complete = 1};
     send_to_worker(ends[0], &sd);
@@ -997,6 +1013,11 @@ static void test_repeated_round_start_dropped(void **state) {
     assert_int_equal(wa.rc, GRAFT_OK);
     assert_int_equal(first, 1);
     assert_int_equal(second, 2);
+    assert_true(beat_ms + 60000u > now_ms && beat_ms < now_ms + 60000u); /* not monotonic */
+    assert_int_equal(count_lines(dir, "stderr.log", "the run.s --batch is 8, this worker.s 4"), 1);
+    assert_int_equal(count_lines(dir, "stderr.log", "round 2: local training took .* past the "
+                                                    "round.s deadline"), 1);
+    assert_int_equal(count_lines(dir, "stderr.log", "round 1: local training took"), 0);
     assert_int_equal(count_lines(dir, "stderr.log", "dropping a repeated round_start for round 1"),
                      1);
     assert_int_equal(count_lines(dir, "stderr.log", "dropping round_start 1099511627776: 2 local "
@@ -1034,6 +1055,24 @@ static void test_run_id_digests_the_job(void **state) {
     }
 }
 
+/* Waits up to `seconds` for the coordinator thread ct to finish (else
+ * stops it and the worker thread wt: the worker never joined), joins both;
+ * returns whether it had finished. */
+static int join_run(coord_arg_t *ca, pthread_t ct, pthread_t wt, volatile sig_atomic_t *stop,
+                    int seconds) {
+    for (int i = 0; i < 20 * seconds && !__atomic_load_n(&ca->done, __ATOMIC_SEQ_CST); i++)
+        usleep(50000);
+    int done = __atomic_load_n(&ca->done, __ATOMIC_SEQ_CST);
+    if (!done) {
+        graft_coordinator_stop = SIGTERM;
+        *stop = 1;
+    }
+    pthread_join(ct, NULL);
+    pthread_join(wt, NULL);
+    graft_coordinator_stop = 0;
+    return done;
+}
+
 /* A coordinator restarted with other job settings has another run id. A
  * worker registered under the old one (played here: its Assign said run
  * 42) joins the new run at once — its heartbeats are answered with an
@@ -1057,15 +1096,7 @@ static void test_worker_follows_new_run(void **state) {
     assign_run_42(ends[0]);
     coord_arg_t ca = {.co = {.cfg = cfg, .expected_workers = 1, .tp = ends[0], .mode = "inproc"}};
     pthread_create(&ct, NULL, coord_main, &ca);
-    for (int i = 0; i < 300 && !__atomic_load_n(&ca.done, __ATOMIC_SEQ_CST); i++) usleep(50000);
-    int done = __atomic_load_n(&ca.done, __ATOMIC_SEQ_CST);
-    if (!done) { /* 15 s: the worker never joined */
-        graft_coordinator_stop = SIGTERM;
-        stop = 1;
-    }
-    pthread_join(ct, NULL);
-    pthread_join(wt, NULL);
-    graft_coordinator_stop = 0;
+    int done = join_run(&ca, ct, wt, &stop, 15);
     for (int i = 0; i < 2; i++) graft_transport_destroy(&ends[i]);
     stderr_back(saved);
 
@@ -1073,6 +1104,68 @@ static void test_worker_follows_new_run(void **state) {
     assert_int_equal(ca.rc, GRAFT_OK);
     assert_int_equal(wa.rc, GRAFT_OK);
     assert_true(count_lines(dir, "stderr.log", "is from run 000000000000002a") >= 1);
+    assert_int_equal(count_lines(dir, "out/events.jsonl", "\"event\":\"worker_join\""), 1);
+    remove_dir(dir);
+}
+
+/* Over ZeroMQ, CHURN > MAX_PEERS (1024) distinct identities each send a
+ * heartbeat of another run, are told to say hello and go away; then a real
+ * worker joins and the run completes. The coordinator forgets each
+ * stranger's peer, so the worker's id is small; before it did, stranger
+ * 1024 got no answer (its peer id was out of range). */
+static void test_churn_beyond_max_peers(void **state) {
+    (void)state;
+    enum { CHURN = 1100 };
+    char dir[] = "/tmp/graft_test_coordinator_XXXXXX";
+    graft_run_config_t cfg;
+    one_task_run(dir, &cfg);
+    cfg.rounds = 1;
+    cfg.heartbeat_ms = 200;
+    int saved = stderr_to_log(dir);
+    graft_zmq_opts_t so = {.endpoint = "tcp://127.0.0.1:*"};
+    graft_transport_t *srv = NULL;
+    assert_int_equal(graft_transport_zmq_server(&so, &srv), GRAFT_OK);
+    const char *ep = graft_transport_zmq_endpoint(srv);
+    coord_arg_t ca = {.co = {.cfg = cfg, .expected_workers = 1, .tp = srv, .mode = "zmq"}};
+    pthread_t ct, wt;
+    pthread_create(&ct, NULL, coord_main, &ca);
+    graft_msg_t hb = {.type = GRAFT_MSG_HEARTBEAT, .run_id = 42};
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(graft_wire_encode(&hb, GRAFT_DTYPE_F32, &buf, &len), GRAFT_OK);
+    void *ctx = zmq_ctx_new();
+    int answered = 0, ms = 10000;
+    for (int i = 0; i == answered && i < CHURN; i++) {
+        char id[32], reply[512];
+        snprintf(id, sizeof id, "stranger-%d", i);
+        void *s = zmq_socket(ctx, ZMQ_DEALER);
+        zmq_setsockopt(s, ZMQ_ROUTING_ID, id, strlen(id));
+        zmq_setsockopt(s, ZMQ_RCVTIMEO, &ms, sizeof ms);
+        zmq_connect(s, ep);
+        zmq_send(s, buf, len, 0);
+        answered += zmq_recv(s, reply, sizeof reply, 0) > 0; /* "send hello" */
+        zmq_close(s);
+    }
+    zmq_ctx_term(ctx);
+    free(buf);
+    if (answered < CHURN) fprintf(stdout, "stranger %d got no answer\n", answered);
+    graft_zmq_opts_t wo = {.endpoint = ep, .identity = "real"};
+    graft_transport_t *cli = NULL;
+    assert_int_equal(graft_transport_zmq_client(&wo, &cli), GRAFT_OK);
+    volatile sig_atomic_t stop = 0;
+    worker_arg_t wa = {.wo = {.cfg = cfg, .name = "real", .shard_count = 1, .tp = cli},
+                       .stop = &stop};
+    pthread_create(&wt, NULL, worker_main, &wa);
+    int done = join_run(&ca, ct, wt, &stop, 30);
+    graft_transport_destroy(&cli);
+    graft_transport_destroy(&srv);
+    stderr_back(saved);
+
+    assert_int_equal(answered, CHURN);
+    assert_true(done);
+    assert_int_equal(ca.rc, GRAFT_OK);
+    assert_int_equal(wa.rc, GRAFT_OK);
+    assert_int_equal(count_lines(dir, "stderr.log", "out of range"), 0);
     assert_int_equal(count_lines(dir, "out/events.jsonl", "\"event\":\"worker_join\""), 1);
     remove_dir(dir);
 }
@@ -1095,6 +1188,7 @@ int main(void) {
         cmocka_unit_test(test_step_counts_bounded),
         cmocka_unit_test(test_run_id_digests_the_job),
         cmocka_unit_test(test_worker_follows_new_run),
+        cmocka_unit_test(test_churn_beyond_max_peers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

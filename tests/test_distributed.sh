@@ -10,7 +10,8 @@
 #     completes, and the worker restarted under the same name rejoins;
 #  4. the coordinator killed with SIGKILL and restarted with --resume from its
 #     checkpoint ends with the same modules as an uninterrupted run (under
-#     fedadam, whose server moments the checkpoint carries);
+#     fedadam, whose server moments the checkpoint carries; under fedavg
+#     it carries none);
 #  5. aggregation strategies: fedadam + fedprox + clip with LoRA svd summed by
 #     MPI reductions, and trimmed_mean (held replies, update messages under
 #     MPI), each bit-identical between ZeroMQ and MPI; freeze_a keeps every
@@ -63,22 +64,18 @@ grep -q -F "config: the effective settings are in $T/zmq/config.txt" "$T/zmq.err
 echo "ok 1 - graft run --workers 3: events, per-task test metrics, config.txt, debug lines"
 
 # ---- 2. the same job under MPI: identical modules ----------------------------
-if command -v mpirun >/dev/null 2>&1; then
-    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
-        mpirun -np 4 --oversubscribe "$GRAFT" mpi --config "$T/run.conf" --out "$T/mpi" \
-        >"$T/mpi.out" 2>"$T/mpi.err" || { tail -20 "$T/mpi.err" >&2; fail "graft mpi failed"; }
-    cmp "$T/zmq/modules.safetensors" "$T/mpi/modules.safetensors" ||
-        fail "MPI and ZeroMQ runs of the same job ended with different modules"
-    cmp "$T/zmq.out" "$T/mpi.out" || fail "MPI and ZeroMQ test metrics differ"
-    grep -q -x 'shards =' "$T/mpi/config.txt" || fail "graft mpi wrote no OUT/config.txt"
-    grep -q '"event":"run_start".*"mpi_reductions":true' "$T/mpi/events.jsonl" ||
-        fail "graft mpi did not use MPI reductions"
-    grep -q '"event":"round_end".*"lora_gap":{"shared":' "$T/zmq/events.jsonl" ||
-        fail "round_end does not log the LoRA gap"
-    echo "ok 2 - mpirun -np 4: modules bit-identical to the ZeroMQ run (MPI reductions)"
-else
-    echo "ok 2 # SKIP mpirun not found"
-fi
+OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
+    mpirun -np 4 --oversubscribe "$GRAFT" mpi --config "$T/run.conf" --out "$T/mpi" \
+    >"$T/mpi.out" 2>"$T/mpi.err" || { tail -20 "$T/mpi.err" >&2; fail "graft mpi failed"; }
+cmp "$T/zmq/modules.safetensors" "$T/mpi/modules.safetensors" ||
+    fail "MPI and ZeroMQ runs of the same job ended with different modules"
+cmp "$T/zmq.out" "$T/mpi.out" || fail "MPI and ZeroMQ test metrics differ"
+grep -q -x 'shards =' "$T/mpi/config.txt" || fail "graft mpi wrote no OUT/config.txt"
+grep -q '"event":"run_start".*"mpi_reductions":true' "$T/mpi/events.jsonl" ||
+    fail "graft mpi did not use MPI reductions"
+grep -q '"event":"round_end".*"lora_gap":{"shared":' "$T/zmq/events.jsonl" ||
+    fail "round_end does not log the LoRA gap"
+echo "ok 2 - mpirun -np 4: modules bit-identical to the ZeroMQ run (MPI reductions)"
 
 # ---- 2b. shared_weight task and shared_server_lr: ZeroMQ and MPI agree -------
 # Four clients holding one task each from a quarter of majority's train rows
@@ -104,15 +101,13 @@ grep -m1 "shared scope weights (one per task)" "$T/tw.err" |
     awk -F': ' '{ n = split($NF, w, ", "); s = 0; for (i = 1; i <= n; i++) { split(w[i], kv, " ");
                   s += kv[2] } exit !(n == 4 && s > 2.999 && s < 3.001) }' ||
     fail "the logged shared scope weights of 4 workers do not add up to 3 tasks"
-if command -v mpirun >/dev/null 2>&1; then
-    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
-        mpirun -np 5 --oversubscribe "$GRAFT" mpi --config "$T/run.conf" --out "$T/tw-mpi" $TW \
-        >"$T/tw-mpi.out" 2>"$T/tw-mpi.err" || { tail -20 "$T/tw-mpi.err" >&2; fail "graft mpi $TW failed"; }
-    grep -q '"event":"run_start".*"mpi_reductions":true' "$T/tw-mpi/events.jsonl" ||
-        fail "graft mpi $TW did not use MPI reductions"
-    cmp "$T/tw/modules.safetensors" "$T/tw-mpi/modules.safetensors" ||
-        fail "MPI and ZeroMQ runs with $TW ended with different modules"
-fi
+OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
+    mpirun -np 5 --oversubscribe "$GRAFT" mpi --config "$T/run.conf" --out "$T/tw-mpi" $TW \
+    >"$T/tw-mpi.out" 2>"$T/tw-mpi.err" || { tail -20 "$T/tw-mpi.err" >&2; fail "graft mpi $TW failed"; }
+grep -q '"event":"run_start".*"mpi_reductions":true' "$T/tw-mpi/events.jsonl" ||
+    fail "graft mpi $TW did not use MPI reductions"
+cmp "$T/tw/modules.safetensors" "$T/tw-mpi/modules.safetensors" ||
+    fail "MPI and ZeroMQ runs with $TW ended with different modules"
 echo "ok 2b - shared_weight task, shared_server_lr 3: weights add up to the tasks; MPI agrees"
 
 # ---- 3. SIGKILL a worker mid-run; it is lost, restarted, and rejoins ---------
@@ -209,6 +204,31 @@ cmp "$T/ref/modules.safetensors" "$T/res/modules.safetensors" ||
     fail "a resumed run ended with other modules than an uninterrupted one"
 echo "ok 4 - coordinator killed and resumed: modules identical to an uninterrupted run"
 
+# ---- 4b. fedavg: the checkpoint carries no (unused, all-zero) moments --------
+# Under fedavg the coordinator keeps no server optimizer state: its
+# checkpoint holds the modules alone, a third of fedadam's (modules, m, v),
+# and a coordinator resumed from it still ends as an uninterrupted run.
+AVGCONF="--config $T/run.conf --rounds 4 --local_steps 20 --checkpoint_every_rounds 1"
+timeout 120 "$GRAFT" run --workers 3 $AVGCONF --out "$T/avgref" >/dev/null 2>"$T/avgref.err" ||
+    fail "fedavg reference run for the resume test failed"
+python3 - "$T/avgref/modules.safetensors" "$T/ref/modules.safetensors" <<'PY' || fail "see above"
+import json, os, struct, sys
+def names(p):
+    with open(p, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return [k for k in json.loads(f.read(n)) if k != "__metadata__"]
+avg, adam = sys.argv[1], sys.argv[2]
+assert not [k for k in names(avg) if k.startswith("optimizer.")], "fedavg stored moments"
+assert len([k for k in names(adam) if k.startswith("optimizer.")]) >= 2, "fedadam: no moments"
+r = os.path.getsize(avg) / os.path.getsize(adam)
+assert 0.30 < r < 0.37, "fedavg checkpoint is %.2f of fedadam's, not about 1/3" % r
+PY
+# shellcheck disable=SC2086
+resume_run avgres 2 $AVGCONF
+cmp "$T/avgref/modules.safetensors" "$T/avgres/modules.safetensors" ||
+    fail "fedavg: a resumed run ended with other modules than an uninterrupted one"
+echo "ok 4b - fedavg checkpoints hold no optimizer moments (1/3 the size) and resume exactly"
+
 # ---- 5. aggregation strategies -------------------------------------------------
 # run_pair NAME ARGS...: the same job over ZeroMQ and MPI; modules must match.
 run_pair() {
@@ -216,25 +236,23 @@ run_pair() {
     shift
     timeout 120 "$GRAFT" run --config "$T/run.conf" --workers 3 --out "$T/$name-zmq" "$@" \
         >/dev/null 2>"$T/$name-zmq.err" || { tail -20 "$T/$name-zmq.err" >&2; fail "$name: graft run failed"; }
-    if command -v mpirun >/dev/null 2>&1; then
-        OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
-            mpirun -np 4 --oversubscribe "$GRAFT" mpi --config "$T/run.conf" \
-            --out "$T/$name-mpi" "$@" >/dev/null 2>"$T/$name-mpi.err" ||
-            { tail -20 "$T/$name-mpi.err" >&2; fail "$name: graft mpi failed"; }
-        cmp "$T/$name-zmq/modules.safetensors" "$T/$name-mpi/modules.safetensors" ||
-            fail "$name: MPI and ZeroMQ runs ended with different modules"
-    fi
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
+        mpirun -np 4 --oversubscribe "$GRAFT" mpi --config "$T/run.conf" \
+        --out "$T/$name-mpi" "$@" >/dev/null 2>"$T/$name-mpi.err" ||
+        { tail -20 "$T/$name-mpi.err" >&2; fail "$name: graft mpi failed"; }
+    cmp "$T/$name-zmq/modules.safetensors" "$T/$name-mpi/modules.safetensors" ||
+        fail "$name: MPI and ZeroMQ runs ended with different modules"
 }
 run_pair adam --aggregate fedadam,fedprox,clip --clip_norm 0.05 --server_lr 0.003 \
     --lora_aggregate svd
-grep -q '"mpi_reductions":true' "$T/adam-mpi/events.jsonl" 2>/dev/null ||
-    ! command -v mpirun >/dev/null 2>&1 || fail "fedadam: graft mpi did not use reductions"
+grep -q '"mpi_reductions":true' "$T/adam-mpi/events.jsonl" ||
+    fail "fedadam: graft mpi did not use reductions"
 grep -q '"event":"round_end".*"svd_residual":{"shared":' "$T/adam-zmq/events.jsonl" ||
     fail "lora svd: round_end has no svd_residual"
 echo "ok 5 - fedadam+fedprox+clip with LoRA svd: MPI reductions bit-identical to ZeroMQ"
 run_pair trim --aggregate trimmed_mean,clip --trim_frac 0.34 --clip_norm 0.05
-grep -q 'needs every reply' "$T/trim-mpi.err" 2>/dev/null ||
-    ! command -v mpirun >/dev/null 2>&1 || fail "trimmed_mean: graft mpi did not fall back to messages"
+grep -q 'needs every reply' "$T/trim-mpi.err" ||
+    fail "trimmed_mean: graft mpi did not fall back to messages"
 echo "ok 6 - trimmed_mean+clip (held replies): MPI bit-identical to ZeroMQ"
 
 # freeze_a: two learning rates train different B but leave every A as it was
@@ -271,25 +289,21 @@ PY
 echo "ok 7 - freeze_a: lora_A unchanged bit for bit, LoRA gap exactly 0"
 
 # ---- 6. a rank killed under MPI reductions ends the job ----------------------------
-if command -v mpirun >/dev/null 2>&1; then
-    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
-        mpirun -np 4 --oversubscribe "$GRAFT" mpi --config "$T/run.conf" --rounds 200 \
-        --local_steps 20 --out "$T/mpikill" >/dev/null 2>"$T/mpikill.err" &
-    MPIRUN=$!
-    PIDS="$PIDS $MPIRUN"
-    EV=$T/mpikill/events.jsonl
-    wait_for '"event":"round_end","round":2' 60
-    RANK=$(pgrep -f "graft mpi --config $T/run.conf --rounds 200" | tail -1)
-    [ -n "$RANK" ] || fail "no MPI rank to kill"
-    kill -9 "$RANK"
-    T0=$(date +%s)
-    if wait "$MPIRUN"; then fail "mpirun succeeded although a rank was killed"; fi
-    [ $(($(date +%s) - T0)) -lt 60 ] || fail "mpirun took a minute to notice the killed rank"
-    ! grep -q '"event":"run_end".*"ok":true' "$EV" || fail "the run claims to have ended normally"
-    echo "ok 8 - a SIGKILLed MPI rank ends the job instead of hanging a reduction"
-else
-    echo "ok 8 # SKIP mpirun not found"
-fi
+OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
+    mpirun -np 4 --oversubscribe "$GRAFT" mpi --config "$T/run.conf" --rounds 200 \
+    --local_steps 20 --out "$T/mpikill" >/dev/null 2>"$T/mpikill.err" &
+MPIRUN=$!
+PIDS="$PIDS $MPIRUN"
+EV=$T/mpikill/events.jsonl
+wait_for '"event":"round_end","round":2' 60
+RANK=$(pgrep -f "graft mpi --config $T/run.conf --rounds 200" | tail -1)
+[ -n "$RANK" ] || fail "no MPI rank to kill"
+kill -9 "$RANK"
+T0=$(date +%s)
+if wait "$MPIRUN"; then fail "mpirun succeeded although a rank was killed"; fi
+[ $(($(date +%s) - T0)) -lt 60 ] || fail "mpirun took a minute to notice the killed rank"
+! grep -q '"event":"run_end".*"ok":true' "$EV" || fail "the run claims to have ended normally"
+echo "ok 8 - a SIGKILLed MPI rank ends the job instead of hanging a reduction"
 
 # ---- 7. the two-stage channels method, federated ------------------------------
 # Stage 1 (lntune, scoring channels) covers ceil(stage1_steps / local_steps) =
@@ -433,16 +447,14 @@ LIMIT=$(sed -n 's/.*coordinator: message limit \([0-9]*\) bytes .*/\1/p' "$T/big
 [ -n "$LIMIT" ] && [ "$LIMIT" -gt 131072 ] || fail "message limit '$LIMIT': not from the modules"
 [ "$(grep -c '"event":"round_end".*"replies":2' "$T/big/events.jsonl")" -eq 2 ] ||
     fail "graft run --method full: not every round had both replies"
-if command -v mpirun >/dev/null 2>&1; then
-    # shellcheck disable=SC2086
-    GRAFT_TEST_DEFAULT_MAX_BYTES=65536 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-        timeout 60 mpirun -np 3 --oversubscribe -x GRAFT_TEST_DEFAULT_MAX_BYTES "$GRAFT" mpi $BIG \
-        --aggregate median --out "$T/bigmpi" >/dev/null 2>"$T/bigmpi.err" ||
-        { tail -20 "$T/bigmpi.err" >&2; fail "graft mpi --method full --aggregate median failed"; }
-    grep -q 'exceeds the limit' "$T/bigmpi.err" && fail "graft mpi: an update exceeded the limit"
-    [ "$(grep -c '"event":"round_end".*"replies":2' "$T/bigmpi/events.jsonl")" -eq 2 ] ||
-        fail "graft mpi --method full: not every round had both replies"
-fi
+# shellcheck disable=SC2086
+GRAFT_TEST_DEFAULT_MAX_BYTES=65536 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+    timeout 60 mpirun -np 3 --oversubscribe -x GRAFT_TEST_DEFAULT_MAX_BYTES "$GRAFT" mpi $BIG \
+    --aggregate median --out "$T/bigmpi" >/dev/null 2>"$T/bigmpi.err" ||
+    { tail -20 "$T/bigmpi.err" >&2; fail "graft mpi --method full --aggregate median failed"; }
+grep -q 'exceeds the limit' "$T/bigmpi.err" && fail "graft mpi: an update exceeded the limit"
+[ "$(grep -c '"event":"round_end".*"replies":2' "$T/bigmpi/events.jsonl")" -eq 2 ] ||
+    fail "graft mpi --method full: not every round had both replies"
 echo "ok 12 - --method full with messages over the default limit: the limit follows the" \
     "modules (ZeroMQ, and MPI with median)"
 

@@ -171,6 +171,68 @@ static void start_workers(worker_t *w, pthread_t *th, int n, const char *endpoin
     }
 }
 
+/* A DEALER of ctx with routing identity id, connected to ep, that has sent
+ * "hi" (plain sockets: a churn of many clients is cheap in one context). */
+static void *churn_client(void *ctx, const char *ep, const char *id) {
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    assert_non_null(s);
+    int zero = 0;
+    assert_int_equal(zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_ROUTING_ID, id, strlen(id)), 0);
+    assert_int_equal(zmq_connect(s, ep), 0);
+    assert_int_equal(zmq_send(s, "hi", 3, 0), 3);
+    return s;
+}
+
+static int recv_peer(graft_transport_t *srv) {
+    int peer = -1;
+    uint8_t *buf = NULL;
+    size_t len;
+    assert_int_equal(graft_transport_recv(srv, &peer, &buf, &len, 10000), GRAFT_OK);
+    free(buf);
+    return peer;
+}
+
+/* More distinct identities than the coordinator's 1024 worker slots come
+ * and go: each, forgotten, frees its id for the next, so ids stay at 2
+ * while peer 1 keeps its own; a forgotten identity that speaks again is a
+ * new peer, and sending to a free id fails. Without forget() the ids would
+ * have climbed to CHURN + 1. */
+static void test_zmq_forget_reuses_ids(void **state) {
+    (void)state;
+    enum { CHURN = 1100 };
+    graft_transport_t *srv = zmq_server(NULL, NULL, 0);
+    const char *ep = graft_transport_zmq_endpoint(srv);
+    void *ctx = zmq_ctx_new();
+    void *keeper = churn_client(ctx, ep, "keeper");
+    assert_int_equal(recv_peer(srv), 1);
+    void *s = NULL;
+    char id[32];
+    for (int i = 0; i < CHURN; i++) {
+        if (s) zmq_close(s);
+        snprintf(id, sizeof id, "churn-%d", i);
+        s = churn_client(ctx, ep, id);
+        assert_int_equal(recv_peer(srv), 2);
+        graft_transport_forget(srv, 2);
+    }
+    assert_int_equal(graft_transport_send(srv, 2, "x", 2), GRAFT_EPEER);
+    assert_string_equal(graft_transport_peer_name(srv, 2), "forgotten peer 2");
+    assert_int_equal(zmq_send(s, "hi", 3, 0), 3);
+    assert_int_equal(recv_peer(srv), 2); /* the last one again: a newcomer */
+    assert_int_equal(graft_transport_send(srv, 2, "to last", 8), GRAFT_OK);
+    assert_int_equal(graft_transport_send(srv, 1, "to keeper", 10), GRAFT_OK);
+    char got[16] = "";
+    assert_int_equal(zmq_recv(keeper, got, sizeof got - 1, 0), 10);
+    assert_string_equal(got, "to keeper");
+    assert_int_equal(zmq_recv(s, got, sizeof got - 1, 0), 8);
+    assert_string_equal(got, "to last");
+    graft_transport_forget(srv, 99); /* unknown: nothing happens */
+    zmq_close(s);
+    zmq_close(keeper);
+    zmq_ctx_term(ctx);
+    graft_transport_destroy(&srv);
+}
+
 static void test_zmq_router_dealers(void **state) {
     (void)state;
     graft_transport_t *srv = zmq_server(NULL, NULL, 0);
@@ -580,6 +642,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_inproc),
         cmocka_unit_test(test_zmq_router_dealers),
+        cmocka_unit_test(test_zmq_forget_reuses_ids),
         cmocka_unit_test(test_zmq_message_limit),
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_curve),

@@ -54,6 +54,7 @@ typedef struct {
     /* The last round trained since the coordinator last assigned us: a
      * repeated round start for it (or an older round) is dropped. */
     uint64_t trained_round;
+    int warned_batch; /* the run's --batch differs from ours: said once */
     /* What the hello says must match the coordinator's (computed once: it
      * digests the trunk file). */
     graft_setting_t settings[GRAFT_MAX_SHARED_SETTINGS];
@@ -221,8 +222,7 @@ static int send_hello(worker_t *w) {
             .task = (char *)graft_task_name(tasks[t]),
             .kind = graft_task_kind(tasks[t]) == GRAFT_TASK_CLASSIFY ? GRAFT_KIND_CLASSIFICATION
                                                                      : GRAFT_KIND_GENERATION,
-            .train_examples = graft_task_count(tasks[t], GRAFT_SPLIT_TRAIN),
-            .test_examples = graft_task_count(tasks[t], GRAFT_SPLIT_TEST)};
+            .train_examples = graft_task_count(tasks[t], GRAFT_SPLIT_TRAIN)};
     graft_wire_setting_t settings[GRAFT_MAX_SHARED_SETTINGS];
     for (int i = 0; i < w->nsettings; i++)
         settings[i] = (graft_wire_setting_t){.name = (char *)w->settings[i].name,
@@ -278,7 +278,9 @@ static void heartbeat(worker_t *w) {
     w->last_beat = now;
     graft_msg_t m = {.type = GRAFT_MSG_HEARTBEAT};
     m.heartbeat.worker_id = w->id;
-    m.heartbeat.unix_ms = (uint64_t)(now * 1000.0);
+    struct timespec wall; /* graft_now() is monotonic: not a date */
+    clock_gettime(CLOCK_REALTIME, &wall);
+    m.heartbeat.unix_ms = (uint64_t)wall.tv_sec * 1000u + (uint64_t)wall.tv_nsec / 1000000u;
     send_msg(w, &m);
 }
 
@@ -647,6 +649,12 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
     } else if (!rs->hyper.channels_selected && (tr->peft->cfg.methods & GRAFT_M_CHANNELS)) {
         tr->stage = 1; /* a coordinator resumed from stage 1 */
     }
+    if (rs->hyper.batch_size != (uint32_t)tr->B && !w->warned_batch) {
+        w->warned_batch = 1;
+        LOG_WARN("worker %s: the run's --batch is %u, this worker's %d: its steps are not the "
+                 "run's (start it with --batch %u)", w->name, rs->hyper.batch_size, tr->B,
+                 rs->hyper.batch_size);
+    }
     uint32_t steps = rs->hyper.local_steps;
     int64_t first = (int64_t)(rs->round - 1) * steps; /* refuse_round_start: fits an int */
     graft_trainer_seek_sampler(tr, w->stream, first);
@@ -672,10 +680,14 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
                                      .ntensors = rs->reduce.collective ? 0 : n,
                                      .sample_count = samples,
                                      .train_loss = steps ? loss / steps : 0.0,
-                                     .train_tokens = (uint64_t)steps * tr->B * tr->T,
                                      .train_seconds = graft_now() - t0};
     LOG_INFO("worker %s: round %llu: %u steps, loss %.4f, %.2fs", w->name,
              (unsigned long long)rs->round, steps, u.update.train_loss, u.update.train_seconds);
+    if (u.update.train_seconds * 1000.0 > rs->deadline_ms)
+        LOG_WARN("worker %s: round %llu: local training took %.1f s, past the round's deadline "
+                 "(%.1f s after its start was sent): the update may come too late to count "
+                 "(fewer --local_steps or a longer --round_timeout_ms)", w->name,
+                 (unsigned long long)rs->round, u.update.train_seconds, rs->deadline_ms / 1000.0);
     send_msg(w, &u);
     if (rs->reduce.collective) contribute(w, rs, 1);
 }
