@@ -425,10 +425,11 @@ static void test_assignment_by_holdings(void **state) {
     assert_int_equal(graft_trainer_new(&cfg, &fin), GRAFT_OK);
     snprintf(path, sizeof path, "%s/out/modules.safetensors", dir);
     assert_int_equal(graft_trainer_load(fin, path), GRAFT_OK);
-    graft_scope_t *before[4] = {init->peft->shared}, *after[4] = {fin->peft->shared};
+    graft_scope_t *before[4] = {graft_trainer_shared_scope(init)},
+                  *after[4] = {graft_trainer_shared_scope(fin)};
     for (int t = 0; t < 3; t++) {
-        before[1 + t] = init->peft->tasks[t].scope;
-        after[1 + t] = fin->peft->tasks[t].scope;
+        before[1 + t] = graft_trainer_task_scope(init, t);
+        after[1 + t] = graft_trainer_task_scope(fin, t);
     }
     for (int k = 0; k < 4; k++) {
         int same = !memcmp(before[k]->params, after[k]->params, before[k]->numel * sizeof(float));
@@ -467,7 +468,7 @@ static void test_unworkable_settings_refused(void **state) {
 
     graft_trainer_t *tr = NULL;
     assert_int_equal(graft_trainer_new(&a.co.cfg, &tr), GRAFT_OK);
-    tr->step = 6; /* rounds done */
+    graft_trainer_set_steps_done(tr, 6); /* rounds done */
     assert_int_equal(graft_trainer_save(tr, ckpt), GRAFT_OK);
     graft_trainer_destroy(&tr);
     a.co.cfg.min_replies = 1;
@@ -708,8 +709,8 @@ static double scope_shift(const fake_run_t *r, int k) {
     char path[300];
     snprintf(path, sizeof path, "%s/out/modules.safetensors", r->dir);
     assert_int_equal(graft_trainer_load(fin, path), GRAFT_OK);
-    graft_scope_t *a = k ? init->peft->tasks[0].scope : init->peft->shared;
-    graft_scope_t *b = k ? fin->peft->tasks[0].scope : fin->peft->shared;
+    graft_scope_t *a = k ? graft_trainer_task_scope(init, 0) : graft_trainer_shared_scope(init);
+    graft_scope_t *b = k ? graft_trainer_task_scope(fin, 0) : graft_trainer_shared_scope(fin);
     assert_true(a->numel > 0);
     double sum = 0.0;
     for (size_t i = 0; i < a->numel; i++) sum += (double)b->params[i] - a->params[i];
@@ -965,7 +966,7 @@ static void test_repeated_round_start_dropped(void **state) {
     pthread_t wt;
     pthread_create(&wt, NULL, worker_main, &wa);
     assign_run_42(ends[0]);
-    graft_scope_t *scopes[2] = {tr->peft->shared, tr->peft->tasks[0].scope};
+    graft_scope_t *scopes[2] = {graft_trainer_shared_scope(tr), graft_trainer_task_scope(tr, 0)};
     graft_wire_tensor_t ts[2];
     size_t n = 0;
     for (int k = 0; k < 2; k++)

@@ -184,8 +184,8 @@ static int load_shards(worker_t *w) {
  * trainer's after. */
 static int held_tasks(worker_t *w, graft_task_t ***out) {
     if (w->tr) {
-        *out = w->tr->tasks;
-        return w->tr->n_tasks;
+        *out = graft_trainer_tasks(w->tr);
+        return graft_trainer_n_tasks(w->tr);
     }
     *out = w->held;
     return w->n_held;
@@ -372,7 +372,7 @@ static int relabel_assigned(worker_t *w, const graft_wire_assign_t *a) {
 }
 
 static void build_schema(worker_t *w) {
-    graft_peft_t *p = w->tr->peft;
+    graft_peft_t *p = graft_trainer_peft(w->tr);
     w->schema_entries[0] = (graft_wire_schema_entry_t){.name = p->shared->name, .ndim = 1,
                                                       .shape = {(int64_t)p->shared->numel}};
     for (int t = 0; t < p->n_tasks; t++)
@@ -387,9 +387,11 @@ static void build_schema(worker_t *w) {
 static void map_run_tasks(worker_t *w) {
     graft_task_spec_t specs[GRAFT_MAX_TASKS];
     w->n_run_tasks = graft_run_task_specs(&w->o.cfg, specs, GRAFT_MAX_TASKS);
-    for (int t = 0; t < w->tr->n_tasks; t++) {
+    for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++) {
         int r = 0;
-        while (r < w->n_run_tasks && strcmp(specs[r].name, graft_task_name(w->tr->tasks[t]))) r++;
+        while (r < w->n_run_tasks &&
+               strcmp(specs[r].name, graft_task_name(graft_trainer_task(w->tr, t))))
+            r++;
         GRAFT_ASSERT(r < w->n_run_tasks); /* the shards were loaded from these specs */
         w->run_task[t] = r;
     }
@@ -437,9 +439,9 @@ static int build_trainer(worker_t *w, const graft_wire_assign_t *a) {
 
 /* The same tasks as the trainer was built for? */
 static int same_assignment(const worker_t *w, const graft_wire_assign_t *a) {
-    if ((int)a->ntasks != w->tr->n_tasks) return 0;
-    for (int t = 0; t < w->tr->n_tasks; t++)
-        if (!assigned(a, graft_task_name(w->tr->tasks[t]))) return 0;
+    if ((int)a->ntasks != graft_trainer_n_tasks(w->tr)) return 0;
+    for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++)
+        if (!assigned(a, graft_task_name(graft_trainer_task(w->tr, t)))) return 0;
     return 1;
 }
 
@@ -474,7 +476,7 @@ static int on_assign(worker_t *w, const graft_msg_t *m) {
 /* ---- a round --------------------------------------------------------------- */
 
 static graft_scope_t *scope_named(worker_t *w, const char *name) {
-    graft_peft_t *p = w->tr->peft;
+    graft_peft_t *p = graft_trainer_peft(w->tr);
     if (!strcmp(name, p->shared->name)) return p->shared;
     for (int t = 0; t < p->n_tasks; t++)
         if (!strcmp(name, p->tasks[t].scope->name)) return p->tasks[t].scope;
@@ -483,7 +485,7 @@ static graft_scope_t *scope_named(worker_t *w, const char *name) {
 
 /* Scope slot (0: shared, 1 + t: trainer task t) of a scope of ours. */
 static int scope_slot(const worker_t *w, const graft_scope_t *s) {
-    graft_peft_t *p = w->tr->peft;
+    graft_peft_t *p = graft_trainer_peft(w->tr);
     for (int t = 0; t < p->n_tasks; t++)
         if (s == p->tasks[t].scope) return 1 + t;
     return 0;
@@ -497,9 +499,9 @@ static int scope_slot(const worker_t *w, const graft_scope_t *s) {
 static void set_logit_offsets(worker_t *w, float tau) {
     if (tau == w->logit_adjust) return;
     w->logit_adjust = tau;
-    graft_peft_t *p = w->tr->peft;
-    for (int t = 0; t < w->tr->n_tasks; t++) {
-        const graft_task_t *task = w->tr->tasks[t];
+    graft_peft_t *p = graft_trainer_peft(w->tr);
+    for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++) {
+        const graft_task_t *task = graft_trainer_task(w->tr, t);
         if (graft_task_kind(task) != GRAFT_TASK_CLASSIFY) continue;
         if (tau <= 0) {
             graft_peft_set_logit_offset(p, t, NULL);
@@ -535,7 +537,7 @@ static void set_logit_offsets(worker_t *w, float tau) {
  * anchor, LoRA A freezing, head rate and logit offsets. */
 static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_scope_t **sent,
                          size_t n) {
-    graft_peft_t *p = w->tr->peft;
+    graft_peft_t *p = graft_trainer_peft(w->tr);
     p->shared->prox_ref = NULL;
     for (int t = 0; t < p->n_tasks; t++) p->tasks[t].scope->prox_ref = NULL;
     for (size_t i = 0; i < n; i++) {
@@ -546,14 +548,14 @@ static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_
         if (!rs->hyper.keep_optimizer_state) graft_scope_reset_state(sent[i]);
         sent[i]->prox_ref = w->global[k];
     }
-    w->tr->prox_mu = rs->hyper.fedprox_mu;
+    graft_trainer_set_prox_mu(w->tr, rs->hyper.fedprox_mu);
     graft_peft_freeze_lora_a(p, rs->hyper.freeze_lora_a);
     graft_peft_set_head_lr_scale(p, rs->hyper.head_lr_scale);
     set_logit_offsets(w, rs->hyper.logit_adjust);
 }
 
 static uint64_t task_examples(const worker_t *w, int t) {
-    return graft_task_count(w->tr->tasks[t], GRAFT_SPLIT_TRAIN);
+    return graft_task_count(graft_trainer_task(w->tr, t), GRAFT_SPLIT_TRAIN);
 }
 
 static void tick(void *arg) {
@@ -565,19 +567,19 @@ static void tick(void *arg) {
  * (trained == 0) contributes nothing but still joins, so that no rank waits
  * forever. */
 static void contribute(worker_t *w, const graft_wire_round_start_t *rs, int trained) {
-    graft_peft_t *p = w->tr->peft;
+    graft_peft_t *p = graft_trainer_peft(w->tr);
     if (!w->contrib) w->contrib = graft_contributor_new(w->o.tp, p, w->n_run_tasks);
     graft_contribution_t parts[GRAFT_MAX_TASKS + 1];
     int assigned[GRAFT_MAX_TASKS] = {0}, n = 0;
     uint64_t samples = 0;
-    for (int t = 0; t < w->tr->n_tasks; t++) samples += task_examples(w, t);
+    for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++) samples += task_examples(w, t);
     if (p->shared->numel)
         parts[n++] = (graft_contribution_t){.task = -1, .global = trained ? w->global[0] : NULL,
                                             .trained = p->shared->params,
                                             .weight = rs->reduce.shared_weight
                                                           ? rs->reduce.shared_weight
                                                           : samples};
-    for (int t = 0; t < w->tr->n_tasks; t++) {
+    for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++) {
         assigned[w->run_task[t]] = 1;
         if (!p->tasks[t].scope->numel) continue;
         parts[n++] = (graft_contribution_t){.task = t, .run_task = w->run_task[t],
@@ -638,14 +640,14 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
     import_round(w, rs, sent, n);
     w->trained_round = rs->round;
     graft_trainer_t *tr = w->tr;
-    if (rs->hyper.channels_selected && tr->stage == 1) {
+    if (rs->hyper.channels_selected && graft_trainer_stage(tr) == 1) {
         /* The scores just imported are the coordinator's: the same choice. */
         graft_trainer_choose_channels(tr);
         LOG_INFO("worker %s: round %llu: two-stage: channels selected (digest %016llx); stage 2 "
                  "starts", w->name, (unsigned long long)rs->round,
                  (unsigned long long)graft_trainer_channels_digest(tr));
-    } else if (!rs->hyper.channels_selected && (tr->peft->cfg.methods & GRAFT_M_CHANNELS)) {
-        tr->stage = 1; /* a coordinator resumed from stage 1 */
+    } else if (!rs->hyper.channels_selected) {
+        graft_trainer_restart_stage1(tr); /* a coordinator resumed from stage 1 */
     }
     uint32_t steps = rs->hyper.local_steps;
     int64_t first = (int64_t)(rs->round - 1) * steps; /* refuse_round_start: fits an int */
@@ -660,7 +662,7 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
     }
     pulse_training(w, 0);
     uint64_t samples = 0;
-    for (int t = 0; t < tr->n_tasks; t++) samples += task_examples(w, t);
+    for (int t = 0; t < graft_trainer_n_tasks(tr); t++) samples += task_examples(w, t);
     graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
     for (size_t i = 0; i < n; i++)
         ts[i] = (graft_wire_tensor_t){.name = sent[i]->name, .ndim = 1,
@@ -668,11 +670,13 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
                                       .data = sent[i]->params, .numel = sent[i]->numel};
     graft_msg_t u = {.type = GRAFT_MSG_UPDATE};
     /* With reductions the modules travel through MPI, not in the Update. */
+    int B, T;
+    graft_trainer_batch_shape(tr, &B, &T);
     u.update = (graft_wire_update_t){.round = rs->round, .worker_id = w->id, .tensors = ts,
                                      .ntensors = rs->reduce.collective ? 0 : n,
                                      .sample_count = samples,
                                      .train_loss = steps ? loss / steps : 0.0,
-                                     .train_tokens = (uint64_t)steps * tr->B * tr->T,
+                                     .train_tokens = (uint64_t)steps * B * T,
                                      .train_seconds = graft_now() - t0};
     LOG_INFO("worker %s: round %llu: %u steps, loss %.4f, %.2fs", w->name,
              (unsigned long long)rs->round, steps, u.update.train_loss, u.update.train_seconds);
