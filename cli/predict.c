@@ -234,15 +234,14 @@ static int export_trunk(const task_model_t *tm, const task_model_config_t *pc) {
     const graft_task_t *task = graft_trainer_task(tr, tm->task);
     if (!tm->g && graft_peft_fold(graft_trainer_peft(tr), tm->task)) return GRAFT_EINVAL;
     int C = graft_trainer_trunk(tr)->cfg.C, K = graft_task_num_labels(task);
-    const graft_peft_task_modules_t *mods = &graft_trainer_peft(tr)->tasks[tm->task];
+    float *head_w, *head_b;
+    graft_peft_head(graft_trainer_peft(tr), tm->task, &head_w, &head_b);
     graft_st_tensor_t head[2];
     int n_head = 0;
     json_t *labels = json_array();
     if (graft_task_kind(task) == GRAFT_TASK_CLASSIFY) {
-        head[0] = (graft_st_tensor_t){"head.weight", 2, {C, K},
-                                      graft_scope_ptr(mods->scope, mods->head_w), GRAFT_ST_F32};
-        head[1] = (graft_st_tensor_t){"head.bias", 1, {K},
-                                      graft_scope_ptr(mods->scope, mods->head_b), GRAFT_ST_F32};
+        head[0] = (graft_st_tensor_t){"head.weight", 2, {C, K}, head_w, GRAFT_ST_F32};
+        head[1] = (graft_st_tensor_t){"head.bias", 1, {K}, head_b, GRAFT_ST_F32};
         n_head = 2;
         for (int k = 0; k < K; k++)
             json_array_append_new(labels, json_string(graft_task_label_name(task, k)));

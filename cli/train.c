@@ -184,8 +184,8 @@ static int module_index(const char *name) {
 static void print_modules(const graft_peft_t *p, size_t trunk) {
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
     int ns = 0;
-    scopes[ns++] = p->shared;
-    for (int t = 0; t < p->n_tasks; t++) scopes[ns++] = p->tasks[t].scope;
+    scopes[ns++] = graft_peft_shared(p);
+    for (int t = 0; t < graft_peft_n_tasks(p); t++) scopes[ns++] = graft_peft_task_scope(p, t);
     size_t per_method[N_MODULES] = {0};
     printf("%-28s %-10s %12s %9s\n", "scope", "method", "params", "of trunk");
     for (int i = 0; i < ns; i++) {
@@ -243,8 +243,8 @@ static int inspect_graft(const graft_run_config_t *cfg) {
         for (int i = 0; i < nsp; i++) {
             size_t n = graft_mask_k(sp[i], lay.num_eligible) +
                        graft_peft_task_params(graft_trainer_peft(tr), t);
-            printf("%-28s %-12g %12zu %8.4f%%\n", graft_trainer_peft(tr)->tasks[t].name, sp[i], n,
-                   100.0 * n / m->num_params);
+            printf("%-28s %-12g %12zu %8.4f%%\n", graft_peft_task_name(graft_trainer_peft(tr), t),
+                   sp[i], n, 100.0 * n / m->num_params);
         }
     graft_mask_layout_free(&lay);
     graft_trainer_destroy(&tr);
@@ -267,16 +267,16 @@ int cmd_inspect(int argc, char **argv) {
     if (graft_trainer_new(&cfg, &tr)) return 1;
     const graft_gpt2_t *m = graft_trainer_trunk(tr);
     const graft_peft_t *p = graft_trainer_peft(tr);
-    printf("trunk: V=%d T=%d L=%d NH=%d C=%d, %s tokenizer, %zu parameters (frozen%s)\n",
-           m->cfg.V, m->cfg.T, m->cfg.L, m->cfg.NH, m->cfg.C,
-           graft_tokenizer_kind_name(m->cfg.tokenizer), m->num_params,
-           (p->cfg.methods & GRAFT_M_FULL) ? " except under method full" : "");
+    printf("trunk: V=%d T=%d L=%d NH=%d C=%d, %s tokenizer, %zu parameters (frozen%s)\n", m->cfg.V,
+           m->cfg.T, m->cfg.L, m->cfg.NH, m->cfg.C, graft_tokenizer_kind_name(m->cfg.tokenizer),
+           m->num_params,
+           (graft_peft_methods(p) & GRAFT_M_FULL) ? " except under method full" : "");
     printf("method: %s\n\n", cfg.method);
     print_modules(p, m->num_params);
     printf("\n%-28s %12s %9s\n", "per task (shared + own)", "params", "of trunk");
-    for (int t = 0; t < p->n_tasks; t++) {
+    for (int t = 0; t < graft_peft_n_tasks(p); t++) {
         size_t n = graft_peft_task_params(p, t);
-        printf("%-28s %12zu %8.3f%%\n", p->tasks[t].name, n, 100.0 * n / m->num_params);
+        printf("%-28s %12zu %8.3f%%\n", graft_peft_task_name(p, t), n, 100.0 * n / m->num_params);
     }
     graft_trainer_destroy(&tr);
     return 0;

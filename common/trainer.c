@@ -810,12 +810,11 @@ graft_task_t **graft_trainer_tasks(graft_trainer_t *tr) {
 }
 
 graft_scope_t *graft_trainer_shared_scope(const graft_trainer_t *tr) {
-    return tr->peft->shared;
+    return graft_peft_shared(tr->peft);
 }
 
 graft_scope_t *graft_trainer_task_scope(const graft_trainer_t *tr, int t) {
-    GRAFT_ASSERT(t >= 0 && t < tr->n_tasks);
-    return tr->peft->tasks[t].scope;
+    return graft_peft_task_scope(tr->peft, t);
 }
 
 void graft_trainer_batch_shape(const graft_trainer_t *tr, int *B, int *T) {

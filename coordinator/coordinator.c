@@ -229,11 +229,12 @@ static int send_round_start(coord_t *c, int peer) {
     rs->hyper.weight_decay = c->cfg->weight_decay;
     rs->hyper.fedprox_mu = c->agg_cfg.fedprox ? c->agg_cfg.fedprox_mu : 0.0f;
     rs->hyper.freeze_lora_a = c->agg_cfg.lora == GRAFT_LORA_FREEZE_A;
-    rs->hyper.head_lr_scale = graft_trainer_peft(c->tr)->cfg.head_lr_scale;
+    const graft_peft_t *peft = graft_trainer_peft(c->tr);
+    rs->hyper.head_lr_scale = graft_peft_head_lr_scale(peft);
     rs->hyper.keep_optimizer_state = c->cfg->keep_optimizer_state;
     rs->hyper.logit_adjust = c->cfg->logit_adjust;
-    rs->hyper.channels_selected = (graft_trainer_peft(c->tr)->cfg.methods & GRAFT_M_CHANNELS) &&
-                                  graft_trainer_stage(c->tr) == 2;
+    rs->hyper.channels_selected =
+        (graft_peft_methods(peft) & GRAFT_M_CHANNELS) && graft_trainer_stage(c->tr) == 2;
     rs->reduce = (graft_wire_reduce_t){
         .collective = graft_aggregator_collective(c->agg),
         .clip_norm = c->agg_cfg.clip ? c->agg_cfg.clip_norm : 0.0f,

@@ -373,13 +373,13 @@ static int relabel_assigned(worker_t *w, const graft_wire_assign_t *a) {
 
 static void build_schema(worker_t *w) {
     graft_peft_t *p = graft_trainer_peft(w->tr);
-    w->schema_entries[0] = (graft_wire_schema_entry_t){.name = p->shared->name, .ndim = 1,
-                                                      .shape = {(int64_t)p->shared->numel}};
-    for (int t = 0; t < p->n_tasks; t++)
-        w->schema_entries[1 + t] = (graft_wire_schema_entry_t){
-            .name = p->tasks[t].scope->name, .ndim = 1,
-            .shape = {(int64_t)p->tasks[t].scope->numel}};
-    w->schema = (graft_wire_schema_t){w->schema_entries, (size_t)p->n_tasks + 1};
+    int n = graft_peft_n_tasks(p);
+    for (int k = 0; k <= n; k++) {
+        const graft_scope_t *s = k ? graft_peft_task_scope(p, k - 1) : graft_peft_shared(p);
+        w->schema_entries[k] = (graft_wire_schema_entry_t){.name = s->name, .ndim = 1,
+                                                           .shape = {(int64_t)s->numel}};
+    }
+    w->schema = (graft_wire_schema_t){w->schema_entries, (size_t)n + 1};
 }
 
 /* Each trainer task's index among the run's tasks (the MPI groups are the
@@ -477,17 +477,17 @@ static int on_assign(worker_t *w, const graft_msg_t *m) {
 
 static graft_scope_t *scope_named(worker_t *w, const char *name) {
     graft_peft_t *p = graft_trainer_peft(w->tr);
-    if (!strcmp(name, p->shared->name)) return p->shared;
-    for (int t = 0; t < p->n_tasks; t++)
-        if (!strcmp(name, p->tasks[t].scope->name)) return p->tasks[t].scope;
+    if (!strcmp(name, graft_peft_shared(p)->name)) return graft_peft_shared(p);
+    for (int t = 0; t < graft_peft_n_tasks(p); t++)
+        if (!strcmp(name, graft_peft_task_scope(p, t)->name)) return graft_peft_task_scope(p, t);
     return NULL;
 }
 
 /* Scope slot (0: shared, 1 + t: trainer task t) of a scope of ours. */
 static int scope_slot(const worker_t *w, const graft_scope_t *s) {
     graft_peft_t *p = graft_trainer_peft(w->tr);
-    for (int t = 0; t < p->n_tasks; t++)
-        if (s == p->tasks[t].scope) return 1 + t;
+    for (int t = 0; t < graft_peft_n_tasks(p); t++)
+        if (s == graft_peft_task_scope(p, t)) return 1 + t;
     return 0;
 }
 
@@ -538,8 +538,8 @@ static void set_logit_offsets(worker_t *w, float tau) {
 static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_scope_t **sent,
                          size_t n) {
     graft_peft_t *p = graft_trainer_peft(w->tr);
-    p->shared->prox_ref = NULL;
-    for (int t = 0; t < p->n_tasks; t++) p->tasks[t].scope->prox_ref = NULL;
+    graft_peft_shared(p)->prox_ref = NULL;
+    for (int t = 0; t < graft_peft_n_tasks(p); t++) graft_peft_task_scope(p, t)->prox_ref = NULL;
     for (size_t i = 0; i < n; i++) {
         int k = scope_slot(w, sent[i]);
         if (!w->global[k]) w->global[k] = graft_xmalloc((sent[i]->numel + 1) * sizeof(float));
@@ -573,18 +573,20 @@ static void contribute(worker_t *w, const graft_wire_round_start_t *rs, int trai
     int assigned[GRAFT_MAX_TASKS] = {0}, n = 0;
     uint64_t samples = 0;
     for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++) samples += task_examples(w, t);
-    if (p->shared->numel)
+    const graft_scope_t *shared = graft_peft_shared(p);
+    if (shared->numel)
         parts[n++] = (graft_contribution_t){.task = -1, .global = trained ? w->global[0] : NULL,
-                                            .trained = p->shared->params,
+                                            .trained = shared->params,
                                             .weight = rs->reduce.shared_weight
                                                           ? rs->reduce.shared_weight
                                                           : samples};
     for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++) {
         assigned[w->run_task[t]] = 1;
-        if (!p->tasks[t].scope->numel) continue;
+        const graft_scope_t *own = graft_peft_task_scope(p, t);
+        if (!own->numel) continue;
         parts[n++] = (graft_contribution_t){.task = t, .run_task = w->run_task[t],
                                             .global = trained ? w->global[1 + t] : NULL,
-                                            .trained = p->tasks[t].scope->params,
+                                            .trained = own->params,
                                             .weight = task_examples(w, t)};
     }
     int rc = graft_contributor_run(w->contrib, &rs->reduce, rs->hyper.freeze_lora_a, assigned,
