@@ -992,7 +992,18 @@ static void aggregate(coord_t *c) {
     free(in);
 }
 
-/* Dev split during the run; the test split after the last round, printed. */
+/* A test-split result goes to the caller's test_result; without one it
+ * is printed on stdout (transitional, graft_coordinator_run). */
+static void report_test_result(coord_t *c, const graft_eval_result_t *r, const char *line) {
+    if (c->o.test_result) {
+        c->o.test_result(c->o.test_result_ctx, r, line);
+        return;
+    }
+    printf("%s\n", line);
+    fflush(stdout);
+}
+
+/* Dev split during the run; the test split after the last round, reported. */
 static void evaluate(coord_t *c, int split) {
     char line[256];
     for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++) {
@@ -1004,9 +1015,8 @@ static void evaluate(coord_t *c, int split) {
         json_t *o = graft_eval_json(c->tr, &r);
         json_object_set_new(o, "round", json_integer(c->round));
         graft_events_emit(c->ev, "eval", o);
-        if (split == GRAFT_SPLIT_TEST) printf("%s\n", line);
+        if (split == GRAFT_SPLIT_TEST) report_test_result(c, &r, line);
     }
-    fflush(stdout);
 }
 
 static int checkpoint(coord_t *c) {

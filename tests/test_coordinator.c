@@ -366,6 +366,20 @@ static void write_cls(const char *path, int only_train, char last) {
 /* client-000 holds a (without class z) and b, client-001 holds b, nobody
  * holds c: the cohorts are a:[000], b:[000, 001], c:[]; c's modules are
  * untouched, a's, b's and the shared ones trained. */
+/* The coordinator's test results, as its test_result callback gets them. */
+typedef struct {
+    int n;
+    char lines[GRAFT_MAX_TASKS][256];
+} test_results_t;
+
+static void collect_test_result(void *ctx, const graft_eval_result_t *r, const char *line) {
+    test_results_t *tr = ctx;
+    assert_true(tr->n < GRAFT_MAX_TASKS);
+    assert_int_equal(r->split, GRAFT_SPLIT_TEST);
+    assert_int_equal(r->task, tr->n); /* task order */
+    snprintf(tr->lines[tr->n++], sizeof tr->lines[0], "%s", line);
+}
+
 static void test_assignment_by_holdings(void **state) {
     (void)state;
     char dir[] = "/tmp/graft_test_coordinator_XXXXXX", path[300], tasks[600];
@@ -397,7 +411,9 @@ static void test_assignment_by_holdings(void **state) {
     int saved = stderr_to_log(dir);
     graft_transport_t *ends[3];
     assert_int_equal(graft_transport_inproc_new(2, ends), GRAFT_OK);
-    coord_arg_t ca = {.co = {.cfg = cfg, .expected_workers = 2, .tp = ends[0], .mode = "inproc"}};
+    test_results_t results = {0};
+    coord_arg_t ca = {.co = {.cfg = cfg, .expected_workers = 2, .tp = ends[0], .mode = "inproc",
+                             .test_result = collect_test_result, .test_result_ctx = &results}};
     worker_arg_t wa[2] = {{.wo = {.cfg = cfg, .data_dir = data0, .shard_count = 1, .tp = ends[1]}},
                           {.wo = {.cfg = cfg, .data_dir = data1, .shard_count = 1, .tp = ends[2]}}};
     pthread_t ct, wt[2];
@@ -418,6 +434,9 @@ static void test_assignment_by_holdings(void **state) {
     assert_int_equal(
         count_lines(dir, "out/events.jsonl", "\"train_examples\":\\{\"a\":24,\"b\":36\\}"), 1);
     assert_true(count_lines(dir, "stderr.log", "task c: no worker holds it") >= ROUNDS);
+    /* The test results go to the callback, one line per task, each named. */
+    assert_int_equal(results.n, 3);
+    for (int t = 0; t < 3; t++) assert_non_null(strstr(results.lines[t], names[t]));
 
     /* Modules: the checkpoint against a fresh (initial) set. */
     graft_trainer_t *init = NULL, *fin = NULL;
