@@ -120,8 +120,9 @@ static int check_finetuned(const graft_grafting_t *g, const graft_st_file_t *f) 
         LOG_WARN("%s: fine-tuned with %s; movement localizes a skill after SGD fine-tuning "
                  "(--optimizer sgd --lr 0.1 --momentum 0.9, as the paper), and top-k masks of "
                  "AdamW's movement recover little of it", path, opt ? opt : "adamw");
-    const float *ft = graft_trainer_trunk(g->tr)->params_memory;
-    for (size_t i = 0; i < graft_trainer_trunk(g->tr)->num_params; i++) {
+    const graft_gpt2_t *m = graft_trainer_trunk(g->tr);
+    const float *ft = m->params_memory;
+    for (size_t i = 0; i < m->num_params; i++) {
         if (!isfinite(ft[i])) {
             LOG_ERROR("%s: the fine-tuned trunk holds a non-finite value at offset %zu", path, i);
             return GRAFT_EFORMAT;
@@ -191,19 +192,19 @@ void graft_grafting_use_finetuned_head(graft_grafting_t *g, int t) {
 }
 
 void graft_grafting_use_pretrained(graft_grafting_t *g) {
-    memcpy(graft_trainer_trunk(g->tr)->params_memory, g->pre,
-           graft_trainer_trunk(g->tr)->num_params * sizeof(float));
+    graft_gpt2_t *m = graft_trainer_trunk(g->tr);
+    memcpy(m->params_memory, g->pre, m->num_params * sizeof(float));
 }
 
 void graft_grafting_use_finetuned(graft_grafting_t *g) {
     GRAFT_ASSERT(g->ft_path[0]);
-    memcpy(graft_trainer_trunk(g->tr)->params_memory, g->ft,
-           graft_trainer_trunk(g->tr)->num_params * sizeof(float));
+    graft_gpt2_t *m = graft_trainer_trunk(g->tr);
+    memcpy(m->params_memory, g->ft, m->num_params * sizeof(float));
 }
 
 void graft_grafting_use_mask(graft_grafting_t *g, const graft_mask_t *mask) {
-    graft_mask_apply(mask, g->pre, graft_trainer_trunk(g->tr)->params_memory,
-                     graft_trainer_trunk(g->tr)->num_params);
+    graft_gpt2_t *m = graft_trainer_trunk(g->tr);
+    graft_mask_apply(mask, g->pre, m->params_memory, m->num_params);
 }
 
 size_t graft_grafting_k(const graft_grafting_t *g, double sparsity) {
