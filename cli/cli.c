@@ -1,8 +1,10 @@
 /* cli.c — what several subcommands share: the thread count for OpenBLAS
  * and OpenMP, the log level, parsing the run options, writing the
- * effective config and telling --method graft apart. */
+ * effective config, telling --method graft apart and printing the
+ * coordinator's test results. */
 #include <cblas.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "commands.h"
@@ -36,6 +38,13 @@ int cli_set_threads(int n) {
     omp_set_num_threads(n);
     openblas_set_num_threads(n);
     return n;
+}
+
+void cli_print_test_result(void *ctx, const graft_eval_result_t *r, const char *line) {
+    (void)ctx;
+    (void)r;
+    printf("%s\n", line);
+    fflush(stdout);
 }
 
 int cli_set_log_level(const char *level) {

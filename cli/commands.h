@@ -5,6 +5,7 @@
 #define GRAFT_CLI_COMMANDS_H
 
 #include "runconfig.h"
+#include "trainer.h"
 
 int cmd_pretrain(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
@@ -72,6 +73,11 @@ int cli_write_config(const char *path, const char *command, const graft_option_s
 
 /* cli_write_config for a command of the run options alone: OUT/config.txt. */
 int cli_write_run_config(const char *command, const graft_run_config_t *cfg);
+
+/* Prints a test result's line on stdout (flushed): the coordinator's
+ * graft_coordinator_opts_t.test_result for `graft run`, `coordinator` and
+ * `mpi`. */
+void cli_print_test_result(void *ctx, const graft_eval_result_t *r, const char *line);
 
 /* Parses the run options (graft_run_options) into cfg and sets the thread
  * count and the log level; 0: ok, 1: --help printed, -1: error (printed). */

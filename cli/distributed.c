@@ -192,7 +192,8 @@ static int run_coordinator(const graft_run_config_t *cfg, graft_option_set_t own
         return GRAFT_EIO;
     graft_coordinator_opts_t co = {.cfg = *cfg, .expected_workers = workers, .tp = tp,
                                    .mode = mode, .stop_reason = stop_reason,
-                                   .stop_ctx = stop_ctx, .stall_timeout_ms = stall_timeout_ms};
+                                   .stop_ctx = stop_ctx, .stall_timeout_ms = stall_timeout_ms,
+                                   .test_result = cli_print_test_result};
     if (zs) {
         co.open_transport = open_zmq_server;
         co.open_ctx = zs;

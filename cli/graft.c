@@ -152,8 +152,8 @@ static void evaluate(task_run_t *run, const char *model, const graft_point_t *gp
 /* Builds (and refines) the mask of one sparsity; evaluates and saves it. */
 static int graft_one(task_run_t *run, double sparsity, graft_mask_t **out) {
     graft_grafting_t *g = run->g;
-    const graft_run_config_t *cfg = &g->tr->cfg;
-    const char *task = graft_task_name(g->tr->tasks[run->t]);
+    const graft_run_config_t *cfg = graft_trainer_config(g->tr);
+    const char *task = graft_task_name(graft_trainer_task(g->tr, run->t));
     size_t k = graft_grafting_k(g, sparsity);
     /* Each sparsity starts afresh: the fine-tuned head and the first
      * batches, so a mask does not depend on the other sparsities asked for. */
@@ -183,7 +183,7 @@ static int graft_one(task_run_t *run, double sparsity, graft_mask_t **out) {
         refined = st.accepted;
         graft_mask_destroy(&mask);
         mask = better;
-    } else if (cfg->graft_head_steps > 0 && g->tr->peft->tasks[run->t].scope->numel > 0) {
+    } else if (cfg->graft_head_steps > 0 && graft_trainer_task_scope(g->tr, run->t)->numel > 0) {
         double loss = graft_grafting_fit_head(g, run->t, mask, cfg->graft_head_steps);
         LOG_INFO("%s sparsity %g: head fitted to the top-k graft in %d steps, train loss %.4f",
                  task, sparsity, cfg->graft_head_steps, loss);
@@ -231,12 +231,12 @@ static int graft_task(task_run_t *run, const double *sp, int nsp, graft_mask_t *
 
 static int overlaps(const graft_grafting_t *g, const double *sp, int nsp, graft_mask_t **masks,
                     graft_events_t *ev) {
-    int n = g->tr->n_tasks, rc = GRAFT_OK;
+    int n = graft_trainer_n_tasks(g->tr), rc = GRAFT_OK;
     const char *labels[GRAFT_MAX_TASKS];
-    for (int t = 0; t < n; t++) labels[t] = graft_task_name(g->tr->tasks[t]);
+    for (int t = 0; t < n; t++) labels[t] = graft_task_name(graft_trainer_task(g->tr, t));
     for (int s = 0; s < nsp && !rc; s++) {
         char prefix[GRAFT_OPT_STR + 32];
-        snprintf(prefix, sizeof prefix, "%s/overlap.s%g", g->tr->cfg.out, sp[s]);
+        snprintf(prefix, sizeof prefix, "%s/overlap.s%g", graft_trainer_config(g->tr)->out, sp[s]);
         printf("\nmask overlap at sparsity %g (k=%zu):\n", sp[s], masks[s * n]->k);
         rc = report_overlap(masks + (size_t)s * n, labels, n, sp[s], prefix, ev);
     }
@@ -254,7 +254,7 @@ int cli_train_graft(const graft_run_config_t *cfg) {
     }
     graft_grafting_t *g = NULL;
     if (graft_grafting_new(cfg, &g)) return 1;
-    for (int t = 0; t < g->tr->n_tasks; t++) {
+    for (int t = 0; t < graft_trainer_n_tasks(g->tr); t++) {
         if (graft_grafting_check_finetuned(g, t)) {
             graft_grafting_destroy(&g);
             return 1;
@@ -267,7 +267,7 @@ int cli_train_graft(const graft_run_config_t *cfg) {
         graft_grafting_destroy(&g);
         return 1;
     }
-    int n = g->tr->n_tasks;
+    int n = graft_trainer_n_tasks(g->tr);
     graft_mask_layout_t *lay = &g->layout;
     graft_mask_groups_str(lay->groups, groups, sizeof groups);
     char digest[32];

@@ -94,7 +94,7 @@ static void print_escaped(const char *s) {
 /* Predicts and prints inputs [0, n) of task t. */
 static void predict_chunk(graft_trainer_t *tr, int t, const char *const *texts, const size_t *lens,
                           size_t n) {
-    const graft_task_t *task = tr->tasks[t];
+    const graft_task_t *task = graft_trainer_task(tr, t);
     if (graft_task_kind(task) == GRAFT_TASK_CLASSIFY) {
         int K = graft_task_num_labels(task);
         float *probs = graft_xmalloc(n * (size_t)K * sizeof(float));
@@ -108,7 +108,7 @@ static void predict_chunk(graft_trainer_t *tr, int t, const char *const *texts, 
         }
         free(probs);
     } else {
-        size_t cap = (size_t)tr->cfg.gen_tokens + 1;
+        size_t cap = (size_t)graft_trainer_config(tr)->gen_tokens + 1;
         char *memory = graft_xmalloc(n * cap);
         char **outs = graft_xmalloc(n * sizeof(char *));
         for (size_t i = 0; i < n; i++) outs[i] = memory + i * cap;
@@ -152,12 +152,12 @@ static int predict_inputs(graft_trainer_t *tr, int t, const char *text) {
 /* Task index of --task, or the only task; -1 (logged) if neither. */
 static int pick_task(const graft_trainer_t *tr, const char *name) {
     if (!*name) {
-        if (tr->n_tasks == 1) return 0;
-        LOG_ERROR("the run has %d tasks: name one with --task", tr->n_tasks);
+        if (graft_trainer_n_tasks(tr) == 1) return 0;
+        LOG_ERROR("the run has %d tasks: name one with --task", graft_trainer_n_tasks(tr));
         return -1;
     }
-    for (int t = 0; t < tr->n_tasks; t++)
-        if (!strcmp(graft_task_name(tr->tasks[t]), name)) return t;
+    for (int t = 0; t < graft_trainer_n_tasks(tr); t++)
+        if (!strcmp(graft_task_name(graft_trainer_task(tr, t)), name)) return t;
     LOG_ERROR("--task %s: not among the run's tasks (--tasks)", name);
     return -1;
 }
@@ -203,7 +203,7 @@ static int task_model_open(const task_model_config_t *pc, const char *cmd, task_
     tm->tr = tm->g->tr;
     graft_mask_t *mask = NULL;
     int rc = graft_grafting_load_mask(tm->g, pc->run.resume, &tm->task, &mask);
-    const char *owner = rc ? "" : graft_task_name(tm->tr->tasks[tm->task]);
+    const char *owner = rc ? "" : graft_task_name(graft_trainer_task(tm->tr, tm->task));
     if (!rc && *pc->task && strcmp(pc->task, owner)) {
         LOG_ERROR("--task %s: the mask %s is task %s's", pc->task, pc->run.resume, owner);
         rc = GRAFT_EINVAL;
@@ -231,18 +231,17 @@ int cmd_predict(int argc, char **argv) {
 /* The trunk of tm (modules folded) with the head and the task's metadata. */
 static int export_trunk(const task_model_t *tm, const task_model_config_t *pc) {
     graft_trainer_t *tr = tm->tr;
-    const graft_task_t *task = tr->tasks[tm->task];
-    if (!tm->g && graft_peft_fold(tr->peft, tm->task)) return GRAFT_EINVAL;
-    int C = tr->trunk->cfg.C, K = graft_task_num_labels(task);
-    const graft_peft_task_modules_t *mods = &tr->peft->tasks[tm->task];
+    const graft_task_t *task = graft_trainer_task(tr, tm->task);
+    if (!tm->g && graft_peft_fold(graft_trainer_peft(tr), tm->task)) return GRAFT_EINVAL;
+    int C = graft_trainer_trunk(tr)->cfg.C, K = graft_task_num_labels(task);
+    float *head_w, *head_b;
+    graft_peft_head(graft_trainer_peft(tr), tm->task, &head_w, &head_b);
     graft_st_tensor_t head[2];
     int n_head = 0;
     json_t *labels = json_array();
     if (graft_task_kind(task) == GRAFT_TASK_CLASSIFY) {
-        head[0] = (graft_st_tensor_t){"head.weight", 2, {C, K},
-                                      graft_scope_ptr(mods->scope, mods->head_w), GRAFT_ST_F32};
-        head[1] = (graft_st_tensor_t){"head.bias", 1, {K},
-                                      graft_scope_ptr(mods->scope, mods->head_b), GRAFT_ST_F32};
+        head[0] = (graft_st_tensor_t){"head.weight", 2, {C, K}, head_w, GRAFT_ST_F32};
+        head[1] = (graft_st_tensor_t){"head.bias", 1, {K}, head_b, GRAFT_ST_F32};
         n_head = 2;
         for (int k = 0; k < K; k++)
             json_array_append_new(labels, json_string(graft_task_label_name(task, k)));
@@ -253,12 +252,13 @@ static int export_trunk(const task_model_t *tm, const task_model_config_t *pc) {
     const char *values[] = {graft_task_name(task), n_head ? "classification" : "generation",
                             pc->run.method, labels_json, pc->run.pool};
     int rc = graft_mkdirs_for(pc->file); /* as train and pretrain make their --out */
-    if (!rc) rc = graft_gpt2_save(tr->trunk, pc->file, head, n_head, keys, values, 5);
+    graft_gpt2_t *trunk = graft_trainer_trunk(tr);
+    if (!rc) rc = graft_gpt2_save(trunk, pc->file, head, n_head, keys, values, 5);
     free(labels_json);
     if (!rc) { /* a gpt2 trunk loads with its vocabulary beside it */
         char dir[4096];
         graft_path_dir(pc->file, dir, sizeof dir);
-        rc = graft_tokenizer_save_files(tr->trunk->tok, dir);
+        rc = graft_tokenizer_save_files(trunk->tok, dir);
     }
     if (!rc)
         LOG_INFO("exported task %s (%s) to %s", graft_task_name(task), pc->run.method, pc->file);

@@ -25,7 +25,7 @@ static const char *train_usage =
 
 static void evaluate_all(graft_trainer_t *tr, graft_events_t *ev, int split, int step) {
     char line[256];
-    for (int t = 0; t < tr->n_tasks; t++) {
+    for (int t = 0; t < graft_trainer_n_tasks(tr); t++) {
         graft_eval_result_t r;
         graft_trainer_evaluate(tr, t, split, &r);
         graft_eval_format(tr, &r, line, sizeof line);
@@ -63,9 +63,10 @@ int cmd_train(int argc, char **argv) {
     graft_trainer_t *tr = NULL;
     int rc = graft_trainer_new(&cfg, &tr);
     if (rc) return 1;
-    if (*cfg.resume && !(rc = graft_trainer_resume(tr, cfg.resume)) && tr->step >= cfg.steps) {
+    if (*cfg.resume && !(rc = graft_trainer_resume(tr, cfg.resume)) &&
+        graft_trainer_steps_done(tr) >= cfg.steps) {
         LOG_ERROR("%s: the checkpoint already holds %d steps (--steps %d): give more --steps "
-                  "to train on", cfg.resume, tr->step, cfg.steps);
+                  "to train on", cfg.resume, graft_trainer_steps_done(tr), cfg.steps);
         rc = GRAFT_EINVAL;
     }
     if (rc) {
@@ -83,42 +84,53 @@ int cmd_train(int argc, char **argv) {
     snprintf(digest, sizeof digest, "%016llx", graft_options_digest(graft_run_options, &cfg));
     graft_events_emit(ev, "run_start",
                       json_pack("{s:s, s:s, s:i, s:s, s:i, s:o}", "mode", "train", "config_digest",
-                                digest, "seed", cfg.seed, "method", cfg.method, "step", tr->step,
-                                "params", graft_trainer_params_json(tr)));
-    LOG_INFO("train: %d tasks, method %s, %d steps of %dx%d from step %d", tr->n_tasks, cfg.method,
-             cfg.steps, tr->B, tr->T, tr->step);
+                                digest, "seed", cfg.seed, "method", cfg.method, "step",
+                                graft_trainer_steps_done(tr), "params",
+                                graft_trainer_params_json(tr)));
+    int B, T;
+    graft_trainer_batch_shape(tr, &B, &T);
+    LOG_INFO("train: %d tasks, method %s, %d steps of %dx%d from step %d",
+             graft_trainer_n_tasks(tr), cfg.method, cfg.steps, B, T, graft_trainer_steps_done(tr));
     snprintf(path, sizeof path, "%s/modules.safetensors", cfg.out);
     double t0 = graft_now();
-    int start = tr->step;
-    while (tr->step < cfg.steps) {
-        if (tr->stage == 1 && tr->step >= stage1) {
+    int start = graft_trainer_steps_done(tr);
+    while (graft_trainer_steps_done(tr) < cfg.steps) {
+        if (graft_trainer_stage(tr) == 1 && graft_trainer_steps_done(tr) >= stage1) {
             graft_trainer_select_channels(tr);
-            LOG_INFO("two-stage: channels selected after %d steps; stage 2 starts", tr->step);
+            LOG_INFO("two-stage: channels selected after %d steps; stage 2 starts",
+                     graft_trainer_steps_done(tr));
         }
-        int t = graft_trainer_task_for_step(tr, tr->step);
+        int t = graft_trainer_task_for_step(tr, graft_trainer_steps_done(tr));
         float loss = graft_trainer_step(tr, t, -1.0f);
-        if (tr->step % cfg.log_every == 0 || tr->step == cfg.steps) {
+        if (graft_trainer_steps_done(tr) % cfg.log_every == 0 ||
+            graft_trainer_steps_done(tr) == cfg.steps) {
             double el = graft_now() - t0;
-            double sps = (tr->step - start) / el;
-            LOG_INFO("step %d/%d | task %s | loss %.4f | %.1f steps/s | ETA %.0fs", tr->step,
-                     cfg.steps, graft_task_name(tr->tasks[t]), loss, sps,
-                     (cfg.steps - tr->step) / sps);
+            double sps = (graft_trainer_steps_done(tr) - start) / el;
+            LOG_INFO("step %d/%d | task %s | loss %.4f | %.1f steps/s | ETA %.0fs",
+                     graft_trainer_steps_done(tr), cfg.steps,
+                     graft_task_name(graft_trainer_task(tr, t)), loss, sps,
+                     (cfg.steps - graft_trainer_steps_done(tr)) / sps);
             graft_events_emit(ev, "train",
-                              json_pack("{s:i, s:s, s:f, s:f}", "step", tr->step, "task",
-                                        graft_task_name(tr->tasks[t]), "loss", (double)loss,
-                                        "seconds", el));
+                              json_pack("{s:i, s:s, s:f, s:f}", "step",
+                                        graft_trainer_steps_done(tr), "task",
+                                        graft_task_name(graft_trainer_task(tr, t)), "loss",
+                                        (double)loss, "seconds", el));
         }
-        if (tr->step % cfg.eval_every == 0 && tr->step < cfg.steps)
-            evaluate_all(tr, ev, GRAFT_SPLIT_DEV, tr->step);
-        if (tr->step % cfg.checkpoint_every == 0 || tr->step == cfg.steps) {
+        if (graft_trainer_steps_done(tr) % cfg.eval_every == 0 &&
+            graft_trainer_steps_done(tr) < cfg.steps)
+            evaluate_all(tr, ev, GRAFT_SPLIT_DEV, graft_trainer_steps_done(tr));
+        if (graft_trainer_steps_done(tr) % cfg.checkpoint_every == 0 ||
+            graft_trainer_steps_done(tr) == cfg.steps) {
             if ((rc = graft_trainer_save(tr, path))) break;
-            graft_events_emit(ev, "checkpoint",
-                              json_pack("{s:i, s:s}", "step", tr->step, "path", path));
+            graft_events_emit(
+                ev, "checkpoint",
+                json_pack("{s:i, s:s}", "step", graft_trainer_steps_done(tr), "path", path));
         }
     }
-    if (!rc) evaluate_all(tr, ev, GRAFT_SPLIT_TEST, tr->step);
-    graft_events_emit(ev, "run_end", json_pack("{s:i, s:f, s:b}", "step", tr->step, "seconds",
-                                               graft_now() - t0, "ok", rc == 0));
+    if (!rc) evaluate_all(tr, ev, GRAFT_SPLIT_TEST, graft_trainer_steps_done(tr));
+    graft_events_emit(ev, "run_end",
+                      json_pack("{s:i, s:f, s:b}", "step", graft_trainer_steps_done(tr), "seconds",
+                                graft_now() - t0, "ok", rc == 0));
     int erc = graft_events_close(&ev); /* a lost event line fails the run (logged) */
     graft_trainer_destroy(&tr);
     return rc || erc ? 1 : 0;
@@ -140,7 +152,7 @@ int cmd_eval(int argc, char **argv) {
     if (graft_trainer_new(&cfg, &tr)) return 1;
     int rc = *cfg.resume ? graft_trainer_load(tr, cfg.resume) : GRAFT_OK;
     if (!*cfg.resume) LOG_WARN("no --resume given: evaluating modules at their initial values");
-    if (!rc) evaluate_all(tr, NULL, GRAFT_SPLIT_TEST, tr->step);
+    if (!rc) evaluate_all(tr, NULL, GRAFT_SPLIT_TEST, graft_trainer_steps_done(tr));
     graft_trainer_destroy(&tr);
     return rc ? 1 : 0;
 }
@@ -172,8 +184,8 @@ static int module_index(const char *name) {
 static void print_modules(const graft_peft_t *p, size_t trunk) {
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
     int ns = 0;
-    scopes[ns++] = p->shared;
-    for (int t = 0; t < p->n_tasks; t++) scopes[ns++] = p->tasks[t].scope;
+    scopes[ns++] = graft_peft_shared(p);
+    for (int t = 0; t < graft_peft_n_tasks(p); t++) scopes[ns++] = graft_peft_task_scope(p, t);
     size_t per_method[N_MODULES] = {0};
     printf("%-28s %-10s %12s %9s\n", "scope", "method", "params", "of trunk");
     for (int i = 0; i < ns; i++) {
@@ -207,7 +219,7 @@ static int inspect_graft(const graft_run_config_t *cfg) {
     snprintf(heads.method, sizeof heads.method, "head");
     graft_trainer_t *tr = NULL;
     if (graft_trainer_new(&heads, &tr)) return 1;
-    const graft_gpt2_t *m = tr->trunk;
+    const graft_gpt2_t *m = graft_trainer_trunk(tr);
     graft_mask_layout_t lay;
     graft_mask_layout_init(&lay, m, groups);
     char gs[64];
@@ -224,14 +236,15 @@ static int inspect_graft(const graft_run_config_t *cfg) {
                100.0 * k / lay.num_eligible);
     }
     printf("\n");
-    print_modules(tr->peft, m->num_params);
+    print_modules(graft_trainer_peft(tr), m->num_params);
     printf("\n%-28s %-12s %12s %9s\n", "per task (mask + head)", "sparsity", "params",
            "of trunk");
-    for (int t = 0; t < tr->n_tasks; t++)
+    for (int t = 0; t < graft_trainer_n_tasks(tr); t++)
         for (int i = 0; i < nsp; i++) {
-            size_t n = graft_mask_k(sp[i], lay.num_eligible) + graft_peft_task_params(tr->peft, t);
-            printf("%-28s %-12g %12zu %8.4f%%\n", tr->peft->tasks[t].name, sp[i], n,
-                   100.0 * n / m->num_params);
+            size_t n = graft_mask_k(sp[i], lay.num_eligible) +
+                       graft_peft_task_params(graft_trainer_peft(tr), t);
+            printf("%-28s %-12g %12zu %8.4f%%\n", graft_peft_task_name(graft_trainer_peft(tr), t),
+                   sp[i], n, 100.0 * n / m->num_params);
         }
     graft_mask_layout_free(&lay);
     graft_trainer_destroy(&tr);
@@ -252,18 +265,18 @@ int cmd_inspect(int argc, char **argv) {
     if (graft) return graft > 0 ? inspect_graft(&cfg) : 2;
     graft_trainer_t *tr = NULL;
     if (graft_trainer_new(&cfg, &tr)) return 1;
-    const graft_gpt2_t *m = tr->trunk;
-    const graft_peft_t *p = tr->peft;
-    printf("trunk: V=%d T=%d L=%d NH=%d C=%d, %s tokenizer, %zu parameters (frozen%s)\n",
-           m->cfg.V, m->cfg.T, m->cfg.L, m->cfg.NH, m->cfg.C,
-           graft_tokenizer_kind_name(m->cfg.tokenizer), m->num_params,
-           (p->cfg.methods & GRAFT_M_FULL) ? " except under method full" : "");
+    const graft_gpt2_t *m = graft_trainer_trunk(tr);
+    const graft_peft_t *p = graft_trainer_peft(tr);
+    printf("trunk: V=%d T=%d L=%d NH=%d C=%d, %s tokenizer, %zu parameters (frozen%s)\n", m->cfg.V,
+           m->cfg.T, m->cfg.L, m->cfg.NH, m->cfg.C, graft_tokenizer_kind_name(m->cfg.tokenizer),
+           m->num_params,
+           (graft_peft_methods(p) & GRAFT_M_FULL) ? " except under method full" : "");
     printf("method: %s\n\n", cfg.method);
     print_modules(p, m->num_params);
     printf("\n%-28s %12s %9s\n", "per task (shared + own)", "params", "of trunk");
-    for (int t = 0; t < p->n_tasks; t++) {
+    for (int t = 0; t < graft_peft_n_tasks(p); t++) {
         size_t n = graft_peft_task_params(p, t);
-        printf("%-28s %12zu %8.3f%%\n", p->tasks[t].name, n, 100.0 * n / m->num_params);
+        printf("%-28s %12zu %8.3f%%\n", graft_peft_task_name(p, t), n, 100.0 * n / m->num_params);
     }
     graft_trainer_destroy(&tr);
     return 0;

@@ -20,20 +20,21 @@ int graft_grafting_new(const graft_run_config_t *cfg, graft_grafting_t **out) {
     graft_run_config_t full = *cfg;
     snprintf(full.method, sizeof full.method, "full");
     graft_grafting_t *g = graft_xcalloc(1, sizeof *g);
+    snprintf(g->finetuned, sizeof g->finetuned, "%s", cfg->finetuned);
     rc = graft_trainer_new(&full, &g->tr);
     if (rc) {
         free(g);
         return rc;
     }
-    const graft_gpt2_t *m = g->tr->trunk;
+    const graft_gpt2_t *m = graft_trainer_trunk(g->tr);
     graft_mask_layout_init(&g->layout, m, groups);
     g->pre = graft_xmalloc(m->num_params * sizeof(float));
     g->ft = graft_xmalloc(m->num_params * sizeof(float));
     memcpy(g->pre, m->params_memory, m->num_params * sizeof(float));
     g->pre_digest = graft_mask_digest(g->pre, m->num_params);
     size_t head_max = 0; /* the largest task scope, for the fine-tuned head's copy */
-    for (int t = 0; t < g->tr->n_tasks; t++) {
-        size_t numel = g->tr->peft->tasks[t].scope->numel;
+    for (int t = 0; t < graft_trainer_n_tasks(g->tr); t++) {
+        size_t numel = graft_trainer_task_scope(g->tr, t)->numel;
         if (numel > head_max) head_max = numel;
     }
     g->ft_head = graft_xmalloc((head_max ? head_max : 1) * sizeof(float));
@@ -58,9 +59,9 @@ void graft_grafting_destroy(graft_grafting_t **self_p) {
 /* ---- fine-tuned checkpoints ---------------------------------------------- */
 
 int graft_grafting_finetuned_path(const graft_grafting_t *g, int t, char *out, size_t n) {
-    const char *task = graft_task_name(g->tr->tasks[t]);
+    const char *task = graft_task_name(graft_trainer_task(g->tr, t));
     char buf[GRAFT_OPT_STR];
-    snprintf(buf, sizeof buf, "%s", g->tr->cfg.finetuned);
+    snprintf(buf, sizeof buf, "%s", g->finetuned);
     const char *found = NULL;
     int entries = 0, unnamed = 0;
     for (char *save = NULL, *tok = strtok_r(buf, ", ", &save); tok;
@@ -77,7 +78,7 @@ int graft_grafting_finetuned_path(const graft_grafting_t *g, int t, char *out, s
     }
     if (entries == 0 || (unnamed && entries > 1)) {
         LOG_ERROR("--finetuned must be one checkpoint for every task, or NAME=PATH per task "
-                  "(given: '%s')", g->tr->cfg.finetuned);
+                  "(given: '%s')", g->finetuned);
         return GRAFT_EINVAL;
     }
     if (!found || !*found) {
@@ -119,8 +120,9 @@ static int check_finetuned(const graft_grafting_t *g, const graft_st_file_t *f) 
         LOG_WARN("%s: fine-tuned with %s; movement localizes a skill after SGD fine-tuning "
                  "(--optimizer sgd --lr 0.1 --momentum 0.9, as the paper), and top-k masks of "
                  "AdamW's movement recover little of it", path, opt ? opt : "adamw");
-    const float *ft = g->tr->trunk->params_memory;
-    for (size_t i = 0; i < g->tr->trunk->num_params; i++) {
+    const graft_gpt2_t *m = graft_trainer_trunk(g->tr);
+    const float *ft = m->params_memory;
+    for (size_t i = 0; i < m->num_params; i++) {
         if (!isfinite(ft[i])) {
             LOG_ERROR("%s: the fine-tuned trunk holds a non-finite value at offset %zu", path, i);
             return GRAFT_EFORMAT;
@@ -131,11 +133,12 @@ static int check_finetuned(const graft_grafting_t *g, const graft_st_file_t *f) 
 
 /* Task t's head from a fine-tuned checkpoint into t's scope. */
 static int read_head(graft_grafting_t *g, int t, const graft_st_file_t *f) {
-    graft_scope_t *head = g->tr->peft->tasks[t].scope;
+    graft_scope_t *head = graft_trainer_task_scope(g->tr, t);
     int rc = head->numel > 0 ? graft_scope_st_read(head, f) : GRAFT_OK;
     if (rc)
         LOG_ERROR("%s: has no head for task '%s' (the fine-tuning run must have had a task of "
-                  "that name and kind)", graft_st_path(f), graft_task_name(g->tr->tasks[t]));
+                  "that name and kind)",
+                  graft_st_path(f), graft_task_name(graft_trainer_task(g->tr, t)));
     return rc;
 }
 
@@ -154,16 +157,16 @@ int graft_grafting_load_finetuned(graft_grafting_t *g, int t, const char *path) 
     graft_st_file_t *f = NULL;
     int rc = graft_st_open(path, &f);
     if (rc) return rc;
-    graft_gpt2_t *m = g->tr->trunk;
+    graft_gpt2_t *m = graft_trainer_trunk(g->tr);
     size_t bytes = m->num_params * sizeof(float);
-    graft_scope_t *head = g->tr->peft->tasks[t].scope;
+    graft_scope_t *head = graft_trainer_task_scope(g->tr, t);
     if (strcmp(path, g->ft_path) != 0) {
         g->ft_path[0] = '\0';
         free(g->order);
         g->order = NULL;
         /* The shared scope of method full wraps the trunk's parameters. */
         rc = check_finetuned_method(f);
-        if (!rc) rc = graft_scope_st_read(g->tr->peft->shared, f);
+        if (!rc) rc = graft_scope_st_read(graft_trainer_shared_scope(g->tr), f);
         if (!rc) rc = check_finetuned(g, f);
         if (!rc) {
             memcpy(g->ft, m->params_memory, bytes);
@@ -185,20 +188,23 @@ int graft_grafting_load_finetuned(graft_grafting_t *g, int t, const char *path) 
 
 void graft_grafting_use_finetuned_head(graft_grafting_t *g, int t) {
     GRAFT_ASSERT(g->ft_head_task == t);
-    graft_scope_import(g->tr->peft->tasks[t].scope, g->ft_head);
+    graft_scope_import(graft_trainer_task_scope(g->tr, t), g->ft_head);
 }
 
 void graft_grafting_use_pretrained(graft_grafting_t *g) {
-    memcpy(g->tr->trunk->params_memory, g->pre, g->tr->trunk->num_params * sizeof(float));
+    graft_gpt2_t *m = graft_trainer_trunk(g->tr);
+    memcpy(m->params_memory, g->pre, m->num_params * sizeof(float));
 }
 
 void graft_grafting_use_finetuned(graft_grafting_t *g) {
     GRAFT_ASSERT(g->ft_path[0]);
-    memcpy(g->tr->trunk->params_memory, g->ft, g->tr->trunk->num_params * sizeof(float));
+    graft_gpt2_t *m = graft_trainer_trunk(g->tr);
+    memcpy(m->params_memory, g->ft, m->num_params * sizeof(float));
 }
 
 void graft_grafting_use_mask(graft_grafting_t *g, const graft_mask_t *mask) {
-    graft_mask_apply(mask, g->pre, g->tr->trunk->params_memory, g->tr->trunk->num_params);
+    graft_gpt2_t *m = graft_trainer_trunk(g->tr);
+    graft_mask_apply(mask, g->pre, m->params_memory, m->num_params);
 }
 
 size_t graft_grafting_k(const graft_grafting_t *g, double sparsity) {
@@ -258,24 +264,25 @@ static float cosine_frac(int done, int steps) {
  * already in it, at the head's learning rate (--head_lr, else --lr) times
  * lr_frac. */
 static void head_update(graft_grafting_t *g, int t, float lr_frac) {
-    graft_scope_t *head = g->tr->peft->tasks[t].scope;
+    graft_scope_t *head = graft_trainer_task_scope(g->tr, t);
     double sumsq = 0.0;
     graft_scope_grad_sumsq(head, &sumsq);
-    graft_scope_step(head, &g->tr->opt, g->tr->cfg.lr * lr_frac,
-                     graft_clip_scale(&g->tr->opt, sumsq));
+    graft_scope_step(head, graft_trainer_optimizer(g->tr),
+                     graft_trainer_config(g->tr)->lr * lr_frac,
+                     graft_clip_scale(graft_trainer_optimizer(g->tr), sumsq));
 }
 
 double graft_grafting_fit_head(graft_grafting_t *g, int t, const graft_mask_t *mask, int steps) {
-    graft_scope_t *head = g->tr->peft->tasks[t].scope;
+    graft_scope_t *head = graft_trainer_task_scope(g->tr, t);
     if (head->numel > 0 && steps > 0) {
         graft_grafting_use_mask(g, mask);
         graft_scope_reset_state(head);
-        g->tr->peft->heads_only = 1;
+        graft_trainer_peft(g->tr)->heads_only = 1;
         for (int step = 0; step < steps; step++) {
             graft_trainer_backward(g->tr, t);
             head_update(g, t, cosine_frac(step, steps));
         }
-        g->tr->peft->heads_only = 0;
+        graft_trainer_peft(g->tr)->heads_only = 0;
     }
     double loss = train_loss(g, t, mask);
     graft_grafting_use_pretrained(g);
@@ -285,8 +292,8 @@ double graft_grafting_fit_head(graft_grafting_t *g, int t, const graft_mask_t *m
 graft_mask_t *graft_grafting_refine(graft_grafting_t *g, int t, size_t k,
                                     graft_refine_stats_t *stats) {
     GRAFT_ASSERT(g->order && k <= g->layout.num_eligible);
-    const graft_run_config_t *cfg = &g->tr->cfg;
-    graft_scope_t *head = g->tr->peft->tasks[t].scope;
+    const graft_run_config_t *cfg = graft_trainer_config(g->tr);
+    graft_scope_t *head = graft_trainer_task_scope(g->tr, t);
     int head_steps = head->numel > 0 ? cfg->graft_head_steps : 0;
     size_t n = (size_t)cfg->graft_candidates * k;
     if (n > g->layout.num_eligible) n = g->layout.num_eligible;
@@ -314,7 +321,7 @@ graft_mask_t *graft_grafting_refine(graft_grafting_t *g, int t, size_t k,
      * steer the scores only). */
     graft_adamw_config_t opt = graft_adamw_defaults();
     opt.weight_decay = 0.0f;
-    const float *dtheta = g->tr->trunk->grads_memory;
+    const float *dtheta = graft_trainer_trunk(g->tr)->grads_memory;
     graft_scope_reset_state(head);
     for (int step = 1; step <= cfg->graft_refine_steps; step++) {
         graft_mask_t *cur = binarise(g, cand, score, n, k);
@@ -357,9 +364,9 @@ graft_mask_t *graft_grafting_refine(graft_grafting_t *g, int t, size_t k,
 
 double graft_grafting_tune(graft_grafting_t *g, int t, graft_mask_t *mask, int steps) {
     graft_trainer_t *tr = g->tr;
-    graft_scope_t *head = tr->peft->tasks[t].scope;
-    float *theta = tr->trunk->params_memory;
-    const float *dtheta = tr->trunk->grads_memory;
+    graft_scope_t *head = graft_trainer_task_scope(tr, t);
+    float *theta = graft_trainer_trunk(tr)->params_memory;
+    const float *dtheta = graft_trainer_trunk(tr)->grads_memory;
     size_t k = mask->k;
     /* One block: the values' gradients and the optimiser's m and v. */
     float *block = graft_xcalloc(3 * (k ? k : 1), sizeof(float));
@@ -374,12 +381,13 @@ double graft_grafting_tune(graft_grafting_t *g, int t, graft_mask_t *mask, int s
         for (size_t i = 0; i < k; i++) grad[i] = dtheta[mask->index[i]];
         graft_grad_sumsq(grad, k, &sumsq);
         graft_scope_grad_sumsq(head, &sumsq);
-        float scale = graft_clip_scale(&tr->opt, sumsq);
+        float scale = graft_clip_scale(graft_trainer_optimizer(tr), sumsq);
         float frac = cosine_frac(step - 1, steps);
-        graft_optim_update(&tr->opt, mask->value, grad, opt_m, opt_v, k, tr->cfg.lr * frac,
-                           step, scale, 0);
+        graft_optim_update(graft_trainer_optimizer(tr), mask->value, grad, opt_m, opt_v, k,
+                           graft_trainer_config(tr)->lr * frac, step, scale, 0);
         for (size_t i = 0; i < k; i++) theta[mask->index[i]] = mask->value[i];
-        graft_scope_step(head, &tr->opt, tr->cfg.lr * frac, scale);
+        graft_scope_step(head, graft_trainer_optimizer(tr), graft_trainer_config(tr)->lr * frac,
+                         scale);
     }
     free(block);
     double loss = train_loss(g, t, mask);
@@ -391,11 +399,11 @@ double graft_grafting_tune(graft_grafting_t *g, int t, graft_mask_t *mask, int s
 
 int graft_grafting_save(const graft_grafting_t *g, int t, const graft_mask_t *mask,
                         double sparsity, int refine_steps, const char *path) {
-    const graft_run_config_t *cfg = &g->tr->cfg;
+    const graft_run_config_t *cfg = graft_trainer_config(g->tr);
     char head_steps[32], tune_steps[32];
     snprintf(head_steps, sizeof head_steps, "%d", cfg->graft_head_steps);
     snprintf(tune_steps, sizeof tune_steps, "%d", cfg->graft_tune_steps);
-    const graft_scope_t *head = g->tr->peft->tasks[t].scope;
+    const graft_scope_t *head = graft_trainer_task_scope(g->tr, t);
     graft_st_tensor_t *extra = graft_xcalloc((size_t)head->n_tensors + 1, sizeof *extra);
     char *names = graft_xcalloc((size_t)head->n_tensors + 1, 2 * GRAFT_SCOPE_NAME);
     int n_extra = head->numel ? graft_scope_st_entries(head, extra, names) : 0;
@@ -411,8 +419,15 @@ int graft_grafting_save(const graft_grafting_t *g, int t, const graft_mask_t *ma
     const char *keys[] = {"mask.task",         "mask.sparsity",    "mask.eligible",
                           "mask.trunk",        "mask.trunk_digest", "mask.finetuned",
                           "mask.refine_steps", "mask.head_steps",  "mask.tune_steps"};
-    const char *vals[] = {graft_task_name(g->tr->tasks[t]), sp, eligible, trunk, digest,
-                          g->ft_path, steps, head_steps, tune_steps};
+    const char *vals[] = {graft_task_name(graft_trainer_task(g->tr, t)),
+                          sp,
+                          eligible,
+                          trunk,
+                          digest,
+                          g->ft_path,
+                          steps,
+                          head_steps,
+                          tune_steps};
     int rc = graft_mask_save(mask, &g->layout, path, extra, n_extra, keys, vals,
                              (int)(sizeof keys / sizeof keys[0]));
     free(extra);
@@ -430,7 +445,7 @@ int graft_grafting_load_mask(graft_grafting_t *g, const char *path, int *task,
     const char *digest = graft_st_meta(f, "mask.trunk_digest");
     char mine[32];
     snprintf(mine, sizeof mine, "%016" PRIx64, g->pre_digest);
-    int t = name ? graft_peft_find_task(g->tr->peft, name) : -1;
+    int t = name ? graft_peft_find_task(graft_trainer_peft(g->tr), name) : -1;
     if ((rc = graft_st_expect_format(f, "graft-mask"))) {
         LOG_ERROR("--method graft takes the mask files of `graft train --method graft`; a "
                   "modules checkpoint goes with the --method it was trained with");
@@ -444,7 +459,7 @@ int graft_grafting_load_mask(graft_grafting_t *g, const char *path, int *task,
         rc = GRAFT_EINVAL;
     }
     if (!rc) rc = graft_mask_read(f, &g->layout, out);
-    graft_scope_t *head = t >= 0 ? g->tr->peft->tasks[t].scope : NULL;
+    graft_scope_t *head = t >= 0 ? graft_trainer_task_scope(g->tr, t) : NULL;
     if (!rc && head->numel > 0) rc = graft_scope_st_read(head, f);
     graft_st_close(&f);
     if (rc) {

@@ -64,6 +64,7 @@ typedef struct graft_grafting {
     float *pre;                   /* (num_params) theta_pre */
     float *ft;                    /* (num_params) theta_ft of ft_path */
     int64_t *order;               /* (layout.num_eligible) offsets by movement of ft */
+    char finetuned[GRAFT_OPT_STR]; /* cfg.finetuned (graft_grafting_finetuned_path) */
     char ft_path[GRAFT_OPT_STR];  /* checkpoint held in ft; "" before the first load */
     float *ft_head;               /* the fine-tuned head of task ft_head_task (its scope) */
     int ft_head_task;             /* -1 before the first load */
@@ -75,7 +76,7 @@ typedef struct graft_grafting {
 int graft_grafting_new(const graft_run_config_t *cfg, graft_grafting_t **out);
 void graft_grafting_destroy(graft_grafting_t **self_p);
 
-/* The fine-tuned checkpoint that cfg.finetuned names for task t: the one
+/* The fine-tuned checkpoint that g->finetuned (cfg.finetuned) names for task t: the one
  * entry for every task, or the entry NAME=PATH for t's name; a directory
  * stands for its modules.safetensors. */
 int graft_grafting_finetuned_path(const graft_grafting_t *g, int t, char *out, size_t n);

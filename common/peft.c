@@ -287,6 +287,42 @@ int graft_peft_find_task(const graft_peft_t *p, const char *name) {
     return -1;
 }
 
+int graft_peft_methods(const graft_peft_t *p) {
+    return p->cfg.methods;
+}
+
+float graft_peft_head_lr_scale(const graft_peft_t *p) {
+    return p->cfg.head_lr_scale;
+}
+
+int graft_peft_n_tasks(const graft_peft_t *p) {
+    return p->n_tasks;
+}
+
+const char *graft_peft_task_name(const graft_peft_t *p, int task) {
+    GRAFT_ASSERT(task >= 0 && task < p->n_tasks);
+    return p->tasks[task].name;
+}
+
+graft_scope_t *graft_peft_shared(const graft_peft_t *p) {
+    return p->shared;
+}
+
+graft_scope_t *graft_peft_task_scope(const graft_peft_t *p, int task) {
+    GRAFT_ASSERT(task >= 0 && task < p->n_tasks);
+    return p->tasks[task].scope;
+}
+
+int graft_peft_head(const graft_peft_t *p, int task, float **w, float **b) {
+    GRAFT_ASSERT(task >= 0 && task < p->n_tasks);
+    const graft_peft_task_modules_t *tm = &p->tasks[task];
+    *w = *b = NULL;
+    if (tm->head_w < 0) return 0;
+    *w = graft_scope_ptr(tm->scope, tm->head_w);
+    *b = graft_scope_ptr(tm->scope, tm->head_b);
+    return 1;
+}
+
 int graft_peft_scopes(const graft_peft_t *p, int task, graft_scope_t **out) {
     int n = 0;
     if (p->shared->numel > 0) out[n++] = p->shared;

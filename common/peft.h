@@ -26,6 +26,11 @@
  *
  * Ownership: graft_peft_new() returns an owned object holding its scopes
  * and module activations; the trunk is borrowed and must outlive it.
+ *
+ * The struct stays public for peft.c, the trunk's hooks, the trainer, the
+ * LoRA-pair bookkeeping of aggregation (aggregate.c, contribute.c: lora_idx,
+ * trunk) and the tests; everything else goes through the functions below
+ * (the "interface" block after graft_peft_find_task).
  */
 #ifndef GRAFT_PEFT_H
 #define GRAFT_PEFT_H
@@ -146,6 +151,25 @@ graft_peft_t *graft_peft_new(graft_gpt2_t *trunk, const graft_peft_config_t *cfg
 void graft_peft_destroy(graft_peft_t **self_p);
 
 int graft_peft_find_task(const graft_peft_t *p, const char *name);
+
+/* ---- the interface for code outside the trainer and the kernels ----------
+ * Coordinator, worker, aggregation and the CLI use these (and the
+ * functions below) rather than the struct's fields; the fields are for
+ * peft.c, the trunk's hooks (gpt2.c), the trainer and the tests. Pointers
+ * are borrowed from p. */
+
+/* The method set (GRAFT_M_*) and the heads' learning-rate scale. */
+int graft_peft_methods(const graft_peft_t *p);
+float graft_peft_head_lr_scale(const graft_peft_t *p);
+/* The tasks: how many, and task t's name. */
+int graft_peft_n_tasks(const graft_peft_t *p);
+const char *graft_peft_task_name(const graft_peft_t *p, int task);
+/* The shared scope, and task t's own. */
+graft_scope_t *graft_peft_shared(const graft_peft_t *p);
+graft_scope_t *graft_peft_task_scope(const graft_peft_t *p, int task);
+/* Task t's classification head, views into its scope: *w (C, K) and *b
+ * (K). 0, both NULL, for a generation task (no head). */
+int graft_peft_head(const graft_peft_t *p, int task, float **w, float **b);
 
 /* Every trainable scope of task t: shared (when not empty) then the task's
  * own; returns the count written into out (at most 2). */

@@ -8,6 +8,22 @@
 #include "profile.h"
 #include "tokenizer.h"
 
+struct graft_trainer {
+    graft_run_config_t cfg;
+    graft_gpt2_t *trunk;
+    graft_peft_t *peft;
+    int n_tasks;
+    graft_task_t *tasks[GRAFT_MAX_TASKS];
+    graft_adamw_config_t opt;
+    graft_rng_t rng;
+    int step;      /* optimiser steps taken */
+    float prox_mu; /* FedProx: > 0 adds mu/2 ||w - scope->prox_ref||^2 per scope */
+    int stage;     /* two-stage channels: 1 while scoring, 2 after selection */
+    int B, T;
+    int32_t *inputs, *targets, *pos, *labels;
+    size_t *indices;
+};
+
 /* The batch sampler's PCG stream ("tran"); workers offset it by their own. */
 #define SAMPLER_STREAM 0x7472616eull
 
@@ -769,4 +785,76 @@ json_t *graft_trainer_params_json(const graft_trainer_t *tr) {
     }
     return json_pack("{s:I, s:I, s:o, s:o}", "trunk", (json_int_t)tr->trunk->num_params, "shared",
                      (json_int_t)p->shared->nparams, "tasks", own, "per_task", per_task);
+}
+
+/* ---- accessors --------------------------------------------------------------- */
+
+const graft_run_config_t *graft_trainer_config(const graft_trainer_t *tr) {
+    return &tr->cfg;
+}
+
+graft_gpt2_t *graft_trainer_trunk(const graft_trainer_t *tr) {
+    return tr->trunk;
+}
+
+graft_peft_t *graft_trainer_peft(const graft_trainer_t *tr) {
+    return tr->peft;
+}
+
+int graft_trainer_n_tasks(const graft_trainer_t *tr) {
+    return tr->n_tasks;
+}
+
+graft_task_t *graft_trainer_task(const graft_trainer_t *tr, int t) {
+    GRAFT_ASSERT(t >= 0 && t < tr->n_tasks);
+    return tr->tasks[t];
+}
+
+graft_task_t **graft_trainer_tasks(graft_trainer_t *tr) {
+    return tr->tasks;
+}
+
+graft_scope_t *graft_trainer_shared_scope(const graft_trainer_t *tr) {
+    return graft_peft_shared(tr->peft);
+}
+
+graft_scope_t *graft_trainer_task_scope(const graft_trainer_t *tr, int t) {
+    return graft_peft_task_scope(tr->peft, t);
+}
+
+void graft_trainer_batch_shape(const graft_trainer_t *tr, int *B, int *T) {
+    *B = tr->B;
+    *T = tr->T;
+}
+
+int graft_trainer_steps_done(const graft_trainer_t *tr) {
+    return tr->step;
+}
+
+void graft_trainer_set_steps_done(graft_trainer_t *tr, int steps) {
+    tr->step = steps;
+}
+
+int graft_trainer_stage(const graft_trainer_t *tr) {
+    return tr->stage;
+}
+
+void graft_trainer_restart_stage1(graft_trainer_t *tr) {
+    if (tr->peft->cfg.methods & GRAFT_M_CHANNELS) tr->stage = 1;
+}
+
+const graft_adamw_config_t *graft_trainer_optimizer(const graft_trainer_t *tr) {
+    return &tr->opt;
+}
+
+void graft_trainer_set_schedule(graft_trainer_t *tr, int total_steps) {
+    tr->opt.total_steps = total_steps;
+}
+
+float graft_trainer_lr_at(const graft_trainer_t *tr, int step) {
+    return graft_lr_at(&tr->opt, step);
+}
+
+void graft_trainer_set_prox_mu(graft_trainer_t *tr, float mu) {
+    tr->prox_mu = mu;
 }

@@ -3,9 +3,11 @@
  * centralized run; a worker drives the same steps on its shards for a
  * federated round; `graft eval` uses its evaluation.
  *
- * Ownership: graft_trainer_new() returns an owned trainer that owns the
- * trunk, the modules, the tasks and every buffer; graft_trainer_destroy()
- * frees all of it. The config is copied.
+ * Ownership: graft_trainer_new() returns an owned, opaque trainer that
+ * owns the trunk, the modules, the tasks and every buffer;
+ * graft_trainer_destroy() frees all of it. The config is copied. The
+ * pointers the accessors below return (trunk, modules, tasks, scopes) are
+ * borrowed and live as long as the trainer.
  */
 #ifndef GRAFT_TRAINER_H
 #define GRAFT_TRAINER_H
@@ -37,21 +39,50 @@ typedef struct {
     char sample_reference[GRAFT_SAMPLE_LEN];
 } graft_eval_result_t;
 
-typedef struct graft_trainer {
-    graft_run_config_t cfg;
-    graft_gpt2_t *trunk;
-    graft_peft_t *peft;
-    int n_tasks;
-    graft_task_t *tasks[GRAFT_MAX_TASKS];
-    graft_adamw_config_t opt;
-    graft_rng_t rng;
-    int step;     /* optimiser steps taken */
-    float prox_mu; /* FedProx: > 0 adds mu/2 ||w - scope->prox_ref||^2 per scope */
-    int stage;    /* two-stage channels: 1 while scoring, 2 after selection */
-    int B, T;
-    int32_t *inputs, *targets, *pos, *labels;
-    size_t *indices;
-} graft_trainer_t;
+typedef struct graft_trainer graft_trainer_t; /* opaque */
+
+/* ---- what callers read and steer ------------------------------------------
+ * The trainer's fields are private to trainer.c; these are the parts other
+ * code works with. Pointers are borrowed: the trainer owns them. */
+
+/* The run config the trainer was built with (its copy). */
+const graft_run_config_t *graft_trainer_config(const graft_trainer_t *tr);
+/* The trunk (its parameters are what `full` trains and grafting replaces). */
+graft_gpt2_t *graft_trainer_trunk(const graft_trainer_t *tr);
+/* The PEFT modules (peft.h) of every task. */
+graft_peft_t *graft_trainer_peft(const graft_trainer_t *tr);
+/* The tasks, in --tasks order: n_tasks of them, task(t) one, tasks() all. */
+int graft_trainer_n_tasks(const graft_trainer_t *tr);
+graft_task_t *graft_trainer_task(const graft_trainer_t *tr, int t);
+graft_task_t **graft_trainer_tasks(graft_trainer_t *tr);
+/* The scope of the shared modules and that of task t's own (its head, its
+ * LoRA/adapters/channels): the units that travel, average and checkpoint. */
+graft_scope_t *graft_trainer_shared_scope(const graft_trainer_t *tr);
+graft_scope_t *graft_trainer_task_scope(const graft_trainer_t *tr, int t);
+/* Batch shape: B rows of T tokens. */
+void graft_trainer_batch_shape(const graft_trainer_t *tr, int *B, int *T);
+
+/* Optimiser steps taken (a resumed trainer's count from its checkpoint).
+ * The coordinator's trainer takes none and counts finished rounds instead
+ * (set_steps_done) so that its checkpoint records them. */
+int graft_trainer_steps_done(const graft_trainer_t *tr);
+void graft_trainer_set_steps_done(graft_trainer_t *tr, int steps);
+/* The two-stage channels method's stage: 1 while scoring, 2 after
+ * selection (and for every other method). */
+int graft_trainer_stage(const graft_trainer_t *tr);
+/* Back to stage 1 (the channels method only; otherwise a no-op): a
+ * federated worker whose coordinator resumed from a stage-1 checkpoint. */
+void graft_trainer_restart_stage1(graft_trainer_t *tr);
+
+/* The optimiser settings and learning-rate schedule. */
+const graft_adamw_config_t *graft_trainer_optimizer(const graft_trainer_t *tr);
+/* The schedule's length: a federated run's is rounds x local steps, not --steps. */
+void graft_trainer_set_schedule(graft_trainer_t *tr, int total_steps);
+/* The schedule's learning rate at global step s. */
+float graft_trainer_lr_at(const graft_trainer_t *tr, int step);
+/* FedProx's mu for the steps to come (0: none); each scope's anchor is its
+ * prox_ref. */
+void graft_trainer_set_prox_mu(graft_trainer_t *tr, float mu);
 
 /* The settings a trainer checks without reading a file (the method and its
  * sizes, --pool, --optimizer, --mix), so that a command can refuse them
@@ -103,7 +134,7 @@ void graft_trainer_seek_sampler(graft_trainer_t *tr, uint64_t stream, int64_t st
  * cfg.eval_max examples. */
 void graft_trainer_evaluate(graft_trainer_t *tr, int t, int split, graft_eval_result_t *res);
 
-/* Inference on new inputs with task t's modules, tr->B at a time; text i
+/* Inference on new inputs with task t's modules, a batch (B) at a time; text i
  * (lens[i] bytes) is what an example's text field would hold and is
  * encoded as training encodes it.
  * Generation: out[i] (cap bytes) = the greedy continuation of prompt i,

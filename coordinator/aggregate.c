@@ -140,7 +140,7 @@ void graft_agg_plan_init_pairs(graft_agg_plan_t *plan, size_t numel, const graft
 }
 
 int graft_agg_lora_pairs(const graft_peft_t *p, int task, graft_agg_pair_t *out) {
-    const graft_scope_t *s = task < 0 ? p->shared : p->tasks[task].scope;
+    const graft_scope_t *s = task < 0 ? graft_peft_shared(p) : graft_peft_task_scope(p, task);
     const int *idx = task < 0 ? p->shared_lora_idx : p->tasks[task].lora_idx;
     int slots = p->trunk->cfg.L * GRAFT_NUM_PROJ, n = 0;
     for (int i = 0; i < slots && idx; i++) {
@@ -154,7 +154,7 @@ int graft_agg_lora_pairs(const graft_peft_t *p, int task, graft_agg_pair_t *out)
 
 void graft_agg_plan_init(graft_agg_plan_t *plan, const graft_agg_config_t *c,
                          const graft_peft_t *p, int task) {
-    const graft_scope_t *s = task < 0 ? p->shared : p->tasks[task].scope;
+    const graft_scope_t *s = task < 0 ? graft_peft_shared(p) : graft_peft_task_scope(p, task);
     graft_agg_pair_t *pairs = graft_xcalloc((size_t)p->trunk->cfg.L * GRAFT_NUM_PROJ + 1,
                                             sizeof *pairs);
     int n = graft_agg_lora_pairs(p, task, pairs);

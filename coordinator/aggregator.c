@@ -32,12 +32,12 @@ graft_aggregator_t *graft_aggregator_new(const graft_agg_config_t *c, graft_peft
     a->cfg = *c;
     a->peft = peft;
     a->tp = tp && !graft_agg_holds_replies(c) ? tp : NULL;
-    a->nscopes = 1 + peft->n_tasks;
+    a->nscopes = 1 + graft_peft_n_tasks(peft);
     a->s = graft_xcalloc((size_t)a->nscopes, sizeof *a->s);
     size_t longest = 0;
     for (int k = 0; k < a->nscopes; k++) {
         scope_agg_t *s = &a->s[k];
-        s->scope = k == 0 ? peft->shared : peft->tasks[k - 1].scope;
+        s->scope = k == 0 ? graft_peft_shared(peft) : graft_peft_task_scope(peft, k - 1);
         s->group = k == 0 ? GRAFT_GROUP_WORLD : GRAFT_GROUP_NONE;
         graft_agg_plan_init(&s->plan, c, peft, k - 1);
         s->sum = graft_xcalloc(s->plan.len, sizeof *s->sum);

@@ -225,7 +225,7 @@ static int send_round_start(coord_t *c, int peer) {
     int steps = c->cfg->local_steps;
     int64_t first = (int64_t)(c->round - 1) * steps;
     float *rates = graft_xmalloc((size_t)steps * sizeof *rates);
-    for (int s = 0; s < steps; s++) rates[s] = graft_lr_at(&c->tr->opt, (int)(first + s));
+    for (int s = 0; s < steps; s++) rates[s] = graft_trainer_lr_at(c->tr, (int)(first + s));
     graft_msg_t m = {.type = GRAFT_MSG_ROUND_START};
     graft_wire_round_start_t *rs = &m.round_start;
     rs->round = (uint64_t)c->round;
@@ -239,11 +239,12 @@ static int send_round_start(coord_t *c, int peer) {
     rs->hyper.weight_decay = c->cfg->weight_decay;
     rs->hyper.fedprox_mu = c->agg_cfg.fedprox ? c->agg_cfg.fedprox_mu : 0.0f;
     rs->hyper.freeze_lora_a = c->agg_cfg.lora == GRAFT_LORA_FREEZE_A;
-    rs->hyper.head_lr_scale = c->tr->peft->cfg.head_lr_scale;
+    const graft_peft_t *peft = graft_trainer_peft(c->tr);
+    rs->hyper.head_lr_scale = graft_peft_head_lr_scale(peft);
     rs->hyper.keep_optimizer_state = c->cfg->keep_optimizer_state;
     rs->hyper.logit_adjust = c->cfg->logit_adjust;
-    rs->hyper.channels_selected = (c->tr->peft->cfg.methods & GRAFT_M_CHANNELS) &&
-                                  c->tr->stage == 2;
+    rs->hyper.channels_selected =
+        (graft_peft_methods(peft) & GRAFT_M_CHANNELS) && graft_trainer_stage(c->tr) == 2;
     rs->reduce = (graft_wire_reduce_t){
         .collective = graft_aggregator_collective(c->agg),
         .clip_norm = c->agg_cfg.clip ? c->agg_cfg.clip_norm : 0.0f,
@@ -328,16 +329,16 @@ static size_t worker_names(const coord_t *c, int t, int replied, const char **na
  * none keeps its modules this round. */
 static void log_cohorts(coord_t *c) {
     const char **names = graft_xcalloc(MAX_PEERS, sizeof *names);
-    for (int t = 0; t < c->tr->n_tasks; t++) {
+    for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++) {
         char line[1024] = "";
         size_t used = 0, n = worker_names(c, t, 0, names);
         for (size_t i = 0; i < n && used < sizeof line; i++)
             used += (size_t)snprintf(line + used, sizeof line - used, "%s%s", i ? ", " : "",
                                      names[i]);
-        if (n) LOG_INFO("round %d: task %s: cohort of %zu: %s", c->round,
-                        graft_task_name(c->tr->tasks[t]), n, line);
+        const char *task = graft_task_name(graft_trainer_task(c->tr, t));
+        if (n) LOG_INFO("round %d: task %s: cohort of %zu: %s", c->round, task, n, line);
         else LOG_WARN("round %d: task %s: no worker holds it this round; its modules stay as they "
-                      "are", c->round, graft_task_name(c->tr->tasks[t]));
+                      "are", c->round, task);
     }
     free(names);
 }
@@ -347,7 +348,7 @@ static void log_cohorts(coord_t *c) {
  * from the same scores when the round start says stage 2 (hyper). */
 static void enter_stage2(coord_t *c) {
     int stage1 = graft_stage1_rounds(c->cfg);
-    if (c->tr->stage != 1 || c->round <= stage1) return;
+    if (graft_trainer_stage(c->tr) != 1 || c->round <= stage1) return;
     graft_trainer_select_channels(c->tr);
     char digest[32];
     snprintf(digest, sizeof digest, "%016llx",
@@ -415,7 +416,7 @@ static void send_assign(coord_t *c, int peer) {
     graft_wire_label_set_t sets[GRAFT_MAX_TASKS];
     int nsets = 0;
     for (int i = 0; i < w->n_assigned; i++) {
-        const graft_task_t *task = c->tr->tasks[w->assigned[i]];
+        const graft_task_t *task = graft_trainer_task(c->tr, w->assigned[i]);
         names[i] = (char *)graft_task_name(task);
         if (graft_task_kind(task) != GRAFT_TASK_CLASSIFY) continue;
         int nl = graft_task_num_labels(task);
@@ -443,13 +444,13 @@ static void send_assign(coord_t *c, int peer) {
 /* Run task index of a hello shard the run can use, or -1 (logged). */
 static int usable_shard(coord_t *c, int peer, const worker_t *w, const graft_wire_shard_t *s) {
     const char *who = graft_transport_peer_name(c->o.tp, peer);
-    int t = graft_peft_find_task(c->tr->peft, s->task);
+    int t = graft_peft_find_task(graft_trainer_peft(c->tr), s->task);
     if (t < 0 || s->train_examples == 0 || w->train[t]) {
         LOG_WARN("coordinator: %s holds shard '%s' that this run does not use (unknown task, no "
                  "train example or repeated); ignored", who, s->task);
         return -1;
     }
-    int cls = graft_task_kind(c->tr->tasks[t]) == GRAFT_TASK_CLASSIFY;
+    int cls = graft_task_kind(graft_trainer_task(c->tr, t)) == GRAFT_TASK_CLASSIFY;
     if ((s->kind == GRAFT_KIND_CLASSIFICATION) != cls) {
         LOG_WARN("coordinator: %s holds '%s' as a %s task; this run has it as %s; ignored", who,
                  s->task, s->kind == GRAFT_KIND_CLASSIFICATION ? "classification" : "generation",
@@ -640,8 +641,8 @@ static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
         if (t < 0) continue;
         w->train[t] = h->shards[i].train_examples;
         w->assigned[w->n_assigned++] = t;
-        json_array_append_new(tasks, json_string(graft_task_name(c->tr->tasks[t])));
-        json_object_set_new(counts, graft_task_name(c->tr->tasks[t]),
+        json_array_append_new(tasks, json_string(graft_task_name(graft_trainer_task(c->tr, t))));
+        json_object_set_new(counts, graft_task_name(graft_trainer_task(c->tr, t)),
                             json_integer((json_int_t)w->train[t]));
     }
     if (w->n_assigned == 0) {
@@ -701,7 +702,7 @@ static int check_update_tensors(coord_t *c, const worker_t *w, const graft_wire_
 }
 
 static int scope_index(const coord_t *c, const char *name) {
-    for (int k = 0; k <= c->tr->n_tasks; k++)
+    for (int k = 0; k <= graft_trainer_n_tasks(c->tr); k++)
         if (!strcmp(c->scopes[k]->name, name)) return k;
     return -1;
 }
@@ -852,7 +853,7 @@ static void check_lost(coord_t *c) {
 }
 
 /* Clients that never got through the transport's handshake (another
- * --server-key, a key not in --allow) send nothing: only this shows them. */
+ * --server_key, a key not in --allow) send nothing: only this shows them. */
 static void check_handshakes(coord_t *c, int flush) {
     graft_handshake_failure_t f;
     double now = graft_now();
@@ -991,8 +992,8 @@ static json_t *replied_names(const coord_t *c, int t) {
 /* {task: [workers that replied with it]}: the round's aggregation cohorts. */
 static json_t *cohorts_json(const coord_t *c) {
     json_t *o = json_object();
-    for (int t = 0; t < c->tr->n_tasks; t++)
-        json_object_set_new(o, graft_task_name(c->tr->tasks[t]), replied_names(c, t));
+    for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++)
+        json_object_set_new(o, graft_task_name(graft_trainer_task(c->tr, t)), replied_names(c, t));
     return o;
 }
 
@@ -1038,10 +1039,15 @@ static void aggregate(coord_t *c) {
     free(in);
 }
 
-/* Dev split during the run; the test split after the last round, printed. */
+/* A test-split result goes to the caller's test_result, if any. */
+static void report_test_result(coord_t *c, const graft_eval_result_t *r, const char *line) {
+    if (c->o.test_result) c->o.test_result(c->o.test_result_ctx, r, line);
+}
+
+/* Dev split during the run; the test split after the last round, reported. */
 static void evaluate(coord_t *c, int split) {
     char line[256];
-    for (int t = 0; t < c->tr->n_tasks; t++) {
+    for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++) {
         graft_eval_result_t r;
         graft_trainer_evaluate(c->tr, t, split, &r);
         graft_eval_format(c->tr, &r, line, sizeof line);
@@ -1050,13 +1056,13 @@ static void evaluate(coord_t *c, int split) {
         json_t *o = graft_eval_json(c->tr, &r);
         json_object_set_new(o, "round", json_integer(c->round));
         graft_events_emit(c->ev, "eval", o);
-        if (split == GRAFT_SPLIT_TEST) printf("%s\n", line);
+        if (split == GRAFT_SPLIT_TEST) report_test_result(c, &r, line);
     }
-    fflush(stdout);
 }
 
 static int checkpoint(coord_t *c) {
-    c->tr->step = c->round; /* the trainer's step counts finished rounds here */
+    /* the trainer's step counts finished rounds here */
+    graft_trainer_set_steps_done(c->tr, c->round);
     errno = 0;
     /* Only the server optimizer's moments that the strategy uses: fedavg's
      * would be zeros, twice the size of the modules. */
@@ -1211,7 +1217,7 @@ static void setup_aggregator(coord_t *c) {
         else
             tp = c->o.tp;
     }
-    c->agg = graft_aggregator_new(&c->agg_cfg, c->tr->peft, tp);
+    c->agg = graft_aggregator_new(&c->agg_cfg, graft_trainer_peft(c->tr), tp);
 }
 
 /* The run's message limit: a round start or an update of a worker that
@@ -1219,10 +1225,11 @@ static void setup_aggregator(coord_t *c) {
  * rates. Over the hard limit no message could carry them: refused. */
 static int setup_message_limit(coord_t *c) {
     size_t numel[GRAFT_MAX_TASKS + 1], tasks = 0;
-    for (int k = 0; k <= c->tr->n_tasks; k++) numel[k] = c->scopes[k]->numel;
-    for (int k = 1; k <= c->tr->n_tasks; k++) tasks += numel[k];
+    for (int k = 0; k <= graft_trainer_n_tasks(c->tr); k++) numel[k] = c->scopes[k]->numel;
+    for (int k = 1; k <= graft_trainer_n_tasks(c->tr); k++) tasks += numel[k];
     size_t steps = (size_t)c->cfg->local_steps;
-    if (!graft_wire_max_bytes(numel, (size_t)c->tr->n_tasks + 1, steps, &c->max_bytes)) {
+    if (!graft_wire_max_bytes(numel, (size_t)graft_trainer_n_tasks(c->tr) + 1, steps,
+                              &c->max_bytes)) {
         LOG_INFO("coordinator: message limit %zu bytes (%.1f MiB), from the run's modules",
                  c->max_bytes, (double)c->max_bytes / (1 << 20));
         return GRAFT_OK;
@@ -1247,20 +1254,22 @@ static int setup(coord_t *c) {
     if (!rc) rc = graft_agg_config_parse(c->cfg, &c->agg_cfg);
     if (rc) return rc;
     c->nsettings = graft_run_shared_settings(c->cfg, c->settings);
-    c->tr->opt.total_steps = c->cfg->rounds * c->cfg->local_steps; /* check_steps */
-    c->scopes[0] = c->tr->peft->shared;
-    for (int t = 0; t < c->tr->n_tasks; t++) c->scopes[1 + t] = c->tr->peft->tasks[t].scope;
-    for (int k = 0; k <= c->tr->n_tasks; k++)
+    graft_trainer_set_schedule(c->tr, c->cfg->rounds * c->cfg->local_steps); /* check_steps */
+    c->scopes[0] = graft_trainer_shared_scope(c->tr);
+    for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++)
+        c->scopes[1 + t] = graft_trainer_task_scope(c->tr, t);
+    for (int k = 0; k <= graft_trainer_n_tasks(c->tr); k++)
         c->schema_entries[k] = (graft_wire_schema_entry_t){
             .name = c->scopes[k]->name, .ndim = 1, .shape = {(int64_t)c->scopes[k]->numel}};
-    c->schema = (graft_wire_schema_t){c->schema_entries, (size_t)c->tr->n_tasks + 1};
+    c->schema = (graft_wire_schema_t){c->schema_entries, (size_t)graft_trainer_n_tasks(c->tr) + 1};
     if ((rc = setup_message_limit(c))) return rc;
     snprintf(c->ckpt_path, sizeof c->ckpt_path, "%s/modules.safetensors", c->cfg->out);
     if (*c->cfg->resume) {
         if ((rc = graft_trainer_resume(c->tr, c->cfg->resume))) return rc;
-        LOG_INFO("coordinator: resumed from %s after round %d", c->cfg->resume, c->tr->step);
+        LOG_INFO("coordinator: resumed from %s after round %d", c->cfg->resume,
+                 graft_trainer_steps_done(c->tr));
     }
-    c->first_round = c->round = c->tr->step + 1;
+    c->first_round = c->round = graft_trainer_steps_done(c->tr) + 1;
     if (c->round > c->cfg->rounds) {
         LOG_ERROR("coordinator: --resume %s already holds %d rounds, and --rounds is %d: nothing "
                   "to do (raise --rounds)", c->cfg->resume, c->round - 1, c->cfg->rounds);
@@ -1333,7 +1342,7 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
                                     o->expected_workers, "params", graft_trainer_params_json(c.tr),
                                     "aggregate", strategy, "mpi_reductions", reduce));
         LOG_INFO("coordinator: %d tasks, method %s, aggregate %s%s, rounds %d..%d, waiting for "
-                 "%d workers", c.tr->n_tasks, o->cfg.method, strategy,
+                 "%d workers", graft_trainer_n_tasks(c.tr), o->cfg.method, strategy,
                  reduce ? " (MPI reductions)" : "", c.round, o->cfg.rounds, o->expected_workers);
         rc = loop(&c);
         check_handshakes(&c, 1);

@@ -61,6 +61,7 @@
 #include <signal.h>
 
 #include "runconfig.h"
+#include "trainer.h"
 #include "transport.h"
 
 typedef struct {
@@ -82,6 +83,12 @@ typedef struct {
     /* A round still short of min_replies this long after its deadline ends
      * the run with GRAFT_ETIMEOUT; 0: it waits forever. */
     int stall_timeout_ms;
+    /* After the last round, each task's test-split result in task order: r
+     * and its one-line summary (graft_eval_format), both valid for the call.
+     * The CLI prints the lines (cli_print_test_result). NULL: not reported
+     * (the eval events and log lines still carry them). */
+    void (*test_result)(void *ctx, const graft_eval_result_t *r, const char *line);
+    void *test_result_ctx;
 } graft_coordinator_opts_t;
 
 /* Set by a signal handler to the signal's number: the loop stops at the
@@ -89,7 +96,8 @@ typedef struct {
  * text). */
 extern volatile sig_atomic_t graft_coordinator_stop;
 
-/* Runs the whole job; prints per-task test metrics on stdout at the end.
+/* Runs the whole job; reports per-task test metrics at the end through
+ * o->test_result.
  * Returns GRAFT_OK or a negative error (logged). Settings that cannot work
  * (graft_coordinator_check, a --resume checkpoint that already holds
  * --rounds rounds) are refused before OUT/events.jsonl is created. */

@@ -370,6 +370,20 @@ static void write_cls(const char *path, int only_train, char last) {
 /* client-000 holds a (without class z) and b, client-001 holds b, nobody
  * holds c: the cohorts are a:[000], b:[000, 001], c:[]; c's modules are
  * untouched, a's, b's and the shared ones trained. */
+/* The coordinator's test results, as its test_result callback gets them. */
+typedef struct {
+    int n;
+    char lines[GRAFT_MAX_TASKS][256];
+} test_results_t;
+
+static void collect_test_result(void *ctx, const graft_eval_result_t *r, const char *line) {
+    test_results_t *tr = ctx;
+    assert_true(tr->n < GRAFT_MAX_TASKS);
+    assert_int_equal(r->split, GRAFT_SPLIT_TEST);
+    assert_int_equal(r->task, tr->n); /* task order */
+    snprintf(tr->lines[tr->n++], sizeof tr->lines[0], "%s", line);
+}
+
 static void test_assignment_by_holdings(void **state) {
     (void)state;
     char dir[] = "/tmp/graft_test_coordinator_XXXXXX", path[300], tasks[600];
@@ -401,7 +415,9 @@ static void test_assignment_by_holdings(void **state) {
     int saved = stderr_to_log(dir);
     graft_transport_t *ends[3];
     assert_int_equal(graft_transport_inproc_new(2, ends), GRAFT_OK);
-    coord_arg_t ca = {.co = {.cfg = cfg, .expected_workers = 2, .tp = ends[0], .mode = "inproc"}};
+    test_results_t results = {0};
+    coord_arg_t ca = {.co = {.cfg = cfg, .expected_workers = 2, .tp = ends[0], .mode = "inproc",
+                             .test_result = collect_test_result, .test_result_ctx = &results}};
     worker_arg_t wa[2] = {{.wo = {.cfg = cfg, .data_dir = data0, .shard_count = 1, .tp = ends[1]}},
                           {.wo = {.cfg = cfg, .data_dir = data1, .shard_count = 1, .tp = ends[2]}}};
     pthread_t ct, wt[2];
@@ -422,6 +438,9 @@ static void test_assignment_by_holdings(void **state) {
     assert_int_equal(
         count_lines(dir, "out/events.jsonl", "\"train_examples\":\\{\"a\":24,\"b\":36\\}"), 1);
     assert_true(count_lines(dir, "stderr.log", "task c: no worker holds it") >= ROUNDS);
+    /* The test results go to the callback, one line per task, each named. */
+    assert_int_equal(results.n, 3);
+    for (int t = 0; t < 3; t++) assert_non_null(strstr(results.lines[t], names[t]));
 
     /* Modules: the checkpoint against a fresh (initial) set. */
     graft_trainer_t *init = NULL, *fin = NULL;
@@ -429,10 +448,11 @@ static void test_assignment_by_holdings(void **state) {
     assert_int_equal(graft_trainer_new(&cfg, &fin), GRAFT_OK);
     snprintf(path, sizeof path, "%s/out/modules.safetensors", dir);
     assert_int_equal(graft_trainer_load(fin, path), GRAFT_OK);
-    graft_scope_t *before[4] = {init->peft->shared}, *after[4] = {fin->peft->shared};
+    graft_scope_t *before[4] = {graft_trainer_shared_scope(init)},
+                  *after[4] = {graft_trainer_shared_scope(fin)};
     for (int t = 0; t < 3; t++) {
-        before[1 + t] = init->peft->tasks[t].scope;
-        after[1 + t] = fin->peft->tasks[t].scope;
+        before[1 + t] = graft_trainer_task_scope(init, t);
+        after[1 + t] = graft_trainer_task_scope(fin, t);
     }
     for (int k = 0; k < 4; k++) {
         int same = !memcmp(before[k]->params, after[k]->params, before[k]->numel * sizeof(float));
@@ -471,7 +491,7 @@ static void test_unworkable_settings_refused(void **state) {
 
     graft_trainer_t *tr = NULL;
     assert_int_equal(graft_trainer_new(&a.co.cfg, &tr), GRAFT_OK);
-    tr->step = 6; /* rounds done */
+    graft_trainer_set_steps_done(tr, 6); /* rounds done */
     assert_int_equal(graft_trainer_save(tr, ckpt), GRAFT_OK);
     graft_trainer_destroy(&tr);
     a.co.cfg.min_replies = 1;
@@ -712,8 +732,8 @@ static double scope_shift(const fake_run_t *r, int k) {
     char path[300];
     snprintf(path, sizeof path, "%s/out/modules.safetensors", r->dir);
     assert_int_equal(graft_trainer_load(fin, path), GRAFT_OK);
-    graft_scope_t *a = k ? init->peft->tasks[0].scope : init->peft->shared;
-    graft_scope_t *b = k ? fin->peft->tasks[0].scope : fin->peft->shared;
+    graft_scope_t *a = k ? graft_trainer_task_scope(init, 0) : graft_trainer_shared_scope(init);
+    graft_scope_t *b = k ? graft_trainer_task_scope(fin, 0) : graft_trainer_shared_scope(fin);
     assert_true(a->numel > 0);
     double sum = 0.0;
     for (size_t i = 0; i < a->numel; i++) sum += (double)b->params[i] - a->params[i];
@@ -978,7 +998,7 @@ static void test_repeated_round_start_dropped(void **state) {
     pthread_t wt;
     pthread_create(&wt, NULL, worker_main, &wa);
     assign_run_42(ends[0]);
-    graft_scope_t *scopes[2] = {tr->peft->shared, tr->peft->tasks[0].scope};
+    graft_scope_t *scopes[2] = {graft_trainer_shared_scope(tr), graft_trainer_task_scope(tr, 0)};
     graft_wire_tensor_t ts[2];
     size_t n = 0;
     for (int k = 0; k < 2; k++)

@@ -98,7 +98,7 @@ static int group_setup(void **state) {
         set_opt(&cfg, "steps", steps);
         graft_trainer_t *tr = NULL;
         if (graft_trainer_new(&cfg, &tr)) return -1;
-        while (tr->step < FT_STEPS) graft_trainer_step(tr, 0, -1.0f);
+        while (graft_trainer_steps_done(tr) < FT_STEPS) graft_trainer_step(tr, 0, -1.0f);
         rc = graft_trainer_save(tr, g_ft[t]);
         graft_trainer_destroy(&tr);
         if (rc) return rc;
@@ -199,20 +199,20 @@ static void test_finetuned_sources(void **state) {
     graft_grafting_t *g = NULL;
     assert_int_equal(graft_grafting_new(&cfg, &g), GRAFT_OK);
     char path[256], want[256];
-    graft_run_config_t *c = &g->tr->cfg;
-    snprintf(c->finetuned, sizeof c->finetuned, "%s/ft_pairs", g_dir);
+    char *ft = g->finetuned;
+    snprintf(ft, sizeof g->finetuned, "%s/ft_pairs", g_dir);
     for (int t = 0; t < 2; t++) {
         assert_int_equal(graft_grafting_finetuned_path(g, t, path, sizeof path), GRAFT_OK);
         assert_string_equal(path, g_ft[1]);
     }
-    snprintf(c->finetuned, sizeof c->finetuned, "pairs=/x/p.safetensors, majority=/x/m.safetensors");
+    snprintf(ft, sizeof g->finetuned, "pairs=/x/p.safetensors, majority=/x/m.safetensors");
     assert_int_equal(graft_grafting_finetuned_path(g, 0, path, sizeof path), GRAFT_OK);
     assert_string_equal(path, "/x/m.safetensors");
     assert_int_equal(graft_grafting_finetuned_path(g, 1, path, sizeof path), GRAFT_OK);
     assert_string_equal(path, "/x/p.safetensors");
-    snprintf(c->finetuned, sizeof c->finetuned, "pairs=/x/p.safetensors");
+    snprintf(ft, sizeof g->finetuned, "pairs=/x/p.safetensors");
     assert_int_equal(graft_grafting_finetuned_path(g, 0, path, sizeof path), GRAFT_EINVAL);
-    snprintf(c->finetuned, sizeof c->finetuned, "/x/a,pairs=/x/p");
+    snprintf(ft, sizeof g->finetuned, "/x/a,pairs=/x/p");
     assert_int_equal(graft_grafting_finetuned_path(g, 1, path, sizeof path), GRAFT_EINVAL);
 
     /* A head-only run's checkpoint has no fine-tuned trunk. */
@@ -237,14 +237,14 @@ static void test_finetuned_sources(void **state) {
     free(log);
 
     /* The up-front check: the method, then the task's head. */
-    snprintf(c->finetuned, sizeof c->finetuned, "%s", want);
+    snprintf(ft, sizeof g->finetuned, "%s", want);
     capture_in_dir();
     rc = graft_grafting_check_finetuned(g, 1);
     log = capture_end();
     assert_int_equal(rc, GRAFT_EFORMAT);
     assert_contains(log, "modules of method 'head'");
     free(log);
-    snprintf(c->finetuned, sizeof c->finetuned, "%s", g_ft[0]);
+    snprintf(ft, sizeof g->finetuned, "%s", g_ft[0]);
     assert_int_equal(graft_grafting_check_finetuned(g, 0), GRAFT_OK);
     capture_in_dir();
     rc = graft_grafting_check_finetuned(g, 1);
@@ -346,20 +346,32 @@ static void test_top_k_matches_naive(void **state) {
 /* Class probabilities of task t on the first dev rows, for the trunk as it is. */
 static void probs_of(graft_grafting_t *g, int t, float *out) {
     graft_trainer_t *tr = g->tr;
-    graft_task_t *task = tr->tasks[t];
-    for (int b = 0; b < tr->B; b++) tr->indices[b] = (size_t)b;
-    graft_task_batch(task, tr->trunk->tok, GRAFT_SPLIT_DEV, tr->indices, tr->B, tr->T, tr->inputs, NULL, tr->pos,
-                     tr->labels);
-    graft_peft_classify(tr->peft, t, tr->inputs, tr->pos, tr->labels, tr->B, tr->T, 0);
-    memcpy(out, tr->peft->head_probs, (size_t)tr->B * graft_task_num_labels(task) * sizeof(float));
+    graft_task_t *task = graft_trainer_task(tr, t);
+    int B, T;
+    graft_trainer_batch_shape(tr, &B, &T);
+    size_t bt = (size_t)B * T, *indices = malloc((size_t)B * sizeof *indices);
+    int32_t *inputs = malloc(bt * sizeof *inputs), *pos = malloc((size_t)B * sizeof *pos);
+    int32_t *labels = malloc((size_t)B * sizeof *labels);
+    for (int b = 0; b < B; b++) indices[b] = (size_t)b;
+    graft_task_batch(task, graft_trainer_trunk(tr)->tok, GRAFT_SPLIT_DEV, indices, B, T, inputs,
+                     NULL, pos, labels);
+    graft_peft_t *p = graft_trainer_peft(tr);
+    graft_peft_classify(p, t, inputs, pos, labels, B, T, 0);
+    memcpy(out, p->head_probs, (size_t)B * graft_task_num_labels(task) * sizeof(float));
+    free(indices);
+    free(inputs);
+    free(pos);
+    free(labels);
 }
 
 static void test_all_ones_all_zeros(void **state) {
     (void)state;
     graft_grafting_t *g = grafting("all", 0);
-    size_t n = g->tr->trunk->num_params, nprob = (size_t)g->tr->B * 4;
+    int B, T;
+    graft_trainer_batch_shape(g->tr, &B, &T);
+    size_t n = graft_trainer_trunk(g->tr)->num_params, nprob = (size_t)B * 4;
     float *want = malloc(nprob * sizeof(float)), *got = malloc(nprob * sizeof(float));
-    const float *theta = g->tr->trunk->params_memory;
+    const float *theta = graft_trainer_trunk(g->tr)->params_memory;
 
     /* Fine-tuning moved the trunk, so the comparisons below can fail. */
     assert_true(memcmp(g->pre, g->ft, n * sizeof(float)) != 0);
@@ -392,7 +404,7 @@ static void test_all_ones_all_zeros(void **state) {
     g = grafting("attn,mlp,ln", 0);
     ones = graft_grafting_top_k(g, g->layout.num_eligible);
     graft_grafting_use_mask(g, ones);
-    theta = g->tr->trunk->params_memory;
+    theta = graft_trainer_trunk(g->tr)->params_memory;
     size_t emb = (size_t)(g->layout.cfg.V + g->layout.cfg.T) * g->layout.cfg.C, moved = 0;
     for (int t = 0; t < g->layout.n; t++) {
         const graft_gpt2_tensor_t *nt = &g->layout.tensors[t];
@@ -412,7 +424,7 @@ static void test_all_ones_all_zeros(void **state) {
 static void test_save_load_roundtrip(void **state) {
     (void)state;
     graft_grafting_t *g = grafting("attn,mlp,ln", 1);
-    size_t n = g->tr->trunk->num_params;
+    size_t n = graft_trainer_trunk(g->tr)->num_params;
     size_t k = graft_grafting_k(g, 0.05);
     graft_mask_t *mask = graft_grafting_top_k(g, k);
     char path[256];
@@ -420,8 +432,8 @@ static void test_save_load_roundtrip(void **state) {
     assert_int_equal(graft_grafting_save(g, 1, mask, 0.05, 0, path), GRAFT_OK);
     graft_grafting_use_mask(g, mask);
     float *grafted = malloc(n * sizeof(float));
-    memcpy(grafted, g->tr->trunk->params_memory, n * sizeof(float));
-    graft_scope_t *head = g->tr->peft->tasks[1].scope;
+    memcpy(grafted, graft_trainer_trunk(g->tr)->params_memory, n * sizeof(float));
+    graft_scope_t *head = graft_trainer_task_scope(g->tr, 1);
     float *head_ft = malloc(head->numel * sizeof(float));
     memcpy(head_ft, head->params, head->numel * sizeof(float));
 
@@ -442,7 +454,7 @@ static void test_save_load_roundtrip(void **state) {
 
     /* A fresh object on the same trunk, head scrambled, reads it back. */
     graft_grafting_t *h = grafting("attn,mlp,ln", 0);
-    graft_scope_t *h_head = h->tr->peft->tasks[1].scope;
+    graft_scope_t *h_head = graft_trainer_task_scope(h->tr, 1);
     memset(h_head->params, 0, h_head->numel * sizeof(float));
     graft_mask_t *back = NULL;
     int t = -1;
@@ -453,7 +465,7 @@ static void test_save_load_roundtrip(void **state) {
     assert_memory_equal(back->value, mask->value, k * sizeof(float));
     assert_memory_equal(h_head->params, head_ft, h_head->numel * sizeof(float));
     graft_grafting_use_mask(h, back);
-    assert_memory_equal(h->tr->trunk->params_memory, grafted, n * sizeof(float));
+    assert_memory_equal(graft_trainer_trunk(h->tr)->params_memory, grafted, n * sizeof(float));
     graft_mask_destroy(&back);
     graft_grafting_destroy(&h);
 
@@ -617,8 +629,8 @@ static void test_refine_lowers_train_loss(void **state) {
         graft_mask_t *top = graft_grafting_top_k(g, k);
         graft_refine_stats_t st;
         graft_mask_t *ref = graft_grafting_refine(g, t, k, &st);
-        assert_memory_equal(g->tr->trunk->params_memory, g->pre,
-                            g->tr->trunk->num_params * sizeof(float));
+        assert_memory_equal(graft_trainer_trunk(g->tr)->params_memory, g->pre,
+                            graft_trainer_trunk(g->tr)->num_params * sizeof(float));
         double before = train_loss(g, t, top), after = train_loss(g, t, ref);
         printf("  %s: k=%zu, %zu candidates, %zu entries changed; batch loss %.4f -> %.4f; "
                "train loss of the binary mask %.4f -> %.4f (reported %.4f -> %.4f)\n",
@@ -661,8 +673,8 @@ static void test_head_fit_and_tune(void **state) {
         run_config(&cfg, "graft");
         set_opt(&cfg, "head_lr", "2e-2");
         graft_grafting_t *g = grafting_of(&cfg, t);
-        const graft_gpt2_t *m = g->tr->trunk;
-        graft_scope_t *head = g->tr->peft->tasks[t].scope;
+        const graft_gpt2_t *m = graft_trainer_trunk(g->tr);
+        graft_scope_t *head = graft_trainer_task_scope(g->tr, t);
         float *ft_head = malloc(head->numel * sizeof(float));
         graft_scope_export(head, ft_head);
         size_t k = graft_grafting_k(g, 0.01);

@@ -161,10 +161,12 @@ static void run_config(graft_run_config_t *cfg, const char *method, float lr, co
 
 /* Share of the most frequent label in task t's dev split. */
 static double chance(const graft_trainer_t *tr, int t) {
-    int K = graft_task_num_labels(tr->tasks[t]);
-    size_t n = graft_task_count(tr->tasks[t], GRAFT_SPLIT_DEV), counts[16] = {0}, best = 0;
+    int K = graft_task_num_labels(graft_trainer_task(tr, t));
+    size_t n = graft_task_count(graft_trainer_task(tr, t), GRAFT_SPLIT_DEV), counts[16] = {0},
+           best = 0;
     assert_true(K <= 16);
-    for (size_t i = 0; i < n; i++) counts[graft_task_example(tr->tasks[t], GRAFT_SPLIT_DEV, i)->label_id]++;
+    for (size_t i = 0; i < n; i++)
+        counts[graft_task_example(graft_trainer_task(tr, t), GRAFT_SPLIT_DEV, i)->label_id]++;
     for (int k = 0; k < K; k++)
         if (counts[k] > best) best = counts[k];
     return (double)best / (double)n;
@@ -172,13 +174,13 @@ static double chance(const graft_trainer_t *tr, int t) {
 
 /* Closed form of the trainable parameters of task t (shared + own). */
 static size_t closed_form(const graft_trainer_t *tr, int t) {
-    const graft_gpt2_config_t *c = &tr->trunk->cfg;
-    const graft_run_config_t *rc = &tr->cfg;
-    size_t L = c->L, C = c->C, K = graft_task_num_labels(tr->tasks[t]);
+    const graft_gpt2_config_t *c = &graft_trainer_trunk(tr)->cfg;
+    const graft_run_config_t *rc = graft_trainer_config(tr);
+    size_t L = c->L, C = c->C, K = graft_task_num_labels(graft_trainer_task(tr, t));
     size_t n = C * K + K; /* the head */
     int methods;
     assert_int_equal(graft_peft_parse_methods(rc->method, &methods), GRAFT_OK);
-    if (methods & GRAFT_M_FULL) n += tr->trunk->num_params;
+    if (methods & GRAFT_M_FULL) n += graft_trainer_trunk(tr)->num_params;
     if (methods & GRAFT_M_LORA) {
         /* r (in + out) per adapted matrix: qkv C->3C, attn C->C, fc C->4C,
          * fcproj 4C->C, i.e. 16C per layer with all four, for each pair */
@@ -206,37 +208,39 @@ static double train_method(const char *method, float lr, const char *trunk) {
     run_config(&cfg, method, lr, trunk);
     graft_trainer_t *tr = NULL;
     assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
-    assert_int_equal(tr->n_tasks, 2);
+    assert_int_equal(graft_trainer_n_tasks(tr), 2);
 
-    for (int t = 0; t < tr->n_tasks; t++) {
-        size_t got = graft_peft_task_params(tr->peft, t), want = closed_form(tr, t);
+    for (int t = 0; t < graft_trainer_n_tasks(tr); t++) {
+        size_t got = graft_peft_task_params(graft_trainer_peft(tr), t), want = closed_form(tr, t);
         printf("  %-16s %-9s trainable %zu (closed form %zu)\n", method,
-               graft_task_name(tr->tasks[t]), got, want);
+               graft_task_name(graft_trainer_task(tr, t)), got, want);
         assert_int_equal(got, want);
     }
 
     int full = strcmp(method, "full") == 0;
     double t0 = graft_now();
     int stage1 = cfg.stage1_steps > 0 ? cfg.stage1_steps : cfg.steps / 3;
-    while (tr->step < cfg.steps) {
-        if (tr->stage == 1 && tr->step >= stage1) graft_trainer_select_channels(tr);
-        int t = graft_trainer_task_for_step(tr, tr->step);
+    while (graft_trainer_steps_done(tr) < cfg.steps) {
+        if (graft_trainer_stage(tr) == 1 && graft_trainer_steps_done(tr) >= stage1)
+            graft_trainer_select_channels(tr);
+        int t = graft_trainer_task_for_step(tr, graft_trainer_steps_done(tr));
         graft_trainer_step(tr, t, -1.0f);
     }
-    assert_int_equal(tr->stage, 2);
+    assert_int_equal(graft_trainer_stage(tr), 2);
     double seconds = graft_now() - t0;
     double acc = 0.0, ch = 0.0;
     char line[256];
-    for (int t = 0; t < tr->n_tasks; t++) {
+    for (int t = 0; t < graft_trainer_n_tasks(tr); t++) {
         graft_eval_result_t r;
         graft_trainer_evaluate(tr, t, GRAFT_SPLIT_DEV, &r);
         graft_eval_format(tr, &r, line, sizeof line);
         printf("  %-16s %s (chance %.2f)\n", method, line, chance(tr, t));
-        acc += r.cls.accuracy / tr->n_tasks;
-        ch += chance(tr, t) / tr->n_tasks;
+        acc += r.cls.accuracy / graft_trainer_n_tasks(tr);
+        ch += chance(tr, t) / graft_trainer_n_tasks(tr);
     }
-    printf("  %-16s lr %.0e%s: mean dev accuracy %.4f (chance %.4f), %d steps in %.1fs\n",
-           method, (double)lr, trunk ? " (pretrained trunk)" : "", acc, ch, tr->step, seconds);
+    printf("  %-16s lr %.0e%s: mean dev accuracy %.4f (chance %.4f), %d steps in %.1fs\n", method,
+           (double)lr, trunk ? " (pretrained trunk)" : "", acc, ch, graft_trainer_steps_done(tr),
+           seconds);
     assert_true(acc > ch);
 
     /* A PEFT method leaves the trunk exactly as built from the seed or read
@@ -249,11 +253,11 @@ static double train_method(const char *method, float lr, const char *trunk) {
         assert_int_equal(graft_gpt2_preset("tiny", &mc), GRAFT_OK);
         fresh = graft_gpt2_new(&mc, (uint64_t)cfg.seed);
     }
-    assert_int_equal(fresh->num_params, tr->trunk->num_params);
-    int same = memcmp(fresh->params_memory, tr->trunk->params_memory,
+    assert_int_equal(fresh->num_params, graft_trainer_trunk(tr)->num_params);
+    int same = memcmp(fresh->params_memory, graft_trainer_trunk(tr)->params_memory,
                       fresh->num_params * sizeof(float)) == 0;
     assert_int_equal(same, !full);
-    if (!full) assert_null(tr->trunk->grads_memory);
+    if (!full) assert_null(graft_trainer_trunk(tr)->grads_memory);
     if (full) {
         snprintf(g_full, sizeof g_full, "%s/full/modules.safetensors", g_dir);
         assert_int_equal(graft_trainer_save(tr, g_full), GRAFT_OK);
@@ -275,18 +279,18 @@ static double graft_method(double sparsity, int refine_steps) {
     assert_int_equal(graft_options_set(graft_run_options, &cfg, "finetuned", g_full, "t"), 0);
     graft_grafting_t *g = NULL;
     assert_int_equal(graft_grafting_new(&cfg, &g), GRAFT_OK);
-    const graft_gpt2_config_t *c = &g->tr->trunk->cfg;
-    size_t eligible = g->tr->trunk->num_params - (size_t)(c->V + c->T) * c->C;
+    const graft_gpt2_config_t *c = &graft_trainer_trunk(g->tr)->cfg;
+    size_t eligible = graft_trainer_trunk(g->tr)->num_params - (size_t)(c->V + c->T) * c->C;
     size_t k = (size_t)llround(sparsity * (double)eligible);
     assert_int_equal(g->layout.num_eligible, eligible);
     assert_int_equal(graft_grafting_k(g, sparsity), k);
     double acc = 0.0;
     char line[256];
-    for (int t = 0; t < g->tr->n_tasks; t++) {
+    for (int t = 0; t < graft_trainer_n_tasks(g->tr); t++) {
         assert_int_equal(graft_grafting_load_finetuned(g, t, g_full), GRAFT_OK);
-        size_t K = (size_t)graft_task_num_labels(g->tr->tasks[t]);
+        size_t K = (size_t)graft_task_num_labels(graft_trainer_task(g->tr, t));
         printf("  graft %-10g %-9s trainable k %zu + head %zu\n", sparsity,
-               graft_task_name(g->tr->tasks[t]), k, c->C * K + K);
+               graft_task_name(graft_trainer_task(g->tr, t)), k, c->C * K + K);
         graft_refine_stats_t st;
         graft_mask_t *mask = refine_steps ? graft_grafting_refine(g, t, k, &st)
                                           : graft_grafting_top_k(g, k);
@@ -296,7 +300,7 @@ static double graft_method(double sparsity, int refine_steps) {
         graft_trainer_evaluate(g->tr, t, GRAFT_SPLIT_DEV, &r);
         graft_eval_format(g->tr, &r, line, sizeof line);
         printf("  graft %-10g %s\n", sparsity, line);
-        acc += r.cls.accuracy / g->tr->n_tasks;
+        acc += r.cls.accuracy / graft_trainer_n_tasks(g->tr);
         graft_mask_destroy(&mask);
     }
     graft_grafting_destroy(&g);
@@ -351,8 +355,8 @@ static void test_optimizer_option(void **state) {
     snprintf(cfg.optimizer, sizeof cfg.optimizer, "sgd");
     cfg.momentum = 0.9f;
     assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
-    assert_int_equal(tr->opt.kind, GRAFT_SGD);
-    assert_true(tr->opt.momentum == 0.9f);
+    assert_int_equal(graft_trainer_optimizer(tr)->kind, GRAFT_SGD);
+    assert_true(graft_trainer_optimizer(tr)->momentum == 0.9f);
     graft_trainer_destroy(&tr);
 }
 
@@ -543,14 +547,14 @@ static void test_channel_indices_checked(void **state) {
     for (size_t i = 0; i <= sizeof bad / sizeof bad[0]; i++) {
         graft_trainer_t *tr = NULL;
         assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
-        int32_t *ch = tr->peft->tasks[1].channels;
+        int32_t *ch = graft_trainer_peft(tr)->tasks[1].channels;
         if (i < sizeof bad / sizeof bad[0]) ch[bad[i].entry] = bad[i].value;
         assert_int_equal(graft_trainer_save(tr, path), GRAFT_OK);
         graft_trainer_destroy(&tr);
         assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
         int rc = graft_trainer_load(tr, path);
         assert_int_equal(rc, i < sizeof bad / sizeof bad[0] ? GRAFT_EFORMAT : GRAFT_OK);
-        if (!rc) assert_int_equal(tr->peft->tasks[1].channels[9], 1);
+        if (!rc) assert_int_equal(graft_trainer_peft(tr)->tasks[1].channels[9], 1);
         graft_trainer_destroy(&tr);
     }
 }

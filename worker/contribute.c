@@ -18,7 +18,7 @@ struct graft_contributor {
 
 graft_contributor_t *graft_contributor_new(graft_transport_t *tp, const graft_peft_t *peft,
                                            int n_run_tasks) {
-    GRAFT_ASSERT(n_run_tasks >= peft->n_tasks && n_run_tasks <= GRAFT_MAX_TASKS);
+    GRAFT_ASSERT(n_run_tasks >= graft_peft_n_tasks(peft) && n_run_tasks <= GRAFT_MAX_TASKS);
     graft_contributor_t *c = graft_xcalloc(1, sizeof *c);
     c->tp = tp;
     c->peft = peft;
@@ -43,7 +43,8 @@ static int start_one(graft_contributor_t *c, const graft_wire_reduce_t *r, int f
     graft_agg_pair_t *pairs = graft_xcalloc((size_t)p->trunk->cfg.L * GRAFT_NUM_PROJ + 1,
                                             sizeof *pairs);
     int npairs = graft_agg_lora_pairs(p, part->task, pairs);
-    const graft_scope_t *s = part->task < 0 ? p->shared : p->tasks[part->task].scope;
+    const graft_scope_t *s =
+        part->task < 0 ? graft_peft_shared(p) : graft_peft_task_scope(p, part->task);
     graft_agg_plan_t plan;
     graft_agg_plan_init_pairs(&plan, s->numel, pairs, npairs, r->lora_products && !freeze_a,
                               r->clip_norm, freeze_a);

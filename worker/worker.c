@@ -185,8 +185,8 @@ static int load_shards(worker_t *w) {
  * trainer's after. */
 static int held_tasks(worker_t *w, graft_task_t ***out) {
     if (w->tr) {
-        *out = w->tr->tasks;
-        return w->tr->n_tasks;
+        *out = graft_trainer_tasks(w->tr);
+        return graft_trainer_n_tasks(w->tr);
     }
     *out = w->held;
     return w->n_held;
@@ -246,7 +246,7 @@ static int hello_unanswered(worker_t *w) {
     int limit = w->o.hello_timeout_ms;
     if (!w->hello_at || limit <= 0 || graft_now() - w->hello_at < limit / 1000.0) return 0;
     LOG_ERROR("worker %s: no answer from the coordinator in %g s after saying hello: is it "
-              "running at --connect, and (with CurveZMQ) is --server-key its public key and "
+              "running at --connect, and (with CurveZMQ) is --server_key its public key and "
               "this worker's public key on its --allow list? (the coordinator's log says which; "
               "wait longer with --hello_timeout_ms)", w->name, limit / 1000.0);
     return 1;
@@ -374,14 +374,14 @@ static int relabel_assigned(worker_t *w, const graft_wire_assign_t *a) {
 }
 
 static void build_schema(worker_t *w) {
-    graft_peft_t *p = w->tr->peft;
-    w->schema_entries[0] = (graft_wire_schema_entry_t){.name = p->shared->name, .ndim = 1,
-                                                      .shape = {(int64_t)p->shared->numel}};
-    for (int t = 0; t < p->n_tasks; t++)
-        w->schema_entries[1 + t] = (graft_wire_schema_entry_t){
-            .name = p->tasks[t].scope->name, .ndim = 1,
-            .shape = {(int64_t)p->tasks[t].scope->numel}};
-    w->schema = (graft_wire_schema_t){w->schema_entries, (size_t)p->n_tasks + 1};
+    graft_peft_t *p = graft_trainer_peft(w->tr);
+    int n = graft_peft_n_tasks(p);
+    for (int k = 0; k <= n; k++) {
+        const graft_scope_t *s = k ? graft_peft_task_scope(p, k - 1) : graft_peft_shared(p);
+        w->schema_entries[k] = (graft_wire_schema_entry_t){.name = s->name, .ndim = 1,
+                                                           .shape = {(int64_t)s->numel}};
+    }
+    w->schema = (graft_wire_schema_t){w->schema_entries, (size_t)n + 1};
 }
 
 /* Each trainer task's index among the run's tasks (the MPI groups are the
@@ -389,9 +389,11 @@ static void build_schema(worker_t *w) {
 static void map_run_tasks(worker_t *w) {
     graft_task_spec_t specs[GRAFT_MAX_TASKS];
     w->n_run_tasks = graft_run_task_specs(&w->o.cfg, specs, GRAFT_MAX_TASKS);
-    for (int t = 0; t < w->tr->n_tasks; t++) {
+    for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++) {
         int r = 0;
-        while (r < w->n_run_tasks && strcmp(specs[r].name, graft_task_name(w->tr->tasks[t]))) r++;
+        while (r < w->n_run_tasks &&
+               strcmp(specs[r].name, graft_task_name(graft_trainer_task(w->tr, t))))
+            r++;
         GRAFT_ASSERT(r < w->n_run_tasks); /* the shards were loaded from these specs */
         w->run_task[t] = r;
     }
@@ -439,9 +441,9 @@ static int build_trainer(worker_t *w, const graft_wire_assign_t *a) {
 
 /* The same tasks as the trainer was built for? */
 static int same_assignment(const worker_t *w, const graft_wire_assign_t *a) {
-    if ((int)a->ntasks != w->tr->n_tasks) return 0;
-    for (int t = 0; t < w->tr->n_tasks; t++)
-        if (!assigned(a, graft_task_name(w->tr->tasks[t]))) return 0;
+    if ((int)a->ntasks != graft_trainer_n_tasks(w->tr)) return 0;
+    for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++)
+        if (!assigned(a, graft_task_name(graft_trainer_task(w->tr, t)))) return 0;
     return 1;
 }
 
@@ -476,18 +478,18 @@ static int on_assign(worker_t *w, const graft_msg_t *m) {
 /* ---- a round --------------------------------------------------------------- */
 
 static graft_scope_t *scope_named(worker_t *w, const char *name) {
-    graft_peft_t *p = w->tr->peft;
-    if (!strcmp(name, p->shared->name)) return p->shared;
-    for (int t = 0; t < p->n_tasks; t++)
-        if (!strcmp(name, p->tasks[t].scope->name)) return p->tasks[t].scope;
+    graft_peft_t *p = graft_trainer_peft(w->tr);
+    if (!strcmp(name, graft_peft_shared(p)->name)) return graft_peft_shared(p);
+    for (int t = 0; t < graft_peft_n_tasks(p); t++)
+        if (!strcmp(name, graft_peft_task_scope(p, t)->name)) return graft_peft_task_scope(p, t);
     return NULL;
 }
 
 /* Scope slot (0: shared, 1 + t: trainer task t) of a scope of ours. */
 static int scope_slot(const worker_t *w, const graft_scope_t *s) {
-    graft_peft_t *p = w->tr->peft;
-    for (int t = 0; t < p->n_tasks; t++)
-        if (s == p->tasks[t].scope) return 1 + t;
+    graft_peft_t *p = graft_trainer_peft(w->tr);
+    for (int t = 0; t < graft_peft_n_tasks(p); t++)
+        if (s == graft_peft_task_scope(p, t)) return 1 + t;
     return 0;
 }
 
@@ -499,9 +501,9 @@ static int scope_slot(const worker_t *w, const graft_scope_t *s) {
 static void set_logit_offsets(worker_t *w, float tau) {
     if (tau == w->logit_adjust) return;
     w->logit_adjust = tau;
-    graft_peft_t *p = w->tr->peft;
-    for (int t = 0; t < w->tr->n_tasks; t++) {
-        const graft_task_t *task = w->tr->tasks[t];
+    graft_peft_t *p = graft_trainer_peft(w->tr);
+    for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++) {
+        const graft_task_t *task = graft_trainer_task(w->tr, t);
         if (graft_task_kind(task) != GRAFT_TASK_CLASSIFY) continue;
         if (tau <= 0) {
             graft_peft_set_logit_offset(p, t, NULL);
@@ -537,9 +539,9 @@ static void set_logit_offsets(worker_t *w, float tau) {
  * anchor, LoRA A freezing, head rate and logit offsets. */
 static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_scope_t **sent,
                          size_t n) {
-    graft_peft_t *p = w->tr->peft;
-    p->shared->prox_ref = NULL;
-    for (int t = 0; t < p->n_tasks; t++) p->tasks[t].scope->prox_ref = NULL;
+    graft_peft_t *p = graft_trainer_peft(w->tr);
+    graft_peft_shared(p)->prox_ref = NULL;
+    for (int t = 0; t < graft_peft_n_tasks(p); t++) graft_peft_task_scope(p, t)->prox_ref = NULL;
     for (size_t i = 0; i < n; i++) {
         int k = scope_slot(w, sent[i]);
         if (!w->global[k]) w->global[k] = graft_xmalloc((sent[i]->numel + 1) * sizeof(float));
@@ -548,14 +550,14 @@ static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_
         if (!rs->hyper.keep_optimizer_state) graft_scope_reset_state(sent[i]);
         sent[i]->prox_ref = w->global[k];
     }
-    w->tr->prox_mu = rs->hyper.fedprox_mu;
+    graft_trainer_set_prox_mu(w->tr, rs->hyper.fedprox_mu);
     graft_peft_freeze_lora_a(p, rs->hyper.freeze_lora_a);
     graft_peft_set_head_lr_scale(p, rs->hyper.head_lr_scale);
     set_logit_offsets(w, rs->hyper.logit_adjust);
 }
 
 static uint64_t task_examples(const worker_t *w, int t) {
-    return graft_task_count(w->tr->tasks[t], GRAFT_SPLIT_TRAIN);
+    return graft_task_count(graft_trainer_task(w->tr, t), GRAFT_SPLIT_TRAIN);
 }
 
 static void tick(void *arg) {
@@ -567,24 +569,26 @@ static void tick(void *arg) {
  * (trained == 0) contributes nothing but still joins, so that no rank waits
  * forever. */
 static void contribute(worker_t *w, const graft_wire_round_start_t *rs, int trained) {
-    graft_peft_t *p = w->tr->peft;
+    graft_peft_t *p = graft_trainer_peft(w->tr);
     if (!w->contrib) w->contrib = graft_contributor_new(w->o.tp, p, w->n_run_tasks);
     graft_contribution_t parts[GRAFT_MAX_TASKS + 1];
     int assigned[GRAFT_MAX_TASKS] = {0}, n = 0;
     uint64_t samples = 0;
-    for (int t = 0; t < w->tr->n_tasks; t++) samples += task_examples(w, t);
-    if (p->shared->numel)
+    for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++) samples += task_examples(w, t);
+    const graft_scope_t *shared = graft_peft_shared(p);
+    if (shared->numel)
         parts[n++] = (graft_contribution_t){.task = -1, .global = trained ? w->global[0] : NULL,
-                                            .trained = p->shared->params,
+                                            .trained = shared->params,
                                             .weight = rs->reduce.shared_weight
                                                           ? rs->reduce.shared_weight
                                                           : samples};
-    for (int t = 0; t < w->tr->n_tasks; t++) {
+    for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++) {
         assigned[w->run_task[t]] = 1;
-        if (!p->tasks[t].scope->numel) continue;
+        const graft_scope_t *own = graft_peft_task_scope(p, t);
+        if (!own->numel) continue;
         parts[n++] = (graft_contribution_t){.task = t, .run_task = w->run_task[t],
                                             .global = trained ? w->global[1 + t] : NULL,
-                                            .trained = p->tasks[t].scope->params,
+                                            .trained = own->params,
                                             .weight = task_examples(w, t)};
     }
     int rc = graft_contributor_run(w->contrib, &rs->reduce, rs->hyper.freeze_lora_a, assigned,
@@ -640,19 +644,21 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
     import_round(w, rs, sent, n);
     w->trained_round = rs->round;
     graft_trainer_t *tr = w->tr;
-    if (rs->hyper.channels_selected && tr->stage == 1) {
+    if (rs->hyper.channels_selected && graft_trainer_stage(tr) == 1) {
         /* The scores just imported are the coordinator's: the same choice. */
         graft_trainer_choose_channels(tr);
         LOG_INFO("worker %s: round %llu: two-stage: channels selected (digest %016llx); stage 2 "
                  "starts", w->name, (unsigned long long)rs->round,
                  (unsigned long long)graft_trainer_channels_digest(tr));
-    } else if (!rs->hyper.channels_selected && (tr->peft->cfg.methods & GRAFT_M_CHANNELS)) {
-        tr->stage = 1; /* a coordinator resumed from stage 1 */
+    } else if (!rs->hyper.channels_selected) {
+        graft_trainer_restart_stage1(tr); /* a coordinator resumed from stage 1 */
     }
-    if (rs->hyper.batch_size != (uint32_t)tr->B && !w->warned_batch) {
+    int B, T;
+    graft_trainer_batch_shape(tr, &B, &T);
+    if (rs->hyper.batch_size != (uint32_t)B && !w->warned_batch) {
         w->warned_batch = 1;
         LOG_WARN("worker %s: the run's --batch is %u, this worker's %d: its steps are not the "
-                 "run's (start it with --batch %u)", w->name, rs->hyper.batch_size, tr->B,
+                 "run's (start it with --batch %u)", w->name, rs->hyper.batch_size, B,
                  rs->hyper.batch_size);
     }
     uint32_t steps = rs->hyper.local_steps;
@@ -668,7 +674,7 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
     }
     pulse_training(w, 0);
     uint64_t samples = 0;
-    for (int t = 0; t < tr->n_tasks; t++) samples += task_examples(w, t);
+    for (int t = 0; t < graft_trainer_n_tasks(tr); t++) samples += task_examples(w, t);
     graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
     for (size_t i = 0; i < n; i++)
         ts[i] = (graft_wire_tensor_t){.name = sent[i]->name, .ndim = 1,
