@@ -737,8 +737,8 @@ static int refuse_update(coord_t *c, const worker_t *w, const graft_msg_t *m, ch
     int rc = graft_wire_expect_round(m, (uint64_t)c->round, why, n);
     if (rc) return rc;
     if (contribution_of(c, w->name)) {
-        snprintf(why, n, "'%s' already contributed to round %d (one update per worker and round)",
-                 w->name, c->round);
+        snprintf(why, n, "'%.64s' already contributed to round %d (one update per worker "
+                 "and round)", w->name, c->round);
         return GRAFT_ESTATE;
     }
     if (!w->in_round || c->n_replies == MAX_PEERS) {
