@@ -1018,6 +1018,7 @@ static void test_repeated_round_start_dropped(void **state) {
     send_to_worker(ends[0], &rs);
     rs.round_start.round = 2;
     rs.round_start.deadline_ms = 1;
+    rs.round_start.hyper.local_steps = 200; /* well past 1 ms, even at -O3 */
     rs.round_start.hyper.batch_size = 8;
     send_to_worker(ends[0], &rs);
     uint64_t first = next_update_round(ends[0]), second = next_update_round(ends[0]);

@@ -115,7 +115,7 @@ echo "ok 2b - shared_weight task, shared_server_lr 3: weights add up to the task
 # the rounds go on while its silence adds up to a loss (2 s): enough rounds
 # that the loss, a round without it and its restart all come before the end.
 EP=tcp://127.0.0.1:$(free_port)
-KILLCONF="--config $T/run.conf --rounds 30 --local_steps 20 --checkpoint_every_rounds 100"
+KILLCONF="--config $T/run.conf --rounds 30 --local_steps 100 --heartbeat_ms 100 --checkpoint_every_rounds 100"
 timeout 180 "$GRAFT" coordinator --bind "$EP" --workers 3 $KILLCONF --out "$T/kill" \
     >"$T/kill.out" 2>"$T/kill.err" &
 COORD=$!
