@@ -31,6 +31,14 @@
  * order, continuing across rounds). Heartbeats go out every heartbeat_ms,
  * also during training steps (from a second thread, see serial_beats), so a
  * step longer than the coordinator's silence limit is not taken for a loss.
+ * An EvalRequest (--eval_on workers) carries the round's aggregated
+ * modules: the worker imports them (its optimiser state untouched), and for
+ * each task named evaluates its own rows of the split with the
+ * coordinator's sizes — with an IID shard I/N, part I of N of the
+ * evaluation the coordinator would run on the whole file (every N-th
+ * evaluated example from the I-th), so the parts add up to exactly that;
+ * with a client folder, the dev or test rows of its file — and answers one
+ * EvalResult of sufficient statistics per task, heartbeating meanwhile.
  * Shutdown ends the loop; an Error "unknown worker" (a restarted
  * coordinator) makes it say Hello again, as does any message of another
  * run (a coordinator restarted with other job settings; while its Hello
