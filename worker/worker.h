@@ -5,8 +5,10 @@
  * Data. Either IID shards of the --tasks files (every N-th train example
  * from the I-th, --shard I/N), or a client folder of a shard directory
  * (--data DIR, written by `graft data shard`): the train data of task NAME
- * is the train rows of DIR/NAME.tsv (a shard file holds nothing else), and
- * a task without a file there is not held. The worker never reads the
+ * is the train rows of DIR/NAME.tsv, which also holds the client's share of
+ * the task's dev and test rows (the worker trains on the train rows; a run
+ * with --eval_on workers evaluates on its dev and test rows), and a task
+ * without a file there is not held. The worker never reads the
  * --tasks file of a task it holds through --data; it takes the task's
  * label set from the coordinator (Assign), so a shard that lacks some
  * classes still numbers them, and sizes its head, as the run does.
