@@ -273,10 +273,13 @@ int graft_wire_encode(const graft_msg_t *msg, graft_wire_dtype_t dtype, uint8_t 
 int graft_wire_decode(const uint8_t *buf, size_t len, const graft_wire_opts_t *opts,
                       graft_msg_t *out, char *why, size_t why_len);
 
-/* An upper bound on the encoded size of a RoundStart or an Update that
- * carries n dense tensors of numel[i] fp32 values (names of at most
- * GRAFT_WIRE_MAX_NAME bytes, one dimension or up to GRAFT_WIRE_MAX_DIMS) and
- * nsteps per-step learning rates, every other field included. */
+/* An upper bound on the encoded size of a RoundStart, an Update or an
+ * EvalRequest that carries n dense tensors of numel[i] fp32 values (names of
+ * at most GRAFT_WIRE_MAX_NAME bytes, one dimension or up to
+ * GRAFT_WIRE_MAX_DIMS) and nsteps per-step learning rates (none in an
+ * EvalRequest), every other field included: an EvalRequest's up to
+ * GRAFT_MAX_TASKS task names of GRAFT_WIRE_MAX_NAME bytes are in the
+ * constant overhead. */
 size_t graft_wire_modules_bytes(const size_t *numel, size_t n, size_t nsteps);
 
 /* The message limit of a run whose largest messages carry those tensors
