@@ -454,10 +454,11 @@ static void eval_generation(graft_trainer_t *tr, int t, int split, int part, int
     graft_task_t *task = tr->tasks[t];
     size_t total = graft_task_count(task, split), n, n_dec;
     size_t *idx = eval_indices(total, (size_t)tr->cfg.eval_max, part, parts, &n);
-    const float *losses = tr->trunk->acts.losses; /* (B, T), 0 without a target */
     for (size_t i = 0; i < n; i += (size_t)tr->B) {
         int rows = eval_batch(tr, idx, n, i);
         forward_backward(tr, t, split, 0);
+        /* (B, T), 0 without a target; the activations are allocated lazily */
+        const float *losses = tr->trunk->acts.losses;
         for (int b = 0; b < rows; b++)
             for (int j = 0; j < tr->T; j++)
                 if (tr->targets[(size_t)b * tr->T + j] >= 0)

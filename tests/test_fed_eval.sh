@@ -47,6 +47,9 @@ for key, pair in sorted(by.items()):
     for k in ("loss", "ece", "perplexity"):
         if k in c and abs(c[k] - w[k]) > 1e-6 * max(1.0, abs(c[k])):
             sys.exit(f"{key}: {k} coordinator {c[k]} workers {w[k]}")
+# the comparison means something: a decode scored above 0 somewhere
+if not any(p["coordinator"].get("chrf", 0) > 0 for p in by.values()):
+    sys.exit("no generation evaluation with chrF > 0: nothing was compared")
 print(f"{len(by)} evaluations agree")
 PY
 }
