@@ -1163,16 +1163,16 @@ static int refuse_eval_result(coord_t *c, const worker_t *w, const graft_wire_ev
         snprintf(why, n, "the %s split; the %s split was asked for", graft_task_split_name(r->split),
                  graft_task_split_name(c->eval_split));
     else if (t < 0 || !trains(w, t))
-        snprintf(why, n, "task '%s' is not one that worker '%s' trains", r->task, w->name);
+        snprintf(why, n, "task '%.64s' is not one that worker '%.64s' trains", r->task, w->name);
     else if (!w->eval_waiting || graft_eval_answers_has(c->answers, w->name, t))
-        snprintf(why, n, "task '%s' already answered", r->task);
+        snprintf(why, n, "task '%.64s' already answered", r->task);
     else {
         const graft_task_t *task = graft_trainer_task(c->tr, t);
         char detail[160];
         if (!graft_eval_stats_from_wire(r, t, graft_task_kind(task), graft_task_num_labels(task), s,
                                         detail, sizeof detail))
             return 0;
-        snprintf(why, n, "task '%s': %s", r->task, detail);
+        snprintf(why, n, "task '%.64s': %s", r->task, detail);
     }
     return 1;
 }
