@@ -4,7 +4,7 @@
  * name order (coordinator/eval_answers.h) whatever order they arrive in,
  * give exactly the metrics of the whole evaluation (graft_trainer_evaluate):
  * the same counts, accuracy, macro-F1 and chrF, and loss, ECE and
- * perplexity up to the order of float sums. On a trained tiny trunk with a
+ * perplexity to 1e-6 (float sums in another order). On a trained tiny trunk with a
  * classification and a generation task, under --eval_max and --decode_max
  * subsets too. And results that do not fit the task are refused.
  */
@@ -75,8 +75,11 @@ static void part_over_wire(int t, int split, int p, int parts, graft_eval_stats_
     graft_eval_stats_free(&s);
 }
 
+/* Float sums in another order, and under -O3 a row's float results may move
+ * in the last bits with the batch it is in (the LM head multiplies only
+ * the target rows: another M, another kernel path): 2e-10 relative seen. */
 static void assert_close(double a, double b) {
-    assert_true(fabs(a - b) <= 1e-9 * fmax(1.0, fabs(a)));
+    assert_true(fabs(a - b) <= 1e-6 * fmax(1.0, fabs(a)));
 }
 
 /* Parts 0..parts-1 of task t, arriving in reverse order from workers named
