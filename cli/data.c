@@ -147,9 +147,10 @@ static const char *shard_usage =
     "Splits the train rows of each task across K clients, non-IID, for federated runs.\n"
     "Each client holds --tasks_per_client tasks; each task's train rows go to its\n"
     "clients by --by. Writes DIR/client-000/NAME.tsv, DIR/client-001/NAME.tsv, ... (one\n"
-    "task file per task a client holds, every row a train row; dev and test rows stay\n"
-    "in the task's own file) and DIR/shards.tsv (client, task, label, count), and prints\n"
-    "the counts per task, label and client. Deterministic from --seed.";
+    "task file per task a client holds: its train rows, then its share of the task's dev\n"
+    "and test rows, dealt round-robin over the task's clients) and DIR/shards.tsv (client,\n"
+    "task, label, count of train rows), and prints the counts per task, label and client.\n"
+    "Deterministic from --seed.";
 
 static int cmd_data_shard(int argc, char **argv) {
     shard_config_t cfg;

@@ -130,6 +130,28 @@ static int check_fields(json_t *ev, const char *where) {
 /* Reads PATH (an events.jsonl or a directory holding one) into run. A
  * malformed line is an error naming file and line, except a truncated last
  * line (a run killed mid-write), which is skipped with a warning. */
+/* A run with --eval_on both logs each evaluation twice, from the
+ * coordinator and from the workers (the same metrics up to the order of
+ * float sums): the report keeps the coordinator's. A run with --eval_on
+ * workers has only the workers'. */
+static void drop_worker_evals(run_t *run) {
+    int own = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(run->events, i, e) {
+        const char *src = json_string_value(json_object_get(e, "source"));
+        own |= !strcmp(json_string_value(json_object_get(e, "event")), "eval") &&
+               (!src || strcmp(src, "workers"));
+    }
+    for (i = json_array_size(run->events); own && i-- > 0;) {
+        e = json_array_get(run->events, i);
+        const char *src = json_string_value(json_object_get(e, "source"));
+        if (src && !strcmp(src, "workers") &&
+            !strcmp(json_string_value(json_object_get(e, "event")), "eval"))
+            json_array_remove(run->events, i);
+    }
+}
+
 static int load_run(const char *arg, run_t *run) {
     char path[4096];
     struct stat st;
@@ -193,6 +215,7 @@ static int load_run(const char *arg, run_t *run) {
     }
     free(line);
     fclose(f);
+    if (!rc) drop_worker_evals(run);
     if (!rc && json_array_size(run->events) == 0) {
         LOG_ERROR("report: %s: no events", path);
         rc = GRAFT_EFORMAT;

@@ -108,6 +108,10 @@ const graft_option_t graft_run_options[] = {
      "worker heartbeat interval; 5 missed = lost"},
     {"eval_every_rounds", GRAFT_OPT_INT, OFF(eval_every_rounds), "5", 1, 1e9,
      "evaluate every N rounds"},
+    {"eval_on", GRAFT_OPT_STRING, OFF(eval_on), "coordinator", 0, -1,
+     "federated: where the dev and test evaluations run: coordinator (on its copy of the "
+     "--tasks files), workers (each on its own rows; the coordinator adds up their statistics "
+     "per task), or both (two eval events per task, source coordinator and workers)"},
     {"checkpoint_every_rounds", GRAFT_OPT_INT, OFF(checkpoint_every_rounds), "1", 1, 1e9,
      "checkpoint every N rounds"},
     {"aggregate", GRAFT_OPT_STRING, OFF(aggregate), "fedavg", 0, -1,

@@ -71,6 +71,7 @@ typedef struct {
     int round_timeout_ms;
     int heartbeat_ms;
     int eval_every_rounds;
+    char eval_on[GRAFT_OPT_STR]; /* coordinator, workers or both */
     int checkpoint_every_rounds;
     char aggregate[GRAFT_OPT_STR];
     float fedprox_mu;

@@ -1,4 +1,5 @@
-/* shard.c — task-to-client assignment and non-IID row shards (shard.h). */
+/* shard.c — task-to-client assignment, non-IID train row shards and the
+ * round-robin deal of dev and test rows (shard.h). */
 #include "shard.h"
 
 #include <dirent.h>
@@ -20,8 +21,10 @@ struct graft_shard_plan {
     graft_shard_by_t *mode; /* T */
     size_t *train_groups;  /* T: distinct groups among the train rows */
     unsigned char *holds;  /* K*T, [c*T + t] */
-    size_t **rows;         /* K*T, NULL when not held */
-    size_t *nrows;         /* K*T */
+    /* [split][c*T + t]: ascending indices into the task's split; NULL when
+     * c does not hold t */
+    size_t **rows[GRAFT_SPLIT_COUNT];
+    size_t *nrows[GRAFT_SPLIT_COUNT];
 };
 
 static const char *const by_names[] = {"auto", "group", "label", "iid"};
@@ -237,6 +240,37 @@ static int resolve_mode(const graft_shard_config_t *cfg, const graft_task_t *tas
     return GRAFT_OK;
 }
 
+/* Stores owner[i] (an index into clients[0..n)) of each of the N rows of
+ * split as the rows of each client, ascending. */
+static void keep_owners(graft_shard_plan_t *p, int t, int split, const int *clients, int n,
+                        const int *owner, size_t N) {
+    for (int k = 0; k < n; k++) {
+        size_t cell = (size_t)clients[k] * (size_t)p->T + (size_t)t, m = 0;
+        for (size_t i = 0; i < N; i++) m += owner[i] == k;
+        p->rows[split][cell] = graft_xmalloc((m ? m : 1) * sizeof(size_t));
+        p->nrows[split][cell] = 0;
+        for (size_t i = 0; i < N; i++)
+            if (owner[i] == k) p->rows[split][cell][p->nrows[split][cell]++] = i;
+    }
+}
+
+/* Dev and test rows are dealt round-robin in file order over the task's
+ * clients (ascending index), each split on its own: row i goes to client
+ * i mod n. Task files are often ordered by source or label, so the deal is
+ * a stratified sample; it needs no seed; and the clients' counts differ by
+ * at most one. The label and group skew of the train rows is deliberately
+ * not copied here: federated evaluation adds up the clients' statistics,
+ * and that sum must equal an evaluation on the whole split. */
+static void deal_eval_rows(graft_shard_plan_t *p, int t, const int *clients, int n) {
+    for (int split = GRAFT_SPLIT_DEV; split <= GRAFT_SPLIT_TEST; split++) {
+        size_t N = graft_task_count(p->tasks[t], split);
+        int *owner = graft_xmalloc((N ? N : 1) * sizeof *owner);
+        for (size_t i = 0; i < N; i++) owner[i] = (int)(i % (size_t)n);
+        keep_owners(p, t, split, clients, n, owner, N);
+        free(owner);
+    }
+}
+
 static int shard_task(graft_shard_plan_t *p, int t, const graft_shard_config_t *cfg) {
     const graft_task_t *task = p->tasks[t];
     int *clients = graft_xmalloc((size_t)p->K * sizeof *clients), n = 0;
@@ -259,13 +293,9 @@ static int shard_task(graft_shard_plan_t *p, int t, const graft_shard_config_t *
     if (!rc && p->mode[t] == GRAFT_SHARD_IID) split_iid(task, n, &rng, owner);
     if (!rc && p->mode[t] == GRAFT_SHARD_LABEL)
         rc = split_by_label(task, n, cfg->alpha, &rng, owner);
-    for (int k = 0; k < n && !rc; k++) {
-        size_t cell = (size_t)clients[k] * (size_t)p->T + (size_t)t, m = 0;
-        for (size_t i = 0; i < N; i++) m += owner[i] == k;
-        p->rows[cell] = graft_xmalloc((m ? m : 1) * sizeof(size_t));
-        p->nrows[cell] = 0;
-        for (size_t i = 0; i < N; i++)
-            if (owner[i] == k) p->rows[cell][p->nrows[cell]++] = i;
+    if (!rc) {
+        keep_owners(p, t, GRAFT_SPLIT_TRAIN, clients, n, owner, N);
+        deal_eval_rows(p, t, clients, n);
     }
     free(owner);
     free(clients);
@@ -321,8 +351,10 @@ int graft_shard_plan_new(graft_task_t *const *tasks, int n_tasks, const graft_sh
     p->mode = graft_xcalloc((size_t)p->T, sizeof *p->mode);
     p->train_groups = graft_xcalloc((size_t)p->T, sizeof *p->train_groups);
     p->holds = graft_xcalloc(cells, 1);
-    p->rows = graft_xcalloc(cells, sizeof *p->rows);
-    p->nrows = graft_xcalloc(cells, sizeof *p->nrows);
+    for (int s = 0; s < GRAFT_SPLIT_COUNT; s++) {
+        p->rows[s] = graft_xcalloc(cells, sizeof *p->rows[s]);
+        p->nrows[s] = graft_xcalloc(cells, sizeof *p->nrows[s]);
+    }
     for (int c = 0; c < p->K; c++)
         for (int j = 0; j < M; j++) p->holds[c * p->T + (c * M + j) % p->T] = 1;
     for (int t = 0; t < p->T && !rc; t++) rc = shard_task(p, t, cfg);
@@ -338,9 +370,11 @@ void graft_shard_plan_destroy(graft_shard_plan_t **self_p) {
     GRAFT_ASSERT(self_p);
     graft_shard_plan_t *p = *self_p;
     if (!p) return;
-    for (size_t k = 0; k < (size_t)p->K * (size_t)p->T; k++) free(p->rows[k]);
-    free(p->rows);
-    free(p->nrows);
+    for (int s = 0; s < GRAFT_SPLIT_COUNT; s++) {
+        for (size_t k = 0; k < (size_t)p->K * (size_t)p->T; k++) free(p->rows[s][k]);
+        free(p->rows[s]);
+        free(p->nrows[s]);
+    }
     free(p->holds);
     free(p->train_groups);
     free(p->mode);
@@ -364,11 +398,17 @@ graft_shard_by_t graft_shard_mode(const graft_shard_plan_t *p, int t) {
     return p->mode[t];
 }
 
-const size_t *graft_shard_rows(const graft_shard_plan_t *p, int c, int t, size_t *n) {
+const size_t *graft_shard_split_rows(const graft_shard_plan_t *p, int c, int t, int split,
+                                     size_t *n) {
     GRAFT_ASSERT(n && c >= 0 && c < p->K && t >= 0 && t < p->T);
+    GRAFT_ASSERT(split >= 0 && split < GRAFT_SPLIT_COUNT);
     size_t cell = (size_t)c * (size_t)p->T + (size_t)t;
-    *n = p->nrows[cell];
-    return p->rows[cell];
+    *n = p->nrows[split][cell];
+    return p->rows[split][cell];
+}
+
+const size_t *graft_shard_rows(const graft_shard_plan_t *p, int c, int t, size_t *n) {
+    return graft_shard_split_rows(p, c, t, GRAFT_SPLIT_TRAIN, n);
 }
 
 /* Rows of label l (or of every label when l < 0) that client c holds of t. */
@@ -410,17 +450,22 @@ static void remove_old_clients(const char *dir) {
     closedir(d);
 }
 
+/* The client's train rows, then its dev rows, then its test rows, each
+ * split in the order of the task's file: grouping by split is what the
+ * plan holds, and the loader does not care about the order. */
 static int write_client_task(const graft_shard_plan_t *p, int c, int t, FILE *f) {
     const graft_task_t *task = p->tasks[t];
-    size_t n;
-    const size_t *rows = graft_shard_rows(p, c, t, &n);
-    for (size_t k = 0; k < n; k++) {
-        const graft_example_t *ex = graft_task_example(task, GRAFT_SPLIT_TRAIN, rows[k]);
-        fputs("train\t", f);
-        fwrite(ex->label, 1, ex->label_len, f);
-        fprintf(f, "\t%s\t", ex->group);
-        fwrite(ex->text, 1, ex->text_len, f);
-        fputc('\n', f);
+    for (int split = 0; split < GRAFT_SPLIT_COUNT; split++) {
+        size_t n;
+        const size_t *rows = graft_shard_split_rows(p, c, t, split, &n);
+        for (size_t k = 0; k < n; k++) {
+            const graft_example_t *ex = graft_task_example(task, split, rows[k]);
+            fprintf(f, "%s\t", graft_task_split_name(split));
+            fwrite(ex->label, 1, ex->label_len, f);
+            fprintf(f, "\t%s\t", ex->group);
+            fwrite(ex->text, 1, ex->text_len, f);
+            fputc('\n', f);
+        }
     }
     return ferror(f) ? GRAFT_EIO : GRAFT_OK;
 }
@@ -511,6 +556,16 @@ static void print_task(const graft_shard_plan_t *p, int t, FILE *out) {
         }
         fprintf(out, "  %8zu\n", total);
     }
+    fputs("  dev/test rows per client:", out);
+    for (int c = 0, first = 1; c < p->K; c++) {
+        if (!p->holds[c * p->T + t]) continue;
+        size_t dev, test;
+        graft_shard_split_rows(p, c, t, GRAFT_SPLIT_DEV, &dev);
+        graft_shard_split_rows(p, c, t, GRAFT_SPLIT_TEST, &test);
+        fprintf(out, "%s c%d %zu/%zu", first ? "" : ",", c, dev, test);
+        first = 0;
+    }
+    fputc('\n', out);
 }
 
 void graft_shard_print(const graft_shard_plan_t *p, FILE *out) {

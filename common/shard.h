@@ -1,7 +1,8 @@
 /* shard.h — non-IID shards of task data for K federated clients.
  *
  * A plan splits the train rows of every task across clients, the way
- * federated data is split in practice:
+ * federated data is split in practice, and deals out the dev and test rows
+ * among the same clients:
  *
  *  - Tasks to clients: client c holds the M tasks (c*M + j) mod T, j < M,
  *    for T tasks. Every task gets at least one client when K*M >= T, and
@@ -21,9 +22,19 @@
  *             min_group_size rows on average (groups that mean something,
  *             not one row each); otherwise label for classification and
  *             iid for generation (whose labels are free text).
- *  - Every train row goes to exactly one client of its task; dev and test
- *    rows go to none (evaluation uses the task's own file). Each client of
- *    a task gets at least one row.
+ *  - Every train row goes to exactly one client of its task, and each
+ *    client of a task gets at least one train row.
+ *  - Dev and test rows are dealt round-robin too, so that workers can
+ *    evaluate on their own rows and the coordinator add up their
+ *    statistics: the i-th dev row of a task (0-based, file order) goes to
+ *    its (i mod n)-th client of n in ascending client index, and the same
+ *    for test rows on their own. Every dev and test row is on exactly one
+ *    client of its task and their union is the whole split. Task files are
+ *    often ordered by source or label, so the deal is a stratified sample;
+ *    it needs no seed, and clients' counts differ by at most one (a client
+ *    gets none when its task has fewer such rows than clients). The skew
+ *    is for training only: evaluation on the union must equal evaluation
+ *    on the whole split.
  *
  * Everything is a function of the tasks, the config and the seed: the same
  * inputs give the same shards on every machine. Each task draws from its
@@ -83,19 +94,27 @@ graft_shard_by_t graft_shard_mode(const graft_shard_plan_t *p, int t);
  * task's train split; *n = their count (0 when c does not hold t). These
  * are what graft_task_subset() takes. */
 const size_t *graft_shard_rows(const graft_shard_plan_t *p, int c, int t, size_t *n);
+/* The same for any split (GRAFT_SPLIT_*): indices into that split of the
+ * task. graft_shard_rows() is the train split. */
+const size_t *graft_shard_split_rows(const graft_shard_plan_t *p, int c, int t, int split,
+                                     size_t *n);
 
 /* Writes the shards under dir:
  *   dir/client-000/NAME.tsv ...  one TSV per task the client holds, task
- *                                file format, every row a train row;
+ *                                file format: its train rows, then its dev
+ *                                rows, then its test rows (each in file
+ *                                order, with its own split field);
  *   dir/shards.tsv               header "client task label count", then one
  *                                line per client, task it holds and label
- *                                (label "*" for generation tasks).
+ *                                (label "*" for generation tasks): counts
+ *                                of train rows only.
  * Files are written to a temporary name and renamed. The task files of
  * client-NNN folders left by an earlier run are removed first, so dir holds
  * exactly this plan. Returns GRAFT_OK or GRAFT_EIO (logged with the path). */
 int graft_shard_write(const graft_shard_plan_t *p, const char *dir);
 
-/* Prints, per task, its mode and a table of labels x clients (counts). */
+/* Prints, per task, its mode, a table of labels x clients (train row
+ * counts) and a line of each client's dev/test row counts. */
 void graft_shard_print(const graft_shard_plan_t *p, FILE *out);
 
 #endif

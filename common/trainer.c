@@ -430,100 +430,168 @@ static size_t eval_index(size_t j, size_t n, size_t total) {
     return (size_t)((unsigned __int128)j * total / n);
 }
 
-static void evaluate_generation(graft_trainer_t *tr, int t, int split, size_t n,
-                                graft_eval_result_t *res) {
-    graft_task_t *task = tr->tasks[t];
-    size_t total = graft_task_count(task, split);
-    graft_lm_metrics_t lm;
-    graft_lm_metrics_init(&lm);
-    for (size_t i = 0; i < n; i += (size_t)tr->B) {
-        for (int b = 0; b < tr->B; b++) tr->indices[b] = eval_index((i + (size_t)b) % n, n, total);
-        int rows = (size_t)tr->B < n - i ? tr->B : (int)(n - i);
-        float loss = forward_backward(tr, t, split, 0);
-        /* Rows past the end repeat earlier examples; count only the real ones
-         * by re-weighting with their share of target tokens. */
-        int64_t count = 0, real = 0;
-        for (int b = 0; b < tr->B; b++)
-            for (int j = 0; j < tr->T; j++)
-                if (tr->targets[(size_t)b * tr->T + j] >= 0) {
-                    count++;
-                    real += b < rows;
-                }
-        if (count > 0) graft_lm_metrics_add(&lm, loss, real);
-    }
-    res->loss = graft_lm_metrics_loss(&lm);
-    res->perplexity = graft_lm_metrics_perplexity(&lm);
+/* The examples of part `part` of `parts` among the first n of `total`
+ * (ordinals j < cap, j % parts == part), into a new array; their count in
+ * *count. */
+static size_t *eval_indices(size_t total, size_t cap, int part, int parts, size_t *count) {
+    size_t n = cap && cap < total ? cap : total;
+    size_t *idx = graft_xmalloc((n / (size_t)parts + 1) * sizeof *idx);
+    size_t k = 0;
+    for (size_t j = (size_t)part; j < n; j += (size_t)parts) idx[k++] = eval_index(j, n, total);
+    *count = k;
+    return idx;
+}
 
-    size_t cap = (size_t)tr->cfg.decode_max;
-    size_t n_dec = cap == 0 || n < cap ? n : cap;
-    const graft_example_t **exs = graft_xmalloc(n_dec * sizeof *exs);
-    const char **prompts = graft_xmalloc(n_dec * sizeof(char *));
-    size_t *lens = graft_xmalloc(n_dec * sizeof(size_t));
-    char **outs = graft_xmalloc(n_dec * sizeof(char *));
+/* Fills the batch with examples idx[i..i+B) (rows past n repeat the first
+ * ones, so every batch is full) and returns the number of real rows. */
+static int eval_batch(graft_trainer_t *tr, const size_t *idx, size_t n, size_t i) {
+    for (int b = 0; b < tr->B; b++) tr->indices[b] = idx[(i + (size_t)b) % n];
+    return (size_t)tr->B < n - i ? tr->B : (int)(n - i);
+}
+
+static void eval_generation(graft_trainer_t *tr, int t, int split, int part, int parts,
+                            graft_eval_stats_t *s) {
+    graft_task_t *task = tr->tasks[t];
+    size_t total = graft_task_count(task, split), n, n_dec;
+    size_t *idx = eval_indices(total, (size_t)tr->cfg.eval_max, part, parts, &n);
+    for (size_t i = 0; i < n; i += (size_t)tr->B) {
+        int rows = eval_batch(tr, idx, n, i);
+        forward_backward(tr, t, split, 0);
+        /* (B, T), 0 without a target; the activations are allocated lazily */
+        const float *losses = tr->trunk->acts.losses;
+        for (int b = 0; b < rows; b++)
+            for (int j = 0; j < tr->T; j++)
+                if (tr->targets[(size_t)b * tr->T + j] >= 0)
+                    graft_lm_metrics_add(&s->loss, losses[(size_t)b * tr->T + j], 1);
+    }
+    s->examples = (int64_t)n;
+    free(idx);
+
+    /* Greedy decodes of the first --decode_max of the n, strided anew. */
+    size_t cap = (size_t)tr->cfg.decode_max, evaluated = tr->cfg.eval_max > 0 &&
+        (size_t)tr->cfg.eval_max < total ? (size_t)tr->cfg.eval_max : total;
+    idx = eval_indices(total, cap && cap < evaluated ? cap : evaluated, part, parts, &n_dec);
+    const char **prompts = graft_xmalloc((n_dec + 1) * sizeof(char *));
+    size_t *lens = graft_xmalloc((n_dec + 1) * sizeof(size_t));
+    char **outs = graft_xmalloc((n_dec + 1) * sizeof(char *));
     size_t out_cap = (size_t)tr->cfg.gen_tokens + 1;
-    char *out_memory = graft_xmalloc(n_dec * out_cap);
+    char *out_memory = graft_xmalloc(n_dec * out_cap + 1);
     for (size_t i = 0; i < n_dec; i++) {
-        exs[i] = graft_task_example(task, split, eval_index(i, n_dec, total));
-        prompts[i] = exs[i]->text;
-        lens[i] = exs[i]->text_len;
+        const graft_example_t *ex = graft_task_example(task, split, idx[i]);
+        prompts[i] = ex->text;
+        lens[i] = ex->text_len;
         outs[i] = out_memory + i * out_cap;
     }
     graft_trainer_generate(tr, t, prompts, lens, n_dec, outs, out_cap);
-    graft_chrf_t chrf;
-    graft_chrf_init(&chrf);
-    for (size_t i = 0; i < n_dec; i++)
-        graft_chrf_add(&chrf, outs[i], strlen(outs[i]), exs[i]->label, exs[i]->label_len);
-    if (n_dec > 0) {
-        graft_text_printable(res->sample_prompt, GRAFT_SAMPLE_LEN, prompts[0], lens[0]);
-        graft_text_printable(res->sample_output, GRAFT_SAMPLE_LEN, outs[0], strlen(outs[0]));
-        graft_text_printable(res->sample_reference, GRAFT_SAMPLE_LEN, exs[0]->label,
-                             exs[0]->label_len);
+    for (size_t i = 0; i < n_dec; i++) {
+        const graft_example_t *ex = graft_task_example(task, split, idx[i]);
+        graft_chrf_add(&s->chrf, outs[i], strlen(outs[i]), ex->label, ex->label_len);
     }
-    free(exs);
+    if (n_dec > 0) {
+        const graft_example_t *ex = graft_task_example(task, split, idx[0]);
+        graft_text_printable(s->sample_prompt, GRAFT_SAMPLE_LEN, prompts[0], lens[0]);
+        graft_text_printable(s->sample_output, GRAFT_SAMPLE_LEN, outs[0], strlen(outs[0]));
+        graft_text_printable(s->sample_reference, GRAFT_SAMPLE_LEN, ex->label, ex->label_len);
+    }
+    s->decoded = (int64_t)n_dec;
+    free(idx);
     free(prompts);
     free(lens);
     free(outs);
     free(out_memory);
-    res->chrf = graft_chrf_score(&chrf);
-    res->chrf_examples = (int64_t)n_dec;
 }
 
-static void evaluate_classification(graft_trainer_t *tr, int t, int split, size_t n,
-                                    graft_eval_result_t *res) {
+static void eval_classification(graft_trainer_t *tr, int t, int split, int part, int parts,
+                                graft_eval_stats_t *s) {
     int K = graft_task_num_labels(tr->tasks[t]);
-    graft_cls_metrics_t cm;
-    graft_cls_metrics_init(&cm, K);
-    double loss_sum = 0.0;
-    size_t total = graft_task_count(tr->tasks[t], split);
+    size_t n;
+    size_t *idx = eval_indices(graft_task_count(tr->tasks[t], split), (size_t)tr->cfg.eval_max,
+                               part, parts, &n);
     for (size_t i = 0; i < n; i += (size_t)tr->B) {
-        for (int b = 0; b < tr->B; b++) tr->indices[b] = eval_index((i + (size_t)b) % n, n, total);
-        int rows = (size_t)tr->B < n - i ? tr->B : (int)(n - i);
+        int rows = eval_batch(tr, idx, n, i);
         forward_backward(tr, t, split, 0);
         for (int b = 0; b < rows; b++) {
             const float *probs = tr->peft->head_probs + (size_t)b * K;
-            graft_cls_metrics_add(&cm, probs, tr->labels[b]);
-            loss_sum += -log(fmax(probs[tr->labels[b]], 1e-30));
+            graft_cls_metrics_add(&s->cls, probs, tr->labels[b]);
+            graft_lm_metrics_add(&s->loss, -log(fmax(probs[tr->labels[b]], 1e-30)), 1);
         }
     }
-    graft_cls_metrics_finish(&cm, &res->cls);
-    res->loss = n ? loss_sum / (double)n : 0.0;
-    graft_cls_metrics_free(&cm);
+    s->examples = (int64_t)n;
+    free(idx);
+}
+
+void graft_eval_stats_init(graft_eval_stats_t *s, int t, int split, graft_task_kind_t kind,
+                           int num_labels) {
+    memset(s, 0, sizeof *s);
+    s->task = t;
+    s->split = split;
+    s->kind = kind;
+    graft_lm_metrics_init(&s->loss);
+    graft_chrf_init(&s->chrf);
+    if (kind == GRAFT_TASK_CLASSIFY) graft_cls_metrics_init(&s->cls, num_labels);
+}
+
+void graft_eval_stats_free(graft_eval_stats_t *s) {
+    if (s->kind == GRAFT_TASK_CLASSIFY) graft_cls_metrics_free(&s->cls);
+    memset(s, 0, sizeof *s);
+}
+
+void graft_eval_stats_merge(graft_eval_stats_t *dst, const graft_eval_stats_t *src) {
+    GRAFT_ASSERT(dst->kind == src->kind && dst->task == src->task && dst->split == src->split);
+    dst->examples += src->examples;
+    graft_lm_metrics_merge(&dst->loss, &src->loss);
+    if (dst->kind == GRAFT_TASK_CLASSIFY) graft_cls_metrics_merge(&dst->cls, &src->cls);
+    graft_chrf_merge(&dst->chrf, &src->chrf);
+    if (dst->decoded == 0 && src->decoded > 0) {
+        memcpy(dst->sample_prompt, src->sample_prompt, GRAFT_SAMPLE_LEN);
+        memcpy(dst->sample_output, src->sample_output, GRAFT_SAMPLE_LEN);
+        memcpy(dst->sample_reference, src->sample_reference, GRAFT_SAMPLE_LEN);
+    }
+    dst->decoded += src->decoded;
+}
+
+void graft_eval_stats_finish(const graft_eval_stats_t *s, graft_eval_result_t *r) {
+    memset(r, 0, sizeof *r);
+    r->task = s->task;
+    r->split = s->split;
+    r->kind = s->kind;
+    r->examples = s->examples;
+    if (s->examples == 0) return;
+    r->loss = graft_lm_metrics_loss(&s->loss);
+    if (s->kind == GRAFT_TASK_CLASSIFY) {
+        graft_cls_metrics_finish(&s->cls, &r->cls);
+        return;
+    }
+    r->perplexity = graft_lm_metrics_perplexity(&s->loss);
+    r->chrf = graft_chrf_score(&s->chrf);
+    r->chrf_examples = s->decoded;
+    memcpy(r->sample_prompt, s->sample_prompt, GRAFT_SAMPLE_LEN);
+    memcpy(r->sample_output, s->sample_output, GRAFT_SAMPLE_LEN);
+    memcpy(r->sample_reference, s->sample_reference, GRAFT_SAMPLE_LEN);
+}
+
+void graft_trainer_eval_stats(graft_trainer_t *tr, int t, int split, int part, int parts,
+                              graft_eval_stats_t *s) {
+    GRAFT_ASSERT(parts >= 1 && part >= 0 && part < parts);
+    graft_task_t *task = tr->tasks[t];
+    graft_eval_stats_init(s, t, split, graft_task_kind(task), graft_task_num_labels(task));
+    if (s->kind == GRAFT_TASK_CLASSIFY) eval_classification(tr, t, split, part, parts, s);
+    else eval_generation(tr, t, split, part, parts, s);
 }
 
 void graft_trainer_evaluate(graft_trainer_t *tr, int t, int split, graft_eval_result_t *res) {
-    memset(res, 0, sizeof *res);
-    graft_task_t *task = tr->tasks[t];
-    size_t n = graft_task_count(task, split);
-    if (tr->cfg.eval_max > 0 && n > (size_t)tr->cfg.eval_max) n = (size_t)tr->cfg.eval_max;
-    res->task = t;
-    res->split = split;
-    res->examples = (int64_t)n;
-    res->kind = graft_task_kind(task);
-    if (n == 0) return;
-    if (res->kind == GRAFT_TASK_CLASSIFY)
-        evaluate_classification(tr, t, split, n, res);
-    else
-        evaluate_generation(tr, t, split, n, res);
+    graft_eval_stats_t s;
+    graft_trainer_eval_stats(tr, t, split, 0, 1, &s);
+    graft_eval_stats_finish(&s, res);
+    graft_eval_stats_free(&s);
+}
+
+void graft_trainer_set_eval_sizes(graft_trainer_t *tr, int eval_max, int decode_max,
+                                  int gen_tokens) {
+    GRAFT_ASSERT(eval_max >= 0 && decode_max >= 0 && gen_tokens > 0);
+    tr->cfg.eval_max = eval_max;
+    tr->cfg.decode_max = decode_max;
+    tr->cfg.gen_tokens = gen_tokens;
 }
 
 void graft_eval_format(const graft_trainer_t *tr, const graft_eval_result_t *r, char *buf,

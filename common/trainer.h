@@ -39,6 +39,37 @@ typedef struct {
     char sample_reference[GRAFT_SAMPLE_LEN];
 } graft_eval_result_t;
 
+/* The sufficient statistics of an evaluation, from which graft_eval_result_t
+ * follows: graft_trainer_eval_stats adds them up over some of a split's
+ * examples, graft_eval_stats_merge adds those of other workers (counts
+ * exactly, the float sums in merge order: merge by worker name), and
+ * graft_eval_stats_finish computes the metrics once, so that the merged
+ * metrics are those of the union of the examples (not a mean of metrics).
+ * Owns cls's confusion matrix (classification): init, then free. */
+typedef struct {
+    int task;
+    int split;
+    graft_task_kind_t kind;
+    int64_t examples;
+    /* classification: -log p(label) per example; generation: each target
+     * token's loss */
+    graft_lm_metrics_t loss;
+    graft_cls_metrics_t cls; /* classification */
+    graft_chrf_t chrf;       /* generation: over `decoded` greedy decodes */
+    int64_t decoded;
+    /* generation: the first decode, printable; "" if none */
+    char sample_prompt[GRAFT_SAMPLE_LEN], sample_output[GRAFT_SAMPLE_LEN];
+    char sample_reference[GRAFT_SAMPLE_LEN];
+} graft_eval_stats_t;
+
+void graft_eval_stats_init(graft_eval_stats_t *s, int t, int split, graft_task_kind_t kind,
+                           int num_labels);
+void graft_eval_stats_free(graft_eval_stats_t *s);
+/* dst += src (same task, split and kind, asserted); dst keeps its sample,
+ * or takes src's when it has none. */
+void graft_eval_stats_merge(graft_eval_stats_t *dst, const graft_eval_stats_t *src);
+void graft_eval_stats_finish(const graft_eval_stats_t *s, graft_eval_result_t *r);
+
 typedef struct graft_trainer graft_trainer_t; /* opaque */
 
 /* ---- what callers read and steer ------------------------------------------
@@ -131,8 +162,22 @@ float graft_trainer_step(graft_trainer_t *tr, int t, float lr);
 void graft_trainer_seek_sampler(graft_trainer_t *tr, uint64_t stream, int64_t steps);
 
 /* Evaluates task t on split (GRAFT_SPLIT_DEV/TEST) over at most
- * cfg.eval_max examples. */
+ * cfg.eval_max examples, evenly strided over the split; generation also
+ * decodes the first cfg.decode_max of them (strided anew) for chrF. */
 void graft_trainer_evaluate(graft_trainer_t *tr, int t, int split, graft_eval_result_t *res);
+
+/* The statistics of part `part` of `parts` of that evaluation (s is
+ * initialised here; free it): the examples whose ordinal j among the
+ * evaluated ones has j % parts == part, and the decodes likewise. The
+ * parts of 0..parts-1 together are exactly graft_trainer_evaluate's
+ * examples: a federated worker with IID shard I of N evaluates part I. */
+void graft_trainer_eval_stats(graft_trainer_t *tr, int t, int split, int part, int parts,
+                              graft_eval_stats_t *s);
+
+/* Sets the evaluation sizes (cfg.eval_max, decode_max: 0 all; gen_tokens
+ * > 0): a worker evaluates with its coordinator's. */
+void graft_trainer_set_eval_sizes(graft_trainer_t *tr, int eval_max, int decode_max,
+                                  int gen_tokens);
 
 /* Inference on new inputs with task t's modules, a batch (B) at a time; text i
  * (lens[i] bytes) is what an example's text field would hold and is

@@ -15,6 +15,8 @@
 
 #include "bf16.h"
 #include "graft.pb-c.h"
+#include "runconfig.h" /* GRAFT_MAX_TASKS */
+#include "task.h"      /* GRAFT_SPLIT_* */
 
 /* Sparse indices are uint32, so no tensor may exceed 2^32 elements. */
 #define MAX_NUMEL ((uint64_t)1 << 32)
@@ -114,9 +116,9 @@ typedef struct {
     enc_items_t tensors; /* Graft__Tensor */
     uint8_t **bufs;      /* converted tensor bytes, one per tensor (or NULL) */
     size_t ntensors;
-    enc_items_t items;    /* Graft__Shard, Graft__Metric or Graft__LabelSet */
+    enc_items_t items;    /* Graft__Shard or Graft__LabelSet */
     enc_items_t settings; /* Graft__Setting: hello.settings */
-    char **names;         /* assign.tasks */
+    char **names;         /* assign.tasks, eval_request.tasks */
 } enc_t;
 
 /* n zeroed items of `size` bytes into it; returns the block (the caller
@@ -187,6 +189,13 @@ static Graft__Tensor **enc_tensors(enc_t *e, const graft_wire_tensor_t *ts, size
     return (Graft__Tensor **)e->tensors.ptrs;
 }
 
+/* n strings for a repeated string field; NULL goes out as "". */
+static char **enc_names(enc_t *e, char *const *names, size_t n) {
+    e->names = graft_xcalloc(n, sizeof *e->names);
+    for (size_t i = 0; i < n; i++) e->names[i] = str_or_empty(names[i]);
+    return e->names;
+}
+
 static void enc_hello(enc_t *e, const graft_wire_hello_t *m) {
     Graft__Hello *h = &e->body.hello;
     graft__hello__init(h);
@@ -217,11 +226,8 @@ static void enc_assign(enc_t *e, const graft_wire_assign_t *m) {
     Graft__Assign *a = &e->body.assign;
     graft__assign__init(a);
     a->worker_id = m->worker_id;
-    char **tasks = graft_xcalloc(m->ntasks, sizeof *tasks);
-    for (size_t i = 0; i < m->ntasks; i++) tasks[i] = str_or_empty(m->tasks[i]);
-    e->names = tasks;
     a->n_tasks = m->ntasks;
-    a->tasks = tasks;
+    a->tasks = enc_names(e, m->tasks, m->ntasks);
     Graft__LabelSet *sets = enc_items(&e->items, m->nlabel_sets, sizeof *sets);
     for (size_t i = 0; i < m->nlabel_sets; i++) {
         graft__label_set__init(&sets[i]);
@@ -286,15 +292,59 @@ static void enc_update(enc_t *e, const graft_wire_update_t *m, int dtype) {
     e->env.update = u;
 }
 
+/* The C split as the wire's enum. Any other split goes out unspecified,
+ * which the receiver refuses, like every other field the encoder passes on
+ * unchecked. */
+static Graft__Split split_to_pb(int split) {
+    if (split == GRAFT_SPLIT_DEV) return GRAFT__SPLIT__DEV;
+    if (split == GRAFT_SPLIT_TEST) return GRAFT__SPLIT__TEST;
+    return GRAFT__SPLIT__SPLIT_UNSPECIFIED;
+}
+
 static void enc_eval_request(enc_t *e, const graft_wire_eval_request_t *m, int dtype) {
     Graft__EvalRequest *r = &e->body.eval_request;
     graft__eval_request__init(r);
     r->round = m->round;
-    r->task = str_or_empty(m->task);
     r->n_tensors = m->ntensors;
     r->tensors = enc_tensors(e, m->tensors, m->ntensors, dtype);
+    r->n_tasks = m->ntasks;
+    r->tasks = enc_names(e, m->tasks, m->ntasks);
+    r->split = split_to_pb(m->split);
+    r->max_examples = m->max_examples;
+    r->max_decodes = m->max_decodes;
+    r->gen_tokens = m->gen_tokens;
     e->env.body_case = GRAFT__ENVELOPE__BODY_EVAL_REQUEST;
     e->env.eval_request = r;
+}
+
+static int any_nonzero(const uint64_t *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (x[i]) return 1;
+    return 0;
+}
+
+/* A classification result sends its ECE bins, a generation result its chrF
+ * orders. The other kind's statistics go out too when they are not all zero,
+ * so that the receiver refuses a mixed result instead of the sender dropping
+ * part of it unseen. */
+static void enc_eval_stats(Graft__EvalResult *r, const graft_wire_eval_result_t *m) {
+    int conf = 0;
+    for (int b = 0; b < GRAFT_WIRE_ECE_BINS; b++) conf |= m->ece_confidence[b] != 0;
+    if (m->nlabels > 0 || conf || any_nonzero(m->ece_count, GRAFT_WIRE_ECE_BINS) ||
+        any_nonzero(m->ece_correct, GRAFT_WIRE_ECE_BINS)) {
+        r->n_ece_count = r->n_ece_correct = r->n_ece_confidence = GRAFT_WIRE_ECE_BINS;
+        r->ece_count = (uint64_t *)m->ece_count;
+        r->ece_correct = (uint64_t *)m->ece_correct;
+        r->ece_confidence = (double *)m->ece_confidence;
+    }
+    if (m->nlabels == 0 || any_nonzero(m->chrf_hyp, GRAFT_WIRE_CHRF_ORDER) ||
+        any_nonzero(m->chrf_ref, GRAFT_WIRE_CHRF_ORDER) ||
+        any_nonzero(m->chrf_match, GRAFT_WIRE_CHRF_ORDER)) {
+        r->n_chrf_hyp = r->n_chrf_ref = r->n_chrf_match = GRAFT_WIRE_CHRF_ORDER;
+        r->chrf_hyp = (uint64_t *)m->chrf_hyp;
+        r->chrf_ref = (uint64_t *)m->chrf_ref;
+        r->chrf_match = (uint64_t *)m->chrf_match;
+    }
 }
 
 static void enc_eval_result(enc_t *e, const graft_wire_eval_result_t *m) {
@@ -302,15 +352,19 @@ static void enc_eval_result(enc_t *e, const graft_wire_eval_result_t *m) {
     graft__eval_result__init(r);
     r->round = m->round;
     r->task = str_or_empty(m->task);
+    r->split = split_to_pb(m->split);
     r->examples = m->examples;
-    Graft__Metric *metrics = enc_items(&e->items, m->nmetrics, sizeof *metrics);
-    for (size_t i = 0; i < m->nmetrics; i++) {
-        graft__metric__init(&metrics[i]);
-        metrics[i].name = str_or_empty(m->metrics[i].name);
-        metrics[i].value = m->metrics[i].value;
+    r->loss_sum = m->loss_sum;
+    r->loss_count = m->loss_count;
+    if (m->nlabels > 0) {
+        r->n_confusion = (size_t)m->nlabels * (size_t)m->nlabels;
+        r->confusion = m->confusion;
     }
-    r->n_metrics = m->nmetrics;
-    r->metrics = (Graft__Metric **)e->items.ptrs;
+    enc_eval_stats(r, m);
+    r->decoded = m->decoded;
+    r->sample_prompt = str_or_empty(m->sample_prompt);
+    r->sample_output = str_or_empty(m->sample_output);
+    r->sample_reference = str_or_empty(m->sample_reference);
     e->env.body_case = GRAFT__ENVELOPE__BODY_EVAL_RESULT;
     e->env.eval_result = r;
 }
@@ -409,6 +463,21 @@ static int dup_ident(const char *s, const char *what, char **out, char *why, siz
     int rc = check_ident(s, what, why, why_len);
     if (rc == GRAFT_OK) *out = graft_xstrdup(s);
     return rc;
+}
+
+/* Copies of n identifiers, the repeated string field `what`, in *out;
+ * *nout is set first so that a partial result is freed whole. */
+static int dup_idents(char **in, size_t n, const char *what, char ***out, size_t *nout,
+                      char *why, size_t why_len) {
+    *out = graft_xcalloc(n, sizeof **out);
+    *nout = n;
+    for (size_t i = 0; i < n; i++) {
+        char item[64];
+        snprintf(item, sizeof item, "%s[%zu]", what, i);
+        int rc = dup_ident(in[i], item, &(*out)[i], why, why_len);
+        if (rc) return rc;
+    }
+    return GRAFT_OK;
 }
 
 static int check_finite(double x, const char *what, char *why, size_t why_len) {
@@ -657,18 +726,13 @@ static int dec_assign(const Graft__Assign *pb, graft_wire_assign_t *m, char *why
                     GRAFT_WIRE_HARD_MAX_BYTES);
     m->worker_id = pb->worker_id;
     m->max_message_bytes = pb->max_message_bytes;
-    m->tasks = graft_xcalloc(pb->n_tasks, sizeof *m->tasks);
-    m->ntasks = pb->n_tasks;
-    for (size_t i = 0; i < pb->n_tasks; i++) {
-        char what[48];
-        snprintf(what, sizeof what, "assign.tasks[%zu]", i);
-        int rc = dup_ident(pb->tasks[i], what, &m->tasks[i], why, why_len);
-        if (rc) return rc;
-    }
+    int rc = dup_idents(pb->tasks, pb->n_tasks, "assign.tasks", &m->tasks, &m->ntasks, why,
+                        why_len);
+    if (rc) return rc;
     m->label_sets = graft_xcalloc(pb->n_label_sets, sizeof *m->label_sets);
     m->nlabel_sets = pb->n_label_sets;
     for (size_t i = 0; i < pb->n_label_sets; i++) {
-        int rc = dec_label_set(pb->label_sets[i], i, m, &m->label_sets[i], why, why_len);
+        rc = dec_label_set(pb->label_sets[i], i, m, &m->label_sets[i], why, why_len);
         if (rc) return rc;
     }
     return GRAFT_OK;
@@ -754,38 +818,195 @@ static int dec_update(const Graft__Update *pb, const graft_wire_opts_t *o, graft
                            &m->ntensors, why, why_len);
 }
 
+/* The wire's split as the C split (task.h); unspecified or unknown is refused. */
+static int dec_split(Graft__Split s, const char *what, int *out, char *why, size_t why_len) {
+    switch (s) {
+    case GRAFT__SPLIT__DEV: *out = GRAFT_SPLIT_DEV; return GRAFT_OK;
+    case GRAFT__SPLIT__TEST: *out = GRAFT_SPLIT_TEST; return GRAFT_OK;
+    default:
+        return fail(why, why_len, GRAFT_EFORMAT, "%s is %d (1 dev or 2 test expected)", what,
+                    (int)s);
+    }
+}
+
+/* At least one task, at most a run's worth, each an identifier, none twice. */
+static int dec_eval_tasks(const Graft__EvalRequest *pb, graft_wire_eval_request_t *m, char *why,
+                          size_t why_len) {
+    if (pb->n_tasks == 0)
+        return fail(why, why_len, GRAFT_EFORMAT, "eval_request.tasks is empty");
+    if (pb->n_tasks > GRAFT_MAX_TASKS)
+        return fail(why, why_len, GRAFT_EFORMAT, "eval_request has %zu tasks, at most %d",
+                    pb->n_tasks, GRAFT_MAX_TASKS);
+    int rc = dup_idents(pb->tasks, pb->n_tasks, "eval_request.tasks", &m->tasks, &m->ntasks, why,
+                        why_len);
+    if (rc) return rc;
+    for (size_t i = 0; i < m->ntasks; i++)
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(m->tasks[j], m->tasks[i]))
+                return fail(why, why_len, GRAFT_EFORMAT, "eval_request task '%s' appears twice",
+                            m->tasks[i]);
+    return GRAFT_OK;
+}
+
 static int dec_eval_request(const Graft__EvalRequest *pb, const graft_wire_opts_t *o,
                             graft_wire_eval_request_t *m, char *why, size_t why_len) {
     m->round = pb->round;
-    int rc = dup_ident(pb->task, "eval_request.task", &m->task, why, why_len);
+    m->max_examples = pb->max_examples;
+    m->max_decodes = pb->max_decodes;
+    m->gen_tokens = pb->gen_tokens;
+    int rc = dec_eval_tasks(pb, m, why, why_len);
+    if (rc == GRAFT_OK) rc = dec_split(pb->split, "eval_request.split", &m->split, why, why_len);
     if (rc) return rc;
+    if (pb->gen_tokens == 0)
+        return fail(why, why_len, GRAFT_EFORMAT, "eval_request.gen_tokens is 0");
     return tensors_from_pb(pb->tensors, pb->n_tensors, "eval_request", o->schema, &m->tensors,
                            &m->ntensors, why, why_len);
+}
+
+/* n counts that must add up to want (the result's examples), summed without
+ * wrapping around: a peer could otherwise make huge counts sum to anything. */
+static int check_sum(const uint64_t *x, size_t n, uint64_t want, const char *what, char *why,
+                     size_t why_len) {
+    uint64_t sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (x[i] > UINT64_MAX - sum)
+            return fail(why, why_len, GRAFT_EFORMAT, "%s counts overflow 64 bits", what);
+        sum += x[i];
+    }
+    if (sum != want)
+        return fail(why, why_len, GRAFT_EFORMAT, "%s sums to %" PRIu64 ", examples is %" PRIu64,
+                    what, sum, want);
+    return GRAFT_OK;
+}
+
+/* K x K counts with 1 <= K <= GRAFT_WIRE_MAX_LABELS, or none (generation);
+ * sets nlabels to K. */
+static int dec_confusion(const Graft__EvalResult *pb, graft_wire_eval_result_t *m, char *why,
+                         size_t why_len) {
+    size_t n = pb->n_confusion, k = 1;
+    if (n == 0) return GRAFT_OK;
+    if (n > (size_t)GRAFT_WIRE_MAX_LABELS * GRAFT_WIRE_MAX_LABELS)
+        return fail(why, why_len, GRAFT_EFORMAT, "eval_result.confusion has %zu counts, more "
+                    "than %d x %d", n, GRAFT_WIRE_MAX_LABELS, GRAFT_WIRE_MAX_LABELS);
+    while (k * k < n) k++;
+    if (k * k != n)
+        return fail(why, why_len, GRAFT_EFORMAT, "eval_result.confusion has %zu counts, not K x K",
+                    n);
+    m->confusion = graft_xmalloc(n * sizeof *m->confusion);
+    memcpy(m->confusion, pb->confusion, n * sizeof *m->confusion);
+    m->nlabels = (int)k;
+    return GRAFT_OK;
+}
+
+/* A bin's summed confidence is at most its count, each confidence being a
+ * probability. The worker sums float softmax maxima, which can round a few
+ * ulps (2^-23 each) above 1, so each example may add 1e-6 more, and 1e-9
+ * absolute covers an empty bin's rounding; one example too many is far
+ * beyond this slack. */
+static int check_bin(const Graft__EvalResult *pb, int b, char *why, size_t why_len) {
+    uint64_t count = pb->ece_count[b];
+    if (pb->ece_correct[b] > count)
+        return fail(why, why_len, GRAFT_EFORMAT, "eval_result.ece_correct[%d] is %" PRIu64
+                    ", more than ece_count[%d] %" PRIu64, b, pb->ece_correct[b], b, count);
+    char what[48];
+    snprintf(what, sizeof what, "eval_result.ece_confidence[%d]", b);
+    int rc = check_nonneg(pb->ece_confidence[b], what, why, why_len);
+    if (rc == GRAFT_OK && pb->ece_confidence[b] > (double)count * (1.0 + 1e-6) + 1e-9)
+        rc = fail(why, why_len, GRAFT_EFORMAT, "%s is %g, more than ece_count[%d] %" PRIu64, what,
+                  pb->ece_confidence[b], b, count);
+    return rc;
+}
+
+/* nlabels > 0: confusion and 15 ECE bins that account for every example,
+ * one loss term per example, no chrF statistics. */
+static int dec_classification(const Graft__EvalResult *pb, graft_wire_eval_result_t *m,
+                              char *why, size_t why_len) {
+    const size_t n[3] = {pb->n_ece_count, pb->n_ece_correct, pb->n_ece_confidence};
+    static const char *names[3] = {"ece_count", "ece_correct", "ece_confidence"};
+    for (int k = 0; k < 3; k++)
+        if (n[k] != GRAFT_WIRE_ECE_BINS)
+            return fail(why, why_len, GRAFT_EFORMAT, "eval_result.%s has %zu bins, expected %d",
+                        names[k], n[k], GRAFT_WIRE_ECE_BINS);
+    size_t kk = (size_t)m->nlabels * (size_t)m->nlabels;
+    int rc = check_sum(m->confusion, kk, m->examples, "eval_result.confusion", why, why_len);
+    if (rc == GRAFT_OK)
+        rc = check_sum(pb->ece_count, GRAFT_WIRE_ECE_BINS, m->examples, "eval_result.ece_count",
+                       why, why_len);
+    for (int b = 0; rc == GRAFT_OK && b < GRAFT_WIRE_ECE_BINS; b++)
+        rc = check_bin(pb, b, why, why_len);
+    if (rc) return rc;
+    if (pb->loss_count != pb->examples)
+        return fail(why, why_len, GRAFT_EFORMAT, "eval_result.loss_count is %" PRIu64 ", examples "
+                    "is %" PRIu64 " (one loss term per row)", pb->loss_count, pb->examples);
+    if (pb->n_chrf_hyp || pb->n_chrf_ref || pb->n_chrf_match || pb->decoded)
+        return fail(why, why_len, GRAFT_EFORMAT, "eval_result has a confusion matrix and chrF "
+                    "statistics or decodes (classification has none)");
+    memcpy(m->ece_count, pb->ece_count, sizeof m->ece_count);
+    memcpy(m->ece_correct, pb->ece_correct, sizeof m->ece_correct);
+    memcpy(m->ece_confidence, pb->ece_confidence, sizeof m->ece_confidence);
+    return GRAFT_OK;
+}
+
+/* nlabels == 0: no ECE bins; chrF statistics for every order, or none
+ * (then no decodes); matches <= min(hyp, ref); decoded <= examples. */
+static int dec_generation(const Graft__EvalResult *pb, graft_wire_eval_result_t *m, char *why,
+                          size_t why_len) {
+    if (pb->n_ece_count || pb->n_ece_correct || pb->n_ece_confidence)
+        return fail(why, why_len, GRAFT_EFORMAT, "eval_result has ECE bins but no confusion "
+                    "matrix (generation has no bins)");
+    size_t n = pb->n_chrf_hyp;
+    if ((n != 0 && n != GRAFT_WIRE_CHRF_ORDER) || pb->n_chrf_ref != n || pb->n_chrf_match != n)
+        return fail(why, why_len, GRAFT_EFORMAT, "eval_result has %zu chrf_hyp, %zu chrf_ref and "
+                    "%zu chrf_match values (%d each, or none)", n, pb->n_chrf_ref,
+                    pb->n_chrf_match, GRAFT_WIRE_CHRF_ORDER);
+    if (n == 0 && pb->decoded)
+        return fail(why, why_len, GRAFT_EFORMAT, "eval_result.decoded is %" PRIu64 " without chrF "
+                    "statistics", pb->decoded);
+    if (pb->decoded > pb->examples)
+        return fail(why, why_len, GRAFT_EFORMAT, "eval_result.decoded is %" PRIu64 ", more than "
+                    "examples %" PRIu64, pb->decoded, pb->examples);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t lo = pb->chrf_hyp[i] < pb->chrf_ref[i] ? pb->chrf_hyp[i] : pb->chrf_ref[i];
+        if (pb->chrf_match[i] > lo)
+            return fail(why, why_len, GRAFT_EFORMAT, "eval_result.chrf_match[%zu] is %" PRIu64
+                        ", more than min(chrf_hyp, chrf_ref) %" PRIu64, i, pb->chrf_match[i], lo);
+        m->chrf_hyp[i] = pb->chrf_hyp[i];
+        m->chrf_ref[i] = pb->chrf_ref[i];
+        m->chrf_match[i] = pb->chrf_match[i];
+    }
+    return GRAFT_OK;
+}
+
+/* Samples: printable text of bounded length, decoded as malloc'd strings
+ * ("" for none). */
+static int dec_samples(const Graft__EvalResult *pb, graft_wire_eval_result_t *m, char *why,
+                       size_t why_len) {
+    int rc = dup_text(pb->sample_prompt, "eval_result.sample_prompt", GRAFT_WIRE_MAX_SAMPLE,
+                      &m->sample_prompt, why, why_len);
+    if (rc == GRAFT_OK)
+        rc = dup_text(pb->sample_output, "eval_result.sample_output", GRAFT_WIRE_MAX_SAMPLE,
+                      &m->sample_output, why, why_len);
+    if (rc == GRAFT_OK)
+        rc = dup_text(pb->sample_reference, "eval_result.sample_reference",
+                      GRAFT_WIRE_MAX_SAMPLE, &m->sample_reference, why, why_len);
+    return rc;
 }
 
 static int dec_eval_result(const Graft__EvalResult *pb, graft_wire_eval_result_t *m, char *why,
                            size_t why_len) {
     m->round = pb->round;
     m->examples = pb->examples;
+    m->loss_sum = pb->loss_sum;
+    m->loss_count = pb->loss_count;
+    m->decoded = pb->decoded;
     int rc = dup_ident(pb->task, "eval_result.task", &m->task, why, why_len);
+    if (rc == GRAFT_OK) rc = dec_split(pb->split, "eval_result.split", &m->split, why, why_len);
+    if (rc == GRAFT_OK) rc = check_nonneg(pb->loss_sum, "eval_result.loss_sum", why, why_len);
+    if (rc == GRAFT_OK) rc = dec_samples(pb, m, why, why_len);
+    if (rc == GRAFT_OK) rc = dec_confusion(pb, m, why, why_len);
     if (rc) return rc;
-    m->metrics = graft_xcalloc(pb->n_metrics, sizeof *m->metrics);
-    m->nmetrics = pb->n_metrics;
-    for (size_t i = 0; i < pb->n_metrics; i++) {
-        char what[48];
-        snprintf(what, sizeof what, "eval_result.metrics[%zu].name", i);
-        rc = dup_ident(pb->metrics[i]->name, what, &m->metrics[i].name, why, why_len);
-        if (rc) return rc;
-        for (size_t j = 0; j < i; j++)
-            if (!strcmp(m->metrics[j].name, m->metrics[i].name))
-                return fail(why, why_len, GRAFT_EFORMAT, "eval_result metric '%s' appears twice",
-                            m->metrics[i].name);
-        snprintf(what, sizeof what, "eval_result metric '%s'", m->metrics[i].name);
-        rc = check_finite(pb->metrics[i]->value, what, why, why_len);
-        if (rc) return rc;
-        m->metrics[i].value = pb->metrics[i]->value;
-    }
-    return GRAFT_OK;
+    return m->nlabels > 0 ? dec_classification(pb, m, why, why_len)
+                          : dec_generation(pb, m, why, why_len);
 }
 
 static int dec_small(const Graft__Envelope *env, graft_msg_t *m, char *why, size_t why_len) {
@@ -887,8 +1108,10 @@ static void budget_free(void *data, void *p) {
  * and length; 512 with room to spare. */
 #define TENSOR_FRAMING 512
 /* Everything else of a RoundStart or Update (the envelope, round, hyper,
- * reduce, metrics, the rates' tag and length) is under 300 bytes. */
-#define MESSAGE_FRAMING 4096
+ * reduce, the rates' tag and length) is under 300 bytes; of an EvalRequest,
+ * its task names (a tag, a 2-byte length and at most GRAFT_WIRE_MAX_NAME
+ * bytes each) and under 100 bytes more. */
+#define MESSAGE_FRAMING (1024 + GRAFT_MAX_TASKS * (GRAFT_WIRE_MAX_NAME + 3))
 #define MIN_TEST_MAX_BYTES 4096
 
 size_t graft_wire_modules_bytes(const size_t *numel, size_t n, size_t nsteps) {
@@ -973,14 +1196,17 @@ void graft_msg_free(graft_msg_t *m) {
         break;
     case GRAFT_MSG_UPDATE: tensors_free(m->update.tensors, m->update.ntensors); break;
     case GRAFT_MSG_EVAL_REQUEST:
-        free(m->eval_request.task);
+        for (size_t i = 0; m->eval_request.tasks && i < m->eval_request.ntasks; i++)
+            free(m->eval_request.tasks[i]);
+        free(m->eval_request.tasks);
         tensors_free(m->eval_request.tensors, m->eval_request.ntensors);
         break;
     case GRAFT_MSG_EVAL_RESULT:
         free(m->eval_result.task);
-        for (size_t i = 0; m->eval_result.metrics && i < m->eval_result.nmetrics; i++)
-            free(m->eval_result.metrics[i].name);
-        free(m->eval_result.metrics);
+        free(m->eval_result.confusion);
+        free(m->eval_result.sample_prompt);
+        free(m->eval_result.sample_output);
+        free(m->eval_result.sample_reference);
         break;
     case GRAFT_MSG_SHUTDOWN: free(m->shutdown.reason); break;
     case GRAFT_MSG_ERROR: free(m->error.message); break;

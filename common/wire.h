@@ -35,7 +35,7 @@
  * protobuf's 2 GiB for one message, and MPI's int count. */
 #define GRAFT_WIRE_DEFAULT_MAX_BYTES ((size_t)64 << 20)
 #define GRAFT_WIRE_HARD_MAX_BYTES ((size_t)INT32_MAX)
-/* Identifiers (tensor, task, worker, metric names) are at most this long and
+/* Identifiers (tensor, task, worker names) are at most this long and
  * printable, so that a reason naming one is safe to log. */
 #define GRAFT_WIRE_MAX_NAME 255
 #define GRAFT_WIRE_MAX_SETTING 1024 /* bytes of a hello setting's value */
@@ -79,11 +79,6 @@ typedef struct {
     graft_wire_kind_t kind;
     uint64_t train_examples;
 } graft_wire_shard_t;
-
-typedef struct {
-    char *name;
-    double value;
-} graft_wire_metric_t;
 
 typedef struct {
     char *name;  /* an option name (identifier rules) */
@@ -161,19 +156,50 @@ typedef struct {
     double train_seconds;
 } graft_wire_update_t;
 
+/* Evaluate these modules on the worker's rows of a split (GRAFT_SPLIT_DEV or
+ * GRAFT_SPLIT_TEST, task.h) of each task in tasks (distinct). */
 typedef struct {
     uint64_t round;
-    char *task;
     graft_wire_tensor_t *tensors;
     size_t ntensors;
+    char **tasks;
+    size_t ntasks;
+    int split;
+    uint64_t max_examples; /* 0: all */
+    uint64_t max_decodes;  /* 0: all */
+    uint32_t gen_tokens;   /* > 0 */
 } graft_wire_eval_request_t;
 
+#define GRAFT_WIRE_ECE_BINS 15
+#define GRAFT_WIRE_CHRF_ORDER 6
+#define GRAFT_WIRE_MAX_LABELS 4096  /* K of a confusion matrix (K x K counts) */
+#define GRAFT_WIRE_MAX_SAMPLE 1024  /* bytes of a sample text */
+
+/* One task's evaluation statistics on one worker (proto/graft.proto's
+ * EvalResult). Validated on decode: non-negative finite sums; a
+ * classification result (nlabels > 0) has confusion counts summing to
+ * examples, ECE bin counts summing to examples with at most as many correct
+ * and a confidence sum in [0, count] per bin, loss_count == examples and no
+ * chrF statistics; a generation result (nlabels == 0) has no confusion or
+ * bins, matches <= min(hyp, ref) per order, and decoded <= examples. */
 typedef struct {
     uint64_t round;
     char *task;
-    graft_wire_metric_t *metrics;
-    size_t nmetrics;
+    int split;
     uint64_t examples;
+    double loss_sum;
+    uint64_t loss_count;
+    int nlabels;          /* classification: K (confusion holds K * K); 0: generation */
+    uint64_t *confusion;  /* [true][predicted] */
+    uint64_t ece_count[GRAFT_WIRE_ECE_BINS];
+    uint64_t ece_correct[GRAFT_WIRE_ECE_BINS];
+    double ece_confidence[GRAFT_WIRE_ECE_BINS];
+    uint64_t chrf_hyp[GRAFT_WIRE_CHRF_ORDER];
+    uint64_t chrf_ref[GRAFT_WIRE_CHRF_ORDER];
+    uint64_t chrf_match[GRAFT_WIRE_CHRF_ORDER];
+    uint64_t decoded;
+    /* Printable text (control bytes refused), or NULL/"" for none. */
+    char *sample_prompt, *sample_output, *sample_reference;
 } graft_wire_eval_result_t;
 
 typedef struct {
@@ -247,10 +273,13 @@ int graft_wire_encode(const graft_msg_t *msg, graft_wire_dtype_t dtype, uint8_t 
 int graft_wire_decode(const uint8_t *buf, size_t len, const graft_wire_opts_t *opts,
                       graft_msg_t *out, char *why, size_t why_len);
 
-/* An upper bound on the encoded size of a RoundStart or an Update that
- * carries n dense tensors of numel[i] fp32 values (names of at most
- * GRAFT_WIRE_MAX_NAME bytes, one dimension or up to GRAFT_WIRE_MAX_DIMS) and
- * nsteps per-step learning rates, every other field included. */
+/* An upper bound on the encoded size of a RoundStart, an Update or an
+ * EvalRequest that carries n dense tensors of numel[i] fp32 values (names of
+ * at most GRAFT_WIRE_MAX_NAME bytes, one dimension or up to
+ * GRAFT_WIRE_MAX_DIMS) and nsteps per-step learning rates (none in an
+ * EvalRequest), every other field included: an EvalRequest's up to
+ * GRAFT_MAX_TASKS task names of GRAFT_WIRE_MAX_NAME bytes are in the
+ * constant overhead. */
 size_t graft_wire_modules_bytes(const size_t *numel, size_t n, size_t nsteps);
 
 /* The message limit of a run whose largest messages carry those tensors

@@ -12,6 +12,8 @@
 #include <string.h>
 
 #include "aggregator.h"
+#include "eval_answers.h"
+#include "eval_wire.h"
 #include "events.h"
 #include "handshake_log.h"
 #include "trainer.h"
@@ -34,12 +36,16 @@ typedef enum {
     S_ROUND_OPEN,
     S_AGGREGATE,
     S_EVAL,
+    S_EVAL_WAIT,
     S_CHECKPOINT,
     S_DONE,
 } round_state_t;
 
-static const char *state_name[] = {"wait_workers", "round_open", "aggregate",
-                                   "eval",         "checkpoint", "done"};
+static const char *state_name[] = {"wait_workers", "round_open", "aggregate", "eval",
+                                   "eval_wait",    "checkpoint", "done"};
+
+/* Where evaluations run (--eval_on): bits. */
+enum { EVAL_ON_COORDINATOR = 1, EVAL_ON_WORKERS = 2 };
 
 typedef enum { W_NONE, W_ACTIVE } worker_state_t;
 
@@ -54,6 +60,7 @@ typedef struct {
     int in_round; /* was sent the open round */
     int replied;  /* its name is among the round's contributions */
     int resent_round; /* the round last sent to it again (a repeated hello, a deadline) */
+    int eval_waiting; /* tasks of the open evaluation it was asked about and has not answered */
 } worker_t;
 
 /* The CurveZMQ key that the name of a worker no longer in the table
@@ -108,6 +115,13 @@ typedef struct {
     graft_setting_t settings[GRAFT_MAX_SHARED_SETTINGS];
     int nsettings;
     char error[512]; /* why the run failed (the first reason), for run_end */
+    /* Evaluation on the workers (EVAL_ON_WORKERS): the split asked for
+     * (S_EVAL_WAIT), when it was asked and when answers stop counting, and
+     * the answers so far. */
+    int eval_on; /* EVAL_ON_* bits */
+    int eval_split;
+    double eval_t0, eval_deadline;
+    graft_eval_answers_t *answers;
 } coord_t;
 
 /* The options that define a federated job, which the run id digests: the
@@ -207,19 +221,26 @@ static int worker_scopes(const coord_t *c, const worker_t *w, graft_scope_t **ou
     return n;
 }
 
+/* The scopes worker w trains as wire tensors into ts (GRAFT_MAX_TASKS + 1),
+ * pointing at the global modules: one flat tensor per scope. */
+static int worker_tensors(const coord_t *c, const worker_t *w, graft_wire_tensor_t *ts) {
+    graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
+    int n = worker_scopes(c, w, scopes);
+    for (int i = 0; i < n; i++)
+        ts[i] = (graft_wire_tensor_t){.name = scopes[i]->name, .ndim = 1,
+                                      .shape = {(int64_t)scopes[i]->numel},
+                                      .data = scopes[i]->params, .numel = scopes[i]->numel};
+    return n;
+}
+
 static uint64_t shared_weight(const coord_t *c, const worker_t *w);
 
 /* Sends the open round to peer; it is in the round once the send worked
  * (else the deadline sends it again, resend_round). */
 static int send_round_start(coord_t *c, int peer) {
     worker_t *w = &c->w[peer];
-    graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
-    int n = worker_scopes(c, w, scopes);
     graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
-    for (int i = 0; i < n; i++)
-        ts[i] = (graft_wire_tensor_t){.name = scopes[i]->name, .ndim = 1,
-                                      .shape = {(int64_t)scopes[i]->numel},
-                                      .data = scopes[i]->params, .numel = scopes[i]->numel};
+    int n = worker_tensors(c, w, ts);
     /* The run's schedule over global steps, continued across rounds
      * (rounds x local_steps fits an int: check_steps). */
     int steps = c->cfg->local_steps;
@@ -772,6 +793,8 @@ static void on_update(coord_t *c, int peer, graft_msg_t *m) {
     LOG_DEBUG("coordinator: update from %s, loss %.4f", who, m->update.train_loss);
 }
 
+static void on_eval_result(coord_t *c, int peer, const graft_msg_t *m); /* evaluation */
+
 static void dispatch(coord_t *c, int peer, const char *who, const uint8_t *buf, size_t len) {
     graft_wire_opts_t opts = {.run_id = c->run_id, .max_bytes = c->max_bytes,
                               .schema = &c->schema};
@@ -803,6 +826,8 @@ static void dispatch(coord_t *c, int peer, const char *who, const uint8_t *buf, 
         w->last_seen = graft_now();
         if (m.type == GRAFT_MSG_UPDATE) {
             on_update(c, peer, &m);
+        } else if (m.type == GRAFT_MSG_EVAL_RESULT) {
+            on_eval_result(c, peer, &m);
         } else if (m.type == GRAFT_MSG_ERROR) {
             LOG_WARN("coordinator: %s reports error %d: %s", who, m.error.code, m.error.message);
         } else if (m.type != GRAFT_MSG_HEARTBEAT) {
@@ -1044,20 +1069,156 @@ static void report_test_result(coord_t *c, const graft_eval_result_t *r, const c
     if (c->o.test_result) c->o.test_result(c->o.test_result_ctx, r, line);
 }
 
+/* One task's result on the log, as an eval event and, for the test split,
+ * to the caller. `workers`: the names of the workers whose rows it adds up
+ * (a JSON array, taken over), or NULL for the coordinator's own. */
+static void report_eval(coord_t *c, const graft_eval_result_t *r, json_t *workers) {
+    char line[320];
+    graft_eval_format(c->tr, r, line, sizeof line);
+    if (workers) {
+        size_t len = strlen(line);
+        snprintf(line + len, sizeof line - len, "  (workers: %zu)", json_array_size(workers));
+    }
+    LOG_INFO("eval round %d: %s", c->round, line);
+    graft_eval_log_sample(c->tr, r);
+    json_t *o = graft_eval_json(c->tr, r);
+    json_object_set_new(o, "round", json_integer(c->round));
+    json_object_set_new(o, "source", json_string(workers ? "workers" : "coordinator"));
+    if (workers) json_object_set_new(o, "workers", workers);
+    graft_events_emit(c->ev, "eval", o);
+    if (r->split == GRAFT_SPLIT_TEST) report_test_result(c, r, line);
+}
+
 /* Dev split during the run; the test split after the last round, reported. */
 static void evaluate(coord_t *c, int split) {
-    char line[256];
     for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++) {
         graft_eval_result_t r;
         graft_trainer_evaluate(c->tr, t, split, &r);
-        graft_eval_format(c->tr, &r, line, sizeof line);
-        LOG_INFO("eval round %d: %s", c->round, line);
-        graft_eval_log_sample(c->tr, &r);
-        json_t *o = graft_eval_json(c->tr, &r);
-        json_object_set_new(o, "round", json_integer(c->round));
-        graft_events_emit(c->ev, "eval", o);
-        if (split == GRAFT_SPLIT_TEST) report_test_result(c, &r, line);
+        report_eval(c, &r, NULL);
     }
+}
+
+/* The split to evaluate after this round: test after the last, dev every
+ * eval_every_rounds; -1: none. */
+static int split_due(const coord_t *c) {
+    if (c->round == c->cfg->rounds) return GRAFT_SPLIT_TEST;
+    if (c->round % c->cfg->eval_every_rounds == 0) return GRAFT_SPLIT_DEV;
+    return -1;
+}
+
+/* --eval_on workers: asks every live worker to evaluate the round's
+ * aggregated modules on its own rows of split, for each task it trains,
+ * with the run's evaluation sizes. Returns how many were asked. */
+static int request_eval(coord_t *c, int split) {
+    const graft_run_config_t *cfg = c->cfg;
+    graft_eval_answers_reset(c->answers);
+    c->eval_split = split;
+    c->eval_t0 = graft_now();
+    c->eval_deadline = c->eval_t0 + cfg->round_timeout_ms / 1000.0;
+    int asked = 0;
+    for (int p = 0; p < MAX_PEERS; p++) {
+        worker_t *w = &c->w[p];
+        w->eval_waiting = 0;
+        if (w->state != W_ACTIVE || w->n_assigned == 0) continue;
+        graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
+        char *tasks[GRAFT_MAX_TASKS];
+        for (int i = 0; i < w->n_assigned; i++)
+            tasks[i] = (char *)graft_task_name(graft_trainer_task(c->tr, w->assigned[i]));
+        graft_msg_t m = {.type = GRAFT_MSG_EVAL_REQUEST};
+        m.eval_request = (graft_wire_eval_request_t){
+            .round = (uint64_t)c->round, .tensors = ts, .ntensors = (size_t)worker_tensors(c, w, ts),
+            .tasks = tasks, .ntasks = (size_t)w->n_assigned, .split = split,
+            .max_examples = (uint64_t)cfg->eval_max, .max_decodes = (uint64_t)cfg->decode_max,
+            .gen_tokens = (uint32_t)cfg->gen_tokens};
+        if (send_msg(c, p, &m) == GRAFT_OK) {
+            w->eval_waiting = w->n_assigned;
+            asked++;
+        }
+    }
+    LOG_INFO("eval round %d: asked %d workers to evaluate on their %s rows", c->round, asked,
+             graft_task_split_name(split));
+    return asked;
+}
+
+static int eval_pending(const coord_t *c) {
+    int pending = 0;
+    for (int p = 0; p < MAX_PEERS; p++) pending += c->w[p].state == W_ACTIVE && c->w[p].eval_waiting;
+    return pending;
+}
+
+/* The run task named `name`, or -1. */
+static int task_index(const coord_t *c, const char *name) {
+    for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++)
+        if (!strcmp(graft_task_name(graft_trainer_task(c->tr, t)), name)) return t;
+    return -1;
+}
+
+/* 0 and the result's statistics in *s, or 1 with the reason in why. */
+static int refuse_eval_result(coord_t *c, const worker_t *w, const graft_wire_eval_result_t *r,
+                              graft_eval_stats_t *s, char *why, size_t n) {
+    int t = task_index(c, r->task);
+    if (c->state != S_EVAL_WAIT || r->round != (uint64_t)c->round)
+        snprintf(why, n, "not expected now (round %llu; too late?)", (unsigned long long)r->round);
+    else if (r->split != c->eval_split)
+        snprintf(why, n, "the %s split; the %s split was asked for", graft_task_split_name(r->split),
+                 graft_task_split_name(c->eval_split));
+    else if (t < 0 || !trains(w, t))
+        snprintf(why, n, "task '%.64s' is not one that worker '%.64s' trains", r->task, w->name);
+    else if (!w->eval_waiting || graft_eval_answers_has(c->answers, w->name, t))
+        snprintf(why, n, "task '%.64s' already answered", r->task);
+    else {
+        const graft_task_t *task = graft_trainer_task(c->tr, t);
+        char detail[160];
+        if (!graft_eval_stats_from_wire(r, t, graft_task_kind(task), graft_task_num_labels(task), s,
+                                        detail, sizeof detail))
+            return 0;
+        snprintf(why, n, "task '%.64s': %s", r->task, detail);
+    }
+    return 1;
+}
+
+static void on_eval_result(coord_t *c, int peer, const graft_msg_t *m) {
+    worker_t *w = &c->w[peer];
+    graft_eval_stats_t s;
+    char why[256];
+    if (refuse_eval_result(c, w, &m->eval_result, &s, why, sizeof why)) {
+        LOG_WARN("coordinator: dropping eval_result from %s: %s",
+                 graft_transport_peer_name(c->o.tp, peer), why);
+        return;
+    }
+    graft_eval_answers_add(c->answers, w->name, &s);
+    w->eval_waiting--;
+}
+
+/* The workers' answers, added up per task in name order: one eval event per
+ * task (source workers), also for a task no worker answered for (examples
+ * 0). Workers still silent are named: their rows are missing. */
+static void finish_worker_eval(coord_t *c) {
+    for (int p = 0; p < MAX_PEERS; p++) {
+        worker_t *w = &c->w[p];
+        if (w->state == W_ACTIVE && w->eval_waiting)
+            LOG_WARN("eval round %d: worker '%s' did not answer for %d of its tasks within "
+                     "--round_timeout_ms; its rows are left out", c->round, w->name,
+                     w->eval_waiting);
+        w->eval_waiting = 0;
+    }
+    const char **names = graft_xcalloc(MAX_PEERS, sizeof *names);
+    for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++) {
+        const graft_task_t *task = graft_trainer_task(c->tr, t);
+        graft_eval_stats_t s;
+        size_t n = graft_eval_answers_merge(c->answers, t, c->eval_split, graft_task_kind(task),
+                                            graft_task_num_labels(task), &s, names, MAX_PEERS);
+        graft_eval_result_t r;
+        graft_eval_stats_finish(&s, &r);
+        graft_eval_stats_free(&s);
+        json_t *a = json_array();
+        for (size_t i = 0; i < n && i < MAX_PEERS; i++) json_array_append_new(a, json_string(names[i]));
+        report_eval(c, &r, a);
+    }
+    free(names);
+    graft_eval_answers_reset(c->answers);
+    LOG_INFO("eval round %d: the workers' evaluation took %.0f ms", c->round,
+             (graft_now() - c->eval_t0) * 1000.0);
 }
 
 static int checkpoint(coord_t *c) {
@@ -1111,12 +1272,20 @@ static int advance(coord_t *c) {
             aggregate(c);
             set_state(c, S_EVAL);
             break;
-        case S_EVAL:
-            if (c->round == cfg->rounds)
-                evaluate(c, GRAFT_SPLIT_TEST);
-            else if (c->round % cfg->eval_every_rounds == 0)
-                evaluate(c, GRAFT_SPLIT_DEV);
-            set_state(c, S_CHECKPOINT);
+        case S_EVAL: {
+            /* The workers first: they evaluate while the coordinator does. */
+            int split = split_due(c), asked = 0;
+            if (split >= 0 && (c->eval_on & EVAL_ON_WORKERS)) asked = request_eval(c, split);
+            if (split >= 0 && (c->eval_on & EVAL_ON_COORDINATOR)) evaluate(c, split);
+            if (split >= 0 && (c->eval_on & EVAL_ON_WORKERS) && !asked) finish_worker_eval(c);
+            set_state(c, asked ? S_EVAL_WAIT : S_CHECKPOINT);
+            break;
+        }
+        case S_EVAL_WAIT:
+            if (!eval_pending(c) || graft_now() >= c->eval_deadline) {
+                finish_worker_eval(c);
+                set_state(c, S_CHECKPOINT);
+            }
             break;
         case S_CHECKPOINT:
             if (c->round % cfg->checkpoint_every_rounds == 0 || c->round == cfg->rounds) {
@@ -1144,8 +1313,9 @@ static int next_timeout_ms(const coord_t *c) {
     if (c->state == S_ROUND_OPEN && graft_aggregator_collective(c->agg) && !pending_replies(c) &&
         ms > 2)
         ms = 2;
-    if (c->state == S_ROUND_OPEN) {
-        double left = (c->deadline - graft_now()) * 1000.0;
+    if (c->state == S_ROUND_OPEN || c->state == S_EVAL_WAIT) {
+        double due = c->state == S_ROUND_OPEN ? c->deadline : c->eval_deadline;
+        double left = (due - graft_now()) * 1000.0;
         if (left < ms) ms = left;
     }
     return ms < 1 ? 1 : (int)ms;
@@ -1205,6 +1375,15 @@ static int loop(coord_t *c) {
 }
 
 /* ---- setup ----------------------------------------------------------------- */
+
+/* --eval_on as EVAL_ON_* bits; 0: unknown. */
+static int eval_where(const char *s) {
+    if (!strcmp(s, "coordinator")) return EVAL_ON_COORDINATOR;
+    if (!strcmp(s, "workers")) return EVAL_ON_WORKERS;
+    if (!strcmp(s, "both")) return EVAL_ON_COORDINATOR | EVAL_ON_WORKERS;
+    return 0;
+}
+
 
 /* The aggregator of the strategy (agg_cfg), with MPI reductions when the
  * transport has them, the option allows, and the strategy streams. */
@@ -1277,6 +1456,8 @@ static int setup(coord_t *c) {
     }
     if ((rc = open_transport(c))) return rc;
     setup_aggregator(c);
+    c->eval_on = eval_where(c->cfg->eval_on);
+    c->answers = graft_eval_answers_new();
     char path[2 * GRAFT_OPT_STR];
     snprintf(path, sizeof path, "%s/events.jsonl", c->cfg->out);
     rc = graft_events_open(path, &c->ev);
@@ -1312,6 +1493,11 @@ static int check_steps(const graft_run_config_t *cfg) {
 
 int graft_coordinator_check(const graft_run_config_t *cfg, int workers) {
     if (graft_trainer_check(cfg) || check_steps(cfg) || check_stages(cfg)) return GRAFT_EINVAL;
+    if (!eval_where(cfg->eval_on)) {
+        LOG_ERROR("coordinator: unknown --eval_on '%s' (coordinator, workers or both)",
+                  cfg->eval_on);
+        return GRAFT_EINVAL;
+    }
     if (cfg->min_replies <= workers) return GRAFT_OK;
     LOG_ERROR("coordinator: --min_replies %d is more than the %d worker%s of the run: a round "
               "could never close; min_replies must be <= workers", cfg->min_replies, workers,
@@ -1361,6 +1547,7 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
     free(c.bound);
     free(c.replies);
     graft_aggregator_destroy(&c.agg);
+    graft_eval_answers_destroy(&c.answers);
     graft_handshake_log_destroy(&c.handshakes);
     graft_events_close(&c.ev);
     graft_trainer_destroy(&c.tr);

@@ -6,9 +6,9 @@
  * workers) and checks a stop flag that a signal handler only sets. Rounds
  * are an explicit state machine:
  *
- *   WAIT_WORKERS -> ROUND_OPEN -> AGGREGATE -> [EVAL] -> [CHECKPOINT]
- *        ^                                                   |
- *        +------------- next round (or DONE) <---------------+
+ *   WAIT_WORKERS -> ROUND_OPEN -> AGGREGATE -> [EVAL -> [EVAL_WAIT]] -> [CHECKPOINT]
+ *        ^                                                                 |
+ *        +------------------- next round (or DONE) <-----------------------+
  *
  * Workers say Hello with the shards they hold (task, kind, train examples)
  * and the settings that must match the run's; a hello of another protocol
@@ -51,6 +51,18 @@
  * with every task's files, which also evaluates them and checkpoints them
  * (graft_trainer_save; the number of finished rounds is stored as the
  * trainer's step).
+ *
+ * Evaluation (the dev split every eval_every_rounds, the test split after
+ * the last round) runs where --eval_on says. coordinator: on the trainer's
+ * copy of the tasks. workers: EVAL sends every live worker an EvalRequest
+ * with the aggregated modules of its scopes, its tasks and the run's
+ * evaluation sizes; EVAL_WAIT collects one EvalResult per worker and task
+ * (sufficient statistics, eval_wire.h) until every asked worker answered,
+ * was lost, or round_timeout_ms passed; then each task's answers are added
+ * up in worker-name order (eval_answers.h) and reported like the
+ * coordinator's own, with source "workers" and the names in the eval event
+ * (a worker that did not answer is logged: its rows are missing). both:
+ * the workers are asked first and evaluate while the coordinator does.
  *
  * Ownership: the transport is borrowed (or opened by the caller's
  * open_transport and kept by the caller); everything else is internal.

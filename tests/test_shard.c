@@ -1,8 +1,9 @@
 /* test_shard.c — non-IID shards (common/shard.c) on real task files written
- * here: every train row in exactly one client, no dev or test row in any
- * shard file, determinism per seed, label skew for a small alpha, whole
- * groups with balanced counts, the task-to-client assignment, the written
- * layout read back, the errors, and the `graft data shard` command. */
+ * here: every train row in exactly one client, dev and test rows dealt
+ * round-robin over a task's clients, determinism per seed, label skew for a
+ * small alpha, whole groups with balanced counts, the task-to-client
+ * assignment, the written layout read back, the errors, and the
+ * `graft data shard` command. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -137,6 +138,71 @@ static void test_every_row_once_in_every_mode(void **state) {
     graft_shard_plan_t *p = plan_of(fx, 2, config(5, GRAFT_SHARD_AUTO, 0.5, 1));
     check_partition(p, fx->tasks[0], 0);
     check_partition(p, fx->tasks[1], 1);
+    graft_shard_plan_destroy(&p);
+}
+
+/* Row i of split goes to the task's (i mod K_t)-th client; every row is on
+ * exactly one client of the task, none on another client; counts differ
+ * by at most one; each client's indices ascend. */
+static void check_eval_deal(const graft_shard_plan_t *p, const graft_task_t *task, int t,
+                            int split) {
+    int K = graft_shard_num_clients(p), clients[64], Kt = 0;
+    for (int c = 0; c < K; c++)
+        if (graft_shard_holds(p, c, t)) clients[Kt++] = c;
+    size_t N = graft_task_count(task, split), lo = SIZE_MAX, hi = 0;
+    int *where = malloc(N * sizeof *where);
+    for (size_t i = 0; i < N; i++) where[i] = -1;
+    for (int c = 0; c < K; c++) {
+        size_t n;
+        const size_t *rows = graft_shard_split_rows(p, c, t, split, &n);
+        if (!graft_shard_holds(p, c, t)) {
+            assert_int_equal(n, 0);
+            continue;
+        }
+        lo = n < lo ? n : lo;
+        hi = n > hi ? n : hi;
+        for (size_t k = 0; k < n; k++) {
+            assert_true(rows[k] < N);
+            if (k) assert_true(rows[k] > rows[k - 1]);
+            assert_int_equal(where[rows[k]], -1);
+            where[rows[k]] = c;
+        }
+    }
+    for (size_t i = 0; i < N; i++) assert_int_equal(where[i], clients[i % (size_t)Kt]);
+    assert_true(hi - lo <= 1);
+    free(where);
+}
+
+static void test_dev_test_dealt_round_robin(void **state) {
+    fixture_t *fx = *state;
+    const graft_shard_by_t modes[] = {GRAFT_SHARD_GROUP, GRAFT_SHARD_LABEL, GRAFT_SHARD_IID};
+    for (int m = 0; m < 3; m++) {
+        for (int K = 2; K <= 7; K += 5) { /* 60 dev rows: 30 each; 8 or 9 each */
+            graft_shard_plan_t *p = plan_of(fx, 1, config(K, modes[m], 0.5, 4));
+            check_eval_deal(p, fx->tasks[0], 0, GRAFT_SPLIT_DEV);
+            check_eval_deal(p, fx->tasks[0], 0, GRAFT_SPLIT_TEST);
+            graft_shard_plan_destroy(&p);
+        }
+    }
+    /* 5 clients, 2 tasks: cls on c0, c2, c4 and gen on c1, c3 (M = 1). Gen
+     * has one dev row: c1 gets it, c3 gets none. */
+    graft_shard_plan_t *p = plan_of(fx, 2, config(5, GRAFT_SHARD_IID, 0.5, 1));
+    for (int split = GRAFT_SPLIT_DEV; split <= GRAFT_SPLIT_TEST; split++) {
+        check_eval_deal(p, fx->tasks[0], 0, split);
+        check_eval_deal(p, fx->tasks[1], 1, split);
+        size_t n;
+        graft_shard_split_rows(p, 0, 0, split, &n);
+        assert_int_equal(n, 20); /* 60 rows over 3 clients */
+        graft_shard_split_rows(p, 1, 1, split, &n);
+        assert_int_equal(n, 1);
+        graft_shard_split_rows(p, 3, 1, split, &n);
+        assert_int_equal(n, 0);
+    }
+    /* The train split is what graft_shard_rows() gives. */
+    size_t na, nb;
+    const size_t *a = graft_shard_rows(p, 2, 0, &na);
+    const size_t *b = graft_shard_split_rows(p, 2, 0, GRAFT_SPLIT_TRAIN, &nb);
+    assert_true(a == b && na == nb);
     graft_shard_plan_destroy(&p);
 }
 
@@ -330,23 +396,47 @@ static int count_lines(const char *path, const char *prefix, int *total) {
     return hits;
 }
 
+/* Each client file of cls read back: its train rows, then CLS_EVAL/K (or
+ * one more) dev and test rows each; every row keeps its split. Over the
+ * clients, each dev and test text of the task appears exactly once, and
+ * the i-th dev row is on client i mod K (cls is the only task). */
 static void check_written(fixture_t *fx, const char *out, int K) {
     char path[256];
-    int rows = 0, lines;
+    int rows = 0, lines, dev_seen[CLS_EVAL] = {0}, test_seen[CLS_EVAL] = {0};
     for (int c = 0; c < K; c++) {
         snprintf(path, sizeof path, "%s/client-%03d/cls.tsv", out, c);
         int train = count_lines(path, "train\t", &lines);
+        int dev = count_lines(path, "dev\t", &lines), test = count_lines(path, "test\t", &lines);
         assert_true(train >= 1);
-        assert_int_equal(train, lines); /* no dev or test row */
+        assert_int_equal(train + dev + test, lines);
+        assert_true(dev == CLS_EVAL / K || dev == CLS_EVAL / K + 1);
+        assert_int_equal(test, dev);
         rows += train;
         graft_task_t *t = NULL;
         assert_int_equal(graft_task_load("cls", GRAFT_TASK_CLASSIFY, path, &t), GRAFT_OK);
-        assert_int_equal(graft_task_count(t, GRAFT_SPLIT_DEV) + graft_task_count(t, GRAFT_SPLIT_TEST), 0);
+        assert_int_equal(graft_task_count(t, GRAFT_SPLIT_DEV), (size_t)dev);
+        assert_int_equal(graft_task_count(t, GRAFT_SPLIT_TEST), (size_t)test);
         for (size_t i = 0; i < graft_task_count(t, GRAFT_SPLIT_TRAIN); i++)
             assert_non_null(strstr(graft_task_example(t, GRAFT_SPLIT_TRAIN, i)->text, "train text"));
+        for (int split = GRAFT_SPLIT_DEV; split <= GRAFT_SPLIT_TEST; split++) {
+            int *seen = split == GRAFT_SPLIT_DEV ? dev_seen : test_seen;
+            const char *fmt = split == GRAFT_SPLIT_DEV ? "dev text %d" : "test text %d";
+            for (size_t i = 0; i < graft_task_count(t, split); i++) {
+                const graft_example_t *ex = graft_task_example(t, split, i);
+                int row = -1;
+                assert_int_equal(sscanf(ex->text, fmt, &row), 1);
+                assert_true(row >= 0 && row < CLS_EVAL);
+                assert_int_equal(row % K, c);
+                seen[row]++;
+            }
+        }
         graft_task_destroy(&t);
     }
     assert_int_equal(rows, CLS_TRAIN);
+    for (int i = 0; i < CLS_EVAL; i++) {
+        assert_int_equal(dev_seen[i], 1);
+        assert_int_equal(test_seen[i], 1);
+    }
     snprintf(path, sizeof path, "%s/client-%03d", out, K);
     assert_int_not_equal(access(path, F_OK), 0);
 
@@ -368,7 +458,7 @@ static void check_written(fixture_t *fx, const char *out, int K) {
     }
     fclose(f);
     assert_int_equal(n, K * 4); /* every client x the 4 labels */
-    assert_int_equal(sum, CLS_TRAIN);
+    assert_int_equal(sum, CLS_TRAIN); /* train rows only */
     (void)fx;
 }
 
@@ -414,10 +504,19 @@ static void test_command(void **state) {
     assert_int_equal(run(cmd, out, sizeof out), 0);
     assert_non_null(strstr(out, "cls (classification): by group"));
     assert_non_null(strstr(out, "gen (generation): by iid"));
+    /* M = 1: cls on c0, c2 (30 dev and 30 test rows each), gen on c1, c3
+     * (its one dev and one test row on c1). */
+    assert_non_null(strstr(out, "  dev/test rows per client: c0 30/30, c2 30/30\n"));
+    assert_non_null(strstr(out, "  dev/test rows per client: c1 1/1, c3 0/0\n"));
     char path[256];
     int lines;
     snprintf(path, sizeof path, "%s/cmd/client-001/gen.tsv", fx->dir);
     assert_true(count_lines(path, "train\t", &lines) > 0);
+    assert_int_equal(count_lines(path, "dev\tt", &lines), 1);
+    assert_int_equal(count_lines(path, "test\tt", &lines), 1);
+    snprintf(path, sizeof path, "%s/cmd/client-003/gen.tsv", fx->dir);
+    int train = count_lines(path, "train\t", &lines);
+    assert_int_equal(train, lines); /* nothing but train rows */
     snprintf(cmd, sizeof cmd, "%s/graft data shard --tasks cls:classification:%s/missing.tsv "
              "--clients 2 --out %s/cmd 2>&1", GRAFT_BINARY_DIR, fx->dir, fx->dir);
     assert_int_not_equal(run(cmd, out, sizeof out), 0);
@@ -427,6 +526,7 @@ static void test_command(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_row_once_in_every_mode),
+        cmocka_unit_test(test_dev_test_dealt_round_robin),
         cmocka_unit_test(test_deterministic_per_seed),
         cmocka_unit_test(test_label_skew_follows_alpha),
         cmocka_unit_test(test_whole_groups_balanced),

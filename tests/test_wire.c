@@ -12,6 +12,8 @@
 
 #include "bf16.h"
 #include "rng.h"
+#include "runconfig.h" /* GRAFT_MAX_TASKS */
+#include "task.h"      /* GRAFT_SPLIT_* */
 #include "wire.h"
 
 #define RUN 0x1234abcd5678ef01ull
@@ -251,37 +253,302 @@ static void test_update_roundtrip(void **state) {
     graft_msg_free(&d);
 }
 
-static void test_eval_roundtrip(void **state) {
+static char *EVAL_TASKS[2] = {"spam", "wordnet_gloss"};
+
+/* An EvalRequest for both tasks' test rows, with t's first tensor. */
+static graft_msg_t eval_request(graft_wire_tensor_t *t) {
+    return (graft_msg_t){.type = GRAFT_MSG_EVAL_REQUEST, .run_id = RUN,
+                         .eval_request = {.round = 8, .tensors = t, .ntensors = 1,
+                                          .tasks = EVAL_TASKS, .ntasks = 2,
+                                          .split = GRAFT_SPLIT_TEST, .max_examples = 500,
+                                          .max_decodes = 40, .gen_tokens = 24}};
+}
+
+static void test_eval_request_roundtrip(void **state) {
     (void)state;
     graft_wire_tensor_t t[2];
     make_tensors(t);
-    graft_msg_t m = {.type = GRAFT_MSG_EVAL_REQUEST, .run_id = RUN,
-                     .eval_request = {.round = 8, .task = "spam", .tensors = t, .ntensors = 1}};
+    graft_msg_t m = eval_request(t);
     graft_msg_t d;
     char why[256];
     assert_int_equal(roundtrip(&m, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
     assert_int_equal(d.type, GRAFT_MSG_EVAL_REQUEST);
-    assert_int_equal(d.eval_request.round, 8);
-    assert_string_equal(d.eval_request.task, "spam");
-    assert_int_equal(d.eval_request.ntensors, 1);
-    assert_tensor_equal(&d.eval_request.tensors[0], &t[0]);
+    const graft_wire_eval_request_t *r = &d.eval_request;
+    assert_int_equal(r->round, 8);
+    assert_int_equal(r->ntasks, 2);
+    assert_string_equal(r->tasks[0], "spam");
+    assert_string_equal(r->tasks[1], "wordnet_gloss");
+    assert_int_equal(r->split, GRAFT_SPLIT_TEST);
+    assert_int_equal(r->max_examples, 500);
+    assert_int_equal(r->max_decodes, 40);
+    assert_int_equal(r->gen_tokens, 24);
+    assert_int_equal(r->ntensors, 1);
+    assert_tensor_equal(&r->tensors[0], &t[0]);
+    graft_msg_free(&d);
+    assert_int_equal(d.type, GRAFT_MSG_NONE);
+}
+
+static uint64_t CONFUSION[9] = {3, 1, 0, 0, 2, 1, 1, 0, 2}; /* 10 rows, 7 right */
+
+/* A classification result: K = 3, 10 test rows in four ECE bins. */
+static graft_msg_t class_result(void) {
+    graft_msg_t m = {.type = GRAFT_MSG_EVAL_RESULT, .run_id = RUN};
+    graft_wire_eval_result_t *r = &m.eval_result;
+    *r = (graft_wire_eval_result_t){.round = 8, .task = "spam", .split = GRAFT_SPLIT_TEST,
+                                    .examples = 10, .loss_sum = 6.25, .loss_count = 10,
+                                    .nlabels = 3, .confusion = CONFUSION};
+    r->ece_count[5] = 1, r->ece_correct[5] = 0, r->ece_confidence[5] = 0.35;
+    r->ece_count[7] = 2, r->ece_correct[7] = 1, r->ece_confidence[7] = 1.05;
+    r->ece_count[10] = 3, r->ece_correct[10] = 2, r->ece_confidence[10] = 2.2;
+    r->ece_count[14] = 4, r->ece_correct[14] = 4, r->ece_confidence[14] = 3.875;
+    return m;
+}
+
+/* A generation result: 5 dev rows, 3 of them decoded. */
+static graft_msg_t gen_result(void) {
+    graft_msg_t m = {.type = GRAFT_MSG_EVAL_RESULT, .run_id = RUN};
+    m.eval_result = (graft_wire_eval_result_t){
+        .round = 9, .task = "wordnet_gloss", .split = GRAFT_SPLIT_DEV, .examples = 5,
+        .loss_sum = 123.5, .loss_count = 80, .chrf_hyp = {50, 45, 40, 35, 30, 25},
+        .chrf_ref = {52, 47, 42, 37, 32, 27}, .chrf_match = {40, 30, 20, 10, 5, 1}, .decoded = 3,
+        .sample_prompt = "Define: \xc3\xa4ngstlich", .sample_output = "anxious, fearful",
+        .sample_reference = "full of anxiety (\xe2\x80\x9c""afraid\xe2\x80\x9d)"};
+    return m;
+}
+
+static void assert_eval_result_equal(const graft_wire_eval_result_t *a,
+                                     const graft_wire_eval_result_t *b) {
+    assert_int_equal(a->round, b->round);
+    assert_string_equal(a->task, b->task);
+    assert_int_equal(a->split, b->split);
+    assert_int_equal(a->examples, b->examples);
+    assert_true(a->loss_sum == b->loss_sum);
+    assert_int_equal(a->loss_count, b->loss_count);
+    assert_int_equal(a->nlabels, b->nlabels);
+    if (a->nlabels)
+        assert_memory_equal(a->confusion, b->confusion,
+                            (size_t)a->nlabels * (size_t)a->nlabels * sizeof(uint64_t));
+    else
+        assert_null(b->confusion);
+    assert_memory_equal(a->ece_count, b->ece_count, sizeof a->ece_count);
+    assert_memory_equal(a->ece_correct, b->ece_correct, sizeof a->ece_correct);
+    assert_memory_equal(a->ece_confidence, b->ece_confidence, sizeof a->ece_confidence);
+    assert_memory_equal(a->chrf_hyp, b->chrf_hyp, sizeof a->chrf_hyp);
+    assert_memory_equal(a->chrf_ref, b->chrf_ref, sizeof a->chrf_ref);
+    assert_memory_equal(a->chrf_match, b->chrf_match, sizeof a->chrf_match);
+    assert_int_equal(a->decoded, b->decoded);
+    /* decoded samples are always strings: "" for none */
+    assert_string_equal(a->sample_prompt ? a->sample_prompt : "", b->sample_prompt);
+    assert_string_equal(a->sample_output ? a->sample_output : "", b->sample_output);
+    assert_string_equal(a->sample_reference ? a->sample_reference : "", b->sample_reference);
+}
+
+static void test_eval_result_roundtrip(void **state) {
+    (void)state;
+    graft_msg_t d;
+    char why[256];
+    graft_msg_t c = class_result();
+    assert_int_equal(roundtrip(&c, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
+    assert_int_equal(d.type, GRAFT_MSG_EVAL_RESULT);
+    assert_eval_result_equal(&c.eval_result, &d.eval_result);
+    assert_string_equal(d.eval_result.sample_output, "");
     graft_msg_free(&d);
 
-    graft_wire_metric_t metrics[3] = {{"accuracy", 0.875}, {"macro_f1", 0.8125}, {"ece", 0.03125}};
-    graft_msg_t r = {.type = GRAFT_MSG_EVAL_RESULT, .run_id = RUN,
-                     .eval_result = {.round = 8, .task = "spam", .metrics = metrics,
-                                     .nmetrics = 3, .examples = 605}};
-    assert_int_equal(roundtrip(&r, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
-    assert_int_equal(d.type, GRAFT_MSG_EVAL_RESULT);
-    assert_int_equal(d.eval_result.round, 8);
-    assert_string_equal(d.eval_result.task, "spam");
-    assert_int_equal(d.eval_result.examples, 605);
-    assert_int_equal(d.eval_result.nmetrics, 3);
-    for (int i = 0; i < 3; i++) {
-        assert_string_equal(d.eval_result.metrics[i].name, metrics[i].name);
-        assert_true(d.eval_result.metrics[i].value == metrics[i].value);
-    }
+    graft_msg_t g = gen_result();
+    assert_int_equal(roundtrip(&g, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
+    assert_eval_result_equal(&g.eval_result, &d.eval_result);
+    assert_string_equal(d.eval_result.sample_prompt, "Define: \xc3\xa4ngstlich");
     graft_msg_free(&d);
+    assert_int_equal(d.type, GRAFT_MSG_NONE);
+
+    /* A worker without rows: no statistics at all, in either kind. */
+    graft_msg_t z = {.type = GRAFT_MSG_EVAL_RESULT, .run_id = RUN,
+                     .eval_result = {.round = 1, .task = "t", .split = GRAFT_SPLIT_DEV}};
+    assert_int_equal(roundtrip(&z, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
+    assert_eval_result_equal(&z.eval_result, &d.eval_result);
+    graft_msg_free(&d);
+    uint64_t zeros[4] = {0};
+    z.eval_result.nlabels = 2;
+    z.eval_result.confusion = zeros;
+    assert_int_equal(roundtrip(&z, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
+    assert_eval_result_equal(&z.eval_result, &d.eval_result);
+    graft_msg_free(&d);
+}
+
+static void test_eval_request_refused(void **state) {
+    (void)state;
+    graft_wire_tensor_t t[2];
+    make_tensors(t);
+    graft_msg_t m = eval_request(t);
+    graft_wire_eval_request_t *r = &m.eval_request;
+    r->ntasks = 0;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "eval_request.tasks is empty");
+    char *many[GRAFT_MAX_TASKS + 1];
+    char names[GRAFT_MAX_TASKS + 1][8];
+    for (int i = 0; i <= GRAFT_MAX_TASKS; i++) {
+        snprintf(names[i], sizeof names[i], "t%d", i);
+        many[i] = names[i];
+    }
+    r->tasks = many;
+    r->ntasks = GRAFT_MAX_TASKS;
+    graft_msg_t d;
+    char why[256];
+    assert_int_equal(roundtrip(&m, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
+    graft_msg_free(&d);
+    r->ntasks = GRAFT_MAX_TASKS + 1;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "has 17 tasks, at most 16");
+    char *bad[2] = {"spam", ""};
+    r->tasks = bad;
+    r->ntasks = 2;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_request.tasks[1] is missing or empty");
+    bad[1] = "sp\tam";
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_request.tasks[1] contains control byte 0x09");
+    bad[1] = "spam";
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_request task 'spam' appears twice");
+    r->tasks = EVAL_TASKS;
+    r->split = GRAFT_SPLIT_TRAIN; /* goes out unspecified */
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "eval_request.split is 0");
+    r->split = GRAFT_SPLIT_DEV;
+    r->gen_tokens = 0;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "eval_request.gen_tokens is 0");
+    r->gen_tokens = 1;
+
+    /* Tensors as in a RoundStart: against the schema, finite. */
+    static const graft_wire_schema_entry_t entries[] = {{"shared.lora.A", 2, {2, 3}}};
+    graft_wire_schema_t schema = {entries, 1};
+    graft_wire_opts_t o = {.run_id = RUN, .schema = &schema};
+    assert_int_equal(roundtrip(&m, GRAFT_DTYPE_F32, &o, &d, why, sizeof why), GRAFT_OK);
+    graft_msg_free(&d);
+    r->tensors = &t[1];
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, &o, GRAFT_ESHAPE,
+                      "eval_request tensor 'task.spam.head' is not a known tensor");
+    float x[6] = {1, 2, 3, 4, INFINITY, 6};
+    t[0] = dense("shared.lora.A", 2, (int64_t[]){2, 3}, x);
+    r->tensors = t;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, &o, GRAFT_EFORMAT,
+                      "eval_request tensor 'shared.lora.A' value 4 is Inf");
+}
+
+/* Every rule of a classification result (nlabels > 0). */
+static void test_eval_result_class_refused(void **state) {
+    (void)state;
+    graft_msg_t m = class_result();
+    graft_wire_eval_result_t *r = &m.eval_result;
+    r->task = "";
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "eval_result.task is missing");
+    r->task = "spam";
+    r->split = GRAFT_SPLIT_TRAIN;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "eval_result.split is 0");
+    r->split = GRAFT_SPLIT_DEV;
+    r->loss_sum = -1;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "eval_result.loss_sum is -1");
+    r->loss_sum = NAN;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "eval_result.loss_sum is nan");
+    r->loss_sum = 6.25;
+
+    /* the counts account for every row, without wrapping around */
+    r->examples = 11;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.confusion sums to 10, examples is 11");
+    r->examples = 10;
+    uint64_t wrap[9] = {UINT64_MAX, 11, 0, 0, 0, 0, 0, 0, 0}; /* 10 modulo 2^64 */
+    r->confusion = wrap;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.confusion counts overflow 64 bits");
+    r->confusion = CONFUSION;
+    r->ece_count[0] = 1;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.ece_count sums to 11, examples is 10");
+    r->ece_count[0] = 0;
+    r->ece_correct[5] = 2;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.ece_correct[5] is 2, more than ece_count[5] 1");
+    r->ece_correct[5] = 0;
+
+    /* a bin's confidence sum is in [0, count], with float rounding's slack */
+    r->ece_confidence[7] = NAN;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.ece_confidence[7] is nan");
+    r->ece_confidence[7] = -0.5;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.ece_confidence[7] is -0.5, must be >= 0");
+    r->ece_confidence[7] = 2.01;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.ece_confidence[7] is 2.01, more than ece_count[7] 2");
+    r->ece_confidence[7] = 2.0 * (1 + 5e-7); /* two softmax maxima of 1 + 4 float ulps */
+    graft_msg_t d;
+    char why[256];
+    assert_int_equal(roundtrip(&m, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
+    graft_msg_free(&d);
+    r->ece_confidence[7] = 1.05;
+
+    r->loss_count = 9;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.loss_count is 9, examples is 10");
+    r->loss_count = 10;
+    r->chrf_match[5] = 1;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "chrF statistics or decodes");
+    r->chrf_match[5] = 0;
+    r->decoded = 1;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "chrF statistics or decodes");
+    r->decoded = 0;
+
+    /* K is at most GRAFT_WIRE_MAX_LABELS (a square count is checked by hand
+     * in test_handmade: the encoder always sends K x K) */
+    size_t k = GRAFT_WIRE_MAX_LABELS + 1;
+    uint64_t *big = calloc(k * k, sizeof *big);
+    assert_non_null(big);
+    r->nlabels = (int)k;
+    r->confusion = big;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.confusion has 16785409 counts, more than 4096 x 4096");
+    free(big);
+}
+
+/* Every rule of a generation result (nlabels == 0) and of the samples. */
+static void test_eval_result_gen_refused(void **state) {
+    (void)state;
+    graft_msg_t m = gen_result();
+    graft_wire_eval_result_t *r = &m.eval_result;
+    r->ece_count[3] = 1;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "ECE bins but no confusion");
+    r->ece_count[3] = 0;
+    r->chrf_match[2] = 41; /* hyp 40, ref 42 */
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.chrf_match[2] is 41, more than min(chrf_hyp, chrf_ref) 40");
+    r->chrf_match[2] = 20;
+    r->chrf_ref[0] = 39; /* match 40 */
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.chrf_match[0] is 40, more than min(chrf_hyp, chrf_ref) 39");
+    r->chrf_ref[0] = 52;
+    r->decoded = 6;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.decoded is 6, more than examples 5");
+    r->decoded = 3;
+
+    /* samples: printable (UTF-8 is fine), at most GRAFT_WIRE_MAX_SAMPLE bytes */
+    char text[GRAFT_WIRE_MAX_SAMPLE + 2];
+    memset(text, 'x', sizeof text - 1);
+    text[sizeof text - 1] = '\0';
+    r->sample_output = text;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.sample_output is 1025 bytes long (limit 1024)");
+    text[GRAFT_WIRE_MAX_SAMPLE] = '\0';
+    graft_msg_t d;
+    char why[256];
+    assert_int_equal(roundtrip(&m, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
+    assert_int_equal(strlen(d.eval_result.sample_output), GRAFT_WIRE_MAX_SAMPLE);
+    graft_msg_free(&d);
+    r->sample_reference = "two\nlines";
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.sample_reference contains control byte 0x0a");
+    r->sample_reference = NULL;
+    r->sample_prompt = "del\x7f";
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
+                      "eval_result.sample_prompt contains control byte 0x7f");
 }
 
 static void test_small_roundtrips(void **state) {
@@ -332,8 +599,7 @@ static void test_bf16(void **state) {
     graft_rng_seed(&rng, 7, 0);
     graft_rng_fill_normal(&rng, x, N, 3.0f);
     graft_wire_tensor_t t = dense("shared.w", 2, (int64_t[]){64, 64}, x);
-    graft_msg_t m = {.type = GRAFT_MSG_EVAL_REQUEST, .run_id = RUN,
-                     .eval_request = {.round = 1, .task = "t", .tensors = &t, .ntensors = 1}};
+    graft_msg_t m = eval_request(&t);
     uint8_t *b32, *b16;
     size_t n32, n16;
     assert_int_equal(graft_wire_encode(&m, GRAFT_DTYPE_F32, &b32, &n32), GRAFT_OK);
@@ -463,6 +729,36 @@ static void test_modules_bound(void **state) {
                                      .train_loss = 1e300, .train_seconds = 1e300};
     assert_int_equal(graft_wire_encode(&u, GRAFT_DTYPE_F32, &buf, &len), GRAFT_OK);
     assert_true(len <= graft_wire_modules_bytes(numel, 3, 0));
+    free(buf);
+    /* An EvalRequest carries the same tensors and up to GRAFT_MAX_TASKS
+     * names of the longest kind: it fits the same bound, and decodes. */
+    char names[GRAFT_MAX_TASKS][GRAFT_WIRE_MAX_NAME + 1];
+    char *tasks[GRAFT_MAX_TASKS];
+    for (int i = 0; i < GRAFT_MAX_TASKS; i++) {
+        memset(names[i], 'a' + i, GRAFT_WIRE_MAX_NAME);
+        names[i][GRAFT_WIRE_MAX_NAME] = '\0';
+        tasks[i] = names[i];
+    }
+    graft_msg_t ev = {.type = GRAFT_MSG_EVAL_REQUEST, .run_id = UINT64_MAX};
+    ev.eval_request = (graft_wire_eval_request_t){
+        .round = UINT64_MAX, .tensors = t, .ntensors = 3, .tasks = tasks,
+        .ntasks = GRAFT_MAX_TASKS, .split = GRAFT_SPLIT_TEST, .max_examples = UINT64_MAX,
+        .max_decodes = UINT64_MAX, .gen_tokens = UINT32_MAX};
+    assert_int_equal(graft_wire_encode(&ev, GRAFT_DTYPE_F32, &buf, &len), GRAFT_OK);
+    size_t ebound = graft_wire_modules_bytes(numel, 3, 0);
+    assert_true(len <= ebound);
+    graft_wire_opts_t o = {.max_bytes = ebound};
+    graft_msg_t d;
+    char why[256];
+    assert_int_equal(graft_wire_decode(buf, len, &o, &d, why, sizeof why), GRAFT_OK);
+    assert_int_equal(d.eval_request.ntasks, GRAFT_MAX_TASKS);
+    graft_msg_free(&d);
+    free(buf);
+    /* without tensors, whose framing has slack, the names alone must fit */
+    ev.eval_request.ntensors = 0;
+    assert_int_equal(graft_wire_encode(&ev, GRAFT_DTYPE_F32, &buf, &len), GRAFT_OK);
+    assert_true(len > (size_t)GRAFT_MAX_TASKS * GRAFT_WIRE_MAX_NAME);
+    assert_true(len <= graft_wire_modules_bytes(NULL, 0, 0));
     free(buf);
     free(data);
 }
@@ -611,8 +907,7 @@ static void test_sparse_indices(void **state) {
     big.sparse = 1;
     big.indices = ix;
     big.nnz = NNZ;
-    graft_msg_t m = {.type = GRAFT_MSG_EVAL_REQUEST, .run_id = RUN,
-                     .eval_request = {.round = 1, .task = "t", .tensors = &big, .ntensors = 1}};
+    graft_msg_t m = eval_request(&big);
     graft_msg_t d;
     char why[256];
     assert_int_equal(roundtrip(&m, GRAFT_DTYPE_BF16, NULL, &d, why, sizeof why), GRAFT_OK);
@@ -672,16 +967,6 @@ static void test_fields(void **state) {
     r.round_start.hyper.logit_adjust = 0;
     r.round_start.reduce.clip_norm = -2;
     expect_reject_msg(&r, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "clip_norm is -2");
-
-    graft_wire_metric_t met = {"ppl", INFINITY};
-    graft_msg_t e = {.type = GRAFT_MSG_EVAL_RESULT, .run_id = RUN,
-                     .eval_result = {.round = 1, .task = "t", .metrics = &met, .nmetrics = 1}};
-    expect_reject_msg(&e, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "metric 'ppl'");
-    graft_wire_metric_t twice[2] = {{"acc", 0.5}, {"acc", 0.9}};
-    e.eval_result.metrics = twice;
-    e.eval_result.nmetrics = 2;
-    expect_reject_msg(&e, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT,
-                      "eval_result metric 'acc' appears twice");
 
     /* a shutdown's reason and an error's message reach the logs as they
      * are: printable and bounded, like names (empty is fine) */
@@ -750,6 +1035,100 @@ static void pb_bytes(pbw_t *w, int field, const void *p, size_t n) {
     pb_varint(w, n);
     memcpy(w->b + w->n, p, n);
     w->n += n;
+}
+
+static void pb_double(pbw_t *w, int field, double x) {
+    uint64_t u;
+    memcpy(&u, &x, 8);
+    pb_varint(w, (uint64_t)field << 3 | 1);
+    for (int k = 0; k < 8; k++) w->b[w->n++] = (uint8_t)(u >> (8 * k));
+}
+
+/* Envelope{eval_result{task "t", split, 4 rows, loss_count 4, nconf
+ * confusion counts (the first 4), nbins of each ECE array (all 4 rows in
+ * bin 0, none right, confidence 0), norders of each chrF array (3, 3, 1),
+ * decoded}}: the lengths the encoder never gets wrong. */
+static pbw_t eval_result_with(int split, size_t nconf, size_t nbins, size_t norders,
+                              uint64_t decoded) {
+    pbw_t r = {.n = 0}, env = {.n = 0};
+    pb_uint(&r, 1, 1);
+    pb_bytes(&r, 2, "t", 1);
+    pb_uint(&r, 4, 4);
+    pb_uint(&r, 5, (uint64_t)split);
+    pb_uint(&r, 7, 4);
+    for (size_t i = 0; i < nconf; i++) pb_uint(&r, 8, i ? 0 : 4);
+    for (size_t b = 0; b < nbins; b++) pb_uint(&r, 9, b ? 0 : 4);
+    for (size_t b = 0; b < nbins; b++) pb_uint(&r, 10, 0);
+    for (size_t b = 0; b < nbins; b++) pb_double(&r, 11, 0.0);
+    for (size_t i = 0; i < norders; i++) pb_uint(&r, 12, 3);
+    for (size_t i = 0; i < norders; i++) pb_uint(&r, 13, 3);
+    for (size_t i = 0; i < norders; i++) pb_uint(&r, 14, 1);
+    pb_uint(&r, 15, decoded);
+    pb_uint(&env, 1, RUN);
+    pb_bytes(&env, 7, r.b, r.n);
+    return env;
+}
+
+/* Envelope{eval_request{tasks ["t"], split, gen_tokens 1}}. */
+static pbw_t eval_request_with(int split) {
+    pbw_t r = {.n = 0}, env = {.n = 0};
+    pb_bytes(&r, 4, "t", 1);
+    pb_uint(&r, 5, (uint64_t)split);
+    pb_uint(&r, 8, 1);
+    pb_uint(&env, 1, RUN);
+    pb_bytes(&env, 6, r.b, r.n);
+    return env;
+}
+
+/* What only a hand-written EvalRequest or EvalResult can hold: unknown
+ * splits, a non-square confusion, arrays of the wrong length. */
+static void test_handmade_eval(void **state) {
+    (void)state;
+    graft_wire_opts_t o = {.run_id = RUN};
+    graft_msg_t m;
+    char why[256];
+    /* The writer agrees with the schema: well-formed results decode. */
+    pbw_t e = eval_result_with(2, 1, GRAFT_WIRE_ECE_BINS, 0, 0);
+    assert_int_equal(graft_wire_decode(e.b, e.n, &o, &m, why, sizeof why), GRAFT_OK);
+    assert_int_equal(m.eval_result.nlabels, 1);
+    assert_int_equal(m.eval_result.ece_count[0], 4);
+    assert_int_equal(m.eval_result.split, GRAFT_SPLIT_TEST);
+    graft_msg_free(&m);
+    e = eval_result_with(1, 0, 0, GRAFT_WIRE_CHRF_ORDER, 2);
+    assert_int_equal(graft_wire_decode(e.b, e.n, &o, &m, why, sizeof why), GRAFT_OK);
+    assert_int_equal(m.eval_result.nlabels, 0);
+    assert_int_equal(m.eval_result.chrf_match[5], 1);
+    assert_int_equal(m.eval_result.decoded, 2);
+    assert_int_equal(m.eval_result.split, GRAFT_SPLIT_DEV);
+    graft_msg_free(&m);
+    e = eval_result_with(1, 0, 0, 0, 0); /* generation without decodes */
+    assert_int_equal(graft_wire_decode(e.b, e.n, &o, &m, why, sizeof why), GRAFT_OK);
+    graft_msg_free(&m);
+
+    e = eval_result_with(3, 1, GRAFT_WIRE_ECE_BINS, 0, 0);
+    expect_reject(e.b, e.n, &o, GRAFT_EFORMAT, "eval_result.split is 3");
+    e = eval_result_with(0, 1, GRAFT_WIRE_ECE_BINS, 0, 0);
+    expect_reject(e.b, e.n, &o, GRAFT_EFORMAT, "eval_result.split is 0");
+    e = eval_result_with(2, 2, GRAFT_WIRE_ECE_BINS, 0, 0);
+    expect_reject(e.b, e.n, &o, GRAFT_EFORMAT, "eval_result.confusion has 2 counts, not K x K");
+    e = eval_result_with(2, 5, GRAFT_WIRE_ECE_BINS, 0, 0);
+    expect_reject(e.b, e.n, &o, GRAFT_EFORMAT, "eval_result.confusion has 5 counts, not K x K");
+    e = eval_result_with(2, 1, GRAFT_WIRE_ECE_BINS - 1, 0, 0);
+    expect_reject(e.b, e.n, &o, GRAFT_EFORMAT, "eval_result.ece_count has 14 bins, expected 15");
+    e = eval_result_with(2, 1, 0, 0, 0);
+    expect_reject(e.b, e.n, &o, GRAFT_EFORMAT, "eval_result.ece_count has 0 bins, expected 15");
+    e = eval_result_with(2, 0, 0, GRAFT_WIRE_CHRF_ORDER - 1, 2);
+    expect_reject(e.b, e.n, &o, GRAFT_EFORMAT, "has 5 chrf_hyp, 5 chrf_ref and 5 chrf_match");
+    e = eval_result_with(2, 0, 0, 0, 2);
+    expect_reject(e.b, e.n, &o, GRAFT_EFORMAT, "eval_result.decoded is 2 without chrF");
+
+    e = eval_request_with(2);
+    assert_int_equal(graft_wire_decode(e.b, e.n, &o, &m, why, sizeof why), GRAFT_OK);
+    assert_int_equal(m.eval_request.split, GRAFT_SPLIT_TEST);
+    assert_string_equal(m.eval_request.tasks[0], "t");
+    graft_msg_free(&m);
+    e = eval_request_with(7);
+    expect_reject(e.b, e.n, &o, GRAFT_EFORMAT, "eval_request.split is 7");
 }
 
 /* Envelope{run_id, update{round 1, worker 1, one tensor, sample_count 10}}. */
@@ -827,13 +1206,19 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hello_roundtrip),  cmocka_unit_test(test_assign_roundtrip),
         cmocka_unit_test(test_round_start_roundtrip), cmocka_unit_test(test_update_roundtrip),
-        cmocka_unit_test(test_eval_roundtrip),   cmocka_unit_test(test_small_roundtrips),
+        cmocka_unit_test(test_eval_request_roundtrip),
+        cmocka_unit_test(test_eval_result_roundtrip),
+        cmocka_unit_test(test_eval_request_refused),
+        cmocka_unit_test(test_eval_result_class_refused),
+        cmocka_unit_test(test_eval_result_gen_refused),
+        cmocka_unit_test(test_small_roundtrips),
         cmocka_unit_test(test_bf16),             cmocka_unit_test(test_truncated),
         cmocka_unit_test(test_garbage),          cmocka_unit_test(test_oversized),
         cmocka_unit_test(test_non_finite),       cmocka_unit_test(test_schema),
         cmocka_unit_test(test_run_id),           cmocka_unit_test(test_sparse_indices),
         cmocka_unit_test(test_fields),           cmocka_unit_test(test_expect_round),
-        cmocka_unit_test(test_handmade),         cmocka_unit_test(test_modules_bound),
+        cmocka_unit_test(test_handmade),         cmocka_unit_test(test_handmade_eval),
+        cmocka_unit_test(test_modules_bound),
         cmocka_unit_test(test_max_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

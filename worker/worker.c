@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "contribute.h"
+#include "eval_wire.h"
 #include "trainer.h"
 #include "wire.h"
 
@@ -698,6 +699,74 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
     if (rs->reduce.collective) contribute(w, rs, 1);
 }
 
+/* ---- evaluation ------------------------------------------------------------ */
+
+/* The trainer's task named `name`, or -1. */
+static int trainer_task(const worker_t *w, const char *name) {
+    for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++)
+        if (!strcmp(graft_task_name(graft_trainer_task(w->tr, t)), name)) return t;
+    return -1;
+}
+
+/* 1 (logged) when eval request rq cannot be served here; else 0 with its
+ * tensors' scopes in sent and its tasks' trainer indices in tasks. */
+static int refuse_eval_request(worker_t *w, const graft_wire_eval_request_t *rq,
+                               graft_scope_t **sent, int *tasks) {
+    const char *why = NULL, *what = "";
+    if (rq->ntensors > GRAFT_MAX_TASKS + 1 || rq->ntasks > GRAFT_MAX_TASKS)
+        why = "too many tensors or tasks";
+    else if (rq->max_examples > 1000000000u || rq->max_decodes > 1000000000u ||
+             rq->gen_tokens > 4096)
+        why = "sizes out of range (eval_max, decode_max <= 1e9; gen_tokens <= 4096)";
+    for (size_t i = 0; !why && i < rq->ntensors; i++) {
+        sent[i] = scope_named(w, rq->tensors[i].name);
+        if (!sent[i] || sent[i]->numel != rq->tensors[i].numel || rq->tensors[i].sparse)
+            why = "not a scope of mine: tensor ", what = rq->tensors[i].name;
+    }
+    for (size_t i = 0; !why && i < rq->ntasks; i++)
+        if ((tasks[i] = trainer_task(w, rq->tasks[i])) < 0)
+            why = "not a task of mine: ", what = rq->tasks[i];
+    if (!why) return 0;
+    LOG_WARN("worker %s: dropping eval_request for round %llu: %s%s", w->name,
+             (unsigned long long)rq->round, why, what);
+    return 1;
+}
+
+/* Evaluates the modules sent (the round's aggregated ones) on this worker's
+ * rows of the split: with an IID shard I/N, part I of N of the evaluation
+ * the coordinator would run on the whole file (so the parts add up to it);
+ * with a client folder, every row of its file. Answers one EvalResult per
+ * task. The import leaves the optimiser state and the FedProx anchor alone:
+ * the next round start imports its modules anew. */
+static void on_eval_request(worker_t *w, const graft_msg_t *m) {
+    const graft_wire_eval_request_t *rq = &m->eval_request;
+    graft_scope_t *sent[GRAFT_MAX_TASKS + 1];
+    int tasks[GRAFT_MAX_TASKS];
+    if (refuse_eval_request(w, rq, sent, tasks)) return;
+    for (size_t i = 0; i < rq->ntensors; i++) graft_scope_import(sent[i], rq->tensors[i].data);
+    graft_trainer_set_eval_sizes(w->tr, (int)rq->max_examples, (int)rq->max_decodes,
+                                 (int)rq->gen_tokens);
+    int part = w->o.data_dir ? 0 : w->o.shard_index, parts = w->o.data_dir ? 1 : w->o.shard_count;
+    if (parts < 1) part = 0, parts = 1;
+    graft_eval_stats_t stats[GRAFT_MAX_TASKS];
+    double t0 = graft_now();
+    pulse_training(w, 1); /* evaluation, decoding above all, can take a while */
+    for (size_t i = 0; i < rq->ntasks; i++)
+        graft_trainer_eval_stats(w->tr, tasks[i], rq->split, part, parts, &stats[i]);
+    pulse_training(w, 0);
+    for (size_t i = 0; i < rq->ntasks; i++) {
+        graft_msg_t r = {.type = GRAFT_MSG_EVAL_RESULT};
+        graft_eval_stats_to_wire(&stats[i], rq->tasks[i], rq->round, &r.eval_result);
+        LOG_INFO("worker %s: round %llu: evaluated %s on %lld %s rows", w->name,
+                 (unsigned long long)rq->round, rq->tasks[i], (long long)stats[i].examples,
+                 graft_task_split_name(rq->split));
+        send_msg(w, &r);
+        free(r.eval_result.confusion);
+        graft_eval_stats_free(&stats[i]);
+    }
+    LOG_DEBUG("worker %s: evaluation took %.2f s", w->name, graft_now() - t0);
+}
+
 /* Returns 1 when the worker should stop. */
 static int handle(worker_t *w, const uint8_t *buf, size_t len) {
     /* The answer to a hello sets the run, which may be another (a
@@ -725,6 +794,10 @@ static int handle(worker_t *w, const uint8_t *buf, size_t len) {
     case GRAFT_MSG_ROUND_START:
         if (w->id && w->tr) on_round_start(w, &m);
         else LOG_WARN("worker %s: round_start before assignment; dropped", w->name);
+        break;
+    case GRAFT_MSG_EVAL_REQUEST:
+        if (w->id && w->tr) on_eval_request(w, &m);
+        else LOG_WARN("worker %s: eval_request before assignment; dropped", w->name);
         break;
     case GRAFT_MSG_SHUTDOWN:
         LOG_INFO("worker %s: shutdown: %s", w->name, m.shutdown.reason);

@@ -5,8 +5,10 @@
  * Data. Either IID shards of the --tasks files (every N-th train example
  * from the I-th, --shard I/N), or a client folder of a shard directory
  * (--data DIR, written by `graft data shard`): the train data of task NAME
- * is the train rows of DIR/NAME.tsv (a shard file holds nothing else), and
- * a task without a file there is not held. The worker never reads the
+ * is the train rows of DIR/NAME.tsv, which also holds the client's share of
+ * the task's dev and test rows (the worker trains on the train rows; a run
+ * with --eval_on workers evaluates on its dev and test rows), and a task
+ * without a file there is not held. The worker never reads the
  * --tasks file of a task it holds through --data; it takes the task's
  * label set from the coordinator (Assign), so a shard that lacks some
  * classes still numbers them, and sizes its head, as the run does.
@@ -31,6 +33,14 @@
  * order, continuing across rounds). Heartbeats go out every heartbeat_ms,
  * also during training steps (from a second thread, see serial_beats), so a
  * step longer than the coordinator's silence limit is not taken for a loss.
+ * An EvalRequest (--eval_on workers) carries the round's aggregated
+ * modules: the worker imports them (its optimiser state untouched), and for
+ * each task named evaluates its own rows of the split with the
+ * coordinator's sizes — with an IID shard I/N, part I of N of the
+ * evaluation the coordinator would run on the whole file (every N-th
+ * evaluated example from the I-th), so the parts add up to exactly that;
+ * with a client folder, the dev or test rows of its file — and answers one
+ * EvalResult of sufficient statistics per task, heartbeating meanwhile.
  * Shutdown ends the loop; an Error "unknown worker" (a restarted
  * coordinator) makes it say Hello again, as does any message of another
  * run (a coordinator restarted with other job settings; while its Hello

@@ -1,0 +1,103 @@
+#!/bin/sh
+# test_fed_eval.sh — federated evaluation (--eval_on workers|both) with real
+# processes on loopback. Every worker evaluates the round's aggregated
+# modules on its own rows and sends sufficient statistics; the coordinator
+# adds them up per task. The property checked: the workers' statistics
+# added up give exactly the coordinator's own evaluation of the same rows —
+# the same example and decode counts, accuracy, macro-F1 and chrF (sums of
+# integer counts), and loss, ECE and perplexity up to the order of float
+# sums (1e-6) — at every dev evaluation and the final test one.
+#  1. IID shards: graft run --workers 3 --eval_on both (each worker takes
+#     every third evaluated example, under --eval_max too);
+#  2. a shard directory from `graft data shard` (each client holds its share
+#     of the dev and test rows): graft run --shards --eval_on both, with
+#     --eval_max 0 and --decode_max 0 (every row on both sides);
+#  3. mpirun graft mpi --eval_on workers: the workers' test evaluation
+#     covers every test row; the run ends with the test lines on stdout;
+#  4. --eval_on with an unknown value is refused before anything runs.
+# usage: test_fed_eval.sh GRAFT_BINARY SOURCE_DIR
+set -eu
+GRAFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+SRC=$(cd "$2" && pwd)
+NAME=fed_eval
+. "$SRC/tests/loopback.sh"
+cd "$T"
+
+# same_evals EVENTS EXPECTED_EVALS: every coordinator eval event has a
+# workers one for the same round, task and split that agrees with it.
+same_evals() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+evs = [json.loads(l) for l in open(sys.argv[1]) if '"event":"eval"' in l]
+by = {}
+for e in evs:
+    by.setdefault((e["round"], e["task"], e["split"]), {})[e["source"]] = e
+want = int(sys.argv[2])
+if len(by) != want:
+    sys.exit(f"{len(by)} evaluations, expected {want}")
+for key, pair in sorted(by.items()):
+    if set(pair) != {"coordinator", "workers"}:
+        sys.exit(f"{key}: sources {sorted(pair)}")
+    c, w = pair["coordinator"], pair["workers"]
+    if c["examples"] == 0 or not w["workers"]:
+        sys.exit(f"{key}: nothing evaluated ({c['examples']} rows, workers {w['workers']})")
+    for k in ("examples", "accuracy", "macro_f1", "chrf", "chrf_examples"):
+        if k in c and c[k] != w[k]:
+            sys.exit(f"{key}: {k} coordinator {c[k]} workers {w[k]}")
+    for k in ("loss", "ece", "perplexity"):
+        if k in c and abs(c[k] - w[k]) > 1e-6 * max(1.0, abs(c[k])):
+            sys.exit(f"{key}: {k} coordinator {c[k]} workers {w[k]}")
+# the comparison means something: a decode scored above 0 somewhere
+if not any(p["coordinator"].get("chrf", 0) > 0 for p in by.values()):
+    sys.exit("no generation evaluation with chrF > 0: nothing was compared")
+print(f"{len(by)} evaluations agree")
+PY
+}
+
+# ---- 1. IID shards: three workers, each a third of every evaluation ---------
+timeout 120 "$GRAFT" run --config run.conf --workers 3 --eval_on both --out "$T/iid" \
+    >"$T/iid.out" 2>"$T/iid.err" || { tail -20 "$T/iid.err" >&2; fail "graft run --eval_on both failed"; }
+# rounds 4, eval_every_rounds 2: dev after round 2, test after round 4; 3 tasks
+same_evals "$T/iid/events.jsonl" 6 >"$T/iid.cmp" || { cat "$T/iid.cmp" >&2; fail "IID: workers != coordinator"; }
+grep -q '"source":"workers","workers":\["shard-0-of-3","shard-1-of-3","shard-2-of-3"\]' \
+    "$T/iid/events.jsonl" || fail "IID: the eval events do not name the three workers"
+[ "$(grep -c '(workers: 3)' "$T/iid.out")" -eq 3 ] || { cat "$T/iid.out" >&2; fail "IID: no test lines from the workers"; }
+echo "ok 1 - IID shards: the workers' statistics add up to the coordinator's evaluation"
+
+# ---- 2. graft data shard: clients hold their share of the dev/test rows ------
+TASKS="majority:classification:$T/data/majority.tsv,pairs:classification:$T/data/pairs.tsv,shift:generation:$T/data/shift.tsv"
+"$GRAFT" data shard --tasks "$TASKS" --clients 4 --tasks_per_client 2 --out "$T/shards" \
+    >"$T/shard.out" 2>&1 || { cat "$T/shard.out" >&2; fail "graft data shard failed"; }
+timeout 120 "$GRAFT" run --config run.conf --shards "$T/shards" --eval_on both --eval_max 0 \
+    --decode_max 0 --out "$T/sh" >"$T/sh.out" 2>"$T/sh.err" ||
+    { tail -20 "$T/sh.err" >&2; fail "graft run --shards --eval_on both failed"; }
+same_evals "$T/sh/events.jsonl" 6 >"$T/sh.cmp" || { cat "$T/sh.cmp" >&2; fail "shards: workers != coordinator"; }
+echo "ok 2 - shard directory: the clients' dev/test rows add up to the whole splits"
+
+# ---- 3. MPI ---------------------------------------------------------------------
+OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
+    mpirun -np 3 --oversubscribe "$GRAFT" mpi --config run.conf --eval_on workers \
+    --eval_max 0 --out "$T/mpi" >"$T/mpi.out" 2>"$T/mpi.err" ||
+    { tail -20 "$T/mpi.err" >&2; fail "graft mpi --eval_on workers failed"; }
+python3 - "$T/mpi/events.jsonl" "$T/data" <<'PY' || fail "MPI: the workers' test evaluation is incomplete"
+import json, sys, os
+evs = [json.loads(l) for l in open(sys.argv[1]) if '"event":"eval"' in l]
+assert evs and all(e["source"] == "workers" for e in evs), "not every eval event is the workers'"
+test = [e for e in evs if e["split"] == "test"]
+assert len(test) == 3, test
+for e in test:
+    rows = sum(1 for l in open(os.path.join(sys.argv[2], e["task"] + ".tsv")) if l.startswith("test\t"))
+    assert e["examples"] == rows, (e["task"], e["examples"], rows)
+    assert e["workers"] == ["shard-0-of-2", "shard-1-of-2"], e["workers"]
+PY
+[ "$(grep -c '(workers: 2)' "$T/mpi.out")" -eq 3 ] || { cat "$T/mpi.out" >&2; fail "MPI: no test lines"; }
+echo "ok 3 - graft mpi --eval_on workers: the workers cover every test row"
+
+# ---- 4. a bad value -------------------------------------------------------------
+if "$GRAFT" run --config run.conf --eval_on nowhere --out "$T/bad" >/dev/null 2>"$T/bad.err"; then
+    fail "--eval_on nowhere was accepted"
+fi
+grep -q "unknown --eval_on 'nowhere' (coordinator, workers or both)" "$T/bad.err" ||
+    { cat "$T/bad.err" >&2; fail "no clear error for --eval_on nowhere"; }
+[ ! -e "$T/bad/events.jsonl" ] || fail "a refused run wrote events"
+echo "ok 4 - --eval_on nowhere is refused"
