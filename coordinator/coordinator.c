@@ -1091,11 +1091,14 @@ static void report_eval(coord_t *c, const graft_eval_result_t *r, json_t *worker
 
 /* Dev split during the run; the test split after the last round, reported. */
 static void evaluate(coord_t *c, int split) {
+    double t0 = graft_now();
     for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++) {
         graft_eval_result_t r;
         graft_trainer_evaluate(c->tr, t, split, &r);
         report_eval(c, &r, NULL);
     }
+    LOG_INFO("eval round %d: the coordinator's evaluation took %.0f ms", c->round,
+             (graft_now() - t0) * 1000.0);
 }
 
 /* The split to evaluate after this round: test after the last, dev every
