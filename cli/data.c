@@ -170,7 +170,7 @@ static int cmd_data_shard(int argc, char **argv) {
         return 2;
     }
     graft_task_t *tasks[GRAFT_MAX_TASKS];
-    int n = graft_run_load_tasks(cfg.tasks, tasks, GRAFT_MAX_TASKS);
+    int n = graft_run_load_tasks(cfg.tasks, tasks, GRAFT_MAX_TASKS, 0);
     if (n < 0) return 1;
     graft_shard_plan_t *plan = NULL;
     rc = graft_shard_plan_new(tasks, n, &sc, &plan);

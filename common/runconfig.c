@@ -191,7 +191,7 @@ int graft_task_specs_parse(const char *list, graft_task_spec_t *specs, int max) 
     return n ? n : GRAFT_EINVAL;
 }
 
-int graft_run_load_tasks(const char *list, graft_task_t **tasks, int max) {
+int graft_run_load_tasks(const char *list, graft_task_t **tasks, int max, int untrained) {
     graft_task_spec_t specs[GRAFT_MAX_TASKS];
     int n = graft_task_specs_parse(list, specs, max < GRAFT_MAX_TASKS ? max : GRAFT_MAX_TASKS);
     for (int i = 0; i < n; i++) {
@@ -200,7 +200,9 @@ int graft_run_load_tasks(const char *list, graft_task_t **tasks, int max) {
         if (rc)
             LOG_ERROR("tasks: '%s' has unknown kind '%s' (classification or generation)",
                       specs[i].name, specs[i].kind);
-        if (!rc) rc = graft_task_load(specs[i].name, kind, specs[i].path, &tasks[i]);
+        if (!rc)
+            rc = (untrained ? graft_task_load_untrained : graft_task_load)(specs[i].name, kind,
+                                                                         specs[i].path, &tasks[i]);
         if (rc) {
             for (int j = 0; j < i; j++) graft_task_destroy(&tasks[j]);
             return rc;

@@ -141,7 +141,9 @@ int graft_task_specs_parse(const char *list, graft_task_spec_t *specs, int max);
 
 /* Parses a --tasks list and loads every task file into tasks[0..n); returns
  * n, or a negative error after logging which entry or file is bad (nothing
- * is left loaded then). The caller owns the tasks. */
-int graft_run_load_tasks(const char *list, graft_task_t **tasks, int max);
+ * is left loaded then). The caller owns the tasks. untrained: the process
+ * trains none of them, and files without train rows are fine
+ * (graft_task_load_untrained); else they are refused. */
+int graft_run_load_tasks(const char *list, graft_task_t **tasks, int max, int untrained);
 
 #endif

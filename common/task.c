@@ -243,8 +243,8 @@ static void check_labels(const graft_task_t *t) {
     free(seen);
 }
 
-int graft_task_load(const char *name, graft_task_kind_t kind, const char *path,
-                    graft_task_t **out) {
+static int load(const char *name, graft_task_kind_t kind, const char *path, int need_train,
+                graft_task_t **out) {
     GRAFT_ASSERT(name && path && out);
     GRAFT_ASSERT(kind == GRAFT_TASK_CLASSIFY || kind == GRAFT_TASK_GENERATE);
     size_t len = 0;
@@ -270,7 +270,7 @@ int graft_task_load(const char *name, graft_task_kind_t kind, const char *path,
         example_list_push(&lists[split], &ex);
         pos += n + 1;
     }
-    if (lists[GRAFT_SPLIT_TRAIN].n == 0) {
+    if (lists[GRAFT_SPLIT_TRAIN].n == 0 && need_train) {
         LOG_ERROR("%s: no train examples (%zu line(s); the first field of a train example is "
                   "\"train\")", path, lineno);
         rc = GRAFT_EFORMAT;
@@ -287,7 +287,8 @@ int graft_task_load(const char *name, graft_task_kind_t kind, const char *path,
         t->count[s] = lists[s].n;
     }
     index_strings(t);
-    check_labels(t);
+    if (t->count[GRAFT_SPLIT_TRAIN]) check_labels(t);
+    else LOG_INFO("task %s: %s has no train rows (this process trains nothing on it)", name, path);
     LOG_INFO("task %s: %s, %s: %zu train, %zu dev, %zu test examples, %d labels, %zu groups",
              name, graft_task_kind_name(kind), path, t->count[0], t->count[1], t->count[2],
              t->num_labels, t->num_groups);
@@ -298,6 +299,16 @@ fail:
     for (int s = 0; s < GRAFT_SPLIT_COUNT; s++) free(lists[s].items);
     free(buf);
     return rc;
+}
+
+int graft_task_load(const char *name, graft_task_kind_t kind, const char *path,
+                    graft_task_t **out) {
+    return load(name, kind, path, 1, out);
+}
+
+int graft_task_load_untrained(const char *name, graft_task_kind_t kind, const char *path,
+                              graft_task_t **out) {
+    return load(name, kind, path, 0, out);
 }
 
 /* ---- shards ------------------------------------------------------------- */

@@ -76,6 +76,12 @@ const char *graft_task_split_name(int split);
 int graft_task_load(const char *name, graft_task_kind_t kind, const char *path,
                     graft_task_t **out);
 
+/* The same for a process that trains nothing on the task (a federated
+ * coordinator): a file without train examples is fine (it may hold only
+ * the evaluation rows, or rows that name the labels), and is said once. */
+int graft_task_load_untrained(const char *name, graft_task_kind_t kind, const char *path,
+                              graft_task_t **out);
+
 /* A new task holding only the given train examples of t (in that order;
  * repeats allowed), every dev and test example of t (so that evaluation is
  * the same everywhere), and t's whole label and group sets (so that label

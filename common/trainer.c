@@ -128,7 +128,7 @@ static int check_fits_trunk(const graft_run_config_t *cfg, const graft_peft_conf
 }
 
 static int load_tasks(const graft_run_config_t *cfg, graft_task_t **tasks, int *n_tasks) {
-    int n = graft_run_load_tasks(cfg->tasks, tasks, GRAFT_MAX_TASKS);
+    int n = graft_run_load_tasks(cfg->tasks, tasks, GRAFT_MAX_TASKS, 0);
     if (n < 0) return n;
     *n_tasks = n;
     return GRAFT_OK;
@@ -178,7 +178,10 @@ int graft_trainer_new_with_tasks(const graft_run_config_t *cfg, graft_task_t **t
                                   ? graft_task_num_labels(tasks[i]) : 0;
     }
     tr->peft = graft_peft_new(tr->trunk, &pc, descs, n_tasks);
-    for (int i = 0; i < n_tasks; i++)
+    /* Said up front for the evaluations this process runs: not a federated
+     * coordinator's under --eval_on workers (its workers evaluate). */
+    int evaluates = strcmp(cfg->eval_on, "workers") != 0;
+    for (int i = 0; i < n_tasks && evaluates; i++)
         for (int split = GRAFT_SPLIT_DEV; split <= GRAFT_SPLIT_TEST; split++)
             if (graft_task_count(tasks[i], split) == 0)
                 LOG_WARN("task %s has no %s rows: its %s evaluations report no metrics",

@@ -1431,8 +1431,17 @@ static int open_transport(coord_t *c) {
     return c->o.open_transport(c->o.open_ctx, c->max_bytes, &c->o.tp);
 }
 
+/* The run's trainer: the global modules, and the coordinator's copy of the
+ * tasks, which needs no train rows (it trains nothing): their label sets
+ * and, for --eval_on coordinator, the dev and test rows. */
+static int new_trainer(coord_t *c) {
+    graft_task_t *tasks[GRAFT_MAX_TASKS];
+    int n = graft_run_load_tasks(c->cfg->tasks, tasks, GRAFT_MAX_TASKS, 1);
+    return n < 0 ? n : graft_trainer_new_with_tasks(c->cfg, tasks, n, &c->tr);
+}
+
 static int setup(coord_t *c) {
-    int rc = graft_trainer_new(c->cfg, &c->tr);
+    int rc = new_trainer(c);
     if (!rc) rc = graft_agg_config_parse(c->cfg, &c->agg_cfg);
     if (rc) return rc;
     c->nsettings = graft_run_shared_settings(c->cfg, c->settings);

@@ -48,7 +48,9 @@
  * transport opens.
  *
  * The global modules live in a graft_trainer_t built from the run config
- * with every task's files, which also evaluates them and checkpoints them
+ * with every task's files (train rows optional: the coordinator trains
+ * nothing; it needs the label sets, and the evaluation rows for --eval_on
+ * coordinator), which also evaluates them and checkpoints them
  * (graft_trainer_save; the number of finished rounds is stored as the
  * trainer's step).
  *

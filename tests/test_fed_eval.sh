@@ -12,6 +12,8 @@
 #  2. a shard directory from `graft data shard` (each client holds its share
 #     of the dev and test rows): graft run --shards --eval_on both, with
 #     --eval_max 0 and --decode_max 0 (every row on both sides);
+#     2b. the same with a coordinator whose task files hold only the dev
+#     rows (no train or test rows): the same modules and test metrics;
 #  3. mpirun graft mpi --eval_on workers: the workers' test evaluation
 #     covers every test row; the run ends with the test lines on stdout;
 #  4. --eval_on with an unknown value is refused before anything runs.
@@ -73,6 +75,31 @@ timeout 120 "$GRAFT" run --config run.conf --shards "$T/shards" --eval_on both -
     { tail -20 "$T/sh.err" >&2; fail "graft run --shards --eval_on both failed"; }
 same_evals "$T/sh/events.jsonl" 6 >"$T/sh.cmp" || { cat "$T/sh.cmp" >&2; fail "shards: workers != coordinator"; }
 echo "ok 2 - shard directory: the clients' dev/test rows add up to the whole splits"
+
+# ---- 2b. a coordinator without the data ------------------------------------------
+# Its task files hold only the dev rows (which name every label): no train
+# rows, no test rows. The workers hold the data and evaluate: the same
+# modules and the same test metrics as run 2.
+mkdir -p "$T/labels"
+for t in majority pairs shift; do grep '^dev	' "$T/data/$t.tsv" > "$T/labels/$t.tsv"; done
+LTASKS="majority:classification:$T/labels/majority.tsv,pairs:classification:$T/labels/pairs.tsv,shift:generation:$T/labels/shift.tsv"
+timeout 120 "$GRAFT" run --config run.conf --tasks "$LTASKS" --shards "$T/shards" --eval_on workers \
+    --eval_max 0 --decode_max 0 --out "$T/nodata" >"$T/nodata.out" 2>"$T/nodata.err" ||
+    { tail -20 "$T/nodata.err" >&2; fail "a coordinator without train rows failed"; }
+grep -q "has no train rows (this process trains nothing on it)" "$T/nodata.err" ||
+    fail "the coordinator did not say its files have no train rows"
+cmp "$T/sh/modules.safetensors" "$T/nodata/modules.safetensors" ||
+    fail "a coordinator without the data ended with other modules"
+python3 - "$T/sh/events.jsonl" "$T/nodata/events.jsonl" <<'PY' || fail "other test metrics without the data"
+import json, sys
+def tests(path, source):
+    evs = [json.loads(l) for l in open(path) if '"event":"eval"' in l]
+    return {e["task"]: {k: v for k, v in e.items() if k != "ts"}
+            for e in evs if e["split"] == "test" and e["source"] == source}
+a, b = tests(sys.argv[1], "workers"), tests(sys.argv[2], "workers")
+assert len(a) == 3 and a == b, (a, b)
+PY
+echo "ok 2b - a coordinator whose files hold no train or test rows: same modules and test metrics"
 
 # ---- 3. MPI ---------------------------------------------------------------------
 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \

@@ -523,6 +523,27 @@ static void test_malformed_files_are_refused(void **state) {
     assert_null(t);
 }
 
+/* A process that trains nothing on a task (a federated coordinator) takes a
+ * file without train rows: its labels come from the other splits. */
+static void test_untrained_file(void **state) {
+    fixture_t *fx = *state;
+    static const char data[] = "dev\tham\tg\tx\ntest\tspam\tg\ty\n";
+    const char *path = write_tsv(fx, "labels.tsv", data, sizeof data - 1);
+    graft_task_t *t = NULL;
+    assert_int_equal(graft_task_load_untrained("mail", GRAFT_TASK_CLASSIFY, path, &t), GRAFT_OK);
+    assert_int_equal(graft_task_count(t, GRAFT_SPLIT_TRAIN), 0);
+    assert_int_equal(graft_task_count(t, GRAFT_SPLIT_DEV), 1);
+    assert_int_equal(graft_task_num_labels(t), 2);
+    assert_string_equal(graft_task_label_name(t, 1), "spam");
+    graft_task_destroy(&t);
+    /* a malformed line is still refused */
+    static const char bad[] = "dev\tham\tg\n";
+    path = write_tsv(fx, "bad.tsv", bad, sizeof bad - 1);
+    assert_int_equal(graft_task_load_untrained("mail", GRAFT_TASK_CLASSIFY, path, &t),
+                     GRAFT_EFORMAT);
+    assert_null(t);
+}
+
 /* Task files are read whole (graft_read_file): a pipe longer than the
  * first buffer is read to its end, an empty file is empty, and a directory
  * is refused with the system's reason. */
@@ -581,6 +602,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_relabel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_files_are_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_read_file_streams, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_untrained_file, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
