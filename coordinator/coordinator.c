@@ -1071,8 +1071,10 @@ static void report_test_result(coord_t *c, const graft_eval_result_t *r, const c
 
 /* One task's result on the log, as an eval event and, for the test split,
  * to the caller. `workers`: the names of the workers whose rows it adds up
- * (a JSON array, taken over), or NULL for the coordinator's own. */
-static void report_eval(coord_t *c, const graft_eval_result_t *r, json_t *workers) {
+ * (a JSON array) and per_worker their own metrics (an object), both taken
+ * over; NULL for the coordinator's own. */
+static void report_eval(coord_t *c, const graft_eval_result_t *r, json_t *workers,
+                        json_t *per_worker) {
     char line[320];
     graft_eval_format(c->tr, r, line, sizeof line);
     if (workers) {
@@ -1085,6 +1087,7 @@ static void report_eval(coord_t *c, const graft_eval_result_t *r, json_t *worker
     json_object_set_new(o, "round", json_integer(c->round));
     json_object_set_new(o, "source", json_string(workers ? "workers" : "coordinator"));
     if (workers) json_object_set_new(o, "workers", workers);
+    if (per_worker) json_object_set_new(o, "per_worker", per_worker);
     graft_events_emit(c->ev, "eval", o);
     if (r->split == GRAFT_SPLIT_TEST) report_test_result(c, r, line);
 }
@@ -1095,7 +1098,7 @@ static void evaluate(coord_t *c, int split) {
     for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++) {
         graft_eval_result_t r;
         graft_trainer_evaluate(c->tr, t, split, &r);
-        report_eval(c, &r, NULL);
+        report_eval(c, &r, NULL, NULL);
     }
     LOG_INFO("eval round %d: the coordinator's evaluation took %.0f ms", c->round,
              (graft_now() - t0) * 1000.0);
@@ -1193,9 +1196,39 @@ static void on_eval_result(coord_t *c, int peer, const graft_msg_t *m) {
     w->eval_waiting--;
 }
 
+/* Each worker's own metrics of task t (its answer's statistics alone), for
+ * the eval event ({name: {examples, loss, accuracy...}}) and, with two or
+ * more, one log line: how the clients differ. */
+static json_t *per_worker(coord_t *c, const char **names, const graft_eval_stats_t **each,
+                          size_t n) {
+    json_t *o = json_object();
+    char line[1024] = "";
+    size_t used = 0;
+    for (size_t i = 0; i < n; i++) {
+        graft_eval_result_t r;
+        graft_eval_stats_finish(each[i], &r);
+        json_t *m = graft_eval_json(c->tr, &r);
+        json_object_del(m, "task");
+        json_object_del(m, "split");
+        json_object_del(m, "sample");
+        json_object_set_new(o, names[i], m);
+        double metric = r.kind == GRAFT_TASK_CLASSIFY ? r.cls.accuracy : r.chrf;
+        if (used < sizeof line)
+            used += (size_t)snprintf(line + used, sizeof line - used, "%s%.64s %s %.4g (n=%lld)",
+                                     i ? ", " : "", names[i],
+                                     r.kind == GRAFT_TASK_CLASSIFY ? "acc" : "chrF", metric,
+                                     (long long)r.examples);
+    }
+    if (n > 1 && each[0])
+        LOG_INFO("eval round %d: %s per worker: %s", c->round,
+                 graft_task_name(graft_trainer_task(c->tr, each[0]->task)), line);
+    return o;
+}
+
 /* The workers' answers, added up per task in name order: one eval event per
- * task (source workers), also for a task no worker answered for (examples
- * 0). Workers still silent are named: their rows are missing. */
+ * task (source workers, with each worker's own metrics), also for a task no
+ * worker answered for (examples 0). Workers still silent are named: their
+ * rows are missing. */
 static void finish_worker_eval(coord_t *c) {
     for (int p = 0; p < MAX_PEERS; p++) {
         worker_t *w = &c->w[p];
@@ -1206,19 +1239,24 @@ static void finish_worker_eval(coord_t *c) {
         w->eval_waiting = 0;
     }
     const char **names = graft_xcalloc(MAX_PEERS, sizeof *names);
+    const graft_eval_stats_t **each = graft_xcalloc(MAX_PEERS, sizeof *each);
     for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++) {
         const graft_task_t *task = graft_trainer_task(c->tr, t);
         graft_eval_stats_t s;
         size_t n = graft_eval_answers_merge(c->answers, t, c->eval_split, graft_task_kind(task),
-                                            graft_task_num_labels(task), &s, names, MAX_PEERS);
+                                            graft_task_num_labels(task), &s, names, each,
+                                            MAX_PEERS);
+        if (n > MAX_PEERS) n = MAX_PEERS;
+        json_t *workers = per_worker(c, names, each, n);
         graft_eval_result_t r;
         graft_eval_stats_finish(&s, &r);
         graft_eval_stats_free(&s);
         json_t *a = json_array();
-        for (size_t i = 0; i < n && i < MAX_PEERS; i++) json_array_append_new(a, json_string(names[i]));
-        report_eval(c, &r, a);
+        for (size_t i = 0; i < n; i++) json_array_append_new(a, json_string(names[i]));
+        report_eval(c, &r, a, workers);
     }
     free(names);
+    free(each);
     graft_eval_answers_reset(c->answers);
     LOG_INFO("eval round %d: the workers' evaluation took %.0f ms", c->round,
              (graft_now() - c->eval_t0) * 1000.0);

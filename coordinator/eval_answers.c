@@ -56,7 +56,8 @@ static int by_name(const void *x, const void *y) {
 
 size_t graft_eval_answers_merge(const graft_eval_answers_t *a, int t, int split,
                                 graft_task_kind_t kind, int num_labels, graft_eval_stats_t *out,
-                                const char **names, size_t cap) {
+                                const char **names, const graft_eval_stats_t **each,
+                                size_t cap) {
     const answer_t **mine = graft_xmalloc((a->n + 1) * sizeof *mine);
     size_t n = 0;
     for (size_t i = 0; i < a->n; i++)
@@ -66,6 +67,7 @@ size_t graft_eval_answers_merge(const graft_eval_answers_t *a, int t, int split,
     for (size_t i = 0; i < n; i++) {
         graft_eval_stats_merge(out, &mine[i]->stats);
         if (i < cap) names[i] = mine[i]->name;
+        if (i < cap && each) each[i] = &mine[i]->stats;
     }
     free(mine);
     return n;

@@ -31,9 +31,11 @@ void graft_eval_answers_add(graft_eval_answers_t *a, const char *name, graft_eva
 
 /* Task t's answers added up in name order into out (initialised here for
  * the task's kind, num_labels and split), and their workers' names into
- * names[0..cap), sorted. Returns the number of answers. */
+ * names[0..cap), sorted, with each one's own statistics in each[0..cap)
+ * (may be NULL). Returns the number of answers. */
 size_t graft_eval_answers_merge(const graft_eval_answers_t *a, int t, int split,
                                 graft_task_kind_t kind, int num_labels, graft_eval_stats_t *out,
-                                const char **names, size_t cap);
+                                const char **names, const graft_eval_stats_t **each,
+                                size_t cap);
 
 #endif

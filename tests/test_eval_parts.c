@@ -100,7 +100,7 @@ static void check_parts(int t, int split, int parts) {
     graft_eval_stats_t sum;
     const char *names[8];
     assert_int_equal(graft_eval_answers_merge(a, t, split, graft_task_kind(task),
-                                              graft_task_num_labels(task), &sum, names, 8),
+                                              graft_task_num_labels(task), &sum, names, NULL, 8),
                      parts);
     for (int i = 1; i < parts; i++) assert_true(strcmp(names[i - 1], names[i]) < 0);
     graft_eval_stats_finish(&sum, &merged);

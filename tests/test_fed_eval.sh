@@ -8,7 +8,8 @@
 # integer counts), and loss, ECE and perplexity up to the order of float
 # sums (1e-6) — at every dev evaluation and the final test one.
 #  1. IID shards: graft run --workers 3 --eval_on both (each worker takes
-#     every third evaluated example, under --eval_max too);
+#     every third evaluated example, under --eval_max too); each worker's
+#     own metrics (per_worker, and a log line) count its share of the rows;
 #  2. a shard directory from `graft data shard` (each client holds its share
 #     of the dev and test rows): graft run --shards --eval_on both, with
 #     --eval_max 0 and --decode_max 0 (every row on both sides);
@@ -43,6 +44,9 @@ for key, pair in sorted(by.items()):
     c, w = pair["coordinator"], pair["workers"]
     if c["examples"] == 0 or not w["workers"]:
         sys.exit(f"{key}: nothing evaluated ({c['examples']} rows, workers {w['workers']})")
+    pw = w["per_worker"]  # each worker's own metrics: its rows add up to the whole
+    if sorted(pw) != w["workers"] or sum(m["examples"] for m in pw.values()) != w["examples"]:
+        sys.exit(f"{key}: per_worker {pw} does not add up to {w['examples']} rows")
     for k in ("examples", "accuracy", "macro_f1", "chrf", "chrf_examples"):
         if k in c and c[k] != w[k]:
             sys.exit(f"{key}: {k} coordinator {c[k]} workers {w[k]}")
@@ -63,6 +67,8 @@ timeout 120 "$GRAFT" run --config run.conf --workers 3 --eval_on both --out "$T/
 same_evals "$T/iid/events.jsonl" 6 >"$T/iid.cmp" || { cat "$T/iid.cmp" >&2; fail "IID: workers != coordinator"; }
 grep -q '"source":"workers","workers":\["shard-0-of-3","shard-1-of-3","shard-2-of-3"\]' \
     "$T/iid/events.jsonl" || fail "IID: the eval events do not name the three workers"
+grep -q 'eval round 4: majority per worker: shard-0-of-3 acc .* (n=11), shard-1-of-3 acc .* (n=11), shard-2-of-3 acc .* (n=10)' \
+    "$T/iid.err" || fail "IID: no per-worker line"
 [ "$(grep -c '(workers: 3)' "$T/iid.out")" -eq 3 ] || { cat "$T/iid.out" >&2; fail "IID: no test lines from the workers"; }
 echo "ok 1 - IID shards: the workers' statistics add up to the coordinator's evaluation"
 
