@@ -121,6 +121,7 @@ typedef struct {
     int eval_on; /* EVAL_ON_* bits */
     int eval_split;
     double eval_t0, eval_deadline;
+    uint64_t eval_bytes_in, eval_bytes_out; /* the counters when it was asked */
     graft_eval_answers_t *answers;
 } coord_t;
 
@@ -1121,6 +1122,8 @@ static int request_eval(coord_t *c, int split) {
     c->eval_split = split;
     c->eval_t0 = graft_now();
     c->eval_deadline = c->eval_t0 + cfg->round_timeout_ms / 1000.0;
+    c->eval_bytes_in = c->bytes_in;
+    c->eval_bytes_out = c->bytes_out;
     int asked = 0;
     for (int p = 0; p < MAX_PEERS; p++) {
         worker_t *w = &c->w[p];
@@ -1258,8 +1261,10 @@ static void finish_worker_eval(coord_t *c) {
     free(names);
     free(each);
     graft_eval_answers_reset(c->answers);
-    LOG_INFO("eval round %d: the workers' evaluation took %.0f ms", c->round,
-             (graft_now() - c->eval_t0) * 1000.0);
+    LOG_INFO("eval round %d: the workers' evaluation took %.0f ms (out %.1f KiB, in %.1f KiB)",
+             c->round, (graft_now() - c->eval_t0) * 1000.0,
+             (double)(c->bytes_out - c->eval_bytes_out) / 1024.0,
+             (double)(c->bytes_in - c->eval_bytes_in) / 1024.0);
 }
 
 static int checkpoint(coord_t *c) {
