@@ -46,7 +46,9 @@ static const char *usage =
     "average, the mean ECE of the classification tasks, trainable parameters per\n"
     "task and their share of the trunk, bytes sent per round (federated runs) and\n"
     "wall time. Runs of the `graft` mask method add one row per sparsity. Under the\n"
-    "table, each generation task's last test sample (prompt -> output, reference).\n\n"
+    "table, each generation task's last test sample (prompt -> output, reference),\n"
+    "and for a test evaluation on the workers (--eval_on) the spread of the workers'\n"
+    "own metrics on their rows: min, mean and max over the workers.\n\n"
     "Writes DIR/summary.json (the same numbers, for scripts) and, unless\n"
     "--no_plots, PNG plots drawn with gnuplot: DIR/NAME-curves.png per run (training\n"
     "loss and dev metric per task), DIR/sparsity.png (metric against mask sparsity)\n"
@@ -80,7 +82,8 @@ static const struct {
     {"eval", "accuracy", 'n'},     {"eval", "chrf", 'n'},
     {"eval", "loss", 'n'},         {"eval", "ece", 'n'},
     {"eval", "macro_f1", 'n'},     {"eval", "sparsity", 'n'},
-    {"eval", "sample", 'o'},       {"train", "loss", 'n'},
+    {"eval", "sample", 'o'},       {"eval", "per_worker", 'o'},
+    {"train", "loss", 'n'},
     {"round_end", "train_loss", 'n'}, {"round_end", "bytes_in", 'n'},
     {"round_end", "bytes_out", 'n'},  {"run_start", "mode", 's'},
     {"run_start", "method", 's'},  {"run_start", "params", 'o'},
@@ -130,25 +133,46 @@ static int check_fields(json_t *ev, const char *where) {
 /* Reads PATH (an events.jsonl or a directory holding one) into run. A
  * malformed line is an error naming file and line, except a truncated last
  * line (a run killed mid-write), which is skipped with a warning. */
+static int is_event(json_t *e, const char *type) {
+    return !strcmp(json_string_value(json_object_get(e, "event")), type);
+}
+
+static int from_workers(json_t *e) {
+    const char *src = json_string_value(json_object_get(e, "source"));
+    return is_event(e, "eval") && src && !strcmp(src, "workers");
+}
+
+/* The coordinator's eval event of the same round, task and split as the
+ * workers' w, or NULL. */
+static json_t *own_twin(const run_t *run, json_t *w) {
+    size_t i;
+    json_t *e;
+    json_array_foreach(run->events, i, e) {
+        if (!is_event(e, "eval") || from_workers(e)) continue;
+        if (json_equal(json_object_get(e, "round"), json_object_get(w, "round")) &&
+            json_equal(json_object_get(e, "task"), json_object_get(w, "task")) &&
+            json_equal(json_object_get(e, "split"), json_object_get(w, "split")))
+            return e;
+    }
+    return NULL;
+}
+
 /* A run with --eval_on both logs each evaluation twice, from the
  * coordinator and from the workers (the same metrics up to the order of
- * float sums): the report keeps the coordinator's. A run with --eval_on
- * workers has only the workers'. */
+ * float sums): the report keeps the coordinator's, with the workers' own
+ * metrics (per_worker) moved onto it. A run with --eval_on workers has only
+ * the workers'. */
 static void drop_worker_evals(run_t *run) {
     int own = 0;
     size_t i;
     json_t *e;
-    json_array_foreach(run->events, i, e) {
-        const char *src = json_string_value(json_object_get(e, "source"));
-        own |= !strcmp(json_string_value(json_object_get(e, "event")), "eval") &&
-               (!src || strcmp(src, "workers"));
-    }
+    json_array_foreach(run->events, i, e) own |= is_event(e, "eval") && !from_workers(e);
     for (i = json_array_size(run->events); own && i-- > 0;) {
         e = json_array_get(run->events, i);
-        const char *src = json_string_value(json_object_get(e, "source"));
-        if (src && !strcmp(src, "workers") &&
-            !strcmp(json_string_value(json_object_get(e, "event")), "eval"))
-            json_array_remove(run->events, i);
+        if (!from_workers(e)) continue;
+        json_t *twin = own_twin(run, e), *pw = json_object_get(e, "per_worker");
+        if (twin && pw) json_object_set(twin, "per_worker", pw);
+        json_array_remove(run->events, i);
     }
 }
 
@@ -348,6 +372,12 @@ static json_t *summary_row(const run_t *r, double sparsity) {
             json_object_set_new(o, "macro_f1", json_real(num(e, "macro_f1", NAN)));
             if (!isnan(ece)) esum += ece, en++;
         }
+        json_t *pw = json_object_get(e, "per_worker"), *m_pw = json_object();
+        const char *worker;
+        json_t *v;
+        json_object_foreach(pw, worker, v) json_object_set_new(m_pw, worker, json_real(ev_metric(v)));
+        if (pw) json_object_set_new(o, "per_worker", m_pw);
+        else json_decref(m_pw);
         json_object_set_new(per, tasks[t], o);
         if (!isnan(m)) msum += m, mn++;
     }
@@ -409,6 +439,34 @@ static void print_samples(const run_t *runs, int nr) {
             printf("sample %s %s: %s -> %s  (reference: %s)\n", runs[k].name, tasks[t],
                    str(sample, "prompt", ""), str(sample, "output", ""),
                    str(sample, "reference", ""));
+        }
+    }
+}
+
+/* Under the table: for each task whose final test evaluation ran on the
+ * workers (--eval_on workers|both), the spread of the workers' own metrics
+ * on their rows (points): how differently the clients fare. */
+static void print_worker_spread(json_t *rows) {
+    size_t i;
+    json_t *row;
+    json_array_foreach(rows, i, row) {
+        const char *task;
+        json_t *o;
+        json_object_foreach(json_object_get(row, "tasks"), task, o) {
+            json_t *pw = json_object_get(o, "per_worker");
+            if (json_object_size(pw) < 2) continue;
+            const char *worker, *lo = NULL, *hi = NULL;
+            json_t *v;
+            double sum = 0, min = INFINITY, max = -INFINITY;
+            json_object_foreach(pw, worker, v) {
+                double m = json_number_value(v);
+                sum += m;
+                if (m < min) min = m, lo = worker;
+                if (m > max) max = m, hi = worker;
+            }
+            printf("workers %s %s: %zu workers, min %.2f (%s), mean %.2f, max %.2f (%s)\n",
+                   str(row, "run", "?"), task, json_object_size(pw), min, lo,
+                   sum / (double)json_object_size(pw), max, hi);
         }
     }
 }
@@ -701,6 +759,7 @@ int cmd_report(int argc, char **argv) {
     if (!rc) {
         print_table(rows);
         print_samples(runs, nr);
+        print_worker_spread(rows);
         json_t *doc = json_pack("{s:O}", "runs", rows);
         for (int k = 0; k < nr; k++) { /* the overlap matrix travels too */
             json_t *ov = last_event(&runs[k], "mask_overlap");

@@ -1,6 +1,7 @@
 #!/bin/sh
 # graft report on fabricated event logs with known numbers: the summary
-# table's values and the sample line under it, summary.json, the plots (when
+# table's values and the sample line under it, an --eval_on both run (the
+# coordinator's events count; the workers' spread line), summary.json, the plots (when
 # gnuplot is installed), the refusal of a malformed log or a field of the
 # wrong type with its file and line, and --out=DIR.
 # Usage: test_report.sh GRAFT_BINARY
@@ -26,6 +27,16 @@ cat > "$T/fed/events.jsonl" <<'J'
 {"ts":4.0,"event":"eval","task":"a","split":"test","accuracy":0.6,"ece":0.3,"loss":1.1,"round":2}
 {"ts":5.0,"event":"run_end","round":2,"seconds":30.0,"ok":true}
 J
+# --eval_on both: the coordinator's eval events count; the workers' twin
+# lends its per-worker metrics (the spread line under the table).
+mkdir -p "$T/both"
+cat > "$T/both/events.jsonl" <<'J'
+{"ts":1.0,"event":"run_start","mode":"run","method":"lora","round":1}
+{"ts":2.0,"event":"round_end","round":1,"train_loss":2.0,"bytes_in":100,"bytes_out":300}
+{"ts":3.0,"event":"eval","task":"a","split":"test","accuracy":0.7,"ece":0.2,"loss":1.0,"round":1,"source":"coordinator"}
+{"ts":3.1,"event":"eval","task":"a","split":"test","accuracy":0.7,"ece":0.2,"loss":1.0,"round":1,"source":"workers","workers":["w1","w2","w3"],"per_worker":{"w1":{"examples":10,"accuracy":0.9},"w2":{"examples":10,"accuracy":0.5},"w3":{"examples":10,"accuracy":0.7}}}
+{"ts":4.0,"event":"run_end","round":1,"seconds":3.0,"ok":true}
+J
 cat > "$T/masks/events.jsonl" <<'J'
 {"ts":1.0,"event":"run_start","mode":"graft","method":"graft","step":0}
 {"ts":1.5,"event":"mask","trunk":1000,"eligible":800}
@@ -45,6 +56,15 @@ grep -qx 'sample central b: oak -> a tree  (reference: a tall tree)' "$T/table.t
   fail "no sample line for the generation task"
 grep -q '^masks@1% .* 55.00 .* 8 ' "$T/table.txt" || fail "mask row at 1% (8 of 800 eligible)"
 grep -q '^masks@10% .* 65.00 ' "$T/table.txt" || fail "mask row at 10%"
+"$GRAFT" report --no_plots --out "$T/repb" "$T/both" > "$T/both.txt" || fail "report of the both run"
+grep -q '^both .* 70.00 ' "$T/both.txt" || fail "both: the row is not the coordinator's 70.00"
+grep -qx 'workers both a: 3 workers, min 50.00 (w2), mean 70.00, max 90.00 (w1)' "$T/both.txt" ||
+  { cat "$T/both.txt" >&2; fail "no per-worker spread line"; }
+python3 - "$T/repb/summary.json" <<'P' || fail "per_worker in summary.json"
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s["runs"][0]["tasks"]["a"]["per_worker"] == {"w1": 90.0, "w2": 50.0, "w3": 70.0}, s
+P
 python3 - "$T/rep/summary.json" <<'P' || fail "summary.json"
 import json, sys
 s = json.load(open(sys.argv[1]))
