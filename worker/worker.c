@@ -754,17 +754,21 @@ static void on_eval_request(worker_t *w, const graft_msg_t *m) {
     for (size_t i = 0; i < rq->ntasks; i++)
         graft_trainer_eval_stats(w->tr, tasks[i], rq->split, part, parts, &stats[i]);
     pulse_training(w, 0);
+    char line[1024] = "";
+    size_t used = 0;
     for (size_t i = 0; i < rq->ntasks; i++) {
         graft_msg_t r = {.type = GRAFT_MSG_EVAL_RESULT};
         graft_eval_stats_to_wire(&stats[i], rq->tasks[i], rq->round, &r.eval_result);
-        LOG_INFO("worker %s: round %llu: evaluated %s on %lld %s rows", w->name,
-                 (unsigned long long)rq->round, rq->tasks[i], (long long)stats[i].examples,
-                 graft_task_split_name(rq->split));
         send_msg(w, &r);
         free(r.eval_result.confusion);
+        if (used < sizeof line)
+            used += (size_t)snprintf(line + used, sizeof line - used, "%s%.64s %lld",
+                                     i ? ", " : "", rq->tasks[i], (long long)stats[i].examples);
         graft_eval_stats_free(&stats[i]);
     }
-    LOG_DEBUG("worker %s: evaluation took %.2f s", w->name, graft_now() - t0);
+    LOG_INFO("worker %s: round %llu: evaluated its %s rows in %.2f s: %s", w->name,
+             (unsigned long long)rq->round, graft_task_split_name(rq->split), graft_now() - t0,
+             line);
 }
 
 /* Returns 1 when the worker should stop. */
