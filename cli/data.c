@@ -116,6 +116,7 @@ typedef struct {
     char by[GRAFT_OPT_STR];
     int min_group_size;
     int seed;
+    char eval_rows[GRAFT_OPT_STR];
     char out[GRAFT_OPT_STR];
 } shard_config_t;
 
@@ -136,6 +137,11 @@ const graft_option_t cli_shard_options[] = {
     {"min_group_size", GRAFT_OPT_INT, OFF(min_group_size), "10", 1, 1e9,
      "--by auto: mean train rows per group for groups to count as meaningful"},
     GRAFT_OPT_SEED(OFF(seed), "1"),
+    {"eval_rows", GRAFT_OPT_STRING, OFF(eval_rows), "roundrobin", 0, -1,
+     "how a task's dev and test rows go to its clients (for --eval_on workers): roundrobin "
+     "(in file order: every client's rows follow the whole split) or follow (each label's "
+     "rows in proportion to the clients' train rows of it: every client's rows follow its "
+     "own train distribution); either way their union is the whole split"},
     {"out", GRAFT_OPT_STRING, OFF(out), "", 0, -1,
      "output folder: client-000/NAME.tsv ... and shards.tsv (required)"},
     GRAFT_OPT_END,
@@ -148,7 +154,7 @@ static const char *shard_usage =
     "Each client holds --tasks_per_client tasks; each task's train rows go to its\n"
     "clients by --by. Writes DIR/client-000/NAME.tsv, DIR/client-001/NAME.tsv, ... (one\n"
     "task file per task a client holds: its train rows, then its share of the task's dev\n"
-    "and test rows, dealt round-robin over the task's clients) and DIR/shards.tsv (client,\n"
+    "and test rows, dealt by --eval_rows) and DIR/shards.tsv (client,\n"
     "task, label, count of train rows), and prints the counts per task, label and client.\n"
     "Deterministic from --seed.";
 
@@ -165,6 +171,11 @@ static int cmd_data_shard(int argc, char **argv) {
                   cfg.clients ? "--out" : "--clients");
         return 2;
     }
+    if (strcmp(cfg.eval_rows, "roundrobin") && strcmp(cfg.eval_rows, "follow")) {
+        LOG_ERROR("data shard: --eval_rows '%s' is not one of roundrobin, follow", cfg.eval_rows);
+        return 2;
+    }
+    sc.eval_follow = !strcmp(cfg.eval_rows, "follow");
     if (graft_shard_by_parse(cfg.by, &sc.by)) {
         LOG_ERROR("data shard: --by '%s' is not one of auto, group, label, iid", cfg.by);
         return 2;

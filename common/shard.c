@@ -254,18 +254,62 @@ static void keep_owners(graft_shard_plan_t *p, int t, int split, const int *clie
     }
 }
 
-/* Dev and test rows are dealt round-robin in file order over the task's
- * clients (ascending index), each split on its own: row i goes to client
- * i mod n. Task files are often ordered by source or label, so the deal is
- * a stratified sample; it needs no seed; and the clients' counts differ by
- * at most one. The label and group skew of the train rows is deliberately
- * not copied here: federated evaluation adds up the clients' statistics,
- * and that sum must equal an evaluation on the whole split. */
-static void deal_eval_rows(graft_shard_plan_t *p, int t, const int *clients, int n) {
+/* The next client of a smooth weighted round-robin over weight[0..n)
+ * (total > 0): every client gains its weight, the richest is picked and
+ * pays the total; ties go to the lowest index. After j picks client k has
+ * been picked within one of j * weight[k] / total times. */
+static int weighted_next(int64_t *credit, const size_t *weight, int n, size_t total) {
+    int best = 0;
+    for (int k = 0; k < n; k++) {
+        credit[k] += (int64_t)weight[k];
+        if (credit[k] > credit[best]) best = k;
+    }
+    credit[best] -= (int64_t)total;
+    return best;
+}
+
+/* owner[0..N) of the rows of a dev or test split under eval_rows follow:
+ * the rows of each label in proportion to the clients' train rows of that
+ * label (train_owner: the train rows' owners), or to their train rows when
+ * the task is a generation task or no client trains on the label. */
+static void follow_owners(const graft_task_t *task, int split, int n, const int *train_owner,
+                          int *owner) {
+    int cls = graft_task_kind(task) == GRAFT_TASK_CLASSIFY;
+    int L = cls ? graft_task_num_labels(task) : 1;
+    size_t *weight = graft_xcalloc((size_t)(L + 1) * (size_t)n, sizeof *weight);
+    size_t *total = graft_xcalloc((size_t)L + 1, sizeof *total);
+    int64_t *credit = graft_xcalloc((size_t)(L + 1) * (size_t)n, sizeof *credit);
+    size_t *all = weight + (size_t)L * n; /* row L: every train row */
+    for (size_t i = 0, N = graft_task_count(task, GRAFT_SPLIT_TRAIN); i < N; i++) {
+        int l = cls ? graft_task_example(task, GRAFT_SPLIT_TRAIN, i)->label_id : 0;
+        weight[(size_t)l * n + train_owner[i]]++;
+        total[l]++;
+        all[train_owner[i]]++;
+        total[L]++;
+    }
+    for (size_t i = 0, N = graft_task_count(task, split); i < N; i++) {
+        int l = cls ? graft_task_example(task, split, i)->label_id : 0;
+        if (!total[l]) l = L;
+        owner[i] = weighted_next(credit + (size_t)l * n, weight + (size_t)l * n, n, total[l]);
+    }
+    free(weight);
+    free(total);
+    free(credit);
+}
+
+/* Dev and test rows, each split on its own, by cfg->eval_follow (shard.h):
+ * round-robin in file order over the task's clients (ascending index), or
+ * following each client's train rows. The union is the whole split either
+ * way: federated evaluation adds up the clients' statistics, and that sum
+ * must equal an evaluation on the whole split. */
+static void deal_eval_rows(graft_shard_plan_t *p, int t, const int *clients, int n,
+                           const int *train_owner, int follow) {
     for (int split = GRAFT_SPLIT_DEV; split <= GRAFT_SPLIT_TEST; split++) {
         size_t N = graft_task_count(p->tasks[t], split);
         int *owner = graft_xmalloc((N ? N : 1) * sizeof *owner);
-        for (size_t i = 0; i < N; i++) owner[i] = (int)(i % (size_t)n);
+        if (follow) follow_owners(p->tasks[t], split, n, train_owner, owner);
+        else
+            for (size_t i = 0; i < N; i++) owner[i] = (int)(i % (size_t)n);
         keep_owners(p, t, split, clients, n, owner, N);
         free(owner);
     }
@@ -295,7 +339,7 @@ static int shard_task(graft_shard_plan_t *p, int t, const graft_shard_config_t *
         rc = split_by_label(task, n, cfg->alpha, &rng, owner);
     if (!rc) {
         keep_owners(p, t, GRAFT_SPLIT_TRAIN, clients, n, owner, N);
-        deal_eval_rows(p, t, clients, n);
+        deal_eval_rows(p, t, clients, n, owner, cfg->eval_follow);
     }
     free(owner);
     free(clients);

@@ -24,17 +24,27 @@
  *             iid for generation (whose labels are free text).
  *  - Every train row goes to exactly one client of its task, and each
  *    client of a task gets at least one train row.
- *  - Dev and test rows are dealt round-robin too, so that workers can
- *    evaluate on their own rows and the coordinator add up their
- *    statistics: the i-th dev row of a task (0-based, file order) goes to
- *    its (i mod n)-th client of n in ascending client index, and the same
- *    for test rows on their own. Every dev and test row is on exactly one
- *    client of its task and their union is the whole split. Task files are
- *    often ordered by source or label, so the deal is a stratified sample;
- *    it needs no seed, and clients' counts differ by at most one (a client
- *    gets none when its task has fewer such rows than clients). The skew
- *    is for training only: evaluation on the union must equal evaluation
- *    on the whole split.
+ *  - Dev and test rows are dealt too, so that workers can evaluate on
+ *    their own rows and the coordinator add up their statistics: every
+ *    dev and test row is on exactly one client of its task and their union
+ *    is the whole split, so evaluation on the union equals evaluation on
+ *    the whole split. Each split on its own, by eval_rows:
+ *      roundrobin  the i-th row of the split (0-based, file order) goes to
+ *                  the task's (i mod n)-th client of n in ascending client
+ *                  index. Task files are often ordered by source or label,
+ *                  so this is a stratified sample: every client's rows
+ *                  follow the split's distribution; counts differ by at
+ *                  most one (a client gets none when its task has fewer
+ *                  such rows than clients).
+ *      follow      each client's rows follow its own train rows: the rows
+ *                  of label l go to the task's clients in proportion to
+ *                  their train rows of label l (a smooth weighted
+ *                  round-robin in file order: after j rows of the label,
+ *                  client k holds within one row of j times its share);
+ *                  for a generation task, or a label no client trains on,
+ *                  in proportion to their train rows. Each worker's own
+ *                  metrics then say how the global model serves its
+ *                  distribution (per_worker in the workers' eval events).
  *
  * Everything is a function of the tasks, the config and the seed: the same
  * inputs give the same shards on every machine. Each task draws from its
@@ -68,6 +78,7 @@ typedef struct {
     graft_shard_by_t by;
     int min_group_size;   /* auto: mean train rows per group needed for group */
     uint64_t seed;
+    int eval_follow;      /* dev/test rows: 1 follow, 0 roundrobin */
 } graft_shard_config_t;
 
 typedef struct graft_shard_plan graft_shard_plan_t;

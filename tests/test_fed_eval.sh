@@ -12,12 +12,14 @@
 #     own metrics (per_worker, and a log line) count its share of the rows;
 #  2. a shard directory from `graft data shard` (each client holds its share
 #     of the dev and test rows): graft run --shards --eval_on both, with
-#     --eval_max 0 and --decode_max 0 (every row on both sides);
+#     --eval_max 0 and --decode_max 0 (every row on both sides); 2a. the
+#     same with --eval_rows follow (each client's rows follow its train rows);
 #     2b. the same with a coordinator whose task files hold only the dev
 #     rows (no train or test rows): the same modules and test metrics;
 #  3. mpirun graft mpi --eval_on workers: the workers' test evaluation
 #     covers every test row; the run ends with the test lines on stdout;
-#  4. --eval_on with an unknown value is refused before anything runs.
+#  4. --eval_on (graft run) or --eval_rows (graft data shard) with an
+#     unknown value is refused before anything runs.
 # usage: test_fed_eval.sh GRAFT_BINARY SOURCE_DIR
 set -eu
 GRAFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -82,6 +84,16 @@ timeout 120 "$GRAFT" run --config run.conf --shards "$T/shards" --eval_on both -
 same_evals "$T/sh/events.jsonl" 6 >"$T/sh.cmp" || { cat "$T/sh.cmp" >&2; fail "shards: workers != coordinator"; }
 echo "ok 2 - shard directory: the clients' dev/test rows add up to the whole splits"
 
+# ... and with each client's dev/test rows following its own train rows
+# (--eval_rows follow): still the whole splits in union.
+"$GRAFT" data shard --tasks "$TASKS" --clients 4 --tasks_per_client 2 --eval_rows follow \
+    --out "$T/fshards" >"$T/fshard.out" 2>&1 || { cat "$T/fshard.out" >&2; fail "graft data shard --eval_rows follow failed"; }
+timeout 120 "$GRAFT" run --config run.conf --shards "$T/fshards" --eval_on both --eval_max 0 \
+    --decode_max 0 --out "$T/fsh" >"$T/fsh.out" 2>"$T/fsh.err" ||
+    { tail -20 "$T/fsh.err" >&2; fail "graft run on --eval_rows follow shards failed"; }
+same_evals "$T/fsh/events.jsonl" 6 >"$T/fsh.cmp" || { cat "$T/fsh.cmp" >&2; fail "follow: workers != coordinator"; }
+echo "ok 2a - --eval_rows follow: the clients' rows still add up to the whole splits"
+
 # ---- 2b. a coordinator without the data ------------------------------------------
 # Its task files hold only the dev rows (which name every label): no train
 # rows, no test rows. The workers hold the data and evaluate: the same
@@ -133,4 +145,8 @@ fi
 grep -q "unknown --eval_on 'nowhere' (coordinator, workers or both)" "$T/bad.err" ||
     { cat "$T/bad.err" >&2; fail "no clear error for --eval_on nowhere"; }
 [ ! -e "$T/bad/events.jsonl" ] || fail "a refused run wrote events"
-echo "ok 4 - --eval_on nowhere is refused"
+if "$GRAFT" data shard --tasks "$TASKS" --clients 2 --eval_rows skewed --out "$T/bad2" \
+    >/dev/null 2>"$T/bad2.err"; then fail "--eval_rows skewed was accepted"; fi
+grep -q "eval_rows 'skewed' is not one of roundrobin, follow" "$T/bad2.err" ||
+    { cat "$T/bad2.err" >&2; fail "no clear error for --eval_rows skewed"; }
+echo "ok 4 - --eval_on nowhere and --eval_rows skewed are refused"

@@ -206,6 +206,53 @@ static void test_dev_test_dealt_round_robin(void **state) {
     graft_shard_plan_destroy(&p);
 }
 
+/* eval_rows follow: under label skew every dev and test row is on exactly
+ * one client of its task, and each client's rows of a label are its share
+ * of the label's train rows (within one row), so its evaluation rows follow
+ * its own training distribution. */
+static void test_dev_test_follow_train(void **state) {
+    fixture_t *fx = *state;
+    const graft_task_t *task = fx->tasks[0];
+    graft_shard_config_t cfg = config(4, GRAFT_SHARD_LABEL, 0.3, 5);
+    cfg.eval_follow = 1;
+    graft_shard_plan_t *p = plan_of(fx, 1, cfg);
+    int L = graft_task_num_labels(task), K = 4;
+    size_t train[4][8] = {{0}}, label_train[8] = {0};
+    for (int c = 0; c < K; c++) {
+        size_t n;
+        const size_t *rows = graft_shard_rows(p, c, 0, &n);
+        for (size_t k = 0; k < n; k++) {
+            int l = graft_task_example(task, GRAFT_SPLIT_TRAIN, rows[k])->label_id;
+            train[c][l]++;
+            label_train[l]++;
+        }
+    }
+    int skewed = 0;
+    for (int split = GRAFT_SPLIT_DEV; split <= GRAFT_SPLIT_TEST; split++) {
+        size_t N = graft_task_count(task, split), label_eval[8] = {0};
+        int *seen = calloc(N, sizeof *seen);
+        for (size_t i = 0; i < N; i++) label_eval[graft_task_example(task, split, i)->label_id]++;
+        for (int c = 0; c < K; c++) {
+            size_t n, count[8] = {0};
+            const size_t *rows = graft_shard_split_rows(p, c, 0, split, &n);
+            for (size_t k = 0; k < n; k++) {
+                seen[rows[k]]++;
+                count[graft_task_example(task, split, rows[k])->label_id]++;
+            }
+            for (int l = 0; l < L; l++) {
+                double want = (double)label_eval[l] * (double)train[c][l] / (double)label_train[l];
+                assert_true(fabs((double)count[l] - want) < 1.0 + 1e-9);
+                /* its share of the label is far from the split's */
+                skewed |= n && fabs((double)count[l] / (double)n - (double)label_eval[l] / N) > 0.2;
+            }
+        }
+        for (size_t i = 0; i < N; i++) assert_int_equal(seen[i], 1);
+        free(seen);
+    }
+    assert_true(skewed); /* alpha 0.3: some client's rows are far from the split's mix */
+    graft_shard_plan_destroy(&p);
+}
+
 static int same_plan(const graft_shard_plan_t *a, const graft_shard_plan_t *b, int T) {
     for (int c = 0; c < graft_shard_num_clients(a); c++) {
         for (int t = 0; t < T; t++) {
@@ -527,6 +574,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_row_once_in_every_mode),
         cmocka_unit_test(test_dev_test_dealt_round_robin),
+        cmocka_unit_test(test_dev_test_follow_train),
         cmocka_unit_test(test_deterministic_per_seed),
         cmocka_unit_test(test_label_skew_follows_alpha),
         cmocka_unit_test(test_whole_groups_balanced),
