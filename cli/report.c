@@ -130,9 +130,6 @@ static int check_fields(json_t *ev, const char *where) {
     return 0;
 }
 
-/* Reads PATH (an events.jsonl or a directory holding one) into run. A
- * malformed line is an error naming file and line, except a truncated last
- * line (a run killed mid-write), which is skipped with a warning. */
 static int is_event(json_t *e, const char *type) {
     return !strcmp(json_string_value(json_object_get(e, "event")), type);
 }
@@ -176,6 +173,9 @@ static void drop_worker_evals(run_t *run) {
     }
 }
 
+/* Reads PATH (an events.jsonl or a directory holding one) into run. A
+ * malformed line is an error naming file and line, except a truncated last
+ * line (a run killed mid-write), which is skipped with a warning. */
 static int load_run(const char *arg, run_t *run) {
     char path[4096];
     struct stat st;
@@ -375,7 +375,10 @@ static json_t *summary_row(const run_t *r, double sparsity) {
         json_t *pw = json_object_get(e, "per_worker"), *m_pw = json_object();
         const char *worker;
         json_t *v;
-        json_object_foreach(pw, worker, v) json_object_set_new(m_pw, worker, json_real(ev_metric(v)));
+        json_object_foreach(pw, worker, v) {
+            double wm = ev_metric(v);
+            json_object_set_new(m_pw, worker, isnan(wm) ? json_null() : json_real(wm));
+        }
         if (pw) json_object_set_new(o, "per_worker", m_pw);
         else json_decref(m_pw);
         json_object_set_new(per, tasks[t], o);
@@ -458,15 +461,18 @@ static void print_worker_spread(json_t *rows) {
             const char *worker, *lo = NULL, *hi = NULL;
             json_t *v;
             double sum = 0, min = INFINITY, max = -INFINITY;
+            size_t n = 0;
             json_object_foreach(pw, worker, v) {
-                double m = json_number_value(v);
+                double m = json_is_number(v) ? json_number_value(v) : NAN;
+                if (isnan(m)) continue; /* a worker without that metric (no decodes) */
+                n++;
                 sum += m;
                 if (m < min) min = m, lo = worker;
                 if (m > max) max = m, hi = worker;
             }
+            if (n < 2) continue;
             printf("workers %s %s: %zu workers, min %.2f (%s), mean %.2f, max %.2f (%s)\n",
-                   str(row, "run", "?"), task, json_object_size(pw), min, lo,
-                   sum / (double)json_object_size(pw), max, hi);
+                   str(row, "run", "?"), task, n, min, lo, sum / (double)n, max, hi);
         }
     }
 }

@@ -20,7 +20,8 @@ void graft_eval_stats_to_wire(const graft_eval_stats_t *s, const char *task, uin
         int K = s->cls.num_labels;
         out->nlabels = K;
         out->confusion = graft_xmalloc((size_t)K * K * sizeof *out->confusion);
-        for (size_t i = 0; i < (size_t)K * K; i++) out->confusion[i] = (uint64_t)s->cls.confusion[i];
+        for (size_t i = 0; i < (size_t)K * K; i++)
+            out->confusion[i] = (uint64_t)s->cls.confusion[i];
         for (int b = 0; b < GRAFT_ECE_BINS; b++) {
             out->ece_count[b] = (uint64_t)s->cls.bin_count[b];
             out->ece_correct[b] = (uint64_t)s->cls.bin_correct[b];

@@ -233,6 +233,7 @@ static void check_labels(const graft_task_t *t) {
     if (t->num_labels < 2)
         LOG_WARN("task %s: %s has only %d label(s); a classifier needs two or more", t->name,
                  t->path, t->num_labels);
+    if (!t->count[GRAFT_SPLIT_TRAIN]) return; /* an untrained copy: nothing more to say */
     char *seen = graft_xcalloc((size_t)t->num_labels, 1);
     for (size_t i = 0; i < t->count[GRAFT_SPLIT_TRAIN]; i++)
         seen[t->examples[GRAFT_SPLIT_TRAIN][i].label_id] = 1;
@@ -287,8 +288,9 @@ static int load(const char *name, graft_task_kind_t kind, const char *path, int 
         t->count[s] = lists[s].n;
     }
     index_strings(t);
-    if (t->count[GRAFT_SPLIT_TRAIN]) check_labels(t);
-    else LOG_INFO("task %s: %s has no train rows (this process trains nothing on it)", name, path);
+    check_labels(t);
+    if (!t->count[GRAFT_SPLIT_TRAIN])
+        LOG_INFO("task %s: %s has no train rows (this process trains nothing on it)", name, path);
     LOG_INFO("task %s: %s, %s: %zu train, %zu dev, %zu test examples, %d labels, %zu groups",
              name, graft_task_kind_name(kind), path, t->count[0], t->count[1], t->count[2],
              t->num_labels, t->num_groups);

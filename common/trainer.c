@@ -634,7 +634,8 @@ json_t *graft_eval_json(const graft_trainer_t *tr, const graft_eval_result_t *r)
         json_object_set_new(o, "macro_f1", metric_json(r, r->cls.macro_f1));
         json_object_set_new(o, "ece", metric_json(r, r->cls.ece));
     } else {
-        json_object_set_new(o, "chrf", metric_json(r, r->chrf));
+        /* no decodes (a worker's part under a small --decode_max): no chrF */
+        json_object_set_new(o, "chrf", r->chrf_examples > 0 ? json_real(r->chrf) : json_null());
         json_object_set_new(o, "chrf_examples", json_integer((json_int_t)r->chrf_examples));
         if (r->chrf_examples > 0)
             json_object_set_new(o, "sample",
@@ -874,6 +875,12 @@ graft_peft_t *graft_trainer_peft(const graft_trainer_t *tr) {
 
 int graft_trainer_n_tasks(const graft_trainer_t *tr) {
     return tr->n_tasks;
+}
+
+int graft_trainer_task_index(const graft_trainer_t *tr, const char *name) {
+    for (int t = 0; t < tr->n_tasks; t++)
+        if (!strcmp(graft_task_name(tr->tasks[t]), name)) return t;
+    return -1;
 }
 
 graft_task_t *graft_trainer_task(const graft_trainer_t *tr, int t) {

@@ -90,6 +90,8 @@ graft_task_t **graft_trainer_tasks(graft_trainer_t *tr);
  * LoRA/adapters/channels): the units that travel, average and checkpoint. */
 graft_scope_t *graft_trainer_shared_scope(const graft_trainer_t *tr);
 graft_scope_t *graft_trainer_task_scope(const graft_trainer_t *tr, int t);
+/* The index of the task named `name`, or -1. */
+int graft_trainer_task_index(const graft_trainer_t *tr, const char *name);
 /* Batch shape: B rows of T tokens. */
 void graft_trainer_batch_shape(const graft_trainer_t *tr, int *B, int *T);
 

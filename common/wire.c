@@ -365,6 +365,8 @@ static void enc_eval_result(enc_t *e, const graft_wire_eval_result_t *m) {
     r->sample_prompt = str_or_empty(m->sample_prompt);
     r->sample_output = str_or_empty(m->sample_output);
     r->sample_reference = str_or_empty(m->sample_reference);
+    r->part = m->part;
+    r->parts = m->parts;
     e->env.body_case = GRAFT__ENVELOPE__BODY_EVAL_RESULT;
     e->env.eval_result = r;
 }
@@ -999,6 +1001,11 @@ static int dec_eval_result(const Graft__EvalResult *pb, graft_wire_eval_result_t
     m->loss_sum = pb->loss_sum;
     m->loss_count = pb->loss_count;
     m->decoded = pb->decoded;
+    m->part = pb->part;
+    m->parts = pb->parts;
+    if (pb->parts > GRAFT_WIRE_MAX_PARTS || (pb->parts ? pb->part >= pb->parts : pb->part != 0))
+        return fail(why, why_len, GRAFT_EFORMAT, "eval_result part %u of %u (part < parts <= %d, "
+                    "or 0 of 0)", pb->part, pb->parts, GRAFT_WIRE_MAX_PARTS);
     int rc = dup_ident(pb->task, "eval_result.task", &m->task, why, why_len);
     if (rc == GRAFT_OK) rc = dec_split(pb->split, "eval_result.split", &m->split, why, why_len);
     if (rc == GRAFT_OK) rc = check_nonneg(pb->loss_sum, "eval_result.loss_sum", why, why_len);

@@ -174,6 +174,7 @@ typedef struct {
 #define GRAFT_WIRE_CHRF_ORDER 6
 #define GRAFT_WIRE_MAX_LABELS 4096  /* K of a confusion matrix (K x K counts) */
 #define GRAFT_WIRE_MAX_SAMPLE 1024  /* bytes of a sample text */
+#define GRAFT_WIRE_MAX_PARTS 1000000 /* IID shards of an evaluation */
 
 /* One task's evaluation statistics on one worker (proto/graft.proto's
  * EvalResult). Validated on decode: non-negative finite sums; a
@@ -200,6 +201,9 @@ typedef struct {
     uint64_t decoded;
     /* Printable text (control bytes refused), or NULL/"" for none. */
     char *sample_prompt, *sample_output, *sample_reference;
+    /* parts > 0: IID part `part` (< parts <= GRAFT_WIRE_MAX_PARTS) of the
+     * evaluation; parts 0 (then part 0): the worker's own rows. */
+    uint32_t part, parts;
 } graft_wire_eval_result_t;
 
 typedef struct {

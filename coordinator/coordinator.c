@@ -60,7 +60,6 @@ typedef struct {
     int in_round; /* was sent the open round */
     int replied;  /* its name is among the round's contributions */
     int resent_round; /* the round last sent to it again (a repeated hello, a deadline) */
-    int eval_waiting; /* tasks of the open evaluation it was asked about and has not answered */
 } worker_t;
 
 /* The CurveZMQ key that the name of a worker no longer in the table
@@ -597,6 +596,10 @@ static int refuse_settings(coord_t *c, int peer, const graft_wire_hello_t *h) {
     return 1;
 }
 
+/* evaluation, below */
+static void on_eval_result(coord_t *c, int peer, const graft_msg_t *m);
+static void eval_rejoin(coord_t *c, int peer);
+
 /* A hello from a peer already registered under the same name: a worker
  * that asked again (a restarted coordinator's errors, its own silence
  * timer), or another process with the same --name that took over the
@@ -612,6 +615,7 @@ static void on_hello_again(coord_t *c, int peer) {
              graft_now() - w->last_seen);
     w->last_seen = graft_now();
     send_assign(c, peer);
+    eval_rejoin(c, peer);
     if (c->state != S_ROUND_OPEN || graft_aggregator_collective(c->agg)) return;
     if (w->in_round && (w->replied || w->resent_round == c->round)) return;
     if (w->in_round) w->resent_round = c->round;
@@ -687,6 +691,7 @@ static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
                                 "name", w->name, "tasks", tasks, "train_examples", counts));
     /* A worker joining (or coming back) mid-round takes part at once —
      * except under MPI reductions, which were sized when the round began. */
+    eval_rejoin(c, peer);
     if (rejoins_replied(c, w)) return;
     if (c->state == S_ROUND_OPEN && !graft_aggregator_collective(c->agg)) send_round_start(c, peer);
 }
@@ -793,8 +798,6 @@ static void on_update(coord_t *c, int peer, graft_msg_t *m) {
     w->replied = 1;
     LOG_DEBUG("coordinator: update from %s, loss %.4f", who, m->update.train_loss);
 }
-
-static void on_eval_result(coord_t *c, int peer, const graft_msg_t *m); /* evaluation */
 
 static void dispatch(coord_t *c, int peer, const char *who, const uint8_t *buf, size_t len) {
     graft_wire_opts_t opts = {.run_id = c->run_id, .max_bytes = c->max_bytes,
@@ -1072,10 +1075,11 @@ static void report_test_result(coord_t *c, const graft_eval_result_t *r, const c
 
 /* One task's result on the log, as an eval event and, for the test split,
  * to the caller. `workers`: the names of the workers whose rows it adds up
- * (a JSON array) and per_worker their own metrics (an object), both taken
- * over; NULL for the coordinator's own. */
+ * (a JSON array), per_worker their own metrics (an object) and extra more
+ * fields for the event (an object), all taken over; NULL for the
+ * coordinator's own. */
 static void report_eval(coord_t *c, const graft_eval_result_t *r, json_t *workers,
-                        json_t *per_worker) {
+                        json_t *per_worker, json_t *extra) {
     char line[320];
     graft_eval_format(c->tr, r, line, sizeof line);
     if (workers) {
@@ -1089,6 +1093,8 @@ static void report_eval(coord_t *c, const graft_eval_result_t *r, json_t *worker
     json_object_set_new(o, "source", json_string(workers ? "workers" : "coordinator"));
     if (workers) json_object_set_new(o, "workers", workers);
     if (per_worker) json_object_set_new(o, "per_worker", per_worker);
+    if (extra) json_object_update(o, extra);
+    json_decref(extra);
     graft_events_emit(c->ev, "eval", o);
     if (r->split == GRAFT_SPLIT_TEST) report_test_result(c, r, line);
 }
@@ -1099,7 +1105,7 @@ static void evaluate(coord_t *c, int split) {
     for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++) {
         graft_eval_result_t r;
         graft_trainer_evaluate(c->tr, t, split, &r);
-        report_eval(c, &r, NULL, NULL);
+        report_eval(c, &r, NULL, NULL, NULL);
     }
     LOG_INFO("eval round %d: the coordinator's evaluation took %.0f ms", c->round,
              (graft_now() - t0) * 1000.0);
@@ -1113,67 +1119,90 @@ static int split_due(const coord_t *c) {
     return -1;
 }
 
+/* Sends peer's worker an EvalRequest for the open evaluation: the
+ * aggregated modules of its scopes and those of its tasks that its name is
+ * asked about and has not answered (all of them when ask is set, which
+ * first records them as asked). Returns how many tasks it asked for. */
+static int send_eval_request(coord_t *c, int peer, int ask) {
+    const graft_run_config_t *cfg = c->cfg;
+    worker_t *w = &c->w[peer];
+    char *tasks[GRAFT_MAX_TASKS];
+    int n = 0;
+    for (int i = 0; i < w->n_assigned; i++) {
+        int t = w->assigned[i];
+        if (ask || graft_eval_answers_state(c->answers, w->name, t) == GRAFT_EVAL_WAITING)
+            tasks[n++] = (char *)graft_task_name(graft_trainer_task(c->tr, t));
+    }
+    if (!n) return 0;
+    graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
+    graft_msg_t m = {.type = GRAFT_MSG_EVAL_REQUEST};
+    m.eval_request = (graft_wire_eval_request_t){
+        .round = (uint64_t)c->round, .tensors = ts, .ntensors = (size_t)worker_tensors(c, w, ts),
+        .tasks = tasks, .ntasks = (size_t)n, .split = c->eval_split,
+        .max_examples = (uint64_t)cfg->eval_max, .max_decodes = (uint64_t)cfg->decode_max,
+        .gen_tokens = (uint32_t)cfg->gen_tokens};
+    if (send_msg(c, peer, &m)) return 0;
+    for (int i = 0; ask && i < w->n_assigned; i++)
+        graft_eval_answers_ask(c->answers, w->name, w->assigned[i]);
+    return n;
+}
+
 /* --eval_on workers: asks every live worker to evaluate the round's
  * aggregated modules on its own rows of split, for each task it trains,
  * with the run's evaluation sizes. Returns how many were asked. */
 static int request_eval(coord_t *c, int split) {
-    const graft_run_config_t *cfg = c->cfg;
     graft_eval_answers_reset(c->answers);
     c->eval_split = split;
     c->eval_t0 = graft_now();
-    c->eval_deadline = c->eval_t0 + cfg->round_timeout_ms / 1000.0;
     c->eval_bytes_in = c->bytes_in;
     c->eval_bytes_out = c->bytes_out;
     int asked = 0;
-    for (int p = 0; p < MAX_PEERS; p++) {
-        worker_t *w = &c->w[p];
-        w->eval_waiting = 0;
-        if (w->state != W_ACTIVE || w->n_assigned == 0) continue;
-        graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
-        char *tasks[GRAFT_MAX_TASKS];
-        for (int i = 0; i < w->n_assigned; i++)
-            tasks[i] = (char *)graft_task_name(graft_trainer_task(c->tr, w->assigned[i]));
-        graft_msg_t m = {.type = GRAFT_MSG_EVAL_REQUEST};
-        m.eval_request = (graft_wire_eval_request_t){
-            .round = (uint64_t)c->round, .tensors = ts, .ntensors = (size_t)worker_tensors(c, w, ts),
-            .tasks = tasks, .ntasks = (size_t)w->n_assigned, .split = split,
-            .max_examples = (uint64_t)cfg->eval_max, .max_decodes = (uint64_t)cfg->decode_max,
-            .gen_tokens = (uint32_t)cfg->gen_tokens};
-        if (send_msg(c, p, &m) == GRAFT_OK) {
-            w->eval_waiting = w->n_assigned;
-            asked++;
-        }
-    }
+    for (int p = 0; p < MAX_PEERS; p++)
+        if (c->w[p].state == W_ACTIVE) asked += send_eval_request(c, p, 1) > 0;
     LOG_INFO("eval round %d: asked %d workers to evaluate on their %s rows", c->round, asked,
              graft_task_split_name(split));
     return asked;
 }
 
-static int eval_pending(const coord_t *c) {
-    int pending = 0;
-    for (int p = 0; p < MAX_PEERS; p++) pending += c->w[p].state == W_ACTIVE && c->w[p].eval_waiting;
-    return pending;
+/* A worker registering (again) while the workers evaluate is sent the
+ * questions its name has not answered: a process that reconnected, or was
+ * restarted, still answers for its rows. */
+static void eval_rejoin(coord_t *c, int peer) {
+    if (c->state != S_EVAL_WAIT) return;
+    int n = send_eval_request(c, peer, 0);
+    if (n)
+        LOG_INFO("eval round %d: asked worker '%s' again for its %d unanswered tasks", c->round,
+                 c->w[peer].name, n);
 }
 
-/* The run task named `name`, or -1. */
-static int task_index(const coord_t *c, const char *name) {
-    for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++)
-        if (!strcmp(graft_task_name(graft_trainer_task(c->tr, t)), name)) return t;
-    return -1;
+/* Is a worker of that name registered? (The questions of a lost worker are
+ * not waited for.) */
+static int name_alive(void *ctx, const char *name) {
+    const coord_t *c = ctx;
+    for (int p = 0; p < MAX_PEERS; p++)
+        if (c->w[p].state == W_ACTIVE && !strcmp(c->w[p].name, name)) return 1;
+    return 0;
 }
 
-/* 0 and the result's statistics in *s, or 1 with the reason in why. */
+static size_t eval_pending(coord_t *c) {
+    return graft_eval_answers_waiting(c->answers, name_alive, c);
+}
+
+/* 0 and the result's statistics in *s; 1 with the reason in why (not
+ * counted); 2 with the reason: its content does not fit the task, and it
+ * counts as answered with no rows (the worker would only send it again). */
 static int refuse_eval_result(coord_t *c, const worker_t *w, const graft_wire_eval_result_t *r,
                               graft_eval_stats_t *s, char *why, size_t n) {
-    int t = task_index(c, r->task);
+    int t = graft_trainer_task_index(c->tr, r->task);
+    int state = t < 0 ? GRAFT_EVAL_NOT_ASKED : graft_eval_answers_state(c->answers, w->name, t);
     if (c->state != S_EVAL_WAIT || r->round != (uint64_t)c->round)
         snprintf(why, n, "not expected now (round %llu; too late?)", (unsigned long long)r->round);
     else if (r->split != c->eval_split)
-        snprintf(why, n, "the %s split; the %s split was asked for", graft_task_split_name(r->split),
-                 graft_task_split_name(c->eval_split));
-    else if (t < 0 || !trains(w, t))
-        snprintf(why, n, "task '%.64s' is not one that worker '%.64s' trains", r->task, w->name);
-    else if (!w->eval_waiting || graft_eval_answers_has(c->answers, w->name, t))
+        snprintf(why, n, "the %s split; the %s split was asked for",
+                 graft_task_split_name(r->split), graft_task_split_name(c->eval_split));
+    else if (state == GRAFT_EVAL_NOT_ASKED)
+        snprintf(why, n, "worker '%.64s' was not asked about task '%.64s'", w->name, r->task);
+    else if (state == GRAFT_EVAL_ANSWERED)
         snprintf(why, n, "task '%.64s' already answered", r->task);
     else {
         const graft_task_t *task = graft_trainer_task(c->tr, t);
@@ -1181,22 +1210,25 @@ static int refuse_eval_result(coord_t *c, const worker_t *w, const graft_wire_ev
         if (!graft_eval_stats_from_wire(r, t, graft_task_kind(task), graft_task_num_labels(task), s,
                                         detail, sizeof detail))
             return 0;
-        snprintf(why, n, "task '%.64s': %s", r->task, detail);
+        snprintf(why, n, "task '%.64s': %.120s; counted as answered with no rows", r->task,
+                 detail);
+        return 2;
     }
     return 1;
 }
 
 static void on_eval_result(coord_t *c, int peer, const graft_msg_t *m) {
     worker_t *w = &c->w[peer];
+    const graft_wire_eval_result_t *r = &m->eval_result;
     graft_eval_stats_t s;
     char why[256];
-    if (refuse_eval_result(c, w, &m->eval_result, &s, why, sizeof why)) {
+    int refused = refuse_eval_result(c, w, r, &s, why, sizeof why);
+    if (refused)
         LOG_WARN("coordinator: dropping eval_result from %s: %s",
                  graft_transport_peer_name(c->o.tp, peer), why);
-        return;
-    }
-    graft_eval_answers_add(c->answers, w->name, &s);
-    w->eval_waiting--;
+    if (refused != 1)
+        graft_eval_answers_add(c->answers, w->name, graft_trainer_task_index(c->tr, r->task),
+                               refused ? NULL : &s, r->part, r->parts);
 }
 
 /* Each worker's own metrics of task t (its answer's statistics alone), for
@@ -1215,11 +1247,12 @@ static json_t *per_worker(coord_t *c, const char **names, const graft_eval_stats
         json_object_del(m, "split");
         json_object_del(m, "sample");
         json_object_set_new(o, names[i], m);
-        double metric = r.kind == GRAFT_TASK_CLASSIFY ? r.cls.accuracy : r.chrf;
+        int cls = r.kind == GRAFT_TASK_CLASSIFY, none = cls ? !r.examples : !r.chrf_examples;
+        char metric[32] = "-";
+        if (!none) snprintf(metric, sizeof metric, "%.4g", cls ? r.cls.accuracy : r.chrf);
         if (used < sizeof line)
-            used += (size_t)snprintf(line + used, sizeof line - used, "%s%.64s %s %.4g (n=%lld)",
-                                     i ? ", " : "", names[i],
-                                     r.kind == GRAFT_TASK_CLASSIFY ? "acc" : "chrF", metric,
+            used += (size_t)snprintf(line + used, sizeof line - used, "%s%.64s %s %s (n=%lld)",
+                                     i ? ", " : "", names[i], cls ? "acc" : "chrF", metric,
                                      (long long)r.examples);
     }
     if (n > 1 && each[0])
@@ -1228,35 +1261,52 @@ static json_t *per_worker(coord_t *c, const char **names, const graft_eval_stats
     return o;
 }
 
+/* names[0..n) as a JSON array. */
+static json_t *names_json(const char **names, size_t n) {
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++) json_array_append_new(a, json_string(names[i]));
+    return a;
+}
+
 /* The workers' answers, added up per task in name order: one eval event per
  * task (source workers, with each worker's own metrics), also for a task no
- * worker answered for (examples 0). Workers still silent are named: their
- * rows are missing. */
+ * worker answered for (examples 0). Coverage problems are logged and go
+ * into the event: workers that did not answer ("missing": their rows are
+ * left out), IID parts answered twice ("duplicate": counted once) or by
+ * no one; "complete" says whether the rows are those the run asked for. */
 static void finish_worker_eval(coord_t *c) {
-    for (int p = 0; p < MAX_PEERS; p++) {
-        worker_t *w = &c->w[p];
-        if (w->state == W_ACTIVE && w->eval_waiting)
-            LOG_WARN("eval round %d: worker '%s' did not answer for %d of its tasks within "
-                     "--round_timeout_ms; its rows are left out", c->round, w->name,
-                     w->eval_waiting);
-        w->eval_waiting = 0;
-    }
-    const char **names = graft_xcalloc(MAX_PEERS, sizeof *names);
+    const char **names = graft_xcalloc(4 * (size_t)MAX_PEERS, sizeof *names);
+    const char **missing = names + MAX_PEERS, **duplicate = names + 2 * MAX_PEERS;
     const graft_eval_stats_t **each = graft_xcalloc(MAX_PEERS, sizeof *each);
     for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++) {
         const graft_task_t *task = graft_trainer_task(c->tr, t);
+        const char *name = graft_task_name(task);
         graft_eval_stats_t s;
-        size_t n = graft_eval_answers_merge(c->answers, t, c->eval_split, graft_task_kind(task),
-                                            graft_task_num_labels(task), &s, names, each,
-                                            MAX_PEERS);
-        if (n > MAX_PEERS) n = MAX_PEERS;
+        graft_eval_merge_t info;
+        graft_eval_answers_merge(c->answers, t, c->eval_split, graft_task_kind(task),
+                                 graft_task_num_labels(task), &s, names, each, missing,
+                                 duplicate, MAX_PEERS, &info);
+        size_t n = info.answers < MAX_PEERS ? info.answers : MAX_PEERS;
+        size_t nm = info.missing < MAX_PEERS ? info.missing : MAX_PEERS;
+        size_t nd = info.duplicate < MAX_PEERS ? info.duplicate : MAX_PEERS;
+        for (size_t i = 0; i < nm; i++)
+            LOG_WARN("eval round %d: %s: no answer from worker '%s' (lost, or past "
+                     "--round_timeout_ms): its rows are left out", c->round, name, missing[i]);
+        for (size_t i = 0; i < nd; i++)
+            LOG_WARN("eval round %d: %s: worker '%s' evaluated an IID part that another worker "
+                     "already did (the same --shard twice?): counted once", c->round, name,
+                     duplicate[i]);
+        if (info.parts_missing)
+            LOG_WARN("eval round %d: %s: %zu IID parts of the evaluation had no worker: their "
+                     "rows are left out", c->round, name, info.parts_missing);
         json_t *workers = per_worker(c, names, each, n);
         graft_eval_result_t r;
         graft_eval_stats_finish(&s, &r);
         graft_eval_stats_free(&s);
-        json_t *a = json_array();
-        for (size_t i = 0; i < n; i++) json_array_append_new(a, json_string(names[i]));
-        report_eval(c, &r, a, workers);
+        json_t *extra = json_pack("{s:b, s:o, s:o, s:I}", "complete", info.complete, "missing",
+                                  names_json(missing, nm), "duplicate", names_json(duplicate, nd),
+                                  "parts_missing", (json_int_t)info.parts_missing);
+        report_eval(c, &r, names_json(names, n), workers, extra);
     }
     free(names);
     free(each);
@@ -1319,11 +1369,14 @@ static int advance(coord_t *c) {
             set_state(c, S_EVAL);
             break;
         case S_EVAL: {
-            /* The workers first: they evaluate while the coordinator does. */
+            /* The workers first: they evaluate while the coordinator does.
+             * Their deadline runs from the end of the coordinator's own
+             * evaluation, during which no answer is read. */
             int split = split_due(c), asked = 0;
             if (split >= 0 && (c->eval_on & EVAL_ON_WORKERS)) asked = request_eval(c, split);
             if (split >= 0 && (c->eval_on & EVAL_ON_COORDINATOR)) evaluate(c, split);
             if (split >= 0 && (c->eval_on & EVAL_ON_WORKERS) && !asked) finish_worker_eval(c);
+            c->eval_deadline = graft_now() + cfg->round_timeout_ms / 1000.0;
             set_state(c, asked ? S_EVAL_WAIT : S_CHECKPOINT);
             break;
         }
@@ -1430,7 +1483,6 @@ static int eval_where(const char *s) {
     return 0;
 }
 
-
 /* The aggregator of the strategy (agg_cfg), with MPI reductions when the
  * transport has them, the option allows, and the strategy streams. */
 static void setup_aggregator(coord_t *c) {
@@ -1480,6 +1532,12 @@ static int open_transport(coord_t *c) {
 static int new_trainer(coord_t *c) {
     graft_task_t *tasks[GRAFT_MAX_TASKS];
     int n = graft_run_load_tasks(c->cfg->tasks, tasks, GRAFT_MAX_TASKS, 1);
+    for (int t = 0; t < n && c->cfg->logit_adjust > 0; t++)
+        if (graft_task_kind(tasks[t]) == GRAFT_TASK_CLASSIFY &&
+            graft_task_count(tasks[t], GRAFT_SPLIT_TRAIN) == 0)
+            LOG_WARN("task %s: no train rows here, so --logit_adjust takes the run's label "
+                     "shares as uniform (give the coordinator the train rows for the real "
+                     "shares)", graft_task_name(tasks[t]));
     return n < 0 ? n : graft_trainer_new_with_tasks(c->cfg, tasks, n, &c->tr);
 }
 

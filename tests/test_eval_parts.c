@@ -88,20 +88,28 @@ static void check_parts(int t, int split, int parts) {
     graft_eval_result_t whole, merged;
     graft_trainer_evaluate(g_tr, t, split, &whole);
     graft_eval_answers_t *a = graft_eval_answers_new();
+    for (int p = 0; p < parts; p++) {
+        char name[16];
+        snprintf(name, sizeof name, "w%d", (p * 7) % parts);
+        graft_eval_answers_ask(a, name, t);
+        assert_int_equal(graft_eval_answers_state(a, name, t), GRAFT_EVAL_WAITING);
+    }
     for (int p = parts - 1; p >= 0; p--) {
         graft_eval_stats_t s;
         part_over_wire(t, split, p, parts, &s);
         char name[16];
         snprintf(name, sizeof name, "w%d", (p * 7) % parts);
-        graft_eval_answers_add(a, name, &s);
-        assert_true(graft_eval_answers_has(a, name, t));
+        graft_eval_answers_add(a, name, t, &s, (unsigned)p, (unsigned)parts);
+        assert_int_equal(graft_eval_answers_state(a, name, t), GRAFT_EVAL_ANSWERED);
     }
     const graft_task_t *task = graft_trainer_task(g_tr, t);
     graft_eval_stats_t sum;
     const char *names[8];
-    assert_int_equal(graft_eval_answers_merge(a, t, split, graft_task_kind(task),
-                                              graft_task_num_labels(task), &sum, names, NULL, 8),
-                     parts);
+    graft_eval_merge_t info;
+    graft_eval_answers_merge(a, t, split, graft_task_kind(task), graft_task_num_labels(task),
+                             &sum, names, NULL, NULL, NULL, 8, &info);
+    assert_int_equal(info.answers, parts);
+    assert_true(info.complete);
     for (int i = 1; i < parts; i++) assert_true(strcmp(names[i - 1], names[i]) < 0);
     graft_eval_stats_finish(&sum, &merged);
     graft_eval_stats_free(&sum);
@@ -155,6 +163,52 @@ static void test_empty_part(void **state) {
     graft_trainer_set_eval_sizes(g_tr, 0, 0, 8);
 }
 
+static int alive_but_b(void *ctx, const char *name) {
+    (void)ctx;
+    return strcmp(name, "b") != 0;
+}
+
+/* Coverage: of 3 IID parts, "a" answers part 0, "c" answers part 0 again
+ * (counted once), "d" answers part 2, "b" (lost) never answers, "e"'s
+ * answer was refused; part 1 is missing. The merge counts a and d only,
+ * names b as missing and c as a duplicate, and is not complete. */
+static void test_coverage(void **state) {
+    (void)state;
+    graft_eval_answers_t *a = graft_eval_answers_new();
+    const char *who[] = {"a", "b", "c", "d", "e"};
+    for (int i = 0; i < 5; i++) graft_eval_answers_ask(a, who[i], 0);
+    assert_int_equal(graft_eval_answers_state(a, "z", 0), GRAFT_EVAL_NOT_ASKED);
+    graft_eval_stats_t s0, s0b, s2;
+    graft_trainer_eval_stats(g_tr, 0, GRAFT_SPLIT_TEST, 0, 3, &s0);
+    graft_trainer_eval_stats(g_tr, 0, GRAFT_SPLIT_TEST, 0, 3, &s0b);
+    graft_trainer_eval_stats(g_tr, 0, GRAFT_SPLIT_TEST, 2, 3, &s2);
+    int64_t want = s0.examples + s2.examples;
+    graft_eval_answers_add(a, "d", 0, &s2, 2, 3);
+    graft_eval_answers_add(a, "c", 0, &s0b, 0, 3);
+    graft_eval_answers_add(a, "a", 0, &s0, 0, 3);
+    graft_eval_answers_add(a, "e", 0, NULL, 0, 0);
+    /* b is asked and waiting, but lost: nothing to wait for */
+    assert_int_equal(graft_eval_answers_waiting(a, alive_but_b, NULL), 0);
+    graft_eval_stats_t sum;
+    const char *names[8], *missing[8], *dup[8];
+    graft_eval_merge_t info;
+    graft_eval_answers_merge(a, 0, GRAFT_SPLIT_TEST, GRAFT_TASK_CLASSIFY,
+                             graft_task_num_labels(graft_trainer_task(g_tr, 0)), &sum, names,
+                             NULL, missing, dup, 8, &info);
+    assert_int_equal(info.answers, 2);
+    assert_string_equal(names[0], "a");
+    assert_string_equal(names[1], "d");
+    assert_int_equal(info.missing, 1);
+    assert_string_equal(missing[0], "b");
+    assert_int_equal(info.duplicate, 1);
+    assert_string_equal(dup[0], "c");
+    assert_int_equal(info.parts_missing, 1);
+    assert_false(info.complete);
+    assert_int_equal(sum.examples, want);
+    graft_eval_stats_free(&sum);
+    graft_eval_answers_destroy(&a);
+}
+
 /* A result for another kind of task, or with another number of labels. */
 static void test_misfits_refused(void **state) {
     (void)state;
@@ -182,6 +236,7 @@ int main(void) {
         cmocka_unit_test(test_parts_add_up_on_subsets),
         cmocka_unit_test(test_empty_part),
         cmocka_unit_test(test_misfits_refused),
+        cmocka_unit_test(test_coverage),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -18,7 +18,11 @@
 #     rows (no train or test rows): the same modules and test metrics;
 #  3. mpirun graft mpi --eval_on workers: the workers' test evaluation
 #     covers every test row; the run ends with the test lines on stdout;
-#  4. --eval_on (graft run) or --eval_rows (graft data shard) with an
+#  4. a coordinator whose own evaluation outlasts --round_timeout_ms (both)
+#     still counts the workers' answers;
+#  5. two workers with the same IID shard: the part is counted once and the
+#     missing one reported (duplicate, parts_missing, complete false);
+#  6. --eval_on (graft run) or --eval_rows (graft data shard) with an
 #     unknown value is refused before anything runs.
 # usage: test_fed_eval.sh GRAFT_BINARY SOURCE_DIR
 set -eu
@@ -138,7 +142,53 @@ PY
 [ "$(grep -c '(workers: 2)' "$T/mpi.out")" -eq 3 ] || { cat "$T/mpi.out" >&2; fail "MPI: no test lines"; }
 echo "ok 3 - graft mpi --eval_on workers: the workers cover every test row"
 
-# ---- 4. a bad value -------------------------------------------------------------
+# ---- 4. the coordinator's own evaluation outlasts --round_timeout_ms --------------
+# Its dev split 60 times over (1,920 rows a task; 200-450 ms here) against a
+# 100 ms timeout: the workers' answers, read after it, still count (the
+# timeout runs from the end of the coordinator's evaluation).
+mkdir -p "$T/big"
+for t in majority pairs shift; do
+    grep -v '^dev	' "$T/data/$t.tsv" > "$T/big/$t.tsv"
+    i=0; while [ $i -lt 60 ]; do grep '^dev	' "$T/data/$t.tsv" >> "$T/big/$t.tsv"; i=$((i + 1)); done
+done
+BTASKS="majority:classification:$T/big/majority.tsv,pairs:classification:$T/big/pairs.tsv,shift:generation:$T/big/shift.tsv"
+timeout 120 "$GRAFT" run --config run.conf --tasks "$BTASKS" --workers 3 --eval_on both --eval_max 0 \
+    --decode_max 0 --round_timeout_ms 100 --out "$T/slow" >"$T/slow.out" 2>"$T/slow.err" ||
+    { tail -20 "$T/slow.err" >&2; fail "graft run with a slow coordinator evaluation failed"; }
+ms=$(sed -n "s/.*eval round 2: the coordinator's evaluation took \([0-9]*\) ms.*/\1/p" "$T/slow.err")
+[ "${ms:-0}" -gt 100 ] || fail "the coordinator's evaluation took ${ms:-?} ms, not over the 100 ms timeout: the case proves nothing"
+same_evals "$T/slow/events.jsonl" 6 >"$T/slow.cmp" || { cat "$T/slow.cmp" >&2; fail "slow coordinator: workers != coordinator"; }
+! grep -q "no answer from worker" "$T/slow.err" || fail "answers read after the coordinator's evaluation were dropped"
+echo "ok 4 - a coordinator evaluation longer than --round_timeout_ms (${ms} ms) loses no answer"
+
+# ---- 5. two workers with the same IID shard -------------------------------------
+# graft coordinator and two graft worker processes, both --shard 0/2: part
+# 0 is counted once (the first name), part 1 is missing, and the eval
+# events say so (duplicate, parts_missing, complete false).
+EP="ipc://$T/coord.sock"
+"$GRAFT" coordinator --bind "$EP" --workers 2 --config run.conf --eval_on workers --eval_max 0 \
+    --out "$T/dup" >"$T/dup.out" 2>"$T/dup.err" &
+PIDS="$PIDS $!"
+for w in a b; do
+    "$GRAFT" worker --connect "$EP" --config run.conf --name $w --shard 0/2 >/dev/null 2>&1 &
+    PIDS="$PIDS $!"
+done
+for p in $PIDS; do wait "$p" || fail "the duplicate-shard run failed (see $T/dup.err)"; done
+PIDS=""
+python3 - "$T/dup/events.jsonl" <<'PY' || fail "duplicate shard: wrong coverage in the eval events"
+import json, sys
+evs = [json.loads(l) for l in open(sys.argv[1]) if '"event":"eval"' in l]
+assert len(evs) == 6, len(evs)
+for e in evs:
+    assert e["workers"] == ["a"] and e["duplicate"] == ["b"], e
+    assert e["parts_missing"] == 1 and e["complete"] is False and e["missing"] == [], e
+    assert e["examples"] == 16, e  # part 0 of 2 of 32 rows
+PY
+grep -q "worker 'b' evaluated an IID part that another worker already did" "$T/dup.err" ||
+    fail "no warning for the duplicate shard"
+echo "ok 5 - the same IID shard twice: counted once, the missing part reported"
+
+# ---- 6. a bad value -------------------------------------------------------------
 if "$GRAFT" run --config run.conf --eval_on nowhere --out "$T/bad" >/dev/null 2>"$T/bad.err"; then
     fail "--eval_on nowhere was accepted"
 fi
@@ -149,4 +199,4 @@ if "$GRAFT" data shard --tasks "$TASKS" --clients 2 --eval_rows skewed --out "$T
     >/dev/null 2>"$T/bad2.err"; then fail "--eval_rows skewed was accepted"; fi
 grep -q "eval_rows 'skewed' is not one of roundrobin, follow" "$T/bad2.err" ||
     { cat "$T/bad2.err" >&2; fail "no clear error for --eval_rows skewed"; }
-echo "ok 4 - --eval_on nowhere and --eval_rows skewed are refused"
+echo "ok 6 - --eval_on nowhere and --eval_rows skewed are refused"

@@ -433,6 +433,33 @@ static void test_eval_request_refused(void **state) {
 }
 
 /* Every rule of a classification result (nlabels > 0). */
+/* Which rows: an IID part below its count, or 0 of 0 (own files). */
+static void test_eval_result_parts(void **state) {
+    (void)state;
+    graft_msg_t m = class_result();
+    graft_wire_eval_result_t *r = &m.eval_result;
+    r->part = 2;
+    r->parts = 3;
+    uint8_t *buf;
+    size_t len;
+    assert_int_equal(graft_wire_encode(&m, GRAFT_DTYPE_F32, &buf, &len), GRAFT_OK);
+    graft_msg_t d;
+    char why[256];
+    assert_int_equal(graft_wire_decode(buf, len, NULL, &d, why, sizeof why), GRAFT_OK);
+    free(buf);
+    assert_int_equal(d.eval_result.part, 2);
+    assert_int_equal(d.eval_result.parts, 3);
+    graft_msg_free(&d);
+    r->part = 3;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "eval_result part 3 of 3");
+    r->parts = 0;
+    r->part = 1;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "eval_result part 1 of 0");
+    r->part = 0;
+    r->parts = GRAFT_WIRE_MAX_PARTS + 1;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "part < parts <= 1000000");
+}
+
 static void test_eval_result_class_refused(void **state) {
     (void)state;
     graft_msg_t m = class_result();
@@ -1209,6 +1236,7 @@ int main(void) {
         cmocka_unit_test(test_eval_request_roundtrip),
         cmocka_unit_test(test_eval_result_roundtrip),
         cmocka_unit_test(test_eval_request_refused),
+        cmocka_unit_test(test_eval_result_parts),
         cmocka_unit_test(test_eval_result_class_refused),
         cmocka_unit_test(test_eval_result_gen_refused),
         cmocka_unit_test(test_small_roundtrips),

@@ -701,13 +701,6 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
 
 /* ---- evaluation ------------------------------------------------------------ */
 
-/* The trainer's task named `name`, or -1. */
-static int trainer_task(const worker_t *w, const char *name) {
-    for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++)
-        if (!strcmp(graft_task_name(graft_trainer_task(w->tr, t)), name)) return t;
-    return -1;
-}
-
 /* 1 (logged) when eval request rq cannot be served here; else 0 with its
  * tensors' scopes in sent and its tasks' trainer indices in tasks. */
 static int refuse_eval_request(worker_t *w, const graft_wire_eval_request_t *rq,
@@ -724,7 +717,7 @@ static int refuse_eval_request(worker_t *w, const graft_wire_eval_request_t *rq,
             why = "not a scope of mine: tensor ", what = rq->tensors[i].name;
     }
     for (size_t i = 0; !why && i < rq->ntasks; i++)
-        if ((tasks[i] = trainer_task(w, rq->tasks[i])) < 0)
+        if ((tasks[i] = graft_trainer_task_index(w->tr, rq->tasks[i])) < 0)
             why = "not a task of mine: ", what = rq->tasks[i];
     if (!why) return 0;
     LOG_WARN("worker %s: dropping eval_request for round %llu: %s%s", w->name,
@@ -759,6 +752,8 @@ static void on_eval_request(worker_t *w, const graft_msg_t *m) {
     for (size_t i = 0; i < rq->ntasks; i++) {
         graft_msg_t r = {.type = GRAFT_MSG_EVAL_RESULT};
         graft_eval_stats_to_wire(&stats[i], rq->tasks[i], rq->round, &r.eval_result);
+        r.eval_result.part = w->o.data_dir ? 0 : (uint32_t)part; /* IID part, or own files */
+        r.eval_result.parts = w->o.data_dir ? 0 : (uint32_t)parts;
         send_msg(w, &r);
         free(r.eval_result.confusion);
         if (used < sizeof line)
