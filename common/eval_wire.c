@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "tokenizer.h"
+
 _Static_assert(GRAFT_WIRE_ECE_BINS == GRAFT_ECE_BINS, "ECE bins differ");
 _Static_assert(GRAFT_WIRE_CHRF_ORDER == GRAFT_CHRF_ORDER, "chrF orders differ");
 
@@ -38,6 +40,26 @@ void graft_eval_stats_to_wire(const graft_eval_stats_t *s, const char *task, uin
     out->sample_prompt = (char *)s->sample_prompt;
     out->sample_output = (char *)s->sample_output;
     out->sample_reference = (char *)s->sample_reference;
+}
+
+/* src (already printable: the worker escaped it, wire.c refused control
+ * bytes) into dst (cap bytes) as valid UTF-8 for the logs and JSON events:
+ * ill-formed sequences become U+FFFD; cut at a character that does not fit. */
+static void utf8_clean(char *dst, size_t cap, const char *src) {
+    const unsigned char *s = (const unsigned char *)src;
+    size_t n = strlen(src), i = 0, o = 0;
+    while (i < n) {
+        uint32_t cp;
+        size_t used = graft_utf8_next(s + i, n - i, &cp);
+        const char *piece = src + i;
+        size_t plen = used;
+        if (cp == 0xFFFD && !(used == 3 && s[i] == 0xEF)) piece = "\xEF\xBF\xBD", plen = 3;
+        if (o + plen + 1 > cap) break;
+        memcpy(dst + o, piece, plen);
+        o += plen;
+        i += used;
+    }
+    dst[o] = '\0';
 }
 
 /* Counts beyond this are no evaluation's: refused before they overflow a
@@ -92,9 +114,8 @@ int graft_eval_stats_from_wire(const graft_wire_eval_result_t *m, int t, graft_t
         s->chrf.match[n] = (int64_t)m->chrf_match[n];
     }
     s->decoded = (int64_t)m->decoded;
-    snprintf(s->sample_prompt, GRAFT_SAMPLE_LEN, "%s", m->sample_prompt ? m->sample_prompt : "");
-    snprintf(s->sample_output, GRAFT_SAMPLE_LEN, "%s", m->sample_output ? m->sample_output : "");
-    snprintf(s->sample_reference, GRAFT_SAMPLE_LEN, "%s",
-             m->sample_reference ? m->sample_reference : "");
+    const char *texts[3] = {m->sample_prompt, m->sample_output, m->sample_reference};
+    char *into[3] = {s->sample_prompt, s->sample_output, s->sample_reference};
+    for (int i = 0; i < 3; i++) utf8_clean(into[i], GRAFT_SAMPLE_LEN, texts[i] ? texts[i] : "");
     return GRAFT_OK;
 }

@@ -228,6 +228,22 @@ static void test_misfits_refused(void **state) {
     assert_string_equal(why, want);
     free(m.confusion);
     graft_eval_stats_free(&s);
+
+    /* A generation result's samples reach the logs and JSON events as
+     * valid UTF-8: an ill-formed byte becomes U+FFFD, the worker's own
+     * escapes (a backslash) stay as they are. */
+    graft_eval_stats_t g;
+    graft_eval_stats_init(&g, 1, GRAFT_SPLIT_DEV, GRAFT_TASK_GENERATE, 0);
+    graft_eval_stats_to_wire(&g, "shift", 1, &m);
+    m.sample_prompt = "caf\xc3\xa9 \\n";
+    m.sample_output = "bad \xff byte";
+    assert_int_equal(graft_eval_stats_from_wire(&m, 1, GRAFT_TASK_GENERATE, 0, &out, why,
+                                                sizeof why), GRAFT_OK);
+    assert_string_equal(out.sample_prompt, "caf\xc3\xa9 \\n");
+    assert_string_equal(out.sample_output, "bad \xef\xbf\xbd byte");
+    assert_string_equal(out.sample_reference, "");
+    graft_eval_stats_free(&out);
+    graft_eval_stats_free(&g);
 }
 
 int main(void) {

@@ -21,7 +21,9 @@
 #  4. a coordinator whose own evaluation outlasts --round_timeout_ms (both)
 #     still counts the workers' answers;
 #  5. two workers with the same IID shard: the part is counted once and the
-#     missing one reported (duplicate, parts_missing, complete false);
+#     missing one reported (duplicate, parts_missing, complete false); 5a.
+#     a worker killed and restarted while the workers evaluate is asked
+#     again, and the evaluation is complete;
 #  6. --eval_on (graft run) or --eval_rows (graft data shard) with an
 #     unknown value is refused before anything runs.
 # usage: test_fed_eval.sh GRAFT_BINARY SOURCE_DIR
@@ -187,6 +189,57 @@ PY
 grep -q "worker 'b' evaluated an IID part that another worker already did" "$T/dup.err" ||
     fail "no warning for the duplicate shard"
 echo "ok 5 - the same IID shard twice: counted once, the missing part reported"
+
+# ---- 5a. a worker restarted while the workers evaluate -----------------------------
+# Worker b is killed as soon as the coordinator has asked for the round-2
+# dev evaluation (its dev split 300 times over: about a second of work) and
+# started again under the same name: the coordinator asks it again for what
+# it had not answered, and the evaluation is complete.
+mkdir -p "$T/huge"
+for t in majority pairs shift; do
+    grep -v '^dev	' "$T/data/$t.tsv" > "$T/huge/$t.tsv"
+    grep '^dev	' "$T/data/$t.tsv" > "$T/huge/dev1"
+    i=0; while [ $i -lt 300 ]; do cat "$T/huge/dev1"; i=$((i + 1)); done >> "$T/huge/$t.tsv"
+done
+HTASKS="majority:classification:$T/huge/majority.tsv,pairs:classification:$T/huge/pairs.tsv,shift:generation:$T/huge/shift.tsv"
+EP="ipc://$T/coord2.sock"
+"$GRAFT" coordinator --bind "$EP" --workers 2 --config run.conf --tasks "$HTASKS" \
+    --eval_on workers --eval_max 0 --decode_max 64 --rounds 3 --eval_every_rounds 2 \
+    --out "$T/re" >"$T/re.out" 2>"$T/re.err" &
+COORD=$!
+PIDS="$COORD"
+"$GRAFT" worker --connect "$EP" --config run.conf --tasks "$HTASKS" --name a --shard 0/2 \
+    >/dev/null 2>"$T/re-a.err" &
+WA=$!
+"$GRAFT" worker --connect "$EP" --config run.conf --tasks "$HTASKS" --name b --shard 1/2 \
+    >/dev/null 2>"$T/re-b.err" &
+WB=$!
+PIDS="$PIDS $WA $WB"
+i=0
+until grep -q "eval round 2: asked 2 workers" "$T/re.err"; do
+    i=$((i + 1)); [ $i -lt 1200 ] || fail "the coordinator never asked for the evaluation"
+    sleep 0.05
+done
+kill -9 $WB
+"$GRAFT" worker --connect "$EP" --config run.conf --tasks "$HTASKS" --name b --shard 1/2 \
+    >/dev/null 2>"$T/re-b2.err" &
+WB2=$!
+PIDS="$PIDS $WB2"
+wait $COORD || { tail -20 "$T/re.err" >&2; fail "the coordinator failed after a worker restart"; }
+wait $WA || fail "worker a failed"
+wait $WB2 || fail "the restarted worker b failed"
+PIDS=""
+grep -q "eval round 2: asked worker 'b' again for its 3 unanswered tasks" "$T/re.err" ||
+    { grep "eval round 2" "$T/re.err" >&2; fail "the restarted worker was not asked again"; }
+python3 - "$T/re/events.jsonl" <<'PY' || fail "restart: the evaluation is not complete"
+import json, sys
+evs = [json.loads(l) for l in open(sys.argv[1]) if '"event":"eval"' in l]
+dev = [e for e in evs if e["round"] == 2]
+assert len(dev) == 3 and all(e["split"] == "dev" for e in dev), dev
+for e in dev:
+    assert e["complete"] is True and e["workers"] == ["a", "b"] and e["examples"] == 9600, e
+PY
+echo "ok 5a - a worker restarted during the evaluation is asked again; the evaluation is complete"
 
 # ---- 6. a bad value -------------------------------------------------------------
 if "$GRAFT" run --config run.conf --eval_on nowhere --out "$T/bad" >/dev/null 2>"$T/bad.err"; then
