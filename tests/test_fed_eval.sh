@@ -23,7 +23,9 @@
 #  5. two workers with the same IID shard: the part is counted once and the
 #     missing one reported (duplicate, parts_missing, complete false); 5a.
 #     a worker killed and restarted while the workers evaluate is asked
-#     again, and the evaluation is complete;
+#     again, and the evaluation is complete; 5b. evaluating every round on
+#     the workers leaves the trained modules bit-identical (FedProx with kept
+#     AdamW state; the two-stage channels method);
 #  6. --eval_on (graft run) or --eval_rows (graft data shard) with an
 #     unknown value is refused before anything runs.
 # usage: test_fed_eval.sh GRAFT_BINARY SOURCE_DIR
@@ -240,6 +242,24 @@ for e in dev:
     assert e["complete"] is True and e["workers"] == ["a", "b"] and e["examples"] == 9600, e
 PY
 echo "ok 5a - a worker restarted during the evaluation is asked again; the evaluation is complete"
+
+# ---- 5b. evaluating on the workers leaves their training alone ----------------
+# The worker imports the modules it is asked to evaluate; its optimiser
+# state, FedProx anchor and two-stage channels must not move. The same job
+# evaluated every round by the coordinator or by the workers ends with the
+# same bytes.
+for m in "lora --aggregate fedavg,fedprox --fedprox_mu 0.1 --keep_optimizer_state true" \
+         "lntune,channels --channels_k 4"; do
+    for on in coordinator workers; do
+        # shellcheck disable=SC2086 # $m holds several options
+        timeout 120 "$GRAFT" run --config run.conf --workers 2 --method $m --eval_every_rounds 1 \
+            --eval_on $on --out "$T/same-$on" >/dev/null 2>"$T/same-$on.err" ||
+            { tail -20 "$T/same-$on.err" >&2; fail "--method $m --eval_on $on failed"; }
+    done
+    cmp "$T/same-coordinator/modules.safetensors" "$T/same-workers/modules.safetensors" ||
+        fail "--method $m: evaluating on the workers changed the trained modules"
+done
+echo "ok 5b - evaluation on the workers leaves training alone (FedProx, kept AdamW state, channels)"
 
 # ---- 6. a bad value -------------------------------------------------------------
 if "$GRAFT" run --config run.conf --eval_on nowhere --out "$T/bad" >/dev/null 2>"$T/bad.err"; then
