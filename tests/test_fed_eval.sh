@@ -18,6 +18,7 @@
 #     rows (no train or test rows): the same modules and test metrics;
 #  3. mpirun graft mpi --eval_on workers: the workers' test evaluation
 #     covers every test row; the run ends with the test lines on stdout;
+#     with --eval_on both (MPI reductions) the two evaluations agree;
 #  4. a coordinator whose own evaluation outlasts --round_timeout_ms (both)
 #     still counts the workers' answers;
 #  5. two workers with the same IID shard: the part is counted once and the
@@ -144,7 +145,15 @@ for e in test:
     assert e["workers"] == ["shard-0-of-2", "shard-1-of-2"], e["workers"]
 PY
 [ "$(grep -c '(workers: 2)' "$T/mpi.out")" -eq 3 ] || { cat "$T/mpi.out" >&2; fail "MPI: no test lines"; }
-echo "ok 3 - graft mpi --eval_on workers: the workers cover every test row"
+# --eval_on both over MPI (its reductions carry the modules): the workers'
+# statistics add up to the coordinator's evaluation there too.
+OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \
+    mpirun -np 3 --oversubscribe "$GRAFT" mpi --config run.conf --eval_on both \
+    --out "$T/mpib" >/dev/null 2>"$T/mpib.err" ||
+    { tail -20 "$T/mpib.err" >&2; fail "graft mpi --eval_on both failed"; }
+grep -q '"mpi_reductions":true' "$T/mpib/events.jsonl" || fail "MPI: no reductions (the case proves less)"
+same_evals "$T/mpib/events.jsonl" 6 >"$T/mpib.cmp" || { cat "$T/mpib.cmp" >&2; fail "MPI both: workers != coordinator"; }
+echo "ok 3 - graft mpi --eval_on workers covers every test row; --eval_on both agrees"
 
 # ---- 4. the coordinator's own evaluation outlasts --round_timeout_ms --------------
 # Its dev split 60 times over (1,920 rows a task; 200-450 ms here) against a
