@@ -1223,7 +1223,14 @@ static void on_eval_result(coord_t *c, int peer, const graft_msg_t *m) {
     graft_eval_stats_t s;
     char why[256];
     int refused = refuse_eval_result(c, w, r, &s, why, sizeof why);
-    if (refused)
+    /* An answer to this round's evaluation after it closed (its worker was
+     * slower than --round_timeout_ms, which the closing already logged):
+     * info, not one warning per task. */
+    int late = c->state != S_EVAL_WAIT && r->round == (uint64_t)c->round;
+    if (refused && late)
+        LOG_INFO("coordinator: eval_result from %s for task '%.64s' came after the evaluation "
+                 "closed; ignored", graft_transport_peer_name(c->o.tp, peer), r->task);
+    else if (refused)
         LOG_WARN("coordinator: dropping eval_result from %s: %s",
                  graft_transport_peer_name(c->o.tp, peer), why);
     if (refused != 1)
