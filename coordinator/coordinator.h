@@ -60,11 +60,15 @@
  * with the aggregated modules of its scopes, its tasks and the run's
  * evaluation sizes; EVAL_WAIT collects one EvalResult per worker and task
  * (sufficient statistics, eval_wire.h) until every asked worker answered,
- * was lost, or round_timeout_ms passed; then each task's answers are added
- * up in worker-name order (eval_answers.h) and reported like the
- * coordinator's own, with source "workers" and the names in the eval event
- * (a worker that did not answer is logged: its rows are missing). both:
- * the workers are asked first and evaluate while the coordinator does.
+ * was lost, or round_timeout_ms passed (counted from the end of the
+ * coordinator's own evaluation, when it does one); a worker that registers
+ * again meanwhile is asked again for what its name has not answered. Then
+ * each task's answers are added up in worker-name order (eval_answers.h:
+ * an IID part answered twice counts once) and reported like the
+ * coordinator's own, with source "workers", the names, each worker's own
+ * metrics and the coverage (complete, missing, duplicate, parts_missing)
+ * in the eval event. both: the workers are asked first and evaluate while
+ * the coordinator does.
  *
  * Ownership: the transport is borrowed (or opened by the caller's
  * open_transport and kept by the caller); everything else is internal.
