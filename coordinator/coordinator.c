@@ -1007,13 +1007,18 @@ static round_times_t round_times(const coord_t *c, double agg_ms) {
     return rt;
 }
 
+/* names[0..n) as a JSON array. */
+static json_t *names_json(const char **names, size_t n) {
+    json_t *a = json_array();
+    for (size_t i = 0; i < n; i++) json_array_append_new(a, json_string(names[i]));
+    return a;
+}
+
 /* The names of the workers that replied this round and train task t (any
  * task for t < 0), sorted, as a JSON array. */
 static json_t *replied_names(const coord_t *c, int t) {
     const char **names = graft_xcalloc(MAX_PEERS, sizeof *names);
-    size_t n = worker_names(c, t, 1, names);
-    json_t *a = json_array();
-    for (size_t i = 0; i < n; i++) json_array_append_new(a, json_string(names[i]));
+    json_t *a = names_json(names, worker_names(c, t, 1, names));
     free(names);
     return a;
 }
@@ -1266,13 +1271,6 @@ static json_t *per_worker(coord_t *c, const char **names, const graft_eval_stats
         LOG_INFO("eval round %d: %s per worker: %s", c->round,
                  graft_task_name(graft_trainer_task(c->tr, each[0]->task)), line);
     return o;
-}
-
-/* names[0..n) as a JSON array. */
-static json_t *names_json(const char **names, size_t n) {
-    json_t *a = json_array();
-    for (size_t i = 0; i < n; i++) json_array_append_new(a, json_string(names[i]));
-    return a;
 }
 
 /* The workers' answers, added up per task in name order: one eval event per

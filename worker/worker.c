@@ -601,6 +601,17 @@ static void contribute(worker_t *w, const graft_wire_round_start_t *rs, int trai
     }
 }
 
+/* The scopes of the n tensors ts a message carries, into sent; NULL, or the
+ * name of the first tensor that is not a scope of mine (by name and size). */
+static const char *scopes_sent(worker_t *w, const graft_wire_tensor_t *ts, size_t n,
+                               graft_scope_t **sent) {
+    for (size_t i = 0; i < n; i++) {
+        sent[i] = scope_named(w, ts[i].name);
+        if (!sent[i] || sent[i]->numel != ts[i].numel || ts[i].sparse) return ts[i].name;
+    }
+    return NULL;
+}
+
 /* 1 (logged) when round start rs cannot be trained here; else 0 with its
  * tensors' scopes in sent. */
 static int refuse_round_start(worker_t *w, const graft_wire_round_start_t *rs,
@@ -617,15 +628,11 @@ static int refuse_round_start(worker_t *w, const graft_wire_round_start_t *rs,
                  "global step %d", w->name, round, steps, INT_MAX);
         return 1;
     }
-    for (size_t i = 0; i < rs->ntensors; i++) {
-        sent[i] = scope_named(w, rs->tensors[i].name);
-        if (!sent[i] || sent[i]->numel != rs->tensors[i].numel || rs->tensors[i].sparse) {
-            LOG_WARN("worker %s: dropping round_start %llu: tensor '%s' is not a scope of mine",
-                     w->name, round, rs->tensors[i].name);
-            return 1;
-        }
-    }
-    return 0;
+    const char *bad = scopes_sent(w, rs->tensors, rs->ntensors, sent);
+    if (bad)
+        LOG_WARN("worker %s: dropping round_start %llu: tensor '%s' is not a scope of mine",
+                 w->name, round, bad);
+    return bad != NULL;
 }
 
 static void on_round_start(worker_t *w, const graft_msg_t *m) {
@@ -705,17 +712,14 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
  * tensors' scopes in sent and its tasks' trainer indices in tasks. */
 static int refuse_eval_request(worker_t *w, const graft_wire_eval_request_t *rq,
                                graft_scope_t **sent, int *tasks) {
-    const char *why = NULL, *what = "";
+    const char *why = NULL, *what = "", *bad = NULL;
     if (rq->ntensors > GRAFT_MAX_TASKS + 1 || rq->ntasks > GRAFT_MAX_TASKS)
         why = "too many tensors or tasks";
     else if (rq->max_examples > 1000000000u || rq->max_decodes > 1000000000u ||
              rq->gen_tokens > 4096)
         why = "sizes out of range (eval_max, decode_max <= 1e9; gen_tokens <= 4096)";
-    for (size_t i = 0; !why && i < rq->ntensors; i++) {
-        sent[i] = scope_named(w, rq->tensors[i].name);
-        if (!sent[i] || sent[i]->numel != rq->tensors[i].numel || rq->tensors[i].sparse)
-            why = "not a scope of mine: tensor ", what = rq->tensors[i].name;
-    }
+    else if ((bad = scopes_sent(w, rq->tensors, rq->ntensors, sent)))
+        why = "not a scope of mine: tensor ", what = bad;
     for (size_t i = 0; !why && i < rq->ntasks; i++)
         if ((tasks[i] = graft_trainer_task_index(w->tr, rq->tasks[i])) < 0)
             why = "not a task of mine: ", what = rq->tasks[i];
