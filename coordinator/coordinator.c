@@ -121,6 +121,7 @@ typedef struct {
     int eval_split;
     double eval_t0, eval_deadline;
     uint64_t eval_bytes_in, eval_bytes_out; /* the counters when it was asked */
+    int said_caps; /* the note on per-client caps under --eval_on both is logged */
     graft_eval_answers_t *answers;
 } coord_t;
 
@@ -1304,6 +1305,14 @@ static void finish_worker_eval(coord_t *c) {
         if (info.parts_missing)
             LOG_WARN("eval round %d: %s: %zu IID parts of the evaluation had no worker: their "
                      "rows are left out", c->round, name, info.parts_missing);
+        if (info.own && c->eval_on == (EVAL_ON_COORDINATOR | EVAL_ON_WORKERS) && !c->said_caps &&
+            (c->cfg->eval_max || c->cfg->decode_max)) {
+            c->said_caps = 1;
+            LOG_INFO("eval round %d: workers with their own files apply --eval_max %d and "
+                     "--decode_max %d to their own rows: the two evaluations cover different "
+                     "rows (0 for both: every row, and they agree)", c->round, c->cfg->eval_max,
+                     c->cfg->decode_max);
+        }
         json_t *workers = per_worker(c, names, each, n);
         graft_eval_result_t r;
         graft_eval_stats_finish(&s, &r);

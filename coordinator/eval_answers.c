@@ -121,6 +121,7 @@ void graft_eval_answers_merge(const graft_eval_answers_t *a, int t, int split,
             continue;
         }
         graft_eval_stats_merge(out, &e->stats);
+        info->own += e->parts == 0;
         if (names && info->answers < cap) names[info->answers] = e->name;
         if (each && info->answers < cap) each[info->answers] = &e->stats;
         info->answers++;

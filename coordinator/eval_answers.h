@@ -52,6 +52,7 @@ typedef struct {
     size_t missing;   /* workers asked who did not answer (missing[0..)) */
     size_t duplicate; /* IID parts answered again, not counted (duplicate[0..)) */
     size_t parts_missing; /* IID parts of the evaluation no worker answered for */
+    size_t own;       /* counted answers on the workers' own files (parts 0) */
     int complete;     /* no worker missing, every IID part once */
 } graft_eval_merge_t;
 
