@@ -277,6 +277,7 @@ typedef struct {
     char server_key[GRAFT_OPT_STR];
     int hello_timeout_ms;
     int coordinator_timeout_ms;
+    char save[GRAFT_OPT_STR];
 } worker_cli_t;
 
 #define OFF(field) offsetof(worker_cli_t, field)
@@ -302,6 +303,11 @@ const graft_option_t cli_worker_options[] = {
      "once registered, say hello again when the coordinator has been silent for N ms, and exit "
      "1 if that hello is not answered within --hello_timeout_ms (the coordinator is gone); "
      "-1: three round_timeout_ms; 0: wait forever"},
+    {"save", GRAFT_OPT_STRING, OFF(save), "", 0, -1,
+     "after each evaluation the coordinator asks for, write the modules this worker evaluated "
+     "to FILE (atomic; a modules checkpoint of its tasks for graft eval and graft predict "
+     "--resume): the round's aggregated shared scope and its task scopes, which under "
+     "--personalize are its own (empty: none)"},
     GRAFT_OPT_END,
 };
 #undef OFF
@@ -315,7 +321,8 @@ int cmd_worker(int argc, char **argv) {
     graft_worker_opts_t wo = {.cfg = cfg, .name = *wc.name ? wc.name : NULL,
                               .data_dir = *wc.data ? wc.data : NULL,
                               .hello_timeout_ms = wc.hello_timeout_ms,
-                              .coordinator_timeout_ms = wc.coordinator_timeout_ms};
+                              .coordinator_timeout_ms = wc.coordinator_timeout_ms,
+                              .save_path = *wc.save ? wc.save : NULL};
     int bad = !*wc.connect || !curve != !*server_pub || (*wc.shard && wo.data_dir);
     if (!*wc.connect) LOG_ERROR("--connect tcp://HOST:PORT is required");
     if (!curve != !*server_pub)
@@ -396,17 +403,31 @@ static void child_reason(void *ctx, char *buf, size_t n) {
     }
 }
 
+/* Under --personalize, where a worker of graft run or graft mpi saves the
+ * modules it evaluated (--save): OUT/workers/NAME.safetensors. Its own task
+ * modules exist nowhere else. NULL for other runs. */
+static const char *personal_save_path(const graft_run_config_t *cfg,
+                                      const graft_worker_opts_t *wo, char *buf, size_t n) {
+    if (!cfg->personalize) return NULL;
+    char name[GRAFT_OPT_STR];
+    graft_worker_default_name(wo, name, sizeof name);
+    snprintf(buf, n, "%s/workers/%s.safetensors", cfg->out, name);
+    return buf;
+}
+
 /* Starts `graft worker --connect ep (--shard i/k | --data DIR/client-i)
- * --NAME=VALUE...` with every run option's effective value, as a child that
- * dies with us. */
+ * [--save FILE] --NAME=VALUE...` with every run option's effective value,
+ * as a child that dies with us. */
 static pid_t spawn_worker(const char *ep, int i, int k, const char *shards,
                           const graft_run_config_t *cfg) {
-    char shard[32], data[2 * GRAFT_OPT_STR];
+    char shard[32], data[2 * GRAFT_OPT_STR], save[3 * GRAFT_OPT_STR];
     snprintf(shard, sizeof shard, "%d/%d", i, k);
     if (shards) client_dir(shards, i, data, sizeof data);
+    graft_worker_opts_t wo = {.shard_index = i, .shard_count = k,
+                              .data_dir = shards ? data : NULL};
     size_t nopts = 0;
     while (graft_run_options[nopts].name) nopts++;
-    char **av = graft_xcalloc(nopts + 8, sizeof *av);
+    char **av = graft_xcalloc(nopts + 10, sizeof *av);
     char *flags = graft_xmalloc(nopts * (GRAFT_OPT_STR + 64));
     int n = 0;
     av[n++] = "graft";
@@ -415,6 +436,10 @@ static pid_t spawn_worker(const char *ep, int i, int k, const char *shards,
     av[n++] = (char *)ep;
     av[n++] = shards ? "--data" : "--shard";
     av[n++] = shards ? data : shard;
+    if (personal_save_path(cfg, &wo, save, sizeof save)) {
+        av[n++] = "--save";
+        av[n++] = save;
+    }
     for (size_t j = 0; j < nopts; j++) {
         const graft_option_t *o = &graft_run_options[j];
         char *flag = flags + j * (GRAFT_OPT_STR + 64), value[GRAFT_OPT_STR + 32];
@@ -613,6 +638,8 @@ int cmd_mpi(int argc, char **argv) {
                                       .shard_count = size - 1, .tp = tp,
                                       .data_dir = shards ? data : NULL,
                                       .serial_beats = provided < MPI_THREAD_SERIALIZED};
+            char save[3 * GRAFT_OPT_STR];
+            wo.save_path = personal_save_path(&cfg, &wo, save, sizeof save);
             rc = graft_worker_run(&wo, &worker_stop);
         }
     }

@@ -100,6 +100,11 @@ const graft_option_t graft_run_options[] = {
     {"logit_adjust", GRAFT_OPT_FLOAT, OFF(logit_adjust), "0", 0, 10,
      "federated: workers train classification heads on logits + tau (log p_shard(y) - "
      "log p_run(y)), correcting their shard's label skew (tau; 0: off)"},
+    {"personalize", GRAFT_OPT_BOOL, OFF(personalize), "false", 0, -1,
+     "federated: every worker keeps its own task modules (heads, task LoRA pairs, adapters, "
+     "RED, LayerNorm tuning): it trains them on its own rows round after round, with their "
+     "AdamW state, and never sends them back; only the shared scope is aggregated, and the "
+     "evaluations run on the workers, each with its own modules"},
     {"min_replies", GRAFT_OPT_INT, OFF(min_replies), "1", 1, 1e6,
      "replies needed to close a round at its deadline"},
     {"round_timeout_ms", GRAFT_OPT_INT, OFF(round_timeout_ms), "120000", 100, 1e9,
@@ -108,10 +113,11 @@ const graft_option_t graft_run_options[] = {
      "worker heartbeat interval; 5 missed = lost"},
     {"eval_every_rounds", GRAFT_OPT_INT, OFF(eval_every_rounds), "5", 1, 1e9,
      "evaluate every N rounds"},
-    {"eval_on", GRAFT_OPT_STRING, OFF(eval_on), "coordinator", 0, -1,
+    {"eval_on", GRAFT_OPT_STRING, OFF(eval_on), "", 0, -1,
      "federated: where the dev and test evaluations run: coordinator (on its copy of the "
      "--tasks files), workers (each on its own rows; the coordinator adds up their statistics "
-     "per task), or both (two eval events per task, source coordinator and workers)"},
+     "per task), or both (two eval events per task, source coordinator and workers); empty: "
+     "coordinator, or workers under --personalize"},
     {"checkpoint_every_rounds", GRAFT_OPT_INT, OFF(checkpoint_every_rounds), "1", 1, 1e9,
      "checkpoint every N rounds"},
     {"aggregate", GRAFT_OPT_STRING, OFF(aggregate), "fedavg", 0, -1,
@@ -308,4 +314,9 @@ int graft_run_setting_canonical(const graft_run_config_t *cfg, const char *name,
     }
     free(tmp);
     return rc;
+}
+
+const char *graft_run_eval_on(const graft_run_config_t *cfg) {
+    if (*cfg->eval_on) return cfg->eval_on;
+    return cfg->personalize ? "workers" : "coordinator";
 }

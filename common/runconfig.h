@@ -45,6 +45,7 @@ typedef struct {
     float head_lr; /* 0: lr */
     int keep_optimizer_state; /* federated: workers keep AdamW state across rounds */
     float logit_adjust;       /* federated: tau of the heads' label-shift correction */
+    int personalize;          /* federated: task modules stay on their workers */
     char optimizer[GRAFT_OPT_STR]; /* adamw or sgd */
     float momentum;                /* sgd */
     float weight_decay;
@@ -71,7 +72,7 @@ typedef struct {
     int round_timeout_ms;
     int heartbeat_ms;
     int eval_every_rounds;
-    char eval_on[GRAFT_OPT_STR]; /* coordinator, workers or both */
+    char eval_on[GRAFT_OPT_STR]; /* coordinator, workers or both; empty: by personalize */
     int checkpoint_every_rounds;
     char aggregate[GRAFT_OPT_STR];
     float fedprox_mu;
@@ -116,6 +117,11 @@ int graft_run_module_settings(const graft_run_config_t *cfg, int optimizer,
  * them. Fills out[0..n) and returns n. Reads the trunk file whole: call
  * once. */
 int graft_run_shared_settings(const graft_run_config_t *cfg, graft_setting_t *out);
+
+/* Where a federated run evaluates (--eval_on): its value, or when empty
+ * "workers" under --personalize (only they hold the task modules) and
+ * "coordinator" otherwise. A static string or cfg's own. */
+const char *graft_run_eval_on(const graft_run_config_t *cfg);
 
 /* Module setting `name` with the value `value` (as given or as an older
  * checkpoint recorded it: "red,lora", "0.1") in the form

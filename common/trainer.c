@@ -19,6 +19,7 @@ struct graft_trainer {
     int step;      /* optimiser steps taken */
     float prox_mu; /* FedProx: > 0 adds mu/2 ||w - scope->prox_ref||^2 per scope */
     int stage;     /* two-stage channels: 1 while scoring, 2 after selection */
+    int tasks_elsewhere; /* graft_trainer_set_tasks_elsewhere */
     int B, T;
     int32_t *inputs, *targets, *pos, *labels;
     size_t *indices;
@@ -180,7 +181,7 @@ int graft_trainer_new_with_tasks(const graft_run_config_t *cfg, graft_task_t **t
     tr->peft = graft_peft_new(tr->trunk, &pc, descs, n_tasks);
     /* Said up front for the evaluations this process runs: not a federated
      * coordinator's under --eval_on workers (its workers evaluate). */
-    int evaluates = strcmp(cfg->eval_on, "workers") != 0;
+    int evaluates = strcmp(graft_run_eval_on(cfg), "workers") != 0;
     for (int i = 0; i < n_tasks && evaluates; i++)
         for (int split = GRAFT_SPLIT_DEV; split <= GRAFT_SPLIT_TEST; split++)
             if (graft_task_count(tasks[i], split) == 0)
@@ -694,17 +695,21 @@ int graft_trainer_save_moments(graft_trainer_t *tr, const char *path, int n_mome
         snprintf(nm, 2 * GRAFT_SCOPE_NAME, "%s.channels.index", tm->scope->name);
         ts[k++] = (graft_st_tensor_t){.name = nm, .ndim = 2, .shape = {L, kc}, .data = tmp[t]};
     }
-    enum { PROGRESS = 5 };
+    enum { PROGRESS = 5, NOTES = 1 };
     char progress[PROGRESS - 1][32], keys[GRAFT_MAX_SHARED_SETTINGS][64];
     snprintf(progress[0], 32, "%d", tr->step);
     snprintf(progress[1], 32, "%d", tr->stage);
     snprintf(progress[2], 32, "%llu", (unsigned long long)tr->rng.state);
     snprintf(progress[3], 32, "%llu", (unsigned long long)tr->rng.inc);
-    const char *mk[PROGRESS + GRAFT_MAX_SHARED_SETTINGS] = {
+    const char *mk[PROGRESS + NOTES + GRAFT_MAX_SHARED_SETTINGS] = {
         "train.step", "train.stage", "train.rng_state", "train.rng_inc", "format"};
-    const char *mv[PROGRESS + GRAFT_MAX_SHARED_SETTINGS] = {
+    const char *mv[PROGRESS + NOTES + GRAFT_MAX_SHARED_SETTINGS] = {
         progress[0], progress[1], progress[2], progress[3], "graft-modules"};
     int nm = PROGRESS;
+    if (tr->tasks_elsewhere) {
+        mk[nm] = "personal.tasks";
+        mv[nm++] = "initial values: each worker keeps its own";
+    }
     /* The settings that shape the modules, with the optimizer whose state
      * the checkpoint holds. */
     graft_setting_t set[GRAFT_MAX_SHARED_SETTINGS];
@@ -795,6 +800,10 @@ static int load_modules(graft_trainer_t *tr, const char *path, int resume) {
     if (rc && format && !strcmp(format, "graft-mask"))
         LOG_ERROR("a mask goes with --method graft (this run's method is %s)", tr->cfg.method);
     if (!rc) rc = check_settings(tr, f, resume);
+    if (!rc && !resume && graft_st_meta(f, "personal.tasks"))
+        LOG_WARN("%s is the coordinator's checkpoint of a personalised run (--personalize): its "
+                 "task modules hold their initial values, not trained ones; each worker's own "
+                 "are in the file of its --save (graft run: OUT/workers/NAME.safetensors)", path);
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
     int ns = all_scopes(tr, scopes);
     char nm[2 * GRAFT_SCOPE_NAME];
@@ -871,6 +880,10 @@ graft_gpt2_t *graft_trainer_trunk(const graft_trainer_t *tr) {
 
 graft_peft_t *graft_trainer_peft(const graft_trainer_t *tr) {
     return tr->peft;
+}
+
+void graft_trainer_set_tasks_elsewhere(graft_trainer_t *tr) {
+    tr->tasks_elsewhere = 1;
 }
 
 int graft_trainer_n_tasks(const graft_trainer_t *tr) {

@@ -223,6 +223,10 @@ int graft_trainer_save(graft_trainer_t *tr, const char *path);
 int graft_trainer_save_moments(graft_trainer_t *tr, const char *path, int n_moments);
 int graft_trainer_load(graft_trainer_t *tr, const char *path);
 int graft_trainer_resume(graft_trainer_t *tr, const char *path);
+/* The task scopes here are not the trained ones (a personalised run's
+ * coordinator: the workers keep theirs): checkpoints say so in their
+ * metadata ("personal.tasks"), and graft_trainer_load warns. */
+void graft_trainer_set_tasks_elsewhere(graft_trainer_t *tr);
 
 /* One-line human summary of an evaluation. */
 void graft_eval_format(const graft_trainer_t *tr, const graft_eval_result_t *r, char *buf,

@@ -240,6 +240,7 @@ static void enc_assign(enc_t *e, const graft_wire_assign_t *m) {
     a->n_label_sets = m->nlabel_sets;
     a->label_sets = (Graft__LabelSet **)e->items.ptrs;
     a->max_message_bytes = m->max_message_bytes;
+    a->personal = m->personal != 0;
     e->env.body_case = GRAFT__ENVELOPE__BODY_ASSIGN;
     e->env.assign = a;
 }
@@ -728,6 +729,7 @@ static int dec_assign(const Graft__Assign *pb, graft_wire_assign_t *m, char *why
                     GRAFT_WIRE_HARD_MAX_BYTES);
     m->worker_id = pb->worker_id;
     m->max_message_bytes = pb->max_message_bytes;
+    m->personal = pb->personal;
     int rc = dup_idents(pb->tasks, pb->n_tasks, "assign.tasks", &m->tasks, &m->ntasks, why,
                         why_len);
     if (rc) return rc;

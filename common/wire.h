@@ -112,6 +112,7 @@ typedef struct {
     graft_wire_label_set_t *label_sets; /* for tasks of `tasks`, each at most once */
     size_t nlabel_sets;
     uint64_t max_message_bytes; /* the run's message limit; 0: not sent (the default) */
+    int personal; /* --personalize: the worker keeps its task modules (proto Assign) */
 } graft_wire_assign_t;
 
 typedef struct {

@@ -56,7 +56,8 @@ int graft_agg_config_parse(const graft_run_config_t *cfg, graft_agg_config_t *ou
                             .server_eps = cfg->server_eps,
                             .trim_frac = cfg->trim_frac,
                             .lora_gap = cfg->lora_gap,
-                            .shared_step = cfg->shared_server_lr};
+                            .shared_step = cfg->shared_server_lr,
+                            .personal = cfg->personalize};
     int rc = parse_aggregate(cfg->aggregate, &c);
     if (rc) return rc;
     int k = 0;
@@ -100,8 +101,10 @@ void graft_agg_describe(const graft_agg_config_t *c, char *buf, size_t n) {
     int len = snprintf(buf, n, "%s%s%s, lora %s", c->fedprox ? "fedprox+" : "",
                        combiner_name[c->combiner], c->clip ? "+clip" : "", lora_name[c->lora]);
     if ((c->task_weights || c->shared_step != 1.0f) && len >= 0 && (size_t)len < n)
-        snprintf(buf + len, n - (size_t)len, ", shared scope: %s weights, step x%g",
-                 c->task_weights ? "task" : "data", (double)c->shared_step);
+        len += snprintf(buf + len, n - (size_t)len, ", shared scope: %s weights, step x%g",
+                        c->task_weights ? "task" : "data", (double)c->shared_step);
+    if (c->personal && len >= 0 && (size_t)len < n)
+        snprintf(buf + len, n - (size_t)len, ", task scopes personal (not aggregated)");
 }
 
 int graft_agg_holds_replies(const graft_agg_config_t *c) {

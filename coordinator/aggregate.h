@@ -130,10 +130,11 @@ typedef struct {
     int lora_gap;      /* factors: accumulate products to measure the gap */
     int task_weights;  /* shared scope: every task weighs the same (shared_weight task) */
     float shared_step; /* shared scope: step = shared_step * (aggregate - global) */
+    int personal;      /* task scopes stay on their workers: only the shared scope is summed */
 } graft_agg_config_t;
 
 /* Reads aggregate, fedprox_mu, clip_norm, server_*, trim_frac,
- * lora_aggregate, lora_gap, shared_weight and shared_server_lr from the run
+ * lora_aggregate, lora_gap, shared_weight, shared_server_lr and personalize from the run
  * config. GRAFT_EINVAL (logged,
  * naming the option) for an unknown or contradictory choice. */
 int graft_agg_config_parse(const graft_run_config_t *cfg, graft_agg_config_t *out);

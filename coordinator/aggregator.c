@@ -82,6 +82,12 @@ int graft_aggregator_groups(graft_transport_t *tp, int n_tasks, const int *membe
     return GRAFT_OK;
 }
 
+/* Is scope k summed this round? Not an empty one, nor a task scope of a
+ * personalised run (its values stay on the workers). */
+static int aggregated(const graft_aggregator_t *a, int k) {
+    return a->s[k].scope->numel && !(k > 0 && a->cfg.personal);
+}
+
 static int start_reductions(graft_aggregator_t *a) {
     if (!a->grouped) {
         int member[GRAFT_MAX_TASKS], groups[GRAFT_MAX_TASKS];
@@ -93,7 +99,7 @@ static int start_reductions(graft_aggregator_t *a) {
     }
     for (int k = 0; k < a->nscopes; k++) {
         scope_agg_t *s = &a->s[k];
-        if (!s->scope->numel) continue;
+        if (!aggregated(a, k)) continue;
         int rc = graft_transport_ireduce_i64(a->tp, s->sum, s->plan.len, s->group, &s->req);
         if (rc) return rc;
     }
@@ -114,7 +120,7 @@ int graft_aggregator_begin(graft_aggregator_t *a) {
 
 int graft_aggregator_add(graft_aggregator_t *a, int k, const float *x, uint64_t w, char *why,
                          size_t why_len) {
-    GRAFT_ASSERT(!a->tp && k >= 0 && k < a->nscopes);
+    GRAFT_ASSERT(!a->tp && k >= 0 && k < a->nscopes && aggregated(a, k));
     scope_agg_t *s = &a->s[k];
     if (!graft_agg_holds_replies(&a->cfg)) {
         /* A refused reply adds the empty contribution that counts it, as an
@@ -167,7 +173,7 @@ json_t *graft_aggregator_finish(graft_aggregator_t *a, int round) {
     json_int_t rejected = 0, reduced = 0;
     for (int k = 0; k < a->nscopes; k++) {
         scope_agg_t *s = &a->s[k];
-        if (!s->scope->numel) continue;
+        if (!aggregated(a, k)) continue;
         reduced += (json_int_t)(s->plan.len * sizeof *s->sum);
         GRAFT_ASSERT(!s->req);
         graft_agg_report_t rep;

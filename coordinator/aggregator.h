@@ -27,7 +27,8 @@
  *    coordinator does so right after sending that round's RoundStarts; a
  *    worker on receiving it.
  *  - each round: the shared scope (if not empty) is reduced over the world,
- *    each non-empty task scope over its task's group, contribution length
+ *    each non-empty task scope over its task's group (none in a
+ *    personalised run: graft_agg_config_t.personal), contribution length
  *    graft_agg_plan_t.len. A worker sends its Update (metrics, no tensors)
  *    before joining, and joins every reduction it belongs to even when it
  *    could not train (with an empty, rejected contribution).
@@ -69,10 +70,11 @@ int graft_aggregator_groups(graft_transport_t *tp, int n_tasks, const int *membe
  * reductions, forms the groups (first time) and starts the reductions. */
 int graft_aggregator_begin(graft_aggregator_t *a);
 
-/* One reply's values (numel floats) for scope k (0: shared, 1 + t: task t)
- * with weight w: accumulated or held. GRAFT_EINVAL with the reason in why
- * when the reply cannot be used for this scope (the other scopes of the
- * reply may still count). Not with reductions. */
+/* One reply's values (numel floats) for scope k (0: shared, 1 + t: task t;
+ * not a task in a personalised run) with weight w: accumulated or held.
+ * GRAFT_EINVAL with the reason in why when the reply cannot be used for
+ * this scope (the other scopes of the reply may still count). Not with
+ * reductions. */
 int graft_aggregator_add(graft_aggregator_t *a, int k, const float *x, uint64_t w, char *why,
                          size_t why_len);
 

@@ -60,6 +60,7 @@ typedef struct {
     int in_round; /* was sent the open round */
     int replied;  /* its name is among the round's contributions */
     int resent_round; /* the round last sent to it again (a repeated hello, a deadline) */
+    int has_tasks;    /* --personalize: answered since its Assign, so holds its task scopes */
 } worker_t;
 
 /* The CurveZMQ key that the name of a worker no longer in the table
@@ -143,7 +144,7 @@ static const char *const job_options[] = {
     "lora_task_alpha", "adapter_dim", "channels_k", "stage1_steps", "pool",
     "seed", "batch", "lr", "head_lr", "optimizer", "momentum", "weight_decay", "grad_clip",
     "warmup", "mix", "rounds", "local_steps", "keep_optimizer_state", "logit_adjust",
-    "aggregate", "fedprox_mu", "clip_norm", "server_lr", "server_beta1", "server_beta2",
+    "personalize", "aggregate", "fedprox_mu", "clip_norm", "server_lr", "server_beta1", "server_beta2",
     "server_eps", "shared_weight", "shared_server_lr", "trim_frac", "lora_aggregate",
 };
 
@@ -213,20 +214,24 @@ static void send_error(coord_t *c, int peer, int code, const char *text) {
     send_msg(c, peer, &m);
 }
 
-/* The scopes worker w trains: shared (if not empty) then its tasks'. */
-static int worker_scopes(const coord_t *c, const worker_t *w, graft_scope_t **out) {
+/* The scopes worker w sends back: shared (if not empty) then its tasks',
+ * which a personalised run leaves out (they stay on the worker). With
+ * `sending`, the scopes it is sent: those, and in a personalised run its
+ * tasks' until an answer shows that it holds them (has_tasks). */
+static int worker_scopes(const coord_t *c, const worker_t *w, int sending, graft_scope_t **out) {
     int n = 0;
     if (c->scopes[0]->numel) out[n++] = c->scopes[0];
+    if (c->cfg->personalize && !(sending && !w->has_tasks)) return n;
     for (int i = 0; i < w->n_assigned; i++)
         if (c->scopes[1 + w->assigned[i]]->numel) out[n++] = c->scopes[1 + w->assigned[i]];
     return n;
 }
 
-/* The scopes worker w trains as wire tensors into ts (GRAFT_MAX_TASKS + 1),
- * pointing at the global modules: one flat tensor per scope. */
+/* The scopes worker w is sent as wire tensors into ts (GRAFT_MAX_TASKS +
+ * 1), pointing at the global modules: one flat tensor per scope. */
 static int worker_tensors(const coord_t *c, const worker_t *w, graft_wire_tensor_t *ts) {
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
-    int n = worker_scopes(c, w, scopes);
+    int n = worker_scopes(c, w, 1, scopes);
     for (int i = 0; i < n; i++)
         ts[i] = (graft_wire_tensor_t){.name = scopes[i]->name, .ndim = 1,
                                       .shape = {(int64_t)scopes[i]->numel},
@@ -455,7 +460,9 @@ static void send_assign(coord_t *c, int peer) {
     a.assign = (graft_wire_assign_t){.worker_id = (uint32_t)peer, .tasks = names,
                                      .ntasks = (size_t)w->n_assigned, .label_sets = sets,
                                      .nlabel_sets = (size_t)nsets,
-                                     .max_message_bytes = c->max_bytes};
+                                     .max_message_bytes = c->max_bytes,
+                                     .personal = c->cfg->personalize};
+    w->has_tasks = 0; /* the worker may build a new trainer: send its task scopes again */
     send_msg(c, peer, &a);
     for (int i = 0; i < nsets; i++) {
         free(sets[i].labels);
@@ -702,7 +709,7 @@ static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
 static int check_update_tensors(coord_t *c, const worker_t *w, const graft_wire_update_t *u,
                                 char *why, size_t n) {
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
-    int ns = worker_scopes(c, w, scopes);
+    int ns = worker_scopes(c, w, 0, scopes);
     int seen[GRAFT_MAX_TASKS + 1] = {0};
     for (size_t i = 0; i < u->ntensors; i++) {
         int k = 0;
@@ -796,7 +803,7 @@ static void on_update(coord_t *c, int peer, graft_msg_t *m) {
     r->reply = m->update;
     r->reply.tensors = NULL;
     r->reply.ntensors = 0;
-    w->replied = 1;
+    w->replied = w->has_tasks = 1;
     LOG_DEBUG("coordinator: update from %s, loss %.4f", who, m->update.train_loss);
 }
 
@@ -1239,9 +1246,10 @@ static void on_eval_result(coord_t *c, int peer, const graft_msg_t *m) {
     else if (refused)
         LOG_WARN("coordinator: dropping eval_result from %s: %s",
                  graft_transport_peer_name(c->o.tp, peer), why);
-    if (refused != 1)
-        graft_eval_answers_add(c->answers, w->name, graft_trainer_task_index(c->tr, r->task),
-                               refused ? NULL : &s, r->part, r->parts);
+    if (refused == 1) return;
+    graft_eval_answers_add(c->answers, w->name, graft_trainer_task_index(c->tr, r->task),
+                           refused ? NULL : &s, r->part, r->parts);
+    w->has_tasks = 1; /* it evaluated with the modules it was sent */
 }
 
 /* Each worker's own metrics of task t (its answer's statistics alone), for
@@ -1560,6 +1568,7 @@ static int setup(coord_t *c) {
     if (!rc) rc = graft_agg_config_parse(c->cfg, &c->agg_cfg);
     if (rc) return rc;
     c->nsettings = graft_run_shared_settings(c->cfg, c->settings);
+    if (c->cfg->personalize) graft_trainer_set_tasks_elsewhere(c->tr);
     graft_trainer_set_schedule(c->tr, c->cfg->rounds * c->cfg->local_steps); /* check_steps */
     c->scopes[0] = graft_trainer_shared_scope(c->tr);
     for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++)
@@ -1583,7 +1592,7 @@ static int setup(coord_t *c) {
     }
     if ((rc = open_transport(c))) return rc;
     setup_aggregator(c);
-    c->eval_on = eval_where(c->cfg->eval_on);
+    c->eval_on = eval_where(graft_run_eval_on(c->cfg));
     c->answers = graft_eval_answers_new();
     char path[2 * GRAFT_OPT_STR];
     snprintf(path, sizeof path, "%s/events.jsonl", c->cfg->out);
@@ -1618,13 +1627,35 @@ static int check_steps(const graft_run_config_t *cfg) {
     return GRAFT_EINVAL;
 }
 
+/* What --personalize cannot go with: an evaluation on the coordinator,
+ * which does not hold the task modules; the label-shift correction, which
+ * fits a head to the run's labels, not the worker's own; the two-stage
+ * channels method, whose channels the coordinator chooses for everyone. */
+static int check_personal(const graft_run_config_t *cfg) {
+    int methods;
+    if (!cfg->personalize || graft_peft_parse_methods(cfg->method, &methods)) return GRAFT_OK;
+    const char *why = NULL;
+    if (eval_where(graft_run_eval_on(cfg)) & EVAL_ON_COORDINATOR)
+        why = "--eval_on coordinator or both: the coordinator does not hold the workers' task "
+              "modules (use --eval_on workers, the default under --personalize)";
+    else if (cfg->logit_adjust > 0)
+        why = "--logit_adjust: it fits every worker's head to the run's label shares, and a "
+              "personal head serves its worker's own";
+    else if (methods & GRAFT_M_CHANNELS)
+        why = "--method channels: its channels are chosen once for every worker";
+    if (!why) return GRAFT_OK;
+    LOG_ERROR("coordinator: --personalize does not go with %s", why);
+    return GRAFT_EINVAL;
+}
+
 int graft_coordinator_check(const graft_run_config_t *cfg, int workers) {
     if (graft_trainer_check(cfg) || check_steps(cfg) || check_stages(cfg)) return GRAFT_EINVAL;
-    if (!eval_where(cfg->eval_on)) {
+    if (!eval_where(graft_run_eval_on(cfg))) {
         LOG_ERROR("coordinator: unknown --eval_on '%s' (coordinator, workers or both)",
                   cfg->eval_on);
         return GRAFT_EINVAL;
     }
+    if (check_personal(cfg)) return GRAFT_EINVAL;
     if (cfg->min_replies <= workers) return GRAFT_OK;
     LOG_ERROR("coordinator: --min_replies %d is more than the %d worker%s of the run: a round "
               "could never close; min_replies must be <= workers", cfg->min_replies, workers,

@@ -65,6 +65,11 @@ typedef struct {
     /* The values each scope was sent this round (0: shared, 1 + t: task t):
      * the FedProx anchor and the base of an MPI contribution. */
     float *global[GRAFT_MAX_TASKS + 1];
+    /* A personalised run (Assign.personal): own[t] is set once trainer task
+     * t's scope took the values the coordinator sent; from then on they are
+     * this worker's own, trained here and never sent back or replaced. */
+    int personal;
+    int own[GRAFT_MAX_TASKS];
     /* Each trainer task's label shares over the run's training data, from
      * the assignment (owned; NULL: generation, or not sent). */
     float *run_prior[GRAFT_MAX_TASKS];
@@ -457,6 +462,10 @@ static int on_assign(worker_t *w, const graft_msg_t *m) {
     w->run_id = m->run_id;
     w->id = m->assign.worker_id;
     w->max_bytes = m->assign.max_message_bytes;
+    if (m->assign.personal && !w->personal)
+        LOG_INFO("worker %s: a personalised run: this worker keeps its own task modules, trains "
+                 "them round after round and sends back only the shared scope", w->name);
+    w->personal = m->assign.personal;
     if (w->tr) {
         if (same_assignment(w, &m->assign)) {
             LOG_INFO("worker %s: registered again as worker %u", w->name, w->id);
@@ -535,9 +544,43 @@ static void set_logit_offsets(worker_t *w, float tau) {
     }
 }
 
+/* Is scope s one of our own personal task scopes (see worker_t.own)? */
+static int is_own(const worker_t *w, const graft_scope_t *s) {
+    int k = scope_slot(w, s);
+    return w->personal && k && w->own[k - 1];
+}
+
+/* Takes the values sent for scope s (a round start's or an evaluation
+ * request's), unless they are our own by now (returns 0, s untouched). In a
+ * personalised run the first values of a task scope make it ours. */
+static int take_values(worker_t *w, graft_scope_t *s, const float *data) {
+    if (is_own(w, s)) return 0;
+    graft_scope_import(s, data);
+    int k = scope_slot(w, s);
+    if (w->personal && k) w->own[k - 1] = 1;
+    return 1;
+}
+
+/* In a personalised run, the name of a task scope of ours that holds
+ * neither our own values nor values sent in tensors ts (n, their scopes in
+ * sent): it cannot be trained or evaluated (the coordinator sends a task
+ * scope until an answer shows that we hold it). NULL when there is none. */
+static const char *task_scope_missing(worker_t *w, graft_scope_t **sent, size_t n) {
+    graft_peft_t *p = graft_trainer_peft(w->tr);
+    for (int t = 0; w->personal && t < graft_peft_n_tasks(p); t++) {
+        graft_scope_t *s = graft_peft_task_scope(p, t);
+        size_t i = 0;
+        while (i < n && sent[i] != s) i++;
+        if (s->numel && !w->own[t] && i == n) return s->name;
+    }
+    return NULL;
+}
+
 /* Imports the round's modules, keeps a copy of what was sent, restarts the
  * optimiser state unless the run keeps it, and sets the round's FedProx
- * anchor, LoRA A freezing, head rate and logit offsets. */
+ * anchor, LoRA A freezing, head rate and logit offsets. A personal task
+ * scope has no anchor and keeps its optimiser state: nothing replaces its
+ * values between rounds. */
 static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_scope_t **sent,
                          size_t n) {
     graft_peft_t *p = graft_trainer_peft(w->tr);
@@ -545,9 +588,9 @@ static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_
     for (int t = 0; t < graft_peft_n_tasks(p); t++) graft_peft_task_scope(p, t)->prox_ref = NULL;
     for (size_t i = 0; i < n; i++) {
         int k = scope_slot(w, sent[i]);
+        if (!take_values(w, sent[i], rs->tensors[i].data) || (w->personal && k)) continue;
         if (!w->global[k]) w->global[k] = graft_xmalloc((sent[i]->numel + 1) * sizeof(float));
         memcpy(w->global[k], rs->tensors[i].data, sent[i]->numel * sizeof(float));
-        graft_scope_import(sent[i], w->global[k]);
         if (!rs->hyper.keep_optimizer_state) graft_scope_reset_state(sent[i]);
         sent[i]->prox_ref = w->global[k];
     }
@@ -585,11 +628,11 @@ static void contribute(worker_t *w, const graft_wire_round_start_t *rs, int trai
                                                           : samples};
     for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++) {
         assigned[w->run_task[t]] = 1;
-        const graft_scope_t *own = graft_peft_task_scope(p, t);
-        if (!own->numel) continue;
+        const graft_scope_t *scope = graft_peft_task_scope(p, t);
+        if (!scope->numel || w->personal) continue; /* personal: not reduced */
         parts[n++] = (graft_contribution_t){.task = t, .run_task = w->run_task[t],
                                             .global = trained ? w->global[1 + t] : NULL,
-                                            .trained = own->params,
+                                            .trained = scope->params,
                                             .weight = task_examples(w, t)};
     }
     int rc = graft_contributor_run(w->contrib, &rs->reduce, rs->hyper.freeze_lora_a, assigned,
@@ -629,9 +672,14 @@ static int refuse_round_start(worker_t *w, const graft_wire_round_start_t *rs,
         return 1;
     }
     const char *bad = scopes_sent(w, rs->tensors, rs->ntensors, sent);
-    if (bad)
+    if (bad) {
         LOG_WARN("worker %s: dropping round_start %llu: tensor '%s' is not a scope of mine",
                  w->name, round, bad);
+        return 1;
+    }
+    if ((bad = task_scope_missing(w, sent, rs->ntensors)))
+        LOG_WARN("worker %s: dropping round_start %llu: a personalised run, and it does not carry "
+                 "task scope '%s', which this worker does not hold yet", w->name, round, bad);
     return bad != NULL;
 }
 
@@ -684,14 +732,16 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
     uint64_t samples = 0;
     for (int t = 0; t < graft_trainer_n_tasks(tr); t++) samples += task_examples(w, t);
     graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
+    size_t back = 0; /* the scopes that go back: our own personal ones stay here */
     for (size_t i = 0; i < n; i++)
-        ts[i] = (graft_wire_tensor_t){.name = sent[i]->name, .ndim = 1,
-                                      .shape = {(int64_t)sent[i]->numel},
-                                      .data = sent[i]->params, .numel = sent[i]->numel};
+        if (!is_own(w, sent[i]))
+            ts[back++] = (graft_wire_tensor_t){.name = sent[i]->name, .ndim = 1,
+                                               .shape = {(int64_t)sent[i]->numel},
+                                               .data = sent[i]->params, .numel = sent[i]->numel};
     graft_msg_t u = {.type = GRAFT_MSG_UPDATE};
     /* With reductions the modules travel through MPI, not in the Update. */
     u.update = (graft_wire_update_t){.round = rs->round, .worker_id = w->id, .tensors = ts,
-                                     .ntensors = rs->reduce.collective ? 0 : n,
+                                     .ntensors = rs->reduce.collective ? 0 : back,
                                      .sample_count = samples,
                                      .train_loss = steps ? loss / steps : 0.0,
                                      .train_seconds = graft_now() - t0};
@@ -720,6 +770,9 @@ static int refuse_eval_request(worker_t *w, const graft_wire_eval_request_t *rq,
         why = "sizes out of range (eval_max, decode_max <= 1e9; gen_tokens <= 4096)";
     else if ((bad = scopes_sent(w, rq->tensors, rq->ntensors, sent)))
         why = "not a scope of mine: tensor ", what = bad;
+    else if ((bad = task_scope_missing(w, sent, rq->ntensors)))
+        why = "a personalised run, and it lacks a task scope this worker does not hold yet: ",
+        what = bad;
     for (size_t i = 0; !why && i < rq->ntasks; i++)
         if ((tasks[i] = graft_trainer_task_index(w->tr, rq->tasks[i])) < 0)
             why = "not a task of mine: ", what = rq->tasks[i];
@@ -729,8 +782,22 @@ static int refuse_eval_request(worker_t *w, const graft_wire_eval_request_t *rq,
     return 1;
 }
 
-/* Evaluates the modules sent (the round's aggregated ones) on this worker's
- * rows of the split: with an IID shard I/N, part I of N of the evaluation
+/* --save: the modules just evaluated, for graft eval and graft predict.
+ * A failure is logged and the run goes on: the file is this worker's copy,
+ * the run's modules are the coordinator's. */
+static void save_modules(worker_t *w, uint64_t round) {
+    int rc = graft_trainer_save_moments(w->tr, w->o.save_path, 0);
+    if (rc)
+        LOG_ERROR("worker %s: round %llu: cannot write its modules to %s: %s", w->name,
+                  (unsigned long long)round, w->o.save_path, graft_strerror(rc));
+    else
+        LOG_INFO("worker %s: round %llu: wrote the modules it evaluated to %s", w->name,
+                 (unsigned long long)round, w->o.save_path);
+}
+
+/* Evaluates the modules sent (the round's aggregated ones; in a
+ * personalised run, the shared scope with our own task scopes) on this
+ * worker's rows of the split: with an IID shard I/N, part I of N of the evaluation
  * the coordinator would run on the whole file (so the parts add up to it);
  * with a client folder, every row of its file. Answers one EvalResult per
  * task. The import leaves the optimiser state and the FedProx anchor alone:
@@ -740,7 +807,7 @@ static void on_eval_request(worker_t *w, const graft_msg_t *m) {
     graft_scope_t *sent[GRAFT_MAX_TASKS + 1];
     int tasks[GRAFT_MAX_TASKS];
     if (refuse_eval_request(w, rq, sent, tasks)) return;
-    for (size_t i = 0; i < rq->ntensors; i++) graft_scope_import(sent[i], rq->tensors[i].data);
+    for (size_t i = 0; i < rq->ntensors; i++) take_values(w, sent[i], rq->tensors[i].data);
     graft_trainer_set_eval_sizes(w->tr, (int)rq->max_examples, (int)rq->max_decodes,
                                  (int)rq->gen_tokens);
     int part = w->o.data_dir ? 0 : w->o.shard_index, parts = w->o.data_dir ? 1 : w->o.shard_count;
@@ -768,6 +835,7 @@ static void on_eval_request(worker_t *w, const graft_msg_t *m) {
     LOG_INFO("worker %s: round %llu: evaluated its %s rows in %.2f s: %s", w->name,
              (unsigned long long)rq->round, graft_task_split_name(rq->split), graft_now() - t0,
              line);
+    if (w->o.save_path) save_modules(w, rq->round);
 }
 
 /* Returns 1 when the worker should stop. */

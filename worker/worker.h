@@ -87,6 +87,12 @@ typedef struct {
      * long says hello again (then hello_timeout_ms applies); -1: three
      * round_timeout_ms; 0: wait forever. */
     int coordinator_timeout_ms;
+    /* After each evaluation the coordinator asks for, write the modules just
+     * evaluated (the round's aggregated shared scope and the task scopes:
+     * in a personalised run this worker's own) to this path, atomically, as
+     * a modules checkpoint of its tasks (graft_trainer_save, without
+     * optimizer moments); NULL: none. */
+    const char *save_path;
 } graft_worker_opts_t;
 
 /* Runs until Shutdown, a fatal error, or *stop (may be NULL) becomes set.
