@@ -361,7 +361,9 @@ static const char *run_usage =
     "holds shard i/K of every task's train data (IID; K defaults to 2), or with\n"
     "--shards the client folder DIR/client-i of a shard directory (graft data shard;\n"
     "K defaults to its number of client folders and may not exceed it). The\n"
-    "coordinator evaluates on the full dev/test splits of the --tasks files.\n"
+    "coordinator evaluates on the full dev/test splits of the --tasks files, or with\n"
+    "--eval_on workers the workers on their own rows. With --personalize every\n"
+    "worker keeps its own task modules and saves them to OUT/workers/NAME.safetensors.\n"
     "Prints per-task test metrics at the end; stops if a worker process dies.";
 
 static volatile sig_atomic_t child_exited = 0;
