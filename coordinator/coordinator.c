@@ -503,12 +503,29 @@ static void refuse(coord_t *c, int peer, const char *name, const char *why, cons
     send_error(c, peer, GRAFT_EINVAL, why);
 }
 
-/* The major number of a version "MAJOR.MINOR.PATCH", or -1. */
-static long major_version(const char *v) {
-    if (!isdigit((unsigned char)v[0])) return -1;
-    char *end;
-    long major = strtol(v, &end, 10);
-    return *end == '.' || *end == '\0' ? major : -1;
+/* A version "MAJOR[.MINOR[.PATCH]][SUFFIX]" into v (missing parts 0; a
+ * suffix such as "-rc1" ignored): 0, or -1 when it does not start with a
+ * number. */
+static int parse_version(const char *s, long v[3]) {
+    v[0] = v[1] = v[2] = 0;
+    for (int i = 0; i < 3; i++) {
+        if (!isdigit((unsigned char)*s)) return i ? 0 : -1;
+        char *end;
+        v[i] = strtol(s, &end, 10);
+        if (*end != '.') return 0;
+        s = end + 1;
+    }
+    return 0;
+}
+
+/* The first feature of this run that a worker of version v (same major)
+ * lacks, with the release that brought it; NULL when it has them all. */
+static const char *missing_feature(const coord_t *c, const long v[3]) {
+    if (c->cfg->personalize && v[0] == 0 && v[1] < 3)
+        return "a personalised run (--personalize), which workers follow from graft 0.3.0";
+    if ((c->eval_on & EVAL_ON_WORKERS) && v[0] == 0 && v[1] < 2)
+        return "evaluation on the workers (--eval_on), which workers answer from graft 0.2.0";
+    return NULL;
 }
 
 /* The worker that the hello from peer (its key `key`) would impersonate
@@ -550,17 +567,22 @@ static void release_slot(coord_t *c, int p) {
 }
 
 /* Refuses (returns 1) a hello that no settings could make acceptable:
- * another protocol major version, no settings (nothing to check the
- * modules against), or a worker that another key registered. */
+ * another protocol major version, an older release without a feature the
+ * run uses, no settings (nothing to check the modules against), or a
+ * worker that another key registered. */
 static int refuse_hello(coord_t *c, int peer, const graft_wire_hello_t *h) {
     char why[512] = "";
-    const char *key = graft_transport_peer_key(c->o.tp, peer), *other, *other_key;
-    long major = major_version(h->version);
+    const char *key = graft_transport_peer_key(c->o.tp, peer), *other, *other_key, *lacks;
+    long theirs[3], ours[3];
+    GRAFT_ASSERT(!parse_version(GRAFT_VERSION, ours));
     int taken = impersonated(c, peer, h->name, key, &other, &other_key);
-    if (major < 0 || major != major_version(GRAFT_VERSION))
+    if (parse_version(h->version, theirs) || theirs[0] != ours[0])
         snprintf(why, sizeof why, "it speaks graft protocol %s, this coordinator %s: the major "
                  "versions differ (run the same graft release on both)", h->version,
                  GRAFT_VERSION);
+    else if ((lacks = missing_feature(c, theirs)))
+        snprintf(why, sizeof why, "this run uses %s, and the worker is graft %s (upgrade it)",
+                 lacks, h->version);
     else if (h->nsettings == 0)
         snprintf(why, sizeof why, "its hello carries no settings (an older graft?): nothing to "
                  "check its method, trunk and tasks against");

@@ -614,6 +614,56 @@ static void test_hello_identity(void **state) {
     remove_dir(dir);
 }
 
+/* Older releases of the same major version are let in unless the run uses
+ * a feature they lack: evaluation on the workers (0.2.0), --personalize
+ * (0.3.0). Each refusal names the feature and the worker's version. */
+static void test_hello_features(void **state) {
+    (void)state;
+    struct {
+        const char *eval_on;
+        int personalize;
+        const char *version, *refusal; /* NULL: let in */
+    } cases[] = {
+        {"coordinator", 0, "0.1.0", NULL},
+        {"workers", 0, "0.1.9", "evaluation on the workers (--eval_on), which workers answer "
+                                "from graft 0.2.0, and the worker is graft 0.1.9"},
+        {"workers", 0, "0.2.0", NULL},
+        {"", 1, "0.2.7", "a personalised run (--personalize), which workers follow from graft "
+                         "0.3.0, and the worker is graft 0.2.7 (upgrade it)"},
+        {"", 1, "0.3.0-rc1", NULL},
+        {"", 1, GRAFT_VERSION, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char dir[] = "/tmp/graft_test_coordinator_XXXXXX";
+        graft_run_config_t cfg;
+        one_task_run(dir, &cfg);
+        snprintf(cfg.eval_on, sizeof cfg.eval_on, "%s", cases[i].eval_on);
+        cfg.personalize = cases[i].personalize;
+        graft_setting_t ss[GRAFT_MAX_SHARED_SETTINGS];
+        graft_wire_setting_t set[GRAFT_MAX_SHARED_SETTINGS];
+        size_t nset = hello_settings(&cfg, ss, set);
+        int saved = stderr_to_log(dir);
+        graft_transport_t *ends[2];
+        assert_int_equal(graft_transport_inproc_new(1, ends), GRAFT_OK);
+        coord_arg_t ca = {.co = {.cfg = cfg, .expected_workers = 2, .tp = ends[0],
+                                 .mode = "inproc"}};
+        pthread_t ct;
+        pthread_create(&ct, NULL, coord_main, &ca);
+        graft_msg_t m = hello_answer(ends[1], "w", cases[i].version, set, nset);
+        if (cases[i].refusal) expect_refusal(m, cases[i].refusal);
+        else expect_assign(m);
+        graft_coordinator_stop = SIGTERM;
+        /* A message wakes the coordinator's poll to see the flag. */
+        graft_msg_t hb = {.type = GRAFT_MSG_HEARTBEAT, .heartbeat = {.worker_id = 1}};
+        send_update(ends[1], &hb);
+        pthread_join(ct, NULL);
+        graft_coordinator_stop = 0;
+        for (int e = 0; e < 2; e++) graft_transport_destroy(&ends[e]);
+        stderr_back(saved);
+        remove_dir(dir);
+    }
+}
+
 /* ---- fake workers: this thread plays workers whose updates it writes ------- */
 
 /* A worker played by this thread on one inproc end: it holds 32 train
@@ -1201,6 +1251,7 @@ int main(void) {
         cmocka_unit_test(test_assignment_by_holdings),
         cmocka_unit_test(test_unworkable_settings_refused),
         cmocka_unit_test(test_hello_identity),
+        cmocka_unit_test(test_hello_features),
         cmocka_unit_test(test_repeated_round_start_dropped),
         cmocka_unit_test(test_rejoined_worker_counted_once),
         cmocka_unit_test(test_same_name_new_peer_counted_once),
