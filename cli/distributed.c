@@ -307,7 +307,8 @@ const graft_option_t cli_worker_options[] = {
      "after each evaluation the coordinator asks for, write the modules this worker evaluated "
      "to FILE (atomic; a modules checkpoint of its tasks for graft eval and graft predict "
      "--resume): the round's aggregated shared scope and its task scopes, which under "
-     "--personalize are its own (empty: none)"},
+     "--personalize are its own, and then also their optimizer state: a worker restarted "
+     "with the file of the same run takes its own task modules back (empty: none)"},
     GRAFT_OPT_END,
 };
 #undef OFF

@@ -19,7 +19,9 @@ struct graft_trainer {
     int step;      /* optimiser steps taken */
     float prox_mu; /* FedProx: > 0 adds mu/2 ||w - scope->prox_ref||^2 per scope */
     int stage;     /* two-stage channels: 1 while scoring, 2 after selection */
-    int tasks_elsewhere; /* graft_trainer_set_tasks_elsewhere */
+    /* graft_trainer_set_note: extra metadata of the checkpoints written. */
+    char note_key[GRAFT_TRAINER_MAX_NOTES][64], note_value[GRAFT_TRAINER_MAX_NOTES][128];
+    int n_notes;
     int B, T;
     int32_t *inputs, *targets, *pos, *labels;
     size_t *indices;
@@ -695,7 +697,7 @@ int graft_trainer_save_moments(graft_trainer_t *tr, const char *path, int n_mome
         snprintf(nm, 2 * GRAFT_SCOPE_NAME, "%s.channels.index", tm->scope->name);
         ts[k++] = (graft_st_tensor_t){.name = nm, .ndim = 2, .shape = {L, kc}, .data = tmp[t]};
     }
-    enum { PROGRESS = 5, NOTES = 1 };
+    enum { PROGRESS = 5, NOTES = GRAFT_TRAINER_MAX_NOTES };
     char progress[PROGRESS - 1][32], keys[GRAFT_MAX_SHARED_SETTINGS][64];
     snprintf(progress[0], 32, "%d", tr->step);
     snprintf(progress[1], 32, "%d", tr->stage);
@@ -706,9 +708,9 @@ int graft_trainer_save_moments(graft_trainer_t *tr, const char *path, int n_mome
     const char *mv[PROGRESS + NOTES + GRAFT_MAX_SHARED_SETTINGS] = {
         progress[0], progress[1], progress[2], progress[3], "graft-modules"};
     int nm = PROGRESS;
-    if (tr->tasks_elsewhere) {
-        mk[nm] = "personal.tasks";
-        mv[nm++] = "initial values: each worker keeps its own";
+    for (int i = 0; i < tr->n_notes; i++, nm++) {
+        mk[nm] = tr->note_key[i];
+        mv[nm] = tr->note_value[i];
     }
     /* The settings that shape the modules, with the optimizer whose state
      * the checkpoint holds. */
@@ -882,8 +884,14 @@ graft_peft_t *graft_trainer_peft(const graft_trainer_t *tr) {
     return tr->peft;
 }
 
-void graft_trainer_set_tasks_elsewhere(graft_trainer_t *tr) {
-    tr->tasks_elsewhere = 1;
+void graft_trainer_set_note(graft_trainer_t *tr, const char *key, const char *value) {
+    int i = 0;
+    while (i < tr->n_notes && strcmp(tr->note_key[i], key)) i++;
+    GRAFT_ASSERT(i < GRAFT_TRAINER_MAX_NOTES && strlen(key) < sizeof tr->note_key[i] &&
+                 strlen(value) < sizeof tr->note_value[i]);
+    if (i == tr->n_notes) tr->n_notes++;
+    snprintf(tr->note_key[i], sizeof tr->note_key[i], "%s", key);
+    snprintf(tr->note_value[i], sizeof tr->note_value[i], "%s", value);
 }
 
 int graft_trainer_n_tasks(const graft_trainer_t *tr) {

@@ -223,10 +223,14 @@ int graft_trainer_save(graft_trainer_t *tr, const char *path);
 int graft_trainer_save_moments(graft_trainer_t *tr, const char *path, int n_moments);
 int graft_trainer_load(graft_trainer_t *tr, const char *path);
 int graft_trainer_resume(graft_trainer_t *tr, const char *path);
-/* The task scopes here are not the trained ones (a personalised run's
- * coordinator: the workers keep theirs): checkpoints say so in their
- * metadata ("personal.tasks"), and graft_trainer_load warns. */
-void graft_trainer_set_tasks_elsewhere(graft_trainer_t *tr);
+/* Metadata that the checkpoints this trainer writes carry besides their
+ * own (key under 64 bytes, value under 128; copied; a key set again takes
+ * the new value; at most GRAFT_TRAINER_MAX_NOTES keys). A personalised
+ * run's coordinator notes "personal.tasks" (its task scopes are not the
+ * trained ones, the workers keep theirs), on which graft_trainer_load
+ * warns; its workers note the run id ("federated.run_id"). */
+#define GRAFT_TRAINER_MAX_NOTES 2
+void graft_trainer_set_note(graft_trainer_t *tr, const char *key, const char *value);
 
 /* One-line human summary of an evaluation. */
 void graft_eval_format(const graft_trainer_t *tr, const graft_eval_result_t *r, char *buf,

@@ -1590,7 +1590,8 @@ static int setup(coord_t *c) {
     if (!rc) rc = graft_agg_config_parse(c->cfg, &c->agg_cfg);
     if (rc) return rc;
     c->nsettings = graft_run_shared_settings(c->cfg, c->settings);
-    if (c->cfg->personalize) graft_trainer_set_tasks_elsewhere(c->tr);
+    if (c->cfg->personalize)
+        graft_trainer_set_note(c->tr, "personal.tasks", "initial values: each worker keeps its own");
     graft_trainer_set_schedule(c->tr, c->cfg->rounds * c->cfg->local_steps); /* check_steps */
     c->scopes[0] = graft_trainer_shared_scope(c->tr);
     for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++)

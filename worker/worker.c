@@ -12,6 +12,7 @@
 
 #include "contribute.h"
 #include "eval_wire.h"
+#include "safetensors.h"
 #include "trainer.h"
 #include "wire.h"
 
@@ -453,6 +454,46 @@ static int same_assignment(const worker_t *w, const graft_wire_assign_t *a) {
     return 1;
 }
 
+/* The run id as the --save file's metadata records it. */
+static void run_id_note(uint64_t run_id, char *buf, size_t n) {
+    snprintf(buf, n, "%016llx", (unsigned long long)run_id);
+}
+
+/* A personalised run's worker restarted with its --save file: takes back
+ * its own task modules (and their optimiser state) as of its last
+ * evaluation, when the file is this job's (its run id). Otherwise, or when
+ * the file does not fit, the coordinator's values start them over. */
+static void resume_own(worker_t *w) {
+    const char *path = w->o.save_path;
+    if (!w->personal || !path || access(path, F_OK)) return;
+    char id[32];
+    run_id_note(w->run_id, id, sizeof id);
+    graft_st_file_t *f = NULL;
+    const char *theirs = NULL;
+    int rc = graft_st_open(path, &f);
+    if (!rc) theirs = graft_st_meta(f, "federated.run_id");
+    int same = theirs && !strcmp(theirs, id);
+    graft_st_close(&f);
+    if (rc || !same) {
+        LOG_WARN("worker %s: %s is not a --save file of this run (run id %s): its task modules "
+                 "start over from the coordinator's, and the file will be replaced", w->name,
+                 path, id);
+        return;
+    }
+    graft_peft_t *p = graft_trainer_peft(w->tr);
+    if ((rc = graft_trainer_load(w->tr, path))) {
+        graft_scope_reset_state(graft_peft_shared(p));
+        for (int t = 0; t < graft_peft_n_tasks(p); t++)
+            graft_scope_reset_state(graft_peft_task_scope(p, t));
+        LOG_WARN("worker %s: cannot take its task modules back from %s (%s): they start over "
+                 "from the coordinator's", w->name, path, graft_strerror(rc));
+        return;
+    }
+    for (int t = 0; t < graft_peft_n_tasks(p); t++) w->own[t] = 1;
+    LOG_INFO("worker %s: took its own task modules back from %s (as of its last evaluation)",
+             w->name, path);
+}
+
 /* Returns 1 when the worker must stop. */
 static int on_assign(worker_t *w, const graft_msg_t *m) {
     /* Registered anew (the coordinator had forgotten us: a restarted one
@@ -482,6 +523,10 @@ static int on_assign(worker_t *w, const graft_msg_t *m) {
         w->failed = GRAFT_EINVAL;
         return 1;
     }
+    char id[32];
+    run_id_note(w->run_id, id, sizeof id);
+    graft_trainer_set_note(w->tr, "federated.run_id", id);
+    resume_own(w);
     return 0;
 }
 
@@ -782,11 +827,12 @@ static int refuse_eval_request(worker_t *w, const graft_wire_eval_request_t *rq,
     return 1;
 }
 
-/* --save: the modules just evaluated, for graft eval and graft predict.
- * A failure is logged and the run goes on: the file is this worker's copy,
- * the run's modules are the coordinator's. */
+/* --save: the modules just evaluated, for graft eval and graft predict; in
+ * a personalised run with their optimiser state, from which a restarted
+ * worker takes its own back (resume_own). A failure is logged and the run
+ * goes on. */
 static void save_modules(worker_t *w, uint64_t round) {
-    int rc = graft_trainer_save_moments(w->tr, w->o.save_path, 0);
+    int rc = graft_trainer_save_moments(w->tr, w->o.save_path, w->personal ? 2 : 0);
     if (rc)
         LOG_ERROR("worker %s: round %llu: cannot write its modules to %s: %s", w->name,
                   (unsigned long long)round, w->o.save_path, graft_strerror(rc));

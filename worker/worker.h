@@ -90,8 +90,10 @@ typedef struct {
     /* After each evaluation the coordinator asks for, write the modules just
      * evaluated (the round's aggregated shared scope and the task scopes:
      * in a personalised run this worker's own) to this path, atomically, as
-     * a modules checkpoint of its tasks (graft_trainer_save, without
-     * optimizer moments); NULL: none. */
+     * a modules checkpoint of its tasks (graft_trainer_save; in a
+     * personalised run with the optimizer moments and the run id, and a
+     * worker started with the file of the same run takes its own task
+     * modules back from it); NULL: none. */
     const char *save_path;
 } graft_worker_opts_t;
 
