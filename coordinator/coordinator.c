@@ -130,9 +130,9 @@ typedef struct {
  * trunk and the data (trunk, preset, tasks, seq), the modules (the method
  * and its sizes), how the workers train (seed, batch, the optimizer, the
  * learning-rate schedule over rounds x local_steps, the task mix, FedProx,
- * logit adjustment, the optimizer state kept) and the aggregation. Not the
- * operational ones, which a resumed coordinator may change and still talk
- * to its workers: timeouts and heartbeats, min_replies, how often to
+ * logit adjustment, the optimizer state kept, personalisation) and the
+ * aggregation. Not the operational ones, which a resumed coordinator may
+ * change and still talk to its workers: timeouts and heartbeats, min_replies, how often to
  * evaluate, checkpoint and log, evaluation sizes, log_level, lora_gap (a
  * measurement), mpi_collectives (the same sums), threads, precision (each
  * process's own), paths (out, resume); nor those of `graft train` alone
@@ -144,8 +144,9 @@ static const char *const job_options[] = {
     "lora_task_alpha", "adapter_dim", "channels_k", "stage1_steps", "pool",
     "seed", "batch", "lr", "head_lr", "optimizer", "momentum", "weight_decay", "grad_clip",
     "warmup", "mix", "rounds", "local_steps", "keep_optimizer_state", "logit_adjust",
-    "personalize", "aggregate", "fedprox_mu", "clip_norm", "server_lr", "server_beta1", "server_beta2",
-    "server_eps", "shared_weight", "shared_server_lr", "trim_frac", "lora_aggregate",
+    "personalize", "aggregate", "fedprox_mu", "clip_norm", "server_lr", "server_beta1",
+    "server_beta2", "server_eps", "shared_weight", "shared_server_lr", "trim_frac",
+    "lora_aggregate",
 };
 
 #define N_JOB_OPTIONS (sizeof job_options / sizeof *job_options)
@@ -1591,7 +1592,8 @@ static int setup(coord_t *c) {
     if (rc) return rc;
     c->nsettings = graft_run_shared_settings(c->cfg, c->settings);
     if (c->cfg->personalize)
-        graft_trainer_set_note(c->tr, "personal.tasks", "initial values: each worker keeps its own");
+        graft_trainer_set_note(c->tr, "personal.tasks",
+                               "initial values: each worker keeps its own");
     graft_trainer_set_schedule(c->tr, c->cfg->rounds * c->cfg->local_steps); /* check_steps */
     c->scopes[0] = graft_trainer_shared_scope(c->tr);
     for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++)

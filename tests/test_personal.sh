@@ -203,7 +203,9 @@ wait_log() {
     done
 }
 # first_loss FILE: the training loss of the first round FILE's worker logged.
-first_loss() { grep -m1 'client-001: round [0-9]*: 20 steps, loss' "$1" | sed 's/.*loss \([0-9.]*\),.*/\1/'; }
+first_loss() {
+    grep -m1 'client-001: round [0-9]*: 20 steps, loss' "$1" | sed 's/.*loss \([0-9.]*\),.*/\1/'
+}
 "$GRAFT" coordinator --bind "$EP" --workers 2 $RC --out "$T/rs" >"$T/rs.out" 2>"$T/rs.err" &
 COORD=$!
 PIDS="$PIDS $COORD"
