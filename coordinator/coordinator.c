@@ -132,12 +132,12 @@ typedef struct {
  * learning-rate schedule over rounds x local_steps, the task mix, FedProx,
  * logit adjustment, the optimizer state kept, personalisation) and the
  * aggregation. Not the operational ones, which a resumed coordinator may
- * change and still talk to its workers: timeouts and heartbeats, min_replies, how often to
- * evaluate, checkpoint and log, evaluation sizes, log_level, lora_gap (a
- * measurement), mpi_collectives (the same sums), threads, precision (each
- * process's own), paths (out, resume); nor those of `graft train` alone
- * (steps, eval_every, checkpoint_every) and of method graft, which does not
- * run federated. */
+ * change and still talk to its workers: timeouts and heartbeats,
+ * min_replies, how often to evaluate, checkpoint and log, evaluation sizes,
+ * log_level, lora_gap (a measurement), mpi_collectives (the same sums),
+ * threads, precision (each process's own), paths (out, resume); nor those
+ * of `graft train` alone (steps, eval_every, checkpoint_every) and of
+ * method graft, which does not run federated. */
 static const char *const job_options[] = {
     "trunk", "preset", "tasks", "seq",
     "method", "lora_targets", "lora_shared_rank", "lora_shared_alpha", "lora_task_rank",
