@@ -996,8 +996,9 @@ void graft_peft_set_head_lr_scale(graft_peft_t *p, float scale) {
     }
 }
 
-void graft_peft_freeze_lora_a(graft_peft_t *p, int frozen) {
+void graft_peft_freeze_lora_a(graft_peft_t *p, int shared, int tasks) {
     int slots = p->trunk->cfg.L * GRAFT_NUM_PROJ;
-    freeze_a(p->shared, p->shared_lora_idx, slots, frozen);
-    for (int t = 0; t < p->n_tasks; t++) freeze_a(p->tasks[t].scope, p->tasks[t].lora_idx, slots, frozen);
+    freeze_a(p->shared, p->shared_lora_idx, slots, shared);
+    for (int t = 0; t < p->n_tasks; t++)
+        freeze_a(p->tasks[t].scope, p->tasks[t].lora_idx, slots, tasks);
 }

@@ -273,9 +273,10 @@ void graft_peft_set_head_lr_scale(graft_peft_t *p, float scale);
  * to label-skewed clients as in FedLC, Zhang et al. 2022). */
 void graft_peft_set_logit_offset(graft_peft_t *p, int task, const float *offset);
 
-/* Marks every LoRA A factor (shared and per task) frozen or trained again:
- * with frozen A only B is trained (lora_aggregate freeze_a). */
-void graft_peft_freeze_lora_a(graft_peft_t *p, int frozen);
+/* Marks the LoRA A factors of the shared scope (shared) and of every task
+ * scope (tasks) frozen (1) or trained (0): with frozen A only B is trained
+ * (lora_aggregate freeze_a, which averages B exactly). */
+void graft_peft_freeze_lora_a(graft_peft_t *p, int shared, int tasks);
 
 /* Exact count of trainable parameters of a task (shared + own scope) and of
  * the shared scope alone. */

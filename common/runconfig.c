@@ -149,7 +149,8 @@ const graft_option_t graft_run_options[] = {
      "trimmed_mean: fraction of replies dropped at each end, per coordinate"},
     {"lora_aggregate", GRAFT_OPT_STRING, OFF(lora_aggregate), "factors", 0, -1,
      "LoRA pairs: factors (average A and B), svd (average the products B*A, truncate back to "
-     "rank r), freeze_a (A stays at its initial value; only B is trained and averaged: exact)"},
+     "rank r), freeze_a (A stays at its initial value; only B is trained and averaged: exact; "
+     "under --personalize the shared pair's A only)"},
     {"lora_gap", GRAFT_OPT_BOOL, OFF(lora_gap), "false", 0, -1,
      "factors: when on, accumulate each reply's LoRA products to log the gap between avg(B)avg(A) and "
      "avg(BA) per round (costs in*out per pair per scope)"},

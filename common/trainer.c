@@ -802,7 +802,9 @@ static int load_modules(graft_trainer_t *tr, const char *path, int resume) {
     if (rc && format && !strcmp(format, "graft-mask"))
         LOG_ERROR("a mask goes with --method graft (this run's method is %s)", tr->cfg.method);
     if (!rc) rc = check_settings(tr, f, resume);
-    if (!rc && !resume && graft_st_meta(f, "personal.tasks"))
+    /* Fine to resume the personalised run itself; not to use its task
+     * scopes as trained ones. */
+    if (!rc && graft_st_meta(f, "personal.tasks") && !(resume && tr->cfg.personalize))
         LOG_WARN("%s is the coordinator's checkpoint of a personalised run (--personalize): its "
                  "task modules hold their initial values, not trained ones; each worker's own "
                  "are in the file of its --save (graft run: OUT/workers/NAME.safetensors)", path);

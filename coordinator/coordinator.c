@@ -727,8 +727,8 @@ static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
     if (c->state == S_ROUND_OPEN && !graft_aggregator_collective(c->agg)) send_round_start(c, peer);
 }
 
-/* Every tensor of an update must be one of the scopes the worker was sent,
- * each exactly once. */
+/* Every tensor of an update must be one of the scopes the worker sends back
+ * (worker_scopes), each exactly once. */
 static int check_update_tensors(coord_t *c, const worker_t *w, const graft_wire_update_t *u,
                                 char *why, size_t n) {
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
@@ -738,8 +738,9 @@ static int check_update_tensors(coord_t *c, const worker_t *w, const graft_wire_
         int k = 0;
         while (k < ns && strcmp(scopes[k]->name, u->tensors[i].name)) k++;
         if (k == ns || seen[k]++) {
-            snprintf(why, n, "tensor '%s' was not sent to this worker (or is repeated)",
-                     u->tensors[i].name);
+            snprintf(why, n, "tensor '%s' is not a scope this worker sends back (or is "
+                     "repeated)%s", u->tensors[i].name,
+                     c->cfg->personalize ? "; a personalised run's task scopes stay on it" : "");
             return GRAFT_ESHAPE;
         }
         if (u->tensors[i].sparse) { /* a scope's values travel whole */
@@ -830,6 +831,24 @@ static void on_update(coord_t *c, int peer, graft_msg_t *m) {
     LOG_DEBUG("coordinator: update from %s, loss %.4f", who, m->update.train_loss);
 }
 
+/* A worker's Error, logged. In a personalised run, GRAFT_ESHAPE says that
+ * it lacks the task scopes we took it to hold (a process that lost them
+ * without our noticing): it is sent them again at once, with the open
+ * round or evaluation. Once only: the next send carries them. */
+static void on_worker_error(coord_t *c, int peer, const graft_msg_t *m, const char *who) {
+    worker_t *w = &c->w[peer];
+    LOG_WARN("coordinator: %s reports error %d: %s", who, m->error.code, m->error.message);
+    if (m->error.code != GRAFT_ESHAPE || !c->cfg->personalize || !w->has_tasks) return;
+    w->has_tasks = 0;
+    if (c->state == S_ROUND_OPEN && w->in_round && !w->replied &&
+        !graft_aggregator_collective(c->agg)) {
+        LOG_INFO("round %d: sent the round again to worker %d '%s' with its task scopes",
+                 c->round, peer, w->name);
+        send_round_start(c, peer);
+    }
+    eval_rejoin(c, peer);
+}
+
 static void dispatch(coord_t *c, int peer, const char *who, const uint8_t *buf, size_t len) {
     graft_wire_opts_t opts = {.run_id = c->run_id, .max_bytes = c->max_bytes,
                               .schema = &c->schema};
@@ -864,7 +883,7 @@ static void dispatch(coord_t *c, int peer, const char *who, const uint8_t *buf, 
         } else if (m.type == GRAFT_MSG_EVAL_RESULT) {
             on_eval_result(c, peer, &m);
         } else if (m.type == GRAFT_MSG_ERROR) {
-            LOG_WARN("coordinator: %s reports error %d: %s", who, m.error.code, m.error.message);
+            on_worker_error(c, peer, &m, who);
         } else if (m.type != GRAFT_MSG_HEARTBEAT) {
             LOG_WARN("coordinator: dropping %s from %s: not a worker message",
                      graft_msg_type_name(m.type), who);

@@ -826,6 +826,61 @@ static void fake_run_finish(fake_run_t *r, fake_t *f, int *skipped, graft_msg_t 
     fake_run_join(r);
 }
 
+/* The update of a personalised run's worker: the shared scope only (the
+ * first tensor of round start rs), moved by delta. */
+static void fake_reply_shared(fake_t *f, const graft_msg_t *rs, float delta) {
+    graft_msg_t one = *rs;
+    one.round_start.ntensors = 1;
+    fake_reply(f, &one, delta, 32);
+}
+
+/* --personalize: round 1 carries the task scope, round 2 (after the
+ * worker's update) only the shared one, and an update with the task scope
+ * is refused; a worker that says it lacks its task scope (GRAFT_ESHAPE) is
+ * sent the round again with it; the task scope never moves. */
+static void test_personal_task_scopes(void **state) {
+    (void)state;
+    fake_run_t r;
+    fake_run_config(&r, 1);
+    r.cfg.rounds = 2;
+    r.cfg.personalize = 1;
+    r.cfg.round_timeout_ms = 300; /* the final evaluation waits for no answer */
+    r.ca.co.expected_workers = 1;
+    fake_run_start(&r);
+    fake_t a = {r.ends[1], "a", &r.cfg, 0, 0};
+    fake_hello(&a);
+    graft_msg_t rs, err = {.type = GRAFT_MSG_ERROR};
+    assert_int_equal(fake_next(&a, GRAFT_MSG_ROUND_START, 30000, &rs, NULL), 0);
+    assert_int_equal(rs.round_start.ntensors, 2);
+    assert_string_equal(rs.round_start.tensors[1].name, "task.cls");
+    fake_reply(&a, &rs, 0.5f, 32); /* both scopes back: refused */
+    fake_reply_shared(&a, &rs, 0.5f);
+    graft_msg_free(&rs);
+    assert_int_equal(fake_next(&a, GRAFT_MSG_ROUND_START, 30000, &rs, NULL), 0);
+    assert_int_equal(rs.round_start.round, 2);
+    assert_int_equal(rs.round_start.ntensors, 1);
+    graft_msg_free(&rs);
+    err.run_id = a.run_id;
+    err.error = (graft_wire_error_t){.code = GRAFT_ESHAPE, .message = "lacks task.cls"};
+    send_update(a.tp, &err);
+    assert_int_equal(fake_next(&a, GRAFT_MSG_ROUND_START, 30000, &rs, NULL), 0);
+    assert_int_equal(rs.round_start.round, 2);
+    assert_int_equal(rs.round_start.ntensors, 2);
+    fake_reply_shared(&a, &rs, 0.5f);
+    graft_msg_t m;
+    assert_int_equal(fake_next(&a, GRAFT_MSG_SHUTDOWN, 30000, &m, NULL), 0);
+    graft_msg_free(&m);
+    graft_msg_free(&rs);
+    fake_run_join(&r);
+    assert_int_equal(count_lines(r.dir, "stderr.log", "tensor .task.cls. is not a scope this "
+                                 "worker sends back.*task scopes stay on it"), 1);
+    assert_int_equal(count_lines(r.dir, "stderr.log", "round 2: sent the round again to worker "
+                                 "1 .a. with its task scopes"), 1);
+    assert_true(fabs(scope_shift(&r, 0) - 1.0) <= 1e-4); /* two rounds of +0.5 */
+    assert_true(fabs(scope_shift(&r, 1)) <= 1e-7);
+    remove_dir(r.dir);
+}
+
 /* b replied +1 twice and a -1: the round kept b's first update only, so it
  * has 2 replies and the modules did not move; b was not sent the round
  * again (skipped: what b skipped after the first update) and its second
@@ -1252,6 +1307,7 @@ int main(void) {
         cmocka_unit_test(test_unworkable_settings_refused),
         cmocka_unit_test(test_hello_identity),
         cmocka_unit_test(test_hello_features),
+        cmocka_unit_test(test_personal_task_scopes),
         cmocka_unit_test(test_repeated_round_start_dropped),
         cmocka_unit_test(test_rejoined_worker_counted_once),
         cmocka_unit_test(test_same_name_new_peer_counted_once),

@@ -32,7 +32,8 @@
 #     restarted with its --save file takes its own task modules back (its
 #     next round's training loss stays below 0.02, measured 1e-4); restarted
 #     once more after the file was deleted, it starts them over (above 0.05,
-#     measured 0.16); a file of another run is not taken.
+#     measured 0.16); a file of another run is not taken but moved aside
+#     (FILE.other-run), not overwritten.
 # usage: test_personal.sh GRAFT_BINARY SOURCE_DIR
 set -eu
 GRAFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -206,7 +207,8 @@ wait_log() {
 first_loss() {
     grep -m1 'client-001: round [0-9]*: 20 steps, loss' "$1" | sed 's/.*loss \([0-9.]*\),.*/\1/'
 }
-"$GRAFT" coordinator --bind "$EP" --workers 2 $RC --out "$T/rs" >"$T/rs.out" 2>"$T/rs.err" &
+timeout 120 "$GRAFT" coordinator --bind "$EP" --workers 2 $RC --out "$T/rs" >"$T/rs.out" \
+    2>"$T/rs.err" &
 COORD=$!
 PIDS="$PIDS $COORD"
 "$GRAFT" worker --connect "$EP" $RC --data sh/client-000 --save "$T/rs/w0.safetensors" \
@@ -237,6 +239,9 @@ assert back < 0.02 and fresh > 0.05, (back, fresh)
 PY
     fail "first losses after the restarts: $(first_loss "$T/rs-b.err") with the file, $(first_loss "$T/rs-c.err") without"
 grep -q '"event":"run_end".*"ok":true' "$T/rs/events.jsonl" || fail "run_end not ok"
+# Each restart's Assign made the coordinator send the task scopes again: no
+# worker had to say that it lacked them.
+grep -q 'reports error' "$T/rs.err" && fail "a restarted worker was sent no task scopes"
 # Another run's file (another job: --rounds differs) is not taken.
 cp "$T/last-true/workers/client-001.safetensors" "$T/other.safetensors"
 EP=tcp://127.0.0.1:$(free_port)
@@ -247,7 +252,9 @@ PIDS="$PIDS $COORD"
 timeout 60 "$GRAFT" worker --connect "$EP" --config last.conf --data sh/client-001 \
     --save "$T/other.safetensors" 2>"$T/ot-w.err" || fail "the worker with another run's file failed"
 wait "$COORD" || fail "the coordinator of the other run failed"
-grep -q "other.safetensors is not a --save file of this run" "$T/ot-w.err" ||
-    { cat "$T/ot-w.err" >&2; fail "another run's file was not refused"; }
+grep -q "other.safetensors is not a --save file of this run .*moved to .*other-run" \
+    "$T/ot-w.err" || { cat "$T/ot-w.err" >&2; fail "another run's file was not refused"; }
+cmp "$T/last-true/workers/client-001.safetensors" "$T/other.safetensors.other-run" ||
+    fail "another run's file was not kept aside"
 echo "ok 5 - a worker restarted with its --save file takes its own modules back; without it, or with another run's, starts them over"
 

@@ -461,23 +461,26 @@ static void run_id_note(uint64_t run_id, char *buf, size_t n) {
 
 /* A personalised run's worker restarted with its --save file: takes back
  * its own task modules (and their optimiser state) as of its last
- * evaluation, when the file is this job's (its run id). Otherwise, or when
- * the file does not fit, the coordinator's values start them over. */
+ * evaluation, when the file is this job's (its run id). Otherwise the
+ * coordinator's values start them over, and a file of another job (or one
+ * that cannot be read) is moved aside rather than overwritten. */
 static void resume_own(worker_t *w) {
     const char *path = w->o.save_path;
     if (!w->personal || !path || access(path, F_OK)) return;
     char id[32];
     run_id_note(w->run_id, id, sizeof id);
     graft_st_file_t *f = NULL;
-    const char *theirs = NULL;
     int rc = graft_st_open(path, &f);
-    if (!rc) theirs = graft_st_meta(f, "federated.run_id");
+    const char *theirs = rc ? NULL : graft_st_meta(f, "federated.run_id");
     int same = theirs && !strcmp(theirs, id);
     graft_st_close(&f);
-    if (rc || !same) {
+    if (!same) {
+        char aside[GRAFT_OPT_STR + 32];
+        snprintf(aside, sizeof aside, "%s.%s", path, rc ? "unreadable" : "other-run");
+        int moved = rename(path, aside) == 0;
         LOG_WARN("worker %s: %s is not a --save file of this run (run id %s): its task modules "
-                 "start over from the coordinator's, and the file will be replaced", w->name,
-                 path, id);
+                 "start over from the coordinator's; %s %s", w->name, path, id,
+                 moved ? "the file was moved to" : "cannot move the file aside to", aside);
         return;
     }
     graft_peft_t *p = graft_trainer_peft(w->tr);
@@ -640,7 +643,8 @@ static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_
         sent[i]->prox_ref = w->global[k];
     }
     graft_trainer_set_prox_mu(w->tr, rs->hyper.fedprox_mu);
-    graft_peft_freeze_lora_a(p, rs->hyper.freeze_lora_a);
+    /* Personal pairs are never averaged: nothing to keep exact. */
+    graft_peft_freeze_lora_a(p, rs->hyper.freeze_lora_a, rs->hyper.freeze_lora_a && !w->personal);
     graft_peft_set_head_lr_scale(p, rs->hyper.head_lr_scale);
     set_logit_offsets(w, rs->hyper.logit_adjust);
 }
@@ -700,6 +704,19 @@ static const char *scopes_sent(worker_t *w, const graft_wire_tensor_t *ts, size_
     return NULL;
 }
 
+/* A message of a personalised run lacks task scope `scope`, which this
+ * worker does not hold yet: logged, and said to the coordinator, which
+ * then sends its task scopes again (it took us for a worker that has them:
+ * see coordinator.c, on_worker_error). */
+static void say_missing(worker_t *w, const char *what, unsigned long long round,
+                        const char *scope) {
+    char text[256];
+    snprintf(text, sizeof text, "a personalised run: %s %llu lacks task scope '%.64s', which "
+             "this worker does not hold yet", what, round, scope);
+    LOG_WARN("worker %s: dropping %s", w->name, text);
+    send_error(w, GRAFT_ESHAPE, text);
+}
+
 /* 1 (logged) when round start rs cannot be trained here; else 0 with its
  * tensors' scopes in sent. */
 static int refuse_round_start(worker_t *w, const graft_wire_round_start_t *rs,
@@ -723,8 +740,7 @@ static int refuse_round_start(worker_t *w, const graft_wire_round_start_t *rs,
         return 1;
     }
     if ((bad = task_scope_missing(w, sent, rs->ntensors)))
-        LOG_WARN("worker %s: dropping round_start %llu: a personalised run, and it does not carry "
-                 "task scope '%s', which this worker does not hold yet", w->name, round, bad);
+        say_missing(w, "round_start", round, bad);
     return bad != NULL;
 }
 
@@ -815,12 +831,13 @@ static int refuse_eval_request(worker_t *w, const graft_wire_eval_request_t *rq,
         why = "sizes out of range (eval_max, decode_max <= 1e9; gen_tokens <= 4096)";
     else if ((bad = scopes_sent(w, rq->tensors, rq->ntensors, sent)))
         why = "not a scope of mine: tensor ", what = bad;
-    else if ((bad = task_scope_missing(w, sent, rq->ntensors)))
-        why = "a personalised run, and it lacks a task scope this worker does not hold yet: ",
-        what = bad;
     for (size_t i = 0; !why && i < rq->ntasks; i++)
         if ((tasks[i] = graft_trainer_task_index(w->tr, rq->tasks[i])) < 0)
             why = "not a task of mine: ", what = rq->tasks[i];
+    if (!why && (bad = task_scope_missing(w, sent, rq->ntensors))) {
+        say_missing(w, "eval_request", (unsigned long long)rq->round, bad);
+        return 1;
+    }
     if (!why) return 0;
     LOG_WARN("worker %s: dropping eval_request for round %llu: %s%s", w->name,
              (unsigned long long)rq->round, why, what);
