@@ -12,119 +12,20 @@
 #include <string.h>
 
 #include "aggregator.h"
+#include "coord_state.h"
 #include "eval_answers.h"
-#include "eval_wire.h"
 #include "events.h"
 #include "handshake_log.h"
 #include "trainer.h"
 #include "wire.h"
 
-/* Peer ids index the worker table. The slot of a worker that is lost or
- * re-registers elsewhere, and the peer of a message from no registered
- * worker (a refused hello, a stranger), go back to the transport
- * (graft_transport_forget), which gives the freed ids to newcomers: ids stay
- * below the number of peers alive at once, however many come and go. Only
- * MAX_PEERS - 1 at once are served; handle() drops (and forgets) the rest. */
-#define MAX_PEERS 1024
 #define LOST_AFTER_BEATS 5
 #define HANDSHAKE_LOG_WINDOW_S 60.0 /* repeated failed handshakes: one line a minute */
 
 volatile sig_atomic_t graft_coordinator_stop = 0;
 
-typedef enum {
-    S_WAIT_WORKERS,
-    S_ROUND_OPEN,
-    S_AGGREGATE,
-    S_EVAL,
-    S_EVAL_WAIT,
-    S_CHECKPOINT,
-    S_DONE,
-} round_state_t;
-
 static const char *state_name[] = {"wait_workers", "round_open", "aggregate", "eval",
                                    "eval_wait",    "checkpoint", "done"};
-
-/* Where evaluations run (--eval_on): bits. */
-enum { EVAL_ON_COORDINATOR = 1, EVAL_ON_WORKERS = 2 };
-
-typedef enum { W_NONE, W_ACTIVE } worker_state_t;
-
-typedef struct {
-    worker_state_t state;
-    char name[GRAFT_WIRE_MAX_NAME + 1];
-    char key[GRAFT_KEY_Z85_LEN + 1]; /* the CurveZMQ key it registered with; "": none */
-    uint64_t train[GRAFT_MAX_TASKS]; /* train examples the worker holds per run task */
-    int assigned[GRAFT_MAX_TASKS];   /* run task indices it trains */
-    int n_assigned;
-    double last_seen;
-    int in_round; /* was sent the open round */
-    int replied;  /* its name is among the round's contributions */
-    int resent_round; /* the round last sent to it again (a repeated hello, a deadline) */
-    int has_tasks;    /* --personalize: answered since its Assign, so holds its task scopes */
-} worker_t;
-
-/* The CurveZMQ key that the name of a worker no longer in the table
- * registered with: the name stays that key's (impersonated()). */
-typedef struct {
-    char name[GRAFT_WIRE_MAX_NAME + 1];
-    char key[GRAFT_KEY_Z85_LEN + 1];
-} binding_t;
-
-/* One update accepted in the open round: its modules went into the
- * aggregator, and this is what round_end reports of it. Kept by worker
- * name, not peer slot, so that a worker lost after replying that says
- * hello again, or one that re-registers from another connection, cannot
- * add a second update to the round, and round_end counts exactly the
- * updates aggregated. */
-typedef struct {
-    char name[GRAFT_WIRE_MAX_NAME + 1];
-    int assigned[GRAFT_MAX_TASKS]; /* the run tasks it trained */
-    int n_assigned;
-    uint64_t samples;          /* its train examples (its hello's), the loss's weight */
-    double at;                 /* graft_now() when it was accepted */
-    graft_wire_update_t reply; /* its metrics (tensors NULL) */
-} contribution_t;
-
-typedef struct {
-    graft_coordinator_opts_t o;
-    const graft_run_config_t *cfg;
-    graft_trainer_t *tr;
-    graft_events_t *ev;
-    graft_handshake_log_t *handshakes;
-    uint64_t run_id;
-    round_state_t state;
-    int first_round, round;
-    double run_t0, round_t0, deadline;
-    double stalled_at; /* graft_now() when this round's deadline passed short of replies; 0 */
-    uint64_t bytes_in, bytes_out;
-    contribution_t *replies; /* the open round's, n_replies of them (MAX_PEERS slots) */
-    int n_replies;
-    worker_t *w; /* indexed by peer id */
-    binding_t *bound; /* names of released keyed workers, nbound of them */
-    int nbound;
-    /* scopes[0] is shared, scopes[1 + t] task t's; schema names them. */
-    graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
-    graft_wire_schema_entry_t schema_entries[GRAFT_MAX_TASKS + 1];
-    graft_wire_schema_t schema;
-    size_t max_bytes; /* the run's message limit (graft_wire_max_bytes) */
-    char ckpt_path[2 * GRAFT_OPT_STR];
-    graft_agg_config_t agg_cfg;
-    graft_aggregator_t *agg;
-    double agg_ms; /* this round's time in aggregation (streaming and final) */
-    /* The settings every worker's hello must match (graft_run_shared_settings). */
-    graft_setting_t settings[GRAFT_MAX_SHARED_SETTINGS];
-    int nsettings;
-    char error[512]; /* why the run failed (the first reason), for run_end */
-    /* Evaluation on the workers (EVAL_ON_WORKERS): the split asked for
-     * (S_EVAL_WAIT), when it was asked and when answers stop counting, and
-     * the answers so far. */
-    int eval_on; /* EVAL_ON_* bits */
-    int eval_split;
-    double eval_t0, eval_deadline;
-    uint64_t eval_bytes_in, eval_bytes_out; /* the counters when it was asked */
-    int said_caps; /* the note on per-client caps under --eval_on both is logged */
-    graft_eval_answers_t *answers;
-} coord_t;
 
 /* The options that define a federated job, which the run id digests: the
  * trunk and the data (trunk, preset, tasks, seq), the modules (the method
@@ -187,7 +88,7 @@ static int count_active(const coord_t *c) {
 
 /* ---- sending ------------------------------------------------------------ */
 
-static int send_msg(coord_t *c, int peer, graft_msg_t *m) {
+int coord_send_msg(coord_t *c, int peer, graft_msg_t *m) {
     m->run_id = c->run_id;
     uint8_t *buf = NULL;
     size_t len = 0;
@@ -212,7 +113,7 @@ static void send_error(coord_t *c, int peer, int code, const char *text) {
     graft_msg_t m = {.type = GRAFT_MSG_ERROR};
     m.error.code = code;
     m.error.message = (char *)text;
-    send_msg(c, peer, &m);
+    coord_send_msg(c, peer, &m);
 }
 
 /* The scopes worker w sends back: shared (if not empty) then its tasks',
@@ -230,7 +131,7 @@ static int worker_scopes(const coord_t *c, const worker_t *w, int sending, graft
 
 /* The scopes worker w is sent as wire tensors into ts (GRAFT_MAX_TASKS +
  * 1), pointing at the global modules: one flat tensor per scope. */
-static int worker_tensors(const coord_t *c, const worker_t *w, graft_wire_tensor_t *ts) {
+int coord_worker_tensors(const coord_t *c, const worker_t *w, graft_wire_tensor_t *ts) {
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
     int n = worker_scopes(c, w, 1, scopes);
     for (int i = 0; i < n; i++)
@@ -247,7 +148,7 @@ static uint64_t shared_weight(const coord_t *c, const worker_t *w);
 static int send_round_start(coord_t *c, int peer) {
     worker_t *w = &c->w[peer];
     graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
-    int n = worker_tensors(c, w, ts);
+    int n = coord_worker_tensors(c, w, ts);
     /* The run's schedule over global steps, continued across rounds
      * (rounds x local_steps fits an int: check_steps). */
     int steps = c->cfg->local_steps;
@@ -283,7 +184,7 @@ static int send_round_start(coord_t *c, int peer) {
      * the deadline must still be trained. */
     double left = (c->deadline - graft_now()) * 1000.0;
     rs->deadline_ms = left >= 1.0 ? (uint32_t)left : 1;
-    int rc = send_msg(c, peer, &m);
+    int rc = coord_send_msg(c, peer, &m);
     if (!rc) w->in_round = 1;
     free(rates);
     return rc;
@@ -464,7 +365,7 @@ static void send_assign(coord_t *c, int peer) {
                                      .max_message_bytes = c->max_bytes,
                                      .personal = c->cfg->personalize};
     w->has_tasks = 0; /* the worker may build a new trainer: send its task scopes again */
-    send_msg(c, peer, &a);
+    coord_send_msg(c, peer, &a);
     for (int i = 0; i < nsets; i++) {
         free(sets[i].labels);
         free(sets[i].prior);
@@ -627,10 +528,6 @@ static int refuse_settings(coord_t *c, int peer, const graft_wire_hello_t *h) {
     return 1;
 }
 
-/* evaluation, below */
-static void on_eval_result(coord_t *c, int peer, const graft_msg_t *m);
-static void eval_rejoin(coord_t *c, int peer);
-
 /* A hello from a peer already registered under the same name: a worker
  * that asked again (a restarted coordinator's errors, its own silence
  * timer), or another process with the same --name that took over the
@@ -646,7 +543,7 @@ static void on_hello_again(coord_t *c, int peer) {
              graft_now() - w->last_seen);
     w->last_seen = graft_now();
     send_assign(c, peer);
-    eval_rejoin(c, peer);
+    coord_eval_rejoin(c, peer);
     if (c->state != S_ROUND_OPEN || graft_aggregator_collective(c->agg)) return;
     if (w->in_round && (w->replied || w->resent_round == c->round)) return;
     if (w->in_round) w->resent_round = c->round;
@@ -722,7 +619,7 @@ static void on_hello(coord_t *c, int peer, graft_msg_t *m) {
                                 "name", w->name, "tasks", tasks, "train_examples", counts));
     /* A worker joining (or coming back) mid-round takes part at once —
      * except under MPI reductions, which were sized when the round began. */
-    eval_rejoin(c, peer);
+    coord_eval_rejoin(c, peer);
     if (rejoins_replied(c, w)) return;
     if (c->state == S_ROUND_OPEN && !graft_aggregator_collective(c->agg)) send_round_start(c, peer);
 }
@@ -846,7 +743,7 @@ static void on_worker_error(coord_t *c, int peer, const graft_msg_t *m, const ch
                  c->round, peer, w->name);
         send_round_start(c, peer);
     }
-    eval_rejoin(c, peer);
+    coord_eval_rejoin(c, peer);
 }
 
 static void dispatch(coord_t *c, int peer, const char *who, const uint8_t *buf, size_t len) {
@@ -881,7 +778,7 @@ static void dispatch(coord_t *c, int peer, const char *who, const uint8_t *buf, 
         if (m.type == GRAFT_MSG_UPDATE) {
             on_update(c, peer, &m);
         } else if (m.type == GRAFT_MSG_EVAL_RESULT) {
-            on_eval_result(c, peer, &m);
+            coord_on_eval_result(c, peer, &m);
         } else if (m.type == GRAFT_MSG_ERROR) {
             on_worker_error(c, peer, &m, who);
         } else if (m.type != GRAFT_MSG_HEARTBEAT) {
@@ -1024,7 +921,7 @@ static int round_can_close(coord_t *c) {
     return 0;
 }
 
-/* ---- aggregation, evaluation, checkpoints --------------------------------- */
+/* ---- aggregation, checkpoints ---------------------------------------------- */
 
 /* Where the round's time went. round_ms runs from the round start to the
  * end of aggregation; along its critical path lie the last accepted reply's
@@ -1058,7 +955,7 @@ static round_times_t round_times(const coord_t *c, double agg_ms) {
 }
 
 /* names[0..n) as a JSON array. */
-static json_t *names_json(const char **names, size_t n) {
+json_t *coord_names_json(const char **names, size_t n) {
     json_t *a = json_array();
     for (size_t i = 0; i < n; i++) json_array_append_new(a, json_string(names[i]));
     return a;
@@ -1068,7 +965,7 @@ static json_t *names_json(const char **names, size_t n) {
  * task for t < 0), sorted, as a JSON array. */
 static json_t *replied_names(const coord_t *c, int t) {
     const char **names = graft_xcalloc(MAX_PEERS, sizeof *names);
-    json_t *a = names_json(names, worker_names(c, t, 1, names));
+    json_t *a = coord_names_json(names, worker_names(c, t, 1, names));
     free(names);
     return a;
 }
@@ -1123,263 +1020,6 @@ static void aggregate(coord_t *c) {
     free(in);
 }
 
-/* A test-split result goes to the caller's test_result, if any. */
-static void report_test_result(coord_t *c, const graft_eval_result_t *r, const char *line) {
-    if (c->o.test_result) c->o.test_result(c->o.test_result_ctx, r, line);
-}
-
-/* One task's result on the log, as an eval event and, for the test split,
- * to the caller. `workers`: the names of the workers whose rows it adds up
- * (a JSON array), per_worker their own metrics (an object) and extra more
- * fields for the event (an object), all taken over; NULL for the
- * coordinator's own. */
-static void report_eval(coord_t *c, const graft_eval_result_t *r, json_t *workers,
-                        json_t *per_worker, json_t *extra) {
-    char line[320];
-    graft_eval_format(c->tr, r, line, sizeof line);
-    if (workers) {
-        size_t len = strlen(line);
-        snprintf(line + len, sizeof line - len, "  (workers: %zu)", json_array_size(workers));
-    }
-    LOG_INFO("eval round %d: %s", c->round, line);
-    graft_eval_log_sample(c->tr, r);
-    json_t *o = graft_eval_json(c->tr, r);
-    json_object_set_new(o, "round", json_integer(c->round));
-    json_object_set_new(o, "source", json_string(workers ? "workers" : "coordinator"));
-    if (workers) json_object_set_new(o, "workers", workers);
-    if (per_worker) json_object_set_new(o, "per_worker", per_worker);
-    if (extra) json_object_update(o, extra);
-    json_decref(extra);
-    graft_events_emit(c->ev, "eval", o);
-    if (r->split == GRAFT_SPLIT_TEST) report_test_result(c, r, line);
-}
-
-/* Dev split during the run; the test split after the last round, reported. */
-static void evaluate(coord_t *c, int split) {
-    double t0 = graft_now();
-    for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++) {
-        graft_eval_result_t r;
-        graft_trainer_evaluate(c->tr, t, split, &r);
-        report_eval(c, &r, NULL, NULL, NULL);
-    }
-    LOG_INFO("eval round %d: the coordinator's evaluation took %.0f ms", c->round,
-             (graft_now() - t0) * 1000.0);
-}
-
-/* The split to evaluate after this round: test after the last, dev every
- * eval_every_rounds; -1: none. */
-static int split_due(const coord_t *c) {
-    if (c->round == c->cfg->rounds) return GRAFT_SPLIT_TEST;
-    if (c->round % c->cfg->eval_every_rounds == 0) return GRAFT_SPLIT_DEV;
-    return -1;
-}
-
-/* Sends peer's worker an EvalRequest for the open evaluation: the
- * aggregated modules of its scopes and those of its tasks that its name is
- * asked about and has not answered (all of them when ask is set, which
- * first records them as asked). Returns how many tasks it asked for. */
-static int send_eval_request(coord_t *c, int peer, int ask) {
-    const graft_run_config_t *cfg = c->cfg;
-    worker_t *w = &c->w[peer];
-    char *tasks[GRAFT_MAX_TASKS];
-    int n = 0;
-    for (int i = 0; i < w->n_assigned; i++) {
-        int t = w->assigned[i];
-        if (ask || graft_eval_answers_state(c->answers, w->name, t) == GRAFT_EVAL_WAITING)
-            tasks[n++] = (char *)graft_task_name(graft_trainer_task(c->tr, t));
-    }
-    if (!n) return 0;
-    graft_wire_tensor_t ts[GRAFT_MAX_TASKS + 1];
-    graft_msg_t m = {.type = GRAFT_MSG_EVAL_REQUEST};
-    m.eval_request = (graft_wire_eval_request_t){
-        .round = (uint64_t)c->round, .tensors = ts, .ntensors = (size_t)worker_tensors(c, w, ts),
-        .tasks = tasks, .ntasks = (size_t)n, .split = c->eval_split,
-        .max_examples = (uint64_t)cfg->eval_max, .max_decodes = (uint64_t)cfg->decode_max,
-        .gen_tokens = (uint32_t)cfg->gen_tokens};
-    if (send_msg(c, peer, &m)) return 0;
-    for (int i = 0; ask && i < w->n_assigned; i++)
-        graft_eval_answers_ask(c->answers, w->name, w->assigned[i]);
-    return n;
-}
-
-/* --eval_on workers: asks every live worker to evaluate the round's
- * aggregated modules on its own rows of split, for each task it trains,
- * with the run's evaluation sizes. Returns how many were asked. */
-static int request_eval(coord_t *c, int split) {
-    graft_eval_answers_reset(c->answers);
-    c->eval_split = split;
-    c->eval_t0 = graft_now();
-    c->eval_bytes_in = c->bytes_in;
-    c->eval_bytes_out = c->bytes_out;
-    int asked = 0;
-    for (int p = 0; p < MAX_PEERS; p++)
-        if (c->w[p].state == W_ACTIVE) asked += send_eval_request(c, p, 1) > 0;
-    LOG_INFO("eval round %d: asked %d workers to evaluate on their %s rows", c->round, asked,
-             graft_task_split_name(split));
-    return asked;
-}
-
-/* A worker registering (again) while the workers evaluate is sent the
- * questions its name has not answered: a process that reconnected, or was
- * restarted, still answers for its rows. */
-static void eval_rejoin(coord_t *c, int peer) {
-    if (c->state != S_EVAL_WAIT) return;
-    int n = send_eval_request(c, peer, 0);
-    if (n)
-        LOG_INFO("eval round %d: asked worker '%s' again for its %d unanswered tasks", c->round,
-                 c->w[peer].name, n);
-}
-
-/* Is a worker of that name registered? (The questions of a lost worker are
- * not waited for.) */
-static int name_alive(void *ctx, const char *name) {
-    const coord_t *c = ctx;
-    for (int p = 0; p < MAX_PEERS; p++)
-        if (c->w[p].state == W_ACTIVE && !strcmp(c->w[p].name, name)) return 1;
-    return 0;
-}
-
-static size_t eval_pending(coord_t *c) {
-    return graft_eval_answers_waiting(c->answers, name_alive, c);
-}
-
-/* 0 and the result's statistics in *s; 1 with the reason in why (not
- * counted); 2 with the reason: its content does not fit the task, and it
- * counts as answered with no rows (the worker would only send it again). */
-static int refuse_eval_result(coord_t *c, const worker_t *w, const graft_wire_eval_result_t *r,
-                              graft_eval_stats_t *s, char *why, size_t n) {
-    int t = graft_trainer_task_index(c->tr, r->task);
-    int state = t < 0 ? GRAFT_EVAL_NOT_ASKED : graft_eval_answers_state(c->answers, w->name, t);
-    if (c->state != S_EVAL_WAIT || r->round != (uint64_t)c->round)
-        snprintf(why, n, "not expected now (round %llu; too late?)", (unsigned long long)r->round);
-    else if (r->split != c->eval_split)
-        snprintf(why, n, "the %s split; the %s split was asked for",
-                 graft_task_split_name(r->split), graft_task_split_name(c->eval_split));
-    else if (state == GRAFT_EVAL_NOT_ASKED)
-        snprintf(why, n, "worker '%.64s' was not asked about task '%.64s'", w->name, r->task);
-    else if (state == GRAFT_EVAL_ANSWERED)
-        snprintf(why, n, "task '%.64s' already answered", r->task);
-    else {
-        const graft_task_t *task = graft_trainer_task(c->tr, t);
-        char detail[160];
-        if (!graft_eval_stats_from_wire(r, t, graft_task_kind(task), graft_task_num_labels(task), s,
-                                        detail, sizeof detail))
-            return 0;
-        snprintf(why, n, "task '%.64s': %.120s; counted as answered with no rows", r->task,
-                 detail);
-        return 2;
-    }
-    return 1;
-}
-
-static void on_eval_result(coord_t *c, int peer, const graft_msg_t *m) {
-    worker_t *w = &c->w[peer];
-    const graft_wire_eval_result_t *r = &m->eval_result;
-    graft_eval_stats_t s;
-    char why[256];
-    int refused = refuse_eval_result(c, w, r, &s, why, sizeof why);
-    /* An answer to this round's evaluation after it closed (its worker was
-     * slower than --round_timeout_ms, which the closing already logged):
-     * info, not one warning per task. */
-    int late = c->state != S_EVAL_WAIT && r->round == (uint64_t)c->round;
-    if (refused && late)
-        LOG_INFO("coordinator: eval_result from %s for task '%.64s' came after the evaluation "
-                 "closed; ignored", graft_transport_peer_name(c->o.tp, peer), r->task);
-    else if (refused)
-        LOG_WARN("coordinator: dropping eval_result from %s: %s",
-                 graft_transport_peer_name(c->o.tp, peer), why);
-    if (refused == 1) return;
-    graft_eval_answers_add(c->answers, w->name, graft_trainer_task_index(c->tr, r->task),
-                           refused ? NULL : &s, r->part, r->parts);
-    w->has_tasks = 1; /* it evaluated with the modules it was sent */
-}
-
-/* Each worker's own metrics of task t (its answer's statistics alone), for
- * the eval event ({name: {examples, loss, accuracy...}}) and, with two or
- * more, one log line: how the clients differ. */
-static json_t *per_worker(coord_t *c, const char **names, const graft_eval_stats_t **each,
-                          size_t n) {
-    json_t *o = json_object();
-    char line[1024] = "";
-    size_t used = 0;
-    for (size_t i = 0; i < n; i++) {
-        graft_eval_result_t r;
-        graft_eval_stats_finish(each[i], &r);
-        json_t *m = graft_eval_json(c->tr, &r);
-        json_object_del(m, "task");
-        json_object_del(m, "split");
-        json_object_del(m, "sample");
-        json_object_set_new(o, names[i], m);
-        int cls = r.kind == GRAFT_TASK_CLASSIFY, none = cls ? !r.examples : !r.chrf_examples;
-        char metric[32] = "-";
-        if (!none) snprintf(metric, sizeof metric, "%.4g", cls ? r.cls.accuracy : r.chrf);
-        if (used < sizeof line)
-            used += (size_t)snprintf(line + used, sizeof line - used, "%s%.64s %s %s (n=%lld)",
-                                     i ? ", " : "", names[i], cls ? "acc" : "chrF", metric,
-                                     (long long)r.examples);
-    }
-    if (n > 1 && each[0])
-        LOG_INFO("eval round %d: %s per worker: %s", c->round,
-                 graft_task_name(graft_trainer_task(c->tr, each[0]->task)), line);
-    return o;
-}
-
-/* The workers' answers, added up per task in name order: one eval event per
- * task (source workers, with each worker's own metrics), also for a task no
- * worker answered for (examples 0). Coverage problems are logged and go
- * into the event: workers that did not answer ("missing": their rows are
- * left out), IID parts answered twice ("duplicate": counted once) or by
- * no one; "complete" says whether the rows are those the run asked for. */
-static void finish_worker_eval(coord_t *c) {
-    const char **names = graft_xcalloc(4 * (size_t)MAX_PEERS, sizeof *names);
-    const char **missing = names + MAX_PEERS, **duplicate = names + 2 * MAX_PEERS;
-    const graft_eval_stats_t **each = graft_xcalloc(MAX_PEERS, sizeof *each);
-    for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++) {
-        const graft_task_t *task = graft_trainer_task(c->tr, t);
-        const char *name = graft_task_name(task);
-        graft_eval_stats_t s;
-        graft_eval_merge_t info;
-        graft_eval_answers_merge(c->answers, t, c->eval_split, graft_task_kind(task),
-                                 graft_task_num_labels(task), &s, names, each, missing,
-                                 duplicate, MAX_PEERS, &info);
-        size_t n = info.answers < MAX_PEERS ? info.answers : MAX_PEERS;
-        size_t nm = info.missing < MAX_PEERS ? info.missing : MAX_PEERS;
-        size_t nd = info.duplicate < MAX_PEERS ? info.duplicate : MAX_PEERS;
-        for (size_t i = 0; i < nm; i++)
-            LOG_WARN("eval round %d: %s: no answer from worker '%s' (lost, or past "
-                     "--round_timeout_ms): its rows are left out", c->round, name, missing[i]);
-        for (size_t i = 0; i < nd; i++)
-            LOG_WARN("eval round %d: %s: worker '%s' evaluated an IID part that another worker "
-                     "already did (the same --shard twice?): counted once", c->round, name,
-                     duplicate[i]);
-        if (info.parts_missing)
-            LOG_WARN("eval round %d: %s: %zu IID parts of the evaluation had no worker: their "
-                     "rows are left out", c->round, name, info.parts_missing);
-        if (info.own && c->eval_on == (EVAL_ON_COORDINATOR | EVAL_ON_WORKERS) && !c->said_caps &&
-            (c->cfg->eval_max || c->cfg->decode_max)) {
-            c->said_caps = 1;
-            LOG_INFO("eval round %d: workers with their own files apply --eval_max %d and "
-                     "--decode_max %d to their own rows: the two evaluations cover different "
-                     "rows (0 for both: every row, and they agree)", c->round, c->cfg->eval_max,
-                     c->cfg->decode_max);
-        }
-        json_t *workers = per_worker(c, names, each, n);
-        graft_eval_result_t r;
-        graft_eval_stats_finish(&s, &r);
-        graft_eval_stats_free(&s);
-        json_t *extra = json_pack("{s:b, s:o, s:o, s:I}", "complete", info.complete, "missing",
-                                  names_json(missing, nm), "duplicate", names_json(duplicate, nd),
-                                  "parts_missing", (json_int_t)info.parts_missing);
-        report_eval(c, &r, names_json(names, n), workers, extra);
-    }
-    free(names);
-    free(each);
-    graft_eval_answers_reset(c->answers);
-    LOG_INFO("eval round %d: the workers' evaluation took %.0f ms (out %.1f KiB, in %.1f KiB)",
-             c->round, (graft_now() - c->eval_t0) * 1000.0,
-             (double)(c->bytes_out - c->eval_bytes_out) / 1024.0,
-             (double)(c->bytes_in - c->eval_bytes_in) / 1024.0);
-}
 
 static int checkpoint(coord_t *c) {
     /* the trainer's step counts finished rounds here */
@@ -1436,17 +1076,19 @@ static int advance(coord_t *c) {
             /* The workers first: they evaluate while the coordinator does.
              * Their deadline runs from the end of the coordinator's own
              * evaluation, during which no answer is read. */
-            int split = split_due(c), asked = 0;
-            if (split >= 0 && (c->eval_on & EVAL_ON_WORKERS)) asked = request_eval(c, split);
-            if (split >= 0 && (c->eval_on & EVAL_ON_COORDINATOR)) evaluate(c, split);
-            if (split >= 0 && (c->eval_on & EVAL_ON_WORKERS) && !asked) finish_worker_eval(c);
+            int split = coord_split_due(c), asked = 0;
+            if (split >= 0 && (c->eval_on & EVAL_ON_WORKERS))
+                asked = coord_request_eval(c, split);
+            if (split >= 0 && (c->eval_on & EVAL_ON_COORDINATOR)) coord_evaluate(c, split);
+            if (split >= 0 && (c->eval_on & EVAL_ON_WORKERS) && !asked)
+                coord_finish_worker_eval(c);
             c->eval_deadline = graft_now() + cfg->round_timeout_ms / 1000.0;
             set_state(c, asked ? S_EVAL_WAIT : S_CHECKPOINT);
             break;
         }
         case S_EVAL_WAIT:
-            if (!eval_pending(c) || graft_now() >= c->eval_deadline) {
-                finish_worker_eval(c);
+            if (!coord_eval_pending(c) || graft_now() >= c->eval_deadline) {
+                coord_finish_worker_eval(c);
                 set_state(c, S_CHECKPOINT);
             }
             break;
@@ -1489,7 +1131,7 @@ static void shutdown_workers(coord_t *c, const char *reason, int complete) {
     m.shutdown.reason = (char *)reason;
     m.shutdown.run_complete = complete;
     for (int p = 0; p < MAX_PEERS; p++)
-        if (c->w[p].state == W_ACTIVE) send_msg(c, p, &m);
+        if (c->w[p].state == W_ACTIVE) coord_send_msg(c, p, &m);
 }
 
 static const char *signal_name(int sig) {
