@@ -41,7 +41,8 @@ typedef struct {
 static const char *usage =
     "usage: graft report [--out DIR] [--no_plots] RUN...\n\n"
     "Summarises runs from their JSON-lines event logs. Each RUN is an events.jsonl\n"
-    "file or a run directory holding one. Prints one row per run: mode, method,\n"
+    "file or a run directory holding one. Prints one row per run: mode, method\n"
+    "(+personal: a --personalize run, whose metrics are each client's own model's),\n"
     "the final test metric of every task (accuracy or chrF, in points), their\n"
     "average, the mean ECE of the classification tasks, trainable parameters per\n"
     "task and their share of the trunk, bytes sent per round (federated runs) and\n"
@@ -87,6 +88,7 @@ static const struct {
     {"round_end", "train_loss", 'n'}, {"round_end", "bytes_in", 'n'},
     {"round_end", "bytes_out", 'n'},  {"run_start", "mode", 's'},
     {"run_start", "method", 's'},  {"run_start", "params", 'o'},
+    {"run_start", "personalize", 'b'},
     {"run_end", "seconds", 'n'},   {"run_end", "ok", 'b'},
     {"mask", "trunk", 'n'},        {"mask", "eligible", 'n'},
     {"mask", "per_task_params", 'n'}, {"mask_overlap", "tasks", 'a'},
@@ -355,6 +357,9 @@ static json_t *summary_row(const run_t *r, double sparsity) {
     json_object_set_new(row, "run", json_string(r->name));
     json_object_set_new(row, "mode", json_string(start ? str(start, "mode", "?") : "?"));
     json_object_set_new(row, "method", json_string(start ? str(start, "method", "?") : "?"));
+    /* Personal task modules: the metrics are each client's own model's. */
+    if (start && json_is_true(json_object_get(start, "personalize")))
+        json_object_set_new(row, "personalize", json_true());
     if (!isnan(sparsity)) json_object_set_new(row, "sparsity", json_real(sparsity));
     double msum = 0, esum = 0;
     int mn = 0, en = 0;
@@ -492,7 +497,7 @@ static void print_table(json_t *rows) {
             if (!seen && nt < MAX_TASKS) tasks[nt++] = k;
         }
     }
-    printf("%-28s %-6s %-16s", "run", "mode", "method");
+    printf("%-28s %-6s %-20s", "run", "mode", "method");
     for (int t = 0; t < nt; t++) printf(" %12.12s", tasks[t]);
     printf(" %7s %6s %10s %8s %10s %8s\n", "avg", "ECE", "params", "share", "B/round", "seconds");
     json_array_foreach(rows, i, row) {
@@ -500,7 +505,10 @@ static void print_table(json_t *rows) {
         double sp = num(row, "sparsity", NAN);
         if (isnan(sp)) snprintf(name, sizeof name, "%s", str(row, "run", "?"));
         else snprintf(name, sizeof name, "%s@%g%%", str(row, "run", "?"), 100.0 * sp);
-        printf("%-28.28s %-6.6s %-16.16s", name, str(row, "mode", "?"), str(row, "method", "?"));
+        char method[64];
+        snprintf(method, sizeof method, "%s%s", str(row, "method", "?"),
+                 json_is_true(json_object_get(row, "personalize")) ? "+personal" : "");
+        printf("%-28.28s %-6.6s %-20.20s", name, str(row, "mode", "?"), method);
         for (int t = 0; t < nt; t++) {
             json_t *o = json_object_get(json_object_get(row, "tasks"), tasks[t]);
             fmt_num(b, sizeof b, o ? json_object_get(o, "metric") : NULL, "%.2f");

@@ -1365,12 +1365,13 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
         graft_agg_describe(&c.agg_cfg, strategy, sizeof strategy);
         int reduce = graft_aggregator_collective(c.agg);
         graft_events_emit(c.ev, "run_start",
-                          json_pack("{s:s, s:s, s:i, s:s, s:i, s:i, s:i, s:o, s:s, s:b}",
+                          json_pack("{s:s, s:s, s:i, s:s, s:i, s:i, s:i, s:o, s:s, s:b, s:b}",
                                     "mode", o->mode ? o->mode : "?", "config_digest", digest,
                                     "seed", o->cfg.seed, "method", o->cfg.method, "round",
                                     c.round, "rounds", o->cfg.rounds, "workers",
                                     o->expected_workers, "params", graft_trainer_params_json(c.tr),
-                                    "aggregate", strategy, "mpi_reductions", reduce));
+                                    "aggregate", strategy, "mpi_reductions", reduce,
+                                    "personalize", o->cfg.personalize));
         LOG_INFO("coordinator: %d tasks, method %s, aggregate %s%s, rounds %d..%d, waiting for "
                  "%d workers", graft_trainer_n_tasks(c.tr), o->cfg.method, strategy,
                  reduce ? " (MPI reductions)" : "", c.round, o->cfg.rounds, o->expected_workers);

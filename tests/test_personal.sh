@@ -86,6 +86,10 @@ grep -q 'task scopes personal (not aggregated)' "$T/last-true.err" ||
     fail "the coordinator does not say the run is personalised"
 grep -q 'worker client-001: a personalised run' "$T/last-true.err" ||
     fail "the worker does not say the run is personalised"
+"$GRAFT" report --no_plots --out "$T/rep" "$T/last-true" "$T/last-false" >"$T/rep.txt" 2>&1 ||
+    fail "graft report failed"
+grep -q '^last-true  *run  *lora+personal ' "$T/rep.txt" && grep -q '^last-false  *run  *lora  ' \
+    "$T/rep.txt" || { cat "$T/rep.txt" >&2; fail "graft report does not mark the personal run"; }
 python3 - "$T/last-true/events.jsonl" "$T/last-false/events.jsonl" <<'PY' ||
 import json, sys
 def load(path):

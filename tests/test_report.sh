@@ -21,7 +21,7 @@ cat > "$T/central/events.jsonl" <<'J'
 {"ts":6.0,"event":"run_end","step":20,"seconds":12.5,"ok":true}
 J
 cat > "$T/fed/events.jsonl" <<'J'
-{"ts":1.0,"event":"run_start","mode":"run","method":"lora","round":1,"params":{"trunk":1000,"shared":40,"tasks":{"a":10},"per_task":{"a":50}}}
+{"ts":1.0,"event":"run_start","mode":"run","method":"lora","round":1,"params":{"trunk":1000,"shared":40,"tasks":{"a":10},"per_task":{"a":50}},"personalize":true}
 {"ts":2.0,"event":"round_end","round":1,"train_loss":2.0,"bytes_in":100,"bytes_out":300}
 {"ts":3.0,"event":"round_end","round":2,"train_loss":1.5,"bytes_in":200,"bytes_out":400}
 {"ts":4.0,"event":"eval","task":"a","split":"test","accuracy":0.6,"ece":0.3,"loss":1.1,"round":2}
@@ -52,6 +52,8 @@ cat "$T/table.txt"
 grep -q '^central .* 75.00 .* 40.00 .* 57.50 .* 0.100 .* 60 .* 6.000% .* 12.5$' "$T/table.txt" \
   || fail "central row"
 grep -q '^fed .* 60.00 .* 500 .* 30.0$' "$T/table.txt" || fail "federated row (bytes per round 500)"
+grep -q '^fed  *run  *lora+personal  ' "$T/table.txt" || fail "the personalised run's method"
+grep -q '^central  *train  *lora  ' "$T/table.txt" || fail "central's method"
 grep -qx 'sample central b: oak -> a tree  (reference: a tall tree)' "$T/table.txt" ||
   fail "no sample line for the generation task"
 grep -q '^masks@1% .* 55.00 .* 8 ' "$T/table.txt" || fail "mask row at 1% (8 of 800 eligible)"
