@@ -348,6 +348,127 @@ static void pulse_training(worker_t *w, int training) {
     pthread_mutex_unlock(&p->mu);
 }
 
+/* ---- scopes and personal task modules (--personalize, --save) ------------- */
+
+/* The scope of ours named name, or NULL. */
+static graft_scope_t *scope_named(worker_t *w, const char *name) {
+    graft_peft_t *p = graft_trainer_peft(w->tr);
+    if (!strcmp(name, graft_peft_shared(p)->name)) return graft_peft_shared(p);
+    for (int t = 0; t < graft_peft_n_tasks(p); t++)
+        if (!strcmp(name, graft_peft_task_scope(p, t)->name)) return graft_peft_task_scope(p, t);
+    return NULL;
+}
+
+/* Scope slot (0: shared, 1 + t: trainer task t) of a scope of ours. */
+static int scope_slot(const worker_t *w, const graft_scope_t *s) {
+    graft_peft_t *p = graft_trainer_peft(w->tr);
+    for (int t = 0; t < graft_peft_n_tasks(p); t++)
+        if (s == graft_peft_task_scope(p, t)) return 1 + t;
+    return 0;
+}
+
+/* Is scope s one of our own personal task scopes (see worker_t.own)? */
+static int is_own(const worker_t *w, const graft_scope_t *s) {
+    int k = scope_slot(w, s);
+    return w->personal && k && w->own[k - 1];
+}
+
+/* Takes the values sent for scope s (a round start's or an evaluation
+ * request's), unless they are our own by now (returns 0, s untouched). In a
+ * personalised run the first values of a task scope make it ours. */
+static int take_values(worker_t *w, graft_scope_t *s, const float *data) {
+    if (is_own(w, s)) return 0;
+    graft_scope_import(s, data);
+    int k = scope_slot(w, s);
+    if (w->personal && k) w->own[k - 1] = 1;
+    return 1;
+}
+
+/* In a personalised run, the name of a task scope of ours that holds
+ * neither our own values nor values sent in tensors ts (n, their scopes in
+ * sent): it cannot be trained or evaluated (the coordinator sends a task
+ * scope until an answer shows that we hold it). NULL when there is none. */
+static const char *task_scope_missing(worker_t *w, graft_scope_t **sent, size_t n) {
+    graft_peft_t *p = graft_trainer_peft(w->tr);
+    for (int t = 0; w->personal && t < graft_peft_n_tasks(p); t++) {
+        graft_scope_t *s = graft_peft_task_scope(p, t);
+        size_t i = 0;
+        while (i < n && sent[i] != s) i++;
+        if (s->numel && !w->own[t] && i == n) return s->name;
+    }
+    return NULL;
+}
+
+/* A message of a personalised run lacks task scope `scope`, which this
+ * worker does not hold yet: logged, and said to the coordinator, which
+ * then sends its task scopes again (it took us for a worker that has them:
+ * see coordinator.c, on_worker_error). */
+static void say_missing(worker_t *w, const char *what, unsigned long long round,
+                        const char *scope) {
+    char text[256];
+    snprintf(text, sizeof text, "a personalised run: %s %llu lacks task scope '%.64s', which "
+             "this worker does not hold yet", what, round, scope);
+    LOG_WARN("worker %s: dropping %s", w->name, text);
+    send_error(w, GRAFT_ESHAPE, text);
+}
+
+/* The run id as the --save file's metadata records it. */
+static void run_id_note(uint64_t run_id, char *buf, size_t n) {
+    snprintf(buf, n, "%016llx", (unsigned long long)run_id);
+}
+
+/* A personalised run's worker restarted with its --save file: takes back
+ * its own task modules (and their optimiser state) as of its last
+ * evaluation, when the file is this job's (its run id). Otherwise the
+ * coordinator's values start them over, and a file of another job (or one
+ * that cannot be read) is moved aside rather than overwritten. */
+static void resume_own(worker_t *w) {
+    const char *path = w->o.save_path;
+    if (!w->personal || !path || access(path, F_OK)) return;
+    char id[32];
+    run_id_note(w->run_id, id, sizeof id);
+    graft_st_file_t *f = NULL;
+    int rc = graft_st_open(path, &f);
+    const char *theirs = rc ? NULL : graft_st_meta(f, "federated.run_id");
+    int same = theirs && !strcmp(theirs, id);
+    graft_st_close(&f);
+    if (!same) {
+        char aside[GRAFT_OPT_STR + 32];
+        snprintf(aside, sizeof aside, "%s.%s", path, rc ? "unreadable" : "other-run");
+        int moved = rename(path, aside) == 0;
+        LOG_WARN("worker %s: %s is not a --save file of this run (run id %s): its task modules "
+                 "start over from the coordinator's; %s %s", w->name, path, id,
+                 moved ? "the file was moved to" : "cannot move the file aside to", aside);
+        return;
+    }
+    graft_peft_t *p = graft_trainer_peft(w->tr);
+    if ((rc = graft_trainer_load(w->tr, path))) {
+        graft_scope_reset_state(graft_peft_shared(p));
+        for (int t = 0; t < graft_peft_n_tasks(p); t++)
+            graft_scope_reset_state(graft_peft_task_scope(p, t));
+        LOG_WARN("worker %s: cannot take its task modules back from %s (%s): they start over "
+                 "from the coordinator's", w->name, path, graft_strerror(rc));
+        return;
+    }
+    for (int t = 0; t < graft_peft_n_tasks(p); t++) w->own[t] = 1;
+    LOG_INFO("worker %s: took its own task modules back from %s (as of its last evaluation)",
+             w->name, path);
+}
+
+/* --save: the modules just evaluated, for graft eval and graft predict; in
+ * a personalised run with their optimiser state, from which a restarted
+ * worker takes its own back (resume_own). A failure is logged and the run
+ * goes on. */
+static void save_modules(worker_t *w, uint64_t round) {
+    int rc = graft_trainer_save_moments(w->tr, w->o.save_path, w->personal ? 2 : 0);
+    if (rc)
+        LOG_ERROR("worker %s: round %llu: cannot write its modules to %s: %s", w->name,
+                  (unsigned long long)round, w->o.save_path, graft_strerror(rc));
+    else
+        LOG_INFO("worker %s: round %llu: wrote the modules it evaluated to %s", w->name,
+                 (unsigned long long)round, w->o.save_path);
+}
+
 /* ---- the assignment -------------------------------------------------------- */
 
 static int assigned(const graft_wire_assign_t *a, const char *task) {
@@ -454,49 +575,6 @@ static int same_assignment(const worker_t *w, const graft_wire_assign_t *a) {
     return 1;
 }
 
-/* The run id as the --save file's metadata records it. */
-static void run_id_note(uint64_t run_id, char *buf, size_t n) {
-    snprintf(buf, n, "%016llx", (unsigned long long)run_id);
-}
-
-/* A personalised run's worker restarted with its --save file: takes back
- * its own task modules (and their optimiser state) as of its last
- * evaluation, when the file is this job's (its run id). Otherwise the
- * coordinator's values start them over, and a file of another job (or one
- * that cannot be read) is moved aside rather than overwritten. */
-static void resume_own(worker_t *w) {
-    const char *path = w->o.save_path;
-    if (!w->personal || !path || access(path, F_OK)) return;
-    char id[32];
-    run_id_note(w->run_id, id, sizeof id);
-    graft_st_file_t *f = NULL;
-    int rc = graft_st_open(path, &f);
-    const char *theirs = rc ? NULL : graft_st_meta(f, "federated.run_id");
-    int same = theirs && !strcmp(theirs, id);
-    graft_st_close(&f);
-    if (!same) {
-        char aside[GRAFT_OPT_STR + 32];
-        snprintf(aside, sizeof aside, "%s.%s", path, rc ? "unreadable" : "other-run");
-        int moved = rename(path, aside) == 0;
-        LOG_WARN("worker %s: %s is not a --save file of this run (run id %s): its task modules "
-                 "start over from the coordinator's; %s %s", w->name, path, id,
-                 moved ? "the file was moved to" : "cannot move the file aside to", aside);
-        return;
-    }
-    graft_peft_t *p = graft_trainer_peft(w->tr);
-    if ((rc = graft_trainer_load(w->tr, path))) {
-        graft_scope_reset_state(graft_peft_shared(p));
-        for (int t = 0; t < graft_peft_n_tasks(p); t++)
-            graft_scope_reset_state(graft_peft_task_scope(p, t));
-        LOG_WARN("worker %s: cannot take its task modules back from %s (%s): they start over "
-                 "from the coordinator's", w->name, path, graft_strerror(rc));
-        return;
-    }
-    for (int t = 0; t < graft_peft_n_tasks(p); t++) w->own[t] = 1;
-    LOG_INFO("worker %s: took its own task modules back from %s (as of its last evaluation)",
-             w->name, path);
-}
-
 /* Returns 1 when the worker must stop. */
 static int on_assign(worker_t *w, const graft_msg_t *m) {
     /* Registered anew (the coordinator had forgotten us: a restarted one
@@ -534,22 +612,6 @@ static int on_assign(worker_t *w, const graft_msg_t *m) {
 }
 
 /* ---- a round --------------------------------------------------------------- */
-
-static graft_scope_t *scope_named(worker_t *w, const char *name) {
-    graft_peft_t *p = graft_trainer_peft(w->tr);
-    if (!strcmp(name, graft_peft_shared(p)->name)) return graft_peft_shared(p);
-    for (int t = 0; t < graft_peft_n_tasks(p); t++)
-        if (!strcmp(name, graft_peft_task_scope(p, t)->name)) return graft_peft_task_scope(p, t);
-    return NULL;
-}
-
-/* Scope slot (0: shared, 1 + t: trainer task t) of a scope of ours. */
-static int scope_slot(const worker_t *w, const graft_scope_t *s) {
-    graft_peft_t *p = graft_trainer_peft(w->tr);
-    for (int t = 0; t < graft_peft_n_tasks(p); t++)
-        if (s == graft_peft_task_scope(p, t)) return 1 + t;
-    return 0;
-}
 
 /* The heads' label-shift offsets for tau (graft_peft_set_logit_offset):
  * tau (log p_shard(k) - log p_run(k)) per label k. The shard's shares are
@@ -590,38 +652,6 @@ static void set_logit_offsets(worker_t *w, float tau) {
         free(offset);
         free(count);
     }
-}
-
-/* Is scope s one of our own personal task scopes (see worker_t.own)? */
-static int is_own(const worker_t *w, const graft_scope_t *s) {
-    int k = scope_slot(w, s);
-    return w->personal && k && w->own[k - 1];
-}
-
-/* Takes the values sent for scope s (a round start's or an evaluation
- * request's), unless they are our own by now (returns 0, s untouched). In a
- * personalised run the first values of a task scope make it ours. */
-static int take_values(worker_t *w, graft_scope_t *s, const float *data) {
-    if (is_own(w, s)) return 0;
-    graft_scope_import(s, data);
-    int k = scope_slot(w, s);
-    if (w->personal && k) w->own[k - 1] = 1;
-    return 1;
-}
-
-/* In a personalised run, the name of a task scope of ours that holds
- * neither our own values nor values sent in tensors ts (n, their scopes in
- * sent): it cannot be trained or evaluated (the coordinator sends a task
- * scope until an answer shows that we hold it). NULL when there is none. */
-static const char *task_scope_missing(worker_t *w, graft_scope_t **sent, size_t n) {
-    graft_peft_t *p = graft_trainer_peft(w->tr);
-    for (int t = 0; w->personal && t < graft_peft_n_tasks(p); t++) {
-        graft_scope_t *s = graft_peft_task_scope(p, t);
-        size_t i = 0;
-        while (i < n && sent[i] != s) i++;
-        if (s->numel && !w->own[t] && i == n) return s->name;
-    }
-    return NULL;
 }
 
 /* Imports the round's modules, keeps a copy of what was sent, restarts the
@@ -702,19 +732,6 @@ static const char *scopes_sent(worker_t *w, const graft_wire_tensor_t *ts, size_
         if (!sent[i] || sent[i]->numel != ts[i].numel || ts[i].sparse) return ts[i].name;
     }
     return NULL;
-}
-
-/* A message of a personalised run lacks task scope `scope`, which this
- * worker does not hold yet: logged, and said to the coordinator, which
- * then sends its task scopes again (it took us for a worker that has them:
- * see coordinator.c, on_worker_error). */
-static void say_missing(worker_t *w, const char *what, unsigned long long round,
-                        const char *scope) {
-    char text[256];
-    snprintf(text, sizeof text, "a personalised run: %s %llu lacks task scope '%.64s', which "
-             "this worker does not hold yet", what, round, scope);
-    LOG_WARN("worker %s: dropping %s", w->name, text);
-    send_error(w, GRAFT_ESHAPE, text);
 }
 
 /* 1 (logged) when round start rs cannot be trained here; else 0 with its
@@ -842,20 +859,6 @@ static int refuse_eval_request(worker_t *w, const graft_wire_eval_request_t *rq,
     LOG_WARN("worker %s: dropping eval_request for round %llu: %s%s", w->name,
              (unsigned long long)rq->round, why, what);
     return 1;
-}
-
-/* --save: the modules just evaluated, for graft eval and graft predict; in
- * a personalised run with their optimiser state, from which a restarted
- * worker takes its own back (resume_own). A failure is logged and the run
- * goes on. */
-static void save_modules(worker_t *w, uint64_t round) {
-    int rc = graft_trainer_save_moments(w->tr, w->o.save_path, w->personal ? 2 : 0);
-    if (rc)
-        LOG_ERROR("worker %s: round %llu: cannot write its modules to %s: %s", w->name,
-                  (unsigned long long)round, w->o.save_path, graft_strerror(rc));
-    else
-        LOG_INFO("worker %s: round %llu: wrote the modules it evaluated to %s", w->name,
-                 (unsigned long long)round, w->o.save_path);
 }
 
 /* Evaluates the modules sent (the round's aggregated ones; in a
