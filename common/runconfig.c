@@ -105,6 +105,11 @@ const graft_option_t graft_run_options[] = {
      "RED, LayerNorm tuning): it trains them on its own rows round after round, with their "
      "AdamW state, and never sends them back; only the shared scope is aggregated, and the "
      "evaluations run on the workers, each with its own modules"},
+    {"personal_from", GRAFT_OPT_INT, OFF(personal_from), "1", 1, 1e9,
+     "--personalize: the first round whose task modules stay on the workers; the rounds "
+     "before it average them over their cohorts, as without --personalize, so that each "
+     "worker's own modules start from its cohort's (1: personal from the start; at most "
+     "--rounds)"},
     {"min_replies", GRAFT_OPT_INT, OFF(min_replies), "1", 1, 1e6,
      "replies needed to close a round at its deadline"},
     {"round_timeout_ms", GRAFT_OPT_INT, OFF(round_timeout_ms), "120000", 100, 1e9,
@@ -320,4 +325,8 @@ int graft_run_setting_canonical(const graft_run_config_t *cfg, const char *name,
 const char *graft_run_eval_on(const graft_run_config_t *cfg) {
     if (*cfg->eval_on) return cfg->eval_on;
     return cfg->personalize ? "workers" : "coordinator";
+}
+
+int graft_run_personal_round(const graft_run_config_t *cfg, int round) {
+    return cfg->personalize && round >= cfg->personal_from;
 }

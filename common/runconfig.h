@@ -46,6 +46,7 @@ typedef struct {
     int keep_optimizer_state; /* federated: workers keep AdamW state across rounds */
     float logit_adjust;       /* federated: tau of the heads' label-shift correction */
     int personalize;          /* federated: task modules stay on their workers */
+    int personal_from;        /* personalize: from this round on */
     char optimizer[GRAFT_OPT_STR]; /* adamw or sgd */
     float momentum;                /* sgd */
     float weight_decay;
@@ -122,6 +123,10 @@ int graft_run_shared_settings(const graft_run_config_t *cfg, graft_setting_t *ou
  * "workers" under --personalize (only they hold the task modules) and
  * "coordinator" otherwise. A static string or cfg's own. */
 const char *graft_run_eval_on(const graft_run_config_t *cfg);
+
+/* 1 when round `round` of a federated run keeps the task modules on the
+ * workers: --personalize, from --personal_from on. */
+int graft_run_personal_round(const graft_run_config_t *cfg, int round);
 
 /* Module setting `name` with the value `value` (as given or as an older
  * checkpoint recorded it: "red,lora", "0.1") in the form

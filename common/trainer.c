@@ -806,8 +806,9 @@ static int load_modules(graft_trainer_t *tr, const char *path, int resume) {
      * scopes as trained ones. */
     if (!rc && graft_st_meta(f, "personal.tasks") && !(resume && tr->cfg.personalize))
         LOG_WARN("%s is the coordinator's checkpoint of a personalised run (--personalize): its "
-                 "task modules hold their initial values, not trained ones; each worker's own "
-                 "are in the file of its --save (graft run: OUT/workers/NAME.safetensors)", path);
+                 "task modules are not the trained ones (their initial values, or the cohorts' "
+                 "averages before --personal_from); each worker's own are in the file of its "
+                 "--save (graft run: OUT/workers/NAME.safetensors)", path);
     graft_scope_t *scopes[GRAFT_MAX_TASKS + 1];
     int ns = all_scopes(tr, scopes);
     char nm[2 * GRAFT_SCOPE_NAME];

@@ -261,6 +261,7 @@ static void enc_round_start(enc_t *e, const graft_wire_round_start_t *m, int dty
     e->hyper.keep_optimizer_state = m->hyper.keep_optimizer_state != 0;
     e->hyper.logit_adjust = m->hyper.logit_adjust;
     e->hyper.channels_selected = m->hyper.channels_selected != 0;
+    e->hyper.personal = m->hyper.personal != 0;
     r->round = m->round;
     r->n_tensors = m->ntensors;
     r->tensors = enc_tensors(e, m->tensors, m->ntensors, dtype);
@@ -314,6 +315,7 @@ static void enc_eval_request(enc_t *e, const graft_wire_eval_request_t *m, int d
     r->max_examples = m->max_examples;
     r->max_decodes = m->max_decodes;
     r->gen_tokens = m->gen_tokens;
+    r->personal = m->personal != 0;
     e->env.body_case = GRAFT__ENVELOPE__BODY_EVAL_REQUEST;
     e->env.eval_request = r;
 }
@@ -781,6 +783,7 @@ static int dec_hyper(const Graft__Hyper *pb, graft_wire_hyper_t *h, char *why, s
     h->keep_optimizer_state = pb->keep_optimizer_state;
     h->logit_adjust = pb->logit_adjust;
     h->channels_selected = pb->channels_selected;
+    h->personal = pb->personal;
     return GRAFT_OK;
 }
 
@@ -858,6 +861,7 @@ static int dec_eval_request(const Graft__EvalRequest *pb, const graft_wire_opts_
     m->max_examples = pb->max_examples;
     m->max_decodes = pb->max_decodes;
     m->gen_tokens = pb->gen_tokens;
+    m->personal = pb->personal;
     int rc = dec_eval_tasks(pb, m, why, why_len);
     if (rc == GRAFT_OK) rc = dec_split(pb->split, "eval_request.split", &m->split, why, why_len);
     if (rc) return rc;

@@ -128,6 +128,7 @@ typedef struct {
     int keep_optimizer_state; /* the worker keeps its AdamW state across rounds */
     float logit_adjust;       /* tau of the heads' label-shift correction (0: off) */
     int channels_selected;    /* two-stage channels: stage 2 (select from the scores sent) */
+    int personal;             /* the task scopes are the worker's own this round */
 } graft_wire_hyper_t;
 
 /* How a round's modules come back (all zero: as tensors in the Update). */
@@ -169,6 +170,7 @@ typedef struct {
     uint64_t max_examples; /* 0: all */
     uint64_t max_decodes;  /* 0: all */
     uint32_t gen_tokens;   /* > 0 */
+    int personal;          /* the task scopes are the worker's own (a personal round) */
 } graft_wire_eval_request_t;
 
 #define GRAFT_WIRE_ECE_BINS 15

@@ -106,6 +106,10 @@ static int start_reductions(graft_aggregator_t *a) {
     return GRAFT_OK;
 }
 
+void graft_aggregator_set_personal(graft_aggregator_t *a, int personal) {
+    a->cfg.personal = personal;
+}
+
 int graft_aggregator_begin(graft_aggregator_t *a) {
     for (int k = 0; k < a->nscopes; k++) {
         scope_agg_t *s = &a->s[k];

@@ -62,7 +62,9 @@ typedef struct {
     int in_round; /* was sent the open round */
     int replied;  /* its name is among the round's contributions */
     int resent_round; /* the round last sent to it again (a repeated hello, a deadline) */
-    int has_tasks;    /* --personalize: answered since its Assign, so holds its task scopes */
+    /* A personal round (coord_personal) answered since its Assign: it holds
+     * its own task scopes. */
+    int has_tasks;
 } worker_t;
 
 /* The CurveZMQ key that the name of a worker no longer in the table
@@ -137,6 +139,12 @@ int coord_send_msg(coord_t *c, int peer, graft_msg_t *m);
 int coord_worker_tensors(const coord_t *c, const worker_t *w, graft_wire_tensor_t *ts);
 /* names[0..n) as a new JSON array (owned by the caller). */
 json_t *coord_names_json(const char **names, size_t n);
+
+/* Does the open round keep the task scopes on the workers (--personalize,
+ * from --personal_from on)? */
+static inline int coord_personal(const coord_t *c) {
+    return graft_run_personal_round(c->cfg, c->round);
+}
 
 /* ---- evaluation.c ------------------------------------------------------- */
 

@@ -45,9 +45,9 @@ static const char *const job_options[] = {
     "lora_task_alpha", "adapter_dim", "channels_k", "stage1_steps", "pool",
     "seed", "batch", "lr", "head_lr", "optimizer", "momentum", "weight_decay", "grad_clip",
     "warmup", "mix", "rounds", "local_steps", "keep_optimizer_state", "logit_adjust",
-    "personalize", "aggregate", "fedprox_mu", "clip_norm", "server_lr", "server_beta1",
-    "server_beta2", "server_eps", "shared_weight", "shared_server_lr", "trim_frac",
-    "lora_aggregate",
+    "personalize", "personal_from", "aggregate", "fedprox_mu", "clip_norm", "server_lr",
+    "server_beta1", "server_beta2", "server_eps", "shared_weight", "shared_server_lr",
+    "trim_frac", "lora_aggregate",
 };
 
 #define N_JOB_OPTIONS (sizeof job_options / sizeof *job_options)
@@ -117,13 +117,13 @@ static void send_error(coord_t *c, int peer, int code, const char *text) {
 }
 
 /* The scopes worker w sends back: shared (if not empty) then its tasks',
- * which a personalised run leaves out (they stay on the worker). With
- * `sending`, the scopes it is sent: those, and in a personalised run its
+ * which a personal round leaves out (they stay on the worker). With
+ * `sending`, the scopes it is sent: those, and in a personal round its
  * tasks' until an answer shows that it holds them (has_tasks). */
 static int worker_scopes(const coord_t *c, const worker_t *w, int sending, graft_scope_t **out) {
     int n = 0;
     if (c->scopes[0]->numel) out[n++] = c->scopes[0];
-    if (c->cfg->personalize && !(sending && !w->has_tasks)) return n;
+    if (coord_personal(c) && !(sending && !w->has_tasks)) return n;
     for (int i = 0; i < w->n_assigned; i++)
         if (c->scopes[1 + w->assigned[i]]->numel) out[n++] = c->scopes[1 + w->assigned[i]];
     return n;
@@ -172,6 +172,7 @@ static int send_round_start(coord_t *c, int peer) {
     rs->hyper.head_lr_scale = graft_peft_head_lr_scale(peft);
     rs->hyper.keep_optimizer_state = c->cfg->keep_optimizer_state;
     rs->hyper.logit_adjust = c->cfg->logit_adjust;
+    rs->hyper.personal = coord_personal(c);
     rs->hyper.channels_selected =
         (graft_peft_methods(peft) & GRAFT_M_CHANNELS) && graft_trainer_stage(c->tr) == 2;
     rs->reduce = (graft_wire_reduce_t){
@@ -315,6 +316,10 @@ static int start_round(coord_t *c) {
                                          (double)shared_weight(c, &c->w[p]) / TASK_WEIGHT_UNIT);
         LOG_INFO("round %d: shared scope weights (one per task): %s", c->round, line);
     }
+    if (c->cfg->personalize && c->round == c->cfg->personal_from && c->round > 1)
+        LOG_INFO("round %d: from now on every worker keeps its own task modules, starting from "
+                 "its cohort's average of round %d (--personal_from)", c->round, c->round - 1);
+    graft_aggregator_set_personal(c->agg, coord_personal(c));
     int rc = graft_aggregator_begin(c->agg);
     if (rc) LOG_ERROR("round %d: cannot start the MPI reductions: %s", c->round, graft_strerror(rc));
     set_state(c, S_ROUND_OPEN);
@@ -637,7 +642,7 @@ static int check_update_tensors(coord_t *c, const worker_t *w, const graft_wire_
         if (k == ns || seen[k]++) {
             snprintf(why, n, "tensor '%s' is not a scope this worker sends back (or is "
                      "repeated)%s", u->tensors[i].name,
-                     c->cfg->personalize ? "; a personalised run's task scopes stay on it" : "");
+                     coord_personal(c) ? "; a personal round's task scopes stay on it" : "");
             return GRAFT_ESHAPE;
         }
         if (u->tensors[i].sparse) { /* a scope's values travel whole */
@@ -724,7 +729,8 @@ static void on_update(coord_t *c, int peer, graft_msg_t *m) {
     r->reply = m->update;
     r->reply.tensors = NULL;
     r->reply.ntensors = 0;
-    w->replied = w->has_tasks = 1;
+    w->replied = 1;
+    w->has_tasks |= coord_personal(c);
     LOG_DEBUG("coordinator: update from %s, loss %.4f", who, m->update.train_loss);
 }
 
@@ -735,7 +741,7 @@ static void on_update(coord_t *c, int peer, graft_msg_t *m) {
 static void on_worker_error(coord_t *c, int peer, const graft_msg_t *m, const char *who) {
     worker_t *w = &c->w[peer];
     LOG_WARN("coordinator: %s reports error %d: %s", who, m->error.code, m->error.message);
-    if (m->error.code != GRAFT_ESHAPE || !c->cfg->personalize || !w->has_tasks) return;
+    if (m->error.code != GRAFT_ESHAPE || !coord_personal(c) || !w->has_tasks) return;
     w->has_tasks = 0;
     if (c->state == S_ROUND_OPEN && w->in_round && !w->replied &&
         !graft_aggregator_collective(c->agg)) {
@@ -1254,7 +1260,7 @@ static int setup(coord_t *c) {
     c->nsettings = graft_run_shared_settings(c->cfg, c->settings);
     if (c->cfg->personalize)
         graft_trainer_set_note(c->tr, "personal.tasks",
-                               "initial values: each worker keeps its own");
+                               "not the trained ones: each worker keeps its own");
     graft_trainer_set_schedule(c->tr, c->cfg->rounds * c->cfg->local_steps); /* check_steps */
     c->scopes[0] = graft_trainer_shared_scope(c->tr);
     for (int t = 0; t < graft_trainer_n_tasks(c->tr); t++)
@@ -1329,6 +1335,8 @@ static int check_personal(const graft_run_config_t *cfg) {
               "personal head serves its worker's own";
     else if (methods & GRAFT_M_CHANNELS)
         why = "--method channels: its channels are chosen once for every worker";
+    else if (cfg->personal_from > cfg->rounds)
+        why = "--personal_from after the last round (--rounds): no round would be personal";
     if (!why) return GRAFT_OK;
     LOG_ERROR("coordinator: --personalize does not go with %s", why);
     return GRAFT_EINVAL;

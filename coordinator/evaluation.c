@@ -85,7 +85,7 @@ static int send_eval_request(coord_t *c, int peer, int ask) {
         .ntensors = (size_t)coord_worker_tensors(c, w, ts), .tasks = tasks,
         .ntasks = (size_t)n, .split = c->eval_split,
         .max_examples = (uint64_t)cfg->eval_max, .max_decodes = (uint64_t)cfg->decode_max,
-        .gen_tokens = (uint32_t)cfg->gen_tokens};
+        .gen_tokens = (uint32_t)cfg->gen_tokens, .personal = coord_personal(c)};
     if (coord_send_msg(c, peer, &m)) return 0;
     for (int i = 0; ask && i < w->n_assigned; i++)
         graft_eval_answers_ask(c->answers, w->name, w->assigned[i]);
@@ -181,7 +181,7 @@ void coord_on_eval_result(coord_t *c, int peer, const graft_msg_t *m) {
     if (refused == 1) return;
     graft_eval_answers_add(c->answers, w->name, graft_trainer_task_index(c->tr, r->task),
                            refused ? NULL : &s, r->part, r->parts);
-    w->has_tasks = 1; /* it evaluated with the modules it was sent */
+    w->has_tasks |= coord_personal(c); /* it evaluated with its own modules */
 }
 
 /* Each worker's own metrics of task t (its answer's statistics alone), for

@@ -26,6 +26,11 @@
 #  3. mpirun graft mpi --personalize, with MPI reductions and with update
 #     messages, writes the same bytes (coordinator checkpoint and every
 #     worker's file) as graft run;
+#  3a. --personal_from 4 of 6 rounds: rounds 1-3 average the task scopes as
+#      without --personalize (updates carry them), rounds 4-6 keep them on
+#      the workers, which start from the cohort's average of round 3 and end
+#      at test accuracy >= 0.95 each; graft mpi writes the same bytes;
+#      --personal_from past --rounds is refused;
 #  4. --personalize with --eval_on coordinator, --logit_adjust or --method
 #     channels is refused before anything runs, naming the conflict;
 #  5. graft coordinator and graft worker --save: a worker SIGKILLed and
@@ -174,7 +179,33 @@ for coll in true false; do
             fail "graft mpi --mpi_collectives $coll: $c's modules differ"
     done
 done
-echo "ok 3 - graft mpi --personalize (reductions and messages) writes graft run's bytes"
+timeout 90 "$GRAFT" run --config last.conf --shards sh --personalize --personal_from 4 \
+    --out "$T/from" >"$T/from.out" 2>"$T/from.err" ||
+    { tail -20 "$T/from.err" >&2; fail "graft run --personal_from 4 failed"; }
+timeout 120 mpirun -np 3 --oversubscribe "$GRAFT" mpi --config last.conf --shards sh \
+    --personalize --personal_from 4 --out "$T/mpi-from" >/dev/null 2>"$T/mpi-from.err" ||
+    { tail -20 "$T/mpi-from.err" >&2; fail "graft mpi --personal_from 4 failed"; }
+for f in modules workers/client-000 workers/client-001; do
+    cmp "$T/from/$f.safetensors" "$T/mpi-from/$f.safetensors" ||
+        fail "graft mpi --personal_from 4: $f differs from graft run's"
+done
+echo "ok 3 - graft mpi --personalize (reductions and messages, --personal_from) writes graft run's bytes"
+
+# ---- 3a. --personal_from: averaged first, personal from round 4 --------------------
+grep -q "round 4: from now on every worker keeps its own task modules, starting from its \
+cohort's average of round 3" "$T/from.err" || fail "no log line at round 4"
+python3 - "$T/from/events.jsonl" <<'PY' || fail "--personal_from 4: see above"
+import json, sys
+evs = [json.loads(l) for l in open(sys.argv[1])]
+ins = {e["round"]: e["bytes_in"] for e in evs if e["event"] == "round_end"}
+# Updates of rounds 2-3 carry the task scopes, those of rounds 5-6 do not
+# (rounds 1 and 4 also count hellos and the switch).
+assert max(ins[5], ins[6]) * 1.3 < min(ins[2], ins[3]), ins
+test = [e for e in evs if e["event"] == "eval" and e["split"] == "test"][0]
+acc = {w: m["accuracy"] for w, m in test["per_worker"].items()}
+assert min(acc.values()) >= 0.95, acc
+PY
+echo "ok 3a - --personal_from 4: task scopes averaged in rounds 1-3, personal from round 4"
 
 # ---- 4. what does not go with it --------------------------------------------------
 refused() {
@@ -191,6 +222,9 @@ grep -q -- "--personalize does not go with --logit_adjust" "$T/bad.err" ||
 refused --method channels
 grep -q -- "--personalize does not go with --method channels" "$T/bad.err" ||
     fail "no reason for --method channels"
+refused --personal_from 7
+grep -q -- "--personal_from after the last round" "$T/bad.err" ||
+    fail "no reason for --personal_from 7 of 6 rounds"
 [ ! -e "$T/bad/events.jsonl" ] || fail "a refused run wrote events"
 echo "ok 4 - --personalize with --eval_on coordinator|both, --logit_adjust or channels is refused"
 

@@ -66,10 +66,13 @@ typedef struct {
     /* The values each scope was sent this round (0: shared, 1 + t: task t):
      * the FedProx anchor and the base of an MPI contribution. */
     float *global[GRAFT_MAX_TASKS + 1];
-    /* A personalised run (Assign.personal): own[t] is set once trainer task
-     * t's scope took the values the coordinator sent; from then on they are
-     * this worker's own, trained here and never sent back or replaced. */
+    /* A personalised run (Assign.personal). In its personal rounds (phase:
+     * the last round start's or evaluation request's `personal`) own[t] is
+     * set once trainer task t's scope took the values the coordinator sent;
+     * from then on they are this worker's own, trained here and never sent
+     * back or replaced. Rounds before --personal_from clear them. */
     int personal;
+    int phase;
     int own[GRAFT_MAX_TASKS];
     /* Each trainer task's label shares over the run's training data, from
      * the assignment (owned; NULL: generation, or not sent). */
@@ -367,10 +370,17 @@ static int scope_slot(const worker_t *w, const graft_scope_t *s) {
     return 0;
 }
 
+/* A round start or evaluation request says whether its round is personal:
+ * before --personal_from the task scopes are the cohort's, not ours. */
+static void set_phase(worker_t *w, int personal) {
+    w->phase = w->personal && personal;
+    if (!w->phase) memset(w->own, 0, sizeof w->own);
+}
+
 /* Is scope s one of our own personal task scopes (see worker_t.own)? */
 static int is_own(const worker_t *w, const graft_scope_t *s) {
     int k = scope_slot(w, s);
-    return w->personal && k && w->own[k - 1];
+    return w->phase && k && w->own[k - 1];
 }
 
 /* Takes the values sent for scope s (a round start's or an evaluation
@@ -380,7 +390,7 @@ static int take_values(worker_t *w, graft_scope_t *s, const float *data) {
     if (is_own(w, s)) return 0;
     graft_scope_import(s, data);
     int k = scope_slot(w, s);
-    if (w->personal && k) w->own[k - 1] = 1;
+    if (w->phase && k) w->own[k - 1] = 1;
     return 1;
 }
 
@@ -390,7 +400,7 @@ static int take_values(worker_t *w, graft_scope_t *s, const float *data) {
  * scope until an answer shows that we hold it). NULL when there is none. */
 static const char *task_scope_missing(worker_t *w, graft_scope_t **sent, size_t n) {
     graft_peft_t *p = graft_trainer_peft(w->tr);
-    for (int t = 0; w->personal && t < graft_peft_n_tasks(p); t++) {
+    for (int t = 0; w->phase && t < graft_peft_n_tasks(p); t++) {
         graft_scope_t *s = graft_peft_task_scope(p, t);
         size_t i = 0;
         while (i < n && sent[i] != s) i++;
@@ -451,6 +461,7 @@ static void resume_own(worker_t *w) {
         return;
     }
     for (int t = 0; t < graft_peft_n_tasks(p); t++) w->own[t] = 1;
+    w->phase = 1; /* until the coordinator says otherwise */
     LOG_INFO("worker %s: took its own task modules back from %s (as of its last evaluation)",
              w->name, path);
 }
@@ -666,7 +677,7 @@ static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_
     for (int t = 0; t < graft_peft_n_tasks(p); t++) graft_peft_task_scope(p, t)->prox_ref = NULL;
     for (size_t i = 0; i < n; i++) {
         int k = scope_slot(w, sent[i]);
-        if (!take_values(w, sent[i], rs->tensors[i].data) || (w->personal && k)) continue;
+        if (!take_values(w, sent[i], rs->tensors[i].data) || (w->phase && k)) continue;
         if (!w->global[k]) w->global[k] = graft_xmalloc((sent[i]->numel + 1) * sizeof(float));
         memcpy(w->global[k], rs->tensors[i].data, sent[i]->numel * sizeof(float));
         if (!rs->hyper.keep_optimizer_state) graft_scope_reset_state(sent[i]);
@@ -674,7 +685,7 @@ static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_
     }
     graft_trainer_set_prox_mu(w->tr, rs->hyper.fedprox_mu);
     /* Personal pairs are never averaged: nothing to keep exact. */
-    graft_peft_freeze_lora_a(p, rs->hyper.freeze_lora_a, rs->hyper.freeze_lora_a && !w->personal);
+    graft_peft_freeze_lora_a(p, rs->hyper.freeze_lora_a, rs->hyper.freeze_lora_a && !w->phase);
     graft_peft_set_head_lr_scale(p, rs->hyper.head_lr_scale);
     set_logit_offsets(w, rs->hyper.logit_adjust);
 }
@@ -708,7 +719,7 @@ static void contribute(worker_t *w, const graft_wire_round_start_t *rs, int trai
     for (int t = 0; t < graft_trainer_n_tasks(w->tr); t++) {
         assigned[w->run_task[t]] = 1;
         const graft_scope_t *scope = graft_peft_task_scope(p, t);
-        if (!scope->numel || w->personal) continue; /* personal: not reduced */
+        if (!scope->numel || rs->hyper.personal) continue; /* personal: not reduced */
         parts[n++] = (graft_contribution_t){.task = t, .run_task = w->run_task[t],
                                             .global = trained ? w->global[1 + t] : NULL,
                                             .trained = scope->params,
@@ -771,6 +782,7 @@ static void on_round_start(worker_t *w, const graft_msg_t *m) {
                  (unsigned long long)w->trained_round);
         return;
     }
+    set_phase(w, rs->hyper.personal);
     if (refuse_round_start(w, rs, sent)) {
         if (rs->reduce.collective) contribute(w, rs, 0);
         return;
@@ -872,6 +884,7 @@ static void on_eval_request(worker_t *w, const graft_msg_t *m) {
     const graft_wire_eval_request_t *rq = &m->eval_request;
     graft_scope_t *sent[GRAFT_MAX_TASKS + 1];
     int tasks[GRAFT_MAX_TASKS];
+    set_phase(w, rq->personal);
     if (refuse_eval_request(w, rq, sent, tasks)) return;
     for (size_t i = 0; i < rq->ntensors; i++) take_values(w, sent[i], rq->tensors[i].data);
     graft_trainer_set_eval_sizes(w->tr, (int)rq->max_examples, (int)rq->max_decodes,
