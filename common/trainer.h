@@ -228,8 +228,9 @@ int graft_trainer_resume(graft_trainer_t *tr, const char *path);
  * the new value; at most GRAFT_TRAINER_MAX_NOTES keys). A personalised
  * run's coordinator notes "personal.tasks" (its task scopes are not the
  * trained ones, the workers keep theirs), on which graft_trainer_load
- * warns; its workers note the run id ("federated.run_id"). */
-#define GRAFT_TRAINER_MAX_NOTES 2
+ * warns; its workers note the run id ("federated.run_id") and whether the
+ * task scopes were their own ("federated.tasks"). */
+#define GRAFT_TRAINER_MAX_NOTES 3
 void graft_trainer_set_note(graft_trainer_t *tr, const char *key, const char *value);
 
 /* One-line human summary of an evaluation. */

@@ -205,6 +205,14 @@ test = [e for e in evs if e["event"] == "eval" and e["split"] == "test"][0]
 acc = {w: m["accuracy"] for w, m in test["per_worker"].items()}
 assert min(acc.values()) >= 0.95, acc
 PY
+# The workers' files say their task scopes are their own (a restart takes
+# back only such files; one saved before round 4 holds the cohort's).
+python3 - "$T/from/workers/client-000.safetensors" <<'PY' || fail "--personal_from: file metadata"
+import json, struct, sys
+with open(sys.argv[1], "rb") as f:
+    meta = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))["__metadata__"]
+assert meta["federated.tasks"] == "own" and len(meta["federated.run_id"]) == 16, meta
+PY
 echo "ok 3a - --personal_from 4: task scopes averaged in rounds 1-3, personal from round 4"
 
 # ---- 4. what does not go with it --------------------------------------------------

@@ -440,8 +440,17 @@ static void resume_own(worker_t *w) {
     graft_st_file_t *f = NULL;
     int rc = graft_st_open(path, &f);
     const char *theirs = rc ? NULL : graft_st_meta(f, "federated.run_id");
+    const char *tasks = rc ? NULL : graft_st_meta(f, "federated.tasks");
     int same = theirs && !strcmp(theirs, id);
+    /* Saved before --personal_from: the cohort's averages, which the
+     * coordinator sends anew, and newer. */
+    int own = same && tasks && !strcmp(tasks, "own");
     graft_st_close(&f);
+    if (same && !own) {
+        LOG_INFO("worker %s: %s holds its cohort's task modules of an earlier round, not its own: "
+                 "it takes the coordinator's", w->name, path);
+        return;
+    }
     if (!same) {
         char aside[GRAFT_OPT_STR + 32];
         snprintf(aside, sizeof aside, "%s.%s", path, rc ? "unreadable" : "other-run");
@@ -471,6 +480,7 @@ static void resume_own(worker_t *w) {
  * worker takes its own back (resume_own). A failure is logged and the run
  * goes on. */
 static void save_modules(worker_t *w, uint64_t round) {
+    graft_trainer_set_note(w->tr, "federated.tasks", w->phase ? "own" : "cohort");
     int rc = graft_trainer_save_moments(w->tr, w->o.save_path, w->personal ? 2 : 0);
     if (rc)
         LOG_ERROR("worker %s: round %llu: cannot write its modules to %s: %s", w->name,
