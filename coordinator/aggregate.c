@@ -57,7 +57,7 @@ int graft_agg_config_parse(const graft_run_config_t *cfg, graft_agg_config_t *ou
                             .trim_frac = cfg->trim_frac,
                             .lora_gap = cfg->lora_gap,
                             .shared_step = cfg->shared_server_lr,
-                            .personal = cfg->personalize};
+                            .personal_from = cfg->personalize ? cfg->personal_from : 0};
     int rc = parse_aggregate(cfg->aggregate, &c);
     if (rc) return rc;
     int k = 0;
@@ -103,8 +103,11 @@ void graft_agg_describe(const graft_agg_config_t *c, char *buf, size_t n) {
     if ((c->task_weights || c->shared_step != 1.0f) && len >= 0 && (size_t)len < n)
         len += snprintf(buf + len, n - (size_t)len, ", shared scope: %s weights, step x%g",
                         c->task_weights ? "task" : "data", (double)c->shared_step);
-    if (c->personal && len >= 0 && (size_t)len < n)
+    if (c->personal_from == 1 && len >= 0 && (size_t)len < n)
         snprintf(buf + len, n - (size_t)len, ", task scopes personal (not aggregated)");
+    else if (c->personal_from > 1 && len >= 0 && (size_t)len < n)
+        snprintf(buf + len, n - (size_t)len, ", task scopes averaged until round %d, then "
+                 "personal", c->personal_from - 1);
 }
 
 int graft_agg_holds_replies(const graft_agg_config_t *c) {

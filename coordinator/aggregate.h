@@ -130,12 +130,14 @@ typedef struct {
     int lora_gap;      /* factors: accumulate products to measure the gap */
     int task_weights;  /* shared scope: every task weighs the same (shared_weight task) */
     float shared_step; /* shared scope: step = shared_step * (aggregate - global) */
-    int personal;      /* task scopes stay on their workers: only the shared scope is summed */
+    int personal;      /* this round's task scopes stay on their workers: shared summed only
+                          (graft_aggregator_set_personal; 0 from the parse) */
+    int personal_from; /* --personalize: its first personal round; 0: not personalised */
 } graft_agg_config_t;
 
 /* Reads aggregate, fedprox_mu, clip_norm, server_*, trim_frac,
- * lora_aggregate, lora_gap, shared_weight, shared_server_lr and personalize from the run
- * config. GRAFT_EINVAL (logged,
+ * lora_aggregate, lora_gap, shared_weight, shared_server_lr, personalize
+ * and personal_from from the run config. GRAFT_EINVAL (logged,
  * naming the option) for an unknown or contradictory choice. */
 int graft_agg_config_parse(const graft_run_config_t *cfg, graft_agg_config_t *out);
 /* "fedadam+clip, lora svd": for logs and events. */

@@ -70,7 +70,7 @@ int graft_aggregator_groups(graft_transport_t *tp, int n_tasks, const int *membe
  * reductions, forms the groups (first time) and starts the reductions. */
 int graft_aggregator_begin(graft_aggregator_t *a);
 /* Whether the next rounds leave the task scopes out (a personal round of a
- * --personalize run; the config's `personal` until set). Before begin. */
+ * --personalize run; not until set). Before begin. */
 void graft_aggregator_set_personal(graft_aggregator_t *a, int personal);
 
 /* One reply's values (numel floats) for scope k (0: shared, 1 + t: task t;

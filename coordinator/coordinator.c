@@ -31,23 +31,23 @@ static const char *state_name[] = {"wait_workers", "round_open", "aggregate", "e
  * trunk and the data (trunk, preset, tasks, seq), the modules (the method
  * and its sizes), how the workers train (seed, batch, the optimizer, the
  * learning-rate schedule over rounds x local_steps, the task mix, FedProx,
- * logit adjustment, the optimizer state kept, personalisation) and the
- * aggregation. Not the operational ones, which a resumed coordinator may
- * change and still talk to its workers: timeouts and heartbeats,
- * min_replies, how often to evaluate, checkpoint and log, evaluation sizes,
- * log_level, lora_gap (a measurement), mpi_collectives (the same sums),
- * threads, precision (each process's own), paths (out, resume); nor those
- * of `graft train` alone (steps, eval_every, checkpoint_every) and of
- * method graft, which does not run federated. */
+ * logit adjustment, the optimizer state kept; personalize and
+ * personal_from when on, below) and the aggregation. Not the operational
+ * ones, which a resumed coordinator may change and still talk to its
+ * workers: timeouts and heartbeats, min_replies, how often to evaluate,
+ * checkpoint and log, evaluation sizes, log_level, lora_gap (a
+ * measurement), mpi_collectives (the same sums), threads, precision (each
+ * process's own), paths (out, resume); nor those of `graft train` alone
+ * (steps, eval_every, checkpoint_every) and of method graft, which does not
+ * run federated. */
 static const char *const job_options[] = {
     "trunk", "preset", "tasks", "seq",
     "method", "lora_targets", "lora_shared_rank", "lora_shared_alpha", "lora_task_rank",
     "lora_task_alpha", "adapter_dim", "channels_k", "stage1_steps", "pool",
     "seed", "batch", "lr", "head_lr", "optimizer", "momentum", "weight_decay", "grad_clip",
     "warmup", "mix", "rounds", "local_steps", "keep_optimizer_state", "logit_adjust",
-    "personalize", "personal_from", "aggregate", "fedprox_mu", "clip_norm", "server_lr",
-    "server_beta1", "server_beta2", "server_eps", "shared_weight", "shared_server_lr",
-    "trim_frac", "lora_aggregate",
+    "aggregate", "fedprox_mu", "clip_norm", "server_lr", "server_beta1", "server_beta2",
+    "server_eps", "shared_weight", "shared_server_lr", "trim_frac", "lora_aggregate",
 };
 
 #define N_JOB_OPTIONS (sizeof job_options / sizeof *job_options)
@@ -61,6 +61,12 @@ uint64_t graft_run_id(const graft_run_config_t *cfg) {
     GRAFT_ASSERT(n == N_JOB_OPTIONS); /* each is an option of graft_run_options */
     table[n] = (graft_option_t)GRAFT_OPT_END;
     uint64_t id = graft_options_digest(table, cfg);
+    /* Personalisation joins the digest only when on: the ids of other jobs
+     * stay those of the releases before it. */
+    for (const char *s = cfg->personalize ? "personalize" : ""; *s; s++)
+        id = (id ^ (unsigned char)*s) * 1099511628211ull;
+    for (int r = cfg->personalize ? cfg->personal_from : 0; r > 0; r /= 256)
+        id = (id ^ (unsigned)(r & 255)) * 1099511628211ull;
     return id ? id : 1;
 }
 
@@ -428,6 +434,9 @@ static int parse_version(const char *s, long v[3]) {
 /* The first feature of this run that a worker of version v (same major)
  * lacks, with the release that brought it; NULL when it has them all. */
 static const char *missing_feature(const coord_t *c, const long v[3]) {
+    if (c->cfg->personalize && c->cfg->personal_from > 1 && v[0] == 0 && v[1] < 4)
+        return "task modules averaged before they turn personal (--personal_from), which "
+               "workers follow from graft 0.4.0";
     if (c->cfg->personalize && v[0] == 0 && v[1] < 3)
         return "a personalised run (--personalize), which workers follow from graft 0.3.0";
     if ((c->eval_on & EVAL_ON_WORKERS) && v[0] == 0 && v[1] < 2)
@@ -1325,6 +1334,11 @@ static int check_steps(const graft_run_config_t *cfg) {
  * channels method, whose channels the coordinator chooses for everyone. */
 static int check_personal(const graft_run_config_t *cfg) {
     int methods;
+    if (!cfg->personalize && cfg->personal_from != 1) {
+        LOG_ERROR("coordinator: --personal_from %d goes with --personalize, which this run does "
+                  "not set", cfg->personal_from);
+        return GRAFT_EINVAL;
+    }
     if (!cfg->personalize || graft_peft_parse_methods(cfg->method, &methods)) return GRAFT_OK;
     const char *why = NULL;
     if (eval_where(graft_run_eval_on(cfg)) & EVAL_ON_COORDINATOR)

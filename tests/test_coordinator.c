@@ -616,12 +616,13 @@ static void test_hello_identity(void **state) {
 
 /* Older releases of the same major version are let in unless the run uses
  * a feature they lack: evaluation on the workers (0.2.0), --personalize
- * (0.3.0). Each refusal names the feature and the worker's version. */
+ * (0.3.0), --personal_from after round 1 (0.4.0). Each refusal names the
+ * feature and the worker's version. */
 static void test_hello_features(void **state) {
     (void)state;
     struct {
         const char *eval_on;
-        int personalize;
+        int personal_from; /* 0: not --personalize */
         const char *version, *refusal; /* NULL: let in */
     } cases[] = {
         {"coordinator", 0, "0.1.0", NULL},
@@ -631,6 +632,8 @@ static void test_hello_features(void **state) {
         {"", 1, "0.2.7", "a personalised run (--personalize), which workers follow from graft "
                          "0.3.0, and the worker is graft 0.2.7 (upgrade it)"},
         {"", 1, "0.3.0-rc1", NULL},
+        {"", 2, "0.3.9", "task modules averaged before they turn personal (--personal_from), "
+                         "which workers follow from graft 0.4.0, and the worker is graft 0.3.9"},
         {"", 1, GRAFT_VERSION, NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -638,7 +641,8 @@ static void test_hello_features(void **state) {
         graft_run_config_t cfg;
         one_task_run(dir, &cfg);
         snprintf(cfg.eval_on, sizeof cfg.eval_on, "%s", cases[i].eval_on);
-        cfg.personalize = cases[i].personalize;
+        cfg.personalize = cases[i].personal_from > 0;
+        cfg.personal_from = cfg.personalize ? cases[i].personal_from : 1;
         graft_setting_t ss[GRAFT_MAX_SHARED_SETTINGS];
         graft_wire_setting_t set[GRAFT_MAX_SHARED_SETTINGS];
         size_t nset = hello_settings(&cfg, ss, set);
@@ -1179,6 +1183,15 @@ static void test_run_id_digests_the_job(void **state) {
             fprintf(stdout, "--%s %s %s the run id\n", kv[0], kv[1], kept ? "changed" : "kept");
         assert_int_equal(graft_run_id(&cfg) == id, kept);
     }
+    /* Personalisation changes the job, and so does where it starts; off, it
+     * leaves the id as the releases before it computed it (graft 0.2.0's id
+     * of this job, pinned). */
+    assert_int_equal(id, 0xe797129e6bfcf7e2ull);
+    cfg = base;
+    cfg.personalize = 1;
+    uint64_t personal = graft_run_id(&cfg);
+    cfg.personal_from = 2;
+    assert_true(personal != id && graft_run_id(&cfg) != personal && graft_run_id(&cfg) != id);
 }
 
 /* Waits up to `seconds` for the coordinator thread ct to finish (else

@@ -74,6 +74,7 @@ typedef struct {
     int personal;
     int phase;
     int own[GRAFT_MAX_TASKS];
+    int keep_state; /* the last round start's keep_optimizer_state */
     /* Each trainer task's label shares over the run's training data, from
      * the assignment (owned; NULL: generation, or not sent). */
     float *run_prior[GRAFT_MAX_TASKS];
@@ -385,12 +386,17 @@ static int is_own(const worker_t *w, const graft_scope_t *s) {
 
 /* Takes the values sent for scope s (a round start's or an evaluation
  * request's), unless they are our own by now (returns 0, s untouched). In a
- * personalised run the first values of a task scope make it ours. */
+ * personal round the first values of a task scope make it ours, with a
+ * fresh optimiser state unless the run keeps it: the same as a worker
+ * restarted then would have. */
 static int take_values(worker_t *w, graft_scope_t *s, const float *data) {
     if (is_own(w, s)) return 0;
     graft_scope_import(s, data);
     int k = scope_slot(w, s);
-    if (w->phase && k) w->own[k - 1] = 1;
+    if (w->phase && k) {
+        w->own[k - 1] = 1;
+        if (!w->keep_state) graft_scope_reset_state(s);
+    }
     return 1;
 }
 
@@ -444,7 +450,7 @@ static void resume_own(worker_t *w) {
     int same = theirs && !strcmp(theirs, id);
     /* Saved before --personal_from: the cohort's averages, which the
      * coordinator sends anew, and newer. */
-    int own = same && tasks && !strcmp(tasks, "own");
+    int own = same && (!tasks || !strcmp(tasks, "own")); /* 0.3.0 files: own */
     graft_st_close(&f);
     if (same && !own) {
         LOG_INFO("worker %s: %s holds its cohort's task modules of an earlier round, not its own: "
@@ -683,6 +689,7 @@ static void set_logit_offsets(worker_t *w, float tau) {
 static void import_round(worker_t *w, const graft_wire_round_start_t *rs, graft_scope_t **sent,
                          size_t n) {
     graft_peft_t *p = graft_trainer_peft(w->tr);
+    w->keep_state = rs->hyper.keep_optimizer_state;
     graft_peft_shared(p)->prox_ref = NULL;
     for (int t = 0; t < graft_peft_n_tasks(p); t++) graft_peft_task_scope(p, t)->prox_ref = NULL;
     for (size_t i = 0; i < n; i++) {
