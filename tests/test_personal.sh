@@ -233,6 +233,10 @@ grep -q -- "--personalize does not go with --method channels" "$T/bad.err" ||
 refused --personal_from 7
 grep -q -- "--personal_from after the last round" "$T/bad.err" ||
     fail "no reason for --personal_from 7 of 6 rounds"
+if timeout 20 "$GRAFT" run --config last.conf --shards sh --personal_from 2 --out "$T/bad" \
+    >/dev/null 2>"$T/bad.err"; then fail "--personal_from without --personalize was accepted"; fi
+grep -q -- "--personal_from 2 goes with --personalize" "$T/bad.err" ||
+    fail "no reason for --personal_from without --personalize"
 [ ! -e "$T/bad/events.jsonl" ] || fail "a refused run wrote events"
 echo "ok 4 - --personalize with --eval_on coordinator|both, --logit_adjust or channels is refused"
 
