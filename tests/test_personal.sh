@@ -39,6 +39,10 @@
 #     once more after the file was deleted, it starts them over (above 0.05,
 #     measured 0.16); a file of another run is not taken but moved aside
 #     (FILE.other-run), not overwritten.
+#  5a. --personal_from 4: a worker SIGKILLed once round 3 closed and
+#     restarted (no --save file yet) ends with the same modules, its own
+#     and the coordinator's, as an uninterrupted run: a task scope turning
+#     personal starts a fresh optimiser state either way.
 # usage: test_personal.sh GRAFT_BINARY SOURCE_DIR
 set -eu
 GRAFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -274,7 +278,9 @@ worker1 "$T/rs-a.err"
 wait_log "$T/rs-a.err" "round 3: wrote the modules"
 kill -9 "$W1"
 worker1 "$T/rs-b.err"
-wait_log "$T/rs-b.err" "wrote the modules"
+# It may be asked to evaluate first (it joined during an evaluation): kill
+# it once it trained a round (that round's loss is the check below).
+wait_log "$T/rs-b.err" "client-001: round [0-9]*: 20 steps"
 kill -9 "$W1"
 grep -q "took its own task modules back from $T/rs/w1.safetensors" "$T/rs-b.err" ||
     { cat "$T/rs-b.err" >&2; fail "the restarted worker did not take its modules back"; }
@@ -307,4 +313,47 @@ grep -q "other.safetensors is not a --save file of this run .*moved to .*other-r
 cmp "$T/last-true/workers/client-001.safetensors" "$T/other.safetensors.other-run" ||
     fail "another run's file was not kept aside"
 echo "ok 5 - a worker restarted with its --save file takes its own modules back; without it, or with another run's, starts them over"
+
+# ---- 5a. a restart at the switch to personal rounds ---------------------------------
+# Round 4's 400 local steps take a while: the kill lands before its update.
+boundary() { # boundary NAME RESTART
+    EP=tcp://127.0.0.1:$(free_port)
+    BC="--config last.conf --personalize --personal_from 4 --rounds 6 --local_steps 400 \
+--eval_every_rounds 5 --min_replies 2 --round_timeout_ms 60000"
+    timeout 120 "$GRAFT" coordinator --bind "$EP" --workers 2 $BC --out "$T/$1" \
+        >/dev/null 2>"$T/$1.err" &
+    COORD=$!
+    PIDS="$PIDS $COORD"
+    "$GRAFT" worker --connect "$EP" $BC --data sh/client-000 --save "$T/$1/w0.safetensors" \
+        2>"$T/$1-w0.err" &
+    PIDS="$PIDS $!"
+    "$GRAFT" worker --connect "$EP" $BC --data sh/client-001 --save "$T/$1/w1.safetensors" \
+        2>"$T/$1-w1.err" &
+    W1=$!
+    PIDS="$PIDS $W1"
+    if [ "$2" = 1 ]; then
+        n=0
+        until grep -q 'round 3/6: 2 replies' "$T/$1.err" 2>/dev/null; do
+            n=$((n + 1)); [ $n -gt 30000 ] && fail "$1: round 3 did not close"; sleep 0.002
+        done
+        kill -9 "$W1"
+        "$GRAFT" worker --connect "$EP" $BC --data sh/client-001 \
+            --save "$T/$1/w1.safetensors" 2>"$T/$1-w1b.err" &
+        PIDS="$PIDS $!"
+    fi
+    wait "$COORD" || { tail -20 "$T/$1.err" >&2; fail "$1: the coordinator failed"; }
+}
+boundary straight 0
+boundary restarted 1
+grep -q "round 4: 400 steps" "$T/restarted-w1.err" &&
+    fail "the killed worker finished round 4: the restart proves nothing"
+cmp "$T/straight/modules.safetensors" "$T/restarted/modules.safetensors" ||
+    fail "a worker restarted at the switch to personal rounds changed the coordinator's modules"
+# The workers' files: the same tensors (their train.step counts this
+# process's steps).
+for f in w0 w1; do
+    compare "$T/straight/$f.safetensors" "$T/restarted/$f.safetensors" >"$T/cmp-$f.txt" ||
+        { cat "$T/cmp-$f.txt" >&2; fail "a worker restarted at the switch changed $f"; }
+done
+echo "ok 5a - a worker restarted at the switch to personal rounds ends as an uninterrupted run"
 
