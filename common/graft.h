@@ -16,7 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#define GRAFT_VERSION "0.4.0"
+#define GRAFT_VERSION "0.5.0"
 
 enum {
     GRAFT_OK = 0,

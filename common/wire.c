@@ -241,6 +241,8 @@ static void enc_assign(enc_t *e, const graft_wire_assign_t *m) {
     a->label_sets = (Graft__LabelSet **)e->items.ptrs;
     a->max_message_bytes = m->max_message_bytes;
     a->personal = m->personal != 0;
+    a->n_earlier_run_ids = m->nearlier_runs;
+    a->earlier_run_ids = (uint64_t *)m->earlier_runs;
     e->env.body_case = GRAFT__ENVELOPE__BODY_ASSIGN;
     e->env.assign = a;
 }
@@ -729,9 +731,17 @@ static int dec_assign(const Graft__Assign *pb, graft_wire_assign_t *m, char *why
         return fail(why, why_len, GRAFT_EFORMAT, "assign.max_message_bytes is %" PRIu64
                     ", over the hard limit of %zu", pb->max_message_bytes,
                     GRAFT_WIRE_HARD_MAX_BYTES);
+    if (pb->n_earlier_run_ids > GRAFT_WIRE_MAX_EARLIER_RUNS)
+        return fail(why, why_len, GRAFT_EFORMAT, "assign.earlier_run_ids has %zu ids, over %d",
+                    pb->n_earlier_run_ids, GRAFT_WIRE_MAX_EARLIER_RUNS);
+    for (size_t i = 0; i < pb->n_earlier_run_ids; i++)
+        if (pb->earlier_run_ids[i] == 0)
+            return fail(why, why_len, GRAFT_EFORMAT, "assign.earlier_run_ids[%zu] is 0", i);
     m->worker_id = pb->worker_id;
     m->max_message_bytes = pb->max_message_bytes;
     m->personal = pb->personal;
+    m->nearlier_runs = pb->n_earlier_run_ids;
+    for (size_t i = 0; i < pb->n_earlier_run_ids; i++) m->earlier_runs[i] = pb->earlier_run_ids[i];
     int rc = dup_idents(pb->tasks, pb->n_tasks, "assign.tasks", &m->tasks, &m->ntasks, why,
                         why_len);
     if (rc) return rc;

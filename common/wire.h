@@ -35,6 +35,8 @@
  * protobuf's 2 GiB for one message, and MPI's int count. */
 #define GRAFT_WIRE_DEFAULT_MAX_BYTES ((size_t)64 << 20)
 #define GRAFT_WIRE_HARD_MAX_BYTES ((size_t)INT32_MAX)
+/* Run ids an Assign may name as continued (proto Assign.earlier_run_ids). */
+#define GRAFT_WIRE_MAX_EARLIER_RUNS 7
 /* Identifiers (tensor, task, worker names) are at most this long and
  * printable, so that a reason naming one is safe to log. */
 #define GRAFT_WIRE_MAX_NAME 255
@@ -113,6 +115,10 @@ typedef struct {
     size_t nlabel_sets;
     uint64_t max_message_bytes; /* the run's message limit; 0: not sent (the default) */
     int personal; /* --personalize: the worker keeps its task modules (proto Assign) */
+    /* The runs this one continues (a coordinator resumed with other job
+     * options), oldest first; each nonzero. */
+    uint64_t earlier_runs[GRAFT_WIRE_MAX_EARLIER_RUNS];
+    size_t nearlier_runs;
 } graft_wire_assign_t;
 
 typedef struct {

@@ -96,6 +96,10 @@ typedef struct {
     graft_events_t *ev;
     graft_handshake_log_t *handshakes;
     uint64_t run_id;
+    /* The runs this one continues (--resume of another job's checkpoint),
+     * oldest first: each Assign names them. */
+    uint64_t earlier_runs[GRAFT_WIRE_MAX_EARLIER_RUNS];
+    size_t nearlier_runs;
     round_state_t state;
     int first_round, round;
     double run_t0, round_t0, deadline;

@@ -16,6 +16,7 @@
 #include "eval_answers.h"
 #include "events.h"
 #include "handshake_log.h"
+#include "safetensors.h"
 #include "trainer.h"
 #include "wire.h"
 
@@ -375,6 +376,8 @@ static void send_assign(coord_t *c, int peer) {
                                      .nlabel_sets = (size_t)nsets,
                                      .max_message_bytes = c->max_bytes,
                                      .personal = c->cfg->personalize};
+    memcpy(a.assign.earlier_runs, c->earlier_runs, sizeof c->earlier_runs);
+    a.assign.nearlier_runs = c->nearlier_runs;
     w->has_tasks = 0; /* the worker may build a new trainer: send its task scopes again */
     coord_send_msg(c, peer, &a);
     for (int i = 0; i < nsets; i++) {
@@ -1262,6 +1265,72 @@ static int new_trainer(coord_t *c) {
     return n < 0 ? n : graft_trainer_new_with_tasks(c->cfg, tasks, n, &c->tr);
 }
 
+/* ---- the runs this one continues ------------------------------------------ */
+
+/* A run id as checkpoints, events and logs write it: 16 hex digits, in
+ * buf (at least 17 bytes), which it returns. */
+static const char *run_id_text(uint64_t id, char *buf) {
+    snprintf(buf, 17, "%016llx", (unsigned long long)id);
+    return buf;
+}
+
+/* A run id as run_id_text writes it. 0: not one. */
+static uint64_t parse_run_id(const char *s, size_t len) {
+    uint64_t id = 0;
+    if (len != 16) return 0;
+    for (size_t i = 0; i < len; i++) {
+        int d = isdigit((unsigned char)s[i]) ? s[i] - '0'
+                : (s[i] >= 'a' && s[i] <= 'f') ? s[i] - 'a' + 10 : -1;
+        if (d < 0) return 0;
+        id = id << 4 | (uint64_t)d;
+    }
+    return id;
+}
+
+/* Appends id to ids[*n] unless it is 0, this run's, or there already; the
+ * oldest goes when full. */
+static void add_run(const coord_t *c, uint64_t *ids, size_t *n, uint64_t id) {
+    if (!id || id == c->run_id) return;
+    for (size_t i = 0; i < *n; i++)
+        if (ids[i] == id) return;
+    if (*n == GRAFT_WIRE_MAX_EARLIER_RUNS) memmove(ids, ids + 1, --*n * sizeof *ids);
+    ids[(*n)++] = id;
+}
+
+/* A coordinator resumed from a checkpoint of another job (other job
+ * options: more --rounds, say) runs under another run id, while its
+ * personalised workers' --save files carry the earlier one. The checkpoint
+ * names the run it is of ("federated.run_id") and the runs that one
+ * continued ("federated.earlier_runs", oldest first): those become this
+ * run's earlier runs, which each Assign passes on. */
+static void note_lineage(coord_t *c) {
+    uint64_t *ids = c->earlier_runs;
+    graft_st_file_t *f = NULL;
+    if (*c->cfg->resume && !graft_st_open(c->cfg->resume, &f)) {
+        const char *s = graft_st_meta(f, "federated.earlier_runs");
+        while (s && *s) {
+            size_t len = strcspn(s, ",");
+            add_run(c, ids, &c->nearlier_runs, parse_run_id(s, len));
+            s += len + (s[len] == ',');
+        }
+        const char *theirs = graft_st_meta(f, "federated.run_id");
+        uint64_t id = theirs ? parse_run_id(theirs, strlen(theirs)) : 0;
+        add_run(c, ids, &c->nearlier_runs, id);
+        char mine[17], its[17];
+        if (id && id != c->run_id)
+            LOG_INFO("coordinator: run %s continues run %s of %s (other job options): "
+                     "personalised workers take back their --save files of it",
+                     run_id_text(c->run_id, mine), run_id_text(id, its), c->cfg->resume);
+        graft_st_close(&f);
+    }
+    char note[GRAFT_WIRE_MAX_EARLIER_RUNS * 17 + 1] = "", id[17];
+    for (size_t i = 0, at = 0; i < c->nearlier_runs; i++)
+        at += (size_t)snprintf(note + at, sizeof note - at, "%s%s", i ? "," : "",
+                               run_id_text(ids[i], id));
+    if (*note) graft_trainer_set_note(c->tr, "federated.earlier_runs", note);
+    graft_trainer_set_note(c->tr, "federated.run_id", run_id_text(c->run_id, id));
+}
+
 static int setup(coord_t *c) {
     int rc = new_trainer(c);
     if (!rc) rc = graft_agg_config_parse(c->cfg, &c->agg_cfg);
@@ -1285,6 +1354,7 @@ static int setup(coord_t *c) {
         LOG_INFO("coordinator: resumed from %s after round %d", c->cfg->resume,
                  graft_trainer_steps_done(c->tr));
     }
+    note_lineage(c);
     c->first_round = c->round = graft_trainer_steps_done(c->tr) + 1;
     if (c->round > c->cfg->rounds) {
         LOG_ERROR("coordinator: --resume %s already holds %d rounds, and --rounds is %d: nothing "
@@ -1381,19 +1451,24 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
     c.run_t0 = graft_now();
     rc = setup(&c);
     if (!rc) {
-        char digest[32], strategy[128];
+        char digest[32], strategy[128], id[17];
         snprintf(digest, sizeof digest, "%016llx",
                  graft_options_digest(graft_run_options, &o->cfg));
         graft_agg_describe(&c.agg_cfg, strategy, sizeof strategy);
         int reduce = graft_aggregator_collective(c.agg);
-        graft_events_emit(c.ev, "run_start",
-                          json_pack("{s:s, s:s, s:i, s:s, s:i, s:i, s:i, s:o, s:s, s:b, s:b}",
-                                    "mode", o->mode ? o->mode : "?", "config_digest", digest,
-                                    "seed", o->cfg.seed, "method", o->cfg.method, "round",
-                                    c.round, "rounds", o->cfg.rounds, "workers",
-                                    o->expected_workers, "params", graft_trainer_params_json(c.tr),
-                                    "aggregate", strategy, "mpi_reductions", reduce,
-                                    "personalize", o->cfg.personalize));
+        json_t *start = json_pack("{s:s, s:s, s:i, s:s, s:i, s:i, s:i, s:o, s:s, s:b, s:b}",
+                                  "mode", o->mode ? o->mode : "?", "config_digest", digest,
+                                  "seed", o->cfg.seed, "method", o->cfg.method, "round",
+                                  c.round, "rounds", o->cfg.rounds, "workers",
+                                  o->expected_workers, "params", graft_trainer_params_json(c.tr),
+                                  "aggregate", strategy, "mpi_reductions", reduce,
+                                  "personalize", o->cfg.personalize);
+        json_object_set_new(start, "run_id", json_string(run_id_text(c.run_id, id)));
+        json_t *earlier = json_array();
+        for (size_t i = 0; i < c.nearlier_runs; i++)
+            json_array_append_new(earlier, json_string(run_id_text(c.earlier_runs[i], id)));
+        json_object_set_new(start, "earlier_runs", earlier);
+        graft_events_emit(c.ev, "run_start", start);
         LOG_INFO("coordinator: %d tasks, method %s, aggregate %s%s, rounds %d..%d, waiting for "
                  "%d workers", graft_trainer_n_tasks(c.tr), o->cfg.method, strategy,
                  reduce ? " (MPI reductions)" : "", c.round, o->cfg.rounds, o->expected_workers);

@@ -115,8 +115,10 @@ timeout 120 "$GRAFT" run --config run.conf --tasks "$LTASKS" --shards "$T/shards
     { tail -20 "$T/nodata.err" >&2; fail "a coordinator without train rows failed"; }
 grep -q "has no train rows (this process trains nothing on it)" "$T/nodata.err" ||
     fail "the coordinator did not say its files have no train rows"
-cmp "$T/sh/modules.safetensors" "$T/nodata/modules.safetensors" ||
-    fail "a coordinator without the data ended with other modules"
+# The tensors bit for bit; the metadata differs: other task files make
+# another run id.
+python3 "$SRC/tests/compare_modules.py" "$T/sh/modules.safetensors" \
+    "$T/nodata/modules.safetensors" || fail "a coordinator without the data ended with other modules"
 python3 - "$T/sh/events.jsonl" "$T/nodata/events.jsonl" <<'PY' || fail "other test metrics without the data"
 import json, sys
 def tests(path, source):

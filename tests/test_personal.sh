@@ -43,6 +43,15 @@
 #     restarted (no --save file yet) ends with the same modules, its own
 #     and the coordinator's, as an uninterrupted run: a task scope turning
 #     personal starts a fresh optimiser state either way.
+#  6. graft run resumed with more --rounds (another run id) continues the
+#     run of its checkpoint: run_start names it in earlier_runs, each
+#     worker takes its --save file back (round 4's loss below 0.02), none
+#     is moved aside;
+#  6a. workers outliving a killed coordinator: started again with --resume
+#      and more rounds, it continues the run and they keep their own
+#      modules (next loss below 0.02); started afresh with other options,
+#      it is a new job and their modules start over (round 1's loss again,
+#      above 0.05).
 # usage: test_personal.sh GRAFT_BINARY SOURCE_DIR
 set -eu
 GRAFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -357,3 +366,74 @@ for f in w0 w1; do
 done
 echo "ok 5a - a worker restarted at the switch to personal rounds ends as an uninterrupted run"
 
+
+# ---- 6. an extended job: resumed with more --rounds ---------------------------------
+# Other job options make another run id; the resumed coordinator names the
+# run of its checkpoint as continued, and the workers take their --save
+# files of it back.
+timeout 60 "$GRAFT" run --config last.conf --shards sh --personalize --rounds 3 --out "$T/ext" \
+    >/dev/null 2>"$T/ext1.err" || { tail -20 "$T/ext1.err" >&2; fail "ext: rounds 1-3 failed"; }
+timeout 60 "$GRAFT" run --config last.conf --shards sh --personalize --rounds 6 \
+    --resume "$T/ext/modules.safetensors" --out "$T/ext" >/dev/null 2>"$T/ext2.err" ||
+    { tail -20 "$T/ext2.err" >&2; fail "ext: rounds 4-6 failed"; }
+for c in client-000 client-001; do
+    grep -q "worker $c: took its own task modules back .* in run [0-9a-f]\{16\}, which this run" \
+        "$T/ext2.err" || { cat "$T/ext2.err" >&2; fail "ext: $c did not take its modules back"; }
+done
+[ ! -e "$T/ext/workers/client-001.safetensors.other-run" ] || fail "ext: a file was moved aside"
+python3 - "$T/ext/events.jsonl" "$T/ext2.err" <<'PY' || fail "ext: the runs or round 4 are wrong"
+import json, re, sys
+starts = [e for e in map(json.loads, open(sys.argv[1])) if e["event"] == "run_start"]
+assert len(starts) == 2 and starts[0]["earlier_runs"] == [], starts
+assert starts[1]["earlier_runs"] == [starts[0]["run_id"]] != [starts[1]["run_id"]], starts
+# Round 4 starts from each worker's own modules of round 3, not initial ones.
+losses = re.findall(r"round 4: 10 steps, loss ([0-9.]+)", open(sys.argv[2]).read())
+assert len(losses) == 2 and max(map(float, losses)) < 0.02, losses
+PY
+echo "ok 6 - a job resumed with more rounds continues the workers' own modules"
+
+# ---- 6a. workers that outlive their coordinator ---------------------------------------
+# The coordinator is killed after round 3 and started again with other job
+# options: resumed from its checkpoint, the run continues and the workers
+# keep their own modules; started afresh, it is a new job and they start
+# over (their first loss is back where round 1's was).
+outlive() { # outlive NAME [COORDINATOR OPTIONS...]
+    local name=$1
+    shift
+    EP=tcp://127.0.0.1:$(free_port)
+    RC="--config last.conf --personalize --local_steps 20 --eval_every_rounds 1 --min_replies 2"
+    "$GRAFT" coordinator --bind "$EP" --workers 2 $RC --rounds 40 --out "$T/$name" \
+        >/dev/null 2>"$T/$name-c1.err" & # no timeout(1) between: the kill is the coordinator's
+    COORD=$!
+    PIDS="$PIDS $COORD"
+    local w ws=""
+    for w in 0 1; do
+        timeout 60 "$GRAFT" worker --connect "$EP" $RC --data sh/client-00$w \
+            --save "$T/$name/w$w.safetensors" 2>"$T/$name-w$w.err" &
+        ws="$ws $!"
+    done
+    PIDS="$PIDS $ws"
+    wait_log "$T/$name-c1.err" "round 3: checkpoint"
+    kill -9 "$COORD"
+    timeout 60 "$GRAFT" coordinator --bind "$EP" --workers 2 $RC "$@" \
+        >/dev/null 2>"$T/$name-c2.err" || fail "$name: the second coordinator failed"
+    wait $ws || fail "$name: a worker failed"
+}
+# loss_after_restart FILE: client-001's first training loss after the restart.
+loss_after_restart() {
+    sed -n '/registered again/,$p' "$1" | grep -m1 'round [0-9]*: 20 steps, loss' |
+        sed 's/.*loss \([0-9.]*\),.*/\1/'
+}
+outlive kept --rounds 41 --resume "$T/kept/modules.safetensors" --out "$T/kept"
+grep -q "continues run [0-9a-f]*: this worker keeps its own task modules" "$T/kept-w1.err" ||
+    { cat "$T/kept-w1.err" >&2; fail "kept: the workers did not keep their modules"; }
+outlive new --rounds 41 --out "$T/new2"
+grep -q "is a new job, not a continuation of run .*start over" "$T/new-w1.err" ||
+    { cat "$T/new-w1.err" >&2; fail "new: the workers kept modules of another job"; }
+python3 - "$(loss_after_restart "$T/kept-w1.err")" "$(loss_after_restart "$T/new-w1.err")" \
+    <<'PY' || fail "first losses after the coordinator's restart are wrong"
+import sys
+kept, new = map(float, sys.argv[1:])
+assert kept < 0.02 and new > 0.05, (kept, new)
+PY
+echo "ok 6a - workers outliving their coordinator keep their modules in a continued run, not in a new one"

@@ -120,11 +120,17 @@ static void test_assign_roundtrip(void **state) {
     graft_msg_t m = {.type = GRAFT_MSG_ASSIGN, .run_id = RUN,
                      .assign = {.worker_id = 42, .tasks = tasks, .ntasks = 3,
                                 .label_sets = sets, .nlabel_sets = 2,
-                                .max_message_bytes = 123456789}};
+                                .max_message_bytes = 123456789, .personal = 1,
+                                .earlier_runs = {0xe797129e6bfcf7e2ull, 7},
+                                .nearlier_runs = 2}};
     graft_msg_t d;
     char why[256];
     assert_int_equal(roundtrip(&m, GRAFT_DTYPE_F32, NULL, &d, why, sizeof why), GRAFT_OK);
     assert_int_equal(d.type, GRAFT_MSG_ASSIGN);
+    assert_int_equal(d.assign.personal, 1);
+    assert_int_equal(d.assign.nearlier_runs, 2);
+    assert_true(d.assign.earlier_runs[0] == 0xe797129e6bfcf7e2ull);
+    assert_int_equal(d.assign.earlier_runs[1], 7);
     assert_int_equal(d.assign.worker_id, 42);
     assert_int_equal(d.assign.ntasks, 3);
     for (int i = 0; i < 3; i++) assert_string_equal(d.assign.tasks[i], tasks[i]);
@@ -145,6 +151,11 @@ static void test_assign_roundtrip(void **state) {
     m.assign.max_message_bytes = (uint64_t)GRAFT_WIRE_HARD_MAX_BYTES + 1;
     expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "max_message_bytes");
     m.assign.max_message_bytes = 0;
+
+    /* An earlier run is a run id: never 0. */
+    m.assign.earlier_runs[1] = 0;
+    expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "earlier_run_ids[1] is 0");
+    m.assign.nearlier_runs = 0;
 
     /* A prior has one finite share >= 0 per label. */
     era_prior[1] = -0.5f;

@@ -40,6 +40,9 @@ typedef struct {
     graft_trainer_t *tr; /* built at the first Assign, for exactly the assigned tasks */
     char name[GRAFT_WIRE_MAX_NAME + 1];
     uint64_t run_id; /* 0 until the coordinator assigns us */
+    /* The runs the coordinator's run continues (Assign.earlier_run_ids). */
+    uint64_t earlier_runs[GRAFT_WIRE_MAX_EARLIER_RUNS];
+    size_t nearlier_runs;
     uint32_t id;
     size_t max_bytes; /* the run's message limit from the assignment; 0: the default */
     uint64_t stream; /* the batch sampler's stream */
@@ -433,9 +436,20 @@ static void run_id_note(uint64_t run_id, char *buf, size_t n) {
     snprintf(buf, n, "%016llx", (unsigned long long)run_id);
 }
 
+/* Is `id` (as run_id_note writes it) this run's, or one it continues? */
+static int of_this_run(const worker_t *w, const char *id) {
+    char mine[32];
+    for (size_t i = 0; i <= w->nearlier_runs; i++) {
+        run_id_note(i < w->nearlier_runs ? w->earlier_runs[i] : w->run_id, mine, sizeof mine);
+        if (id && !strcmp(id, mine)) return 1;
+    }
+    return 0;
+}
+
 /* A personalised run's worker restarted with its --save file: takes back
  * its own task modules (and their optimiser state) as of its last
- * evaluation, when the file is this job's (its run id). Otherwise the
+ * evaluation, when the file is this job's (its run id) or of a job this one
+ * continues (a coordinator resumed with other job options). Otherwise the
  * coordinator's values start them over, and a file of another job (or one
  * that cannot be read) is moved aside rather than overwritten. */
 static void resume_own(worker_t *w) {
@@ -445,12 +459,15 @@ static void resume_own(worker_t *w) {
     run_id_note(w->run_id, id, sizeof id);
     graft_st_file_t *f = NULL;
     int rc = graft_st_open(path, &f);
-    const char *theirs = rc ? NULL : graft_st_meta(f, "federated.run_id");
+    const char *run = rc ? NULL : graft_st_meta(f, "federated.run_id");
     const char *tasks = rc ? NULL : graft_st_meta(f, "federated.tasks");
-    int same = theirs && !strcmp(theirs, id);
+    int same = of_this_run(w, run);
     /* Saved before --personal_from: the cohort's averages, which the
      * coordinator sends anew, and newer. */
     int own = same && (!tasks || !strcmp(tasks, "own")); /* 0.3.0 files: own */
+    char from[96] = ""; /* the earlier run it is of */
+    if (same && strcmp(run, id))
+        snprintf(from, sizeof from, " in run %.32s, which this run continues", run);
     graft_st_close(&f);
     if (same && !own) {
         LOG_INFO("worker %s: %s holds its cohort's task modules of an earlier round, not its own: "
@@ -477,8 +494,8 @@ static void resume_own(worker_t *w) {
     }
     for (int t = 0; t < graft_peft_n_tasks(p); t++) w->own[t] = 1;
     w->phase = 1; /* until the coordinator says otherwise */
-    LOG_INFO("worker %s: took its own task modules back from %s (as of its last evaluation)",
-             w->name, path);
+    LOG_INFO("worker %s: took its own task modules back from %s (as of its last evaluation%s)",
+             w->name, path, from);
 }
 
 /* --save: the modules just evaluated, for graft eval and graft predict; in
@@ -602,13 +619,36 @@ static int same_assignment(const worker_t *w, const graft_wire_assign_t *a) {
     return 1;
 }
 
+/* The coordinator came back under another run id (restarted with other job
+ * options) and assigned us the same tasks: our own task modules stay ours
+ * if its run continues the one they were trained in, else they start over
+ * from the coordinator's values. */
+static void new_run(worker_t *w, uint64_t before) {
+    char id[32], old[32];
+    run_id_note(w->run_id, id, sizeof id);
+    run_id_note(before, old, sizeof old);
+    graft_trainer_set_note(w->tr, "federated.run_id", id);
+    if (!w->personal) return;
+    if (of_this_run(w, old)) {
+        LOG_INFO("worker %s: run %s continues run %s: this worker keeps its own task modules",
+                 w->name, id, old);
+        return;
+    }
+    memset(w->own, 0, sizeof w->own);
+    LOG_INFO("worker %s: run %s is a new job, not a continuation of run %s: this worker's task "
+             "modules start over from the coordinator's", w->name, id, old);
+}
+
 /* Returns 1 when the worker must stop. */
 static int on_assign(worker_t *w, const graft_msg_t *m) {
     /* Registered anew (the coordinator had forgotten us: a restarted one
      * redoes the rounds after its checkpoint), not a repeated answer. */
     if (!w->id) w->trained_round = 0;
     w->hello_at = 0;
+    uint64_t before = w->run_id;
     w->run_id = m->run_id;
+    w->nearlier_runs = m->assign.nearlier_runs;
+    memcpy(w->earlier_runs, m->assign.earlier_runs, sizeof w->earlier_runs);
     w->id = m->assign.worker_id;
     w->max_bytes = m->assign.max_message_bytes;
     if (m->assign.personal && !w->personal)
@@ -618,6 +658,7 @@ static int on_assign(worker_t *w, const graft_msg_t *m) {
     if (w->tr) {
         if (same_assignment(w, &m->assign)) {
             LOG_INFO("worker %s: registered again as worker %u", w->name, w->id);
+            if (before != w->run_id) new_run(w, before);
             return 0;
         }
         LOG_ERROR("worker %s: the coordinator now assigns other tasks than at the start; restart "
