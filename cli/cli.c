@@ -6,6 +6,7 @@
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include "commands.h"
 #include "peft.h"
@@ -65,7 +66,38 @@ int cli_write_config(const char *path, const char *command, const graft_option_s
     char header[160];
     snprintf(header, sizeof header, "graft %s: effective settings (graft %s --config FILE)",
              command, command);
-    return graft_options_write_sets(path, header, sets, nsets) ? -1 : 0;
+    /* The file repeats the run from its start, not from the checkpoint this
+     * process resumed (which would already hold the run's steps). */
+    graft_option_set_t own[8];
+    GRAFT_ASSERT(nsets <= 8);
+    graft_run_config_t *fresh = graft_xmalloc(sizeof *fresh);
+    for (int k = 0; k < nsets; k++) {
+        own[k] = sets[k];
+        if (sets[k].table != graft_run_options) continue;
+        *fresh = *(const graft_run_config_t *)sets[k].target;
+        fresh->resume[0] = '\0';
+        own[k].target = fresh;
+    }
+    int rc = graft_options_write_sets(path, header, own, nsets) ? -1 : 0;
+    free(fresh);
+    return rc;
+}
+
+int cli_check_out(const graft_run_config_t *cfg, const char *command, int can_resume) {
+    if (*cfg->resume && can_resume) return 0;
+    const char *held[] = {"modules.safetensors", "events.jsonl"};
+    char path[GRAFT_OPT_STR + 32];
+    for (size_t i = 0; i < sizeof held / sizeof *held; i++) {
+        snprintf(path, sizeof path, "%s/%s", cfg->out, held[i]);
+        struct stat st;
+        if (stat(path, &st) || !S_ISREG(st.st_mode)) continue;
+        LOG_ERROR("graft %s: --out %s already holds a run (%s), which this one would replace: "
+                  "%s%s%sgive another --out, or remove %s first", command, cfg->out, path,
+                  can_resume ? "continue it with --resume " : "", can_resume ? cfg->out : "",
+                  can_resume ? "/modules.safetensors, " : "", cfg->out);
+        return -1;
+    }
+    return 0;
 }
 
 int cli_write_run_config(const char *command, const graft_run_config_t *cfg) {

@@ -176,6 +176,11 @@ static int open_zmq_server(void *ctx, size_t max_msg_bytes, graft_transport_t **
     return s->started ? s->started(s->started_ctx, ep) : GRAFT_OK;
 }
 
+/* The command of a coordinator mode (zmq: graft coordinator). */
+static const char *mode_command(const char *mode) {
+    return strcmp(mode, "zmq") ? mode : "coordinator";
+}
+
 /* Runs the coordinator (mode: zmq for graft coordinator, run or mpi) over
  * `tp`, or with zs over a ZeroMQ server it opens, after writing the
  * effective settings, own (the command's options) and cfg, to
@@ -184,11 +189,12 @@ static int run_coordinator(const graft_run_config_t *cfg, graft_option_set_t own
                            graft_transport_t *tp, zmq_server_t *zs, int workers,
                            const char *mode, void (*stop_reason)(void *, char *, size_t),
                            void *stop_ctx, int stall_timeout_ms) {
-    if (graft_coordinator_check(cfg, workers)) return GRAFT_EINVAL;
+    if (graft_coordinator_check(cfg, workers) || cli_check_out(cfg, mode_command(mode), 1))
+        return GRAFT_EINVAL;
     char path[GRAFT_OPT_STR + 16];
     snprintf(path, sizeof path, "%s/config.txt", cfg->out);
     graft_option_set_t sets[] = {own, {graft_run_options, (void *)cfg}};
-    if (cli_write_config(path, strcmp(mode, "zmq") ? mode : "coordinator", sets, 2))
+    if (cli_write_config(path, mode_command(mode), sets, 2))
         return GRAFT_EIO;
     graft_coordinator_opts_t co = {.cfg = *cfg, .expected_workers = workers, .tp = tp,
                                    .mode = mode, .stop_reason = stop_reason,
@@ -532,7 +538,7 @@ int cmd_run(int argc, char **argv) {
     if (prc) return prc > 0 ? 0 : 2;
     const char *shards = *rcli.shards ? rcli.shards : NULL;
     int k = run_workers(rcli.workers, shards);
-    if (k < 0 || graft_coordinator_check(&cfg, k)) return 2;
+    if (k < 0 || graft_coordinator_check(&cfg, k) || cli_check_out(&cfg, "run", 1)) return 2;
     install_signals();
     char dir[GRAFT_OPT_STR], sock[GRAFT_OPT_STR + 32], ep[GRAFT_OPT_STR + 64];
     if (private_socket(dir, sizeof dir, sock, sizeof sock)) return 1;

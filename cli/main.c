@@ -31,6 +31,16 @@ static const command_t commands[] = {
 };
 #define NUM_COMMANDS (sizeof commands / sizeof commands[0])
 
+/* The command that has option `name` among its own (not the run options,
+ * which the commands reading config files share), or NULL: config files
+ * that other commands wrote (OUT/config.txt) skip those settings. */
+static const char *option_owner(const char *name) {
+    for (const cli_option_table_t *t = cli_option_tables; t->command; t++)
+        if (t->table != graft_run_options && graft_options_find(t->table, name))
+            return t->command;
+    return NULL;
+}
+
 static void usage(FILE *out) {
     fprintf(out,
             "graft %s — multi-task and federated parameter-efficient fine-tuning\n\n"
@@ -52,6 +62,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (cli_set_log_level("")) return 2; /* GRAFT_LOG_LEVEL; --log_level may override it */
+    graft_options_set_owner(option_owner);
     for (size_t i = 0; i < NUM_COMMANDS; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
     fprintf(stderr, "graft: unknown command '%s'\n\n", argv[1]);

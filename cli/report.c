@@ -175,6 +175,35 @@ static void drop_worker_evals(run_t *run) {
     }
 }
 
+/* Does run_start event e start a run from scratch (not resume one)? */
+static int fresh_start(json_t *e) {
+    json_t *step = json_object_get(e, "step"), *round = json_object_get(e, "round");
+    if (json_is_number(step)) return json_number_value(step) == 0;
+    if (json_is_number(round)) return json_number_value(round) == 1;
+    return 1; /* graft train --method graft: never resumed */
+}
+
+/* A folder that held several runs (graft 0.4.0 and earlier let a new run
+ * write into an old one's --out) has their events one after the other:
+ * keeps those of the last run started from scratch, with its resumptions. */
+static void keep_last_run(run_t *run, const char *path) {
+    size_t i, from = 0, starts = 0;
+    json_t *e;
+    json_array_foreach(run->events, i, e) {
+        const char *type = json_string_value(json_object_get(e, "event"));
+        if (strcmp(type, "run_start") || !fresh_start(e)) continue;
+        from = i;
+        starts++;
+    }
+    if (starts < 2) return;
+    LOG_WARN("report: %s holds %zu runs, one after the other: reporting the last, from "
+             "line %zu", path, starts, from + 1);
+    json_t *last = json_array();
+    json_array_foreach(run->events, i, e) if (i >= from) json_array_append(last, e);
+    json_decref(run->events);
+    run->events = last;
+}
+
 /* Reads PATH (an events.jsonl or a directory holding one) into run. A
  * malformed line is an error naming file and line, except a truncated last
  * line (a run killed mid-write), which is skipped with a warning. */
@@ -241,6 +270,7 @@ static int load_run(const char *arg, run_t *run) {
     }
     free(line);
     fclose(f);
+    if (!rc) keep_last_run(run, path);
     if (!rc) drop_worker_evals(run);
     if (!rc && json_array_size(run->events) == 0) {
         LOG_ERROR("report: %s: no events", path);

@@ -57,7 +57,8 @@ int cmd_train(int argc, char **argv) {
     int prc = cli_parse_run(argc, argv, train_usage, &cfg);
     if (prc) return prc > 0 ? 0 : 2;
     int graft = cli_method_graft(&cfg);
-    if (graft) return graft > 0 ? cli_train_graft(&cfg) : 2;
+    if (graft < 0 || cli_check_out(&cfg, "train", !graft)) return 2;
+    if (graft) return cli_train_graft(&cfg);
     int stage1 = cfg.stage1_steps > 0 ? cfg.stage1_steps : cfg.steps / 3;
     if (check_stages(&cfg, stage1)) return 2;
     graft_trainer_t *tr = NULL;

@@ -142,6 +142,22 @@ static int line_cut_short(FILE *f, const char *line, size_t cap) {
     return 1;
 }
 
+static const char *(*option_owner)(const char *name);
+
+void graft_options_set_owner(const char *(*owner)(const char *name)) {
+    option_owner = owner;
+}
+
+/* Another command's option (graft_options_set_owner): noted in skipped
+ * ("name, ..."), and 1; else 0. */
+static int skip_foreign(const graft_option_set_t *sets, int nsets, const char *name,
+                        char *skipped, size_t n) {
+    if (!option_owner || find_set(sets, nsets, name) || !option_owner(name)) return 0;
+    size_t at = strlen(skipped);
+    snprintf(skipped + at, n - at, "%s%s", at ? ", " : "", name);
+    return 1;
+}
+
 static int load_file_sets(const graft_option_set_t *sets, int nsets, const char *path) {
     FILE *f = fopen(path, "r");
     if (!f) {
@@ -157,7 +173,7 @@ static int load_file_sets(const graft_option_set_t *sets, int nsets, const char 
         fclose(f);
         return GRAFT_EIO;
     }
-    char line[4096], where[512];
+    char line[4096], where[512], skipped[512] = "";
     int lineno = 0, rc = GRAFT_OK;
     while (rc == GRAFT_OK && fgets(line, sizeof line, f)) {
         lineno++;
@@ -177,9 +193,14 @@ static int load_file_sets(const graft_option_set_t *sets, int nsets, const char 
             break;
         }
         *eq = '\0';
-        rc = set_in_sets(sets, nsets, trim(s), trim(eq + 1), where);
+        char *name = trim(s);
+        if (!skip_foreign(sets, nsets, name, skipped, sizeof skipped))
+            rc = set_in_sets(sets, nsets, name, trim(eq + 1), where);
     }
     fclose(f);
+    if (!rc && *skipped)
+        LOG_INFO("%s: skipped settings of other graft commands (not this one's): %s", path,
+                 skipped);
     return rc;
 }
 
@@ -242,6 +263,19 @@ static const graft_option_t *flag_option(const graft_option_set_t *sets, int nse
     return *set ? graft_options_find((*set)->table, name) : NULL;
 }
 
+/* A stray argv[i] right after a bare boolean flag (`--name maybe`) was
+ * meant as its value: says which values a boolean takes. */
+static void after_bool(const graft_option_set_t *sets, int nsets, char **argv, int i) {
+    const graft_option_set_t *set;
+    char name[128];
+    const graft_option_t *o = i > 1 && !strncmp(argv[i - 1], "--", 2) &&
+                                      !strchr(argv[i - 1], '=')
+                                  ? flag_option(sets, nsets, argv[i - 1], &set, name) : NULL;
+    if (o && o->type == GRAFT_OPT_BOOL)
+        LOG_ERROR("--%s is a boolean: its value is one of true, false, yes, no, on, off, 1, 0 "
+                  "(not '%s'); a bare --%s is true", name, argv[i], name);
+}
+
 int graft_options_parse_sets(const graft_option_set_t *sets, int nsets, int argc, char **argv,
                              const char *usage, char **args, int *nargs) {
     for (int k = 0; k < nsets; k++) set_defaults(sets[k].table, sets[k].target);
@@ -284,6 +318,7 @@ int graft_options_parse_sets(const graft_option_set_t *sets, int nsets, int argc
             continue;
         }
         if (strncmp(arg, "--", 2) != 0) {
+            after_bool(sets, nsets, argv, i);
             LOG_ERROR("unexpected argument '%s' (options are --name value; see --help)", arg);
             return GRAFT_EINVAL;
         }

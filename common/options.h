@@ -94,6 +94,15 @@ int graft_options_parse_args(const graft_option_t *table, void *target, int argc
 int graft_options_set(const graft_option_t *table, void *target, const char *name,
                       const char *value, const char *where);
 
+/* A config file may hold options of another command: the config.txt that
+ * `graft run` writes holds run's own options (workers, shards) beside the
+ * run options that eval, predict and export read. With an owner function
+ * set, a config line whose option this command lacks but owner() names a
+ * command for (non-NULL) is skipped, and the skipped names are logged once
+ * per file;
+ * any other unknown name is refused. Flags stay strict. owner NULL: off. */
+void graft_options_set_owner(const char *(*owner)(const char *name));
+
 /* Reads a config file of `name = value` lines into target. A directory
  * (or a block device or socket) is refused; regular files, pipes and
  * character devices such as /dev/null are read. */

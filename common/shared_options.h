@@ -123,7 +123,7 @@
 /* ---- federated ---------------------------------------------------------- */
 
 #define GRAFT_OPT_WORKERS(off, def)                                                       \
-    {"workers", GRAFT_OPT_INT, (off), (def), 0, 1024,                                      \
+    {"workers", GRAFT_OPT_INT, (off), (def), 0, 1023,                                      \
      "workers K: graft coordinator waits for K before the first round; graft run starts "  \
      "K worker processes (0: the number of client folders of --shards, else 2)"}
 

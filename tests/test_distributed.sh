@@ -61,7 +61,21 @@ grep -q -x 'workers = 3' "$T/zmq/config.txt" ||
     fail "graft run did not write its effective settings to OUT/config.txt"
 grep -q -F "config: the effective settings are in $T/zmq/config.txt" "$T/zmq.err" ||
     fail "graft run did not log the path of its config.txt"
-echo "ok 1 - graft run --workers 3: events, per-task test metrics, config.txt, debug lines"
+# graft eval reads graft run's config.txt (skipping run's own settings)
+# and gives the run's test metrics.
+"$GRAFT" eval --config "$T/zmq/config.txt" --resume "$T/zmq/modules.safetensors" \
+    >"$T/zmq-eval.out" 2>"$T/zmq-eval.err" || { cat "$T/zmq-eval.err" >&2; fail "graft eval failed"; }
+grep -q "skipped settings of other graft commands (not this one's): workers, shards" \
+    "$T/zmq-eval.err" || fail "graft eval did not say which settings it skipped"
+cmp "$T/zmq.out" "$T/zmq-eval.out" || fail "graft eval --config OUT/config.txt: other metrics"
+# A new run does not replace the old one's files.
+cp "$EV" "$T/events.before"
+if timeout 60 "$GRAFT" run --config "$T/run.conf" --workers 3 --out "$T/zmq" >/dev/null \
+    2>"$T/again.err"; then fail "a new run in an old run's --out was accepted"; fi
+grep -q "already holds a run .*continue it with --resume $T/zmq/modules.safetensors" \
+    "$T/again.err" || fail "no reason for refusing the old run's --out"
+cmp "$EV" "$T/events.before" || fail "the refused run wrote to the old run's events"
+echo "ok 1 - graft run --workers 3: events, per-task test metrics, config.txt (graft eval reads it), debug lines; its --out is not reused"
 
 # ---- 2. the same job under MPI: identical modules ----------------------------
 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 \

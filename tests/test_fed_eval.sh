@@ -262,6 +262,7 @@ echo "ok 5a - a worker restarted during the evaluation is asked again; the evalu
 for m in "lora --aggregate fedavg,fedprox --fedprox_mu 0.1 --keep_optimizer_state true" \
          "lntune,channels --channels_k 4"; do
     for on in coordinator workers; do
+        rm -rf "$T/same-$on" # the previous method's run
         # shellcheck disable=SC2086 # $m holds several options
         timeout 120 "$GRAFT" run --config run.conf --workers 2 --method $m --eval_every_rounds 1 \
             --eval_on $on --out "$T/same-$on" >/dev/null 2>"$T/same-$on.err" ||

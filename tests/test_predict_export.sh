@@ -215,6 +215,11 @@ for f in "$C" "$T/again/config.txt"; do
 done
 cmp "$C.rest" "$T/again/config.txt.rest" || fail "$C does not read back to the same settings"
 grep -q -x "tasks = $TASKS" "$C" || fail "$C lacks the run's tasks"
+# A resumed run's file repeats the run from its start: no --resume in it.
+"$GRAFT" train --config "$C" --out "$T/again" --steps 2 --eval_max 4 --decode_max 1 \
+  --resume "$T/again/modules.safetensors" >/dev/null 2>"$T/err" ||
+  fail "graft train --resume: $(tail -3 "$T/err")"
+grep -q -x 'resume =' "$T/again/config.txt" || fail "a resumed run's config.txt holds its --resume"
 
 # --log_level, else GRAFT_LOG_LEVEL: warn and error leave out the info lines.
 levels() { # ENV_LEVEL ARGS...: the levels of graft inspect's log lines

@@ -3,7 +3,7 @@
 # table's values and the sample line under it, an --eval_on both run (the
 # coordinator's events count; the workers' spread line), summary.json, the plots (when
 # gnuplot is installed), the refusal of a malformed log or a field of the
-# wrong type with its file and line, and --out=DIR.
+# wrong type with its file and line, a log holding two runs, and --out=DIR.
 # Usage: test_report.sh GRAFT_BINARY
 set -eu
 GRAFT="$1"
@@ -113,6 +113,23 @@ printf '{"event":"eval","task":"a","split":"test","accuracy":"high"}\n' > "$T/ty
 grep -q 'types.jsonl:1: eval event: field "accuracy" must be a number' "$T/err.txt" ||
   { cat "$T/err.txt"; fail "wrong accuracy type not named"; }
 [ ! -e "$T/rep3/summary.json" ] || fail "summary written for a log with a wrong field type"
+
+# A log of two runs one after the other (an --out reused before graft
+# refused it): the last run started from scratch counts, with its resumption.
+mkdir -p "$T/twice"
+{ cat "$T/fed/events.jsonl" "$T/central/events.jsonl"
+  sed -e 's/"step":0/"step":20/' -e 's/"accuracy":0.75/"accuracy":0.25/' "$T/central/events.jsonl"
+} > "$T/twice/events.jsonl"
+"$GRAFT" report --no_plots --out "$T/rep5" "$T/twice" > "$T/twice.txt" 2> "$T/err.txt" ||
+  fail "a log of two runs was refused"
+grep -q 'twice/events.jsonl holds 2 runs, one after the other: reporting the last, from line 6' \
+  "$T/err.txt" || { cat "$T/err.txt"; fail "no warning that the log holds two runs"; }
+python3 - "$T/rep5/summary.json" <<'P' || fail "the two-run log's summary"
+import json, sys
+r = json.load(open(sys.argv[1]))["runs"][0]
+assert r["mode"] == "train" and r["method"] == "lora", r
+assert r["tasks"]["a"]["metric"] == 25.0, r  # the resumption's test metric
+P
 
 # Options go through the option table: --out=DIR, a bare --no_plots between runs.
 "$GRAFT" report --out="$T/rep4" "$T/central" --no_plots "$T/fed" > /dev/null || fail "--out=DIR"
