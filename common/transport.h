@@ -17,10 +17,11 @@
  * peer's messages (CurveZMQ), so that the coordinator can bind a worker to
  * the key it registered with. A ZeroMQ client chooses its own routing
  * identity, and ZMQ_ROUTER_HANDOVER gives a new connection under an
- * identity in use the old one's place; so the ZeroMQ server makes a
- * connection with another key under the same identity a peer of its own,
- * and sends nothing to the old peer while the identity is last heard from
- * the new one (send() gives GRAFT_EPEER, logged).
+ * identity in use the old one's place; so a CurveZMQ client's identity
+ * carries its key (graft_zmq_routing_id), and the ZeroMQ server makes a
+ * connection with another key under the same identity (one set by hand) a
+ * peer of its own, and sends nothing to the old peer while the identity is
+ * last heard from the new one (send() gives GRAFT_EPEER, logged).
  *
  * Ownership:
  *  - send() copies or finishes with `buf` before returning; the caller keeps it.
@@ -173,8 +174,9 @@ typedef struct {
     const graft_key_t *server_key;
     const graft_key_t *allow;
     size_t nallow;
-    /* Client: a stable routing identity (e.g. the worker name) so that a
-     * restarted worker takes over its old peer slot on the coordinator. */
+    /* Client: a stable routing identity (e.g. the worker name, 1..255
+     * bytes) so that a restarted worker takes over its old peer slot on the
+     * coordinator (graft_zmq_routing_id makes the socket's). */
     const char *identity;
     int reconnect_ivl_ms;     /* client: first retry after this (0: 100) */
     int reconnect_ivl_max_ms; /* client: retries back off up to this (0: 5000) */
@@ -183,6 +185,24 @@ typedef struct {
      * + 64 KiB. The coordinator sets it from the run's modules. */
     size_t max_msg_bytes;
 } graft_zmq_opts_t;
+
+/* The longest ZeroMQ routing identity. */
+#define GRAFT_ZMQ_MAX_ROUTING_ID 255
+
+/* The routing identity a client's socket takes for `identity` into out
+ * (GRAFT_ZMQ_MAX_ROUTING_ID + 1 bytes), returning its length (not
+ * terminated). Without CurveZMQ (key NULL) it is `identity`. With it, it is
+ * the client's public key, "/" and `identity` (a name too long for that
+ * ends in a digest of the whole of it): ZMQ_ROUTER_HANDOVER gives a routing
+ * identity to the newest connection and leaves the one it had open but
+ * deaf, unheard and unreachable, until ZeroMQ's heartbeats drop it (10-20 s)
+ * and it reconnects; so the identity must be one that only a restart of the
+ * same client takes over. A client of another key under a worker's name
+ * then gets a peer of its own (and is refused at hello), and the worker
+ * keeps its connection. Only a client that sets its socket's identity by
+ * hand to the worker's can still take it over (the server then supersedes
+ * the worker's peer, above). */
+size_t graft_zmq_routing_id(const char *identity, const graft_key_t *key, char *out);
 
 /* The coordinator: binds a ROUTER. */
 int graft_transport_zmq_server(const graft_zmq_opts_t *opts, graft_transport_t **out);

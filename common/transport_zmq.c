@@ -8,13 +8,23 @@
  * ZMQ_ROUTER_MANDATORY turns a send to a vanished peer into GRAFT_EPEER
  * instead of a silent drop. Workers reconnect on their own with backoff.
  *
- * The identity is the client's choice, so under CurveZMQ a peer is the pair
- * (identity, client key), the key read from each message's User-Id (which
- * the ZAP handler sets): another client's connection under a worker's
- * identity becomes a peer of its own instead of that worker. The ROUTER
- * routes by identity alone, to whichever connection took it over last; so
- * a peer whose identity was last heard from another key is "superseded" and
- * gets nothing until it speaks again.
+ * A handover costs the connection that loses the identity dearly: libzmq
+ * ends its pipe but not the connection, which stays open, reading and
+ * delivering nothing, until heartbeats drop it (10-20 s; never without
+ * them), and only then does its client reconnect. A dead worker's
+ * connection is closed already, so a restart is taken back at once; but a
+ * live one would go unheard that long. So a CurveZMQ client's identity
+ * starts with its public key (graft_zmq_routing_id): a client with another
+ * key under a worker's --name is a connection of its own, not a takeover.
+ *
+ * The identity is still the client's choice (one may set another's by
+ * hand), so under CurveZMQ a peer is the pair (identity, client key), the
+ * key read from each message's User-Id (which the ZAP handler sets):
+ * another client's connection under a worker's identity becomes a peer of
+ * its own instead of that worker. The ROUTER routes by identity alone, to
+ * whichever connection took it over last; so a peer whose identity was last
+ * heard from another key is "superseded" and gets nothing until it speaks
+ * again.
  *
  * With CurveZMQ the server runs a ZAP handler thread on
  * inproc://zeromq.zap.01 in its own context: it accepts a handshake only if
@@ -395,13 +405,32 @@ static int server_opts(zt_t *z, const graft_zmq_opts_t *o) {
     return rc;
 }
 
+size_t graft_zmq_routing_id(const char *identity, const graft_key_t *key, char *out) {
+    if (!key) {
+        size_t n = strlen(identity);
+        memcpy(out, identity, n);
+        return n;
+    }
+    int n = snprintf(out, GRAFT_ZMQ_MAX_ROUTING_ID + 1, "%s/%s", key->z85, identity);
+    if (n <= GRAFT_ZMQ_MAX_ROUTING_ID) return (size_t)n;
+    /* A long name: its head and a digest of all of it (FNV-1a, 64 bits). */
+    uint64_t h = 14695981039346656037ull;
+    for (const char *s = identity; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    snprintf(out + GRAFT_ZMQ_MAX_ROUTING_ID - 17, 18, "#%016llx", (unsigned long long)h);
+    return GRAFT_ZMQ_MAX_ROUTING_ID;
+}
+
 static int client_opts(zt_t *z, const graft_zmq_opts_t *o) {
     int rc = common_opts(z, o);
     rc |= set_int(z->sock, ZMQ_RECONNECT_IVL, o->reconnect_ivl_ms ? o->reconnect_ivl_ms : 100);
     rc |= set_int(z->sock, ZMQ_RECONNECT_IVL_MAX,
                   o->reconnect_ivl_max_ms ? o->reconnect_ivl_max_ms : 5000);
-    if (o->identity)
-        rc |= zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, o->identity, strlen(o->identity));
+    if (o->identity) {
+        char id[GRAFT_ZMQ_MAX_ROUTING_ID + 1];
+        size_t n = graft_zmq_routing_id(o->identity, o->keypair ? &o->keypair->public_key : NULL,
+                                        id);
+        rc |= zmq_setsockopt(z->sock, ZMQ_ROUTING_ID, id, n);
+    }
     if (o->keypair) {
         rc |= zmq_setsockopt(z->sock, ZMQ_CURVE_SERVERKEY, o->server_key->z85, 41);
         rc |= zmq_setsockopt(z->sock, ZMQ_CURVE_PUBLICKEY, o->keypair->public_key.z85, 41);
@@ -432,8 +461,9 @@ static void zmq_destroy(graft_transport_t *t) { zt_free((zt_t *)t); }
 
 static int check_opts(const graft_zmq_opts_t *o, int server) {
     if (!o->endpoint) return GRAFT_EINVAL;
-    if (o->identity && (o->identity[0] == '\0' || strlen(o->identity) > 255)) {
-        LOG_ERROR("zmq: identity must be 1..255 bytes");
+    size_t idlen = o->identity ? strlen(o->identity) : 1;
+    if (idlen == 0 || idlen > GRAFT_ZMQ_MAX_ROUTING_ID) {
+        LOG_ERROR("zmq: identity must be 1..%d bytes", GRAFT_ZMQ_MAX_ROUTING_ID);
         return GRAFT_EINVAL;
     }
     if (!o->keypair) return GRAFT_OK;

@@ -9,7 +9,8 @@
 #     keygen's arguments, strict numbers, graft run's own options as config
 #     lines (workers = 1 below); another admitted key under a registered
 #     worker's name is refused (its name belongs to the key that registered
-#     it);
+#     it), and does not take over the worker's connection: the worker is
+#     not lost and trains every round that follows;
 #  2. one worker holding all the data ends with the same modules (up to the
 #     fixed-point aggregation's quantum, 2^-37) and the same test metrics as
 #     `graft train` for the same steps; over several rounds too when the
@@ -160,10 +161,14 @@ printf 'workers = 1\nrounds = 3\nlocal_steps = 4\n' > "$T/one-worker.conf"
 echo "ok 1b - keygen arguments, strict numbers, precise messages"
 
 # ---- 1c. a worker's name belongs to the key that registered it --------------------
-# Bob's admitted key under alice's --name (and so her ZeroMQ routing identity,
-# which a new connection takes over): the coordinator neither lets it into
-# alice's slot nor re-registers alice for it. It refuses the hello, naming
-# both keys, with a worker_refused event; the impostor says why and exits 1.
+# Bob's admitted key under alice's --name: the coordinator neither lets it
+# into alice's slot nor re-registers alice for it. It refuses the hello,
+# naming both keys, with a worker_refused event; the impostor says why and
+# exits 1. Alice is not silenced meanwhile: her ZeroMQ routing identity
+# carries her key, so the impostor's connection does not take hers over
+# (a takeover left hers deaf for 10-20 s: she was lost, about 2 s into
+# it with these 400 ms heartbeats, and missed the rounds). Bob joins under
+# his own name right after, and the run's rounds all have both.
 # This part keeps the old hyphenated spellings of the service files
 # (--curve-secret, --server-key): they still work, with a warning.
 EP=tcp://127.0.0.1:$(free_port)
@@ -197,9 +202,21 @@ grep -qF "option 'curve-secret' is deprecated: it is now spelled 'curve_secret'"
     fail "--curve-secret was not taken as --curve_secret with a warning"
 grep -qF "option 'server-key' is deprecated: it is now spelled 'server_key'" \
     "$T/imp-alice.err" || fail "--server-key was not taken as --server_key with a warning"
-kill "$COORD"
-wait "$COORD" 2>/dev/null || true
-echo "ok 1c - CurveZMQ: another admitted key under a registered worker's name is refused"
+"$GRAFT" worker --connect "$EP" --config run.conf --name bob --shard 1/2 --curve bob \
+    --server_key coordinator.pub 2>"$T/imp-bob2.err" &
+PIDS="$PIDS $!"
+n=0
+while kill -0 "$COORD" 2>/dev/null; do
+    n=$((n + 1)); [ $n -gt 600 ] && fail "the run after the impostor did not finish in 60 s"
+    sleep 0.1
+done
+wait "$COORD" || { tail -20 "$T/imp.err" >&2; fail "the coordinator failed after the impostor"; }
+EV=$T/imp/events.jsonl
+grep '"event":"worker_lost"' "$EV" >&2 && fail "the impostor silenced alice: she was lost"
+[ "$(grep -c '"event":"round_end".*"participants":\["alice","bob"\]' "$EV")" -eq 3 ] ||
+    { grep '"event":"round_end"' "$EV" >&2; fail "alice missed rounds after the impostor"; }
+echo "ok 1c - CurveZMQ: another admitted key under a registered worker's name is refused," \
+    "and the worker keeps its connection"
 
 # ---- 2. one worker with all the data = graft train ---------------------------
 # Same seed, 12 steps either way: one round of 12 local steps. The worker's

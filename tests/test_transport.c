@@ -565,9 +565,29 @@ static int recv_text(graft_transport_t *t, const char *want) {
     return peer;
 }
 
-/* A client chooses its routing identity, and ROUTER_HANDOVER gives the
- * identity to the newest connection. Under CurveZMQ another admitted key
- * under a worker's identity is a peer of its own, with its own key, and
+/* A CurveZMQ DEALER of ctx with key kp that sets its routing identity by
+ * hand to `id` (idlen bytes), connected to ep, that has sent "f1". */
+static void *forger(void *ctx, const char *ep, const graft_keypair_t *kp,
+                    const graft_key_t *server, const char *id, size_t idlen) {
+    void *s = zmq_socket(ctx, ZMQ_DEALER);
+    assert_non_null(s);
+    int zero = 0;
+    assert_int_equal(zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, server->z85, 41), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, kp->public_key.z85, 41), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, kp->secret_key.z85, 41), 0);
+    assert_int_equal(zmq_setsockopt(s, ZMQ_ROUTING_ID, id, idlen), 0);
+    assert_int_equal(zmq_connect(s, ep), 0);
+    assert_int_equal(zmq_send(s, "f1", 3, 0), 3);
+    return s;
+}
+
+/* ROUTER_HANDOVER gives a routing identity to the newest connection and
+ * leaves the old one deaf until heartbeats drop it (10-20 s). Under
+ * CurveZMQ a client's identity carries its key: another admitted key under
+ * a worker's name is a peer of its own, and the worker keeps its
+ * connection, reachable at once. A client that sets the worker's identity
+ * by hand still takes it over: a peer of its own, with its own key, and
  * nothing goes to the worker's peer (it would reach the other connection)
  * until the worker speaks again. */
 static void test_curve_identity_bound_to_key(void **state) {
@@ -586,27 +606,72 @@ static void test_curve_identity_bound_to_key(void **state) {
     assert_string_equal(graft_transport_peer_key(srv, pa), alice.public_key.z85);
     assert_string_equal(graft_transport_peer_key(a, 0), "");
 
+    /* Bob's key under the name alice: no takeover. */
     graft_transport_t *b = zmq_client(ep, "alice", &bob, &server.public_key);
     assert_int_equal(graft_transport_send(b, 0, "b1", 3), GRAFT_OK);
     int pb = recv_text(srv, "b1");
     assert_int_not_equal(pb, pa);
     assert_string_equal(graft_transport_peer_key(srv, pb), bob.public_key.z85);
     assert_string_equal(graft_transport_peer_key(srv, pa), alice.public_key.z85);
-    assert_int_equal(graft_transport_send(srv, pa, "x", 2), GRAFT_EPEER);
-    graft_transport_destroy(&b);
-
-    /* (ZeroMQ leaves alice's taken-over connection open but deaf until its
-     * heartbeats time out.) Alice restarted speaks under her identity and
-     * key: her peer again, and bob's is the superseded one. */
-    graft_transport_destroy(&a);
-    a = zmq_client(ep, "alice", &alice, &server.public_key);
+    assert_int_equal(graft_transport_send(srv, pa, "to a", 5), GRAFT_OK);
+    assert_int_equal(recv_text(a, "to a"), 0);
+    assert_int_equal(graft_transport_send(srv, pb, "to b", 5), GRAFT_OK);
+    assert_int_equal(recv_text(b, "to b"), 0);
     assert_int_equal(graft_transport_send(a, 0, "a2", 3), GRAFT_OK);
     assert_int_equal(recv_text(srv, "a2"), pa);
-    assert_int_equal(graft_transport_send(srv, pb, "x", 2), GRAFT_EPEER);
+    graft_transport_destroy(&b);
+
+    /* Bob's key under alice's very routing identity, set by hand. */
+    char id[GRAFT_ZMQ_MAX_ROUTING_ID + 1];
+    size_t idlen = graft_zmq_routing_id("alice", &alice.public_key, id);
+    void *ctx = zmq_ctx_new();
+    void *f = forger(ctx, ep, &bob, &server.public_key, id, idlen);
+    int pf = recv_text(srv, "f1");
+    assert_int_not_equal(pf, pa);
+    assert_string_equal(graft_transport_peer_key(srv, pf), bob.public_key.z85);
+    assert_int_equal(graft_transport_send(srv, pa, "x", 2), GRAFT_EPEER);
+    zmq_close(f);
+    zmq_ctx_term(ctx);
+
+    /* Alice restarted speaks under her identity and key: her peer again,
+     * and the forger's is the superseded one. */
+    graft_transport_destroy(&a);
+    a = zmq_client(ep, "alice", &alice, &server.public_key);
+    assert_int_equal(graft_transport_send(a, 0, "a3", 3), GRAFT_OK);
+    assert_int_equal(recv_text(srv, "a3"), pa);
+    assert_int_equal(graft_transport_send(srv, pf, "x", 2), GRAFT_EPEER);
     assert_int_equal(graft_transport_send(srv, pa, "to a", 5), GRAFT_OK);
     assert_int_equal(recv_text(a, "to a"), 0);
     graft_transport_destroy(&a);
     graft_transport_destroy(&srv);
+}
+
+/* A CurveZMQ client's routing identity: its key, "/" and the name; a name
+ * too long for that ends in a digest of all of it, so that two long names
+ * with the same head differ. Without CurveZMQ, the name itself. */
+static void test_routing_id(void **state) {
+    (void)state;
+    graft_key_t k;
+    memset(k.z85, 'K', GRAFT_KEY_Z85_LEN);
+    k.z85[GRAFT_KEY_Z85_LEN] = '\0';
+    char id[GRAFT_ZMQ_MAX_ROUTING_ID + 1], id2[GRAFT_ZMQ_MAX_ROUTING_ID + 1];
+    size_t n = graft_zmq_routing_id("w1", NULL, id);
+    assert_int_equal(n, 2);
+    assert_memory_equal(id, "w1", 2);
+    n = graft_zmq_routing_id("w1", &k, id);
+    assert_int_equal(n, GRAFT_KEY_Z85_LEN + 3);
+    assert_memory_equal(id, k.z85, GRAFT_KEY_Z85_LEN);
+    assert_memory_equal(id + GRAFT_KEY_Z85_LEN, "/w1", 3);
+    char name[GRAFT_ZMQ_MAX_ROUTING_ID + 1];
+    memset(name, 'n', GRAFT_ZMQ_MAX_ROUTING_ID);
+    name[GRAFT_ZMQ_MAX_ROUTING_ID] = '\0';
+    n = graft_zmq_routing_id(name, &k, id);
+    assert_int_equal(n, GRAFT_ZMQ_MAX_ROUTING_ID);
+    name[GRAFT_ZMQ_MAX_ROUTING_ID - 1] = 'm'; /* past the part that fits */
+    assert_int_equal(graft_zmq_routing_id(name, &k, id2), GRAFT_ZMQ_MAX_ROUTING_ID);
+    assert_int_equal(id[GRAFT_ZMQ_MAX_ROUTING_ID - 17], '#');
+    assert_memory_equal(id, id2, GRAFT_ZMQ_MAX_ROUTING_ID - 16);
+    assert_memory_not_equal(id, id2, GRAFT_ZMQ_MAX_ROUTING_ID);
 }
 
 /* Plain ZeroMQ authenticates nobody: no key, and one peer per identity. */
@@ -647,6 +712,7 @@ int main(void) {
         cmocka_unit_test(test_keys),
         cmocka_unit_test(test_curve),
         cmocka_unit_test(test_curve_identity_bound_to_key),
+        cmocka_unit_test(test_routing_id),
         cmocka_unit_test(test_plain_has_no_key),
         cmocka_unit_test(test_endpoint_is_local),
     };
