@@ -247,9 +247,11 @@ static int send_hello(worker_t *w) {
                                    .nsettings = (size_t)w->nsettings};
     uint64_t run = w->run_id;
     w->run_id = 0; /* a Hello always says "new here" */
+    /* The wait counts from here: a send to a coordinator that is not there
+     * (or refuses our key) blocks up to the socket's send timeout. */
+    w->hello_at = graft_now();
     int rc = send_msg(w, &m);
     w->run_id = run;
-    w->hello_at = graft_now();
     return rc;
 }
 
@@ -259,10 +261,11 @@ static int send_hello(worker_t *w) {
 static int hello_unanswered(worker_t *w) {
     int limit = w->o.hello_timeout_ms;
     if (!w->hello_at || limit <= 0 || graft_now() - w->hello_at < limit / 1000.0) return 0;
-    LOG_ERROR("worker %s: no answer from the coordinator in %g s after saying hello: is it "
-              "running at --connect, and (with CurveZMQ) is --server_key its public key and "
-              "this worker's public key on its --allow list? (the coordinator's log says which; "
-              "wait longer with --hello_timeout_ms)", w->name, limit / 1000.0);
+    LOG_ERROR("worker %s: no answer from the coordinator in %.1f s after saying hello "
+              "(--hello_timeout_ms %d): is it running at --connect, and (with CurveZMQ) is "
+              "--server_key its public key and this worker's public key on its --allow list? "
+              "(the coordinator's log says which; wait longer with --hello_timeout_ms)", w->name,
+              graft_now() - w->hello_at, limit);
     return 1;
 }
 
