@@ -258,10 +258,12 @@ static void teardown(trainer_t *tr) {
     free(tr->targets);
 }
 
-int graft_pretrain_run(const graft_pretrain_config_t *cfg, graft_pretrain_result_t *result) {
+int graft_pretrain_run(const graft_pretrain_config_t *cfg, graft_pretrain_ready_fn ready,
+                       void *ctx, graft_pretrain_result_t *result) {
     trainer_t tr = {0};
     memset(result, 0, sizeof *result);
     int rc = setup(&tr, cfg);
+    if (!rc && ready) rc = ready(ctx);
     if (rc) {
         teardown(&tr);
         return rc;

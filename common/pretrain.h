@@ -49,7 +49,15 @@ typedef struct {
     double tokens_per_s;
 } graft_pretrain_result_t;
 
-/* Runs (or resumes) pretraining as configured; logs progress on stderr. */
-int graft_pretrain_run(const graft_pretrain_config_t *cfg, graft_pretrain_result_t *result);
+/* Called once the settings, the corpus and any --init or --resume file are
+ * checked and before anything is written, so that a caller's own output
+ * (the CLI's OUT.config.txt) is not left behind by a refused run. A
+ * non-zero return stops the run and is returned. */
+typedef int (*graft_pretrain_ready_fn)(void *ctx);
+
+/* Runs (or resumes) pretraining as configured; logs progress on stderr.
+ * ready (may be NULL) is called with ctx as described above. */
+int graft_pretrain_run(const graft_pretrain_config_t *cfg, graft_pretrain_ready_fn ready,
+                       void *ctx, graft_pretrain_result_t *result);
 
 #endif

@@ -1,6 +1,9 @@
 /* test_pretrain.c — pretraining lowers the held-out loss, and a run killed
  * midway and resumed from its checkpoint ends bit-identical to an
- * uninterrupted run (weights and final loss). */
+ * uninterrupted run (weights and final loss). The ready hook runs once the
+ * inputs are checked and before a checkpoint, never for a refused run; so
+ * `graft pretrain` refused for its corpus leaves no OUT.config.txt, and
+ * logs the one specific error. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "capture.h"
@@ -47,6 +51,22 @@ static void base_config(graft_pretrain_config_t *cfg, const char *out) {
     cfg->seed = 7;
 }
 
+/* What the ready hook saw: how often it was called, whether the
+ * checkpoint existed then, and the code it returns. */
+typedef struct {
+    const char *out;
+    int calls;
+    int out_existed;
+    int rc;
+} ready_probe_t;
+
+static int probe_ready(void *ctx) {
+    ready_probe_t *p = ctx;
+    p->calls++;
+    p->out_existed = access(p->out, F_OK) == 0;
+    return p->rc;
+}
+
 static void load_params(const char *path, float **params, size_t *n) {
     graft_gpt2_t *m = NULL;
     assert_int_equal(graft_gpt2_load(path, &m), GRAFT_OK);
@@ -62,7 +82,10 @@ static void test_loss_falls_and_resume_is_exact(void **state) {
     graft_pretrain_result_t full, part, resumed;
 
     base_config(&cfg, "full.safetensors");
-    assert_int_equal(graft_pretrain_run(&cfg, &full), GRAFT_OK);
+    ready_probe_t probe = {.out = cfg.out};
+    assert_int_equal(graft_pretrain_run(&cfg, probe_ready, &probe, &full), GRAFT_OK);
+    assert_int_equal(probe.calls, 1);
+    assert_false(probe.out_existed); /* called before the first checkpoint */
     assert_int_equal(full.steps_done, 40);
     /* Held-out loss falls well below its starting value (about ln 260). */
     assert_true(full.final_eval_loss < 0.8f * full.first_eval_loss);
@@ -70,12 +93,12 @@ static void test_loss_falls_and_resume_is_exact(void **state) {
     /* Killed at step 25: its last checkpoint is the one of step 20. */
     base_config(&cfg, "killed.safetensors");
     cfg.stop_after = 25;
-    assert_int_equal(graft_pretrain_run(&cfg, &part), GRAFT_OK);
+    assert_int_equal(graft_pretrain_run(&cfg, NULL, NULL, &part), GRAFT_OK);
     assert_int_equal(part.steps_done, 25);
 
     base_config(&cfg, "killed.safetensors");
     snprintf(cfg.resume, sizeof cfg.resume, "%s/killed.safetensors", dir);
-    assert_int_equal(graft_pretrain_run(&cfg, &resumed), GRAFT_OK);
+    assert_int_equal(graft_pretrain_run(&cfg, NULL, NULL, &resumed), GRAFT_OK);
     assert_int_equal(resumed.steps_done, 40);
     assert_true(resumed.final_eval_loss == full.final_eval_loss);
 
@@ -96,15 +119,23 @@ static void test_bad_inputs_are_refused(void **state) {
     (void)state;
     graft_pretrain_config_t cfg;
     graft_pretrain_result_t res;
+    ready_probe_t probe = {0};
     base_config(&cfg, "x.safetensors");
     snprintf(cfg.preset, sizeof cfg.preset, "huge");
-    assert_int_equal(graft_pretrain_run(&cfg, &res), GRAFT_EINVAL);
+    assert_int_equal(graft_pretrain_run(&cfg, probe_ready, &probe, &res), GRAFT_EINVAL);
     base_config(&cfg, "x.safetensors");
     snprintf(cfg.data, sizeof cfg.data, "%s/missing.txt", dir);
-    assert_true(graft_pretrain_run(&cfg, &res) < 0);
+    assert_true(graft_pretrain_run(&cfg, probe_ready, &probe, &res) < 0);
     base_config(&cfg, "x.safetensors");
     snprintf(cfg.resume, sizeof cfg.resume, "%s/corpus.txt", dir); /* not a checkpoint */
-    assert_true(graft_pretrain_run(&cfg, &res) < 0);
+    assert_true(graft_pretrain_run(&cfg, probe_ready, &probe, &res) < 0);
+    assert_int_equal(probe.calls, 0);
+    /* A hook that fails stops the run with its error, before a checkpoint. */
+    base_config(&cfg, "x.safetensors");
+    probe = (ready_probe_t){.out = cfg.out, .rc = GRAFT_EIO};
+    assert_int_equal(graft_pretrain_run(&cfg, probe_ready, &probe, &res), GRAFT_EIO);
+    assert_int_equal(probe.calls, 1);
+    assert_int_equal(access(cfg.out, F_OK), -1);
 }
 
 /* A corpus shorter than a train window or one evaluation batch is refused
@@ -125,8 +156,10 @@ static void test_small_corpus_is_refused(void **state) {
     snprintf(out, sizeof out, "%s", cfg.out);
     cfg.batch = 4;
     cfg.seq = 16; /* 114 train tokens hold a window; 6 held out are not a batch */
+    ready_probe_t probe = {0};
     capture_begin(log);
-    assert_int_equal(graft_pretrain_run(&cfg, &res), GRAFT_EINVAL);
+    assert_int_equal(graft_pretrain_run(&cfg, probe_ready, &probe, &res), GRAFT_EINVAL);
+    assert_int_equal(probe.calls, 0);
     capture_end_expect("small.txt has 120 tokens (114 train, 6 held out); --seq 16, --batch 4 "
                        "and --heldout 0.05 need at least 17 train tokens and 65 held out");
     f = fopen(data, "w"); /* 3 bytes: not even one train window of the context */
@@ -137,11 +170,53 @@ static void test_small_corpus_is_refused(void **state) {
     cfg.seq = 0;
     cfg.heldout = 0.5f;
     capture_begin(log);
-    assert_int_equal(graft_pretrain_run(&cfg, &res), GRAFT_EINVAL);
+    assert_int_equal(graft_pretrain_run(&cfg, NULL, NULL, &res), GRAFT_EINVAL);
     capture_end_expect("has 3 tokens (2 train, 1 held out); --seq 32, --batch 2 and --heldout 0.5 "
                        "need at least 33 train tokens and 65 held out (one evaluation batch), "
                        "i.e. a corpus of at least 130 tokens");
     assert_int_equal(access(out, F_OK), -1);
+}
+
+/* Runs `graft pretrain ARGS` with stderr in dir/cli.err; its exit status. */
+static int run_cli(const char *args, char *err, size_t cap) {
+    char cmd[2048], path[300];
+    snprintf(path, sizeof path, "%s/cli.err", dir);
+    snprintf(cmd, sizeof cmd, "%s/graft pretrain --preset tiny --threads 1 %s >/dev/null 2>%s",
+             GRAFT_BINARY_DIR, args, path);
+    int st = system(cmd);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    err[fread(err, 1, cap - 1, f)] = '\0';
+    fclose(f);
+    assert_true(WIFEXITED(st));
+    return WEXITSTATUS(st);
+}
+
+/* The command writes OUT.config.txt only for a run that starts; a refused
+ * one leaves nothing and logs its own error, not a generic "failed" line. */
+static void test_command_writes_config_only_when_it_runs(void **state) {
+    (void)state;
+    char args[1024], err[1 << 14], config[300];
+    snprintf(config, sizeof config, "%s/tiny.txt", dir);
+    FILE *f = fopen(config, "w"); /* 3 bytes: no train window */
+    assert_non_null(f);
+    fputs("abc", f);
+    fclose(f);
+    snprintf(config, sizeof config, "%s/cli/trunk.config.txt", dir);
+    snprintf(args, sizeof args, "--data %s/tiny.txt --out %s/cli/trunk.safetensors", dir, dir);
+    assert_int_equal(run_cli(args, err, sizeof err), 1);
+    assert_non_null(strstr(err, "corpus too small for --seq/--heldout"));
+    assert_null(strstr(err, "failed"));
+    assert_int_equal(access(config, F_OK), -1);
+    snprintf(args, sizeof args, "--data %s/missing.txt --out %s/cli/trunk.safetensors", dir, dir);
+    assert_int_equal(run_cli(args, err, sizeof err), 1);
+    assert_non_null(strstr(err, "missing.txt: No such file or directory"));
+    assert_null(strstr(err, "failed"));
+    assert_int_equal(access(config, F_OK), -1);
+    snprintf(args, sizeof args, "--data %s/corpus.txt --out %s/cli/trunk.safetensors --steps 2 "
+             "--batch 4 --eval_batches 1 --checkpoint_every 100", dir, dir);
+    assert_int_equal(run_cli(args, err, sizeof err), 0);
+    assert_int_equal(access(config, R_OK), 0);
 }
 
 int main(void) {
@@ -154,6 +229,7 @@ int main(void) {
         cmocka_unit_test(test_loss_falls_and_resume_is_exact),
         cmocka_unit_test(test_bad_inputs_are_refused),
         cmocka_unit_test(test_small_corpus_is_refused),
+        cmocka_unit_test(test_command_writes_config_only_when_it_runs),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[320];
