@@ -55,11 +55,8 @@ int cmd_keygen(int argc, char **argv) {
     if (rc == GRAFT_OPTS_HELP) return 0;
     if (!name) return 2;
     graft_keypair_t kp;
-    rc = graft_keys_generate(name, opts.force, &kp);
-    if (rc) {
-        fprintf(stderr, "graft keygen: failed: %s\n", graft_strerror(rc));
-        return 1;
-    }
+    /* graft_keys_generate logs the file it could not write and why. */
+    if (graft_keys_generate(name, opts.force, &kp)) return 1;
     printf("wrote %s.key and %s.pub\n", name, name);
     return 0;
 }

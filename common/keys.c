@@ -18,9 +18,13 @@ int graft_key_valid(const char *s) {
 static int write_file(const char *path, const char *text, mode_t mode, int overwrite) {
     int flags = O_WRONLY | O_CREAT | O_TRUNC | (overwrite ? 0 : O_EXCL);
     int fd = open(path, flags, mode);
+    if (fd < 0 && errno == EEXIST) {
+        LOG_ERROR("keys: %s already exists: not replaced (graft keygen --force replaces the "
+                  "keypair)", path);
+        return GRAFT_EIO;
+    }
     if (fd < 0) {
-        LOG_ERROR("keys: cannot create %s: %s%s", path, strerror(errno),
-                  errno == EEXIST ? " (refusing to replace an existing key)" : "");
+        LOG_ERROR("keys: cannot create %s: %s", path, strerror(errno));
         return GRAFT_EIO;
     }
     size_t n = strlen(text);

@@ -6,11 +6,12 @@
 #     then a count: they retry every 100 ms) with handshake_failed events,
 #     and the run with the allowed clients completes; the refused client
 #     gives up after --hello_timeout_ms and says why; command lines:
-#     keygen's arguments, strict numbers, graft run's own options as config
-#     lines (workers = 1 below); another admitted key under a registered
-#     worker's name is refused (its name belongs to the key that registered
-#     it), and does not take over the worker's connection: the worker is
-#     not lost and trains every round that follows;
+#     keygen's arguments (an existing key needs --force), strict numbers,
+#     graft run's own options as config lines (workers = 1 below); another
+#     admitted key under a registered worker's name is refused (its name
+#     belongs to the key that registered it), and does not take over the
+#     worker's connection: the worker is not lost and trains every round
+#     that follows;
 #  2. one worker holding all the data ends with the same modules (up to the
 #     fixed-point aggregation's quantum, 2^-37) and the same test metrics as
 #     `graft train` for the same steps; over several rounds too when the
@@ -136,6 +137,11 @@ echo "ok 1 - CurveZMQ: a key off the allow-list and a wrong server key are logge
 cp carol.pub carol.old
 "$GRAFT" keygen carol --force=true >/dev/null || fail "keygen NAME --force=true failed"
 cmp -s carol.pub carol.old && fail "keygen --force=true did not replace the key"
+cp carol.pub carol.old
+st=0; "$GRAFT" keygen carol >/dev/null 2>"$T/exists.err" || st=$?
+[ $st -eq 1 ] && grep -qF "carol.key already exists: not replaced (graft keygen --force" \
+    "$T/exists.err" && ! grep -q "failed" "$T/exists.err" && cmp -s carol.pub carol.old ||
+    { cat "$T/exists.err" >&2; fail "keygen over a key: exit $st, want 1 naming --force alone"; }
 expect_refusal() { # expect_refusal MESSAGE COMMAND...: exit 2 and MESSAGE on stderr
     msg=$1; shift
     st=0; "$@" >/dev/null 2>"$T/refused.err" || st=$?
