@@ -103,13 +103,26 @@ typedef struct {
     graft_eval_result_t pre, ft; /* reference points of the task */
 } task_run_t;
 
-/* Share of the fine-tuned gain over the pretrained trunk that r recovers:
- * accuracy for classification, loss for generation; NAN without a gain. */
+/* The score evaluations are compared by: accuracy for classification,
+ * minus the loss for generation (higher is better either way). */
+static double score(const task_run_t *run, const graft_eval_result_t *r) {
+    return run->pre.kind == GRAFT_TASK_CLASSIFY ? r->cls.accuracy : -r->loss;
+}
+
+/* Whether fine-tuning beat the pretrained trunk: without a gain, the share
+ * of it that a graft recovers means nothing (dividing by a loss gives
+ * nonsense such as 300% for a graft worse than both). */
+static int has_gain(const task_run_t *run) {
+    double gain = score(run, &run->ft) - score(run, &run->pre);
+    return isfinite(gain) && gain > 1e-12;
+}
+
+/* Share of the fine-tuned gain over the pretrained trunk that r recovers;
+ * NAN without a gain (has_gain) or with a non-finite score of r. */
 static double recovered(const task_run_t *run, const graft_eval_result_t *r) {
-    double a = run->pre.kind == GRAFT_TASK_CLASSIFY ? run->pre.cls.accuracy : -run->pre.loss;
-    double b = run->pre.kind == GRAFT_TASK_CLASSIFY ? run->ft.cls.accuracy : -run->ft.loss;
-    double x = run->pre.kind == GRAFT_TASK_CLASSIFY ? r->cls.accuracy : -r->loss;
-    return fabs(b - a) > 1e-12 ? (x - a) / (b - a) : NAN;
+    if (!has_gain(run)) return NAN;
+    double a = score(run, &run->pre);
+    return (score(run, r) - a) / (score(run, &run->ft) - a);
 }
 
 /* What a graft is (evaluate() takes NULL for the fine-tuned and pretrained models). */
@@ -140,11 +153,14 @@ static void evaluate(task_run_t *run, const char *model, const graft_point_t *gp
     json_object_set_new(o, "sparsity", json_real(gp->sparsity));
     json_object_set_new(o, "k", json_integer((json_int_t)gp->k));
     json_object_set_new(o, "refined", json_boolean(gp->refined));
-    if (isnan(rec)) {
-        printf("%-28s %s  (no fine-tuned gain to recover)\n", label, line);
-    } else {
+    if (isfinite(rec)) {
         json_object_set_new(o, "recovered", json_real(rec));
         printf("%-28s %s  recovers %.1f%% of the fine-tuned gain\n", label, line, 100.0 * rec);
+    } else {
+        json_object_set_new(o, "recovered", json_null());
+        printf("%-28s %s  recovered: n/a (%s)\n", label, line,
+               has_gain(run) ? "the graft's loss is not finite"
+                             : "fine-tuning did not beat the pretrained trunk");
     }
     graft_events_emit(run->ev, "eval", o);
 }

@@ -38,7 +38,9 @@
  *    `graft mask show` reports k and how the mask was built; a missing
  *    --finetuned file, or one without a task's head or of another method,
  *    is refused before anything is written; a modules checkpoint given as
- *    a mask (and the reverse) is refused saying what the file is.
+ *    a mask (and the reverse) is refused saying what the file is;
+ *  - a fine-tuned model no better than the trunk (no step taken): each
+ *    graft's share of the gain is n/a, null in its eval event.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -959,6 +961,50 @@ static void test_commands(void **state) {
     run_refused(cmd, 1, eval_mask, 2);
 }
 
+/* A "fine-tuned" model that took no step is the trunk itself: there is no
+ * gain for a graft to recover, so each graft says n/a (not a share of
+ * nothing), its eval event has "recovered": null, and graft report reads it. */
+static void test_no_gain_to_recover(void **state) {
+    (void)state;
+    char ft[256], cmd[4096], out[256], text[8192], path[512];
+    snprintf(ft, sizeof ft, "%s/ft_none/modules.safetensors", g_dir);
+    graft_run_config_t cfg;
+    task_config(&cfg, "full", "majority");
+    graft_trainer_t *tr = NULL;
+    assert_int_equal(graft_trainer_new(&cfg, &tr), GRAFT_OK);
+    assert_int_equal(graft_trainer_save(tr, ft), GRAFT_OK);
+    graft_trainer_destroy(&tr);
+    snprintf(out, sizeof out, "%s/nogain", g_dir);
+    snprintf(cmd, sizeof cmd,
+             "%s/graft train --preset tiny --seq 32 --seed 1 --eval_max 0 --threads 1 --tasks "
+             "majority:classification:%s/majority.tsv --method graft --finetuned "
+             "majority=%s/ft_none --sparsity 0.05 --out %s >%s/nogain.out 2>&1",
+             GRAFT_BINARY_DIR, g_dir, g_dir, out, g_dir);
+    run(cmd);
+    read_output("nogain.out", text, sizeof text);
+    assert_contains(text, "recovered: n/a (fine-tuning did not beat the pretrained trunk)");
+    assert_null(strstr(text, "of the fine-tuned gain"));
+    snprintf(path, sizeof path, "%s/events.jsonl", out);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    char line[4096];
+    int evals = 0;
+    while (fgets(line, sizeof line, fp)) {
+        json_t *o = json_loads(line, 0, NULL);
+        assert_non_null(o);
+        if (!strcmp(json_string_value(json_object_get(o, "event")), "eval")) {
+            assert_true(json_is_null(json_object_get(o, "recovered")));
+            evals++;
+        }
+        json_decref(o);
+    }
+    fclose(fp);
+    assert_int_equal(evals, 1);
+    snprintf(cmd, sizeof cmd, "%s/graft report --no_plots --out %s/nogain_report %s >/dev/null",
+             GRAFT_BINARY_DIR, g_dir, out);
+    run(cmd);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_groups_and_k),
@@ -971,6 +1017,7 @@ int main(void) {
         cmocka_unit_test(test_refine_lowers_train_loss),
         cmocka_unit_test(test_head_fit_and_tune),
         cmocka_unit_test(test_commands),
+        cmocka_unit_test(test_no_gain_to_recover),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
