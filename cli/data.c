@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -103,7 +104,10 @@ static int cmd_data_prepare(int argc, char **argv) {
     }
     if (cfg.offline) av[n++] = "--offline";
     av[n] = NULL;
-    return run_and_wait(av) ? 1 : 0;
+    /* The script exits 2 when it refuses an option (--out, --quick_rows), as
+     * graft does for bad options; any other failure is 1. */
+    int st = run_and_wait(av);
+    return st == 0 || st == 2 ? st : 1;
 }
 
 /* ---- graft data shard --------------------------------------------------- */
@@ -123,7 +127,8 @@ typedef struct {
 #define OFF(field) offsetof(shard_config_t, field)
 const graft_option_t cli_shard_options[] = {
     GRAFT_OPT_TASKS(OFF(tasks)),
-    {"clients", GRAFT_OPT_INT, OFF(clients), "0", 0, 100000, "number of clients K (required)"},
+    {"clients", GRAFT_OPT_INT, OFF(clients), "0", 0, 100000,
+     "number of clients K, at least 1 (required: 0 stands for not given)"},
     {"tasks_per_client", GRAFT_OPT_INT, OFF(tasks_per_client), "0", 0, GRAFT_MAX_TASKS,
      "tasks each client holds, M; 0: ceil(tasks / clients). Client c holds tasks "
      "(c*M + j) mod T, so clients per task differ by at most one"},
@@ -158,6 +163,54 @@ static const char *shard_usage =
     "task, label, count of train rows), and prints the counts per task, label and client.\n"
     "Deterministic from --seed.";
 
+/* Refuses an --out that cannot become the shard folder before any work, as
+ * data prepare does: an existing file, a folder that is not writable, or
+ * folders that cannot be made. Missing folders are made and removed again,
+ * the one sure test (root passes access() in /proc, where mkdir fails).
+ * 0, or -1 (logged). */
+static int check_shard_out(const char *out) {
+    char path[GRAFT_OPT_STR], cur[GRAFT_OPT_STR], up[GRAFT_OPT_STR];
+    size_t n = strlen(out);
+    while (n > 1 && out[n - 1] == '/') n--;
+    snprintf(path, sizeof path, "%.*s", (int)n, out);
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) {
+            LOG_ERROR("data shard: --out %s exists and is not a folder (give a new or an "
+                      "existing folder)", out);
+            return -1;
+        }
+        if (access(path, W_OK) != 0) {
+            LOG_ERROR("data shard: --out %s: the folder is not writable", out);
+            return -1;
+        }
+        return 0;
+    }
+    size_t missing[64]; /* lengths of the missing prefixes of path, innermost first */
+    int m = 0;
+    snprintf(cur, sizeof cur, "%s", path);
+    while (m < 64 && stat(cur, &st) != 0 && (errno == ENOENT || errno == ENOTDIR)) {
+        missing[m++] = strlen(cur);
+        graft_path_dir(cur, up, sizeof up);
+        if (!strcmp(up, cur)) break;
+        snprintf(cur, sizeof cur, "%s", up);
+    }
+    int i = m - 1;
+    for (; i >= 0; i--) {
+        snprintf(cur, sizeof cur, "%.*s", (int)missing[i], path);
+        if (mkdir(cur, 0755) != 0) {
+            LOG_ERROR("data shard: --out %s: cannot make the folder %s: %s", out, cur,
+                      strerror(errno));
+            break;
+        }
+    }
+    for (int j = i + 1; j < m; j++) { /* innermost first */
+        snprintf(cur, sizeof cur, "%.*s", (int)missing[j], path);
+        rmdir(cur);
+    }
+    return i >= 0 ? -1 : 0;
+}
+
 static int cmd_data_shard(int argc, char **argv) {
     shard_config_t cfg;
     int rc = graft_options_parse(cli_shard_options, &cfg, argc, argv, shard_usage);
@@ -166,9 +219,13 @@ static int cmd_data_shard(int argc, char **argv) {
     graft_shard_config_t sc = {.clients = cfg.clients, .tasks_per_client = cfg.tasks_per_client,
                                .alpha = cfg.alpha, .min_group_size = cfg.min_group_size,
                                .seed = (uint64_t)cfg.seed};
-    if (!cfg.clients || !*cfg.out) {
-        LOG_ERROR("data shard: %s is required (see graft data shard --help)",
-                  cfg.clients ? "--out" : "--clients");
+    if (cfg.clients < 1) {
+        LOG_ERROR("data shard: --clients must be at least 1: give the number of clients K "
+                  "(see graft data shard --help)");
+        return 2;
+    }
+    if (!*cfg.out) {
+        LOG_ERROR("data shard: --out is required (see graft data shard --help)");
         return 2;
     }
     if (strcmp(cfg.eval_rows, "roundrobin") && strcmp(cfg.eval_rows, "follow")) {
@@ -180,6 +237,7 @@ static int cmd_data_shard(int argc, char **argv) {
         LOG_ERROR("data shard: --by '%s' is not one of auto, group, label, iid", cfg.by);
         return 2;
     }
+    if (check_shard_out(cfg.out)) return 2;
     graft_task_t *tasks[GRAFT_MAX_TASKS];
     int n = graft_run_load_tasks(cfg.tasks, tasks, GRAFT_MAX_TASKS, 0);
     if (n < 0) return 1;
@@ -192,7 +250,9 @@ static int cmd_data_shard(int argc, char **argv) {
     }
     graft_shard_plan_destroy(&plan);
     for (int i = 0; i < n; i++) graft_task_destroy(&tasks[i]);
-    return rc ? 1 : 0;
+    /* GRAFT_EINVAL: the options cannot split these tasks (too many clients
+     * for the rows, --by label on generation): a bad option, exit 2. */
+    return rc == GRAFT_EINVAL ? 2 : rc ? 1 : 0;
 }
 
 /* ---- graft data --------------------------------------------------------- */

@@ -7,7 +7,7 @@
  * synset; chunks and eras of the speeches; the quick slice; a second run
  * with unchanged inputs does nothing; and bad options (--out a file or an
  * impossible folder, --quick_rows malformed or without --quick) are named
- * without a traceback, also through graft data prepare. */
+ * without a traceback, also through graft data prepare (exit 2). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "task.h"
@@ -438,11 +439,19 @@ static void test_bad_options_are_named(void **state) {
                    "--quick_rows '10,10,10' applies only with --quick");
     snprintf(file, sizeof file, "%s/fresh", fx->dir);
     assert_int_equal(access(file, F_OK), -1); /* the --out check made nothing that stays */
-    /* graft data prepare hands --quick_rows over to the script's checks */
+    /* graft data prepare hands --quick_rows and --out over to the script's
+     * checks, and exits 2 for them as for its own bad options */
     snprintf(cmd, sizeof cmd, "%s/graft data prepare --offline --out %s --quick_rows 10,10,10 "
              "2>&1", GRAFT_BINARY_DIR, fresh);
-    assert_int_not_equal(run_logged(cmd), 0);
+    int st = run_logged(cmd);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
     assert_non_null(strstr(fx->log, "--quick_rows '10,10,10' applies only with --quick"));
+    snprintf(file, sizeof file, "%s/fortunes/fortunes", fx->dir);
+    snprintf(cmd, sizeof cmd, "%s/graft data prepare --offline --out %s 2>&1", GRAFT_BINARY_DIR,
+             file);
+    st = run_logged(cmd);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    assert_non_null(strstr(fx->log, "exists and is not a folder"));
 }
 
 int main(void) {

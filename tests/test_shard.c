@@ -3,7 +3,9 @@
  * round-robin over a task's clients, determinism per seed, label skew for a
  * small alpha, whole groups with balanced counts, the task-to-client
  * assignment, the written layout read back, the errors, and the
- * `graft data shard` command. */
+ * `graft data shard` command: bad options (--clients 0, an --out that is a
+ * file, a plan the options cannot make) exit 2 before any table is printed,
+ * a task file that cannot be read exits 1. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +16,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "shard.h"
@@ -526,12 +529,15 @@ static void test_write_layout(void **state) {
 
 /* ---- the command ------------------------------------------------------------- */
 
+/* Runs cmd, its output into out; its exit status. */
 static int run(const char *cmd, char *out, size_t cap) {
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     size_t n = fread(out, 1, cap - 1, p);
     out[n] = '\0';
-    return pclose(p);
+    int st = pclose(p);
+    assert_true(WIFEXITED(st));
+    return WEXITSTATUS(st);
 }
 
 static void test_command(void **state) {
@@ -542,7 +548,7 @@ static void test_command(void **state) {
              "--tasks_per_client 1 --by label --alpha 0.2 --seed 3 --out %s/cmd 2>&1",
              GRAFT_BINARY_DIR, fx->cls, fx->gen, fx->dir);
     /* --by label on the generation task is refused, naming its file */
-    assert_int_not_equal(run(cmd, out, sizeof out), 0);
+    assert_int_equal(run(cmd, out, sizeof out), 2);
     assert_non_null(strstr(out, fx->gen));
     snprintf(cmd, sizeof cmd,
              "%s/graft data shard --tasks cls:classification:%s,gen:generation:%s --clients 4 "
@@ -566,8 +572,24 @@ static void test_command(void **state) {
     assert_int_equal(train, lines); /* nothing but train rows */
     snprintf(cmd, sizeof cmd, "%s/graft data shard --tasks cls:classification:%s/missing.tsv "
              "--clients 2 --out %s/cmd 2>&1", GRAFT_BINARY_DIR, fx->dir, fx->dir);
-    assert_int_not_equal(run(cmd, out, sizeof out), 0);
+    assert_int_equal(run(cmd, out, sizeof out), 1);
     assert_non_null(strstr(out, "missing.tsv"));
+    snprintf(cmd, sizeof cmd, "%s/graft data shard --tasks cls:classification:%s --clients 0 "
+             "--out %s/cmd 2>&1", GRAFT_BINARY_DIR, fx->cls, fx->dir);
+    assert_int_equal(run(cmd, out, sizeof out), 2);
+    assert_non_null(strstr(out, "--clients must be at least 1"));
+    /* An --out that is a file (the task file itself) is refused up front:
+     * no table, nothing written. */
+    snprintf(cmd, sizeof cmd, "%s/graft data shard --tasks cls:classification:%s --clients 2 "
+             "--out %s 2>&1", GRAFT_BINARY_DIR, fx->cls, fx->cls);
+    assert_int_equal(run(cmd, out, sizeof out), 2);
+    assert_non_null(strstr(out, "exists and is not a folder"));
+    assert_null(strstr(out, "by group"));
+    snprintf(cmd, sizeof cmd, "%s/graft data shard --tasks cls:classification:%s --clients 2 "
+             "--out %s/sub/dir 2>&1", GRAFT_BINARY_DIR, fx->cls, fx->cls);
+    assert_int_equal(run(cmd, out, sizeof out), 2);
+    assert_non_null(strstr(out, "cannot make the folder"));
+    assert_null(strstr(out, "by group"));
 }
 
 int main(void) {
