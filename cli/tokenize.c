@@ -75,8 +75,9 @@ int cmd_tokenize(int argc, char **argv) {
                                  "[--count]\n\n"
                                  "Prints the token ids of each input line of stdin (or of --text),\n"
                                  "one line each, under a trunk's tokenizer: the byte tokenizer or\n"
-                                 "GPT-2's BPE. Special tokens are not added. The last line on\n"
-                                 "stderr counts inputs, tokens and the rate.");
+                                 "GPT-2's BPE. Special tokens are not added. An info line on\n"
+                                 "stderr counts inputs, tokens and the rate (GRAFT_LOG_LEVEL=warn\n"
+                                 "hides it).");
     if (rc == GRAFT_OPTS_HELP) return 0;
     if (rc) return 2;
     graft_tokenizer_t *tok = open_tokenizer(&cfg);
@@ -99,8 +100,9 @@ int cmd_tokenize(int argc, char **argv) {
         free(line);
     }
     double secs = graft_now() - t0;
-    fprintf(stderr, "graft tokenize: %zu inputs, %zu tokens (%s tokenizer), %.0f tokens/s\n",
-            inputs, total, graft_tokenizer_kind_name(tok->kind), secs > 0 ? total / secs : 0.0);
+    /* Through the log, so that GRAFT_LOG_LEVEL=warn leaves stderr quiet. */
+    LOG_INFO("tokenize: %zu inputs, %zu tokens (%s tokenizer), %.0f tokens/s", inputs, total,
+             graft_tokenizer_kind_name(tok->kind), secs > 0 ? total / secs : 0.0);
     free(ids);
     graft_tokenizer_destroy(&tok);
     return 0;

@@ -17,7 +17,7 @@
 #  - the same weights as pytorch_model.bin, converted by
 #    scripts/hf-bin-to-safetensors.py, evaluate to the same line;
 #  - graft bench step --trunk times its model; graft tokenize gives the
-#    reference encoder's ids;
+#    reference encoder's ids, and logs its rate at info level;
 #  - graft pretrain --vocab makes a BPE trunk whose held-out loss falls and
 #    that --init continues;
 #  - a config.json with another activation, or without merges.txt, the
@@ -71,6 +71,11 @@ PY
 [ "$("$GRAFT" tokenize --vocab "$T/hf" --count --text "Hello world" 2>/dev/null)" = 2 ] &&
   [ "$("$GRAFT" tokenize --text "hé" 2>/dev/null)" = "104 195 169" ] ||
   fail "graft tokenize --vocab/--count or the byte default"
+# Its rate line is an info log line: GRAFT_LOG_LEVEL=warn hides it, not the ids.
+"$GRAFT" tokenize --text "hé" 2>&1 >/dev/null |
+  grep -q "info  tokenize: 1 inputs, 3 tokens (byte tokenizer), [0-9]* tokens/s" &&
+  [ "$(GRAFT_LOG_LEVEL=warn "$GRAFT" tokenize --text "hé" 2>"$T/err")" = "104 195 169" ] &&
+  [ ! -s "$T/err" ] || fail "graft tokenize's rate line does not follow GRAFT_LOG_LEVEL"
 
 TASKS="words:generation:$T/words.tsv"
 set -- --tasks "$TASKS" --seq 64 --batch 16 --gen_tokens 8 --threads 1 --eval_max 0
