@@ -348,6 +348,11 @@ if timeout 60 "$GRAFT" run --config run.conf --shards "$T/bad" --out "$T/bad/out
     >/dev/null 2>"$T/bad.err"; then fail "a run with a useless client folder succeeded"; fi
 grep -q "client-001 holds none of the run's tasks" "$T/bad.err" || fail "no error naming the folder"
 grep -q 'a worker process ended before the run did' "$T/bad.err" || fail "graft run did not stop"
+# A --data folder that is not there is named as such, before any connection.
+if timeout 20 "$GRAFT" worker --connect tcp://127.0.0.1:1 --config run.conf \
+    --data "$T/no-such-client" 2>"$T/nodata.err"; then fail "--data of no folder was accepted"; fi
+grep -q -- "--data $T/no-such-client: No such file or directory" "$T/nodata.err" ||
+    { cat "$T/nodata.err" >&2; fail "no error naming the missing --data folder"; }
 echo "ok 4 - empty cohort keeps its modules; MPI --shards = ZeroMQ --shards; bad shard setups refused"
 
 # ---- 5. what graft data shard writes ------------------------------------------

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -180,6 +181,13 @@ static int load_shards(worker_t *w) {
     graft_task_spec_t specs[GRAFT_MAX_TASKS];
     int n = graft_run_task_specs(&w->o.cfg, specs, GRAFT_MAX_TASKS), rc = GRAFT_OK;
     if (n < 0) return n;
+    struct stat st;
+    int bad = w->o.data_dir && stat(w->o.data_dir, &st) ? errno : 0;
+    if (w->o.data_dir && (bad || !S_ISDIR(st.st_mode))) {
+        LOG_ERROR("worker %s: --data %s: %s (give a client folder, as graft data shard writes)",
+                  w->name, w->o.data_dir, bad ? strerror(bad) : "not a folder");
+        return GRAFT_EINVAL;
+    }
     for (int i = 0; i < n && !rc; i++) {
         graft_task_t *t = NULL;
         rc = load_task(w, &specs[i], &t);
