@@ -3,9 +3,11 @@
  * effective config, telling --method graft apart and printing the
  * coordinator's test results. */
 #include <cblas.h>
+#include <limits.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include "commands.h"
@@ -67,9 +69,11 @@ int cli_write_config(const char *path, const char *command, const graft_option_s
     snprintf(header, sizeof header, "graft %s: effective settings (graft %s --config FILE)",
              command, command);
     /* The file repeats the run from its start, not from the checkpoint this
-     * process resumed (which would already hold the run's steps). */
-    graft_option_set_t own[8];
-    GRAFT_ASSERT(nsets <= 8);
+     * process resumed (which would already hold the run's steps); pretrain
+     * blanks its own. */
+    enum { MAX_SETS = 4 };
+    graft_option_set_t own[MAX_SETS];
+    GRAFT_ASSERT(nsets <= MAX_SETS);
     graft_run_config_t *fresh = graft_xmalloc(sizeof *fresh);
     for (int k = 0; k < nsets; k++) {
         own[k] = sets[k];
@@ -83,21 +87,36 @@ int cli_write_config(const char *path, const char *command, const graft_option_s
     return rc;
 }
 
+/* Is `path` a regular file? */
+static int regular_file(const char *path) {
+    struct stat st;
+    return !stat(path, &st) && S_ISREG(st.st_mode);
+}
+
+/* Is file in folder dir (both named any way: resolved)? */
+static int in_folder(const char *file, const char *dir) {
+    char f[PATH_MAX], d[PATH_MAX];
+    if (!realpath(file, f) || !realpath(dir, d)) return 0;
+    char *slash = strrchr(f, '/');
+    if (!slash) return 0;
+    *slash = '\0';
+    return !strcmp(*f ? f : "/", d);
+}
+
 int cli_check_out(const graft_run_config_t *cfg, const char *command, int can_resume) {
-    if (*cfg->resume && can_resume) return 0;
-    const char *held[] = {"modules.safetensors", "events.jsonl"};
-    char path[GRAFT_OPT_STR + 32];
-    for (size_t i = 0; i < sizeof held / sizeof *held; i++) {
-        snprintf(path, sizeof path, "%s/%s", cfg->out, held[i]);
-        struct stat st;
-        if (stat(path, &st) || !S_ISREG(st.st_mode)) continue;
-        LOG_ERROR("graft %s: --out %s already holds a run (%s), which this one would replace: "
-                  "%s%s%sgive another --out, or remove %s first", command, cfg->out, path,
-                  can_resume ? "continue it with --resume " : "", can_resume ? cfg->out : "",
-                  can_resume ? "/modules.safetensors, " : "", cfg->out);
-        return -1;
-    }
-    return 0;
+    char ckpt[GRAFT_OPT_STR + 32], events[GRAFT_OPT_STR + 32];
+    snprintf(ckpt, sizeof ckpt, "%s/modules.safetensors", cfg->out);
+    snprintf(events, sizeof events, "%s/events.jsonl", cfg->out);
+    int has_ckpt = regular_file(ckpt);
+    if (!has_ckpt && !regular_file(events)) return 0;
+    /* Resuming a checkpoint of this folder continues its run. */
+    if (can_resume && *cfg->resume && in_folder(cfg->resume, cfg->out)) return 0;
+    char how[GRAFT_OPT_STR + 64] = "";
+    if (can_resume && has_ckpt) snprintf(how, sizeof how, "continue it with --resume %s, ", ckpt);
+    LOG_ERROR("graft %s: --out %s already holds a run (%s), which this one would replace: "
+              "%sgive another --out, or remove %s first", command, cfg->out,
+              has_ckpt ? ckpt : events, how, cfg->out);
+    return -1;
 }
 
 int cli_write_run_config(const char *command, const graft_run_config_t *cfg) {

@@ -71,9 +71,10 @@ int cli_set_log_level(const char *level);
 int cli_write_config(const char *path, const char *command, const graft_option_set_t *sets,
                      int nsets);
 
-/* A new run (no --resume, or can_resume 0: a command that cannot resume)
- * must not replace another run's files: -1 (logged, naming the ways on)
- * when --out already holds modules.safetensors or events.jsonl. */
+/* A new run must not replace another run's files: -1 (logged, naming the
+ * ways on) when --out already holds modules.safetensors or events.jsonl,
+ * unless the run resumes (--resume, when can_resume) a checkpoint in that
+ * folder. */
 int cli_check_out(const graft_run_config_t *cfg, const char *command, int can_resume);
 
 /* cli_write_config for a command of the run options alone: OUT/config.txt. */

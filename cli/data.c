@@ -104,10 +104,10 @@ static int cmd_data_prepare(int argc, char **argv) {
     }
     if (cfg.offline) av[n++] = "--offline";
     av[n] = NULL;
-    /* The script exits 2 when it refuses an option (--out, --quick_rows), as
-     * graft does for bad options; any other failure is 1. */
+    /* The script exits 64 (EX_USAGE) when it refuses an option (--out,
+     * --quick_rows): graft's 2 for bad options. Any other failure is 1. */
     int st = run_and_wait(av);
-    return st == 0 || st == 2 ? st : 1;
+    return st == 0 ? 0 : st == 64 ? 2 : 1;
 }
 
 /* ---- graft data shard --------------------------------------------------- */

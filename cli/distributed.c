@@ -189,8 +189,7 @@ static int run_coordinator(const graft_run_config_t *cfg, graft_option_set_t own
                            graft_transport_t *tp, zmq_server_t *zs, int workers,
                            const char *mode, void (*stop_reason)(void *, char *, size_t),
                            void *stop_ctx, int stall_timeout_ms) {
-    if (graft_coordinator_check(cfg, workers) || cli_check_out(cfg, mode_command(mode), 1))
-        return GRAFT_EINVAL;
+    if (graft_coordinator_check(cfg, workers)) return GRAFT_EINVAL; /* cmd_* checked --out */
     char path[GRAFT_OPT_STR + 16];
     snprintf(path, sizeof path, "%s/config.txt", cfg->out);
     graft_option_set_t sets[] = {own, {graft_run_options, (void *)cfg}};
@@ -245,6 +244,8 @@ int cmd_coordinator(int argc, char **argv) {
         return 2;
     }
     if (!secret && refuse_plaintext(bind, co.insecure)) return 2;
+    if (graft_coordinator_check(&cfg, co.workers) || cli_check_out(&cfg, "coordinator", 1))
+        return 2;
     graft_keypair_t kp;
     graft_key_t *allow = NULL;
     size_t nallow = 0;
@@ -633,10 +634,18 @@ int cmd_mpi(int argc, char **argv) {
                       shards, clients, size - 1, clients + 1);
         rc = GRAFT_EINVAL;
     }
+    /* Rank 0 owns --out. A refusal on any rank stops every rank before
+     * anything runs, alike (each would otherwise wait for the others). */
+    int refused = rc || (rank == 0 && cli_check_out(&cfg, "mpi", 1));
+    MPI_Allreduce(MPI_IN_PLACE, &refused, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (refused) {
+        MPI_Finalize();
+        return 2;
+    }
     char data[2 * GRAFT_OPT_STR];
     if (shards && rank > 0) client_dir(shards, rank - 1, data, sizeof data);
     graft_transport_t *tp = NULL;
-    if (!rc) rc = graft_transport_mpi_new(&tp);
+    rc = graft_transport_mpi_new(&tp);
     if (!rc) {
         install_signals();
         if (rank == 0) {

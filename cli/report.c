@@ -187,17 +187,12 @@ static int fresh_start(json_t *e) {
  * write into an old one's --out) has their events one after the other:
  * keeps those of the last run started from scratch, with its resumptions. */
 static void keep_last_run(run_t *run, const char *path) {
-    size_t i, from = 0, starts = 0;
+    size_t i, from = 0;
     json_t *e;
-    json_array_foreach(run->events, i, e) {
-        const char *type = json_string_value(json_object_get(e, "event"));
-        if (strcmp(type, "run_start") || !fresh_start(e)) continue;
-        from = i;
-        starts++;
-    }
-    if (starts < 2) return;
-    LOG_WARN("report: %s holds %zu runs, one after the other: reporting the last, from "
-             "line %zu", path, starts, from + 1);
+    json_array_foreach(run->events, i, e) if (is_event(e, "run_start") && fresh_start(e)) from = i;
+    if (from == 0) return;
+    LOG_WARN("report: %s holds other runs' events before line %zu, where its last run starts: "
+             "reporting that one", path, from + 1);
     json_t *last = json_array();
     json_array_foreach(run->events, i, e) if (i >= from) json_array_append(last, e);
     json_decref(run->events);

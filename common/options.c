@@ -144,6 +144,10 @@ static int line_cut_short(FILE *f, const char *line, size_t cap) {
 
 static const char *(*option_owner)(const char *name);
 
+/* In the header line of the config files graft writes (cli_write_config). */
+#define SETTINGS_MARK ": effective settings"
+
+
 void graft_options_set_owner(const char *(*owner)(const char *name)) {
     option_owner = owner;
 }
@@ -174,7 +178,7 @@ static int load_file_sets(const graft_option_set_t *sets, int nsets, const char 
         return GRAFT_EIO;
     }
     char line[4096], where[512], skipped[512] = "";
-    int lineno = 0, rc = GRAFT_OK;
+    int lineno = 0, rc = GRAFT_OK, written = 0;
     while (rc == GRAFT_OK && fgets(line, sizeof line, f)) {
         lineno++;
         snprintf(where, sizeof where, "%s:%d", path, lineno);
@@ -183,6 +187,8 @@ static int load_file_sets(const graft_option_set_t *sets, int nsets, const char 
             rc = GRAFT_EFORMAT;
             break;
         }
+        /* Written by graft (graft_options_write_sets): its first line. */
+        if (lineno == 1) written = !strncmp(line, "# graft ", 8) && strstr(line, SETTINGS_MARK);
         cut_comment(line);
         char *s = trim(line);
         if (!*s) continue;
@@ -194,7 +200,7 @@ static int load_file_sets(const graft_option_set_t *sets, int nsets, const char 
         }
         *eq = '\0';
         char *name = trim(s);
-        if (!skip_foreign(sets, nsets, name, skipped, sizeof skipped))
+        if (!written || !skip_foreign(sets, nsets, name, skipped, sizeof skipped))
             rc = set_in_sets(sets, nsets, name, trim(eq + 1), where);
     }
     fclose(f);

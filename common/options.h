@@ -94,13 +94,14 @@ int graft_options_parse_args(const graft_option_t *table, void *target, int argc
 int graft_options_set(const graft_option_t *table, void *target, const char *name,
                       const char *value, const char *where);
 
-/* A config file may hold options of another command: the config.txt that
- * `graft run` writes holds run's own options (workers, shards) beside the
- * run options that eval, predict and export read. With an owner function
- * set, a config line whose option this command lacks but owner() names a
+/* A config file that graft wrote may hold options of another command: the
+ * config.txt of `graft run` holds run's own options (workers, shards) beside
+ * the run options that eval, predict and export read. With an owner
+ * function set, a line of such a file (its first line `# graft COMMAND:
+ * effective settings`) whose option this command lacks but owner() names a
  * command for (non-NULL) is skipped, and the skipped names are logged once
- * per file;
- * any other unknown name is refused. Flags stay strict. owner NULL: off. */
+ * per file. Any other unknown name is refused, as is every unknown name of
+ * a file written by hand. Flags stay strict. owner NULL: off. */
 void graft_options_set_owner(const char *(*owner)(const char *name));
 
 /* Reads a config file of `name = value` lines into target. A directory

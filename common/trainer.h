@@ -225,12 +225,13 @@ int graft_trainer_load(graft_trainer_t *tr, const char *path);
 int graft_trainer_resume(graft_trainer_t *tr, const char *path);
 /* Metadata that the checkpoints this trainer writes carry besides their
  * own (key under 64 bytes, value under 128; copied; a key set again takes
- * the new value; at most GRAFT_TRAINER_MAX_NOTES keys). A personalised
- * run's coordinator notes "personal.tasks" (its task scopes are not the
- * trained ones, the workers keep theirs), on which graft_trainer_load
- * warns; its workers note the run id ("federated.run_id") and whether the
- * task scopes were their own ("federated.tasks"). */
-#define GRAFT_TRAINER_MAX_NOTES 3
+ * the new value; at most GRAFT_TRAINER_MAX_NOTES keys). A coordinator
+ * notes its run id ("federated.run_id") and the runs it continues
+ * ("federated.earlier_runs"); a personalised run's also "personal.tasks"
+ * (its task scopes are not the trained ones, the workers keep theirs), on
+ * which graft_trainer_load warns. Its workers note the run id and whether
+ * the task scopes were their own ("federated.tasks"). */
+#define GRAFT_TRAINER_MAX_NOTES 5
 void graft_trainer_set_note(graft_trainer_t *tr, const char *key, const char *value);
 
 /* One-line human summary of an evaluation. */

@@ -724,6 +724,23 @@ static int dec_label_set(const Graft__LabelSet *pb, size_t i, graft_wire_assign_
     return GRAFT_OK;
 }
 
+const char *graft_run_id_text(uint64_t id, char *buf) {
+    snprintf(buf, 17, "%016" PRIx64, id);
+    return buf;
+}
+
+uint64_t graft_run_id_parse(const char *s, size_t len) {
+    uint64_t id = 0;
+    if (len != 16) return 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0) return 0;
+        id = id << 4 | (uint64_t)d;
+    }
+    return id;
+}
+
 static int dec_assign(const Graft__Assign *pb, graft_wire_assign_t *m, char *why, size_t why_len) {
     if (pb->worker_id == 0)
         return fail(why, why_len, GRAFT_EFORMAT, "assign.worker_id is 0 (workers start at 1)");
@@ -731,17 +748,18 @@ static int dec_assign(const Graft__Assign *pb, graft_wire_assign_t *m, char *why
         return fail(why, why_len, GRAFT_EFORMAT, "assign.max_message_bytes is %" PRIu64
                     ", over the hard limit of %zu", pb->max_message_bytes,
                     GRAFT_WIRE_HARD_MAX_BYTES);
-    if (pb->n_earlier_run_ids > GRAFT_WIRE_MAX_EARLIER_RUNS)
-        return fail(why, why_len, GRAFT_EFORMAT, "assign.earlier_run_ids has %zu ids, over %d",
-                    pb->n_earlier_run_ids, GRAFT_WIRE_MAX_EARLIER_RUNS);
     for (size_t i = 0; i < pb->n_earlier_run_ids; i++)
         if (pb->earlier_run_ids[i] == 0)
             return fail(why, why_len, GRAFT_EFORMAT, "assign.earlier_run_ids[%zu] is 0", i);
     m->worker_id = pb->worker_id;
     m->max_message_bytes = pb->max_message_bytes;
     m->personal = pb->personal;
-    m->nearlier_runs = pb->n_earlier_run_ids;
-    for (size_t i = 0; i < pb->n_earlier_run_ids; i++) m->earlier_runs[i] = pb->earlier_run_ids[i];
+    /* The newest: a later coordinator may name more. */
+    size_t skip = pb->n_earlier_run_ids > GRAFT_WIRE_MAX_EARLIER_RUNS
+                      ? pb->n_earlier_run_ids - GRAFT_WIRE_MAX_EARLIER_RUNS : 0;
+    m->nearlier_runs = pb->n_earlier_run_ids - skip;
+    for (size_t i = 0; i < m->nearlier_runs; i++)
+        m->earlier_runs[i] = pb->earlier_run_ids[skip + i];
     int rc = dup_idents(pb->tasks, pb->n_tasks, "assign.tasks", &m->tasks, &m->ntasks, why,
                         why_len);
     if (rc) return rc;

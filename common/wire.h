@@ -35,8 +35,16 @@
  * protobuf's 2 GiB for one message, and MPI's int count. */
 #define GRAFT_WIRE_DEFAULT_MAX_BYTES ((size_t)64 << 20)
 #define GRAFT_WIRE_HARD_MAX_BYTES ((size_t)INT32_MAX)
-/* Run ids an Assign may name as continued (proto Assign.earlier_run_ids). */
+/* Run ids an Assign names as continued (proto Assign.earlier_run_ids); a
+ * decoder keeps the last this many of a longer list. */
 #define GRAFT_WIRE_MAX_EARLIER_RUNS 7
+
+/* A run id as checkpoints, events and logs write it: 16 lowercase hex
+ * digits into buf (17 bytes), which it returns. */
+const char *graft_run_id_text(uint64_t id, char *buf);
+/* The run id that len bytes of s write as graft_run_id_text does; 0 when
+ * they are not one. */
+uint64_t graft_run_id_parse(const char *s, size_t len);
 /* Identifiers (tensor, task, worker names) are at most this long and
  * printable, so that a reason naming one is safe to log. */
 #define GRAFT_WIRE_MAX_NAME 255

@@ -1267,26 +1267,6 @@ static int new_trainer(coord_t *c) {
 
 /* ---- the runs this one continues ------------------------------------------ */
 
-/* A run id as checkpoints, events and logs write it: 16 hex digits, in
- * buf (at least 17 bytes), which it returns. */
-static const char *run_id_text(uint64_t id, char *buf) {
-    snprintf(buf, 17, "%016llx", (unsigned long long)id);
-    return buf;
-}
-
-/* A run id as run_id_text writes it. 0: not one. */
-static uint64_t parse_run_id(const char *s, size_t len) {
-    uint64_t id = 0;
-    if (len != 16) return 0;
-    for (size_t i = 0; i < len; i++) {
-        int d = isdigit((unsigned char)s[i]) ? s[i] - '0'
-                : (s[i] >= 'a' && s[i] <= 'f') ? s[i] - 'a' + 10 : -1;
-        if (d < 0) return 0;
-        id = id << 4 | (uint64_t)d;
-    }
-    return id;
-}
-
 /* Appends id to ids[*n] unless it is 0, this run's, or there already; the
  * oldest goes when full. */
 static void add_run(const coord_t *c, uint64_t *ids, size_t *n, uint64_t id) {
@@ -1310,25 +1290,30 @@ static void note_lineage(coord_t *c) {
         const char *s = graft_st_meta(f, "federated.earlier_runs");
         while (s && *s) {
             size_t len = strcspn(s, ",");
-            add_run(c, ids, &c->nearlier_runs, parse_run_id(s, len));
+            add_run(c, ids, &c->nearlier_runs, graft_run_id_parse(s, len));
             s += len + (s[len] == ',');
         }
         const char *theirs = graft_st_meta(f, "federated.run_id");
-        uint64_t id = theirs ? parse_run_id(theirs, strlen(theirs)) : 0;
+        uint64_t id = theirs ? graft_run_id_parse(theirs, strlen(theirs)) : 0;
+        if (!id && c->cfg->personalize)
+            LOG_WARN("coordinator: %s names no run (a checkpoint of graft 0.4.0 or earlier, or "
+                     "of graft train): should this run's options differ from its run's, the "
+                     "workers cannot tell that it continues theirs, and their task modules "
+                     "start over (their --save files are kept aside)", c->cfg->resume);
         add_run(c, ids, &c->nearlier_runs, id);
         char mine[17], its[17];
         if (id && id != c->run_id)
             LOG_INFO("coordinator: run %s continues run %s of %s (other job options): "
                      "personalised workers take back their --save files of it",
-                     run_id_text(c->run_id, mine), run_id_text(id, its), c->cfg->resume);
+                     graft_run_id_text(c->run_id, mine), graft_run_id_text(id, its), c->cfg->resume);
         graft_st_close(&f);
     }
     char note[GRAFT_WIRE_MAX_EARLIER_RUNS * 17 + 1] = "", id[17];
     for (size_t i = 0, at = 0; i < c->nearlier_runs; i++)
         at += (size_t)snprintf(note + at, sizeof note - at, "%s%s", i ? "," : "",
-                               run_id_text(ids[i], id));
+                               graft_run_id_text(ids[i], id));
     if (*note) graft_trainer_set_note(c->tr, "federated.earlier_runs", note);
-    graft_trainer_set_note(c->tr, "federated.run_id", run_id_text(c->run_id, id));
+    graft_trainer_set_note(c->tr, "federated.run_id", graft_run_id_text(c->run_id, id));
 }
 
 static int setup(coord_t *c) {
@@ -1463,10 +1448,10 @@ int graft_coordinator_run(const graft_coordinator_opts_t *o) {
                                   o->expected_workers, "params", graft_trainer_params_json(c.tr),
                                   "aggregate", strategy, "mpi_reductions", reduce,
                                   "personalize", o->cfg.personalize);
-        json_object_set_new(start, "run_id", json_string(run_id_text(c.run_id, id)));
+        json_object_set_new(start, "run_id", json_string(graft_run_id_text(c.run_id, id)));
         json_t *earlier = json_array();
         for (size_t i = 0; i < c.nearlier_runs; i++)
-            json_array_append_new(earlier, json_string(run_id_text(c.earlier_runs[i], id)));
+            json_array_append_new(earlier, json_string(graft_run_id_text(c.earlier_runs[i], id)));
         json_object_set_new(start, "earlier_runs", earlier);
         graft_events_emit(c.ev, "run_start", start);
         LOG_INFO("coordinator: %d tasks, method %s, aggregate %s%s, rounds %d..%d, waiting for "

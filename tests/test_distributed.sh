@@ -75,6 +75,14 @@ if timeout 60 "$GRAFT" run --config "$T/run.conf" --workers 3 --out "$T/zmq" >/d
 grep -q "already holds a run .*continue it with --resume $T/zmq/modules.safetensors" \
     "$T/again.err" || fail "no reason for refusing the old run's --out"
 cmp "$EV" "$T/events.before" || fail "the refused run wrote to the old run's events"
+# Nor does a run resumed from a checkpoint of another folder.
+cp "$T/zmq/modules.safetensors" "$T/elsewhere.safetensors"
+if timeout 60 "$GRAFT" run --config "$T/run.conf" --workers 3 --resume "$T/elsewhere.safetensors" \
+    --rounds 5 --out "$T/zmq" >/dev/null 2>"$T/again.err"; then
+    fail "a run resumed from elsewhere into an old run's --out was accepted"
+fi
+grep -q "already holds a run" "$T/again.err" || fail "no reason for refusing the resumed run"
+cmp "$EV" "$T/events.before" || fail "the refused resumed run wrote to the old run's events"
 echo "ok 1 - graft run --workers 3: events, per-task test metrics, config.txt (graft eval reads it), debug lines; its --out is not reused"
 
 # ---- 2. the same job under MPI: identical modules ----------------------------

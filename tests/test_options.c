@@ -346,6 +346,36 @@ static void test_bad_config_lines(void **state) {
     assert_int_equal(graft_options_load_file(table, &s, path), GRAFT_EINVAL);
 }
 
+/* The owner hook (graft_options_set_owner): "other" is another command's. */
+static const char *owner_of(const char *name) {
+    return !strcmp(name, "other") ? "elsewhere" : NULL;
+}
+
+/* A file graft wrote skips another command's options, with a note; a file
+ * written by hand refuses them, as it does names nobody knows; flags stay
+ * strict; without the hook nothing is skipped. */
+static void test_other_commands_settings(void **state) {
+    (void)state;
+    char path[PATH_LEN];
+    settings_t s;
+    const char *written = "# graft run: effective settings (graft run --config FILE)\n"
+                          "other = 3\nsteps = 7\n";
+    graft_options_set_owner(owner_of);
+    write_text(tmp_path(path, "written.conf"), written);
+    capture();
+    assert_int_equal(PARSE(&s, "--config", path), GRAFT_OPTS_OK);
+    capture_end_expect("skipped settings of other graft commands (not this one's): other");
+    assert_int_equal(s.steps, 7);
+    write_text(tmp_path(path, "written.conf"),
+               "# graft run: effective settings (graft run --config FILE)\nothr = 3\n");
+    assert_true(PARSE(&s, "--config", path) < 0); /* a typo is still a typo */
+    expect_bad_conf("other = 3\nsteps = 7\n", GRAFT_EINVAL, "1: unknown option 'other'");
+    assert_true(PARSE(&s, "--other", "3") < 0);
+    graft_options_set_owner(NULL);
+    write_text(tmp_path(path, "written.conf"), written);
+    assert_true(PARSE(&s, "--config", path) < 0);
+}
+
 /* A config line longer than the reader's buffer is refused (file:line)
  * rather than read as two lines; the longest that fits is read, also as
  * the last line without its LF. */
@@ -820,6 +850,7 @@ int main(void) {
         cmocka_unit_test(test_numbers_refused),
         cmocka_unit_test(test_unknown_and_stray_refused),
         cmocka_unit_test(test_bad_config_lines),
+        cmocka_unit_test(test_other_commands_settings),
         cmocka_unit_test(test_string_length),
         cmocka_unit_test(test_dump_reload_digest),
         cmocka_unit_test(test_config_directory_refused),

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "bf16.h"
+#include "graft.pb-c.h" /* a message the encoder cannot make */
 #include "rng.h"
 #include "runconfig.h" /* GRAFT_MAX_TASKS */
 #include "task.h"      /* GRAFT_SPLIT_* */
@@ -110,6 +111,16 @@ static void test_hello_roundtrip(void **state) {
     assert_int_equal(d.type, GRAFT_MSG_NONE);
 }
 
+static void test_run_id_text(void **state) {
+    (void)state;
+    char buf[17];
+    assert_string_equal(graft_run_id_text(0xe797129e6bfcf7e2ull, buf), "e797129e6bfcf7e2");
+    assert_true(graft_run_id_parse(buf, 16) == 0xe797129e6bfcf7e2ull);
+    assert_int_equal(graft_run_id_parse("e797129e6bfcf7e", 15), 0);  /* too short */
+    assert_int_equal(graft_run_id_parse("E797129E6BFCF7E2", 16), 0); /* not as written */
+    assert_int_equal(graft_run_id_parse("e797129e6bfcf7g2", 16), 0);
+}
+
 static void test_assign_roundtrip(void **state) {
     (void)state;
     char *tasks[] = {"spam", "sotu_era", "langid"};
@@ -151,6 +162,30 @@ static void test_assign_roundtrip(void **state) {
     m.assign.max_message_bytes = (uint64_t)GRAFT_WIRE_HARD_MAX_BYTES + 1;
     expect_reject_msg(&m, GRAFT_DTYPE_F32, NULL, GRAFT_EFORMAT, "max_message_bytes");
     m.assign.max_message_bytes = 0;
+
+    /* More earlier runs than this release keeps (a later coordinator's):
+     * the newest 7 count. */
+    uint64_t ids[GRAFT_WIRE_MAX_EARLIER_RUNS + 2];
+    for (size_t i = 0; i < sizeof ids / sizeof *ids; i++) ids[i] = 100 + i;
+    char *one[] = {"spam"};
+    Graft__Assign pa = GRAFT__ASSIGN__INIT;
+    pa.worker_id = 3;
+    pa.n_tasks = 1;
+    pa.tasks = one;
+    pa.n_earlier_run_ids = sizeof ids / sizeof *ids;
+    pa.earlier_run_ids = ids;
+    Graft__Envelope pe = GRAFT__ENVELOPE__INIT;
+    pe.run_id = RUN;
+    pe.body_case = GRAFT__ENVELOPE__BODY_ASSIGN;
+    pe.assign = &pa;
+    uint8_t raw[256];
+    size_t raw_len = graft__envelope__pack(&pe, raw);
+    assert_true(raw_len < sizeof raw);
+    assert_int_equal(graft_wire_decode(raw, raw_len, NULL, &d, why, sizeof why), GRAFT_OK);
+    assert_int_equal(d.assign.nearlier_runs, GRAFT_WIRE_MAX_EARLIER_RUNS);
+    assert_int_equal(d.assign.earlier_runs[0], 102);
+    assert_int_equal(d.assign.earlier_runs[GRAFT_WIRE_MAX_EARLIER_RUNS - 1], 108);
+    graft_msg_free(&d);
 
     /* An earlier run is a run id: never 0. */
     m.assign.earlier_runs[1] = 0;
@@ -1243,6 +1278,7 @@ int main(void) {
     graft_log_level = GRAFT_LOG_ERROR;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hello_roundtrip),  cmocka_unit_test(test_assign_roundtrip),
+        cmocka_unit_test(test_run_id_text),
         cmocka_unit_test(test_round_start_roundtrip), cmocka_unit_test(test_update_roundtrip),
         cmocka_unit_test(test_eval_request_roundtrip),
         cmocka_unit_test(test_eval_result_roundtrip),

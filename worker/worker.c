@@ -442,16 +442,19 @@ static void say_missing(worker_t *w, const char *what, unsigned long long round,
     send_error(w, GRAFT_ESHAPE, text);
 }
 
-/* The run id as the --save file's metadata records it. */
-static void run_id_note(uint64_t run_id, char *buf, size_t n) {
-    snprintf(buf, n, "%016llx", (unsigned long long)run_id);
+/* Every scope's optimiser state back to its start. */
+static void reset_states(worker_t *w) {
+    graft_peft_t *p = graft_trainer_peft(w->tr);
+    graft_scope_reset_state(graft_peft_shared(p));
+    for (int t = 0; t < graft_peft_n_tasks(p); t++)
+        graft_scope_reset_state(graft_peft_task_scope(p, t));
 }
 
-/* Is `id` (as run_id_note writes it) this run's, or one it continues? */
+/* Is `id` (as graft_run_id_text writes it) this run's, or one it continues? */
 static int of_this_run(const worker_t *w, const char *id) {
     char mine[32];
     for (size_t i = 0; i <= w->nearlier_runs; i++) {
-        run_id_note(i < w->nearlier_runs ? w->earlier_runs[i] : w->run_id, mine, sizeof mine);
+        graft_run_id_text(i < w->nearlier_runs ? w->earlier_runs[i] : w->run_id, mine);
         if (id && !strcmp(id, mine)) return 1;
     }
     return 0;
@@ -467,7 +470,7 @@ static void resume_own(worker_t *w) {
     const char *path = w->o.save_path;
     if (!w->personal || !path || access(path, F_OK)) return;
     char id[32];
-    run_id_note(w->run_id, id, sizeof id);
+    graft_run_id_text(w->run_id, id);
     graft_st_file_t *f = NULL;
     int rc = graft_st_open(path, &f);
     const char *run = rc ? NULL : graft_st_meta(f, "federated.run_id");
@@ -496,9 +499,7 @@ static void resume_own(worker_t *w) {
     }
     graft_peft_t *p = graft_trainer_peft(w->tr);
     if ((rc = graft_trainer_load(w->tr, path))) {
-        graft_scope_reset_state(graft_peft_shared(p));
-        for (int t = 0; t < graft_peft_n_tasks(p); t++)
-            graft_scope_reset_state(graft_peft_task_scope(p, t));
+        reset_states(w);
         LOG_WARN("worker %s: cannot take its task modules back from %s (%s): they start over "
                  "from the coordinator's", w->name, path, graft_strerror(rc));
         return;
@@ -631,30 +632,33 @@ static int same_assignment(const worker_t *w, const graft_wire_assign_t *a) {
 }
 
 /* The coordinator came back under another run id (restarted with other job
- * options) and assigned us the same tasks: our own task modules stay ours
- * if its run continues the one they were trained in, else they start over
- * from the coordinator's values. */
+ * options) and assigned us the same tasks. If its run continues the one we
+ * trained in, all stays; otherwise nothing of that job does: our own task
+ * modules start over from the coordinator's values, and no scope keeps
+ * optimiser state (which --keep_optimizer_state would carry on). */
 static void new_run(worker_t *w, uint64_t before) {
     char id[32], old[32];
-    run_id_note(w->run_id, id, sizeof id);
-    run_id_note(before, old, sizeof old);
+    graft_run_id_text(w->run_id, id);
+    graft_run_id_text(before, old);
     graft_trainer_set_note(w->tr, "federated.run_id", id);
-    if (!w->personal) return;
     if (of_this_run(w, old)) {
-        LOG_INFO("worker %s: run %s continues run %s: this worker keeps its own task modules",
-                 w->name, id, old);
+        if (w->personal)
+            LOG_INFO("worker %s: run %s continues run %s: this worker keeps its own task modules",
+                     w->name, id, old);
         return;
     }
     memset(w->own, 0, sizeof w->own);
-    LOG_INFO("worker %s: run %s is a new job, not a continuation of run %s: this worker's task "
-             "modules start over from the coordinator's", w->name, id, old);
+    reset_states(w);
+    if (w->personal)
+        LOG_INFO("worker %s: run %s is a new job, not a continuation of run %s: this worker's "
+                 "task modules start over from the coordinator's", w->name, id, old);
 }
 
 /* Returns 1 when the worker must stop. */
 static int on_assign(worker_t *w, const graft_msg_t *m) {
     /* Registered anew (the coordinator had forgotten us: a restarted one
      * redoes the rounds after its checkpoint), not a repeated answer. */
-    if (!w->id) w->trained_round = 0;
+    if (!w->id || m->run_id != w->run_id) w->trained_round = 0; /* or a new job's rounds */
     w->hello_at = 0;
     uint64_t before = w->run_id;
     w->run_id = m->run_id;
@@ -684,7 +688,7 @@ static int on_assign(worker_t *w, const graft_msg_t *m) {
         return 1;
     }
     char id[32];
-    run_id_note(w->run_id, id, sizeof id);
+    graft_run_id_text(w->run_id, id);
     graft_trainer_set_note(w->tr, "federated.run_id", id);
     resume_own(w);
     return 0;

