@@ -217,6 +217,17 @@ static void test_command_writes_config_only_when_it_runs(void **state) {
              "--batch 4 --eval_batches 1 --checkpoint_every 100", dir, dir);
     assert_int_equal(run_cli(args, err, sizeof err), 0);
     assert_int_equal(access(config, R_OK), 0);
+    /* Resumed, it still writes the run from its start: no --resume. */
+    snprintf(args, sizeof args, "--data %s/corpus.txt --out %s/cli/trunk.safetensors --steps 3 "
+             "--batch 4 --eval_batches 1 --checkpoint_every 100 --resume "
+             "%s/cli/trunk.safetensors", dir, dir, dir);
+    assert_int_equal(run_cli(args, err, sizeof err), 0);
+    f = fopen(config, "r");
+    assert_non_null(f);
+    char text[1 << 14];
+    text[fread(text, 1, sizeof text - 1, f)] = '\0';
+    fclose(f);
+    assert_non_null(strstr(text, "\nresume =\n"));
 }
 
 int main(void) {
