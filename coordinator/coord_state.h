@@ -1,7 +1,8 @@
 /* coord_state.h — the coordinator's shared state, private to its .c files
  * (coordinator.c: rounds, handlers, timers, aggregation, checkpoints, the
  * state machine and setup; evaluation.c: evaluating a round on the
- * coordinator and on the workers). Nothing outside coordinator/ includes
+ * coordinator and on the workers; run_id.c: the run id and the runs it
+ * continues). Nothing outside coordinator/ includes
  * it: the public interface is coordinator.h.
  *
  * It holds the run's state (coord_t), the worker table (worker_t, indexed by
@@ -149,6 +150,12 @@ json_t *coord_names_json(const char **names, size_t n);
 static inline int coord_personal(const coord_t *c) {
     return graft_run_personal_round(c->cfg, c->round);
 }
+
+/* ---- run_id.c ----------------------------------------------------------- */
+
+/* Reads the runs that --resume's checkpoint continues into earlier_runs,
+ * and notes them and this run's id in the checkpoints to come (logged). */
+void coord_note_lineage(coord_t *c);
 
 /* ---- evaluation.c ------------------------------------------------------- */
 

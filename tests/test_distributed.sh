@@ -185,19 +185,30 @@ echo "ok 3 - SIGKILLed worker: worker_lost, run completes, restarted worker rejo
 resume_run() {
     name=$1 round=$2
     shift 2
-    EP=tcp://127.0.0.1:$(free_port)
-    "$GRAFT" coordinator --bind "$EP" --workers 3 "$@" --out "$T/$name" \
-        >/dev/null 2>"$T/${name}1.err" &
-    COORD=$!
-    PIDS="$PIDS $COORD"
-    for i in 0 1 2; do
-        "$GRAFT" worker --connect "$EP" --shard $i/3 "$@" 2>"$T/$name-w$i.err" &
-        PIDS="$PIDS $!"
+    for attempt in 1 2 3; do
+        EP=tcp://127.0.0.1:$(free_port)
+        "$GRAFT" coordinator --bind "$EP" --workers 3 "$@" --out "$T/$name" \
+            >/dev/null 2>"$T/${name}1.err" &
+        COORD=$!
+        workers=""
+        for i in 0 1 2; do
+            "$GRAFT" worker --connect "$EP" --shard $i/3 "$@" 2>"$T/$name-w$i.err" &
+            workers="$workers $!"
+        done
+        PIDS="$PIDS $COORD $workers"
+        EV=$T/$name/events.jsonl
+        wait_for "\"event\":\"checkpoint\",\"round\":$round" 60
+        kill -9 "$COORD"
+        wait "$COORD" 2>/dev/null || true
+        # On a fast machine the run may have checkpointed its last round
+        # before the kill: nothing is left to resume, so once more.
+        rounds=$(grep -o '"rounds":[0-9]*' "$EV" | head -1 | cut -d: -f2)
+        grep -q "\"event\":\"checkpoint\",\"round\":$rounds" "$EV" || break
+        [ "$attempt" -lt 3 ] || fail "$name: the coordinator always ended before it was killed"
+        kill -9 $workers 2>/dev/null || true
+        wait $workers 2>/dev/null || true
+        rm -rf "$T/$name"
     done
-    EV=$T/$name/events.jsonl
-    wait_for "\"event\":\"checkpoint\",\"round\":$round" 60
-    kill -9 "$COORD"
-    wait "$COORD" 2>/dev/null || true
     cp "$T/$name/modules.safetensors" "$T/$name/round.safetensors"
     sleep 2 # an outage: the workers' heartbeats queue up for the new coordinator
     timeout 120 "$GRAFT" coordinator --bind "$EP" --workers 3 "$@" --out "$T/$name" \
