@@ -20,7 +20,7 @@ static const char *predict_usage =
     "standard input (one input a line, as a task file's text field holds it; a\n"
     "generation task's input is the prompt). Prints one line per input:\n"
     "  classification  LABEL<TAB>PROBABILITY (the most probable class)\n"
-    "  generation      the greedy continuation, up to EOS or --gen_tokens bytes,\n"
+    "  generation      the greedy continuation, up to EOS or --gen_tokens tokens,\n"
     "                  with \\, TAB, CR and LF written as \\\\, \\t, \\r and \\n\n"
     "--task names the task among --tasks (needed when there are several).\n"
     "With --method graft, --resume is one mask file of `graft train --method graft`\n"

@@ -21,5 +21,7 @@ shift $(($# < 3 ? $# : 3))
 WHERE=(--oversubscribe)
 [ -z "$HOSTS" ] || WHERE=(--hostfile "$HOSTS")
 # --bind-to none: graft runs its own OpenMP/OpenBLAS threads (--threads).
+# The build beside this script, from any folder (every node needs it at the same path).
+GRAFT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/build/graft"
 exec mpirun -np "$NP" "${WHERE[@]}" --bind-to none \
-  build/graft mpi --config "$CONF" --threads 1 "$@"
+  "$GRAFT" mpi --config "$CONF" --threads 1 "$@"

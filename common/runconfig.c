@@ -77,7 +77,8 @@ const graft_option_t graft_run_options[] = {
     {"eval_max", GRAFT_OPT_INT, OFF(eval_max), "512", 0, 1e9,
      "at most N examples per task and evaluation, evenly spread over the split (0: all)"},
     {"gen_tokens", GRAFT_OPT_INT, OFF(gen_tokens), "48", 1, 4096,
-     "greedy-decoding budget for generation metrics (chrF)"},
+     "greedy-decoding budget for generation metrics (chrF), in tokens (bytes under the byte "
+     "tokenizer)"},
     {"decode_max", GRAFT_OPT_INT, OFF(decode_max), "64", 0, 1e9,
      "generation: chrF is over greedy decodes of at most N examples, evenly spread over the "
      "split (0: every evaluated one)"},

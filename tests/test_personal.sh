@@ -52,7 +52,7 @@
 #      and more rounds, it continues the run and they keep their own
 #      modules (next loss below 0.02); started afresh with other options,
 #      it is a new job and their modules start over (round 1's loss again,
-#      above 0.05).
+#      above 0.05), their --save files of the old job kept aside.
 # usage: test_personal.sh GRAFT_BINARY SOURCE_DIR
 set -eu
 GRAFT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -446,6 +446,10 @@ grep -q "continues run [0-9a-f]*: this worker keeps its own task modules" "$T/ke
 outlive new --rounds 41 --out "$T/new2"
 grep -q "is a new job, not a continuation of run .*start over" "$T/new-w1.err" ||
     { cat "$T/new-w1.err" >&2; fail "new: the workers kept modules of another job"; }
+# The old job's --save file is kept aside, not overwritten by the new job's.
+grep -q "w1.safetensors holds its modules of run [0-9a-f]*: .*moved to .*w1.safetensors.other-run" \
+    "$T/new-w1.err" && [ -s "$T/new/w1.safetensors.other-run" ] ||
+    { cat "$T/new-w1.err" >&2; fail "new: the old job's --save file was not kept aside"; }
 python3 - "$(loss_after_restart "$T/kept-w1.err")" "$(loss_after_restart "$T/new-w1.err")" \
     <<'PY' || fail "first losses after the coordinator's restart are wrong"
 import sys

@@ -442,6 +442,18 @@ static void say_missing(worker_t *w, const char *what, unsigned long long round,
     send_error(w, GRAFT_ESHAPE, text);
 }
 
+/* Moves the --save file, another job's (why says so), to FILE.SUFFIX rather
+ * than let this run overwrite it; logged. */
+static void set_aside(worker_t *w, const char *suffix, const char *why) {
+    const char *path = w->o.save_path;
+    char aside[GRAFT_OPT_STR + 32];
+    snprintf(aside, sizeof aside, "%s.%s", path, suffix);
+    int moved = rename(path, aside) == 0;
+    LOG_WARN("worker %s: %s %s: its task modules start over from the coordinator's; %s %s",
+             w->name, path, why, moved ? "the file was moved to" : "cannot move the file aside to",
+             aside);
+}
+
 /* Every scope's optimiser state back to its start. */
 static void reset_states(worker_t *w) {
     graft_peft_t *p = graft_trainer_peft(w->tr);
@@ -489,12 +501,9 @@ static void resume_own(worker_t *w) {
         return;
     }
     if (!same) {
-        char aside[GRAFT_OPT_STR + 32];
-        snprintf(aside, sizeof aside, "%s.%s", path, rc ? "unreadable" : "other-run");
-        int moved = rename(path, aside) == 0;
-        LOG_WARN("worker %s: %s is not a --save file of this run (run id %s): its task modules "
-                 "start over from the coordinator's; %s %s", w->name, path, id,
-                 moved ? "the file was moved to" : "cannot move the file aside to", aside);
+        char why[96];
+        snprintf(why, sizeof why, "is not a --save file of this run (run id %s)", id);
+        set_aside(w, rc ? "unreadable" : "other-run", why);
         return;
     }
     graft_peft_t *p = graft_trainer_peft(w->tr);
@@ -649,9 +658,14 @@ static void new_run(worker_t *w, uint64_t before) {
     }
     memset(w->own, 0, sizeof w->own);
     reset_states(w);
-    if (w->personal)
-        LOG_INFO("worker %s: run %s is a new job, not a continuation of run %s: this worker's "
-                 "task modules start over from the coordinator's", w->name, id, old);
+    if (!w->personal) return;
+    LOG_INFO("worker %s: run %s is a new job, not a continuation of run %s: this worker's task "
+             "modules start over from the coordinator's", w->name, id, old);
+    if (w->o.save_path && !access(w->o.save_path, F_OK)) {
+        char why[80];
+        snprintf(why, sizeof why, "holds its modules of run %s", old);
+        set_aside(w, "other-run", why);
+    }
 }
 
 /* Returns 1 when the worker must stop. */
