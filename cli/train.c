@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "events.h"
 #include "grafting.h"
+#include "safetensors.h"
 #include "trainer.h"
 
 static const char *train_usage =
@@ -137,6 +138,20 @@ int cmd_train(int argc, char **argv) {
     return rc || erc ? 1 : 0;
 }
 
+/* A trunk that `graft export` wrote for a classification task carries its
+ * head (head.weight, head.bias), which the trainer does not read: said, so
+ * that a fresh head's accuracy is not taken for the export's. */
+static void warn_exported_head(const graft_run_config_t *cfg) {
+    graft_st_file_t *f = NULL;
+    if (!*cfg->trunk || graft_st_open(cfg->trunk, &f)) return;
+    const char *kind = graft_st_meta(f, "graft.kind"), *task = graft_st_meta(f, "graft.task");
+    if (kind && !strcmp(kind, "classification"))
+        LOG_WARN("%s is graft export's model of task %s with its head, which graft eval does not "
+                 "load: the head evaluated is --resume's, or a new one", cfg->trunk,
+                 task ? task : "?");
+    graft_st_close(&f);
+}
+
 int cmd_eval(int argc, char **argv) {
     graft_run_config_t cfg;
     int prc = cli_parse_run(argc, argv,
@@ -151,6 +166,7 @@ int cmd_eval(int argc, char **argv) {
     if (graft) return graft > 0 ? cli_eval_graft(&cfg) : 2;
     graft_trainer_t *tr = NULL;
     if (graft_trainer_new(&cfg, &tr)) return 1;
+    warn_exported_head(&cfg);
     int rc = *cfg.resume ? graft_trainer_load(tr, cfg.resume) : GRAFT_OK;
     if (!*cfg.resume) LOG_WARN("no --resume given: evaluating modules at their initial values");
     if (!rc) evaluate_all(tr, NULL, GRAFT_SPLIT_TEST, graft_trainer_steps_done(tr));

@@ -143,6 +143,12 @@ assert h["head.bias"]["shape"] == [4], h.get("head.bias")
 assert json.loads(meta["graft.labels"]) == ["a", "b", "c", "d"], meta
 assert meta["graft.task"] == "majority" and meta["graft.kind"] == "classification", meta
 PY
+# graft eval does not load an exported head: it says so.
+"$GRAFT" eval --trunk "$T/maj.safetensors" --tasks "majority:classification:$T/data/majority.tsv" \
+  --seq 32 --threads 1 --method head --eval_max 8 >/dev/null 2>"$T/err" ||
+  fail "eval of the classification export: $(cat "$T/err")"
+grep -q "maj.safetensors is graft export's model of task majority with its head, which graft eval" \
+  "$T/err" || fail "no warning that the exported head is not evaluated: $(cat "$T/err")"
 set +e
 "$GRAFT" export "$@" --resume "$M" --task shift >/dev/null 2>"$T/err"
 [ $? -eq 2 ] && grep -q "needs --file" "$T/err" || fail "export without --file: $(cat "$T/err")"
