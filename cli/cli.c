@@ -69,22 +69,8 @@ int cli_write_config(const char *path, const char *command, const graft_option_s
     snprintf(header, sizeof header, "graft %s: effective settings (graft %s --config FILE)",
              command, command);
     /* The file repeats the run from its start, not from the checkpoint this
-     * process resumed (which would already hold the run's steps); pretrain
-     * blanks its own. */
-    enum { MAX_SETS = 4 };
-    graft_option_set_t own[MAX_SETS];
-    GRAFT_ASSERT(nsets <= MAX_SETS);
-    graft_run_config_t *fresh = graft_xmalloc(sizeof *fresh);
-    for (int k = 0; k < nsets; k++) {
-        own[k] = sets[k];
-        if (sets[k].table != graft_run_options) continue;
-        *fresh = *(const graft_run_config_t *)sets[k].target;
-        fresh->resume[0] = '\0';
-        own[k].target = fresh;
-    }
-    int rc = graft_options_write_sets(path, header, own, nsets) ? -1 : 0;
-    free(fresh);
-    return rc;
+     * process resumed (which would already hold the run's steps). */
+    return graft_options_write_sets(path, header, sets, nsets, "resume") ? -1 : 0;
 }
 
 /* Is `path` a regular file? */

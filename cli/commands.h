@@ -66,8 +66,9 @@ int cli_set_threads(int n);
 int cli_set_log_level(const char *level);
 
 /* Writes the effective settings of a command (its option tables, as
- * parsed) to path (OUT/config.txt), for `graft COMMAND --config path`;
- * logs the path. 0, or -1 (logged) when it cannot be written. */
+ * parsed) to path (OUT/config.txt), for `graft COMMAND --config path`,
+ * which repeats the run from its start: --resume is written empty. Logs the
+ * path. 0, or -1 (logged) when it cannot be written. */
 int cli_write_config(const char *path, const char *command, const graft_option_set_t *sets,
                      int nsets);
 

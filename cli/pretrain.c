@@ -1,6 +1,5 @@
 /* pretrain.c — `graft pretrain`: the front end of common/pretrain.c. */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "commands.h"
@@ -16,14 +15,8 @@ static int write_config(void *ctx) {
     size_t n = strlen(cfg->out);
     int ext = n > 12 && !strcmp(cfg->out + n - 12, ".safetensors");
     snprintf(path, sizeof path, "%.*s.config.txt", (int)(ext ? n - 12 : n), cfg->out);
-    /* The file repeats the run from its start (as OUT/config.txt does). */
-    graft_pretrain_config_t *fresh = graft_xmalloc(sizeof *fresh);
-    *fresh = *cfg;
-    fresh->resume[0] = '\0';
-    graft_option_set_t set = {graft_pretrain_options, fresh};
-    int rc = cli_write_config(path, "pretrain", &set, 1) ? GRAFT_EIO : GRAFT_OK;
-    free(fresh);
-    return rc;
+    graft_option_set_t set = {graft_pretrain_options, (void *)cfg};
+    return cli_write_config(path, "pretrain", &set, 1) ? GRAFT_EIO : GRAFT_OK;
 }
 
 int cmd_pretrain(int argc, char **argv) {

@@ -147,7 +147,6 @@ static const char *(*option_owner)(const char *name);
 /* In the header line of the config files graft writes (cli_write_config). */
 #define SETTINGS_MARK ": effective settings"
 
-
 void graft_options_set_owner(const char *(*owner)(const char *name)) {
     option_owner = owner;
 }
@@ -418,13 +417,16 @@ static const char *unwritable(const char *value) {
     return NULL;
 }
 
-int graft_options_dump_sets(FILE *out, const graft_option_set_t *sets, int nsets) {
+/* graft_options_dump_sets, with any option named `blank` (NULL: none)
+ * written empty. */
+static int dump_sets(FILE *out, const graft_option_set_t *sets, int nsets, const char *blank) {
     char buf[GRAFT_OPT_STR + 32];
     int bad = 0;
     for (int k = 0; k < nsets; k++)
         for (const graft_option_t *o = sets[k].table; o->name; o++) {
             if (o->type == GRAFT_OPT_ALIAS) continue;
             graft_options_format(buf, sizeof buf, o, sets[k].target);
+            if (blank && !strcmp(o->name, blank)) buf[0] = '\0';
             const char *why = unwritable(buf);
             if (!why) {
                 fprintf(out, "%s =%s%s\n", o->name, *buf ? " " : "", buf);
@@ -438,13 +440,17 @@ int graft_options_dump_sets(FILE *out, const graft_option_set_t *sets, int nsets
     return bad;
 }
 
+int graft_options_dump_sets(FILE *out, const graft_option_set_t *sets, int nsets) {
+    return dump_sets(out, sets, nsets, NULL);
+}
+
 int graft_options_dump(FILE *out, const graft_option_t *table, const void *target) {
     graft_option_set_t set = {table, (void *)target};
     return graft_options_dump_sets(out, &set, 1);
 }
 
 int graft_options_write_sets(const char *path, const char *header,
-                             const graft_option_set_t *sets, int nsets) {
+                             const graft_option_set_t *sets, int nsets, const char *blank) {
     if (graft_mkdirs_for(path)) return GRAFT_EIO;
     FILE *f = fopen(path, "w");
     if (!f) {
@@ -452,7 +458,7 @@ int graft_options_write_sets(const char *path, const char *header,
         return GRAFT_EIO;
     }
     fprintf(f, "# %s\n", header);
-    graft_options_dump_sets(f, sets, nsets);
+    dump_sets(f, sets, nsets, blank);
     int bad = ferror(f);
     if (fclose(f) != 0 || bad) {
         LOG_ERROR("%s: cannot write the config: %s", path, strerror(errno));

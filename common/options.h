@@ -126,10 +126,10 @@ int graft_options_dump(FILE *out, const graft_option_t *table, const void *targe
 int graft_options_dump_sets(FILE *out, const graft_option_set_t *sets, int nsets);
 
 /* graft_options_dump_sets into the file at path (its folders made), after
- * a `# header` line; logs the path. GRAFT_EIO (logged) when it cannot be
- * written. */
+ * a `# header` line, with any option named `blank` (NULL: none) written
+ * empty; logs the path. GRAFT_EIO (logged) when it cannot be written. */
 int graft_options_write_sets(const char *path, const char *header,
-                             const graft_option_set_t *sets, int nsets);
+                             const graft_option_set_t *sets, int nsets, const char *blank);
 
 /* FNV-1a digest of the effective settings, for run_start events. */
 unsigned long long graft_options_digest(const graft_option_t *table, const void *target);

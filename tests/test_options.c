@@ -612,7 +612,7 @@ static void test_dump_sets_and_unwritable(void **state) {
     char path[PATH_LEN], flag[PATH_LEN + 16];
     graft_option_set_t sets[] = {{extra_table, &e}, {table, &s}};
     assert_int_equal(graft_options_write_sets(tmp_path(path, "sets.conf"), "test: a header", sets,
-                                              2), GRAFT_OK);
+                                              2, NULL), GRAFT_OK);
     snprintf(flag, sizeof flag, "--config=%s", path);
     assert_int_equal(parse_sets(&s2, &e2, (const char *const[]){flag, NULL}, NULL, NULL),
                      GRAFT_OPTS_OK);
@@ -620,6 +620,12 @@ static void test_dump_sets_and_unwritable(void **state) {
     assert_true(graft_options_digest(extra_table, &e2) == graft_options_digest(extra_table, &e));
     assert_string_equal(s2.name, "run#2");
     assert_int_equal(e2.workers, 7);
+    /* A blanked option is written empty: the file reads it back empty. */
+    assert_int_equal(graft_options_write_sets(path, "test: a header", sets, 2, "name"), GRAFT_OK);
+    assert_int_equal(parse_sets(&s2, &e2, (const char *const[]){flag, NULL}, NULL, NULL),
+                     GRAFT_OPTS_OK);
+    assert_string_equal(s2.name, "");
+    assert_true(s2.lr == s.lr);
 
     static const char *const bad[] = {"a #b", "#b", " lead", "trail\t", "two\nlines"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
